@@ -1,0 +1,10 @@
+"""nnslim: make trained PyTorch models smaller and faster, and prove it with measured numbers."""
+from .api import benchmark, compare, compress, evaluate, export_onnx, load, resolve, save
+from .errors import NnslimError
+from .recipe import Recipe, make_step, methods, parse_recipe
+from .testbeds import TESTBEDS, get_testbed
+
+__version__ = "0.1.0"
+
+__all__ = ["benchmark", "compare", "compress", "evaluate", "export_onnx", "load", "resolve", "save",
+           "NnslimError", "Recipe", "make_step", "methods", "parse_recipe", "TESTBEDS", "get_testbed"]

@@ -1,0 +1,270 @@
+"""Public verbs: compress, evaluate, benchmark, save, load (and export_onnx)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artifact
+from .errors import NnslimError
+from .eval.latency import measure_interleaved
+from .eval.memory import peak_memory_bytes
+from .eval.report import Report, VariantResult
+from .io import META_FILE, check_onnx, find_meta, library_versions, machine_info, prepare_out_dir
+from .recipe import Context, Recipe, as_recipe, get_method
+from .runtime import OnnxModel, make_runner
+from .runtime.base import model_dtype
+from .testbeds import TESTBEDS, ModuleTestbed, Testbed, get_testbed, testbed_for_hf_dir
+
+save = artifact.save
+
+
+def load(path: str | Path, model: torch.nn.Module | None = None):
+    """Load an nnslim artifact dir, an ONNX file or a Hugging Face model dir (see resolve)."""
+    return resolve(path, model=model).model
+
+
+@dataclass
+class Resolved:
+    model: Any  # torch.nn.Module or OnnxModel
+    testbed: Testbed | None
+    source: str | None  # how a fresh process reloads it (for peak-memory measurement)
+
+
+def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | None = None,
+            calibration: list | None = None, dynamic_axes: dict | None = None,
+            skeleton: torch.nn.Module | None = None) -> Resolved:
+    """Turn what the user gave (testbed name, path, nn.Module) into a model plus its testbed."""
+    if isinstance(testbed, str):
+        testbed = get_testbed(testbed)
+    if isinstance(model, torch.nn.Module):
+        if testbed is None:
+            if example_inputs is None:
+                raise NnslimError("example_inputs is required for a torch.nn.Module without a testbed: "
+                                  "a dict of named input tensors, e.g. {'x': torch.randn(8, 3, 32, 32)}")
+            testbed = ModuleTestbed(model, example_inputs, calibration, dynamic_axes)
+        return Resolved(model, testbed, None)
+    if isinstance(model, OnnxModel):
+        model = model.path
+    if not isinstance(model, (str, Path)):
+        raise NnslimError(f"model of type {type(model).__name__} is not allowed; allowed: a testbed name "
+                          f"({', '.join(TESTBEDS)}), a path (.onnx file, nnslim artifact dir, Hugging Face "
+                          "model dir) or a torch.nn.Module")
+    text = str(model)
+    if text in TESTBEDS and not Path(text).exists():
+        tb = testbed or get_testbed(text)
+        return Resolved(tb.load_model(), tb, text)
+    path = Path(text)
+    if not path.exists():
+        raise NnslimError(f"--model={text!r} is neither a testbed ({', '.join(TESTBEDS)}) nor an existing path")
+    if path.is_file() and path.suffix == ".onnx":
+        check_onnx(path)
+        meta = find_meta(path)
+        if testbed is None and meta:
+            testbed = artifact.testbed_from_architecture(meta.get("architecture", {}))
+        return Resolved(OnnxModel(path), testbed, str(path))
+    if path.is_dir() and (path / META_FILE).is_file():
+        meta = find_meta(path)
+        tb = testbed or artifact.testbed_from_architecture(meta.get("architecture", {}))
+        return Resolved(artifact.load(path, model=skeleton), tb, str(path))
+    if path.is_dir() and (path / "config.json").is_file():
+        tb = testbed or testbed_for_hf_dir(path)
+        return Resolved(tb.load_model(), tb, str(path))
+    if path.is_file() and path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        raise NnslimError(f"--model={text!r} is a bare weights file with no architecture; give a Hugging Face "
+                          "model dir, an nnslim artifact dir, an .onnx file, or pass the module in Python")
+    raise NnslimError(f"--model={text!r} is not a model nnslim can read; allowed: a testbed name, an .onnx "
+                      "file, an nnslim artifact dir (with nnslim.json), a Hugging Face model dir (with config.json)")
+
+
+def load_for_run(source: str, backend: str | None = None):
+    """A runner for a model given by its source string (used by the peak-memory child process)."""
+    return make_runner(resolve(source).model, backend)
+
+
+# ------------------------------------------------------------------------------------------------
+def param_count(model) -> int:
+    if isinstance(model, torch.nn.Module):
+        seen, total = set(), 0
+        for p in model.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel()
+        return total
+    import onnx
+
+    proto = onnx.load(str(model.path), load_external_data=False)
+    return int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in proto.graph.initializer))
+
+
+def size_on_disk(model) -> int:
+    """Bytes of the saved file: the ONNX file(s), or the safetensors a torch model saves to."""
+    if isinstance(model, OnnxModel):
+        return model.size_bytes
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory(prefix="nnslim-size-") as tmp:
+        path = os.path.join(tmp, "m.safetensors")
+        save_model(model, path)
+        return os.path.getsize(path)
+
+
+@dataclass
+class Variant:
+    """One model to put in a report: a name, the model, the backend that runs it, how to reload it."""
+    name: str
+    model: Any
+    backend: str | None = None
+    source: str | None = None
+
+
+def _dtype_of(model) -> str:
+    if isinstance(model, torch.nn.Module):
+        return str(model_dtype(model)).replace("torch.", "")
+    import onnx
+
+    proto = onnx.load(str(model.path), load_external_data=False)
+    types = {t.data_type for t in proto.graph.initializer}
+    return "float16" if onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types \
+        else ("mixed" if onnx.TensorProto.FLOAT16 in types else "float32")
+
+
+def compare(testbed: Testbed, variants: list[Variant], batch: int | None = None, seq: int | None = None,
+            repeats: int = 20, warmup: int = 3, memory: bool = True, metrics: bool = True,
+            max_seconds: float | None = 120.0, threads: int | None = None) -> Report:
+    """Evaluate every variant, time them interleaved in one run, measure peak memory: one Report."""
+    batch = batch or testbed.default_batch
+    seq = seq or testbed.default_seq
+    inputs = testbed.example_inputs(batch=batch, seq=seq)
+    runners = {v.name: make_runner(v.model, v.backend, threads=threads) for v in variants}
+    results = []
+    for v in variants:
+        backend = runners[v.name].backend
+        results.append(VariantResult(
+            name=v.name, backend=backend, format="onnx" if isinstance(v.model, OnnxModel) else "torch",
+            dtype=_dtype_of(v.model), size_bytes=size_on_disk(v.model), params=param_count(v.model),
+            metrics=testbed.evaluate(runners[v.name]) if metrics else {}))
+    lat = measure_interleaved({n: (lambda r=r: r(inputs)) for n, r in runners.items()}, batch=batch,
+                              warmup=warmup, repeats=repeats, max_seconds=max_seconds)
+    for v, res in zip(variants, results):
+        res.latency = lat[v.name]
+        if memory and v.source:
+            res.peak_mem_bytes = peak_memory_bytes(v.source, res.backend, inputs)
+    report = Report(testbed=testbed.name, primary_metric=testbed.primary_metric,
+                    higher_is_better=testbed.higher_is_better, batch=batch, seq=seq, variants=results,
+                    machine=machine_info(), versions=library_versions())
+    report.notes.append(f"latency: {warmup} warm-up runs, then {lat[variants[0].name].runs} interleaved "
+                        "rounds; median (p90); throughput = batch / median")
+    if memory:
+        report.notes.append("peak mem: peak RSS of a fresh process loading the variant and running one batch, "
+                            "minus that process's RSS after imports")
+    return report
+
+
+def variants_for(name: str, model, source: str | None, backend: str | None = None) -> list[Variant]:
+    """A torch model gives one torch row; an ONNX model gives a row per runtime unless one is named."""
+    if isinstance(model, OnnxModel):
+        backends = [backend] if backend else ["onnxruntime", "openvino"]
+        return [Variant(f"{name}" if len(backends) == 1 else f"{name} ({b})", model, b, source) for b in backends]
+    return [Variant(name, model, backend or "torch", source)]
+
+
+# ------------------------------------------------------------------------------------------------
+def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = None,
+             example_inputs: dict | None = None) -> dict[str, Any]:
+    """Metrics, size and parameter count of a model (torch, ONNX path, artifact dir, testbed name)."""
+    r = resolve(model, testbed, example_inputs)
+    if r.testbed is None:
+        raise NnslimError(f"no testbed known for {model!r}: pass --testbed NAME "
+                          f"({', '.join(TESTBEDS)}) to choose its data and metric")
+    runner = make_runner(r.model, backend)
+    return {"testbed": r.testbed.name, "backend": runner.backend, "metrics": r.testbed.evaluate(runner),
+            "size_bytes": size_on_disk(r.model), "params": param_count(r.model)}
+
+
+def benchmark(model, testbed: Testbed | str | None = None, backend: str | None = None, batch: int | None = None,
+              seq: int | None = None, repeats: int = 20, memory: bool = True, metrics: bool = True,
+              example_inputs: dict | None = None) -> Report:
+    """Latency (median, p90), throughput, size, peak memory and metrics of one model."""
+    r = resolve(model, testbed, example_inputs)
+    if r.testbed is None:
+        raise NnslimError(f"no testbed known for {model!r}: pass --testbed NAME ({', '.join(TESTBEDS)})")
+    name = r.testbed.name if isinstance(model, torch.nn.Module) else Path(str(model)).name
+    return compare(r.testbed, variants_for(name, r.model, r.source, backend), batch, seq, repeats,
+                   memory=memory, metrics=metrics)
+
+
+@dataclass
+class CompressResult:
+    model: Any
+    out: Path | None
+    report: Report | None
+    notes: list[str]
+
+
+def _apply_recipe(model, recipe: Recipe, ctx: Context):
+    for i, step in enumerate(recipe.steps):
+        method = get_method(step.method)
+        kind = "onnx" if isinstance(model, OnnxModel) else "torch"
+        if method.needs != kind:
+            raise NnslimError(f"recipe step {i} ({step.method!r}) needs a {method.needs} model but gets "
+                              f"{kind}; put ONNX export steps last")
+        torch.manual_seed(ctx.seed)
+        model = method.apply(model, step, ctx)
+    return model
+
+
+def compress(model, recipe, calibration: list | None = None, example_inputs: dict | None = None,
+             out: str | Path | None = None, testbed: Testbed | str | None = None, seed: int | None = None,
+             overwrite: bool = False, report: bool = True, batch: int | None = None, seq: int | None = None,
+             repeats: int = 20, memory: bool = True) -> CompressResult:
+    """Apply a recipe (Recipe, StepConfig, list of steps, method name or YAML path) to a model.
+
+    Writes the compressed model, nnslim.json and report.{json,md,png} into `out` when given; returns
+    the compressed model (the caller's model is never modified) and the before/after report.
+    """
+    recipe = as_recipe(recipe, seed)
+    r = resolve(model, testbed, example_inputs, calibration)
+    if out is not None:
+        out = Path(out)
+        if r.source and Path(r.source).exists() and _inside(Path(r.source), out):
+            raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
+                              "overwrites its input: choose another output directory")
+        out = prepare_out_dir(out, overwrite)
+    workdir = out or Path(tempfile.mkdtemp(prefix="nnslim-"))
+    ctx = Context(testbed=r.testbed, workdir=workdir, seed=recipe.seed,
+                  calibration=calibration if calibration is not None else None)
+    result = _apply_recipe(r.model, recipe, ctx)
+    if out is not None:
+        artifact.save(result, out, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
+                      extra={"notes": ctx.notes})
+    rep = None
+    if report:
+        source = str(out) if out is not None else None
+        variants = variants_for("baseline", r.model, r.source) + variants_for("compressed", result, source)
+        rep = compare(r.testbed, variants, batch, seq, repeats, memory=memory)
+        rep.notes = ctx.notes + rep.notes
+        if out is not None:
+            rep.write(out)
+    return CompressResult(result, out, rep, ctx.notes)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or directory in path.parents
+
+
+def export_onnx(model: torch.nn.Module, example_inputs: dict, path: str | Path,
+                dynamic_axes: dict | None = None, opset: int = 18) -> OnnxModel:
+    """Export a torch module to ONNX (dynamo exporter); inputs are named as the dict's keys."""
+    from .runtime.onnx_export import export_onnx as _export
+
+    inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+              for k, v in example_inputs.items()}
+    axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}
+    return _export(model, inputs, path, axes, opset)

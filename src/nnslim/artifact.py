@@ -1,0 +1,118 @@
+"""Save and load compressed models: model.safetensors or model.onnx, plus nnslim.json.
+
+nnslim.json records how to rebuild the architecture (a testbed name or a Hugging Face directory),
+the dtype, the recipe, the seed and library versions. Only safe formats are ever read.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import NnslimError
+from .io import (META_FILE, ONNX_FILE, WEIGHTS_FILE, atomic_write, atomic_write_json, check_onnx,
+                 library_versions, read_meta)
+from .runtime.base import OnnxModel, model_dtype
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def architecture_of(testbed) -> dict[str, Any]:
+    """How nnslim.load rebuilds the module: a built-in testbed, an HF directory, or a user's class."""
+    from .testbeds import TESTBEDS, CausalLMTestbed, ModuleTestbed, TextEncoderTestbed
+
+    if testbed is None or isinstance(testbed, ModuleTestbed):
+        module = testbed.load_model() if testbed is not None else None
+        cls = type(module) if module is not None else None
+        return {"kind": "module", "class": f"{cls.__module__}.{cls.__qualname__}" if cls else None}
+    if testbed.name in TESTBEDS:
+        return {"kind": "testbed", "name": testbed.name}
+    if isinstance(testbed, (CausalLMTestbed, TextEncoderTestbed)):
+        kind = "hf-causal-lm" if isinstance(testbed, CausalLMTestbed) else "hf-encoder"
+        return {"kind": kind, "path": str(Path(testbed.model_dir).resolve())}
+    return {"kind": "module", "class": None}
+
+
+def testbed_from_architecture(arch: dict[str, Any]):
+    from .testbeds import CausalLMTestbed, TextEncoderTestbed, get_testbed
+
+    kind = arch.get("kind")
+    if kind == "testbed":
+        return get_testbed(arch["name"])
+    if kind == "hf-causal-lm":
+        return CausalLMTestbed(arch["path"], name=f"hf:{arch['path']}")
+    if kind == "hf-encoder":
+        return TextEncoderTestbed(arch["path"], name=f"hf:{arch['path']}")
+    return None
+
+
+
+
+def save(model, directory: str | Path, testbed=None, recipe: dict | None = None, seed: int = 0,
+         extra: dict | None = None) -> Path:
+    """Write `model` (nn.Module or OnnxModel) and nnslim.json into `directory` (files written atomically)."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {"nnslim_format": 1, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                            "testbed": getattr(testbed, "name", None), "architecture": architecture_of(testbed),
+                            "recipe": recipe, "seed": seed, "versions": library_versions()}
+    if isinstance(model, torch.nn.Module):
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
+        meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
+    elif isinstance(model, OnnxModel):
+        target = directory / ONNX_FILE
+        if model.path.resolve() != target.resolve():
+            atomic_write(target, lambda tmp: shutil.copyfile(model.path, tmp))
+            data = Path(str(model.path) + ".data")
+            if data.exists():
+                atomic_write(Path(str(target) + ".data"), lambda tmp: shutil.copyfile(data, tmp))
+        meta.update(format="onnx", file=ONNX_FILE)
+    else:
+        raise NnslimError(f"cannot save a {type(model).__name__}; expected torch.nn.Module or an ONNX model")
+    meta.update(extra or {})
+    atomic_write_json(directory / META_FILE, meta)
+    return directory
+
+
+def load(directory: str | Path, model: torch.nn.Module | None = None):
+    """Load an artifact directory written by save/compress.
+
+    Torch artifacts are rebuilt from their recorded architecture (testbed or HF directory); for a
+    user's own class pass `model`, a module of the same architecture whose weights get replaced.
+    """
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    meta = read_meta(directory)
+    fmt = meta.get("format")
+    if fmt == "onnx":
+        path = directory / meta.get("file", ONNX_FILE)
+        check_onnx(path)
+        return OnnxModel(path)
+    if fmt != "torch":
+        raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx")
+    if model is None:
+        testbed = testbed_from_architecture(meta.get("architecture", {}))
+        if testbed is None:
+            raise NnslimError(f"{directory} holds weights of a user-defined module "
+                              f"({meta.get('architecture', {}).get('class')}); pass model=<an instance of it> "
+                              "to nnslim.load")
+        model = testbed.load_model()
+    dtype = _DTYPES.get(meta.get("dtype", "float32"))
+    if dtype is None:
+        raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
+                          f"allowed: {', '.join(_DTYPES)}")
+    model = model.to(dtype)
+    weights = directory / meta.get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise NnslimError(f"weights file {str(weights)!r} not found")
+    try:
+        load_model(model, str(weights), strict=True)
+    except Exception as e:
+        raise NnslimError(f"{weights} does not match the architecture: {str(e).splitlines()[0]}") from None
+    return model.eval()

@@ -1,0 +1,181 @@
+"""Command line: one subcommand per verb. Bad input -> one-line error on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: same one-line format, exit 2
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: an integer >= 1")
+    return value
+
+
+def _add_model(p, help_extra=""):
+    p.add_argument("--model", required=True, help="testbed name (see `nnslim testbeds`), .onnx file, nnslim "
+                   "artifact dir or Hugging Face model dir" + help_extra)
+    p.add_argument("--testbed", default=None, help="data and metric to use when --model is a path without "
+                   "nnslim.json")
+
+
+def _add_timing(p):
+    from .runtime import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="runtime (default: torch for torch models, both ONNX runtimes for ONNX)")
+    p.add_argument("--batch", type=_positive, default=None, help="batch size for latency (testbed default)")
+    p.add_argument("--seq", type=_positive, default=None, help="sequence length for latency (text testbeds)")
+    p.add_argument("--repeats", type=_positive, default=20, help="timed rounds (default 20)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nnslim", description="Compress PyTorch models and measure the result.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("testbeds", help="list the embedded testbeds")
+    sub.add_parser("methods", help="list the compression methods and their options")
+
+    p = sub.add_parser("evaluate", help="metrics, size and parameters of a model")
+    _add_model(p)
+    from .runtime import BACKENDS
+    p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("benchmark", help="latency, throughput, size, peak memory and metrics of a model")
+    _add_model(p)
+    _add_timing(p)
+    p.add_argument("--out", default=None, help="also write report.json/report.md here")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("compress", help="apply a method or recipe; write the model and a before/after report")
+    _add_model(p)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--method", help="one method (see `nnslim methods`)")
+    group.add_argument("--recipe", help="YAML recipe: a list of steps, each {method: NAME, option: value}")
+    p.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's, else 0)")
+    p.add_argument("--no-report", action="store_true", help="skip the evaluation/benchmark report")
+    _add_timing(p)
+
+    p = sub.add_parser("demo", help="compress MiniLM to fp16 and ONNX; print the before/after report")
+    p.add_argument("--out", default="build/demo")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--testbed", default="minilm")
+    p.add_argument("--repeats", type=_positive, default=15)
+    return parser
+
+
+def _cmd_testbeds(args) -> None:
+    from .testbeds import TESTBEDS
+
+    for name, cls in TESTBEDS.items():
+        tb = cls()
+        print(f"{name:<12} metric={tb.primary_metric:<12} {tb.description}")
+
+
+def _cmd_methods(args) -> None:
+    import dataclasses
+
+    from .recipe import methods
+
+    for name, m in sorted(methods().items()):
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.config_cls)) or "no options"
+        print(f"{name:<12} {m.description} [{m.needs} -> {m.produces}] ({opts})")
+
+
+def _cmd_evaluate(args) -> None:
+    from .api import evaluate
+
+    res = evaluate(args.model, testbed=args.testbed, backend=args.backend)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"testbed {res['testbed']}  backend {res['backend']}  size {res['size_bytes'] / 1e6:.2f} MB  "
+          f"params {res['params']:,}")
+    for k, v in res["metrics"].items():
+        print(f"  {k:<16} {v:.4f}")
+
+
+def _print_report(report, out) -> None:
+    print(report.to_terminal())
+    if out:
+        paths = report.write(out)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _cmd_benchmark(args) -> None:
+    from .api import benchmark
+    from .io import prepare_out_dir
+
+    if args.out:
+        prepare_out_dir(args.out, args.overwrite)
+    report = benchmark(args.model, testbed=args.testbed, backend=args.backend, batch=args.batch, seq=args.seq,
+                       repeats=args.repeats, memory=not args.no_memory)
+    _print_report(report, args.out)
+
+
+def _cmd_compress(args) -> None:
+    from .api import compress
+
+    recipe = args.recipe if args.recipe else args.method
+    if args.recipe and not Path(args.recipe).is_file():
+        from .errors import NnslimError
+        raise NnslimError(f"--recipe={args.recipe!r}: file not found")
+    if args.method:
+        from .recipe import as_recipe
+        recipe = as_recipe(args.method)
+    res = compress(args.model, recipe, out=args.out, testbed=args.testbed, seed=args.seed,
+                   overwrite=args.overwrite, report=not args.no_report, batch=args.batch, seq=args.seq,
+                   repeats=args.repeats, memory=not args.no_memory)
+    if res.report is not None:
+        print(res.report.to_terminal())
+    print(f"wrote {res.out}")
+
+
+def _cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    report = run_demo(args.out, testbed=args.testbed, overwrite=args.overwrite, repeats=args.repeats)
+    _print_report(report, None)
+    print(f"wrote {args.out}/report.md, report.json, plot.png")
+
+
+COMMANDS = {"testbeds": _cmd_testbeds, "methods": _cmd_methods, "evaluate": _cmd_evaluate,
+            "benchmark": _cmd_benchmark, "compress": _cmd_compress, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    from .errors import NnslimError
+
+    try:
+        COMMANDS[args.command](args)
+    except NnslimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

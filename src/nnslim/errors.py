@@ -1,0 +1,12 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+
+class NnslimError(ValueError):
+    """Bad input from the user (a field, value or file), with what is allowed."""
+
+
+def bad_value(field: str, value, allowed) -> NnslimError:
+    """Build the standard 'field=value is not allowed; allowed: ...' error."""
+    if isinstance(allowed, (list, tuple, set, frozenset)):
+        allowed = ", ".join(sorted(str(a) for a in allowed))
+    return NnslimError(f"{field}={value!r} is not allowed; allowed: {allowed}")

@@ -1,0 +1,1 @@
+"""Metrics, interleaved latency, peak memory and before/after reports."""

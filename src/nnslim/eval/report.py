@@ -1,0 +1,132 @@
+"""Before/after report: one row per variant (baseline first), as JSON, Markdown, a terminal table
+and a PNG of metric vs latency."""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .latency import Latency
+
+
+@dataclass
+class VariantResult:
+    name: str
+    backend: str
+    format: str  # "torch" or "onnx"
+    dtype: str
+    size_bytes: int
+    params: int | None
+    metrics: dict[str, float]
+    latency: Latency | None = None
+    peak_mem_bytes: int | None = None
+
+    def as_dict(self, baseline: "VariantResult | None") -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "backend": self.backend, "format": self.format,
+                             "dtype": self.dtype, "size_bytes": self.size_bytes, "params": self.params,
+                             "metrics": dict(self.metrics), "peak_mem_bytes": self.peak_mem_bytes}
+        d.update(self.latency.as_dict() if self.latency else {"latency_ms": None})
+        if baseline is not None:
+            d["vs_baseline"] = {
+                "speedup": _ratio(baseline.latency and baseline.latency.median_ms,
+                                  self.latency and self.latency.median_ms),
+                "size_ratio": _ratio(self.size_bytes, baseline.size_bytes),
+                "peak_mem_ratio": _ratio(self.peak_mem_bytes, baseline.peak_mem_bytes),
+                "metric_delta": {k: v - baseline.metrics[k] for k, v in self.metrics.items()
+                                 if k in baseline.metrics},
+            }
+        return d
+
+
+def _ratio(a, b):
+    return float(a) / float(b) if a and b else None
+
+
+@dataclass
+class Report:
+    testbed: str
+    primary_metric: str
+    higher_is_better: bool
+    batch: int
+    seq: int | None
+    variants: list[VariantResult]
+    machine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    date: str = field(default_factory=lambda: _dt.datetime.now().isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        base = self.variants[0] if self.variants else None
+        return {"testbed": self.testbed, "primary_metric": self.primary_metric,
+                "higher_is_better": self.higher_is_better, "batch": self.batch, "seq": self.seq,
+                "date": self.date, "machine": self.machine, "versions": self.versions, "notes": self.notes,
+                "variants": [v.as_dict(base) for v in self.variants]}
+
+    # -- rendering -------------------------------------------------------------------------------
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for v in self.variants:
+            names += [k for k in v.metrics if k not in names]
+        return names
+
+    def rows(self) -> tuple[list[str], list[list[str]]]:
+        metrics = self.metric_names()
+        head = ["variant", "backend", *metrics, "latency ms (p90)", "speed-up", "throughput/s", "size MB",
+                "size x", "peak mem MB", "params"]
+        base = self.variants[0]
+        rows = []
+        for v in self.variants:
+            d = v.as_dict(base)["vs_baseline"]
+            lat = f"{v.latency.median_ms:.2f} ({v.latency.p90_ms:.2f})" if v.latency else "-"
+            rows.append([v.name, v.backend, *[_fmt_metric(v.metrics.get(m)) for m in metrics], lat,
+                         _fmt_x(d["speedup"]), f"{v.latency.throughput:.1f}" if v.latency else "-",
+                         f"{v.size_bytes / 1e6:.2f}", _fmt_x(d["size_ratio"]),
+                         f"{v.peak_mem_bytes / 1e6:.0f}" if v.peak_mem_bytes else "-",
+                         f"{v.params:,}" if v.params else "-"])
+        return head, rows
+
+    def title(self) -> str:
+        shape = f"batch {self.batch}" + (f" x seq {self.seq}" if self.seq else "")
+        return f"nnslim report: {self.testbed}, latency at {shape}, {self.machine.get('cpu', '?')}"
+
+    def to_markdown(self) -> str:
+        head, rows = self.rows()
+        lines = [f"## {self.title()}", "", f"date {self.date}; baseline = first row; speed-up and size "
+                 f"are ratios vs baseline (speed-up > 1 is faster, size x < 1 is smaller).", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        if self.notes:
+            lines += ["", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+    def to_terminal(self) -> str:
+        head, rows = self.rows()
+        widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
+        fmt = "  ".join("{:<%d}" % w for w in widths)
+        out = [self.title(), fmt.format(*head), "  ".join("-" * w for w in widths)]
+        out += [fmt.format(*r) for r in rows]
+        out += [f"note: {n}" for n in self.notes]
+        return "\n".join(out)
+
+    def write(self, directory: str | Path) -> dict[str, Path]:
+        from ..io import atomic_write_json, atomic_write_text
+
+        directory = Path(directory)
+        paths = {"json": atomic_write_json(directory / "report.json", self.to_dict()),
+                 "md": atomic_write_text(directory / "report.md", self.to_markdown())}
+        if len(self.variants) > 1 and all(v.latency for v in self.variants):
+            from .plots import plot_metric_vs_latency
+
+            paths["png"] = plot_metric_vs_latency(self, directory / "plot.png")
+        return paths
+
+
+def _fmt_metric(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4f}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def _fmt_x(x) -> str:
+    return f"{x:.2f}x" if x else "-"

@@ -1,0 +1,39 @@
+"""Backends that run a model on named numpy inputs: torch, ONNX Runtime, OpenVINO.
+
+Every backend is a Runner: `runner(inputs: dict[str, np.ndarray]) -> np.ndarray` (float32 output),
+so metrics and latency code never care which runtime executes the model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import bad_value
+from .base import OnnxModel, Runner, TorchRunner
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def make_runner(model, backend: str | None = None, threads: int | None = None) -> Runner:
+    """A Runner for an nn.Module (torch) or an OnnxModel/.onnx path (onnxruntime or openvino)."""
+    import torch
+
+    if isinstance(model, (str, Path)):
+        model = OnnxModel(Path(model))
+    if isinstance(model, torch.nn.Module):
+        if backend not in (None, "torch"):
+            raise bad_value("--backend", backend, "torch for a PyTorch model (compress with "
+                            "--method onnx to run it in onnxruntime or openvino)")
+        return TorchRunner(model)
+    if isinstance(model, OnnxModel):
+        backend = backend or "onnxruntime"
+        if backend == "onnxruntime":
+            from .onnxruntime import OrtRunner
+            return OrtRunner(model.path, threads=threads)
+        if backend == "openvino":
+            from .openvino import OpenVinoRunner
+            return OpenVinoRunner(model.path, threads=threads)
+        raise bad_value("--backend", backend, "onnxruntime, openvino for an ONNX model")
+    raise bad_value("model", type(model).__name__, "torch.nn.Module, OnnxModel or a .onnx path")
+
+
+__all__ = ["BACKENDS", "OnnxModel", "Runner", "TorchRunner", "make_runner"]

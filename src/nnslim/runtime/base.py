@@ -1,0 +1,76 @@
+"""The Runner interface and the torch backend."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """An ONNX model on disk (the result of an export step); weights may sit in `<path>.data`."""
+    path: Path
+
+    @property
+    def size_bytes(self) -> int:
+        data = Path(str(self.path) + ".data")
+        return self.path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+class Runner(ABC):
+    """Runs a model on named numpy inputs and returns its first output as float32 numpy."""
+    backend = "abstract"
+
+    @abstractmethod
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one batch."""
+
+
+def model_dtype(module: torch.nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def first_tensor(out) -> torch.Tensor:
+    """The main output of a module: a tensor, a HF ModelOutput's logits/last_hidden_state, or out[0]."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"cannot take a tensor output from {type(out).__name__}")
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+        self.dtype = model_dtype(module)
+        self.device = model_device(module)
+
+    def to_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, value in inputs.items():
+            t = torch.as_tensor(value, device=self.device)
+            out[name] = t.to(self.dtype) if t.is_floating_point() else t
+        return out
+
+    @torch.inference_mode()
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        out = first_tensor(self.module(**self.to_tensors(inputs)))
+        return out.float().cpu().numpy()

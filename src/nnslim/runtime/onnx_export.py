@@ -1,0 +1,85 @@
+"""Export a torch module to ONNX (torch.export-based exporter) and convert ONNX graphs to fp16.
+
+The dynamo exporter is used on purpose: the legacy TorchScript exporter silently mis-traces
+transformers 5.x BERT. Every export is checked against torch on inputs of another shape.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import NnslimError
+from .base import OnnxModel
+
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a single file at 2 GB
+
+
+def _quiet_exporter():
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], path: str | Path,
+                dynamic_axes: dict[str, dict[int, str]] | None = None, opset: int = 18) -> OnnxModel:
+    """Export `module` called as module(**example_inputs) to `path`, written atomically.
+
+    dynamic_axes maps an input name to {axis: symbolic name}, e.g. {"input_ids": {0: "batch", 1: "seq"}}.
+    """
+    from ..runtime.base import model_device, model_dtype
+
+    path = Path(path)
+    module = module.eval()
+    dtype, device = model_dtype(module), model_device(module)
+    args = []
+    for name, value in example_inputs.items():
+        t = torch.as_tensor(np.asarray(value), device=device)
+        args.append(t.to(dtype) if t.is_floating_point() else t)
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = []
+    for name in example_inputs:
+        axes = (dynamic_axes or {}).get(name, {})
+        shapes.append({axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
+                      or None)
+    n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    _quiet_exporter()
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent if path.parent.exists() else None))
+    try:
+        tmp = tmp_dir / path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
+                                  output_names=["output"], dynamo=True, opset_version=opset,
+                                  dynamic_shapes=tuple(shapes), optimize=True,
+                                  external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}") from e
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for produced in tmp_dir.iterdir():  # model.onnx and, for big models, model.onnx.data
+            os.replace(produced, path.parent / produced.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return OnnxModel(path)
+
+
+def convert_onnx_fp16(src: str | Path, dst: str | Path) -> OnnxModel:
+    """fp16 weights and compute, fp32 inputs/outputs (so callers feed the same arrays)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from ..io import atomic_write
+
+    model = onnx.load(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(model, keep_io_types=True)
+    atomic_write(dst, lambda tmp: onnx.save(half, tmp))
+    return OnnxModel(Path(dst))

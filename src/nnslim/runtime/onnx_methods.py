@@ -1,0 +1,88 @@
+"""Recipe steps `onnx` and `onnx-fp16`: export, then check the graph against torch on another shape."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import NnslimError
+from ..recipe import StepConfig, register_method
+from .base import OnnxModel, TorchRunner
+from .onnx_export import convert_onnx_fp16, export_onnx
+
+
+@dataclass(frozen=True)
+class OnnxConfig(StepConfig):
+    """Export to ONNX (fp32) with dynamic batch (and sequence) axes."""
+    opset: int = 18
+    check: bool = True  # compare ONNX Runtime against torch on a shape other than the export example's
+    tolerance: float = 1e-3  # max |onnx - torch| / max(1, max|torch|) accepted by the check
+
+    def __post_init__(self):
+        if not 13 <= self.opset <= 23:
+            raise NnslimError(f"opset={self.opset} is not allowed; allowed: 13..23")
+        if self.tolerance <= 0:
+            raise NnslimError(f"tolerance={self.tolerance} is not allowed; allowed: > 0")
+
+
+@dataclass(frozen=True)
+class OnnxFp16Config(OnnxConfig):
+    """Export to ONNX, then convert weights and compute to fp16 (inputs/outputs stay fp32)."""
+    tolerance: float = 5e-2
+
+
+def _check_inputs(testbed) -> dict[str, np.ndarray]:
+    """Inputs of a shape the export example did not have (batch 3, and another sequence length)."""
+    seq = testbed.default_seq
+    return testbed.example_inputs(batch=3, seq=(seq // 2 + 3) if seq else None)
+
+
+def check_against_torch(module: torch.nn.Module, onnx_model: OnnxModel, inputs, tolerance: float) -> float:
+    from .onnxruntime import OrtRunner
+
+    ref = TorchRunner(module)(inputs)
+    got = OrtRunner(onnx_model.path)(inputs)
+    if ref.shape != got.shape:
+        raise NnslimError(f"ONNX output shape {got.shape} != torch {ref.shape} on input shapes "
+                          f"{ {k: v.shape for k, v in inputs.items()} }")
+    err = float(np.abs(ref - got).max() / max(1.0, float(np.abs(ref).max())))
+    if err > tolerance:
+        raise NnslimError(f"exported ONNX differs from torch by {err:.3g} (relative) > tolerance={tolerance} "
+                          f"on input shapes { {k: v.shape for k, v in inputs.items()} }")
+    return err
+
+
+def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
+    if not isinstance(model, torch.nn.Module):
+        raise NnslimError(f"step {config.method!r} needs a torch model, got {type(model).__name__}")
+    tb = ctx.testbed
+    # Example inputs of batch 2 so the exporter does not specialise the batch axis to 1.
+    example = tb.example_inputs(batch=2, seq=min(tb.default_seq, 16) if tb.default_seq else None)
+    path = ctx.workdir / "model.onnx"
+    onnx_model = export_onnx(model, example, path,
+                             dynamic_axes=tb.dynamic_axes, opset=config.opset)
+    if config.check:
+        ctx.notes.append(f"onnx check vs torch: relative max error "
+                         f"{check_against_torch(model, onnx_model, _check_inputs(tb), 1e-3):.2e}")
+    return onnx_model
+
+
+@register_method("onnx", OnnxConfig, "export to ONNX fp32 (runs in ONNX Runtime and OpenVINO)",
+                 produces="onnx")
+def apply_onnx(model, config: OnnxConfig, ctx) -> OnnxModel:
+    return _export(model, config, ctx)
+
+
+@register_method("onnx-fp16", OnnxFp16Config, "export to ONNX, weights and compute in fp16, fp32 I/O",
+                 produces="onnx")
+def apply_onnx_fp16(model, config: OnnxFp16Config, ctx) -> OnnxModel:
+    fp32 = _export(model, config, ctx)
+    tmp_path = fp32.path.with_name("model.fp32.onnx")
+    fp32.path.rename(tmp_path)
+    half = convert_onnx_fp16(tmp_path, ctx.workdir / "model.onnx")
+    tmp_path.unlink()
+    if config.check:
+        ctx.notes.append(f"onnx-fp16 check vs torch: relative max error "
+                         f"{check_against_torch(model, half, _check_inputs(ctx.testbed), config.tolerance):.2e}")
+    return half

