@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ save = artifact.save
 
 def load(path: str | Path, model: torch.nn.Module | None = None):
     """Load an nnslim artifact dir, an ONNX file or a Hugging Face model dir (see resolve)."""
-    return resolve(path, model=model).model
+    return resolve(path, skeleton=model).model
 
 
 @dataclass
@@ -83,7 +84,17 @@ def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | 
 
 
 def load_for_run(source: str, backend: str | None = None):
-    """A runner for a model given by its source string (used by the peak-memory child process)."""
+    """A runner for a model given by its source string (used by the peak-memory child process).
+
+    ONNX files go straight to the runtime (no checker pass), so only the runtime's memory is measured.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / META_FILE).is_file():
+        meta = find_meta(path)
+        if meta.get("format") == "onnx":
+            path = path / meta.get("file", "model.onnx")
+    if path.is_file() and path.suffix == ".onnx":
+        return make_runner(OnnxModel(path), backend)
     return make_runner(resolve(source).model, backend)
 
 
@@ -207,15 +218,21 @@ class CompressResult:
     notes: list[str]
 
 
-def _apply_recipe(model, recipe: Recipe, ctx: Context):
+def check_recipe_fits(recipe: Recipe, model) -> None:
+    """Each step must get the kind of model (torch / onnx) it works on; checked before any work."""
+    kind = "onnx" if isinstance(model, OnnxModel) else "torch"
     for i, step in enumerate(recipe.steps):
         method = get_method(step.method)
-        kind = "onnx" if isinstance(model, OnnxModel) else "torch"
         if method.needs != kind:
             raise NnslimError(f"recipe step {i} ({step.method!r}) needs a {method.needs} model but gets "
-                              f"{kind}; put ONNX export steps last")
+                              f"{kind}" + ("; put ONNX export steps last" if kind == "onnx" else ""))
+        kind = method.produces
+
+
+def _apply_recipe(model, recipe: Recipe, ctx: Context):
+    for step in recipe.steps:
         torch.manual_seed(ctx.seed)
-        model = method.apply(model, step, ctx)
+        model = get_method(step.method).apply(model, step, ctx)
     return model
 
 
@@ -230,19 +247,26 @@ def compress(model, recipe, calibration: list | None = None, example_inputs: dic
     """
     recipe = as_recipe(recipe, seed)
     r = resolve(model, testbed, example_inputs, calibration)
+    if out is not None and r.source and Path(r.source).exists() and _inside(Path(r.source), Path(out)):
+        raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
+                          "overwrites its input: choose another output directory")
+    check_recipe_fits(recipe, r.model)
+    created = False
     if out is not None:
         out = Path(out)
-        if r.source and Path(r.source).exists() and _inside(Path(r.source), out):
-            raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
-                              "overwrites its input: choose another output directory")
+        created = not out.exists()
         out = prepare_out_dir(out, overwrite)
     workdir = out or Path(tempfile.mkdtemp(prefix="nnslim-"))
-    ctx = Context(testbed=r.testbed, workdir=workdir, seed=recipe.seed,
-                  calibration=calibration if calibration is not None else None)
-    result = _apply_recipe(r.model, recipe, ctx)
-    if out is not None:
-        artifact.save(result, out, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
-                      extra={"notes": ctx.notes})
+    ctx = Context(testbed=r.testbed, workdir=workdir, seed=recipe.seed, calibration=calibration)
+    try:
+        result = _apply_recipe(r.model, recipe, ctx)
+        if out is not None:
+            artifact.save(result, out, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
+                          extra={"notes": ctx.notes})
+    except BaseException:
+        if created:  # leave nothing half-written behind in a directory we made
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     rep = None
     if report:
         source = str(out) if out is not None else None

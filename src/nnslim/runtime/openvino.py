@@ -22,9 +22,15 @@ class OpenVinoRunner(Runner):
         core = ov.Core()
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.input_names = [p.any_name for p in self.compiled.inputs]
+        # A port can carry several tensor names (e.g. after fp16 conversion inserts casts).
+        self.input_names = [sorted(p.get_names()) for p in self.compiled.inputs]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
+        feed = {}
+        for i, names in enumerate(self.input_names):
+            name = next((n for n in names if n in inputs), None)
+            if name is None:
+                raise KeyError(f"input {names} of the OpenVINO model not among the given inputs {list(inputs)}")
+            feed[i] = np.ascontiguousarray(inputs[name])
         result = self.request.infer(feed)
         return np.asarray(result[self.compiled.output(0)], dtype=np.float32)

@@ -1,0 +1,48 @@
+import json
+
+import numpy as np
+
+from nnslim.eval.latency import Latency, measure_interleaved
+from nnslim.eval.report import Report, VariantResult
+
+
+def _report():
+    mk = lambda name, ms, size, acc: VariantResult(name, "torch", "torch", "float32", size, 10,
+                                                   {"accuracy": acc}, Latency(ms, ms * 1.2, ms, 5, 8), 1000)
+    return Report("digits-cnn", "accuracy", True, 8, None,
+                  [mk("baseline", 10.0, 4000, 0.98), mk("fast", 5.0, 1000, 0.97)])
+
+
+def test_report_schema_and_ratios(tmp_path):
+    paths = _report().write(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert [v["name"] for v in data["variants"]] == ["baseline", "fast"]
+    for v in data["variants"]:
+        assert {"name", "size_bytes", "latency_ms", "metrics"} <= set(v)
+        assert isinstance(v["metrics"], dict) and "accuracy" in v["metrics"]
+    fast = data["variants"][1]
+    assert fast["latency_ms"] == 5.0 and fast["vs_baseline"]["speedup"] == 2.0
+    assert fast["vs_baseline"]["size_ratio"] == 0.25
+    assert abs(fast["vs_baseline"]["metric_delta"]["accuracy"] + 0.01) < 1e-12
+    md = paths["md"].read_text()
+    assert "| baseline |" in md and "2.00x" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "fast" in _report().to_terminal()
+
+
+def test_single_variant_report_has_no_plot(tmp_path):
+    r = _report()
+    r.variants = r.variants[:1]
+    assert "png" not in r.write(tmp_path)
+
+
+def test_interleaved_latency_runs_each_call_equally():
+    calls = {"a": [], "b": []}
+    order = []
+    res = measure_interleaved({k: (lambda k=k: (calls[k].append(1), order.append(k))) for k in calls},
+                              batch=4, warmup=2, repeats=6)
+    assert len(calls["a"]) == len(calls["b"]) == 8 and res["a"].runs == 6
+    timed = order[4:]
+    assert timed[0::2] != timed[1::2]  # rotated order, not always a then b
+    assert all(np.isfinite(r.median_ms) and r.p90_ms >= r.median_ms for r in res.values())
+    assert res["a"].throughput == 4 * 1000 / res["a"].median_ms

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+import nnslim
+from nnslim.errors import NnslimError
+from nnslim.runtime import TorchRunner, make_runner
+
+
+class TwoLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(16, 32)
+        self.b = torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("method", ["fp16", "bf16"])
+def test_cast_round_trip_and_caller_untouched(tmp_path, digits, method):
+    tb, model = digits
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = nnslim.compress("digits-cnn", method, out=tmp_path / method, report=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = tb.example_inputs(batch=16)
+    loaded = nnslim.load(tmp_path / method)
+    assert next(loaded.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[method]
+    np.testing.assert_array_equal(TorchRunner(res.model)(x), TorchRunner(loaded)(x))
+    assert tb.evaluate(TorchRunner(loaded))["accuracy"] >= 0.96
+    assert (tmp_path / method / "model.safetensors").stat().st_size < 0.6 * 1.24e6
+
+
+def test_onnx_round_trip(tmp_path, digits):
+    tb, _ = digits
+    res = nnslim.compress("digits-cnn", "onnx", out=tmp_path / "o", report=False)
+    x = tb.example_inputs(batch=7)
+    again = nnslim.load(tmp_path / "o")
+    np.testing.assert_array_equal(make_runner(res.model)(x), make_runner(again)(x))
+
+
+def test_user_module_needs_skeleton(tmp_path):
+    torch.manual_seed(0)
+    model = TwoLayer()
+    x = {"x": torch.randn(8, 16)}
+    res = nnslim.compress(model, "fp16", example_inputs=x, out=tmp_path / "m")
+    assert res.report.variants[1].metrics["output_cos_min"] > 0.999
+    assert model.a.weight.dtype == torch.float32  # caller's model untouched
+    with pytest.raises(NnslimError, match="pass model="):
+        nnslim.load(tmp_path / "m")
+    loaded = nnslim.load(tmp_path / "m", model=TwoLayer())
+    assert torch.equal(loaded.a.weight, res.model.a.weight)
+
+
+def test_module_without_example_inputs_is_a_clear_error():
+    with pytest.raises(NnslimError, match="example_inputs is required"):
+        nnslim.compress(TwoLayer(), "fp16")
+
+
+def test_corrupt_artifacts(tmp_path):
+    d = tmp_path / "art"
+    d.mkdir()
+    with pytest.raises(NnslimError, match="not an nnslim artifact"):
+        from nnslim.io import read_meta
+        read_meta(d)
+    (d / "nnslim.json").write_text("{not json")
+    with pytest.raises(NnslimError, match="not valid JSON"):
+        nnslim.load(d)
+    (d / "nnslim.json").write_text('{"format": "pickle"}')
+    with pytest.raises(NnslimError, match="format='pickle' is not allowed"):
+        nnslim.load(d)
+    (d / "nnslim.json").write_text('{"format": "torch", "architecture": {"kind": "testbed", "name": "digits-cnn"}}')
+    (d / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(NnslimError, match="does not match|not a valid"):
+        nnslim.load(d)
+
+
+def test_outputs_written_atomically_no_temp_left(tmp_path):
+    nnslim.compress("digits-cnn", "fp16", out=tmp_path / "a", report=False)
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]

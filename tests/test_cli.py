@@ -1,0 +1,108 @@
+"""Every bad input: one clear line on stderr, exit code 2, no traceback, the user's files untouched."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import files_digest
+
+
+def nnslim(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nnslim.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def assert_clean_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for n in needles:
+        assert n in last, last
+
+
+def test_lists():
+    out = nnslim("testbeds")
+    assert out.returncode == 0 and all(n in out.stdout for n in ("digits-cnn", "minilm", "smollm2"))
+    out = nnslim("methods")
+    assert out.returncode == 0 and all(n in out.stdout for n in ("fp16", "bf16", "onnx", "onnx-fp16"))
+
+
+@pytest.mark.parametrize("verb", ["testbeds", "methods", "evaluate", "benchmark", "compress", "demo"])
+def test_help(verb):
+    out = nnslim(verb, "--help")
+    assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_bad_inputs(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "broken.onnx").write_bytes(b"this is not protobuf")
+    (user / "weights.safetensors").write_bytes(b"\x00" * 16)
+    (user / "r.yaml").write_text("steps:\n  - method: fp16\n    alpha: 0.5\n")
+    (user / "t.yaml").write_text("steps:\n  - method: onnx\n    opset: seventeen\n")
+    (user / "order.yaml").write_text("steps:\n  - method: onnx\n  - method: fp16\n")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    before = files_digest(tmp_path)
+
+    assert_clean_error(nnslim("evaluate", "--model", "resnet9000"), "resnet9000", "digits-cnn")
+    assert_clean_error(nnslim("evaluate", "--model", str(user / "missing.onnx")), "missing.onnx")
+    assert_clean_error(nnslim("evaluate", "--model", str(user / "broken.onnx")), "not a valid ONNX model")
+    assert_clean_error(nnslim("evaluate", "--model", str(user / "weights.safetensors")), "bare weights file")
+    assert_clean_error(nnslim("evaluate", "--model", "digits-cnn", "--testbed", "imagenet"),
+                       "testbed='imagenet'", "allowed")
+    assert_clean_error(nnslim("compress", "--model", "digits-cnn", "--method", "int3", "--out",
+                              str(tmp_path / "o1")), "method='int3'", "allowed")
+    assert_clean_error(nnslim("compress", "--model", "digits-cnn", "--recipe", str(user / "r.yaml"), "--out",
+                              str(tmp_path / "o2")), "unknown key 'alpha'")
+    assert_clean_error(nnslim("compress", "--model", "digits-cnn", "--recipe", str(user / "t.yaml"), "--out",
+                              str(tmp_path / "o3")), "opset='seventeen'", "expected int")
+    assert_clean_error(nnslim("compress", "--model", "digits-cnn", "--recipe", str(user / "nope.yaml"), "--out",
+                              str(tmp_path / "o4")), "nope.yaml", "not found")
+    assert_clean_error(nnslim("compress", "--model", "digits-cnn", "--method", "fp16", "--out", str(full)),
+                       "not empty", "--overwrite")
+    assert_clean_error(nnslim("compress", "--model", "digits-cnn", "--recipe", str(user / "order.yaml"),
+                              "--out", str(tmp_path / "o5"), "--no-report"), "needs a torch model")
+    assert_clean_error(nnslim("benchmark", "--model", "digits-cnn", "--batch", "zero"), "--batch")
+    assert_clean_error(nnslim("benchmark", "--model", "digits-cnn", "--backend", "tensorrt"), "--backend")
+    assert_clean_error(nnslim("benchmark", "--model", "digits-cnn", "--backend", "openvino"),
+                       "--backend='openvino'", "torch")
+    assert_clean_error(nnslim("compress", "--model", "digits-cnn", "--out", str(tmp_path / "o6")),
+                       "--method", "--recipe")
+    assert files_digest(tmp_path) == before  # nothing of the user's changed, no output left behind
+
+
+def test_refuses_to_write_over_its_input(tmp_path):
+    out = tmp_path / "a"
+    assert nnslim("compress", "--model", "digits-cnn", "--method", "onnx", "--out", str(out),
+                  "--no-report").returncode == 0
+    before = files_digest(out)
+    proc = nnslim("compress", "--model", str(out / "model.onnx"), "--method", "onnx", "--out", str(out),
+                  "--overwrite", "--no-report")
+    assert_clean_error(proc, "never overwrites its input")
+    assert files_digest(out) == before
+
+
+def test_compress_onnx_then_evaluate_reproduces_accuracy(tmp_path, digits):
+    import json
+
+    from nnslim.runtime import TorchRunner
+
+    tb, model = digits
+    fp32 = tb.evaluate(TorchRunner(model))["accuracy"]
+    out = tmp_path / "x"
+    proc = nnslim("compress", "--model", "digits-cnn", "--method", "onnx", "--out", str(out), "--repeats", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert {"model.onnx", "nnslim.json", "report.json", "report.md", "plot.png"} <= {p.name for p in out.iterdir()}
+    meta = json.loads((out / "nnslim.json").read_text())
+    assert meta["recipe"]["steps"][0]["method"] == "onnx" and meta["seed"] == 0 and "torch" in meta["versions"]
+    report = json.loads((out / "report.json").read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert names[0] == "baseline" and len(names) == 3
+    assert all(v["peak_mem_bytes"] and v["peak_mem_bytes"] > 0 for v in report["variants"])
+    for backend in ("onnxruntime", "openvino"):
+        proc = nnslim("evaluate", "--model", str(out / "model.onnx"), "--backend", backend, "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["metrics"]["accuracy"] == pytest.approx(fp32, abs=1e-9)

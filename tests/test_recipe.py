@@ -1,0 +1,54 @@
+import pytest
+
+from nnslim.errors import NnslimError
+from nnslim.recipe import as_recipe, load_recipe, make_step, methods, parse_recipe
+
+
+def test_registered_methods():
+    assert {"fp16", "bf16", "onnx", "onnx-fp16"} <= set(methods())
+
+
+def test_parse_list_and_mapping_forms():
+    r = parse_recipe([{"method": "fp16"}])
+    assert r.steps[0].method == "fp16" and r.seed == 0
+    r = parse_recipe({"name": "x", "seed": 7, "steps": [{"method": "onnx", "opset": 17, "tolerance": 1}]})
+    assert r.seed == 7 and r.steps[0].opset == 17 and r.steps[0].tolerance == 1.0
+    assert r.to_dict()["steps"][0] == {"method": "onnx", "opset": 17, "check": True, "tolerance": 1.0}
+
+
+@pytest.mark.parametrize("spec,match", [
+    ([{"method": "int3"}], r"method='int3' is not allowed; allowed: .*fp16"),
+    ([{"method": "onnx", "opsett": 17}], r"unknown key 'opsett' for method 'onnx'; allowed: check, opset, tolerance"),
+    ([{"method": "fp16", "x": 1}], r"unknown key 'x' for method 'fp16'; allowed: \(none"),
+    ([{"method": "onnx", "opset": "17"}], r"steps\[0\]\.opset='17' has the wrong type; expected int"),
+    ([{"method": "onnx", "check": 1}], r"check=1 has the wrong type; expected bool"),
+    ([{"method": "onnx", "opset": 9}], r"opset=9 is not allowed; allowed: 13..23"),
+    ([{"opset": 9}], r"missing key 'method'"),
+    (["fp16"], r"must be a mapping"),
+    ([], r"non-empty list"),
+    ({"steps": [{"method": "fp16"}], "sed": 1}, r"unknown key 'sed'; allowed: name, seed, steps"),
+    ({"steps": [{"method": "fp16"}], "seed": "a"}, r"seed='a' has the wrong type"),
+    (42, r"must be a list of steps"),
+])
+def test_bad_recipes_name_the_field(spec, match):
+    with pytest.raises(NnslimError, match=match):
+        parse_recipe(spec)
+
+
+def test_yaml_files(tmp_path):
+    good = tmp_path / "r.yaml"
+    good.write_text("seed: 3\nsteps:\n  - method: fp16\n")
+    assert load_recipe(good).seed == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [method: fp16\n")
+    with pytest.raises(NnslimError, match="not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(NnslimError, match="file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_as_recipe_accepts_names_configs_and_seed_override():
+    step = make_step({"method": "bf16"})
+    assert as_recipe(step).steps == (step,)
+    assert as_recipe("fp16", seed=5).seed == 5
+    assert as_recipe([step, make_step({"method": "onnx"})]).steps[1].method == "onnx"
