@@ -260,6 +260,7 @@ def compress(model, recipe, calibration: list | None = None, example_inputs: dic
     ctx = Context(testbed=r.testbed, workdir=workdir, seed=recipe.seed, calibration=calibration)
     try:
         result = _apply_recipe(r.model, recipe, ctx)
+        result = _deployable(result, ctx)
         if out is not None:
             artifact.save(result, out, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
                           extra={"notes": ctx.notes})
@@ -270,12 +271,40 @@ def compress(model, recipe, calibration: list | None = None, example_inputs: dic
     rep = None
     if report:
         source = str(out) if out is not None else None
-        variants = variants_for("baseline", r.model, r.source) + variants_for("compressed", result, source)
+        variants = variants_for("baseline", r.model, r.source)
+        if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module):
+            # Same runtime, fp32 vs compressed: separates the runtime's gain from the method's.
+            fp32 = _export_baseline(r, Path(tempfile.mkdtemp(prefix="nnslim-fp32-")))
+            variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path))
+        variants += variants_for("compressed", result, source)
         rep = compare(r.testbed, variants, batch, seq, repeats, memory=memory)
         rep.notes = ctx.notes + rep.notes
         if out is not None:
             rep.write(out)
     return CompressResult(result, out, rep, ctx.notes)
+
+
+def _deployable(model, ctx: Context):
+    """A torch model holding int8 layers deploys as an int8 ONNX graph (QDQ or dynamic)."""
+    from .quant.modules import QuantWrapper
+
+    if isinstance(model, torch.nn.Module) and any(isinstance(m, QuantWrapper) for m in model.modules()):
+        from .runtime.qdq import export_quantized_onnx
+
+        tb = ctx.testbed
+        example = tb.export_example()
+        onnx_model, notes = export_quantized_onnx(model, example, ctx.workdir / "model.onnx", tb.dynamic_axes)
+        ctx.notes.extend(notes)
+        return onnx_model
+    return model
+
+
+def _export_baseline(r: Resolved, directory: Path) -> OnnxModel:
+    from .runtime.onnx_export import export_onnx as _export
+
+    tb = r.testbed
+    example = tb.export_example()
+    return _export(r.model, example, directory / "model.onnx", tb.dynamic_axes)
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 from .errors import NnslimError, bad_value
 
 # Modules that register built-in methods when imported.
-_BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.runtime.onnx_methods")
+_BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.runtime.onnx_methods")
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,7 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
     if not isinstance(model, torch.nn.Module):
         raise NnslimError(f"step {config.method!r} needs a torch model, got {type(model).__name__}")
     tb = ctx.testbed
-    # Example inputs of batch 2 so the exporter does not specialise the batch axis to 1.
-    example = tb.example_inputs(batch=2, seq=min(tb.default_seq, 16) if tb.default_seq else None)
+    example = tb.export_example()
     path = ctx.workdir / "model.onnx"
     onnx_model = export_onnx(model, example, path,
                              dynamic_axes=tb.dynamic_axes, opset=config.opset)

@@ -48,6 +48,10 @@ class Testbed(ABC):
     def evaluate(self, runner: Runner) -> dict[str, float]:
         """The testbed metrics for a runner of this model (any backend)."""
 
+    def export_example(self) -> dict[str, np.ndarray]:
+        """Inputs for tracing an export: batch 2 (so the batch axis is not specialised to 1), short seq."""
+        return self.example_inputs(batch=2, seq=min(self.default_seq, 16) if self.default_seq else None)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "metric": self.primary_metric,
                 "inputs": list(self.input_names)}

@@ -1,0 +1,1 @@
+"""Model structure helpers: scopes (which layers a method touches)."""

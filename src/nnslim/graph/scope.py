@@ -1,0 +1,36 @@
+"""Ignored / target scopes by layer name, regex ("re:...") or type ("type:ClassName")."""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from torch import nn
+
+from ..errors import NnslimError
+
+
+def _matches(entry: str, name: str, module: nn.Module) -> bool:
+    if entry.startswith("re:"):
+        return re.search(entry[3:], name) is not None
+    if entry.startswith("type:"):
+        return any(cls.__name__ == entry[5:] for cls in type(module).__mro__)
+    return name == entry or name.startswith(entry + ".")
+
+
+def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[str] = (),
+                  field: str = "ignore") -> dict[str, nn.Module]:
+    """Named modules of `types`, minus those matched by `ignore`. An entry matching no layer of the
+    model is an error naming it (a typo would otherwise silently quantize everything)."""
+    ignore = list(ignore)
+    for entry in ignore:
+        if entry.startswith("re:"):
+            try:
+                re.compile(entry[3:])
+            except re.error as e:
+                raise NnslimError(f"{field} entry {entry!r} is not a valid regex: {e}") from None
+    named = list(model.named_modules())
+    for entry in ignore:
+        if not any(_matches(entry, n, m) for n, m in named if n):
+            sample = ", ".join(n for n, m in named if isinstance(m, types))[:300]
+            raise NnslimError(f"{field} entry {entry!r} matches no layer of the model; layers look like: {sample}")
+    return {n: m for n, m in named if n and isinstance(m, types) and not any(_matches(e, n, m) for e in ignore)}

@@ -1,0 +1,104 @@
+"""Quantized layers (simulated in float): int8 weights with per-channel/per-tensor scales and an
+optional static uint8 activation quantizer on the input. They hold what the ONNX QDQ export needs."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .primitives import INT8_WEIGHT, UINT8_ACT, choose_qparams, dequantize, fake_quantize, quantize
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class QuantWrapper(nn.Module):
+    """Wraps a Linear/Conv: stores int8 weight codes + scales and the input's activation qparams."""
+
+    def __init__(self, float_module: nn.Module, w_scale: torch.Tensor, w_zp: torch.Tensor,
+                 act: tuple[torch.Tensor, torch.Tensor] | None, dynamic: bool = False,
+                 input_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.kind = "linear" if isinstance(float_module, nn.Linear) else "conv"
+        self.float_module = float_module  # keeps hyper-parameters (stride, padding, ...) and the bias
+        w = float_module.weight.detach()
+        self.per_channel = w_scale.dim() > 0
+        axis = 0 if self.per_channel else None
+        self.register_buffer("qweight", quantize(w.float(), w_scale, w_zp, INT8_WEIGHT, axis).to(torch.int8))
+        self.register_buffer("w_scale", w_scale.float())
+        self.register_buffer("w_zp", w_zp.to(torch.int32))
+        self.dynamic = dynamic
+        # SmoothQuant: the input is divided by this per-channel scale before quantization.
+        if input_scale is not None:
+            self.register_buffer("input_scale", input_scale.float())
+        else:
+            self.input_scale = None
+        if act is not None:
+            self.register_buffer("act_scale", act[0].float().reshape(()))
+            self.register_buffer("act_zp", act[1].to(torch.int32).reshape(()))
+        else:
+            self.act_scale = self.act_zp = None
+        # The float module keeps its weight for export / bias correction, replaced by the dequantized one.
+        with torch.no_grad():
+            float_module.weight.copy_(self.dequantized_weight().to(w.dtype))
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize(self.qweight, self.w_scale, self.w_zp, axis=0 if self.per_channel else None)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x / self.input_scale.to(x.dtype)
+        if self.act_scale is not None:
+            return fake_quantize(x, self.act_scale, self.act_zp, UINT8_ACT)
+        if self.dynamic:  # per-tensor dynamic range, as ONNX DynamicQuantizeLinear computes it
+            scale, zp = choose_qparams(x.detach().min(), x.detach().max(), UINT8_ACT)
+            return fake_quantize(x, scale, zp, UINT8_ACT)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.float_module
+        x = self.quantize_input(x)
+        if self.kind == "linear":
+            return F.linear(x, m.weight, m.bias)
+        return m._conv_forward(x, m.weight, m.bias)
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+class ScaledInput(nn.Module):
+    """float_module(x / scale): the float form of a SmoothQuant-ed layer (exports as Div -> MatMul)."""
+
+    def __init__(self, module: nn.Module, scale: torch.Tensor):
+        super().__init__()
+        self.module = module
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return self.module(x / self.scale)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Replace every QuantWrapper by its float equivalent (dequantized weights) in place; returns model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantWrapper):
+            new = module.float_module
+            if module.input_scale is not None:
+                new = ScaledInput(new, module.input_scale)
+            replace_module(model, name, new)
+    return model
+
+
+def quant_spec(model: nn.Module) -> dict[str, dict]:
+    """name -> {weight scale/zp, activation scale/zp} of every quantized layer (for export)."""
+    spec = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantWrapper):
+            spec[name] = {"kind": m.kind, "qweight": m.qweight, "w_scale": m.w_scale, "w_zp": m.w_zp,
+                          "per_channel": m.per_channel, "dynamic": m.dynamic,
+                          "input_scale": None if m.input_scale is None else m.input_scale.detach(),
+                          "act_scale": None if m.act_scale is None else float(m.act_scale),
+                          "act_zp": None if m.act_zp is None else int(m.act_zp)}
+    return spec

@@ -1,0 +1,225 @@
+"""Int8 post-training quantization (static and dynamic) of Linear/Conv layers.
+
+Weights: int8 symmetric, per output channel (default) or per tensor. Activations (static): uint8
+asymmetric per tensor, ranges from a calibrator. Only the inputs of weight-bearing layers are
+quantized, so numerically fragile ops (attention-mask add, softmax, LayerNorm, GELU) stay in float.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from ..graph.fold import fold_batchnorm
+from ..graph.scope import select_layers
+from ..recipe import StepConfig, register_method
+from .calibration import check_calibration, run_with_hooks
+from .modules import QUANTIZABLE, QuantWrapper, replace_module
+from .observers import OBSERVERS, TensorStats, make_observer
+from .primitives import INT7_WEIGHT, INT8_WEIGHT, UINT8_ACT, choose_qparams, weight_qparams
+
+PRESETS = ("auto", "transformer", "cnn")
+# Measured on minilm (BENCHMARKS.md): alpha 0.5 hurts, 0.7-0.85 best; NNCF uses 0.95 for MatMuls.
+DEFAULT_SMOOTHQUANT_ALPHA = 0.85
+# What the transformer preset keeps in float besides fragile ops (never quantized here at all):
+# the classifier / LM head and embeddings, as NNCF's model_type=transformer and ModelOpt do.
+TRANSFORMER_IGNORE = ("re:(^|\\.)(lm_head|classifier|score|pooler)(\\.|$)",)
+
+
+@dataclass(frozen=True)
+class Int8Config(StepConfig):
+    """Static int8: int8 weights and calibrated uint8 activations (deploys as ONNX QDQ)."""
+    calibrator: str = "auto"  # minmax | percentile | entropy | mse | auto (per model type)
+    percentile: float = 99.99
+    per_channel: bool = True
+    samples: int = 300
+    preset: str = "auto"  # auto | transformer | cnn
+    ignore: tuple[str, ...] = ()  # layer names, "re:REGEX" or "type:ClassName"
+    smoothquant: float | str | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
+    bias_correction: bool = True
+    max_drop: float | None = None  # accuracy control: max allowed drop of the testbed's primary metric
+    reduce_range: bool = False  # 7-bit weights: avoids int16 saturation of ONNX Runtime on CPUs without VNNI
+
+    def __post_init__(self):
+        if self.calibrator != "auto" and self.calibrator not in OBSERVERS:
+            raise NnslimError(f"calibrator={self.calibrator!r} is not allowed; allowed: auto, "
+                              f"{', '.join(OBSERVERS)}")
+        make_observer("percentile", self.percentile)  # validates the percentile
+        if self.preset not in PRESETS:
+            raise NnslimError(f"preset={self.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
+        if not 1 <= self.samples <= 100_000:
+            raise NnslimError(f"samples={self.samples} is not allowed; allowed: 1..100000 (100-1000 typical)")
+        sq = self.smoothquant
+        if not (sq is None or sq == "auto" or (isinstance(sq, float) and 0.0 < sq < 1.0)):
+            raise NnslimError(f"smoothquant={sq!r} is not allowed; allowed: 0 < alpha < 1, 'auto' or null")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise NnslimError(f"max_drop={self.max_drop} is not allowed; allowed: >= 0 or null")
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig(StepConfig):
+    """Dynamic int8: int8 weights, activations quantized per tensor at run time (no calibration)."""
+    per_channel: bool = True
+    preset: str = "auto"
+    ignore: tuple[str, ...] = ()
+    reduce_range: bool = False
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise NnslimError(f"preset={self.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
+
+
+def is_transformer(model: nn.Module) -> bool:
+    names = {type(m).__name__ for m in model.modules()}
+    return any("Attention" in n or "LayerNorm" in n or "RMSNorm" in n for n in names) or isinstance(
+        model, nn.TransformerEncoder)
+
+
+def resolve_preset(config, model: nn.Module) -> str:
+    if config.preset != "auto":
+        return config.preset
+    return "transformer" if is_transformer(model) else "cnn"
+
+
+def default_calibrator(preset: str) -> str:
+    """Activation calibrator by model type. Wu et al. 2020 (int8 inference) found percentile/entropy
+    best for CNNs and percentile best for BERT; the benchmark table in BENCHMARKS.md re-checks it here."""
+    return "percentile"
+
+
+def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) -> dict[str, nn.Module]:
+    """Layers to quantize: the user's `ignore` entries must each match a layer; the preset's may not."""
+    import re
+
+    layers = select_layers(model, (nn.Linear,) if dynamic else QUANTIZABLE, config.ignore)
+    if preset == "transformer":
+        layers = {n: m for n, m in layers.items() if not any(re.search(e[3:], n) for e in TRANSFORMER_IGNORE)}
+    if not layers:
+        raise NnslimError("no Linear/Conv layer left to quantize (check `ignore`)")
+    return layers
+
+
+def calibrate_activations(model: nn.Module, layers: dict[str, nn.Module], data: list[dict],
+                          calibrator: str, percentile: float, smooth: dict[str, torch.Tensor] | None = None
+                          ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 (scale, zero_point) for each layer's input (divided by its SmoothQuant scale, if any)."""
+    observer = make_observer(calibrator, percentile)
+    stats = {n: TensorStats() for n in layers}
+    smooth = smooth or {}
+
+    def seen(n, x):
+        return x / smooth[n] if n in smooth else x
+
+    run_with_hooks(model, layers, data, lambda n, x: stats[n].update_range(seen(n, x)), desc="calibrate ranges")
+    if observer.needs_histogram:
+        run_with_hooks(model, layers, data, lambda n, x: stats[n].update_hist(seen(n, x)),
+                       desc="calibrate histograms")
+    out = {}
+    for name, st in stats.items():
+        lo, hi = observer.range(st, UINT8_ACT)
+        out[name] = choose_qparams(torch.tensor(lo), torch.tensor(hi), UINT8_ACT)
+    return out
+
+
+@torch.inference_mode()
+def correct_biases(model: nn.Module, data: list[dict]) -> int:
+    """Fast bias correction of the weight quantization error (Nagel et al. 2019): add to each quantized
+    layer's bias the mean per-channel output shift E[(W - W_q) x] over the inputs it sees. Activation
+    clipping error is not folded in: its mean is dominated by a few outlier tokens and would shift
+    every other token."""
+    wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def on_input(name, x):
+        m = wrappers[name]
+        fm = m.float_module
+        dw = m.original_weight - fm.weight
+        if m.input_scale is not None:
+            x = x / m.input_scale
+        if m.kind == "linear":
+            diff = nn.functional.linear(x, dw).reshape(-1, dw.shape[0])
+        else:
+            diff = fm._conv_forward(x, dw, None).transpose(0, 1).reshape(dw.shape[0], -1).T
+        sums[name] = sums.get(name, 0) + diff.double().sum(0)
+        counts[name] = counts.get(name, 0) + diff.shape[0]
+
+    run_with_hooks(model, wrappers, data, on_input, desc="bias correction")
+    for name, m in wrappers.items():
+        if name not in sums:
+            continue
+        fm = m.float_module
+        delta = (sums[name] / counts[name]).to(fm.weight.dtype)
+        if fm.bias is None:
+            fm.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=fm.weight.dtype))
+        fm.bias.add_(delta)
+    return len(sums)
+
+
+def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, calibration=None,
+                  example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None
+                  ) -> nn.Module:
+    """A copy of `model` (or the model itself if inplace) with Linear/Conv layers quantized to int8."""
+    if not isinstance(model, nn.Module):
+        raise NnslimError(f"int8 quantization needs a torch.nn.Module, got {type(model).__name__}")
+    notes = notes if notes is not None else []
+    dynamic = isinstance(config, Int8DynamicConfig)
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    folded = fold_batchnorm(model)
+    if folded:
+        notes.append(f"folded {folded} BatchNorm layers into their convolutions")
+    preset = resolve_preset(config, model)
+    layers = target_layers(model, config, preset, dynamic)
+    data = []
+    if not dynamic:
+        data = check_calibration(calibration, example_inputs or {})[: config.samples]
+        alpha = config.smoothquant
+        if alpha == "auto":
+            alpha = DEFAULT_SMOOTHQUANT_ALPHA if preset == "transformer" else None
+        smooth = {}
+        if alpha is not None:
+            from .smoothquant import smoothing_scales
+
+            smooth = smoothing_scales(model, layers, data, alpha)
+            notes.append(f"smoothquant alpha={alpha}: {len(smooth)} layers smoothed")
+        calibrator = config.calibrator if config.calibrator != "auto" else default_calibrator(preset)
+        acts = calibrate_activations(model, layers, data, calibrator, config.percentile, smooth)
+        for name, scale in smooth.items():
+            layers[name].weight.data.mul_(scale.to(layers[name].weight.dtype))
+        notes.append(f"int8 static: {len(layers)} layers, preset={preset}, calibrator={calibrator}, "
+                     f"{len(data)} calibration samples, weights per-{'channel' if config.per_channel else 'tensor'}")
+    for name, layer in layers.items():
+        w = layer.weight.detach().float()
+        w_scale, w_zp = weight_qparams(w, INT7_WEIGHT if config.reduce_range else INT8_WEIGHT,
+                                       per_channel=config.per_channel, axis=0)
+        original = layer.weight.detach().clone()
+        wrapper = QuantWrapper(layer, w_scale, w_zp, None if dynamic else acts[name], dynamic=dynamic,
+                               input_scale=None if dynamic else smooth.get(name))
+        wrapper.original_weight = original  # plain attribute: used by bias correction, not saved
+        replace_module(model, name, wrapper)
+    if not dynamic and config.bias_correction:
+        notes.append(f"bias correction: {correct_biases(model, data)} layers")
+    for m in model.modules():
+        if isinstance(m, QuantWrapper):
+            del m.original_weight
+    return model
+
+
+@register_method("int8", Int8Config, "static int8 PTQ (per-channel weights, calibrated activations), ONNX QDQ")
+def apply_int8(model, config: Int8Config, ctx):
+    tb = ctx.testbed
+    data = ctx.calibration if ctx.calibration is not None else tb.calibration(config.samples)
+    example = tb.example_inputs(batch=1, seq=8 if tb.default_seq else None)
+    if config.max_drop is not None:
+        from .sensitivity import quantize_with_accuracy_control
+        return quantize_with_accuracy_control(model, config, data, example, tb, ctx.notes)
+    return quantize_int8(model, config, data, example, notes=ctx.notes)
+
+
+@register_method("int8-dynamic", Int8DynamicConfig, "dynamic int8 (int8 weights, run-time activation ranges)")
+def apply_int8_dynamic(model, config: Int8DynamicConfig, ctx):
+    return quantize_int8(model, config, notes=ctx.notes)

@@ -1,0 +1,127 @@
+"""ONNX deployment of int8-quantized torch models.
+
+The float model (dequantized weights) is exported with the dynamo exporter, then each quantized
+layer's node (MatMul / Gemm / Conv) is found by the value of its weight initializer (names do not
+survive constant folding) and rewritten:
+- static: QuantizeLinear/DequantizeLinear (uint8) on the activation input, int8 weight + DequantizeLinear;
+  ONNX Runtime and OpenVINO both execute these as int8 kernels;
+- dynamic: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale) (as ONNX Runtime's dynamic quantizer).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import NnslimError
+from .base import OnnxModel
+from .onnx_export import export_onnx
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes() + str(a.shape).encode()).hexdigest()
+
+
+def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: str | Path,
+                          dynamic_axes: dict | None = None, opset: int = 18) -> tuple[OnnxModel, list[str]]:
+    """Export a model holding QuantWrapper layers to an int8 ONNX graph. Returns (model, notes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..io import atomic_write
+    from ..quant.modules import QuantWrapper, quant_spec, unwrap
+
+    spec = quant_spec(qmodel)
+    if not spec:
+        raise NnslimError("the model has no quantized layers to export as int8")
+    float_model = unwrap(copy.deepcopy(qmodel))
+    path = Path(path)
+    export_onnx(float_model, example_inputs, path, dynamic_axes, opset)
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+
+    by_digest: dict[str, tuple[str, bool]] = {}
+    for name, s in spec.items():
+        w = qmodel.get_submodule(name).dequantized_weight().numpy()
+        by_digest.setdefault(_digest(w), (name, False))
+        if w.ndim == 2:
+            by_digest.setdefault(_digest(w.T), (name, True))
+
+    new_inits, notes, found = [], [], set()
+    act_qdq: dict[str, str] = {}  # activation tensor -> its dequantized name
+    rewritten = []
+    for node in graph.node:
+        pre = []
+        match = None
+        if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] in inits:
+            match = by_digest.get(_digest(numpy_helper.to_array(inits[node.input[1]])))
+        if match is None:
+            rewritten.append(node)
+            continue
+        lname, transposed = match
+        s = spec[lname]
+        found.add(lname)
+        wname = node.input[1]
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            transposed = not trans_b
+        axis = 1 if transposed else 0
+        q = s["qweight"].numpy()
+        q = q.T if transposed else q
+        base = f"nnslim_q/{lname}"
+        new_inits += [numpy_helper.from_array(np.ascontiguousarray(q).astype(np.int8), f"{base}.weight_q"),
+                      numpy_helper.from_array(s["w_scale"].numpy().astype(np.float32), f"{base}.w_scale"),
+                      numpy_helper.from_array(np.zeros(s["w_scale"].shape, np.int8), f"{base}.w_zp")]
+        if s["dynamic"]:
+            if node.op_type != "MatMul":
+                notes.append(f"{lname}: dynamic int8 supports MatMul only, left float ({node.op_type})")
+                rewritten.append(node)
+                found.discard(lname)
+                new_inits = new_inits[:-3]
+                continue
+            x = node.input[0]
+            pre += [helper.make_node("DynamicQuantizeLinear", [x], [f"{base}.xq", f"{base}.xs", f"{base}.xzp"],
+                                     name=f"{base}/dql"),
+                    helper.make_node("MatMulInteger", [f"{base}.xq", f"{base}.weight_q", f"{base}.xzp",
+                                                       f"{base}.w_zp"], [f"{base}.acc"], name=f"{base}/mmi"),
+                    helper.make_node("Cast", [f"{base}.acc"], [f"{base}.accf"], to=TensorProto.FLOAT,
+                                     name=f"{base}/cast"),
+                    helper.make_node("Mul", [f"{base}.xs", f"{base}.w_scale"], [f"{base}.s"], name=f"{base}/sc"),
+                    helper.make_node("Mul", [f"{base}.accf", f"{base}.s"], list(node.output), name=f"{base}/mul")]
+            rewritten += pre
+            continue
+        pre.append(helper.make_node("DequantizeLinear", [f"{base}.weight_q", f"{base}.w_scale", f"{base}.w_zp"],
+                                    [f"{base}.weight_dq"], name=f"{base}/wdq",
+                                    **({"axis": axis} if s["per_channel"] else {})))
+        node.input[1] = f"{base}.weight_dq"
+        x = node.input[0]
+        if s["act_scale"] is not None:
+            if x not in act_qdq:
+                a = f"nnslim_act/{x}"
+                new_inits += [numpy_helper.from_array(np.array(s["act_scale"], np.float32), f"{a}.scale"),
+                              numpy_helper.from_array(np.array(s["act_zp"], np.uint8), f"{a}.zp")]
+                pre += [helper.make_node("QuantizeLinear", [x, f"{a}.scale", f"{a}.zp"], [f"{a}.q"], name=f"{a}/q"),
+                        helper.make_node("DequantizeLinear", [f"{a}.q", f"{a}.scale", f"{a}.zp"], [f"{a}.dq"],
+                                         name=f"{a}/dq")]
+                act_qdq[x] = f"{a}.dq"
+            node.input[0] = act_qdq[x]
+        rewritten += pre + [node]
+    missing = sorted(set(spec) - found)
+    if missing:
+        notes.append(f"{len(missing)} quantized layers not found in the ONNX graph, left float: "
+                     + ", ".join(missing[:8]))
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    notes.append(f"int8 ONNX: {len(found)}/{len(spec)} layers as int8 "
+                 f"({'dynamic' if any(s['dynamic'] for s in spec.values()) else 'static QDQ'})")
+    return OnnxModel(path), notes
