@@ -99,7 +99,7 @@ def load_for_run(source: str, backend: str | None = None):
 
 
 # ------------------------------------------------------------------------------------------------
-def param_count(model) -> int:
+def param_count(model) -> int | None:
     if isinstance(model, torch.nn.Module):
         seen, total = set(), 0
         for p in model.parameters():
@@ -107,6 +107,8 @@ def param_count(model) -> int:
                 seen.add(p.data_ptr())
                 total += p.numel()
         return total
+    if model.path.suffix == ".xml":  # an OpenVINO IR (rival tools' output in benchmarks)
+        return None
     import onnx
 
     proto = onnx.load(str(model.path), load_external_data=False)
@@ -137,10 +139,14 @@ class Variant:
 def _dtype_of(model) -> str:
     if isinstance(model, torch.nn.Module):
         return str(model_dtype(model)).replace("torch.", "")
+    if model.path.suffix == ".xml":
+        return "openvino-ir"
     import onnx
 
     proto = onnx.load(str(model.path), load_external_data=False)
     types = {t.data_type for t in proto.graph.initializer}
+    if onnx.TensorProto.INT8 in types:
+        return "int8"
     return "float16" if onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types \
         else ("mixed" if onnx.TensorProto.FLOAT16 in types else "float32")
 
@@ -152,24 +158,23 @@ def compare(testbed: Testbed, variants: list[Variant], batch: int | None = None,
     batch = batch or testbed.default_batch
     seq = seq or testbed.default_seq
     inputs = testbed.example_inputs(batch=batch, seq=seq)
-    runners = {v.name: make_runner(v.model, v.backend, threads=threads) for v in variants}
+    runners = [make_runner(v.model, v.backend, threads=threads) for v in variants]
     results = []
-    for v in variants:
-        backend = runners[v.name].backend
+    for v, runner in zip(variants, runners):
         results.append(VariantResult(
-            name=v.name, backend=backend, format="onnx" if isinstance(v.model, OnnxModel) else "torch",
+            name=v.name, backend=runner.backend, format="onnx" if isinstance(v.model, OnnxModel) else "torch",
             dtype=_dtype_of(v.model), size_bytes=size_on_disk(v.model), params=param_count(v.model),
-            metrics=testbed.evaluate(runners[v.name]) if metrics else {}))
-    lat = measure_interleaved({n: (lambda r=r: r(inputs)) for n, r in runners.items()}, batch=batch,
+            metrics=testbed.evaluate(runner) if metrics else {}))
+    lat = measure_interleaved({str(i): (lambda r=r: r(inputs)) for i, r in enumerate(runners)}, batch=batch,
                               warmup=warmup, repeats=repeats, max_seconds=max_seconds)
-    for v, res in zip(variants, results):
-        res.latency = lat[v.name]
+    for i, (v, res) in enumerate(zip(variants, results)):
+        res.latency = lat[str(i)]
         if memory and v.source:
             res.peak_mem_bytes = peak_memory_bytes(v.source, res.backend, inputs)
     report = Report(testbed=testbed.name, primary_metric=testbed.primary_metric,
                     higher_is_better=testbed.higher_is_better, batch=batch, seq=seq, variants=results,
                     machine=machine_info(), versions=library_versions())
-    report.notes.append(f"latency: {warmup} warm-up runs, then {lat[variants[0].name].runs} interleaved "
+    report.notes.append(f"latency: {warmup} warm-up runs, then {lat['0'].runs} interleaved "
                         "rounds; median (p90); throughput = batch / median")
     if memory:
         report.notes.append("peak mem: peak RSS of a fresh process loading the variant and running one batch, "

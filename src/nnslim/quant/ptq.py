@@ -41,7 +41,9 @@ class Int8Config(StepConfig):
     smoothquant: float | str | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
     bias_correction: bool = True
     max_drop: float | None = None  # accuracy control: max allowed drop of the testbed's primary metric
-    reduce_range: bool = False  # 7-bit weights: avoids int16 saturation of ONNX Runtime on CPUs without VNNI
+    # 7-bit weights: u8 x s8 int8 kernels on CPUs without VNNI (AVX2) saturate int16 partial sums in
+    # both ONNX Runtime and OpenVINO; "auto" turns it on when this machine lacks VNNI.
+    reduce_range: bool | str = "auto"
 
     def __post_init__(self):
         if self.calibrator != "auto" and self.calibrator not in OBSERVERS:
@@ -55,6 +57,8 @@ class Int8Config(StepConfig):
         sq = self.smoothquant
         if not (sq is None or sq == "auto" or (isinstance(sq, float) and 0.0 < sq < 1.0)):
             raise NnslimError(f"smoothquant={sq!r} is not allowed; allowed: 0 < alpha < 1, 'auto' or null")
+        if self.reduce_range not in (True, False, "auto"):
+            raise NnslimError(f"reduce_range={self.reduce_range!r} is not allowed; allowed: true, false, auto")
         if self.max_drop is not None and self.max_drop < 0:
             raise NnslimError(f"max_drop={self.max_drop} is not allowed; allowed: >= 0 or null")
 
@@ -65,7 +69,7 @@ class Int8DynamicConfig(StepConfig):
     per_channel: bool = True
     preset: str = "auto"
     ignore: tuple[str, ...] = ()
-    reduce_range: bool = False
+    reduce_range: bool | str = "auto"
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -85,9 +89,17 @@ def resolve_preset(config, model: nn.Module) -> str:
 
 
 def default_calibrator(preset: str) -> str:
-    """Activation calibrator by model type. Wu et al. 2020 (int8 inference) found percentile/entropy
-    best for CNNs and percentile best for BERT; the benchmark table in BENCHMARKS.md re-checks it here."""
-    return "percentile"
+    """Activation calibrator by model type, from the calibrator table in BENCHMARKS.md: with SmoothQuant
+    flattening transformer activations, minmax is best there; percentile (99.99) for CNNs."""
+    return "minmax" if preset == "transformer" else "percentile"
+
+
+def cpu_has_vnni() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True  # unknown: assume a modern CPU
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) -> dict[str, nn.Module]:
@@ -160,8 +172,8 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
 
 
 def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, calibration=None,
-                  example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None
-                  ) -> nn.Module:
+                  example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None,
+                  keep_float: bool = False) -> nn.Module:
     """A copy of `model` (or the model itself if inplace) with Linear/Conv layers quantized to int8."""
     if not isinstance(model, nn.Module):
         raise NnslimError(f"int8 quantization needs a torch.nn.Module, got {type(model).__name__}")
@@ -192,20 +204,26 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
             layers[name].weight.data.mul_(scale.to(layers[name].weight.dtype))
         notes.append(f"int8 static: {len(layers)} layers, preset={preset}, calibrator={calibrator}, "
                      f"{len(data)} calibration samples, weights per-{'channel' if config.per_channel else 'tensor'}")
+    reduce_range = config.reduce_range if config.reduce_range != "auto" else not cpu_has_vnni()
+    if reduce_range:
+        notes.append("weights 7-bit (reduce_range): this CPU has no VNNI, where 8-bit u8 x s8 kernels saturate")
     for name, layer in layers.items():
         w = layer.weight.detach().float()
-        w_scale, w_zp = weight_qparams(w, INT7_WEIGHT if config.reduce_range else INT8_WEIGHT,
+        w_scale, w_zp = weight_qparams(w, INT7_WEIGHT if reduce_range else INT8_WEIGHT,
                                        per_channel=config.per_channel, axis=0)
         original = layer.weight.detach().clone()
+        original_bias = None if layer.bias is None else layer.bias.detach().clone()
         wrapper = QuantWrapper(layer, w_scale, w_zp, None if dynamic else acts[name], dynamic=dynamic,
                                input_scale=None if dynamic else smooth.get(name))
-        wrapper.original_weight = original  # plain attribute: used by bias correction, not saved
+        wrapper.original_weight = original  # plain attributes: for bias correction / accuracy control
+        wrapper.original_bias = original_bias
         replace_module(model, name, wrapper)
     if not dynamic and config.bias_correction:
         notes.append(f"bias correction: {correct_biases(model, data)} layers")
-    for m in model.modules():
-        if isinstance(m, QuantWrapper):
-            del m.original_weight
+    if not keep_float:
+        for m in model.modules():
+            if isinstance(m, QuantWrapper):
+                del m.original_weight, m.original_bias
     return model
 
 

@@ -16,8 +16,9 @@ class OnnxModel:
 
     @property
     def size_bytes(self) -> int:
-        data = Path(str(self.path) + ".data")
-        return self.path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        """The graph file plus its weights file (ONNX external data, or an OpenVINO IR's .bin)."""
+        extra = [Path(str(self.path) + ".data"), self.path.with_suffix(".bin") if self.path.suffix == ".xml" else None]
+        return self.path.stat().st_size + sum(p.stat().st_size for p in extra if p is not None and p.exists())
 
 
 class Runner(ABC):

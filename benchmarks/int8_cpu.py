@@ -1,0 +1,137 @@
+"""BENCHMARKS.md int8 tables: nnslim int8 PTQ vs ONNX Runtime's quantizer and NNCF (ONNX and OpenVINO
+paths), measured side by side in one run (same calibration and held-out data, interleaved latency),
+plus a calibrator x weight-granularity table.
+
+usage: python benchmarks/int8_cpu.py [--testbeds minilm digits-cnn] [--samples 300] [--repeats 10]
+       [--calibrator-table]
+Rivals need the bench extra: pip install -e '.[bench]' (nncf); ONNX Runtime is a core dependency.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+
+import nnslim  # noqa: E402
+from nnslim.api import Variant, compare, resolve  # noqa: E402
+from nnslim.quant.ptq import Int8Config, quantize_int8  # noqa: E402
+from nnslim.runtime import OnnxModel, TorchRunner  # noqa: E402
+from nnslim.runtime.onnx_export import export_onnx  # noqa: E402
+
+
+def ort_rivals(fp32: Path, calib: list[dict], work: Path, transformer: bool) -> list[Variant]:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = work / "ort_pre.onnx"
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    out = []
+    dyn = work / "ort_dynamic.onnx"
+    quantize_dynamic(str(pre), str(dyn), per_channel=True, weight_type=QuantType.QInt8)
+    out.append(Variant("ORT quantize_dynamic per-channel", OnnxModel(dyn), "onnxruntime"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    st = work / "ort_static.onnx"
+    quantize_static(str(pre), str(st), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    out.append(Variant("ORT quantize_static QDQ (defaults)", OnnxModel(st), "onnxruntime"))
+    return out
+
+
+def nncf_rivals(fp32: Path, calib: list[dict], work: Path, transformer: bool) -> list[Variant]:
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        print("nncf not installed: pip install -e '.[bench]' to include NNCF rows", file=sys.stderr)
+        return []
+    model_type = nncf.ModelType.TRANSFORMER if transformer else None
+    ov_model = ov.Core().read_model(str(fp32))
+    q = nncf.quantize(ov_model, nncf.Dataset(calib), model_type=model_type, subset_size=len(calib))
+    xml = work / "nncf_ov.xml"
+    ov.save_model(q, str(xml))
+    return [Variant("NNCF (OpenVINO IR)", OnnxModel(xml), "openvino")]
+
+
+def run(testbed: str, samples: int, repeats: int, out: Path) -> str:
+    base = resolve(testbed)
+    tb = base.testbed
+    work = Path(tempfile.mkdtemp(prefix=f"int8-{testbed}-"))
+    fp32 = export_onnx(base.model, tb.export_example(), work / "fp32.onnx", tb.dynamic_axes)
+    calib = tb.calibration(samples)
+    t0 = time.perf_counter()
+    res = nnslim.compress(base.model, Int8Config(samples=samples), testbed=tb, out=out / "nnslim-int8",
+                          overwrite=True, report=False)
+    ptq_s = time.perf_counter() - t0
+    dyn = nnslim.compress(base.model, "int8-dynamic", testbed=tb, out=out / "nnslim-int8-dynamic",
+                          overwrite=True, report=False)
+    transformer = tb.default_seq is not None
+    variants = [Variant("fp32 ONNX", fp32, "onnxruntime"), Variant("fp32 ONNX", fp32, "openvino"),
+                Variant("nnslim int8", res.model, "onnxruntime"), Variant("nnslim int8", res.model, "openvino"),
+                Variant("nnslim int8-dynamic", dyn.model, "onnxruntime")]
+    variants += ort_rivals(fp32.path, calib, work, transformer)
+    variants += nncf_rivals(fp32.path, calib, work, transformer)
+    report = compare(tb, variants, repeats=repeats, memory=False, max_seconds=600)
+    report.notes = [f"nnslim int8 PTQ wall time with {samples} calibration samples (incl. ONNX export): "
+                    f"{ptq_s:.1f} s", *res.notes] + report.notes
+    report.write(out)
+    return report.to_markdown()
+
+
+def calibrator_table(testbed: str, samples: int) -> str:
+    base = resolve(testbed)
+    tb = base.testbed
+    calib = tb.calibration(samples)
+    example = tb.example_inputs(batch=1, seq=8 if tb.default_seq else None)
+    metric = tb.primary_metric
+    rows = [f"### {testbed}: {metric} of the int8 model (torch simulation) by calibrator and weight "
+            f"granularity ({samples} calibration samples; other options at their defaults)", "",
+            "| calibrator | per-channel weights | per-tensor weights |", "|---|---|---|"]
+    for cal in ("minmax", "percentile", "entropy", "mse"):
+        cells = []
+        for per_channel in (True, False):
+            q = quantize_int8(base.model, Int8Config(calibrator=cal, per_channel=per_channel), calib, example)
+            m = tb.evaluate(TorchRunner(q))
+            extra = f" (min {m['cos_min']:.4f})" if "cos_min" in m else ""
+            cells.append(f"{m[metric]:.4f}{extra}")
+        rows.append(f"| {cal} | {cells[0]} | {cells[1]} |")
+    fp32 = tb.evaluate(TorchRunner(base.model))[metric]
+    rows.append(f"\nfp32 {metric}: {fp32:.4f}")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testbeds", nargs="+", default=["minilm", "digits-cnn"])
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="build/bench-int8")
+    parser.add_argument("--calibrator-table", action="store_true")
+    args = parser.parse_args()
+    print(f"command: python benchmarks/int8_cpu.py {' '.join(sys.argv[1:])}")
+    for name in args.testbeds:
+        t0 = time.time()
+        if args.calibrator_table:
+            print(calibrator_table(name, args.samples), flush=True)
+        else:
+            print(run(name, args.samples, args.repeats, Path(args.out) / name), flush=True)
+        print(f"({name}: {time.time() - t0:.0f} s wall)\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
