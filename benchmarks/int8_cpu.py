@@ -68,7 +68,7 @@ def nncf_rivals(fp32: Path, calib: list[dict], work: Path, transformer: bool) ->
     return [Variant("NNCF (OpenVINO IR)", OnnxModel(xml), "openvino")]
 
 
-def run(testbed: str, samples: int, repeats: int, out: Path) -> str:
+def run(testbed: str, samples: int, repeats: int, out: Path, max_drop: float) -> str:
     base = resolve(testbed)
     tb = base.testbed
     work = Path(tempfile.mkdtemp(prefix=f"int8-{testbed}-"))
@@ -80,15 +80,21 @@ def run(testbed: str, samples: int, repeats: int, out: Path) -> str:
     ptq_s = time.perf_counter() - t0
     dyn = nnslim.compress(base.model, "int8-dynamic", testbed=tb, out=out / "nnslim-int8-dynamic",
                           overwrite=True, report=False)
+    ctl = nnslim.compress(base.model, Int8Config(samples=samples, max_drop=max_drop), testbed=tb,
+                          out=out / "nnslim-int8-max-drop", overwrite=True, report=False)
     transformer = tb.default_seq is not None
     variants = [Variant("fp32 ONNX", fp32, "onnxruntime"), Variant("fp32 ONNX", fp32, "openvino"),
                 Variant("nnslim int8", res.model, "onnxruntime"), Variant("nnslim int8", res.model, "openvino"),
+                Variant(f"nnslim int8 max_drop={max_drop}", ctl.model, "onnxruntime"),
+                Variant(f"nnslim int8 max_drop={max_drop}", ctl.model, "openvino"),
                 Variant("nnslim int8-dynamic", dyn.model, "onnxruntime")]
     variants += ort_rivals(fp32.path, calib, work, transformer)
     variants += nncf_rivals(fp32.path, calib, work, transformer)
     report = compare(tb, variants, repeats=repeats, memory=False, max_seconds=600)
     report.notes = [f"nnslim int8 PTQ wall time with {samples} calibration samples (incl. ONNX export): "
-                    f"{ptq_s:.1f} s", *res.notes] + report.notes
+                    f"{ptq_s:.1f} s", *res.notes, *[f"max_drop run: {n}" for n in ctl.notes
+                                                    if n.startswith(("accuracy control", "sensitivity"))]
+                    ] + report.notes
     report.write(out)
     return report.to_markdown()
 
@@ -122,6 +128,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="build/bench-int8")
     parser.add_argument("--calibrator-table", action="store_true")
+    parser.add_argument("--max-drop", type=float, default=0.001, help="budget for the accuracy-control row")
     args = parser.parse_args()
     print(f"command: python benchmarks/int8_cpu.py {' '.join(sys.argv[1:])}")
     for name in args.testbeds:
@@ -129,7 +136,7 @@ def main() -> None:
         if args.calibrator_table:
             print(calibrator_table(name, args.samples), flush=True)
         else:
-            print(run(name, args.samples, args.repeats, Path(args.out) / name), flush=True)
+            print(run(name, args.samples, args.repeats, Path(args.out) / name, args.max_drop), flush=True)
         print(f"({name}: {time.time() - t0:.0f} s wall)\n", flush=True)
 
 

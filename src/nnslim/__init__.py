@@ -1,10 +1,12 @@
 """nnslim: make trained PyTorch models smaller and faster, and prove it with measured numbers."""
-from .api import benchmark, compare, compress, evaluate, export_onnx, load, resolve, save
+from .api import benchmark, compare, compress, evaluate, export_onnx, load, quantize, resolve, save
+from .quant.ptq import Int8Config, Int8DynamicConfig
 from .errors import NnslimError
 from .recipe import Recipe, make_step, methods, parse_recipe
 from .testbeds import TESTBEDS, get_testbed
 
 __version__ = "0.1.0"
 
-__all__ = ["benchmark", "compare", "compress", "evaluate", "export_onnx", "load", "resolve", "save",
+__all__ = ["benchmark", "compare", "compress", "evaluate", "export_onnx", "load", "quantize", "resolve", "save",
+           "Int8Config", "Int8DynamicConfig",
            "NnslimError", "Recipe", "make_step", "methods", "parse_recipe", "TESTBEDS", "get_testbed"]

@@ -277,7 +277,7 @@ def compress(model, recipe, calibration: list | None = None, example_inputs: dic
     if report:
         source = str(out) if out is not None else None
         variants = variants_for("baseline", r.model, r.source)
-        if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module):
+        if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module) and _dtype_of(result) != "float32":
             # Same runtime, fp32 vs compressed: separates the runtime's gain from the method's.
             fp32 = _export_baseline(r, Path(tempfile.mkdtemp(prefix="nnslim-fp32-")))
             variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path))
@@ -319,10 +319,50 @@ def _inside(path: Path, directory: Path) -> bool:
 
 def export_onnx(model: torch.nn.Module, example_inputs: dict, path: str | Path,
                 dynamic_axes: dict | None = None, opset: int = 18) -> OnnxModel:
-    """Export a torch module to ONNX (dynamo exporter); inputs are named as the dict's keys."""
+    """Export a torch module to ONNX (dynamo exporter); inputs are named as the dict's keys.
+
+    A model returned by nnslim.quantize exports as int8 (QDQ for static, MatMulInteger for dynamic).
+    """
+    from .quant.modules import QuantWrapper
     from .runtime.onnx_export import export_onnx as _export
+    from .runtime.qdq import export_quantized_onnx
 
     inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
               for k, v in example_inputs.items()}
     axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}
+    if any(isinstance(m, QuantWrapper) for m in model.modules()):
+        return export_quantized_onnx(model, inputs, path, axes, opset)[0]
     return _export(model, inputs, path, axes, opset)
+
+
+def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: dict | None = None,
+             inplace: bool = False, testbed: Testbed | str | None = None) -> torch.nn.Module:
+    """Quantize a torch model with Int8Config (static, needs calibration) or Int8DynamicConfig.
+
+    calibration: an iterable of input dicts (name -> array/tensor, batch first); with a testbed name
+    it defaults to the testbed's calibration split. Returns a new model (the caller's is untouched
+    unless inplace=True) that runs in torch as simulated int8; export_onnx() deploys it as real int8.
+    """
+    from .quant.ptq import Int8Config, Int8DynamicConfig, quantize_int8
+    from .quant.sensitivity import quantize_with_accuracy_control
+
+    if not isinstance(config, (Int8Config, Int8DynamicConfig)):
+        raise NnslimError(f"config of type {type(config).__name__} is not allowed; allowed: Int8Config, "
+                          "Int8DynamicConfig")
+    tb = get_testbed(testbed) if isinstance(testbed, str) else testbed
+    if calibration is None and tb is not None and isinstance(config, Int8Config):
+        calibration = tb.calibration(config.samples)
+    if example_inputs is None:
+        if tb is not None:
+            example_inputs = tb.example_inputs(batch=1, seq=8 if tb.default_seq else None)
+        elif calibration is not None:
+            example_inputs = next(iter(calibration), None)
+    if isinstance(example_inputs, dict):
+        example_inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+                          for k, v in example_inputs.items()}
+    notes: list[str] = []
+    if isinstance(config, Int8Config) and config.max_drop is not None:
+        if tb is None:
+            raise NnslimError("max_drop needs a testbed (its metric decides the drop): pass testbed=NAME")
+        return quantize_with_accuracy_control(model, config, list(calibration or []), example_inputs, tb, notes)
+    return quantize_int8(model, config, calibration, example_inputs, inplace=inplace, notes=notes)

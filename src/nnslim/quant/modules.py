@@ -68,6 +68,26 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+class QuantEmbedding(nn.Module):
+    """Embedding table stored as int8 per row (weight-only); lookups return the dequantized rows."""
+
+    def __init__(self, embedding: nn.Embedding, scale: torch.Tensor):
+        super().__init__()
+        self.embedding = embedding
+        w = embedding.weight.detach().float()
+        self.register_buffer("qweight", quantize(w, scale, torch.zeros_like(scale, dtype=torch.int32),
+                                                 INT8_WEIGHT, axis=0).to(torch.int8))
+        self.register_buffer("w_scale", scale.float())
+        with torch.no_grad():
+            embedding.weight.copy_(self.dequantized_weight().to(embedding.weight.dtype))
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.w_scale[:, None]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids)
+
+
 class ScaledInput(nn.Module):
     """float_module(x / scale): the float form of a SmoothQuant-ed layer (exports as Div -> MatMul)."""
 
@@ -88,6 +108,8 @@ def unwrap(model: nn.Module) -> nn.Module:
             if module.input_scale is not None:
                 new = ScaledInput(new, module.input_scale)
             replace_module(model, name, new)
+        elif isinstance(module, QuantEmbedding):
+            replace_module(model, name, module.embedding)
     return model
 
 
@@ -101,4 +123,8 @@ def quant_spec(model: nn.Module) -> dict[str, dict]:
                           "input_scale": None if m.input_scale is None else m.input_scale.detach(),
                           "act_scale": None if m.act_scale is None else float(m.act_scale),
                           "act_zp": None if m.act_zp is None else int(m.act_zp)}
+        elif isinstance(m, QuantEmbedding):
+            spec[name] = {"kind": "embedding", "qweight": m.qweight, "w_scale": m.w_scale,
+                          "w_zp": torch.zeros_like(m.w_scale, dtype=torch.int32), "per_channel": True,
+                          "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None}
     return spec

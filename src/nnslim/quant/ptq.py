@@ -171,6 +171,17 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
     return len(sums)
 
 
+def quantize_embeddings(model: nn.Module, ignore=()) -> int:
+    """Int8 per-row weight-only storage of embedding tables (they dominate small encoders' size)."""
+    from .modules import QuantEmbedding
+
+    tables = select_layers(model, (nn.Embedding,), ignore)
+    for name, emb in tables.items():
+        amax = emb.weight.detach().float().abs().amax(1)
+        replace_module(model, name, QuantEmbedding(emb, (amax / INT8_WEIGHT.qmax).clamp(min=1e-8)))
+    return len(tables)
+
+
 def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, calibration=None,
                   example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None,
                   keep_float: bool = False) -> nn.Module:
@@ -218,6 +229,10 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
         wrapper.original_weight = original  # plain attributes: for bias correction / accuracy control
         wrapper.original_bias = original_bias
         replace_module(model, name, wrapper)
+    if preset == "transformer":
+        n_emb = quantize_embeddings(model, config.ignore)
+        if n_emb:
+            notes.append(f"{n_emb} embedding tables stored as int8 per row (weight-only)")
     if not dynamic and config.bias_correction:
         notes.append(f"bias correction: {correct_biases(model, data)} layers")
     if not keep_float:

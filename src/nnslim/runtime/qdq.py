@@ -59,7 +59,23 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         match = None
         if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] in inits:
             match = by_digest.get(_digest(numpy_helper.to_array(inits[node.input[1]])))
-        if match is None:
+        elif node.op_type == "Gather" and node.input[0] in inits:
+            match = by_digest.get(_digest(numpy_helper.to_array(inits[node.input[0]])))
+            if match is not None and spec[match[0]]["kind"] == "embedding" and not match[1]:
+                lname = match[0]
+                found.add(lname)
+                base = f"nnslim_q/{lname}"
+                s = spec[lname]
+                new_inits += [numpy_helper.from_array(s["qweight"].numpy().astype(np.int8), f"{base}.table_q"),
+                              numpy_helper.from_array(s["w_scale"].numpy().astype(np.float32), f"{base}.t_scale"),
+                              numpy_helper.from_array(np.zeros(s["w_scale"].shape, np.int8), f"{base}.t_zp")]
+                rewritten.append(helper.make_node("DequantizeLinear", [f"{base}.table_q", f"{base}.t_scale",
+                                                                       f"{base}.t_zp"], [f"{base}.table"],
+                                                  name=f"{base}/tdq", axis=0))
+                node.input[0] = f"{base}.table"
+            rewritten.append(node)
+            continue
+        if match is None or spec[match[0]]["kind"] == "embedding":
             rewritten.append(node)
             continue
         lname, transposed = match

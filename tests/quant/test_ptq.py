@@ -1,0 +1,161 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nnslim
+from nnslim.errors import NnslimError
+from nnslim.quant.modules import QuantWrapper
+from nnslim.quant.ptq import Int8Config, Int8DynamicConfig, quantize_int8
+from nnslim.runtime import TorchRunner, make_runner
+
+
+class ZooNet(nn.Module):
+    """Residual, depthwise, squeeze-excite and concat skip in one CNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1),
+                                nn.Sigmoid())
+        self.res = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        a = self.stem(x)
+        b = self.dw(a)
+        b = b * self.se(b)
+        c = torch.relu(self.res(b) + a)
+        cat = torch.cat([c, b], dim=1)
+        return self.head(cat.mean((2, 3)))
+
+
+def _zoo():
+    torch.manual_seed(0)
+    model = ZooNet().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+    x = {"x": torch.randn(4, 3, 16, 16)}
+    calib = [{"x": torch.randn(1, 3, 16, 16)} for _ in range(16)]
+    return model, x, calib
+
+
+@pytest.mark.parametrize("calibrator", ["minmax", "percentile", "entropy", "mse"])
+def test_unseen_cnn_quantizes_exports_and_matches(tmp_path, calibrator):
+    model, x, calib = _zoo()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = nnslim.compress(model, Int8Config(calibrator=calibrator, samples=16), example_inputs=x,
+                          calibration=calib, out=tmp_path / "q", report=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller untouched
+    ref = TorchRunner(model)(x)
+    for backend in ("onnxruntime", "openvino"):
+        out = make_runner(res.model, backend)(x)
+        cos = (out * ref).sum(-1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert cos.min() > 0.98, (backend, cos)
+    assert any("int8 ONNX: 6/6 layers" in n for n in res.notes), res.notes
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(res.model.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_onnx_int8_matches_torch_simulation(digits):
+    tb, model = digits
+    q = quantize_int8(model, Int8Config(reduce_range=True), tb.calibration(100), tb.example_inputs(1))
+    assert sum(isinstance(m, QuantWrapper) for m in q.modules()) == 6
+    from nnslim.runtime.qdq import export_quantized_onnx
+    import tempfile
+
+    onnx_model, notes = export_quantized_onnx(q, tb.export_example(), tempfile.mkdtemp() + "/m.onnx",
+                                              tb.dynamic_axes)
+    x = tb.example_inputs(batch=32)
+    sim = TorchRunner(q)(x)
+    for backend in ("onnxruntime", "openvino"):
+        got = make_runner(onnx_model, backend)(x)
+        assert (got.argmax(-1) == sim.argmax(-1)).mean() >= 0.97
+        assert np.abs(got - sim).max() < 0.1 * np.abs(sim).max()
+
+
+def test_digits_int8_accuracy_and_size(tmp_path, digits):
+    tb, model = digits
+    fp32 = tb.evaluate(TorchRunner(model))["accuracy"]
+    res = nnslim.compress("digits-cnn", "int8", out=tmp_path / "d", report=False)
+    for backend in ("onnxruntime", "openvino"):
+        assert tb.evaluate(make_runner(res.model, backend))["accuracy"] >= fp32 - 0.005
+    assert res.model.size_bytes < 0.3 * 1.24e6
+    reloaded = nnslim.load(tmp_path / "d")
+    x = tb.example_inputs(batch=9)
+    np.testing.assert_array_equal(make_runner(reloaded)(x), make_runner(res.model)(x))
+
+
+def test_dynamic_int8_linear_model(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 8)).eval()
+    x = {"input": torch.randn(16, 64)}
+    res = nnslim.compress(model, Int8DynamicConfig(), example_inputs=x, out=tmp_path / "dyn", report=False)
+    ref = TorchRunner(model)(x)
+    got = make_runner(res.model, "onnxruntime")(x)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_accuracy_control_keeps_sensitive_layers_float(tmp_path):
+    res = nnslim.compress("digits-cnn", Int8Config(max_drop=0.0, calibrator="entropy"), out=tmp_path / "ac",
+                          report=False)
+    note = next(n for n in res.notes if n.startswith("accuracy control"))
+    assert "(met)" in note
+    assert any(n.startswith("sensitivity") for n in res.notes)
+
+
+def test_bad_int8_inputs(digits):
+    tb, model = digits
+    ex = tb.example_inputs(1)
+    with pytest.raises(NnslimError, match="calibration is empty"):
+        quantize_int8(model, Int8Config(), [], ex)
+    with pytest.raises(NnslimError, match=r"calibration\[0\]\['x'\] has shape \(8, 8\); expected rank 4"):
+        quantize_int8(model, Int8Config(), [{"x": np.zeros((8, 8), np.float32)}], ex)
+    with pytest.raises(NnslimError, match=r"calibration\[0\] has keys \['y'\]"):
+        quantize_int8(model, Int8Config(), [{"y": np.zeros((1, 1, 8, 8), np.float32)}], ex)
+    with pytest.raises(NnslimError, match=r"calibration\[0\] is a list"):
+        quantize_int8(model, Int8Config(), [[1, 2]], ex)
+    with pytest.raises(NnslimError, match="ignore entry 'features.99' matches no layer"):
+        quantize_int8(model, Int8Config(ignore=("features.99",)), tb.calibration(4), ex)
+    with pytest.raises(NnslimError, match="not a valid regex"):
+        quantize_int8(model, Int8Config(ignore=("re:(",)), tb.calibration(4), ex)
+    for kwargs, match in [({"calibrator": "kl"}, "calibrator='kl'"), ({"smoothquant": 1.5}, "smoothquant=1.5"),
+                          ({"samples": 0}, "samples=0"), ({"preset": "llm"}, "preset='llm'"),
+                          ({"reduce_range": "yes"}, "reduce_range='yes'")]:
+        with pytest.raises(NnslimError, match=match):
+            Int8Config(**kwargs)
+
+
+def test_ignore_scope_by_name_regex_and_type(digits):
+    tb, model = digits
+    cal, ex = tb.calibration(8), tb.example_inputs(1)
+    count = lambda q: sum(isinstance(m, QuantWrapper) for m in q.modules())
+    assert count(quantize_int8(model, Int8Config(ignore=("classifier.3",)), cal, ex)) == 5
+    assert count(quantize_int8(model, Int8Config(ignore=("re:^features",)), cal, ex)) == 2
+    assert count(quantize_int8(model, Int8Config(ignore=("type:Linear",)), cal, ex)) == 4
+
+
+@pytest.mark.slow
+def test_minilm_int8_fidelity(minilm):
+    tb, model = minilm
+    q = quantize_int8(model, Int8Config(samples=100), tb.calibration(100), tb.example_inputs(1, 8))
+    m = tb.evaluate(TorchRunner(q))
+    assert m["cos_mean"] > 0.99 and m["cos_min"] > 0.97
+
+
+def test_public_quantize_and_export(tmp_path):
+    model, x, calib = _zoo()
+    q = nnslim.quantize(model, nnslim.Int8Config(samples=8), calibration=calib)
+    assert any(isinstance(m, QuantWrapper) for m in q.modules())
+    assert not any(isinstance(m, QuantWrapper) for m in model.modules())
+    onnx_model = nnslim.export_onnx(q, x, tmp_path / "q.onnx")
+    got = make_runner(onnx_model)(x)
+    sim = TorchRunner(q)(x)
+    assert np.abs(got - sim).max() < 0.1 * np.abs(sim).max() + 1e-3
+    with pytest.raises(NnslimError, match="config of type"):
+        nnslim.quantize(model, "int8")
