@@ -18,7 +18,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import numpy as np  # noqa: E402
 
 import nnslim  # noqa: E402
 from nnslim.api import Variant, compare, resolve  # noqa: E402
@@ -121,6 +120,25 @@ def calibrator_table(testbed: str, samples: int) -> str:
     return "\n".join(rows) + "\n"
 
 
+def reduce_range_check(testbed: str, samples: int) -> str:
+    """Fidelity of 8-bit vs 7-bit weights: torch simulation vs what ORT and OpenVINO deliver."""
+    from nnslim.runtime import make_runner
+
+    base = resolve(testbed)
+    tb = base.testbed
+    metric = tb.primary_metric
+    rows = [f"### {testbed}: {metric} with 8-bit vs 7-bit (reduce_range) weights", "",
+            "| weights | torch simulation | onnxruntime | openvino |", "|---|---|---|---|"]
+    for rr in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            q = nnslim.quantize(base.model, Int8Config(samples=samples, reduce_range=rr), testbed=tb)
+            onnx_model = nnslim.export_onnx(q, tb.export_example(), Path(tmp) / "q.onnx", tb.dynamic_axes)
+            cells = [tb.evaluate(TorchRunner(q))[metric]] + [tb.evaluate(make_runner(onnx_model, b))[metric]
+                                                             for b in ("onnxruntime", "openvino")]
+        rows.append(f"| {'7-bit' if rr else '8-bit'} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--testbeds", nargs="+", default=["minilm", "digits-cnn"])
@@ -128,12 +146,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="build/bench-int8")
     parser.add_argument("--calibrator-table", action="store_true")
+    parser.add_argument("--reduce-range-check", action="store_true")
     parser.add_argument("--max-drop", type=float, default=0.001, help="budget for the accuracy-control row")
     args = parser.parse_args()
     print(f"command: python benchmarks/int8_cpu.py {' '.join(sys.argv[1:])}")
     for name in args.testbeds:
         t0 = time.time()
-        if args.calibrator_table:
+        if args.reduce_range_check:
+            print(reduce_range_check(name, args.samples), flush=True)
+        elif args.calibrator_table:
             print(calibrator_table(name, args.samples), flush=True)
         else:
             print(run(name, args.samples, args.repeats, Path(args.out) / name, args.max_drop), flush=True)

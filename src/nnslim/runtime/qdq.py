@@ -32,7 +32,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     from onnx import TensorProto, helper, numpy_helper
 
     from ..io import atomic_write
-    from ..quant.modules import QuantWrapper, quant_spec, unwrap
+    from ..quant.modules import quant_spec, unwrap
 
     spec = quant_spec(qmodel)
     if not spec:
@@ -81,7 +81,6 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         lname, transposed = match
         s = spec[lname]
         found.add(lname)
-        wname = node.input[1]
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             transposed = not trans_b

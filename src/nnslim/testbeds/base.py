@@ -63,6 +63,35 @@ class Testbed(ABC):
         return self._reference
 
 
+class HFTestbed(Testbed):
+    """A Hugging Face model directory (a packaged default when none is given) and its tokenizer."""
+
+    _dir: Path | None = None
+    _tok = None
+
+    def default_dir(self) -> Path:
+        from ..errors import NnslimError
+
+        raise NnslimError(f"{type(self).__name__} needs a model directory")
+
+    @property
+    def model_dir(self) -> Path:
+        return self._dir or self.default_dir()
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
+        return self._tok
+
+    def load_hf(self, auto_class):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return auto_class.from_pretrained(str(self.model_dir), dtype=torch.float32)
+
+
 class ModuleTestbed(Testbed):
     """A user's own model with example inputs: the metric is output fidelity vs the original."""
 

