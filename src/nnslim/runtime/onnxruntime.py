@@ -23,6 +23,9 @@ class OrtRunner(Runner):
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # No busy-waiting after a run: spinning threads would steal the cores from whatever runs next
+        # (another variant in an interleaved benchmark, or the rest of the user's program).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
