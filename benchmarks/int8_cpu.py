@@ -139,6 +139,22 @@ def reduce_range_check(testbed: str, samples: int) -> str:
     return "\n".join(rows) + "\n"
 
 
+def llm_w8a8(testbed: str, samples: int) -> str:
+    """W8A8 int8 on a decoder LM's Linear layers (torch simulation): perplexity and generation agreement."""
+    base = resolve(testbed)
+    tb = base.testbed
+    t0 = time.perf_counter()
+    q = nnslim.quantize(base.model, Int8Config(samples=samples), testbed=tb)
+    ptq_s = time.perf_counter() - t0
+    fp32, int8 = tb.evaluate(TorchRunner(base.model)), tb.evaluate(TorchRunner(q))
+    rows = [f"### {testbed}: W8A8 int8 (Linear layers, lm_head kept float), torch simulation, "
+            f"{samples} calibration sequences of {tb.seq_len} tokens; PTQ {ptq_s:.0f} s", "",
+            "| model | perplexity | generation agreement |", "|---|---|---|",
+            f"| fp32 | {fp32['perplexity']:.3f} | {fp32['gen_agreement']:.3f} |",
+            f"| int8 W8A8 | {int8['perplexity']:.3f} | {int8['gen_agreement']:.3f} |"]
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--testbeds", nargs="+", default=["minilm", "digits-cnn"])
@@ -147,12 +163,15 @@ def main() -> None:
     parser.add_argument("--out", default="build/bench-int8")
     parser.add_argument("--calibrator-table", action="store_true")
     parser.add_argument("--reduce-range-check", action="store_true")
+    parser.add_argument("--llm-w8a8", action="store_true", help="decoder LM W8A8 accuracy (torch simulation)")
     parser.add_argument("--max-drop", type=float, default=0.001, help="budget for the accuracy-control row")
     args = parser.parse_args()
     print(f"command: python benchmarks/int8_cpu.py {' '.join(sys.argv[1:])}")
     for name in args.testbeds:
         t0 = time.time()
-        if args.reduce_range_check:
+        if args.llm_w8a8:
+            print(llm_w8a8(name, args.samples), flush=True)
+        elif args.reduce_range_check:
             print(reduce_range_check(name, args.samples), flush=True)
         elif args.calibrator_table:
             print(calibrator_table(name, args.samples), flush=True)

@@ -78,3 +78,11 @@ def test_corrupt_artifacts(tmp_path):
 def test_outputs_written_atomically_no_temp_left(tmp_path):
     nnslim.compress("digits-cnn", "fp16", out=tmp_path / "a", report=False)
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_hugging_face_directory_as_model():
+    from nnslim.testbeds.minilm import minilm_dir
+
+    res = nnslim.evaluate(str(minilm_dir()))
+    assert res["testbed"].startswith("hf:") and res["metrics"]["cos_mean"] == pytest.approx(1.0, abs=1e-6)

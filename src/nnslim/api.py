@@ -284,6 +284,7 @@ def compress(model, recipe, calibration: list | None = None, example_inputs: dic
         variants += variants_for("compressed", result, source)
         rep = compare(r.testbed, variants, batch, seq, repeats, memory=memory)
         rep.notes = ctx.notes + rep.notes
+        rep.tables.update(ctx.tables)
         if out is not None:
             rep.write(out)
     return CompressResult(result, out, rep, ctx.notes)

@@ -209,3 +209,4 @@ class Context:
     seed: int = 0
     calibration: list | None = None
     notes: list[str] = field(default_factory=list)
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # extra report tables, e.g. sensitivity

@@ -159,3 +159,29 @@ def test_public_quantize_and_export(tmp_path):
     assert np.abs(got - sim).max() < 0.1 * np.abs(sim).max() + 1e-3
     with pytest.raises(NnslimError, match="config of type"):
         nnslim.quantize(model, "int8")
+
+
+def test_accuracy_control_sensitivity_table_in_report(tmp_path):
+    import json
+
+    res = nnslim.compress("digits-cnn", Int8Config(max_drop=0.0, calibrator="entropy", samples=64),
+                          out=tmp_path / "r", repeats=2, memory=False)
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    (title, rows), = data["tables"].items()
+    assert "sensitivity" in title and len(rows) == 6 and {"layer", "gain", "kept float"} == set(rows[0])
+    assert "| layer | gain | kept float |" in (tmp_path / "r" / "report.md").read_text()
+    assert res.report.variants[-1].metrics["accuracy"] >= res.report.variants[0].metrics["accuracy"] - 0.002
+
+
+def test_transformer_encoder_layers_quantize():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False),
+                          nn.Linear(32, 4)).eval()
+    calib = [{"input": torch.randn(1, 10, 32)} for _ in range(16)]
+    q = nnslim.quantize(model, Int8Config(samples=16, preset="transformer"), calibration=calib)
+    x = {"input": torch.randn(3, 12, 32)}
+    ref, got = TorchRunner(model)(x), TorchRunner(q)(x)
+    assert sum(isinstance(m, QuantWrapper) for m in q.modules()) >= 4
+    cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
+    assert cos.min() > 0.95

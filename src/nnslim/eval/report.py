@@ -54,6 +54,7 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tables: dict[str, list[dict]] = field(default_factory=dict)
     date: str = field(default_factory=lambda: _dt.datetime.now().isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +62,7 @@ class Report:
         return {"testbed": self.testbed, "primary_metric": self.primary_metric,
                 "higher_is_better": self.higher_is_better, "batch": self.batch, "seq": self.seq,
                 "date": self.date, "machine": self.machine, "versions": self.versions, "notes": self.notes,
+                "tables": self.tables,
                 "variants": [v.as_dict(base) for v in self.variants]}
 
     # -- rendering -------------------------------------------------------------------------------
@@ -98,6 +100,11 @@ class Report:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]
+        for title, rows in self.tables.items():
+            if rows:
+                cols = list(rows[0])
+                lines += ["", f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
         return "\n".join(lines) + "\n"
 
     def to_terminal(self) -> str:

@@ -107,6 +107,9 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
     import re
 
     layers = select_layers(model, (nn.Linear,) if dynamic else QUANTIZABLE, config.ignore)
+    # nn.MultiheadAttention reads out_proj.weight directly instead of calling the module: not wrappable.
+    mha = {n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    layers = {n: m for n, m in layers.items() if n.rpartition(".")[0] not in mha}
     if preset == "transformer":
         layers = {n: m for n, m in layers.items() if not any(re.search(e[3:], n) for e in TRANSFORMER_IGNORE)}
     if not layers:
@@ -131,6 +134,8 @@ def calibrate_activations(model: nn.Module, layers: dict[str, nn.Module], data: 
                        desc="calibrate histograms")
     out = {}
     for name, st in stats.items():
+        if st.count == 0:  # never called as a module during calibration: left float by the caller
+            continue
         lo, hi = observer.range(st, UINT8_ACT)
         out[name] = choose_qparams(torch.tensor(lo), torch.tensor(hi), UINT8_ACT)
     return out
@@ -211,6 +216,11 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
             notes.append(f"smoothquant alpha={alpha}: {len(smooth)} layers smoothed")
         calibrator = config.calibrator if config.calibrator != "auto" else default_calibrator(preset)
         acts = calibrate_activations(model, layers, data, calibrator, config.percentile, smooth)
+        unused = sorted(set(layers) - set(acts))
+        if unused:
+            notes.append(f"{len(unused)} layers never called during calibration, left float: {', '.join(unused[:8])}")
+            layers = {n: m for n, m in layers.items() if n in acts}
+        smooth = {n: v for n, v in smooth.items() if n in layers}
         for name, scale in smooth.items():
             layers[name].weight.data.mul_(scale.to(layers[name].weight.dtype))
         notes.append(f"int8 static: {len(layers)} layers, preset={preset}, calibrator={calibrator}, "
@@ -249,7 +259,7 @@ def apply_int8(model, config: Int8Config, ctx):
     example = tb.example_inputs(batch=1, seq=8 if tb.default_seq else None)
     if config.max_drop is not None:
         from .sensitivity import quantize_with_accuracy_control
-        return quantize_with_accuracy_control(model, config, data, example, tb, ctx.notes)
+        return quantize_with_accuracy_control(model, config, data, example, tb, ctx.notes, ctx.tables)
     return quantize_int8(model, config, data, example, notes=ctx.notes)
 
 

@@ -39,7 +39,7 @@ def _fidelity(model, probes, refs) -> float:
 
 
 def quantize_with_accuracy_control(model: nn.Module, config, data: list[dict], example: dict, testbed,
-                                   notes: list, n_probe: int = 32) -> nn.Module:
+                                   notes: list, tables: dict | None = None, n_probe: int = 32) -> nn.Module:
     from .ptq import quantize_int8
 
     max_drop = config.max_drop
@@ -76,6 +76,9 @@ def quantize_with_accuracy_control(model: nn.Module, config, data: list[dict], e
     status = "met" if current <= max_drop else "NOT met even with every layer in float"
     notes.append(f"accuracy control: {metric} drop {current:.4f} vs max_drop={max_drop} ({status}); "
                  f"{len(kept)} of {len(wrappers)} layers kept in float: {', '.join(kept) or 'none'}")
+    if tables is not None:
+        tables["layer sensitivity (output cosine gained when only this layer stays float)"] = [
+            {"layer": n, "gain": f"{gains[n]:+.2e}", "kept float": "yes" if n in kept else "no"} for n in ranking]
     for w in wrappers.values():
         del w.original_weight, w.original_bias
     return qmodel

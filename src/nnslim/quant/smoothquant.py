@@ -28,6 +28,8 @@ def smoothing_scales(model: nn.Module, linears: dict[str, nn.Module], data: list
     run_with_hooks(model, targets, data, on_input, desc="smoothquant stats")
     scales = {}
     for name, lin in targets.items():
+        if name not in act_max:  # never called as a module
+            continue
         x_max = act_max[name].clamp(min=1e-5)
         w_max = lin.weight.detach().abs().float().amax(0).clamp(min=1e-5)
         scales[name] = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
