@@ -11,6 +11,10 @@ from .primitives import INT8_WEIGHT, UINT8_ACT, choose_qparams, dequantize, fake
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _no_op_hook(module, args):
+    return None
+
+
 class QuantWrapper(nn.Module):
     """Wraps a Linear/Conv: stores int8 weight codes + scales and the input's activation qparams."""
 
@@ -40,6 +44,17 @@ class QuantWrapper(nn.Module):
         # The float module keeps its weight for export / bias correction, replaced by the dequantized one.
         with torch.no_grad():
             float_module.weight.copy_(self.dequantized_weight().to(w.dtype))
+        # Fused fast paths (nn.TransformerEncoderLayer in inference) read .weight and skip submodule calls,
+        # which would skip activation quantization; they stand down when a module carries a hook.
+        self.register_forward_pre_hook(_no_op_hook)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.float_module.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.float_module.bias
 
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize(self.qweight, self.w_scale, self.w_zp, axis=0 if self.per_channel else None)
