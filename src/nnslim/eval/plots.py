@@ -14,11 +14,20 @@ def plot_metric_vs_latency(report, path: str | Path) -> Path:
 
     metric = report.primary_metric
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for v in report.variants:
+    ys = []
+    for i, v in enumerate(report.variants):
         if metric in v.metrics and v.latency:
+            ys.append(v.metrics[metric])
             ax.scatter(v.latency.median_ms, v.metrics[metric], s=40)
-            ax.annotate(f"{v.name} ({v.backend})", (v.latency.median_ms, v.metrics[metric]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # staggered labels so variants with equal metric and similar latency stay readable
+            label = v.name if v.backend in v.name else f"{v.name} ({v.backend})"
+            ax.annotate(label, (v.latency.median_ms, v.metrics[metric]),
+                        textcoords="offset points", xytext=(6, 6 + 10 * (i % 4)), fontsize=8)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    if ys:
+        lo, hi = min(ys), max(ys)
+        pad = max((hi - lo) * 0.15, 1e-3 * max(abs(hi), 1.0))
+        ax.set_ylim(lo - pad, hi + 3 * pad)
     ax.set_xlabel(f"median latency, ms (batch {report.batch}" + (f", seq {report.seq})" if report.seq else ")"))
     ax.set_ylabel(metric + (" (higher is better)" if report.higher_is_better else " (lower is better)"))
     ax.set_title(f"{report.testbed}: {metric} vs latency", fontsize=10)
