@@ -62,6 +62,12 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
                             "testbed": getattr(testbed, "name", None), "architecture": architecture_of(testbed),
                             "recipe": recipe, "seed": seed, "versions": library_versions()}
     if isinstance(model, torch.nn.Module):
+        from .quant.modules import QuantEmbedding, QuantWrapper
+
+        if any(isinstance(m, (QuantWrapper, QuantEmbedding)) for m in model.modules()):
+            raise NnslimError("saving a simulated-int8 torch model is not supported yet; save the deployable "
+                              "int8 model with nnslim.export_onnx(model, example_inputs, path) or use "
+                              "nnslim.compress(..., out=DIR), which writes the int8 ONNX artifact")
         atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
         meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
     elif isinstance(model, OnnxModel):

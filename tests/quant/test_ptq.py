@@ -185,3 +185,11 @@ def test_transformer_encoder_layers_quantize():
     assert sum(isinstance(m, QuantWrapper) for m in q.modules()) >= 4
     cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
     assert cos.min() > 0.95
+
+
+def test_saving_simulated_int8_torch_model_is_a_clear_error(tmp_path):
+    model, _, calib = _zoo()
+    q = nnslim.quantize(model, Int8Config(samples=4), calibration=calib)
+    with pytest.raises(NnslimError, match="export_onnx"):
+        nnslim.save(q, tmp_path / "q")
+    assert not (tmp_path / "q" / "model.safetensors").exists()
