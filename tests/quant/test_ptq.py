@@ -193,3 +193,10 @@ def test_saving_simulated_int8_torch_model_is_a_clear_error(tmp_path):
     with pytest.raises(NnslimError, match="export_onnx"):
         nnslim.save(q, tmp_path / "q")
     assert not (tmp_path / "q" / "model.safetensors").exists()
+
+
+def test_calibration_shape_the_model_rejects_is_named(digits):
+    tb, model = digits
+    bad = [{"x": np.zeros((1, 1, 4, 4), np.float32)}]
+    with pytest.raises(NnslimError, match=r"failed on calibration input of shapes \{'x': \(1, 1, 4, 4\)\}"):
+        quantize_int8(model, Int8Config(samples=1), bad, tb.example_inputs(1))
