@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,26 @@ def param_count(model) -> int | None:
                 seen.add(p.data_ptr())
                 total += p.numel()
         return total
-    if model.path.suffix == ".xml":  # an OpenVINO IR (rival tools' output in benchmarks)
-        return None
+    return _onnx_summary(str(model.path), model.path.stat().st_mtime_ns)[0]
+
+
+@lru_cache(maxsize=32)
+def _onnx_summary(path: str, mtime_ns: int) -> tuple[int | None, str]:
+    """(parameter count, dtype label) of an ONNX file, read once per file version."""
+    if path.endswith(".xml"):  # an OpenVINO IR (rival tools' output in benchmarks)
+        return None, "openvino-ir"
     import onnx
 
-    proto = onnx.load(str(model.path), load_external_data=False)
-    return int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in proto.graph.initializer))
+    proto = onnx.load(path, load_external_data=False)
+    params = int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in proto.graph.initializer))
+    types = {t.data_type for t in proto.graph.initializer}
+    if onnx.TensorProto.INT8 in types:
+        dtype = "int8"
+    elif onnx.TensorProto.FLOAT16 in types:
+        dtype = "float16" if onnx.TensorProto.FLOAT not in types else "mixed"
+    else:
+        dtype = "float32"
+    return params, dtype
 
 
 def size_on_disk(model) -> int:
@@ -139,16 +154,7 @@ class Variant:
 def _dtype_of(model) -> str:
     if isinstance(model, torch.nn.Module):
         return str(model_dtype(model)).replace("torch.", "")
-    if model.path.suffix == ".xml":
-        return "openvino-ir"
-    import onnx
-
-    proto = onnx.load(str(model.path), load_external_data=False)
-    types = {t.data_type for t in proto.graph.initializer}
-    if onnx.TensorProto.INT8 in types:
-        return "int8"
-    return "float16" if onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types \
-        else ("mixed" if onnx.TensorProto.FLOAT16 in types else "float32")
+    return _onnx_summary(str(model.path), model.path.stat().st_mtime_ns)[1]
 
 
 def compare(testbed: Testbed, variants: list[Variant], batch: int | None = None, seq: int | None = None,

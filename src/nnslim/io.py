@@ -1,4 +1,4 @@
-"""Atomic writes, safe loading (safetensors / ONNX / weights_only torch.load) and artifact metadata."""
+"""Atomic writes, safe loading (safetensors / ONNX only) and artifact metadata."""
 from __future__ import annotations
 
 import json
@@ -106,21 +106,6 @@ def load_safetensors(path: str | Path) -> dict:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types on corrupt headers
         raise NnslimError(f"{str(path)!r} is not a valid safetensors file: {e}") from None
-
-
-def load_torch_weights(path: str | Path) -> dict:
-    """Load a .pt/.pth/.bin state dict without unpickling arbitrary objects."""
-    import torch
-
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise NnslimError(
-            f"{str(path)!r} could not be loaded with torch.load(weights_only=True) "
-            f"(nnslim never unpickles arbitrary objects): {str(e).splitlines()[0]}") from None
-    if not isinstance(obj, dict):
-        raise NnslimError(f"{str(path)!r} holds a {type(obj).__name__}, expected a state dict")
-    return obj
 
 
 def check_onnx(path: str | Path):
