@@ -15,7 +15,8 @@ from typing import Any, Callable, ClassVar
 from .errors import NnslimError, bad_value
 
 # Modules that register built-in methods when imported.
-_BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.runtime.onnx_methods")
+_BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.quant.weight_only.methods",
+                           "nnslim.quant.w8a8", "nnslim.runtime.onnx_methods")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""Run a model one repeated block (decoder layer) at a time: the shared driver of GPTQ, AWQ and
+layer-wise calibration methods (and of SparseGPT/Wanda-style pruning).
+
+1. The inputs of the first block are captured by running the model on each calibration sample
+   until the first block is reached (the blocks never run on the device during capture).
+2. For each block: it is moved to the device, `process(index, name, block, inputs, kwargs)` changes
+   it in place (e.g. quantizes its Linears from statistics of `inputs`), its outputs on the inputs are
+   computed *with the changed block* and become the next block's inputs, and it goes back.
+Peak device memory stays near one block plus the calibration activations.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from ..progress import progress
+
+
+class _Reached(Exception):
+    pass
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of repeated blocks holding most of the parameters (e.g. model.model.layers)."""
+    best, best_params = None, 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) >= 1:
+            kinds = {type(m) for m in mod}
+            params = sum(p.numel() for p in mod.parameters())
+            if len(kinds) == 1 and params > best_params:
+                best, best_params = (name, mod), params
+    if best is None:
+        raise NnslimError(f"{type(model).__name__} has no list of repeated blocks (nn.ModuleList of one "
+                          "layer type); layer-by-layer calibration needs a decoder/encoder stack")
+    return best
+
+
+def _to(obj: Any, device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _move_rest(model: nn.Module, blocks: nn.ModuleList, device) -> None:
+    """Move every parameter/buffer not inside `blocks` to `device`."""
+    inside = {id(t) for t in list(blocks.parameters()) + list(blocks.buffers())}
+    for mod in model.modules():
+        for key, p in list(mod._parameters.items()):
+            if p is not None and id(p) not in inside:
+                p.data = p.data.to(device)
+        for key, b in list(mod._buffers.items()):
+            if b is not None and id(b) not in inside:
+                mod._buffers[key] = b.to(device)
+
+
+def capture_inputs(model: nn.Module, blocks: nn.ModuleList, samples: list[dict[str, Any]], device
+                   ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Hidden states and keyword arguments with which the first block is called, per sample."""
+    inputs, kwargs_list = [], []
+
+    def hook(_mod, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        kw.update({f"__arg{i}": a for i, a in enumerate(args[1:], 1)})
+        inputs.append(hidden.detach())
+        kwargs_list.append(kw)
+        raise _Reached
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for sample in samples:
+                feed = {k: torch.as_tensor(v).to(device) for k, v in sample.items()}
+                try:
+                    model(**feed)
+                except _Reached:
+                    continue
+                raise NnslimError("the model returned without calling its first block")
+    finally:
+        handle.remove()
+    return inputs, kwargs_list
+
+
+def call_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    args = [hidden] + [kwargs[k] for k in sorted(k for k in kwargs if k.startswith("__arg"))]
+    kw = {k: v for k, v in kwargs.items() if not k.startswith("__arg")}
+    out = block(*args, **kw)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
+                  process: Callable[[int, str, nn.Module, list[torch.Tensor], list[dict]], None],
+                  device: str | torch.device = "cpu", desc: str = "layer-wise") -> None:
+    """Apply `process` to each block in order, feeding each block the outputs of the processed ones."""
+    if not samples:
+        raise NnslimError("layer-by-layer calibration needs at least one calibration sample")
+    device = torch.device(device)
+    prefix, blocks = find_blocks(model)
+    home = next(model.parameters()).device
+    blocks.to("cpu" if device.type != home.type else home)
+    _move_rest(model, blocks, device)
+    use_cache = getattr(getattr(model, "config", None), "use_cache", None)
+    try:
+        inputs, kwargs = capture_inputs(model, blocks, samples, device)
+        kwargs = [_to(kw, device) for kw in kwargs]
+        for i in progress(range(len(blocks)), desc=desc, total=len(blocks)):
+            block = blocks[i].to(device)
+            process(i, f"{prefix}.{i}", block, inputs, kwargs)
+            with torch.no_grad():
+                inputs = [call_block(block, h, kw) for h, kw in zip(inputs, kwargs)]
+            blocks[i] = block.to(home)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        _move_rest(model, blocks, home)
+        blocks.to(home)
+        if use_cache is not None:
+            model.config.use_cache = use_cache

@@ -1,0 +1,200 @@
+"""W8A8 dynamic quantization of Linear layers: FP8 (e4m3) or INT8 weights per output channel, and
+activations quantized per token at run time (no activation calibration).
+
+CUDA: fp8 through torch._scaled_mm with row-wise scales; int8 through nnslim's Triton GEMM with the
+scales fused into its epilogue, or torch._int_mm; each picked per shape by measurement, after a fused
+Triton per-token quantization. Anywhere: a reference path that quantize-dequantizes both operands
+and multiplies in float (what the kernels must match). INT8 can first migrate activation outliers
+into the weights with SmoothQuant (quant/smoothquant.py, needs calibration data).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import NnslimError
+from ..recipe import StepConfig, register_method
+from ..runtime.kernels import select
+from .modules import replace_module
+
+FORMATS = {"fp8": (torch.float8_e4m3fn, 448.0), "int8": (torch.int8, 127.0)}
+
+
+def quantize_rows_torch(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric quantization in plain torch ops (reference, and CPU)."""
+    dtype, qmax = FORMATS[fmt]
+    scale = x.float().abs().amax(dim=-1).clamp(min=1e-12) / qmax
+    v = x.float() / scale[:, None]
+    q = v.clamp(-qmax, qmax) if fmt == "fp8" else torch.round(v).clamp(-qmax, qmax)
+    return q.to(dtype), scale
+
+
+class W8A8Linear(nn.Module):
+    """y = (q(x) * sx) @ (qw * sw).T + b, with per-token sx and per-channel sw."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool, dtype=torch.float32,
+                 input_scale: bool = False):
+        super().__init__()
+        if fmt not in FORMATS:
+            raise NnslimError(f"format={fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
+        self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=FORMATS[fmt][0]))
+        self.register_buffer("wscale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features, dtype=dtype) if input_scale else None)
+        self.kernel = "auto"
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fmt: str, smooth: torch.Tensor | None = None) -> "W8A8Linear":
+        w = linear.weight.detach().float()
+        if smooth is not None:
+            w = w * smooth[None, :]
+        mod = cls(linear.in_features, linear.out_features, fmt, linear.bias is not None, linear.weight.dtype,
+                  smooth is not None).to(linear.weight.device)
+        q, s = quantize_rows_torch(w, fmt)
+        mod.qweight.copy_(q)
+        mod.wscale.copy_(s)
+        if linear.bias is not None:
+            mod.bias.copy_(linear.bias.detach())
+        if smooth is not None:
+            mod.input_scale.copy_((1.0 / smooth).to(mod.input_scale.dtype))
+        return mod
+
+    def quant_config(self) -> dict:
+        return {"kind": "w8a8", "format": self.fmt, "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias is not None,
+                "input_scale": self.input_scale is not None}
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.fmt} W8A8 dynamic, kernel={self.kernel}"
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        q, s = quantize_rows_torch(x, self.fmt)
+        xd = (q.float() * s[:, None]).to(x.dtype)
+        wd = (self.qweight.float() * self.wscale[:, None]).to(x.dtype)
+        return F.linear(xd, wd, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _candidates(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+        out: dict[str, Callable[[], torch.Tensor]] = {}
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        k, n = self.in_features, self.out_features
+        if x.device.type == "cuda" and k % 16 == 0 and n % 16 == 0:
+            from ..runtime.kernels import triton_int4, triton_w8a8
+
+            quant = (lambda: triton_w8a8.quantize_rows(x, self.fmt)) if triton_int4.available() else (
+                lambda: quantize_rows_torch(x, self.fmt))
+            if self.fmt == "fp8":
+                def scaled_mm():
+                    q, s = quant()
+                    return torch._scaled_mm(q, self.qweight.t(), scale_a=s[:, None], scale_b=self.wscale[None, :],
+                                            bias=bias, out_dtype=x.dtype)
+                out["scaled_mm"] = scaled_mm
+            else:
+                if triton_int4.available():
+                    for i, cfg in enumerate(triton_w8a8.INT8_GEMM_CONFIGS):
+                        out[f"triton-int8-{i}"] = lambda c=cfg: self._triton_int8(quant, bias, x.dtype, c)
+                if x.shape[0] > 16:
+                    out["int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
+        out["dequant"] = lambda: self._reference(x)
+        return out
+
+    def _triton_int8(self, quant, bias, dtype, cfg):
+        from ..runtime.kernels import triton_w8a8
+
+        q, s = quant()
+        return triton_w8a8.int8_gemm(q, self.qweight, s, self.wscale, bias, dtype, cfg)
+
+    def _int_mm(self, quant, bias, dtype):
+        q, s = quant()
+        y = torch._int_mm(q, self.qweight.t()).float() * s[:, None] * self.wscale[None, :]
+        return (y if bias is None else y + bias.float()).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.input_scale is not None:
+            x2 = x2 * self.input_scale.to(x2.dtype)
+        x2 = x2.contiguous()
+        cands = self._candidates(x2)
+        if self.kernel == "auto":
+            key = ("w8a8", self.fmt, x2.device.type, str(x2.dtype), self.out_features, self.in_features,
+                   select.m_bucket(x2.shape[0]))
+            name = select.choose(key, cands, x2.device)
+        elif self.kernel in cands:
+            name = self.kernel
+        else:
+            raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here; available: {', '.join(cands)}")
+        return cands[name]().reshape(*shape[:-1], self.out_features)
+
+
+@dataclass(frozen=True)
+class W8A8Config(StepConfig):
+    """W8A8 with dynamic per-token activation scales."""
+    format: str = "fp8"  # fp8 | int8
+    ignore: tuple[str, ...] = ()
+    quantize_head: bool = False
+    smoothquant: float | None = None  # int8 only: alpha in (0, 1); needs calibration data
+    samples: int = 64
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise NnslimError(f"format={self.format!r} is not allowed; allowed: {', '.join(FORMATS)}")
+        sq = self.smoothquant
+        if sq is not None and not 0.0 < sq < 1.0:
+            raise NnslimError(f"smoothquant={sq!r} is not allowed; allowed: 0 < alpha < 1 or null")
+
+
+@dataclass(frozen=True)
+class Fp8Config(W8A8Config):
+    """FP8 e4m3 weights (per channel) and activations (per token, dynamic)."""
+
+
+@dataclass(frozen=True)
+class Int8W8A8Config(W8A8Config):
+    """INT8 weights (per channel) and activations (per token, dynamic); optional SmoothQuant."""
+    format: str = "int8"
+
+
+def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplace: bool = False,
+                  notes: list[str] | None = None) -> nn.Module:
+    from .weight_only.methods import target_linears
+
+    if not isinstance(model, nn.Module):
+        raise NnslimError(f"W8A8 quantization needs a torch.nn.Module, got {type(model).__name__}")
+    notes = notes if notes is not None else []
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    layers = target_linears(model, config)
+    smooth = {}
+    if config.smoothquant is not None:
+        if config.format != "int8":
+            raise NnslimError("smoothquant applies to format='int8' only")
+        from .calibration import check_calibration
+        from .smoothquant import smoothing_scales
+
+        data = list(calibration or [])
+        if not data:
+            raise NnslimError("smoothquant needs calibration data (an iterable of input dicts)")
+        data = check_calibration(data, data[0])[: config.samples]
+        smooth = smoothing_scales(model, layers, data, config.smoothquant)
+        notes.append(f"smoothquant alpha={config.smoothquant}: {len(smooth)} layers")
+    for name, layer in layers.items():
+        replace_module(model, name, W8A8Linear.from_linear(layer, config.format, smooth.get(name)))
+    notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers")
+    return model
+
+
+def _apply(model, config: W8A8Config, ctx):
+    data = None
+    if config.smoothquant is not None:
+        data = ctx.calibration if ctx.calibration is not None else ctx.testbed.calibration(config.samples)
+    return quantize_w8a8(model, config, data, notes=ctx.notes)
+
+
+register_method("fp8", Fp8Config, "FP8 e4m3 W8A8, dynamic per-token activations (CUDA: torch._scaled_mm)")(_apply)
+register_method("int8-w8a8", Int8W8A8Config, "INT8 W8A8, dynamic per-token activations, optional SmoothQuant")(_apply)

@@ -1,0 +1,179 @@
+"""WeightOnlyLinear: a Linear whose weight is stored as packed low-bit codes + group scales/zeros.
+
+The forward runs the fastest implementation measured for the shape (runtime/kernels/select.py):
+  dequant        reference: dequantize to the activation dtype, then F.linear (any device)
+  cpu-int4pack   torch's CPU int4 packed matmul (_weight_int4pack_mm_for_cpu)
+  cpu-int8pack   torch's int8 weight-only matmul (_weight_int8pack_mm), per-channel symmetric int8
+  triton-int4    nnslim's own Triton GEMV / GEMM (CUDA)
+  tinygemm       torch's CUDA int4 packed matmul (_weight_int4pack_mm), bf16
+Kernel-specific layouts are built on first use and kept next to the canonical buffers (not saved).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...errors import NnslimError
+from ...runtime.kernels import select
+from .formats import WeightSpec, dequantize_codes, pack, per_byte, unpack
+
+KERNELS = ("auto", "dequant", "cpu-int4pack", "cpu-int8pack", "triton-int4", "tinygemm")
+
+
+class WeightOnlyLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bits: int, group: int, symmetric: bool,
+                 bias: bool, dtype: torch.dtype = torch.float32, input_scale: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group, self.symmetric = bits, group, symmetric
+        n_groups = in_features // group
+        packed = -(-in_features // per_byte(bits))
+        self.register_buffer("qweight", torch.zeros(out_features, packed, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=dtype))
+        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
+        # AWQ: x is multiplied by this per-input-channel vector before the matmul (None when folded).
+        self.register_buffer("input_scale", torch.ones(in_features, dtype=dtype) if input_scale else None)
+        self.kernel = "auto"
+        self._prepared: dict[tuple, tuple] = {}
+
+    @classmethod
+    def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                   spec: WeightSpec, input_scale: torch.Tensor | None = None) -> "WeightOnlyLinear":
+        group = linear.in_features // scale.shape[1]
+        dtype = linear.weight.dtype
+        mod = cls(linear.in_features, linear.out_features, spec.bits, group, spec.symmetric,
+                  linear.bias is not None, dtype, input_scale is not None)
+        dev = linear.weight.device
+        mod.to(dev)
+        mod.qweight.copy_(pack(codes, spec.bits))
+        mod.scales.copy_(scale.to(dtype))
+        mod.zeros.copy_(zero.to(torch.uint8))
+        if linear.bias is not None:
+            mod.bias.copy_(linear.bias.detach())
+        if input_scale is not None:
+            mod.input_scale.copy_(input_scale.to(dtype))
+        return mod
+
+    def extra_repr(self) -> str:
+        g = "channel" if self.group == self.in_features else self.group
+        return (f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={g}, "
+                f"{'sym' if self.symmetric else 'asym'}, kernel={self.kernel}")
+
+    def codes(self) -> torch.Tensor:
+        return unpack(self.qweight, self.bits, self.in_features)
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize_codes(self.codes(), self.scales, self.zeros, dtype or self.scales.dtype)
+
+    def quant_config(self) -> dict:
+        return {"kind": "weight_only", "bits": self.bits, "group": self.group, "symmetric": self.symmetric,
+                "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "input_scale": self.input_scale is not None}
+
+    # --- kernels -------------------------------------------------------------------------------
+    def _prep(self, name: str, device: torch.device, build: Callable[[], tuple]) -> tuple:
+        key = (name, str(device), self.qweight.data_ptr())
+        if key not in self._prepared:
+            self._prepared = {k: v for k, v in self._prepared.items() if k[2] == self.qweight.data_ptr()}
+            with torch.no_grad():
+                self._prepared[key] = build()
+        return self._prepared[key]
+
+    def _candidates(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+        out: dict[str, Callable[[], torch.Tensor]] = {}
+        dev, k, g = x.device, self.in_features, self.group
+        if dev.type == "cuda":
+            if self.bits == 4 and k % 32 == 0 and g % 32 == 0:
+                from ...runtime.kernels import triton_int4
+
+                if triton_int4.available():
+                    out["triton-int4"] = lambda: self._triton_int4(x)
+            if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
+                out["tinygemm"] = lambda: self._tinygemm(x)
+        elif dev.type == "cpu":
+            if self.bits == 4 and g in (32, 64, 128, 256) and k % 32 == 0 and x.dtype in (torch.float32,
+                                                                                           torch.bfloat16):
+                out["cpu-int4pack"] = lambda: self._cpu_int4(x)
+            if self.bits == 8 and self.symmetric and g == k and x.dtype in (torch.float32,):
+                out["cpu-int8pack"] = lambda: self._int8pack(x)
+        out["dequant"] = lambda: F.linear(x, self._dequant_weight(x.dtype))
+        return out
+
+    def _dequant_weight(self, dtype):
+        # Cached only when requested explicitly (kernel='dequant' keeps a float copy: fast, not small).
+        if self.kernel == "dequant-cached":
+            return self._prep("dequant", self.qweight.device, lambda: (self.dequantized_weight(dtype),))[0]
+        return self.dequantized_weight(dtype)
+
+    def _triton_int4(self, x, config=None):
+        from ...runtime.kernels import triton_int4
+
+        wk, st, zt = self._prep("triton-int4", x.device, lambda: triton_int4.to_kernel_layout(
+            self.codes(), self.scales, None if self.symmetric else self.zeros))
+        return triton_int4.int4_matmul(x.contiguous(), wk, st.to(x.dtype), zt, self.group, 8, config)
+
+    def _tinygemm(self, x):
+        def build():
+            codes = self.codes()
+            packed_u8 = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+            w = torch.ops.aten._convert_weight_to_int4pack(packed_u8.contiguous(), 8)
+            s = self.scales.float()
+            sz = torch.stack([s.t(), ((8 - self.zeros.float()) * s).t()], dim=-1).to(torch.bfloat16)
+            return w, sz.contiguous()
+
+        w, sz = self._prep("tinygemm", x.device, build)
+        return torch.ops.aten._weight_int4pack_mm(x.contiguous(), w, self.group, sz)
+
+    def _cpu_int4(self, x):
+        def build():
+            w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().contiguous(), 2)
+            s = self.scales.float()
+            sz = torch.stack([s.t(), ((8 - self.zeros.float()) * s).t()], dim=-1).contiguous()
+            return w, sz
+
+        w, sz = self._prep("cpu-int4pack", x.device, build)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), w, self.group, sz.to(x.dtype))
+
+    def _int8pack(self, x):
+        def build():
+            w = (self.codes() - self.zeros.to(torch.int32)).to(torch.int8).contiguous()
+            return w, self.scales[:, 0].to(x.dtype).contiguous()
+
+        w, s = self._prep("cpu-int8pack", x.device, build)
+        return torch.ops.aten._weight_int8pack_mm(x.contiguous(), w, s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.input_scale is not None:
+            x2 = x2 * self.input_scale.to(x2.dtype)
+        cands = self._candidates(x2)
+        if self.kernel in ("auto",):
+            key = ("wo", x2.device.type, self.bits, self.group, self.symmetric, str(x2.dtype),
+                   self.out_features, self.in_features, select.m_bucket(x2.shape[0]))
+            name = select.choose(key, cands, x2.device)
+        elif self.kernel in ("dequant", "dequant-cached"):
+            name = "dequant"
+        elif self.kernel in cands:
+            name = self.kernel
+        else:
+            raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here (device {x2.device.type}, "
+                              f"{x2.dtype}, int{self.bits}, group {self.group}); available: {', '.join(cands)}")
+        y = cands[name]()
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def set_kernel(model: nn.Module, kernel: str) -> nn.Module:
+    """Force one kernel (see KERNELS) for every quantized linear of `model`."""
+    if kernel not in KERNELS and kernel != "dequant-cached":
+        raise NnslimError(f"kernel={kernel!r} is not allowed; allowed: {', '.join(KERNELS)}")
+    for m in model.modules():
+        if isinstance(m, WeightOnlyLinear):
+            m.kernel = kernel
+    return model

@@ -1,0 +1,89 @@
+"""Pick the fastest correct implementation of a quantized matmul per (device, format, shape, M bucket).
+
+Each quantized layer offers candidates (name -> callable). The first call for a new key times every
+candidate that runs (CUDA events or perf_counter, warm-up then median) and remembers the winner for
+the process; `kernel_table()` shows what was chosen and measured. While a CUDA graph is being
+captured nothing is timed: the first applicable candidate runs (warm up before capturing).
+NNSLIM_KERNEL=<name> forces one candidate wherever it applies (e.g. `dequant`, the reference).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+_CHOICES: dict[tuple, str] = {}
+_TIMINGS: dict[tuple, dict[str, float]] = {}
+
+
+def m_bucket(m: int) -> int:
+    b = 1
+    while b < m and b < 4096:
+        b *= 2
+    return b
+
+
+def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int) -> float:
+    if device.type == "cuda":
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+    fn()
+    times = []
+    for _ in range(max(3, reps // 4)):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def choose(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], device: torch.device,
+           reps: int = 20) -> str:
+    """Name of the fastest candidate for `key` (timed once per process)."""
+    forced = os.environ.get("NNSLIM_KERNEL")
+    if forced and forced in candidates:
+        return forced
+    if key in _CHOICES and _CHOICES[key] in candidates:
+        return _CHOICES[key]
+    if len(candidates) == 1 or _capturing(device):
+        return next(iter(candidates))
+    timings = {}
+    for name, fn in candidates.items():
+        try:
+            timings[name] = _time(fn, device, reps)
+        except Exception:  # a candidate that does not support this shape/dtype is skipped
+            continue
+    if not timings:
+        return next(iter(candidates))
+    best = min(timings, key=timings.get)
+    _CHOICES[key], _TIMINGS[key] = best, timings
+    return best
+
+
+def kernel_table() -> list[dict]:
+    """What was chosen for each key, with the measured milliseconds of every candidate."""
+    rows = []
+    for key, best in _CHOICES.items():
+        rows.append({"key": "/".join(map(str, key)), "chosen": best,
+                     **{f"{k}_ms": round(v, 4) for k, v in _TIMINGS.get(key, {}).items()}})
+    return rows
+
+
+def reset() -> None:
+    _CHOICES.clear()
+    _TIMINGS.clear()

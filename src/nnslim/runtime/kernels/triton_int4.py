@@ -1,0 +1,164 @@
+"""nnslim's own Triton kernels for 4-bit weight-only linears: y = x @ dequant(W).T.
+
+Kernel layout (built once per layer from the canonical packed codes, see `to_kernel_layout`):
+  wk [K/2, N] uint8: byte (16*b + i, n) holds the code of k = 32*b + i (low nibble) and of
+  k = 32*b + 16 + i (high nibble), so one coalesced [16, BLOCK_N] byte tile holds two [16, BLOCK_N]
+  code tiles with no re-reads or shuffles;
+  st [G, N] scales; zt [G, N] fp32 = 2**23 + zero (asymmetric only).
+Codes become floats with the 2**23 trick (or 0x4B000000, bitcast, subtract) instead of a slow
+int-to-float conversion. Needs K % 32 == 0 and group % 32 == 0.
+
+Two kernels: a GEMV for one row at a time (decode; CUDA-core FMAs, split-K) and a tensor-core
+GEMM (tl.dot on dequantized bf16/fp16 tiles) for several rows.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the kernels are simply not offered
+    triton = None
+    tl = None
+
+MAGIC = 8388608.0  # 2**23: float32 with bits 0x4B000000 | q equals 2**23 + q exactly
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def to_kernel_layout(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Codes [N, K] int (0..15), scales/zeros [N, G] -> (wk [K/2, N] uint8, st [G, N], zt [G, N] | None)."""
+    n, k = codes.shape
+    c = codes.to(torch.uint8).t().reshape(k // 32, 2, 16, n)  # [block, half, i, n]
+    wk = (c[:, 0] | (c[:, 1] << 4)).reshape(k // 2, n).contiguous()
+    st = scales.t().contiguous()
+    zt = None if zeros is None else (zeros.t().float() + MAGIC).contiguous()
+    return wk, st, zt
+
+
+if triton is not None:
+
+    @triton.jit
+    def _codes(wk_ptr, b, offs_n, N, mask, zoff):
+        """Two [16, BN] fp32 tiles (code - zero) for the 32-row K block b."""
+        rows = b * 16 + tl.arange(0, 16)
+        raw = tl.load(wk_ptr + rows[:, None] * N + offs_n[None, :], mask=mask, other=0).to(tl.int32)
+        lo = ((raw & 15) | 0x4B000000).to(tl.float32, bitcast=True) - zoff
+        hi = ((raw >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - zoff
+        return lo, hi
+
+    @triton.jit
+    def _qparams(st_ptr, zt_ptr, b, offs_n, N, mask_n, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                 ZCONST: tl.constexpr):
+        g = (b * 32) // GROUP
+        s = tl.load(st_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if HAS_ZERO:
+            z = tl.load(zt_ptr + g * N + offs_n, mask=mask_n, other=0.0)
+        else:
+            z = tl.full(offs_n.shape, ZCONST, tl.float32)
+        return s, z
+
+    @triton.jit
+    def _int4_gemv_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, N, stride_xm, stride_ym, K: tl.constexpr,
+                          GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
+                          BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        row = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        i16 = tl.arange(0, 16)
+        nb = K // 32
+        per_split = (nb + SPLIT_K - 1) // SPLIT_K
+        b_start = pid_k * per_split
+        acc = tl.zeros((16, BLOCK_N), tl.float32)
+        for b0 in range(0, per_split, UNROLL):
+            for u in tl.static_range(UNROLL):
+                b = b_start + b0 + u
+                valid = (b0 + u < per_split) & (b < nb)
+                s, z = _qparams(st_ptr, zt_ptr, b, offs_n, N, mask_n & valid, GROUP, HAS_ZERO, ZCONST)
+                lo, hi = _codes(wk_ptr, b, offs_n, N, mask_n[None, :] & valid, z[None, :])
+                xl = tl.load(x_ptr + row * stride_xm + b * 32 + i16, mask=valid & (i16 < 16), other=0.0)
+                xh = tl.load(x_ptr + row * stride_xm + b * 32 + 16 + i16, mask=valid & (i16 < 16), other=0.0)
+                part = xl.to(tl.float32)[:, None] * lo + xh.to(tl.float32)[:, None] * hi
+                acc += part * s[None, :]
+        out = tl.sum(acc, axis=0)
+        if SPLIT_K == 1:
+            tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+        else:
+            tl.atomic_add(y_ptr + row * stride_ym + offs_n, out, mask=mask_n)
+
+    @triton.jit
+    def _int4_gemm_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
+                          GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
+                          SPLIT_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_n = offs_n < N
+        mask_m = offs_m < M
+        i16 = tl.arange(0, 16)
+        nb = K // 32
+        per_split = (nb + SPLIT_K - 1) // SPLIT_K
+        b_start = pid_k * per_split
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for b0 in range(0, per_split, UNROLL):
+            for u in tl.static_range(UNROLL):
+                b = b_start + b0 + u
+                valid = (b0 + u < per_split) & (b < nb)
+                s, z = _qparams(st_ptr, zt_ptr, b, offs_n, N, mask_n & valid, GROUP, HAS_ZERO, ZCONST)
+                lo, hi = _codes(wk_ptr, b, offs_n, N, mask_n[None, :] & valid, z[None, :])
+                xmask = mask_m[:, None] & valid
+                xp = x_ptr + offs_m[:, None] * stride_xm + b * 32 + i16[None, :]
+                xl = tl.load(xp, mask=xmask, other=0.0)
+                xh = tl.load(xp + 16, mask=xmask, other=0.0)
+                wl = (lo * s[None, :]).to(xl.dtype)
+                wh = (hi * s[None, :]).to(xl.dtype)
+                acc = tl.dot(xl, wl, acc)
+                acc = tl.dot(xh, wh, acc)
+        yp = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+        ymask = mask_m[:, None] & mask_n[None, :]
+        if SPLIT_K == 1:
+            tl.store(yp, acc.to(y_ptr.dtype.element_ty), mask=ymask)
+        else:
+            tl.atomic_add(yp, acc, mask=ymask)
+
+
+# Launch configurations tried by the kernel selector (see kernels/select.py).
+GEMV_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
+                for bn, u, sk, w in [(64, 2, 1, 4), (128, 2, 1, 4), (64, 4, 4, 4), (128, 2, 4, 4),
+                                     (64, 2, 8, 4), (128, 4, 8, 8), (256, 2, 4, 8), (32, 4, 8, 2)]]
+GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
+                for bm, bn, u, sk, w in [(16, 64, 2, 4, 4), (16, 128, 2, 4, 4), (16, 64, 4, 8, 4),
+                                         (32, 64, 2, 2, 4), (64, 64, 2, 1, 4), (64, 128, 2, 1, 8),
+                                         (128, 128, 1, 1, 8)]]
+
+
+def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.Tensor | None, group: int,
+                bits_zero: int = 8, config: dict | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T for the kernel layout; GEMV for M == 1 (unless config says BLOCK_M)."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    m, k = x.shape
+    n = wk.shape[1]
+    gemv = config is None and m == 1 or (config is not None and "BLOCK_M" not in config)
+    cfg = dict(config or (GEMV_CONFIGS[0] if gemv else GEMM_CONFIGS[0]))
+    split = cfg["SPLIT_K"]
+    out_dtype = torch.float32 if split > 1 else x.dtype
+    y = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=out_dtype, device=x.device)
+    common = dict(GROUP=group, HAS_ZERO=zt is not None, ZCONST=MAGIC + bits_zero)
+    zarg = zt if zt is not None else st
+    if gemv:
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), m, split)
+        _int4_gemv_kernel[grid](x, wk, st, zarg, y, n, x.stride(0), y.stride(0), k, **common, **cfg)
+    else:
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
+        _int4_gemm_kernel[grid](x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0), k, **common, **cfg)
+    return y if split == 1 else y.to(x.dtype)

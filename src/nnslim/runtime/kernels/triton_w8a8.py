@@ -1,0 +1,106 @@
+"""Triton kernels for W8A8 linears on CUDA: fused per-token activation quantization (int8 or fp8)
+and an int8 x int8 GEMM whose epilogue applies the token and channel scales (and bias) in one pass,
+instead of torch._int_mm's int32 output followed by separate scaling kernels.
+"""
+from __future__ import annotations
+
+import torch
+
+from .triton_int4 import tl, triton
+
+FP8_MAX = 448.0  # float8_e4m3fn
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_half_away(v):
+        return tl.where(v >= 0, tl.floor(v + 0.5), tl.ceil(v - 0.5))
+
+    @triton.jit
+    def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
+                              QMAX: tl.constexpr, IS_FP8: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < K
+        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+        amax = tl.max(tl.abs(x), axis=0)
+        scale = tl.maximum(amax, 1e-12) / QMAX
+        v = x / scale
+        if IS_FP8:
+            q = tl.minimum(tl.maximum(v, -QMAX), QMAX)
+        else:
+            q = tl.minimum(tl.maximum(_round_half_away(v), -QMAX), QMAX)
+        tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + row, scale)
+
+    @triton.jit
+    def _int8_gemm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
+                          HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                          GM: tl.constexpr):
+        """C[M, N] = (A[M, K] int8 @ B[N, K].T int8) * sa[M] * sb[N] (+ bias), int32 accumulation."""
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BM)
+        num_n = tl.cdiv(N, BN)
+        per_group = GM * num_n
+        first_m = (pid // per_group) * GM
+        size_m = tl.minimum(num_m - first_m, GM)
+        pid_m = first_m + (pid % per_group) % size_m
+        pid_n = (pid % per_group) // size_m
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        offs_k = tl.arange(0, BK)
+        a_ptrs = a_ptr + offs_m[:, None] * K + offs_k[None, :]
+        b_ptrs = b_ptr + offs_n[None, :] * K + offs_k[:, None]
+        acc = tl.zeros((BM, BN), dtype=tl.int32)
+        for k0 in range(0, tl.cdiv(K, BK)):
+            kmask = offs_k + k0 * BK < K
+            a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & kmask[None, :], other=0)
+            b = tl.load(b_ptrs, mask=(offs_n[None, :] < N) & kmask[:, None], other=0)
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            a_ptrs += BK
+            b_ptrs += BK
+        sa = tl.load(sa_ptr + offs_m, mask=offs_m < M, other=0.0)
+        sb = tl.load(sb_ptr + offs_n, mask=offs_n < N, other=0.0)
+        out = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        c = c_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(c, out.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def quantize_rows(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token) symmetric dynamic quantization of a 2-D tensor in one kernel.
+
+    Returns (q [M, K] int8 or float8_e4m3fn, scale [M] fp32) with x ~ q * scale[:, None].
+    """
+    m, k = x.shape
+    fp8 = fmt == "fp8"
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn if fp8 else torch.int8, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(k)
+    _rowwise_quant_kernel[(m,)](x, q, s, x.stride(0), q.stride(0), K=k, BLOCK=block,
+                                QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8,
+                                num_warps=8 if block >= 4096 else 4)
+    return q, s
+
+
+# Tile configurations tried by the kernel selector (kernels/select.py).
+INT8_GEMM_CONFIGS = [dict(BM=bm, BN=bn, BK=bk, GM=gm, num_stages=st, num_warps=w)
+                     for bm, bn, bk, gm, st, w in [(128, 128, 128, 8, 3, 8), (128, 256, 128, 8, 3, 8),
+                                                   (256, 128, 128, 8, 3, 8), (128, 128, 64, 8, 4, 4),
+                                                   (64, 128, 128, 8, 4, 4), (16, 128, 128, 1, 4, 4),
+                                                   (32, 64, 64, 1, 2, 4)]]
+
+
+def int8_gemm(a: torch.Tensor, b: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor,
+              bias: torch.Tensor | None, out_dtype: torch.dtype, config: dict | None = None) -> torch.Tensor:
+    """(a [M, K] int8 @ b [N, K].T) * sa[:, None] * sb[None, :] + bias, as out_dtype."""
+    m, k = a.shape
+    n = b.shape[0]
+    c = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    cfg = config or INT8_GEMM_CONFIGS[0]
+    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
+    _int8_gemm_kernel[grid](a, b, sa, sb, bias if bias is not None else sa, c, m, n, k,
+                            HAS_BIAS=bias is not None, **cfg)
+    return c
