@@ -5,6 +5,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NNSLIM_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+try:  # without CUDA, Triton kernels are tested in Triton's interpreter, which must be on before import
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+except ImportError:
+    pass
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +38,22 @@ def files_digest(directory):
     root = Path(directory)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A small random Llama (GQA, 2 layers) built from a config: the shape of real decoder LLMs."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=256)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def llama_samples(n=8, seq=32, vocab=256, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, vocab, (1, seq), generator=g)} for _ in range(n)]

@@ -1,6 +1,9 @@
 """nnslim: make trained PyTorch models smaller and faster, and prove it with measured numbers."""
 from .api import benchmark, compare, compress, evaluate, export_onnx, load, quantize, resolve, save
 from .quant.ptq import Int8Config, Int8DynamicConfig
+from .quant.w8a8 import Fp8Config, Int8W8A8Config
+from .quant.weight_only.methods import (Int4AwqConfig, Int4GptqConfig, Int4RtnConfig, Int8WeightOnlyConfig,
+                                        WeightOnlyConfig)
 from .errors import NnslimError
 from .recipe import Recipe, make_step, methods, parse_recipe
 from .testbeds import TESTBEDS, get_testbed
@@ -8,5 +11,6 @@ from .testbeds import TESTBEDS, get_testbed
 __version__ = "0.1.0"
 
 __all__ = ["benchmark", "compare", "compress", "evaluate", "export_onnx", "load", "quantize", "resolve", "save",
-           "Int8Config", "Int8DynamicConfig",
+           "Int8Config", "Int8DynamicConfig", "Fp8Config", "Int8W8A8Config", "WeightOnlyConfig",
+           "Int4RtnConfig", "Int4GptqConfig", "Int4AwqConfig", "Int8WeightOnlyConfig",
            "NnslimError", "Recipe", "make_step", "methods", "parse_recipe", "TESTBEDS", "get_testbed"]

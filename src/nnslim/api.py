@@ -107,6 +107,11 @@ def param_count(model) -> int | None:
             if p.data_ptr() not in seen:
                 seen.add(p.data_ptr())
                 total += p.numel()
+        for m in model.modules():  # packed quantized layers hold their weights as buffers
+            cfg = getattr(m, "quant_config", None)
+            if callable(cfg):
+                c = cfg()
+                total += c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0)
         return total
     return _onnx_summary(str(model.path), model.path.stat().st_mtime_ns)[0]
 
@@ -344,7 +349,9 @@ def export_onnx(model: torch.nn.Module, example_inputs: dict, path: str | Path,
 
 def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: dict | None = None,
              inplace: bool = False, testbed: Testbed | str | None = None) -> torch.nn.Module:
-    """Quantize a torch model with Int8Config (static, needs calibration) or Int8DynamicConfig.
+    """Quantize a torch model: Int8Config (static, needs calibration), Int8DynamicConfig, a weight-only
+    config (Int4RtnConfig, Int4GptqConfig, Int4AwqConfig, Int8WeightOnlyConfig) or W8A8 (Fp8Config,
+    Int8W8A8Config).
 
     calibration: an iterable of input dicts (name -> array/tensor, batch first); with a testbed name
     it defaults to the testbed's calibration split. Returns a new model (the caller's is untouched
@@ -352,11 +359,23 @@ def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: d
     """
     from .quant.ptq import Int8Config, Int8DynamicConfig, quantize_int8
     from .quant.sensitivity import quantize_with_accuracy_control
+    from .quant.w8a8 import W8A8Config, quantize_w8a8
+    from .quant.weight_only.methods import WeightOnlyConfig, quantize_weight_only
 
-    if not isinstance(config, (Int8Config, Int8DynamicConfig)):
-        raise NnslimError(f"config of type {type(config).__name__} is not allowed; allowed: Int8Config, "
-                          "Int8DynamicConfig")
+    allowed = (Int8Config, Int8DynamicConfig, WeightOnlyConfig, W8A8Config)
+    if not isinstance(config, allowed):
+        raise NnslimError(f"config of type {type(config).__name__} is not allowed; allowed: "
+                          f"{', '.join(c.__name__ for c in allowed)} (and their subclasses)")
     tb = get_testbed(testbed) if isinstance(testbed, str) else testbed
+    if isinstance(config, (WeightOnlyConfig, W8A8Config)):
+        needs_data = getattr(config, "algorithm", "rtn") != "rtn" or getattr(config, "smoothquant", None)
+        if calibration is None and tb is not None and needs_data:
+            from .recipe import Context
+            from .quant.weight_only.methods import _calibration_for
+            calibration = _calibration_for(config, Context(testbed=tb, workdir=Path(".")))
+        if isinstance(config, WeightOnlyConfig):
+            return quantize_weight_only(model, config, calibration, inplace=inplace)
+        return quantize_w8a8(model, config, calibration, inplace=inplace)
     if calibration is None and tb is not None and isinstance(config, Int8Config):
         calibration = tb.calibration(config.samples)
     if example_inputs is None:

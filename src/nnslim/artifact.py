@@ -51,6 +51,37 @@ def testbed_from_architecture(arch: dict[str, Any]):
 
 
 
+def quantized_layers(model: torch.nn.Module) -> dict[str, dict]:
+    """name -> constructor config of every packed quantized layer (weight-only, W8A8)."""
+    from .quant.w8a8 import W8A8Linear
+    from .quant.weight_only.modules import WeightOnlyLinear
+
+    return {n: m.quant_config() for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, W8A8Linear))}
+
+
+def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: torch.dtype, where: Path) -> None:
+    """Put empty quantized layers where nnslim.json says they were, so the saved buffers load into them."""
+    from .quant.modules import replace_module
+    from .quant.w8a8 import W8A8Linear
+    from .quant.weight_only.modules import WeightOnlyLinear
+
+    for name, cfg in layers.items():
+        try:
+            model.get_submodule(name)
+            kind = cfg["kind"]
+            if kind == "weight_only":
+                new = WeightOnlyLinear(cfg["in_features"], cfg["out_features"], cfg["bits"], cfg["group"],
+                                       cfg["symmetric"], cfg["bias"], dtype, cfg.get("input_scale", False))
+            elif kind == "w8a8":
+                new = W8A8Linear(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype,
+                                 cfg.get("input_scale", False))
+            else:
+                raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8")
+        except (AttributeError, KeyError, TypeError) as e:
+            raise NnslimError(f"{where}: quantized layer {name!r} does not fit the architecture: {e}") from None
+        replace_module(model, name, new)
+
+
 def save(model, directory: str | Path, testbed=None, recipe: dict | None = None, seed: int = 0,
          extra: dict | None = None) -> Path:
     """Write `model` (nn.Module or OnnxModel) and nnslim.json into `directory` (files written atomically)."""
@@ -70,6 +101,9 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
                               "nnslim.compress(..., out=DIR), which writes the int8 ONNX artifact")
         atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
         meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
+        layers = quantized_layers(model)
+        if layers:
+            meta["quantized_layers"] = layers
     elif isinstance(model, OnnxModel):
         target = directory / ONNX_FILE
         if model.path.resolve() != target.resolve():
@@ -113,7 +147,8 @@ def load(directory: str | Path, model: torch.nn.Module | None = None):
     if dtype is None:
         raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
                           f"allowed: {', '.join(_DTYPES)}")
-    model = model.to(dtype)
+    model = model.to(dtype)  # before packed layers go in: .to() would also cast fp8 codes
+    _rebuild_quantized(model, meta.get("quantized_layers") or {}, dtype, directory / META_FILE)
     weights = directory / meta.get("file", WEIGHTS_FILE)
     if not weights.is_file():
         raise NnslimError(f"weights file {str(weights)!r} not found")

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--method", help="one method (see `nnslim methods`)")
     group.add_argument("--recipe", help="YAML recipe: a list of steps, each {method: NAME, option: value}")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of --method (repeatable; VALUE is read as YAML), e.g. --set group_size=64")
     p.add_argument("--out", required=True, help="output directory (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's, else 0)")
@@ -130,6 +132,23 @@ def _cmd_benchmark(args) -> None:
     _print_report(report, args.out)
 
 
+def _parse_options(options: list[str]) -> dict:
+    import yaml
+
+    from .errors import NnslimError
+
+    out = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise NnslimError(f"--set {item!r} is not allowed; expected KEY=VALUE, e.g. --set group_size=64")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise NnslimError(f"--set {item!r}: VALUE is not valid YAML") from None
+    return out
+
+
 def _cmd_compress(args) -> None:
     from .api import compress
 
@@ -137,9 +156,12 @@ def _cmd_compress(args) -> None:
     if args.recipe and not Path(args.recipe).is_file():
         from .errors import NnslimError
         raise NnslimError(f"--recipe={args.recipe!r}: file not found")
+    if args.options and not args.method:
+        from .errors import NnslimError
+        raise NnslimError("--set is for --method; put options of a --recipe inside the YAML file")
     if args.method:
-        from .recipe import as_recipe
-        recipe = as_recipe(args.method)
+        from .recipe import Recipe, make_step
+        recipe = Recipe((make_step({"method": args.method, **_parse_options(args.options)}, "--method"),))
     res = compress(args.model, recipe, out=args.out, testbed=args.testbed, seed=args.seed,
                    overwrite=args.overwrite, report=not args.no_report, batch=args.batch, seq=args.seq,
                    repeats=args.repeats, memory=not args.no_memory)

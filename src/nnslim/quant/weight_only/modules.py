@@ -4,7 +4,7 @@ The forward runs the fastest implementation measured for the shape (runtime/kern
   dequant        reference: dequantize to the activation dtype, then F.linear (any device)
   cpu-int4pack   torch's CPU int4 packed matmul (_weight_int4pack_mm_for_cpu)
   cpu-int8pack   torch's int8 weight-only matmul (_weight_int8pack_mm), per-channel symmetric int8
-  triton-int4    nnslim's own Triton GEMV / GEMM (CUDA)
+  triton-int4-i  nnslim's own Triton GEMV (M == 1) / GEMM, launch configuration i (CUDA)
   tinygemm       torch's CUDA int4 packed matmul (_weight_int4pack_mm), bf16
 Kernel-specific layouts are built on first use and kept next to the canonical buffers (not saved).
 """
@@ -91,7 +91,9 @@ class WeightOnlyLinear(nn.Module):
                 from ...runtime.kernels import triton_int4
 
                 if triton_int4.available():
-                    out["triton-int4"] = lambda: self._triton_int4(x)
+                    configs = triton_int4.GEMV_CONFIGS if x.shape[0] == 1 else triton_int4.GEMM_CONFIGS
+                    for i, cfg in enumerate(configs):
+                        out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
@@ -160,6 +162,8 @@ class WeightOnlyLinear(nn.Module):
             name = "dequant"
         elif self.kernel in cands:
             name = self.kernel
+        elif self.kernel == "triton-int4" and any(c.startswith("triton-int4-") for c in cands):
+            name = next(c for c in cands if c.startswith("triton-int4-"))
         else:
             raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here (device {x2.device.type}, "
                               f"{x2.dtype}, int{self.bits}, group {self.group}); available: {', '.join(cands)}")

@@ -9,7 +9,11 @@ import os
 
 
 def enable() -> bool:
-    """True when Triton kernels can run here in the interpreter (sets TRITON_INTERPRET=1 first)."""
+    """True when Triton kernels can run here in the interpreter (sets TRITON_INTERPRET=1 first).
+
+    Call it before triton is first imported: Triton's own library functions are compiled or
+    interpreted depending on TRITON_INTERPRET at import time.
+    """
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         from triton.runtime import interpreter

@@ -1,7 +1,8 @@
 """Pick the fastest correct implementation of a quantized matmul per (device, format, shape, M bucket).
 
 Each quantized layer offers candidates (name -> callable). The first call for a new key times every
-candidate that runs (CUDA events or perf_counter, warm-up then median) and remembers the winner for
+candidate that runs (on CUDA: replays of a captured graph timed with events; on CPU: perf_counter;
+warm-up then median) and remembers the winner for
 the process; `kernel_table()` shows what was chosen and measured. While a CUDA graph is being
 captured nothing is timed: the first applicable candidate runs (warm up before capturing).
 NNSLIM_KERNEL=<name> forces one candidate wherever it applies (e.g. `dequant`, the reference).
@@ -26,8 +27,36 @@ def m_bucket(m: int) -> int:
     return b
 
 
+def _time_cuda_graph(fn: Callable[[], torch.Tensor], calls: int = 10, reps: int = 10) -> float:
+    """Median ms per call, replayed from a CUDA graph (no launch overhead: how decode loops run)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
 def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int) -> float:
     if device.type == "cuda":
+        try:
+            return _time_cuda_graph(fn)
+        except Exception:  # not capturable: time eagerly with events
+            torch.cuda.synchronize()
         for _ in range(3):
             fn()
         times = []

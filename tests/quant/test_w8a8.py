@@ -1,0 +1,58 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import llama_samples
+from nnslim import NnslimError
+from nnslim.quant.w8a8 import Fp8Config, Int8W8A8Config, W8A8Linear, quantize_rows_torch, quantize_w8a8
+
+
+@pytest.mark.parametrize("fmt,tol", [("fp8", 0.06), ("int8", 0.01)])
+def test_w8a8_linear_close_to_float(fmt, tol):
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 32)
+    q = W8A8Linear.from_linear(lin, fmt)
+    x = torch.randn(4, 7, 128)
+    ref = lin(x)
+    y = q(x)
+    assert y.shape == ref.shape
+    assert float((y - ref).norm() / ref.norm()) < tol
+
+
+def test_rows_quantization_is_per_token():
+    x = torch.randn(3, 64)
+    x[1] *= 100
+    q, s = quantize_rows_torch(x, "int8")
+    assert q.dtype == torch.int8 and s.shape == (3,)
+    assert torch.allclose(q.float() * s[:, None], x, atol=float(s.max()) * 0.51)
+    assert s[1] > 50 * s[0]
+
+
+def test_llama_fp8_int8_and_smoothquant(tiny_llama, tmp_path):
+    from nnslim import artifact
+    from nnslim.testbeds import ModuleTestbed
+
+    before = copy.deepcopy(tiny_llama.state_dict())
+    ids = torch.randint(0, 256, (1, 16))
+    ref = tiny_llama(input_ids=ids).logits
+    for cfg in [Fp8Config(), Int8W8A8Config(), Int8W8A8Config(smoothquant=0.5)]:
+        q = quantize_w8a8(tiny_llama, cfg, llama_samples(4))
+        assert sum(isinstance(m, W8A8Linear) for m in q.modules()) == 14
+        out = q(input_ids=ids).logits
+        assert float((out - ref).norm() / ref.norm()) < 0.1
+    artifact.save(q, tmp_path, testbed=ModuleTestbed(tiny_llama, {"input_ids": ids}))
+    back = artifact.load(tmp_path, model=copy.deepcopy(tiny_llama))
+    assert torch.equal(back(input_ids=ids).logits, q(input_ids=ids).logits)
+    for k, v in tiny_llama.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_bad_w8a8_options(tiny_llama):
+    with pytest.raises(NnslimError, match="format='int4' is not allowed"):
+        Fp8Config(format="int4")
+    with pytest.raises(NnslimError, match="smoothquant applies to format='int8' only"):
+        quantize_w8a8(tiny_llama, Fp8Config(smoothquant=0.5), llama_samples(2))
+    with pytest.raises(NnslimError, match="smoothquant needs calibration data"):
+        quantize_w8a8(tiny_llama, Int8W8A8Config(smoothquant=0.5))

@@ -1,0 +1,157 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import llama_samples
+from nnslim import NnslimError, quantize
+from nnslim.quant.weight_only.formats import (WeightSpec, dequantize_codes, group_qparams, pack,
+                                              quantize_codes, unpack)
+from nnslim.quant.weight_only.gptq import HessianAccumulator, gptq_quantize
+from nnslim.quant.weight_only.methods import (Int4AwqConfig, Int4GptqConfig, Int4RtnConfig, Int8WeightOnlyConfig,
+                                              WeightOnlyConfig, quantize_weight_only)
+from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_pack_roundtrip(bits):
+    q = torch.randint(0, 2 ** bits, (5, 70), dtype=torch.int32)
+    packed = pack(q, bits)
+    assert packed.dtype == torch.uint8
+    assert packed.shape[1] == (-(-70 * bits // 8) if bits in (2, 4, 8) else 70)
+    assert torch.equal(unpack(packed, bits, 70), q)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_group_quant_error_bound(sym):
+    w = torch.randn(16, 128)
+    spec = WeightSpec(4, 32, sym)
+    scale, zero = group_qparams(w, spec, 32)
+    q = quantize_codes(w, scale, zero, spec)
+    assert int(q.min()) >= 0 and int(q.max()) <= 15
+    err = (dequantize_codes(q, scale, zero) - w).abs()
+    assert torch.all(err <= scale.repeat_interleave(32, 1) * 0.5 + 1e-6)
+
+
+def test_group_size_must_divide():
+    with pytest.raises(NnslimError, match="group_size=128 does not divide in_features=576 of layer x.q"):
+        WeightSpec(4, 128).group_for(576, "x.q")
+    with pytest.raises(NnslimError, match="group_size=100 is not allowed"):
+        WeightSpec(4, 100)
+
+
+def _layer(bits=4, group=32, sym=True, k=256, n=64):
+    torch.manual_seed(0)
+    lin = nn.Linear(k, n)
+    spec = WeightSpec(bits, group, sym)
+    g = spec.group_for(k)
+    scale, zero = group_qparams(lin.weight.detach(), spec, g)
+    q = quantize_codes(lin.weight.detach(), scale, zero, spec)
+    return lin, WeightOnlyLinear.from_codes(lin, q, scale, zero, spec)
+
+
+@pytest.mark.parametrize("bits,group,sym,kernel", [(4, 32, True, "cpu-int4pack"), (4, 64, False, "cpu-int4pack"),
+                                                  (8, -1, True, "cpu-int8pack"), (3, 64, False, "dequant")])
+def test_cpu_kernels_match_dequant_reference(bits, group, sym, kernel):
+    lin, q = _layer(bits, group, sym)
+    x = torch.randn(3, 5, 256)
+    ref = nn.functional.linear(x, q.dequantized_weight(), lin.bias)
+    q.kernel = kernel
+    y = q(x)
+    assert y.shape == (3, 5, 64)
+    assert float((y - ref).norm() / ref.norm()) < 1e-5
+    q.kernel = "auto"  # the selector must pick something that gives the same result
+    assert float((q(x) - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_cuda_kernel_without_cuda_is_a_clear_error():
+    _, q = _layer()
+    q.kernel = "tinygemm"
+    with pytest.raises(NnslimError, match="kernel='tinygemm' cannot run this layer here"):
+        q(torch.randn(1, 256))
+    if not torch.cuda.is_available():
+        with pytest.raises(NnslimError, match="CUDA is not available"):
+            WeightOnlyConfig(device="cuda")
+
+
+def test_gptq_beats_rtn_on_correlated_inputs():
+    torch.manual_seed(0)
+    k, n = 128, 64
+    mix = torch.randn(k, k) * 0.3 + torch.eye(k)
+    x = torch.randn(2048, k) @ mix  # correlated input channels, as real activations are
+    w = torch.randn(n, k)
+    spec = WeightSpec(4, 32, True)
+    acc = HessianAccumulator(k, "cpu")
+    acc.add(x[:1024])
+    acc.add(x[1024:])
+    assert torch.allclose(acc.h, 2 * x.t() @ x / 2048, rtol=1e-3, atol=1e-3)
+    codes, scale, zero = gptq_quantize(w, acc.h, spec, 32)
+    wg = dequantize_codes(codes, scale, zero)
+    s, z = group_qparams(w, spec, 32)
+    wr = dequantize_codes(quantize_codes(w, s, z, spec), s, z)
+    err = lambda wq: float((x @ (wq - w).t()).pow(2).mean())  # noqa: E731
+    assert err(wg) < 0.8 * err(wr)
+
+
+def test_rtn_gptq_awq_on_a_llama(tiny_llama):
+    before = copy.deepcopy(tiny_llama.state_dict())
+    samples = llama_samples()
+    ids = torch.randint(0, 256, (2, 24))
+    ref = tiny_llama(input_ids=ids).logits
+    errs = {}
+    for cfg in [Int4RtnConfig(group_size=32), Int4GptqConfig(group_size=32, device="cpu"),
+                Int4AwqConfig(group_size=32, device="cpu", grid=5), Int8WeightOnlyConfig()]:
+        notes = []
+        q = quantize_weight_only(tiny_llama, cfg, samples, notes=notes)
+        layers = [m for m in q.modules() if isinstance(m, WeightOnlyLinear)]
+        assert len(layers) == 14  # 7 per block; lm_head kept float
+        assert isinstance(q.lm_head, nn.Linear)
+        out = q(input_ids=ids).logits
+        errs[cfg.method] = float((out - ref).norm() / ref.norm())
+    for k, v in tiny_llama.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(v, before[k])
+    assert errs["int8-weight-only"] < 0.01
+    assert errs["int4-gptq"] < errs["int4-rtn"]
+    assert errs["int4-awq"] < 1.05 * errs["int4-rtn"]
+
+
+def test_save_load_roundtrip(tiny_llama, tmp_path):
+    from nnslim import artifact
+    from nnslim.testbeds import ModuleTestbed
+
+    q = quantize_weight_only(tiny_llama, Int4AwqConfig(group_size=32, device="cpu", grid=4), llama_samples(4))
+    ids = torch.randint(0, 256, (1, 20))
+    artifact.save(q, tmp_path, testbed=ModuleTestbed(tiny_llama, {"input_ids": ids}))
+    meta = (tmp_path / "nnslim.json").read_text()
+    assert '"weight_only"' in meta and '"input_scale": true' in meta
+    fresh = copy.deepcopy(tiny_llama)
+    back = artifact.load(tmp_path, model=fresh)
+    assert torch.equal(back(input_ids=ids).logits, q(input_ids=ids).logits)
+    size = (tmp_path / "model.safetensors").stat().st_size
+    full = sum(p.numel() * 4 for p in tiny_llama.parameters())
+    assert size < full
+
+
+def test_bad_inputs(tiny_llama):
+    with pytest.raises(NnslimError, match="no nn.Linear layer"):
+        quantize_weight_only(nn.Sequential(nn.Conv2d(3, 3, 3)), Int4RtnConfig())
+    with pytest.raises(NnslimError, match="group_size=256 does not divide in_features=64"):
+        quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=256))
+    with pytest.raises(NnslimError, match="calibration has 20 tokens"):
+        quantize_weight_only(tiny_llama, Int4GptqConfig(group_size=32), llama_samples(2, 10))
+    with pytest.raises(NnslimError, match="calibration is empty"):
+        quantize_weight_only(tiny_llama, Int4GptqConfig(group_size=32), [])
+    with pytest.raises(NnslimError, match="ignore entry 'model.nope' matches no layer"):
+        quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32, ignore=("model.nope",)))
+    with pytest.raises(NnslimError, match="algorithm='bogus' is not allowed"):
+        WeightOnlyConfig(algorithm="bogus")
+    with pytest.raises(NnslimError, match="config of type"):
+        quantize(tiny_llama, {"bits": 4})
+
+
+def test_group_auto_falls_back_and_says_so(tiny_llama):
+    notes = []
+    q = quantize_weight_only(tiny_llama, Int4RtnConfig(), notes=notes)
+    assert any("128 does not divide" in n and "using 64" in n for n in notes)
+    assert {m.group for m in q.modules() if isinstance(m, WeightOnlyLinear)} == {64}

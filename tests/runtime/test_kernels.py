@@ -1,0 +1,107 @@
+"""nnslim's Triton kernels against the dequantize-then-matmul reference.
+
+On CPU they run in Triton's interpreter (TRITON_INTERPRET=1, set by kernels.interpret.enable) when
+triton is installed (the `test` extra installs it); on CUDA (device machine) they are compiled, and
+torch's own packed kernels are checked too.
+"""
+import pytest
+import torch
+from torch import nn
+
+from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
+from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+CUDA = torch.cuda.is_available()
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
+if not CUDA:
+    from nnslim.runtime.kernels import interpret
+
+    interpret.enable()
+from nnslim.runtime.kernels import triton_int4, triton_w8a8  # noqa: E402
+
+DEV = "cuda" if CUDA else "cpu"
+
+
+def _int4(k, n, group, sym, weight=None, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=False)
+    if weight is not None:
+        lin.weight.data.copy_(weight)
+    spec = WeightSpec(4, group, sym)
+    g = spec.group_for(k)
+    scale, zero = group_qparams(lin.weight.detach(), spec, g)
+    q = quantize_codes(lin.weight.detach(), scale, zero, spec)
+    return WeightOnlyLinear.from_codes(lin, q, scale, zero, spec).to(DEV)
+
+
+@pytest.mark.parametrize("k,n,group,sym", [(192, 96, 64, True), (256, 80, 32, False), (96, 40, -1, True)])
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_triton_int4_matches_reference(k, n, group, sym, m):
+    layer = _int4(k, n, group, sym)
+    configs = triton_int4.GEMV_CONFIGS[:3] if m == 1 else triton_int4.GEMM_CONFIGS[:2] + triton_int4.GEMM_CONFIGS[4:5]
+    for dtype in ([torch.bfloat16, torch.float16] if CUDA else [torch.float32]):
+        x = torch.randn(m, k, device=DEV, dtype=dtype)
+        ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+        for cfg in configs:
+            y = torch.full((m, n), float("nan"), device=DEV)  # poisoned: every element must be written
+            y = layer._triton_int4(x, cfg)
+            assert not torch.isnan(y).any()
+            err = float((y.float() - ref).norm() / ref.norm())
+            assert err < (1e-2 if dtype != torch.float32 else 1e-5), (cfg, dtype, err)
+
+
+def test_int8_gemm_and_row_quant():
+    torch.manual_seed(1)
+    a = torch.randint(-127, 128, (37, 96), dtype=torch.int8, device=DEV)
+    b = torch.randint(-127, 128, (50, 96), dtype=torch.int8, device=DEV)
+    sa, sb, bias = torch.rand(37, device=DEV), torch.rand(50, device=DEV), torch.randn(50, device=DEV)
+    ref = (a.float() @ b.float().t()) * sa[:, None] * sb[None, :] + bias
+    for cfg in triton_w8a8.INT8_GEMM_CONFIGS[-2:] + triton_w8a8.INT8_GEMM_CONFIGS[:1]:
+        c = triton_w8a8.int8_gemm(a, b, sa, sb, bias, torch.float32, cfg)
+        assert float((c - ref).norm() / ref.norm()) < 1e-6
+    from nnslim.quant.w8a8 import quantize_rows_torch
+
+    x = torch.randn(6, 96, device=DEV) * 3
+    for fmt in ("int8", "fp8"):
+        q, s = triton_w8a8.quantize_rows(x, fmt)
+        qr, sr = quantize_rows_torch(x, fmt)
+        assert torch.allclose(s, sr, rtol=1e-6)
+        deq, deqr = q.float() * s[:, None], qr.float() * sr[:, None]
+        if fmt == "int8":  # equal up to rounding ties
+            assert float((deq - deqr).abs().max() / s.max()) <= 1.0 + 1e-4
+        else:  # within one e4m3 step of x (the interpreter's fp8 cast may truncate where CUDA rounds)
+            assert torch.all((deq - x).abs() <= 0.13 * x.abs() + s[:, None] * 2 ** -6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA: torch's CUDA int4 / fp8 / int8 kernels (run on the device machine)")
+def test_cuda_kernels_match_reference_on_random_and_real_weights():
+    from pathlib import Path
+
+    from nnslim.quant.w8a8 import W8A8Linear
+
+    weights = [torch.randn(1536, 576) * 0.02]
+    real = Path(__file__).resolve().parents[2] / ".gpu_data" / "real_linears.safetensors"
+    if real.exists():  # weights of SmolLM2 layers, carried to the device machine (not committed)
+        from safetensors.torch import load_file
+
+        weights += list(load_file(str(real)).values())
+    for w in weights:
+        n, k = w.shape
+        layer = _int4(k, n, 64 if k % 64 == 0 else 32, True, weight=w)
+        for m in (1, 16, 256):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+            for name, fn in layer._candidates(x).items():
+                err = float((fn().float() - ref).norm() / ref.norm())
+                assert err < 1e-2, (name, m, err)
+        lin = nn.Linear(k, n).cuda().to(torch.bfloat16)
+        lin.weight.data.copy_(w)
+        for fmt in ("fp8", "int8"):
+            q = W8A8Linear.from_linear(lin, fmt)
+            for m in (16, 512):
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                ref = q._reference(x).float()
+                for name, fn in q._candidates(x).items():
+                    err = float((fn().float() - ref).norm() / ref.norm())
+                    assert err < 1.5e-2, (fmt, name, m, err)
