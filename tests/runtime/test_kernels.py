@@ -62,14 +62,15 @@ def test_int8_gemm_and_row_quant():
     from nnslim.quant.w8a8 import quantize_rows_torch
 
     x = torch.randn(6, 96, device=DEV) * 3
-    for fmt in ("int8", "fp8"):
+    # Triton 3.6's interpreter casts to float8 wrongly (127.6 -> 64): fp8 is checked on CUDA only.
+    for fmt in ("int8", "fp8") if CUDA else ("int8",):
         q, s = triton_w8a8.quantize_rows(x, fmt)
         qr, sr = quantize_rows_torch(x, fmt)
         assert torch.allclose(s, sr, rtol=1e-6)
         deq, deqr = q.float() * s[:, None], qr.float() * sr[:, None]
         if fmt == "int8":  # equal up to rounding ties
             assert float((deq - deqr).abs().max() / s.max()) <= 1.0 + 1e-4
-        else:  # within one e4m3 step of x (the interpreter's fp8 cast may truncate where CUDA rounds)
+        else:  # within one e4m3 step of x
             assert torch.all((deq - x).abs() <= 0.13 * x.abs() + s[:, None] * 2 ** -6)
 
 
