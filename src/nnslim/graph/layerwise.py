@@ -10,6 +10,7 @@ Peak device memory stays near one block plus the calibration activations.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -70,16 +71,22 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, samples: list[dict[s
     def hook(_mod, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
         kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        for key in ("past_key_values", "past_key_value", "layer_past"):
+            if key in kw:
+                kw[key] = None
         kw.update({f"__arg{i}": a for i, a in enumerate(args[1:], 1)})
         inputs.append(hidden.detach())
         kwargs_list.append(kw)
         raise _Reached
 
     handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    takes_cache_flag = "use_cache" in inspect.signature(model.forward).parameters
     try:
         with torch.no_grad():
             for sample in samples:
                 feed = {k: torch.as_tensor(v).to(device) for k, v in sample.items()}
+                if takes_cache_flag:
+                    feed["use_cache"] = False  # blocks are re-run many times: no KV cache may grow
                 try:
                     model(**feed)
                 except _Reached:
