@@ -97,9 +97,10 @@ def bench_kernels(args) -> list[dict]:
             # int4: every Triton config, torch's tinygemm, and the dequant reference
             cands = int4._candidates(x)
             best_t, best_name = float("inf"), None
-            configs = (triton_int4.GEMV_CONFIGS if m == 1 else []) + (triton_int4.GEMM_CONFIGS if m > 1 or args.all else [])
+            configs = ((triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS) if m == 1 else []) + (
+                triton_int4.GEMM_CONFIGS if m > 1 or args.all else [])
             for i, cfg in enumerate(configs):
-                name = f"triton{'-gemv' if 'BLOCK_M' not in cfg else '-gemm'}-{i}"
+                name = f"triton{'-gemm' if 'BLOCK_M' in cfg else ('-gemv32' if cfg.get('W32') else '-gemv')}-{i}"
                 try:
                     y = int4._triton_int4(x, cfg)
                     err = rel_err(y, F.linear(x, wref4))
@@ -126,6 +127,13 @@ def bench_kernels(args) -> list[dict]:
             row["fp8_ms"] = round(graph_time(lambda: [mod._candidates(x)["scaled_mm"]() for mod in fp8_mods], r_8), 4)
             row["fp8_x"] = round(base / row["fp8_ms"], 2)
             row["fp8_err_vs_ref"] = rel_err(fc["scaled_mm"](), fp8._reference(x))
+            from nnslim.runtime.kernels.triton_w8a8 import quantize_rows
+            xq, sx = quantize_rows(x, "fp8")
+            row["act_quant_ms"] = round(graph_time(lambda: quantize_rows(x, "fp8"), 1), 4)
+            gemm = graph_time(lambda: [torch._scaled_mm(xq, mod.qweight.t(), scale_a=sx[:, None],
+                                                        scale_b=mod.wscale[None, :], out_dtype=torch.bfloat16)
+                                       for mod in fp8_mods], r_8)
+            row["fp8_gemm_only_x"] = round(base / gemm, 2)
             ic = int8._candidates(x)
             t8 = {}
             for name in ic:
@@ -190,6 +198,10 @@ def decode_tokens_per_s(model, prompt_len: int, new_tokens: int) -> tuple[float,
             for _ in range(3):  # warm-up: kernel selection and Triton compilation happen here
                 step()
         torch.cuda.current_stream().wait_stream(s)
+        for mod in model.modules():  # drop kernel layouts that were built only for timing
+            if hasattr(mod, "compact"):
+                mod.compact()
+        torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits = step()

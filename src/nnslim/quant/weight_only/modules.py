@@ -39,6 +39,7 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features, dtype=dtype) if input_scale else None)
         self.kernel = "auto"
         self._prepared: dict[tuple, tuple] = {}
+        self._families: set[str] = set()  # prepared layouts used by the kernels chosen so far
 
     @classmethod
     def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
@@ -91,7 +92,8 @@ class WeightOnlyLinear(nn.Module):
                 from ...runtime.kernels import triton_int4
 
                 if triton_int4.available():
-                    configs = triton_int4.GEMV_CONFIGS if x.shape[0] == 1 else triton_int4.GEMM_CONFIGS
+                    configs = (triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS if x.shape[0] == 1
+                               else triton_int4.GEMM_CONFIGS)
                     for i, cfg in enumerate(configs):
                         out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
@@ -114,9 +116,11 @@ class WeightOnlyLinear(nn.Module):
     def _triton_int4(self, x, config=None):
         from ...runtime.kernels import triton_int4
 
-        wk, st, zt = self._prep("triton-int4", x.device, lambda: triton_int4.to_kernel_layout(
-            self.codes(), self.scales, None if self.symmetric else self.zeros))
-        return triton_int4.int4_matmul(x.contiguous(), wk, st.to(x.dtype), zt, self.group, 8, config)
+        wk, st, zt = self._prep(f"triton-int4-{x.dtype}", x.device, lambda: triton_int4.to_kernel_layout(
+            self.codes(), self.scales.to(x.dtype), None if self.symmetric else self.zeros))
+        if config is not None and config.get("W32"):
+            wk = self._prep("triton-int4-w32", x.device, lambda: (triton_int4.to_kernel_layout_w32(self.codes()),))[0]
+        return triton_int4.int4_matmul(x.contiguous(), wk, st, zt, self.group, 8, config)
 
     def _tinygemm(self, x):
         def build():
@@ -148,6 +152,23 @@ class WeightOnlyLinear(nn.Module):
         w, s = self._prep("cpu-int8pack", x.device, build)
         return torch.ops.aten._weight_int8pack_mm(x.contiguous(), w, s)
 
+    @staticmethod
+    def _family(name: str, dtype) -> set[str]:
+        if name.startswith("triton-int4-"):
+            from ...runtime.kernels import triton_int4
+
+            fam = {f"triton-int4-{dtype}"}
+            configs = triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS
+            idx = name.rsplit("-", 1)[-1]
+            if idx.isdigit() and int(idx) < len(configs) and configs[int(idx)].get("W32"):
+                fam.add("triton-int4-w32")  # index into GEMV+W32 (M == 1); GEMM indices never use W32
+            return fam
+        return {name}
+
+    def compact(self) -> None:
+        """Free kernel layouts built only while timing candidates (call after warm-up)."""
+        self._prepared = {k: v for k, v in self._prepared.items() if k[0] in self._families}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
@@ -167,6 +188,7 @@ class WeightOnlyLinear(nn.Module):
         else:
             raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here (device {x2.device.type}, "
                               f"{x2.dtype}, int{self.bits}, group {self.group}); available: {', '.join(cands)}")
+        self._families.update(self._family(name, x2.dtype))
         y = cands[name]()
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)

@@ -40,6 +40,18 @@ def to_kernel_layout(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
     return wk, st, zt
 
 
+def to_kernel_layout_w32(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [N, K] -> wq [K/8, N] int32 for the word GEMV: in K block b (32 rows), word (4b + i, n)
+    holds in its nibble j the code of k = 32b + 4j + i, so one [4, BLOCK_N] word tile (16-byte loads
+    along N) yields eight [4, BLOCK_N] code tiles by shift-and-mask."""
+    n, k = codes.shape
+    c = codes.to(torch.int32).t().reshape(k // 32, 8, 4, n)  # [block, j, i, n]
+    words = torch.zeros(k // 32, 4, n, dtype=torch.int32, device=codes.device)
+    for j in range(8):
+        words |= c[:, j] << (4 * j)
+    return words.reshape(k // 8, n).contiguous()
+
+
 if triton is not None:
 
     @triton.jit
@@ -93,6 +105,39 @@ if triton is not None:
             tl.atomic_add(y_ptr + row * stride_ym + offs_n, out, mask=mask_n)
 
     @triton.jit
+    def _int4_gemv_w32_kernel(x_ptr, wq_ptr, st_ptr, zt_ptr, y_ptr, N, stride_xm, stride_ym, K: tl.constexpr,
+                              GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
+                              BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        row = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        i4 = tl.arange(0, 4)
+        nb = K // 32
+        per_split = (nb + SPLIT_K - 1) // SPLIT_K
+        b_start = pid_k * per_split
+        acc = tl.zeros((4, BLOCK_N), tl.float32)
+        for b0 in range(0, per_split, UNROLL):
+            for u in tl.static_range(UNROLL):
+                b = b_start + b0 + u
+                valid = (b0 + u < per_split) & (b < nb)
+                s, z = _qparams(st_ptr, zt_ptr, b, offs_n, N, mask_n & valid, GROUP, HAS_ZERO, ZCONST)
+                raw = tl.load(wq_ptr + (b * 4 + i4)[:, None] * N + offs_n[None, :],
+                              mask=mask_n[None, :] & valid, other=0)
+                part = tl.zeros((4, BLOCK_N), tl.float32)
+                for j in tl.static_range(8):
+                    w = (((raw >> (4 * j)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - z[None, :]
+                    xj = tl.load(x_ptr + row * stride_xm + b * 32 + 4 * j + i4, mask=valid & (i4 < 4), other=0.0)
+                    part += xj.to(tl.float32)[:, None] * w
+                acc += part * s[None, :]
+        out = tl.sum(acc, axis=0)
+        if SPLIT_K == 1:
+            tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+        else:
+            tl.atomic_add(y_ptr + row * stride_ym + offs_n, out, mask=mask_n)
+
+    @triton.jit
     def _int4_gemm_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
                           GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
@@ -135,6 +180,9 @@ if triton is not None:
 GEMV_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
                 for bn, u, sk, w in [(64, 2, 1, 4), (128, 2, 1, 4), (64, 4, 4, 4), (128, 2, 4, 4),
                                      (64, 2, 8, 4), (128, 4, 8, 8), (256, 2, 4, 8), (32, 4, 8, 2)]]
+W32_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, W32=True)
+               for bn, u, sk, w in [(128, 2, 8, 4), (256, 2, 8, 4), (128, 4, 16, 4), (256, 1, 16, 8),
+                                    (512, 2, 8, 8), (64, 4, 8, 2), (128, 2, 4, 4)]]
 GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
                 for bm, bn, u, sk, w in [(16, 64, 2, 4, 4), (16, 128, 2, 4, 4), (16, 64, 4, 8, 4),
                                          (32, 64, 2, 2, 4), (64, 64, 2, 1, 4), (64, 128, 2, 1, 8),
@@ -143,13 +191,15 @@ GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
 
 def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.Tensor | None, group: int,
                 bits_zero: int = 8, config: dict | None = None) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T for the kernel layout; GEMV for M == 1 (unless config says BLOCK_M)."""
+    """y [M, N] = x [M, K] @ W.T. `wk` is the byte layout (to_kernel_layout) or, for configs with
+    W32=True, the word layout (to_kernel_layout_w32); GEMV for M == 1 unless config has BLOCK_M."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     m, k = x.shape
     n = wk.shape[1]
     gemv = config is None and m == 1 or (config is not None and "BLOCK_M" not in config)
     cfg = dict(config or (GEMV_CONFIGS[0] if gemv else GEMM_CONFIGS[0]))
+    w32 = cfg.pop("W32", False)
     split = cfg["SPLIT_K"]
     out_dtype = torch.float32 if split > 1 else x.dtype
     y = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=out_dtype, device=x.device)
@@ -157,7 +207,8 @@ def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.T
     zarg = zt if zt is not None else st
     if gemv:
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), m, split)
-        _int4_gemv_kernel[grid](x, wk, st, zarg, y, n, x.stride(0), y.stride(0), k, **common, **cfg)
+        kernel = _int4_gemv_w32_kernel if w32 else _int4_gemv_kernel
+        kernel[grid](x, wk, st, zarg, y, n, x.stride(0), y.stride(0), k, **common, **cfg)
     else:
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
         _int4_gemm_kernel[grid](x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0), k, **common, **cfg)
