@@ -168,55 +168,20 @@ def llama(layers: int, device: str):
     return model.eval()
 
 
-def decode_tokens_per_s(model, prompt_len: int, new_tokens: int) -> tuple[float, list[int]]:
-    from transformers import StaticCache
+def decode_tokens_per_s(model, prompt_len: int, new_tokens: int) -> tuple[float, list[int], float]:
+    """nnslim's StaticDecoder (static KV cache, one decode step in a CUDA graph); also the relative
+    error of its prefill logits vs the Hugging Face forward of the same model (a correctness check)."""
+    from nnslim.runtime.decode import StaticDecoder
 
-    cfg = model.config
-    try:
-        cache = StaticCache(config=cfg, max_cache_len=prompt_len + new_tokens + 1)
-    except TypeError:
-        cache = StaticCache(config=cfg, max_batch_size=1, max_cache_len=prompt_len + new_tokens + 1,
-                            device="cuda", dtype=torch.bfloat16)
     g = torch.Generator(device="cpu").manual_seed(0)
-    prompt = torch.randint(0, cfg.vocab_size, (1, prompt_len), generator=g).cuda()
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g).cuda()
+    dec = StaticDecoder(model, max_len=prompt_len + new_tokens + 8)
+    tokens, rate = dec.generate(prompt, new_tokens)
     with torch.no_grad():
-        out = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(prompt_len, device="cuda"),
-                    use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1)
-        tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
-        pos = torch.zeros(1, dtype=torch.long, device="cuda")
-
-        def step():
-            return model(input_ids=tok, past_key_values=cache, cache_position=pos, position_ids=pos[None],
-                         use_cache=True).logits
-
-        tok.copy_(nxt[:, None])
-        pos.fill_(prompt_len)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):  # warm-up: kernel selection and Triton compilation happen here
-                step()
-        torch.cuda.current_stream().wait_stream(s)
-        for mod in model.modules():  # drop kernel layouts that were built only for timing
-            if hasattr(mod, "compact"):
-                mod.compact()
-        torch.cuda.empty_cache()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = step()
-        generated = []
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for i in range(new_tokens):
-            tok.copy_(nxt[:, None])
-            pos.fill_(prompt_len + i)
-            graph.replay()
-            nxt = logits[:, -1].argmax(-1)
-            generated.append(nxt)
-        torch.cuda.synchronize()
-        dt = time.perf_counter() - t
-    return new_tokens / dt, [int(t) for t in torch.cat(generated)[:16]]
+        ref = model(input_ids=prompt, use_cache=False).logits[:, -1].float()
+        got = StaticDecoder(model, max_len=prompt_len + 8, use_graph=False).forward(
+            prompt, torch.arange(prompt_len, device="cuda")).float()
+    return rate, tokens[:16], rel_err(got, ref)
 
 
 def bench_decode(args) -> list[dict]:
@@ -239,9 +204,11 @@ def bench_decode(args) -> list[dict]:
         torch.cuda.empty_cache()
         runs = [decode_tokens_per_s(model, args.prompt, args.new_tokens) for _ in range(args.runs)]
         tps = statistics.median(r[0] for r in runs)
+        check = runs[0][2]
         results[name] = tps
         row = {"variant": name, "tok_s": round(tps, 1), "ms_per_token": round(1000 / tps, 2),
                "x_bf16": round(tps / results["bf16"], 2), "runs": [round(r[0], 1) for r in runs],
+               "prefill_logits_rel_err_vs_hf": round(check, 5), "first_tokens": runs[0][1][:8],
                "gpu_mem_GB": round(torch.cuda.memory_allocated() / 2**30, 2)}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -258,8 +225,9 @@ def bench_gptq(args) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     samples = [{"input_ids": torch.randint(0, 32000, (1, args.seq_len), generator=g)} for _ in range(args.samples)]
     torch.cuda.reset_peak_memory_stats()
+    start_alloc = torch.cuda.memory_allocated() / 2**30
     t = time.perf_counter()
-    notes = []
+    notes = [f"GPU memory allocated before GPTQ: {start_alloc:.2f} GB"]
     quantize_weight_only(model, Int4GptqConfig(group_size=128, device="cuda", samples=args.samples,
                                                seq_len=args.seq_len), samples, inplace=True, notes=notes)
     torch.cuda.synchronize()

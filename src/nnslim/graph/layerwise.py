@@ -122,8 +122,9 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
         for i in progress(range(len(blocks)), desc=desc, total=len(blocks)):
             block = blocks[i].to(device)
             process(i, f"{prefix}.{i}", block, inputs, kwargs)
-            with torch.no_grad():
-                inputs = [call_block(block, h, kw) for h, kw in zip(inputs, kwargs)]
+            with torch.no_grad():  # in place: each input is freed as soon as its output exists
+                for j in range(len(inputs)):
+                    inputs[j] = call_block(block, inputs[j], kwargs[j])
             blocks[i] = block.to(home)
             if device.type == "cuda":
                 torch.cuda.empty_cache()

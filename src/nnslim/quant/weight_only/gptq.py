@@ -24,29 +24,37 @@ class HessianAccumulator:
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         m = x.shape[0]
-        self.h *= self.n / (self.n + m)
+        self.h.mul_(self.n / (self.n + m))
         self.n += m
-        x = x * (2.0 / self.n) ** 0.5
-        self.h += x.t() @ x
+        self.h.addmm_(x.t(), x, alpha=2.0 / self.n)  # no [K, K] temporary
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int, damp: float = 0.01,
-                  act_order: bool = True, block_size: int = 128, layer: str = ""
+                  act_order: bool = True, block_size: int = 128, layer: str = "", inplace: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes [N, K] int32, scale [N, G], zero [N, G]) for weight w [N, K] given Hessian h [K, K]."""
+    """(codes [N, K] int32, scale [N, G], zero [N, G]) for weight w [N, K] given Hessian h [K, K]
+    (h is used as scratch space when inplace=True)."""
     w = w.detach().float().clone()
     n, k = w.shape
-    h = h.clone()
+    h = h if inplace else h.clone()  # peak memory matters for 11008-wide layers: few [K, K] copies
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     scale, zero = group_qparams(w, spec, group)  # static groups, from the (dead-zeroed) original weight
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(k, device=w.device)
-    w = w[:, perm]
-    h = h[perm][:, perm]
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(k, device=h.device)
+    if act_order:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w = w[:, perm]
+        h = h.index_select(0, perm).index_select(1, perm)
+    else:
+        perm = torch.arange(k, device=w.device)
+    h.diagonal().add_(damp * torch.mean(torch.diag(h)))
     try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+        chol = torch.linalg.cholesky(h)
+        del h
+        inv = torch.cholesky_inverse(chol)
+        del chol
+        hinv = torch.linalg.cholesky(inv, upper=True)
+        del inv
     except torch.linalg.LinAlgError:
         raise NnslimError(f"GPTQ: the Hessian of layer {layer or '?'} is not positive definite even with "
                           f"damp={damp}; raise damp (e.g. 0.1) or give more calibration samples") from None

@@ -180,9 +180,11 @@ def _block_process(config: WeightOnlyConfig, spec: WeightSpec, targets: dict[str
         with torch.no_grad():
             if config.algorithm == "gptq":
                 for n, m in mods.items():
-                    codes, scale, zero = gptq_quantize(m.weight, stats[n].h, spec, spec.group_for(m.in_features),
+                    h = stats.pop(n).h
+                    codes, scale, zero = gptq_quantize(m.weight, h, spec, spec.group_for(m.in_features),
                                                        config.damp, config.act_order, config.block_size,
-                                                       f"{name}.{n}")
+                                                       f"{name}.{n}", inplace=True)
+                    del h
                     replace_module(block, n, WeightOnlyLinear.from_codes(m, codes, scale, zero, spec))
             else:
                 groups: list[list[str]] = []  # Linears that read the very same input tensor
