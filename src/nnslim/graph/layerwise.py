@@ -11,6 +11,7 @@ Peak device memory stays near one block plus the calibration activations.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, Callable
 
 import torch
@@ -94,6 +95,17 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, samples: list[dict[s
                 raise NnslimError("the model returned without calling its first block")
     finally:
         handle.remove()
+    # Samples of one length get equal masks / position tensors: keep one copy, not one per sample.
+    for prev, kw in zip(kwargs_list, kwargs_list[1:]):
+        for key, value in kw.items():
+            old = prev.get(key)
+            if (isinstance(value, torch.Tensor) and isinstance(old, torch.Tensor) and value.shape == old.shape
+                    and value.dtype == old.dtype and torch.equal(value, old)):
+                kw[key] = old
+            elif isinstance(value, tuple) and isinstance(old, tuple) and len(value) == len(old) and all(
+                    isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                    and torch.equal(a, b) for a, b in zip(value, old)):
+                kw[key] = old
     return inputs, kwargs_list
 
 
@@ -102,6 +114,13 @@ def call_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -
     kw = {k: v for k, v in kwargs.items() if not k.startswith("__arg")}
     out = block(*args, **kw)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _trace(phase: str, device: torch.device) -> None:
+    """NNSLIM_TRACE_MEMORY=1: print allocated / peak device memory at each phase (memory debugging)."""
+    if device.type == "cuda" and os.environ.get("NNSLIM_TRACE_MEMORY"):
+        print(f"[nnslim memory] {phase}: allocated {torch.cuda.memory_allocated() / 2**30:.2f} GB, "
+              f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GB", flush=True)
 
 
 def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
@@ -119,12 +138,15 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
     try:
         inputs, kwargs = capture_inputs(model, blocks, samples, device)
         kwargs = [_to(kw, device) for kw in kwargs]
+        _trace("after capture", device)
         for i in progress(range(len(blocks)), desc=desc, total=len(blocks)):
             block = blocks[i].to(device)
             process(i, f"{prefix}.{i}", block, inputs, kwargs)
+            _trace(f"block {i} processed", device)
             with torch.no_grad():  # in place: each input is freed as soon as its output exists
                 for j in range(len(inputs)):
                     inputs[j] = call_block(block, inputs[j], kwargs[j])
+            _trace(f"block {i} outputs", device)
             blocks[i] = block.to(home)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
