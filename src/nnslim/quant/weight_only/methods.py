@@ -144,8 +144,9 @@ def _check_samples(samples: list) -> None:
                           "(128 sequences x 512 tokens is typical)")
 
 
-def _block_process(config: WeightOnlyConfig, spec: WeightSpec, targets: dict[str, nn.Linear]):
-    """The per-block step of GPTQ / AWQ for run_layerwise."""
+def _block_process(config: WeightOnlyConfig, spec: WeightSpec, targets: set[str]):
+    """The per-block step of GPTQ / AWQ for run_layerwise. Only names are held: a reference to a
+    replaced Linear would keep its weights on the calibration device after the block moves back."""
     from ...graph.layerwise import call_block
 
     def process(index, name, block, inputs, kwargs):
@@ -221,11 +222,12 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
         samples = list(calibration) if calibration is not None else []
         _check_samples(samples)
         prefix, _ = find_blocks(model)
-        inside = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
+        inside = {n for n in targets if n.startswith(prefix + ".")}
+        outside = {n: m for n, m in targets.items() if n not in inside}
+        del targets
         device = _calibration_device(config)
         run_layerwise(model, samples, _block_process(config, spec, inside), device,
                       desc=f"{config.algorithm} int{config.bits}")
-        outside = {n: m for n, m in targets.items() if n not in inside}
         if outside:
             notes.append(f"{len(outside)} linear layers outside the repeated blocks quantized by RTN: "
                          f"{', '.join(list(outside)[:5])}")
