@@ -3,6 +3,7 @@
   python benchmarks/gpu_llm.py kernels   # Llama-7B linear shapes: int4 / fp8 / int8 vs bf16 F.linear, per M
   python benchmarks/gpu_llm.py decode    # Llama-7B-shaped model, batch-1 greedy decode in a CUDA graph
   python benchmarks/gpu_llm.py gptq      # GPTQ of the whole 7B-shaped model: wall time, peak GPU memory
+  python benchmarks/gpu_llm.py render --json FILE   # Markdown table of a saved run (no GPU needed)
 
 Timing: each variant is captured in a CUDA graph that runs R copies of the layer (R chosen so the
 weights of all copies exceed the 50 MB L2: otherwise small int4 weights would be timed from cache),
@@ -240,9 +241,34 @@ def bench_gptq(args) -> list[dict]:
     return [row]
 
 
+def render(path: str) -> None:
+    d = json.loads(Path(path).read_text())
+    print(f"{d['what']} on {d['machine']}")
+    rows = d["rows"]
+    if d["what"] == "kernels":
+        print("| K x N | M | bf16 ms | int4 g128 best ms (kernel) | int4 vs bf16 | fp8 W8A8 vs bf16 "
+              "(GEMM only) | int8 W8A8 vs bf16 (kernel) | torch._int_mm path vs bf16 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            tg, tr = r.get("int4_tinygemm_ms", float("inf")), r["int4_triton_ms"]
+            best = "tinygemm" if tg < tr else "nnslim " + r["int4_triton_cfg"].split(" ")[0]
+            print(f"| {r['K']}x{r['N']} | {r['M']} | {r['bf16_ms']:.4f} | {min(tg, tr):.4f} ({best}) | "
+                  f"{r['int4_x']:.2f}x | {r['fp8_x']:.2f}x ({r['fp8_gemm_only_x']:.2f}x) | "
+                  f"{r.get('int8_x', 0):.2f}x ({r.get('int8_kernel', '-')}) | {r.get('int_mm_x', '-')} |")
+    else:
+        keys = [k for k in rows[0] if k not in ("notes", "first_tokens")]
+        print("| " + " | ".join(keys) + " |")
+        print("|" + "---|" * len(keys))
+        for r in rows:
+            print("| " + " | ".join(str(r.get(k)) for k in keys) + " |")
+        for r in rows:
+            for note in r.get("notes", []):
+                print(f"note: {note}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kernels", "decode", "gptq"])
+    ap.add_argument("what", choices=["kernels", "decode", "gptq", "render"])
     ap.add_argument("--m", default="1,2,4,8,16,32,128,1024,2048,4096")
     ap.add_argument("--all", action="store_true", help="also try GEMM configs at M=1")
     ap.add_argument("--layers", type=int, default=32)
@@ -254,6 +280,10 @@ def main():
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
+    if args.what == "render":
+        if not args.json:
+            raise SystemExit("render needs --json FILE")
+        return render(args.json)
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     print(f"# {args.what} on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
