@@ -1,5 +1,6 @@
 """nnslim: make trained PyTorch models smaller and faster, and prove it with measured numbers."""
-from .api import benchmark, compare, compress, evaluate, export_onnx, load, quantize, resolve, save
+from .api import benchmark, compare, compress, evaluate, export_onnx, load, prune, quantize, resolve, save
+from .prune.oneshot import MagnitudePruneConfig, PruneConfig, SparseGptConfig, TwoFourPruneConfig, WandaConfig
 from .quant.ptq import Int8Config, Int8DynamicConfig
 from .quant.w8a8 import Fp8Config, Int8W8A8Config
 from .quant.weight_only.methods import (Int4AwqConfig, Int4GptqConfig, Int4RtnConfig, Int8WeightOnlyConfig,
@@ -10,7 +11,11 @@ from .testbeds import TESTBEDS, get_testbed
 
 __version__ = "0.1.0"
 
-__all__ = ["benchmark", "compare", "compress", "evaluate", "export_onnx", "load", "quantize", "resolve", "save",
+__all__ = ["prune", "PruneConfig", "MagnitudePruneConfig", "TwoFourPruneConfig", "WandaConfig", "SparseGptConfig",
+           "benchmark", "compare", "compress", "evaluate", "export_onnx", "load", "quantize", "resolve", "save",
            "Int8Config", "Int8DynamicConfig", "Fp8Config", "Int8W8A8Config", "WeightOnlyConfig",
            "Int4RtnConfig", "Int4GptqConfig", "Int4AwqConfig", "Int8WeightOnlyConfig",
            "NnslimError", "Recipe", "make_step", "methods", "parse_recipe", "TESTBEDS", "get_testbed"]
+
+# Importing the subpackage nnslim.prune above bound the name `prune` to it; the public verb wins.
+from .api import prune  # noqa: E402,F811

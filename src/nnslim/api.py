@@ -392,3 +392,21 @@ def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: d
             raise NnslimError("max_drop needs a testbed (its metric decides the drop): pass testbed=NAME")
         return quantize_with_accuracy_control(model, config, list(calibration or []), example_inputs, tb, notes)
     return quantize_int8(model, config, calibration, example_inputs, inplace=inplace, notes=notes)
+
+
+def prune(model: torch.nn.Module, config, calibration=None, inplace: bool = False,
+          testbed: Testbed | str | None = None) -> torch.nn.Module:
+    """Prune a torch model with a PruneConfig (MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig,
+    SparseGptConfig). Wanda/SparseGPT need calibration (input dicts; a testbed's split by default).
+    Returns a new model (the caller's is untouched unless inplace=True)."""
+    from .prune.oneshot import PruneConfig, prune_oneshot
+    from .quant.weight_only.methods import _calibration_for
+    from .recipe import Context
+
+    if not isinstance(config, PruneConfig):
+        raise NnslimError(f"config of type {type(config).__name__} is not allowed; allowed: PruneConfig and its "
+                          "subclasses (MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig, SparseGptConfig)")
+    tb = get_testbed(testbed) if isinstance(testbed, str) else testbed
+    if calibration is None and tb is not None and config.algorithm != "magnitude":
+        calibration = _calibration_for(config, Context(testbed=tb, workdir=Path(".")))
+    return prune_oneshot(model, config, calibration, inplace=inplace)

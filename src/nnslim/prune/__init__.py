@@ -1,0 +1,1 @@
+"""Pruning: one-shot LLM pruning (magnitude, Wanda, SparseGPT; unstructured and N:M)."""

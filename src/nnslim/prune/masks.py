@@ -1,0 +1,53 @@
+"""Sparsity patterns: which weights to drop given a score per weight (higher = keep)."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import NnslimError
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """None for unstructured, (n, m) for "n:m" (keep n of every m consecutive inputs)."""
+    if pattern == "unstructured":
+        return None
+    match = re.fullmatch(r"(\d+):(\d+)", pattern)
+    if not match or not 0 < int(match.group(1)) < int(match.group(2)):
+        raise NnslimError(f"pattern={pattern!r} is not allowed; allowed: unstructured or N:M with 0 < N < M "
+                          "(e.g. 2:4)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_nm(in_features: int, nm: tuple[int, int], layer: str) -> None:
+    if in_features % nm[1]:
+        raise NnslimError(f"pattern {nm[0]}:{nm[1]} needs in_features divisible by {nm[1]}; layer {layer} has "
+                          f"{in_features}; add it to `ignore`")
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep mask [N, K]: the n highest-scoring of every m consecutive input columns, per row."""
+    rows, k = scores.shape
+    groups = scores.reshape(rows, k // m, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(2, groups.topk(n, dim=2).indices, True)
+    return keep.reshape(rows, k)
+
+
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep mask dropping the `sparsity` fraction of lowest scores in each row (Wanda's per-output group)."""
+    k = scores.shape[1]
+    drop = int(round(k * sparsity))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if drop:
+        keep.scatter_(1, scores.topk(drop, dim=1, largest=False).indices, False)
+    return keep
+
+
+def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep mask dropping the `sparsity` fraction of lowest scores of the whole layer."""
+    drop = int(round(scores.numel() * sparsity))
+    if not drop:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = scores.flatten().kthvalue(drop).values
+    return scores > threshold

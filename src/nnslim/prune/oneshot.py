@@ -1,0 +1,217 @@
+"""One-shot pruning of Linear layers: magnitude, Wanda (Sun et al. 2023) and SparseGPT (Frantar &
+Alistarh 2023), unstructured or N:M (2:4), layer by layer with calibration text for Wanda/SparseGPT.
+
+magnitude  drop the smallest |W| (per layer, or `scope: global` across all target layers)
+wanda      drop the smallest |W_ij| * ||X_j||_2 in each output row
+sparsegpt  OBS sweep (graph/hessian.py, shared with GPTQ): choose the mask per block of columns by
+           w^2 / [H^-1]_jj^2 and spread each pruned weight's error over the remaining columns
+The result is an ordinary model with zeros in the pruned weights (same shapes).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from ..graph.hessian import HessianAccumulator, dead_columns, inverse_factor, obs_sweep
+from ..graph.layerwise import call_block, find_blocks, run_layerwise
+from ..graph.scope import _matches, select_layers
+from ..recipe import StepConfig, register_method
+from .masks import check_nm, layer_mask, nm_mask, parse_pattern, row_mask
+
+ALGORITHMS = ("magnitude", "wanda", "sparsegpt")
+HEAD = "re:(^|\\.)(lm_head|classifier|score)$"
+
+
+@dataclass(frozen=True)
+class PruneConfig(StepConfig):
+    """Zero out a fraction of every Linear's weights."""
+    sparsity: float = 0.5  # fraction removed (unstructured); N:M fixes it at 1 - N/M
+    pattern: str = "unstructured"  # unstructured | N:M (e.g. 2:4)
+    algorithm: str = "magnitude"  # magnitude | wanda | sparsegpt
+    scope: str = "layer"  # magnitude only: layer | global
+    ignore: tuple[str, ...] = ()
+    prune_head: bool = False
+    samples: int = 128
+    seq_len: int = 512
+    damp: float = 0.01
+    block_size: int = 128
+    device: str = "auto"
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparsity < 1.0:
+            raise NnslimError(f"sparsity={self.sparsity} is not allowed; allowed: 0 <= sparsity < 1")
+        parse_pattern(self.pattern)
+        if self.algorithm not in ALGORITHMS:
+            raise NnslimError(f"algorithm={self.algorithm!r} is not allowed; allowed: {', '.join(ALGORITHMS)}")
+        if self.scope not in ("layer", "global"):
+            raise NnslimError(f"scope={self.scope!r} is not allowed; allowed: layer, global")
+        if self.scope == "global" and self.algorithm != "magnitude":
+            raise NnslimError("scope='global' is for algorithm='magnitude' only")
+        if not 1 <= self.samples <= 100_000 or self.seq_len < 16 or not 0 < self.damp < 1:
+            raise NnslimError("samples must be 1..100000, seq_len >= 16 and 0 < damp < 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise NnslimError(f"device={self.device!r} is not allowed; allowed: auto, cpu, cuda")
+
+    @property
+    def nm(self):
+        return parse_pattern(self.pattern)
+
+
+@dataclass(frozen=True)
+class MagnitudePruneConfig(PruneConfig):
+    """Unstructured magnitude pruning."""
+
+
+@dataclass(frozen=True)
+class TwoFourPruneConfig(PruneConfig):
+    """2:4 semi-structured magnitude pruning."""
+    pattern: str = "2:4"
+
+
+@dataclass(frozen=True)
+class WandaConfig(PruneConfig):
+    """Wanda: |W| x input-norm scores, per output row; needs calibration text."""
+    algorithm: str = "wanda"
+
+
+@dataclass(frozen=True)
+class SparseGptConfig(PruneConfig):
+    """SparseGPT: Hessian-based mask choice and weight reconstruction; needs calibration text."""
+    algorithm: str = "sparsegpt"
+
+
+def _mask(scores: torch.Tensor, config: PruneConfig) -> torch.Tensor:
+    nm = config.nm
+    if nm is not None:
+        return nm_mask(scores, *nm)
+    return row_mask(scores, config.sparsity) if config.algorithm == "wanda" else layer_mask(scores, config.sparsity)
+
+
+def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, config: PruneConfig, layer: str = "") -> torch.Tensor:
+    """The pruned (and reconstructed) weight; h is consumed."""
+    w = w.detach().float().clone()
+    dead_columns(h, w)
+    hinv = inverse_factor(h, config.damp, f"{layer} (SparseGPT)")
+    nm = config.nm
+    state = {"mask": None, "start": -1}
+
+    def prune_column(j, col, w1, h1):
+        i = j % config.block_size
+        d = torch.diag(h1)
+        if nm is None and i == 0:  # unstructured: choose this block's mask from the updated weights
+            state["mask"] = layer_mask((w1 ** 2) / d[None, :] ** 2, config.sparsity)
+        elif nm is not None and i % nm[1] == 0:
+            state["mask"] = nm_mask((w1[:, i:i + nm[1]] ** 2) / d[None, i:i + nm[1]] ** 2, *nm)
+            state["start"] = i
+        keep = state["mask"][:, i] if nm is None else state["mask"][:, i - state["start"]]
+        return col * keep
+
+    if nm is not None and config.block_size % nm[1]:
+        raise NnslimError(f"block_size={config.block_size} must be a multiple of M={nm[1]} for N:M SparseGPT")
+    return obs_sweep(w, hinv, config.block_size, prune_column)
+
+
+def _targets(model: nn.Module, config: PruneConfig) -> dict[str, nn.Linear]:
+    layers = select_layers(model, (nn.Linear,), config.ignore)
+    if not config.prune_head:
+        layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
+    if not layers:
+        raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to prune")
+    if config.nm is not None:
+        for n, m in layers.items():
+            check_nm(m.in_features, config.nm, n)
+    return layers
+
+
+def _block_process(config: PruneConfig, names: set[str]):
+    def process(index, name, block, inputs, kwargs):
+        local = [n[len(name) + 1:] for n in names if n.startswith(name + ".")]
+        mods = {n: block.get_submodule(n) for n in local}
+        stats: dict[str, object] = {}
+
+        def hook(n):
+            def fn(mod, args):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                if config.algorithm == "sparsegpt":
+                    stats.setdefault(n, HessianAccumulator(mod.in_features, x.device)).add(x)
+                else:  # wanda: running sum of squares per input channel
+                    stats[n] = stats.get(n, 0) + x.pow(2).sum(0)
+            return fn
+
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
+        try:
+            with torch.no_grad():
+                for h, kw in zip(inputs, kwargs):
+                    call_block(block, h, kw)
+        finally:
+            for hd in handles:
+                hd.remove()
+        with torch.no_grad():
+            for n, m in mods.items():
+                if config.algorithm == "sparsegpt":
+                    new = sparsegpt_prune(m.weight, stats.pop(n).h, config, f"{name}.{n}")
+                else:
+                    scores = m.weight.detach().abs().float() * stats.pop(n).sqrt()[None, :]
+                    new = m.weight.detach().float() * _mask(scores, config)
+                m.weight.copy_(new.to(m.weight.dtype))
+    return process
+
+
+def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inplace: bool = False,
+                  notes: list[str] | None = None) -> nn.Module:
+    """A copy of `model` (or the model itself if inplace) with pruned Linear weights."""
+    from ..quant.weight_only.methods import _calibration_device, _check_samples
+
+    if not isinstance(model, nn.Module):
+        raise NnslimError(f"pruning needs a torch.nn.Module, got {type(model).__name__}")
+    notes = notes if notes is not None else []
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    targets = _targets(model, config)
+    if config.algorithm == "magnitude":
+        with torch.no_grad():
+            if config.scope == "global" and config.nm is None:
+                allw = torch.cat([m.weight.detach().abs().flatten().float() for m in targets.values()])
+                drop = int(round(allw.numel() * config.sparsity))
+                threshold = allw.kthvalue(drop).values if drop else torch.tensor(-1.0)
+                for m in targets.values():
+                    m.weight.mul_((m.weight.abs() > threshold).to(m.weight.dtype))
+            else:
+                for m in targets.values():
+                    m.weight.mul_(_mask(m.weight.detach().abs().float(), config).to(m.weight.dtype))
+    else:
+        samples = list(calibration) if calibration is not None else []
+        _check_samples(samples)
+        prefix, _ = find_blocks(model)
+        inside = {n for n in targets if n.startswith(prefix + ".")}
+        if len(inside) != len(targets):
+            raise NnslimError(f"{config.algorithm} prunes layers inside the repeated blocks ({prefix}); "
+                              f"put these in `ignore` or use magnitude: {sorted(set(targets) - inside)[:5]}")
+        del targets
+        run_layerwise(model, samples, _block_process(config, inside), _calibration_device(config),
+                      desc=f"{config.algorithm} {config.pattern}")
+        targets = {n: model.get_submodule(n) for n in inside}
+    zeros = sum(int((m.weight == 0).sum()) for m in targets.values())
+    total = sum(m.weight.numel() for m in targets.values())
+    notes.append(f"{config.algorithm} {config.pattern} pruning: {len(targets)} layers, "
+                 f"{zeros / total:.1%} of their weights are zero")
+    return model
+
+
+def _apply(model, config: PruneConfig, ctx):
+    from ..quant.weight_only.methods import _calibration_for
+
+    data = None if config.algorithm == "magnitude" else _calibration_for(config, ctx)
+    return prune_oneshot(model, config, data, notes=ctx.notes)
+
+
+for _name, _cls, _desc in [
+        ("prune-magnitude", MagnitudePruneConfig, "unstructured magnitude pruning (per layer or global)"),
+        ("prune-2of4", TwoFourPruneConfig, "2:4 semi-structured magnitude pruning"),
+        ("wanda", WandaConfig, "Wanda one-shot pruning (|W| x input norm), unstructured or N:M"),
+        ("sparsegpt", SparseGptConfig, "SparseGPT one-shot pruning with weight reconstruction, unstructured or N:M")]:
+    register_method(_name, _cls, _desc)(_apply)

@@ -1,0 +1,78 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import llama_samples
+from nnslim import NnslimError, prune
+from nnslim.prune.masks import layer_mask, nm_mask, row_mask
+from nnslim.prune.oneshot import (MagnitudePruneConfig, PruneConfig, SparseGptConfig, TwoFourPruneConfig,
+                                  WandaConfig, prune_oneshot)
+
+
+def test_masks():
+    s = torch.randn(8, 16).abs()
+    keep = nm_mask(s, 2, 4)
+    assert torch.all(keep.reshape(8, 4, 4).sum(-1) == 2)
+    kept = s.reshape(8, 4, 4)[keep.reshape(8, 4, 4)].reshape(8, 4, 2)
+    dropped = s.reshape(8, 4, 4)[~keep.reshape(8, 4, 4)].reshape(8, 4, 2)
+    assert torch.all(kept.min(-1).values >= dropped.max(-1).values)
+    assert torch.all((~row_mask(s, 0.25)).sum(1) == 4)
+    assert int((~layer_mask(s, 0.5)).sum()) == 64
+
+
+def _linears(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n}
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsity_and_quality_order(tiny_llama, pattern):
+    before = copy.deepcopy(tiny_llama.state_dict())
+    samples = llama_samples(16)
+    ids = torch.cat([s["input_ids"] for s in samples[:4]])
+    ref = tiny_llama(input_ids=ids).logits
+    errs = {}
+    for cfg in [PruneConfig(pattern=pattern), WandaConfig(pattern=pattern, device="cpu"),
+                SparseGptConfig(pattern=pattern, device="cpu")]:
+        notes = []
+        p = prune_oneshot(tiny_llama, cfg, samples, notes=notes)
+        for name, m in _linears(p).items():
+            w = m.weight
+            if pattern == "2:4":
+                assert torch.all((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2), name
+            else:
+                assert abs(float((w == 0).float().mean()) - 0.5) < 0.02, name
+        assert p.lm_head.weight.count_nonzero() == p.lm_head.weight.numel()  # head kept dense
+        errs[cfg.algorithm] = float((p(input_ids=ids).logits - ref).norm() / ref.norm())
+        assert "pruning" in notes[-1]
+    for k, v in tiny_llama.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert errs["sparsegpt"] < errs["magnitude"]
+    assert errs["wanda"] < 1.1 * errs["magnitude"]
+
+
+def test_global_magnitude_and_api(tiny_llama):
+    p = prune(tiny_llama, MagnitudePruneConfig(sparsity=0.3, scope="global"))
+    ws = torch.cat([m.weight.flatten() for m in _linears(p).values()])
+    assert abs(float((ws == 0).float().mean()) - 0.3) < 0.01
+    p2 = prune(tiny_llama, TwoFourPruneConfig())
+    assert all(torch.all((m.weight.reshape(m.weight.shape[0], -1, 4) == 0).sum(-1) >= 2)
+               for m in _linears(p2).values())
+
+
+def test_bad_prune_inputs(tiny_llama):
+    with pytest.raises(NnslimError, match="sparsity=1.0 is not allowed"):
+        PruneConfig(sparsity=1.0)
+    with pytest.raises(NnslimError, match="pattern='3:2' is not allowed"):
+        PruneConfig(pattern="3:2")
+    with pytest.raises(NnslimError, match="pattern 2:3 needs in_features divisible by 3"):
+        prune_oneshot(tiny_llama, PruneConfig(pattern="2:3"))
+    with pytest.raises(NnslimError, match="no nn.Linear layer"):
+        prune_oneshot(nn.Sequential(nn.ReLU()), PruneConfig())
+    with pytest.raises(NnslimError, match="calibration is empty"):
+        prune_oneshot(tiny_llama, WandaConfig(), [])
+    with pytest.raises(NnslimError, match="scope='global' is for algorithm='magnitude' only"):
+        WandaConfig(scope="global")
+    with pytest.raises(NnslimError, match="config of type"):
+        prune(tiny_llama, {"sparsity": 0.5})
