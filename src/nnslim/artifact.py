@@ -56,7 +56,11 @@ def quantized_layers(model: torch.nn.Module) -> dict[str, dict]:
     from .quant.w8a8 import W8A8Linear
     from .quant.weight_only.modules import WeightOnlyLinear
 
-    return {n: m.quant_config() for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, W8A8Linear))}
+    from .lowrank.svd import LowRankLinear
+
+    out = {n: m.quant_config() for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, W8A8Linear))}
+    out.update({n: m.rebuild_config() for n, m in model.named_modules() if isinstance(m, LowRankLinear)})
+    return out
 
 
 def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: torch.dtype, where: Path) -> None:
@@ -72,11 +76,15 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
             if kind == "weight_only":
                 new = WeightOnlyLinear(cfg["in_features"], cfg["out_features"], cfg["bits"], cfg["group"],
                                        cfg["symmetric"], cfg["bias"], dtype, cfg.get("input_scale", False))
+            elif kind == "lowrank":
+                from .lowrank.svd import LowRankLinear
+
+                new = LowRankLinear(cfg["in_features"], cfg["out_features"], cfg["rank"], cfg["bias"], dtype)
             elif kind == "w8a8":
                 new = W8A8Linear(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype,
                                  cfg.get("input_scale", False))
             else:
-                raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8")
+                raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8, lowrank")
         except (AttributeError, KeyError, TypeError) as e:
             raise NnslimError(f"{where}: quantized layer {name!r} does not fit the architecture: {e}") from None
         replace_module(model, name, new)

@@ -16,7 +16,8 @@ from .errors import NnslimError, bad_value
 
 # Modules that register built-in methods when imported.
 _BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.quant.weight_only.methods",
-                           "nnslim.quant.w8a8", "nnslim.prune.oneshot", "nnslim.runtime.onnx_methods")
+                           "nnslim.quant.w8a8", "nnslim.prune.oneshot", "nnslim.lowrank.svd",
+                           "nnslim.runtime.onnx_methods")
 
 
 @dataclass(frozen=True)
