@@ -26,6 +26,22 @@ def test_lists():
     assert out.returncode == 0 and all(n in out.stdout for n in ("digits-cnn", "minilm", "smollm2"))
     out = nnslim("methods")
     assert out.returncode == 0 and all(n in out.stdout for n in ("fp16", "bf16", "onnx", "onnx-fp16"))
+    for name in ("int4-rtn", "int4-gptq", "int4-awq", "int8-weight-only", "fp8", "int8-w8a8",
+                 "prune-magnitude", "prune-2of4", "wanda", "sparsegpt", "lowrank"):
+        assert name in out.stdout, name
+
+
+def test_method_options_with_set(tmp_path):
+    out = tmp_path / "o"
+    assert_clean_error(nnslim("compress", "--model", "smollm2", "--method", "int4-rtn", "--set", "group_size",
+                              "--out", str(out)), "--set 'group_size'", "KEY=VALUE")
+    assert_clean_error(nnslim("compress", "--model", "smollm2", "--method", "int4-rtn", "--set", "bitz=4",
+                              "--out", str(out)), "unknown key 'bitz'", "group_size")
+    assert_clean_error(nnslim("compress", "--model", "smollm2", "--method", "int4-gptq", "--set", "group_size=100",
+                              "--out", str(out)), "group_size=100 is not allowed")
+    assert_clean_error(nnslim("compress", "--model", "smollm2", "--method", "int4-rtn", "--set", "group_size=128",
+                              "--no-report", "--out", str(out)), "group_size=128 does not divide in_features=576")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("verb", ["testbeds", "methods", "evaluate", "benchmark", "compress", "demo"])
