@@ -50,7 +50,7 @@ def main():
         t = time.perf_counter()
         q = quantize_weight_only(model, cfg, calib)
         dt = time.perf_counter() - t
-        label = f"int8 per-channel RTN" if name == "int8" else f"int4 g{g} {name.upper()}"
+        label = "int8 per-channel RTN" if name == "int8" else f"int4 g{g} {name.upper()}"
         rows.append({"variant": label, **tb.evaluate(TorchRunner(q)), "quant_s": round(dt, 1)})
         print(json.dumps(rows[-1]), flush=True)
         del q

@@ -123,6 +123,26 @@ def _trace(phase: str, device: torch.device) -> None:
               f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GB", flush=True)
 
 
+def feed_block(block: nn.Module, modules: dict[str, nn.Module], inputs: list[torch.Tensor],
+               kwargs: list[dict[str, Any]], on_input: Callable[[str, nn.Module, torch.Tensor], None]) -> None:
+    """Run `block` on every input, calling on_input(name, module, x) with the input x of each of `modules`."""
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: on_input(n, mod, args[0].detach()))
+               for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            for h, kw in zip(inputs, kwargs):
+                call_block(block, h, kw)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def block_targets(block: nn.Module, block_name: str, names: set[str]) -> dict[str, nn.Module]:
+    """{name relative to the block: module} for the target names inside this block."""
+    return {n[len(block_name) + 1:]: block.get_submodule(n[len(block_name) + 1:])
+            for n in names if n.startswith(block_name + ".")}
+
+
 def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
                   process: Callable[[int, str, nn.Module, list[torch.Tensor], list[dict]], None],
                   device: str | torch.device = "cpu", desc: str = "layer-wise") -> None:

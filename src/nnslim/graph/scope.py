@@ -34,3 +34,18 @@ def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[st
             sample = ", ".join(n for n, m in named if isinstance(m, types))[:300]
             raise NnslimError(f"{field} entry {entry!r} matches no layer of the model; layers look like: {sample}")
     return {n: m for n, m in named if n and isinstance(m, types) and not any(_matches(e, n, m) for e in ignore)}
+
+
+HEAD = "re:(^|\\.)(lm_head|classifier|score)$"  # output heads: kept as they are unless asked
+
+
+def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: bool = False,
+                   what: str = "quantize") -> dict[str, nn.Linear]:
+    """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked."""
+    layers = select_layers(model, (nn.Linear,), ignore)
+    if not include_head:
+        layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
+    if not layers:
+        raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to {what} "
+                          f"(ignore={list(ignore)}, head included: {include_head})")
+    return layers

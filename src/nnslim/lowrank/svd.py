@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
-from ..graph.scope import _matches, select_layers
+from ..graph.scope import select_linears
 from ..quant.modules import replace_module
 from ..recipe import StepConfig, register_method
 
-HEAD = "re:(^|\\.)(lm_head|classifier|score)$"
 
 
 class LowRankLinear(nn.Module):
@@ -86,11 +85,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, inplace: bool = False, note
         raise NnslimError(f"low-rank factorization needs a torch.nn.Module, got {type(model).__name__}")
     notes = notes if notes is not None else []
     model = model if inplace else copy.deepcopy(model)
-    layers = select_layers(model, (nn.Linear,), config.ignore)
-    if not config.factor_head:
-        layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
-    if not layers:
-        raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to factorize")
+    layers = select_linears(model, config.ignore, config.factor_head, "factorize")
     kept, before, after = [], 0, 0
     for name, lin in layers.items():
         s = torch.linalg.svdvals(lin.weight.detach().float())

@@ -17,13 +17,12 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..graph.hessian import HessianAccumulator, dead_columns, inverse_factor, obs_sweep
-from ..graph.layerwise import call_block, find_blocks, run_layerwise
-from ..graph.scope import _matches, select_layers
+from ..graph.layerwise import block_targets, feed_block, find_blocks, run_layerwise
+from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
 from .masks import check_nm, layer_mask, nm_mask, parse_pattern, row_mask
 
 ALGORITHMS = ("magnitude", "wanda", "sparsegpt")
-HEAD = "re:(^|\\.)(lm_head|classifier|score)$"
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,7 @@ def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, config: PruneConfig, layer
 
 
 def _targets(model: nn.Module, config: PruneConfig) -> dict[str, nn.Linear]:
-    layers = select_layers(model, (nn.Linear,), config.ignore)
-    if not config.prune_head:
-        layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
-    if not layers:
-        raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to prune")
+    layers = select_linears(model, config.ignore, config.prune_head, "prune")
     if config.nm is not None:
         for n, m in layers.items():
             check_nm(m.in_features, config.nm, n)
@@ -129,27 +124,17 @@ def _targets(model: nn.Module, config: PruneConfig) -> dict[str, nn.Linear]:
 
 def _block_process(config: PruneConfig, names: set[str]):
     def process(index, name, block, inputs, kwargs):
-        local = [n[len(name) + 1:] for n in names if n.startswith(name + ".")]
-        mods = {n: block.get_submodule(n) for n in local}
+        mods = block_targets(block, name, names)
         stats: dict[str, object] = {}
 
-        def hook(n):
-            def fn(mod, args):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-                if config.algorithm == "sparsegpt":
-                    stats.setdefault(n, HessianAccumulator(mod.in_features, x.device)).add(x)
-                else:  # wanda: running sum of squares per input channel
-                    stats[n] = stats.get(n, 0) + x.pow(2).sum(0)
-            return fn
+        def on_input(n, mod, x):
+            x = x.reshape(-1, x.shape[-1]).float()
+            if config.algorithm == "sparsegpt":
+                stats.setdefault(n, HessianAccumulator(mod.in_features, x.device)).add(x)
+            else:  # wanda: running sum of squares per input channel
+                stats[n] = stats.get(n, 0) + x.pow(2).sum(0)
 
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
-        try:
-            with torch.no_grad():
-                for h, kw in zip(inputs, kwargs):
-                    call_block(block, h, kw)
-        finally:
-            for hd in handles:
-                hd.remove()
+        feed_block(block, mods, inputs, kwargs, on_input)
         with torch.no_grad():
             for n, m in mods.items():
                 if config.algorithm == "sparsegpt":

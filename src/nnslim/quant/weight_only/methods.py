@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ...errors import NnslimError
-from ...graph.layerwise import find_blocks, run_layerwise
-from ...graph.scope import _matches, select_layers
+from ...graph.layerwise import block_targets, feed_block, find_blocks, run_layerwise
+from ...graph.scope import select_linears
 from ...recipe import StepConfig, register_method
 from ..modules import replace_module
 from .awq import awq_quantize, search_scales
@@ -22,7 +22,6 @@ from .gptq import HessianAccumulator, gptq_quantize
 from .modules import KERNELS, WeightOnlyLinear
 
 ALGORITHMS = ("rtn", "gptq", "awq")
-HEAD = "re:(^|\\.)(lm_head|classifier|score)$"  # kept float unless quantize_head=True
 AUTO_GROUPS = (128, 64, 32)
 MIN_TOKENS = 128
 
@@ -94,14 +93,8 @@ class Int8WeightOnlyConfig(WeightOnlyConfig):
     group_size: int | str = -1
 
 
-def target_linears(model: nn.Module, config: WeightOnlyConfig) -> dict[str, nn.Linear]:
-    layers = select_layers(model, (nn.Linear,), config.ignore)
-    if not config.quantize_head:
-        layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
-    if not layers:
-        raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to quantize "
-                          f"(ignore={list(config.ignore)}, quantize_head={config.quantize_head})")
-    return layers
+def target_linears(model: nn.Module, config) -> dict[str, nn.Linear]:
+    return select_linears(model, config.ignore, config.quantize_head, "quantize")
 
 
 def resolve_group(config: WeightOnlyConfig, layers: dict[str, nn.Linear], notes: list[str]) -> WeightSpec:
@@ -147,37 +140,22 @@ def _check_samples(samples: list) -> None:
 def _block_process(config: WeightOnlyConfig, spec: WeightSpec, targets: set[str]):
     """The per-block step of GPTQ / AWQ for run_layerwise. Only names are held: a reference to a
     replaced Linear would keep its weights on the calibration device after the block moves back."""
-    from ...graph.layerwise import call_block
-
     def process(index, name, block, inputs, kwargs):
-        local = {n[len(name) + 1:]: None for n in targets if n.startswith(name + ".")}
-        mods = {n: block.get_submodule(n) for n in local}
+        mods = block_targets(block, name, targets)
         if not mods:
             return
         stats: dict[str, object] = {}
         first_inputs: dict[str, torch.Tensor] = {}  # held so tensor identity is meaningful
 
-        def hook(n):
-            def fn(mod, args):
-                x = args[0].detach()
-                if config.algorithm == "gptq":
-                    if n not in stats:
-                        stats[n] = HessianAccumulator(mod.in_features, x.device)
-                    stats[n].add(x)
-                else:
-                    first_inputs.setdefault(n, args[0])
-                    flat = x.reshape(-1, x.shape[-1]).float()
-                    stats.setdefault(n, []).append(flat[:: max(1, flat.shape[0] // 256)])
-            return fn
+        def on_input(n, mod, x):
+            if config.algorithm == "gptq":
+                stats.setdefault(n, HessianAccumulator(mod.in_features, x.device)).add(x)
+            else:
+                first_inputs.setdefault(n, x)
+                flat = x.reshape(-1, x.shape[-1]).float()
+                stats.setdefault(n, []).append(flat[:: max(1, flat.shape[0] // 256)])
 
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
-        try:
-            with torch.no_grad():
-                for h, kw in zip(inputs, kwargs):
-                    call_block(block, h, kw)
-        finally:
-            for hd in handles:
-                hd.remove()
+        feed_block(block, mods, inputs, kwargs, on_input)
         with torch.no_grad():
             if config.algorithm == "gptq":
                 for n, m in mods.items():
