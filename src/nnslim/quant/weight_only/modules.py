@@ -92,7 +92,8 @@ class WeightOnlyLinear(nn.Module):
                 from ...runtime.kernels import triton_int4
 
                 if triton_int4.available():
-                    configs = (triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS if x.shape[0] == 1
+                    configs = (triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS
+                               if x.shape[0] == 1
                                else triton_int4.GEMM_CONFIGS)
                     for i, cfg in enumerate(configs):
                         out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
@@ -120,7 +121,13 @@ class WeightOnlyLinear(nn.Module):
             self.codes(), self.scales.to(x.dtype), None if self.symmetric else self.zeros))
         if config is not None and config.get("W32"):
             wk = self._prep("triton-int4-w32", x.device, lambda: (triton_int4.to_kernel_layout_w32(self.codes()),))[0]
-        return triton_int4.int4_matmul(x.contiguous(), wk, st, zt, self.group, 8, config)
+        workspace = None
+        if config is not None and config.get("LASTCTA") and x.shape[0] == 1:
+            split, tiles = config["SPLIT_K"], -(-self.out_features // config["BLOCK_N"])
+            workspace = self._prep(f"triton-int4-ws{split}x{tiles}", x.device, lambda: (
+                torch.empty(split * self.out_features, dtype=torch.float32, device=x.device),
+                torch.zeros(tiles, dtype=torch.int32, device=x.device)))
+        return triton_int4.int4_matmul(x.contiguous(), wk, st, zt, self.group, 8, config, workspace)
 
     def _tinygemm(self, x):
         def build():
@@ -158,16 +165,21 @@ class WeightOnlyLinear(nn.Module):
             from ...runtime.kernels import triton_int4
 
             fam = {f"triton-int4-{dtype}"}
-            configs = triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS
+            configs = triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS
             idx = name.rsplit("-", 1)[-1]
-            if idx.isdigit() and int(idx) < len(configs) and configs[int(idx)].get("W32"):
-                fam.add("triton-int4-w32")  # index into GEMV+W32 (M == 1); GEMM indices never use W32
+            cfg = configs[int(idx)] if idx.isdigit() and int(idx) < len(configs) else {}
+            if cfg.get("W32"):  # indices into the M == 1 list; GEMM indices (M > 1) are below these
+                fam.add("triton-int4-w32")
+            if cfg.get("LASTCTA"):
+                fam.add("triton-int4-ws")
             return fam
         return {name}
 
     def compact(self) -> None:
         """Free kernel layouts built only while timing candidates (call after warm-up)."""
-        self._prepared = {k: v for k, v in self._prepared.items() if k[0] in self._families}
+        self._prepared = {k: v for k, v in self._prepared.items()
+                          if k[0] in self._families or (k[0].startswith("triton-int4-ws")
+                                                        and "triton-int4-ws" in self._families)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -75,9 +75,34 @@ if triton is not None:
         return s, z
 
     @triton.jit
-    def _int4_gemv_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, N, stride_xm, stride_ym, K: tl.constexpr,
+    def _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N,
+                    SPLIT_K: tl.constexpr, LASTCTA: tl.constexpr):
+        """Write one split's partial sums: directly (no split), by atomics into a zeroed fp32 output,
+        or (LASTCTA) into a workspace, the last split of each tile summing them into y in one launch."""
+        if SPLIT_K == 1:
+            tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+        elif LASTCTA:
+            rows = tl.num_programs(1)
+            tl.store(ws_ptr + (pid_k * rows + row) * N + offs_n, out, mask=mask_n)
+            tl.debug_barrier()
+            counter = cnt_ptr + row * tl.num_programs(0) + pid_n
+            count = tl.atomic_add(counter, 1, sem="acq_rel")
+            if count == SPLIT_K - 1:
+                tl.debug_barrier()
+                total = tl.zeros_like(out)
+                for sk in tl.static_range(SPLIT_K):
+                    total += tl.load(ws_ptr + (sk * rows + row) * N + offs_n, mask=mask_n, other=0.0,
+                                     cache_modifier=".cg")
+                tl.store(y_ptr + row * stride_ym + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask_n)
+                tl.atomic_xchg(counter, 0)  # ready for the next call (also inside a CUDA graph)
+        else:
+            tl.atomic_add(y_ptr + row * stride_ym + offs_n, out, mask=mask_n)
+
+    @triton.jit
+    def _int4_gemv_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym, K: tl.constexpr,
                           GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
-                          BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr):
+                          BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr,
+                          LASTCTA: tl.constexpr = False):
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         pid_k = tl.program_id(2)
@@ -99,15 +124,13 @@ if triton is not None:
                 part = xl.to(tl.float32)[:, None] * lo + xh.to(tl.float32)[:, None] * hi
                 acc += part * s[None, :]
         out = tl.sum(acc, axis=0)
-        if SPLIT_K == 1:
-            tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
-        else:
-            tl.atomic_add(y_ptr + row * stride_ym + offs_n, out, mask=mask_n)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
 
     @triton.jit
-    def _int4_gemv_w32_kernel(x_ptr, wq_ptr, st_ptr, zt_ptr, y_ptr, N, stride_xm, stride_ym, K: tl.constexpr,
-                              GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
-                              BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr):
+    def _int4_gemv_w32_kernel(x_ptr, wq_ptr, st_ptr, zt_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
+                              K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
+                              BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr,
+                              LASTCTA: tl.constexpr = False):
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         pid_k = tl.program_id(2)
@@ -132,10 +155,7 @@ if triton is not None:
                     part += xj.to(tl.float32)[:, None] * w
                 acc += part * s[None, :]
         out = tl.sum(acc, axis=0)
-        if SPLIT_K == 1:
-            tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
-        else:
-            tl.atomic_add(y_ptr + row * stride_ym + offs_n, out, mask=mask_n)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
 
     @triton.jit
     def _int4_gemm_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
@@ -180,6 +200,9 @@ if triton is not None:
 GEMV_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
                 for bn, u, sk, w in [(64, 2, 1, 4), (128, 2, 1, 4), (64, 4, 4, 4), (128, 2, 4, 4),
                                      (64, 2, 8, 4), (128, 4, 8, 8), (256, 2, 4, 8), (32, 4, 8, 2)]]
+LASTCTA_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, LASTCTA=True)
+                   for bn, u, sk, w in [(32, 4, 8, 2), (64, 4, 8, 4), (128, 2, 8, 4), (64, 2, 16, 2),
+                                        (128, 4, 16, 4), (32, 2, 16, 2)]]
 W32_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, W32=True)
                for bn, u, sk, w in [(128, 2, 8, 4), (256, 2, 8, 4), (128, 4, 16, 4), (256, 1, 16, 8),
                                     (512, 2, 8, 8), (64, 4, 8, 2), (128, 2, 4, 4)]]
@@ -190,8 +213,9 @@ GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
 
 
 def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.Tensor | None, group: int,
-                bits_zero: int = 8, config: dict | None = None) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T. `wk` is the byte layout (to_kernel_layout) or, for configs with
+                bits_zero: int = 8, config: dict | None = None, workspace: tuple | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T. `workspace` (fp32 partials, int32 zeroed counters) serves LASTCTA
+    configs; pass one kept per layer so that no buffer is allocated or zeroed per call. `wk` is the byte layout (to_kernel_layout) or, for configs with
     W32=True, the word layout (to_kernel_layout_w32); GEMV for M == 1 unless config has BLOCK_M."""
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -201,15 +225,26 @@ def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.T
     cfg = dict(config or (GEMV_CONFIGS[0] if gemv else GEMM_CONFIGS[0]))
     w32 = cfg.pop("W32", False)
     split = cfg["SPLIT_K"]
-    out_dtype = torch.float32 if split > 1 else x.dtype
-    y = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=out_dtype, device=x.device)
+    lastcta = gemv and split > 1 and cfg.get("LASTCTA", False)
+    if not gemv:
+        cfg.pop("LASTCTA", None)
+    out_dtype = torch.float32 if split > 1 and not lastcta else x.dtype
+    y = (torch.zeros if split > 1 and not lastcta else torch.empty)((m, n), dtype=out_dtype, device=x.device)
+    if lastcta:  # counters must start at zero and are left at zero by the kernel
+        tiles = triton.cdiv(n, cfg["BLOCK_N"])
+        if workspace is None or workspace[0].numel() < split * m * n or workspace[1].numel() < m * tiles:
+            workspace = (torch.empty(split * m * n, dtype=torch.float32, device=x.device),
+                         torch.zeros(m * tiles, dtype=torch.int32, device=x.device))
+        ws, cnt = workspace
+    else:
+        ws, cnt = y, y
     common = dict(GROUP=group, HAS_ZERO=zt is not None, ZCONST=MAGIC + bits_zero)
     zarg = zt if zt is not None else st
     if gemv:
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), m, split)
         kernel = _int4_gemv_w32_kernel if w32 else _int4_gemv_kernel
-        kernel[grid](x, wk, st, zarg, y, n, x.stride(0), y.stride(0), k, **common, **cfg)
+        kernel[grid](x, wk, st, zarg, y, ws, cnt, n, x.stride(0), y.stride(0), k, **common, **cfg)
     else:
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
         _int4_gemm_kernel[grid](x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0), k, **common, **cfg)
-    return y if split == 1 else y.to(x.dtype)
+    return y if split == 1 or lastcta else y.to(x.dtype)
