@@ -98,10 +98,13 @@ def bench_kernels(args) -> list[dict]:
             # int4: every Triton config, torch's tinygemm, and the dequant reference
             cands = int4._candidates(x)
             best_t, best_name = float("inf"), None
-            configs = ((triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS) if m == 1 else []) + (
+            configs = ((triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS)
+                       if m == 1 else []) + (
                 triton_int4.GEMM_CONFIGS if m > 1 or args.all else [])
             for i, cfg in enumerate(configs):
-                name = f"triton{'-gemm' if 'BLOCK_M' in cfg else ('-gemv32' if cfg.get('W32') else '-gemv')}-{i}"
+                kind = "-gemm" if "BLOCK_M" in cfg else ("-gemv32" if cfg.get("W32") else (
+                    "-gemv-lastcta" if cfg.get("LASTCTA") else "-gemv"))
+                name = f"triton{kind}-{i}"
                 try:
                     y = int4._triton_int4(x, cfg)
                     err = rel_err(y, F.linear(x, wref4))
