@@ -137,6 +137,12 @@ def _check_samples(samples: list) -> None:
                           "(128 sequences x 512 tokens is typical)")
 
 
+def _calibrating(layer: WeightOnlyLinear) -> WeightOnlyLinear:
+    """While later blocks are calibrated, run the reference path: no kernel timing, no extra layouts."""
+    layer.kernel = "dequant"
+    return layer
+
+
 def _block_process(config: WeightOnlyConfig, spec: WeightSpec, targets: set[str]):
     """The per-block step of GPTQ / AWQ for run_layerwise. Only names are held: a reference to a
     replaced Linear would keep its weights on the calibration device after the block moves back."""
@@ -164,7 +170,7 @@ def _block_process(config: WeightOnlyConfig, spec: WeightSpec, targets: set[str]
                                                        config.damp, config.act_order, config.block_size,
                                                        f"{name}.{n}", inplace=True)
                     del h
-                    replace_module(block, n, WeightOnlyLinear.from_codes(m, codes, scale, zero, spec))
+                    replace_module(block, n, _calibrating(WeightOnlyLinear.from_codes(m, codes, scale, zero, spec)))
             else:
                 groups: list[list[str]] = []  # Linears that read the very same input tensor
                 for n in mods:
@@ -181,8 +187,8 @@ def _block_process(config: WeightOnlyConfig, spec: WeightSpec, targets: set[str]
                     s = search_scales(x, ws, spec, group, config.grid)
                     for n in members:
                         codes, scale, zero = awq_quantize(mods[n].weight, s, x, spec, group, config.clip_search)
-                        replace_module(block, n, WeightOnlyLinear.from_codes(mods[n], codes, scale, zero, spec,
-                                                                             input_scale=1.0 / s))
+                        replace_module(block, n, _calibrating(WeightOnlyLinear.from_codes(
+                            mods[n], codes, scale, zero, spec, input_scale=1.0 / s)))
     return process
 
 

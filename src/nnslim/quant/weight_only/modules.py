@@ -59,6 +59,10 @@ class WeightOnlyLinear(nn.Module):
             mod.input_scale.copy_(input_scale.to(dtype))
         return mod
 
+    def _apply(self, fn, *args, **kwargs):
+        self._prepared = {}  # kernel layouts belong to the old device/dtype: rebuilt on next use
+        return super()._apply(fn, *args, **kwargs)
+
     def extra_repr(self) -> str:
         g = "channel" if self.group == self.in_features else self.group
         return (f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={g}, "
