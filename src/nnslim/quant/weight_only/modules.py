@@ -109,14 +109,8 @@ class WeightOnlyLinear(nn.Module):
                 out["cpu-int4pack"] = lambda: self._cpu_int4(x)
             if self.bits == 8 and self.symmetric and g == k and x.dtype in (torch.float32,):
                 out["cpu-int8pack"] = lambda: self._int8pack(x)
-        out["dequant"] = lambda: F.linear(x, self._dequant_weight(x.dtype))
+        out["dequant"] = lambda: F.linear(x, self.dequantized_weight(x.dtype))
         return out
-
-    def _dequant_weight(self, dtype):
-        # Cached only when requested explicitly (kernel='dequant' keeps a float copy: fast, not small).
-        if self.kernel == "dequant-cached":
-            return self._prep("dequant", self.qweight.device, lambda: (self.dequantized_weight(dtype),))[0]
-        return self.dequantized_weight(dtype)
 
     def _triton_int4(self, x, config=None):
         from ...runtime.kernels import triton_int4
@@ -195,7 +189,7 @@ class WeightOnlyLinear(nn.Module):
             key = ("wo", x2.device.type, self.bits, self.group, self.symmetric, str(x2.dtype),
                    self.out_features, self.in_features, select.m_bucket(x2.shape[0]))
             name = select.choose(key, cands, x2.device)
-        elif self.kernel in ("dequant", "dequant-cached"):
+        elif self.kernel == "dequant":
             name = "dequant"
         elif self.kernel in cands:
             name = self.kernel
@@ -213,7 +207,7 @@ class WeightOnlyLinear(nn.Module):
 
 def set_kernel(model: nn.Module, kernel: str) -> nn.Module:
     """Force one kernel (see KERNELS) for every quantized linear of `model`."""
-    if kernel not in KERNELS and kernel != "dequant-cached":
+    if kernel not in KERNELS:
         raise NnslimError(f"kernel={kernel!r} is not allowed; allowed: {', '.join(KERNELS)}")
     for m in model.modules():
         if isinstance(m, WeightOnlyLinear):
