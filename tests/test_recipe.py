@@ -52,3 +52,11 @@ def test_as_recipe_accepts_names_configs_and_seed_override():
     assert as_recipe(step).steps == (step,)
     assert as_recipe("fp16", seed=5).seed == 5
     assert as_recipe([step, make_step({"method": "onnx"})]).steps[1].method == "onnx"
+
+
+def test_yaml_keeps_n_m_patterns_as_text():
+    from nnslim.recipe import yaml_load
+
+    obj = yaml_load("pattern: 2:4\nsamples: 8\ndamp: 0.01\nsmall: 1e-3\nneg: -2\nname: x\nflag: true\n")
+    assert obj == {"pattern": "2:4", "samples": 8, "damp": 0.01, "small": 0.001, "neg": -2, "name": "x",
+                   "flag": True}

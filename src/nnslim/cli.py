@@ -136,6 +136,7 @@ def _parse_options(options: list[str]) -> dict:
     import yaml
 
     from .errors import NnslimError
+    from .recipe import yaml_load
 
     out = {}
     for item in options:
@@ -143,7 +144,7 @@ def _parse_options(options: list[str]) -> dict:
         if not sep or not key:
             raise NnslimError(f"--set {item!r} is not allowed; expected KEY=VALUE, e.g. --set group_size=64")
         try:
-            out[key] = yaml.safe_load(value)
+            out[key] = yaml_load(value)
         except yaml.YAMLError:
             raise NnslimError(f"--set {item!r}: VALUE is not valid YAML") from None
     return out

@@ -169,6 +169,29 @@ def parse_recipe(obj: Any, where: str = "recipe") -> Recipe:
     return Recipe(tuple(make_step(s, f"{where}.steps[{i}]") for i, s in enumerate(steps)), seed, name)
 
 
+def yaml_load(text: str):
+    """yaml.safe_load without YAML 1.1's base-60 numbers (so `pattern: 2:4` stays the string "2:4"),
+    and with exponent floats like 1e-3 read as numbers."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    numeric = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+    Loader.yaml_implicit_resolvers = {k: [(t, rx) for t, rx in v if t not in numeric]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"),
+                                 list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(([0-9][0-9_]*)?\.[0-9_]*([eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+)$"
+                   r"|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+        list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_recipe(path: str | Path) -> Recipe:
     import yaml
 
@@ -176,7 +199,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise NnslimError(f"--recipe={str(path)!r}: file not found")
     try:
-        obj = yaml.safe_load(path.read_text())
+        obj = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         raise NnslimError(f"--recipe={str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     return parse_recipe(obj, where=path.name)
