@@ -71,6 +71,15 @@ def test_onnx_int8_matches_torch_simulation(digits):
 
     onnx_model, notes = export_quantized_onnx(q, tb.export_example(), tempfile.mkdtemp() + "/m.onnx",
                                               tb.dynamic_axes)
+    import onnx
+
+    graph = onnx.load(str(onnx_model.path)).graph
+    int32_inits = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    producers = {o: n for n in graph.node for o in n.output}
+    for conv in convs:  # int32 bias through DequantizeLinear: what lets the runtimes fuse int8 convolutions
+        bias_dq = producers[conv.input[2]]
+        assert bias_dq.op_type == "DequantizeLinear" and bias_dq.input[0] in int32_inits
     x = tb.example_inputs(batch=32)
     sim = TorchRunner(q)(x)
     for backend in ("onnxruntime", "openvino"):

@@ -113,6 +113,20 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                                     [f"{base}.weight_dq"], name=f"{base}/wdq",
                                     **({"axis": axis} if s["per_channel"] else {})))
         node.input[1] = f"{base}.weight_dq"
+        if (node.op_type == "Conv" and s["act_scale"] is not None and len(node.input) > 2
+                and node.input[2] in inits):
+            # int32 bias with scale = input scale x weight scale: the form ONNX Runtime needs to fuse
+            # DQ -> Conv -> Q into QLinearConv (a float bias blocks the fusion).
+            bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+            b_scale = (float(s["act_scale"]) * s["w_scale"].numpy().astype(np.float64)).reshape(-1)
+            b_scale = np.broadcast_to(b_scale, bias.shape) if b_scale.size == 1 else b_scale
+            b_q = np.clip(np.round(bias / b_scale), -2**31, 2**31 - 1).astype(np.int32)
+            new_inits += [numpy_helper.from_array(b_q, f"{base}.bias_q"),
+                          numpy_helper.from_array(b_scale.astype(np.float32), f"{base}.b_scale"),
+                          numpy_helper.from_array(np.zeros(b_q.shape, np.int32), f"{base}.b_zp")]
+            pre.append(helper.make_node("DequantizeLinear", [f"{base}.bias_q", f"{base}.b_scale", f"{base}.b_zp"],
+                                        [f"{base}.bias_dq"], name=f"{base}/bdq", axis=0))
+            node.input[2] = f"{base}.bias_dq"
         x = node.input[0]
         if s["act_scale"] is not None:
             if x not in act_qdq:
