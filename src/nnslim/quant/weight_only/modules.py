@@ -39,7 +39,8 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features, dtype=dtype) if input_scale else None)
         self.kernel = "auto"
         self._prepared: dict[tuple, tuple] = {}
-        self._families: set[str] = set()  # prepared layouts used by the kernels chosen so far
+        self._used: set[str] = set()  # prepared layouts read by the kernels chosen so far
+        self._recording = False
 
     @classmethod
     def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
@@ -82,6 +83,8 @@ class WeightOnlyLinear(nn.Module):
     # --- kernels -------------------------------------------------------------------------------
     def _prep(self, name: str, device: torch.device, build: Callable[[], tuple]) -> tuple:
         key = (name, str(device), self.qweight.data_ptr())
+        if self._recording:
+            self._used.add(name)
         if key not in self._prepared:
             self._prepared = {k: v for k, v in self._prepared.items() if k[2] == self.qweight.data_ptr()}
             with torch.no_grad():
@@ -157,27 +160,9 @@ class WeightOnlyLinear(nn.Module):
         w, s = self._prep("cpu-int8pack", x.device, build)
         return torch.ops.aten._weight_int8pack_mm(x.contiguous(), w, s)
 
-    @staticmethod
-    def _family(name: str, dtype) -> set[str]:
-        if name.startswith("triton-int4-"):
-            from ...runtime.kernels import triton_int4
-
-            fam = {f"triton-int4-{dtype}"}
-            configs = triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS
-            idx = name.rsplit("-", 1)[-1]
-            cfg = configs[int(idx)] if idx.isdigit() and int(idx) < len(configs) else {}
-            if cfg.get("W32"):  # indices into the M == 1 list; GEMM indices (M > 1) are below these
-                fam.add("triton-int4-w32")
-            if cfg.get("LASTCTA"):
-                fam.add("triton-int4-ws")
-            return fam
-        return {name}
-
     def compact(self) -> None:
         """Free kernel layouts built only while timing candidates (call after warm-up)."""
-        self._prepared = {k: v for k, v in self._prepared.items()
-                          if k[0] in self._families or (k[0].startswith("triton-int4-ws")
-                                                        and "triton-int4-ws" in self._families)}
+        self._prepared = {k: v for k, v in self._prepared.items() if k[0] in self._used}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -198,8 +183,11 @@ class WeightOnlyLinear(nn.Module):
         else:
             raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here (device {x2.device.type}, "
                               f"{x2.dtype}, int{self.bits}, group {self.group}); available: {', '.join(cands)}")
-        self._families.update(self._family(name, x2.dtype))
-        y = cands[name]()
+        self._recording = True  # layouts the chosen kernel reads are kept by compact()
+        try:
+            y = cands[name]()
+        finally:
+            self._recording = False
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)

@@ -75,6 +75,13 @@ if triton is not None:
         return s, z
 
     @triton.jit
+    def _split_range(pid_k, K: tl.constexpr, SPLIT_K: tl.constexpr):
+        """(K blocks of 32, blocks per split, first block of split pid_k)."""
+        nb = K // 32
+        per_split = (nb + SPLIT_K - 1) // SPLIT_K
+        return nb, per_split, pid_k * per_split
+
+    @triton.jit
     def _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N,
                     SPLIT_K: tl.constexpr, LASTCTA: tl.constexpr):
         """Write one split's partial sums: directly (no split), by atomics into a zeroed fp32 output,
@@ -109,9 +116,7 @@ if triton is not None:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         i16 = tl.arange(0, 16)
-        nb = K // 32
-        per_split = (nb + SPLIT_K - 1) // SPLIT_K
-        b_start = pid_k * per_split
+        nb, per_split, b_start = _split_range(pid_k, K, SPLIT_K)
         acc = tl.zeros((16, BLOCK_N), tl.float32)
         for b0 in range(0, per_split, UNROLL):
             for u in tl.static_range(UNROLL):
@@ -137,9 +142,7 @@ if triton is not None:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         i4 = tl.arange(0, 4)
-        nb = K // 32
-        per_split = (nb + SPLIT_K - 1) // SPLIT_K
-        b_start = pid_k * per_split
+        nb, per_split, b_start = _split_range(pid_k, K, SPLIT_K)
         acc = tl.zeros((4, BLOCK_N), tl.float32)
         for b0 in range(0, per_split, UNROLL):
             for u in tl.static_range(UNROLL):
@@ -170,9 +173,7 @@ if triton is not None:
         mask_n = offs_n < N
         mask_m = offs_m < M
         i16 = tl.arange(0, 16)
-        nb = K // 32
-        per_split = (nb + SPLIT_K - 1) // SPLIT_K
-        b_start = pid_k * per_split
+        nb, per_split, b_start = _split_range(pid_k, K, SPLIT_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for b0 in range(0, per_split, UNROLL):
             for u in tl.static_range(UNROLL):
