@@ -371,8 +371,8 @@ def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: d
         needs_data = getattr(config, "algorithm", "rtn") != "rtn" or getattr(config, "smoothquant", None)
         if calibration is None and tb is not None and needs_data:
             from .recipe import Context
-            from .quant.weight_only.methods import _calibration_for
-            calibration = _calibration_for(config, Context(testbed=tb, workdir=Path(".")))
+            from .quant.weight_only.methods import calibration_for
+            calibration = calibration_for(config, Context(testbed=tb, workdir=Path(".")))
         if isinstance(config, WeightOnlyConfig):
             return quantize_weight_only(model, config, calibration, inplace=inplace)
         return quantize_w8a8(model, config, calibration, inplace=inplace)
@@ -400,7 +400,7 @@ def prune(model: torch.nn.Module, config, calibration=None, inplace: bool = Fals
     SparseGptConfig). Wanda/SparseGPT need calibration (input dicts; a testbed's split by default).
     Returns a new model (the caller's is untouched unless inplace=True)."""
     from .prune.oneshot import PruneConfig, prune_oneshot
-    from .quant.weight_only.methods import _calibration_for
+    from .quant.weight_only.methods import calibration_for
     from .recipe import Context
 
     if not isinstance(config, PruneConfig):
@@ -408,5 +408,5 @@ def prune(model: torch.nn.Module, config, calibration=None, inplace: bool = Fals
                           "subclasses (MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig, SparseGptConfig)")
     tb = get_testbed(testbed) if isinstance(testbed, str) else testbed
     if calibration is None and tb is not None and config.algorithm != "magnitude":
-        calibration = _calibration_for(config, Context(testbed=tb, workdir=Path(".")))
+        calibration = calibration_for(config, Context(testbed=tb, workdir=Path(".")))
     return prune_oneshot(model, config, calibration, inplace=inplace)

@@ -188,9 +188,9 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
 
 
 def _apply(model, config: PruneConfig, ctx):
-    from ..quant.weight_only.methods import _calibration_for
+    from ..quant.weight_only.methods import calibration_for
 
-    data = None if config.algorithm == "magnitude" else _calibration_for(config, ctx)
+    data = None if config.algorithm == "magnitude" else calibration_for(config, ctx)
     return prune_oneshot(model, config, data, notes=ctx.notes)
 
 

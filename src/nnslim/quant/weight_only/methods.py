@@ -229,7 +229,7 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
     return model
 
 
-def _calibration_for(config: WeightOnlyConfig, ctx) -> list | None:
+def calibration_for(config: WeightOnlyConfig, ctx) -> list | None:
     if config.algorithm == "rtn":
         return None
     if ctx.calibration is not None:
@@ -243,7 +243,7 @@ def _calibration_for(config: WeightOnlyConfig, ctx) -> list | None:
 
 
 def _apply(model, config: WeightOnlyConfig, ctx):
-    return quantize_weight_only(model, config, _calibration_for(config, ctx), notes=ctx.notes)
+    return quantize_weight_only(model, config, calibration_for(config, ctx), notes=ctx.notes)
 
 
 for _name, _cls, _desc in [
