@@ -246,6 +246,8 @@ def check_recipe_fits(recipe: Recipe, model) -> None:
 
 
 def _apply_recipe(model, recipe: Recipe, ctx: Context):
+    if ctx.teacher is None and isinstance(model, torch.nn.Module):
+        ctx.teacher = model  # steps never modify their input, so the original stays the teacher
     for step in recipe.steps:
         torch.manual_seed(ctx.seed)
         model = get_method(step.method).apply(model, step, ctx)
@@ -395,18 +397,46 @@ def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: d
 
 
 def prune(model: torch.nn.Module, config, calibration=None, inplace: bool = False,
-          testbed: Testbed | str | None = None) -> torch.nn.Module:
-    """Prune a torch model with a PruneConfig (MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig,
-    SparseGptConfig). Wanda/SparseGPT need calibration (input dicts; a testbed's split by default).
-    Returns a new model (the caller's is untouched unless inplace=True)."""
+          testbed: Testbed | str | None = None, example_inputs=None) -> torch.nn.Module:
+    """Prune a torch model. StructuredPruneConfig removes channels/neurons/heads and returns a smaller
+    model (needs example_inputs, or a testbed); MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig and
+    SparseGptConfig zero weights in place of the shapes. Calibration (input dicts; a testbed's split by
+    default) feeds Wanda/SparseGPT and activation/Taylor importance. The caller's model is untouched
+    unless inplace=True."""
     from .prune.oneshot import PruneConfig, prune_oneshot
+    from .prune.structured import StructuredPruneConfig, prune_structured
     from .quant.weight_only.methods import calibration_for
     from .recipe import Context
 
-    if not isinstance(config, PruneConfig):
-        raise NnslimError(f"config of type {type(config).__name__} is not allowed; allowed: PruneConfig and its "
-                          "subclasses (MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig, SparseGptConfig)")
     tb = get_testbed(testbed) if isinstance(testbed, str) else testbed
+    if isinstance(config, StructuredPruneConfig):
+        if example_inputs is None:
+            if tb is None:
+                raise NnslimError("structural pruning traces the model: pass example_inputs={name: tensor} "
+                                  "(or a testbed)")
+            example_inputs = tb.export_example()
+        if calibration is None and tb is not None and config.importance in ("auto", "activation", "taylor"):
+            calibration = tb.calibration(config.samples)
+        return prune_structured(model, config, example_inputs, calibration, inplace=inplace)
+    if not isinstance(config, PruneConfig):
+        raise NnslimError(f"config of type {type(config).__name__} is not allowed; allowed: StructuredPruneConfig, "
+                          "PruneConfig and its subclasses (MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig, "
+                          "SparseGptConfig)")
     if calibration is None and tb is not None and config.algorithm != "magnitude":
         calibration = calibration_for(config, Context(testbed=tb, workdir=Path(".")))
     return prune_oneshot(model, config, calibration, inplace=inplace)
+
+
+def distill(student: torch.nn.Module, teacher: torch.nn.Module, data=None, config=None,
+            testbed: Testbed | str | None = None, inplace: bool = False) -> torch.nn.Module:
+    """Fine-tune `student` to reproduce `teacher` (knowledge distillation) on `data` (input dicts; a
+    testbed's calibration split by default). Returns the trained copy (student untouched unless inplace)."""
+    from .distill.trainer import DistillConfig, distill as _distill
+
+    config = config or DistillConfig()
+    tb = get_testbed(testbed) if isinstance(testbed, str) else testbed
+    if data is None:
+        if tb is None:
+            raise NnslimError("distill needs data (a list of input dicts) or a testbed")
+        data = tb.calibration(config.samples)
+    return _distill(student, teacher, data, config, getattr(tb, "output_kind", "tensor"), inplace=inplace)

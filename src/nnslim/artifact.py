@@ -112,6 +112,10 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
         layers = quantized_layers(model)
         if layers:
             meta["quantized_layers"] = layers
+        from .prune.structured import PLAN_ATTR
+
+        if getattr(model, PLAN_ATTR, None):
+            meta["structured_plan"] = getattr(model, PLAN_ATTR)
     elif isinstance(model, OnnxModel):
         target = directory / ONNX_FILE
         if model.path.resolve() != target.resolve():
@@ -155,6 +159,10 @@ def load(directory: str | Path, model: torch.nn.Module | None = None):
     if dtype is None:
         raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
                           f"allowed: {', '.join(_DTYPES)}")
+    if meta.get("structured_plan"):
+        from .prune.structured import apply_plan
+
+        model = apply_plan(model, meta["structured_plan"])
     model = model.to(dtype)  # before packed layers go in: .to() would also cast fp8 codes
     _rebuild_quantized(model, meta.get("quantized_layers") or {}, dtype, directory / META_FILE)
     weights = directory / meta.get("file", WEIGHTS_FILE)

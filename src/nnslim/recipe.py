@@ -16,7 +16,7 @@ from .errors import NnslimError, bad_value
 
 # Modules that register built-in methods when imported.
 _BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.quant.weight_only.methods",
-                           "nnslim.quant.w8a8", "nnslim.prune.oneshot", "nnslim.lowrank.svd",
+                           "nnslim.quant.w8a8", "nnslim.prune.oneshot", "nnslim.prune.structured", "nnslim.distill.trainer", "nnslim.lowrank.svd",
                            "nnslim.runtime.onnx_methods")
 
 
@@ -235,3 +235,4 @@ class Context:
     calibration: list | None = None
     notes: list[str] = field(default_factory=list)
     tables: dict[str, list[dict]] = field(default_factory=dict)  # extra report tables, e.g. sensitivity
+    teacher: Any = None  # the recipe's input model (distillation teacher)

@@ -26,6 +26,7 @@ class Testbed(ABC):
     name: str = ""
     description: str = ""
     primary_metric: str = ""
+    output_kind: str = "tensor"  # logits | embedding | tensor: picks the distillation loss
     higher_is_better: bool = True
     input_names: tuple[str, ...] = ()
     dynamic_axes: dict[str, dict[int, str]] = {}

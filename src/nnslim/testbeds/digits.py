@@ -78,6 +78,7 @@ class DigitsTestbed(Testbed):
     name = "digits-cnn"
     description = "CNN (0.3M params) on scikit-learn digits, trained here; metric: held-out top-1 accuracy"
     primary_metric = "accuracy"
+    output_kind = "logits"
     input_names = ("x",)
     dynamic_axes = {"x": {0: "batch"}}
     default_batch = 64

@@ -42,6 +42,7 @@ def minilm_dir() -> Path:
 
 class TextEncoderTestbed(HFTestbed):
     primary_metric = "cos_mean"
+    output_kind = "embedding"
     input_names = ("input_ids", "attention_mask")
     dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     default_batch = 32

@@ -72,6 +72,7 @@ def _converted_smollm2_dir() -> Path:
 
 class CausalLMTestbed(HFTestbed):
     primary_metric = "perplexity"
+    output_kind = "logits"
     higher_is_better = False
     input_names = ("input_ids",)
     dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}}

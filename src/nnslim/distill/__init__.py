@@ -1,0 +1,1 @@
+"""Knowledge distillation: recover a compressed student from its uncompressed teacher."""

@@ -1,0 +1,49 @@
+"""Distillation losses: logit KL with temperature, embedding cosine, MSE; masked over padding."""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+LOSSES = ("auto", "kl", "cosine", "mse")
+
+
+def primary_output(out) -> torch.Tensor:
+    """The tensor a loss compares: HF outputs' logits / last_hidden_state, else the first tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        if getattr(out, key, None) is not None:
+            return getattr(out, key)
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            if isinstance(o, torch.Tensor):
+                return o
+    raise TypeError(f"cannot find an output tensor in {type(out).__name__}")
+
+
+def _rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[..., C] -> [rows, C], dropping padded positions when mask matches t's leading dims."""
+    if mask is not None and t.dim() == mask.dim() + 1 and t.shape[:-1] == mask.shape:
+        return t[mask.bool()]
+    return t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t[None]
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    s, t = _rows(student.float(), mask), _rows(teacher.float(), mask)
+    if kind == "kl":
+        tau = temperature
+        return F.kl_div(F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1), log_target=True,
+                        reduction="batchmean") * tau * tau
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    return F.mse_loss(s, t) / t.var().clamp(min=1e-8)
+
+
+def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over matched layers of MSE normalised by the teacher's variance (scale-free)."""
+    terms = [F.mse_loss(s.float(), t.float()) / t.float().var().clamp(min=1e-8)
+             for s, t in zip(student, teacher) if s.shape == t.shape]
+    return torch.stack(terms).mean() if terms else torch.zeros(())

@@ -1,0 +1,364 @@
+"""Per-layer functions of the dependency graph, keyed by layer type: supporting a layer is one class.
+
+A handler says how a layer's call moves channel labels (propagate), which of its tensors hold the
+channels of a role (weights, for importance) and how to remove positions of a role (slice). Layers
+without a handler are traced through, op by op.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import NnslimError
+
+_BY_TYPE: dict[type, "Layer"] = {}
+_MATCHERS: list[tuple[Callable[[nn.Module], bool], "Layer"]] = []
+
+
+def register_layer(*types: type, match: Callable[[nn.Module], bool] | None = None):
+    """Class decorator: register a handler for module types (and/or modules a predicate accepts)."""
+    def wrap(cls):
+        inst = cls()
+        for t in types:
+            _BY_TYPE[t] = inst
+        if match is not None:
+            _MATCHERS.append((match, inst))
+        return cls
+    return wrap
+
+
+def handler_for(module: nn.Module) -> "Layer | None":
+    for t in type(module).__mro__:
+        if t in _BY_TYPE:
+            return _BY_TYPE[t]
+    for match, h in _MATCHERS:
+        if match(module):
+            return h
+    return None
+
+
+def first_tensor(call, keys=("hidden_states", "query", "input", "x")):
+    for a in call.args:
+        if isinstance(a, torch.Tensor):
+            return a
+    for k in keys:
+        if isinstance(call.kwargs.get(k), torch.Tensor):
+            return call.kwargs[k]
+    return next((v for v in call.kwargs.values() if isinstance(v, torch.Tensor)), None)
+
+
+def slice_param(module: nn.Module, attr: str, dim: int, keep: torch.Tensor) -> None:
+    old = getattr(module, attr, None)
+    if old is None:
+        return
+    new = old.detach().index_select(dim, keep.to(old.device)).clone()
+    if isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        module._buffers[attr] = new
+
+
+def linear_in(m: nn.Linear, keep) -> None:
+    slice_param(m, "weight", 1, keep)
+    m.in_features = len(keep)
+
+
+def linear_out(m: nn.Linear, keep) -> None:
+    slice_param(m, "weight", 0, keep)
+    slice_param(m, "bias", 0, keep)
+    m.out_features = len(keep)
+
+
+class Layer:
+    def propagate(self, g, name: str, m: nn.Module, call) -> None:
+        raise NotImplementedError
+
+    def weights(self, m: nn.Module, role: str) -> list[tuple[torch.Tensor, int, int]]:
+        """(parameter, dim, block): position i of the role owns indices i*block..(i+1)*block-1 of dim."""
+        return []
+
+    def slice(self, m: nn.Module, role: str, keep: torch.Tensor) -> nn.Module:
+        raise NotImplementedError
+
+
+@register_layer(nn.Linear)
+class LinearLayer(Layer):
+    def propagate(self, g, name, m, call):
+        g.consume(name, "in", first_tensor(call), -1)
+        y = call.outputs[0]
+        gids = g.new(m.out_features)
+        g.member(name, "out", gids)
+        g.set(y, y.dim() - 1, gids)
+
+    def weights(self, m, role):
+        return [(m.weight, 1 if role == "in" else 0, 1)]
+
+    def slice(self, m, role, keep):
+        (linear_in if role == "in" else linear_out)(m, keep)
+        return m
+
+
+@register_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+class ConvLayer(Layer):
+    @staticmethod
+    def _dims(m):
+        return (0, 1) if isinstance(m, nn.modules.conv._ConvTransposeNd) else (1, 0)
+
+    def propagate(self, g, name, m, call):
+        x, y = first_tensor(call), call.outputs[0]
+        transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+        if m.groups == 1:
+            g.consume(name, "in", x, 1)
+            gids = g.new(m.out_channels)
+            g.member(name, "out", gids)
+        elif m.groups == m.in_channels and m.out_channels % m.in_channels == 0 and not transposed:
+            info = g.info(x)
+            if info is not None and info[0] == 1:
+                gids = np.repeat(info[1], m.out_channels // m.in_channels)
+            else:
+                g.drop(x, f"{name}: depthwise conv reads channels off axis 1")
+                gids = g.new(m.out_channels, frozen=f"{name}: depthwise conv over channels from outside the graph")
+            g.member(name, "dw", gids)
+        else:
+            g.drop(x, f"{name}: grouped conv (groups={m.groups}) keeps its channels")
+            gids = g.new(m.out_channels, frozen=f"{name}: grouped conv (groups={m.groups}) keeps its channels")
+        g.set(y, 1, gids)
+
+    def weights(self, m, role):
+        d_in, d_out = self._dims(m)
+        return [(m.weight, d_in if role == "in" else d_out if role == "out" else 0, 1)]
+
+    def slice(self, m, role, keep):
+        d_in, d_out = self._dims(m)
+        if role == "in":
+            slice_param(m, "weight", d_in, keep)
+            m.in_channels = len(keep)
+        elif role == "out":
+            slice_param(m, "weight", d_out, keep)
+            slice_param(m, "bias", 0, keep)
+            m.out_channels = len(keep)
+        else:  # depthwise: output channel j reads input channel j // multiplier
+            mult = m.out_channels // m.in_channels
+            slice_param(m, "weight", 0, keep)
+            slice_param(m, "bias", 0, keep)
+            m.out_channels = len(keep)
+            m.in_channels = m.groups = len(keep) // mult
+        return m
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+          nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+
+@register_layer(*_NORMS)
+class NormLayer(Layer):
+    def propagate(self, g, name, m, call):
+        x, y = first_tensor(call), call.outputs[0]
+        info = g.info(x)
+        if info is None:
+            return
+        axis, gids = info
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+            n = len(m.normalized_shape)
+            if n == 1 and axis == x.dim() - 1:
+                g.member(name, "ch", gids)
+            elif axis >= x.dim() - n:
+                return g.drop(x, f"{name}: normalizes over a multi-dim shape including the channels")
+        elif axis != 1:
+            return g.drop(x, f"{name}: channels are not on axis 1")
+        else:
+            g.member(name, "ch", gids, multiple=getattr(m, "num_groups", 1))
+        g.set(y, axis, gids)
+
+    def weights(self, m, role):
+        return [(m.weight, 0, 1)] if getattr(m, "weight", None) is not None else []
+
+    def slice(self, m, role, keep):
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            slice_param(m, attr, 0, keep)
+        n = len(keep)
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+            m.normalized_shape = (n,)
+        elif isinstance(m, nn.GroupNorm):
+            m.num_channels = n
+        else:
+            m.num_features = n
+        return m
+
+
+@register_layer(nn.Embedding)
+class EmbeddingLayer(Layer):
+    def propagate(self, g, name, m, call):
+        y = call.outputs[0]
+        frozen = None if g.options.get("prune_embeddings") else "embeddings are kept (prune_embeddings=False)"
+        gids = g.new(m.embedding_dim, frozen=frozen)
+        g.member(name, "emb", gids)
+        g.set(y, y.dim() - 1, gids)
+
+    def weights(self, m, role):
+        return [(m.weight, 1, 1)]
+
+    def slice(self, m, role, keep):
+        slice_param(m, "weight", 1, keep)
+        m.embedding_dim = len(keep)
+        return m
+
+
+class PrunedMultiheadAttention(nn.Module):
+    """nn.MultiheadAttention with separate q/k/v/o projections, so heads and the model width can be
+    pruned independently; same call signature, returns (output, None)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, out_dim: int, bias: bool = True,
+                 dropout: float = 0.0, batch_first: bool = False):
+        super().__init__()
+        inner = num_heads * head_dim
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(embed_dim, inner, bias=bias) for _ in range(3))
+        self.o_proj = nn.Linear(inner, out_dim, bias=bias)
+        self.num_heads, self.head_dim, self.dropout, self.batch_first = num_heads, head_dim, dropout, batch_first
+        # nn.Transformer*Layer take their fused fast path only for nn.MultiheadAttention; these say "no"
+        self._qkv_same_embed_dim, self.in_proj_bias, self.in_proj_weight = False, None, None
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> "PrunedMultiheadAttention":
+        e, h = mha.embed_dim, mha.num_heads
+        new = cls(e, h, e // h, e, mha.in_proj_bias is not None, mha.dropout, mha.batch_first)
+        w, b = mha.in_proj_weight.detach(), mha.in_proj_bias
+        with torch.no_grad():
+            for i, lin in enumerate((new.q_proj, new.k_proj, new.v_proj)):
+                lin.weight.copy_(w[i * e:(i + 1) * e])
+                if b is not None:
+                    lin.bias.copy_(b[i * e:(i + 1) * e])
+            new.o_proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                new.o_proj.bias.copy_(mha.out_proj.bias)
+        return new.to(w.dtype).to(w.device).train(mha.training)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        b, lq, _ = query.shape
+        ls = key.shape[1]
+        q = self.q_proj(query).view(b, lq, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(key).view(b, ls, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(value).view(b, ls, -1, self.head_dim).transpose(1, 2)
+        mask = None
+        if attn_mask is not None:
+            m = attn_mask.view(b, -1, lq, ls) if attn_mask.dim() == 3 else attn_mask
+            mask = _additive(m, q.dtype)
+        if key_padding_mask is not None:
+            pad = _additive(key_padding_mask[:, None, None, :], q.dtype)
+            mask = pad if mask is None else mask + pad
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                             is_causal=bool(is_causal and mask is None))
+        out = self.o_proj(out.transpose(1, 2).reshape(b, lq, -1))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
+    """torch MHA masks: bool True = may not attend; float masks are added."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def convertible_mha(m: nn.Module) -> bool:
+    return isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim and m.bias_k is None \
+        and not m.add_zero_attn
+
+
+def _qkvo(m):
+    return all(isinstance(getattr(m, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "o_proj")) \
+        and isinstance(getattr(m, "head_dim", None), int)
+
+
+def _bert(m):
+    return all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")) \
+        and isinstance(getattr(m, "attention_head_size", None), int) and hasattr(m, "num_attention_heads")
+
+
+class AttentionLayer(Layer):
+    """Attention with separate q/k/v projections: input features (role in), heads (role heads, pruned
+    whole; with grouped-query attention the same number of query heads leaves every kv group and the
+    kv heads stay) and, when the output projection is inside, output features (role out)."""
+
+    @staticmethod
+    def parts(m):
+        if _bert(m):
+            return m.query, m.key, m.value, None, m.attention_head_size
+        return m.q_proj, m.k_proj, m.v_proj, m.o_proj, m.head_dim
+
+    def propagate(self, g, name, m, call):
+        q, k, v, o, d = self.parts(m)
+        x = first_tensor(call)
+        others = [t for t in list(call.args[1:3]) + [call.kwargs.get("key"), call.kwargs.get("value")]
+                  if isinstance(t, torch.Tensor) and t is not x and t.dim() == x.dim() and t.shape[-1] == x.shape[-1]]
+        if others and isinstance(m, PrunedMultiheadAttention):
+            for t in (x, *others):
+                g.drop(t, f"{name}: cross-attention inputs keep their features")
+        else:
+            g.consume(name, "in", x, -1)
+        heads, kv = q.out_features // d, k.out_features // d
+        hgids = g.new(heads)
+        g.member(name, "heads", hgids, chunks=kv if heads != kv else 1)
+        y = call.outputs[0]
+        if o is not None:
+            gids = g.new(o.out_features)
+            g.member(name, "out", gids)
+            g.set(y, y.dim() - 1, gids)
+        else:
+            g.set(y, y.dim() - 1, np.repeat(hgids, d))
+
+    def weights(self, m, role):
+        q, k, v, o, d = self.parts(m)
+        if role == "in":
+            return [(q.weight, 1, 1), (k.weight, 1, 1), (v.weight, 1, 1)]
+        if role == "out":
+            return [(o.weight, 0, 1)]
+        out = [(q.weight, 0, d)] + ([(o.weight, 1, d)] if o is not None else [])
+        return out + ([(k.weight, 0, d), (v.weight, 0, d)] if q.out_features == k.out_features else [])
+
+    def slice(self, m, role, keep):
+        q, k, v, o, d = self.parts(m)
+        if role == "in":
+            for lin in (q, k, v):
+                linear_in(lin, keep)
+        elif role == "out":
+            linear_out(o, keep)
+        else:
+            same_kv = q.out_features == k.out_features
+            kv = k.out_features // d
+            rows = (keep[:, None] * d + torch.arange(d)).flatten()
+            linear_out(q, rows)
+            if o is not None:
+                linear_in(o, rows)
+            if same_kv:
+                linear_out(k, rows)
+                linear_out(v, rows)
+                kv = len(keep)
+            n = len(keep)
+            for attr, value in (("num_heads", n), ("num_attention_heads", n), ("all_head_size", n * d),
+                                ("num_key_value_heads", kv), ("num_key_value_groups", n // kv)):
+                if hasattr(m, attr) and isinstance(getattr(m, attr), int):
+                    setattr(m, attr, value)
+        return m
+
+
+register_layer(PrunedMultiheadAttention, match=lambda m: _qkvo(m) or _bert(m))(AttentionLayer)
+
+
+def apply_slice(model: nn.Module, module: str, role: str, keep) -> None:
+    """Remove positions of one member (module path, role); keep: kept indices."""
+    keep = torch.as_tensor(np.asarray(keep), dtype=torch.long)
+    mod = model.get_submodule(module) if module else model
+    if role.startswith("param:"):
+        _, attr, axis = role.split(":")
+        return slice_param(mod, attr, int(axis), keep)
+    h = handler_for(mod)
+    if h is None:
+        raise NnslimError(f"layer {module!r} ({type(mod).__name__}) has no pruning function")
+    h.slice(mod, role, keep)

@@ -1,0 +1,366 @@
+"""Structural pruning: physically remove channels, FFN neurons and attention heads.
+
+1. Trace the model on example inputs and build the channel dependency graph (graph/dependency.py),
+   so that coupled layers shrink together (residual adds, concat, depthwise convs, norms, SE gates,
+   attention heads with grouped-query attention kept consistent).
+2. Score every atom of every group: `activation` (the channel's contribution to the next layer,
+   ||x_j|| * ||W[:, j]|| over calibration batches, as Wanda does per weight), L1/L2 weight magnitude,
+   first-order Taylor |w * dL/dw| of a label-free loss (half the squared output norm), or random;
+   each member's scores are divided by their mean so layers of different scale compare, then summed
+   over the group's members (for activation, over the layers that read the channel).
+3. Choose what to remove: the same ratio in every group (`uniform`) or by one global ranking
+   (`global`, capped by `max_ratio` per group), kept counts rounded to `round_to`.
+4. Slice the tensors and fix the layers' attributes; the result is an ordinary, smaller nn.Module.
+   The plan (module, role, kept indices) is kept on the model so a saved artifact can be rebuilt.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from ..graph.dependency import DependencyGraph, Group, build
+from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mha, handler_for
+from ..graph.trace import trace
+from ..recipe import StepConfig, register_method
+
+IMPORTANCE = ("auto", "activation", "l1", "l2", "taylor", "random")
+PLAN_ATTR = "_nnslim_structured_plan"
+
+
+@dataclass(frozen=True)
+class StructuredPruneConfig(StepConfig):
+    """Remove whole channels / neurons / heads and return a smaller model."""
+    ratio: float = 0.3  # fraction of channels (and FFN neurons) removed
+    head_ratio: float | None = None  # fraction of attention heads removed; None: same as ratio
+    importance: str = "auto"  # auto (activation with calibration data, else l2) | activation | l1 | l2 | taylor | random
+    scope: str = "uniform"  # uniform: the ratio in every group | global: one ranking over all groups
+    max_ratio: float = 0.9  # global scope: at most this fraction leaves one group
+    round_to: int = 1  # kept channel counts are multiples of this (e.g. 8), where the group allows
+    ignore: tuple[str, ...] = ()  # module names or regexes whose output channels are kept
+    prune_embeddings: bool = False  # embeddings (and so a transformer's hidden size) stay by default
+    batches: int = 8  # calibration batches for activation / taylor importance
+    samples: int = 256  # calibration samples drawn from the testbed for activation / taylor
+    seed: int = 0
+    tracer: str = "auto"  # auto | fx | dynamic
+
+    def __post_init__(self):
+        for field_, value in (("ratio", self.ratio), ("head_ratio", self.head_ratio)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise NnslimError(f"{field_}={value} is not allowed; allowed: 0 <= {field_} < 1")
+        if self.importance not in IMPORTANCE:
+            raise NnslimError(f"importance={self.importance!r} is not allowed; allowed: {', '.join(IMPORTANCE)}")
+        if self.scope not in ("uniform", "global"):
+            raise NnslimError(f"scope={self.scope!r} is not allowed; allowed: uniform, global")
+        if not 0.0 < self.max_ratio < 1.0:
+            raise NnslimError(f"max_ratio={self.max_ratio} is not allowed; allowed: 0 < max_ratio < 1")
+        if self.round_to < 1:
+            raise NnslimError(f"round_to={self.round_to} is not allowed; allowed: an integer >= 1")
+        if self.tracer not in ("auto", "fx", "dynamic"):
+            raise NnslimError(f"tracer={self.tracer!r} is not allowed; allowed: auto, fx, dynamic")
+        if self.batches < 1:
+            raise NnslimError(f"batches={self.batches} is not allowed; allowed: >= 1")
+
+
+def _as_tensors(inputs) -> dict[str, torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        inputs = {"x": inputs}
+    if not isinstance(inputs, dict) or not inputs:
+        raise NnslimError("example_inputs must be a dict of named tensors/arrays (or one tensor); "
+                          f"got {type(inputs).__name__}")
+    return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in inputs.items()}
+
+
+def _call(model, inputs: dict):
+    """model(**inputs), or model(x) for a single unnamed input (the `x` of _as_tensors)."""
+    if list(inputs) == ["x"]:
+        try:
+            return model(**inputs)
+        except TypeError:
+            return model(inputs["x"])
+    return model(**inputs)
+
+
+def convert_attention(model: nn.Module) -> list[str]:
+    """Replace every nn.MultiheadAttention (fused in_proj) by the equivalent PrunedMultiheadAttention."""
+    from ..quant.modules import replace_module
+
+    names = [n for n, m in model.named_modules() if convertible_mha(m)]
+    for n in names:
+        replace_module(model, n, PrunedMultiheadAttention.from_mha(model.get_submodule(n)))
+    return names
+
+
+def dependency_graph(model: nn.Module, example_inputs, config: StructuredPruneConfig | None = None
+                     ) -> tuple[DependencyGraph, str]:
+    """The channel dependency graph of `model` and the tracer that produced it."""
+    config = config or StructuredPruneConfig()
+    inputs = _as_tensors(example_inputs)
+    leaf = lambda m: handler_for(m) is not None  # noqa: E731
+    wrapped = _Kwargs(model) if list(inputs) == ["x"] else model
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel hides the layers
+    try:
+        t = trace(wrapped, inputs, leaf, config.tracer)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    g = build(model, t, handler_for, {"prune_embeddings": config.prune_embeddings})
+    for m in g.members:  # the wrapper adds a "model." prefix
+        if wrapped is not model:
+            m.module = m.module.removeprefix("model.") if m.module != "model" else ""
+    return g, t.tracer
+
+
+class _Kwargs(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def _input_norms(model: nn.Module, batches: list[dict]) -> dict[int, torch.Tensor]:
+    """id(weight) -> sum over calibration tokens/pixels of x_j^2 per input channel, for every Linear
+    and ungrouped conv."""
+    sums: dict[int, torch.Tensor] = {}
+
+    def hook(mod, args):
+        x = args[0].detach().float()
+        per = x.pow(2).reshape(-1, x.shape[-1]).sum(0) if isinstance(mod, nn.Linear) else \
+            x.pow(2).transpose(0, 1).reshape(x.shape[1], -1).sum(1)
+        sums[id(mod.weight)] = sums.get(id(mod.weight), 0) + per
+
+    mods = [m for m in model.modules() if isinstance(m, nn.Linear) or
+            (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1 and not m.transposed)]
+    handles = [m.register_forward_pre_hook(hook) for m in mods]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                _call(model, b)
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
+
+
+def _member_scores(model, mem, how: str, norms: dict) -> np.ndarray | None:
+    """Per-position importance of one member, or None when `how` has nothing to say about it."""
+    mod = model.get_submodule(mem.module) if mem.module else model
+    if mem.role.startswith("param:"):
+        _, attr, axis = mem.role.split(":")
+        tensors = [(getattr(mod, attr), int(axis), 1)]
+    else:
+        tensors = handler_for(mod).weights(mod, mem.role)
+    per_pos, used = np.zeros(len(mem.labels)), False
+    for w, dim, block in tensors:
+        t = w.detach().float()
+        if how == "activation":
+            if dim != 1 or id(w) not in norms:
+                continue
+            t = t.pow(2).transpose(0, 1).reshape(t.shape[1], -1).sum(1).sqrt() * norms[id(w)].sqrt().to(t.device)
+        elif how == "taylor":
+            if w.grad is None:
+                continue
+            t = (t * w.grad.float()).abs()
+        if how != "activation":
+            t = t.abs() if how in ("l1", "taylor") else t.pow(2)
+            t = t.transpose(0, dim).reshape(t.shape[dim], -1).sum(1)
+        per_pos += t.reshape(-1, block).sum(1).cpu().numpy()[: len(per_pos)]
+        used = True
+    if not used:
+        return None
+    return np.sqrt(per_pos) if how == "l2" else per_pos
+
+
+def _score(graph: DependencyGraph, model: nn.Module, group: Group, how: str, rng: np.random.Generator,
+           norms: dict) -> np.ndarray:
+    if how == "random":
+        return rng.random(len(group.atoms))
+    total = np.zeros(len(group.atoms))
+    scored = False
+    for mi in group.members:
+        per_pos = _member_scores(model, graph.members[mi], how, norms)
+        if per_pos is None or per_pos.mean() <= 0:
+            continue
+        per_pos = per_pos / per_pos.mean()
+        scored = True
+        for i, atom in enumerate(group.atoms):
+            pos = group.positions[atom].get(mi)
+            if pos is not None:
+                total[i] += per_pos[pos].mean()
+    if not scored and how in ("activation", "taylor"):  # nothing reads these channels through a weight
+        return _score(graph, model, group, "l2", rng, norms)
+    return total
+
+
+def _keep_count(n: int, ratio: float, group: Group, round_to: int) -> int:
+    keep = n - int(math.floor(n * ratio + 1e-9))
+    step = math.lcm(group.multiple, round_to if group.kind == "channels" else 1)
+    if step > 1 and n >= step:
+        keep = min(n - n % step if n % step else n, int(math.ceil(keep / step)) * step)
+    return max(keep, 1)
+
+
+def _choose(group: Group, scores: np.ndarray, keep: int) -> list[int]:
+    """Atoms removed: the lowest scores, taken equally from each chunk when the group has chunks."""
+    n = len(group.atoms)
+    if group.chunks > 1 and n % group.chunks == 0:
+        size = n // group.chunks
+        per = max(1, keep // group.chunks)
+        out = []
+        for c in range(group.chunks):
+            idx = np.arange(c * size, (c + 1) * size)
+            out.extend(idx[np.argsort(scores[idx], kind="stable")[: size - per]].tolist())
+        return [group.atoms[i] for i in out]
+    order = np.argsort(scores, kind="stable")
+    return [group.atoms[i] for i in order[: n - keep]]
+
+
+def _batched(samples: list[dict], n: int) -> list[dict]:
+    """Calibration samples merged into at most n batches (ragged sequences zero-padded)."""
+    from ..batching import collate
+
+    if not samples:
+        return []
+    size = max(1, -(-len(samples) // n))
+    return [collate(samples[i:i + size]) for i in range(0, len(samples), size)]
+
+
+def _taylor_grads(model: nn.Module, batches: list[dict]) -> None:
+    """Accumulate gradients of a label-free loss: half the squared norm of the outputs, per batch."""
+    from ..graph.trace import tensors_in
+
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for b in batches:
+            outs = [t for t in tensors_in(_call(model, b)) if t.is_floating_point()]
+            loss = sum(0.5 * o.float().pow(2).mean() for o in outs)
+            loss.backward()
+
+
+def _ignored(group: Group, graph: DependencyGraph, ignore: tuple[str, ...]) -> str | None:
+    for mi in group.members:
+        m = graph.members[mi]
+        if m.role in ("in", "ch"):
+            continue
+        for pat in ignore:
+            if m.module == pat or re.fullmatch(pat, m.module):
+                return m.module
+    return None
+
+
+def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_inputs, calibration=None,
+                     inplace: bool = False, notes: list[str] | None = None) -> nn.Module:
+    """A smaller copy of `model` (or the model itself if inplace) with channels/neurons/heads removed."""
+    if not isinstance(model, nn.Module):
+        raise NnslimError(f"structural pruning needs a torch.nn.Module, got {type(model).__name__}")
+    notes = notes if notes is not None else []
+    inputs = _as_tensors(example_inputs)
+    model = model if inplace else copy.deepcopy(model)
+    was_training = model.training
+    model.eval()
+    before = sum(p.numel() for p in model.parameters())
+    plan: list[dict] = [{"module": n, "role": "convert-mha", "keep": []} for n in convert_attention(model)]
+    graph, tracer = dependency_graph(model, inputs, config)
+    groups = graph.groups()
+    if not groups:
+        reasons = sorted(set(graph.frozen.values()))[:5]
+        raise NnslimError("nothing in this model can be pruned structurally; channels are kept because: "
+                          + "; ".join(reasons))
+    how = config.importance
+    if how == "auto":
+        how = "activation" if calibration else "l2"
+    norms: dict = {}
+    if how in ("taylor", "activation"):
+        if not calibration:
+            raise NnslimError(f"importance={how!r} needs calibration batches (calibration=[{{...}}, ...])")
+        batches = [_as_tensors(b) for b in _batched(list(calibration), config.batches)]
+        if how == "taylor":
+            _taylor_grads(model, batches)
+        else:
+            norms = _input_norms(model, batches)
+    rng = np.random.default_rng(config.seed)
+    head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
+    removed: set[int] = set()
+    counts = {"channels": [0, 0], "heads": [0, 0]}
+    candidates = []
+    for grp in groups:
+        who = _ignored(grp, graph, config.ignore)
+        if who:
+            notes.append(f"structured: kept {grp.describe(graph)} (ignored layer {who})")
+            continue
+        candidates.append((grp, _score(graph, model, grp, how, rng, norms)))
+    if config.scope == "global":
+        ch = [(s / max(sc.mean(), 1e-12), gi, i) for gi, (grp, sc) in enumerate(candidates)
+              if grp.kind == "channels" for i, s in enumerate(sc)]
+        drop = int(math.floor(len(ch) * config.ratio))
+        taken: dict[int, int] = {}
+        for _, gi, _ in sorted(ch)[:drop]:
+            taken[gi] = taken.get(gi, 0) + 1
+    for gi, (grp, scores) in enumerate(candidates):
+        n = len(grp.atoms)
+        if grp.kind == "heads":
+            keep = _keep_count(n, head_ratio, grp, 1)
+        elif config.scope == "global":
+            keep = _keep_count(n, min(taken.get(gi, 0) / n, config.max_ratio), grp, config.round_to)
+        else:
+            keep = _keep_count(n, config.ratio, grp, config.round_to)
+        gone = _choose(grp, scores, keep)
+        removed.update(gone)
+        counts[grp.kind][0] += len(gone)
+        counts[grp.kind][1] += n
+    for member, keep in graph.keep_indices(removed):
+        apply_slice(model, member.module, member.role, keep)
+        plan.append({"module": member.module, "role": member.role, "keep": keep.tolist()})
+    model.zero_grad(set_to_none=True)
+    plan = getattr(model, PLAN_ATTR, []) + plan
+    object.__setattr__(model, PLAN_ATTR, plan)
+    with torch.no_grad():
+        _call(model, inputs)  # the pruned model must still run
+    after = sum(p.numel() for p in model.parameters())
+    notes.append(f"structured pruning ({tracer} trace, {how}, {config.scope}): removed "
+                 f"{counts['channels'][0]}/{counts['channels'][1]} channels and {counts['heads'][0]}/"
+                 f"{counts['heads'][1]} heads; parameters {before:,} -> {after:,} ({after / before:.1%})")
+    kept = sorted({r for r in graph.frozen.values() if r})
+    if kept:
+        notes.append("structured: channels kept because " + "; ".join(kept[:6]) + (" ..." if len(kept) > 6 else ""))
+    return model.train(was_training)
+
+
+def apply_plan(model: nn.Module, plan: list[dict]) -> nn.Module:
+    """Re-apply a recorded structured-pruning plan to a fresh model of the original architecture."""
+    from ..quant.modules import replace_module
+
+    for step in plan:
+        name, role = step.get("module"), step.get("role")
+        if role == "convert-mha":
+            replace_module(model, name, PrunedMultiheadAttention.from_mha(model.get_submodule(name)))
+        else:
+            try:
+                apply_slice(model, name, role, step["keep"])
+            except (AttributeError, KeyError, IndexError, RuntimeError) as e:
+                raise NnslimError(f"structured plan step {name}:{role} does not fit this model: {e}") from None
+    object.__setattr__(model, PLAN_ATTR, list(plan))
+    return model
+
+
+def _apply(model, config: StructuredPruneConfig, ctx):
+    tb = ctx.testbed
+    if tb is None:
+        raise NnslimError("prune-structured needs example inputs (a testbed or a model with example inputs)")
+    example = tb.export_example()
+    calib = None
+    if config.importance in ("auto", "activation", "taylor"):
+        calib = ctx.calibration or tb.calibration(config.samples)
+    return prune_structured(model, config, example, calib, notes=ctx.notes)
+
+
+register_method("prune-structured", StructuredPruneConfig,
+                "structural pruning: remove channels, FFN neurons and attention heads (dependency graph)")(_apply)

@@ -1,0 +1,227 @@
+"""Structural pruning: dependency graph, importance, slicing, plans, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nnslim
+from nnslim.errors import NnslimError
+from nnslim.graph.layers import PrunedMultiheadAttention
+from nnslim.prune.structured import (PLAN_ATTR, StructuredPruneConfig, apply_plan, dependency_graph,
+                                     prune_structured)
+from nnslim.testbeds.digits import DigitsCNN
+
+from zoo import EncoderClassifier, UNetTiny, ViTTiny
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_removing_dead_channels_is_exact():
+    """Channels that contribute nothing are the ones activation importance removes; output unchanged."""
+    torch.manual_seed(0)
+    m = DigitsCNN().eval()
+    dead = torch.arange(0, 32, 2)
+    with torch.no_grad():
+        m.features[0].weight[dead] = 0
+        m.features[1].weight[dead] = 0
+        m.features[1].bias[dead] = 0
+    x = torch.rand(8, 1, 8, 8)
+    calib = [{"x": torch.rand(4, 1, 8, 8)} for _ in range(4)]
+    cfg = StructuredPruneConfig(ratio=0.5, importance="activation",
+                                ignore=("features.3", "features.7", "features.10", r"classifier\.\d"))
+    p = prune_structured(m, cfg, {"x": x}, calib)
+    assert p.features[0].out_channels == 16 and p.features[3].in_channels == 16
+    assert p.features[3].out_channels == 64  # ignored layers keep their outputs
+    torch.testing.assert_close(p(x), m(x), rtol=1e-5, atol=1e-5)
+    assert m.features[0].out_channels == 32  # the caller's model is untouched
+
+
+def test_digits_half_the_channels_and_plan_rebuild(tmp_path):
+    m = DigitsCNN().eval()
+    x = torch.rand(4, 1, 8, 8)
+    notes = []
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5, importance="l2"), {"x": x}, notes=notes)
+    assert [p.features[i].out_channels for i in (0, 3, 7, 10)] == [16, 32, 64, 64]
+    assert p.classifier[1].in_features == 64 * 4 and p.classifier[3].out_features == 10
+    assert "fx trace" in notes[0]
+    rebuilt = apply_plan(DigitsCNN().eval(), getattr(p, PLAN_ATTR))
+    rebuilt.load_state_dict(p.state_dict())
+    torch.testing.assert_close(rebuilt(x), p(x))
+
+
+def test_round_to_global_and_random():
+    m = DigitsCNN().eval()
+    x = torch.rand(2, 1, 8, 8)
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.3, round_to=8, importance="l1"), {"x": x})
+    assert all(p.features[i].out_channels % 8 == 0 for i in (0, 3, 7, 10))
+    g = prune_structured(m, StructuredPruneConfig(ratio=0.5, scope="global", max_ratio=0.6), {"x": x})
+    outs = [g.features[i].out_channels for i in (0, 3, 7, 10)] + [g.classifier[1].out_features]
+    full = [32, 64, 128, 128, 128]
+    assert sum(outs) <= 0.55 * sum(full) and all(o >= f * 0.4 - 1 for o, f in zip(outs, full))
+    r1 = prune_structured(m, StructuredPruneConfig(ratio=0.5, importance="random", seed=1), {"x": x})
+    r2 = prune_structured(m, StructuredPruneConfig(ratio=0.5, importance="random", seed=1), {"x": x})
+    torch.testing.assert_close(r1(x), r2(x))  # deterministic given the seed
+
+
+def test_taylor_needs_and_uses_gradients():
+    m = DigitsCNN().eval()
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(NnslimError, match="taylor.*calibration"):
+        prune_structured(m, StructuredPruneConfig(importance="taylor"), {"x": x})
+    p = prune_structured(m, StructuredPruneConfig(importance="taylor", ratio=0.25), {"x": x},
+                         [{"x": torch.rand(8, 1, 8, 8)}])
+    assert p.features[0].out_channels == 24 and all(q.grad is None for q in p.parameters())
+
+
+def test_groupnorm_concat_and_transposed_conv():
+    m = UNetTiny().eval()
+    x = torch.rand(2, 3, 32, 32)
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.4), {"x": x})
+    for mod in p.modules():
+        if isinstance(mod, nn.GroupNorm):
+            assert mod.num_channels % mod.num_groups == 0
+    # u2 reads cat([up2(m), b]): its input channels are the two producers' kept channels together
+    assert p.u2[0].in_channels == p.up2.out_channels + p.d2[3].out_channels
+    assert p(x).shape == m(x).shape and _params(p) < _params(m)
+
+
+def test_vit_shape_reads_keep_the_width_and_mlp_shrinks():
+    m = ViTTiny().eval()
+    x = torch.rand(2, 3, 32, 32)
+    notes = []
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5), {"x": x}, notes=notes)
+    assert p.patch.out_channels == 64  # `b, n, c = x.shape` in the attention couples the width
+    assert p.blocks[0].mlp[0].out_features == 128 and p.blocks[0].mlp[2].in_features == 128
+    assert "reads the channel count" in notes[-1]
+    assert p(x).shape == (2, 10)
+
+
+def test_param_and_cls_token_members_follow_the_width():
+    class Net(nn.Module):  # width is free: no shape reads, params combined elementwise
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(8, 16)
+            self.scale = nn.Parameter(torch.rand(16))
+            self.tok = nn.Parameter(torch.rand(1, 1, 16))
+            self.out = nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = self.inp(x) * self.scale
+            h = torch.cat([self.tok.expand(x.shape[0], -1, -1), h], dim=1)
+            return self.out(h[:, 0] + h[:, 1:].mean(1))
+
+    m = Net().eval()
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5), {"x": torch.rand(2, 3, 8)})
+    assert p.scale.shape == (8,) and p.tok.shape == (1, 1, 8) and p.out.in_features == 8
+    assert p(torch.rand(3, 5, 8)).shape == (3, 2)
+
+
+def test_multihead_attention_conversion_is_exact():
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        mha = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+        new = PrunedMultiheadAttention.from_mha(mha).eval()
+        x = torch.rand(3, 7, 32) if batch_first else torch.rand(7, 3, 32)
+        pad = torch.zeros(3, 7, dtype=torch.bool)
+        pad[0, -2:] = True
+        causal = torch.triu(torch.ones(7, 7, dtype=torch.bool), 1)
+        for kw in ({}, {"key_padding_mask": pad}, {"attn_mask": causal}, {"attn_mask": causal.float() * -1e4}):
+            want = mha(x, x, x, need_weights=False, **kw)[0]
+            got = new(x, x, x, need_weights=False, **kw)[0]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_encoder_heads_and_ffn():
+    m = EncoderClassifier().eval()
+    tok = torch.randint(0, 100, (2, 9))
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5, head_ratio=0.5), {"tokens": tok})
+    layer = p.encoder.layers[0]
+    assert isinstance(layer.self_attn, PrunedMultiheadAttention) and layer.self_attn.q_proj.out_features == 32
+    assert layer.linear1.out_features == 128 and p.emb.embedding_dim == 64  # width kept (embeddings)
+    assert p(torch.randint(0, 100, (3, 5))).shape == (3, 3)
+    same = prune_structured(m, StructuredPruneConfig(ratio=0.0, head_ratio=0.0), {"tokens": tok})
+    torch.testing.assert_close(same(tok), m(tok), rtol=1e-5, atol=1e-5)
+
+
+def _tiny_llama(heads=4, kv=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_llama_grouped_query_heads_stay_consistent():
+    m = _tiny_llama(heads=4, kv=2)
+    ids = torch.randint(0, 64, (2, 10))
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5, head_ratio=0.5), {"input_ids": ids})
+    attn = p.model.layers[0].self_attn
+    assert attn.q_proj.out_features == 2 * 8 and attn.k_proj.out_features == 2 * 8  # kv heads kept
+    assert attn.num_key_value_groups == 1 and p.model.layers[0].mlp.down_proj.in_features == 32
+    assert p.model.embed_tokens.embedding_dim == 32
+    out = p.generate(ids[:1], max_new_tokens=4, do_sample=False)  # the KV cache works with fewer heads
+    assert out.shape == (1, 14)
+    mha = _tiny_llama(heads=4, kv=4)
+    q = prune_structured(mha, StructuredPruneConfig(ratio=0.0, head_ratio=0.5), {"input_ids": ids})
+    assert q.model.layers[1].self_attn.k_proj.out_features == 16  # no GQA: kv heads go with q heads
+
+
+def test_bert_heads_and_neurons():
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    m = BertModel(cfg).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5, head_ratio=0.25), {"input_ids": ids})
+    sa = p.encoder.layer[0].attention.self
+    assert sa.num_attention_heads == 3 and sa.all_head_size == 24 and sa.query.out_features == 24
+    assert p.encoder.layer[0].attention.output.dense.in_features == 24
+    assert p.encoder.layer[0].intermediate.dense.out_features == 32
+    assert p(input_ids=torch.randint(0, 50, (1, 11))).last_hidden_state.shape == (1, 11, 32)
+
+
+def test_unmodelled_op_keeps_channels_and_says_which():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 16), nn.Linear(16, 16)
+            self.c, self.d = nn.Linear(16, 32), nn.Linear(32, 2)
+
+        def forward(self, x):  # self.a is called twice: both calls' channels are one set
+            return self.d(torch.relu(self.c(torch.cumsum(self.a(x), dim=-1) + self.b(self.a(x)))))
+
+    notes = []
+    p = prune_structured(Net().eval(), StructuredPruneConfig(ratio=0.5), {"x": torch.rand(2, 4)}, notes=notes)
+    assert p.a.out_features == 16 and p.b.out_features == 16 and p.c.out_features == 16
+    assert "cumsum" in notes[-1]
+
+
+def test_bad_input_errors():
+    with pytest.raises(NnslimError, match="ratio=1.2"):
+        StructuredPruneConfig(ratio=1.2)
+    with pytest.raises(NnslimError, match="importance='fisher'"):
+        StructuredPruneConfig(importance="fisher")
+    with pytest.raises(NnslimError, match="nothing in this model can be pruned.*model output"):
+        prune_structured(nn.Linear(4, 2), StructuredPruneConfig(), {"x": torch.rand(2, 4)})
+    with pytest.raises(NnslimError, match="could not be traced.*fx.*dynamic"):
+        prune_structured(DigitsCNN(), StructuredPruneConfig(), {"x": torch.rand(2, 3, 8, 8)})
+    with pytest.raises(NnslimError, match="example_inputs"):
+        nnslim.prune(DigitsCNN(), StructuredPruneConfig())
+
+
+def test_dependency_graph_groups_describe_coupling():
+    from zoo import ResNetTiny
+
+    g, tracer = dependency_graph(ResNetTiny().eval(), {"x": torch.rand(2, 3, 16, 16)})
+    residual = [grp for grp in g.groups() if len(grp.members) > 6]
+    assert residual, "the residual stream couples stem, block outputs and shortcut convs"
+    names = {g.members[i].module for i in residual[0].members}
+    assert {"stem.0", "layer1.0.bn2", "layer1.1.conv1"} <= names
+    assert tracer == "fx" and np.all([len(grp.atoms) > 0 for grp in g.groups()])
