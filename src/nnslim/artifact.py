@@ -57,9 +57,11 @@ def quantized_layers(model: torch.nn.Module) -> dict[str, dict]:
     from .quant.weight_only.modules import WeightOnlyLinear
 
     from .lowrank.svd import LowRankLinear
+    from .prune.sparse24 import SemiSparseLinear
 
     out = {n: m.quant_config() for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, W8A8Linear))}
-    out.update({n: m.rebuild_config() for n, m in model.named_modules() if isinstance(m, LowRankLinear)})
+    out.update({n: m.rebuild_config() for n, m in model.named_modules()
+                if isinstance(m, (LowRankLinear, SemiSparseLinear))})
     return out
 
 
@@ -80,11 +82,15 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
                 from .lowrank.svd import LowRankLinear
 
                 new = LowRankLinear(cfg["in_features"], cfg["out_features"], cfg["rank"], cfg["bias"], dtype)
+            elif kind == "semi_sparse":
+                from .prune.sparse24 import SemiSparseLinear
+
+                new = SemiSparseLinear(cfg["in_features"], cfg["out_features"], cfg["bias"], dtype)
             elif kind == "w8a8":
                 new = W8A8Linear(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype,
                                  cfg.get("input_scale", False))
             else:
-                raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8, lowrank")
+                raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8, lowrank, semi_sparse")
         except (AttributeError, KeyError, TypeError) as e:
             raise NnslimError(f"{where}: quantized layer {name!r} does not fit the architecture: {e}") from None
         replace_module(model, name, new)

@@ -39,8 +39,11 @@ class PruneConfig(StepConfig):
     damp: float = 0.01
     block_size: int = 128
     device: str = "auto"
+    pack_2of4: bool = False  # 2:4 only: Linears become SemiSparseLinear (cuSPARSELt/CUTLASS kernels on CUDA)
 
     def __post_init__(self):
+        if self.pack_2of4 and self.nm != (2, 4):
+            raise NnslimError(f"pack_2of4=True needs pattern='2:4', got pattern={self.pattern!r}")
         if not 0.0 <= self.sparsity < 1.0:
             raise NnslimError(f"sparsity={self.sparsity} is not allowed; allowed: 0 <= sparsity < 1")
         parse_pattern(self.pattern)
@@ -184,6 +187,10 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
     total = sum(m.weight.numel() for m in targets.values())
     notes.append(f"{config.algorithm} {config.pattern} pruning: {len(targets)} layers, "
                  f"{zeros / total:.1%} of their weights are zero")
+    if config.pack_2of4:
+        from .sparse24 import semi_sparse
+
+        semi_sparse(model, notes)
     return model
 
 

@@ -51,22 +51,24 @@ def _time_cuda_graph(fn: Callable[[], torch.Tensor], calls: int = 10, reps: int 
     return statistics.median(times)
 
 
-def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int) -> float:
+def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int, timing: str = "graph") -> float:
     if device.type == "cuda":
-        try:
-            return _time_cuda_graph(fn)
-        except Exception:  # not capturable: time eagerly with events
-            torch.cuda.synchronize()
+        if timing == "graph":
+            try:
+                return _time_cuda_graph(fn)
+            except Exception:  # not capturable: time eagerly with events
+                torch.cuda.synchronize()
         for _ in range(3):
             fn()
         times = []
-        for _ in range(reps):
+        for _ in range(reps):  # back-to-back calls: host overhead per call shows as it does in eager runs
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(5):
+                fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(start.elapsed_time(end) / 5)
         return statistics.median(times)
     fn()
     times = []
@@ -82,8 +84,9 @@ def _capturing(device: torch.device) -> bool:
 
 
 def choose(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], device: torch.device,
-           reps: int = 20) -> str:
-    """Name of the fastest candidate for `key` (timed once per process)."""
+           reps: int = 20, timing: str = "graph") -> str:
+    """Name of the fastest candidate for `key` (timed once per process). timing: graph (replays of a
+    CUDA graph, for models run under graphs) or eager (back-to-back calls, host overhead included)."""
     forced = os.environ.get("NNSLIM_KERNEL")
     if forced and forced in candidates:
         return forced
@@ -94,7 +97,7 @@ def choose(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], device
     timings = {}
     for name, fn in candidates.items():
         try:
-            timings[name] = _time(fn, device, reps)
+            timings[name] = _time(fn, device, reps, timing)
         except Exception:  # a candidate that does not support this shape/dtype is skipped
             continue
     if not timings:
