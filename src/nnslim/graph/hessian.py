@@ -74,3 +74,16 @@ def obs_sweep(w: torch.Tensor, hinv: torch.Tensor, block_size: int,
         w[:, i1:i2] = w1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return w
+
+
+def refit_columns(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Least-squares refit after removing input columns: the W_k' minimising || X W^T - X_k W_k'^T ||,
+    i.e. W_k'^T = W_k^T + H_kk^-1 H_kr W_r^T (H ~ X^T X). Returns the new [out, len(keep)] weight."""
+    gone = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+    gone[keep] = False
+    rem = gone.nonzero().squeeze(1)
+    hkk = h[keep][:, keep].clone()
+    hkk.diagonal().add_(damp * hkk.diagonal().mean().clamp(min=1e-12))
+    wf = w.detach().float()
+    delta = torch.linalg.solve(hkk, h[keep][:, rem] @ wf[:, rem].t())
+    return (wf[:, keep] + delta.t()).to(w.dtype)
