@@ -113,7 +113,13 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
             raise NnslimError("saving a simulated-int8 torch model is not supported yet; save the deployable "
                               "int8 model with nnslim.export_onnx(model, example_inputs, path) or use "
                               "nnslim.compress(..., out=DIR), which writes the int8 ONNX artifact")
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
+        from .prune.storage import STORAGE_ATTR, save_sparse
+
+        sparse = getattr(model, STORAGE_ATTR, None)
+        if sparse is not None:
+            atomic_write(directory / WEIGHTS_FILE, lambda tmp: meta.update(sparse_storage=save_sparse(model, tmp, sparse)))
+        else:
+            atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
         meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
         layers = quantized_layers(model)
         if layers:
@@ -175,7 +181,14 @@ def load(directory: str | Path, model: torch.nn.Module | None = None):
     if not weights.is_file():
         raise NnslimError(f"weights file {str(weights)!r} not found")
     try:
-        load_model(model, str(weights), strict=True)
+        if meta.get("sparse_storage"):
+            from .prune.storage import load_sparse
+
+            load_sparse(model, str(weights), meta["sparse_storage"])
+        else:
+            load_model(model, str(weights), strict=True)
+    except NnslimError:
+        raise
     except Exception as e:
         raise NnslimError(f"{weights} does not match the architecture: {str(e).splitlines()[0]}") from None
     return model.eval()

@@ -16,8 +16,9 @@ from .errors import NnslimError, bad_value
 
 # Modules that register built-in methods when imported.
 _BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.quant.weight_only.methods",
-                           "nnslim.quant.w8a8", "nnslim.prune.oneshot", "nnslim.prune.structured", "nnslim.distill.trainer", "nnslim.lowrank.svd",
-                           "nnslim.runtime.onnx_methods")
+                           "nnslim.quant.w8a8", "nnslim.prune.oneshot", "nnslim.prune.structured",
+                           "nnslim.prune.gradual", "nnslim.prune.storage", "nnslim.distill.trainer",
+                           "nnslim.lowrank.svd", "nnslim.runtime.onnx_methods")
 
 
 @dataclass(frozen=True)

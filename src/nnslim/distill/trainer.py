@@ -12,6 +12,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -71,8 +72,10 @@ def _capture(model: nn.Module, names: list[str], store: list):
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: DistillConfig | None = None,
-            output_kind: str = "tensor", inplace: bool = False, notes: list[str] | None = None) -> nn.Module:
-    """Fine-tune `student` to match `teacher` on `data` (dicts of arrays, called as model(**batch))."""
+            output_kind: str = "tensor", inplace: bool = False, notes: list[str] | None = None,
+            step_hook: Callable[[int, nn.Module], None] | None = None, desc: str = "distill") -> nn.Module:
+    """Fine-tune `student` to match `teacher` on `data` (dicts of arrays, called as model(**batch)).
+    step_hook(step, student) runs after every optimizer step (e.g. gradual pruning re-applies masks)."""
     config = config or DistillConfig()
     notes = notes if notes is not None else []
     if not isinstance(student, nn.Module) or not isinstance(teacher, nn.Module):
@@ -100,7 +103,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
     start = time.perf_counter()
     student.train()
     try:
-        for step in progress(range(config.steps), desc=f"distill ({kind})", total=config.steps):
+        for step in progress(range(config.steps), desc=f"{desc} ({kind})", total=config.steps):
             if len(order) < config.batch_size:
                 order.extend(rng.permutation(len(data)).tolist())
             idx, order = order[:config.batch_size], order[config.batch_size:]
@@ -118,6 +121,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
             loss.backward()
             opt.step()
             sched.step()
+            if step_hook is not None:
+                with torch.no_grad():
+                    step_hook(step + 1, student)
             losses.append(loss.item())
             if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
                 break
@@ -127,7 +133,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
         student.eval()
     took = time.perf_counter() - start
     head, tail = np.mean(losses[:10]), np.mean(losses[-10:])
-    notes.append(f"distill: {len(losses)} steps of batch {config.batch_size} in {took:.0f} s ({kind} loss"
+    notes.append(f"{desc}: {len(losses)} steps of batch {config.batch_size} in {took:.0f} s ({kind} loss"
                  f"{' + hidden' if names else ''}), loss {head:.4f} -> {tail:.4f}")
     return student
 

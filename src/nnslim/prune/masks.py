@@ -51,3 +51,17 @@ def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     threshold = scores.flatten().kthvalue(drop).values
     return scores > threshold
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, nm: tuple[int, int] | None = None,
+                    scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Keep masks by |w|: N:M per group, or unstructured per layer / with one global threshold."""
+    if nm is not None:
+        return {n: nm_mask(w.detach().abs().float().reshape(w.shape[0], -1), *nm).reshape(w.shape)
+                for n, w in weights.items()}
+    if scope == "global":
+        allw = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
+        drop = int(round(allw.numel() * sparsity))
+        threshold = allw.kthvalue(drop).values if drop else torch.tensor(-1.0)
+        return {n: w.detach().abs() > threshold.to(w.device) for n, w in weights.items()}
+    return {n: layer_mask(w.detach().abs().float(), sparsity) for n, w in weights.items()}

@@ -20,7 +20,7 @@ from ..graph.hessian import HessianAccumulator, dead_columns, inverse_factor, ob
 from ..graph.layerwise import block_targets, feed_block, find_blocks, run_layerwise
 from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
-from .masks import check_nm, layer_mask, nm_mask, parse_pattern, row_mask
+from .masks import check_nm, layer_mask, magnitude_masks, nm_mask, parse_pattern, row_mask
 
 ALGORITHMS = ("magnitude", "wanda", "sparsegpt")
 
@@ -161,16 +161,10 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
     model.eval()
     targets = _targets(model, config)
     if config.algorithm == "magnitude":
+        masks = magnitude_masks({n: m.weight for n, m in targets.items()}, config.sparsity, config.nm, config.scope)
         with torch.no_grad():
-            if config.scope == "global" and config.nm is None:
-                allw = torch.cat([m.weight.detach().abs().flatten().float() for m in targets.values()])
-                drop = int(round(allw.numel() * config.sparsity))
-                threshold = allw.kthvalue(drop).values if drop else torch.tensor(-1.0)
-                for m in targets.values():
-                    m.weight.mul_((m.weight.abs() > threshold).to(m.weight.dtype))
-            else:
-                for m in targets.values():
-                    m.weight.mul_(_mask(m.weight.detach().abs().float(), config).to(m.weight.dtype))
+            for n, m in targets.items():
+                m.weight.mul_(masks[n].to(m.weight.dtype))
     else:
         samples = list(calibration) if calibration is not None else []
         _check_samples(samples)
