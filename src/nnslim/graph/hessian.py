@@ -76,14 +76,10 @@ def obs_sweep(w: torch.Tensor, hinv: torch.Tensor, block_size: int,
     return w
 
 
-def refit_columns(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
-    """Least-squares refit after removing input columns: the W_k' minimising || X W^T - X_k W_k'^T ||,
-    i.e. W_k'^T = W_k^T + H_kk^-1 H_kr W_r^T (H ~ X^T X). Returns the new [out, len(keep)] weight."""
-    gone = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
-    gone[keep] = False
-    rem = gone.nonzero().squeeze(1)
-    hkk = h[keep][:, keep].clone()
-    hkk.diagonal().add_(damp * hkk.diagonal().mean().clamp(min=1e-12))
-    wf = w.detach().float()
-    delta = torch.linalg.solve(hkk, h[keep][:, rem] @ wf[:, rem].t())
-    return (wf[:, keep] + delta.t()).to(w.dtype)
+def refit_weight(w: torch.Tensor, h_kk: torch.Tensor, c_k: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Least-squares weight for reduced inputs X_k that best reproduces X W^T:
+    W_k'^T = (X_k^T X_k + ridge)^-1 X_k^T X W^T, from h_kk = X_k^T X_k and c_k = X_k^T X (any common scale).
+    With X_k a column subset of X this is W_k^T + H_kk^-1 H_kr W_r^T. Returns [out, k]."""
+    h = h_kk.float().clone()
+    h.diagonal().add_(damp * h.diagonal().mean().clamp(min=1e-12))
+    return torch.linalg.solve(h, c_k.float() @ w.detach().float().t()).t().to(w.dtype)

@@ -29,6 +29,7 @@ from ..graph.dependency import DependencyGraph, Group, build
 from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mha, handler_for
 from ..graph.trace import trace
 from ..recipe import StepConfig, register_method
+from .reconstruct import MODES, refit
 
 IMPORTANCE = ("auto", "activation", "l1", "l2", "taylor", "random")
 PLAN_ATTR = "_nnslim_structured_plan"
@@ -45,7 +46,7 @@ class StructuredPruneConfig(StepConfig):
     round_to: int = 1  # kept channel counts are multiples of this (e.g. 8), where the group allows
     ignore: tuple[str, ...] = ()  # module names or regexes whose output channels are kept
     prune_embeddings: bool = False  # embeddings (and so a transformer's hidden size) stay by default
-    reconstruct: bool = True  # least-squares refit of the Linears that read removed channels (needs calibration)
+    reconstruct: str = "independent"  # least-squares refit of Linears reading removed channels: sequential | independent | off
     damp: float = 0.01  # relative ridge of that refit
     batches: int = 8  # calibration batches for activation / taylor importance and the refit
     samples: int = 256  # calibration samples drawn from the testbed for activation / taylor
@@ -66,6 +67,8 @@ class StructuredPruneConfig(StepConfig):
             raise NnslimError(f"round_to={self.round_to} is not allowed; allowed: an integer >= 1")
         if self.tracer not in ("auto", "fx", "dynamic"):
             raise NnslimError(f"tracer={self.tracer!r} is not allowed; allowed: auto, fx, dynamic")
+        if self.reconstruct not in MODES:
+            raise NnslimError(f"reconstruct={self.reconstruct!r} is not allowed; allowed: {', '.join(MODES)}")
         if not 0 < self.damp < 10:
             raise NnslimError(f"damp={self.damp} is not allowed; allowed: 0 < damp < 10")
         if self.batches < 1:
@@ -249,55 +252,6 @@ def _taylor_grads(model: nn.Module, batches: list[dict]) -> None:
             loss.backward()
 
 
-def _refit_targets(model: nn.Module, slices) -> dict[str, torch.Tensor]:
-    """Linear layer name -> kept input columns, for every Linear that loses input columns."""
-    from ..graph.layers import AttentionLayer
-
-    names = {id(m): n for n, m in model.named_modules()}
-    out: dict[str, torch.Tensor] = {}
-    for member, keep in slices:
-        mod = model.get_submodule(member.module) if member.module else model
-        keep = torch.as_tensor(keep, dtype=torch.long)
-        if member.role == "in" and isinstance(mod, nn.Linear):
-            out[member.module] = keep
-        elif isinstance(handler_for(mod), AttentionLayer):
-            q, k, v, o, d = AttentionLayer.parts(mod)
-            if member.role == "in":
-                out.update({names[id(lin)]: keep for lin in (q, k, v)})
-            elif member.role == "heads" and o is not None:
-                out[names[id(o)]] = (keep[:, None] * d + torch.arange(d)).flatten()
-    return out
-
-
-def _refit(model: nn.Module, slices, batches: list[dict], damp: float) -> int:
-    """Refit (in place, before slicing) the kept columns of Linears whose inputs lose channels."""
-    from ..graph.hessian import HessianAccumulator, refit_columns
-
-    targets = _refit_targets(model, slices)
-    grams: dict[str, HessianAccumulator] = {}
-
-    def hook(name):
-        def fn(mod, args):
-            x = args[0].detach()
-            grams.setdefault(name, HessianAccumulator(x.shape[-1], x.device)).add(x)
-        return fn
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in targets]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                _call(model, b)
-    finally:
-        for h in handles:
-            h.remove()
-    with torch.no_grad():
-        for n, keep in targets.items():
-            if n in grams:
-                lin = model.get_submodule(n)
-                lin.weight[:, keep] = refit_columns(lin.weight, grams.pop(n).h, keep, damp)
-    return len(targets)
-
-
 def _ignored(group: Group, graph: DependencyGraph, ignore: tuple[str, ...]) -> str | None:
     for mi in group.members:
         m = graph.members[mi]
@@ -370,9 +324,10 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
         counts[grp.kind][0] += len(gone)
         counts[grp.kind][1] += n
     slices = graph.keep_indices(removed)
-    if config.reconstruct and calibration:
-        refit = _refit(model, slices, batches, config.damp)
-        notes.append(f"structured: least-squares refit of {refit} Linear layers that read removed channels")
+    if config.reconstruct != "off" and calibration:
+        n = refit(model, slices, batches, config.damp, config.reconstruct, _call)
+        notes.append(f"structured: least-squares refit ({config.reconstruct}) of {n} Linear layers that read "
+                     "removed channels")
     for member, keep in slices:
         apply_slice(model, member.module, member.role, keep)
         plan.append({"module": member.module, "role": member.role, "keep": keep.tolist()})
