@@ -39,6 +39,7 @@ class DistillConfig(StepConfig):
     temperature: float = 2.0
     hidden_weight: float = 0.0
     hidden_layers: str | None = None  # regex of module names; None: the repeated blocks, if any
+    hidden_loss: str = "mse"  # mse (variance-normalised) | cosine (per position, over the last dim)
     seed: int = 0
 
     def __post_init__(self):
@@ -47,6 +48,8 @@ class DistillConfig(StepConfig):
                               "must all be >= 1")
         if not self.lr > 0 or self.temperature <= 0 or self.hidden_weight < 0 or not 0 <= self.warmup < 1:
             raise NnslimError("lr and temperature must be > 0, hidden_weight >= 0 and 0 <= warmup < 1")
+        if self.hidden_loss not in ("mse", "cosine"):
+            raise NnslimError(f"hidden_loss={self.hidden_loss!r} is not allowed; allowed: mse, cosine")
         if self.loss not in LOSSES:
             raise NnslimError(f"loss={self.loss!r} is not allowed; allowed: {', '.join(LOSSES)}")
         if self.max_seconds is not None and self.max_seconds <= 0:
@@ -116,7 +119,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
             s_out = primary_output(student(**batch))
             loss = kd_loss(s_out, t_out, kind, config.temperature, mask)
             if names:
-                loss = loss + config.hidden_weight * hidden_loss(s_feats, t_feats)
+                loss = loss + config.hidden_weight * hidden_loss(s_feats, t_feats, config.hidden_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

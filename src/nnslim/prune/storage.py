@@ -86,14 +86,16 @@ def decode(tensors: dict[str, torch.Tensor], info: dict) -> dict[str, torch.Tens
 
 
 def mark(model: nn.Module, config: SparseStorageConfig) -> nn.Module:
+    """A shallow copy of `model` (same parameters) that nnslim.save writes with sparse storage."""
+    import copy
+
+    model = copy.copy(model)
     object.__setattr__(model, STORAGE_ATTR, config)
     return model
 
 
 def _apply(model, config: SparseStorageConfig, ctx):
-    import copy
-
-    model = mark(copy.copy(model), config)
+    model = mark(model, config)
     ctx.notes.append(f"sparse storage: weights with >= {config.min_sparsity:.0%} zeros are saved as bitmask + "
                      f"{config.values} nonzeros")
     return model
