@@ -83,6 +83,7 @@ class _Recorder:
         self.calls: list[Call] = []
         self.keep: list = []
         self.scope: list[str] = [""]
+        self.current = ""  # the call being traced (named in errors)
 
     def size_read(self, t: torch.Tensor, index) -> None:
         self.keep.append(t)
@@ -133,12 +134,15 @@ def _fx_trace(model, inputs: dict, is_leaf: Callable[[nn.Module], bool], rec: _R
     gm = fx.GraphModule(model, graph)
     names = [n.target for n in graph.nodes if n.op == "placeholder"]
     missing = [n for n in names if n not in inputs]
-    if missing:
+    if missing and len(names) == len(inputs):  # unnamed inputs: by position
+        inputs = dict(zip(names, inputs.values()))
+    elif missing:
         raise NnslimError(f"fx: example_inputs lack {missing}")
 
     class Run(fx.Interpreter):
         def run_node(self, n):
             rec.scope.append(n.meta.get("nnslim_scope", ""))
+            rec.current = f"node {n.name!r} ({n.op} {n.target}) in {rec.scope[-1] or '<model>'}"
             try:
                 return super().run_node(n)
             finally:
@@ -168,6 +172,7 @@ def _dynamic_trace(model, inputs: dict, is_leaf: Callable[[nn.Module], bool], re
     class Mode(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            rec.current = f"op {op_name(func)!r} in {rec.scope[-1] or '<model>'}"
             out = func(*args, **kwargs)
             if depth[0] == 0:
                 out = rec.record("op", op_name(func), None, args, kwargs, out)
@@ -196,10 +201,20 @@ def _dynamic_trace(model, inputs: dict, is_leaf: Callable[[nn.Module], bool], re
             handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
     try:
         with torch.no_grad(), Mode():
-            return model(**inputs)
+            return model(**inputs) if _by_name(model, inputs) else model(*inputs.values())
     finally:
         for h in handles:
             h.remove()
+
+
+def _by_name(model: nn.Module, inputs: dict) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(model.forward).bind(**inputs)
+        return True
+    except TypeError:
+        return False
 
 
 def trace(model: nn.Module, inputs: dict[str, torch.Tensor], is_leaf: Callable[[nn.Module], bool],
@@ -213,7 +228,8 @@ def trace(model: nn.Module, inputs: dict[str, torch.Tensor], is_leaf: Callable[[
         except NnslimError:
             raise
         except Exception as e:  # noqa: BLE001 - reported below with the op that stopped tracing
-            errors.append(f"{which}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            at = f" (stopped at {rec.current})" if rec.current else ""
+            errors.append(f"{which}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{at}")
             continue
         params = {id(p): n for n, p in model.named_parameters()}
         params.update({id(b): n for n, b in model.named_buffers()})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,13 +86,10 @@ def _as_tensors(inputs) -> dict[str, torch.Tensor]:
 
 
 def _call(model, inputs: dict):
-    """model(**inputs), or model(x) for a single unnamed input (the `x` of _as_tensors)."""
-    if list(inputs) == ["x"]:
-        try:
-            return model(**inputs)
-        except TypeError:
-            return model(inputs["x"])
-    return model(**inputs)
+    """model(**inputs), or model(*values) when the names are not the forward's parameter names."""
+    from ..graph.trace import _by_name
+
+    return model(**inputs) if _by_name(model, inputs) else model(*inputs.values())
 
 
 def convert_attention(model: nn.Module) -> list[str]:
@@ -110,27 +108,13 @@ def dependency_graph(model: nn.Module, example_inputs, config: StructuredPruneCo
     config = config or StructuredPruneConfig()
     inputs = _as_tensors(example_inputs)
     leaf = lambda m: handler_for(m) is not None  # noqa: E731
-    wrapped = _Kwargs(model) if list(inputs) == ["x"] else model
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel hides the layers
     try:
-        t = trace(wrapped, inputs, leaf, config.tracer)
+        t = trace(model, inputs, leaf, config.tracer)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
-    g = build(model, t, handler_for, {"prune_embeddings": config.prune_embeddings})
-    for m in g.members:  # the wrapper adds a "model." prefix
-        if wrapped is not model:
-            m.module = m.module.removeprefix("model.") if m.module != "model" else ""
-    return g, t.tracer
-
-
-class _Kwargs(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)
+    return build(model, t, handler_for, {"prune_embeddings": config.prune_embeddings}), t.tracer
 
 
 def _input_norms(model: nn.Module, batches: list[dict]) -> dict[int, torch.Tensor]:
@@ -278,7 +262,8 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     graph, tracer = dependency_graph(model, inputs, config)
     groups = graph.groups()
     if not groups:
-        reasons = sorted(set(graph.frozen.values()))[:5]
+        reasons = sorted(set(graph.frozen.values()))[:5] or ["no layer with a pruning function produces channels "
+                                                             "that stay inside the model"]
         raise NnslimError("nothing in this model can be pruned structurally; channels are kept because: "
                           + "; ".join(reasons))
     how = config.importance
@@ -340,6 +325,9 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     notes.append(f"structured pruning ({tracer} trace, {how}, {config.scope}): removed "
                  f"{counts['channels'][0]}/{counts['channels'][1]} channels and {counts['heads'][0]}/"
                  f"{counts['heads'][1]} heads; parameters {before:,} -> {after:,} ({after / before:.1%})")
+    if graph.warnings:
+        warnings.warn("structured pruning kept some channels: " + "; ".join(sorted(set(graph.warnings))[:4]),
+                      stacklevel=2)
     kept = sorted({r for r in graph.frozen.values() if r})
     if kept:
         notes.append("structured: channels kept because " + "; ".join(kept[:6]) + (" ..." if len(kept) > 6 else ""))
