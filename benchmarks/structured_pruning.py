@@ -2,6 +2,7 @@
 
   python benchmarks/structured_pruning.py digits [--kd-seconds 120] [--repeats 20]
   python benchmarks/structured_pruning.py minilm [--kd-steps 300] [--repeats 10]
+  python benchmarks/structured_pruning.py minilm-ablation   # one-shot quality by importance / refit
 
 digits-cnn  50% of the channels of every layer removed (nnslim: activation importance + least-squares
             refit), then knowledge distillation from the original on the calibration split for at
@@ -119,6 +120,27 @@ def minilm(args) -> None:
     _report(tb, variants, notes, args, "structured_minilm")
 
 
+def ablation(args) -> None:
+    """minilm one-shot quality (before distillation) by importance, refit and what is pruned."""
+    tb = nnslim.get_testbed("minilm")
+    base = tb.load_model()
+    example = _tensors(tb.export_example())
+    calib = tb.calibration(1024)
+    print(f"# minilm one-shot structural pruning ablation, {time.strftime('%Y-%m-%d %H:%M')}")
+    print("| pruned | importance | refit | cos_mean before distillation | prune s |")
+    print("|---|---|---|---|---|")
+    runs = [(0.5, 1 / 3, "l2", "off"), (0.5, 1 / 3, "activation", "off"), (0.5, 1 / 3, "activation", "independent"),
+            (0.5, 1 / 3, "activation", "sequential"), (0.5, 0.0, "activation", "independent"),
+            (0.0, 1 / 3, "activation", "independent")]
+    for ratio, heads, how, refit in runs:
+        t0 = time.perf_counter()
+        p = nnslim.prune(base, StructuredPruneConfig(ratio=ratio, head_ratio=heads, importance=how, reconstruct=refit),
+                         calibration=calib, example_inputs=example)
+        took = time.perf_counter() - t0
+        what = f"{ratio:.0%} FFN, {round(heads * 12)}/12 heads"
+        print(f"| {what} | {how} | {refit} | {_metric(tb, p):.4f} | {took:.0f} |", flush=True)
+
+
 def _report(tb, variants, notes, args, name: str) -> None:
     rep = compare(tb, variants, repeats=args.repeats, memory=True)
     rep.notes = notes + rep.notes
@@ -131,13 +153,13 @@ def _report(tb, variants, notes, args, name: str) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("testbed", choices=["digits", "minilm"])
+    ap.add_argument("testbed", choices=["digits", "minilm", "minilm-ablation"])
     ap.add_argument("--kd-seconds", type=float, default=120.0)
     ap.add_argument("--kd-steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     torch.manual_seed(0)
-    {"digits": digits, "minilm": minilm}[args.testbed](args)
+    {"digits": digits, "minilm": minilm, "minilm-ablation": ablation}[args.testbed](args)
 
 
 if __name__ == "__main__":
