@@ -24,7 +24,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 import nnslim  # noqa: E402
-from nnslim import DistillConfig, MagnitudePruneConfig  # noqa: E402
+from nnslim import MagnitudePruneConfig  # noqa: E402
 from nnslim.prune.gradual import GradualPruneConfig, prune_gradual  # noqa: E402
 from nnslim.prune.storage import SparseStorageConfig, mark  # noqa: E402
 from nnslim.runtime import TorchRunner  # noqa: E402

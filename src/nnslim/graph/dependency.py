@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .trace import Call, Trace, tensors_in
+from .trace import Call, Trace
 
 _PASS = {"relu", "relu_", "gelu", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish",
          "hardsigmoid", "leaky_relu", "leaky_relu_", "elu", "selu", "celu", "mish", "relu6", "hardtanh",
@@ -29,7 +29,7 @@ _PASS = {"relu", "relu_", "gelu", "silu", "silu_", "sigmoid", "sigmoid_", "tanh"
          "feature_alpha_dropout", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "erf", "clone", "contiguous", "to",
          "float", "half", "bfloat16", "double", "type", "type_as", "detach", "clamp", "clamp_", "clip", "softmax",
          "log_softmax", "sin", "cos", "square", "reciprocal", "sign", "round", "floor", "gelu_", "silu",
-         "logsigmoid", "softsign", "tanhshrink", "hardshrink", "softshrink", "threshold", "relu__"}
+         "logsigmoid", "softsign", "tanhshrink", "hardshrink", "softshrink", "threshold"}
 _POOL = {"max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "avg_pool1d": 1, "avg_pool2d": 2, "avg_pool3d": 3,
          "adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3, "adaptive_max_pool1d": 1,
          "adaptive_max_pool2d": 2, "adaptive_max_pool3d": 3, "lp_pool1d": 1, "lp_pool2d": 2,

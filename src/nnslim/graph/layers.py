@@ -6,6 +6,7 @@ without a handler are traced through, op by op.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import numpy as np
@@ -73,16 +74,20 @@ def linear_out(m: nn.Linear, keep) -> None:
     m.out_features = len(keep)
 
 
-class Layer:
+class Layer(ABC):
+    """The pruning functions of one layer type."""
+
+    @abstractmethod
     def propagate(self, g, name: str, m: nn.Module, call) -> None:
-        raise NotImplementedError
+        """Record the layer's members in graph g and set the labels of its outputs."""
 
     def weights(self, m: nn.Module, role: str) -> list[tuple[torch.Tensor, int, int]]:
         """(parameter, dim, block): position i of the role owns indices i*block..(i+1)*block-1 of dim."""
         return []
 
+    @abstractmethod
     def slice(self, m: nn.Module, role: str, keep: torch.Tensor) -> nn.Module:
-        raise NotImplementedError
+        """Keep only positions `keep` of `role` (tensors and attributes); returns the module."""
 
 
 @register_layer(nn.Linear)

@@ -10,7 +10,7 @@ Two tracers feed one recorder, so the dependency analysis sees the same records 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn

@@ -259,6 +259,9 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     model.eval()
     before = sum(p.numel() for p in model.parameters())
     plan: list[dict] = [{"module": n, "role": "convert-mha", "keep": []} for n in convert_attention(model)]
+    if plan:
+        notes.append(f"structured: {len(plan)} nn.MultiheadAttention modules replaced by the equivalent "
+                     "PrunedMultiheadAttention (separate projections; torch's fused encoder fast path no longer applies)")
     graph, tracer = dependency_graph(model, inputs, config)
     groups = graph.groups()
     if not groups:
