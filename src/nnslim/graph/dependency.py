@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from .trace import Call, Trace
 
@@ -28,7 +27,7 @@ _PASS = {"relu", "relu_", "gelu", "silu", "silu_", "sigmoid", "sigmoid_", "tanh"
          "hardtanh_", "softplus", "dropout", "dropout_", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
          "feature_alpha_dropout", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "erf", "clone", "contiguous", "to",
          "float", "half", "bfloat16", "double", "type", "type_as", "detach", "clamp", "clamp_", "clip", "softmax",
-         "log_softmax", "sin", "cos", "square", "reciprocal", "sign", "round", "floor", "gelu_", "silu",
+         "log_softmax", "sin", "cos", "square", "reciprocal", "sign", "round", "floor", "gelu_",
          "logsigmoid", "softsign", "tanhshrink", "hardshrink", "softshrink", "threshold"}
 _POOL = {"max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "avg_pool1d": 1, "avg_pool2d": 2, "avg_pool3d": 3,
          "adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3, "adaptive_max_pool1d": 1,
@@ -410,7 +409,7 @@ def _split(g, call, x, axis, gids) -> None:
         g.set(t, axis, gids[j * n:(j + 1) * n])
 
 
-def build(model: nn.Module, trace: Trace, handler_for, options: dict | None = None) -> DependencyGraph:
+def build(trace: Trace, handler_for, options: dict | None = None) -> DependencyGraph:
     """Run the channel analysis over a trace. handler_for(module) -> layer handler or None."""
     g = DependencyGraph(params=dict((k, (v.rpartition(".")[0], v.rpartition(".")[2]))
                                     for k, v in trace.params.items()), options=options or {})

@@ -79,7 +79,7 @@ class _Recorder:
     """Collects calls; shapes handed to the model are watched so reads of a channel count are seen
     (code like `b, n, c = x.shape; y.reshape(b, n, c)` couples channels the labels cannot see)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self):
         self.calls: list[Call] = []
         self.keep: list = []
         self.scope: list[str] = [""]
@@ -222,7 +222,7 @@ def trace(model: nn.Module, inputs: dict[str, torch.Tensor], is_leaf: Callable[[
     """Record the calls of one forward pass of model(**inputs). tracer: auto (fx, then dynamic) | fx | dynamic."""
     errors = []
     for which in (("fx", "dynamic") if tracer == "auto" else (tracer,)):
-        rec = _Recorder(model)
+        rec = _Recorder()
         try:
             out = (_fx_trace if which == "fx" else _dynamic_trace)(model, inputs, is_leaf, rec)
         except NnslimError:

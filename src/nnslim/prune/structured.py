@@ -114,7 +114,7 @@ def dependency_graph(model: nn.Module, example_inputs, config: StructuredPruneCo
         t = trace(model, inputs, leaf, config.tracer)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
-    return build(model, t, handler_for, {"prune_embeddings": config.prune_embeddings}), t.tracer
+    return build(t, handler_for, {"prune_embeddings": config.prune_embeddings}), t.tracer
 
 
 def _input_norms(model: nn.Module, batches: list[dict]) -> dict[int, torch.Tensor]:
