@@ -67,10 +67,10 @@ def bench_kernels(args) -> list[dict]:
     from nnslim.quant.w8a8 import W8A8Linear
     from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
-    from nnslim.runtime.kernels import triton_int4
 
     torch.manual_seed(0)
     rows = []
+    formats = set(args.formats.split(","))
     ms_list = [int(m) for m in args.m.split(",")]
     spec = WeightSpec(4, 128, True)
     for k, n in SHAPES:
@@ -80,7 +80,7 @@ def bench_kernels(args) -> list[dict]:
         scale, zero = group_qparams(w, spec, 128)
         codes = quantize_codes(w, scale, zero, spec)
         int4 = WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda()
-        fp8 = W8A8Linear.from_linear(lin, "fp8").cuda()
+        fp8 = W8A8Linear.from_linear(lin, "fp8", fast_accum=True).cuda()
         int8 = W8A8Linear.from_linear(lin, "int8").cuda()
         wref4 = int4.dequantized_weight(torch.bfloat16)
         r_bf16 = _copies(k * n * 2)
@@ -88,56 +88,21 @@ def bench_kernels(args) -> list[dict]:
         r_8 = _copies(k * n)
         bf16_ws = [w.clone() for _ in range(r_bf16)]
         int4_mods = [int4] + [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r_int4 - 1)]
-        fp8_mods = [fp8] + [W8A8Linear.from_linear(lin, "fp8").cuda() for _ in range(r_8 - 1)]
+        fp8_mods = [fp8] + [W8A8Linear.from_linear(lin, "fp8", fast_accum=True).cuda() for _ in range(r_8 - 1)]
         int8_mods = [int8] + [W8A8Linear.from_linear(lin, "int8").cuda() for _ in range(r_8 - 1)]
         for m in ms_list:
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
             ref = F.linear(x, w)
             base = graph_time(lambda: [F.linear(x, wi) for wi in bf16_ws], r_bf16)
             row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4)}
-            # int4: every Triton config, torch's tinygemm, and the dequant reference
-            cands = int4._candidates(x)
-            best_t, best_name = float("inf"), None
-            configs = ((triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS)
-                       if m == 1 else []) + (
-                triton_int4.GEMM_CONFIGS if m > 1 or args.all else [])
-            for i, cfg in enumerate(configs):
-                kind = "-gemm" if "BLOCK_M" in cfg else ("-gemv32" if cfg.get("W32") else (
-                    "-gemv-lastcta" if cfg.get("LASTCTA") else "-gemv"))
-                name = f"triton{kind}-{i}"
-                try:
-                    y = int4._triton_int4(x, cfg)
-                    err = rel_err(y, F.linear(x, wref4))
-                    if err > 1e-2:
-                        print(f"  {name} K={k} N={n} M={m}: rel err {err:.2e} vs dequant reference", flush=True)
-                        continue
-                    t = graph_time(lambda c=cfg: [mod._triton_int4(x, c) for mod in int4_mods], r_int4)
-                except Exception as e:  # noqa: BLE001
-                    print(f"  {name} failed: {str(e).splitlines()[0][:120]}", flush=True)
-                    continue
-                if t < best_t:
-                    best_t, best_name = t, f"{name} {cfg}"
-            row["int4_triton_ms"] = round(best_t, 4)
-            row["int4_triton_cfg"] = best_name
-            if "tinygemm" in cands:
-                row["int4_tinygemm_ms"] = round(graph_time(lambda: [mod._tinygemm(x) for mod in int4_mods], r_int4), 4)
-                row["tinygemm_err"] = rel_err(int4._tinygemm(x), F.linear(x, wref4))
-            row["int4_err"] = rel_err(int4._triton_int4(x), F.linear(x, wref4))
-            row["int4_vs_fp_err"] = rel_err(F.linear(x, wref4), ref)
-            best4 = min(row.get("int4_tinygemm_ms", 1e9), row["int4_triton_ms"])
-            row["int4_x"] = round(base / best4, 2)
-            # W8A8: fp8 (_scaled_mm after the fused Triton per-token quant), int8 (Triton GEMM / _int_mm)
-            fc = fp8._candidates(x)
-            row["fp8_ms"] = round(graph_time(lambda: [mod._candidates(x)["scaled_mm"]() for mod in fp8_mods], r_8), 4)
-            row["fp8_x"] = round(base / row["fp8_ms"], 2)
-            row["fp8_err_vs_ref"] = rel_err(fc["scaled_mm"](), fp8._reference(x))
-            from nnslim.runtime.kernels.triton_w8a8 import quantize_rows
-            xq, sx = quantize_rows(x, "fp8")
-            row["act_quant_ms"] = round(graph_time(lambda: quantize_rows(x, "fp8"), 1), 4)
-            gemm = graph_time(lambda: [torch._scaled_mm(xq, mod.qweight.t(), scale_a=sx[:, None],
-                                                        scale_b=mod.wscale[None, :], out_dtype=torch.bfloat16)
-                                       for mod in fp8_mods], r_8)
-            row["fp8_gemm_only_x"] = round(base / gemm, 2)
+            if "int4" in formats:
+                row.update(_int4_row(int4, int4_mods, r_int4, x, wref4, ref, base, m, args))
+            if "fp8" in formats:
+                row.update(_fp8_row(fp8, fp8_mods, r_8, x, base))
+            if "int8" not in formats:
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                continue
             ic = int8._candidates(x)
             t8 = {}
             for name in ic:
@@ -162,6 +127,66 @@ def bench_kernels(args) -> list[dict]:
     return rows
 
 
+def _int4_row(int4, int4_mods, reps, x, wref4, ref, base, m, args) -> dict:
+    """Every nnslim Triton int4 configuration that applies at this M, torch's tinygemm, best of them."""
+    from nnslim.runtime.kernels import triton_int4
+
+    row, times = {}, {}
+    legacy = ((triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS) if m == 1 else []) + (
+        triton_int4.GEMM_CONFIGS if m > 1 or args.all else [])
+    variants = [(f"triton{_kind(c)}-{i}", c, int4._triton_int4) for i, c in enumerate(legacy)]
+    if m <= 4:
+        k = x.shape[1]
+        variants += [(f"triton-kmajor-{i}", c, int4._triton_int4k) for i, c in enumerate(triton_int4.KMAJOR_CONFIGS)
+                     if triton_int4.kmajor_tile(k, int4.group, c["BLOCK_K"]) is not None]
+    for name, cfg, fn in variants:
+        try:
+            err = rel_err(fn(x, cfg), F.linear(x, wref4))
+            if err > 1e-2:
+                print(f"  {name} M={m}: rel err {err:.2e} vs dequant reference", flush=True)
+                continue
+            times[f"{name} {cfg}"] = graph_time(lambda c=cfg, f=fn: [f.__func__(mod, x, c) for mod in int4_mods], reps)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {name} failed: {str(e).splitlines()[0][:120]}", flush=True)
+    best = min(times, key=times.get)
+    row["int4_triton_ms"] = round(times[best], 4)
+    row["int4_triton_cfg"] = best
+    row["int4_top"] = {k.split(" ")[0]: round(v, 4) for k, v in sorted(times.items(), key=lambda kv: kv[1])[:6]}
+    if "tinygemm" in int4._candidates(x):
+        row["int4_tinygemm_ms"] = round(graph_time(lambda: [mod._tinygemm(x) for mod in int4_mods], reps), 4)
+        row["tinygemm_err"] = rel_err(int4._tinygemm(x), F.linear(x, wref4))
+    row["int4_err"] = rel_err(int4._triton_int4(x), F.linear(x, wref4))
+    row["int4_vs_fp_err"] = rel_err(F.linear(x, wref4), ref)
+    row["int4_x"] = round(base / min(row.get("int4_tinygemm_ms", 1e9), row["int4_triton_ms"]), 2)
+    return row
+
+
+def _kind(cfg: dict) -> str:
+    return "-gemm" if "BLOCK_M" in cfg else ("-gemv32" if cfg.get("W32") else (
+        "-gemv-lastcta" if cfg.get("LASTCTA") else "-gemv"))
+
+
+def _fp8_row(fp8, fp8_mods, reps, x, base) -> dict:
+    """fp8 W8A8 as the layer runs it (fused Triton per-token quant + _scaled_mm), with and without
+    fast accumulation, and the GEMM alone on pre-quantized activations."""
+    from nnslim.runtime.kernels.triton_w8a8 import quantize_rows
+
+    row = {}
+    fc = fp8._candidates(x)
+    for name, key in (("scaled_mm", "fp8"), ("scaled_mm-fastacc", "fp8_fastacc")):
+        row[f"{key}_ms"] = round(graph_time(lambda nm=name: [mod._candidates(x)[nm]() for mod in fp8_mods], reps), 4)
+        row[f"{key}_x"] = round(base / row[f"{key}_ms"], 2)
+        row[f"{key}_err_vs_ref"] = rel_err(fc[name](), fp8._reference(x))
+    xq, sx = quantize_rows(x, "fp8")
+    row["act_quant_ms"] = round(graph_time(lambda: quantize_rows(x, "fp8"), 1), 4)
+    for fast in (False, True):
+        gemm = graph_time(lambda f=fast: [torch._scaled_mm(xq, mod.qweight.t(), scale_a=sx[:, None],
+                                                           scale_b=mod.wscale[None, :], out_dtype=torch.bfloat16,
+                                                           use_fast_accum=f) for mod in fp8_mods], reps)
+        row["fp8_gemm_only_fastacc_x" if fast else "fp8_gemm_only_x"] = round(base / gemm, 2)
+    return row
+
+
 def llama(layers: int, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -172,20 +197,21 @@ def llama(layers: int, device: str):
     return model.eval()
 
 
-def decode_tokens_per_s(model, prompt_len: int, new_tokens: int) -> tuple[float, list[int], float]:
+def decode_tokens_per_s(model, prompt_len: int, new_tokens: int, fused: bool = False
+                        ) -> tuple[float, list[int], float, str]:
     """nnslim's StaticDecoder (static KV cache, one decode step in a CUDA graph); also the relative
     error of its prefill logits vs the Hugging Face forward of the same model (a correctness check)."""
     from nnslim.runtime.decode import StaticDecoder
 
     g = torch.Generator(device="cpu").manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g).cuda()
-    dec = StaticDecoder(model, max_len=prompt_len + new_tokens + 8)
+    dec = StaticDecoder(model, max_len=prompt_len + new_tokens + 8, fused=fused)
     tokens, rate = dec.generate(prompt, new_tokens)
     with torch.no_grad():
         ref = model(input_ids=prompt, use_cache=False).logits[:, -1].float()
-        got = StaticDecoder(model, max_len=prompt_len + 8, use_graph=False).forward(
+        got = StaticDecoder(model, max_len=prompt_len + 8, use_graph=False, fused=fused).forward(
             prompt, torch.arange(prompt_len, device="cuda")).float()
-    return rate, tokens[:16], rel_err(got, ref)
+    return rate, tokens[:16], rel_err(got, ref), dec.fused_note
 
 
 def bench_decode(args) -> list[dict]:
@@ -196,7 +222,8 @@ def bench_decode(args) -> list[dict]:
     rows = []
     model = llama(args.layers, "cuda")
     variants = [("bf16", None)] + [(v, v) for v in args.variants.split(",")]
-    results = {}
+    modes = {"both": [False, True], "on": [True], "off": [False]}[args.fused]
+    best_bf16 = None
     for name, kind in variants:
         if kind == "int4":
             model = quantize_weight_only(model, Int4RtnConfig(group_size=128), inplace=True)
@@ -206,16 +233,17 @@ def bench_decode(args) -> list[dict]:
         elif kind is not None:
             raise SystemExit(f"unknown variant {kind}")
         torch.cuda.empty_cache()
-        runs = [decode_tokens_per_s(model, args.prompt, args.new_tokens) for _ in range(args.runs)]
-        tps = statistics.median(r[0] for r in runs)
-        check = runs[0][2]
-        results[name] = tps
-        row = {"variant": name, "tok_s": round(tps, 1), "ms_per_token": round(1000 / tps, 2),
-               "x_bf16": round(tps / results["bf16"], 2), "runs": [round(r[0], 1) for r in runs],
-               "prefill_logits_rel_err_vs_hf": round(check, 5), "first_tokens": runs[0][1][:8],
-               "gpu_mem_GB": round(torch.cuda.memory_allocated() / 2**30, 2)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for fused in modes:
+            runs = [decode_tokens_per_s(model, args.prompt, args.new_tokens, fused) for _ in range(args.runs)]
+            tps = statistics.median(r[0] for r in runs)
+            if name == "bf16":
+                best_bf16 = max(best_bf16 or 0.0, tps)
+            row = {"variant": name, "fused": fused, "tok_s": round(tps, 1), "ms_per_token": round(1000 / tps, 2),
+                   "x_best_bf16": round(tps / best_bf16, 2), "runs": [round(r[0], 1) for r in runs],
+                   "prefill_logits_rel_err_vs_hf": round(runs[0][2], 5), "first_tokens": runs[0][1][:8],
+                   "gpu_mem_GB": round(torch.cuda.memory_allocated() / 2**30, 2), "notes": [runs[0][3]]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     print(json.dumps({"kernel_choices": kernel_table()}), flush=True)
     return rows
 
@@ -249,15 +277,25 @@ def render(path: str) -> None:
     print(f"{d['what']} on {d['machine']}")
     rows = d["rows"]
     if d["what"] == "kernels":
-        print("| K x N | M | bf16 ms | int4 g128 best ms (kernel) | int4 vs bf16 | fp8 W8A8 vs bf16 "
-              "(GEMM only) | int8 W8A8 vs bf16 (kernel) | torch._int_mm path vs bf16 |")
+        print("| K x N | M | bf16 ms | int4 g128 best ms (kernel) | int4 vs bf16 | fp8 W8A8 vs bf16: exact accum / "
+              "fast accum (GEMM only, fast) | int8 W8A8 vs bf16 (kernel) | torch._int_mm path vs bf16 |")
         print("|---|---|---|---|---|---|---|---|")
+
+        def x(r, key):
+            return f"{r[key]:.2f}x" if key in r else "-"
+
         for r in rows:
-            tg, tr = r.get("int4_tinygemm_ms", float("inf")), r["int4_triton_ms"]
-            best = "tinygemm" if tg < tr else "nnslim " + r["int4_triton_cfg"].split(" ")[0]
-            print(f"| {r['K']}x{r['N']} | {r['M']} | {r['bf16_ms']:.4f} | {min(tg, tr):.4f} ({best}) | "
-                  f"{r['int4_x']:.2f}x | {r['fp8_x']:.2f}x ({r['fp8_gemm_only_x']:.2f}x) | "
-                  f"{r.get('int8_x', 0):.2f}x ({r.get('int8_kernel', '-')}) | {r.get('int_mm_x', '-')} |")
+            if "int4_triton_ms" in r:
+                tg, tr = r.get("int4_tinygemm_ms", float("inf")), r["int4_triton_ms"]
+                best = "tinygemm" if tg < tr else "nnslim " + r["int4_triton_cfg"].split(" ")[0]
+                int4 = f"{min(tg, tr):.4f} ({best}) | {r['int4_x']:.2f}x"
+            else:
+                int4 = "- | -"
+            fp8 = (f"{x(r, 'fp8_x')} / {x(r, 'fp8_fastacc_x')} ({x(r, 'fp8_gemm_only_x')}, "
+                   f"{x(r, 'fp8_gemm_only_fastacc_x')})") if "fp8_x" in r else "-"
+            int8 = f"{x(r, 'int8_x')} ({r['int8_kernel']})" if "int8_x" in r else "-"
+            print(f"| {r['K']}x{r['N']} | {r['M']} | {r['bf16_ms']:.4f} | {int4} | {fp8} | {int8} | "
+                  f"{r.get('int_mm_x', '-')} |")
     else:
         keys = [k for k in rows[0] if k not in ("notes", "first_tokens")]
         print("| " + " | ".join(keys) + " |")
@@ -274,6 +312,9 @@ def main():
     ap.add_argument("what", choices=["kernels", "decode", "gptq", "render"])
     ap.add_argument("--m", default="1,2,4,8,16,32,128,1024,2048,4096")
     ap.add_argument("--all", action="store_true", help="also try GEMM configs at M=1")
+    ap.add_argument("--formats", default="int4,fp8,int8", help="kernels: which of int4,fp8,int8 to time")
+    ap.add_argument("--fused", default="both", choices=["both", "on", "off"],
+                    help="decode: StaticDecoder with the fused Triton decode path, without, or both")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)

@@ -89,6 +89,7 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
             elif kind == "w8a8":
                 new = W8A8Linear(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype,
                                  cfg.get("input_scale", False))
+                new.fast_accum = bool(cfg.get("fast_accum", False))
             else:
                 raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8, lowrank, semi_sparse")
         except (AttributeError, KeyError, TypeError) as e:

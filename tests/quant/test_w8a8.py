@@ -47,6 +47,12 @@ def test_llama_fp8_int8_and_smoothquant(tiny_llama, tmp_path):
     assert torch.equal(back(input_ids=ids).logits, q(input_ids=ids).logits)
     for k, v in tiny_llama.state_dict().items():
         assert torch.equal(v, before[k])
+    fp8 = quantize_w8a8(tiny_llama, Fp8Config(fast_accum=False))
+    assert not any(m.fast_accum for m in fp8.modules() if isinstance(m, W8A8Linear))
+    fp8 = quantize_w8a8(tiny_llama, Fp8Config())  # fast accumulation is a candidate by default
+    artifact.save(fp8, tmp_path / "fp8", testbed=ModuleTestbed(tiny_llama, {"input_ids": ids}))
+    back = artifact.load(tmp_path / "fp8", model=copy.deepcopy(tiny_llama))
+    assert all(m.fast_accum for m in back.modules() if isinstance(m, W8A8Linear))
 
 
 def test_bad_w8a8_options(tiny_llama):

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -42,3 +44,115 @@ def test_static_decoder_bad_input(tiny_llama):
         StaticDecoder(torch.nn.Linear(2, 2), 8)
     with pytest.raises(NnslimError, match="exceeds max_len=10"):
         StaticDecoder(tiny_llama, 10, use_graph=False).generate(torch.zeros(1, 8, dtype=torch.long), 5)
+
+
+# --- fused decode path: runs the Triton kernels (interpreter on CPU, compiled on CUDA) ---------------
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture
+def interpreted():
+    pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
+    if not CUDA:
+        from nnslim.runtime.kernels import interpret
+
+        if not interpret.enable():
+            pytest.skip("triton's interpreter is not available")
+    from nnslim.runtime.kernels import triton_int4
+
+    if os.environ.get("TRITON_INTERPRET") != "1" and not CUDA:
+        pytest.skip("triton was imported before its interpreter could be enabled")
+    return triton_int4
+
+
+def test_fused_kernels_match_torch(interpreted):
+    from nnslim.runtime.kernels import triton_decode as K
+
+    dev = "cuda" if CUDA else "cpu"
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 48, generator=g).to(dev)
+    d = torch.randn(3, 48, generator=g).to(dev)
+    w = torch.rand(48, generator=g).to(dev)
+    h2 = h.clone()
+    x = K.add_rmsnorm(h2, d, w, 1e-6)
+    ref_h = h + d
+    assert torch.allclose(h2, ref_h)
+    ref = w * (ref_h * torch.rsqrt(ref_h.pow(2).mean(-1, keepdim=True) + 1e-6))
+    assert torch.allclose(x, ref, atol=1e-5)
+    gu = torch.randn(2, 40, generator=g).to(dev)
+    assert torch.allclose(K.silu_mul(gu), torch.nn.functional.silu(gu[:, :20]) * gu[:, 20:], atol=1e-6)
+    # rotary + cache write + decode attention against plain torch (GQA: 4 query heads, 2 kv heads)
+    heads, kvh, hd, length = 4, 2, 16, 20
+    cache_k = torch.randn(1, kvh, length, hd, generator=g).to(dev)
+    cache_v = torch.randn(1, kvh, length, hd, generator=g).to(dev)
+    qkv = torch.randn(1, (heads + 2 * kvh) * hd, generator=g).to(dev)
+    ang = torch.rand(1, hd // 2, generator=g).to(dev) * 3
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    pos = torch.tensor([7], device=dev)
+    ck, cv = cache_k.clone(), cache_v.clone()
+    q = K.rope_cache(qkv, cos, sin, pos, ck, cv, heads, kvh)
+
+    def rot(x):
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    qr = rot(qkv[:, : heads * hd].view(heads, hd))
+    kr = rot(qkv[:, heads * hd:(heads + kvh) * hd].view(kvh, hd))
+    assert torch.allclose(q[0, :, 0], qr, atol=1e-5)
+    assert torch.allclose(ck[0, :, 7], kr, atol=1e-5)
+    assert torch.allclose(cv[0, :, 7], qkv[0, (heads + kvh) * hd:].view(kvh, hd))
+    assert torch.equal(ck[:, :, 8:], cache_k[:, :, 8:])  # other positions untouched
+    o = K.decode_attention(q, ck, cv, pos, hd ** -0.5)
+    keys, vals = ck[0, :, :8].repeat_interleave(2, 0), cv[0, :, :8].repeat_interleave(2, 0)
+    att = torch.softmax((qr[:, None] * keys).sum(-1) * hd ** -0.5, -1)
+    assert torch.allclose(o.view(heads, hd), (att[..., None] * vals).sum(1), atol=1e-5)
+
+
+def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
+    prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = tiny_llama(input_ids=prompt).logits
+    ref_tokens = _greedy_reference(tiny_llama, prompt, 6)
+    dec = StaticDecoder(tiny_llama, max_len=24, use_graph=False, fused=True)
+    assert dec.fused is not None and dec.fused_note.startswith("fused")
+    with torch.no_grad():  # the model's weights are now views of the fused ones: same outputs
+        assert torch.equal(tiny_llama(input_ids=prompt).logits, before)
+    got = dec.forward(prompt, torch.arange(9))
+    assert torch.allclose(got, before[:, -1], atol=1e-4)
+    tokens, _ = dec.generate(prompt, 6)
+    assert tokens == ref_tokens
+    q = quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32))
+    tokens, _ = StaticDecoder(q, max_len=24, use_graph=False, fused=True).generate(prompt, 6)
+    assert tokens == _greedy_reference(q, prompt, 6)
+
+
+def test_fused_decoder_refuses_what_it_cannot_fuse(interpreted, tiny_llama):
+    import copy
+
+    gelu = copy.deepcopy(tiny_llama)
+    for layer in gelu.model.layers:
+        layer.mlp.act_fn = torch.nn.GELU()
+    with pytest.raises(NnslimError, match="SiLU-gated"):
+        StaticDecoder(gelu, max_len=16, use_graph=False, fused=True)
+    dec = StaticDecoder(gelu, max_len=16, use_graph=False, fused=None)  # default: falls back, says why
+    assert dec.fused is None and "SiLU-gated" in dec.fused_note
+    mixed = quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32, ignore=("model.layers.0.self_attn.k_proj",)))
+    with pytest.raises(NnslimError, match="cannot be concatenated"):
+        StaticDecoder(mixed, max_len=16, use_graph=False, fused=True)
+
+
+def test_concat_linears_w8a8_and_weight_only(tiny_llama):
+    from nnslim.quant.w8a8 import Int8W8A8Config, quantize_w8a8
+    from nnslim.runtime.fuse import concat_linears
+
+    x = torch.randn(3, 64)
+    for q in (quantize_w8a8(tiny_llama, Int8W8A8Config()),
+              quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32, symmetric=False))):
+        a = q.model.layers[0].self_attn
+        mods = [a.q_proj, a.k_proj, a.v_proj]
+        with torch.no_grad():
+            ref = torch.cat([m(x) for m in mods], -1)
+            fused = concat_linears(mods)
+            assert torch.allclose(fused(x), ref, atol=1e-6)
+            assert torch.equal(torch.cat([m(x) for m in mods], -1), ref)  # originals still work
+    assert concat_linears([torch.nn.Linear(4, 2), torch.nn.Linear(5, 2)]) is None

@@ -53,13 +53,38 @@ def test_triton_int4_matches_reference(k, n, group, sym, m):
             assert err < (1e-2 if dtype != torch.float32 else 1e-5), (cfg, dtype, err)
 
 
+@pytest.mark.parametrize("k,n,group,sym", [(256, 96, 64, True), (512, 80, 32, False), (96 * 4, 40, -1, True),
+                                           (1024, 24, 128, False)])
+@pytest.mark.parametrize("m", [1, 3])
+def test_kmajor_gemv_reads_stored_codes(k, n, group, sym, m):
+    """The K-major GEMV reads the canonical packed weight directly; every tile shape that fits the
+    group is exact vs the dequantized reference, split-K (last CTA) included, and repeatable."""
+    layer = _int4(k, n, group, sym)
+    x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16 if CUDA else torch.float32)
+    ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+    tried = 0
+    for cfg in triton_int4.KMAJOR_CONFIGS:
+        if triton_int4.kmajor_tile(k, layer.group, cfg["BLOCK_K"]) is None:
+            with pytest.raises(ValueError, match="BLOCK_K"):
+                layer._triton_int4k(x, cfg)
+            continue
+        tried += 1
+        y = layer._triton_int4k(x, cfg)
+        assert torch.equal(y, layer._triton_int4k(x, cfg)), cfg
+        err = float((y.float() - ref).norm() / ref.norm())
+        assert err < (1e-2 if CUDA else 1e-5), (cfg, err)
+    assert tried >= 1
+    if CUDA:  # offered to the kernel selector on CUDA only
+        assert any(c.startswith("triton-int4k-") for c in layer._candidates(x))
+
+
 def test_int8_gemm_and_row_quant():
     torch.manual_seed(1)
     a = torch.randint(-127, 128, (37, 96), dtype=torch.int8, device=DEV)
     b = torch.randint(-127, 128, (50, 96), dtype=torch.int8, device=DEV)
     sa, sb, bias = torch.rand(37, device=DEV), torch.rand(50, device=DEV), torch.randn(50, device=DEV)
     ref = (a.float() @ b.float().t()) * sa[:, None] * sb[None, :] + bias
-    for cfg in triton_w8a8.INT8_GEMM_CONFIGS[-2:] + triton_w8a8.INT8_GEMM_CONFIGS[:1]:
+    for cfg in triton_w8a8.INT8_GEMM_CONFIGS[5:7] + triton_w8a8.INT8_GEMM_CONFIGS[:1]:
         c = triton_w8a8.int8_gemm(a, b, sa, sb, bias, torch.float32, cfg)
         assert float((c - ref).norm() / ref.norm()) < 1e-6
     from nnslim.quant.w8a8 import quantize_rows_torch
@@ -102,7 +127,9 @@ def test_cuda_kernels_match_reference_on_random_and_real_weights():
         lin = nn.Linear(k, n).cuda().to(torch.bfloat16)
         lin.weight.data.copy_(w)
         for fmt in ("fp8", "int8"):
-            q = W8A8Linear.from_linear(lin, fmt)
+            q = W8A8Linear.from_linear(lin, fmt, fast_accum=True)
+            assert fmt == "int8" or "scaled_mm-fastacc" in q._candidates(torch.zeros(16, k, device="cuda",
+                                                                                     dtype=torch.bfloat16))
             for m in (16, 512):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 ref = q._reference(x).float()

@@ -1,7 +1,9 @@
 """W8A8 dynamic quantization of Linear layers: FP8 (e4m3) or INT8 weights per output channel, and
 activations quantized per token at run time (no activation calibration).
 
-CUDA: fp8 through torch._scaled_mm with row-wise scales; int8 through nnslim's Triton GEMM with the
+CUDA: fp8 through torch._scaled_mm with row-wise scales (with `fast_accum`, the default as in torchao's
+float8 inference, Hopper's faster accumulation mode, relative error ~1e-3 larger; it is one more
+candidate of the measured selector, not forced); int8 through nnslim's Triton GEMM with the
 scales fused into its epilogue, or torch._int_mm; each picked per shape by measurement, after a fused
 Triton per-token quantization. Anywhere: a reference path that quantize-dequantizes both operands
 and multiplies in float (what the kernels must match). INT8 can first migrate activation outliers
@@ -36,6 +38,7 @@ def quantize_rows_torch(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.
 
 class W8A8Linear(nn.Module):
     """y = (q(x) * sx) @ (qw * sw).T + b, with per-token sx and per-channel sw."""
+    ROWWISE = ("qweight", "wscale", "bias")  # dim 0 = output features (runtime/fuse.py)
 
     def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool, dtype=torch.float32,
                  input_scale: bool = False):
@@ -48,14 +51,34 @@ class W8A8Linear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features, dtype=dtype) if input_scale else None)
         self.kernel = "auto"
+        self.fast_accum = False  # fp8 on CUDA: also try _scaled_mm's fast accumulation
+
+    def concat_key(self) -> tuple:
+        """Layers with equal keys can be concatenated along the output features."""
+        from .weight_only.modules import _bytes
+
+        return (self.in_features, self.fmt, self.bias is None, self.fast_accum, self.qweight.device,
+                self._dtype(), _bytes(self.input_scale))
+
+    def _dtype(self) -> torch.dtype:
+        extra = self.bias if self.bias is not None else self.input_scale
+        return torch.float32 if extra is None else extra.dtype
+
+    def empty_like(self, out_features: int) -> "W8A8Linear":
+        mod = W8A8Linear(self.in_features, out_features, self.fmt, self.bias is not None, self._dtype(),
+                         self.input_scale is not None)
+        mod.fast_accum = self.fast_accum
+        return mod
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, fmt: str, smooth: torch.Tensor | None = None) -> "W8A8Linear":
+    def from_linear(cls, linear: nn.Linear, fmt: str, smooth: torch.Tensor | None = None,
+                    fast_accum: bool = False) -> "W8A8Linear":
         w = linear.weight.detach().float()
         if smooth is not None:
             w = w * smooth[None, :]
         mod = cls(linear.in_features, linear.out_features, fmt, linear.bias is not None, linear.weight.dtype,
                   smooth is not None).to(linear.weight.device)
+        mod.fast_accum = fast_accum
         q, s = quantize_rows_torch(w, fmt)
         mod.qweight.copy_(q)
         mod.wscale.copy_(s)
@@ -68,7 +91,7 @@ class W8A8Linear(nn.Module):
     def quant_config(self) -> dict:
         return {"kind": "w8a8", "format": self.fmt, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": self.bias is not None,
-                "input_scale": self.input_scale is not None}
+                "input_scale": self.input_scale is not None, "fast_accum": self.fast_accum}
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.fmt} W8A8 dynamic, kernel={self.kernel}"
@@ -89,11 +112,13 @@ class W8A8Linear(nn.Module):
             quant = (lambda: triton_w8a8.quantize_rows(x, self.fmt)) if triton_int4.available() else (
                 lambda: quantize_rows_torch(x, self.fmt))
             if self.fmt == "fp8":
-                def scaled_mm():
+                def scaled_mm(fast=False):
                     q, s = quant()
                     return torch._scaled_mm(q, self.qweight.t(), scale_a=s[:, None], scale_b=self.wscale[None, :],
-                                            bias=bias, out_dtype=x.dtype)
+                                            bias=bias, out_dtype=x.dtype, use_fast_accum=fast)
                 out["scaled_mm"] = scaled_mm
+                if self.fast_accum:
+                    out["scaled_mm-fastacc"] = lambda: scaled_mm(True)
             else:
                 if triton_int4.available():
                     for i, cfg in enumerate(triton_w8a8.INT8_GEMM_CONFIGS):
@@ -122,7 +147,7 @@ class W8A8Linear(nn.Module):
         x2 = x2.contiguous()
         cands = self._candidates(x2)
         if self.kernel == "auto":
-            key = ("w8a8", self.fmt, x2.device.type, str(x2.dtype), self.out_features, self.in_features,
+            key = ("w8a8", self.fmt, self.fast_accum, x2.device.type, str(x2.dtype), self.out_features, self.in_features,
                    select.m_bucket(x2.shape[0]))
             name = select.choose(key, cands, x2.device)
         elif self.kernel in cands:
@@ -140,6 +165,7 @@ class W8A8Config(StepConfig):
     quantize_head: bool = False
     smoothquant: float | None = None  # int8 only: alpha in (0, 1); needs calibration data
     samples: int = 64
+    fast_accum: bool = True  # fp8 on CUDA: _scaled_mm's fast accumulation is a kernel candidate
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -184,7 +210,8 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
         smooth = smoothing_scales(model, layers, data, config.smoothquant)
         notes.append(f"smoothquant alpha={config.smoothquant}: {len(smooth)} layers")
     for name, layer in layers.items():
-        replace_module(model, name, W8A8Linear.from_linear(layer, config.format, smooth.get(name)))
+        replace_module(model, name, W8A8Linear.from_linear(layer, config.format, smooth.get(name),
+                                                              config.fast_accum))
     notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers")
     return model
 

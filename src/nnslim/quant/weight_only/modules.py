@@ -5,6 +5,7 @@ The forward runs the fastest implementation measured for the shape (runtime/kern
   cpu-int4pack   torch's CPU int4 packed matmul (_weight_int4pack_mm_for_cpu)
   cpu-int8pack   torch's int8 weight-only matmul (_weight_int8pack_mm), per-channel symmetric int8
   triton-int4-i  nnslim's own Triton GEMV (M == 1) / GEMM, launch configuration i (CUDA)
+  triton-int4k-i nnslim's K-major Triton GEMV (M <= 4) straight from the stored packed codes (CUDA)
   tinygemm       torch's CUDA int4 packed matmul (_weight_int4pack_mm), bf16
 Kernel-specific layouts are built on first use and kept next to the canonical buffers (not saved).
 """
@@ -23,7 +24,13 @@ from .formats import WeightSpec, dequantize_codes, pack, per_byte, unpack
 KERNELS = ("auto", "dequant", "cpu-int4pack", "cpu-int8pack", "triton-int4", "tinygemm")
 
 
+def _bytes(t: torch.Tensor | None) -> bytes | None:
+    return None if t is None else t.detach().cpu().numpy().tobytes()
+
+
 class WeightOnlyLinear(nn.Module):
+    ROWWISE = ("qweight", "scales", "zeros", "bias")  # dim 0 = output features (runtime/fuse.py)
+
     def __init__(self, in_features: int, out_features: int, bits: int, group: int, symmetric: bool,
                  bias: bool, dtype: torch.dtype = torch.float32, input_scale: bool = False):
         super().__init__()
@@ -59,6 +66,15 @@ class WeightOnlyLinear(nn.Module):
         if input_scale is not None:
             mod.input_scale.copy_(input_scale.to(dtype))
         return mod
+
+    def concat_key(self) -> tuple:
+        """Layers with equal keys can be concatenated along the output features."""
+        return (self.in_features, self.bits, self.group, self.symmetric, self.bias is None, self.scales.dtype,
+                self.qweight.device, _bytes(self.input_scale))
+
+    def empty_like(self, out_features: int) -> "WeightOnlyLinear":
+        return WeightOnlyLinear(self.in_features, out_features, self.bits, self.group, self.symmetric,
+                                self.bias is not None, self.scales.dtype, self.input_scale is not None)
 
     def _apply(self, fn, *args, **kwargs):
         self._prepared = {}  # kernel layouts belong to the old device/dtype: rebuilt on next use
@@ -104,6 +120,13 @@ class WeightOnlyLinear(nn.Module):
                                else triton_int4.GEMM_CONFIGS)
                     for i, cfg in enumerate(configs):
                         out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
+            if self.bits == 4 and x.shape[0] <= 4:
+                from ...runtime.kernels import triton_int4
+
+                if triton_int4.available():
+                    for i, cfg in enumerate(triton_int4.KMAJOR_CONFIGS):
+                        if triton_int4.kmajor_tile(k, g, cfg["BLOCK_K"]) is not None:
+                            out[f"triton-int4k-{i}"] = lambda c=cfg: self._triton_int4k(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
@@ -122,13 +145,27 @@ class WeightOnlyLinear(nn.Module):
             self.codes(), self.scales.to(x.dtype), None if self.symmetric else self.zeros))
         if config is not None and config.get("W32"):
             wk = self._prep("triton-int4-w32", x.device, lambda: (triton_int4.to_kernel_layout_w32(self.codes()),))[0]
-        workspace = None
-        if config is not None and config.get("LASTCTA") and x.shape[0] == 1:
-            split, tiles = config["SPLIT_K"], -(-self.out_features // config["BLOCK_N"])
-            workspace = self._prep(f"triton-int4-ws{split}x{tiles}", x.device, lambda: (
-                torch.empty(split * self.out_features, dtype=torch.float32, device=x.device),
-                torch.zeros(tiles, dtype=torch.int32, device=x.device)))
-        return triton_int4.int4_matmul(x.contiguous(), wk, st, zt, self.group, 8, config, workspace)
+        return triton_int4.int4_matmul(x.contiguous(), wk, st, zt, self.group, 8, config,
+                                       self._workspace(x, config))
+
+    def _workspace(self, x, config):
+        """Split-K partials and zeroed counters kept per layer for last-CTA configurations (M == 1)."""
+        if config is None or not config.get("LASTCTA") or x.shape[0] != 1:
+            return None
+        split, tiles = config["SPLIT_K"], -(-self.out_features // config["BLOCK_N"])
+        return self._prep(f"triton-int4-ws{split}x{tiles}", x.device, lambda: (
+            torch.empty(split * self.out_features, dtype=torch.float32, device=x.device),
+            torch.zeros(tiles, dtype=torch.int32, device=x.device)))
+
+    def _triton_int4k(self, x, config):
+        from ...runtime.kernels import triton_int4
+
+        scales = self.scales
+        if scales.dtype != x.dtype:
+            scales = self._prep(f"scales-{x.dtype}", x.device, lambda: (self.scales.to(x.dtype),))[0]
+        return triton_int4.int4_gemv_kmajor(x.contiguous(), self.qweight, scales,
+                                            None if self.symmetric else self.zeros, self.group, config,
+                                            self._workspace(x, config))
 
     def _tinygemm(self, x):
         def build():

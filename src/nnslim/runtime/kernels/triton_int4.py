@@ -10,6 +10,11 @@ int-to-float conversion. Needs K % 32 == 0 and group % 32 == 0.
 
 Two kernels: a GEMV for one row at a time (decode; CUDA-core FMAs, split-K) and a tensor-core
 GEMM (tl.dot on dequantized bf16/fp16 tiles) for several rows.
+
+The K-major GEMV (configs with KMAJOR=True) needs no layout of its own: the canonical packed weight
+[N, K/2] uint8 (low nibble first) read as int32 [N, K/8] holds in nibble j of word w the code of
+k = 8w + j, so every thread loads 16 contiguous bytes (32 codes) of one output row, scales and zeros are
+read in their stored [N, G] layout, and no second copy of the weight is kept.
 """
 from __future__ import annotations
 
@@ -161,6 +166,49 @@ if triton is not None:
         _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
 
     @triton.jit
+    def _int4_gemv_kmajor_kernel(x_ptr, wq_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
+                                 K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                                 ZCONST: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, GW: tl.constexpr,
+                                 SPLIT_K: tl.constexpr, LASTCTA: tl.constexpr = False):
+        """Tile [BLOCK_N rows, NG groups, GW words]: BLOCK_K = 8 * NG * GW codes per row and iteration
+        (NG > 1 only when a tile spans several groups, GW * 8 <= GROUP)."""
+        pid_n = tl.program_id(0)
+        row = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        KW: tl.constexpr = K // 8
+        G: tl.constexpr = K // GROUP
+        BW: tl.constexpr = NG * GW
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        offs_g = tl.arange(0, NG)
+        words = offs_g[:, None] * GW + tl.arange(0, GW)[None, :]  # [NG, GW] word offsets in a tile
+        nb = (KW + BW - 1) // BW
+        per_split = (nb + SPLIT_K - 1) // SPLIT_K
+        acc = tl.zeros((BLOCK_N, NG, GW), tl.float32)
+        for i in range(per_split):
+            b = pid_k * per_split + i
+            wcol = b * BW + words
+            wmask = wcol < KW
+            raw = tl.load(wq_ptr + offs_n[:, None, None] * KW + wcol[None, :, :],
+                          mask=mask_n[:, None, None] & wmask[None, :, :], other=0)
+            gidx = (b * BW * 8) // GROUP + offs_g  # group of each tile slice
+            gmask = mask_n[:, None] & (gidx < G)[None, :] & (b < nb)
+            s = tl.load(s_ptr + offs_n[:, None] * G + gidx[None, :], mask=gmask, other=0.0).to(tl.float32)
+            if HAS_ZERO:
+                z = tl.load(z_ptr + offs_n[:, None] * G + gidx[None, :], mask=gmask, other=0).to(tl.float32) + 8388608.0
+            else:
+                z = tl.full((BLOCK_N, NG), ZCONST, tl.float32)
+            part = tl.zeros((BLOCK_N, NG, GW), tl.float32)
+            xp = x_ptr + row * stride_xm + wcol * 8
+            for j in tl.static_range(8):
+                xj = tl.load(xp + j, mask=wmask, other=0.0).to(tl.float32)
+                w = (((raw >> (4 * j)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - z[:, :, None]
+                part += xj[None, :, :] * w
+            acc += part * s[:, :, None]
+        out = tl.sum(tl.sum(acc, axis=2), axis=1)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
+
+    @triton.jit
     def _int4_gemm_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
                           GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
@@ -207,6 +255,11 @@ LASTCTA_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, LASTCTA=T
 W32_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, W32=True)
                for bn, u, sk, w in [(128, 2, 8, 4), (256, 2, 8, 4), (128, 4, 16, 4), (256, 1, 16, 8),
                                     (512, 2, 8, 8), (64, 4, 8, 2), (128, 2, 4, 4)]]
+KMAJOR_CONFIGS = [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, KMAJOR=True, LASTCTA=sk > 1)
+                  for bn, bk, sk, w in [(16, 256, 1, 2), (16, 512, 1, 4), (32, 256, 1, 4), (32, 512, 1, 4),
+                                        (64, 256, 1, 4), (8, 512, 1, 2), (32, 1024, 1, 8), (32, 128, 1, 2),
+                                        (16, 256, 2, 2), (32, 256, 2, 4), (16, 512, 4, 4), (16, 1024, 2, 4),
+                                        (64, 512, 1, 8), (8, 1024, 2, 2)]]
 GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
                 for bm, bn, u, sk, w in [(16, 64, 2, 4, 4), (16, 128, 2, 4, 4), (16, 64, 4, 8, 4),
                                          (32, 64, 2, 2, 4), (64, 64, 2, 1, 4), (64, 128, 2, 1, 8),
@@ -249,3 +302,44 @@ def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.T
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
         _int4_gemm_kernel[grid](x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0), k, **common, **cfg)
     return y if split == 1 or lastcta else y.to(x.dtype)
+
+
+def kmajor_tile(k: int, group: int, block_k: int) -> tuple[int, int] | None:
+    """(NG, GW) of a K-major tile of block_k codes for this K and group, or None when it does not fit:
+    a tile lies inside one group (GW = block_k / 8) or covers a power of two of whole groups."""
+    if k % 32 or group % 8:
+        return None
+    if group % block_k == 0:
+        return 1, block_k // 8
+    if block_k % group == 0 and (block_k // group) & (block_k // group - 1) == 0 and (group // 8) & (group // 8 - 1) == 0:
+        return block_k // group, group // 8
+    return None
+
+
+def int4_gemv_kmajor(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                     group: int, config: dict, workspace: tuple | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T from the canonical packed weight (qweight [N, K/2] uint8, low nibble
+    first), scales [N, G] and, for asymmetric weights, zeros [N, G] uint8 (None: symmetric, zero 8)."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    tile = kmajor_tile(k, group, config["BLOCK_K"])
+    if tile is None:
+        raise ValueError(f"K-major GEMV: BLOCK_K={config['BLOCK_K']} does not fit K={k}, group={group}")
+    wq = qweight.contiguous().view(torch.int32)
+    split, bn = config["SPLIT_K"], config["BLOCK_N"]
+    lastcta = split > 1
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if lastcta:
+        tiles = triton.cdiv(n, bn)
+        if workspace is None or workspace[0].numel() < split * m * n or workspace[1].numel() < m * tiles:
+            workspace = (torch.empty(split * m * n, dtype=torch.float32, device=x.device),
+                         torch.zeros(m * tiles, dtype=torch.int32, device=x.device))
+        ws, cnt = workspace
+    else:
+        ws, cnt = y, y
+    grid = (triton.cdiv(n, bn), m, split)
+    _int4_gemv_kmajor_kernel[grid](x, wq, scales, zeros if zeros is not None else scales, y, ws, cnt, n,
+                                   x.stride(0), y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
+                                   ZCONST=MAGIC + 8, BLOCK_N=bn, NG=tile[0], GW=tile[1], SPLIT_K=split,
+                                   LASTCTA=lastcta, num_warps=config["num_warps"])
+    return y
