@@ -139,6 +139,8 @@ def _int4_row(int4, int4_mods, reps, x, wref4, ref, base, m, args) -> dict:
         k = x.shape[1]
         variants += [(f"triton-kmajor-{i}", c, int4._triton_int4k) for i, c in enumerate(triton_int4.KMAJOR_CONFIGS)
                      if triton_int4.kmajor_tile(k, int4.group, c["BLOCK_K"]) is not None]
+        if triton_int4.perm_tile_words(k, int4.group) is not None:
+            variants += [(f"triton-perm-{i}", c, int4._triton_int4p) for i, c in enumerate(triton_int4.PERM_CONFIGS)]
     for name, cfg, fn in variants:
         try:
             err = rel_err(fn(x, cfg), F.linear(x, wref4))

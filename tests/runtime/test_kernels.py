@@ -78,6 +78,28 @@ def test_kmajor_gemv_reads_stored_codes(k, n, group, sym, m):
         assert any(c.startswith("triton-int4k-") for c in layer._candidates(x))
 
 
+@pytest.mark.parametrize("k,n,group,sym", [(256, 96, 64, True), (512, 80, 32, False), (96 * 4, 40, -1, True),
+                                           (1024, 24, 128, False)])
+def test_perm_gemv(k, n, group, sym):
+    """The permuted-layout GEMV (v = 1 + q/16 trick) is exact vs the dequantized reference, for every
+    launch configuration, split-K included, with and without zero points."""
+    layer = _int4(k, n, group, sym)
+    bw = triton_int4.perm_tile_words(k, layer.group)
+    assert bw is not None
+    codes = layer.codes()
+    wp = triton_int4.to_kernel_layout_perm(codes, bw)  # nibble j of word w of tile t is k = 8*bw*t + bw*j + w
+    t, j, w = 1 % (k // (8 * bw)), 5, bw - 1
+    assert int((wp[3, t * bw + w] >> (4 * j)) & 15) == int(codes[3, 8 * bw * t + bw * j + w])
+    for m in (1, 2):
+        x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16 if CUDA else torch.float32)
+        ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+        for cfg in triton_int4.PERM_CONFIGS[:6]:
+            y = layer._triton_int4p(x, cfg)
+            assert torch.equal(y, layer._triton_int4p(x, cfg)), cfg
+            err = float((y.float() - ref).norm() / ref.norm())
+            assert err < (1e-2 if CUDA else 1e-5), (cfg, err)
+
+
 def test_int8_gemm_and_row_quant():
     torch.manual_seed(1)
     a = torch.randint(-127, 128, (37, 96), dtype=torch.int8, device=DEV)

@@ -6,6 +6,7 @@ The forward runs the fastest implementation measured for the shape (runtime/kern
   cpu-int8pack   torch's int8 weight-only matmul (_weight_int8pack_mm), per-channel symmetric int8
   triton-int4-i  nnslim's own Triton GEMV (M == 1) / GEMM, launch configuration i (CUDA)
   triton-int4k-i nnslim's K-major Triton GEMV (M <= 4) straight from the stored packed codes (CUDA)
+  triton-int4p-i nnslim's Triton GEMV (M <= 4) on a permuted layout: one FMA per code (CUDA)
   tinygemm       torch's CUDA int4 packed matmul (_weight_int4pack_mm), bf16
 Kernel-specific layouts are built on first use and kept next to the canonical buffers (not saved).
 """
@@ -115,9 +116,7 @@ class WeightOnlyLinear(nn.Module):
                 from ...runtime.kernels import triton_int4
 
                 if triton_int4.available():
-                    configs = (triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS
-                               if x.shape[0] == 1
-                               else triton_int4.GEMM_CONFIGS)
+                    configs = triton_int4.LASTCTA_CONFIGS if x.shape[0] == 1 else triton_int4.GEMM_CONFIGS
                     for i, cfg in enumerate(configs):
                         out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
             if self.bits == 4 and x.shape[0] <= 4:
@@ -127,6 +126,9 @@ class WeightOnlyLinear(nn.Module):
                     for i, cfg in enumerate(triton_int4.KMAJOR_CONFIGS):
                         if triton_int4.kmajor_tile(k, g, cfg["BLOCK_K"]) is not None:
                             out[f"triton-int4k-{i}"] = lambda c=cfg: self._triton_int4k(x, c)
+                    if triton_int4.perm_tile_words(k, g) is not None:
+                        for i, cfg in enumerate(triton_int4.PERM_CONFIGS):
+                            out[f"triton-int4p-{i}"] = lambda c=cfg: self._triton_int4p(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
@@ -157,13 +159,23 @@ class WeightOnlyLinear(nn.Module):
             torch.empty(split * self.out_features, dtype=torch.float32, device=x.device),
             torch.zeros(tiles, dtype=torch.int32, device=x.device)))
 
+    def _triton_int4p(self, x, config):
+        from ...runtime.kernels import triton_int4
+
+        bw = triton_int4.perm_tile_words(self.in_features, self.group)
+        wp = self._prep(f"triton-int4-perm{bw}", x.device, lambda: (triton_int4.to_kernel_layout_perm(self.codes(), bw),))[0]
+        return triton_int4.int4_gemv_perm(x.contiguous(), wp, bw, self._scales_as(x), None if self.symmetric else self.zeros,
+                                          self.group, config, self._workspace(x, config))
+
+    def _scales_as(self, x):
+        if self.scales.dtype == x.dtype:
+            return self.scales
+        return self._prep(f"scales-{x.dtype}", x.device, lambda: (self.scales.to(x.dtype),))[0]
+
     def _triton_int4k(self, x, config):
         from ...runtime.kernels import triton_int4
 
-        scales = self.scales
-        if scales.dtype != x.dtype:
-            scales = self._prep(f"scales-{x.dtype}", x.device, lambda: (self.scales.to(x.dtype),))[0]
-        return triton_int4.int4_gemv_kmajor(x.contiguous(), self.qweight, scales,
+        return triton_int4.int4_gemv_kmajor(x.contiguous(), self.qweight, self._scales_as(x),
                                             None if self.symmetric else self.zeros, self.group, config,
                                             self._workspace(x, config))
 

@@ -209,6 +209,57 @@ if triton is not None:
         _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
 
     @triton.jit
+    def _int4_gemv_perm_kernel(x_ptr, wp_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
+                               K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BW: tl.constexpr,
+                               BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr,
+                               LASTCTA: tl.constexpr = False):
+        """Permuted layout (to_kernel_layout_perm): in a tile of BW words (8 * BW codes, inside one group)
+        nibble j of word w holds k = 8 * BW * t + BW * j + w, so the x values of nibble j are one
+        contiguous vector. A code q becomes v = 1 + q / 16 by moving it to mantissa bits 19-22 under
+        the exponent of 1.0 (shift + and-or), and sum x (q - z) = 16 sum x v - (16 + z) sum x: one FMA
+        per code, the zero-point term once per word."""
+        pid_n = tl.program_id(0)
+        row = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        KW: tl.constexpr = K // 8
+        G: tl.constexpr = K // GROUP
+        TILES: tl.constexpr = KW // BW
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        offs_w = tl.arange(0, BW)
+        per_split = (TILES + SPLIT_K - 1) // SPLIT_K
+        acc = tl.zeros((BLOCK_N, BW), tl.float32)
+        corr = tl.zeros((BLOCK_N, BW), tl.float32)
+        for t0 in range(0, per_split, UNROLL):
+            for u in tl.static_range(UNROLL):
+                t = pid_k * per_split + t0 + u
+                valid = (t0 + u < per_split) & (t < TILES)
+                raw = tl.load(wp_ptr + offs_n[:, None] * KW + t * BW + offs_w[None, :],
+                              mask=mask_n[:, None] & valid, other=0)
+                g = (t * BW * 8) // GROUP
+                s = tl.load(s_ptr + offs_n * G + g, mask=mask_n & valid, other=0.0).to(tl.float32)
+                if HAS_ZERO:
+                    zc = tl.load(z_ptr + offs_n * G + g, mask=mask_n & valid, other=0).to(tl.float32) + 16.0
+                else:
+                    zc = tl.full((BLOCK_N,), 24.0, tl.float32)
+                xbase = x_ptr + row * stride_xm + t * BW * 8
+                part = tl.zeros((BLOCK_N, BW), tl.float32)
+                xs = tl.zeros((BW,), tl.float32)
+                for j in tl.static_range(8):
+                    xj = tl.load(xbase + j * BW + offs_w, mask=valid & (offs_w < BW), other=0.0).to(tl.float32)
+                    if 4 * j <= 19:
+                        sh = raw << (19 - 4 * j)
+                    else:
+                        sh = raw >> (4 * j - 19)
+                    v = ((sh & 0x00780000) | 0x3F800000).to(tl.float32, bitcast=True)
+                    part += xj[None, :] * v
+                    xs += xj
+                acc += part * s[:, None]
+                corr += (s * zc)[:, None] * xs[None, :]
+        out = tl.sum(16.0 * acc - corr, axis=1)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
+
+    @triton.jit
     def _int4_gemm_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
                           GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
@@ -256,10 +307,11 @@ W32_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, W32=True)
                for bn, u, sk, w in [(128, 2, 8, 4), (256, 2, 8, 4), (128, 4, 16, 4), (256, 1, 16, 8),
                                     (512, 2, 8, 8), (64, 4, 8, 2), (128, 2, 4, 4)]]
 KMAJOR_CONFIGS = [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, KMAJOR=True, LASTCTA=sk > 1)
-                  for bn, bk, sk, w in [(16, 256, 1, 2), (16, 512, 1, 4), (32, 256, 1, 4), (32, 512, 1, 4),
-                                        (64, 256, 1, 4), (8, 512, 1, 2), (32, 1024, 1, 8), (32, 128, 1, 2),
-                                        (16, 256, 2, 2), (32, 256, 2, 4), (16, 512, 4, 4), (16, 1024, 2, 4),
-                                        (64, 512, 1, 8), (8, 1024, 2, 2)]]
+                  for bn, bk, sk, w in [(8, 512, 1, 2), (16, 1024, 2, 4), (8, 1024, 2, 2), (32, 1024, 1, 8),
+                                        (16, 512, 1, 4), (32, 256, 2, 4), (32, 128, 1, 2), (16, 256, 1, 2)]]
+PERM_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, PERM=True, LASTCTA=sk > 1)
+                for bn, u, sk, w in [(32, 4, 1, 4), (64, 4, 1, 4), (16, 8, 1, 2), (32, 8, 1, 4), (32, 4, 2, 4),
+                                     (16, 4, 4, 2), (64, 2, 1, 8), (32, 2, 4, 4), (128, 2, 1, 8), (16, 2, 8, 2)]]
 GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
                 for bm, bn, u, sk, w in [(16, 64, 2, 4, 4), (16, 128, 2, 4, 4), (16, 64, 4, 8, 4),
                                          (32, 64, 2, 2, 4), (64, 64, 2, 1, 4), (64, 128, 2, 1, 8),
@@ -342,4 +394,47 @@ def int4_gemv_kmajor(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                                    x.stride(0), y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
                                    ZCONST=MAGIC + 8, BLOCK_N=bn, NG=tile[0], GW=tile[1], SPLIT_K=split,
                                    LASTCTA=lastcta, num_warps=config["num_warps"])
+    return y
+
+
+def perm_tile_words(k: int, group: int) -> int | None:
+    """Words per tile of the permuted layout: the largest of 16/8/4 (128/64/32 codes) inside one group."""
+    if k % 32:
+        return None
+    for bw in (16, 8, 4):
+        if group % (8 * bw) == 0:
+            return bw
+    return None
+
+
+def to_kernel_layout_perm(codes: torch.Tensor, bw: int) -> torch.Tensor:
+    """Codes [N, K] -> int32 [N, K/8]: in tile t of bw words, nibble j of word w holds k = 8*bw*t + bw*j + w."""
+    n, k = codes.shape
+    c = codes.to(torch.int32).reshape(n, k // (8 * bw), 8, bw)  # [n, tile, j, w]
+    words = torch.zeros(n, k // (8 * bw), bw, dtype=torch.int32, device=codes.device)
+    for j in range(8):
+        words |= c[:, :, j] << (4 * j)
+    return words.reshape(n, k // 8).contiguous()
+
+
+def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Tensor, zeros: torch.Tensor | None,
+                   group: int, config: dict, workspace: tuple | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T from the permuted layout (to_kernel_layout_perm), scales [N, G] and, for
+    asymmetric weights, zeros [N, G] uint8 (None: symmetric, zero 8)."""
+    m, k = x.shape
+    n = wp.shape[0]
+    split, bn = config["SPLIT_K"], config["BLOCK_N"]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if split > 1:
+        tiles = triton.cdiv(n, bn)
+        if workspace is None or workspace[0].numel() < split * m * n or workspace[1].numel() < m * tiles:
+            workspace = (torch.empty(split * m * n, dtype=torch.float32, device=x.device),
+                         torch.zeros(m * tiles, dtype=torch.int32, device=x.device))
+        ws, cnt = workspace
+    else:
+        ws, cnt = y, y
+    _int4_gemv_perm_kernel[(triton.cdiv(n, bn), m, split)](
+        x, wp, scales, zeros if zeros is not None else scales, y, ws, cnt, n, x.stride(0), y.stride(0), k,
+        GROUP=group, HAS_ZERO=zeros is not None, BW=bw, BLOCK_N=bn, UNROLL=config["UNROLL"], SPLIT_K=split,
+        LASTCTA=split > 1, num_warps=config["num_warps"])
     return y
