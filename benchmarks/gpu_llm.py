@@ -200,7 +200,7 @@ def llama(layers: int, device: str):
 
 
 def decode_tokens_per_s(model, prompt_len: int, new_tokens: int, fused: bool = False
-                        ) -> tuple[float, list[int], float, str]:
+                        ) -> tuple[float, list[int], float, str, torch.Tensor]:
     """nnslim's StaticDecoder (static KV cache, one decode step in a CUDA graph); also the relative
     error of its prefill logits vs the Hugging Face forward of the same model (a correctness check)."""
     from nnslim.runtime.decode import StaticDecoder
@@ -213,7 +213,7 @@ def decode_tokens_per_s(model, prompt_len: int, new_tokens: int, fused: bool = F
         ref = model(input_ids=prompt, use_cache=False).logits[:, -1].float()
         got = StaticDecoder(model, max_len=prompt_len + 8, use_graph=False, fused=fused).forward(
             prompt, torch.arange(prompt_len, device="cuda")).float()
-    return rate, tokens[:16], rel_err(got, ref), dec.fused_note
+    return rate, tokens[:16], rel_err(got, ref), dec.fused_note, got
 
 
 def bench_decode(args) -> list[dict]:
@@ -226,6 +226,17 @@ def bench_decode(args) -> list[dict]:
     variants = [("bf16", None)] + [(v, v) for v in args.variants.split(",")]
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.fused]
     best_bf16 = None
+    # Accuracy reference for the bf16 rows: the same weights run by Hugging Face in fp32.
+    import copy
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=g).cuda()
+    with torch.no_grad():
+        fp32 = copy.deepcopy(model).float()
+        ref32 = fp32(input_ids=prompt, use_cache=False).logits[:, -1].float()
+        hf_bf16_err = rel_err(model(input_ids=prompt, use_cache=False).logits[:, -1], ref32)
+        del fp32
+    torch.cuda.empty_cache()
     for name, kind in variants:
         if kind == "int4":
             model = quantize_weight_only(model, Int4RtnConfig(group_size=128), inplace=True)
@@ -244,6 +255,9 @@ def bench_decode(args) -> list[dict]:
                    "x_best_bf16": round(tps / best_bf16, 2), "runs": [round(r[0], 1) for r in runs],
                    "prefill_logits_rel_err_vs_hf": round(runs[0][2], 5), "first_tokens": runs[0][1][:8],
                    "gpu_mem_GB": round(torch.cuda.memory_allocated() / 2**30, 2), "notes": [runs[0][3]]}
+            if name == "bf16":  # both bf16 paths and HF's own bf16 forward against the fp32 forward
+                row["prefill_rel_err_vs_fp32"] = round(rel_err(runs[0][4], ref32), 5)
+                row["hf_bf16_rel_err_vs_fp32"] = round(hf_bf16_err, 5)
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(json.dumps({"kernel_choices": kernel_table()}), flush=True)

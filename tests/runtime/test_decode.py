@@ -109,7 +109,9 @@ def test_fused_kernels_match_torch(interpreted):
 
 
 def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
-    prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(5))
+    dev = "cuda" if CUDA else "cpu"
+    tiny_llama = tiny_llama.to(dev)
+    prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(5)).to(dev)
     with torch.no_grad():
         before = tiny_llama(input_ids=prompt).logits
     ref_tokens = _greedy_reference(tiny_llama, prompt, 6)
@@ -117,7 +119,7 @@ def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
     assert dec.fused is not None and dec.fused_note.startswith("fused")
     with torch.no_grad():  # the model's weights are now views of the fused ones: same outputs
         assert torch.equal(tiny_llama(input_ids=prompt).logits, before)
-    got = dec.forward(prompt, torch.arange(9))
+    got = dec.forward(prompt, torch.arange(9, device=dev))
     assert torch.allclose(got, before[:, -1], atol=1e-4)
     tokens, _ = dec.generate(prompt, 6)
     assert tokens == ref_tokens

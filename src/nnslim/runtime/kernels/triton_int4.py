@@ -169,7 +169,7 @@ if triton is not None:
     def _int4_gemv_kmajor_kernel(x_ptr, wq_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
                                  K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                                  ZCONST: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, GW: tl.constexpr,
-                                 SPLIT_K: tl.constexpr, LASTCTA: tl.constexpr = False):
+                                 SPLIT_K: tl.constexpr, LASTCTA: tl.constexpr = False, STAGES: tl.constexpr = 1):
         """Tile [BLOCK_N rows, NG groups, GW words]: BLOCK_K = 8 * NG * GW codes per row and iteration
         (NG > 1 only when a tile spans several groups, GW * 8 <= GROUP)."""
         pid_n = tl.program_id(0)
@@ -185,7 +185,7 @@ if triton is not None:
         nb = (KW + BW - 1) // BW
         per_split = (nb + SPLIT_K - 1) // SPLIT_K
         acc = tl.zeros((BLOCK_N, NG, GW), tl.float32)
-        for i in range(per_split):
+        for i in tl.range(per_split, num_stages=STAGES):
             b = pid_k * per_split + i
             wcol = b * BW + words
             wmask = wcol < KW
@@ -212,7 +212,7 @@ if triton is not None:
     def _int4_gemv_perm_kernel(x_ptr, wp_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
                                K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BW: tl.constexpr,
                                BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr,
-                               LASTCTA: tl.constexpr = False):
+                               LASTCTA: tl.constexpr = False, STAGES: tl.constexpr = 1):
         """Permuted layout (to_kernel_layout_perm): in a tile of BW words (8 * BW codes, inside one group)
         nibble j of word w holds k = 8 * BW * t + BW * j + w, so the x values of nibble j are one
         contiguous vector. A code q becomes v = 1 + q / 16 by moving it to mantissa bits 19-22 under
@@ -230,7 +230,7 @@ if triton is not None:
         per_split = (TILES + SPLIT_K - 1) // SPLIT_K
         acc = tl.zeros((BLOCK_N, BW), tl.float32)
         corr = tl.zeros((BLOCK_N, BW), tl.float32)
-        for t0 in range(0, per_split, UNROLL):
+        for t0 in tl.range(0, per_split, UNROLL, num_stages=STAGES):
             for u in tl.static_range(UNROLL):
                 t = pid_k * per_split + t0 + u
                 valid = (t0 + u < per_split) & (t < TILES)
@@ -306,12 +306,15 @@ LASTCTA_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, LASTCTA=T
 W32_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, W32=True)
                for bn, u, sk, w in [(128, 2, 8, 4), (256, 2, 8, 4), (128, 4, 16, 4), (256, 1, 16, 8),
                                     (512, 2, 8, 8), (64, 4, 8, 2), (128, 2, 4, 4)]]
-KMAJOR_CONFIGS = [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, KMAJOR=True, LASTCTA=sk > 1)
-                  for bn, bk, sk, w in [(8, 512, 1, 2), (16, 1024, 2, 4), (8, 1024, 2, 2), (32, 1024, 1, 8),
-                                        (16, 512, 1, 4), (32, 256, 2, 4), (32, 128, 1, 2), (16, 256, 1, 2)]]
-PERM_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, PERM=True, LASTCTA=sk > 1)
-                for bn, u, sk, w in [(32, 4, 1, 4), (64, 4, 1, 4), (16, 8, 1, 2), (32, 8, 1, 4), (32, 4, 2, 4),
-                                     (16, 4, 4, 2), (64, 2, 1, 8), (32, 2, 4, 4), (128, 2, 1, 8), (16, 2, 8, 2)]]
+KMAJOR_CONFIGS = [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, KMAJOR=True, LASTCTA=sk > 1, STAGES=st)
+                  for bn, bk, sk, w, st in [(8, 512, 1, 2, 1), (16, 1024, 2, 4, 1), (8, 1024, 2, 2, 1),
+                                            (16, 512, 1, 4, 1), (32, 256, 2, 4, 1), (16, 256, 1, 2, 1),
+                                            (8, 512, 1, 2, 3), (8, 256, 1, 2, 4), (16, 256, 1, 4, 3),
+                                            (16, 512, 2, 4, 3), (32, 256, 1, 4, 4), (8, 256, 2, 2, 3), (16, 128, 1, 2, 1)]]
+PERM_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, PERM=True, LASTCTA=sk > 1, STAGES=st)
+                for bn, u, sk, w, st in [(32, 4, 1, 4, 1), (16, 8, 1, 2, 1), (32, 8, 1, 4, 1), (32, 4, 2, 4, 1),
+                                         (16, 4, 4, 2, 1), (32, 2, 4, 4, 1), (32, 2, 1, 4, 3), (16, 2, 1, 2, 4),
+                                         (32, 1, 1, 4, 4), (16, 4, 2, 2, 3), (64, 1, 1, 4, 4), (16, 1, 2, 2, 4)]]
 GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
                 for bm, bn, u, sk, w in [(16, 64, 2, 4, 4), (16, 128, 2, 4, 4), (16, 64, 4, 8, 4),
                                          (32, 64, 2, 2, 4), (64, 64, 2, 1, 4), (64, 128, 2, 1, 8),
@@ -393,7 +396,7 @@ def int4_gemv_kmajor(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     _int4_gemv_kmajor_kernel[grid](x, wq, scales, zeros if zeros is not None else scales, y, ws, cnt, n,
                                    x.stride(0), y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
                                    ZCONST=MAGIC + 8, BLOCK_N=bn, NG=tile[0], GW=tile[1], SPLIT_K=split,
-                                   LASTCTA=lastcta, num_warps=config["num_warps"])
+                                   LASTCTA=lastcta, STAGES=config.get("STAGES", 1), num_warps=config["num_warps"])
     return y
 
 
@@ -436,5 +439,5 @@ def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Ten
     _int4_gemv_perm_kernel[(triton.cdiv(n, bn), m, split)](
         x, wp, scales, zeros if zeros is not None else scales, y, ws, cnt, n, x.stride(0), y.stride(0), k,
         GROUP=group, HAS_ZERO=zeros is not None, BW=bw, BLOCK_N=bn, UNROLL=config["UNROLL"], SPLIT_K=split,
-        LASTCTA=split > 1, num_warps=config["num_warps"])
+        LASTCTA=split > 1, STAGES=config.get("STAGES", 1), num_warps=config["num_warps"])
     return y
