@@ -109,8 +109,10 @@ def test_fused_kernels_match_torch(interpreted):
 
 
 def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
+    import copy
+
     dev = "cuda" if CUDA else "cpu"
-    tiny_llama = tiny_llama.to(dev)
+    tiny_llama = copy.deepcopy(tiny_llama).to(dev)  # the fixture's model stays where it is
     prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(5)).to(dev)
     with torch.no_grad():
         before = tiny_llama(input_ids=prompt).logits
