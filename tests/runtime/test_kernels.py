@@ -88,8 +88,10 @@ def test_perm_gemv(k, n, group, sym):
     assert bw is not None
     codes = layer.codes()
     wp = triton_int4.to_kernel_layout_perm(codes, bw)  # nibble j of word w of tile t is k = 8*bw*t + bw*j + w
-    t, j, w = 1 % (k // (8 * bw)), 5, bw - 1
-    assert int((wp[3, t * bw + w] >> (4 * j)) & 15) == int(codes[3, 8 * bw * t + bw * j + w])
+    tiles = k // (8 * bw)
+    t, j, w, row = 1 % tiles, 5, bw - 1, 19 % n
+    word = wp[((row // 16) * tiles + t) * 16 * bw + (row % 16) * bw + w]  # [row block, tile, row, word]
+    assert int((word >> (4 * j)) & 15) == int(codes[row, 8 * bw * t + bw * j + w])
     for m in (1, 2):
         x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16 if CUDA else torch.float32)
         ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))

@@ -215,7 +215,8 @@ if triton is not None:
                                LASTCTA: tl.constexpr = False, STAGES: tl.constexpr = 1):
         """Permuted layout (to_kernel_layout_perm): in a tile of BW words (8 * BW codes, inside one group)
         nibble j of word w holds k = 8 * BW * t + BW * j + w, so the x values of nibble j are one
-        contiguous vector. A code q becomes v = 1 + q / 16 by moving it to mantissa bits 19-22 under
+        contiguous vector; 16 rows x BW words of a tile are contiguous in memory, so every CTA streams
+        a few sequential regions instead of BLOCK_N scattered rows. A code q becomes v = 1 + q / 16 by moving it to mantissa bits 19-22 under
         the exponent of 1.0 (shift + and-or), and sum x (q - z) = 16 sum x v - (16 + z) sum x: one FMA
         per code, the zero-point term once per word."""
         pid_n = tl.program_id(0)
@@ -234,8 +235,9 @@ if triton is not None:
             for u in tl.static_range(UNROLL):
                 t = pid_k * per_split + t0 + u
                 valid = (t0 + u < per_split) & (t < TILES)
-                raw = tl.load(wp_ptr + offs_n[:, None] * KW + t * BW + offs_w[None, :],
-                              mask=mask_n[:, None] & valid, other=0)
+                # rows in blocks of 16: block rb, tile t holds 16 rows x BW words contiguously
+                rowoff = ((offs_n // 16) * TILES + t) * (16 * BW) + (offs_n % 16) * BW
+                raw = tl.load(wp_ptr + rowoff[:, None] + offs_w[None, :], mask=mask_n[:, None] & valid, other=0)
                 g = (t * BW * 8) // GROUP
                 s = tl.load(s_ptr + offs_n * G + g, mask=mask_n & valid, other=0.0).to(tl.float32)
                 if HAS_ZERO:
@@ -418,13 +420,15 @@ def perm_tile_words(k: int, group: int) -> int | None:
 
 
 def to_kernel_layout_perm(codes: torch.Tensor, bw: int) -> torch.Tensor:
-    """Codes [N, K] -> int32 [N, K/8]: in tile t of bw words, nibble j of word w holds k = 8*bw*t + bw*j + w."""
+    """Codes [N, K] -> int32 [ceil(N/16) * 16 * K/8] ordered [row block of 16, tile, row, word]: in tile t
+    of bw words, nibble j of word w holds k = 8*bw*t + bw*j + w (rows past N are zero)."""
     n, k = codes.shape
-    c = codes.to(torch.int32).reshape(n, k // (8 * bw), 8, bw)  # [n, tile, j, w]
-    words = torch.zeros(n, k // (8 * bw), bw, dtype=torch.int32, device=codes.device)
+    tiles = k // (8 * bw)
+    c = codes.to(torch.int32).reshape(n, tiles, 8, bw)  # [n, tile, j, w]
+    words = torch.zeros(-(-n // 16) * 16, tiles, bw, dtype=torch.int32, device=codes.device)
     for j in range(8):
-        words |= c[:, :, j] << (4 * j)
-    return words.reshape(n, k // 8).contiguous()
+        words[:n] |= c[:, :, j] << (4 * j)
+    return words.reshape(-1, 16, tiles, bw).transpose(1, 2).contiguous().reshape(-1)
 
 
 def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -432,7 +436,7 @@ def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Ten
     """y [M, N] = x [M, K] @ W.T from the permuted layout (to_kernel_layout_perm), scales [N, G] and, for
     asymmetric weights, zeros [N, G] uint8 (None: symmetric, zero 8)."""
     m, k = x.shape
-    n = wp.shape[0]
+    n = scales.shape[0]
     split, bn = config["SPLIT_K"], config["BLOCK_N"]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if split > 1:
