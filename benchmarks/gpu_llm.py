@@ -261,7 +261,29 @@ def bench_decode(args) -> list[dict]:
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(json.dumps({"kernel_choices": kernel_table()}), flush=True)
+    if args.profile:
+        profile_step(model, args.prompt)
     return rows
+
+
+def profile_step(model, prompt_len: int) -> None:
+    """GPU time per kernel of one fused decode step (run eagerly under torch.profiler; the kernels are
+    the ones the CUDA graph replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from nnslim.runtime.decode import StaticDecoder
+
+    dec = StaticDecoder(model, max_len=prompt_len + 16, use_graph=False, fused=True)
+    tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    pos = torch.tensor([prompt_len], device="cuda")
+    for _ in range(3):
+        dec.forward(tok, pos)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            dec.forward(tok, pos)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
 def bench_gptq(args) -> list[dict]:
@@ -328,6 +350,7 @@ def main():
     ap.add_argument("what", choices=["kernels", "decode", "gptq", "render"])
     ap.add_argument("--m", default="1,2,4,8,16,32,128,1024,2048,4096")
     ap.add_argument("--all", action="store_true", help="also try GEMM configs at M=1")
+    ap.add_argument("--profile", action="store_true", help="decode: GPU time per kernel of one fused step")
     ap.add_argument("--formats", default="int4,fp8,int8", help="kernels: which of int4,fp8,int8 to time")
     ap.add_argument("--fused", default="both", choices=["both", "on", "off"],
                     help="decode: StaticDecoder with the fused Triton decode path, without, or both")
