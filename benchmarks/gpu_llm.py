@@ -132,8 +132,7 @@ def _int4_row(int4, int4_mods, reps, x, wref4, ref, base, m, args) -> dict:
     from nnslim.runtime.kernels import triton_int4
 
     row, times = {}, {}
-    legacy = ((triton_int4.GEMV_CONFIGS + triton_int4.W32_CONFIGS + triton_int4.LASTCTA_CONFIGS) if m == 1 else []) + (
-        triton_int4.GEMM_CONFIGS if m > 1 or args.all else [])
+    legacy = (triton_int4.GEMV_CONFIGS if m == 1 else []) + (triton_int4.GEMM_CONFIGS if m > 1 or args.all else [])
     variants = [(f"triton{_kind(c)}-{i}", c, int4._triton_int4) for i, c in enumerate(legacy)]
     if m <= 4:
         k = x.shape[1]
@@ -164,8 +163,7 @@ def _int4_row(int4, int4_mods, reps, x, wref4, ref, base, m, args) -> dict:
 
 
 def _kind(cfg: dict) -> str:
-    return "-gemm" if "BLOCK_M" in cfg else ("-gemv32" if cfg.get("W32") else (
-        "-gemv-lastcta" if cfg.get("LASTCTA") else "-gemv"))
+    return "-gemm" if "BLOCK_M" in cfg else "-gemv"
 
 
 def _fp8_row(fp8, fp8_mods, reps, x, base) -> dict:

@@ -102,10 +102,11 @@ def test_fused_kernels_match_torch(interpreted):
     assert torch.allclose(ck[0, :, 7], kr, atol=1e-5)
     assert torch.allclose(cv[0, :, 7], qkv[0, (heads + kvh) * hd:].view(kvh, hd))
     assert torch.equal(ck[:, :, 8:], cache_k[:, :, 8:])  # other positions untouched
-    o = K.decode_attention(q, ck, cv, pos, hd ** -0.5)
     keys, vals = ck[0, :, :8].repeat_interleave(2, 0), cv[0, :, :8].repeat_interleave(2, 0)
     att = torch.softmax((qr[:, None] * keys).sum(-1) * hd ** -0.5, -1)
-    assert torch.allclose(o.view(heads, hd), (att[..., None] * vals).sum(1), atol=1e-5)
+    for chunk in (64, 4, 2):  # one split, several splits, splits past the position (empty)
+        o = K.decode_attention(q, ck, cv, pos, hd ** -0.5, chunk=chunk)
+        assert torch.allclose(o.view(heads, hd), (att[..., None] * vals).sum(1), atol=1e-5), chunk
 
 
 def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):

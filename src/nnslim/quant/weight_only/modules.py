@@ -116,7 +116,7 @@ class WeightOnlyLinear(nn.Module):
                 from ...runtime.kernels import triton_int4
 
                 if triton_int4.available():
-                    configs = triton_int4.LASTCTA_CONFIGS if x.shape[0] == 1 else triton_int4.GEMM_CONFIGS
+                    configs = triton_int4.GEMV_CONFIGS if x.shape[0] == 1 else triton_int4.GEMM_CONFIGS
                     for i, cfg in enumerate(configs):
                         out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
             if self.bits == 4 and x.shape[0] <= 4:
@@ -145,14 +145,12 @@ class WeightOnlyLinear(nn.Module):
 
         wk, st, zt = self._prep(f"triton-int4-{x.dtype}", x.device, lambda: triton_int4.to_kernel_layout(
             self.codes(), self.scales.to(x.dtype), None if self.symmetric else self.zeros))
-        if config is not None and config.get("W32"):
-            wk = self._prep("triton-int4-w32", x.device, lambda: (triton_int4.to_kernel_layout_w32(self.codes()),))[0]
         return triton_int4.int4_matmul(x.contiguous(), wk, st, zt, self.group, 8, config,
                                        self._workspace(x, config))
 
     def _workspace(self, x, config):
         """Split-K partials and zeroed counters kept per layer for last-CTA configurations (M == 1)."""
-        if config is None or not config.get("LASTCTA") or x.shape[0] != 1:
+        if config is None or "BLOCK_M" in config or config["SPLIT_K"] == 1 or x.shape[0] != 1:
             return None
         split, tiles = config["SPLIT_K"], -(-self.out_features // config["BLOCK_N"])
         return self._prep(f"triton-int4-ws{split}x{tiles}", x.device, lambda: (

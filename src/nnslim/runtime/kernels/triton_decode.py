@@ -64,31 +64,53 @@ if triton is not None:
         tl.store(dst + D // 2 + i, o2.to(q_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, L, scale, GROUP: tl.constexpr,
-                                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    def _decode_attention_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
+                                       GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                                       BLOCK_L: tl.constexpr, CHUNK: tl.constexpr):
+        """Split s of head h: online softmax over cache positions [s * CHUNK, (s + 1) * CHUNK) that are
+        <= pos; writes its running max, denominator and unnormalised output (flash-decoding)."""
         h = tl.program_id(0)
+        sp = tl.program_id(1)
+        nsplit = tl.num_programs(1)
         kh = h // GROUP
         n = tl.load(pos_ptr) + 1  # cache entries 0..pos are valid
         d = tl.arange(0, BLOCK_D)
         dm = d < D
         q = tl.load(q_ptr + h * D + d, mask=dm, other=0.0).to(tl.float32) * scale
-        m_i = tl.max(tl.full((BLOCK_L,), float("-inf"), tl.float32), axis=0)
+        m_i = tl.max(tl.full((BLOCK_L,), -1e30, tl.float32), axis=0)
         l_i = tl.sum(tl.zeros((BLOCK_L,), tl.float32), axis=0)
         acc = tl.zeros((BLOCK_D,), tl.float32)
-        for start in range(0, n, BLOCK_L):
-            offs = start + tl.arange(0, BLOCK_L)
+        for start in tl.static_range(0, CHUNK, BLOCK_L):
+            offs = sp * CHUNK + start + tl.arange(0, BLOCK_L)
             lm = offs < n
             ptrs = (kh * L + offs)[:, None] * D + d[None, :]
             k = tl.load(k_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
-            s = tl.where(lm, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            s = tl.where(lm, tl.sum(k * q[None, :], axis=1), -1e30)
             m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            p = tl.exp(s - m_new)
+            p = tl.where(lm, tl.exp(s - m_new), 0.0)
             alpha = tl.exp(m_i - m_new)
             v = tl.load(v_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
             acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new
-        tl.store(o_ptr + h * D + d, (acc / l_i).to(o_ptr.dtype.element_ty), mask=dm)
+        tl.store(m_ptr + h * nsplit + sp, m_i)
+        tl.store(l_ptr + h * nsplit + sp, l_i)
+        tl.store(acc_ptr + (h * nsplit + sp) * D + d, acc, mask=dm)
+
+    @triton.jit
+    def _decode_attention_reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
+                                        D: tl.constexpr, BLOCK_D: tl.constexpr):
+        h = tl.program_id(0)
+        sp = tl.arange(0, BLOCK_S)
+        sm = sp < NSPLIT
+        d = tl.arange(0, BLOCK_D)
+        dm = d < D
+        m = tl.load(m_ptr + h * NSPLIT + sp, mask=sm, other=-1e30)
+        l_s = tl.load(l_ptr + h * NSPLIT + sp, mask=sm, other=0.0)
+        w = tl.exp(m - tl.max(m, axis=0))
+        acc = tl.load(acc_ptr + (h * NSPLIT + sp)[:, None] * D + d[None, :], mask=sm[:, None] & dm[None, :], other=0.0)
+        out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l_s, axis=0)
+        tl.store(o_ptr + h * D + d, out.to(o_ptr.dtype.element_ty), mask=dm)
 
     @triton.jit
     def _silu_mul_kernel(gu_ptr, out_ptr, INTER, BLOCK: tl.constexpr):
@@ -125,13 +147,23 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """q [1, H, 1, D] of the token at pos[0] -> attention output [1, H * D] over cache entries 0..pos."""
+                     scale: float, chunk: int = 64) -> torch.Tensor:
+    """q [1, H, 1, D] of the token at pos[0] -> attention output [1, H * D] over cache entries 0..pos.
+    The cache length is split in chunks, one program per (head, chunk), then one reduction per head:
+    the launch shape depends only on the cache size, so it is captured once in a CUDA graph."""
     heads, d = q.shape[1], q.shape[-1]
     kv_heads, length = k_cache.shape[1], k_cache.shape[2]
+    nsplit = triton.cdiv(length, chunk)
+    m = torch.empty((heads, nsplit), dtype=torch.float32, device=q.device)
+    den = torch.empty_like(m)
+    acc = torch.empty((heads, nsplit, d), dtype=torch.float32, device=q.device)
     out = torch.empty((1, heads * d), dtype=q.dtype, device=q.device)
-    _decode_attention_kernel[(heads,)](q, k_cache, v_cache, pos, out, length, scale, GROUP=heads // kv_heads,
-                                       D=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_L=64, num_warps=4)
+    block_d = triton.next_power_of_2(d)
+    _decode_attention_split_kernel[(heads, nsplit)](q, k_cache, v_cache, pos, m, den, acc, length, scale,
+                                                    GROUP=heads // kv_heads, D=d, BLOCK_D=block_d,
+                                                    BLOCK_L=min(chunk, 64), CHUNK=chunk, num_warps=4)
+    _decode_attention_reduce_kernel[(heads,)](m, den, acc, out, NSPLIT=nsplit, BLOCK_S=triton.next_power_of_2(nsplit),
+                                              D=d, BLOCK_D=block_d, num_warps=4)
     return out
 
 

@@ -45,18 +45,6 @@ def to_kernel_layout(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
     return wk, st, zt
 
 
-def to_kernel_layout_w32(codes: torch.Tensor) -> torch.Tensor:
-    """Codes [N, K] -> wq [K/8, N] int32 for the word GEMV: in K block b (32 rows), word (4b + i, n)
-    holds in its nibble j the code of k = 32b + 4j + i, so one [4, BLOCK_N] word tile (16-byte loads
-    along N) yields eight [4, BLOCK_N] code tiles by shift-and-mask."""
-    n, k = codes.shape
-    c = codes.to(torch.int32).t().reshape(k // 32, 8, 4, n)  # [block, j, i, n]
-    words = torch.zeros(k // 32, 4, n, dtype=torch.int32, device=codes.device)
-    for j in range(8):
-        words |= c[:, j] << (4 * j)
-    return words.reshape(k // 8, n).contiguous()
-
-
 if triton is not None:
 
     @triton.jit
@@ -88,12 +76,12 @@ if triton is not None:
 
     @triton.jit
     def _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N,
-                    SPLIT_K: tl.constexpr, LASTCTA: tl.constexpr):
-        """Write one split's partial sums: directly (no split), by atomics into a zeroed fp32 output,
-        or (LASTCTA) into a workspace, the last split of each tile summing them into y in one launch."""
+                    SPLIT_K: tl.constexpr):
+        """Write one split's partial sums: directly (no split) or into a workspace, the last split of each
+        tile summing them into y (one launch: no memset, atomics or cast kernels)."""
         if SPLIT_K == 1:
             tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
-        elif LASTCTA:
+        else:
             rows = tl.num_programs(1)
             tl.store(ws_ptr + (pid_k * rows + row) * N + offs_n, out, mask=mask_n)
             tl.debug_barrier()
@@ -107,14 +95,11 @@ if triton is not None:
                                      cache_modifier=".cg")
                 tl.store(y_ptr + row * stride_ym + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask_n)
                 tl.atomic_xchg(counter, 0)  # ready for the next call (also inside a CUDA graph)
-        else:
-            tl.atomic_add(y_ptr + row * stride_ym + offs_n, out, mask=mask_n)
 
     @triton.jit
     def _int4_gemv_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym, K: tl.constexpr,
                           GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
-                          BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr,
-                          LASTCTA: tl.constexpr = False):
+                          BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr):
         pid_n = tl.program_id(0)
         row = tl.program_id(1)
         pid_k = tl.program_id(2)
@@ -134,42 +119,13 @@ if triton is not None:
                 part = xl.to(tl.float32)[:, None] * lo + xh.to(tl.float32)[:, None] * hi
                 acc += part * s[None, :]
         out = tl.sum(acc, axis=0)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
-
-    @triton.jit
-    def _int4_gemv_w32_kernel(x_ptr, wq_ptr, st_ptr, zt_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
-                              K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ZCONST: tl.constexpr,
-                              BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr,
-                              LASTCTA: tl.constexpr = False):
-        pid_n = tl.program_id(0)
-        row = tl.program_id(1)
-        pid_k = tl.program_id(2)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        i4 = tl.arange(0, 4)
-        nb, per_split, b_start = _split_range(pid_k, K, SPLIT_K)
-        acc = tl.zeros((4, BLOCK_N), tl.float32)
-        for b0 in range(0, per_split, UNROLL):
-            for u in tl.static_range(UNROLL):
-                b = b_start + b0 + u
-                valid = (b0 + u < per_split) & (b < nb)
-                s, z = _qparams(st_ptr, zt_ptr, b, offs_n, N, mask_n & valid, GROUP, HAS_ZERO, ZCONST)
-                raw = tl.load(wq_ptr + (b * 4 + i4)[:, None] * N + offs_n[None, :],
-                              mask=mask_n[None, :] & valid, other=0)
-                part = tl.zeros((4, BLOCK_N), tl.float32)
-                for j in tl.static_range(8):
-                    w = (((raw >> (4 * j)) & 15) | 0x4B000000).to(tl.float32, bitcast=True) - z[None, :]
-                    xj = tl.load(x_ptr + row * stride_xm + b * 32 + 4 * j + i4, mask=valid & (i4 < 4), other=0.0)
-                    part += xj.to(tl.float32)[:, None] * w
-                acc += part * s[None, :]
-        out = tl.sum(acc, axis=0)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
     @triton.jit
     def _int4_gemv_kmajor_kernel(x_ptr, wq_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
                                  K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                                  ZCONST: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, GW: tl.constexpr,
-                                 SPLIT_K: tl.constexpr, LASTCTA: tl.constexpr = False, STAGES: tl.constexpr = 1):
+                                 SPLIT_K: tl.constexpr):
         """Tile [BLOCK_N rows, NG groups, GW words]: BLOCK_K = 8 * NG * GW codes per row and iteration
         (NG > 1 only when a tile spans several groups, GW * 8 <= GROUP)."""
         pid_n = tl.program_id(0)
@@ -185,7 +141,7 @@ if triton is not None:
         nb = (KW + BW - 1) // BW
         per_split = (nb + SPLIT_K - 1) // SPLIT_K
         acc = tl.zeros((BLOCK_N, NG, GW), tl.float32)
-        for i in tl.range(per_split, num_stages=STAGES):
+        for i in range(per_split):
             b = pid_k * per_split + i
             wcol = b * BW + words
             wmask = wcol < KW
@@ -206,13 +162,12 @@ if triton is not None:
                 part += xj[None, :, :] * w
             acc += part * s[:, :, None]
         out = tl.sum(tl.sum(acc, axis=2), axis=1)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
     @triton.jit
     def _int4_gemv_perm_kernel(x_ptr, wp_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
                                K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BW: tl.constexpr,
-                               BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr,
-                               LASTCTA: tl.constexpr = False, STAGES: tl.constexpr = 1):
+                               BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, SPLIT_K: tl.constexpr):
         """Permuted layout (to_kernel_layout_perm): in a tile of BW words (8 * BW codes, inside one group)
         nibble j of word w holds k = 8 * BW * t + BW * j + w, so the x values of nibble j are one
         contiguous vector; 16 rows x BW words of a tile are contiguous in memory, so every CTA streams
@@ -231,7 +186,7 @@ if triton is not None:
         per_split = (TILES + SPLIT_K - 1) // SPLIT_K
         acc = tl.zeros((BLOCK_N, BW), tl.float32)
         corr = tl.zeros((BLOCK_N, BW), tl.float32)
-        for t0 in tl.range(0, per_split, UNROLL, num_stages=STAGES):
+        for t0 in range(0, per_split, UNROLL):
             for u in tl.static_range(UNROLL):
                 t = pid_k * per_split + t0 + u
                 valid = (t0 + u < per_split) & (t < TILES)
@@ -259,7 +214,7 @@ if triton is not None:
                 acc += part * s[:, None]
                 corr += (s * zc)[:, None] * xs[None, :]
         out = tl.sum(16.0 * acc - corr, axis=1)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K, LASTCTA)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
     @triton.jit
     def _int4_gemm_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
@@ -298,32 +253,17 @@ if triton is not None:
             tl.atomic_add(yp, acc, mask=ymask)
 
 
-# Launch configurations tried by the kernel selector (see kernels/select.py).
+# Launch configurations tried by the kernel selector (see kernels/select.py): the ones that won on
+# the H100 for Llama-7B shapes (benchmarks/gpu_llm.py kernels), plus one for small groups. Split-K
+# GEMVs sum their partials in the last CTA of each tile.
 GEMV_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
-                for bn, u, sk, w in [(64, 2, 1, 4), (128, 2, 1, 4), (64, 4, 4, 4), (128, 2, 4, 4),
-                                     (64, 2, 8, 4), (128, 4, 8, 8), (256, 2, 4, 8), (32, 4, 8, 2)]]
-LASTCTA_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, LASTCTA=True)
-                   for bn, u, sk, w in [(32, 4, 8, 2), (64, 4, 8, 4), (128, 2, 8, 4), (64, 2, 16, 2),
-                                        (128, 4, 16, 4), (32, 2, 16, 2)]]
-W32_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, W32=True)
-               for bn, u, sk, w in [(128, 2, 8, 4), (256, 2, 8, 4), (128, 4, 16, 4), (256, 1, 16, 8),
-                                    (512, 2, 8, 8), (64, 4, 8, 2), (128, 2, 4, 4)]]
-KMAJOR_CONFIGS = [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, KMAJOR=True, LASTCTA=sk > 1, STAGES=st)
-                  for bn, bk, sk, w, st in [(8, 512, 1, 2, 1), (16, 1024, 2, 4, 1), (8, 1024, 2, 2, 1),
-                                            (16, 512, 1, 4, 1), (32, 256, 2, 4, 1), (16, 256, 1, 2, 1),
-                                            (8, 512, 1, 2, 3), (8, 256, 1, 2, 4), (16, 256, 1, 4, 3),
-                                            (16, 512, 2, 4, 3), (32, 256, 1, 4, 4), (8, 256, 2, 2, 3), (16, 128, 1, 2, 1),
-                                            (32, 512, 2, 2, 1), (64, 512, 2, 2, 1), (64, 256, 4, 2, 1),
-                                            (32, 1024, 1, 2, 1), (32, 512, 2, 4, 1), (32, 512, 2, 8, 1),
-                                            (64, 512, 2, 8, 1), (32, 256, 2, 8, 1), (64, 256, 2, 4, 1),
-                                            (64, 1024, 1, 8, 1), (32, 1024, 2, 8, 1)]]
-PERM_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, PERM=True, LASTCTA=sk > 1, STAGES=st)
-                for bn, u, sk, w, st in [(16, 8, 1, 2, 1), (32, 8, 1, 4, 1), (16, 4, 4, 2, 1), (64, 1, 1, 2, 1),
-                                         (64, 2, 1, 2, 1), (64, 1, 2, 2, 1), (64, 1, 4, 2, 1), (128, 1, 2, 4, 1),
-                                         (128, 1, 4, 4, 1), (64, 1, 2, 2, 3), (128, 1, 1, 4, 1), (32, 1, 2, 2, 1),
-                                         (32, 2, 4, 2, 1), (128, 1, 2, 2, 1), (64, 2, 2, 4, 1), (64, 1, 2, 4, 1),
-                                         (64, 1, 2, 8, 1), (128, 1, 2, 8, 1), (64, 2, 2, 8, 1), (128, 2, 2, 8, 1),
-                                         (64, 1, 4, 8, 1), (32, 1, 4, 4, 1)]]
+                for bn, u, sk, w in [(32, 4, 8, 2), (64, 4, 8, 4), (32, 2, 16, 2), (64, 2, 16, 2)]]
+KMAJOR_CONFIGS = [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, KMAJOR=True)
+                  for bn, bk, sk, w in [(32, 512, 2, 2), (64, 256, 4, 2), (8, 512, 1, 2), (8, 1024, 2, 2),
+                                        (16, 1024, 2, 4), (16, 128, 1, 2)]]
+PERM_CONFIGS = [dict(BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w, PERM=True)
+                for bn, u, sk, w in [(16, 4, 4, 2), (64, 1, 4, 2), (128, 1, 4, 4), (32, 2, 4, 2), (64, 1, 2, 2),
+                                     (32, 8, 1, 4)]]
 GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
                 for bm, bn, u, sk, w in [(16, 64, 2, 4, 4), (16, 128, 2, 4, 4), (16, 64, 4, 8, 4),
                                          (32, 64, 2, 2, 4), (64, 64, 2, 1, 4), (64, 128, 2, 1, 8),
@@ -332,40 +272,41 @@ GEMM_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, UNROLL=u, SPLIT_K=sk, num_warps=w)
 
 def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.Tensor | None, group: int,
                 bits_zero: int = 8, config: dict | None = None, workspace: tuple | None = None) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T. `workspace` (fp32 partials, int32 zeroed counters) serves LASTCTA
-    configs; pass one kept per layer so that no buffer is allocated or zeroed per call. `wk` is the byte layout (to_kernel_layout) or, for configs with
-    W32=True, the word layout (to_kernel_layout_w32); GEMV for M == 1 unless config has BLOCK_M."""
+    """y [M, N] = x [M, K] @ W.T on the byte layout (to_kernel_layout): the GEMV for configs without
+    BLOCK_M (default at M == 1), else the tensor-core GEMM. `workspace` (fp32 partials, int32 zeroed
+    counters) serves split-K GEMVs: pass one kept per layer so nothing is allocated or zeroed per call."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     m, k = x.shape
     n = wk.shape[1]
-    gemv = config is None and m == 1 or (config is not None and "BLOCK_M" not in config)
-    cfg = dict(config or (GEMV_CONFIGS[0] if gemv else GEMM_CONFIGS[0]))
-    w32 = cfg.pop("W32", False)
+    cfg = dict(config or (GEMV_CONFIGS[0] if m == 1 else GEMM_CONFIGS[0]))
+    gemv = "BLOCK_M" not in cfg
     split = cfg["SPLIT_K"]
-    lastcta = gemv and split > 1 and cfg.get("LASTCTA", False)
-    if not gemv:
-        cfg.pop("LASTCTA", None)
-    out_dtype = torch.float32 if split > 1 and not lastcta else x.dtype
-    y = (torch.zeros if split > 1 and not lastcta else torch.empty)((m, n), dtype=out_dtype, device=x.device)
-    if lastcta:  # counters must start at zero and are left at zero by the kernel
-        tiles = triton.cdiv(n, cfg["BLOCK_N"])
-        if workspace is None or workspace[0].numel() < split * m * n or workspace[1].numel() < m * tiles:
-            workspace = (torch.empty(split * m * n, dtype=torch.float32, device=x.device),
-                         torch.zeros(m * tiles, dtype=torch.int32, device=x.device))
-        ws, cnt = workspace
-    else:
-        ws, cnt = y, y
     common = dict(GROUP=group, HAS_ZERO=zt is not None, ZCONST=MAGIC + bits_zero)
     zarg = zt if zt is not None else st
     if gemv:
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        ws, cnt = _split_workspace(y, split, cfg["BLOCK_N"], workspace)
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), m, split)
-        kernel = _int4_gemv_w32_kernel if w32 else _int4_gemv_kernel
-        kernel[grid](x, wk, st, zarg, y, ws, cnt, n, x.stride(0), y.stride(0), k, **common, **cfg)
-    else:
-        grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
-        _int4_gemm_kernel[grid](x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0), k, **common, **cfg)
-    return y if split == 1 or lastcta else y.to(x.dtype)
+        _int4_gemv_kernel[grid](x, wk, st, zarg, y, ws, cnt, n, x.stride(0), y.stride(0), k, **common, **cfg)
+        return y
+    y = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=torch.float32 if split > 1 else x.dtype,
+                                                     device=x.device)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
+    _int4_gemm_kernel[grid](x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0), k, **common, **cfg)
+    return y if split == 1 else y.to(x.dtype)
+
+
+def _split_workspace(y: torch.Tensor, split: int, block_n: int, workspace: tuple | None) -> tuple:
+    """(partials, counters) for a split-K GEMV writing y [M, N]; y itself when there is no split."""
+    if split == 1:
+        return y, y
+    m, n = y.shape
+    tiles = triton.cdiv(n, block_n)
+    if workspace is None or workspace[0].numel() < split * m * n or workspace[1].numel() < m * tiles:
+        workspace = (torch.empty(split * m * n, dtype=torch.float32, device=y.device),
+                     torch.zeros(m * tiles, dtype=torch.int32, device=y.device))
+    return workspace
 
 
 def kmajor_tile(k: int, group: int, block_k: int) -> tuple[int, int] | None:
@@ -391,21 +332,13 @@ def int4_gemv_kmajor(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         raise ValueError(f"K-major GEMV: BLOCK_K={config['BLOCK_K']} does not fit K={k}, group={group}")
     wq = qweight.contiguous().view(torch.int32)
     split, bn = config["SPLIT_K"], config["BLOCK_N"]
-    lastcta = split > 1
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if lastcta:
-        tiles = triton.cdiv(n, bn)
-        if workspace is None or workspace[0].numel() < split * m * n or workspace[1].numel() < m * tiles:
-            workspace = (torch.empty(split * m * n, dtype=torch.float32, device=x.device),
-                         torch.zeros(m * tiles, dtype=torch.int32, device=x.device))
-        ws, cnt = workspace
-    else:
-        ws, cnt = y, y
+    ws, cnt = _split_workspace(y, split, bn, workspace)
     grid = (triton.cdiv(n, bn), m, split)
     _int4_gemv_kmajor_kernel[grid](x, wq, scales, zeros if zeros is not None else scales, y, ws, cnt, n,
                                    x.stride(0), y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
                                    ZCONST=MAGIC + 8, BLOCK_N=bn, NG=tile[0], GW=tile[1], SPLIT_K=split,
-                                   LASTCTA=lastcta, STAGES=config.get("STAGES", 1), num_warps=config["num_warps"])
+                                   num_warps=config["num_warps"])
     return y
 
 
@@ -439,16 +372,9 @@ def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Ten
     n = scales.shape[0]
     split, bn = config["SPLIT_K"], config["BLOCK_N"]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if split > 1:
-        tiles = triton.cdiv(n, bn)
-        if workspace is None or workspace[0].numel() < split * m * n or workspace[1].numel() < m * tiles:
-            workspace = (torch.empty(split * m * n, dtype=torch.float32, device=x.device),
-                         torch.zeros(m * tiles, dtype=torch.int32, device=x.device))
-        ws, cnt = workspace
-    else:
-        ws, cnt = y, y
+    ws, cnt = _split_workspace(y, split, bn, workspace)
     _int4_gemv_perm_kernel[(triton.cdiv(n, bn), m, split)](
         x, wp, scales, zeros if zeros is not None else scales, y, ws, cnt, n, x.stride(0), y.stride(0), k,
         GROUP=group, HAS_ZERO=zeros is not None, BW=bw, BLOCK_N=bn, UNROLL=config["UNROLL"], SPLIT_K=split,
-        LASTCTA=split > 1, STAGES=config.get("STAGES", 1), num_warps=config["num_warps"])
+        num_warps=config["num_warps"])
     return y
