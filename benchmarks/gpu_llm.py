@@ -238,6 +238,11 @@ def bench_decode(args) -> list[dict]:
     for name, kind in variants:
         if kind == "int4":
             model = quantize_weight_only(model, Int4RtnConfig(group_size=128), inplace=True)
+        elif kind == "int4-head":  # lm_head quantized too (what torchao's int4 weight-only does by default)
+            del model
+            torch.cuda.empty_cache()
+            model = quantize_weight_only(llama(args.layers, "cuda"), Int4RtnConfig(group_size=128, quantize_head=True),
+                                         inplace=True)
         elif kind == "fp8":
             model = llama(args.layers, "cuda")
             model = quantize_w8a8(model, Fp8Config(), inplace=True)
