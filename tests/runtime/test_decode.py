@@ -161,3 +161,19 @@ def test_concat_linears_w8a8_and_weight_only(tiny_llama):
             assert torch.allclose(fused(x), ref, atol=1e-6)
             assert torch.equal(torch.cat([m(x) for m in mods], -1), ref)  # originals still work
     assert concat_linears([torch.nn.Linear(4, 2), torch.nn.Linear(5, 2)]) is None
+
+
+@pytest.mark.parametrize("family", ["Qwen2", "Mistral"])
+def test_fused_decoder_other_llama_families(interpreted, family):
+    """Qwen2 (q/k/v biases) and Mistral decode through the fused path token for token like HF."""
+    import transformers
+
+    cfg = getattr(transformers, f"{family}Config")(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                                   max_position_embeddings=64)
+    torch.manual_seed(1)
+    lm = getattr(transformers, f"{family}ForCausalLM")(cfg).eval().to("cuda" if CUDA else "cpu")
+    prompt = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(2)).to(lm.device)
+    dec = StaticDecoder(lm, max_len=16, use_graph=False, fused=True)
+    tokens, _ = dec.generate(prompt, 5)
+    assert tokens == _greedy_reference(lm, prompt, 5)
