@@ -126,9 +126,12 @@ def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
     assert torch.allclose(got, before[:, -1], atol=1e-4)
     tokens, _ = dec.generate(prompt, 6)
     assert tokens == ref_tokens
-    q = quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32))
-    tokens, _ = StaticDecoder(q, max_len=24, use_graph=False, fused=True).generate(prompt, 6)
-    assert tokens == _greedy_reference(q, prompt, 6)
+    from nnslim.quant.w8a8 import Int8W8A8Config, quantize_w8a8
+
+    for q in (quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32)),
+              quantize_w8a8(tiny_llama, Int8W8A8Config())):
+        tokens, _ = StaticDecoder(q, max_len=24, use_graph=False, fused=True).generate(prompt, 6)
+        assert tokens == _greedy_reference(q, prompt, 6)
 
 
 def test_fused_decoder_refuses_what_it_cannot_fuse(interpreted, tiny_llama):
