@@ -98,7 +98,7 @@ def bench_kernels(args) -> list[dict]:
             if "int4" in formats:
                 row.update(_int4_row(int4, int4_mods, r_int4, x, wref4, ref, base, m, args))
             if "fp8" in formats:
-                row.update(_fp8_row(fp8, fp8_mods, r_8, x, base, args))
+                row.update(_fp8_row(fp8, fp8_mods, r_8, x, base))
             if "int8" not in formats:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -166,7 +166,7 @@ def _kind(cfg: dict) -> str:
     return "-gemm" if "BLOCK_M" in cfg else "-gemv"
 
 
-def _fp8_row(fp8, fp8_mods, reps, x, base, args) -> dict:
+def _fp8_row(fp8, fp8_mods, reps, x, base) -> dict:
     """fp8 W8A8 as the layer runs it (fused Triton per-token quant + _scaled_mm), with and without
     fast accumulation, and the GEMM alone on pre-quantized activations."""
     from nnslim.runtime.kernels.triton_w8a8 import quantize_rows
@@ -179,9 +179,6 @@ def _fp8_row(fp8, fp8_mods, reps, x, base, args) -> dict:
         row[f"{key}_err_vs_ref"] = rel_err(fc[name](), fp8._reference(x))
     xq, sx = quantize_rows(x, "fp8")
     row["act_quant_ms"] = round(graph_time(lambda: quantize_rows(x, "fp8"), 1), 4)
-    if args.quant_sweep:  # rows per program x warps of the activation quantization kernel
-        row["act_quant_sweep"] = {f"{r}x{w}": round(graph_time(lambda r=r, w=w: quantize_rows(x, "fp8", r, w), 1), 4)
-                                  for r, w in [(1, 4), (1, 8), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16)]}
     for fast in (False, True):
         gemm = graph_time(lambda f=fast: [torch._scaled_mm(xq, mod.qweight.t(), scale_a=sx[:, None],
                                                            scale_b=mod.wscale[None, :], out_dtype=torch.bfloat16,
@@ -357,7 +354,6 @@ def main():
     ap.add_argument("--m", default="1,2,4,8,16,32,128,1024,2048,4096")
     ap.add_argument("--all", action="store_true", help="also try GEMM configs at M=1")
     ap.add_argument("--profile", action="store_true", help="decode: GPU time per kernel of one fused step")
-    ap.add_argument("--quant-sweep", action="store_true", help="kernels: time activation-quantization launch shapes")
     ap.add_argument("--formats", default="int4,fp8,int8", help="kernels: which of int4,fp8,int8 to time")
     ap.add_argument("--fused", default="both", choices=["both", "on", "off"],
                     help="decode: StaticDecoder with the fused Triton decode path, without, or both")

@@ -18,21 +18,21 @@ if triton is not None:
         return tl.where(v >= 0, tl.floor(v + 0.5), tl.ceil(v - 0.5))
 
     @triton.jit
-    def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, M, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
-                              ROWS: tl.constexpr, QMAX: tl.constexpr, IS_FP8: tl.constexpr):
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
+                              QMAX: tl.constexpr, IS_FP8: tl.constexpr):
+        row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
-        mask = (rows < M)[:, None] & (offs < K)[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_x + offs[None, :], mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=1)
+        mask = offs < K
+        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+        amax = tl.max(tl.abs(x), axis=0)
         scale = tl.maximum(amax, 1e-12) / QMAX
-        v = x / scale[:, None]
+        v = x / scale
         if IS_FP8:
             q = tl.minimum(tl.maximum(v, -QMAX), QMAX)
         else:
             q = tl.minimum(tl.maximum(_round_half_away(v), -QMAX), QMAX)
-        tl.store(q_ptr + rows[:, None] * stride_q + offs[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(s_ptr + rows, scale, mask=rows < M)
+        tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + row, scale)
 
     @triton.jit
     def _int8_gemm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
@@ -69,10 +69,8 @@ if triton is not None:
         tl.store(c, out.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-def quantize_rows(x: torch.Tensor, fmt: str = "int8", rows: int | None = None,
-                  num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (per-token) symmetric dynamic quantization of a 2-D tensor in one kernel, `rows` rows per
-    program (default: enough for ~8K elements per program).
+def quantize_rows(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token) symmetric dynamic quantization of a 2-D tensor in one kernel.
 
     Returns (q [M, K] int8 or float8_e4m3fn, scale [M] fp32) with x ~ q * scale[:, None].
     """
@@ -81,11 +79,9 @@ def quantize_rows(x: torch.Tensor, fmt: str = "int8", rows: int | None = None,
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn if fp8 else torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(k)
-    rows = rows or max(1, min(8, 8192 // block))
-    warps = num_warps or (8 if block * rows >= 4096 else 4)
-    _rowwise_quant_kernel[(triton.cdiv(m, rows),)](x, q, s, m, x.stride(0), q.stride(0), K=k, BLOCK=block,
-                                                   ROWS=rows, QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8,
-                                                   num_warps=warps)
+    _rowwise_quant_kernel[(m,)](x, q, s, x.stride(0), q.stride(0), K=k, BLOCK=block,
+                                QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8,
+                                num_warps=8 if block >= 4096 else 4)
     return q, s
 
 
