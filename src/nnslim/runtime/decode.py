@@ -8,7 +8,7 @@ are called as modules, so quantized linears (WeightOnlyLinear, W8A8Linear) run t
 With `fused=True` (the default on CUDA when Triton is installed and the model fits: Llama-style RMSNorm,
 SiLU-gated MLP), q/k/v and gate/up are concatenated into single linears (runtime/fuse.py; the model's
 own weights become views of the concatenated ones, values unchanged) and the small operations between
-linears run as four fused Triton kernels (kernels/triton_decode.py): per layer ~10 kernels instead of
+linears run as fused Triton kernels (kernels/triton_decode.py): per layer ~10 kernels instead of
 ~40, which is what lets a faster int4 linear show in tokens/s.
 """
 from __future__ import annotations
@@ -67,6 +67,7 @@ class StaticDecoder:
                 self.fused_note = f"not fused: {why}"
 
     def _fusion_blocker(self, explicit: bool) -> str | None:
+        from .fuse import concat_blocker
         from .kernels import triton_int4
 
         if not triton_int4.available():
@@ -86,10 +87,9 @@ class StaticDecoder:
                 return f"MLP {type(mlp).__name__} is not a SiLU-gated gate/up/down MLP"
             a = layer.self_attn
             for group in ((a.q_proj, a.k_proj, a.v_proj), (mlp.gate_proj, mlp.up_proj)):
-                keys = {getattr(m, "concat_key", lambda m=m: (type(m), m.in_features, m.bias is None))()
-                        for m in group}
-                if len({type(m) for m in group}) > 1 or len(keys) > 1:
-                    return f"layers {[type(m).__name__ for m in group]} cannot be concatenated (formats differ)"
+                why = concat_blocker(list(group))
+                if why is not None:
+                    return f"cannot be concatenated: {why}"
         if self.device.type != "cuda" and not (explicit and os.environ.get("TRITON_INTERPRET") == "1"):
             return f"fused kernels need CUDA (device is {self.device.type})"
         return None

@@ -19,20 +19,29 @@ def _rowwise(m: nn.Module) -> tuple[str, ...]:
     return ("weight", "bias") if type(m) is nn.Linear else m.ROWWISE
 
 
-def concat_linears(mods: list[nn.Module]) -> nn.Module | None:
-    """One module computing torch.cat([m(x) for m in mods], dim=-1), or None when the modules cannot
-    be concatenated (different types, input sizes, formats or per-input scales)."""
+def concat_blocker(mods: list[nn.Module]) -> str | None:
+    """Why these linears cannot be concatenated, or None when they can."""
     cls = type(mods[0])
+    names = [type(m).__name__ for m in mods]
     if any(type(m) is not cls for m in mods):
-        return None
+        return f"layers {names} have different types"
     if cls is nn.Linear:
         keys = [_linear_key(m) for m in mods]
     elif hasattr(cls, "concat_key"):
         keys = [m.concat_key() for m in mods]
     else:
-        return None
+        return f"{cls.__name__} has no concat_key"
     if any(k != keys[0] for k in keys):
+        return f"layers {names} differ in input size, format, bias or per-input scale"
+    return None
+
+
+def concat_linears(mods: list[nn.Module]) -> nn.Module | None:
+    """One module computing torch.cat([m(x) for m in mods], dim=-1), or None when the modules cannot
+    be concatenated (see concat_blocker)."""
+    if concat_blocker(mods) is not None:
         return None
+    cls = type(mods[0])
     out_features = sum(m.out_features for m in mods)
     with torch.device("meta"):
         fused = (nn.Linear(mods[0].in_features, out_features, bias=mods[0].bias is not None) if cls is nn.Linear
