@@ -15,6 +15,11 @@ The K-major GEMV (configs with KMAJOR=True) needs no layout of its own: the cano
 [N, K/2] uint8 (low nibble first) read as int32 [N, K/8] holds in nibble j of word w the code of
 k = 8w + j, so every thread loads 16 contiguous bytes (32 codes) of one output row, scales and zeros are
 read in their stored [N, G] layout, and no second copy of the weight is kept.
+
+The permuted-layout GEMV (PERM=True, `to_kernel_layout_perm`) stores each group's codes so that the x
+values of one nibble position form a contiguous vector and uses one FMA per code (see its kernel).
+On the H100 none of the three GEMVs beats torch's tinygemm at M=1 (BENCHMARKS.md 3b); the selector
+still times them, and they are what runs for fp16 activations, where tinygemm does not apply.
 """
 from __future__ import annotations
 
