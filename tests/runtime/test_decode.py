@@ -50,7 +50,9 @@ CUDA = torch.cuda.is_available()
 
 @pytest.fixture
 def interpreted():
-    pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
+    import importlib.util
+
+    assert importlib.util.find_spec("triton") is not None, "triton is not installed: run `make test` (test extra)"
     if not CUDA:
         from nnslim.runtime.kernels import interpret
 

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from ..errors import NnslimError
 from ..recipe import StepConfig, register_method
+from ..runtime.fuse import value_key
 from ..runtime.kernels import select
 from .modules import replace_module
 
@@ -55,10 +56,8 @@ class W8A8Linear(nn.Module):
 
     def concat_key(self) -> tuple:
         """Layers with equal keys can be concatenated along the output features."""
-        from .weight_only.modules import _bytes
-
         return (self.in_features, self.fmt, self.bias is None, self.fast_accum, self.qweight.device,
-                self._dtype(), _bytes(self.input_scale))
+                self._dtype(), value_key(self.input_scale))
 
     def _dtype(self) -> torch.dtype:
         extra = self.bias if self.bias is not None else self.input_scale

@@ -10,6 +10,11 @@ import torch
 from torch import nn
 
 
+def value_key(t: torch.Tensor | None) -> bytes | None:
+    """Hashable form of a small tensor's values (per-input scales must be equal to concatenate)."""
+    return None if t is None else t.detach().cpu().numpy().tobytes()
+
+
 def _linear_key(m: nn.Linear) -> tuple:
     return (m.in_features, m.bias is None, m.weight.dtype, m.weight.device)
 

@@ -19,14 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import NnslimError
+from ...runtime.fuse import value_key
 from ...runtime.kernels import select
 from .formats import WeightSpec, dequantize_codes, pack, per_byte, unpack
 
 KERNELS = ("auto", "dequant", "cpu-int4pack", "cpu-int8pack", "triton-int4", "tinygemm")
-
-
-def _bytes(t: torch.Tensor | None) -> bytes | None:
-    return None if t is None else t.detach().cpu().numpy().tobytes()
 
 
 class WeightOnlyLinear(nn.Module):
@@ -71,7 +68,7 @@ class WeightOnlyLinear(nn.Module):
     def concat_key(self) -> tuple:
         """Layers with equal keys can be concatenated along the output features."""
         return (self.in_features, self.bits, self.group, self.symmetric, self.bias is None, self.scales.dtype,
-                self.qweight.device, _bytes(self.input_scale))
+                self.qweight.device, value_key(self.input_scale))
 
     def empty_like(self, out_features: int) -> "WeightOnlyLinear":
         return WeightOnlyLinear(self.in_features, out_features, self.bits, self.group, self.symmetric,
