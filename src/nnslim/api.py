@@ -1,6 +1,7 @@
 """Public verbs: compress, evaluate, benchmark, save, load (and export_onnx)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -13,11 +14,14 @@ import numpy as np
 import torch
 
 from . import artifact
-from .errors import NnslimError
+from .errors import NnslimError, bad_value
+from .progress import stage, warn
+from .validate import check_finite_data, check_finite_module
 from .eval.latency import measure_interleaved
 from .eval.memory import peak_memory_bytes
 from .eval.report import Report, VariantResult
-from .io import META_FILE, check_onnx, find_meta, library_versions, machine_info, prepare_out_dir
+from .io import (META_FILE, StagedDir, check_onnx, check_out_path, find_meta, library_versions, machine_info,
+                 scratch_dir)
 from .recipe import Context, Recipe, as_recipe, get_method
 from .runtime import OnnxModel, make_runner
 from .runtime.base import model_dtype
@@ -40,10 +44,14 @@ class Resolved:
 
 def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | None = None,
             calibration: list | None = None, dynamic_axes: dict | None = None,
-            skeleton: torch.nn.Module | None = None) -> Resolved:
-    """Turn what the user gave (testbed name, path, nn.Module) into a model plus its testbed."""
+            skeleton: torch.nn.Module | None = None, trust_remote_code: bool = False) -> Resolved:
+    """Turn what the user gave (testbed name, path, nn.Module) into a model plus its testbed.
+
+    `testbed` may be a testbed name or a Hugging Face model dir (its data, metric and reference model).
+    A folder's own code (HF auto_map) runs only with trust_remote_code=True.
+    """
     if isinstance(testbed, str):
-        testbed = get_testbed(testbed)
+        testbed = _testbed_arg(testbed, trust_remote_code)
     if isinstance(model, torch.nn.Module):
         if testbed is None:
             if example_inputs is None:
@@ -58,9 +66,19 @@ def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | 
                           f"({', '.join(TESTBEDS)}), a path (.onnx file, nnslim artifact dir, Hugging Face "
                           "model dir) or a torch.nn.Module")
     text = str(model)
-    if text in TESTBEDS and not Path(text).exists():
-        tb = testbed or get_testbed(text)
-        return Resolved(tb.load_model(), tb, text)
+    if text == "":
+        raise NnslimError("--model='' is not allowed; give a testbed name, an .onnx file, an nnslim artifact "
+                          "dir or a Hugging Face model dir")
+    name = text[len("testbed:"):] if text.startswith("testbed:") else text
+    if name in TESTBEDS and (text != name or os.sep not in text):
+        if text == name and Path(text).exists():
+            # A bare testbed name always means the testbed; say so when a path of that name exists too.
+            warn(f"--model={text!r} is the testbed {text!r}; a path of that name exists and is not used "
+                 f"(write ./{text} for the path)")
+        tb = testbed or get_testbed(name)
+        return Resolved(tb.load_model(), tb, f"testbed:{name}")
+    if text != name:
+        raise bad_value("--model", text, [f"testbed:{t}" for t in TESTBEDS])
     path = Path(text)
     if not path.exists():
         raise NnslimError(f"--model={text!r} is neither a testbed ({', '.join(TESTBEDS)}) nor an existing path")
@@ -68,20 +86,50 @@ def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | 
         check_onnx(path)
         meta = find_meta(path)
         if testbed is None and meta:
-            testbed = artifact.testbed_from_architecture(meta.get("architecture", {}))
+            testbed = artifact.testbed_from_architecture(meta.get("architecture", {}), path.parent,
+                                                         trust_remote_code)
+        if testbed is not None:
+            _check_onnx_inputs(path, testbed)
         return Resolved(OnnxModel(path), testbed, str(path))
     if path.is_dir() and (path / META_FILE).is_file():
+        loaded = artifact.load(path, model=skeleton, trust_remote_code=trust_remote_code)
         meta = find_meta(path)
-        tb = testbed or artifact.testbed_from_architecture(meta.get("architecture", {}))
-        return Resolved(artifact.load(path, model=skeleton), tb, str(path))
+        tb = testbed or artifact.testbed_from_architecture(meta.get("architecture", {}), path, trust_remote_code)
+        if isinstance(loaded, OnnxModel) and tb is not None:
+            _check_onnx_inputs(loaded.path, tb)
+        return Resolved(loaded, tb, str(path))
     if path.is_dir() and (path / "config.json").is_file():
-        tb = testbed or testbed_for_hf_dir(path)
+        tb = testbed or testbed_for_hf_dir(path, trust_remote_code)
         return Resolved(tb.load_model(), tb, str(path))
     if path.is_file() and path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         raise NnslimError(f"--model={text!r} is a bare weights file with no architecture; give a Hugging Face "
                           "model dir, an nnslim artifact dir, an .onnx file, or pass the module in Python")
     raise NnslimError(f"--model={text!r} is not a model nnslim can read; allowed: a testbed name, an .onnx "
                       "file, an nnslim artifact dir (with nnslim.json), a Hugging Face model dir (with config.json)")
+
+
+def _testbed_arg(text: str, trust_remote_code: bool) -> Testbed:
+    """--testbed: a testbed name, or a Hugging Face model dir whose data and model are the reference."""
+    if text in TESTBEDS:
+        return get_testbed(text)
+    path = Path(text)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / META_FILE).is_file():
+        return testbed_for_hf_dir(path, trust_remote_code)
+    raise bad_value("--testbed", text, [*TESTBEDS, "a Hugging Face model dir"])
+
+
+def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:
+    """The testbed must feed exactly the inputs the ONNX graph needs (checked before any run)."""
+    if isinstance(testbed, ModuleTestbed) or not testbed.input_names:
+        return
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    needed = [i.name for i in proto.graph.input if i.name not in inits]
+    if sorted(needed) != sorted(testbed.input_names):
+        raise NnslimError(f"testbed {testbed.name!r} feeds inputs {list(testbed.input_names)} but {str(path)!r} "
+                          f"takes {needed}; pass the --testbed this model was made for")
 
 
 def load_for_run(source: str, backend: str | None = None):
@@ -154,6 +202,7 @@ class Variant:
     model: Any
     backend: str | None = None
     source: str | None = None
+    size_bytes: int | None = None  # the files as written (artifact rows); else measured from the model
 
 
 def _dtype_of(model) -> str:
@@ -174,7 +223,8 @@ def compare(testbed: Testbed, variants: list[Variant], batch: int | None = None,
     for v, runner in zip(variants, runners):
         results.append(VariantResult(
             name=v.name, backend=runner.backend, format="onnx" if isinstance(v.model, OnnxModel) else "torch",
-            dtype=_dtype_of(v.model), size_bytes=size_on_disk(v.model), params=param_count(v.model),
+            dtype=_dtype_of(v.model),
+            size_bytes=v.size_bytes if v.size_bytes is not None else size_on_disk(v.model), params=param_count(v.model),
             metrics=testbed.evaluate(runner) if metrics else {}))
     lat = measure_interleaved({str(i): (lambda r=r: r(inputs)) for i, r in enumerate(runners)}, batch=batch,
                               warmup=warmup, repeats=repeats, max_seconds=max_seconds)
@@ -203,9 +253,9 @@ def variants_for(name: str, model, source: str | None, backend: str | None = Non
 
 # ------------------------------------------------------------------------------------------------
 def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = None,
-             example_inputs: dict | None = None) -> dict[str, Any]:
+             example_inputs: dict | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Metrics, size and parameter count of a model (torch, ONNX path, artifact dir, testbed name)."""
-    r = resolve(model, testbed, example_inputs)
+    r = resolve(model, testbed, example_inputs, trust_remote_code=trust_remote_code)
     if r.testbed is None:
         raise NnslimError(f"no testbed known for {model!r}: pass --testbed NAME "
                           f"({', '.join(TESTBEDS)}) to choose its data and metric")
@@ -216,9 +266,9 @@ def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = 
 
 def benchmark(model, testbed: Testbed | str | None = None, backend: str | None = None, batch: int | None = None,
               seq: int | None = None, repeats: int = 20, memory: bool = True, metrics: bool = True,
-              example_inputs: dict | None = None) -> Report:
+              example_inputs: dict | None = None, trust_remote_code: bool = False) -> Report:
     """Latency (median, p90), throughput, size, peak memory and metrics of one model."""
-    r = resolve(model, testbed, example_inputs)
+    r = resolve(model, testbed, example_inputs, trust_remote_code=trust_remote_code)
     if r.testbed is None:
         raise NnslimError(f"no testbed known for {model!r}: pass --testbed NAME ({', '.join(TESTBEDS)})")
     name = r.testbed.name if isinstance(model, torch.nn.Module) else Path(str(model)).name
@@ -246,68 +296,106 @@ def check_recipe_fits(recipe: Recipe, model) -> None:
 
 
 def _apply_recipe(model, recipe: Recipe, ctx: Context):
+    check_finite_module(model, "input model")
+    if ctx.calibration is not None:
+        check_finite_data(ctx.calibration, "calibration")
     if ctx.teacher is None and isinstance(model, torch.nn.Module):
         ctx.teacher = model  # steps never modify their input, so the original stays the teacher
-    for step in recipe.steps:
+    for i, step in enumerate(recipe.steps):
+        stage(f"step {i + 1}/{len(recipe.steps)}: {step.method}")
         torch.manual_seed(ctx.seed)
         model = get_method(step.method).apply(model, step, ctx)
+        check_finite_module(model, f"after recipe step {i} ({step.method!r})")
     return model
 
 
 def compress(model, recipe, calibration: list | None = None, example_inputs: dict | None = None,
              out: str | Path | None = None, testbed: Testbed | str | None = None, seed: int | None = None,
              overwrite: bool = False, report: bool = True, batch: int | None = None, seq: int | None = None,
-             repeats: int = 20, memory: bool = True) -> CompressResult:
+             repeats: int = 20, memory: bool = True, backend: str | None = None,
+             trust_remote_code: bool = False) -> CompressResult:
     """Apply a recipe (Recipe, StepConfig, list of steps, method name or YAML path) to a model.
 
-    Writes the compressed model, nnslim.json and report.{json,md,png} into `out` when given; returns
-    the compressed model (the caller's model is never modified) and the before/after report.
+    Writes the compressed model, nnslim.json and report.{json,md,png} into `out` when given, built in a
+    temp dir beside it and swapped in whole (a kill leaves the old or the new artifact, never a mix).
+    The report's compressed row is measured on the artifact as written and reloaded. Returns that
+    model (the caller's model is never modified) and the before/after report.
     """
     recipe = as_recipe(recipe, seed)
-    r = resolve(model, testbed, example_inputs, calibration)
-    if out is not None and r.source and Path(r.source).exists() and _inside(Path(r.source), Path(out)):
+    if out is not None:
+        check_out_path(out, overwrite)  # before any loading or work
+    r = resolve(model, testbed, example_inputs, calibration, trust_remote_code=trust_remote_code)
+    if out is not None and r.source and not r.source.startswith("testbed:") and _inside(Path(r.source), Path(out)):
         raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
                           "overwrites its input: choose another output directory")
     check_recipe_fits(recipe, r.model)
-    created = False
-    if out is not None:
-        out = Path(out)
-        created = not out.exists()
-        out = prepare_out_dir(out, overwrite)
-    workdir = out or Path(tempfile.mkdtemp(prefix="nnslim-"))
-    ctx = Context(testbed=r.testbed, workdir=workdir, seed=recipe.seed, calibration=calibration)
+    staged = StagedDir(out, overwrite) if out is not None else None
     try:
-        result = _apply_recipe(r.model, recipe, ctx)
-        result = _deployable(result, ctx)
-        if out is not None:
-            artifact.save(result, out, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
+        target = staged.path if staged else scratch_dir()
+        work = target / ".work"
+        work.mkdir()
+        ctx = Context(testbed=r.testbed, workdir=work, seed=recipe.seed, calibration=calibration)
+        result = _deployable(_apply_recipe(r.model, recipe, ctx), ctx)
+        rep = None
+        if staged or report:
+            stage("writing the artifact")
+            artifact.save(result, target, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
                           extra={"notes": ctx.notes})
+            result = _reload(target, r.model)
+        shutil.rmtree(work, ignore_errors=True)
+        if report:
+            stage("measuring baseline and compressed model")
+            rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend)
+            if staged:
+                rep.write(target)
+        if staged:
+            staged.commit()
+            if isinstance(result, OnnxModel):  # it was read from the staging dir, now renamed to `out`
+                result = OnnxModel(staged.out / result.path.relative_to(staged.path))
     except BaseException:
-        if created:  # leave nothing half-written behind in a directory we made
-            shutil.rmtree(out, ignore_errors=True)
+        if staged:
+            staged.discard()
         raise
-    rep = None
-    if report:
-        source = str(out) if out is not None else None
-        variants = variants_for("baseline", r.model, r.source)
-        if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module) and _dtype_of(result) != "float32":
-            # Same runtime, fp32 vs compressed: separates the runtime's gain from the method's.
-            fp32 = _export_baseline(r, Path(tempfile.mkdtemp(prefix="nnslim-fp32-")))
-            variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path))
-        variants += variants_for("compressed", result, source)
+    return CompressResult(result, staged.out if staged else None, rep, ctx.notes)
+
+
+def _reload(directory: Path, original):
+    """The artifact as written, loaded back (a user's own class reloads into a copy of the original)."""
+    meta = find_meta(directory)
+    skeleton = None
+    if meta.get("format") == "torch" and meta.get("architecture", {}).get("kind") == "module":
+        import copy
+
+        skeleton = copy.deepcopy(original)
+    return artifact.load(directory, model=skeleton)
+
+
+def _report(r: Resolved, result, directory: Path, ctx: Context, batch, seq, repeats, memory, backend) -> Report:
+    variants = variants_for("baseline", r.model, r.source, backend)
+    scratch = None
+    if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module) and _dtype_of(result) != "float32":
+        # Same runtime, fp32 vs compressed: separates the runtime's gain from the method's.
+        scratch = scratch_dir("nnslim-fp32-")
+        fp32 = _export_baseline(r, scratch)
+        variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path), backend)
+    size = artifact.artifact_size(directory)
+    variants += [dataclasses.replace(v, size_bytes=size)
+                 for v in variants_for("compressed", result, str(directory), backend)]
+    try:
         rep = compare(r.testbed, variants, batch, seq, repeats, memory=memory)
-        rep.notes = ctx.notes + rep.notes
-        rep.tables.update(ctx.tables)
-        if out is not None:
-            rep.write(out)
-    return CompressResult(result, out, rep, ctx.notes)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    rep.notes = ctx.notes + rep.notes
+    rep.tables.update(ctx.tables)
+    return rep
 
 
 def _deployable(model, ctx: Context):
     """A torch model holding int8 layers deploys as an int8 ONNX graph (QDQ or dynamic)."""
-    from .quant.modules import QuantWrapper
+    from .quant.modules import has_simulated_int8
 
-    if isinstance(model, torch.nn.Module) and any(isinstance(m, QuantWrapper) for m in model.modules()):
+    if has_simulated_int8(model):
         from .runtime.qdq import export_quantized_onnx
 
         tb = ctx.testbed
@@ -337,14 +425,14 @@ def export_onnx(model: torch.nn.Module, example_inputs: dict, path: str | Path,
 
     A model returned by nnslim.quantize exports as int8 (QDQ for static, MatMulInteger for dynamic).
     """
-    from .quant.modules import QuantWrapper
+    from .quant.modules import has_simulated_int8
     from .runtime.onnx_export import export_onnx as _export
     from .runtime.qdq import export_quantized_onnx
 
     inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
               for k, v in example_inputs.items()}
     axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}
-    if any(isinstance(m, QuantWrapper) for m in model.modules()):
+    if has_simulated_int8(model):
         return export_quantized_onnx(model, inputs, path, axes, opset)[0]
     return _export(model, inputs, path, axes, opset)
 

@@ -12,16 +12,17 @@ from typing import Any
 
 import torch
 
-from .errors import NnslimError
+from .errors import NnslimError, bad_value, short_repr
 from .io import (META_FILE, ONNX_FILE, WEIGHTS_FILE, atomic_write, atomic_write_json, check_onnx,
-                 library_versions, read_meta)
+                 determinism_info, library_versions, onnx_external_files, read_meta, stored_shapes)
 from .runtime.base import OnnxModel, model_dtype
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def architecture_of(testbed) -> dict[str, Any]:
-    """How nnslim.load rebuilds the module: a built-in testbed, an HF directory, or a user's class."""
+    """How nnslim.load rebuilds the module: a built-in testbed, the artifact's own copy of an HF config,
+    or a user's class (then nnslim.load needs model=)."""
     from .testbeds import TESTBEDS, CausalLMTestbed, ModuleTestbed, TextEncoderTestbed
 
     if testbed is None or isinstance(testbed, ModuleTestbed):
@@ -32,23 +33,50 @@ def architecture_of(testbed) -> dict[str, Any]:
         return {"kind": "testbed", "name": testbed.name}
     if isinstance(testbed, (CausalLMTestbed, TextEncoderTestbed)):
         kind = "hf-causal-lm" if isinstance(testbed, CausalLMTestbed) else "hf-encoder"
-        return {"kind": kind, "path": str(Path(testbed.model_dir).resolve())}
+        # "path" is inside the artifact (its copy of config.json and the tokenizer); "source" is provenance
+        # only and is never loaded from.
+        return {"kind": kind, "path": ".", "source": str(Path(testbed.model_dir).resolve())}
     return {"kind": "module", "class": None}
 
 
-def testbed_from_architecture(arch: dict[str, Any]):
-    from .testbeds import CausalLMTestbed, TextEncoderTestbed, get_testbed
+def _copy_hf_files(testbed, directory: Path) -> list[str]:
+    """Copy config.json and the tokenizer files of an HF testbed into the artifact; returns their names."""
+    from .testbeds.base import HF_META_FILES
 
+    src = Path(testbed.model_dir)
+    copied = []
+    for name in HF_META_FILES:
+        if (src / name).is_file():
+            atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(src / n, tmp))
+            copied.append(name)
+    return copied
+
+
+def testbed_from_architecture(arch: dict[str, Any], directory: Path | None = None, trust_remote_code: bool = False):
+    """The testbed an artifact was made with. HF architectures load only from inside the artifact dir."""
+    from .testbeds import TESTBEDS, get_testbed, testbed_for_hf_dir
+
+    if not isinstance(arch, dict):
+        raise NnslimError(f"architecture={short_repr(arch)} in nnslim.json is not an object")
     kind = arch.get("kind")
     if kind == "testbed":
+        if arch.get("name") not in TESTBEDS:
+            raise bad_value("architecture.name", arch.get("name"), list(TESTBEDS))
         return get_testbed(arch["name"])
-    if kind == "hf-causal-lm":
-        return CausalLMTestbed(arch["path"], name=f"hf:{arch['path']}")
-    if kind == "hf-encoder":
-        return TextEncoderTestbed(arch["path"], name=f"hf:{arch['path']}")
-    return None
-
-
+    if kind in ("hf-causal-lm", "hf-encoder"):
+        rel = arch.get("path")
+        if directory is None or not isinstance(rel, str) or Path(rel).is_absolute():
+            raise NnslimError(f"architecture.path={short_repr(rel)} in nnslim.json is not allowed; allowed: a path "
+                              "inside the artifact directory (artifacts made before nnslim kept their config "
+                              "inside must be made again)")
+        root = Path(directory).resolve()
+        target = (root / rel).resolve()
+        if target != root and root not in target.parents:
+            raise NnslimError(f"architecture.path={rel!r} in nnslim.json leaves the artifact directory; refused")
+        return testbed_for_hf_dir(target, trust_remote_code, weights=False, name=f"hf:{target}")
+    if kind == "module":
+        return None
+    raise bad_value("architecture.kind", kind, ["testbed", "hf-causal-lm", "hf-encoder", "module"])
 
 
 def quantized_layers(model: torch.nn.Module) -> dict[str, dict]:
@@ -65,35 +93,59 @@ def quantized_layers(model: torch.nn.Module) -> dict[str, dict]:
     return out
 
 
-def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: torch.dtype, where: Path) -> None:
-    """Put empty quantized layers where nnslim.json says they were, so the saved buffers load into them."""
-    from .quant.modules import replace_module
+def _quantized_layer(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
     from .quant.w8a8 import W8A8Linear
     from .quant.weight_only.modules import WeightOnlyLinear
 
+    kind = cfg["kind"]
+    if kind == "weight_only":
+        return WeightOnlyLinear(cfg["in_features"], cfg["out_features"], cfg["bits"], cfg["group"],
+                                cfg["symmetric"], cfg["bias"], dtype, cfg.get("input_scale", False))
+    if kind == "lowrank":
+        from .lowrank.svd import LowRankLinear
+
+        return LowRankLinear(cfg["in_features"], cfg["out_features"], cfg["rank"], cfg["bias"], dtype)
+    if kind == "semi_sparse":
+        from .prune.sparse24 import SemiSparseLinear
+
+        return SemiSparseLinear(cfg["in_features"], cfg["out_features"], cfg["bias"], dtype)
+    if kind == "w8a8":
+        new = W8A8Linear(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype,
+                         cfg.get("input_scale", False))
+        new.fast_accum = bool(cfg.get("fast_accum", False))
+        return new
+    raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8, lowrank, semi_sparse")
+
+
+def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: torch.dtype, where: Path,
+                       stored: dict[str, tuple[int, ...]]) -> None:
+    """Put empty quantized layers where nnslim.json says they were, so the saved buffers load into them.
+
+    Each layer is first built on the meta device and its tensor shapes compared with those stored in
+    the weights file, so sizes in nnslim.json can never make nnslim allocate more than the file holds.
+    """
+    from .quant.modules import replace_module
+
+    if not isinstance(layers, dict):
+        raise NnslimError(f"{where}: quantized_layers must be a mapping of layer name -> config")
     for name, cfg in layers.items():
         try:
             model.get_submodule(name)
-            kind = cfg["kind"]
-            if kind == "weight_only":
-                new = WeightOnlyLinear(cfg["in_features"], cfg["out_features"], cfg["bits"], cfg["group"],
-                                       cfg["symmetric"], cfg["bias"], dtype, cfg.get("input_scale", False))
-            elif kind == "lowrank":
-                from .lowrank.svd import LowRankLinear
-
-                new = LowRankLinear(cfg["in_features"], cfg["out_features"], cfg["rank"], cfg["bias"], dtype)
-            elif kind == "semi_sparse":
-                from .prune.sparse24 import SemiSparseLinear
-
-                new = SemiSparseLinear(cfg["in_features"], cfg["out_features"], cfg["bias"], dtype)
-            elif kind == "w8a8":
-                new = W8A8Linear(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype,
-                                 cfg.get("input_scale", False))
-                new.fast_accum = bool(cfg.get("fast_accum", False))
-            else:
-                raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8, lowrank, semi_sparse")
-        except (AttributeError, KeyError, TypeError) as e:
-            raise NnslimError(f"{where}: quantized layer {name!r} does not fit the architecture: {e}") from None
+            if not isinstance(cfg, dict):
+                raise TypeError(f"config is a {type(cfg).__name__}, not a mapping")
+            with torch.device("meta"):
+                probe = _quantized_layer(cfg, dtype)
+            for key, t in probe.state_dict().items():
+                full = f"{name}.{key}"
+                if stored.get(full) != tuple(t.shape):
+                    raise ValueError(f"{full} has shape {stored.get(full)} in the weights file, the config "
+                                     f"implies {tuple(t.shape)}")
+            new = _quantized_layer(cfg, dtype)
+        except NnslimError:
+            raise
+        except Exception as e:  # any malformed field: one line naming the layer
+            raise NnslimError(f"{where}: quantized layer {name!r} does not fit the architecture: "
+                              f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
         replace_module(model, name, new)
 
 
@@ -106,11 +158,12 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
     directory.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"nnslim_format": 1, "created": _dt.datetime.now().isoformat(timespec="seconds"),
                             "testbed": getattr(testbed, "name", None), "architecture": architecture_of(testbed),
-                            "recipe": recipe, "seed": seed, "versions": library_versions()}
+                            "recipe": recipe, "seed": seed, "versions": library_versions(),
+                            "determinism": determinism_info()}
     if isinstance(model, torch.nn.Module):
-        from .quant.modules import QuantEmbedding, QuantWrapper
+        from .quant.modules import has_simulated_int8
 
-        if any(isinstance(m, (QuantWrapper, QuantEmbedding)) for m in model.modules()):
+        if has_simulated_int8(model):
             raise NnslimError("saving a simulated-int8 torch model is not supported yet; save the deployable "
                               "int8 model with nnslim.export_onnx(model, example_inputs, path) or use "
                               "nnslim.compress(..., out=DIR), which writes the int8 ONNX artifact")
@@ -129,22 +182,41 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
 
         if getattr(model, PLAN_ATTR, None):
             meta["structured_plan"] = getattr(model, PLAN_ATTR)
+        meta["files"] = [WEIGHTS_FILE]
     elif isinstance(model, OnnxModel):
         target = directory / ONNX_FILE
+        data_files = onnx_external_files(model.path)
         if model.path.resolve() != target.resolve():
             atomic_write(target, lambda tmp: shutil.copyfile(model.path, tmp))
-            data = Path(str(model.path) + ".data")
-            if data.exists():
-                atomic_write(Path(str(target) + ".data"), lambda tmp: shutil.copyfile(data, tmp))
-        meta.update(format="onnx", file=ONNX_FILE)
+            for name in data_files:  # external weights keep their names: the graph refers to them
+                atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(model.path.parent / n, tmp))
+        meta.update(format="onnx", file=ONNX_FILE, files=[ONNX_FILE, *data_files])
     else:
         raise NnslimError(f"cannot save a {type(model).__name__}; expected torch.nn.Module or an ONNX model")
+    if meta["architecture"].get("kind", "").startswith("hf-"):
+        meta["files"] += _copy_hf_files(testbed, directory)
     meta.update(extra or {})
     atomic_write_json(directory / META_FILE, meta)
     return directory
 
 
-def load(directory: str | Path, model: torch.nn.Module | None = None):
+def _own_file(meta: dict, default: str, directory: Path) -> str:
+    """The model file named in nnslim.json: a plain file name inside the artifact dir, nothing else."""
+    name = meta.get("file", default)
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise NnslimError(f"{directory / META_FILE}: file={short_repr(name)} is not allowed; allowed: a file name "
+                          "inside the artifact directory")
+    return name
+
+
+def artifact_size(directory: str | Path) -> int:
+    """Bytes of the model files of an artifact as written (what nnslim.json lists), reports excluded."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    return sum((directory / name).stat().st_size for name in meta.get("files", [meta.get("file", WEIGHTS_FILE)]))
+
+
+def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remote_code: bool = False):
     """Load an artifact directory written by save/compress.
 
     Torch artifacts are rebuilt from their recorded architecture (testbed or HF directory); for a
@@ -156,13 +228,13 @@ def load(directory: str | Path, model: torch.nn.Module | None = None):
     meta = read_meta(directory)
     fmt = meta.get("format")
     if fmt == "onnx":
-        path = directory / meta.get("file", ONNX_FILE)
+        path = directory / _own_file(meta, ONNX_FILE, directory)
         check_onnx(path)
         return OnnxModel(path)
     if fmt != "torch":
         raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx")
     if model is None:
-        testbed = testbed_from_architecture(meta.get("architecture", {}))
+        testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
         if testbed is None:
             raise NnslimError(f"{directory} holds weights of a user-defined module "
                               f"({meta.get('architecture', {}).get('class')}); pass model=<an instance of it> "
@@ -176,11 +248,12 @@ def load(directory: str | Path, model: torch.nn.Module | None = None):
         from .prune.structured import apply_plan
 
         model = apply_plan(model, meta["structured_plan"])
-    model = model.to(dtype)  # before packed layers go in: .to() would also cast fp8 codes
-    _rebuild_quantized(model, meta.get("quantized_layers") or {}, dtype, directory / META_FILE)
-    weights = directory / meta.get("file", WEIGHTS_FILE)
+    weights = directory / _own_file(meta, WEIGHTS_FILE, directory)
     if not weights.is_file():
         raise NnslimError(f"weights file {str(weights)!r} not found")
+    model = model.to(dtype)  # before packed layers go in: .to() would also cast fp8 codes
+    _rebuild_quantized(model, meta.get("quantized_layers") or {}, dtype, directory / META_FILE,
+                       stored_shapes(weights))
     try:
         if meta.get("sparse_storage"):
             from .prune.storage import load_sparse

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,11 +26,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    from .recipe import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: 0..{MAX_SEED}")
+    return value
+
+
 def _add_model(p, help_extra=""):
     p.add_argument("--model", required=True, help="testbed name (see `nnslim testbeds`), .onnx file, nnslim "
                    "artifact dir or Hugging Face model dir" + help_extra)
-    p.add_argument("--testbed", default=None, help="data and metric to use when --model is a path without "
-                   "nnslim.json")
+    p.add_argument("--testbed", default=None, help="data and metric: a testbed name, or the Hugging Face dir "
+                   "a model was compressed from (its reference)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a Hugging Face folder's own Python "
+                   "code (auto_map) to run; off by default: nnslim never runs a model folder's code unasked")
 
 
 def _add_timing(p):
@@ -71,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of --method (repeatable; VALUE is read as YAML), e.g. --set group_size=64")
     p.add_argument("--out", required=True, help="output directory (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's, else 0)")
+    p.add_argument("--seed", type=_seed, default=None, help="random seed (default: the recipe's, else 0)")
     p.add_argument("--no-report", action="store_true", help="skip the evaluation/benchmark report")
     _add_timing(p)
 
@@ -104,7 +119,7 @@ def _cmd_methods(args) -> None:
 def _cmd_evaluate(args) -> None:
     from .api import evaluate
 
-    res = evaluate(args.model, testbed=args.testbed, backend=args.backend)
+    res = evaluate(args.model, testbed=args.testbed, backend=args.backend, trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(res, indent=2))
         return
@@ -123,18 +138,26 @@ def _print_report(report, out) -> None:
 
 def _cmd_benchmark(args) -> None:
     from .api import benchmark
-    from .io import prepare_out_dir
+    from .io import StagedDir
 
-    if args.out:
-        prepare_out_dir(args.out, args.overwrite)
-    report = benchmark(args.model, testbed=args.testbed, backend=args.backend, batch=args.batch, seq=args.seq,
-                       repeats=args.repeats, memory=not args.no_memory)
-    _print_report(report, args.out)
+    staged = StagedDir(args.out, args.overwrite) if args.out is not None else None
+    with staged or _nothing():
+        report = benchmark(args.model, testbed=args.testbed, backend=args.backend, batch=args.batch,
+                           seq=args.seq, repeats=args.repeats, memory=not args.no_memory,
+                           trust_remote_code=args.trust_remote_code)
+        print(report.to_terminal())
+        if staged:
+            report.write(staged.path)
+            print(f"wrote {staged.commit()}")
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _parse_options(options: list[str]) -> dict:
-    import yaml
-
     from .errors import NnslimError
     from .recipe import yaml_load
 
@@ -143,10 +166,11 @@ def _parse_options(options: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise NnslimError(f"--set {item!r} is not allowed; expected KEY=VALUE, e.g. --set group_size=64")
-        try:
-            out[key] = yaml_load(value)
-        except yaml.YAMLError:
-            raise NnslimError(f"--set {item!r}: VALUE is not valid YAML") from None
+        if key == "method":
+            raise NnslimError(f"--set {item!r} is not allowed: the method is given by --method")
+        if key in out:
+            raise NnslimError(f"--set {key}= is given twice; give each option once")
+        out[key] = yaml_load(value, f"--set {key}")
     return out
 
 
@@ -165,7 +189,8 @@ def _cmd_compress(args) -> None:
         recipe = Recipe((make_step({"method": args.method, **_parse_options(args.options)}, "--method"),))
     res = compress(args.model, recipe, out=args.out, testbed=args.testbed, seed=args.seed,
                    overwrite=args.overwrite, report=not args.no_report, batch=args.batch, seq=args.seq,
-                   repeats=args.repeats, memory=not args.no_memory)
+                   repeats=args.repeats, memory=not args.no_memory, backend=args.backend,
+                   trust_remote_code=args.trust_remote_code)
     if res.report is not None:
         print(res.report.to_terminal())
     print(f"wrote {res.out}")
@@ -189,15 +214,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import NnslimError
 
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # clean up like Ctrl-C: temp dirs go, output stays old
     try:
         COMMANDS[args.command](args)
     except NnslimError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so every cleanup handler runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _one_line(message: str, limit: int = 2000) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[:limit] + "..."
 
 
 if __name__ == "__main__":

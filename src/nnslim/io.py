@@ -23,6 +23,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: a serving user must be able to read it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -39,16 +40,139 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create `out`; refuse a non-empty existing directory unless overwrite is set."""
+MANIFEST = ".nnslim-manifest"  # the entries nnslim wrote into an output dir: --overwrite replaces only those
+_STAGING = ".nnslim-tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_out_path(out: str | Path, overwrite: bool, field: str = "--out") -> Path:
+    """Validate an output directory before any work: a usable name, not a file, empty or nnslim's own."""
+    if str(out).strip() == "":
+        raise NnslimError(f"{field}='' is not allowed; give the path of a new or empty directory")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NnslimError(f"--out={str(out)!r} exists and is not a directory; give a new directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NnslimError(
-            f"--out={str(out)!r} exists and is not empty; choose an empty directory or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+        raise NnslimError(f"{field}={str(out)!r} exists and is not a directory; give a new directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise NnslimError(f"{field}={str(out)!r} exists and is not empty; choose an empty directory or "
+                              "pass --overwrite")
+        try:
+            ours = set(json.loads((out / MANIFEST).read_text()))
+        except (OSError, ValueError, TypeError):
+            ours = set()
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and p.name != MANIFEST)
+        if foreign:
+            raise NnslimError(f"{field}={str(out)!r}: {foreign[0]!r} was not written by nnslim; --overwrite "
+                              "replaces only nnslim's own output: move it or choose another directory")
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(parent: Path, prefix: str) -> None:
+    """Delete temp dirs `prefix<pid>-*` in `parent` left by nnslim processes that were killed."""
+    import shutil
+
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        if not p.name.startswith(prefix):
+            continue
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+class StagedDir:
+    """An output directory built in a temp dir beside it and swapped in whole on commit().
+
+    A kill at any moment leaves the old directory or the new one, never a mix; a failure or
+    interruption removes the temp dir (and a later run removes one left by a killed process).
+    """
+
+    def __init__(self, out: str | Path, overwrite: bool, field: str = "--out"):
+        self.out = check_out_path(out, overwrite, field).absolute()
+        parent = self.out.parent
+        prefix = f".{self.out.name}{_STAGING}"
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(parent, prefix)
+            self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+            os.chmod(self.path, 0o777 & ~_umask())
+        except OSError as e:
+            raise NnslimError(f"{field}={str(out)!r} cannot be written: {e.strerror or e}") from None
+        self.committed = False
+
+    def commit(self) -> Path:
+        """Record what is inside, then swap the staged dir in place of `out`."""
+        import shutil
+
+        entries = sorted(p.name for p in self.path.iterdir())
+        (self.path / MANIFEST).write_text(json.dumps(entries) + "\n")
+        if not self.out.exists():
+            os.rename(self.path, self.out)
+        elif _exchange(self.path, self.out):
+            shutil.rmtree(self.path, ignore_errors=True)  # the old dir, now at the staging name
+        else:
+            old = self.path.with_name(self.path.name + "-old")
+            os.rename(self.out, old)
+            os.rename(self.path, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        self.committed = True
+        return self.out
+
+    def discard(self) -> None:
+        import shutil
+
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "StagedDir":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+def scratch_dir(prefix: str = "nnslim-") -> Path:
+    """A private temp dir for intermediate files, removed at interpreter exit (or by a later run if killed)."""
+    import atexit
+    import shutil
+
+    base = Path(tempfile.gettempdir())
+    remove_stale(base, prefix)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def library_versions() -> dict[str, str]:
@@ -65,6 +189,19 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def determinism_info() -> dict[str, Any]:
+    """What changes the bits of a result besides the seed and library versions: thread counts (float sums
+    are split across threads), the CPU kernel family torch dispatches to, deterministic-algorithm mode."""
+    import torch
+
+    info = {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return info
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -77,14 +214,41 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system()}
 
 
+MAX_META_BYTES = 16 << 20
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
+    """nnslim.json as a dict: bounded in size, valid JSON, a mapping; a clear error otherwise."""
     path = Path(directory) / META_FILE
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_META_BYTES:
+            raise NnslimError(f"{str(path)!r} is {path.stat().st_size} bytes; allowed: at most {MAX_META_BYTES}")
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NnslimError(f"{str(path)!r} not found: not an nnslim artifact directory") from None
-    except json.JSONDecodeError as e:
-        raise NnslimError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise NnslimError(f"{str(path)!r} is not valid JSON: {str(e)[:200]}") from None
+    except OSError as e:
+        raise NnslimError(f"{str(path)!r} cannot be read: {e.strerror or e}") from None
+    if not isinstance(meta, dict):
+        raise NnslimError(f"{str(path)!r} must hold a JSON object, not {type(meta).__name__}")
+    for key, kind in (("architecture", dict), ("quantized_layers", dict), ("structured_plan", list),
+                      ("sparse_storage", dict), ("files", list)):
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise NnslimError(f"{str(path)!r}: {key} must be a JSON {kind.__name__.replace('dict', 'object')}, "
+                              f"not {type(meta[key]).__name__}")
+    return meta
+
+
+def stored_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in a safetensors file, read from its header only (nothing allocated)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types on corrupt headers
+        raise NnslimError(f"{str(path)!r} is not a valid safetensors file: {str(e)[:200]}") from None
 
 
 def find_meta(path: str | Path) -> dict[str, Any] | None:
@@ -108,6 +272,39 @@ def load_safetensors(path: str | Path) -> dict:
         raise NnslimError(f"{str(path)!r} is not a valid safetensors file: {e}") from None
 
 
+def onnx_external_files(path: str | Path, proto=None) -> list[str]:
+    """Names of the external-data files an ONNX model refers to, checked to lie in the model's own folder.
+
+    Locations are resolved against the model's directory (never the working directory); absolute
+    locations or ones that leave the folder are refused.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    proto = proto if proto is not None else onnx.load(str(path), load_external_data=False)
+    tensors = list(proto.graph.initializer)
+    for node in proto.graph.node:  # Constant nodes may hold external tensors too
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    root = path.parent.resolve()
+    names: list[str] = []
+    for t in tensors:
+        if not uses_external_data(t):
+            continue
+        location = ExternalDataInfo(t).location
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or root not in target.parents:
+            raise NnslimError(f"--model={str(path)!r}: tensor {t.name!r} points at external data {location!r} "
+                              "outside the model's folder; only files beside the model are read")
+        if not target.is_file():
+            raise NnslimError(f"--model={str(path)!r}: external data file {location!r} of tensor {t.name!r} is "
+                              f"missing from {str(root)!r}")
+        rel = str(target.relative_to(root))
+        if rel not in names:
+            names.append(rel)
+    return names
+
+
 def check_onnx(path: str | Path):
     """Parse an ONNX file and return its ModelProto; a clear error if it does not parse."""
     import onnx
@@ -117,7 +314,13 @@ def check_onnx(path: str | Path):
         raise NnslimError(f"--model={str(path)!r}: file not found")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NnslimError(f"--model={str(path)!r} is not a valid ONNX model: {first}") from None
+    onnx_external_files(path, proto)
+    try:
+        # By path: the checker then resolves external data against the model's folder, not the CWD.
+        onnx.checker.check_model(str(path))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NnslimError(f"--model={str(path)!r} is not a valid ONNX model: {first}") from None

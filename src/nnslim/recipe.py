@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from .errors import NnslimError, bad_value
+from .errors import NnslimError, bad_value, short_repr
 
 # Modules that register built-in methods when imported.
 _BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.quant.weight_only.methods",
@@ -21,14 +21,67 @@ _BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.quan
                            "nnslim.lowrank.svd", "nnslim.runtime.onnx_methods")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's common seed range
+MAX_INT = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class StepConfig:
-    """Base of every method's options. Subclasses add typed fields and validate in __post_init__."""
+    """Base of every method's options. Subclasses add typed fields and validate in __post_init__.
+
+    Checked for every method before its own __post_init__: numbers are finite and within `ranges`
+    (default: 0..2^31-1; seeds 0..2^32-1), fields in `fixed` (options the method does not use, or sets
+    itself) keep their default, `ignore` entries are valid scopes.
+    """
 
     method: ClassVar[str] = ""
+    fixed: ClassVar[tuple[str, ...]] = ()
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_options", False):
+            def __post_init__(self, _own=own):
+                check_options(self)
+                _own(self)
+            __post_init__._checks_options = True
+            cls.__post_init__ = __post_init__
+
+    def __post_init__(self):
+        check_options(self)
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        """The fields a user may set for this method (its `fixed` ones excluded)."""
+        return [f for f in dataclasses.fields(cls) if f.name not in cls.fixed]
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
+
+
+def check_options(config: StepConfig) -> None:
+    import math
+
+    from .graph.scope import check_patterns
+
+    cls = type(config)
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.name in cls.fixed and value != default:
+            allowed = ", ".join(o.name for o in cls.options()) or "none"
+            raise NnslimError(f"{f.name}={short_repr(value)} is not allowed for method {cls.method or cls.__name__!r}: "
+                              f"it does not use this option (or fixes it to {default!r}); its options: {allowed}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NnslimError(f"{f.name}={value!r} is not allowed; allowed: a finite number")
+        lo, hi = cls.ranges.get(f.name, (0, MAX_SEED if f.name == "seed" else MAX_INT))
+        if not lo <= value <= hi:
+            raise NnslimError(f"{f.name}={short_repr(value)} is not allowed; allowed: {lo}..{hi}")
+    if isinstance(getattr(config, "ignore", None), (tuple, list)):
+        check_patterns(config.ignore)
 
 
 @dataclass(frozen=True)
@@ -88,10 +141,11 @@ def _coerce(where: str, value: Any, tp) -> Any:
                 return _coerce(where, value, arg)
             except NnslimError as e:
                 errors.append(str(e))
-        raise NnslimError(f"{where}={value!r} has the wrong type; expected {' or '.join(map(_type_name, args))}")
+        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected "
+                          f"{' or '.join(map(_type_name, args))}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise NnslimError(f"{where}={value!r} has the wrong type; expected a list")
+            raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected a list")
         inner = args[0] if args else Any
         return tuple(_coerce(f"{where}[{i}]", v, inner) for i, v in enumerate(value))
     if tp is Any:
@@ -99,9 +153,9 @@ def _coerce(where: str, value: Any, tp) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
-        raise NnslimError(f"{where}={value!r} has the wrong type; expected {tp.__name__}")
+        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected {tp.__name__}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise NnslimError(f"{where}={value!r} has the wrong type; expected {tp.__name__}")
+        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected {tp.__name__}")
     return value
 
 
@@ -113,21 +167,21 @@ def make_step(spec: dict[str, Any], where: str = "step") -> StepConfig:
         raise NnslimError(f"{where}: missing key 'method'; allowed methods: {', '.join(sorted(methods()))}")
     name = spec["method"]
     if not isinstance(name, str):
-        raise NnslimError(f"{where}.method={name!r} must be a string")
+        raise NnslimError(f"{where}.method={short_repr(name)} must be a string")
     try:
         method = get_method(name)
     except NnslimError as e:
         raise NnslimError(f"{where}.{e}") from None
     cls = method.config_cls
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in cls.options()}
     options = {}
     for key, value in spec.items():
         if key == "method":
             continue
         if key not in fields:
             allowed = ", ".join(sorted(fields)) or "(none: this method takes no options)"
-            raise NnslimError(f"{where}: unknown key {key!r} for method {name!r}; allowed: {allowed}")
+            raise NnslimError(f"{where}: unknown key {short_repr(key)} for method {name!r}; allowed: {allowed}")
         options[key] = _coerce(f"{where}.{key}", value, hints[key])
     try:
         return cls(**options)
@@ -144,6 +198,8 @@ class Recipe:
     def __post_init__(self):
         if not self.steps:
             raise NnslimError("recipe has no steps; give at least one step with a 'method' key")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise NnslimError(f"seed={short_repr(self.seed)} is not allowed; allowed: an integer 0..{MAX_SEED}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "steps": [s.to_dict() for s in self.steps]}
@@ -170,12 +226,34 @@ def parse_recipe(obj: Any, where: str = "recipe") -> Recipe:
     return Recipe(tuple(make_step(s, f"{where}.steps[{i}]") for i, s in enumerate(steps)), seed, name)
 
 
-def yaml_load(text: str):
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_VALUES = 100_000  # after YAML aliases are expanded
+
+
+def _count_values(obj: Any, budget: int) -> int:
+    """Values in obj with shared (aliased) parts counted each time they appear; stops past `budget`."""
+    stack, count = [obj], 0
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
+
+
+def yaml_load(text: str, where: str = "recipe"):
     """yaml.safe_load without YAML 1.1's base-60 numbers (so `pattern: 2:4` stays the string "2:4"),
-    and with exponent floats like 1e-3 read as numbers."""
+    with exponent floats like 1e-3 read as numbers, and bounded: at most 1 MB of text and 100000 values
+    once aliases are expanded. Any malformed input is an NnslimError naming `where`."""
     import re
 
     import yaml
+
+    if len(text) > MAX_RECIPE_BYTES:
+        raise NnslimError(f"{where} is {len(text)} bytes; allowed: at most {MAX_RECIPE_BYTES}")
 
     class Loader(yaml.SafeLoader):
         pass
@@ -183,27 +261,38 @@ def yaml_load(text: str):
     numeric = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
     Loader.yaml_implicit_resolvers = {k: [(t, rx) for t, rx in v if t not in numeric]
                                       for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"),
+    digits = r"[0-9](_?[0-9])*"
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(rf"^[-+]?(0|[1-9](_?[0-9])*)$"),
                                  list("-+0123456789"))
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(([0-9][0-9_]*)?\.[0-9_]*([eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+)$"
+        re.compile(rf"^[-+]?(({digits})?\.{digits}|{digits}\.?)([eE][-+]?[0-9]+)?$"
                    r"|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
         list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        obj = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise NnslimError(f"{where} is not valid YAML: {' '.join(str(e).split())[:300]}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a scalar its constructor refused
+        raise NnslimError(f"{where} has a value YAML cannot read: {short_repr(str(e), 200)}") from None
+    if _count_values(obj, MAX_RECIPE_VALUES) > MAX_RECIPE_VALUES:
+        raise NnslimError(f"{where} expands to more than {MAX_RECIPE_VALUES} values (YAML aliases?); "
+                          "a recipe is a short list of steps")
+    return obj
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise NnslimError(f"--recipe={str(path)!r}: file not found")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise NnslimError(f"--recipe={str(path)!r} is {path.stat().st_size} bytes; allowed: at most "
+                          f"{MAX_RECIPE_BYTES}")
     try:
-        obj = yaml_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise NnslimError(f"--recipe={str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_recipe(obj, where=path.name)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise NnslimError(f"--recipe={str(path)!r} cannot be read as UTF-8 text: {e}") from None
+    return parse_recipe(yaml_load(text, f"--recipe={str(path)!r}"), where=path.name)
 
 
 def as_recipe(recipe: Any, seed: int | None = None) -> Recipe:

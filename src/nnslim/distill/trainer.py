@@ -28,6 +28,8 @@ from .losses import LOSSES, hidden_loss, kd_loss, primary_output
 @dataclass(frozen=True)
 class DistillConfig(StepConfig):
     """Fine-tune the model against the recipe's input model (the teacher) on calibration data."""
+    ranges = {"lr": (0, 10.0), "weight_decay": (0, 10.0), "temperature": (0, 1000.0), "hidden_weight": (0, 1e6),
+              "max_seconds": (0, 1e7)}
     steps: int = 300
     max_seconds: float | None = None  # stop early when this wall-clock budget is spent
     lr: float = 5e-4

@@ -17,17 +17,25 @@ def _matches(entry: str, name: str, module: nn.Module) -> bool:
     return name == entry or name.startswith(entry + ".")
 
 
-def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[str] = (),
-                  field: str = "ignore") -> dict[str, nn.Module]:
-    """Named modules of `types`, minus those matched by `ignore`. An entry matching no layer of the
-    model is an error naming it (a typo would otherwise silently quantize everything)."""
-    ignore = list(ignore)
+def check_patterns(ignore: Iterable[str], field: str = "ignore") -> None:
+    """Validate scope entries up front (before any work): strings, and regexes that compile."""
     for entry in ignore:
+        if not isinstance(entry, str) or not entry:
+            raise NnslimError(f"{field} entry {entry!r} is not allowed; allowed: a layer name, 're:REGEX' or "
+                              "'type:ClassName'")
         if entry.startswith("re:"):
             try:
                 re.compile(entry[3:])
             except re.error as e:
                 raise NnslimError(f"{field} entry {entry!r} is not a valid regex: {e}") from None
+
+
+def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[str] = (),
+                  field: str = "ignore") -> dict[str, nn.Module]:
+    """Named modules of `types`, minus those matched by `ignore`. An entry matching no layer of the
+    model is an error naming it (a typo would otherwise silently quantize everything)."""
+    ignore = list(ignore)
+    check_patterns(ignore, field)
     named = list(model.named_modules())
     for entry in ignore:
         if not any(_matches(entry, n, m) for n, m in named if n):

@@ -23,6 +23,7 @@ from ..recipe import StepConfig, register_method
 from .masks import check_nm, layer_mask, magnitude_masks, nm_mask, parse_pattern, row_mask
 
 ALGORITHMS = ("magnitude", "wanda", "sparsegpt")
+CALIBRATION_OPTIONS = ("samples", "seq_len", "damp", "block_size", "device")  # what magnitude pruning never reads
 
 
 @dataclass(frozen=True)
@@ -66,23 +67,27 @@ class PruneConfig(StepConfig):
 @dataclass(frozen=True)
 class MagnitudePruneConfig(PruneConfig):
     """Unstructured magnitude pruning."""
+    fixed = ("algorithm", *CALIBRATION_OPTIONS)
 
 
 @dataclass(frozen=True)
 class TwoFourPruneConfig(PruneConfig):
     """2:4 semi-structured magnitude pruning."""
+    fixed = ("pattern", "sparsity", "algorithm", "scope", *CALIBRATION_OPTIONS)
     pattern: str = "2:4"
 
 
 @dataclass(frozen=True)
 class WandaConfig(PruneConfig):
     """Wanda: |W| x input-norm scores, per output row; needs calibration text."""
+    fixed = ("algorithm", "scope", "damp", "block_size")
     algorithm: str = "wanda"
 
 
 @dataclass(frozen=True)
 class SparseGptConfig(PruneConfig):
     """SparseGPT: Hessian-based mask choice and weight reconstruction; needs calibration text."""
+    fixed = ("algorithm", "scope")
     algorithm: str = "sparsegpt"
 
 

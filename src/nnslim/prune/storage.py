@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NnslimError
+from ..errors import NnslimError, short_repr
 from ..quant.primitives import INT8_WEIGHT, dequantize, quantize, weight_qparams
 from ..recipe import StepConfig, register_method
 
 STORAGE_ATTR = "_nnslim_sparse_storage"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VALUES = ("int8", "float16", "float32")
 
 
@@ -65,10 +66,17 @@ def decode(tensors: dict[str, torch.Tensor], info: dict) -> dict[str, torch.Tens
     out = {k: v for k, v in tensors.items() if "::" not in k}
     for name, meta in info.items():
         try:
-            shape, dtype = meta["shape"], getattr(torch, meta["dtype"])
+            shape, dtype = meta["shape"], _DTYPES[meta["dtype"]]
+            if (not isinstance(shape, list) or len(shape) < 2
+                    or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+                raise ValueError(f"shape={short_repr(shape)} is not a list of >= 2 positive sizes")
             rows = shape[0]
-            cols = int(np.prod(shape[1:]))
-            bits = np.unpackbits(tensors[f"{name}::mask"].numpy())[: rows * cols].astype(bool)
+            cols = int(np.prod(shape[1:], dtype=object))
+            packed = tensors[f"{name}::mask"]
+            if packed.dtype != torch.uint8 or packed.numel() != -(-rows * cols // 8):
+                raise ValueError(f"shape {shape} needs a mask of {-(-rows * cols // 8)} bytes, the file holds "
+                                 f"{packed.numel()}")  # checked before any allocation of that shape
+            bits = np.unpackbits(packed.numpy())[: rows * cols].astype(bool)
             mask = torch.from_numpy(bits).reshape(rows, cols)
             dense = torch.zeros(rows, cols, dtype=torch.float32)
             values = tensors[f"{name}::values"]
@@ -79,8 +87,8 @@ def decode(tensors: dict[str, torch.Tensor], info: dict) -> dict[str, torch.Tens
                 dense = dequantize(full.float(), scale, torch.zeros_like(scale), axis=0) * mask
             else:
                 dense[mask] = values.float()
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise NnslimError(f"sparse weight {name!r} is damaged or incomplete: {e}") from None
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise NnslimError(f"sparse weight {name!r} is damaged or incomplete: {str(e)[:200]}") from None
         out[name] = dense.reshape(shape).to(dtype)
     return out
 
@@ -126,6 +134,8 @@ def save_sparse(model: nn.Module, path: str, config: SparseStorageConfig) -> dic
 def load_sparse(model: nn.Module, path: str, meta: dict) -> None:
     from ..io import load_safetensors
 
+    if not isinstance(meta, dict) or not isinstance(meta.get("tensors", {}), dict):
+        raise NnslimError("sparse_storage in nnslim.json must be an object with a 'tensors' object")
     state = decode(load_safetensors(path), meta.get("tensors", {}))
     for name, target in meta.get("aliases", {}).items():
         state[name] = state[target]

@@ -341,15 +341,20 @@ def apply_plan(model: nn.Module, plan: list[dict]) -> nn.Module:
     """Re-apply a recorded structured-pruning plan to a fresh model of the original architecture."""
     from ..quant.modules import replace_module
 
+    if not isinstance(plan, list):
+        raise NnslimError(f"structured_plan={type(plan).__name__} is not allowed; allowed: a list of steps")
     for step in plan:
-        name, role = step.get("module"), step.get("role")
-        if role == "convert-mha":
-            replace_module(model, name, PrunedMultiheadAttention.from_mha(model.get_submodule(name)))
-        else:
-            try:
+        name, role = (step.get("module"), step.get("role")) if isinstance(step, dict) else (None, None)
+        try:
+            if not isinstance(name, str):
+                raise TypeError(f"module={name!r} is not a module name")
+            if role == "convert-mha":
+                replace_module(model, name, PrunedMultiheadAttention.from_mha(model.get_submodule(name)))
+            else:
                 apply_slice(model, name, role, step["keep"])
-            except (AttributeError, KeyError, IndexError, RuntimeError) as e:
-                raise NnslimError(f"structured plan step {name}:{role} does not fit this model: {e}") from None
+        except (AttributeError, KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
+            raise NnslimError(f"structured plan step {name}:{role} does not fit this model: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
     object.__setattr__(model, PLAN_ATTR, list(plan))
     return model
 

@@ -42,7 +42,7 @@ def check_calibration(data, example: dict[str, np.ndarray], field: str = "calibr
     return items
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: what it makes must work in autograd forwards
 def run_with_hooks(model: nn.Module, layers: dict[str, nn.Module], data: Iterable[dict],
                    on_input: Callable[[str, torch.Tensor], None], desc: str) -> None:
     """Call on_input(layer_name, input_tensor) for every layer call while `data` runs through model."""

@@ -48,6 +48,17 @@ class QuantWrapper(nn.Module):
         # which would skip activation quantization; they stand down when a module carries a hook.
         self.register_forward_pre_hook(_no_op_hook)
 
+    def __getattr__(self, name: str):
+        # Transparent: attributes of the wrapped layer (stride, padding, in_features, ...) read through,
+        # so models that inspect their layers (Whisper's conv1.stride) keep working once wrapped.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("float_module")
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
     @property
     def weight(self) -> torch.Tensor:
         return self.float_module.weight
@@ -77,6 +88,12 @@ class QuantWrapper(nn.Module):
         return m._conv_forward(x, m.weight, m.bias)
 
 
+def has_simulated_int8(model) -> bool:
+    """Does the model hold int8 layers simulated in float (deployed as int8 ONNX, not saved as torch)?"""
+    return isinstance(model, nn.Module) and any(isinstance(m, (QuantWrapper, QuantEmbedding))
+                                                for m in model.modules())
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -95,6 +112,15 @@ class QuantEmbedding(nn.Module):
         self.register_buffer("w_scale", scale.float())
         with torch.no_grad():
             embedding.weight.copy_(self.dequantized_weight().to(embedding.weight.dtype))
+
+    def __getattr__(self, name: str):  # transparent, as QuantWrapper
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("embedding")
+            if inner is None:
+                raise
+            return getattr(inner, name)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight.float() * self.w_scale[:, None]

@@ -74,6 +74,8 @@ class Int8DynamicConfig(StepConfig):
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise NnslimError(f"preset={self.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
+        if self.reduce_range not in (True, False, "auto"):
+            raise NnslimError(f"reduce_range={self.reduce_range!r} is not allowed; allowed: true, false, auto")
 
 
 def is_transformer(model: nn.Module) -> bool:
@@ -141,7 +143,7 @@ def calibrate_activations(model: nn.Module, layers: dict[str, nn.Module], data: 
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: what it makes must work in autograd forwards
 def correct_biases(model: nn.Module, data: list[dict]) -> int:
     """Fast bias correction of the weight quantization error (Nagel et al. 2019): add to each quantized
     layer's bias the mean per-channel output shift E[(W - W_q) x] over the inputs it sees. Activation
@@ -176,14 +178,18 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
     return len(sums)
 
 
-def quantize_embeddings(model: nn.Module, ignore=()) -> int:
+def quantize_embeddings(model: nn.Module, ignore=(), keep_float: bool = False) -> int:
     """Int8 per-row weight-only storage of embedding tables (they dominate small encoders' size)."""
     from .modules import QuantEmbedding
 
     tables = select_layers(model, (nn.Embedding,), ignore)
     for name, emb in tables.items():
+        original = emb.weight.detach().clone() if keep_float else None
         amax = emb.weight.detach().float().abs().amax(1)
-        replace_module(model, name, QuantEmbedding(emb, (amax / INT8_WEIGHT.qmax).clamp(min=1e-8)))
+        q = QuantEmbedding(emb, (amax / INT8_WEIGHT.qmax).clamp(min=1e-8))
+        if keep_float:
+            q.original_weight = original  # for accuracy control, which may put the table back in float
+        replace_module(model, name, q)
     return len(tables)
 
 
@@ -240,7 +246,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
         wrapper.original_bias = original_bias
         replace_module(model, name, wrapper)
     if preset == "transformer":
-        n_emb = quantize_embeddings(model, config.ignore)
+        n_emb = quantize_embeddings(model, config.ignore, keep_float)
         if n_emb:
             notes.append(f"{n_emb} embedding tables stored as int8 per row (weight-only)")
     if not dynamic and config.bias_correction:

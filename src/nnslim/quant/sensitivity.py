@@ -16,13 +16,18 @@ from torch import nn
 from ..eval.metrics import output_fidelity
 from ..progress import progress
 from ..runtime.base import TorchRunner
-from .modules import QuantWrapper, ScaledInput, replace_module
+from .modules import QuantEmbedding, QuantWrapper, ScaledInput, replace_module
 
 
-def float_version(w: QuantWrapper) -> nn.Module:
+def float_version(w: QuantWrapper | QuantEmbedding) -> nn.Module:
     """The layer as it was before quantization (after BN folding / SmoothQuant, which are exact)."""
     import copy
 
+    if isinstance(w, QuantEmbedding):
+        m = copy.deepcopy(w.embedding)
+        with torch.no_grad():
+            m.weight.copy_(w.original_weight)
+        return m
     m = copy.deepcopy(w.float_module)
     with torch.no_grad():
         m.weight.copy_(w.original_weight)
@@ -53,7 +58,8 @@ def quantize_with_accuracy_control(model: nn.Module, config, data: list[dict], e
         return sign * (base_metric - testbed.evaluate(TorchRunner(m))[metric])
 
     current = drop(qmodel)
-    wrappers = {n: m for n, m in qmodel.named_modules() if isinstance(m, QuantWrapper)}
+    # Embedding tables are candidates too: with every Linear back in float they may be what is left.
+    wrappers = {n: m for n, m in qmodel.named_modules() if isinstance(m, (QuantWrapper, QuantEmbedding))}
     probes = data[:n_probe]
     fp_runner = TorchRunner(model)
     refs = [fp_runner(p) for p in probes]
@@ -80,5 +86,7 @@ def quantize_with_accuracy_control(model: nn.Module, config, data: list[dict], e
         tables["layer sensitivity (output cosine gained when only this layer stays float)"] = [
             {"layer": n, "gain": f"{gains[n]:+.2e}", "kept float": "yes" if n in kept else "no"} for n in ranking]
     for w in wrappers.values():
-        del w.original_weight, w.original_bias
+        del w.original_weight
+        if isinstance(w, QuantWrapper):
+            del w.original_bias
     return qmodel

@@ -14,7 +14,7 @@ from torch import nn
 from .calibration import run_with_hooks
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: what it makes must work in autograd forwards
 def smoothing_scales(model: nn.Module, linears: dict[str, nn.Module], data: list[dict], alpha: float
                      ) -> dict[str, torch.Tensor]:
     """Per-layer input-channel scales s (only Linear layers; convolutions are left alone)."""

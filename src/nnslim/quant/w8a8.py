@@ -169,6 +169,8 @@ class W8A8Config(StepConfig):
     def __post_init__(self):
         if self.format not in FORMATS:
             raise NnslimError(f"format={self.format!r} is not allowed; allowed: {', '.join(FORMATS)}")
+        if not 1 <= self.samples <= 100_000:
+            raise NnslimError(f"samples={self.samples} is not allowed; allowed: 1..100000")
         sq = self.smoothquant
         if sq is not None and not 0.0 < sq < 1.0:
             raise NnslimError(f"smoothquant={sq!r} is not allowed; allowed: 0 < alpha < 1 or null")
@@ -177,11 +179,13 @@ class W8A8Config(StepConfig):
 @dataclass(frozen=True)
 class Fp8Config(W8A8Config):
     """FP8 e4m3 weights (per channel) and activations (per token, dynamic)."""
+    fixed = ("format", "smoothquant")
 
 
 @dataclass(frozen=True)
 class Int8W8A8Config(W8A8Config):
     """INT8 weights (per channel) and activations (per token, dynamic); optional SmoothQuant."""
+    fixed = ("format", "fast_accum")
     format: str = "int8"
 
 

@@ -16,9 +16,14 @@ class OnnxModel:
 
     @property
     def size_bytes(self) -> int:
-        """The graph file plus its weights file (ONNX external data, or an OpenVINO IR's .bin)."""
-        extra = [Path(str(self.path) + ".data"), self.path.with_suffix(".bin") if self.path.suffix == ".xml" else None]
-        return self.path.stat().st_size + sum(p.stat().st_size for p in extra if p is not None and p.exists())
+        """The graph file plus the weights files it refers to (ONNX external data, or an OpenVINO IR's .bin)."""
+        if self.path.suffix == ".xml":
+            extra = [self.path.with_suffix(".bin")]
+        else:
+            from ..io import onnx_external_files
+
+            extra = [self.path.parent / n for n in onnx_external_files(self.path)]
+        return self.path.stat().st_size + sum(p.stat().st_size for p in extra if p.exists())
 
 
 class Runner(ABC):

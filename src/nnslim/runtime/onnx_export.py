@@ -62,12 +62,24 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
             except Exception as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}") from e
+        _check_opset(tmp, opset)
         path.parent.mkdir(parents=True, exist_ok=True)
         for produced in tmp_dir.iterdir():  # model.onnx and, for big models, model.onnx.data
             os.replace(produced, path.parent / produced.name)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return OnnxModel(path)
+
+
+def _check_opset(path: Path, opset: int) -> None:
+    """The exporter converts below its own opset and keeps its own when that fails: refuse, never mislabel."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise NnslimError(f"opset={opset} was asked for, but this model exported at opset {got} (the converter "
+                          f"could not go lower); allowed for this model: {got}..23")
 
 
 def convert_onnx_fp16(src: str | Path, dst: str | Path) -> OnnxModel:

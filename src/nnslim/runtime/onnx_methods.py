@@ -47,7 +47,7 @@ def check_against_torch(module: torch.nn.Module, onnx_model: OnnxModel, inputs, 
         raise NnslimError(f"ONNX output shape {got.shape} != torch {ref.shape} on input shapes "
                           f"{ {k: v.shape for k, v in inputs.items()} }")
     err = float(np.abs(ref - got).max() / max(1.0, float(np.abs(ref).max())))
-    if err > tolerance:
+    if not err <= tolerance:  # NaN fails too
         raise NnslimError(f"exported ONNX differs from torch by {err:.3g} (relative) > tolerance={tolerance} "
                           f"on input shapes { {k: v.shape for k, v in inputs.items()} }")
     return err
@@ -63,7 +63,7 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
                              dynamic_axes=tb.dynamic_axes, opset=config.opset)
     if config.check:
         ctx.notes.append(f"onnx check vs torch: relative max error "
-                         f"{check_against_torch(model, onnx_model, _check_inputs(tb), 1e-3):.2e}")
+                         f"{check_against_torch(model, onnx_model, _check_inputs(tb), config.tolerance):.2e}")
     return onnx_model
 
 

@@ -92,13 +92,16 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                       numpy_helper.from_array(s["w_scale"].numpy().astype(np.float32), f"{base}.w_scale"),
                       numpy_helper.from_array(np.zeros(s["w_scale"].shape, np.int8), f"{base}.w_zp")]
         if s["dynamic"]:
-            if node.op_type != "MatMul":
-                notes.append(f"{lname}: dynamic int8 supports MatMul only, left float ({node.op_type})")
-                rewritten.append(node)
-                found.discard(lname)
-                new_inits = new_inits[:-3]
-                continue
+            if node.op_type == "Conv":
+                raise NnslimError(f"{lname}: dynamic int8 covers Linear layers only, but it exported as Conv")
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type == "Gemm" and attrs.get("transA", 0):
+                raise NnslimError(f"{lname}: a Gemm with transA=1 is not supported by dynamic int8")
+            # MatMulInteger needs the weight as [in, out]: a Gemm with transB=1 holds it as [out, in].
+            q_kn = s["qweight"].numpy().T
+            new_inits[-3] = numpy_helper.from_array(np.ascontiguousarray(q_kn).astype(np.int8), f"{base}.weight_q")
             x = node.input[0]
+            y = f"{base}.y" if node.op_type == "Gemm" else node.output[0]
             pre += [helper.make_node("DynamicQuantizeLinear", [x], [f"{base}.xq", f"{base}.xs", f"{base}.xzp"],
                                      name=f"{base}/dql"),
                     helper.make_node("MatMulInteger", [f"{base}.xq", f"{base}.weight_q", f"{base}.xzp",
@@ -106,7 +109,22 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                     helper.make_node("Cast", [f"{base}.acc"], [f"{base}.accf"], to=TensorProto.FLOAT,
                                      name=f"{base}/cast"),
                     helper.make_node("Mul", [f"{base}.xs", f"{base}.w_scale"], [f"{base}.s"], name=f"{base}/sc"),
-                    helper.make_node("Mul", [f"{base}.accf", f"{base}.s"], list(node.output), name=f"{base}/mul")]
+                    helper.make_node("Mul", [f"{base}.accf", f"{base}.s"], [y], name=f"{base}/mul")]
+            if node.op_type == "Gemm":  # Y = alpha * A @ B + beta * C
+                alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+                if alpha != 1.0:
+                    new_inits.append(numpy_helper.from_array(np.array(alpha, np.float32), f"{base}.alpha"))
+                    pre.append(helper.make_node("Mul", [y, f"{base}.alpha"], [f"{base}.ya"], name=f"{base}/alpha"))
+                    y = f"{base}.ya"
+                if len(node.input) > 2 and node.input[2]:
+                    c = node.input[2]
+                    if beta != 1.0:
+                        new_inits.append(numpy_helper.from_array(np.array(beta, np.float32), f"{base}.beta"))
+                        pre.append(helper.make_node("Mul", [c, f"{base}.beta"], [f"{base}.cb"], name=f"{base}/beta"))
+                        c = f"{base}.cb"
+                    pre.append(helper.make_node("Add", [y, c], list(node.output), name=f"{base}/bias"))
+                else:
+                    pre.append(helper.make_node("Identity", [y], list(node.output), name=f"{base}/out"))
             rewritten += pre
             continue
         pre.append(helper.make_node("DequantizeLinear", [f"{base}.weight_q", f"{base}.w_scale", f"{base}.w_zp"],
@@ -140,9 +158,9 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
             node.input[0] = act_qdq[x]
         rewritten += pre + [node]
     missing = sorted(set(spec) - found)
-    if missing:
-        notes.append(f"{len(missing)} quantized layers not found in the ONNX graph, left float: "
-                     + ", ".join(missing[:8]))
+    if missing:  # what was quantized must deploy quantized: never a silently float artifact
+        raise NnslimError(f"int8 ONNX export: {len(found)}/{len(spec)} quantized layers were found in the exported "
+                          f"graph; not found (they would run in float): {', '.join(missing[:8])}")
     del graph.node[:]
     graph.node.extend(rewritten)
     used = {i for n in graph.node for i in n.input}

@@ -64,11 +64,50 @@ class Testbed(ABC):
         return self._reference
 
 
+# Files that describe an HF model without its weights: copied into artifacts so they load on their own.
+HF_META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
+                 "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "preprocessor_config.json")
+
+
+def check_hf_dir(path: Path, trust_remote_code: bool = False) -> dict:
+    """Refuse what nnslim will not load from an HF folder before transformers sees it: a config that is
+    not JSON, code of the folder's own (auto_map) unless trusted, and pickle-only weights. Returns the config."""
+    import json
+
+    from ..errors import NnslimError
+
+    cfg_path = path / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise NnslimError(f"{str(cfg_path)!r} is not a valid JSON config: {str(e)[:200]}") from None
+    if not isinstance(config, dict):
+        raise NnslimError(f"{str(cfg_path)!r} must hold a JSON object, not {type(config).__name__}")
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = config if name == "config.json" else json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map") and not trust_remote_code:
+            raise NnslimError(f"{str(path / name)!r} names code of the folder's own (auto_map); nnslim never runs "
+                              "a model folder's code unless asked: pass --trust-remote-code "
+                              "(trust_remote_code=True) if you trust this folder")
+    return config
+
+
 class HFTestbed(Testbed):
-    """A Hugging Face model directory (a packaged default when none is given) and its tokenizer."""
+    """A Hugging Face model directory (a packaged default when none is given) and its tokenizer.
+
+    Only safetensors weights are loaded (a folder with only pickle .bin weights is refused), and the
+    folder's own code (auto_map) runs only with trust_remote_code=True. `weights=False` builds the
+    architecture from config.json alone (an nnslim artifact's copy), with no reference model.
+    """
 
     _dir: Path | None = None
     _tok = None
+    trust_remote_code: bool = False
+    weights: bool = True
 
     def default_dir(self) -> Path:
         from ..errors import NnslimError
@@ -79,18 +118,56 @@ class HFTestbed(Testbed):
     def model_dir(self) -> Path:
         return self._dir or self.default_dir()
 
+    def _load(self, what: str, fn):
+        from ..errors import NnslimError
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        check_hf_dir(self.model_dir, self.trust_remote_code)
+        try:
+            return fn()
+        except NnslimError:
+            raise
+        except Exception as e:  # transformers' errors on a malformed folder: one line naming it
+            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            raise NnslimError(f"{what} of {str(self.model_dir)!r} failed: {msg}") from None
+
     @property
     def tokenizer(self):
         if self._tok is None:
             from transformers import AutoTokenizer
 
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            self._tok = AutoTokenizer.from_pretrained(str(self.model_dir))
+            self._tok = self._load("loading the tokenizer", lambda: AutoTokenizer.from_pretrained(
+                str(self.model_dir), trust_remote_code=self.trust_remote_code))
         return self._tok
 
     def load_hf(self, auto_class):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return auto_class.from_pretrained(str(self.model_dir), dtype=torch.float32)
+        from ..errors import NnslimError
+
+        if not self.weights:
+            from transformers import AutoConfig
+
+            def build():
+                config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=self.trust_remote_code)
+                return auto_class.from_config(config, trust_remote_code=self.trust_remote_code,
+                                              dtype=torch.float32)
+            return self._load("building the model from config.json", build)
+        if not any(self.model_dir.glob("*.safetensors")):
+            pickles = sorted(p.name for p in self.model_dir.glob("*.bin"))
+            if pickles:
+                raise NnslimError(f"{str(self.model_dir)!r} holds pickle weights only ({pickles[0]}); nnslim loads "
+                                  "safetensors only (pickle can run code): convert them with save_pretrained(..., "
+                                  "safe_serialization=True) where you trust the file")
+        return self._load("loading the model", lambda: auto_class.from_pretrained(
+            str(self.model_dir), dtype=torch.float32, use_safetensors=True,
+            trust_remote_code=self.trust_remote_code))
+
+    def reference_runner(self) -> Runner:
+        from ..errors import NnslimError
+
+        if not self.weights:
+            raise NnslimError(f"{self.name}: metrics against the original model need that model; pass "
+                              "--testbed DIR (the Hugging Face dir it was compressed from)")
+        return super().reference_runner()
 
 
 class ModuleTestbed(Testbed):

@@ -49,8 +49,9 @@ class TextEncoderTestbed(HFTestbed):
     default_seq = 128
 
     def __init__(self, model_dir: str | Path | None = None, name: str = "minilm", n_eval: int = 256,
-                 max_length: int = 128):
+                 max_length: int = 128, trust_remote_code: bool = False, weights: bool = True):
         self._dir = Path(model_dir) if model_dir else None
+        self.trust_remote_code, self.weights = trust_remote_code, weights
         self.name = name
         self.description = ("sentence encoder (mean pooling + L2 norm) on Python-docs sentences; "
                             "metrics: cosine / Spearman / top-10 overlap vs fp32")

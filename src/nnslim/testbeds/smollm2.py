@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
-from ..progress import progress
+from ..progress import progress, warn
 from . import text
 from .base import HFTestbed, cache_dir
 
@@ -80,8 +80,10 @@ class CausalLMTestbed(HFTestbed):
     default_seq = 128
 
     def __init__(self, model_dir: str | Path | None = None, name: str = "smollm2", n_seq: int = 16,
-                 seq_len: int = 512, n_prompts: int = 4, new_tokens: int = 16):
+                 seq_len: int = 512, n_prompts: int = 4, new_tokens: int = 16, trust_remote_code: bool = False,
+                 weights: bool = True):
         self._dir = Path(model_dir) if model_dir else None
+        self.trust_remote_code, self.weights = trust_remote_code, weights
         self.name = name
         self.description = (f"decoder LM; metrics: held-out Python-docs perplexity ({n_seq}x{seq_len} tokens) "
                             "and greedy-generation agreement with fp32")
@@ -138,6 +140,9 @@ class CausalLMTestbed(HFTestbed):
         for row in progress(ids, desc=f"{self.name} perplexity", total=len(ids)):
             s, c = token_nll(runner({"input_ids": row[None]}), row[None])
             nll, count = nll + s, count + c
+        if not self.weights:  # an artifact on its own: no original model to agree with
+            warn(f"{self.name}: gen_agreement needs the original model (pass --testbed DIR); perplexity only")
+            return {"perplexity": perplexity(nll, count)}
         prompts = self.prompts()
         if self._ref_gen is None:
             ref = self.reference_runner()

@@ -14,7 +14,7 @@ from torch import nn
 from ...errors import NnslimError
 from ...graph.layerwise import block_targets, feed_block, find_blocks, run_layerwise
 from ...graph.scope import select_linears
-from ...recipe import StepConfig, register_method
+from ...recipe import MAX_INT, StepConfig, register_method
 from ..modules import replace_module
 from .awq import awq_quantize, search_scales
 from .formats import BITS, GROUP_SIZES, WeightSpec, group_qparams, quantize_codes
@@ -23,12 +23,17 @@ from .modules import KERNELS, WeightOnlyLinear
 
 ALGORITHMS = ("rtn", "gptq", "awq")
 AUTO_GROUPS = (128, 64, 32)
+# Options that only some algorithms read (the registered methods fix the others at their defaults).
+CALIBRATION_OPTIONS = ("samples", "seq_len", "device")
+GPTQ_OPTIONS = ("damp", "act_order", "block_size")
+AWQ_OPTIONS = ("grid", "clip_search")
 MIN_TOKENS = 128
 
 
 @dataclass(frozen=True)
 class WeightOnlyConfig(StepConfig):
     """Low-bit weights for every nn.Linear (activations stay in float)."""
+    ranges = {"group_size": (-1, MAX_INT)}
     bits: int = 4
     group_size: int | str = "auto"  # 32, 64, 128, 256, -1 (per channel) or auto: 128, else 64/32 if 128 does not divide
     symmetric: bool = True
@@ -72,23 +77,27 @@ class WeightOnlyConfig(StepConfig):
 @dataclass(frozen=True)
 class Int4RtnConfig(WeightOnlyConfig):
     """int4 weights by round-to-nearest (no calibration)."""
+    fixed = ("algorithm", *CALIBRATION_OPTIONS, *GPTQ_OPTIONS, *AWQ_OPTIONS)
 
 
 @dataclass(frozen=True)
 class Int4GptqConfig(WeightOnlyConfig):
     """int4 weights by GPTQ (layer-wise, Hessian-based error compensation)."""
+    fixed = ("algorithm", *AWQ_OPTIONS)
     algorithm: str = "gptq"
 
 
 @dataclass(frozen=True)
 class Int4AwqConfig(WeightOnlyConfig):
     """int4 weights by AWQ (activation-aware scales + clipping search)."""
+    fixed = ("algorithm", *GPTQ_OPTIONS)
     algorithm: str = "awq"
 
 
 @dataclass(frozen=True)
 class Int8WeightOnlyConfig(WeightOnlyConfig):
     """int8 weights, per output channel, round-to-nearest."""
+    fixed = ("bits", "group_size", "algorithm", *CALIBRATION_OPTIONS, *GPTQ_OPTIONS, *AWQ_OPTIONS)
     bits: int = 8
     group_size: int | str = -1
 
