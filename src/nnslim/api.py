@@ -126,10 +126,15 @@ def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:
 
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
-    needed = [i.name for i in proto.graph.input if i.name not in inits]
-    if sorted(needed) != sorted(testbed.input_names):
-        raise NnslimError(f"testbed {testbed.name!r} feeds inputs {list(testbed.input_names)} but {str(path)!r} "
-                          f"takes {needed}; pass the --testbed this model was made for")
+    needed = {i.name: len(i.type.tensor_type.shape.dim) for i in proto.graph.input if i.name not in inits}
+    fed = {k: np.ndim(v) for k, v in testbed.export_example().items()}
+    if fed != needed:
+        raise NnslimError(f"testbed {testbed.name!r} feeds inputs {_ranks(fed)} but {str(path)!r} takes "
+                          f"{_ranks(needed)}; pass the --testbed this model was made for")
+
+
+def _ranks(inputs: dict[str, int]) -> str:
+    return ", ".join(f"{k} (rank {r})" for k, r in inputs.items())
 
 
 def load_for_run(source: str, backend: str | None = None):
@@ -235,6 +240,10 @@ def compare(testbed: Testbed, variants: list[Variant], batch: int | None = None,
     report = Report(testbed=testbed.name, primary_metric=testbed.primary_metric,
                     higher_is_better=testbed.higher_is_better, batch=batch, seq=seq, variants=results,
                     machine=machine_info(), versions=library_versions())
+    for res in results:
+        bad = [k for k, x in res.metrics.items() if isinstance(x, float) and not np.isfinite(x)]
+        if bad:
+            report.notes.append(f"{res.name}: metrics {', '.join(bad)} are not finite (NaN/Inf; written as null)")
     report.notes.append(f"latency: {warmup} warm-up runs, then {lat['0'].runs} interleaved "
                         "rounds; median (p90); throughput = batch / median")
     if memory:
@@ -371,16 +380,19 @@ def _reload(directory: Path, original):
 
 
 def _report(r: Resolved, result, directory: Path, ctx: Context, batch, seq, repeats, memory, backend) -> Report:
-    variants = variants_for("baseline", r.model, r.source, backend)
+    def runtime(model):  # --backend picks the runtime of ONNX rows; torch rows run in torch
+        return backend if isinstance(model, OnnxModel) else None
+
+    variants = variants_for("baseline", r.model, r.source, runtime(r.model))
     scratch = None
     if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module) and _dtype_of(result) != "float32":
         # Same runtime, fp32 vs compressed: separates the runtime's gain from the method's.
         scratch = scratch_dir("nnslim-fp32-")
         fp32 = _export_baseline(r, scratch)
-        variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path), backend)
+        variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path), runtime(fp32))
     size = artifact.artifact_size(directory)
     variants += [dataclasses.replace(v, size_bytes=size)
-                 for v in variants_for("compressed", result, str(directory), backend)]
+                 for v in variants_for("compressed", result, str(directory), runtime(result))]
     try:
         rep = compare(r.testbed, variants, batch, seq, repeats, memory=memory)
     finally:
@@ -437,7 +449,7 @@ def export_onnx(model: torch.nn.Module, example_inputs: dict, path: str | Path,
     return _export(model, inputs, path, axes, opset)
 
 
-def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: dict | None = None,
+def _quantize(model: torch.nn.Module, config, calibration=None, example_inputs: dict | None = None,
              inplace: bool = False, testbed: Testbed | str | None = None) -> torch.nn.Module:
     """Quantize a torch model: Int8Config (static, needs calibration), Int8DynamicConfig, a weight-only
     config (Int4RtnConfig, Int4GptqConfig, Int4AwqConfig, Int8WeightOnlyConfig) or W8A8 (Fp8Config,
@@ -484,7 +496,7 @@ def quantize(model: torch.nn.Module, config, calibration=None, example_inputs: d
     return quantize_int8(model, config, calibration, example_inputs, inplace=inplace, notes=notes)
 
 
-def prune(model: torch.nn.Module, config, calibration=None, inplace: bool = False,
+def _prune(model: torch.nn.Module, config, calibration=None, inplace: bool = False,
           testbed: Testbed | str | None = None, example_inputs=None) -> torch.nn.Module:
     """Prune a torch model. StructuredPruneConfig removes channels/neurons/heads and returns a smaller
     model (needs example_inputs, or a testbed); MagnitudePruneConfig, TwoFourPruneConfig, WandaConfig and
@@ -515,7 +527,7 @@ def prune(model: torch.nn.Module, config, calibration=None, inplace: bool = Fals
     return prune_oneshot(model, config, calibration, inplace=inplace)
 
 
-def distill(student: torch.nn.Module, teacher: torch.nn.Module, data=None, config=None,
+def _distill(student: torch.nn.Module, teacher: torch.nn.Module, data=None, config=None,
             testbed: Testbed | str | None = None, inplace: bool = False) -> torch.nn.Module:
     """Fine-tune `student` to reproduce `teacher` (knowledge distillation) on `data` (input dicts; a
     testbed's calibration split by default). Returns the trained copy (student untouched unless inplace)."""
@@ -528,3 +540,30 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, data=None, confi
             raise NnslimError("distill needs data (a list of input dicts) or a testbed")
         data = tb.calibration(config.samples)
     return _distill(student, teacher, data, config, getattr(tb, "output_kind", "tensor"), inplace=inplace)
+
+
+def _checked(impl, what: str):
+    """A public verb with the pipeline's checks: finite weights and data in, finite weights out."""
+    import functools
+
+    import inspect
+
+    signature = inspect.signature(impl)
+
+    @functools.wraps(impl)
+    def verb(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        check_finite_module(next(iter(bound.arguments.values())), what)
+        for key in ("calibration", "data"):
+            if isinstance(bound.arguments.get(key), (list, tuple)):
+                check_finite_data(bound.arguments[key], key)
+        result = impl(*bound.args, **bound.kwargs)
+        check_finite_module(result, f"{impl.__name__.strip('_')} result")
+        return result
+    verb.__name__ = verb.__qualname__ = impl.__name__.strip("_")
+    return verb
+
+
+quantize = _checked(_quantize, "model")
+prune = _checked(_prune, "model")
+distill = _checked(_distill, "student")

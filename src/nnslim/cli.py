@@ -107,12 +107,10 @@ def _cmd_testbeds(args) -> None:
 
 
 def _cmd_methods(args) -> None:
-    import dataclasses
-
     from .recipe import methods
 
     for name, m in sorted(methods().items()):
-        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.config_cls)) or "no options"
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in m.config_cls.options()) or "no options"
         print(f"{name:<12} {m.description} [{m.needs} -> {m.produces}] ({opts})")
 
 

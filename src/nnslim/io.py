@@ -36,8 +36,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def json_safe(obj: Any) -> Any:
+    """obj with NaN/Inf floats as null (JSON has no NaN: a NaN would make the file invalid JSON)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 MANIFEST = ".nnslim-manifest"  # the entries nnslim wrote into an output dir: --overwrite replaces only those

@@ -72,7 +72,7 @@ def test_bad_prune_inputs(tiny_llama):
         prune_oneshot(nn.Sequential(nn.ReLU()), PruneConfig())
     with pytest.raises(NnslimError, match="calibration is empty"):
         prune_oneshot(tiny_llama, WandaConfig(), [])
-    with pytest.raises(NnslimError, match="scope='global' is for algorithm='magnitude' only"):
+    with pytest.raises(NnslimError, match="scope='global' is not allowed for method 'wanda'"):
         WandaConfig(scope="global")
     with pytest.raises(NnslimError, match="config of type"):
         prune(tiny_llama, {"sparsity": 0.5})

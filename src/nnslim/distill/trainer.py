@@ -22,6 +22,7 @@ from ..errors import NnslimError
 from ..batching import collate
 from ..progress import progress
 from ..recipe import StepConfig, register_method
+from ..runtime.base import call_module
 from .losses import LOSSES, hidden_loss, kd_loss, primary_output
 
 
@@ -117,8 +118,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
             s_feats.clear()
             t_feats.clear()
             with torch.no_grad():
-                t_out = primary_output(teacher(**batch))
-            s_out = primary_output(student(**batch))
+                t_out = primary_output(call_module(teacher, batch))
+            s_out = primary_output(call_module(student, batch))
             loss = kd_loss(s_out, t_out, kind, config.temperature, mask)
             if names:
                 loss = loss + config.hidden_weight * hidden_loss(s_feats, t_feats, config.hidden_loss)

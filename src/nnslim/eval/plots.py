@@ -1,6 +1,7 @@
 """PNG plot of the primary metric against latency, one point per variant."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -16,7 +17,7 @@ def plot_metric_vs_latency(report, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     ys = []
     for i, v in enumerate(report.variants):
-        if metric in v.metrics and v.latency:
+        if v.latency and isinstance(v.metrics.get(metric), (int, float)) and math.isfinite(v.metrics[metric]):
             ys.append(v.metrics[metric])
             ax.scatter(v.latency.median_ms, v.metrics[metric], s=40)
             # staggered labels so variants with equal metric and similar latency stay readable

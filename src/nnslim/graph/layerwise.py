@@ -64,9 +64,28 @@ def _move_rest(model: nn.Module, blocks: nn.ModuleList, device) -> None:
                 mod._buffers[key] = b.to(device)
 
 
+def check_token_ids(model: nn.Module, samples: list[dict[str, Any]], field: str = "calibration") -> None:
+    """Token ids must be integers inside the vocabulary (an out-of-range id would index out of bounds)."""
+    emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    for i, sample in enumerate(samples):
+        ids = sample.get("input_ids") if isinstance(sample, dict) else None
+        if ids is None:
+            continue
+        try:
+            t = torch.as_tensor(ids)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise NnslimError(f"{field}[{i}]['input_ids'] is not an array of token ids: {str(e)[:100]}") from None
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise NnslimError(f"{field}[{i}]['input_ids'] has dtype {t.dtype}; token ids must be integers")
+        if emb is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= emb.num_embeddings):
+            raise NnslimError(f"{field}[{i}]['input_ids'] has ids in {int(t.min())}..{int(t.max())}; allowed: "
+                              f"0..{emb.num_embeddings - 1} (the model's vocabulary)")
+
+
 def capture_inputs(model: nn.Module, blocks: nn.ModuleList, samples: list[dict[str, Any]], device
                    ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Hidden states and keyword arguments with which the first block is called, per sample."""
+    check_token_ids(model, samples)
     inputs, kwargs_list = [], []
 
     def hook(_mod, args, kwargs):

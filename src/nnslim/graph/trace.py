@@ -17,6 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import NnslimError
+from ..runtime.base import call_module
 
 
 @dataclass
@@ -201,20 +202,10 @@ def _dynamic_trace(model, inputs: dict, is_leaf: Callable[[nn.Module], bool], re
             handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
     try:
         with torch.no_grad(), Mode():
-            return model(**inputs) if _by_name(model, inputs) else model(*inputs.values())
+            return call_module(model, inputs)
     finally:
         for h in handles:
             h.remove()
-
-
-def _by_name(model: nn.Module, inputs: dict) -> bool:
-    import inspect
-
-    try:
-        inspect.signature(model.forward).bind(**inputs)
-        return True
-    except TypeError:
-        return False
 
 
 def trace(model: nn.Module, inputs: dict[str, torch.Tensor], is_leaf: Callable[[nn.Module], bool],

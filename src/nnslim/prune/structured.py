@@ -30,6 +30,7 @@ from ..graph.dependency import DependencyGraph, Group, build
 from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mha, handler_for
 from ..graph.trace import trace
 from ..recipe import StepConfig, register_method
+from ..runtime.base import call_module
 from .reconstruct import MODES, refit
 
 IMPORTANCE = ("auto", "activation", "l1", "l2", "taylor", "random")
@@ -39,6 +40,7 @@ PLAN_ATTR = "_nnslim_structured_plan"
 @dataclass(frozen=True)
 class StructuredPruneConfig(StepConfig):
     """Remove whole channels / neurons / heads and return a smaller model."""
+    ranges = {"samples": (1, 1_000_000), "batches": (1, 100_000), "damp": (0, 10.0)}
     ratio: float = 0.3  # fraction of channels (and FFN neurons) removed
     head_ratio: float | None = None  # fraction of attention heads removed; None: same as ratio
     importance: str = "auto"  # auto (activation with calibration data, else l2) | activation | l1 | l2 | taylor | random
@@ -87,9 +89,7 @@ def _as_tensors(inputs) -> dict[str, torch.Tensor]:
 
 def _call(model, inputs: dict):
     """model(**inputs), or model(*values) when the names are not the forward's parameter names."""
-    from ..graph.trace import _by_name
-
-    return model(**inputs) if _by_name(model, inputs) else model(*inputs.values())
+    return call_module(model, inputs)
 
 
 def convert_attention(model: nn.Module) -> list[str]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..progress import progress
-from ..runtime.base import TorchRunner
+from ..runtime.base import TorchRunner, call_module
 
 
 def check_calibration(data, example: dict[str, np.ndarray], field: str = "calibration") -> list[dict]:
@@ -53,7 +53,7 @@ def run_with_hooks(model: nn.Module, layers: dict[str, nn.Module], data: Iterabl
     try:
         for item in progress(items, desc=desc, total=len(items)):
             try:
-                model(**runner.to_tensors({k: np.asarray(v) for k, v in item.items()}))
+                call_module(model, runner.to_tensors({k: np.asarray(v) for k, v in item.items()}))
             except (RuntimeError, ValueError, TypeError) as e:
                 shapes = {k: tuple(np.shape(v)) for k, v in item.items()}
                 raise NnslimError(f"the model failed on calibration input of shapes {shapes}: "

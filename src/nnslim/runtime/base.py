@@ -61,6 +61,22 @@ def first_tensor(out) -> torch.Tensor:
     raise TypeError(f"cannot take a tensor output from {type(out).__name__}")
 
 
+def by_name(module: torch.nn.Module, inputs: dict) -> bool:
+    """Can module(**inputs) bind? (an nn.Sequential or forward(x) takes its one input by position)."""
+    import inspect
+
+    try:
+        inspect.signature(module.forward).bind(**inputs)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def call_module(module: torch.nn.Module, inputs: dict):
+    """module(**inputs), or module(*values) when the names are not the forward's parameter names."""
+    return module(**inputs) if by_name(module, inputs) else module(*inputs.values())
+
+
 class TorchRunner(Runner):
     backend = "torch"
 
@@ -78,5 +94,5 @@ class TorchRunner(Runner):
 
     @torch.inference_mode()
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        out = first_tensor(self.module(**self.to_tensors(inputs)))
+        out = first_tensor(call_module(self.module, self.to_tensors(inputs)))
         return out.float().cpu().numpy()

@@ -82,6 +82,29 @@ def _check_opset(path: Path, opset: int) -> None:
                           f"could not go lower); allowed for this model: {got}..23")
 
 
+def topological_sort(graph) -> None:
+    """Order graph.node so every node comes after the producers of its inputs (in place, stable)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or an input from an outer scope: keep the rest as they were
+            ordered += rest
+            break
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def convert_onnx_fp16(src: str | Path, dst: str | Path) -> OnnxModel:
     """fp16 weights and compute, fp32 inputs/outputs (so callers feed the same arrays)."""
     import onnx
@@ -93,5 +116,6 @@ def convert_onnx_fp16(src: str | Path, dst: str | Path) -> OnnxModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         half = convert_float_to_float16(model, keep_io_types=True)
+    topological_sort(half.graph)  # the converter appends its input casts last: invalid for strict readers
     atomic_write(dst, lambda tmp: onnx.save(half, tmp))
     return OnnxModel(Path(dst))

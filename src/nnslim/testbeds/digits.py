@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..progress import progress
+from ..progress import warn
 from .base import Testbed, cache_dir
 
 EVAL_FRACTION = 0.3
@@ -96,8 +97,11 @@ class DigitsTestbed(Testbed):
         path = self._weights_path()
         model = DigitsCNN()
         if path.exists():
-            model.load_state_dict(load_file(str(path)))
-            return model.eval()
+            try:
+                model.load_state_dict(load_file(str(path)))
+                return model.eval()
+            except Exception as e:  # a damaged cache is rebuilt, never trusted and never fatal
+                warn(f"the cached digits-cnn weights {str(path)!r} are damaged ({str(e)[:80]}); retraining")
         model = train_digits_cnn()
         atomic_write(path, lambda tmp: save_file(model.state_dict(), tmp))
         return model

@@ -48,13 +48,22 @@ def _converted_smollm2_dir() -> Path:
     root, gguf = smollm2_gguf()
     out = cache_dir() / f"smollm2-{Path(gguf).stem}"
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
-        return out
+        if _cache_ok(out):
+            return out
+        warn(f"the cached SmolLM2 conversion {str(out)!r} is damaged; converting the GGUF again")
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf)
-        lm = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, dtype=torch.float32)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf)
+            lm = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, dtype=torch.float32)
+        except Exception as e:  # a truncated or damaged GGUF: name the file
+            raise NnslimError(f"{str(root / gguf)!r} could not be read as a GGUF model: "
+                              f"{' '.join(str(e).split())[:200] or type(e).__name__}") from None
     # The weights are already dequantized to fp32; drop the GGUF marker so it saves as plain safetensors.
     lm.hf_quantizer = None
     if hasattr(lm.config, "quantization_config"):
@@ -68,6 +77,23 @@ def _converted_smollm2_dir() -> Path:
     else:
         os.replace(tmp, out)
     return out
+
+
+def _cache_ok(directory: Path) -> bool:
+    """The converted dir parses: JSON configs and safetensors headers (cheap: no weights are read)."""
+    import json
+
+    from ..io import stored_shapes
+
+    try:
+        for name in ("config.json", "tokenizer_config.json"):
+            json.loads((directory / name).read_text())
+        weights = sorted(directory.glob("*.safetensors"))
+        for w in weights:
+            stored_shapes(w)
+        return bool(weights)
+    except (OSError, ValueError, NnslimError):
+        return False
 
 
 class CausalLMTestbed(HFTestbed):
