@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import nnslim  # noqa: E402
 from nnslim.api import Variant, compare, resolve, variants_for  # noqa: E402
-from nnslim.io import prepare_out_dir  # noqa: E402
+from nnslim.io import StagedDir  # noqa: E402
 
 METHODS = ("fp16", "bf16", "onnx", "onnx-fp16")
 
@@ -44,8 +44,9 @@ def main() -> None:
     print(f"command: python benchmarks/baselines.py {' '.join(sys.argv[1:])}")
     for name in args.testbeds:
         t0 = time.time()
-        out = prepare_out_dir(Path(args.out) / name, overwrite=True)
-        print(run(name, out, args.repeats))
+        with StagedDir(Path(args.out) / name, overwrite=True) as staged:
+            print(run(name, staged.path, args.repeats))
+            staged.commit()
         print(f"({name}: {time.time() - t0:.0f} s wall)\n", flush=True)
 
 

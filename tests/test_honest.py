@@ -378,3 +378,10 @@ def test_nnslim_json_records_what_changes_bits(tmp_path):
     nnslim.compress(TwoLayer(), "fp16", example_inputs=_x(), out=tmp_path / "d", report=False)
     det = json.loads((tmp_path / "d" / "nnslim.json").read_text())["determinism"]
     assert det["torch_threads"] == torch.get_num_threads() and "cpu_capability" in det
+
+
+def test_threads_option_is_recorded(tmp_path):
+    proc = _cli("compress", "--model", "digits-cnn", "--method", "fp16", "--threads", "1", "--no-report",
+                "--out", str(tmp_path / "t"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "t" / "nnslim.json").read_text())["determinism"]["torch_threads"] == 1

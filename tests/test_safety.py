@@ -203,3 +203,27 @@ def test_onnx_external_data_outside_the_folder_is_refused(tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(NnslimError, match="outside the model's folder"):
         check_onnx(path)
+
+
+def test_hf_artifact_is_self_contained_and_its_config_is_bounded(tmp_path):
+    import shutil
+
+    from nnslim.testbeds.minilm import minilm_dir
+
+    d = _tiny_bert_dir(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir() / name, d / name)
+    nnslim.compress(str(d), "fp16", out=tmp_path / "a", report=False)
+    moved = tmp_path / "moved"
+    shutil.move(str(d), moved)  # the source folder is gone: the artifact loads on its own
+    meta = json.loads((tmp_path / "a" / "nnslim.json").read_text())
+    assert meta["architecture"]["path"] == "." and (tmp_path / "a" / "config.json").exists()
+    assert next(nnslim.load(tmp_path / "a").parameters()).dtype == torch.float16
+    with pytest.raises(NnslimError, match="--testbed DIR"):
+        nnslim.evaluate(str(tmp_path / "a"))
+    assert nnslim.evaluate(str(tmp_path / "a"), testbed=str(moved))["metrics"]["cos_mean"] > 0.999
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    cfg.update(hidden_size=32_000, intermediate_size=64_000)
+    (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(NnslimError, match="does not belong to these weights"):
+        nnslim.load(tmp_path / "a")  # checked on the meta device: nothing of that size is allocated

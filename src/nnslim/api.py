@@ -194,7 +194,10 @@ def size_on_disk(model) -> int:
         return model.size_bytes
     from safetensors.torch import save_model
 
-    with tempfile.TemporaryDirectory(prefix="nnslim-size-") as tmp:
+    from .io import remove_stale
+
+    remove_stale(Path(tempfile.gettempdir()), "nnslim-size-")  # left by a killed run
+    with tempfile.TemporaryDirectory(prefix=f"nnslim-size-{os.getpid()}-") as tmp:
         path = os.path.join(tmp, "m.safetensors")
         save_model(model, path)
         return os.path.getsize(path)

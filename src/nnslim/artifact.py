@@ -209,6 +209,23 @@ def _own_file(meta: dict, default: str, directory: Path) -> str:
     return name
 
 
+def _check_config_size(testbed, weights: Path) -> None:
+    """Build the config's model on the meta device first: its size must be within reach of the tensors the
+    weights file stores, so a crafted config.json cannot make nnslim allocate more than the file holds."""
+    import math
+
+    if not weights.is_file():
+        raise NnslimError(f"weights file {str(weights)!r} not found")
+    stored = sum(math.prod(shape) for shape in stored_shapes(weights).values())
+    with torch.device("meta"):
+        probe = testbed.load_model()
+    params = sum(p.numel() for p in probe.parameters())
+    # Packed int4 holds two weights per stored element, int2 four; scales and pruning only shrink the ratio.
+    if params > 8 * stored + 1_000_000:
+        raise NnslimError(f"{testbed.name}: config.json describes {params:,} parameters but {str(weights)!r} "
+                          f"stores {stored:,} values; the config does not belong to these weights")
+
+
 def artifact_size(directory: str | Path) -> int:
     """Bytes of the model files of an artifact as written (what nnslim.json lists), reports excluded."""
     directory = Path(directory)
@@ -239,6 +256,8 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
             raise NnslimError(f"{directory} holds weights of a user-defined module "
                               f"({meta.get('architecture', {}).get('class')}); pass model=<an instance of it> "
                               "to nnslim.load")
+        if not getattr(testbed, "weights", True):  # built from the artifact's own config.json
+            _check_config_size(testbed, directory / _own_file(meta, WEIGHTS_FILE, directory))
         model = testbed.load_model()
     dtype = _DTYPES.get(meta.get("dtype", "float32"))
     if dtype is None:

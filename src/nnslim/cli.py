@@ -16,13 +16,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(text: str) -> int:
+def _positive(text: str, limit: int = 1 << 20) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: an integer >= 1")
+    if not 1 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: an integer 1..{limit}")
     return value
 
 
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     p.add_argument("--seed", type=_seed, default=None, help="random seed (default: the recipe's, else 0)")
     p.add_argument("--no-report", action="store_true", help="skip the evaluation/benchmark report")
+    p.add_argument("--threads", type=lambda t: _positive(t, 1024), default=None,
+                   help="torch CPU threads (float sums depend on it; nnslim.json records the count used)")
     _add_timing(p)
 
     p = sub.add_parser("demo", help="compress MiniLM to fp16 and ONNX; print the before/after report")
@@ -174,6 +176,11 @@ def _parse_options(options: list[str]) -> dict:
 
 def _cmd_compress(args) -> None:
     from .api import compress
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     recipe = args.recipe if args.recipe else args.method
     if args.recipe and not Path(args.recipe).is_file():

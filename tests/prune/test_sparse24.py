@@ -5,7 +5,7 @@ from torch import nn
 
 import nnslim
 from nnslim import NnslimError
-from nnslim.prune.oneshot import TwoFourPruneConfig, prune_oneshot
+from nnslim.prune.oneshot import MagnitudePruneConfig, TwoFourPruneConfig, prune_oneshot
 from nnslim.prune.sparse24 import SemiSparseLinear, is_2of4, semi_sparse
 
 
@@ -33,7 +33,7 @@ def test_errors():
     with pytest.raises(NnslimError, match="not 2:4"):
         SemiSparseLinear.from_linear(nn.Linear(64, 32), "fc")
     with pytest.raises(NnslimError, match="pack_2of4=True needs pattern='2:4'"):
-        TwoFourPruneConfig(pattern="unstructured", pack_2of4=True)
+        MagnitudePruneConfig(pattern="unstructured", pack_2of4=True)
     assert semi_sparse(nn.Sequential(nn.Linear(64, 32))) is not None
 
 

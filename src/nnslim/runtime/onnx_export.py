@@ -49,7 +49,11 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
                       or None)
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     _quiet_exporter()
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent if path.parent.exists() else None))
+    from ..io import remove_stale
+
+    parent = path.parent if path.parent.exists() else Path(tempfile.gettempdir())
+    remove_stale(parent, ".export-")  # left by a killed run
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=parent))
     try:
         tmp = tmp_dir / path.name
         with warnings.catch_warnings():

@@ -59,8 +59,9 @@ def _converted_smollm2_dir() -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf)
-            lm = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf, trust_remote_code=False)
+            lm = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, dtype=torch.float32,
+                                                      trust_remote_code=False)
         except Exception as e:  # a truncated or damaged GGUF: name the file
             raise NnslimError(f"{str(root / gguf)!r} could not be read as a GGUF model: "
                               f"{' '.join(str(e).split())[:200] or type(e).__name__}") from None
