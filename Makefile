@@ -24,7 +24,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nnslim demo --out build/demo --overwrite
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests  # 2 workers, 1 torch thread each (conftest)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'

@@ -10,6 +10,9 @@ try:  # without CUDA, Triton kernels are tested in Triton's interpreter, which m
 
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: two threads each would oversubscribe
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # and the nnslim processes the tests start
 except ImportError:
     pass
 

@@ -267,7 +267,7 @@ def test_cli_bad_out_seed_and_scalars(tmp_path):
                          (["--out", str(tmp_path / "o"), "--seed", str(2**40)], "--seed")):
         proc = _cli("compress", "--model", "digits-cnn", "--method", "fp16", *args)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    for scalar in (".", ".e5", "1__", "._", "-.", "+"):
+    for scalar in (".", ".e5", "1__"):  # more of these in test_yaml_scalars_that_are_not_numbers
         proc = _cli("compress", "--model", "digits-cnn", "--method", "int8", "--set", f"samples={scalar}",
                     "--out", str(tmp_path / "o"))
         assert proc.returncode == 2 and "samples" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -60,3 +60,11 @@ def test_yaml_keeps_n_m_patterns_as_text():
     obj = yaml_load("pattern: 2:4\nsamples: 8\ndamp: 0.01\nsmall: 1e-3\nneg: -2\nname: x\nflag: true\n")
     assert obj == {"pattern": "2:4", "samples": 8, "damp": 0.01, "small": 0.001, "neg": -2, "name": "x",
                    "flag": True}
+
+
+def test_yaml_scalars_that_are_not_numbers():
+    from nnslim.recipe import yaml_load
+
+    for text in (".", ".e5", "1__", "._", "-.", "+", "_1", "1_", "e5", ".e"):
+        assert isinstance(yaml_load(text), str), text  # never a crash in float()/int()
+    assert yaml_load("1_000") == 1000 and yaml_load("1e-3") == 0.001 and yaml_load("2:4") == "2:4"

@@ -94,7 +94,7 @@ def _tiny_bert_dir(tmp_path):
 
     torch.manual_seed(0)
     cfg = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                     vocab_size=100)
+                     vocab_size=30522)  # MiniLM's tokenizer is paired with it in one test
     d = tmp_path / "bert"
     BertModel(cfg).save_pretrained(str(d))
     return d
