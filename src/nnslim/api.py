@@ -336,6 +336,9 @@ def compress(model, recipe, calibration: list | None = None, example_inputs: dic
     recipe = as_recipe(recipe, seed)
     if out is not None:
         check_out_path(out, overwrite)  # before any loading or work
+    data = {"example_inputs": example_inputs, "calibration": calibration}
+    _normalize_data(data, model)
+    example_inputs, calibration = data["example_inputs"], data["calibration"]
     r = resolve(model, testbed, example_inputs, calibration, trust_remote_code=trust_remote_code)
     if out is not None and r.source and not r.source.startswith("testbed:") and _inside(Path(r.source), Path(out)):
         raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
@@ -434,9 +437,10 @@ def _inside(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
-def export_onnx(model: torch.nn.Module, example_inputs: dict, path: str | Path,
+def export_onnx(model: torch.nn.Module, example_inputs, path: str | Path,
                 dynamic_axes: dict | None = None, opset: int = 18) -> OnnxModel:
-    """Export a torch module to ONNX (dynamo exporter); inputs are named as the dict's keys.
+    """Export a torch module to ONNX (dynamo exporter). example_inputs: a dict (inputs named by its keys),
+    a tensor or a tuple of positional inputs (named by the forward's parameters), as torch.onnx.export.
 
     A model returned by nnslim.quantize exports as int8 (QDQ for static, MatMulInteger for dynamic).
     """
@@ -444,8 +448,10 @@ def export_onnx(model: torch.nn.Module, example_inputs: dict, path: str | Path,
     from .runtime.onnx_export import export_onnx as _export
     from .runtime.qdq import export_quantized_onnx
 
+    from .data import as_inputs
+
     inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
-              for k, v in example_inputs.items()}
+              for k, v in as_inputs(example_inputs, model).items()}
     axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}
     if has_simulated_int8(model):
         return export_quantized_onnx(model, inputs, path, axes, opset)[0]
@@ -545,6 +551,22 @@ def _distill(student: torch.nn.Module, teacher: torch.nn.Module, data=None, conf
     return _distill(student, teacher, data, config, getattr(tb, "output_kind", "tensor"), inplace=inplace)
 
 
+def _normalize_data(arguments: dict, model) -> None:
+    """Example inputs and calibration/training data in any accepted form (nnslim.data) -> input dicts."""
+    from .data import as_inputs, as_samples
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    if arguments.get("example_inputs") is not None:
+        arguments["example_inputs"] = as_inputs(arguments["example_inputs"], model)
+    example = arguments.get("example_inputs")
+    names = list(example) if isinstance(example, dict) else None
+    for key in ("calibration", "data"):
+        if arguments.get(key) is not None:
+            arguments[key] = as_samples(arguments[key], model, key, names)
+            check_finite_data(arguments[key], key)
+
+
 def _checked(impl, what: str):
     """A public verb with the pipeline's checks: finite weights and data in, finite weights out."""
     import functools
@@ -556,10 +578,9 @@ def _checked(impl, what: str):
     @functools.wraps(impl)
     def verb(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
-        check_finite_module(next(iter(bound.arguments.values())), what)
-        for key in ("calibration", "data"):
-            if isinstance(bound.arguments.get(key), (list, tuple)):
-                check_finite_data(bound.arguments[key], key)
+        model = next(iter(bound.arguments.values()))
+        check_finite_module(model, what)
+        _normalize_data(bound.arguments, model)
         result = impl(*bound.args, **bound.kwargs)
         check_finite_module(result, f"{impl.__name__.strip('_')} result")
         return result
