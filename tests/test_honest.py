@@ -359,9 +359,14 @@ def test_path_named_like_a_testbed(tmp_path, monkeypatch, capsys):
 
 
 # 15. no temp dirs or baseline copies left behind ----------------------------------------------------
-def test_no_work_dirs_left_in_the_temp_folder(tmp_path):
+def test_no_work_dirs_left_in_the_temp_folder(tmp_path, monkeypatch):
+    private = tmp_path / "tmp"  # a temp folder of this test's own: other test workers use the shared one
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+
     def ours():
-        return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nnslim-")}
+        return {n for n in os.listdir(private) if n.startswith("nnslim-")}
     before = ours()
     res = nnslim.compress(TwoLayer(), nnslim.Int8DynamicConfig(), example_inputs=_x(), out=tmp_path / "q",
                           repeats=2, memory=False)
