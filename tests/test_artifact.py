@@ -4,17 +4,8 @@ import torch
 
 import nnslim
 from nnslim.errors import NnslimError
+from zoo import TwoLayer
 from nnslim.runtime import TorchRunner, make_runner
-
-
-class TwoLayer(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Linear(16, 32)
-        self.b = torch.nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
 
 
 @pytest.mark.parametrize("method", ["fp16", "bf16"])

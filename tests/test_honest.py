@@ -16,18 +16,9 @@ from torch import nn
 import nnslim
 from conftest import files_digest
 from nnslim.errors import NnslimError
+from zoo import TwoLayer
 from nnslim.recipe import make_step
 from nnslim.runtime import TorchRunner, make_runner
-
-
-class TwoLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(16, 32)
-        self.b = nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
 
 
 class TinyText(nn.Module):

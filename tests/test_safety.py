@@ -11,16 +11,7 @@ import torch
 
 import nnslim
 from nnslim.errors import NnslimError
-
-
-class TwoLayer(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Linear(16, 32)
-        self.b = torch.nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
+from zoo import TwoLayer
 
 
 def _onnx(tmp_path, external=False):

@@ -6,6 +6,18 @@ from torch import nn
 from torch.nn import functional as F
 
 
+class TwoLayer(nn.Module):
+    """The smallest user model: two Linears, one input named x."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride=1):
         super().__init__()

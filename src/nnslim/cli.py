@@ -16,26 +16,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(text: str, limit: int = 1 << 20) -> int:
+def _int_in(text: str, lo: int, hi: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= value <= limit:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: an integer 1..{limit}")
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: an integer {lo}..{hi}")
     return value
+
+
+def _positive(text: str, limit: int = 1 << 20) -> int:
+    return _int_in(text, 1, limit)
 
 
 def _seed(text: str) -> int:
     from .recipe import MAX_SEED
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: 0..{MAX_SEED}")
-    return value
+    return _int_in(text, 0, MAX_SEED)
 
 
 def _add_model(p, help_extra=""):

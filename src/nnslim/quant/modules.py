@@ -15,8 +15,24 @@ def _no_op_hook(module, args):
     return None
 
 
-class QuantWrapper(nn.Module):
+class _Transparent(nn.Module):
+    """Attributes of the wrapped layer (stride, padding, in_features, num_embeddings, ...) read through,
+    so models that inspect their layers (Whisper's conv1.stride) keep working once wrapped."""
+    _inner = ""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get(self._inner)
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
+
+class QuantWrapper(_Transparent):
     """Wraps a Linear/Conv: stores int8 weight codes + scales and the input's activation qparams."""
+    _inner = "float_module"
 
     def __init__(self, float_module: nn.Module, w_scale: torch.Tensor, w_zp: torch.Tensor,
                  act: tuple[torch.Tensor, torch.Tensor] | None, dynamic: bool = False,
@@ -47,17 +63,6 @@ class QuantWrapper(nn.Module):
         # Fused fast paths (nn.TransformerEncoderLayer in inference) read .weight and skip submodule calls,
         # which would skip activation quantization; they stand down when a module carries a hook.
         self.register_forward_pre_hook(_no_op_hook)
-
-    def __getattr__(self, name: str):
-        # Transparent: attributes of the wrapped layer (stride, padding, in_features, ...) read through,
-        # so models that inspect their layers (Whisper's conv1.stride) keep working once wrapped.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            inner = self.__dict__.get("_modules", {}).get("float_module")
-            if inner is None:
-                raise
-            return getattr(inner, name)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -100,8 +105,9 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-class QuantEmbedding(nn.Module):
+class QuantEmbedding(_Transparent):
     """Embedding table stored as int8 per row (weight-only); lookups return the dequantized rows."""
+    _inner = "embedding"
 
     def __init__(self, embedding: nn.Embedding, scale: torch.Tensor):
         super().__init__()
@@ -112,15 +118,6 @@ class QuantEmbedding(nn.Module):
         self.register_buffer("w_scale", scale.float())
         with torch.no_grad():
             embedding.weight.copy_(self.dequantized_weight().to(embedding.weight.dtype))
-
-    def __getattr__(self, name: str):  # transparent, as QuantWrapper
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            inner = self.__dict__.get("_modules", {}).get("embedding")
-            if inner is None:
-                raise
-            return getattr(inner, name)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight.float() * self.w_scale[:, None]
