@@ -381,3 +381,9 @@ def test_threads_option_is_recorded(tmp_path):
                 "--out", str(tmp_path / "t"))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "t" / "nnslim.json").read_text())["determinism"]["torch_threads"] == 1
+
+
+def test_onnx_result_without_out_or_report_is_usable():
+    res = nnslim.compress(TwoLayer(), "onnx", example_inputs=_x(), report=False)
+    assert res.model.path.is_file()
+    assert make_runner(res.model, "onnxruntime")({"x": _x()["x"].numpy()}).shape == (8, 4)

@@ -357,7 +357,7 @@ def compress(model, recipe, calibration: list | None = None, example_inputs: dic
             artifact.save(result, target, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
                           extra={"notes": ctx.notes})
             result = _reload(target, r.model)
-        shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)  # else an ONNX result still lives there (scratch: removed at exit)
         if report:
             stage("measuring baseline and compressed model")
             rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend)
