@@ -308,9 +308,7 @@ def check_recipe_fits(recipe: Recipe, model) -> None:
 
 
 def _apply_recipe(model, recipe: Recipe, ctx: Context):
-    check_finite_module(model, "input model")
-    if ctx.calibration is not None:
-        check_finite_data(ctx.calibration, "calibration")
+    check_finite_module(model, "input model")  # calibration was checked when compress normalized it
     if ctx.teacher is None and isinstance(model, torch.nn.Module):
         ctx.teacher = model  # steps never modify their input, so the original stays the teacher
     for i, step in enumerate(recipe.steps):

@@ -1,7 +1,6 @@
 """Checks shared by every entry point: finite numbers in models, data and options."""
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -42,7 +41,3 @@ def check_finite_data(items: Iterable[Any], field: str) -> None:
             if bad:
                 raise NnslimError(f"{field}[{i}][{key!r}] holds NaN or Inf; give finite input values")
 
-
-def check_finite_number(field: str, value: Any) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise NnslimError(f"{field}={value!r} is not allowed; allowed: a finite number")
