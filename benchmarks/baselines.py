@@ -15,7 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import nnslim  # noqa: E402
-from nnslim.api import Variant, compare, resolve, variants_for  # noqa: E402
+from nnslim.eval.compare import Variant, compare, variants_for  # noqa: E402
+from nnslim.loading import resolve  # noqa: E402
 from nnslim.io import StagedDir  # noqa: E402
 
 METHODS = ("fp16", "bf16", "onnx", "onnx-fp16")

@@ -216,7 +216,7 @@ def decode_tokens_per_s(model, prompt_len: int, new_tokens: int, fused: bool = F
 
 def bench_decode(args) -> list[dict]:
     from nnslim.quant.w8a8 import Fp8Config, quantize_w8a8
-    from nnslim.quant.weight_only.methods import Int4RtnConfig, quantize_weight_only
+    from nnslim import Int4RtnConfig, quantize
     from nnslim.runtime.kernels.select import kernel_table
 
     rows = []
@@ -237,12 +237,12 @@ def bench_decode(args) -> list[dict]:
     torch.cuda.empty_cache()
     for name, kind in variants:
         if kind == "int4":
-            model = quantize_weight_only(model, Int4RtnConfig(group_size=128), inplace=True)
+            model = quantize(model, Int4RtnConfig(group_size=128), inplace=True)
         elif kind == "int4-head":  # lm_head quantized too (what torchao's int4 weight-only does by default)
             del model
             torch.cuda.empty_cache()
-            model = quantize_weight_only(llama(args.layers, "cuda"), Int4RtnConfig(group_size=128, quantize_head=True),
-                                         inplace=True)
+            model = quantize(llama(args.layers, "cuda"), Int4RtnConfig(group_size=128, quantize_head=True),
+                             inplace=True)
         elif kind == "fp8":
             model = llama(args.layers, "cuda")
             model = quantize_w8a8(model, Fp8Config(), inplace=True)
@@ -290,7 +290,7 @@ def profile_step(model, prompt_len: int) -> None:
 
 
 def bench_gptq(args) -> list[dict]:
-    from nnslim.quant.weight_only.methods import Int4GptqConfig, quantize_weight_only
+    from nnslim import Int4GptqConfig, quantize
 
     model = llama(args.layers, "cuda").to("cpu")
     torch.cuda.empty_cache()
@@ -301,8 +301,8 @@ def bench_gptq(args) -> list[dict]:
     start_alloc = torch.cuda.memory_allocated() / 2**30
     t = time.perf_counter()
     notes = [f"GPU memory allocated before GPTQ: {start_alloc:.2f} GB"]
-    quantize_weight_only(model, Int4GptqConfig(group_size=128, device="cuda", samples=args.samples,
-                                               seq_len=args.seq_len), samples, inplace=True, notes=notes)
+    quantize(model, Int4GptqConfig(group_size=128, device="cuda", samples=args.samples, seq_len=args.seq_len),
+             calibration=samples, inplace=True)  # in place: no second 7B copy
     torch.cuda.synchronize()
     wall = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**30

@@ -48,8 +48,8 @@ def eager_time(fn, calls: int = 20, reps: int = 15) -> float:
 def bench(ms: list[int]) -> list[dict]:
     from gpu_llm import graph_time, rel_err
 
-    from nnslim.prune.masks import nm_mask
-    from nnslim.prune.sparse24 import SemiSparseLinear
+    from nnslim.pruning.masks import nm_mask
+    from nnslim.pruning.sparse24 import SemiSparseLinear
 
     rows = []
     torch.manual_seed(0)

@@ -20,7 +20,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 import nnslim  # noqa: E402
-from nnslim.api import Variant, compare, resolve  # noqa: E402
+from nnslim.eval.compare import Variant, compare  # noqa: E402
+from nnslim.loading import resolve  # noqa: E402
 from nnslim.quant.ptq import Int8Config, quantize_int8  # noqa: E402
 from nnslim.runtime import OnnxModel, TorchRunner  # noqa: E402
 from nnslim.runtime.onnx_export import export_onnx  # noqa: E402

@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from nnslim.io import machine_info  # noqa: E402
-from nnslim.quant.weight_only.methods import Int4RtnConfig, Int8WeightOnlyConfig, quantize_weight_only  # noqa: E402
+from nnslim import Int4RtnConfig, Int8WeightOnlyConfig, quantize  # noqa: E402
 from nnslim.runtime.decode import StaticDecoder  # noqa: E402
 from nnslim.runtime.kernels.select import kernel_table  # noqa: E402
 from nnslim.testbeds import get_testbed  # noqa: E402
@@ -48,8 +48,8 @@ def main():
     lm = tb.load_model().lm
     prompt = torch.as_tensor(tb.example_inputs(1, args.prompt)["input_ids"])
     variants = {"fp32": lm,
-                "int8 weight-only (per channel)": quantize_weight_only(lm, Int8WeightOnlyConfig()),
-                "int4 weight-only (RTN g64)": quantize_weight_only(lm, Int4RtnConfig(group_size=64))}
+                "int8 weight-only (per channel)": quantize(lm, Int8WeightOnlyConfig()),
+                "int4 weight-only (RTN g64)": quantize(lm, Int4RtnConfig(group_size=64))}
     rates = {k: [] for k in variants}
     tokens = {}
     for name, model in variants.items():  # warm-up: kernel selection happens here

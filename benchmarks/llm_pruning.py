@@ -21,7 +21,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from nnslim.io import machine_info  # noqa: E402
-from nnslim.prune.oneshot import PruneConfig, prune_oneshot  # noqa: E402
+from nnslim import MagnitudePruneConfig, SparseGptConfig, WandaConfig, prune  # noqa: E402
 from nnslim.runtime.base import TorchRunner  # noqa: E402
 from nnslim.testbeds import get_testbed  # noqa: E402
 
@@ -40,10 +40,13 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
     for pattern in ("unstructured", "2:4"):
         for algo in ("magnitude", "wanda", "sparsegpt"):
-            cfg = PruneConfig(sparsity=0.5, pattern=pattern, algorithm=algo, device="cpu",
-                              samples=args.samples, seq_len=args.seq_len)
+            if algo == "magnitude":
+                cfg = MagnitudePruneConfig(sparsity=0.5, pattern=pattern)
+            else:
+                cfg = {"wanda": WandaConfig, "sparsegpt": SparseGptConfig}[algo](
+                    sparsity=0.5, pattern=pattern, device="cpu", samples=args.samples, seq_len=args.seq_len)
             t = time.perf_counter()
-            p = prune_oneshot(model, cfg, None if algo == "magnitude" else calib)
+            p = prune(model, cfg, calibration=None if algo == "magnitude" else calib)
             dt = time.perf_counter() - t
             rows.append({"variant": algo, "pattern": "50% unstructured" if pattern == "unstructured" else "2:4",
                          **tb.evaluate(TorchRunner(p)), "prune_s": round(dt, 1)})

@@ -22,8 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from nnslim.io import machine_info  # noqa: E402
-from nnslim.quant.weight_only.methods import (Int4AwqConfig, Int4GptqConfig, Int4RtnConfig,  # noqa: E402
-                                              Int8WeightOnlyConfig, quantize_weight_only)
+from nnslim import Int4AwqConfig, Int4GptqConfig, Int4RtnConfig, Int8WeightOnlyConfig, quantize  # noqa: E402
 from nnslim.runtime.base import TorchRunner  # noqa: E402
 from nnslim.testbeds import get_testbed  # noqa: E402
 
@@ -48,7 +47,7 @@ def main():
     for name in args.methods.split(","):
         cfg = configs[name]
         t = time.perf_counter()
-        q = quantize_weight_only(model, cfg, calib)
+        q = quantize(model, cfg, calibration=calib)
         dt = time.perf_counter() - t
         label = "int8 per-channel RTN" if name == "int8" else f"int4 g{g} {name.upper()}"
         rows.append({"variant": label, **tb.evaluate(TorchRunner(q)), "quant_s": round(dt, 1)})

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 import nnslim  # noqa: E402
 from nnslim import MagnitudePruneConfig  # noqa: E402
-from nnslim.prune.gradual import GradualPruneConfig, prune_gradual  # noqa: E402
-from nnslim.prune.storage import SparseStorageConfig, mark  # noqa: E402
+from nnslim.pruning.gradual import GradualPruneConfig, prune_gradual  # noqa: E402
+from nnslim.pruning.storage import SparseStorageConfig, mark  # noqa: E402
 from nnslim.runtime import TorchRunner  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 import nnslim  # noqa: E402
 from nnslim import DistillConfig, Int8Config, StructuredPruneConfig  # noqa: E402
-from nnslim.api import Variant, compare  # noqa: E402
+from nnslim.eval.compare import Variant, compare  # noqa: E402
 from nnslim.runtime import TorchRunner  # noqa: E402
 from nnslim.runtime.onnx_export import export_onnx  # noqa: E402
 

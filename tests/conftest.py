@@ -60,3 +60,17 @@ def llama_samples(n=8, seq=32, vocab=256, seed=0):
 
     g = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(0, vocab, (1, seq), generator=g)} for _ in range(n)]
+
+
+def apply_step(model, config, calibration=None, example_inputs=None, testbed=None):
+    """Run one method through the pipeline as nnslim.quantize/prune do; returns (result, notes)."""
+    from pathlib import Path
+
+    from nnslim.context import Context
+    from nnslim.data import as_samples
+    from nnslim.pipeline import run_steps
+    from nnslim.recipe import Recipe
+
+    ctx = Context(workdir=Path("."), source=testbed, user_calibration=as_samples(calibration, model),
+                  user_example=example_inputs)
+    return run_steps(model, Recipe((config,)), ctx), ctx.notes

@@ -165,7 +165,7 @@ def test_metadata_sizes_are_checked_before_allocating(tmp_path):
 
 
 def test_sparse_storage_shapes_are_checked_before_allocating():
-    from nnslim.prune.storage import decode
+    from nnslim.pruning.storage import decode
 
     tensors = {"w::mask": torch.zeros(2, dtype=torch.uint8), "w::values": torch.zeros(0)}
     with pytest.raises(NnslimError, match="damaged"):

@@ -1,24 +1,36 @@
-"""nnslim: make trained PyTorch models smaller and faster, and prove it with measured numbers."""
-from .api import benchmark, compare, compress, distill, evaluate, export_onnx, load, prune, quantize, resolve, save
-from .distill.trainer import DistillConfig
-from .prune.oneshot import MagnitudePruneConfig, PruneConfig, SparseGptConfig, TwoFourPruneConfig, WandaConfig
-from .prune.structured import StructuredPruneConfig
-from .quant.ptq import Int8Config, Int8DynamicConfig
-from .quant.w8a8 import Fp8Config, Int8W8A8Config
-from .quant.weight_only.methods import (Int4AwqConfig, Int4GptqConfig, Int4RtnConfig, Int8WeightOnlyConfig,
-                                        WeightOnlyConfig)
+"""nnslim: make trained PyTorch models smaller and faster, and prove it with measured numbers.
+
+Verbs: quantize, prune, distill, compress, evaluate, benchmark, save, load, export_onnx.
+One config per method, importable from here (nnslim.Int8Config, nnslim.Int4GptqConfig, ...; the full
+list: nnslim.methods()). Data in any form: tensors, tuples, dicts, iterables, DataLoaders or
+nnslim.Dataset(data, transform).
+"""
+from .api import benchmark, compress, distill, evaluate, export_onnx, load, prune, quantize, save
 from .data import Dataset
 from .errors import NnslimError
-from .recipe import Recipe, make_step, methods, parse_recipe
-from .testbeds import TESTBEDS, get_testbed
+from .recipe import Recipe, methods
+from .testbeds import get_testbed
 
 __version__ = "0.1.0"
 
-__all__ = ["prune", "distill", "DistillConfig", "StructuredPruneConfig", "PruneConfig", "MagnitudePruneConfig", "TwoFourPruneConfig", "WandaConfig", "SparseGptConfig",
-           "benchmark", "compare", "compress", "evaluate", "export_onnx", "load", "quantize", "resolve", "save",
-           "Int8Config", "Int8DynamicConfig", "Fp8Config", "Int8W8A8Config", "WeightOnlyConfig",
-           "Int4RtnConfig", "Int4GptqConfig", "Int4AwqConfig", "Int8WeightOnlyConfig",
-           "Dataset", "NnslimError", "Recipe", "make_step", "methods", "parse_recipe", "TESTBEDS", "get_testbed"]
+VERBS = ["quantize", "prune", "distill", "compress", "evaluate", "benchmark", "save", "load", "export_onnx"]
 
-# Importing the subpackages nnslim.prune / nnslim.distill above bound those names; the public verbs win.
-from .api import distill, prune  # noqa: E402,F811
+
+def _configs() -> dict[str, type]:
+    return {m.config_cls.__name__: m.config_cls for m in methods().values()}
+
+
+def __getattr__(name: str):
+    """Method configs (Int8Config, StructuredPruneConfig, ...) come from the registry of methods."""
+    if name[:1].isupper():
+        configs = _configs()
+        if name in configs:
+            return configs[name]
+    raise AttributeError(f"module 'nnslim' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_configs()))
+
+
+__all__ = [*VERBS, "Dataset", "NnslimError", "Recipe", "methods", "get_testbed", *sorted(_configs())]

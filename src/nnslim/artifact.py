@@ -79,44 +79,6 @@ def testbed_from_architecture(arch: dict[str, Any], directory: Path | None = Non
     raise bad_value("architecture.kind", kind, ["testbed", "hf-causal-lm", "hf-encoder", "module"])
 
 
-def quantized_layers(model: torch.nn.Module) -> dict[str, dict]:
-    """name -> constructor config of every packed quantized layer (weight-only, W8A8)."""
-    from .quant.w8a8 import W8A8Linear
-    from .quant.weight_only.modules import WeightOnlyLinear
-
-    from .lowrank.svd import LowRankLinear
-    from .prune.sparse24 import SemiSparseLinear
-
-    out = {n: m.quant_config() for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, W8A8Linear))}
-    out.update({n: m.rebuild_config() for n, m in model.named_modules()
-                if isinstance(m, (LowRankLinear, SemiSparseLinear))})
-    return out
-
-
-def _quantized_layer(cfg: dict, dtype: torch.dtype) -> torch.nn.Module:
-    from .quant.w8a8 import W8A8Linear
-    from .quant.weight_only.modules import WeightOnlyLinear
-
-    kind = cfg["kind"]
-    if kind == "weight_only":
-        return WeightOnlyLinear(cfg["in_features"], cfg["out_features"], cfg["bits"], cfg["group"],
-                                cfg["symmetric"], cfg["bias"], dtype, cfg.get("input_scale", False))
-    if kind == "lowrank":
-        from .lowrank.svd import LowRankLinear
-
-        return LowRankLinear(cfg["in_features"], cfg["out_features"], cfg["rank"], cfg["bias"], dtype)
-    if kind == "semi_sparse":
-        from .prune.sparse24 import SemiSparseLinear
-
-        return SemiSparseLinear(cfg["in_features"], cfg["out_features"], cfg["bias"], dtype)
-    if kind == "w8a8":
-        new = W8A8Linear(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype,
-                         cfg.get("input_scale", False))
-        new.fast_accum = bool(cfg.get("fast_accum", False))
-        return new
-    raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: weight_only, w8a8, lowrank, semi_sparse")
-
-
 def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: torch.dtype, where: Path,
                        stored: dict[str, tuple[int, ...]]) -> None:
     """Put empty quantized layers where nnslim.json says they were, so the saved buffers load into them.
@@ -124,8 +86,10 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
     Each layer is first built on the meta device and its tensor shapes compared with those stored in
     the weights file, so sizes in nnslim.json can never make nnslim allocate more than the file holds.
     """
-    from .quant.modules import replace_module
+    from .graph.modules import build_packed, replace_module
+    from .recipe import methods
 
+    methods()  # every packed layer class registers itself when its module is imported
     if not isinstance(layers, dict):
         raise NnslimError(f"{where}: quantized_layers must be a mapping of layer name -> config")
     for name, cfg in layers.items():
@@ -134,13 +98,13 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
             if not isinstance(cfg, dict):
                 raise TypeError(f"config is a {type(cfg).__name__}, not a mapping")
             with torch.device("meta"):
-                probe = _quantized_layer(cfg, dtype)
+                probe = build_packed(cfg, dtype)
             for key, t in probe.state_dict().items():
                 full = f"{name}.{key}"
                 if stored.get(full) != tuple(t.shape):
                     raise ValueError(f"{full} has shape {stored.get(full)} in the weights file, the config "
                                      f"implies {tuple(t.shape)}")
-            new = _quantized_layer(cfg, dtype)
+            new = build_packed(cfg, dtype)
         except NnslimError:
             raise
         except Exception as e:  # any malformed field: one line naming the layer
@@ -161,13 +125,13 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
                             "recipe": recipe, "seed": seed, "versions": library_versions(),
                             "determinism": determinism_info()}
     if isinstance(model, torch.nn.Module):
-        from .quant.modules import has_simulated_int8
+        from .runtime.qdq import has_qdq_layers
 
-        if has_simulated_int8(model):
+        if has_qdq_layers(model):
             raise NnslimError("saving a simulated-int8 torch model is not supported yet; save the deployable "
                               "int8 model with nnslim.export_onnx(model, example_inputs, path) or use "
                               "nnslim.compress(..., out=DIR), which writes the int8 ONNX artifact")
-        from .prune.storage import STORAGE_ATTR, save_sparse
+        from .pruning.storage import STORAGE_ATTR, save_sparse
 
         sparse = getattr(model, STORAGE_ATTR, None)
         if sparse is not None:
@@ -175,10 +139,12 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
         else:
             atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
         meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
-        layers = quantized_layers(model)
+        from .graph.modules import packed_layers
+
+        layers = packed_layers(model)
         if layers:
             meta["quantized_layers"] = layers
-        from .prune.structured import PLAN_ATTR
+        from .pruning.structured import PLAN_ATTR
 
         if getattr(model, PLAN_ATTR, None):
             meta["structured_plan"] = getattr(model, PLAN_ATTR)
@@ -264,7 +230,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
                           f"allowed: {', '.join(_DTYPES)}")
     if meta.get("structured_plan"):
-        from .prune.structured import apply_plan
+        from .pruning.structured import apply_plan
 
         model = apply_plan(model, meta["structured_plan"])
     weights = directory / _own_file(meta, WEIGHTS_FILE, directory)
@@ -275,7 +241,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
                        stored_shapes(weights))
     try:
         if meta.get("sparse_storage"):
-            from .prune.storage import load_sparse
+            from .pruning.storage import load_sparse
 
             load_sparse(model, str(weights), meta["sparse_storage"])
         else:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .api import Variant, compare, compress, resolve, variants_for
+from .api import compress
+from .eval.compare import Variant, compare, variants_for
+from .loading import resolve
 from .io import StagedDir
 
 

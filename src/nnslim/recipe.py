@@ -1,7 +1,8 @@
 """Recipes: a list of typed steps, each one registered method with its validated options.
 
-A method is registered once (name -> config dataclass + apply function) and is then reachable
-from Python, YAML recipes and the CLI with no extra wiring.
+A method is registered once, in its own file (name -> config dataclass + apply function), and is
+then reachable from Python, YAML recipes and the CLI with no other edit: `methods()` finds the
+registering files by walking the algorithm packages, as llm-compressor finds its modifiers.
 """
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ from typing import Any, Callable, ClassVar
 
 from .errors import NnslimError, bad_value, short_repr
 
-# Modules that register built-in methods when imported.
-_BUILTIN_METHOD_MODULES = ("nnslim.quant.cast", "nnslim.quant.ptq", "nnslim.quant.weight_only.methods",
-                           "nnslim.quant.w8a8", "nnslim.prune.oneshot", "nnslim.prune.structured",
-                           "nnslim.prune.gradual", "nnslim.prune.storage", "nnslim.distill.trainer",
-                           "nnslim.lowrank.svd", "nnslim.runtime.onnx_methods")
+# Packages whose modules may register methods or packed layers (walked once, see methods()).
+_ALGORITHM_PACKAGES = ("quant", "pruning", "distillation", "lowrank", "runtime")
+_REGISTERS = ("register_method(", "register_packed(")
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's common seed range
@@ -29,13 +28,13 @@ MAX_INT = 2**31 - 1
 class StepConfig:
     """Base of every method's options. Subclasses add typed fields and validate in __post_init__.
 
-    Checked for every method before its own __post_init__: numbers are finite and within `ranges`
-    (default: 0..2^31-1; seeds 0..2^32-1), fields in `fixed` (options the method does not use, or sets
-    itself) keep their default, `ignore` entries are valid scopes.
+    Checked for every method before its own __post_init__, from the field annotations: types
+    (Literal fields take only their listed values), numbers finite and within `ranges` (default:
+    0..2^31-1; seeds 0..2^32-1), `ignore` entries valid scopes. A config holds only the options its
+    method reads.
     """
 
     method: ClassVar[str] = ""
-    fixed: ClassVar[tuple[str, ...]] = ()
     ranges: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -53,26 +52,25 @@ class StepConfig:
 
     @classmethod
     def options(cls) -> list[dataclasses.Field]:
-        """The fields a user may set for this method (its `fixed` ones excluded)."""
-        return [f for f in dataclasses.fields(cls) if f.name not in cls.fixed]
+        """The fields a user may set for this method."""
+        return list(dataclasses.fields(cls))
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
 
 
 def check_options(config: StepConfig) -> None:
+    """Type-check every field against its annotation (converting ints to floats and lists to tuples),
+    then ranges and scope patterns; the first bad field is an error naming it and what is allowed."""
     import math
 
     from .graph.scope import check_patterns
 
     cls = type(config)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        value = getattr(config, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.name in cls.fixed and value != default:
-            allowed = ", ".join(o.name for o in cls.options()) or "none"
-            raise NnslimError(f"{f.name}={short_repr(value)} is not allowed for method {cls.method or cls.__name__!r}: "
-                              f"it does not use this option (or fixes it to {default!r}); its options: {allowed}")
+        value = _coerce(f.name, getattr(config, f.name), hints.get(f.name, Any))
+        object.__setattr__(config, f.name, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if isinstance(value, float) and not math.isfinite(value):
@@ -84,6 +82,15 @@ def check_options(config: StepConfig) -> None:
         check_patterns(config.ignore)
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -92,27 +99,57 @@ class Method:
     description: str
     needs: str  # "torch" or "onnx": the kind of model the step takes
     produces: str
+    verb: str | None  # the public verb that runs it alone: quantize | prune | distill (None: compress only)
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, config_cls: type[StepConfig], description: str,
-                    needs: str = "torch", produces: str = "torch"):
-    """Decorator registering apply(model, config, ctx) -> model under `name`."""
+                    needs: str = "torch", produces: str = "torch", verb: str | None = None):
+    """Decorator registering apply(model, config, ctx) -> model under `name`.
+
+    apply may change `model` in place (the pipeline hands each step its own copy) and returns the result.
+    """
 
     def wrap(fn):
+        if name in METHODS and METHODS[name].config_cls is not config_cls:
+            raise ValueError(f"method {name!r} is registered twice")
         config_cls.method = name
-        METHODS[name] = Method(name, config_cls, fn, description, needs, produces)
+        METHODS[name] = Method(name, config_cls, fn, description, needs, produces, verb)
         return fn
 
     return wrap
 
 
+_DISCOVERED = False
+
+
 def methods() -> dict[str, Method]:
-    for module in _BUILTIN_METHOD_MODULES:
-        importlib.import_module(module)
+    """Every registered method, after importing each module of the algorithm packages that registers one."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        root = Path(__file__).parent
+        for package in _ALGORITHM_PACKAGES:
+            for path in sorted((root / package).rglob("*.py")):
+                text = path.read_text(encoding="utf-8")
+                if any(r in text for r in _REGISTERS) and "def register_" not in text:
+                    rel = path.relative_to(root).with_suffix("")
+                    importlib.import_module("nnslim." + ".".join(rel.parts))
+        _DISCOVERED = True
     return METHODS
+
+
+def method_of(config: StepConfig) -> Method:
+    """The registered method a config belongs to."""
+    if not isinstance(config, StepConfig):
+        raise NnslimError(f"config of type {type(config).__name__} is not allowed; allowed: a method config "
+                          "such as nnslim.Int8Config() (see nnslim.methods())")
+    methods()
+    name = type(config).method
+    if name not in METHODS or METHODS[name].config_cls is not type(config):
+        raise NnslimError(f"config of type {type(config).__name__} is not a registered method's config")
+    return METHODS[name]
 
 
 def get_method(name: str) -> Method:
@@ -122,7 +159,15 @@ def get_method(name: str) -> Method:
     return table[name]
 
 
+def _literal_name(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return ", ".join(_literal_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (list, tuple):
+        return "a list"
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
@@ -130,6 +175,14 @@ def _coerce(where: str, value: Any, tp) -> Any:
     """Check `value` against a (simple) annotation; ints are accepted for floats."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Literal:
+        for allowed in args:  # 1 == True in Python: compare types too
+            if value == allowed and type(value) is type(allowed):
+                return value
+            if isinstance(allowed, float) and type(value) is int and value == allowed:
+                return allowed
+        raise NnslimError(f"{where}={short_repr(value)} is not allowed; allowed: "
+                          f"{', '.join(_literal_name(a) for a in args)}")
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         if value is None and type(None) in args:
             return None
@@ -141,8 +194,11 @@ def _coerce(where: str, value: Any, tp) -> Any:
                 return _coerce(where, value, arg)
             except NnslimError as e:
                 errors.append(str(e))
-        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected "
-                          f"{' or '.join(map(_type_name, args))}")
+        names = " or ".join(map(_type_name, (a for a in args if a is not type(None))))
+        names += " or null" if type(None) in args else ""
+        if any(typing.get_origin(a) is typing.Literal for a in args):
+            raise NnslimError(f"{where}={short_repr(value)} is not allowed; allowed: {names}")
+        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected {names}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected a list")
@@ -153,9 +209,9 @@ def _coerce(where: str, value: Any, tp) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
-        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected {tp.__name__}")
+        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected {_type_name(tp)}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected {tp.__name__}")
+        raise NnslimError(f"{where}={short_repr(value)} has the wrong type; expected {_type_name(tp)}")
     return value
 
 
@@ -173,7 +229,7 @@ def make_step(spec: dict[str, Any], where: str = "step") -> StepConfig:
     except NnslimError as e:
         raise NnslimError(f"{where}.{e}") from None
     cls = method.config_cls
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in cls.options()}
     options = {}
     for key, value in spec.items():
@@ -314,15 +370,3 @@ def as_recipe(recipe: Any, seed: int | None = None) -> Recipe:
     if seed is not None:
         out = dataclasses.replace(out, seed=seed)
     return out
-
-
-@dataclass
-class Context:
-    """What steps may use besides the model: the testbed (data, example inputs), a work dir, the seed."""
-    testbed: Any
-    workdir: Path
-    seed: int = 0
-    calibration: list | None = None
-    notes: list[str] = field(default_factory=list)
-    tables: dict[str, list[dict]] = field(default_factory=dict)  # extra report tables, e.g. sensitivity
-    teacher: Any = None  # the recipe's input model (distillation teacher)

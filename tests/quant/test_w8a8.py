@@ -56,9 +56,13 @@ def test_llama_fp8_int8_and_smoothquant(tiny_llama, tmp_path):
 
 
 def test_bad_w8a8_options(tiny_llama):
-    with pytest.raises(NnslimError, match="format='int4' is not allowed"):
-        Fp8Config(format="int4")
-    with pytest.raises(NnslimError, match="smoothquant=0.5 is not allowed for method 'fp8'"):
-        quantize_w8a8(tiny_llama, Fp8Config(smoothquant=0.5), llama_samples(2))
+    from nnslim.recipe import make_step
+
+    with pytest.raises(NnslimError, match="unknown key 'format' for method 'fp8'"):
+        make_step({"method": "fp8", "format": "int4"})
+    with pytest.raises(NnslimError, match="unknown key 'smoothquant' for method 'fp8'"):
+        make_step({"method": "fp8", "smoothquant": 0.5})
+    with pytest.raises(NnslimError, match="smoothquant=1.5 is not allowed"):
+        Int8W8A8Config(smoothquant=1.5)
     with pytest.raises(NnslimError, match="smoothquant needs calibration data"):
         quantize_w8a8(tiny_llama, Int8W8A8Config(smoothquant=0.5))

@@ -4,13 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import llama_samples
-from nnslim import NnslimError, quantize
+from conftest import apply_step, llama_samples
+from nnslim import Int4AwqConfig, Int4GptqConfig, Int4RtnConfig, Int8WeightOnlyConfig, NnslimError, quantize
 from nnslim.quant.weight_only.formats import (WeightSpec, dequantize_codes, group_qparams, pack,
                                               quantize_codes, unpack)
 from nnslim.quant.weight_only.gptq import HessianAccumulator, gptq_quantize
-from nnslim.quant.weight_only.methods import (Int4AwqConfig, Int4GptqConfig, Int4RtnConfig, Int8WeightOnlyConfig,
-                                              WeightOnlyConfig, quantize_weight_only)
+from nnslim.recipe import make_step
 from nnslim.quant.weight_only.modules import WeightOnlyLinear
 
 
@@ -70,9 +69,10 @@ def test_cuda_kernel_without_cuda_is_a_clear_error():
     q.kernel = "tinygemm"
     with pytest.raises(NnslimError, match="kernel='tinygemm' cannot run this layer here"):
         q(torch.randn(1, 256))
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # the machine is checked when the method runs, not in its config
+        cfg = Int4GptqConfig(device="cuda")
         with pytest.raises(NnslimError, match="CUDA is not available"):
-            WeightOnlyConfig(device="cuda")
+            quantize(nn.Sequential(nn.Linear(64, 64)), cfg, calibration=[torch.randn(4, 64)])
 
 
 def test_gptq_beats_rtn_on_correlated_inputs():
@@ -102,8 +102,7 @@ def test_rtn_gptq_awq_on_a_llama(tiny_llama):
     errs = {}
     for cfg in [Int4RtnConfig(group_size=32), Int4GptqConfig(group_size=32, device="cpu"),
                 Int4AwqConfig(group_size=32, device="cpu", grid=5), Int8WeightOnlyConfig()]:
-        notes = []
-        q = quantize_weight_only(tiny_llama, cfg, samples, notes=notes)
+        q, notes = apply_step(tiny_llama, cfg, samples)
         layers = [m for m in q.modules() if isinstance(m, WeightOnlyLinear)]
         assert len(layers) == 14  # 7 per block; lm_head kept float
         assert isinstance(q.lm_head, nn.Linear)
@@ -120,7 +119,7 @@ def test_save_load_roundtrip(tiny_llama, tmp_path):
     from nnslim import artifact
     from nnslim.testbeds import ModuleTestbed
 
-    q = quantize_weight_only(tiny_llama, Int4AwqConfig(group_size=32, device="cpu", grid=4), llama_samples(4))
+    q = quantize(tiny_llama, Int4AwqConfig(group_size=32, device="cpu", grid=4), calibration=llama_samples(4))
     ids = torch.randint(0, 256, (1, 20))
     artifact.save(q, tmp_path, testbed=ModuleTestbed(tiny_llama, {"input_ids": ids}))
     meta = (tmp_path / "nnslim.json").read_text()
@@ -135,23 +134,26 @@ def test_save_load_roundtrip(tiny_llama, tmp_path):
 
 def test_bad_inputs(tiny_llama):
     with pytest.raises(NnslimError, match="no nn.Linear layer"):
-        quantize_weight_only(nn.Sequential(nn.Conv2d(3, 3, 3)), Int4RtnConfig())
+        quantize(nn.Sequential(nn.Conv2d(3, 3, 3)), Int4RtnConfig())
     with pytest.raises(NnslimError, match="group_size=256 does not divide in_features=64"):
-        quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=256))
+        quantize(tiny_llama, Int4RtnConfig(group_size=256))
     with pytest.raises(NnslimError, match="calibration has 20 tokens"):
-        quantize_weight_only(tiny_llama, Int4GptqConfig(group_size=32), llama_samples(2, 10))
+        quantize(tiny_llama, Int4GptqConfig(group_size=32), calibration=llama_samples(2, 10))
     with pytest.raises(NnslimError, match="calibration is empty"):
-        quantize_weight_only(tiny_llama, Int4GptqConfig(group_size=32), [])
+        quantize(tiny_llama, Int4GptqConfig(group_size=32), calibration=[])
     with pytest.raises(NnslimError, match="ignore entry 'model.nope' matches no layer"):
-        quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32, ignore=("model.nope",)))
-    with pytest.raises(NnslimError, match="algorithm='bogus' is not allowed"):
-        WeightOnlyConfig(algorithm="bogus")
+        quantize(tiny_llama, Int4RtnConfig(group_size=32, ignore=("model.nope",)))
+    with pytest.raises(NnslimError, match="unknown key 'algorithm' for method 'int4-rtn'"):
+        make_step({"method": "int4-rtn", "algorithm": "gptq"})  # RTN never runs another algorithm
+    with pytest.raises(NnslimError, match="group_size=100 is not allowed; allowed: auto, -1, 32"):
+        Int4RtnConfig(group_size=100)
+    with pytest.raises(NnslimError, match="bits=5 is not allowed; allowed: 2, 3, 4, 8"):
+        Int4RtnConfig(bits=5)
     with pytest.raises(NnslimError, match="config of type"):
         quantize(tiny_llama, {"bits": 4})
 
 
 def test_group_auto_falls_back_and_says_so(tiny_llama):
-    notes = []
-    q = quantize_weight_only(tiny_llama, Int4RtnConfig(), notes=notes)
+    q, notes = apply_step(tiny_llama, Int4RtnConfig())
     assert any("128 does not divide" in n and "using 64" in n for n in notes)
     assert {m.group for m in q.modules() if isinstance(m, WeightOnlyLinear)} == {64}

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from nnslim import NnslimError
-from nnslim.quant.weight_only.methods import Int4RtnConfig, quantize_weight_only
+from nnslim import Int4RtnConfig
+from nnslim import quantize
 from nnslim.runtime.decode import StaticDecoder
 
 
@@ -31,7 +32,7 @@ def test_static_decoder_matches_hf_greedy(tiny_llama):
 
 
 def test_static_decoder_runs_quantized_layers(tiny_llama):
-    q = quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32))
+    q = quantize(tiny_llama, Int4RtnConfig(group_size=32))
     prompt = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(4))
     tokens, _ = StaticDecoder(q, max_len=20, use_graph=False).generate(prompt, 6)
     assert tokens == _greedy_reference(q, prompt, 6)
@@ -125,7 +126,7 @@ def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
     assert tokens == ref_tokens
     from nnslim.quant.w8a8 import Int8W8A8Config, quantize_w8a8
 
-    for q in (quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32)),
+    for q in (quantize(tiny_llama, Int4RtnConfig(group_size=32)),
               quantize_w8a8(tiny_llama, Int8W8A8Config())):
         tokens, _ = StaticDecoder(q, max_len=24, use_graph=False, fused=True).generate(prompt, 6)
         assert tokens == _greedy_reference(q, prompt, 6)
@@ -141,7 +142,7 @@ def test_fused_decoder_refuses_what_it_cannot_fuse(interpreted, tiny_llama):
         StaticDecoder(gelu, max_len=16, use_graph=False, fused=True)
     dec = StaticDecoder(gelu, max_len=16, use_graph=False, fused=None)  # default: falls back, says why
     assert dec.fused is None and "SiLU-gated" in dec.fused_note
-    mixed = quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32, ignore=("model.layers.0.self_attn.k_proj",)))
+    mixed = quantize(tiny_llama, Int4RtnConfig(group_size=32, ignore=("model.layers.0.self_attn.k_proj",)))
     with pytest.raises(NnslimError, match="cannot be concatenated"):
         StaticDecoder(mixed, max_len=16, use_graph=False, fused=True)
 
@@ -152,7 +153,7 @@ def test_concat_linears_w8a8_and_weight_only(tiny_llama):
 
     x = torch.randn(3, 64)
     for q in (quantize_w8a8(tiny_llama, Int8W8A8Config()),
-              quantize_weight_only(tiny_llama, Int4RtnConfig(group_size=32, symmetric=False))):
+              quantize(tiny_llama, Int4RtnConfig(group_size=32, symmetric=False))):
         a = q.model.layers[0].self_attn
         mods = [a.q_proj, a.k_proj, a.v_proj]
         with torch.no_grad():

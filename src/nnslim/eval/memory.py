@@ -86,7 +86,7 @@ def _child(spec: dict, data: dict) -> None:
     import torch  # noqa: F401  (imported before the baseline reading, as every variant needs it)
     import transformers  # noqa: F401
 
-    from ..api import load_for_run
+    from ..loading import load_for_run
 
     baseline = _rss_bytes()
     runner = load_for_run(spec["source"], spec["backend"])

@@ -53,7 +53,7 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
 
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold every Conv->BatchNorm pair in place (BatchNorm becomes Identity); returns the count."""
-    from ..quant.modules import replace_module
+    from .modules import replace_module
 
     if model.training:
         raise ValueError("fold_batchnorm needs a model in eval mode")

@@ -83,3 +83,17 @@ def refit_weight(w: torch.Tensor, h_kk: torch.Tensor, c_k: torch.Tensor, damp: f
     h = h_kk.float().clone()
     h.diagonal().add_(damp * h.diagonal().mean().clamp(min=1e-12))
     return torch.linalg.solve(h, c_k.float() @ w.detach().float().t()).t().to(w.dtype)
+
+
+class HessianObserver:
+    """The observe() of a layer-wise algorithm that needs each target's input Hessian (GPTQ, SparseGPT)."""
+
+    def __init__(self):
+        self.hessians: dict[str, HessianAccumulator] = {}
+
+    def observe(self, name: str, module, x: torch.Tensor) -> None:
+        self.hessians.setdefault(name, HessianAccumulator(module.in_features, x.device)).add(x)
+
+    def take(self, name: str) -> torch.Tensor:
+        """The Hessian of `name`, handed over (the accumulator is dropped to free its memory)."""
+        return self.hessians.pop(name).h

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -194,3 +194,54 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
         blocks.to(home)
         if use_cache is not None:
             model.config.use_cache = use_cache
+
+
+class BlockAlgorithm(Protocol):
+    """One layer-wise method (GPTQ, AWQ, SparseGPT, Wanda): it sees the inputs of a block's target
+    layers, then changes the block in place. A new object is made for every block."""
+
+    def observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        """One input x of the target `name` (relative to the block) while the block runs."""
+
+    def finish(self, block: nn.Module, modules: dict[str, nn.Module], prefix: str) -> None:
+        """Change the targets of `block` (named relative to it; `prefix` names the block) in place."""
+
+
+MIN_TOKENS = 128
+
+
+def check_layerwise_samples(samples: list, what: str) -> None:
+    """Layer-wise methods need input dicts holding at least MIN_TOKENS tokens in all."""
+    if not samples:
+        raise NnslimError(f"calibration is empty; {what} needs calibration sequences (e.g. 128 x 512 tokens)")
+    tokens = 0
+    for i, s in enumerate(samples):
+        if not isinstance(s, dict):
+            raise NnslimError(f"calibration[{i}] is a {type(s).__name__}; expected a dict like {{'input_ids': ...}}")
+        tokens += int(torch.as_tensor(next(iter(s.values()))).numel())
+    if tokens < MIN_TOKENS:
+        raise NnslimError(f"calibration has {tokens} tokens; {what} needs at least {MIN_TOKENS} "
+                          "(128 sequences x 512 tokens is typical)")
+
+
+def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
+                        make: Callable[[], BlockAlgorithm], device: torch.device, desc: str) -> None:
+    """Run a BlockAlgorithm over every block holding targets, each block fed the outputs of the
+    already-changed ones (run_layerwise)."""
+    def process(index, name, block, inputs, kwargs):
+        mods = block_targets(block, name, targets)
+        if not mods:
+            return
+        algorithm = make()
+        feed_block(block, mods, inputs, kwargs, algorithm.observe)
+        with torch.no_grad():
+            algorithm.finish(block, mods, name)
+
+    run_layerwise(model, samples, process, device, desc)
+
+
+def split_by_blocks(model: nn.Module, targets: dict[str, nn.Module]) -> tuple[set[str], dict[str, nn.Module]]:
+    """(names inside the repeated blocks, {name: module} outside them)."""
+    prefix, _ = find_blocks(model)
+    inside = {n for n in targets if n.startswith(prefix + ".")}
+    return inside, {n: m for n, m in targets.items() if n not in inside}

@@ -13,11 +13,12 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..graph.scope import select_linears
-from ..quant.modules import replace_module
+from ..graph.modules import register_packed, replace_module
 from ..recipe import StepConfig, register_method
 
 
 
+@register_packed("lowrank")
 class LowRankLinear(nn.Module):
     """x -> up(down(x)) with down: in -> rank (no bias), up: rank -> out (the original bias)."""
 
@@ -30,8 +31,12 @@ class LowRankLinear(nn.Module):
     def forward(self, x):
         return self.up(self.down(x))
 
-    def rebuild_config(self) -> dict:
-        return {"kind": "lowrank", "in_features": self.in_features, "out_features": self.out_features,
+    @classmethod
+    def from_packed_config(cls, cfg: dict, dtype: torch.dtype) -> "LowRankLinear":
+        return cls(cfg["in_features"], cfg["out_features"], cfg["rank"], cfg["bias"], dtype)
+
+    def packed_config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features,
                 "rank": self.rank, "bias": self.up.bias is not None}
 
 
@@ -105,4 +110,4 @@ def lowrank(model: nn.Module, config: LowRankConfig, inplace: bool = False, note
 
 @register_method("lowrank", LowRankConfig, "truncated-SVD factorization of Linear layers (rank, ratio or energy)")
 def _apply(model, config: LowRankConfig, ctx):
-    return lowrank(model, config, notes=ctx.notes)
+    return lowrank(model, config, inplace=True, notes=ctx.notes)

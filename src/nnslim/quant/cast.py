@@ -30,9 +30,9 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype, inplace: bool = False
 
 @register_method("fp16", Fp16Config, "cast weights and activations to float16")
 def apply_fp16(model, config: Fp16Config, ctx) -> torch.nn.Module:
-    return cast_model(model, torch.float16)
+    return cast_model(model, torch.float16, inplace=True)
 
 
 @register_method("bf16", Bf16Config, "cast weights and activations to bfloat16")
 def apply_bf16(model, config: Bf16Config, ctx) -> torch.nn.Module:
-    return cast_model(model, torch.bfloat16)
+    return cast_model(model, torch.bfloat16, inplace=True)

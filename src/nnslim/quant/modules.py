@@ -75,6 +75,28 @@ class QuantWrapper(_Transparent):
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize(self.qweight, self.w_scale, self.w_zp, axis=0 if self.per_channel else None)
 
+    def float_version(self) -> nn.Module:
+        """The layer as it was before quantization (after BN folding / SmoothQuant, which are exact): for
+        accuracy control. Needs the float weights kept at quantization time (keep_float)."""
+        import copy
+
+        m = copy.deepcopy(self.float_module)
+        with torch.no_grad():
+            weight = self.original_weight
+            if self.input_scale is not None:  # undo SmoothQuant in the weight: the same layer, the same module tree
+                weight = weight / self.input_scale.to(weight.dtype).reshape(1, -1, *([1] * (weight.dim() - 2)))
+            m.weight.copy_(weight)
+            if self.original_bias is not None:
+                m.bias.copy_(self.original_bias)
+            elif m.bias is not None:
+                m.bias = None
+        return m
+
+    def forget_float(self) -> None:
+        """Drop the float weights kept for accuracy control."""
+        self.__dict__.pop("original_weight", None)
+        self.__dict__.pop("original_bias", None)
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x / self.input_scale.to(x.dtype)
@@ -85,24 +107,24 @@ class QuantWrapper(_Transparent):
             return fake_quantize(x, scale, zp, UINT8_ACT)
         return x
 
+    def qdq_spec(self) -> dict:
+        """What the int8 ONNX export (runtime/qdq.py) writes for this layer."""
+        return {"kind": self.kind, "qweight": self.qweight, "w_scale": self.w_scale, "w_zp": self.w_zp,
+                "per_channel": self.per_channel, "dynamic": self.dynamic,
+                "input_scale": None if self.input_scale is None else self.input_scale.detach(),
+                "act_scale": None if self.act_scale is None else float(self.act_scale),
+                "act_zp": None if self.act_zp is None else int(self.act_zp)}
+
+    def unwrapped(self) -> nn.Module:
+        """The float equivalent (dequantized weights) that the export traces."""
+        return self.float_module if self.input_scale is None else ScaledInput(self.float_module, self.input_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.float_module
         x = self.quantize_input(x)
         if self.kind == "linear":
             return F.linear(x, m.weight, m.bias)
         return m._conv_forward(x, m.weight, m.bias)
-
-
-def has_simulated_int8(model) -> bool:
-    """Does the model hold int8 layers simulated in float (deployed as int8 ONNX, not saved as torch)?"""
-    return isinstance(model, nn.Module) and any(isinstance(m, (QuantWrapper, QuantEmbedding))
-                                                for m in model.modules())
-
-
-def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
 
 
 class QuantEmbedding(_Transparent):
@@ -120,7 +142,27 @@ class QuantEmbedding(_Transparent):
             embedding.weight.copy_(self.dequantized_weight().to(embedding.weight.dtype))
 
     def dequantized_weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.w_scale[:, None]
+        return dequantize(self.qweight, self.w_scale, None, axis=0)
+
+    def float_version(self) -> nn.Module:
+        """The table as it was before quantization (kept at quantization time for accuracy control)."""
+        import copy
+
+        m = copy.deepcopy(self.embedding)
+        with torch.no_grad():
+            m.weight.copy_(self.original_weight)
+        return m
+
+    def forget_float(self) -> None:
+        self.__dict__.pop("original_weight", None)
+
+    def qdq_spec(self) -> dict:
+        return {"kind": "embedding", "qweight": self.qweight, "w_scale": self.w_scale,
+                "w_zp": torch.zeros_like(self.w_scale, dtype=torch.int32), "per_channel": True,
+                "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None}
+
+    def unwrapped(self) -> nn.Module:
+        return self.embedding
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(ids)
@@ -136,33 +178,3 @@ class ScaledInput(nn.Module):
 
     def forward(self, x):
         return self.module(x / self.scale)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """Replace every QuantWrapper by its float equivalent (dequantized weights) in place; returns model."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantWrapper):
-            new = module.float_module
-            if module.input_scale is not None:
-                new = ScaledInput(new, module.input_scale)
-            replace_module(model, name, new)
-        elif isinstance(module, QuantEmbedding):
-            replace_module(model, name, module.embedding)
-    return model
-
-
-def quant_spec(model: nn.Module) -> dict[str, dict]:
-    """name -> {weight scale/zp, activation scale/zp} of every quantized layer (for export)."""
-    spec = {}
-    for name, m in model.named_modules():
-        if isinstance(m, QuantWrapper):
-            spec[name] = {"kind": m.kind, "qweight": m.qweight, "w_scale": m.w_scale, "w_zp": m.w_zp,
-                          "per_channel": m.per_channel, "dynamic": m.dynamic,
-                          "input_scale": None if m.input_scale is None else m.input_scale.detach(),
-                          "act_scale": None if m.act_scale is None else float(m.act_scale),
-                          "act_zp": None if m.act_zp is None else int(m.act_zp)}
-        elif isinstance(m, QuantEmbedding):
-            spec[name] = {"kind": "embedding", "qweight": m.qweight, "w_scale": m.w_scale,
-                          "w_zp": torch.zeros_like(m.w_scale, dtype=torch.int32), "per_channel": True,
-                          "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None}
-    return spec

@@ -7,7 +7,9 @@ quantized, so numerically fragile ops (attention-mask add, softmax, LayerNorm, G
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,11 +19,12 @@ from ..graph.fold import fold_batchnorm
 from ..graph.scope import select_layers
 from ..recipe import StepConfig, register_method
 from .calibration import check_calibration, run_with_hooks
-from .modules import QUANTIZABLE, QuantWrapper, replace_module
-from .observers import OBSERVERS, TensorStats, make_observer
+from ..graph.modules import replace_module
+from .modules import QUANTIZABLE, QuantWrapper
+from .observers import TensorStats, make_observer
 from .primitives import INT7_WEIGHT, INT8_WEIGHT, UINT8_ACT, choose_qparams, weight_qparams
 
-PRESETS = ("auto", "transformer", "cnn")
+Preset = Literal["auto", "transformer", "cnn"]
 # Measured on minilm (BENCHMARKS.md): alpha 0.5 hurts, 0.7-0.85 best; NNCF uses 0.95 for MatMuls.
 DEFAULT_SMOOTHQUANT_ALPHA = 0.85
 # What the transformer preset keeps in float besides fragile ops (never quantized here at all):
@@ -30,52 +33,32 @@ TRANSFORMER_IGNORE = ("re:(^|\\.)(lm_head|classifier|score|pooler)(\\.|$)",)
 
 
 @dataclass(frozen=True)
-class Int8Config(StepConfig):
-    """Static int8: int8 weights and calibrated uint8 activations (deploys as ONNX QDQ)."""
-    calibrator: str = "auto"  # minmax | percentile | entropy | mse | auto (per model type)
-    percentile: float = 99.99
+class Int8Base(StepConfig):
+    """What static and dynamic int8 both read."""
     per_channel: bool = True
-    samples: int = 300
-    preset: str = "auto"  # auto | transformer | cnn
+    preset: Preset = "auto"
     ignore: tuple[str, ...] = ()  # layer names, "re:REGEX" or "type:ClassName"
-    smoothquant: float | str | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
-    bias_correction: bool = True
-    max_drop: float | None = None  # accuracy control: max allowed drop of the testbed's primary metric
     # 7-bit weights: u8 x s8 int8 kernels on CPUs without VNNI (AVX2) saturate int16 partial sums in
     # both ONNX Runtime and OpenVINO; "auto" turns it on when this machine lacks VNNI.
-    reduce_range: bool | str = "auto"
-
-    def __post_init__(self):
-        if self.calibrator != "auto" and self.calibrator not in OBSERVERS:
-            raise NnslimError(f"calibrator={self.calibrator!r} is not allowed; allowed: auto, "
-                              f"{', '.join(OBSERVERS)}")
-        make_observer("percentile", self.percentile)  # validates the percentile
-        if self.preset not in PRESETS:
-            raise NnslimError(f"preset={self.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
-        if not 1 <= self.samples <= 100_000:
-            raise NnslimError(f"samples={self.samples} is not allowed; allowed: 1..100000 (100-1000 typical)")
-        sq = self.smoothquant
-        if not (sq is None or sq == "auto" or (isinstance(sq, float) and 0.0 < sq < 1.0)):
-            raise NnslimError(f"smoothquant={sq!r} is not allowed; allowed: 0 < alpha < 1, 'auto' or null")
-        if self.reduce_range not in (True, False, "auto"):
-            raise NnslimError(f"reduce_range={self.reduce_range!r} is not allowed; allowed: true, false, auto")
-        if self.max_drop is not None and self.max_drop < 0:
-            raise NnslimError(f"max_drop={self.max_drop} is not allowed; allowed: >= 0 or null")
+    reduce_range: bool | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
-class Int8DynamicConfig(StepConfig):
+class Int8DynamicConfig(Int8Base):
     """Dynamic int8: int8 weights, activations quantized per tensor at run time (no calibration)."""
-    per_channel: bool = True
-    preset: str = "auto"
-    ignore: tuple[str, ...] = ()
-    reduce_range: bool | str = "auto"
 
-    def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise NnslimError(f"preset={self.preset!r} is not allowed; allowed: {', '.join(PRESETS)}")
-        if self.reduce_range not in (True, False, "auto"):
-            raise NnslimError(f"reduce_range={self.reduce_range!r} is not allowed; allowed: true, false, auto")
+
+@dataclass(frozen=True)
+class Int8Config(Int8Base):
+    """Static int8: int8 weights and calibrated uint8 activations (deploys as ONNX QDQ)."""
+    ranges = {"percentile": (99.0, 99.99999), "samples": (1, 100_000), "smoothquant": (1e-6, 1 - 1e-6),
+              "max_drop": (0.0, 1e9)}
+    calibrator: Literal["auto", "minmax", "percentile", "entropy", "mse"] = "auto"  # auto: per model type
+    percentile: float = 99.99
+    samples: int = 300
+    smoothquant: float | Literal["auto"] | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
+    bias_correction: bool = True
+    max_drop: float | None = None  # accuracy control: max allowed drop of the validation metric
 
 
 def is_transformer(model: nn.Module) -> bool:
@@ -200,7 +183,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if not isinstance(model, nn.Module):
         raise NnslimError(f"int8 quantization needs a torch.nn.Module, got {type(model).__name__}")
     notes = notes if notes is not None else []
-    dynamic = isinstance(config, Int8DynamicConfig)
+    dynamic = not isinstance(config, Int8Config)
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     folded = fold_batchnorm(model)
@@ -254,21 +237,29 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if not keep_float:
         for m in model.modules():
             if isinstance(m, QuantWrapper):
-                del m.original_weight, m.original_bias
+                m.forget_float()
     return model
 
 
-@register_method("int8", Int8Config, "static int8 PTQ (per-channel weights, calibrated activations), ONNX QDQ")
+@register_method("int8", Int8Config, "static int8 PTQ (per-channel weights, calibrated activations), ONNX QDQ",
+                 verb="quantize")
 def apply_int8(model, config: Int8Config, ctx):
-    tb = ctx.testbed
-    data = ctx.calibration if ctx.calibration is not None else tb.calibration(config.samples)
-    example = tb.example_inputs(batch=1, seq=8 if tb.default_seq else None)
-    if config.max_drop is not None:
-        from .sensitivity import quantize_with_accuracy_control
-        return quantize_with_accuracy_control(model, config, data, example, tb, ctx.notes, ctx.tables)
-    return quantize_int8(model, config, data, example, notes=ctx.notes)
+    data = ctx.calibration(config.samples, what="static int8")
+    example = ctx.small_example()
+    if config.max_drop is None:
+        return quantize_int8(model, config, data, example, inplace=True, notes=ctx.notes)
+    if ctx.validate is None:
+        raise NnslimError("max_drop needs a metric to keep: pass validation_fn=(model -> float, higher is better) "
+                          "or a testbed")
+    from .sensitivity import quantize_with_accuracy_control
+
+    plain = dataclasses.replace(config, max_drop=None)
+    return quantize_with_accuracy_control(
+        model, lambda m: quantize_int8(m, plain, data, example, notes=ctx.notes, keep_float=True), ctx.validate,
+        config.max_drop, data[:32], ctx.notes, ctx.tables)
 
 
-@register_method("int8-dynamic", Int8DynamicConfig, "dynamic int8 (int8 weights, run-time activation ranges)")
+@register_method("int8-dynamic", Int8DynamicConfig, "dynamic int8 (int8 weights, run-time activation ranges)",
+                 verb="quantize")
 def apply_int8_dynamic(model, config: Int8DynamicConfig, ctx):
-    return quantize_int8(model, config, notes=ctx.notes)
+    return quantize_int8(model, config, inplace=True, notes=ctx.notes)

@@ -13,30 +13,31 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import NnslimError
+from ..graph.modules import register_packed, replace_module
+from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
-from .modules import replace_module
+from .primitives import FP8_E4M3, INT8_WEIGHT, quantize
 
-FORMATS = {"fp8": (torch.float8_e4m3fn, 448.0), "int8": (torch.int8, 127.0)}
+FORMATS = {"fp8": FP8_E4M3, "int8": INT8_WEIGHT}
 
 
 def quantize_rows_torch(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric quantization in plain torch ops (reference, and CPU)."""
-    dtype, qmax = FORMATS[fmt]
-    scale = x.float().abs().amax(dim=-1).clamp(min=1e-12) / qmax
-    v = x.float() / scale[:, None]
-    q = v.clamp(-qmax, qmax) if fmt == "fp8" else torch.round(v).clamp(-qmax, qmax)
-    return q.to(dtype), scale
+    """Per-row symmetric quantization (the shared primitive; reference, and CPU): (codes, scale [rows])."""
+    scheme = FORMATS[fmt]
+    scale = x.float().abs().amax(dim=-1).clamp(min=1e-12) / scheme.qmax
+    return quantize(x, scale[:, None], None, scheme).to(scheme.storage), scale
 
 
+@register_packed("w8a8")
 class W8A8Linear(nn.Module):
     """y = (q(x) * sx) @ (qw * sw).T + b, with per-token sx and per-channel sw."""
     ROWWISE = ("qweight", "wscale", "bias")  # dim 0 = output features (runtime/fuse.py)
@@ -47,7 +48,7 @@ class W8A8Linear(nn.Module):
         if fmt not in FORMATS:
             raise NnslimError(f"format={fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
         self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
-        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=FORMATS[fmt][0]))
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=FORMATS[fmt].storage))
         self.register_buffer("wscale", torch.ones(out_features, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features, dtype=dtype) if input_scale else None)
@@ -87,8 +88,14 @@ class W8A8Linear(nn.Module):
             mod.input_scale.copy_((1.0 / smooth).to(mod.input_scale.dtype))
         return mod
 
-    def quant_config(self) -> dict:
-        return {"kind": "w8a8", "format": self.fmt, "in_features": self.in_features,
+    @classmethod
+    def from_packed_config(cls, cfg: dict, dtype: torch.dtype) -> "W8A8Linear":
+        new = cls(cfg["in_features"], cfg["out_features"], cfg["format"], cfg["bias"], dtype, cfg.get("input_scale", False))
+        new.fast_accum = bool(cfg.get("fast_accum", False))
+        return new
+
+    def packed_config(self) -> dict:
+        return {"format": self.fmt, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": self.bias is not None,
                 "input_scale": self.input_scale is not None, "fast_accum": self.fast_accum}
 
@@ -158,51 +165,39 @@ class W8A8Linear(nn.Module):
 
 @dataclass(frozen=True)
 class W8A8Config(StepConfig):
-    """W8A8 with dynamic per-token activation scales."""
-    format: str = "fp8"  # fp8 | int8
+    """W8A8 with dynamic per-token activation scales (what both formats read)."""
+    format: ClassVar[str] = "fp8"
+    smoothquant: ClassVar[float | None] = None
+    fast_accum: ClassVar[bool] = False
     ignore: tuple[str, ...] = ()
     quantize_head: bool = False
-    smoothquant: float | None = None  # int8 only: alpha in (0, 1); needs calibration data
-    samples: int = 64
-    fast_accum: bool = True  # fp8 on CUDA: _scaled_mm's fast accumulation is a kernel candidate
-
-    def __post_init__(self):
-        if self.format not in FORMATS:
-            raise NnslimError(f"format={self.format!r} is not allowed; allowed: {', '.join(FORMATS)}")
-        if not 1 <= self.samples <= 100_000:
-            raise NnslimError(f"samples={self.samples} is not allowed; allowed: 1..100000")
-        sq = self.smoothquant
-        if sq is not None and not 0.0 < sq < 1.0:
-            raise NnslimError(f"smoothquant={sq!r} is not allowed; allowed: 0 < alpha < 1 or null")
 
 
 @dataclass(frozen=True)
 class Fp8Config(W8A8Config):
     """FP8 e4m3 weights (per channel) and activations (per token, dynamic)."""
-    fixed = ("format", "smoothquant")
+    fast_accum: bool = True  # on CUDA: _scaled_mm's fast accumulation is a kernel candidate
 
 
 @dataclass(frozen=True)
 class Int8W8A8Config(W8A8Config):
     """INT8 weights (per channel) and activations (per token, dynamic); optional SmoothQuant."""
-    fixed = ("format", "fast_accum")
-    format: str = "int8"
+    ranges = {"smoothquant": (1e-6, 1 - 1e-6), "samples": (1, 100_000)}
+    format: ClassVar[str] = "int8"
+    smoothquant: float | None = None  # alpha in (0, 1); needs calibration data
+    samples: int = 64
 
 
 def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplace: bool = False,
                   notes: list[str] | None = None) -> nn.Module:
-    from .weight_only.methods import target_linears
-
     if not isinstance(model, nn.Module):
         raise NnslimError(f"W8A8 quantization needs a torch.nn.Module, got {type(model).__name__}")
     notes = notes if notes is not None else []
     model = model if inplace else copy.deepcopy(model)
     model.eval()
-    layers = target_linears(model, config)
+    layers = select_linears(model, config.ignore, config.quantize_head, "quantize")
     smooth = {}
     if config.smoothquant is not None:
-        if config.format != "int8":
-            raise NnslimError("smoothquant applies to format='int8' only")
         from .calibration import check_calibration
         from .smoothquant import smoothing_scales
 
@@ -222,9 +217,11 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
 def _apply(model, config: W8A8Config, ctx):
     data = None
     if config.smoothquant is not None:
-        data = ctx.calibration if ctx.calibration is not None else ctx.testbed.calibration(config.samples)
-    return quantize_w8a8(model, config, data, notes=ctx.notes)
+        data = ctx.calibration(config.samples, what="SmoothQuant")
+    return quantize_w8a8(model, config, data, inplace=True, notes=ctx.notes)
 
 
-register_method("fp8", Fp8Config, "FP8 e4m3 W8A8, dynamic per-token activations (CUDA: torch._scaled_mm)")(_apply)
-register_method("int8-w8a8", Int8W8A8Config, "INT8 W8A8, dynamic per-token activations, optional SmoothQuant")(_apply)
+register_method("fp8", Fp8Config, "FP8 e4m3 W8A8, dynamic per-token activations (CUDA: torch._scaled_mm)",
+                verb="quantize")(_apply)
+register_method("int8-w8a8", Int8W8A8Config, "INT8 W8A8, dynamic per-token activations, optional SmoothQuant",
+                verb="quantize")(_apply)

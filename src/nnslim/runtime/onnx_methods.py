@@ -32,12 +32,6 @@ class OnnxFp16Config(OnnxConfig):
     tolerance: float = 5e-2
 
 
-def _check_inputs(testbed) -> dict[str, np.ndarray]:
-    """Inputs of a shape the export example did not have (batch 3, and another sequence length)."""
-    seq = testbed.default_seq
-    return testbed.example_inputs(batch=3, seq=(seq // 2 + 3) if seq else None)
-
-
 def check_against_torch(module: torch.nn.Module, onnx_model: OnnxModel, inputs, tolerance: float) -> float:
     from .onnxruntime import OrtRunner
 
@@ -56,14 +50,11 @@ def check_against_torch(module: torch.nn.Module, onnx_model: OnnxModel, inputs, 
 def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
     if not isinstance(model, torch.nn.Module):
         raise NnslimError(f"step {config.method!r} needs a torch model, got {type(model).__name__}")
-    tb = ctx.testbed
-    example = tb.export_example()
     path = ctx.workdir / "model.onnx"
-    onnx_model = export_onnx(model, example, path,
-                             dynamic_axes=tb.dynamic_axes, opset=config.opset)
+    onnx_model = export_onnx(model, ctx.export_example(), path, dynamic_axes=ctx.dynamic_axes, opset=config.opset)
     if config.check:
         ctx.notes.append(f"onnx check vs torch: relative max error "
-                         f"{check_against_torch(model, onnx_model, _check_inputs(tb), config.tolerance):.2e}")
+                         f"{check_against_torch(model, onnx_model, ctx.check_example(), config.tolerance):.2e}")
     return onnx_model
 
 
@@ -83,5 +74,5 @@ def apply_onnx_fp16(model, config: OnnxFp16Config, ctx) -> OnnxModel:
     tmp_path.unlink()
     if config.check:
         ctx.notes.append(f"onnx-fp16 check vs torch: relative max error "
-                         f"{check_against_torch(model, half, _check_inputs(ctx.testbed), config.tolerance):.2e}")
+                         f"{check_against_torch(model, half, ctx.check_example(), config.tolerance):.2e}")
     return half

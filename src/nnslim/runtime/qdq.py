@@ -25,6 +25,26 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes() + str(a.shape).encode()).hexdigest()
 
 
+def quant_spec(model: torch.nn.Module) -> dict[str, dict]:
+    """name -> weight/activation quantization parameters of every layer that exports as int8 (a layer
+    says so by having qdq_spec(); runtime code never imports the quantizers)."""
+    return {n: m.qdq_spec() for n, m in model.named_modules() if callable(getattr(m, "qdq_spec", None))}
+
+
+def has_qdq_layers(model) -> bool:
+    """Does the model hold int8 layers simulated in float (deployed as int8 ONNX, not saved as torch)?"""
+    return isinstance(model, torch.nn.Module) and any(callable(getattr(m, "qdq_spec", None)) for m in model.modules())
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Every int8 layer replaced by its float equivalent (dequantized weights), in place; returns model."""
+    for name, module in list(model.named_modules()):
+        if callable(getattr(module, "qdq_spec", None)):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.unwrapped())
+    return model
+
+
 def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: str | Path,
                           dynamic_axes: dict | None = None, opset: int = 18) -> tuple[OnnxModel, list[str]]:
     """Export a model holding QuantWrapper layers to an int8 ONNX graph. Returns (model, notes)."""
@@ -32,7 +52,6 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     from onnx import TensorProto, helper, numpy_helper
 
     from ..io import atomic_write
-    from ..quant.modules import quant_spec, unwrap
 
     spec = quant_spec(qmodel)
     if not spec:

@@ -42,8 +42,9 @@ class Testbed(ABC):
         """Real inputs of the given shape, from the evaluation split."""
 
     @abstractmethod
-    def calibration(self, n: int | None = None) -> list[dict[str, np.ndarray]]:
-        """Calibration inputs (one dict per sample, batch 1), never overlapping evaluation data."""
+    def calibration(self, n: int | None = None, seq_len: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Calibration inputs (one dict per sample, batch 1), never overlapping evaluation data; `seq_len`
+        asks text testbeds for fixed-length sequences (others ignore it)."""
 
     @abstractmethod
     def evaluate(self, runner: Runner) -> dict[str, float]:
@@ -194,7 +195,7 @@ class ModuleTestbed(Testbed):
     def example_inputs(self, batch=None, seq=None):
         return dict(self._inputs)
 
-    def calibration(self, n=None):
+    def calibration(self, n=None, seq_len=None):
         return list(self._calibration)[:n]
 
     def evaluate(self, runner: Runner) -> dict[str, float]:

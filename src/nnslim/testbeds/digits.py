@@ -112,7 +112,7 @@ class DigitsTestbed(Testbed):
         idx = np.arange(batch) % len(x)
         return {"x": x[idx]}
 
-    def calibration(self, n=None):
+    def calibration(self, n=None, seq_len=None):
         x, _, _, _ = digits_data()
         return [{"x": x[i:i + 1]} for i in range(min(n or 300, len(x)))]
 

@@ -81,7 +81,7 @@ class TextEncoderTestbed(HFTestbed):
         pool = text.sentences("eval")
         return self._encode([pool[i % len(pool)] for i in range(batch)], pad_to=seq)
 
-    def calibration(self, n=None):
+    def calibration(self, n=None, seq_len=None):
         return [self._encode([s]) for s in text.sentences("calibration")[: n or 300]]
 
     def embed(self, runner, sentences: list[str], batch: int = 32) -> np.ndarray:

@@ -8,9 +8,23 @@ any producer of x; folding it into a preceding norm is a later optimisation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ...graph.modules import replace_module
+from ...recipe import register_method
+from .driver import CalibratedConfig, calibrating, quantize_weight_only
 from .formats import WeightSpec, dequantize_codes, fake_quantize_weight, group_qparams, quantize_codes
+from .modules import WeightOnlyLinear
+
+
+@dataclass(frozen=True)
+class Int4AwqConfig(CalibratedConfig):
+    """int4 weights by AWQ (activation-aware scales + clipping search)."""
+    ranges = {**CalibratedConfig.ranges, "grid": (1, 10_000)}
+    grid: int = 20  # scale-search points
+    clip_search: bool = True
 
 
 def _outputs(x: torch.Tensor, ws: list[torch.Tensor]) -> torch.Tensor:
@@ -64,3 +78,43 @@ def awq_quantize(w: torch.Tensor, s: torch.Tensor, x: torch.Tensor | None, spec:
     ratio = search_clip(x / s[None, :], ws, spec, group) if clip and x is not None else 1.0
     scale, zero = group_qparams(ws, spec, group, clip=ratio)
     return quantize_codes(ws, scale, zero, spec), scale, zero
+
+
+class Awq:
+    """The per-block step: Linears that read the very same input tensor share one scale search."""
+
+    def __init__(self, config: Int4AwqConfig, spec: WeightSpec):
+        self.config, self.spec = config, spec
+        self.samples: dict[str, list[torch.Tensor]] = {}
+        self.first: dict[str, torch.Tensor] = {}  # held so that tensor identity is meaningful
+
+    def observe(self, name, module, x):
+        self.first.setdefault(name, x)
+        flat = x.reshape(-1, x.shape[-1]).float()
+        self.samples.setdefault(name, []).append(flat[:: max(1, flat.shape[0] // 256)])
+
+    def finish(self, block, modules, prefix):
+        groups: list[list[str]] = []
+        for n in modules:
+            match = next((g for g in groups if self.first[g[0]] is self.first[n]), None)
+            if match is None:
+                groups.append([n])
+            else:
+                match.append(n)
+        self.first.clear()
+        for members in groups:
+            x = torch.cat(self.samples[members[0]])
+            group = self.spec.group_for(modules[members[0]].in_features)
+            s = search_scales(x, [modules[n].weight.float() for n in members], self.spec, group, self.config.grid)
+            for n in members:
+                codes, scale, zero = awq_quantize(modules[n].weight, s, x, self.spec, group, self.config.clip_search)
+                replace_module(block, n, calibrating(WeightOnlyLinear.from_codes(
+                    modules[n], codes, scale, zero, self.spec, input_scale=1.0 / s)))
+
+
+@register_method("int4-awq", Int4AwqConfig, "int4 weight-only by AWQ (activation-aware scales, clip search)",
+                 verb="quantize")
+def _apply(model, config: Int4AwqConfig, ctx):
+    data = ctx.calibration(config.samples, seq_len=config.seq_len, what="AWQ")
+    return quantize_weight_only(model, config, data, inplace=True, notes=ctx.notes,
+                                algorithm=lambda spec: Awq(config, spec), name="awq")

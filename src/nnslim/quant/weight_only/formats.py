@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import NnslimError
-from ..primitives import QScheme, choose_qparams
+from ..primitives import QScheme, block_qparams, dequantize, quantize
 
 BITS = (2, 3, 4, 8)
 GROUP_SIZES = (-1, 32, 64, 128, 256)  # -1: one group per output channel (per-channel)
@@ -54,35 +54,20 @@ class WeightSpec:
         return self.group_size
 
 
-def grouped(w: torch.Tensor, group: int) -> torch.Tensor:
-    """[N, K] -> [N, K // group, group]."""
-    return w.reshape(w.shape[0], w.shape[1] // group, group)
-
-
 def group_qparams(w: torch.Tensor, spec: WeightSpec, group: int, clip: torch.Tensor | float = 1.0
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale [N, G] fp32, zero [N, G] int32) from each group's range, shrunk by `clip` (AWQ/MSE search)."""
-    wg = grouped(w.float(), group)
-    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
-    if not isinstance(clip, float) or clip != 1.0:
-        lo, hi = lo * clip, hi * clip
-    return choose_qparams(lo, hi, spec.scheme)
+    return block_qparams(w, (1, group), spec.scheme, clip)
 
 
 def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
     """Integer codes [N, K] (int32) of w for per-group scale/zero [N, G]."""
-    group = w.shape[1] // scale.shape[1]
-    s = scale.repeat_interleave(group, dim=1)
-    z = zero.repeat_interleave(group, dim=1)
-    return torch.clamp(torch.round(w.float() / s) + z, 0, spec.qmax).to(torch.int32)
+    return quantize(w, scale, zero, spec.scheme)
 
 
 def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    group = q.shape[1] // scale.shape[1]
-    s = scale.float().repeat_interleave(group, dim=1)
-    z = zero.float().repeat_interleave(group, dim=1)
-    return ((q.float() - z) * s).to(dtype)
+    return dequantize(q, scale, zero, dtype=dtype)
 
 
 def fake_quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int, clip: torch.Tensor | float = 1.0

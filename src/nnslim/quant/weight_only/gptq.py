@@ -9,12 +9,27 @@ front from the original weight ("static groups"), so the stored format stays the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ...graph.hessian import HessianAccumulator, dead_columns, inverse_factor, obs_sweep
+from ...graph.hessian import HessianAccumulator, HessianObserver, dead_columns, inverse_factor, obs_sweep
+from ...graph.modules import replace_module
+from ...recipe import register_method
+from .driver import CalibratedConfig, calibrating, quantize_weight_only
 from .formats import WeightSpec, group_qparams
+from .modules import WeightOnlyLinear
 
-__all__ = ["HessianAccumulator", "gptq_quantize"]
+__all__ = ["HessianAccumulator", "Int4GptqConfig", "gptq_quantize", "Gptq"]
+
+
+@dataclass(frozen=True)
+class Int4GptqConfig(CalibratedConfig):
+    """int4 weights by GPTQ (layer-wise, Hessian-based error compensation)."""
+    ranges = {**CalibratedConfig.ranges, "damp": (1e-9, 1.0), "block_size": (1, 1 << 16)}
+    damp: float = 0.01  # fraction of mean diag(H) added to the diagonal
+    act_order: bool = True
+    block_size: int = 128  # lazy-update block
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int, damp: float = 0.01,
@@ -46,3 +61,26 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int
 
     obs_sweep(w, hinv, block_size, quantize_column)
     return codes[:, torch.argsort(perm)], scale, zero
+
+
+class Gptq(HessianObserver):
+    """The per-block step: each target's Hessian, then GPTQ into a packed layer."""
+
+    def __init__(self, config: Int4GptqConfig, spec: WeightSpec):
+        super().__init__()
+        self.config, self.spec = config, spec
+
+    def finish(self, block, modules, prefix):
+        c = self.config
+        for n, m in modules.items():
+            codes, scale, zero = gptq_quantize(m.weight, self.take(n), self.spec, self.spec.group_for(m.in_features),
+                                               c.damp, c.act_order, c.block_size, f"{prefix}.{n}", inplace=True)
+            replace_module(block, n, calibrating(WeightOnlyLinear.from_codes(m, codes, scale, zero, self.spec)))
+
+
+@register_method("int4-gptq", Int4GptqConfig, "int4 weight-only by GPTQ, layer by layer with calibration text",
+                 verb="quantize")
+def _apply(model, config: Int4GptqConfig, ctx):
+    data = ctx.calibration(config.samples, seq_len=config.seq_len, what="GPTQ")
+    return quantize_weight_only(model, config, data, inplace=True, notes=ctx.notes,
+                                algorithm=lambda spec: Gptq(config, spec), name="gptq")

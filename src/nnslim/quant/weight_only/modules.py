@@ -12,20 +12,23 @@ Kernel-specific layouts are built on first use and kept next to the canonical bu
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ...errors import NnslimError
+from ...graph.modules import register_packed
 from ...runtime.fuse import value_key
 from ...runtime.kernels import select
 from .formats import WeightSpec, dequantize_codes, pack, per_byte, unpack
 
-KERNELS = ("auto", "dequant", "cpu-int4pack", "cpu-int8pack", "triton-int4", "tinygemm")
+Kernel = Literal["auto", "dequant", "cpu-int4pack", "cpu-int8pack", "triton-int4", "tinygemm"]
+KERNELS = get_args(Kernel)
 
 
+@register_packed("weight_only")
 class WeightOnlyLinear(nn.Module):
     ROWWISE = ("qweight", "scales", "zeros", "bias")  # dim 0 = output features (runtime/fuse.py)
 
@@ -70,6 +73,11 @@ class WeightOnlyLinear(nn.Module):
         return (self.in_features, self.bits, self.group, self.symmetric, self.bias is None, self.scales.dtype,
                 self.qweight.device, value_key(self.input_scale))
 
+    @classmethod
+    def from_packed_config(cls, cfg: dict, dtype: torch.dtype) -> "WeightOnlyLinear":
+        return cls(cfg["in_features"], cfg["out_features"], cfg["bits"], cfg["group"], cfg["symmetric"], cfg["bias"],
+                   dtype, cfg.get("input_scale", False))
+
     def empty_like(self, out_features: int) -> "WeightOnlyLinear":
         return WeightOnlyLinear(self.in_features, out_features, self.bits, self.group, self.symmetric,
                                 self.bias is not None, self.scales.dtype, self.input_scale is not None)
@@ -89,8 +97,8 @@ class WeightOnlyLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return dequantize_codes(self.codes(), self.scales, self.zeros, dtype or self.scales.dtype)
 
-    def quant_config(self) -> dict:
-        return {"kind": "weight_only", "bits": self.bits, "group": self.group, "symmetric": self.symmetric,
+    def packed_config(self) -> dict:
+        return {"bits": self.bits, "group": self.group, "symmetric": self.symmetric,
                 "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "input_scale": self.input_scale is not None}
 

@@ -12,7 +12,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..batching import collate
 from ..progress import progress
 from ..recipe import StepConfig, register_method
 from ..runtime.base import call_module
-from .losses import LOSSES, hidden_loss, kd_loss, primary_output
+from .losses import hidden_loss, kd_loss, primary_output
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,11 @@ class DistillConfig(StepConfig):
     warmup: float = 0.05  # fraction of steps
     batch_size: int = 32
     samples: int = 4096  # calibration samples drawn from the testbed
-    loss: str = "auto"  # auto | kl | cosine | mse (auto: from the testbed's output kind)
+    loss: Literal["auto", "kl", "cosine", "mse"] = "auto"  # auto: from the model's output kind
     temperature: float = 2.0
     hidden_weight: float = 0.0
     hidden_layers: str | None = None  # regex of module names; None: the repeated blocks, if any
-    hidden_loss: str = "mse"  # mse (variance-normalised) | cosine (per position, over the last dim)
+    hidden_loss: Literal["mse", "cosine"] = "mse"  # mse (variance-normalised) | cosine (per position, over the last dim)
     seed: int = 0
 
     def __post_init__(self):
@@ -51,10 +51,6 @@ class DistillConfig(StepConfig):
                               "must all be >= 1")
         if not self.lr > 0 or self.temperature <= 0 or self.hidden_weight < 0 or not 0 <= self.warmup < 1:
             raise NnslimError("lr and temperature must be > 0, hidden_weight >= 0 and 0 <= warmup < 1")
-        if self.hidden_loss not in ("mse", "cosine"):
-            raise NnslimError(f"hidden_loss={self.hidden_loss!r} is not allowed; allowed: mse, cosine")
-        if self.loss not in LOSSES:
-            raise NnslimError(f"loss={self.loss!r} is not allowed; allowed: {', '.join(LOSSES)}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise NnslimError(f"max_seconds={self.max_seconds} is not allowed; allowed: > 0 or null")
 
@@ -149,13 +145,10 @@ def _apply(model, config: DistillConfig, ctx):
     if teacher is None or not isinstance(teacher, nn.Module):
         raise NnslimError("distill needs the recipe's input torch model as teacher; run it inside a recipe "
                           "(e.g. prune-structured then distill) or call nnslim.distill(student, teacher, data)")
-    tb = ctx.testbed
-    data = ctx.calibration or (tb.calibration(config.samples) if tb is not None else None)
-    if not data:
-        raise NnslimError("distill needs calibration data (a testbed or calibration=[...])")
-    return distill(model, teacher, data[: config.samples], config, getattr(tb, "output_kind", "tensor"),
-                   notes=ctx.notes)
+    data = ctx.calibration(config.samples, what="distill")
+    return distill(model, teacher, data, config, ctx.output_kind, inplace=True, notes=ctx.notes)
 
 
 register_method("distill", DistillConfig, "knowledge-distillation fine-tuning from the uncompressed model "
-                "(logit KL / embedding cosine + optional hidden-state loss) on calibration data")(_apply)
+                "(logit KL / embedding cosine + optional hidden-state loss) on calibration data",
+                verb="distill")(_apply)

@@ -20,6 +20,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,51 +32,30 @@ from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mh
 from ..graph.trace import trace
 from ..recipe import StepConfig, register_method
 from ..runtime.base import call_module
-from .reconstruct import MODES, refit
+from .reconstruct import refit
 
-IMPORTANCE = ("auto", "activation", "l1", "l2", "taylor", "random")
 PLAN_ATTR = "_nnslim_structured_plan"
 
 
 @dataclass(frozen=True)
 class StructuredPruneConfig(StepConfig):
     """Remove whole channels / neurons / heads and return a smaller model."""
-    ranges = {"samples": (1, 1_000_000), "batches": (1, 100_000), "damp": (0, 10.0)}
+    ranges = {"ratio": (0.0, 0.999999), "head_ratio": (0.0, 0.999999), "max_ratio": (1e-6, 0.999999),
+              "round_to": (1, 1 << 20), "samples": (1, 1_000_000), "batches": (1, 100_000), "damp": (1e-9, 10.0)}
     ratio: float = 0.3  # fraction of channels (and FFN neurons) removed
     head_ratio: float | None = None  # fraction of attention heads removed; None: same as ratio
-    importance: str = "auto"  # auto (activation with calibration data, else l2) | activation | l1 | l2 | taylor | random
-    scope: str = "uniform"  # uniform: the ratio in every group | global: one ranking over all groups
+    importance: Literal["auto", "activation", "l1", "l2", "taylor", "random"] = "auto"  # auto: activation with data, else l2
+    scope: Literal["uniform", "global"] = "uniform"  # uniform: the ratio in every group | global: one ranking
     max_ratio: float = 0.9  # global scope: at most this fraction leaves one group
     round_to: int = 1  # kept channel counts are multiples of this (e.g. 8), where the group allows
     ignore: tuple[str, ...] = ()  # module names or regexes whose output channels are kept
     prune_embeddings: bool = False  # embeddings (and so a transformer's hidden size) stay by default
-    reconstruct: str = "independent"  # least-squares refit of Linears reading removed channels: sequential | independent | off
+    reconstruct: Literal["sequential", "independent", "off"] = "independent"  # least-squares refit of Linears reading removed channels
     damp: float = 0.01  # relative ridge of that refit
     batches: int = 8  # calibration batches for activation / taylor importance and the refit
-    samples: int = 256  # calibration samples drawn from the testbed for activation / taylor
+    samples: int = 256  # calibration samples for activation / taylor
     seed: int = 0
-    tracer: str = "auto"  # auto | fx | dynamic
-
-    def __post_init__(self):
-        for field_, value in (("ratio", self.ratio), ("head_ratio", self.head_ratio)):
-            if value is not None and not 0.0 <= value < 1.0:
-                raise NnslimError(f"{field_}={value} is not allowed; allowed: 0 <= {field_} < 1")
-        if self.importance not in IMPORTANCE:
-            raise NnslimError(f"importance={self.importance!r} is not allowed; allowed: {', '.join(IMPORTANCE)}")
-        if self.scope not in ("uniform", "global"):
-            raise NnslimError(f"scope={self.scope!r} is not allowed; allowed: uniform, global")
-        if not 0.0 < self.max_ratio < 1.0:
-            raise NnslimError(f"max_ratio={self.max_ratio} is not allowed; allowed: 0 < max_ratio < 1")
-        if self.round_to < 1:
-            raise NnslimError(f"round_to={self.round_to} is not allowed; allowed: an integer >= 1")
-        if self.tracer not in ("auto", "fx", "dynamic"):
-            raise NnslimError(f"tracer={self.tracer!r} is not allowed; allowed: auto, fx, dynamic")
-        if self.reconstruct not in MODES:
-            raise NnslimError(f"reconstruct={self.reconstruct!r} is not allowed; allowed: {', '.join(MODES)}")
-        if not 0 < self.damp < 10:
-            raise NnslimError(f"damp={self.damp} is not allowed; allowed: 0 < damp < 10")
-        if self.batches < 1:
-            raise NnslimError(f"batches={self.batches} is not allowed; allowed: >= 1")
+    tracer: Literal["auto", "fx", "dynamic"] = "auto"
 
 
 def _as_tensors(inputs) -> dict[str, torch.Tensor]:
@@ -94,7 +74,7 @@ def _call(model, inputs: dict):
 
 def convert_attention(model: nn.Module) -> list[str]:
     """Replace every nn.MultiheadAttention (fused in_proj) by the equivalent PrunedMultiheadAttention."""
-    from ..quant.modules import replace_module
+    from ..graph.modules import replace_module
 
     names = [n for n, m in model.named_modules() if convertible_mha(m)]
     for n in names:
@@ -339,7 +319,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
 
 def apply_plan(model: nn.Module, plan: list[dict]) -> nn.Module:
     """Re-apply a recorded structured-pruning plan to a fresh model of the original architecture."""
-    from ..quant.modules import replace_module
+    from ..graph.modules import replace_module
 
     if not isinstance(plan, list):
         raise NnslimError(f"structured_plan={type(plan).__name__} is not allowed; allowed: a list of steps")
@@ -360,15 +340,12 @@ def apply_plan(model: nn.Module, plan: list[dict]) -> nn.Module:
 
 
 def _apply(model, config: StructuredPruneConfig, ctx):
-    tb = ctx.testbed
-    if tb is None:
-        raise NnslimError("prune-structured needs example inputs (a testbed or a model with example inputs)")
-    example = tb.export_example()
     calib = None
-    if config.importance in ("auto", "activation", "taylor"):
-        calib = ctx.calibration or tb.calibration(config.samples)
-    return prune_structured(model, config, example, calib, notes=ctx.notes)
+    if config.importance in ("activation", "taylor") or (config.importance == "auto" and ctx.has_data):
+        calib = ctx.calibration(config.samples, what=f"importance={config.importance!r}")
+    return prune_structured(model, config, ctx.export_example(), calib, inplace=True, notes=ctx.notes)
 
 
 register_method("prune-structured", StructuredPruneConfig,
-                "structural pruning: remove channels, FFN neurons and attention heads (dependency graph)")(_apply)
+                "structural pruning: remove channels, FFN neurons and attention heads (dependency graph)",
+                verb="prune")(_apply)

@@ -10,11 +10,12 @@ the `sparse-storage` step, turns them into a smaller file).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ..distill.trainer import DistillConfig, distill
+from ..distillation.trainer import DistillConfig, distill
 from ..errors import NnslimError
 from ..graph.scope import select_linears
 from ..recipe import register_method
@@ -26,7 +27,7 @@ class GradualPruneConfig(DistillConfig):
     """Magnitude pruning raised on a cubic schedule while distilling from the unpruned model."""
     sparsity: float = 0.5
     pattern: str = "unstructured"  # or N:M (then applied whole at `begin`: an N:M mask has one sparsity)
-    scope: str = "layer"  # layer | global
+    scope: Literal["layer", "global"] = "layer"
     begin: float = 0.0
     end: float = 0.7
     every: int = 10
@@ -39,8 +40,6 @@ class GradualPruneConfig(DistillConfig):
         if not 0.0 <= self.sparsity < 1.0:
             raise NnslimError(f"sparsity={self.sparsity} is not allowed; allowed: 0 <= sparsity < 1")
         parse_pattern(self.pattern)
-        if self.scope not in ("layer", "global"):
-            raise NnslimError(f"scope={self.scope!r} is not allowed; allowed: layer, global")
         if not 0.0 <= self.begin < self.end <= 1.0:
             raise NnslimError(f"begin={self.begin}, end={self.end} are not allowed; allowed: 0 <= begin < end <= 1")
         if self.every < 1:
@@ -112,12 +111,8 @@ def _apply(model, config: GradualPruneConfig, ctx):
     teacher = ctx.teacher
     if not isinstance(teacher, nn.Module):
         raise NnslimError("prune-gradual distils from the recipe's input torch model; none is available")
-    tb = ctx.testbed
-    data = ctx.calibration or (tb.calibration(config.samples) if tb is not None else None)
-    if not data:
-        raise NnslimError("prune-gradual needs training data (a testbed or calibration=[...])")
-    return prune_gradual(model, teacher, data[: config.samples], config, getattr(tb, "output_kind", "tensor"),
-                         ctx.notes)
+    data = ctx.calibration(config.samples, what="prune-gradual")
+    return prune_gradual(model, teacher, data, config, ctx.output_kind, ctx.notes)
 
 
 register_method("prune-gradual", GradualPruneConfig,

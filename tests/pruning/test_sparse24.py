@@ -5,8 +5,9 @@ from torch import nn
 
 import nnslim
 from nnslim import NnslimError
-from nnslim.prune.oneshot import MagnitudePruneConfig, TwoFourPruneConfig, prune_oneshot
-from nnslim.prune.sparse24 import SemiSparseLinear, is_2of4, semi_sparse
+from conftest import apply_step
+from nnslim import MagnitudePruneConfig, TwoFourPruneConfig, prune
+from nnslim.pruning.sparse24 import SemiSparseLinear, is_2of4, semi_sparse
 
 
 def _mlp():
@@ -17,9 +18,8 @@ def _mlp():
 def test_pack_2of4_cpu_equals_the_pruned_dense_model(tmp_path):
     m = _mlp()
     x = torch.randn(5, 128)
-    dense = prune_oneshot(m, TwoFourPruneConfig())
-    notes = []
-    packed = prune_oneshot(m, TwoFourPruneConfig(pack_2of4=True), notes=notes)
+    dense = prune(m, TwoFourPruneConfig())
+    packed, notes = apply_step(m, TwoFourPruneConfig(pack_2of4=True))
     assert isinstance(packed[0], SemiSparseLinear) and isinstance(packed[2], SemiSparseLinear)
     assert "kept dense" in notes[-1] and "'4'" in notes[-1]  # 64x10: too small for the kernels
     torch.testing.assert_close(packed(x), dense(x))
@@ -44,7 +44,7 @@ def test_cuda_kernels_match_dense(m):
 
     torch.manual_seed(0)
     lin = nn.Linear(1024, 512).cuda().to(torch.bfloat16)
-    pruned = prune_oneshot(nn.Sequential(lin), TwoFourPruneConfig(pack_2of4=True))[0]
+    pruned = prune(nn.Sequential(lin), TwoFourPruneConfig(pack_2of4=True))[0]
     assert is_2of4(pruned.weight)
     x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
     ref = x.float() @ pruned.weight.float().t() + pruned.bias.float()
@@ -66,7 +66,7 @@ def test_cuda_choice_follows_how_the_model_runs():
     chosen = {}
     for graphs in (False, True):
         select.reset()
-        sp = prune_oneshot(nn.Sequential(lin), TwoFourPruneConfig(pack_2of4=True))[0]
+        sp = prune(nn.Sequential(lin), TwoFourPruneConfig(pack_2of4=True))[0]
         sp.cuda_graphs = graphs
         sp(x)
         chosen[graphs] = [r["chosen"] for r in select.kernel_table()][0]

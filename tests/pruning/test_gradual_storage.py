@@ -6,8 +6,8 @@ from torch import nn
 
 import nnslim
 from nnslim import NnslimError
-from nnslim.prune.gradual import GradualPruneConfig, cubic_sparsity, prune_gradual
-from nnslim.prune.storage import SparseStorageConfig, decode, encode, mark
+from nnslim.pruning.gradual import GradualPruneConfig, cubic_sparsity, prune_gradual
+from nnslim.pruning.storage import SparseStorageConfig, decode, encode, mark
 
 
 def test_cubic_schedule():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnslim.prune.structured import StructuredPruneConfig, prune_structured
+from nnslim.pruning.structured import StructuredPruneConfig, prune_structured
 from nnslim.runtime.onnx_export import export_onnx
 
 from zoo import zoo

@@ -9,7 +9,7 @@ from torch import nn
 import nnslim
 from nnslim import DistillConfig, Int8Config, NnslimError, StructuredPruneConfig
 from nnslim.batching import collate
-from nnslim.distill.losses import kd_loss
+from nnslim.distillation.losses import kd_loss
 
 
 def test_collate_pads_ragged_sequences():
@@ -70,8 +70,8 @@ def test_recipe_prune_distill_int8(digits, tmp_path):
 
 
 def test_distill_method_needs_a_teacher():
-    from nnslim.distill.trainer import _apply
-    from nnslim.recipe import Context
+    from nnslim.distillation.trainer import _apply
+    from nnslim.context import Context
 
     with pytest.raises(NnslimError, match="teacher"):
-        _apply(_mlp(), DistillConfig(), Context(testbed=None, workdir="."))
+        _apply(_mlp(), DistillConfig(), Context(workdir="."))

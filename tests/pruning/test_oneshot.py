@@ -4,11 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import llama_samples
-from nnslim import NnslimError, prune
-from nnslim.prune.masks import layer_mask, nm_mask, row_mask
-from nnslim.prune.oneshot import (MagnitudePruneConfig, PruneConfig, SparseGptConfig, TwoFourPruneConfig,
-                                  WandaConfig, prune_oneshot)
+from conftest import apply_step, llama_samples
+from nnslim import MagnitudePruneConfig, NnslimError, SparseGptConfig, TwoFourPruneConfig, WandaConfig, prune
+from nnslim.pruning.masks import layer_mask, nm_mask, row_mask
+from nnslim.recipe import make_step
 
 
 def test_masks():
@@ -33,10 +32,9 @@ def test_sparsity_and_quality_order(tiny_llama, pattern):
     ids = torch.cat([s["input_ids"] for s in samples[:4]])
     ref = tiny_llama(input_ids=ids).logits
     errs = {}
-    for cfg in [PruneConfig(pattern=pattern), WandaConfig(pattern=pattern, device="cpu"),
+    for cfg in [MagnitudePruneConfig(pattern=pattern), WandaConfig(pattern=pattern, device="cpu"),
                 SparseGptConfig(pattern=pattern, device="cpu")]:
-        notes = []
-        p = prune_oneshot(tiny_llama, cfg, samples, notes=notes)
+        p, notes = apply_step(tiny_llama, cfg, samples)
         for name, m in _linears(p).items():
             w = m.weight
             if pattern == "2:4":
@@ -44,7 +42,7 @@ def test_sparsity_and_quality_order(tiny_llama, pattern):
             else:
                 assert abs(float((w == 0).float().mean()) - 0.5) < 0.02, name
         assert p.lm_head.weight.count_nonzero() == p.lm_head.weight.numel()  # head kept dense
-        errs[cfg.algorithm] = float((p(input_ids=ids).logits - ref).norm() / ref.norm())
+        errs[cfg.method.replace("prune-", "")] = float((p(input_ids=ids).logits - ref).norm() / ref.norm())
         assert "pruning" in notes[-1]
     for k, v in tiny_llama.state_dict().items():
         assert torch.equal(v, before[k])
@@ -63,16 +61,19 @@ def test_global_magnitude_and_api(tiny_llama):
 
 def test_bad_prune_inputs(tiny_llama):
     with pytest.raises(NnslimError, match="sparsity=1.0 is not allowed"):
-        PruneConfig(sparsity=1.0)
+        MagnitudePruneConfig(sparsity=1.0)
     with pytest.raises(NnslimError, match="pattern='3:2' is not allowed"):
-        PruneConfig(pattern="3:2")
+        MagnitudePruneConfig(pattern="3:2")
     with pytest.raises(NnslimError, match="pattern 2:3 needs in_features divisible by 3"):
-        prune_oneshot(tiny_llama, PruneConfig(pattern="2:3"))
+        prune(tiny_llama, MagnitudePruneConfig(pattern="2:3"))
     with pytest.raises(NnslimError, match="no nn.Linear layer"):
-        prune_oneshot(nn.Sequential(nn.ReLU()), PruneConfig())
+        prune(nn.Sequential(nn.ReLU()), MagnitudePruneConfig())
     with pytest.raises(NnslimError, match="calibration is empty"):
-        prune_oneshot(tiny_llama, WandaConfig(), [])
-    with pytest.raises(NnslimError, match="scope='global' is not allowed for method 'wanda'"):
-        WandaConfig(scope="global")
+        prune(tiny_llama, WandaConfig(), calibration=[])
+    with pytest.raises(NnslimError, match="unknown key 'scope' for method 'wanda'"):
+        make_step({"method": "wanda", "scope": "global"})  # a config holds only what its method reads
+    with pytest.raises(NnslimError, match="config of type WandaConfig is not allowed for nnslim.quantize"):
+        from nnslim import quantize
+        quantize(tiny_llama, WandaConfig())
     with pytest.raises(NnslimError, match="config of type"):
         prune(tiny_llama, {"sparsity": 0.5})

@@ -11,6 +11,7 @@ computes with dense tensors (zeros included), bit-identical for fp32 values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,21 +23,16 @@ from ..recipe import StepConfig, register_method
 
 STORAGE_ATTR = "_nnslim_sparse_storage"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-VALUES = ("int8", "float16", "float32")
+
 
 
 @dataclass(frozen=True)
 class SparseStorageConfig(StepConfig):
     """Save pruned weights as bitmask + nonzero values (int8 by default) in the artifact."""
-    values: str = "int8"  # int8 | float16 | float32
+    ranges = {"min_sparsity": (0.0, 0.999999)}
+    values: Literal["int8", "float16", "float32"] = "int8"
     min_sparsity: float = 0.3  # weights with fewer zeros are saved dense
     min_size: int = 4096  # smaller tensors are saved dense
-
-    def __post_init__(self):
-        if self.values not in VALUES:
-            raise NnslimError(f"values={self.values!r} is not allowed; allowed: {', '.join(VALUES)}")
-        if not 0.0 <= self.min_sparsity < 1.0:
-            raise NnslimError(f"min_sparsity={self.min_sparsity} is not allowed; allowed: 0 <= min_sparsity < 1")
 
 
 def encode(state: dict[str, torch.Tensor], config: SparseStorageConfig) -> tuple[dict[str, torch.Tensor], dict]:

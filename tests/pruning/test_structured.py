@@ -9,7 +9,7 @@ from torch import nn
 import nnslim
 from nnslim.errors import NnslimError
 from nnslim.graph.layers import PrunedMultiheadAttention
-from nnslim.prune.structured import (PLAN_ATTR, StructuredPruneConfig, apply_plan, dependency_graph,
+from nnslim.pruning.structured import (PLAN_ATTR, StructuredPruneConfig, apply_plan, dependency_graph,
                                      prune_structured)
 from nnslim.testbeds.digits import DigitsCNN
 

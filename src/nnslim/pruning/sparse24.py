@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import NnslimError
+from ..graph.modules import register_packed, replace_module
 from ..runtime.kernels.select import choose, m_bucket
 from .masks import check_nm
 
@@ -32,6 +33,7 @@ def is_2of4(weight: torch.Tensor) -> bool:
     return bool(((w != 0).sum(-1) <= 2).all())
 
 
+@register_packed("semi_sparse")
 class SemiSparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=torch.float32,
                  cuda_graphs: bool = False):
@@ -58,8 +60,12 @@ class SemiSparseLinear(nn.Module):
                 new.bias.copy_(linear.bias)
         return new.to(linear.weight.device)
 
-    def rebuild_config(self) -> dict:
-        return {"kind": "semi_sparse", "in_features": self.in_features, "out_features": self.out_features,
+    @classmethod
+    def from_packed_config(cls, cfg: dict, dtype: torch.dtype) -> "SemiSparseLinear":
+        return cls(cfg["in_features"], cfg["out_features"], cfg["bias"], dtype)
+
+    def packed_config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None}
 
     def _apply(self, fn, *args, **kwargs):
@@ -118,7 +124,6 @@ class SemiSparseLinear(nn.Module):
 def semi_sparse(model: nn.Module, notes: list[str] | None = None, cuda_graphs: bool = False) -> nn.Module:
     """Replace (in place) every 2:4-sparse Linear whose shape the kernels support by SemiSparseLinear.
     cuda_graphs=True when the model will run under CUDA graphs (the sparse kernels then win at M >= 1024)."""
-    from ..quant.modules import replace_module
 
     done, skipped = 0, []
     for name, mod in list(model.named_modules()):

@@ -1,0 +1,130 @@
+"""Side-by-side measurement of model variants (baseline and compressed) in one run: metrics, latency
+interleaved, size on disk, parameters and peak memory, gathered into one Report."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..graph.modules import is_packed
+from ..io import library_versions, machine_info
+from ..runtime import OnnxModel, make_runner
+from ..runtime.base import model_dtype
+from .latency import measure_interleaved
+from .memory import peak_memory_bytes
+from .report import Report, VariantResult
+
+
+def param_count(model) -> int | None:
+    if isinstance(model, torch.nn.Module):
+        seen, total = set(), 0
+        for p in model.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel()
+        for m in model.modules():  # packed layers that hold their weights as buffers count as the Linear they are
+            if is_packed(m) and not any(True for _ in m.parameters()):
+                c = m.packed_config()
+                total += c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0)
+        return total
+    return onnx_summary(str(model.path), model.path.stat().st_mtime_ns)[0]
+
+
+@lru_cache(maxsize=32)
+def onnx_summary(path: str, mtime_ns: int) -> tuple[int | None, str]:
+    """(parameter count, dtype label) of an ONNX file, read once per file version."""
+    if path.endswith(".xml"):  # an OpenVINO IR (rival tools' output in benchmarks)
+        return None, "openvino-ir"
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    params = int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in proto.graph.initializer))
+    types = {t.data_type for t in proto.graph.initializer}
+    if onnx.TensorProto.INT8 in types:
+        dtype = "int8"
+    elif onnx.TensorProto.FLOAT16 in types:
+        dtype = "float16" if onnx.TensorProto.FLOAT not in types else "mixed"
+    else:
+        dtype = "float32"
+    return params, dtype
+
+
+def size_on_disk(model) -> int:
+    """Bytes of the saved file: the ONNX file(s), or the safetensors a torch model saves to."""
+    if isinstance(model, OnnxModel):
+        return model.size_bytes
+    from safetensors.torch import save_model
+
+    from ..io import remove_stale
+
+    remove_stale(Path(tempfile.gettempdir()), "nnslim-size-")  # left by a killed run
+    with tempfile.TemporaryDirectory(prefix=f"nnslim-size-{os.getpid()}-") as tmp:
+        path = os.path.join(tmp, "m.safetensors")
+        save_model(model, path)
+        return os.path.getsize(path)
+
+
+@dataclass
+class Variant:
+    """One model to put in a report: a name, the model, the backend that runs it, how to reload it."""
+    name: str
+    model: Any
+    backend: str | None = None
+    source: str | None = None
+    size_bytes: int | None = None  # the files as written (artifact rows); else measured from the model
+
+
+def dtype_of(model) -> str:
+    if isinstance(model, torch.nn.Module):
+        return str(model_dtype(model)).replace("torch.", "")
+    return onnx_summary(str(model.path), model.path.stat().st_mtime_ns)[1]
+
+
+def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int | None = None,
+            repeats: int = 20, warmup: int = 3, memory: bool = True, metrics: bool = True,
+            max_seconds: float | None = 120.0, threads: int | None = None) -> Report:
+    """Evaluate every variant, time them interleaved in one run, measure peak memory: one Report."""
+    batch = batch or testbed.default_batch
+    seq = seq or testbed.default_seq
+    inputs = testbed.example_inputs(batch=batch, seq=seq)
+    runners = [make_runner(v.model, v.backend, threads=threads) for v in variants]
+    results = []
+    for v, runner in zip(variants, runners):
+        results.append(VariantResult(
+            name=v.name, backend=runner.backend, format="onnx" if isinstance(v.model, OnnxModel) else "torch",
+            dtype=dtype_of(v.model),
+            size_bytes=v.size_bytes if v.size_bytes is not None else size_on_disk(v.model), params=param_count(v.model),
+            metrics=testbed.evaluate(runner) if metrics else {}))
+    lat = measure_interleaved({str(i): (lambda r=r: r(inputs)) for i, r in enumerate(runners)}, batch=batch,
+                              warmup=warmup, repeats=repeats, max_seconds=max_seconds)
+    for i, (v, res) in enumerate(zip(variants, results)):
+        res.latency = lat[str(i)]
+        if memory and v.source:
+            res.peak_mem_bytes = peak_memory_bytes(v.source, res.backend, inputs)
+    report = Report(testbed=testbed.name, primary_metric=testbed.primary_metric,
+                    higher_is_better=testbed.higher_is_better, batch=batch, seq=seq, variants=results,
+                    machine=machine_info(), versions=library_versions())
+    for res in results:
+        bad = [k for k, x in res.metrics.items() if isinstance(x, float) and not np.isfinite(x)]
+        if bad:
+            report.notes.append(f"{res.name}: metrics {', '.join(bad)} are not finite (NaN/Inf; written as null)")
+    report.notes.append(f"latency: {warmup} warm-up runs, then {lat['0'].runs} interleaved "
+                        "rounds; median (p90); throughput = batch / median")
+    if memory:
+        report.notes.append("peak mem: peak RSS of a fresh process loading the variant and running one batch, "
+                            "minus that process's RSS after imports")
+    return report
+
+
+def variants_for(name: str, model, source: str | None, backend: str | None = None) -> list[Variant]:
+    """A torch model gives one torch row; an ONNX model gives a row per runtime unless one is named."""
+    if isinstance(model, OnnxModel):
+        backends = [backend] if backend else ["onnxruntime", "openvino"]
+        return [Variant(f"{name}" if len(backends) == 1 else f"{name} ({b})", model, b, source) for b in backends]
+    return [Variant(name, model, backend or "torch", source)]

@@ -1,0 +1,53 @@
+"""Module surgery shared by every algorithm: replacing a submodule by name, and the registry of packed
+layers (layers saved as their own tensors plus a small config, rebuilt empty on load).
+
+A packed layer class registers itself with `@register_packed("kind")` in its own file and defines
+  packed_config(self) -> dict            JSON-able constructor arguments (the kind is added here)
+  from_packed_config(cls, cfg, dtype)    an empty layer of that config (its tensors are then loaded)
+so the artifact code never lists layer types.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+
+PACKED: dict[str, type[nn.Module]] = {}
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule `name` (dotted) of `root` is."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def register_packed(kind: str):
+    """Class decorator registering a packed layer under `kind` (the key written to nnslim.json)."""
+    def wrap(cls):
+        if kind in PACKED and PACKED[kind] is not cls:
+            raise ValueError(f"packed layer kind {kind!r} is registered twice ({PACKED[kind].__name__}, {cls.__name__})")
+        cls.packed_kind = kind
+        PACKED[kind] = cls
+        return cls
+    return wrap
+
+
+def is_packed(module: nn.Module) -> bool:
+    return getattr(type(module), "packed_kind", None) in PACKED
+
+
+def packed_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """name -> {kind, constructor config} of every packed layer in `model`."""
+    return {n: {"kind": type(m).packed_kind, **m.packed_config()} for n, m in model.named_modules() if is_packed(m)}
+
+
+def build_packed(cfg: dict[str, Any], dtype: torch.dtype) -> nn.Module:
+    """An empty packed layer from its saved config (unknown kinds and bad fields are errors)."""
+    kind = cfg.get("kind")
+    if kind not in PACKED:
+        raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: {', '.join(sorted(PACKED))}")
+    return PACKED[kind].from_packed_config(cfg, dtype)

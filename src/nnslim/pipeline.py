@@ -1,0 +1,205 @@
+"""The one pipeline: check a recipe, run its steps, make the artifact, measure it.
+
+    model + data -> loading.resolve -> check_recipe -> for step: model = method.apply(model, step, ctx)
+                 -> artifact (built in a temp dir beside the target, swapped in whole) -> report
+
+nnslim.quantize / prune / distill are one-step recipes run by `run_steps`; nnslim.compress runs any
+recipe through the same function and then writes and measures the artifact.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import artifact
+from .context import Context
+from .errors import NnslimError
+from .eval.compare import Variant, compare, dtype_of, variants_for
+from .eval.report import Report
+from .io import StagedDir, check_out_path, find_meta, scratch_dir
+from .loading import Resolved, normalize_data, resolve, testbed_arg
+from .progress import stage
+from .recipe import Recipe, as_recipe, get_method, method_of
+from .runtime import OnnxModel, TorchRunner
+from .testbeds import Testbed
+from .validate import check_finite_module
+
+
+def check_recipe(recipe: Recipe, model) -> None:
+    """Every step must get the kind of model (torch / onnx) it works on; checked before any work."""
+    kind = "onnx" if isinstance(model, OnnxModel) else "torch"
+    for i, step in enumerate(recipe.steps):
+        method = get_method(step.method)
+        if method.needs != kind:
+            raise NnslimError(f"recipe step {i} ({step.method!r}) needs a {method.needs} model but gets "
+                              f"{kind}" + ("; put ONNX export steps last" if kind == "onnx" else ""))
+        kind = method.produces
+
+
+def validation_of(testbed: Testbed | None) -> Callable[[torch.nn.Module], float] | None:
+    """The testbed's primary metric as a function of a torch model, higher is better."""
+    if testbed is None or not testbed.primary_metric:
+        return None
+    sign = 1.0 if testbed.higher_is_better else -1.0
+    return lambda m: sign * float(testbed.evaluate(TorchRunner(m))[testbed.primary_metric])
+
+
+def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
+    """Run every step of `recipe` on `model`; the caller's model is untouched unless inplace=True (steps
+    work on one copy, and the original stays the distillation teacher)."""
+    check_recipe(recipe, model)
+    check_finite_module(model, "input model")  # the data was checked when it was normalized
+    if ctx.teacher is None and isinstance(model, torch.nn.Module):
+        ctx.teacher = model
+    if isinstance(model, torch.nn.Module) and not inplace:
+        model = copy.deepcopy(model)
+    for i, step in enumerate(recipe.steps):
+        stage(f"step {i + 1}/{len(recipe.steps)}: {step.method}")
+        torch.manual_seed(ctx.seed)
+        model = get_method(step.method).apply(model, step, ctx)
+        check_finite_module(model, f"after recipe step {i} ({step.method!r})")
+    return model
+
+
+def run_verb(verb: str, model, config, calibration=None, example_inputs=None, testbed=None, inplace: bool = False,
+             teacher=None, validation_fn=None, trust_remote_code: bool = False):
+    """nnslim.quantize / prune / distill: a one-step recipe of a config whose method belongs to `verb`."""
+    method = method_of(config)
+    if method.verb != verb:
+        from .recipe import methods
+
+        allowed = sorted(m.config_cls.__name__ for m in methods().values() if m.verb == verb)
+        raise NnslimError(f"config of type {type(config).__name__} is not allowed for nnslim.{verb}; allowed: "
+                          f"{', '.join(allowed)}")
+    if not isinstance(model, torch.nn.Module):
+        raise NnslimError(f"nnslim.{verb} takes a torch.nn.Module, got {type(model).__name__}; use "
+                          "nnslim.compress for paths and testbed names")
+    data = {"example_inputs": example_inputs, "calibration": calibration}
+    normalize_data(data, model)
+    tb = testbed_arg(testbed, trust_remote_code) if isinstance(testbed, str) else testbed
+    ctx = Context(workdir=Path("."), source=tb, user_calibration=data["calibration"],
+                  user_example=data["example_inputs"], teacher=teacher,
+                  validate=validation_fn if validation_fn is not None else validation_of(tb))
+    if teacher is not None:
+        check_finite_module(teacher, "teacher")
+    return run_steps(model, Recipe((config,)), ctx, inplace=inplace)
+
+
+@dataclass
+class CompressResult:
+    model: Any
+    out: Path | None
+    report: Report | None
+    notes: list[str]
+
+
+def compress(model, recipe, calibration=None, example_inputs=None, out: str | Path | None = None,
+             testbed: Testbed | str | None = None, seed: int | None = None, overwrite: bool = False,
+             report: bool = True, batch: int | None = None, seq: int | None = None, repeats: int = 20,
+             memory: bool = True, backend: str | None = None, trust_remote_code: bool = False) -> CompressResult:
+    """See nnslim.compress."""
+    recipe = as_recipe(recipe, seed)
+    if out is not None:
+        check_out_path(out, overwrite)  # before any loading or work
+    data = {"example_inputs": example_inputs, "calibration": calibration}
+    normalize_data(data, model)
+    r = resolve(model, testbed, data["example_inputs"], data["calibration"], trust_remote_code=trust_remote_code)
+    if out is not None and r.source and not r.source.startswith("testbed:") and _inside(Path(r.source), Path(out)):
+        raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
+                          "overwrites its input: choose another output directory")
+    check_recipe(recipe, r.model)
+    staged = StagedDir(out, overwrite) if out is not None else None
+    try:
+        target = staged.path if staged else scratch_dir()
+        work = target / ".work"
+        work.mkdir()
+        ctx = Context(workdir=work, seed=recipe.seed, source=r.testbed, user_calibration=data["calibration"],
+                      user_example=data["example_inputs"], validate=validation_of(r.testbed))
+        result = _deployable(run_steps(r.model, recipe, ctx), ctx)
+        rep = None
+        if staged or report:
+            stage("writing the artifact")
+            artifact.save(result, target, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
+                          extra={"notes": ctx.notes})
+            result = _reload(target, r.model)
+            shutil.rmtree(work, ignore_errors=True)  # else an ONNX result still lives there (scratch: removed at exit)
+        if report:
+            stage("measuring baseline and compressed model")
+            rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend)
+            if staged:
+                rep.write(target)
+        if staged:
+            staged.commit()
+            if isinstance(result, OnnxModel):  # it was read from the staging dir, now renamed to `out`
+                result = OnnxModel(staged.out / result.path.relative_to(staged.path))
+    except BaseException:
+        if staged:
+            staged.discard()
+        raise
+    return CompressResult(result, staged.out if staged else None, rep, ctx.notes)
+
+
+def _reload(directory: Path, original):
+    """The artifact as written, loaded back (a user's own class reloads into a copy of the original)."""
+    meta = find_meta(directory)
+    skeleton = None
+    if meta.get("format") == "torch" and meta.get("architecture", {}).get("kind") == "module":
+        skeleton = copy.deepcopy(original)
+    return artifact.load(directory, model=skeleton)
+
+
+def _report(r: Resolved, result, directory: Path, ctx: Context, batch, seq, repeats, memory, backend) -> Report:
+    def runtime(model):  # --backend picks the runtime of ONNX rows; torch rows run in torch
+        return backend if isinstance(model, OnnxModel) else None
+
+    variants = variants_for("baseline", r.model, r.source, runtime(r.model))
+    scratch = None
+    if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module) and dtype_of(result) != "float32":
+        # Same runtime, fp32 vs compressed: separates the runtime's gain from the method's.
+        scratch = scratch_dir("nnslim-fp32-")
+        fp32 = _export_baseline(r, scratch)
+        variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path), runtime(fp32))
+    size = artifact.artifact_size(directory)
+    variants += [dataclasses.replace(v, size_bytes=size)
+                 for v in variants_for("compressed", result, str(directory), runtime(result))]
+    try:
+        rep = compare(r.testbed, variants, batch, seq, repeats, memory=memory)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    rep.notes = ctx.notes + rep.notes
+    rep.tables.update(ctx.tables)
+    return rep
+
+
+def _deployable(model, ctx: Context):
+    """A torch model holding int8 layers deploys as an int8 ONNX graph (QDQ or dynamic)."""
+    from .runtime.qdq import export_quantized_onnx, has_qdq_layers
+
+    if has_qdq_layers(model):
+        onnx_model, notes = export_quantized_onnx(model, ctx.export_example(), ctx.workdir / "model.onnx",
+                                                  ctx.dynamic_axes)
+        ctx.notes.extend(notes)
+        return onnx_model
+    return model
+
+
+def _export_baseline(r: Resolved, directory: Path) -> OnnxModel:
+    from .runtime.onnx_export import export_onnx
+
+    tb = r.testbed
+    return export_onnx(r.model, tb.export_example(), directory / "model.onnx", tb.dynamic_axes)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or directory in path.parents
+
+
+__all__ = ["Variant", "CompressResult", "check_recipe", "compress", "run_steps", "run_verb", "validation_of"]

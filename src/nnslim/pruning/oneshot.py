@@ -1,0 +1,106 @@
+"""One-shot pruning of Linear layers: the configs every one-shot method shares and the one driver.
+
+Magnitude pruning (magnitude.py) masks every target directly. A calibrated method (Wanda, SparseGPT:
+one file each) hands the driver a BlockAlgorithm that it runs layer by layer with calibration text
+(graph/layerwise.py). The result is an ordinary model with zeros in the pruned weights (same shapes),
+or SemiSparseLinear layers with pack_2of4.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..context import resolve_device
+from ..errors import NnslimError
+from ..graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
+from ..graph.scope import select_linears
+from ..recipe import StepConfig
+from .masks import check_nm, layer_mask, nm_mask, parse_pattern, row_mask
+
+
+@dataclass(frozen=True)
+class PruneConfig(StepConfig):
+    """What every one-shot pruning method reads: how much, in which pattern, of which Linears."""
+    ranges = {"sparsity": (0.0, 0.999999)}
+    scope: ClassVar[str] = "layer"
+    sparsity: float = 0.5  # fraction removed (unstructured); N:M fixes it at 1 - N/M
+    pattern: str = "unstructured"  # unstructured | N:M (e.g. 2:4)
+    ignore: tuple[str, ...] = ()
+    prune_head: bool = False
+    pack_2of4: bool = False  # 2:4 only: Linears become SemiSparseLinear (cuSPARSELt/CUTLASS kernels on CUDA)
+
+    def __post_init__(self):
+        parse_pattern(self.pattern)
+        if self.pack_2of4 and self.nm != (2, 4):
+            raise NnslimError(f"pack_2of4=True needs pattern='2:4', got pattern={self.pattern!r}")
+
+    @property
+    def nm(self):
+        return parse_pattern(self.pattern)
+
+
+@dataclass(frozen=True)
+class LayerwisePruneConfig(PruneConfig):
+    """One-shot pruning chosen from calibration text, layer by layer."""
+    ranges = {**PruneConfig.ranges, "samples": (1, 100_000), "seq_len": (16, 1 << 20)}
+    samples: int = 128
+    seq_len: int = 512
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def keep_mask(scores: torch.Tensor, config: PruneConfig, per_row: bool = False) -> torch.Tensor:
+    """Keep mask of one layer from its scores: N:M, or the config's sparsity per row / per layer."""
+    if config.nm is not None:
+        return nm_mask(scores, *config.nm)
+    return row_mask(scores, config.sparsity) if per_row else layer_mask(scores, config.sparsity)
+
+
+def prune_targets(model: nn.Module, config: PruneConfig) -> dict[str, nn.Linear]:
+    layers = select_linears(model, config.ignore, config.prune_head, "prune")
+    if config.nm is not None:
+        for n, m in layers.items():
+            check_nm(m.in_features, config.nm, n)
+    return layers
+
+
+def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inplace: bool = False,
+                  notes: list[str] | None = None, algorithm: Callable[[], BlockAlgorithm] | None = None,
+                  masks: Callable[[dict[str, nn.Linear]], dict[str, torch.Tensor]] | None = None,
+                  name: str = "magnitude") -> nn.Module:
+    """A copy of `model` (or the model itself if inplace) with pruned Linear weights: by `masks(targets)`
+    (keep masks computed from the weights alone) or layer by layer by `algorithm()`."""
+    if not isinstance(model, nn.Module):
+        raise NnslimError(f"pruning needs a torch.nn.Module, got {type(model).__name__}")
+    notes = notes if notes is not None else []
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    targets = prune_targets(model, config)
+    if algorithm is None:
+        keep = masks(targets)
+        with torch.no_grad():
+            for n, m in targets.items():
+                m.weight.mul_(keep[n].to(m.weight.dtype))
+    else:
+        device = resolve_device(config.device)
+        samples = list(calibration) if calibration is not None else []
+        check_layerwise_samples(samples, name)
+        inside, outside = split_by_blocks(model, targets)
+        if outside:
+            raise NnslimError(f"{name} prunes layers inside the repeated blocks; put these in `ignore` or use "
+                              f"magnitude: {sorted(outside)[:5]}")
+        del targets
+        calibrate_layerwise(model, samples, inside, algorithm, device,
+                            f"{name} {config.pattern}")
+        targets = {n: model.get_submodule(n) for n in inside}
+    zeros = sum(int((m.weight == 0).sum()) for m in targets.values())
+    total = sum(m.weight.numel() for m in targets.values())
+    notes.append(f"{name} {config.pattern} pruning: {len(targets)} layers, {zeros / total:.1%} of their weights are zero")
+    if config.pack_2of4:
+        from .sparse24 import semi_sparse
+
+        semi_sparse(model, notes)
+    return model

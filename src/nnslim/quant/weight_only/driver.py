@@ -1,0 +1,130 @@
+"""Weight-only quantization of Linear layers: the configs every weight-only method shares and the one
+driver that runs them.
+
+Round-to-nearest quantizes every target directly. A calibrated method (GPTQ, AWQ: one file each)
+hands the driver a BlockAlgorithm; the driver runs it layer by layer (graph/layerwise.py): one block
+on the calibration device at a time, each block fed the outputs of the already-quantized ones.
+Targets outside the repeated blocks get round-to-nearest.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ...context import resolve_device
+from ...errors import NnslimError
+from ...graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
+from ...graph.modules import replace_module
+from ...graph.scope import select_linears
+from ...recipe import MAX_INT, StepConfig
+from .formats import GROUP_SIZES, WeightSpec, group_qparams, quantize_codes
+from .modules import Kernel, WeightOnlyLinear
+
+AUTO_GROUPS = (128, 64, 32)
+
+
+@dataclass(frozen=True)
+class WeightOnlyConfig(StepConfig):
+    """What every weight-only method reads: which Linears, and the kernel their forward uses."""
+    bits: ClassVar[int] = 8
+    group_size: ClassVar[int | str] = -1
+    symmetric: ClassVar[bool] = True
+    ignore: tuple[str, ...] = ()  # layer names, "re:REGEX", "type:Class"
+    quantize_head: bool = False  # lm_head / classifier stay float by default
+    kernel: Kernel = "auto"  # see WeightOnlyLinear
+
+
+@dataclass(frozen=True)
+class LowBitConfig(WeightOnlyConfig):
+    """Grouped low-bit weights."""
+    ranges = {"group_size": (-1, MAX_INT)}
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: Literal["auto", -1, 32, 64, 128, 256] = "auto"  # auto: 128, else 64/32 where 128 does not divide
+    symmetric: bool = True
+
+
+@dataclass(frozen=True)
+class CalibratedConfig(LowBitConfig):
+    """Low-bit weights chosen from calibration data, layer by layer."""
+    ranges = {**LowBitConfig.ranges, "samples": (1, 100_000), "seq_len": (16, 1 << 20)}
+    samples: int = 128  # calibration sequences
+    seq_len: int = 512
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where layer-wise calibration runs (auto: cuda if available)
+
+
+def target_linears(model: nn.Module, config) -> dict[str, nn.Linear]:
+    return select_linears(model, config.ignore, config.quantize_head, "quantize")
+
+
+def resolve_group(config: WeightOnlyConfig, layers: dict[str, nn.Linear], notes: list[str]) -> WeightSpec:
+    size = config.group_size
+    if size == "auto":
+        size = next((g for g in AUTO_GROUPS if all(m.in_features % g == 0 for m in layers.values())), -1)
+        if size != AUTO_GROUPS[0]:
+            widths = sorted({m.in_features for m in layers.values() if m.in_features % AUTO_GROUPS[0]})
+            notes.append(f"group_size auto: 128 does not divide in_features {widths}; using "
+                         f"{size if size > 0 else 'per-channel'}")
+    spec = WeightSpec(config.bits, size, config.symmetric)
+    for name, m in layers.items():
+        spec.group_for(m.in_features, name)  # a clear error naming the first layer that does not fit
+    return spec
+
+
+def rtn_layer(linear: nn.Linear, spec: WeightSpec) -> WeightOnlyLinear:
+    """Round-to-nearest: the packed layer of `linear`."""
+    group = spec.group_for(linear.in_features)
+    w = linear.weight.detach()
+    scale, zero = group_qparams(w, spec, group)
+    return WeightOnlyLinear.from_codes(linear, quantize_codes(w, scale, zero, spec), scale, zero, spec)
+
+
+def calibrating(layer: WeightOnlyLinear) -> WeightOnlyLinear:
+    """While later blocks are calibrated, run the reference path: no kernel timing, no extra layouts."""
+    layer.kernel = "dequant"
+    return layer
+
+
+def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration=None, inplace: bool = False,
+                         notes: list[str] | None = None,
+                         algorithm: Callable[[WeightSpec], BlockAlgorithm] | None = None, name: str = "rtn"
+                         ) -> nn.Module:
+    """A copy of `model` (or the model itself if inplace) with Linear weights in low-bit packed form.
+
+    algorithm(spec) makes the per-block object of a calibrated method (None: round-to-nearest only).
+    """
+    if not isinstance(model, nn.Module):
+        raise NnslimError(f"weight-only quantization needs a torch.nn.Module, got {type(model).__name__}")
+    notes = notes if notes is not None else []
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    targets = target_linears(model, config)
+    spec = resolve_group(config, targets, notes)
+    if algorithm is not None:
+        device = resolve_device(config.device)
+        samples = list(calibration) if calibration is not None else []
+        check_layerwise_samples(samples, name)
+        inside, outside = split_by_blocks(model, targets)
+        del targets
+        calibrate_layerwise(model, samples, inside, lambda: algorithm(spec), device, f"{name} int{config.bits}")
+        if outside:
+            notes.append(f"{len(outside)} linear layers outside the repeated blocks quantized by RTN: "
+                         f"{', '.join(list(outside)[:5])}")
+        targets = outside
+        notes.append(f"{name}: {len(inside)} layers, {len(samples)} calibration sequences, calibrated on {device.type}")
+    for layer_name, layer in targets.items():
+        replace_module(model, layer_name, rtn_layer(layer, spec))
+    for m in model.modules():
+        if isinstance(m, WeightOnlyLinear):
+            m.kernel = config.kernel
+    g = "per-channel" if spec.group_size == -1 else f"group {spec.group_size}"
+    notes.append(f"weight-only int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'} "
+                 f"({name}); head kept float: {not config.quantize_head}")
+    return model
+
+
+__all__ = ["GROUP_SIZES", "WeightOnlyConfig", "LowBitConfig", "CalibratedConfig", "quantize_weight_only",
+           "target_linears", "resolve_group", "rtn_layer", "calibrating"]
