@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -318,7 +318,7 @@ def yaml_load(text: str, where: str = "recipe"):
     Loader.yaml_implicit_resolvers = {k: [(t, rx) for t, rx in v if t not in numeric]
                                       for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     digits = r"[0-9](_?[0-9])*"
-    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(rf"^[-+]?(0|[1-9](_?[0-9])*)$"),
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9](_?[0-9])*)$"),
                                  list("-+0123456789"))
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",

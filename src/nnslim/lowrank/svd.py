@@ -43,6 +43,7 @@ class LowRankLinear(nn.Module):
 @dataclass(frozen=True)
 class LowRankConfig(StepConfig):
     """Truncated-SVD factorization of every Linear (rank, rank_ratio or energy; exactly one)."""
+    ranges = {"rank": (1, 1 << 30), "rank_ratio": (1e-9, 1.0), "energy": (1e-9, 1.0)}
     rank: int | None = None
     rank_ratio: float | None = None  # rank = ratio * min(in, out)
     energy: float | None = None  # keep this share of sum(s^2), e.g. 0.95
@@ -53,12 +54,6 @@ class LowRankConfig(StepConfig):
         given = [k for k in ("rank", "rank_ratio", "energy") if getattr(self, k) is not None]
         if len(given) != 1:
             raise NnslimError(f"give exactly one of rank, rank_ratio, energy; got {given or 'none'}")
-        if self.rank is not None and self.rank < 1:
-            raise NnslimError(f"rank={self.rank} is not allowed; allowed: >= 1")
-        if self.rank_ratio is not None and not 0 < self.rank_ratio <= 1:
-            raise NnslimError(f"rank_ratio={self.rank_ratio} is not allowed; allowed: 0 < ratio <= 1")
-        if self.energy is not None and not 0 < self.energy <= 1:
-            raise NnslimError(f"energy={self.energy} is not allowed; allowed: 0 < energy <= 1")
 
 
 def _rank(s: torch.Tensor, config: LowRankConfig, full: int) -> int:

@@ -25,6 +25,8 @@ from .masks import magnitude_masks, parse_pattern
 @dataclass(frozen=True)
 class GradualPruneConfig(DistillConfig):
     """Magnitude pruning raised on a cubic schedule while distilling from the unpruned model."""
+    ranges = {**DistillConfig.ranges, "sparsity": (0.0, 0.999999), "every": (1, 1 << 30), "begin": (0.0, 1.0),
+              "end": (0.0, 1.0)}
     sparsity: float = 0.5
     pattern: str = "unstructured"  # or N:M (then applied whole at `begin`: an N:M mask has one sparsity)
     scope: Literal["layer", "global"] = "layer"
@@ -37,13 +39,9 @@ class GradualPruneConfig(DistillConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0.0 <= self.sparsity < 1.0:
-            raise NnslimError(f"sparsity={self.sparsity} is not allowed; allowed: 0 <= sparsity < 1")
         parse_pattern(self.pattern)
         if not 0.0 <= self.begin < self.end <= 1.0:
             raise NnslimError(f"begin={self.begin}, end={self.end} are not allowed; allowed: 0 <= begin < end <= 1")
-        if self.every < 1:
-            raise NnslimError(f"every={self.every} is not allowed; allowed: >= 1")
 
 
 def cubic_sparsity(step: int, total: int, config: GradualPruneConfig) -> float:

@@ -15,15 +15,10 @@ from .onnx_export import convert_onnx_fp16, export_onnx
 @dataclass(frozen=True)
 class OnnxConfig(StepConfig):
     """Export to ONNX (fp32) with dynamic batch (and sequence) axes."""
+    ranges = {"opset": (13, 23), "tolerance": (1e-12, 1e6)}
     opset: int = 18
     check: bool = True  # compare ONNX Runtime against torch on a shape other than the export example's
     tolerance: float = 1e-3  # max |onnx - torch| / max(1, max|torch|) accepted by the check
-
-    def __post_init__(self):
-        if not 13 <= self.opset <= 23:
-            raise NnslimError(f"opset={self.opset} is not allowed; allowed: 13..23")
-        if self.tolerance <= 0:
-            raise NnslimError(f"tolerance={self.tolerance} is not allowed; allowed: > 0")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
-import torch
 from torch import nn
 
 from ...context import resolve_device
