@@ -152,8 +152,15 @@ def test_int8_export_that_misses_a_layer_is_an_error(tmp_path):
     from nnslim.runtime.qdq import export_quantized_onnx
 
     q = nnslim.quantize(TwoLayer(), nnslim.Int8DynamicConfig())
-    with torch.no_grad():  # break the weight match of one layer: it would be left float
-        q.a.float_module.weight.add_(1.0)
+    float_of_a = q.a.unwrapped
+
+    def mismatched():  # the traced float layer no longer matches its codes: it would be left float
+        m = float_of_a()
+        with torch.no_grad():
+            m.weight.add_(1.0)
+        return m
+
+    q.a.unwrapped = mismatched
     with pytest.raises(NnslimError, match="1/2 quantized layers"):
         export_quantized_onnx(q, {"x": np.random.rand(2, 16).astype(np.float32)}, tmp_path / "m.onnx")
 

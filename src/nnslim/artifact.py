@@ -125,7 +125,10 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
                             "recipe": recipe, "seed": seed, "versions": library_versions(),
                             "determinism": determinism_info()}
     if isinstance(model, torch.nn.Module):
+        from .graph.modules import deployable_copy
         from .runtime.qdq import has_qdq_layers
+
+        model = deployable_copy(model)  # masks folded into the weights they keep at zero
 
         if has_qdq_layers(model):
             raise NnslimError("saving a simulated-int8 torch model is not supported yet; save the deployable "

@@ -32,14 +32,56 @@ from .validate import check_finite_module
 
 
 def check_recipe(recipe: Recipe, model) -> None:
-    """Every step must get the kind of model (torch / onnx) it works on; checked before any work."""
+    """Every step must get the kind of model (torch / onnx) it works on, and the steps must compose: each
+    step's compression state must survive every later one (STAGES). Checked before any work; an error
+    names both steps."""
     kind = "onnx" if isinstance(model, OnnxModel) else "torch"
+    last: tuple[int, str, str] | None = None  # (index, method, stage) of the latest non-training step
+    producer = None
     for i, step in enumerate(recipe.steps):
         method = get_method(step.method)
         if method.needs != kind:
+            after = f" (made by step {producer[0]}, {producer[1]!r})" if producer else ""
             raise NnslimError(f"recipe step {i} ({step.method!r}) needs a {method.needs} model but gets "
-                              f"{kind}" + ("; put ONNX export steps last" if kind == "onnx" else ""))
+                              f"{kind}{after}" + ("; put ONNX export steps last" if kind == "onnx" else ""))
+        if method.produces != kind:
+            producer = (i, step.method)
         kind = method.produces
+        if last is not None:
+            _check_order(last, (i, step.method, method))
+        if method.stage is not None:
+            last = (i, step.method, method.stage)
+    for i, step in enumerate(recipe.steps):
+        method = get_method(step.method)
+        if method.needs_training and not any(get_method(s.method).trains for s in recipe.steps[i + 1:]):
+            raise NnslimError(f"recipe step {i} ({step.method!r}) learns its state during training: add a "
+                              "training step after it (e.g. {method: distill})")
+
+
+_WHY = {"structure": "it reshapes layers that the earlier step's state is attached to",
+        "sparsity": "the earlier step already quantized the weights it would mask",
+        "quantize": "the weights are quantized already"}
+
+
+def _check_order(last: tuple[int, str, str], step: tuple[int, str, Any]) -> None:
+    from .recipe import STAGES
+
+    (i, a, stage_a), (j, b, method) = last, step
+    rank_a = STAGES.index(stage_a)
+    if method.trains and method.stage is None:
+        if rank_a >= STAGES.index("storage"):
+            raise NnslimError(f"recipe step {j} ({b!r}) cannot follow step {i} ({a!r}): training after "
+                              f"{stage_a} would not reach the artifact; put {b!r} before {a!r}")
+        return
+    if method.stage is None:
+        return
+    rank_b = STAGES.index(method.stage)
+    if rank_b < rank_a or (rank_b == rank_a and method.stage in ("quantize", "storage", "export")):
+        why = _WHY.get(method.stage, f"{stage_a} comes after {method.stage}")
+        raise NnslimError(f"recipe step {j} ({b!r}) cannot follow step {i} ({a!r}): {why}; "
+                          f"put {b!r} before {a!r}" if rank_b < rank_a else
+                          f"recipe step {j} ({b!r}) cannot follow step {i} ({a!r}): both are {stage_a} steps; "
+                          "give one")
 
 
 def validation_of(testbed: Testbed | None) -> Callable[[torch.nn.Module], float] | None:

@@ -100,23 +100,40 @@ class Method:
     needs: str  # "torch" or "onnx": the kind of model the step takes
     produces: str
     verb: str | None  # the public verb that runs it alone: quantize | prune | distill (None: compress only)
+    stage: str | None  # structure | sparsity | quantize | storage | export (see STAGES); None: training only
+    trains: bool  # a training step: it trains through the compression state before it
+    needs_training: bool  # its state (learned scores) only means something after a later training step
 
 
 METHODS: dict[str, Method] = {}
 
 
+# The order compression state composes in: a step may follow steps of its own or an earlier stage.
+# Structure goes first (it reshapes what later state is attached to), then masks, then quantizers (they
+# wrap the masked weights), then storage and export. Training steps may come anywhere before storage.
+STAGES = ("structure", "sparsity", "quantize", "storage", "export")
+_VERB_STAGE = {"quantize": "quantize", "prune": "sparsity"}
+
+
 def register_method(name: str, config_cls: type[StepConfig], description: str,
-                    needs: str = "torch", produces: str = "torch", verb: str | None = None):
+                    needs: str = "torch", produces: str = "torch", verb: str | None = None,
+                    stage: str | None = None, trains: bool | None = None, needs_training: bool = False):
     """Decorator registering apply(model, config, ctx) -> model under `name`.
 
     apply may change `model` in place (the pipeline hands each step its own copy) and returns the result.
+    stage defaults from the verb (quantize -> quantize, prune -> sparsity); distill steps train.
     """
+    stage = stage if stage is not None else _VERB_STAGE.get(verb or "")
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {STAGES}")
+    trains = (verb == "distill") if trains is None else trains
 
     def wrap(fn):
         if name in METHODS and METHODS[name].config_cls is not config_cls:
             raise ValueError(f"method {name!r} is registered twice")
         config_cls.method = name
-        METHODS[name] = Method(name, config_cls, fn, description, needs, produces, verb)
+        METHODS[name] = Method(name, config_cls, fn, description, needs, produces, verb, stage, trains,
+                               needs_training)
         return fn
 
     return wrap

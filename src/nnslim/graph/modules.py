@@ -51,3 +51,34 @@ def build_packed(cfg: dict[str, Any], dtype: torch.dtype) -> nn.Module:
     if kind not in PACKED:
         raise NnslimError(f"quantized layer kind {kind!r} is not allowed; allowed: {', '.join(sorted(PACKED))}")
     return PACKED[kind].from_packed_config(cfg, dtype)
+
+
+def has_parametrizations(model: nn.Module) -> bool:
+    from torch.nn.utils import parametrize
+
+    return any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def strip_parametrizations(model: nn.Module) -> int:
+    """Fold every parametrization (pruning masks, learned-score masks) into the tensor it computes, in
+    place: what remains is the plain module as it will deploy. Returns how many were folded."""
+    from torch.nn.utils import parametrize
+
+    count = 0
+    for m in list(model.modules()):
+        if parametrize.is_parametrized(m):
+            for name in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+                count += 1
+    return count
+
+
+def deployable_copy(model: nn.Module) -> nn.Module:
+    """`model` itself when it holds no parametrizations, else a copy with them folded in."""
+    if not has_parametrizations(model):
+        return model
+    import copy
+
+    out = copy.deepcopy(model)
+    strip_parametrizations(out)
+    return out

@@ -103,6 +103,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, inplace: bool = False, note
     return model
 
 
-@register_method("lowrank", LowRankConfig, "truncated-SVD factorization of Linear layers (rank, ratio or energy)")
+@register_method("lowrank", LowRankConfig, "truncated-SVD factorization of Linear layers (rank, ratio or energy)",
+                 stage="structure")
 def _apply(model, config: LowRankConfig, ctx):
     return lowrank(model, config, inplace=True, notes=ctx.notes)

@@ -19,7 +19,7 @@ from ..distillation.trainer import DistillConfig, distill
 from ..errors import NnslimError
 from ..graph.scope import select_linears
 from ..recipe import register_method
-from .masks import magnitude_masks, parse_pattern
+from .masks import attach_mask, magnitude_masks, parse_pattern
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,9 @@ def prune_gradual(model: nn.Module, teacher: nn.Module, data: list[dict], config
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     total = sum(w.numel() for w in weights.values())
     notes.append(f"gradual pruning: {len(weights)} layers, {zeros / total:.1%} of their weights are zero")
+    for key in weights:  # the final masks stay on the weights through any later training
+        layer = student.get_submodule(key[: -len(".weight")])
+        attach_mask(layer, layer.weight.detach() != 0)
     return student
 
 
@@ -114,4 +117,5 @@ def _apply(model, config: GradualPruneConfig, ctx):
 
 
 register_method("prune-gradual", GradualPruneConfig,
-                "gradual magnitude pruning on a cubic schedule during distillation fine-tuning")(_apply)
+                "gradual magnitude pruning on a cubic schedule during distillation fine-tuning", stage="sparsity",
+                trains=True)(_apply)

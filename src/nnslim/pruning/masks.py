@@ -65,3 +65,28 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, nm: tuple
         threshold = allw.kthvalue(drop).values if drop else torch.tensor(-1.0)
         return {n: w.detach().abs() > threshold.to(w.device) for n, w in weights.items()}
     return {n: layer_mask(w.detach().abs().float(), sparsity) for n, w in weights.items()}
+
+
+class WeightMask(torch.nn.Module):
+    """Parametrization weight -> weight * mask (a fixed 0/1 buffer): registered on a layer's weight, it
+    keeps the pruned weights at zero through any later training step; the artifact gets the folded
+    weight (graph.modules.strip_parametrizations)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask.to(w.dtype)
+
+
+def attach_mask(module: torch.nn.Module, mask: torch.Tensor, name: str = "weight") -> None:
+    """Keep `module.<name>` masked from now on (a second call replaces the mask)."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(module, name):
+        for p in module.parametrizations[name]:
+            if isinstance(p, WeightMask):
+                p.mask = mask.detach().to(torch.bool).to(p.mask.device)
+                return
+    parametrize.register_parametrization(module, name, WeightMask(mask.to(getattr(module, name).device)))

@@ -19,7 +19,7 @@ from ..errors import NnslimError
 from ..graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ..graph.scope import select_linears
 from ..recipe import StepConfig
-from .masks import check_nm, layer_mask, nm_mask, parse_pattern, row_mask
+from .masks import attach_mask, check_nm, layer_mask, nm_mask, parse_pattern, row_mask
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,7 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
         from .sparse24 import semi_sparse
 
         semi_sparse(model, notes)
+    else:  # masks stay on the weights: any later training keeps the pruned weights at zero
+        for n, m in targets.items():
+            attach_mask(m, keep[n] if algorithm is None else m.weight.detach() != 0)
     return model

@@ -106,7 +106,7 @@ def _apply(model, config: SparseStorageConfig, ctx):
 
 
 register_method("sparse-storage", SparseStorageConfig,
-                "save pruned weights compactly: bitmask + nonzero values (int8 / fp16 / fp32)")(_apply)
+                "save pruned weights compactly: bitmask + nonzero values (int8 / fp16 / fp32)", stage="storage")(_apply)
 
 
 def save_sparse(model: nn.Module, path: str, config: SparseStorageConfig) -> dict:

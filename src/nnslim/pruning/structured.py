@@ -348,4 +348,4 @@ def _apply(model, config: StructuredPruneConfig, ctx):
 
 register_method("prune-structured", StructuredPruneConfig,
                 "structural pruning: remove channels, FFN neurons and attention heads (dependency graph)",
-                verb="prune")(_apply)
+                verb="prune", stage="structure")(_apply)

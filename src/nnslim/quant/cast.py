@@ -28,11 +28,11 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype, inplace: bool = False
     return out.to(dtype).eval()
 
 
-@register_method("fp16", Fp16Config, "cast weights and activations to float16")
+@register_method("fp16", Fp16Config, "cast weights and activations to float16", stage="quantize")
 def apply_fp16(model, config: Fp16Config, ctx) -> torch.nn.Module:
     return cast_model(model, torch.float16, inplace=True)
 
 
-@register_method("bf16", Bf16Config, "cast weights and activations to bfloat16")
+@register_method("bf16", Bf16Config, "cast weights and activations to bfloat16", stage="quantize")
 def apply_bf16(model, config: Bf16Config, ctx) -> torch.nn.Module:
     return cast_model(model, torch.bfloat16, inplace=True)

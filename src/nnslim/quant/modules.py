@@ -1,12 +1,21 @@
-"""Quantized layers (simulated in float): int8 weights with per-channel/per-tensor scales and an
-optional static uint8 activation quantizer on the input. They hold what the ONNX QDQ export needs."""
+"""Quantized layers simulated in float, with their fake-quantizers as trainable state.
+
+A QuantWrapper keeps the float Linear/Conv (its weight stays a trainable parameter) and applies a
+WeightQuantizer to the weight and, for static quantization, an ActQuantizer to the input at every
+call. So PTQ (`int8`), QAT (`qat`) and any later training step (`distill`) see and keep the same
+quantizers, and the export writes the integer codes of the weight as it is at that moment (int8 QDQ,
+int4 QDQ for <= 4 bits, MatMulInteger for dynamic).
+"""
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .primitives import INT8_WEIGHT, UINT8_ACT, choose_qparams, dequantize, fake_quantize, quantize
+from ..graph.modules import strip_parametrizations
+from .quantizers import ActQuantizer, WeightQuantizer
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -30,39 +39,48 @@ class _Transparent(nn.Module):
             return getattr(inner, name)
 
 
+class _CachedWeight:
+    """The fake-quantized weight of a frozen layer computed once per weight/scale version (evaluation
+    runs many forwards); recomputed whenever gradients are on or the tensors changed."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def get(self, key, compute):
+        if torch.is_grad_enabled():
+            return compute()
+        if key != self.key:
+            self.value, self.key = compute(), key
+        return self.value
+
+
 class QuantWrapper(_Transparent):
-    """Wraps a Linear/Conv: stores int8 weight codes + scales and the input's activation qparams."""
+    """A Linear/Conv whose weight and (optionally) input are fake-quantized."""
     _inner = "float_module"
 
-    def __init__(self, float_module: nn.Module, w_scale: torch.Tensor, w_zp: torch.Tensor,
-                 act: tuple[torch.Tensor, torch.Tensor] | None, dynamic: bool = False,
-                 input_scale: torch.Tensor | None = None):
+    def __init__(self, float_module: nn.Module, weight_quantizer: WeightQuantizer,
+                 act_quantizer: ActQuantizer | None = None, input_scale: torch.Tensor | None = None):
         super().__init__()
         self.kind = "linear" if isinstance(float_module, nn.Linear) else "conv"
-        self.float_module = float_module  # keeps hyper-parameters (stride, padding, ...) and the bias
-        w = float_module.weight.detach()
-        self.per_channel = w_scale.dim() > 0
-        axis = 0 if self.per_channel else None
-        self.register_buffer("qweight", quantize(w.float(), w_scale, w_zp, INT8_WEIGHT, axis).to(torch.int8))
-        self.register_buffer("w_scale", w_scale.float())
-        self.register_buffer("w_zp", w_zp.to(torch.int32))
-        self.dynamic = dynamic
+        self.float_module = float_module  # the float weight (trainable), bias and hyper-parameters
+        self.weight_quantizer = weight_quantizer
+        self.act_quantizer = act_quantizer
         # SmoothQuant: the input is divided by this per-channel scale before quantization.
         if input_scale is not None:
             self.register_buffer("input_scale", input_scale.float())
         else:
             self.input_scale = None
-        if act is not None:
-            self.register_buffer("act_scale", act[0].float().reshape(()))
-            self.register_buffer("act_zp", act[1].to(torch.int32).reshape(()))
-        else:
-            self.act_scale = self.act_zp = None
-        # The float module keeps its weight for export / bias correction, replaced by the dequantized one.
-        with torch.no_grad():
-            float_module.weight.copy_(self.dequantized_weight().to(w.dtype))
+        self._cache = _CachedWeight()
         # Fused fast paths (nn.TransformerEncoderLayer in inference) read .weight and skip submodule calls,
         # which would skip activation quantization; they stand down when a module carries a hook.
         self.register_forward_pre_hook(_no_op_hook)
+
+    def __deepcopy__(self, memo):
+        new = nn.Module.__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = _CachedWeight() if k == "_cache" else copy.deepcopy(v, memo)
+        return new
 
     @property
     def weight(self) -> torch.Tensor:
@@ -72,104 +90,136 @@ class QuantWrapper(_Transparent):
     def bias(self) -> torch.Tensor | None:
         return self.float_module.bias
 
+    @property
+    def dynamic(self) -> bool:
+        return self.act_quantizer is not None and self.act_quantizer.mode == "dynamic"
+
+    @property
+    def per_channel(self) -> bool:
+        return self.weight_quantizer.per_channel
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The fake-quantized weight (differentiable)."""
+        w, s = self.float_module.weight, self.weight_quantizer.scale
+        key = (w.data_ptr(), w._version, s.data_ptr(), s._version, self.training)
+        return self._cache.get(key, lambda: self.weight_quantizer(w))
+
     def dequantized_weight(self) -> torch.Tensor:
-        return dequantize(self.qweight, self.w_scale, self.w_zp, axis=0 if self.per_channel else None)
-
-    def float_version(self) -> nn.Module:
-        """The layer as it was before quantization (after BN folding / SmoothQuant, which are exact): for
-        accuracy control. Needs the float weights kept at quantization time (keep_float)."""
-        import copy
-
-        m = copy.deepcopy(self.float_module)
         with torch.no_grad():
-            weight = self.original_weight
-            if self.input_scale is not None:  # undo SmoothQuant in the weight: the same layer, the same module tree
-                weight = weight / self.input_scale.to(weight.dtype).reshape(1, -1, *([1] * (weight.dim() - 2)))
-            m.weight.copy_(weight)
-            if self.original_bias is not None:
-                m.bias.copy_(self.original_bias)
-            elif m.bias is not None:
-                m.bias = None
-        return m
-
-    def forget_float(self) -> None:
-        """Drop the float weights kept for accuracy control."""
-        self.__dict__.pop("original_weight", None)
-        self.__dict__.pop("original_bias", None)
+            return self.quantized_weight().detach()
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x / self.input_scale.to(x.dtype)
-        if self.act_scale is not None:
-            return fake_quantize(x, self.act_scale, self.act_zp, UINT8_ACT)
-        if self.dynamic:  # per-tensor dynamic range, as ONNX DynamicQuantizeLinear computes it
-            scale, zp = choose_qparams(x.detach().min(), x.detach().max(), UINT8_ACT)
-            return fake_quantize(x, scale, zp, UINT8_ACT)
-        return x
+        return self.act_quantizer(x) if self.act_quantizer is not None else x
+
+    def float_version(self) -> nn.Module:
+        """The layer as it was before quantization (SmoothQuant undone in the weight, the bias before bias
+        correction): for accuracy control. Needs keep_float at quantization time."""
+        m = copy.deepcopy(self.float_module)
+        with torch.no_grad():
+            if self.input_scale is not None:  # the same layer, the same module tree
+                shape = (1, -1, *([1] * (m.weight.dim() - 2)))
+                m.weight.div_(self.input_scale.to(m.weight.dtype).reshape(shape))
+            original_bias = self.__dict__.get("original_bias", "absent")
+            if original_bias is None and m.bias is not None:
+                m.bias = None
+            elif isinstance(original_bias, torch.Tensor):
+                m.bias.copy_(original_bias)
+        return m
+
+    def forget_float(self) -> None:
+        """Drop the float state kept for accuracy control."""
+        self.__dict__.pop("original_bias", None)
 
     def qdq_spec(self) -> dict:
-        """What the int8 ONNX export (runtime/qdq.py) writes for this layer."""
-        return {"kind": self.kind, "qweight": self.qweight, "w_scale": self.w_scale, "w_zp": self.w_zp,
+        """What the integer ONNX export (runtime/qdq.py) writes for this layer."""
+        act = None if self.act_quantizer is None else self.act_quantizer.export_qparams()
+        w = self.float_module.weight
+        return {"kind": self.kind, "bits": self.weight_quantizer.bits,
+                "qweight": self.weight_quantizer.codes(w).to(torch.int8),
+                "w_scale": self.weight_quantizer.current_scale(w).detach().float(),
+                "w_zp": torch.zeros_like(self.weight_quantizer.scale, dtype=torch.int32),
                 "per_channel": self.per_channel, "dynamic": self.dynamic,
                 "input_scale": None if self.input_scale is None else self.input_scale.detach(),
-                "act_scale": None if self.act_scale is None else float(self.act_scale),
-                "act_zp": None if self.act_zp is None else int(self.act_zp)}
+                "act_scale": None if act is None else act[0], "act_zp": None if act is None else act[1],
+                "act_bits": None if self.act_quantizer is None else self.act_quantizer.bits}
 
     def unwrapped(self) -> nn.Module:
         """The float equivalent (dequantized weights) that the export traces."""
-        return self.float_module if self.input_scale is None else ScaledInput(self.float_module, self.input_scale)
+        m = copy.deepcopy(self.float_module)
+        strip_parametrizations(m)  # a pruning mask is already in the weight that was quantized
+        with torch.no_grad():
+            m.weight.copy_(self.dequantized_weight().to(m.weight.dtype))
+        return m if self.input_scale is None else ScaledInput(m, self.input_scale)
+
+    def slice_channels(self, role: str, keep: torch.Tensor) -> None:
+        """After the float layer lost positions of `role` (in / out): the quantization state follows."""
+        if role == "out":
+            self.weight_quantizer.slice_(keep)
+        elif role == "in" and self.input_scale is not None:
+            self.input_scale = self.input_scale.index_select(0, keep.to(self.input_scale.device)).clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.float_module
         x = self.quantize_input(x)
+        w = self.quantized_weight().to(x.dtype)
         if self.kind == "linear":
-            return F.linear(x, m.weight, m.bias)
-        return m._conv_forward(x, m.weight, m.bias)
+            return F.linear(x, w, m.bias)
+        return m._conv_forward(x, w, m.bias)
 
 
 class QuantEmbedding(_Transparent):
-    """Embedding table stored as int8 per row (weight-only); lookups return the dequantized rows."""
+    """Embedding table quantized per row (weight-only int8); lookups read the fake-quantized table."""
     _inner = "embedding"
 
-    def __init__(self, embedding: nn.Embedding, scale: torch.Tensor):
+    def __init__(self, embedding: nn.Embedding, bits: int = 8):
         super().__init__()
         self.embedding = embedding
-        w = embedding.weight.detach().float()
-        self.register_buffer("qweight", quantize(w, scale, torch.zeros_like(scale, dtype=torch.int32),
-                                                 INT8_WEIGHT, axis=0).to(torch.int8))
-        self.register_buffer("w_scale", scale.float())
-        with torch.no_grad():
-            embedding.weight.copy_(self.dequantized_weight().to(embedding.weight.dtype))
+        self.weight_quantizer = WeightQuantizer(embedding.weight, bits, per_channel=True)
+        self._cache = _CachedWeight()
+
+    __deepcopy__ = QuantWrapper.__deepcopy__
+
+    def quantized_weight(self) -> torch.Tensor:
+        w, s = self.embedding.weight, self.weight_quantizer.scale
+        return self._cache.get((w.data_ptr(), w._version, s.data_ptr(), s._version, self.training),
+                               lambda: self.weight_quantizer(w))
 
     def dequantized_weight(self) -> torch.Tensor:
-        return dequantize(self.qweight, self.w_scale, None, axis=0)
+        with torch.no_grad():
+            return self.quantized_weight().detach()
 
     def float_version(self) -> nn.Module:
-        """The table as it was before quantization (kept at quantization time for accuracy control)."""
-        import copy
-
-        m = copy.deepcopy(self.embedding)
-        with torch.no_grad():
-            m.weight.copy_(self.original_weight)
-        return m
+        """The float table (for accuracy control, which may put it back)."""
+        return copy.deepcopy(self.embedding)
 
     def forget_float(self) -> None:
-        self.__dict__.pop("original_weight", None)
+        return None
 
     def qdq_spec(self) -> dict:
-        return {"kind": "embedding", "qweight": self.qweight, "w_scale": self.w_scale,
-                "w_zp": torch.zeros_like(self.w_scale, dtype=torch.int32), "per_channel": True,
-                "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None}
+        w = self.embedding.weight
+        return {"kind": "embedding", "bits": self.weight_quantizer.bits,
+                "qweight": self.weight_quantizer.codes(w).to(torch.int8),
+                "w_scale": self.weight_quantizer.current_scale(w).detach().float(),
+                "w_zp": torch.zeros_like(self.weight_quantizer.scale, dtype=torch.int32), "per_channel": True,
+                "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None, "act_bits": None}
 
     def unwrapped(self) -> nn.Module:
-        return self.embedding
+        m = copy.deepcopy(self.embedding)
+        strip_parametrizations(m)
+        with torch.no_grad():
+            m.weight.copy_(self.dequantized_weight().to(m.weight.dtype))
+        return m
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(ids)
+        e = self.embedding
+        return F.embedding(ids, self.quantized_weight(), e.padding_idx, e.max_norm, e.norm_type,
+                           e.scale_grad_by_freq, e.sparse)
 
 
 class ScaledInput(nn.Module):
-    """float_module(x / scale): the float form of a SmoothQuant-ed layer (exports as Div -> MatMul)."""
+    """module(x / scale): the float form of a SmoothQuant-ed layer (exports as Div -> MatMul)."""
 
     def __init__(self, module: nn.Module, scale: torch.Tensor):
         super().__init__()

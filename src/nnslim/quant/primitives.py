@@ -123,30 +123,18 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | 
     return ((q.float() - z) * s).to(dtype)
 
 
-class _FakeQuantSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax):
-        q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
-        ctx.save_for_backward(x, scale, zero_point)
-        ctx.bounds = (qmin, qmax)
-        return (q - zero_point) * scale
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, scale, zero_point = ctx.saved_tensors
-        qmin, qmax = ctx.bounds
-        inside = (x / scale + zero_point >= qmin) & (x / scale + zero_point <= qmax)
-        return grad * inside, None, None, None, None  # straight-through inside the range
-
-
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | int | None, scheme: QScheme,
                   axis: int | None = None) -> torch.Tensor:
-    """quantize -> dequantize in x's dtype, with a straight-through gradient (for QAT)."""
+    """quantize -> dequantize in x's dtype, differentiable for training (QAT): rounding is straight-through,
+    so x gets the gradient inside the range and none outside it, and a scale that requires grad gets
+    LSQ's gradient (round(v) - v inside the range, the clamped code outside)."""
     s = expand(scale, x, axis).to(x.dtype)
     if scheme.fp8:
         return torch.clamp(x / s, scheme.qmin, scheme.qmax).to(scheme.storage).to(x.dtype) * s
-    z = torch.zeros((), dtype=x.dtype, device=x.device) if zero_point is None else expand(zero_point, x, axis).to(x.dtype)
-    return _FakeQuantSTE.apply(x, s, z, scheme.qmin, scheme.qmax)
+    z = 0.0 if zero_point is None else expand(zero_point, x, axis).to(x.dtype)
+    v = torch.clamp(x / s + z, scheme.qmin, scheme.qmax)
+    q = v.detach().round() + (v - v.detach())  # the exact integer forward, the identity backward
+    return (q - z) * s
 
 
 def weight_qparams(w: torch.Tensor, scheme: QScheme = INT8_WEIGHT, per_channel: bool = True, axis: int = 0

@@ -20,9 +20,9 @@ from ..graph.scope import select_layers
 from ..recipe import StepConfig, register_method
 from .calibration import check_calibration, run_with_hooks
 from ..graph.modules import replace_module
-from .modules import QUANTIZABLE, QuantWrapper
+from .modules import QUANTIZABLE, QuantEmbedding, QuantWrapper
 from .observers import TensorStats, make_observer
-from .primitives import INT7_WEIGHT, INT8_WEIGHT, UINT8_ACT, choose_qparams, weight_qparams
+from .quantizers import ActQuantizer, WeightQuantizer, act_scheme
 
 Preset = Literal["auto", "transformer", "cnn"]
 # Measured on minilm (BENCHMARKS.md): alpha 0.5 hurts, 0.7-0.85 best; NNCF uses 0.95 for MatMuls.
@@ -49,16 +49,38 @@ class Int8DynamicConfig(Int8Base):
 
 
 @dataclass(frozen=True)
-class Int8Config(Int8Base):
-    """Static int8: int8 weights and calibrated uint8 activations (deploys as ONNX QDQ)."""
-    ranges = {"percentile": (99.0, 99.99999), "samples": (1, 100_000), "smoothquant": (1e-6, 1 - 1e-6),
-              "max_drop": (0.0, 1e9)}
+class StaticBase(Int8Base):
+    """What every statically calibrated method reads (int8 PTQ, QAT's initialisation)."""
+    ranges = {"percentile": (99.0, 99.99999), "samples": (1, 100_000), "smoothquant": (1e-6, 1 - 1e-6)}
     calibrator: Literal["auto", "minmax", "percentile", "entropy", "mse"] = "auto"  # auto: per model type
     percentile: float = 99.99
     samples: int = 300
     smoothquant: float | Literal["auto"] | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
     bias_correction: bool = True
+
+
+@dataclass(frozen=True)
+class Int8Config(StaticBase):
+    """Static int8: int8 weights and calibrated uint8 activations (deploys as ONNX QDQ)."""
+    ranges = {**StaticBase.ranges, "max_drop": (0.0, 1e9)}
     max_drop: float | None = None  # accuracy control: max allowed drop of the validation metric
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The quantizers a config asks for."""
+    bits: int = 8
+    act_bits: int | None = 8  # None: weights only
+    weight_mode: str = "minmax"
+    act_mode: str = "fixed"  # fixed | lsq | pact | dynamic
+
+
+def settings_of(config) -> Settings:
+    """Quantizer settings of a config; methods with other bit widths or learnable scales override it."""
+    own = getattr(config, "quantizer_settings", None)
+    if own is not None:
+        return own()
+    return Settings(act_mode="dynamic" if isinstance(config, Int8DynamicConfig) else "fixed")
 
 
 def is_transformer(model: nn.Module) -> bool:
@@ -103,9 +125,9 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
 
 
 def calibrate_activations(model: nn.Module, layers: dict[str, nn.Module], data: list[dict],
-                          calibrator: str, percentile: float, smooth: dict[str, torch.Tensor] | None = None
-                          ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """uint8 (scale, zero_point) for each layer's input (divided by its SmoothQuant scale, if any)."""
+                          calibrator: str, percentile: float, smooth: dict[str, torch.Tensor] | None = None,
+                          bits: int = 8) -> dict[str, tuple[float, float]]:
+    """The clipping range (lo, hi) of each layer's input (divided by its SmoothQuant scale, if any)."""
     observer = make_observer(calibrator, percentile)
     stats = {n: TensorStats() for n in layers}
     smooth = smooth or {}
@@ -121,8 +143,7 @@ def calibrate_activations(model: nn.Module, layers: dict[str, nn.Module], data: 
     for name, st in stats.items():
         if st.count == 0:  # never called as a module during calibration: left float by the caller
             continue
-        lo, hi = observer.range(st, UINT8_ACT)
-        out[name] = choose_qparams(torch.tensor(lo), torch.tensor(hi), UINT8_ACT)
+        out[name] = observer.range(st, act_scheme(bits))
     return out
 
 
@@ -139,7 +160,7 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
     def on_input(name, x):
         m = wrappers[name]
         fm = m.float_module
-        dw = m.original_weight - fm.weight
+        dw = fm.weight - m.dequantized_weight()
         if m.input_scale is not None:
             x = x / m.input_scale
         if m.kind == "linear":
@@ -161,29 +182,25 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
     return len(sums)
 
 
-def quantize_embeddings(model: nn.Module, ignore=(), keep_float: bool = False) -> int:
+def quantize_embeddings(model: nn.Module, ignore=()) -> int:
     """Int8 per-row weight-only storage of embedding tables (they dominate small encoders' size)."""
-    from .modules import QuantEmbedding
-
     tables = select_layers(model, (nn.Embedding,), ignore)
     for name, emb in tables.items():
-        original = emb.weight.detach().clone() if keep_float else None
-        amax = emb.weight.detach().float().abs().amax(1)
-        q = QuantEmbedding(emb, (amax / INT8_WEIGHT.qmax).clamp(min=1e-8))
-        if keep_float:
-            q.original_weight = original  # for accuracy control, which may put the table back in float
-        replace_module(model, name, q)
+        replace_module(model, name, QuantEmbedding(emb))
     return len(tables)
 
 
 def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, calibration=None,
                   example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None,
                   keep_float: bool = False) -> nn.Module:
-    """A copy of `model` (or the model itself if inplace) with Linear/Conv layers quantized to int8."""
+    """A copy of `model` (or the model itself if inplace) with Linear/Conv layers fake-quantized: int8 for
+    Int8Config / Int8DynamicConfig, the bit widths and learnable quantizers of a QAT config."""
     if not isinstance(model, nn.Module):
         raise NnslimError(f"int8 quantization needs a torch.nn.Module, got {type(model).__name__}")
     notes = notes if notes is not None else []
-    dynamic = not isinstance(config, Int8Config)
+    qs = settings_of(config)
+    dynamic = qs.act_mode == "dynamic"
+    static = qs.act_bits is not None and not dynamic
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     folded = fold_batchnorm(model)
@@ -192,19 +209,20 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     preset = resolve_preset(config, model)
     layers = target_layers(model, config, preset, dynamic)
     data = []
-    if not dynamic:
+    acts: dict[str, tuple[float, float]] = {}
+    smooth: dict[str, torch.Tensor] = {}
+    if static:
         data = check_calibration(calibration, example_inputs or {})[: config.samples]
         alpha = config.smoothquant
         if alpha == "auto":
             alpha = DEFAULT_SMOOTHQUANT_ALPHA if preset == "transformer" else None
-        smooth = {}
         if alpha is not None:
             from .smoothquant import smoothing_scales
 
             smooth = smoothing_scales(model, layers, data, alpha)
             notes.append(f"smoothquant alpha={alpha}: {len(smooth)} layers smoothed")
         calibrator = config.calibrator if config.calibrator != "auto" else default_calibrator(preset)
-        acts = calibrate_activations(model, layers, data, calibrator, config.percentile, smooth)
+        acts = calibrate_activations(model, layers, data, calibrator, config.percentile, smooth, qs.act_bits)
         unused = sorted(set(layers) - set(acts))
         if unused:
             notes.append(f"{len(unused)} layers never called during calibration, left float: {', '.join(unused[:8])}")
@@ -212,27 +230,30 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
         smooth = {n: v for n, v in smooth.items() if n in layers}
         for name, scale in smooth.items():
             layers[name].weight.data.mul_(scale.to(layers[name].weight.dtype))
-        notes.append(f"int8 static: {len(layers)} layers, preset={preset}, calibrator={calibrator}, "
-                     f"{len(data)} calibration samples, weights per-{'channel' if config.per_channel else 'tensor'}")
+        notes.append(f"W{qs.bits}A{qs.act_bits} static: {len(layers)} layers, preset={preset}, calibrator="
+                     f"{calibrator}, {len(data)} calibration samples, weights per-"
+                     f"{'channel' if config.per_channel else 'tensor'} ({qs.weight_mode}), activations {qs.act_mode}")
+    bits = qs.bits
     reduce_range = config.reduce_range if config.reduce_range != "auto" else not cpu_has_vnni()
-    if reduce_range:
+    if reduce_range and bits == 8:
+        bits = 7
         notes.append("weights 7-bit (reduce_range): this CPU has no VNNI, where 8-bit u8 x s8 kernels saturate")
     for name, layer in layers.items():
-        w = layer.weight.detach().float()
-        w_scale, w_zp = weight_qparams(w, INT7_WEIGHT if reduce_range else INT8_WEIGHT,
-                                       per_channel=config.per_channel, axis=0)
-        original = layer.weight.detach().clone()
-        original_bias = None if layer.bias is None else layer.bias.detach().clone()
-        wrapper = QuantWrapper(layer, w_scale, w_zp, None if dynamic else acts[name], dynamic=dynamic,
-                               input_scale=None if dynamic else smooth.get(name))
-        wrapper.original_weight = original  # plain attributes: for bias correction / accuracy control
-        wrapper.original_bias = original_bias
+        act = None
+        if dynamic:
+            act = ActQuantizer(8, "dynamic")
+        elif static:
+            act = ActQuantizer(qs.act_bits, qs.act_mode, *acts[name])
+        wrapper = QuantWrapper(layer, WeightQuantizer(layer.weight, bits, config.per_channel, qs.weight_mode), act,
+                               input_scale=smooth.get(name))
+        if keep_float:  # for accuracy control, which may put the layer back in float
+            wrapper.original_bias = None if layer.bias is None else layer.bias.detach().clone()
         replace_module(model, name, wrapper)
     if preset == "transformer":
-        n_emb = quantize_embeddings(model, config.ignore, keep_float)
+        n_emb = quantize_embeddings(model, config.ignore)
         if n_emb:
             notes.append(f"{n_emb} embedding tables stored as int8 per row (weight-only)")
-    if not dynamic and config.bias_correction:
+    if static and getattr(config, "bias_correction", False):
         notes.append(f"bias correction: {correct_biases(model, data)} layers")
     if not keep_float:
         for m in model.modules():

@@ -32,10 +32,11 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
 
     dynamic_axes maps an input name to {axis: symbolic name}, e.g. {"input_ids": {0: "batch", 1: "seq"}}.
     """
+    from ..graph.modules import deployable_copy
     from ..runtime.base import model_device, model_dtype
 
     path = Path(path)
-    module = module.eval()
+    module = deployable_copy(module).eval()
     dtype, device = model_dtype(module), model_device(module)
     args = []
     for name, value in example_inputs.items():

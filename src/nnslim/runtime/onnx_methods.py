@@ -54,13 +54,13 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
 
 
 @register_method("onnx", OnnxConfig, "export to ONNX fp32 (runs in ONNX Runtime and OpenVINO)",
-                 produces="onnx")
+                 produces="onnx", stage="export")
 def apply_onnx(model, config: OnnxConfig, ctx) -> OnnxModel:
     return _export(model, config, ctx)
 
 
 @register_method("onnx-fp16", OnnxFp16Config, "export to ONNX, weights and compute in fp16, fp32 I/O",
-                 produces="onnx")
+                 produces="onnx", stage="export")
 def apply_onnx_fp16(model, config: OnnxFp16Config, ctx) -> OnnxModel:
     fp32 = _export(model, config, ctx)
     tmp_path = fp32.path.with_name("model.fp32.onnx")

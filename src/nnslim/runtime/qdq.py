@@ -18,6 +18,7 @@ import torch
 
 from ..errors import NnslimError
 from .base import OnnxModel
+from ..graph.modules import replace_module
 from .onnx_export import export_onnx
 
 
@@ -40,9 +41,27 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Every int8 layer replaced by its float equivalent (dequantized weights), in place; returns model."""
     for name, module in list(model.named_modules()):
         if callable(getattr(module, "qdq_spec", None)):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.unwrapped())
+            replace_module(model, name, module.unwrapped())
     return model
+
+
+def _weight_init(codes: np.ndarray, bits: int, name: str):
+    """Integer weight codes as an ONNX initializer: INT4 (packed two per byte, opset 21) for <= 4 bits,
+    else INT8 (codes of 5-7 bits use part of its range)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    codes = np.ascontiguousarray(codes).astype(np.int8)
+    if bits <= 4:
+        return helper.make_tensor(name, TensorProto.INT4, codes.shape, codes.flatten().tolist())
+    return numpy_helper.from_array(codes, name)
+
+
+def _zero_init(shape, bits: int, name: str):
+    from onnx import TensorProto, helper, numpy_helper
+
+    if bits <= 4:
+        return helper.make_tensor(name, TensorProto.INT4, list(shape), [0] * int(np.prod(shape)))
+    return numpy_helper.from_array(np.zeros(shape, np.int8), name)
 
 
 def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: str | Path,
@@ -71,6 +90,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
             by_digest.setdefault(_digest(w.T), (name, True))
 
     new_inits, notes, found = [], [], set()
+    low_bits = False  # INT4 initializers need opset 21
     act_qdq: dict[str, str] = {}  # activation tensor -> its dequantized name
     rewritten = []
     for node in graph.node:
@@ -107,9 +127,11 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         q = s["qweight"].numpy()
         q = q.T if transposed else q
         base = f"nnslim_q/{lname}"
-        new_inits += [numpy_helper.from_array(np.ascontiguousarray(q).astype(np.int8), f"{base}.weight_q"),
+        bits = s.get("bits", 8)
+        low_bits = low_bits or bits <= 4
+        new_inits += [_weight_init(q, bits, f"{base}.weight_q"),
                       numpy_helper.from_array(s["w_scale"].numpy().astype(np.float32), f"{base}.w_scale"),
-                      numpy_helper.from_array(np.zeros(s["w_scale"].shape, np.int8), f"{base}.w_zp")]
+                      _zero_init(s["w_scale"].shape, bits, f"{base}.w_zp")]
         if s["dynamic"]:
             if node.op_type == "Conv":
                 raise NnslimError(f"{lname}: dynamic int8 covers Linear layers only, but it exported as Conv")
@@ -170,7 +192,16 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                 a = f"nnslim_act/{x}"
                 new_inits += [numpy_helper.from_array(np.array(s["act_scale"], np.float32), f"{a}.scale"),
                               numpy_helper.from_array(np.array(s["act_zp"], np.uint8), f"{a}.zp")]
-                pre += [helper.make_node("QuantizeLinear", [x, f"{a}.scale", f"{a}.zp"], [f"{a}.q"], name=f"{a}/q"),
+                src = x
+                act_bits = s.get("act_bits") or 8
+                if act_bits < 8:  # uint8 codes limited to the narrower range: clip to it before quantizing
+                    lo = (0 - s["act_zp"]) * s["act_scale"]
+                    hi = (2 ** act_bits - 1 - s["act_zp"]) * s["act_scale"]
+                    new_inits += [numpy_helper.from_array(np.array(lo, np.float32), f"{a}.lo"),
+                                  numpy_helper.from_array(np.array(hi, np.float32), f"{a}.hi")]
+                    pre.append(helper.make_node("Clip", [x, f"{a}.lo", f"{a}.hi"], [f"{a}.c"], name=f"{a}/clip"))
+                    src = f"{a}.c"
+                pre += [helper.make_node("QuantizeLinear", [src, f"{a}.scale", f"{a}.zp"], [f"{a}.q"], name=f"{a}/q"),
                         helper.make_node("DequantizeLinear", [f"{a}.q", f"{a}.scale", f"{a}.zp"], [f"{a}.dq"],
                                          name=f"{a}/dq")]
                 act_qdq[x] = f"{a}.dq"
@@ -186,6 +217,10 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
+    if low_bits:
+        for op in proto.opset_import:
+            if op.domain in ("", "ai.onnx") and op.version < 21:
+                op.version = 21
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     notes.append(f"int8 ONNX: {len(found)}/{len(spec)} layers as int8 "
