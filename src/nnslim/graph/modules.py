@@ -61,15 +61,24 @@ def has_parametrizations(model: nn.Module) -> bool:
 
 def strip_parametrizations(model: nn.Module) -> int:
     """Fold every parametrization (pruning masks, learned-score masks) into the tensor it computes, in
-    place: what remains is the plain module as it will deploy. Returns how many were folded."""
+    place: what remains is the plain module as it will deploy. Returns how many were folded.
+
+    Not torch's remove_parametrizations: a deep copy of a parametrized module shares its generated
+    class, and removing the last parametrization deletes the property from that shared class, breaking
+    the original. Here only this module's class pointer changes."""
     from torch.nn.utils import parametrize
 
     count = 0
     for m in list(model.modules()):
-        if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-                count += 1
+        if not parametrize.is_parametrized(m):
+            continue
+        names = list(m.parametrizations.keys())
+        values = {n: (getattr(m, n).detach().clone(), m.parametrizations[n].original.requires_grad) for n in names}
+        del m._modules["parametrizations"]
+        m.__class__ = type(m).__bases__[0]  # the generated Parametrized<Class> derives from the module's own class
+        for n, (value, grad) in values.items():
+            m._parameters[n] = nn.Parameter(value, requires_grad=grad)
+        count += len(names)
     return count
 
 
