@@ -52,6 +52,7 @@ class Context:
     user_example: dict | None = None
     teacher: Any = None  # the recipe's input model (distillation teacher); steps never modify it
     validate: Callable[[torch.nn.Module], float] | None = None
+    run_id: str = ""  # names the recipe step being run (a training checkpoint must come from the same one)
     notes: list[str] = field(default_factory=list)
     tables: dict[str, list[dict]] = field(default_factory=dict)  # extra report tables, e.g. sensitivity
 
@@ -64,6 +65,13 @@ class Context:
         if self.source is not None:
             return self.source.calibration(n, seq_len=seq_len)
         raise NnslimError(f"{what} needs calibration data: pass calibration= ({ACCEPTED_DATA}), or a testbed")
+
+    def training_data(self, n: int | None = None, what: str = "training") -> list[dict]:
+        """Up to n training samples: the user's data, else the data source's training split (with hard
+        labels under `labels` where it has them), else its calibration split."""
+        if self.user_calibration is None and self.source is not None and hasattr(self.source, "training_data"):
+            return self.source.training_data(n)
+        return self.calibration(n, what=what)
 
     @property
     def has_data(self) -> bool:

@@ -103,6 +103,7 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         model = copy.deepcopy(model)
     for i, step in enumerate(recipe.steps):
         stage(f"step {i + 1}/{len(recipe.steps)}: {step.method}")
+        ctx.run_id = f"{recipe.to_dict()}#{i}"
         torch.manual_seed(ctx.seed)
         model = get_method(step.method).apply(model, step, ctx)
         check_finite_module(model, f"after recipe step {i} ({step.method!r})")

@@ -40,14 +40,3 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature
     if kind == "cosine":
         return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
     return F.mse_loss(s, t) / t.var().clamp(min=1e-8)
-
-
-def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], kind: str = "mse") -> torch.Tensor:
-    """Mean over matched layers of MSE normalised by the teacher's variance (scale-free), or of
-    1 - cosine per position over the last dim ("cosine": not dominated by a few outlier features)."""
-    def one(s, t):
-        if kind == "cosine":
-            return (1 - F.cosine_similarity(s.float(), t.float(), dim=-1)).mean()
-        return F.mse_loss(s.float(), t.float()) / t.float().var().clamp(min=1e-8)
-    terms = [one(s, t) for s, t in zip(student, teacher) if s.shape == t.shape]
-    return torch.stack(terms).mean() if terms else torch.zeros(())

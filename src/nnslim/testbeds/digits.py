@@ -116,6 +116,11 @@ class DigitsTestbed(Testbed):
         x, _, _, _ = digits_data()
         return [{"x": x[i:i + 1]} for i in range(min(n or 300, len(x)))]
 
+    def training_data(self, n=None):
+        """The calibration split with its hard labels (training steps add a cross-entropy term)."""
+        x, y, _, _ = digits_data()
+        return [{"x": x[i:i + 1], "labels": y[i:i + 1]} for i in range(min(n or len(x), len(x)))]
+
     def evaluate(self, runner) -> dict[str, float]:
         from ..eval.metrics import accuracy
 
