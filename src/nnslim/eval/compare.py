@@ -28,10 +28,14 @@ def param_count(model) -> int | None:
             if p.data_ptr() not in seen:
                 seen.add(p.data_ptr())
                 total += p.numel()
-        for m in model.modules():  # packed layers that hold their weights as buffers count as the Linear they are
-            if is_packed(m) and not any(True for _ in m.parameters()):
+        for m in model.modules():  # packed layers that hold their weights as buffers count as the layer they are
+            if is_packed(m):
+                own = [n for n, _ in m.named_parameters()]
                 c = m.packed_config()
-                total += c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0)
+                if not any(n.endswith("weight") for n in own):
+                    total += c["in_features"] * c["out_features"]
+                if c.get("bias") and not any(n.endswith("bias") for n in own):
+                    total += c["out_features"]
         return total
     return onnx_summary(str(model.path), model.path.stat().st_mtime_ns)[0]
 

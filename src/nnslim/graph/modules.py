@@ -83,11 +83,19 @@ def strip_parametrizations(model: nn.Module) -> int:
 
 
 def deployable_copy(model: nn.Module) -> nn.Module:
-    """`model` itself when it holds no parametrizations, else a copy with them folded in."""
-    if not has_parametrizations(model):
+    """The model as it deploys: parametrizations folded in, and every layer kept in a training form that
+    has a packed form (`packed_form()`, e.g. binary weights) replaced by it. `model` itself when there is
+    nothing to change, else a copy."""
+    def packable(m):
+        return callable(getattr(m, "packed_form", None))
+
+    if not has_parametrizations(model) and not any(packable(m) for m in model.modules()):
         return model
     import copy
 
     out = copy.deepcopy(model)
     strip_parametrizations(out)
+    for name, m in list(out.named_modules()):
+        if packable(m):
+            replace_module(out, name, m.packed_form())
     return out
