@@ -51,6 +51,11 @@ def check_recipe(recipe: Recipe, model) -> None:
             _check_order(last, (i, step.method, method))
         if method.stage is not None:
             last = (i, step.method, method.stage)
+
+
+def check_trained(recipe: Recipe) -> None:
+    """A step whose state is learned (movement scores) must be followed by a training step in a recipe
+    that makes an artifact (a user who calls nnslim.prune alone trains the model in their own loop)."""
     for i, step in enumerate(recipe.steps):
         method = get_method(step.method)
         if method.needs_training and not any(get_method(s.method).trains for s in recipe.steps[i + 1:]):
@@ -157,6 +162,7 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
         raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
                           "overwrites its input: choose another output directory")
     check_recipe(recipe, r.model)
+    check_trained(recipe)
     staged = StagedDir(out, overwrite) if out is not None else None
     try:
         target = staged.path if staged else scratch_dir()

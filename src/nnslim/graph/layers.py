@@ -63,19 +63,31 @@ def slice_param(module: nn.Module, attr: str, dim: int, keep: torch.Tensor) -> N
         module._buffers[attr] = new
 
 
-def linear_in(m: nn.Linear, keep) -> None:
+def linear_like(m) -> bool:
+    """An nn.Linear, or a layer that wraps one (a quantized layer keeps it as `float_module`)."""
+    return isinstance(m, nn.Linear) or isinstance(getattr(m, "float_module", None), nn.Linear)
+
+
+def linear_in(m: nn.Module, keep) -> None:
+    if not isinstance(m, nn.Linear):  # a wrapper: its own handler slices the inner layer and its state
+        handler_for(m).slice(m, "in", keep)
+        return
     slice_param(m, "weight", 1, keep)
     m.in_features = len(keep)
 
 
-def linear_out(m: nn.Linear, keep) -> None:
+def linear_out(m: nn.Module, keep) -> None:
+    if not isinstance(m, nn.Linear):
+        handler_for(m).slice(m, "out", keep)
+        return
     slice_param(m, "weight", 0, keep)
     slice_param(m, "bias", 0, keep)
     m.out_features = len(keep)
 
 
 class Layer(ABC):
-    """The pruning functions of one layer type."""
+    """The pruning functions of one layer type (a wrapper layer may register a handler that delegates to
+    the layer it wraps and also slices its own per-channel state)."""
 
     @abstractmethod
     def propagate(self, g, name: str, m: nn.Module, call) -> None:
@@ -277,12 +289,12 @@ def convertible_mha(m: nn.Module) -> bool:
 
 
 def _qkvo(m):
-    return all(isinstance(getattr(m, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "o_proj")) \
+    return all(linear_like(getattr(m, a, None)) for a in ("q_proj", "k_proj", "v_proj", "o_proj")) \
         and isinstance(getattr(m, "head_dim", None), int)
 
 
 def _bert(m):
-    return all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")) \
+    return all(linear_like(getattr(m, a, None)) for a in ("query", "key", "value")) \
         and isinstance(getattr(m, "attention_head_size", None), int) and hasattr(m, "num_attention_heads")
 
 

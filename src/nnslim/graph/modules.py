@@ -66,11 +66,9 @@ def strip_parametrizations(model: nn.Module) -> int:
     Not torch's remove_parametrizations: a deep copy of a parametrized module shares its generated
     class, and removing the last parametrization deletes the property from that shared class, breaking
     the original. Here only this module's class pointer changes."""
-    from torch.nn.utils import parametrize
-
     count = 0
     for m in list(model.modules()):
-        if not parametrize.is_parametrized(m):
+        if "parametrizations" not in m._modules:  # (a wrapper may read the attribute through to its inner layer)
             continue
         names = list(m.parametrizations.keys())
         values = {n: (getattr(m, n).detach().clone(), m.parametrizations[n].original.requires_grad) for n in names}

@@ -150,7 +150,7 @@ def _member_scores(model, mem, how: str, norms: dict) -> np.ndarray | None:
     return np.sqrt(per_pos) if how == "l2" else per_pos
 
 
-def _score(graph: DependencyGraph, model: nn.Module, group: Group, how: str, rng: np.random.Generator,
+def group_importance(graph: DependencyGraph, model: nn.Module, group: Group, how: str, rng: np.random.Generator,
            norms: dict) -> np.ndarray:
     if how == "random":
         return rng.random(len(group.atoms))
@@ -167,11 +167,11 @@ def _score(graph: DependencyGraph, model: nn.Module, group: Group, how: str, rng
             if pos is not None:
                 total[i] += per_pos[pos].mean()
     if not scored and how in ("activation", "taylor"):  # nothing reads these channels through a weight
-        return _score(graph, model, group, "l2", rng, norms)
+        return group_importance(graph, model, group, "l2", rng, norms)
     return total
 
 
-def _keep_count(n: int, ratio: float, group: Group, round_to: int) -> int:
+def keep_count(n: int, ratio: float, group: Group, round_to: int) -> int:
     keep = n - int(math.floor(n * ratio + 1e-9))
     step = math.lcm(group.multiple, round_to if group.kind == "channels" else 1)
     if step > 1 and n >= step:
@@ -271,7 +271,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
         if who:
             notes.append(f"structured: kept {grp.describe(graph)} (ignored layer {who})")
             continue
-        candidates.append((grp, _score(graph, model, grp, how, rng, norms)))
+        candidates.append((grp, group_importance(graph, model, grp, how, rng, norms)))
     if config.scope == "global":
         ch = [(s / max(sc.mean(), 1e-12), gi, i) for gi, (grp, sc) in enumerate(candidates)
               if grp.kind == "channels" for i, s in enumerate(sc)]
@@ -282,11 +282,11 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     for gi, (grp, scores) in enumerate(candidates):
         n = len(grp.atoms)
         if grp.kind == "heads":
-            keep = _keep_count(n, head_ratio, grp, 1)
+            keep = keep_count(n, head_ratio, grp, 1)
         elif config.scope == "global":
-            keep = _keep_count(n, min(taken.get(gi, 0) / n, config.max_ratio), grp, config.round_to)
+            keep = keep_count(n, min(taken.get(gi, 0) / n, config.max_ratio), grp, config.round_to)
         else:
-            keep = _keep_count(n, config.ratio, grp, config.round_to)
+            keep = keep_count(n, config.ratio, grp, config.round_to)
         gone = _choose(grp, scores, keep)
         removed.update(gone)
         counts[grp.kind][0] += len(gone)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..graph.layers import Layer, handler_for, register_layer
 from ..graph.modules import strip_parametrizations
 from .quantizers import ActQuantizer, WeightQuantizer
 
@@ -167,6 +168,23 @@ class QuantWrapper(_Transparent):
         if self.kind == "linear":
             return F.linear(x, w, m.bias)
         return m._conv_forward(x, w, m.bias)
+
+
+@register_layer(QuantWrapper)
+class QuantWrapperLayer(Layer):
+    """Structural pruning of a quantized layer: the float layer's handler does the work, the quantizer
+    state (per-channel scales, SmoothQuant input scales) follows the kept channels."""
+
+    def propagate(self, g, name, m, call):
+        handler_for(m.float_module).propagate(g, name, m.float_module, call)
+
+    def weights(self, m, role):
+        return handler_for(m.float_module).weights(m.float_module, role)
+
+    def slice(self, m, role, keep):
+        handler_for(m.float_module).slice(m.float_module, role, keep)
+        m.slice_channels(role, keep)
+        return m
 
 
 class QuantEmbedding(_Transparent):

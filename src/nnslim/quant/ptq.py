@@ -190,6 +190,15 @@ def quantize_embeddings(model: nn.Module, ignore=()) -> int:
     return len(tables)
 
 
+def _stored_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight tensor a layer stores (a parametrized weight, e.g. a pruning mask's, is computed)."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return layer.weight
+
+
 def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, calibration=None,
                   example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None,
                   keep_float: bool = False) -> nn.Module:
@@ -228,8 +237,9 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
             notes.append(f"{len(unused)} layers never called during calibration, left float: {', '.join(unused[:8])}")
             layers = {n: m for n, m in layers.items() if n in acts}
         smooth = {n: v for n, v in smooth.items() if n in layers}
-        for name, scale in smooth.items():
-            layers[name].weight.data.mul_(scale.to(layers[name].weight.dtype))
+        for name, scale in smooth.items():  # into the stored weight (under a pruning mask, its original)
+            stored = _stored_weight(layers[name])
+            stored.data.mul_(scale.to(stored.dtype))
         notes.append(f"W{qs.bits}A{qs.act_bits} static: {len(layers)} layers, preset={preset}, calibrator="
                      f"{calibrator}, {len(data)} calibration samples, weights per-"
                      f"{'channel' if config.per_channel else 'tensor'} ({qs.weight_mode}), activations {qs.act_mode}")
