@@ -183,3 +183,27 @@ def zoo() -> dict[str, tuple[nn.Module, dict[str, torch.Tensor]]]:
         "vit": (ViTTiny().eval(), {"x": img}),
         "transformer-encoder": (EncoderClassifier().eval(), {"tokens": torch.randint(0, 100, (2, 12))}),
     }
+
+
+class SlowMLP(nn.Module):
+    """An MLP whose training steps take a little time (a training_step hook sleeps): lets a test kill a
+    training run between two checkpoints."""
+
+    def __init__(self, delay: float = 0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8))
+        self.delay = delay
+
+    def training_step(self, step, total):
+        import time
+
+        time.sleep(self.delay)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def mlp_data(n=256):
+    g = torch.Generator().manual_seed(3)
+    return [{"x": torch.randn(1, 16, generator=g)} for _ in range(n)]

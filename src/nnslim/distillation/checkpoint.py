@@ -76,7 +76,7 @@ def load(path: Path, expected: dict[str, str]) -> tuple[dict[str, torch.Tensor],
     except (OSError, ValueError) as e:
         raise NnslimError(f"checkpoint {str(path)!r} cannot be read: {str(e)[:200]}") from None
     got = meta.get("fingerprint", {}) if isinstance(meta, dict) else {}
-    for key in ("recipe", "model", "options", "data"):
+    for key in ("model", "options", "data", "recipe"):  # the most specific difference first
         if got.get(key) != expected[key]:
             what = {"recipe": "another recipe", "model": "another model (other layers or shapes)",
                     "options": "other training options", "data": "other training data"}[key]

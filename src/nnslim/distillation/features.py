@@ -131,11 +131,13 @@ class FeatureMatcher(nn.Module):
             self._t.remove()
 
     def prepare(self, sample_forward) -> None:
-        """Run one forward of both models (no grad) to create the projections the widths need."""
-        if not self.active:
-            return
+        """Run one forward of both models (no grad) on a probe batch: creates the projections the widths need
+        and measures each teacher block's output variance (the MSE scale, fixed for the whole run)."""
         with torch.no_grad():
             sample_forward()
+        if not self.active:
+            return
+        self.variance = [float(t.float().var()) for t in self._t.hidden]
         for i, (s, t) in enumerate(zip(self._s.hidden, [self._t.hidden[j] for j in self.map])):
             if s.shape[-1] != t.shape[-1]:
                 proj = nn.Linear(s.shape[-1], t.shape[-1], bias=False).to(s.device)
@@ -155,7 +157,7 @@ class FeatureMatcher(nn.Module):
             if self.hidden_kind == "cosine":
                 terms.append((1 - F.cosine_similarity(s.float(), t.float(), dim=-1)).mean())
             else:
-                terms.append(F.mse_loss(s.float(), t.float()) / t.float().var().clamp(min=1e-8))
+                terms.append(F.mse_loss(s.float(), t.float()) / max(self.variance[self.map[i]], 1e-8))
         return torch.stack(terms).mean() if terms else torch.zeros(())
 
     def attention_loss(self, mask: torch.Tensor | None) -> torch.Tensor:

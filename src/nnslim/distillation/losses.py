@@ -31,7 +31,9 @@ def _rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0,
-            mask: torch.Tensor | None = None) -> torch.Tensor:
+            mask: torch.Tensor | None = None, variance: float | None = None) -> torch.Tensor:
+    """variance: the teacher output variance MSE is normalised by (measured once, so the loss of a batch
+    does not depend on which samples share it: data-parallel shards then average to the same gradient)."""
     s, t = _rows(student.float(), mask), _rows(teacher.float(), mask)
     if kind == "kl":
         tau = temperature
@@ -39,4 +41,4 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature
                         reduction="batchmean") * tau * tau
     if kind == "cosine":
         return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
-    return F.mse_loss(s, t) / t.var().clamp(min=1e-8)
+    return F.mse_loss(s, t) / (t.var().clamp(min=1e-8) if variance is None else max(variance, 1e-8))

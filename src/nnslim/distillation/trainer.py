@@ -129,9 +129,11 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
     rng = np.random.default_rng(config.seed)
     matcher = FeatureMatcher(student, teacher, config.hidden_weight > 0, config.attention_weight > 0,
                              config.hidden_layers, config.layer_map, config.hidden_loss)
-    probe = _to(collate(data[:2]), device)
+    probe = _to(collate(data[:16]), device)
     probe_in = _split_labels(probe, student)[0]
-    matcher.prepare(lambda: (call_module(teacher, probe_in), call_module(student, probe_in)))
+    outputs = {}
+    matcher.prepare(lambda: outputs.update(t=call_module(teacher, probe_in), s=call_module(student, probe_in)))
+    variance = float(primary_output(outputs["t"]).float().var())  # MSE scale, the same for every batch and rank
     matcher.to(device)
     trained = student
     if world > 1:
@@ -164,7 +166,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
             share = config.batch_size // world
             batch, labels = _split_labels(_to(collate([data[i] for i in idx[rank * share:(rank + 1) * share]]),
                                               device), student)
-            loss = _loss(trained, teacher, matcher, batch, labels, kind, config, label_weight)
+            loss = _loss(trained, teacher, matcher, batch, labels, kind, config, label_weight, variance)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for p in matcher.parameters():  # the projections live outside DDP: average their gradients here
@@ -211,13 +213,13 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def _loss(student, teacher, matcher: FeatureMatcher, batch: dict, labels, kind: str, config: DistillConfig,
-          label_weight: float) -> torch.Tensor:
+          label_weight: float, variance: float) -> torch.Tensor:
     mask = batch.get("attention_mask")
     matcher.clear()
     with torch.no_grad():
         t_out = primary_output(call_module(teacher, batch))
     s_out = primary_output(call_module(student, batch))
-    loss = kd_loss(s_out, t_out, kind, config.temperature, mask)
+    loss = kd_loss(s_out, t_out, kind, config.temperature, mask, variance)
     if labels is not None and label_weight:
         loss = loss + label_weight * F.cross_entropy(s_out.float().reshape(-1, s_out.shape[-1]), labels.reshape(-1).long())
     if matcher.active and config.hidden_weight:

@@ -368,8 +368,36 @@ class AttentionLayer(Layer):
 register_layer(PrunedMultiheadAttention, match=lambda m: _qkvo(m) or _bert(m))(AttentionLayer)
 
 
+def keep_blocks(model: nn.Module, module: str, keep: list[int]) -> None:
+    """Keep only blocks `keep` (in order) of the nn.ModuleList `module`: a shallower model. Attention
+    layers' cache indices (layer_idx) are renumbered and a Hugging Face config's layer count follows."""
+    blocks = model.get_submodule(module)
+    if not isinstance(blocks, nn.ModuleList):
+        raise NnslimError(f"{module!r} is a {type(blocks).__name__}, not a list of blocks")
+    if not keep or len(set(keep)) != len(keep) or any(not 0 <= i < len(blocks) for i in keep):
+        raise NnslimError(f"blocks to keep {list(keep)} are not allowed; allowed: distinct indices in 0..{len(blocks) - 1}")
+    old = len(blocks)
+    new = nn.ModuleList([blocks[i] for i in keep])
+    for j, block in enumerate(new):
+        for m in block.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = j
+    parent, _, child = module.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+    for m in model.modules():  # HF configs (the model's and its submodules') that count the layers
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "num_hidden_layers", None) == old:
+            cfg.num_hidden_layers = len(keep)
+            for attr in ("layer_types",):
+                values = getattr(cfg, attr, None)
+                if isinstance(values, list) and len(values) == old:
+                    setattr(cfg, attr, [values[i] for i in keep])
+
+
 def apply_slice(model: nn.Module, module: str, role: str, keep) -> None:
     """Remove positions of one member (module path, role); keep: kept indices."""
+    if role == "blocks":
+        return keep_blocks(model, module, [int(i) for i in keep])
     keep = torch.as_tensor(np.asarray(keep), dtype=torch.long)
     mod = model.get_submodule(module) if module else model
     if role.startswith("param:"):

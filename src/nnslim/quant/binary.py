@@ -171,9 +171,9 @@ def binarize_model(model: nn.Module, config: BinaryConfig, inplace: bool = False
         raise NnslimError(f"binary weights need a torch.nn.Module, got {type(model).__name__}")
     model = model if inplace else copy.deepcopy(model)
     layers = select_layers(model, QUANTIZABLE, config.ignore)
-    names = list(layers)
-    kept = [names[0], names[-1]] if config.keep_first_last and len(names) > 2 else []
-    targets = [n for n in names if n not in kept]
+    every = [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+    kept = [every[0], every[-1]] if config.keep_first_last and len(every) > 1 else []
+    targets = [n for n in layers if n not in kept]
     if not targets:
         raise NnslimError("binary: no Linear/Conv layer left to binarize (check `ignore` and keep_first_last)")
     for n in targets:

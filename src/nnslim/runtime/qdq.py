@@ -52,7 +52,11 @@ def _weight_init(codes: np.ndarray, bits: int, name: str):
 
     codes = np.ascontiguousarray(codes).astype(np.int8)
     if bits <= 4:
-        return helper.make_tensor(name, TensorProto.INT4, codes.shape, codes.flatten().tolist())
+        flat = codes.reshape(-1).astype(np.uint8) & 0x0F
+        if flat.size % 2:
+            flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+        packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)  # two codes per byte, the first in the low nibble
+        return helper.make_tensor(name, TensorProto.INT4, codes.shape, packed.tobytes(), raw=True)
     return numpy_helper.from_array(codes, name)
 
 
@@ -60,7 +64,7 @@ def _zero_init(shape, bits: int, name: str):
     from onnx import TensorProto, helper, numpy_helper
 
     if bits <= 4:
-        return helper.make_tensor(name, TensorProto.INT4, list(shape), [0] * int(np.prod(shape)))
+        return _weight_init(np.zeros(shape, np.int8), bits, name)
     return numpy_helper.from_array(np.zeros(shape, np.int8), name)
 
 

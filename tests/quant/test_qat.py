@@ -1,0 +1,108 @@
+"""QAT (STE / LSQ / PACT, 2-8 bits) and binary weights: gradients reach what they should, training
+helps where PTQ loses, and the artifact is the real low-bit thing."""
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import nnslim
+from nnslim import NnslimError
+from nnslim.quant.binary import BinaryLayer, BinaryWrapper, sign_ste
+from nnslim.quant.primitives import fake_quantize
+from nnslim.quant.quantizers import ActQuantizer, WeightQuantizer, weight_scheme
+from nnslim.recipe import as_recipe
+
+
+def test_ste_gradients_and_lsq_scale_gradient():
+    x = torch.linspace(-2, 2, 41, requires_grad=True)
+    s = torch.tensor(0.1, requires_grad=True)
+    y = fake_quantize(x, s, None, weight_scheme(4))  # codes in [-7, 7]: range +-0.7
+    y.sum().backward()
+    inside = x.detach().abs() <= 0.7
+    assert torch.equal(x.grad, inside.float())  # straight-through inside the range, zero outside
+    assert s.grad is not None and s.grad != 0  # LSQ: the scale learns
+    with torch.no_grad():  # the forward is the exact integer grid
+        codes = y / 0.1
+        assert torch.allclose(codes, codes.round(), atol=1e-5)
+
+
+def test_pact_learns_its_clipping_range():
+    q = ActQuantizer(8, "pact", lo=0.0, hi=1.0)
+    x = torch.linspace(-1, 3, 50)
+    q(x).sum().backward()
+    assert q.hi.grad is not None and float(q.hi.grad) > 0  # inputs above hi pull it up
+    lsq = ActQuantizer(4, "lsq", lo=-1.0, hi=1.0)
+    lsq.train()
+    lsq(x).sum().backward()
+    assert lsq.scale.grad is not None
+
+
+def test_weight_quantizer_modes_and_bits():
+    w = torch.randn(6, 10)
+    for bits in (2, 3, 4, 8):
+        q = WeightQuantizer(w, bits, per_channel=True, mode="lsq")
+        codes = q.codes(w)
+        assert int(codes.abs().max()) <= 2 ** (bits - 1) - 1
+        assert isinstance(q.scale, nn.Parameter)
+    with pytest.raises(NnslimError, match="bits=9 is not allowed; allowed: 2..8"):
+        nnslim.QatConfig(bits=9)
+    with pytest.raises(NnslimError, match="act_mode='ema' is not allowed; allowed: fixed, lsq, pact"):
+        nnslim.QatConfig(act_mode="ema")
+
+
+def test_w4a8_qat_exports_int4_weights_that_onnx_runtime_runs(digits, tmp_path):
+    tb, _ = digits
+    res = nnslim.compress("digits-cnn", as_recipe([{"method": "qat", "bits": 4},
+                                                   {"method": "distill", "steps": 20, "batch_size": 64}]),
+                          out=tmp_path / "q", report=False)
+    proto = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    int4 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT4 and i.name.endswith("weight_q")]
+    assert len(int4) == 6  # every conv and linear weight packed two per byte
+    assert all(len(i.raw_data) == -(-int(np.prod(i.dims)) // 2) for i in int4)
+    assert any(o.version >= 21 for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    acc = nnslim.evaluate(str(tmp_path / "q" / "model.onnx"), testbed="digits-cnn")["metrics"]["accuracy"]
+    assert acc > 0.95
+    assert any("labels" in n for n in res.notes)  # the digits training split carries hard labels
+
+
+def test_w2_qat_recovers_what_w2_ptq_loses(digits):
+    tb, model = digits
+    from nnslim.runtime import TorchRunner
+
+    ptq = nnslim.quantize(model, nnslim.QatConfig(bits=2), testbed=tb)
+    acc_ptq = tb.evaluate(TorchRunner(ptq))["accuracy"]
+    trained = nnslim.distill(ptq, model, testbed=tb, config=nnslim.DistillConfig(steps=80, batch_size=64, lr=1e-3))
+    acc_qat = tb.evaluate(TorchRunner(trained))["accuracy"]
+    assert acc_qat > acc_ptq + 0.1 and acc_qat > 0.9
+
+
+def test_binary_layers_pack_one_bit_per_weight(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    b = nnslim.quantize(model, nnslim.BinaryConfig())
+    assert isinstance(b[2], BinaryWrapper) and isinstance(b[0], nn.Linear) and isinstance(b[4], nn.Linear)
+    x = torch.randn(5, 16)
+    y = b(x)
+    nnslim.save(b, tmp_path / "b")
+    loaded = nnslim.load(tmp_path / "b", model=model)
+    assert isinstance(loaded[2], BinaryLayer)
+    assert loaded[2].bits.numel() == 64 * 64 // 8  # one bit per weight
+    torch.testing.assert_close(loaded(x), y)
+    with pytest.raises(NnslimError, match="no Linear/Conv layer left"):
+        nnslim.quantize(model, nnslim.BinaryConfig(ignore=("2",)))
+
+
+def test_binary_activations_use_a_learned_shift():
+    x = torch.tensor([-0.5, 0.2, 2.0], requires_grad=True)
+    y = sign_ste(x)
+    assert torch.equal(y, torch.tensor([-1.0, 1.0, 1.0]))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(3))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    b = nnslim.quantize(model, nnslim.BinaryConfig(activations=True))
+    b.train()
+    b(torch.rand(32, 8))  # the first training batch sets each shift to the channel mean
+    assert bool(b[2].shift_ready) and float(b[2].shift.abs().sum()) > 0
+    assert np.isfinite(b(torch.rand(4, 8)).detach().numpy()).all()

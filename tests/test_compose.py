@@ -1,0 +1,96 @@
+"""Compression state survives every later step into the artifact; steps that cannot compose are refused
+before any work, naming both steps."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import nnslim
+from nnslim import NnslimError
+from nnslim.recipe import as_recipe
+from zoo import TwoLayer
+
+
+def _data(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 16, generator=g) for _ in range(n)]
+
+
+def _example():
+    return {"x": torch.randn(4, 16)}
+
+
+def _steps(*specs):
+    return as_recipe([s if isinstance(s, dict) else {"method": s} for s in specs])
+
+
+def test_int8_then_distill_deploys_real_int8(tmp_path):
+    model = TwoLayer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = nnslim.compress(model, _steps("int8", {"method": "distill", "steps": 30, "lr": 1e-2}), calibration=_data(),
+                          example_inputs=_example(), out=tmp_path / "o", report=False)
+    assert any("int8 ONNX: 2/2 layers as int8" in n for n in res.notes)
+    proto = onnx.load(str(tmp_path / "o" / "model.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("DequantizeLinear") >= 4 and ops.count("QuantizeLinear") >= 2
+    int8 = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("weight_q")]
+    assert len(int8) == 2  # both weights stored as int8 codes
+    for k, v in model.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(v, before[k])
+
+
+def test_distill_trains_through_the_quantizers():
+    q = nnslim.quantize(TwoLayer(), nnslim.Int8Config(), calibration=_data())
+    w0 = q.a.float_module.weight.detach().clone()
+    trained = nnslim.distill(q, TwoLayer(), data=_data(), config=nnslim.DistillConfig(steps=20, lr=1e-2))
+    assert not torch.equal(trained.a.float_module.weight, w0)  # training moved the float weight
+    x = torch.randn(3, 16)
+    w = trained.a.float_module.weight
+    s = trained.a.weight_quantizer.current_scale(w)
+    codes = torch.round(w / s[:, None])
+    torch.testing.assert_close(trained.a.dequantized_weight(), codes * s[:, None])  # still on the int grid
+    assert trained(x).shape == (3, 4)
+
+
+def test_prune_then_distill_keeps_the_zeros(tmp_path):
+    res = nnslim.compress(TwoLayer(), _steps({"method": "prune-magnitude", "sparsity": 0.7},
+                                             {"method": "distill", "steps": 30, "lr": 1e-2}),
+                          calibration=_data(), example_inputs=_example(), out=tmp_path / "p", report=False)
+    loaded = nnslim.load(tmp_path / "p", model=TwoLayer())
+    for lin in (loaded.a, loaded.b):
+        assert abs(float((lin.weight == 0).float().mean()) - 0.7) < 0.01
+
+
+@pytest.mark.parametrize("steps,both", [
+    (("int8", "prune-magnitude"), ("step 1 ('prune-magnitude')", "step 0 ('int8')")),
+    (("int8", "prune-structured"), ("step 1 ('prune-structured')", "step 0 ('int8')")),
+    (("int8", "qat"), ("step 1 ('qat')", "step 0 ('int8')")),
+    (("onnx", "distill"), ("step 1 ('distill')", "step 0, 'onnx'")),
+    (("sparse-storage", "distill"), ("step 1 ('distill')", "step 0 ('sparse-storage')")),
+])
+def test_steps_that_cannot_compose_are_refused_before_any_work(tmp_path, steps, both):
+    with pytest.raises(NnslimError) as err:
+        nnslim.compress(TwoLayer(), _steps(*steps), calibration=_data(), example_inputs=_example(),
+                        out=tmp_path / "x", report=False)
+    for part in both:
+        assert part in str(err.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_learned_scores_need_a_training_step(tmp_path):
+    with pytest.raises(NnslimError, match="prune-movement.*add a training step"):
+        nnslim.compress(TwoLayer(), _steps("prune-movement"), calibration=_data(), example_inputs=_example(),
+                        report=False)
+
+
+def test_one_pipeline_for_verbs_and_recipes():
+    """nnslim.quantize is a one-step recipe: the same model as compress's step, bit for bit."""
+    data, model = _data(), TwoLayer()
+    a = nnslim.quantize(model, nnslim.Int8Config(), calibration=data)
+    res = nnslim.compress(model, nnslim.Int8Config(), calibration=data, example_inputs=_example(), report=False)
+    x = {"x": np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)}
+    from nnslim.runtime import make_runner
+
+    ref = make_runner(a)(x)
+    got = make_runner(res.model)(x)
+    assert np.abs(ref - got).max() < 1e-4
