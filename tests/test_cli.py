@@ -122,3 +122,11 @@ def test_compress_onnx_then_evaluate_reproduces_accuracy(tmp_path, digits):
         proc = nnslim("evaluate", "--model", str(out / "model.onnx"), "--backend", backend, "--json")
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["metrics"]["accuracy"] == pytest.approx(fp32, abs=1e-9)
+
+
+def test_recipe_that_cannot_compose_is_one_line_naming_both_steps(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - method: int8\n  - method: prune-magnitude\n")
+    proc = nnslim("compress", "--model", "digits-cnn", "--recipe", str(recipe), "--out", str(tmp_path / "o"))
+    assert_clean_error(proc, "step 1 ('prune-magnitude')", "step 0 ('int8')", "put 'prune-magnitude' before 'int8'")
+    assert not (tmp_path / "o").exists()

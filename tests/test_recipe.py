@@ -68,3 +68,16 @@ def test_yaml_scalars_that_are_not_numbers():
     for text in (".", ".e5", "1__", "._", "-.", "+", "_1", "1_", "e5", ".e"):
         assert isinstance(yaml_load(text), str), text  # never a crash in float()/int()
     assert yaml_load("1_000") == 1000 and yaml_load("1e-3") == 0.001 and yaml_load("2:4") == "2:4"
+
+
+def test_example_recipes_parse_and_compose():
+    from pathlib import Path
+
+    import torch
+
+    from nnslim.pipeline import check_recipe, check_trained
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")):
+        recipe = load_recipe(path)
+        check_recipe(recipe, torch.nn.Linear(2, 2))
+        check_trained(recipe)

@@ -163,6 +163,12 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
                           "overwrites its input: choose another output directory")
     check_recipe(recipe, r.model)
     check_trained(recipe)
+    from .distillation.distributed import is_main
+
+    if not is_main():  # under torchrun every rank trains; rank 0 alone writes and measures the artifact
+        ctx = Context(workdir=scratch_dir(), seed=recipe.seed, source=r.testbed, user_calibration=data["calibration"],
+                      user_example=data["example_inputs"], validate=validation_of(r.testbed))
+        return CompressResult(run_steps(r.model, recipe, ctx), None, None, ctx.notes)
     staged = StagedDir(out, overwrite) if out is not None else None
     try:
         target = staged.path if staged else scratch_dir()

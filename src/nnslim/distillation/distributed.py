@@ -74,6 +74,9 @@ def barrier(size: int) -> None:
 
 
 def is_main() -> bool:
+    """Rank 0, or a run of one process (before the process group exists, torchrun's RANK says)."""
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"

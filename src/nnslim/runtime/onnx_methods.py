@@ -10,6 +10,9 @@ from ..errors import NnslimError
 from ..recipe import StepConfig, register_method
 from .base import OnnxModel, TorchRunner
 from .onnx_export import convert_onnx_fp16, export_onnx
+from .qdq import export_quantized_onnx, has_qdq_layers
+
+QDQ_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,19 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
     if not isinstance(model, torch.nn.Module):
         raise NnslimError(f"step {config.method!r} needs a torch model, got {type(model).__name__}")
     path = ctx.workdir / "model.onnx"
-    onnx_model = export_onnx(model, ctx.export_example(), path, dynamic_axes=ctx.dynamic_axes, opset=config.opset)
+    tolerance = config.tolerance
+    if has_qdq_layers(model):  # quantized layers export as integer QDQ, never as float fake-quant ops
+        if isinstance(config, OnnxFp16Config):
+            raise NnslimError("onnx-fp16 cannot follow an integer quantization step; use method onnx (it writes "
+                              "the int8/int4 QDQ graph)")
+        onnx_model, notes = export_quantized_onnx(model, ctx.export_example(), path, ctx.dynamic_axes, config.opset)
+        ctx.notes.extend(notes)
+        tolerance = max(tolerance, QDQ_TOLERANCE)  # integer kernels vs float simulation: rounding differs
+    else:
+        onnx_model = export_onnx(model, ctx.export_example(), path, dynamic_axes=ctx.dynamic_axes, opset=config.opset)
     if config.check:
         ctx.notes.append(f"onnx check vs torch: relative max error "
-                         f"{check_against_torch(model, onnx_model, ctx.check_example(), config.tolerance):.2e}")
+                         f"{check_against_torch(model, onnx_model, ctx.check_example(), tolerance):.2e}")
     return onnx_model
 
 
