@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from ..graph.modules import strip_parametrizations
 from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
 from .masks import attach_mask
-from .structured import PLAN_ATTR, dependency_graph, group_importance, keep_count
+from .structured import PLAN_ATTR, as_tensors, batched, dependency_graph, group_importance, input_norms, keep_count
 
 SCORES_ATTR = "nnslim_movement"
 
@@ -38,7 +39,7 @@ SCORES_ATTR = "nnslim_movement"
 class MovementPruneConfig(StepConfig):
     """Learned (movement) pruning of whole neurons/heads/channels and, optionally, weight blocks."""
     ranges = {"sparsity": (0.0, 0.999999), "head_sparsity": (0.0, 0.999999), "block_sparsity": (0.0, 0.999999),
-              "warmup_start": (0.0, 1.0), "warmup_end": (0.0, 1.0), "score_lr": (1e-6, 1e6)}
+              "warmup_start": (0.0, 1.0), "warmup_end": (0.0, 1.0), "score_lr": (1e-6, 1e6), "samples": (1, 1 << 20)}
     sparsity: float = 0.5  # fraction of each channel group (FFN neurons, conv channels) removed at the end
     head_sparsity: float | None = None  # fraction of attention heads removed; None: same as sparsity
     structured: bool = True
@@ -47,6 +48,8 @@ class MovementPruneConfig(StepConfig):
     warmup_start: float = 0.1  # sparsity 0 until this fraction of the training steps
     warmup_end: float = 0.6  # cubic rise to the target until this fraction, then held
     score_lr: float = 20.0  # the scores' learning rate, as a multiple of the training step's lr
+    init: Literal["auto", "activation", "l2"] = "auto"  # where scores start: auto = activation with data, else l2
+    samples: int = 256  # calibration samples for activation importance
     ignore: tuple[str, ...] = ()  # module names or regexes whose output channels / weights are kept
     seed: int = 0
 
@@ -166,20 +169,29 @@ def _owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
     return out
 
 
-def attach(model: nn.Module, config: MovementPruneConfig, example: dict, notes: list[str]) -> MovementScores:
+def attach(model: nn.Module, config: MovementPruneConfig, example: dict, notes: list[str],
+           calibration: list[dict] | None = None) -> MovementScores:
+    """Put learned scores and their masks on `model`. With calibration data the scores start from
+    activation importance (what one-shot structural pruning would remove); training moves them."""
     from torch.nn.utils import parametrize
 
     bank = MovementScores(config)
     factors: dict[tuple[int, str], list] = {}  # (id(module), attribute) -> [(score index, dim, index tensor)]
     owners = _owners(model)
     rng = np.random.default_rng(config.seed)
-    n_groups = 0
+    n_groups, how = 0, "l2"
     if config.structured:
         graph, _ = dependency_graph(model, example)
         groups = [g for g in graph.groups() if not _ignored(g, graph, config.ignore)]
         bank.graph, bank.groups = graph, groups
+        how = config.init if config.init != "auto" else ("activation" if calibration else "l2")
+        norms = {}
+        if how == "activation":
+            if not calibration:
+                raise NnslimError("init='activation' needs calibration data (or a testbed); or use init='l2'")
+            norms = input_norms(model, [as_tensors(b) for b in batched(calibration, 8)])
         for gi, grp in enumerate(groups):
-            init = group_importance(graph, model, grp, "l2", rng, {})
+            init = group_importance(graph, model, grp, how, rng, norms)
             init = torch.as_tensor(init / max(float(np.mean(init)), 1e-12), dtype=torch.float32)
             si = bank.add(init, grp.kind, chunks=grp.chunks, multiple=grp.multiple, group=gi)
             atom_at = {a: k for k, a in enumerate(grp.atoms)}
@@ -217,7 +229,7 @@ def attach(model: nn.Module, config: MovementPruneConfig, example: dict, notes: 
     notes.append(f"movement: learned scores for {n_groups} channel/head groups and {n_blocks} block-scored layers; "
                  f"target sparsity {config.sparsity} (heads {config.head_sparsity if config.head_sparsity is not None else config.sparsity}"
                  f"{f', blocks {config.block_sparsity}' if n_blocks else ''}), schedule {config.warmup_start}-"
-                 f"{config.warmup_end} of training")
+                 f"{config.warmup_end} of training, scores start from {how} importance")
     return bank
 
 
@@ -270,7 +282,8 @@ def _note(model, bank, sliced: int) -> None:
                  "schedule, whole neurons/heads removed when training ends (JPQD with qat + distill)",
                  verb="prune", needs_training=True)
 def _apply(model, config: MovementPruneConfig, ctx):
-    bank = attach(model, config, ctx.export_example(), ctx.notes)
+    calib = ctx.calibration(config.samples, what="movement") if config.init != "l2" and ctx.has_data else None
+    bank = attach(model, config, ctx.export_example(), ctx.notes, calib)
     object.__setattr__(bank, "owner", model)  # references, not submodules
     object.__setattr__(bank, "notes", ctx.notes)
     return model

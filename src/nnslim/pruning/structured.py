@@ -58,7 +58,7 @@ class StructuredPruneConfig(StepConfig):
     tracer: Literal["auto", "fx", "dynamic"] = "auto"
 
 
-def _as_tensors(inputs) -> dict[str, torch.Tensor]:
+def as_tensors(inputs) -> dict[str, torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
         inputs = {"x": inputs}
     if not isinstance(inputs, dict) or not inputs:
@@ -86,7 +86,7 @@ def dependency_graph(model: nn.Module, example_inputs, config: StructuredPruneCo
                      ) -> tuple[DependencyGraph, str]:
     """The channel dependency graph of `model` and the tracer that produced it."""
     config = config or StructuredPruneConfig()
-    inputs = _as_tensors(example_inputs)
+    inputs = as_tensors(example_inputs)
     leaf = lambda m: handler_for(m) is not None  # noqa: E731
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel hides the layers
@@ -97,7 +97,7 @@ def dependency_graph(model: nn.Module, example_inputs, config: StructuredPruneCo
     return build(t, handler_for, {"prune_embeddings": config.prune_embeddings}), t.tracer
 
 
-def _input_norms(model: nn.Module, batches: list[dict]) -> dict[int, torch.Tensor]:
+def input_norms(model: nn.Module, batches: list[dict]) -> dict[int, torch.Tensor]:
     """id(weight) -> sum over calibration tokens/pixels of x_j^2 per input channel, for every Linear
     and ungrouped conv."""
     sums: dict[int, torch.Tensor] = {}
@@ -194,7 +194,7 @@ def _choose(group: Group, scores: np.ndarray, keep: int) -> list[int]:
     return [group.atoms[i] for i in order[: n - keep]]
 
 
-def _batched(samples: list[dict], n: int) -> list[dict]:
+def batched(samples: list[dict], n: int) -> list[dict]:
     """Calibration samples merged into at most n batches (ragged sequences zero-padded)."""
     from ..batching import collate
 
@@ -233,7 +233,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     if not isinstance(model, nn.Module):
         raise NnslimError(f"structural pruning needs a torch.nn.Module, got {type(model).__name__}")
     notes = notes if notes is not None else []
-    inputs = _as_tensors(example_inputs)
+    inputs = as_tensors(example_inputs)
     model = model if inplace else copy.deepcopy(model)
     was_training = model.training
     model.eval()
@@ -253,14 +253,14 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     if how == "auto":
         how = "activation" if calibration else "l2"
     norms: dict = {}
-    batches = [_as_tensors(b) for b in _batched(list(calibration or []), config.batches)]
+    batches = [as_tensors(b) for b in batched(list(calibration or []), config.batches)]
     if how in ("taylor", "activation"):
         if not calibration:
             raise NnslimError(f"importance={how!r} needs calibration batches (calibration=[{{...}}, ...])")
         if how == "taylor":
             _taylor_grads(model, batches)
         else:
-            norms = _input_norms(model, batches)
+            norms = input_norms(model, batches)
     rng = np.random.default_rng(config.seed)
     head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
     removed: set[int] = set()
