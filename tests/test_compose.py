@@ -94,3 +94,14 @@ def test_one_pipeline_for_verbs_and_recipes():
     ref = make_runner(a)(x)
     got = make_runner(res.model)(x)
     assert np.abs(ref - got).max() < 1e-4
+
+
+def test_onnx_step_after_quantization_writes_qdq(tmp_path):
+    res = nnslim.compress(TwoLayer(), _steps("qat", {"method": "distill", "steps": 5}, "onnx"), calibration=_data(),
+                          example_inputs=_example(), out=tmp_path / "q", report=False)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any("onnx check vs torch" in n for n in res.notes)
+    with pytest.raises(NnslimError, match="onnx-fp16 cannot follow an integer quantization step"):
+        nnslim.compress(TwoLayer(), _steps("int8", "onnx-fp16"), calibration=_data(), example_inputs=_example(),
+                        report=False)

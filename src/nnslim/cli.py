@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (float sums depend on it; nnslim.json records the count used)")
     _add_timing(p)
 
-    p = sub.add_parser("demo", help="compress MiniLM to fp16 and ONNX; print the before/after report")
+    p = sub.add_parser("demo", help="compress MiniLM to int8 (ONNX); print the measured before/after report")
     p.add_argument("--out", default="build/demo")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--testbed", default="minilm")

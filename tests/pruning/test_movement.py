@@ -109,3 +109,13 @@ def test_drop_layers_and_layer_mapped_distillation(tmp_path):
         nnslim.prune(teacher, nnslim.DropLayersConfig(every=1))
     with pytest.raises(NnslimError, match=r"blocks to keep \[0, 9\] are not allowed"):
         nnslim.prune(teacher, nnslim.DropLayersConfig(keep=(0, 9)))
+
+
+def test_earlier_masks_survive_movement_and_its_slicing():
+    recipe = as_recipe([{"method": "prune-magnitude", "sparsity": 0.5},
+                        {"method": "prune-movement", "sparsity": 0.25, "head_sparsity": 0.0},
+                        {"method": "distill", "steps": 10, "batch_size": 8, "loss": "cosine"}])
+    res = nnslim.compress(_bert(), recipe, calibration=_data(), example_inputs=EXAMPLE, report=False)
+    dense = res.model.bert.encoder.layer[0].intermediate.dense
+    assert dense.out_features == 96  # a quarter of the 128 neurons went
+    assert float((dense.weight == 0).float().mean()) >= 0.45  # the magnitude zeros stayed through training

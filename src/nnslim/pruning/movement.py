@@ -29,7 +29,7 @@ from ..graph.layers import apply_slice, handler_for
 from ..graph.modules import strip_parametrizations
 from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
-from .masks import attach_mask
+from .masks import WeightMask, attach_mask
 from .structured import PLAN_ATTR, as_tensors, batched, dependency_graph, group_importance, input_norms, keep_count
 
 SCORES_ATTR = "nnslim_movement"
@@ -161,11 +161,15 @@ class ScoreMask(nn.Module):
 
 
 def _owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
-    """id(parameter) -> (module that owns it, attribute name)."""
+    """id(tensor) -> (module that owns it, attribute name), for parameters and parametrized tensors (those
+    under parametrize.cached(), so the same object the layer handlers return)."""
     out = {}
     for mod in model.modules():
         for name, p in mod.named_parameters(recurse=False):
             out.setdefault(id(p), (mod, name))
+        if "parametrizations" in mod._modules:
+            for name in mod.parametrizations:
+                out.setdefault(id(getattr(mod, name)), (mod, name))
     return out
 
 
@@ -175,6 +179,20 @@ def attach(model: nn.Module, config: MovementPruneConfig, example: dict, notes: 
     activation importance (what one-shot structural pruning would remove); training moves them."""
     from torch.nn.utils import parametrize
 
+    with parametrize.cached():  # weights under an earlier mask: one tensor object per weight while reading
+        bank, factors, n_groups, n_blocks, how = _scores(model, config, example, calibration)
+    for (_, attr), entries in factors.items():
+        owner, name = entries[0]
+        parametrize.register_parametrization(owner, name, ScoreMask(bank, entries[1:]))
+    setattr(model, SCORES_ATTR, bank)
+    notes.append(f"movement: learned scores for {n_groups} channel/head groups and {n_blocks} block-scored layers; "
+                 f"target sparsity {config.sparsity} (heads {config.head_sparsity if config.head_sparsity is not None else config.sparsity}"
+                 f"{f', blocks {config.block_sparsity}' if n_blocks else ''}), schedule {config.warmup_start}-"
+                 f"{config.warmup_end} of training, scores start from {how} importance")
+    return bank
+
+
+def _scores(model, config, example, calibration):
     bank = MovementScores(config)
     factors: dict[tuple[int, str], list] = {}  # (id(module), attribute) -> [(score index, dim, index tensor)]
     owners = _owners(model)
@@ -222,15 +240,7 @@ def attach(model: nn.Module, config: MovementPruneConfig, example: dict, notes: 
     if not factors:
         raise NnslimError("prune-movement found nothing to prune (every group is frozen or ignored); "
                           "structural notes of prune-structured say why channels are kept")
-    for (_, attr), entries in factors.items():
-        owner, name = entries[0]
-        parametrize.register_parametrization(owner, name, ScoreMask(bank, entries[1:]))
-    setattr(model, SCORES_ATTR, bank)
-    notes.append(f"movement: learned scores for {n_groups} channel/head groups and {n_blocks} block-scored layers; "
-                 f"target sparsity {config.sparsity} (heads {config.head_sparsity if config.head_sparsity is not None else config.sparsity}"
-                 f"{f', blocks {config.block_sparsity}' if n_blocks else ''}), schedule {config.warmup_start}-"
-                 f"{config.warmup_end} of training, scores start from {how} importance")
-    return bank
+    return bank, factors, n_groups, n_blocks, how
 
 
 def _ignored(group, graph, ignore) -> bool:
@@ -255,6 +265,8 @@ def finish(bank: MovementScores) -> None:
             grp = bank.groups[bank.extra[i]["group"]]
             hard = bank.mask(i).detach()
             removed.update(a for a, keep in zip(grp.atoms, hard.tolist()) if keep < 0.5)
+    fixed = [m for m in model.modules() if "parametrizations" in m._modules and "weight" in m.parametrizations
+             and any(isinstance(p, WeightMask) for p in m.parametrizations["weight"])]  # earlier pruning steps' masks
     strip_parametrizations(model)
     delattr(model, SCORES_ATTR)
     plan = []
@@ -264,9 +276,10 @@ def finish(bank: MovementScores) -> None:
             plan.append({"module": member.module, "role": member.role, "keep": keep.tolist()})
         object.__setattr__(model, PLAN_ATTR, getattr(model, PLAN_ATTR, []) + plan)
     if any(k == "block" for k in bank.kinds):  # block zeros stay masked through any later training
-        for name, lin in select_linears(model, bank.config.ignore, False, "prune").items():
-            if bool((lin.weight == 0).any()):
-                attach_mask(lin, lin.weight.detach() != 0)
+        fixed += [lin for lin in select_linears(model, bank.config.ignore, False, "prune").values()
+                  if bool((lin.weight == 0).any())]
+    for layer in fixed:  # (after slicing: the masks take the layers' new shapes)
+        attach_mask(layer, layer.weight.detach() != 0)
     _note(model, bank, len(plan))
 
 

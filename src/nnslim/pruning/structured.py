@@ -232,6 +232,12 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     """A smaller copy of `model` (or the model itself if inplace) with channels/neurons/heads removed."""
     if not isinstance(model, nn.Module):
         raise NnslimError(f"structural pruning needs a torch.nn.Module, got {type(model).__name__}")
+    from ..graph.modules import has_parametrizations
+
+    if has_parametrizations(model):
+        raise NnslimError("structural pruning needs a model without pruning masks or learned scores on its weights: "
+                          "remove structure first, then mask (prune-structured before prune-magnitude / "
+                          "prune-movement), or nnslim.save and nnslim.load the model to fold the masks in")
     notes = notes if notes is not None else []
     inputs = as_tensors(example_inputs)
     model = model if inplace else copy.deepcopy(model)
