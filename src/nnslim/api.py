@@ -16,7 +16,7 @@ from . import artifact, pipeline
 from .errors import NnslimError
 from .eval.compare import compare, param_count, size_on_disk, variants_for
 from .eval.report import Report
-from .loading import load, resolve
+from .loading import UserData, load, resolve
 from .runtime import make_runner
 from .testbeds import TESTBEDS, Testbed
 from .validate import check_finite_module
@@ -73,8 +73,9 @@ def _checked(model, verb: str):
 def compress(model, recipe, calibration=None, example_inputs=None, out: str | Path | None = None,
              testbed: Testbed | str | None = None, seed: int | None = None, overwrite: bool = False,
              report: bool = True, batch: int | None = None, seq: int | None = None, repeats: int = 20,
-             memory: bool = True, backend: str | None = None, trust_remote_code: bool = False
-             ) -> pipeline.CompressResult:
+             memory: bool = True, backend: str | None = None, trust_remote_code: bool = False,
+             eval_data=None, task: str | None = None, text_column: str | None = None,
+             label_column: str | None = None) -> pipeline.CompressResult:
     """Apply a recipe (Recipe, a method config, a list of configs, a method name or a YAML path) to a model
     (nn.Module, testbed name, .onnx file, artifact or Hugging Face dir).
 
@@ -82,15 +83,23 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
     temp dir beside it and swapped in whole (a kill leaves the old or the new artifact, never a mix).
     The report's compressed row is measured on the artifact as written and reloaded. Returns that
     model (the caller's model is never modified) and the before/after report.
+
+    For a Hugging Face model, `calibration` and `eval_data` may be data files (.txt, .jsonl, .json, .csv,
+    .tsv, .parquet, a saved `datasets` folder; images: a folder or .npz) or lists of texts, read through
+    `text_column` / `label_column` (auto-detected when None); `task` forces the task read from its config.
     """
     return pipeline.compress(model, recipe, calibration, example_inputs, out, testbed, seed, overwrite, report,
-                             batch, seq, repeats, memory, backend, trust_remote_code)
+                             batch, seq, repeats, memory, backend, trust_remote_code, eval_data, task,
+                             text_column, label_column)
 
 
 def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = None, example_inputs=None,
-             trust_remote_code: bool = False) -> dict[str, Any]:
-    """Metrics, size and parameter count of a model (torch, ONNX path, artifact dir, testbed name)."""
-    r = resolve(model, testbed, _inputs(example_inputs, model), trust_remote_code=trust_remote_code)
+             trust_remote_code: bool = False, eval_data=None, task: str | None = None,
+             text_column: str | None = None, label_column: str | None = None) -> dict[str, Any]:
+    """Metrics, size and parameter count of a model (torch, ONNX path, artifact dir, testbed name);
+    `eval_data`, `task` and the columns as in compress."""
+    r = resolve(model, testbed, _inputs(example_inputs, model), trust_remote_code=trust_remote_code, task=task,
+                data=UserData(None, eval_data, text_column, label_column))
     if r.testbed is None:
         raise NnslimError(f"no testbed known for {model!r}: pass --testbed NAME "
                           f"({', '.join(TESTBEDS)}) to choose its data and metric")
@@ -101,9 +110,11 @@ def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = 
 
 def benchmark(model, testbed: Testbed | str | None = None, backend: str | None = None, batch: int | None = None,
               seq: int | None = None, repeats: int = 20, memory: bool = True, metrics: bool = True,
-              example_inputs=None, trust_remote_code: bool = False) -> Report:
-    """Latency (median, p90), throughput, size, peak memory and metrics of one model."""
-    r = resolve(model, testbed, _inputs(example_inputs, model), trust_remote_code=trust_remote_code)
+              example_inputs=None, trust_remote_code: bool = False, eval_data=None, task: str | None = None,
+              text_column: str | None = None, label_column: str | None = None) -> Report:
+    """Latency (median, p90), throughput, size, peak memory and metrics of one model (data as in compress)."""
+    r = resolve(model, testbed, _inputs(example_inputs, model), trust_remote_code=trust_remote_code, task=task,
+                data=UserData(None, eval_data, text_column, label_column))
     if r.testbed is None:
         raise NnslimError(f"no testbed known for {model!r}: pass --testbed NAME ({', '.join(TESTBEDS)})")
     name = r.testbed.name if isinstance(model, torch.nn.Module) else Path(str(model)).name

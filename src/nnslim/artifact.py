@@ -17,13 +17,14 @@ from .io import (META_FILE, ONNX_FILE, WEIGHTS_FILE, atomic_write, atomic_write_
                  determinism_info, library_versions, onnx_external_files, read_meta, stored_shapes)
 from .runtime.base import OnnxModel, model_dtype
 
+_OLD_HF_KINDS = {"hf-causal-lm": "causal-lm", "hf-encoder": "feature-extraction"}  # nnslim_format 1 files
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def architecture_of(testbed) -> dict[str, Any]:
     """How nnslim.load rebuilds the module: a built-in testbed, the artifact's own copy of an HF config,
     or a user's class (then nnslim.load needs model=)."""
-    from .testbeds import TESTBEDS, CausalLMTestbed, ModuleTestbed, TextEncoderTestbed
+    from .testbeds import TESTBEDS, HFTestbed, ModuleTestbed
 
     if testbed is None or isinstance(testbed, ModuleTestbed):
         module = testbed.load_model() if testbed is not None else None
@@ -31,11 +32,10 @@ def architecture_of(testbed) -> dict[str, Any]:
         return {"kind": "module", "class": f"{cls.__module__}.{cls.__qualname__}" if cls else None}
     if testbed.name in TESTBEDS:
         return {"kind": "testbed", "name": testbed.name}
-    if isinstance(testbed, (CausalLMTestbed, TextEncoderTestbed)):
-        kind = "hf-causal-lm" if isinstance(testbed, CausalLMTestbed) else "hf-encoder"
-        # "path" is inside the artifact (its copy of config.json and the tokenizer); "source" is provenance
-        # only and is never loaded from.
-        return {"kind": kind, "path": ".", "source": str(Path(testbed.model_dir).resolve())}
+    if isinstance(testbed, HFTestbed):
+        # "path" is inside the artifact (its copy of config.json and the tokenizer); "source" is the name of
+        # the folder it came from, provenance only (no absolute path: the artifact may be copied anywhere).
+        return {"kind": "hf", "task": testbed.task, "path": ".", "source": Path(testbed.model_dir).name}
     return {"kind": "module", "class": None}
 
 
@@ -63,7 +63,7 @@ def testbed_from_architecture(arch: dict[str, Any], directory: Path | None = Non
         if arch.get("name") not in TESTBEDS:
             raise bad_value("architecture.name", arch.get("name"), list(TESTBEDS))
         return get_testbed(arch["name"])
-    if kind in ("hf-causal-lm", "hf-encoder"):
+    if kind in ("hf", *_OLD_HF_KINDS):
         rel = arch.get("path")
         if directory is None or not isinstance(rel, str) or Path(rel).is_absolute():
             raise NnslimError(f"architecture.path={short_repr(rel)} in nnslim.json is not allowed; allowed: a path "
@@ -73,10 +73,14 @@ def testbed_from_architecture(arch: dict[str, Any], directory: Path | None = Non
         target = (root / rel).resolve()
         if target != root and root not in target.parents:
             raise NnslimError(f"architecture.path={rel!r} in nnslim.json leaves the artifact directory; refused")
-        return testbed_for_hf_dir(target, trust_remote_code, weights=False, name=f"hf:{target}")
+        task = _OLD_HF_KINDS.get(kind) or arch.get("task")
+        if not isinstance(task, str):
+            raise NnslimError(f"architecture.task={short_repr(task)} in nnslim.json is not a task name")
+        return testbed_for_hf_dir(target, trust_remote_code, weights=False, name=f"hf:{Path(directory).name}",
+                                  task=task)
     if kind == "module":
         return None
-    raise bad_value("architecture.kind", kind, ["testbed", "hf-causal-lm", "hf-encoder", "module"])
+    raise bad_value("architecture.kind", kind, ["testbed", "hf", "module"])
 
 
 def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: torch.dtype, where: Path,
@@ -162,7 +166,7 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
         meta.update(format="onnx", file=ONNX_FILE, files=[ONNX_FILE, *data_files])
     else:
         raise NnslimError(f"cannot save a {type(model).__name__}; expected torch.nn.Module or an ONNX model")
-    if meta["architecture"].get("kind", "").startswith("hf-"):
+    if meta["architecture"].get("kind") == "hf":
         meta["files"] += _copy_hf_files(testbed, directory)
     meta.update(extra or {})
     atomic_write_json(directory / META_FILE, meta)

@@ -36,6 +36,15 @@ def _seed(text: str) -> int:
     return _int_in(text, 0, MAX_SEED)
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("nnslim")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _add_model(p, help_extra=""):
     p.add_argument("--model", required=True, help="testbed name (see `nnslim testbeds`), .onnx file, nnslim "
                    "artifact dir or Hugging Face model dir" + help_extra)
@@ -43,6 +52,15 @@ def _add_model(p, help_extra=""):
                    "a model was compressed from (its reference)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a Hugging Face folder's own Python "
                    "code (auto_map) to run; off by default: nnslim never runs a model folder's code unasked")
+    from .testbeds.tasks import SUPPORTED
+
+    p.add_argument("--task", choices=SUPPORTED, default=None, help="the task of a Hugging Face model dir "
+                   "(default: read from its config.json)")
+    p.add_argument("--eval", dest="eval_data", default=None, metavar="FILE", help="evaluation data of a Hugging "
+                   "Face model: .txt (a text per line), .jsonl/.json/.csv/.tsv/.parquet column, a saved `datasets` "
+                   "folder; images: a folder or .npz (default: Python's docstrings / sklearn digits)")
+    p.add_argument("--text-column", default=None, help="column holding the text (default: text, sentence, ...)")
+    p.add_argument("--label-column", default=None, help="column holding the label (default: label, if present)")
 
 
 def _add_timing(p):
@@ -58,6 +76,7 @@ def _add_timing(p):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nnslim", description="Compress PyTorch models and measure the result.")
+    parser.add_argument("--version", action="version", version=f"nnslim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("testbeds", help="list the embedded testbeds")
@@ -82,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--recipe", help="YAML recipe: a list of steps, each {method: NAME, option: value}")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of --method (repeatable; VALUE is read as YAML), e.g. --set group_size=64")
+    p.add_argument("--calibration", default=None, metavar="FILE", help="calibration/training data of a Hugging "
+                   "Face model, in any form --eval takes")
     p.add_argument("--out", required=True, help="output directory (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     p.add_argument("--seed", type=_seed, default=None, help="random seed (default: the recipe's, else 0)")
@@ -117,7 +138,8 @@ def _cmd_methods(args) -> None:
 def _cmd_evaluate(args) -> None:
     from .api import evaluate
 
-    res = evaluate(args.model, testbed=args.testbed, backend=args.backend, trust_remote_code=args.trust_remote_code)
+    res = evaluate(args.model, testbed=args.testbed, backend=args.backend, trust_remote_code=args.trust_remote_code,
+                   **_data_args(args))
     if args.json:
         print(json.dumps(res, indent=2))
         return
@@ -142,11 +164,16 @@ def _cmd_benchmark(args) -> None:
     with staged or _nothing():
         report = benchmark(args.model, testbed=args.testbed, backend=args.backend, batch=args.batch,
                            seq=args.seq, repeats=args.repeats, memory=not args.no_memory,
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code, **_data_args(args))
         print(report.to_terminal())
         if staged:
             report.write(staged.path)
             print(f"wrote {staged.commit()}")
+
+
+def _data_args(args) -> dict:
+    return {"eval_data": args.eval_data, "task": args.task, "text_column": args.text_column,
+            "label_column": args.label_column}
 
 
 def _nothing():
@@ -193,7 +220,7 @@ def _cmd_compress(args) -> None:
     res = compress(args.model, recipe, out=args.out, testbed=args.testbed, seed=args.seed,
                    overwrite=args.overwrite, report=not args.no_report, batch=args.batch, seq=args.seq,
                    repeats=args.repeats, memory=not args.no_memory, backend=args.backend,
-                   trust_remote_code=args.trust_remote_code)
+                   trust_remote_code=args.trust_remote_code, calibration=args.calibration, **_data_args(args))
     if res.report is not None:
         print(res.report.to_terminal())
     print(f"wrote {res.out}")

@@ -18,7 +18,7 @@ from .errors import NnslimError, bad_value
 from .io import META_FILE, check_onnx, find_meta
 from .progress import warn
 from .runtime import OnnxModel, make_runner
-from .testbeds import TESTBEDS, ModuleTestbed, Testbed, get_testbed, testbed_for_hf_dir
+from .testbeds import TESTBEDS, HFTestbed, ModuleTestbed, Testbed, get_testbed, testbed_for_hf_dir
 from .validate import check_finite_data
 
 
@@ -34,16 +34,83 @@ class Resolved:
     source: str | None  # how a fresh process reloads it (for peak-memory measurement)
 
 
+@dataclass
+class UserData:
+    """The user's data files for a testbed: calibration and/or evaluation (paths or lists of texts), and
+    which columns hold the text and the label (auto-detected when None)."""
+
+    calibration: Any = None
+    evaluation: Any = None
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.calibration is not None or self.evaluation is not None
+
+
+def _is_file_data(value) -> bool:
+    return isinstance(value, (str, Path)) or (isinstance(value, (list, tuple)) and bool(value)
+                                              and all(isinstance(v, str) for v in value))
+
+
+def split_user_data(calibration, evaluation=None, text_column: str | None = None,
+                    label_column: str | None = None) -> tuple[Any, UserData]:
+    """Calibration given as a file path or a list of texts goes to the testbed (UserData); samples in any
+    other form stay calibration samples for the steps. Returns (samples or None, UserData)."""
+    data = UserData(None, evaluation, text_column, label_column)
+    if _is_file_data(calibration):
+        data.calibration, calibration = calibration, None
+    if evaluation is not None and not _is_file_data(evaluation):
+        raise NnslimError(f"eval data of type {type(evaluation).__name__} is not allowed; allowed: a file path "
+                          "(.txt, .jsonl, .csv, .parquet, a saved dataset, an image folder or .npz) or a list of texts")
+    return calibration, data
+
+
+def _records(value, what: str, testbed, data: UserData):
+    from .testbeds.sources import Records, read_images, read_texts
+
+    if isinstance(value, (list, tuple)):
+        return Records(texts=list(value), origin=f"{len(value)} texts given")
+    if testbed.input_names == ("pixel_values",):
+        return read_images(value, what, getattr(testbed, "size", None))
+    return read_texts(value, what, data.text_column, data.label_column)
+
+
+def apply_user_data(testbed: Testbed | None, data: UserData | None) -> None:
+    """Give the testbed the user's calibration / evaluation files (before any of its data is read)."""
+    if not data:
+        if data is not None and (data.text_column or data.label_column):
+            raise NnslimError("--text-column / --label-column need --calibration or --eval")
+        return
+    if testbed is None or not hasattr(testbed, "use_data"):
+        name = getattr(testbed, "name", None)
+        raise NnslimError(f"--calibration / --eval files are read for Hugging Face models; testbed {name!r} has "
+                          "its own data (pass samples in Python: calibration=[...])")
+    calibration = _records(data.calibration, "calibration", testbed, data) if data.calibration is not None else None
+    evaluation = _records(data.evaluation, "eval", testbed, data) if data.evaluation is not None else None
+    testbed.use_data(calibration, evaluation)
+
+
 def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | None = None,
             calibration: list | None = None, dynamic_axes: dict | None = None,
-            skeleton: torch.nn.Module | None = None, trust_remote_code: bool = False) -> Resolved:
-    """Turn what the user gave (testbed name, path, nn.Module) into a model plus its testbed.
+            skeleton: torch.nn.Module | None = None, trust_remote_code: bool = False,
+            task: str | None = None, data: UserData | None = None) -> Resolved:
+    """Turn what the user gave (testbed name, path, nn.Module) into a model plus its testbed, and give the
+    testbed the user's data files.
 
     `testbed` may be a testbed name or a Hugging Face model dir (its data, metric and reference model).
-    A folder's own code (HF auto_map) runs only with trust_remote_code=True.
+    `task` forces the task of a Hugging Face dir (else read from its config). A folder's own code (HF
+    auto_map) runs only with trust_remote_code=True.
     """
+    r = _resolve(model, testbed, example_inputs, calibration, dynamic_axes, skeleton, trust_remote_code, task)
+    apply_user_data(r.testbed, data)
+    return r
+
+
+def _resolve(model, testbed, example_inputs, calibration, dynamic_axes, skeleton, trust_remote_code,
+             task) -> Resolved:
     if isinstance(testbed, str):
-        testbed = testbed_arg(testbed, trust_remote_code)
+        testbed = testbed_arg(testbed, trust_remote_code, task)
     if isinstance(model, torch.nn.Module):
         if testbed is None:
             if example_inputs is None:
@@ -91,8 +158,8 @@ def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | 
             _check_onnx_inputs(loaded.path, tb)
         return Resolved(loaded, tb, str(path))
     if path.is_dir() and (path / "config.json").is_file():
-        tb = testbed or testbed_for_hf_dir(path, trust_remote_code)
-        return Resolved(tb.load_model(), tb, str(path))
+        own = testbed_for_hf_dir(path, trust_remote_code, task=task or getattr(testbed, "task", None) or None)
+        return Resolved(own.load_model(), _testbed_for_hf_model(own, testbed), str(path))
     if path.is_file() and path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         raise NnslimError(f"--model={text!r} is a bare weights file with no architecture; give a Hugging Face "
                           "model dir, an nnslim artifact dir, an .onnx file, or pass the module in Python")
@@ -100,14 +167,34 @@ def resolve(model, testbed: Testbed | str | None = None, example_inputs: dict | 
                       "file, an nnslim artifact dir (with nnslim.json), a Hugging Face model dir (with config.json)")
 
 
-def testbed_arg(text: str, trust_remote_code: bool) -> Testbed:
+def testbed_arg(text: str, trust_remote_code: bool, task: str | None = None) -> Testbed:
     """--testbed: a testbed name, or a Hugging Face model dir whose data and model are the reference."""
     if text in TESTBEDS:
         return get_testbed(text)
     path = Path(text)
     if path.is_dir() and (path / "config.json").is_file() and not (path / META_FILE).is_file():
-        return testbed_for_hf_dir(path, trust_remote_code)
+        return testbed_for_hf_dir(path, trust_remote_code, task=task)
     raise bad_value("--testbed", text, [*TESTBEDS, "a Hugging Face model dir"])
+
+
+def _testbed_for_hf_model(own: Testbed, given: Testbed | None) -> Testbed:
+    """The testbed for a Hugging Face dir given as --model. The model always comes from --model: a
+    built-in --testbed gives only its task (its tokenizer and reference model belong to another model);
+    an HF dir as --testbed is the reference the model is compared with."""
+    if given is None:
+        return own
+    if not isinstance(given, HFTestbed):
+        raise NnslimError(f"--testbed={given.name!r} feeds {', '.join(given.input_names) or 'its own inputs'}; "
+                          f"the Hugging Face model given as --model is a {own.task} model: drop --testbed or "
+                          "pass a Hugging Face dir as --testbed")
+    if given.name in TESTBEDS:
+        warn(f"--testbed={given.name!r}: the model comes from --model; the testbed gives its task "
+             f"({given.task}) and default data only, and the model is compared with itself before compression")
+        return own
+    if given.task != own.task:
+        raise NnslimError(f"--testbed={str(given.model_dir)!r} is a {given.task} model but --model is a {own.task} "
+                          "model; pass the dir the model was compressed from")
+    return given
 
 
 def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:

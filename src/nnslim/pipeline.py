@@ -23,7 +23,7 @@ from .errors import NnslimError
 from .eval.compare import Variant, compare, dtype_of, variants_for
 from .eval.report import Report
 from .io import StagedDir, check_out_path, find_meta, scratch_dir
-from .loading import Resolved, normalize_data, resolve, testbed_arg
+from .loading import Resolved, normalize_data, resolve, split_user_data, testbed_arg
 from .progress import stage
 from .recipe import Recipe, as_recipe, get_method, method_of
 from .runtime import OnnxModel, TorchRunner
@@ -150,14 +150,18 @@ class CompressResult:
 def compress(model, recipe, calibration=None, example_inputs=None, out: str | Path | None = None,
              testbed: Testbed | str | None = None, seed: int | None = None, overwrite: bool = False,
              report: bool = True, batch: int | None = None, seq: int | None = None, repeats: int = 20,
-             memory: bool = True, backend: str | None = None, trust_remote_code: bool = False) -> CompressResult:
+             memory: bool = True, backend: str | None = None, trust_remote_code: bool = False,
+             eval_data=None, task: str | None = None, text_column: str | None = None,
+             label_column: str | None = None) -> CompressResult:
     """See nnslim.compress."""
     recipe = as_recipe(recipe, seed)
     if out is not None:
         check_out_path(out, overwrite)  # before any loading or work
+    calibration, files = split_user_data(calibration, eval_data, text_column, label_column)
     data = {"example_inputs": example_inputs, "calibration": calibration}
     normalize_data(data, model)
-    r = resolve(model, testbed, data["example_inputs"], data["calibration"], trust_remote_code=trust_remote_code)
+    r = resolve(model, testbed, data["example_inputs"], data["calibration"], trust_remote_code=trust_remote_code,
+                task=task, data=files)
     if out is not None and r.source and not r.source.startswith("testbed:") and _inside(Path(r.source), Path(out)):
         raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
                           "overwrites its input: choose another output directory")

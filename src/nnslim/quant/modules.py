@@ -40,6 +40,10 @@ class _Transparent(nn.Module):
             return getattr(inner, name)
 
 
+def _versions(w: torch.Tensor, s: torch.Tensor, training: bool) -> tuple:
+    return (w.data_ptr(), w._version, s.data_ptr(), s._version, training)
+
+
 class _CachedWeight:
     """The fake-quantized weight of a frozen layer computed once per weight/scale version (evaluation
     runs many forwards); recomputed whenever gradients are on or the tensors changed."""
@@ -48,10 +52,13 @@ class _CachedWeight:
         self.key, self.value = None, None
 
     def get(self, key, compute):
+        """key() names the tensors' versions; it is read again after compute(), which may itself refresh a
+        min-max scale in place (else every call would see a new version and recompute)."""
         if torch.is_grad_enabled():
             return compute()
-        if key != self.key:
-            self.value, self.key = compute(), key
+        if key() != self.key:
+            self.value = compute()
+            self.key = key()
         return self.value
 
 
@@ -101,9 +108,9 @@ class QuantWrapper(_Transparent):
 
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight (differentiable)."""
-        w, s = self.float_module.weight, self.weight_quantizer.scale
-        key = (w.data_ptr(), w._version, s.data_ptr(), s._version, self.training)
-        return self._cache.get(key, lambda: self.weight_quantizer(w))
+        w = self.float_module.weight
+        return self._cache.get(lambda: _versions(w, self.weight_quantizer.scale, self.training),
+                               lambda: self.weight_quantizer(w))
 
     def dequantized_weight(self) -> torch.Tensor:
         with torch.no_grad():
@@ -200,8 +207,8 @@ class QuantEmbedding(_Transparent):
     __deepcopy__ = QuantWrapper.__deepcopy__
 
     def quantized_weight(self) -> torch.Tensor:
-        w, s = self.embedding.weight, self.weight_quantizer.scale
-        return self._cache.get((w.data_ptr(), w._version, s.data_ptr(), s._version, self.training),
+        w = self.embedding.weight
+        return self._cache.get(lambda: _versions(w, self.weight_quantizer.scale, self.training),
                                lambda: self.weight_quantizer(w))
 
     def dequantized_weight(self) -> torch.Tensor:

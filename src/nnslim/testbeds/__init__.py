@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import NnslimError, bad_value, short_repr
-from .base import HF_META_FILES, ModuleTestbed, Testbed, check_hf_dir
+from .base import HF_META_FILES, HFTestbed, ModuleTestbed, Testbed, check_hf_dir
 from .digits import DigitsTestbed
 from .minilm import TextEncoderTestbed
 from .smollm2 import CausalLMTestbed
@@ -24,19 +24,27 @@ def get_testbed(name: str, **options) -> Testbed:
 
 
 def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weights: bool = True,
-                       name: str | None = None) -> Testbed:
-    """A testbed for a user's Hugging Face model directory: causal LMs get perplexity, encoders fidelity.
+                       name: str | None = None, task: str | None = None) -> Testbed:
+    """A testbed for a user's Hugging Face model dir, by its task (from config.json unless `task` is given):
+    causal LMs get perplexity, classifiers top-1 agreement, encoders embedding fidelity.
 
     weights=False: the architecture comes from config.json alone (an artifact's copy of it)."""
+    from .classifier import TEXT_HEADS, ImageClassifierTestbed, TextClassifierTestbed
+    from .tasks import check_task, detect_task
+
     path = Path(path)
     config = check_hf_dir(path, trust_remote_code)
-    archs = config.get("architectures") or []
-    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise NnslimError(f"{str(path / 'config.json')!r}: architectures={short_repr(archs)} is not a list of names")
-    name = name or f"hf:{path}"
-    cls = CausalLMTestbed if any(a.endswith("ForCausalLM") for a in archs) else TextEncoderTestbed
-    return cls(path, name=name, trust_remote_code=trust_remote_code, weights=weights)
+    task = check_task(task if task is not None else detect_task(config, path / "config.json"))
+    name = name or f"hf:{path.name}"
+    options = dict(name=name, trust_remote_code=trust_remote_code, weights=weights)
+    if task == "causal-lm":
+        return CausalLMTestbed(path, **options)
+    if task == "feature-extraction":
+        return TextEncoderTestbed(path, **options)
+    if task in TEXT_HEADS:
+        return TextClassifierTestbed(path, task, **options)
+    return ImageClassifierTestbed(path, **options)
 
 
 __all__ = ["TESTBEDS", "Testbed", "ModuleTestbed", "get_testbed", "testbed_for_hf_dir",
-           "DigitsTestbed", "TextEncoderTestbed", "CausalLMTestbed"]
+           "DigitsTestbed", "TextEncoderTestbed", "CausalLMTestbed", "HFTestbed"]

@@ -65,6 +65,8 @@ class Testbed(ABC):
         return self._reference
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 # Files that describe an HF model without its weights: copied into artifacts so they load on their own.
 HF_META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
@@ -97,6 +99,25 @@ def check_hf_dir(path: Path, trust_remote_code: bool = False) -> dict:
     return config
 
 
+def linear_conv1d(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace Hugging Face's Conv1D (GPT-2 family: a Linear storing its weight as [in, out]) with the
+    nn.Linear it is, so that every method, kernel and exporter sees a Linear. Outputs are unchanged."""
+    from ..graph.modules import replace_module
+
+    for name, module in list(model.named_modules()):
+        if type(module).__name__ != "Conv1D" or not hasattr(module, "nf") or module.weight.dim() != 2:
+            continue
+        n_in, n_out = module.weight.shape
+        linear = torch.nn.Linear(n_in, n_out, bias=module.bias is not None, device=module.weight.device,
+                                 dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        replace_module(model, name, linear)
+    return model
+
+
 class HFTestbed(Testbed):
     """A Hugging Face model directory (a packaged default when none is given) and its tokenizer.
 
@@ -109,6 +130,32 @@ class HFTestbed(Testbed):
     _tok = None
     trust_remote_code: bool = False
     weights: bool = True
+    task: str = ""
+    _source = None
+
+    @property
+    def source(self):
+        """Where texts come from: the user's files (use_data) or the offline default."""
+        if self._source is None:
+            from .sources import TextSource
+
+            self._source = TextSource()
+        return self._source
+
+    def use_data(self, calibration=None, evaluation=None) -> None:
+        """Calibrate and/or evaluate on the user's records (sources.read_texts) instead of the default."""
+        from .sources import UserText
+
+        self._source = UserText(calibration, evaluation)
+        self._ref_cache_clear()
+
+    def _ref_cache_clear(self) -> None:
+        for attr in ("_ref_emb", "_ref_gen", "_ref_out"):
+            if hasattr(self, attr):
+                setattr(self, attr, None)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "task": self.task, "data": self.source.description}
 
     def default_dir(self) -> Path:
         from ..errors import NnslimError
@@ -137,6 +184,13 @@ class HFTestbed(Testbed):
         if self._tok is None:
             from transformers import AutoTokenizer
 
+            from ..errors import NnslimError
+
+            if not any((self.model_dir / n).is_file() for n in TOKENIZER_FILES):
+                raise NnslimError(f"{str(self.model_dir)!r} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                                  "nnslim needs one to turn text into inputs: save the tokenizer beside the "
+                                  "model (tokenizer.save_pretrained(DIR))")
+
             self._tok = self._load("loading the tokenizer", lambda: AutoTokenizer.from_pretrained(
                 str(self.model_dir), trust_remote_code=self.trust_remote_code))
         return self._tok
@@ -151,16 +205,16 @@ class HFTestbed(Testbed):
                 config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=self.trust_remote_code)
                 return auto_class.from_config(config, trust_remote_code=self.trust_remote_code,
                                               dtype=torch.float32)
-            return self._load("building the model from config.json", build)
+            return linear_conv1d(self._load("building the model from config.json", build))
         if not any(self.model_dir.glob("*.safetensors")):
             pickles = sorted(p.name for p in self.model_dir.glob("*.bin"))
             if pickles:
                 raise NnslimError(f"{str(self.model_dir)!r} holds pickle weights only ({pickles[0]}); nnslim loads "
                                   "safetensors only (pickle can run code): convert them with save_pretrained(..., "
                                   "safe_serialization=True) where you trust the file")
-        return self._load("loading the model", lambda: auto_class.from_pretrained(
+        return linear_conv1d(self._load("loading the model", lambda: auto_class.from_pretrained(
             str(self.model_dir), dtype=torch.float32, use_safetensors=True,
-            trust_remote_code=self.trust_remote_code))
+            trust_remote_code=self.trust_remote_code)))
 
     def reference_runner(self) -> Runner:
         from ..errors import NnslimError

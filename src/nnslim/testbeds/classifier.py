@@ -1,0 +1,216 @@
+"""Hugging Face classifiers: text (sequence / token classification, extractive QA) and images.
+
+The metric is agreement with the fp32 model (top-1 of every prediction the model makes: per text,
+per real token, per answer start/end), the logits' cosine, and accuracy when the evaluation data
+carries labels. Default data needs no download: Python's docstrings for text, sklearn's digits
+(scaled to the model's image size) for images; the user's own files replace either.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from .base import HFTestbed
+from .minilm import PaddedTextTestbed
+
+TEXT_HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
+              "token-classification": "AutoModelForTokenClassification",
+              "question-answering": "AutoModelForQuestionAnswering"}
+
+
+class HFLogits(nn.Module):
+    """An HF head model called with named tensors -> one logits tensor (QA: [batch, seq, 2] start/end)."""
+
+    def __init__(self, model: nn.Module, task: str):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model(**inputs)
+        if self.task == "question-answering":
+            return torch.stack([out.start_logits, out.end_logits], dim=-1)
+        return out.logits
+
+
+class TextLogits(HFLogits):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask)
+
+
+class ImageLogits(HFLogits):
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return super().forward(pixel_values=pixel_values)
+
+
+def _label_ids(labels: list, config) -> np.ndarray | None:
+    """Labels as class ids: ints as they are, names through the config's label2id."""
+    if labels is None or any(v is None for v in labels):
+        return None
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    out = []
+    for v in labels:
+        if isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()):
+            out.append(int(v))
+        elif str(v) in label2id:
+            out.append(label2id[str(v)])
+        else:
+            raise NnslimError(f"label {v!r} is neither a class id nor a label name of the model (its names: "
+                              f"{', '.join(sorted(label2id)) or 'none'})")
+    return np.asarray(out)
+
+
+def agreement(ref: list[np.ndarray], new: list[np.ndarray], masks: list[np.ndarray] | None) -> dict[str, float]:
+    """Top-1 agreement and logits cosine of two lists of [batch, ..., classes] logits."""
+    agree, total, cos = 0, 0, []
+    for i, (a, b) in enumerate(zip(ref, new)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        same = a.argmax(-1) == b.argmax(-1)  # [batch] or [batch, seq] (QA: [batch, 2])
+        keep = np.ones_like(same, bool)
+        if masks is not None and same.ndim == 2 and same.shape == masks[i].shape:
+            keep = masks[i].astype(bool)
+        agree += int(same[keep].sum())
+        total += int(keep.sum())
+        fa, fb = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        cos += list((fa * fb).sum(1) / np.maximum(np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1), 1e-12))
+    return {"top1_agreement": agree / max(total, 1), "logits_cos_mean": float(np.mean(cos)),
+            "logits_cos_min": float(np.min(cos))}
+
+
+class TextClassifierTestbed(PaddedTextTestbed):
+    primary_metric = "top1_agreement"
+    output_kind = "logits"
+
+    def __init__(self, model_dir: str | Path, task: str, name: str | None = None, n_eval: int = 256,
+                 max_length: int = 128, trust_remote_code: bool = False, weights: bool = True):
+        if task not in TEXT_HEADS:
+            raise NnslimError(f"task={task!r} is not a text classification task; allowed: {', '.join(TEXT_HEADS)}")
+        self._dir = Path(model_dir)
+        self.task, self.name = task, name or f"hf:{model_dir}"
+        self.trust_remote_code, self.weights = trust_remote_code, weights
+        self.n_eval, self.max_length = n_eval, max_length
+        self.description = f"{task}; metrics: top-1 agreement and logits cosine vs fp32 (accuracy with labels)"
+        self._ref_out = None
+
+    def load_model(self) -> nn.Module:
+        import transformers
+
+        return TextLogits(self.load_hf(getattr(transformers, TEXT_HEADS[self.task])), self.task).eval()
+
+    def evaluate(self, runner) -> dict[str, float]:
+        sentences = self.eval_sentences()
+        masks = [self._encode(sentences[i:i + 32])["attention_mask"] for i in range(0, len(sentences), 32)]
+        if self._ref_out is None:
+            self._ref_out = self.run_batches(self.reference_runner(), sentences)
+        out = self.run_batches(runner, sentences)
+        metrics = agreement(self._ref_out, out, masks)
+        labels = self.source.split_labels("eval")
+        if self.task == "sequence-classification" and labels is not None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=self.trust_remote_code)
+            ids = _label_ids(labels[: len(sentences)], config)
+            if ids is not None:
+                pred = np.concatenate([o.argmax(-1) for o in out])
+                metrics["accuracy"] = float((pred == ids).mean())
+        return metrics
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class ImageClassifierTestbed(HFTestbed):
+    task = "image-classification"
+    primary_metric = "top1_agreement"
+    output_kind = "logits"
+    input_names = ("pixel_values",)
+    dynamic_axes = {"pixel_values": {0: "batch"}}
+    default_batch = 8
+
+    def __init__(self, model_dir: str | Path, name: str | None = None, n_eval: int = 256,
+                 trust_remote_code: bool = False, weights: bool = True):
+        self._dir = Path(model_dir)
+        self.name = name or f"hf:{model_dir}"
+        self.trust_remote_code, self.weights = trust_remote_code, weights
+        self.n_eval = n_eval
+        self.description = "image classifier; metrics: top-1 agreement and logits cosine vs fp32 (accuracy with labels)"
+        config = _read_json(self._dir / "config.json")
+        size = config.get("image_size", 224)
+        size = (size.get("height", 224), size.get("width", 224)) if isinstance(size, dict) else (int(size), int(size))
+        self.size, self.channels = size, int(config.get("num_channels", 3))
+        pre = _read_json(self._dir / "preprocessor_config.json")
+        self.mean = np.asarray(pre.get("image_mean", [0.5] * 3), np.float32)[: self.channels]
+        self.std = np.asarray(pre.get("image_std", [0.5] * 3), np.float32)[: self.channels]
+        self._splits: dict = {}
+        self._ref_out = None
+
+    def use_data(self, calibration=None, evaluation=None) -> None:
+        self._splits = {"calibration": calibration, "eval": evaluation}
+        self._ref_out = None
+
+    def describe(self) -> dict:
+        given = [f"{k} from {r.origin}" for k, r in self._splits.items() if r is not None]
+        return {**super(HFTestbed, self).describe(), "task": self.task,
+                "data": "; ".join(given) or "sklearn digits scaled to the model's size (offline default)"}
+
+    def load_model(self) -> nn.Module:
+        from transformers import AutoModelForImageClassification
+
+        return ImageLogits(self.load_hf(AutoModelForImageClassification), self.task).eval()
+
+    def _images(self, split: str) -> tuple[np.ndarray, list | None]:
+        records = self._splits.get(split)
+        if records is not None:
+            images, labels = records.images, records.labels
+        else:
+            from .digits import digits_data
+
+            xc, yc, xe, ye = digits_data()
+            images, labels = (xc, yc.tolist()) if split == "calibration" else (xe, ye.tolist())
+        images = torch.as_tensor(images, dtype=torch.float32)
+        if images.dim() == 3:
+            images = images[:, None]
+        if images.shape[1] != self.channels:
+            if images.shape[1] not in (1, 3):
+                raise NnslimError(f"images have {images.shape[1]} channels; the model takes {self.channels}")
+            images = images.mean(1, keepdim=True).expand(-1, self.channels, -1, -1)
+        if tuple(images.shape[-2:]) != self.size:
+            images = nn.functional.interpolate(images, size=self.size, mode="bilinear", align_corners=False)
+        pixels = (images.numpy() - self.mean[:, None, None]) / self.std[:, None, None]
+        return np.ascontiguousarray(pixels, dtype=np.float32), labels
+
+    def example_inputs(self, batch=None, seq=None):
+        images, _ = self._images("eval")
+        batch = batch or self.default_batch
+        return {"pixel_values": images[np.arange(batch) % len(images)]}
+
+    def calibration(self, n=None, seq_len=None):
+        images, _ = self._images("calibration")
+        return [{"pixel_values": images[i:i + 1]} for i in range(min(n or 300, len(images)))]
+
+    def evaluate(self, runner) -> dict[str, float]:
+        images, labels = self._images("eval")
+        images, labels = images[: self.n_eval], (labels or [])[: self.n_eval] or None
+        batches = [{"pixel_values": images[i:i + 32]} for i in range(0, len(images), 32)]
+        if self._ref_out is None:
+            ref = self.reference_runner()
+            self._ref_out = [ref(b) for b in batches]
+        out = [runner(b) for b in batches]
+        metrics = agreement(self._ref_out, out, None)
+        if labels is not None and self._splits.get("eval") is not None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=self.trust_remote_code)
+            ids = _label_ids(labels, config)
+            if ids is not None:
+                metrics["accuracy"] = float((np.concatenate([o.argmax(-1) for o in out]) == ids).mean())
+        return metrics

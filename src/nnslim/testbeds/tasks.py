@@ -1,0 +1,68 @@
+"""The task of a Hugging Face model dir, read from its config with transformers' own auto-model mappings.
+
+`architectures` in config.json names the class the checkpoint was saved from; the task is the auto
+mapping that lists that class (GPT2LMHeadModel and LlamaForCausalLM are both causal LMs). A config
+without architectures falls back to its model_type (a bare encoder). Unknown: a clear error naming
+the tasks nnslim knows and the --task flag that forces one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import NnslimError, short_repr
+
+# task -> name of the transformers mapping (modeling_auto.*_MAPPING_NAMES), most specific first.
+TASK_MAPPINGS = {
+    "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "seq2seq": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "speech-seq2seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    "sequence-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "token-classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "question-answering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "feature-extraction": "MODEL_MAPPING_NAMES",
+}
+# Tasks nnslim has a testbed for (data, metric, export); the others are detected and refused clearly.
+SUPPORTED = ("causal-lm", "sequence-classification", "token-classification", "question-answering",
+             "image-classification", "feature-extraction")
+
+
+def _mapping(name: str) -> dict:
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, name, {}) or {}
+
+
+def _classes(mapping: dict) -> set[str]:
+    out: set[str] = set()
+    for value in mapping.values():
+        out.update(value if isinstance(value, (tuple, list)) else [value])
+    return out
+
+
+def detect_task(config: dict, where: str | Path = "config.json") -> str:
+    """The task of an HF config (a dict of config.json), from its architectures, else its model_type."""
+    archs = config.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise NnslimError(f"{str(where)!r}: architectures={short_repr(archs)} is not a list of names")
+    for arch in archs:
+        for task, mapping in TASK_MAPPINGS.items():
+            if arch in _classes(_mapping(mapping)):
+                return task
+    model_type = config.get("model_type")
+    if not archs and isinstance(model_type, str) and model_type in _mapping(TASK_MAPPINGS["feature-extraction"]):
+        return "feature-extraction"
+    raise NnslimError(f"{str(where)!r}: the task of architectures={short_repr(archs)} (model_type="
+                      f"{short_repr(model_type)}) is not known; known tasks: {', '.join(SUPPORTED)}; force one "
+                      "with --task (task= in Python)")
+
+
+def check_task(task: str) -> str:
+    if task not in SUPPORTED:
+        from ..errors import bad_value
+
+        if task in TASK_MAPPINGS:
+            raise NnslimError(f"task {task!r} is recognised but nnslim has no testbed for it yet (its metric, "
+                              f"data and export are not written); supported: {', '.join(SUPPORTED)}")
+        raise bad_value("--task", task, list(SUPPORTED))
+    return task

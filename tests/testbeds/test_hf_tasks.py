@@ -1,0 +1,217 @@
+"""Hugging Face models of every supported task, built from configs (random weights) and saved as a user
+would: the task is read from the config, each gets its own data and metric, the user's data files are
+read, and the CLI compresses them into artifacts that reload."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nnslim
+from nnslim.errors import NnslimError
+
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _tokenizer_files(d: Path) -> None:
+    """MiniLM's real WordPiece tokenizer (vocab 30522), shipped by a package: no download."""
+    from nnslim.testbeds.minilm import minilm_dir
+
+    for name in TOKENIZER:
+        if (minilm_dir() / name).is_file():
+            shutil.copyfile(minilm_dir() / name, d / name)
+
+
+def _build(kind: str, root: Path) -> Path:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=2, num_attention_heads=4, vocab_size=30522)
+    bert = tf.BertConfig(hidden_size=64, intermediate_size=128, **small)
+    models = {
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=64, intermediate_size=128,
+                                                            num_key_value_heads=2, **small)),
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(hidden_size=64, intermediate_size=128,
+                                                            num_key_value_heads=2, **small)),
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=30522)),
+        "bert-cls": lambda: tf.BertForSequenceClassification(tf.BertConfig(**{**bert.to_dict(), "num_labels": 3})),
+        "distilbert-tok": lambda: tf.DistilBertForTokenClassification(tf.DistilBertConfig(
+            dim=64, hidden_dim=128, n_layers=2, n_heads=4, vocab_size=30522, num_labels=5)),
+        "bert-qa": lambda: tf.BertForQuestionAnswering(bert),
+        "bert": lambda: tf.BertModel(bert),
+        "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+            patch_size=8, num_labels=4)),
+    }
+    d = root / kind
+    models[kind]().eval().save_pretrained(str(d))
+    if kind != "vit":
+        _tokenizer_files(d)
+    return d
+
+
+TASKS = {"llama": "causal-lm", "qwen2": "causal-lm", "gpt2": "causal-lm", "bert-cls": "sequence-classification",
+         "distilbert-tok": "token-classification", "bert-qa": "question-answering", "bert": "feature-extraction",
+         "vit": "image-classification"}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hfzoo")
+    return {kind: _build(kind, root) for kind in TASKS}
+
+
+@pytest.mark.parametrize("kind", list(TASKS))
+def test_task_is_read_from_the_config(zoo, kind):
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    tb = testbed_for_hf_dir(zoo[kind])
+    assert tb.task == TASKS[kind]
+    metrics = nnslim.evaluate(str(zoo[kind]))["metrics"]
+    first = {"causal-lm": "perplexity", "feature-extraction": "cos_mean"}.get(TASKS[kind], "top1_agreement")
+    assert first in metrics
+    if first != "perplexity":  # the fp32 model against itself
+        assert metrics[first] == pytest.approx(1.0)
+
+
+def test_unknown_task_names_the_known_ones_and_the_flag(tmp_path, zoo):
+    d = tmp_path / "odd"
+    shutil.copytree(zoo["bert"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["BertForSomethingNew"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(NnslimError, match="not known; known tasks: .*--task"):
+        nnslim.evaluate(str(d))
+    assert "cos_mean" in nnslim.evaluate(str(d), task="feature-extraction")["metrics"]
+
+
+def test_gpt2_conv1d_becomes_linear_with_the_same_outputs(zoo):
+    from transformers import GPT2LMHeadModel
+
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    ref = GPT2LMHeadModel.from_pretrained(str(zoo["gpt2"])).eval()
+    ours = testbed_for_hf_dir(zoo["gpt2"]).load_model()
+    assert not any(type(m).__name__ == "Conv1D" for m in ours.modules())
+    ids = torch.randint(0, 30522, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), ref(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_keeps_its_head_through_int8(zoo, tmp_path):
+    res = nnslim.compress(str(zoo["bert-cls"]), "int8", out=tmp_path / "a", report=False)
+    from nnslim.runtime import make_runner
+
+    out = make_runner(res.model)({"input_ids": np.ones((2, 7), np.int64), "attention_mask": np.ones((2, 7), np.int64)})
+    assert out.shape == (2, 3)  # 3 logits, not a pooled embedding
+    assert nnslim.evaluate(res.out, testbed=str(zoo["bert-cls"]))["metrics"]["top1_agreement"] >= 0.8
+
+
+def test_testbed_name_with_an_hf_dir_uses_the_users_model(zoo):
+    res = nnslim.evaluate(str(zoo["gpt2"]), testbed="smollm2")
+    assert res["params"] < 5_000_000  # the ~2M GPT-2, not SmolLM2's 134.5M
+    with pytest.raises(NnslimError, match="--testbed='digits-cnn'"):
+        nnslim.evaluate(str(zoo["gpt2"]), testbed="digits-cnn")
+
+
+def _write_data(tmp_path: Path) -> dict[str, Path]:
+    texts = [f"Sentence number {i} talks about compressing neural networks." for i in range(40)]
+    labels = ["LABEL_0", "LABEL_1", "LABEL_2"]
+    files = {"txt": tmp_path / "d.txt", "jsonl": tmp_path / "d.jsonl", "csv": tmp_path / "d.csv"}
+    files["txt"].write_text("\n".join(texts) + "\n")
+    files["jsonl"].write_text("".join(json.dumps({"sentence": t, "label": labels[i % 3]}) + "\n"
+                                      for i, t in enumerate(texts)))
+    files["csv"].write_text("body,label\n" + "".join(f"\"{t}\",{i % 3}\n" for i, t in enumerate(texts)))
+    return files
+
+
+def test_user_text_files_feed_calibration_and_eval(zoo, tmp_path):
+    from nnslim.loading import UserData, apply_user_data
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    files = _write_data(tmp_path)
+    tb = testbed_for_hf_dir(zoo["bert-cls"])
+    apply_user_data(tb, UserData(files["txt"], files["jsonl"]))
+    assert len(tb.calibration()) == 40
+    assert "d.jsonl:sentence" in tb.describe()["data"]
+    metrics = nnslim.evaluate(str(zoo["bert-cls"]), eval_data=str(files["jsonl"]))["metrics"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["top1_agreement"] == pytest.approx(1.0)
+    metrics = nnslim.evaluate(str(zoo["bert-cls"]), eval_data=str(files["csv"]), text_column="body")["metrics"]
+    assert "accuracy" in metrics
+    with pytest.raises(NnslimError, match="--text-column='nope' is not a column"):
+        nnslim.evaluate(str(zoo["bert-cls"]), eval_data=str(files["csv"]), text_column="nope")
+    with pytest.raises(NnslimError, match="has no column named text"):
+        nnslim.evaluate(str(zoo["bert-cls"]), eval_data=str(files["csv"]))
+
+
+def test_saved_dataset_folder_and_parquet_are_read(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow reads Arrow / Parquet files")
+    import pyarrow.parquet as pq
+
+    from nnslim.testbeds.sources import read_texts
+
+    table = pa.table({"text": ["a first text", "a second text"], "label": [0, 1]})
+    pq.write_table(table, str(tmp_path / "d.parquet"))
+    (tmp_path / "ds").mkdir()
+    with pa.OSFile(str(tmp_path / "ds" / "data-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    for spec in (tmp_path / "d.parquet", tmp_path / "ds"):
+        records = read_texts(spec, "eval")
+        assert records.texts == ["a first text", "a second text"] and records.labels == [0, 1]
+
+
+def test_image_data_from_a_folder_and_npz(zoo, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("LABEL_0", "LABEL_1"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    np.savez(tmp_path / "imgs.npz", images=rng.random((6, 3, 32, 32), dtype=np.float32), labels=np.arange(6) % 4)
+    for spec in (tmp_path / "imgs", tmp_path / "imgs.npz"):
+        metrics = nnslim.evaluate(str(zoo["vit"]), eval_data=str(spec))["metrics"]
+        assert metrics["top1_agreement"] == pytest.approx(1.0) and "accuracy" in metrics
+
+
+def test_llm_eval_on_short_user_text_and_missing_tokenizer(zoo, tmp_path):
+    files = _write_data(tmp_path)
+    assert nnslim.evaluate(str(zoo["llama"]), eval_data=str(files["txt"]))["metrics"]["perplexity"] > 1
+    d = tmp_path / "notok"
+    shutil.copytree(zoo["llama"], d)
+    for name in TOKENIZER:
+        (d / name).unlink(missing_ok=True)
+    with pytest.raises(NnslimError, match="has no tokenizer"):
+        nnslim.evaluate(str(d))
+
+
+@pytest.mark.parametrize("kind,method", [("gpt2", "int4-rtn"), ("distilbert-tok", "int8"), ("vit", "int8"),
+                                         ("qwen2", "prune-structured"), ("bert-qa", "onnx")])
+def test_cli_compresses_every_task_into_a_portable_artifact(zoo, tmp_path, kind, method):
+    from nnslim.cli import main
+
+    out = tmp_path / "out"
+    extra = ["--set", "group_size=32"] if method == "int4-rtn" else []
+    assert main(["compress", "--model", str(zoo[kind]), "--method", method, *extra, "--out", str(out),
+                 "--no-report"]) == 0
+    meta = json.loads((out / "nnslim.json").read_text())
+    assert str(tmp_path) not in json.dumps(meta) and str(zoo[kind].parent) not in json.dumps(meta)
+    assert meta["architecture"].get("task", TASKS[kind]) == TASKS[kind] or meta.get("format") == "onnx"
+    moved = tmp_path / "moved"
+    shutil.move(str(out), str(moved))  # copied elsewhere, it still loads on its own
+    for f in moved.iterdir():
+        assert f.stat().st_mode & 0o044 == 0o044, f"{f.name} is not readable by others"
+    metrics = nnslim.evaluate(str(moved), testbed=str(zoo[kind]))["metrics"]
+    assert metrics
+
+
+def test_version_flag():
+    out = subprocess.run([sys.executable, "-m", "nnslim.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("nnslim ")
