@@ -39,14 +39,43 @@ def architecture_of(testbed) -> dict[str, Any]:
     return {"kind": "module", "class": None}
 
 
-def _copy_hf_files(testbed, directory: Path) -> list[str]:
+def _compressed_tensors_ok(model, testbed, sparse) -> bool:
+    """Weight-only int HF models are written as compressed-tensors (transformers / vLLM load them)."""
+    from .testbeds import HFTestbed
+
+    if sparse is not None or not isinstance(testbed, HFTestbed):
+        return False
+    from . import ecosystem
+
+    reason = ecosystem.writable(model)
+    if reason is not None:
+        from .graph.modules import packed_layers
+
+        if packed_layers(model):
+            from .progress import warn
+
+            warn(f"the artifact is in nnslim's own layout (nnslim.load reads it; transformers / vLLM do not): "
+                 f"compressed-tensors cannot hold it: {reason}")
+        return False
+    try:
+        import compressed_tensors  # noqa: F401
+    except ImportError:
+        from .progress import warn
+
+        warn("compressed-tensors is not installed: the int weights are saved in nnslim's own layout, which "
+             "transformers / vLLM do not load (pip install compressed-tensors)")
+        return False
+    return True
+
+
+def _copy_hf_files(testbed, directory: Path, skip: set[str] = frozenset()) -> list[str]:
     """Copy config.json and the tokenizer files of an HF testbed into the artifact; returns their names."""
     from .testbeds.base import HF_META_FILES
 
     src = Path(testbed.model_dir)
     copied = []
     for name in HF_META_FILES:
-        if (src / name).is_file():
+        if name not in skip and (src / name).is_file():
             atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(src / n, tmp))
             copied.append(name)
     return copied
@@ -141,21 +170,28 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
         from .pruning.storage import STORAGE_ATTR, save_sparse
 
         sparse = getattr(model, STORAGE_ATTR, None)
-        if sparse is not None:
+        if _compressed_tensors_ok(model, testbed, sparse):
+            from . import ecosystem
+
+            written = ecosystem.write(model, directory, Path(testbed.model_dir) / "config.json")
+            meta.update(format=ecosystem.FORMAT, file=WEIGHTS_FILE, files=written,
+                        dtype=str(model_dtype(model)).replace("torch.", ""))
+        elif sparse is not None:
             atomic_write(directory / WEIGHTS_FILE, lambda tmp: meta.update(sparse_storage=save_sparse(model, tmp, sparse)))
         else:
             atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
-        meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
-        from .graph.modules import packed_layers
+        if meta.get("format") != "compressed-tensors":
+            meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
+            from .graph.modules import packed_layers
 
-        layers = packed_layers(model)
-        if layers:
-            meta["quantized_layers"] = layers
+            layers = packed_layers(model)
+            if layers:
+                meta["quantized_layers"] = layers
+            meta["files"] = [WEIGHTS_FILE]
         from .pruning.structured import PLAN_ATTR
 
         if getattr(model, PLAN_ATTR, None):
             meta["structured_plan"] = getattr(model, PLAN_ATTR)
-        meta["files"] = [WEIGHTS_FILE]
     elif isinstance(model, OnnxModel):
         target = directory / ONNX_FILE
         data_files = onnx_external_files(model.path)
@@ -167,7 +203,7 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
     else:
         raise NnslimError(f"cannot save a {type(model).__name__}; expected torch.nn.Module or an ONNX model")
     if meta["architecture"].get("kind") == "hf":
-        meta["files"] += _copy_hf_files(testbed, directory)
+        meta["files"] += [f for f in _copy_hf_files(testbed, directory, skip=set(meta["files"]))]
     meta.update(extra or {})
     atomic_write_json(directory / META_FILE, meta)
     return directory
@@ -221,8 +257,11 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         path = directory / _own_file(meta, ONNX_FILE, directory)
         check_onnx(path)
         return OnnxModel(path)
+    if fmt == "compressed-tensors":
+        return _load_compressed_tensors(directory, meta, trust_remote_code)
     if fmt != "torch":
-        raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx")
+        raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx, "
+                          "compressed-tensors")
     if model is None:
         testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
         if testbed is None:
@@ -258,3 +297,28 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     except Exception as e:
         raise NnslimError(f"{weights} does not match the architecture: {str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: bool):
+    import json
+
+    from . import ecosystem
+
+    testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
+    if testbed is None:
+        raise NnslimError(f"{directory}: a compressed-tensors artifact needs its Hugging Face architecture")
+    weights = directory / _own_file(meta, WEIGHTS_FILE, directory)
+    _check_config_size(testbed, weights)
+    model = testbed.load_model()
+    if meta.get("structured_plan"):
+        from .pruning.structured import apply_plan
+
+        model = apply_plan(model, meta["structured_plan"])
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    try:
+        return ecosystem.read_into(model, weights, config).eval()
+    except NnslimError:
+        raise
+    except Exception as e:  # malformed tensors or config fields: one line naming the artifact
+        raise NnslimError(f"{directory}: the compressed-tensors checkpoint does not load: "
+                          f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None

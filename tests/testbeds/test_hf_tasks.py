@@ -215,3 +215,33 @@ def test_cli_compresses_every_task_into_a_portable_artifact(zoo, tmp_path, kind,
 def test_version_flag():
     out = subprocess.run([sys.executable, "-m", "nnslim.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("nnslim ")
+
+
+@pytest.mark.parametrize("kind,step", [("llama", {"method": "int4-rtn", "group_size": 32}),
+                                       ("qwen2", {"method": "int4-rtn", "group_size": -1}),
+                                       ("llama", {"method": "int8-weight-only"})])
+def test_int_llm_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp_path, kind, step):
+    """The artifact is a standard HF checkpoint (compressed-tensors pack-quantized): transformers loads it
+    with no nnslim code and gives nnslim's logits; nnslim loads it back into its packed layers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+    res = nnslim.compress(str(zoo[kind]), {"steps": [step]}, out=tmp_path / "a", report=False)
+    cfg = json.loads((res.out / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert (res.out / "tokenizer.json").is_file()
+    ours = nnslim.load(res.out)
+    assert sum(isinstance(m, WeightOnlyLinear) for m in ours.modules()) == 14  # 7 Linears x 2 blocks
+    hf = AutoModelForCausalLM.from_pretrained(str(res.out)).eval()
+    AutoTokenizer.from_pretrained(str(res.out))
+    ids = torch.randint(0, 30522, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_int4_says_it_is_not_a_transformers_checkpoint(zoo, tmp_path, capfd):
+    res = nnslim.compress(str(zoo["gpt2"]), {"steps": [{"method": "int4-rtn", "group_size": 32}]},
+                          out=tmp_path / "a", report=False)
+    assert "Conv1D" in capfd.readouterr().err
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "torch"

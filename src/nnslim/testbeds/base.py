@@ -104,6 +104,7 @@ def linear_conv1d(model: torch.nn.Module) -> torch.nn.Module:
     nn.Linear it is, so that every method, kernel and exporter sees a Linear. Outputs are unchanged."""
     from ..graph.modules import replace_module
 
+    converted = []
     for name, module in list(model.named_modules()):
         if type(module).__name__ != "Conv1D" or not hasattr(module, "nf") or module.weight.dim() != 2:
             continue
@@ -115,6 +116,9 @@ def linear_conv1d(model: torch.nn.Module) -> torch.nn.Module:
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
         replace_module(model, name, linear)
+        converted.append(name)
+    if converted:  # writers of HF-layout checkpoints must transpose these back (or refuse)
+        model.nnslim_conv1d = tuple(converted)
     return model
 
 

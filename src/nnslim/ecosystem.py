@@ -1,0 +1,178 @@
+"""Artifacts in the formats the ecosystem loads.
+
+Weight-only int LLMs are written as a standard Hugging Face checkpoint in the compressed-tensors
+"pack-quantized" format (what llm-compressor writes and vLLM / transformers load): the HF model's own
+weight names, `config.json` with a `quantization_config`, the tokenizer beside it. nnslim reads the
+same files back into its packed layers (and so its own kernels). Packing uses the compressed-tensors
+library's functions, so the bits are what that library (and the loaders built on it) expects.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import NnslimError
+
+FORMAT = "compressed-tensors"
+
+
+def _hf_root(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The transformers PreTrainedModel inside nnslim's wrapper, and its attribute prefix ('lm.')."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return model, ""
+    for name, child in model.named_children():
+        if isinstance(child, PreTrainedModel):
+            return child, name + "."
+    return None
+
+
+def writable(model: nn.Module) -> str | None:
+    """None when `model` can be written as compressed-tensors; else the reason it cannot."""
+    from .graph.modules import packed_layers
+
+    root = _hf_root(model)
+    if root is None:
+        return "not a Hugging Face model"
+    if getattr(root[0], "nnslim_conv1d", None):
+        return "its Conv1D layers (GPT-2 family) have no compressed-tensors form"
+    layers = packed_layers(model)
+    if not layers:
+        return "no quantized layers"
+    for name, cfg in layers.items():
+        if cfg.get("kind") != "weight_only":
+            return f"layer {name} is {cfg.get('kind')!r}, not weight-only int"
+        if not cfg.get("symmetric", True):
+            # measured: transformers 5.24 + compressed-tensors 0.20 refuse the packed zero points they define
+            return f"layer {name} is asymmetric (zero points); compressed-tensors is written for symmetric int"
+        if cfg.get("input_scale"):
+            return f"layer {name} keeps an unfolded AWQ input scale"
+        if not name.startswith(root[1]):
+            return f"layer {name} is outside the Hugging Face model"
+    return None
+
+
+def _scheme(cfg: dict) -> dict:
+    strategy = "channel" if cfg["group"] == cfg["in_features"] else "group"
+    return {"num_bits": cfg["bits"], "type": "int", "symmetric": cfg["symmetric"], "strategy": strategy,
+            "group_size": cfg["group"] if strategy == "group" else None, "dynamic": False}
+
+
+def quantization_config(layers: dict[str, dict]) -> dict[str, Any]:
+    """compressed-tensors config: one group per distinct scheme, targeting its layers by name."""
+    groups: dict[str, dict] = {}
+    for name, cfg in layers.items():
+        key = json.dumps(_scheme(cfg), sort_keys=True)
+        groups.setdefault(key, {"targets": [], "weights": _scheme(cfg), "input_activations": None,
+                                "output_activations": None})["targets"].append(name)
+    return {"quant_method": FORMAT, "format": "pack-quantized", "quantization_status": "compressed",
+            "config_groups": {f"group_{i}": g for i, g in enumerate(groups.values())}, "ignore": []}
+
+
+def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """(tensors under the HF model's own names, {layer name: packed config}) of a weight-only model."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    from .graph.modules import packed_layers
+
+    hf, prefix = _hf_root(model)
+    layers = {name[len(prefix):]: cfg for name, cfg in packed_layers(model).items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in hf.state_dict().items():
+        owner = name.rsplit(".", 1)[0]
+        if owner not in layers:
+            out[name] = tensor
+    for name in layers:
+        layer = hf.get_submodule(name)
+        offset = 1 << (layer.bits - 1)
+        codes = (layer.codes() - offset).to(torch.int8)  # unsigned codes -> the signed ones CT stores
+        out[f"{name}.weight_packed"] = pack_to_int32(codes, layer.bits)
+        out[f"{name}.weight_scale"] = layer.scales.detach().clone()
+        out[f"{name}.weight_shape"] = torch.tensor([layer.out_features, layer.in_features])
+        if not layer.symmetric:
+            zp = (layer.zeros.to(torch.int32) - offset).to(torch.int8)
+            out[f"{name}.weight_zero_point"] = pack_to_int32(zp, layer.bits, packed_dim=0)
+        if layer.bias is not None:
+            out[f"{name}.bias"] = layer.bias.detach().clone()
+    # safetensors refuses tensors that share memory (tied embeddings): store each once, contiguous
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}, layers
+
+
+def write(model: nn.Module, directory: Path, source_config: Path) -> list[str]:
+    """model.safetensors + config.json (with quantization_config) in `directory`; returns the file names."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_write, atomic_write_json
+
+    tensors, layers = state_dict(model)
+    try:
+        config = json.loads(Path(source_config).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise NnslimError(f"{str(source_config)!r} cannot be read: {e}") from None
+    config["quantization_config"] = quantization_config(layers)
+    dtypes = {v.dtype for k, v in tensors.items() if k.endswith("weight_scale")}
+    config["torch_dtype"] = config["dtype"] = str(dtypes.pop() if len(dtypes) == 1 else torch.float32)[6:]
+    if any(name == "lm_head" or name.endswith(".lm_head") for name in layers):
+        config["tie_word_embeddings"] = False  # the head is stored quantized, the embedding float
+    atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write_json(directory / "config.json", config)
+    return ["model.safetensors", "config.json"]
+
+
+def read_into(model: nn.Module, weights: Path, config: dict) -> nn.Module:
+    """Load a compressed-tensors checkpoint into `model` (an nnslim wrapper built from the same config):
+    quantized layers become nnslim's packed layers, everything else loads by name (strictly)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from safetensors.torch import load_file
+
+    from .graph.modules import replace_module
+    from .quant.weight_only.formats import WeightSpec
+    from .quant.weight_only.modules import WeightOnlyLinear
+
+    qc = config.get("quantization_config") or {}
+    if qc.get("quant_method") != FORMAT or qc.get("format") != "pack-quantized":
+        raise NnslimError(f"quantization_config of {str(weights.parent)!r} is {qc.get('quant_method')!r}/"
+                          f"{qc.get('format')!r}; nnslim reads compressed-tensors pack-quantized")
+    root = _hf_root(model)
+    if root is None:
+        raise NnslimError("a compressed-tensors checkpoint needs a Hugging Face model to load into")
+    hf, _ = root
+    tensors = load_file(str(weights))
+    replaced: set[str] = set()
+    for group in (qc.get("config_groups") or {}).values():
+        w = group.get("weights") or {}
+        if w.get("type") != "int" or group.get("input_activations"):
+            raise NnslimError(f"{str(weights.parent)!r}: only weight-only int groups are read, not {group}")
+        spec = WeightSpec(int(w["num_bits"]), int(w.get("group_size") or -1), bool(w.get("symmetric", True)))
+        for name in group.get("targets") or []:
+            linear = hf.get_submodule(name)
+            if not isinstance(linear, nn.Linear):
+                raise NnslimError(f"target {name!r} of {str(weights.parent)!r} is not a Linear layer")
+            n, k = linear.out_features, linear.in_features
+            offset = 1 << (spec.bits - 1)
+            codes = unpack_from_int32(tensors.pop(f"{name}.weight_packed"), spec.bits, torch.Size([n, k]))
+            scale = tensors.pop(f"{name}.weight_scale")
+            tensors.pop(f"{name}.weight_shape", None)
+            zp = tensors.pop(f"{name}.weight_zero_point", None)
+            zero = (unpack_from_int32(zp, spec.bits, torch.Size(scale.shape), packed_dim=0).to(torch.int32) + offset
+                    if zp is not None else torch.full(scale.shape, offset, dtype=torch.int32))
+            layer = WeightOnlyLinear.from_codes(linear.to(scale.dtype), codes.to(torch.int32) + offset, scale, zero,
+                                                spec)
+            if linear.bias is not None:
+                layer.bias.copy_(tensors.pop(f"{name}.bias"))
+            replace_module(hf, name, layer)
+            replaced.add(name)
+    missing, unexpected = hf.load_state_dict(tensors, strict=False)
+    if unexpected:
+        raise NnslimError(f"{str(weights)!r} holds tensors the architecture has no place for: {unexpected[:3]}")
+    tied = set(getattr(hf, "_tied_weights_keys", None) or [])
+    missing = [m for m in missing if m not in tied and not m.endswith("lm_head.weight")
+               and m.rsplit(".", 1)[0] not in replaced]
+    if missing:
+        raise NnslimError(f"{str(weights)!r} lacks tensors of the architecture: {missing[:3]}")
+    return model
