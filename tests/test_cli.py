@@ -116,7 +116,7 @@ def test_compress_onnx_then_evaluate_reproduces_accuracy(tmp_path, digits):
     assert meta["recipe"]["steps"][0]["method"] == "onnx" and meta["seed"] == 0 and "torch" in meta["versions"]
     report = json.loads((out / "report.json").read_text())
     names = [v["name"] for v in report["variants"]]
-    assert names[0] == "baseline" and len(names) == 3
+    assert names[0] == "original float32" and names[1].startswith("onnx") and len(names) == 3
     assert all(v["peak_mem_bytes"] and v["peak_mem_bytes"] > 0 for v in report["variants"])
     for backend in ("onnxruntime", "openvino"):
         proc = nnslim("evaluate", "--model", str(out / "model.onnx"), "--backend", backend, "--json")

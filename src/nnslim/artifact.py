@@ -39,6 +39,26 @@ def architecture_of(testbed) -> dict[str, Any]:
     return {"kind": "module", "class": None}
 
 
+def _write_hf(model, testbed, sparse, directory: Path) -> list[str] | None:
+    """Float / fp16 / pruned HF models are written as transformers writes them (from_pretrained loads them),
+    with the config updated to pruned shapes; None (nnslim's own layout) when that cannot be expressed."""
+    from .graph.modules import packed_layers
+    from .testbeds import HFTestbed
+
+    if sparse is not None or not isinstance(testbed, HFTestbed) or packed_layers(model):
+        return None
+    from . import ecosystem
+
+    written = ecosystem.write_hf(model, directory)
+    if written is None:
+        from .progress import warn
+
+        warn("the artifact is in nnslim's own layout (nnslim.load reads it; transformers does not): the model's "
+             "config cannot express its pruned shapes (widths that differ per layer, or heads of a model that "
+             "derives the head size from the hidden size)")
+    return written
+
+
 def _compressed_tensors_ok(model, testbed, sparse) -> bool:
     """Weight-only int HF models are written as compressed-tensors (transformers / vLLM load them)."""
     from .testbeds import HFTestbed
@@ -170,7 +190,11 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
         from .pruning.storage import STORAGE_ATTR, save_sparse
 
         sparse = getattr(model, STORAGE_ATTR, None)
-        if _compressed_tensors_ok(model, testbed, sparse):
+        written = _write_hf(model, testbed, sparse, directory)
+        if written:
+            meta.update(format="hf", file=WEIGHTS_FILE, files=written,
+                        dtype=str(model_dtype(model)).replace("torch.", ""))
+        elif _compressed_tensors_ok(model, testbed, sparse):
             from . import ecosystem
 
             written = ecosystem.write(model, directory, Path(testbed.model_dir) / "config.json")
@@ -180,7 +204,7 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
             atomic_write(directory / WEIGHTS_FILE, lambda tmp: meta.update(sparse_storage=save_sparse(model, tmp, sparse)))
         else:
             atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
-        if meta.get("format") != "compressed-tensors":
+        if meta.get("format") not in ("compressed-tensors", "hf"):
             meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
             from .graph.modules import packed_layers
 
@@ -259,9 +283,11 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         return OnnxModel(path)
     if fmt == "compressed-tensors":
         return _load_compressed_tensors(directory, meta, trust_remote_code)
+    if fmt == "hf":
+        return _load_hf(directory, meta, trust_remote_code)
     if fmt != "torch":
         raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx, "
-                          "compressed-tensors")
+                          "compressed-tensors, hf")
     if model is None:
         testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
         if testbed is None:
@@ -322,3 +348,13 @@ def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: boo
     except Exception as e:  # malformed tensors or config fields: one line naming the artifact
         raise NnslimError(f"{directory}: the compressed-tensors checkpoint does not load: "
                           f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+
+
+def _load_hf(directory: Path, meta: dict, trust_remote_code: bool):
+    """A Hugging Face checkpoint written by save_pretrained: loaded as any HF model dir is."""
+    from .testbeds import testbed_for_hf_dir
+
+    arch = meta.get("architecture", {})
+    testbed_from_architecture(arch, directory, trust_remote_code)  # checks path and task
+    task = _OLD_HF_KINDS.get(arch.get("kind")) or arch.get("task")
+    return testbed_for_hf_dir(directory, trust_remote_code, name=f"hf:{directory.name}", task=task).load_model()

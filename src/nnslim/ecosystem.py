@@ -176,3 +176,94 @@ def read_into(model: nn.Module, weights: Path, config: dict) -> nn.Module:
     if missing:
         raise NnslimError(f"{str(weights)!r} lacks tensors of the architecture: {missing[:3]}")
     return model
+
+
+FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim")
+HEAD_KEYS = (("num_attention_heads", "num_key_value_heads"),)
+
+
+def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _build_meta(hf: nn.Module, config) -> nn.Module | None:
+    try:
+        with torch.device("meta"):
+            built = type(hf)._from_config(config)
+    except Exception:  # a config transformers rejects: not expressible
+        return None
+    if getattr(hf, "nnslim_conv1d", None):
+        from .testbeds.base import linear_conv1d
+
+        built = linear_conv1d(built)
+    return built
+
+
+def pruned_config(hf: nn.Module):
+    """A copy of hf.config whose shapes are those of the (structurally pruned) model, or None when the
+    config cannot express them (widths that differ per layer, heads of a model that derives the head size
+    from the hidden size). Checked by building the model from the new config on the meta device."""
+    import copy
+
+    config = copy.deepcopy(hf.config)
+    want = _shapes(hf)
+    fresh = _build_meta(hf, config)
+    if fresh is None:
+        return None
+    if _shapes(fresh) == want:
+        return config
+    changed: dict[int, set[int]] = {}  # original output width -> new widths of the layers that shrank
+    for name, m in fresh.named_modules():
+        if isinstance(m, nn.Linear) and f"{name}.weight" in want:
+            new_out = want[f"{name}.weight"][0]
+            if new_out != m.out_features:
+                changed.setdefault(m.out_features, set()).add(new_out)
+    for key in FFN_KEYS:
+        old = getattr(config, key, None)
+        if isinstance(old, int) and len(changed.get(old, ())) == 1:
+            setattr(config, key, next(iter(changed[old])))
+    heads_key, kv_key = HEAD_KEYS[0]
+    heads = getattr(config, heads_key, None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    if heads and head_dim:
+        q_width = heads * head_dim
+        if len(changed.get(q_width, ())) == 1:
+            config.head_dim = head_dim
+            new_heads = next(iter(changed[q_width])) // head_dim
+            kv = getattr(config, kv_key, None)
+            if kv and kv * head_dim != q_width and len(changed.get(kv * head_dim, ())) == 1:
+                setattr(config, kv_key, next(iter(changed[kv * head_dim])) // head_dim)
+            elif kv and kv * head_dim == q_width:  # no GQA: keys / values shrink with the queries
+                setattr(config, kv_key, new_heads)
+            setattr(config, heads_key, new_heads)
+    built = _build_meta(hf, config)
+    return config if built is not None and _shapes(built) == want else None
+
+
+def write_hf(model: nn.Module, directory: Path) -> list[str] | None:
+    """A float (or fp16 / pruned) Hugging Face model saved as transformers saves it (save_pretrained),
+    with its config updated to pruned shapes; None when the config cannot express the model."""
+    root = _hf_root(model)
+    if root is None:
+        return None
+    hf, _ = root
+    config = pruned_config(hf)
+    if config is None:
+        return None
+    state = hf.state_dict()
+    for name in getattr(hf, "nnslim_conv1d", ()):  # back to Conv1D's [in, out] layout
+        state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
+    before = set(p.name for p in directory.iterdir())
+    original = hf.config
+    config.dtype = next(iter(state.values())).dtype
+    hf.config = config
+    try:
+        hf.save_pretrained(str(directory), state_dict=state, safe_serialization=True)
+    finally:
+        hf.config = original
+    from .io import _umask
+
+    written = sorted(p.name for p in directory.iterdir() if p.name not in before)
+    for name in written:  # transformers' writers leave 0600 files: a serving user must be able to read them
+        (directory / name).chmod(0o666 & ~_umask())
+    return written

@@ -190,7 +190,8 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
             shutil.rmtree(work, ignore_errors=True)  # else an ONNX result still lives there (scratch: removed at exit)
         if report:
             stage("measuring baseline and compressed model")
-            rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend)
+            rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend,
+                          " + ".join(step.method for step in recipe.steps))
             if staged:
                 rep.write(target)
         if staged:
@@ -213,20 +214,25 @@ def _reload(directory: Path, original):
     return artifact.load(directory, model=skeleton)
 
 
-def _report(r: Resolved, result, directory: Path, ctx: Context, batch, seq, repeats, memory, backend) -> Report:
+def _report(r: Resolved, result, directory: Path, ctx: Context, batch, seq, repeats, memory, backend,
+            label: str) -> Report:
+    """Rows: the original model (and, for a lower-precision ONNX result, the original exported as float32 ONNX
+    in the same runtime, which separates the runtime's gain from the method's), then the result, named by
+    its recipe's methods."""
     def runtime(model):  # --backend picks the runtime of ONNX rows; torch rows run in torch
         return backend if isinstance(model, OnnxModel) else None
 
-    variants = variants_for("baseline", r.model, r.source, runtime(r.model))
+    original = f"original {dtype_of(r.model)}" if isinstance(r.model, torch.nn.Module) else "original"
+    variants = variants_for(original, r.model, r.source, runtime(r.model))
     scratch = None
     if isinstance(result, OnnxModel) and isinstance(r.model, torch.nn.Module) and dtype_of(result) != "float32":
         # Same runtime, fp32 vs compressed: separates the runtime's gain from the method's.
         scratch = scratch_dir("nnslim-fp32-")
         fp32 = _export_baseline(r, scratch)
-        variants += variants_for("baseline fp32 onnx", fp32, str(fp32.path), runtime(fp32))
+        variants += variants_for("original as float32 onnx", fp32, str(fp32.path), runtime(fp32))
     size = artifact.artifact_size(directory)
     variants += [dataclasses.replace(v, size_bytes=size)
-                 for v in variants_for("compressed", result, str(directory), runtime(result))]
+                 for v in variants_for(label, result, str(directory), runtime(result))]
     try:
         rep = compare(r.testbed, variants, batch, seq, repeats, memory=memory)
     finally:

@@ -245,3 +245,32 @@ def test_gpt2_int4_says_it_is_not_a_transformers_checkpoint(zoo, tmp_path, capfd
                           out=tmp_path / "a", report=False)
     assert "Conv1D" in capfd.readouterr().err
     assert json.loads((res.out / "nnslim.json").read_text())["format"] == "torch"
+
+
+@pytest.mark.parametrize("kind,step", [("qwen2", {"method": "prune-structured", "ratio": 0.5}),
+                                       ("llama", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.5}),
+                                       ("gpt2", {"method": "fp16"}),
+                                       ("bert-cls", {"method": "prune-magnitude", "sparsity": 0.5})])
+def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, kind, step):
+    """Float / fp16 / pruned results are saved as transformers saves them, the config updated to the pruned
+    shapes, so from_pretrained rebuilds them with no nnslim code and gives nnslim's outputs."""
+    import transformers
+
+    res = nnslim.compress(str(zoo[kind]), {"steps": [step]}, out=tmp_path / "a", report=False)
+    meta = json.loads((res.out / "nnslim.json").read_text())
+    assert meta["format"] == "hf"
+    auto = {"causal-lm": transformers.AutoModelForCausalLM,
+            "sequence-classification": transformers.AutoModelForSequenceClassification}[TASKS[kind]]
+    hf = auto.from_pretrained(str(res.out)).eval()
+    ours = nnslim.load(res.out)
+    ids = torch.randint(0, 30522, (2, 16))
+    with torch.no_grad():
+        if TASKS[kind] == "causal-lm":
+            theirs, mine = hf(ids).logits, ours(ids)
+        else:
+            mask = torch.ones_like(ids)
+            theirs, mine = hf(input_ids=ids, attention_mask=mask).logits, ours(ids, mask)
+    torch.testing.assert_close(theirs.float(), mine.float(), rtol=1e-3, atol=1e-3)
+    if step["method"] == "prune-structured":
+        original = json.loads((zoo[kind] / "config.json").read_text())
+        assert json.loads((res.out / "config.json").read_text())["intermediate_size"] < original["intermediate_size"]
