@@ -17,8 +17,8 @@ def test_parse_list_and_mapping_forms():
 
 
 @pytest.mark.parametrize("spec,match", [
-    ([{"method": "int3"}], r"method='int3' is not allowed; allowed: .*fp16"),
-    ([{"method": "onnx", "opsett": 17}], r"unknown key 'opsett' for method 'onnx'; allowed: check, opset, tolerance"),
+    ([{"method": "int3"}], r"method='int3' is not allowed; did you mean 'int8'\? allowed: .*fp16"),
+    ([{"method": "onnx", "opsett": 17}], r"unknown key 'opsett' for method 'onnx'; did you mean 'opset'\? allowed: check, opset, tolerance"),
     ([{"method": "fp16", "x": 1}], r"unknown key 'x' for method 'fp16'; allowed: \(none"),
     ([{"method": "onnx", "opset": "17"}], r"steps\[0\]\.opset='17' has the wrong type; expected int"),
     ([{"method": "onnx", "check": 1}], r"check=1 has the wrong type; expected bool"),
@@ -26,7 +26,7 @@ def test_parse_list_and_mapping_forms():
     ([{"opset": 9}], r"missing key 'method'"),
     (["fp16"], r"must be a mapping"),
     ([], r"non-empty list"),
-    ({"steps": [{"method": "fp16"}], "sed": 1}, r"unknown key 'sed'; allowed: name, seed, steps"),
+    ({"steps": [{"method": "fp16"}], "sed": 1}, r"unknown key 'sed'; did you mean 'seed'\? allowed: name, seed, steps"),
     ({"steps": [{"method": "fp16"}], "seed": "a"}, r"seed='a' has the wrong type"),
     (42, r"must be a list of steps"),
 ])

@@ -242,14 +242,16 @@ def _own_file(meta: dict, default: str, directory: Path) -> str:
     return name
 
 
-def _check_config_size(testbed, weights: Path) -> None:
+def _check_config_size(testbed, weights: Path | list[Path]) -> None:
     """Build the config's model on the meta device first: its size must be within reach of the tensors the
-    weights file stores, so a crafted config.json cannot make nnslim allocate more than the file holds."""
+    weights files store, so a crafted config.json cannot make nnslim allocate more than the files hold."""
     import math
 
-    if not weights.is_file():
-        raise NnslimError(f"weights file {str(weights)!r} not found")
-    stored = sum(math.prod(shape) for shape in stored_shapes(weights).values())
+    files = weights if isinstance(weights, list) else [weights]
+    for w in files:
+        if not w.is_file():
+            raise NnslimError(f"weights file {str(w)!r} not found")
+    stored = sum(math.prod(shape) for w in files for shape in stored_shapes(w).values())
     with torch.device("meta"):
         probe = testbed.load_model()
     params = sum(p.numel() for p in probe.parameters())
@@ -355,6 +357,21 @@ def _load_hf(directory: Path, meta: dict, trust_remote_code: bool):
     from .testbeds import testbed_for_hf_dir
 
     arch = meta.get("architecture", {})
-    testbed_from_architecture(arch, directory, trust_remote_code)  # checks path and task
+    skeleton = testbed_from_architecture(arch, directory, trust_remote_code)  # checks path and task
+    files = [directory / _plain_name(f, directory) for f in meta.get("files", []) if str(f).endswith(".safetensors")]
+    _check_config_size(skeleton, files or [directory / WEIGHTS_FILE])
     task = _OLD_HF_KINDS.get(arch.get("kind")) or arch.get("task")
-    return testbed_for_hf_dir(directory, trust_remote_code, name=f"hf:{directory.name}", task=task).load_model()
+    testbed = testbed_for_hf_dir(directory, trust_remote_code, name=f"hf:{directory.name}", task=task)
+    dtype = _DTYPES.get(meta.get("dtype", "float32"))
+    if dtype is None:
+        raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
+                          f"allowed: {', '.join(_DTYPES)}")
+    testbed.load_dtype = dtype
+    return testbed.load_model()
+
+
+def _plain_name(name, directory: Path) -> str:
+    if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+        raise NnslimError(f"{directory / META_FILE}: files entry {short_repr(name)} is not a file name inside "
+                          "the artifact directory")
+    return name

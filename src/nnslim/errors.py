@@ -13,6 +13,18 @@ def short_repr(value, limit: int = 80) -> str:
 
 def bad_value(field: str, value, allowed) -> NnslimError:
     """Build the standard 'field=value is not allowed; allowed: ...' error."""
+    hint = ""
     if isinstance(allowed, (list, tuple, set, frozenset)):
+        hint = did_you_mean(value, allowed)
         allowed = ", ".join(sorted(str(a) for a in allowed))
-    return NnslimError(f"{field}={short_repr(value)} is not allowed; allowed: {allowed}")
+    return NnslimError(f"{field}={short_repr(value)} is not allowed;{hint} allowed: {allowed}")
+
+
+def did_you_mean(value, choices) -> str:
+    """' did you mean X?' for the closest choice to a mistyped name, or ''."""
+    import difflib
+
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" did you mean {close[0]!r}?" if close else ""

@@ -18,6 +18,7 @@ from .errors import NnslimError, bad_value
 from .io import META_FILE, check_onnx, find_meta
 from .progress import warn
 from .runtime import OnnxModel, make_runner
+from .runtime.base import DEFAULTABLE_INPUTS
 from .testbeds import TESTBEDS, HFTestbed, ModuleTestbed, Testbed, get_testbed, testbed_for_hf_dir
 from .validate import check_finite_data
 
@@ -207,6 +208,8 @@ def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:
     inits = {i.name for i in proto.graph.initializer}
     needed = {i.name: len(i.type.tensor_type.shape.dim) for i in proto.graph.input if i.name not in inits}
     fed = {k: np.ndim(v) for k, v in testbed.export_example().items()}
+    if "input_ids" in fed:  # filled in by the runners when the graph takes them (Optimum exports do)
+        fed.update({k: fed["input_ids"] for k in DEFAULTABLE_INPUTS if k in needed and k not in fed})
     if fed != needed:
         raise NnslimError(f"testbed {testbed.name!r} feeds inputs {_ranks(fed)} but {str(path)!r} takes "
                           f"{_ranks(needed)}; pass the --testbed this model was made for")

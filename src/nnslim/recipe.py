@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from .errors import NnslimError, bad_value, short_repr
+from .errors import NnslimError, bad_value, did_you_mean, short_repr
 
 # Packages whose modules may register methods or packed layers (walked once, see methods()).
 _ALGORITHM_PACKAGES = ("quant", "pruning", "distillation", "lowrank", "runtime")
@@ -254,7 +254,8 @@ def make_step(spec: dict[str, Any], where: str = "step") -> StepConfig:
             continue
         if key not in fields:
             allowed = ", ".join(sorted(fields)) or "(none: this method takes no options)"
-            raise NnslimError(f"{where}: unknown key {short_repr(key)} for method {name!r}; allowed: {allowed}")
+            raise NnslimError(f"{where}: unknown key {short_repr(key)} for method {name!r};"
+                              f"{did_you_mean(key, allowed.split(', '))} allowed: {allowed}")
         options[key] = _coerce(f"{where}.{key}", value, hints[key])
     try:
         return cls(**options)
@@ -290,7 +291,8 @@ def parse_recipe(obj: Any, where: str = "recipe") -> Recipe:
                           f"got {type(obj).__name__}")
     for key in obj:
         if key not in RECIPE_KEYS:
-            raise NnslimError(f"{where}: unknown key {key!r}; allowed: {', '.join(RECIPE_KEYS)}")
+            raise NnslimError(f"{where}: unknown key {key!r};{did_you_mean(key, RECIPE_KEYS)} allowed: "
+                              f"{', '.join(RECIPE_KEYS)}")
     steps = obj.get("steps")
     if not isinstance(steps, list) or not steps:
         raise NnslimError(f"{where}.steps must be a non-empty list of steps")

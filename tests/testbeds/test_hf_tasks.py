@@ -274,3 +274,33 @@ def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, 
     if step["method"] == "prune-structured":
         original = json.loads((zoo[kind] / "config.json").read_text())
         assert json.loads((res.out / "config.json").read_text())["intermediate_size"] < original["intermediate_size"]
+
+
+def test_onnx_with_token_type_ids_as_optimum_exports_it(zoo, tmp_path):
+    """Optimum's BERT exports take token_type_ids too: nnslim feeds zeros instead of failing on the key."""
+    from transformers import BertForSequenceClassification
+
+    class Three(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = BertForSequenceClassification.from_pretrained(str(zoo["bert-cls"])).eval()
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+    ids = torch.ones(2, 8, dtype=torch.long)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(Three(), (ids, ids, torch.zeros_like(ids)), str(path), dynamo=True,
+                      input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
+                      dynamic_shapes=({0: "b", 1: "s"}, {0: "b", 1: "s"}, {0: "b", 1: "s"}))
+    for backend in ("onnxruntime", "openvino"):
+        metrics = nnslim.evaluate(str(path), testbed=str(zoo["bert-cls"]), backend=backend)["metrics"]
+        assert metrics["top1_agreement"] == pytest.approx(1.0)
+
+
+def test_onnx_outputs_are_named_as_the_ecosystem_names_them(zoo, tmp_path):
+    import onnx
+
+    res = nnslim.compress(str(zoo["bert-qa"]), "onnx", out=tmp_path / "a", report=False)
+    assert [o.name for o in onnx.load(str(res.out / "model.onnx"), load_external_data=False).graph.output] == ["logits"]
+    assert {"config.json", "tokenizer.json"} <= {p.name for p in res.out.iterdir()}

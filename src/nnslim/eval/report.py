@@ -61,7 +61,7 @@ class Report:
         base = self.variants[0] if self.variants else None
         return {"testbed": self.testbed, "primary_metric": self.primary_metric,
                 "higher_is_better": self.higher_is_better, "batch": self.batch, "seq": self.seq,
-                "date": self.date, "machine": self.machine, "versions": self.versions, "notes": self.notes,
+                "date": self.date, "machine": self.machine, "versions": self.versions, "notes": self.render_notes(),
                 "tables": self.tables,
                 "variants": [v.as_dict(base) for v in self.variants]}
 
@@ -81,12 +81,20 @@ class Report:
         for v in self.variants:
             d = v.as_dict(base)["vs_baseline"]
             lat = f"{v.latency.median_ms:.2f} ({v.latency.p90_ms:.2f})" if v.latency else "-"
+            lat += " *" if _noisy(v) else ""
             rows.append([v.name, v.backend, *[_fmt_metric(v.metrics.get(m)) for m in metrics], lat,
                          _fmt_x(d["speedup"]), f"{v.latency.throughput:.1f}" if v.latency else "-",
                          f"{v.size_bytes / 1e6:.2f}", _fmt_x(d["size_ratio"]),
                          f"{v.peak_mem_bytes / 1e6:.0f}" if v.peak_mem_bytes else "-",
                          f"{v.params:,}" if v.params else "-"])
         return head, rows
+
+    def render_notes(self) -> list[str]:
+        """The notes, plus a noise warning when a variant's p90 is far above its median."""
+        noisy = [v.name for v in self.variants if _noisy(v)]
+        extra = [f"* noisy timing ({', '.join(noisy)}): p90 > {NOISE_RATIO}x the median; something else was "
+                 "using the CPU: re-run on a quiet machine before trusting these ratios"] if noisy else []
+        return [*self.notes, *extra]
 
     def title(self) -> str:
         shape = f"batch {self.batch}" + (f" x seq {self.seq}" if self.seq else "")
@@ -98,8 +106,8 @@ class Report:
                  f"are ratios vs baseline (speed-up > 1 is faster, size x < 1 is smaller).", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-        if self.notes:
-            lines += ["", *[f"- {n}" for n in self.notes]]
+        if self.render_notes():
+            lines += ["", *[f"- {n}" for n in self.render_notes()]]
         for title, rows in self.tables.items():
             if rows:
                 cols = list(rows[0])
@@ -113,7 +121,7 @@ class Report:
         fmt = "  ".join("{:<%d}" % w for w in widths)
         out = [self.title(), fmt.format(*head), "  ".join("-" * w for w in widths)]
         out += [fmt.format(*r) for r in rows]
-        out += [f"note: {n}" for n in self.notes]
+        out += [f"note: {n}" for n in self.render_notes()]
         return "\n".join(out)
 
     def write(self, directory: str | Path) -> dict[str, Path]:
@@ -127,6 +135,13 @@ class Report:
 
             paths["png"] = plot_metric_vs_latency(self, directory / "plot.png")
         return paths
+
+
+NOISE_RATIO = 1.25
+
+
+def _noisy(v) -> bool:
+    return bool(v.latency and v.latency.median_ms > 0 and v.latency.p90_ms > NOISE_RATIO * v.latency.median_ms)
 
 
 def _fmt_metric(x) -> str:

@@ -96,3 +96,23 @@ class TorchRunner(Runner):
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         out = first_tensor(call_module(self.module, self.to_tensors(inputs)))
         return out.float().cpu().numpy()
+
+
+# Inputs that exporters (Optimum) add and that have one obvious value when a data source does not feed them.
+DEFAULTABLE_INPUTS = ("token_type_ids", "position_ids")
+
+
+def with_default_inputs(names, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`inputs` plus token_type_ids (zeros) / position_ids (0..seq-1) where the graph takes them and they
+    are not given (a BERT exported by Optimum takes token_type_ids; the text testbeds feed ids and mask)."""
+    missing = [n for n in names if n not in inputs]
+    if not missing or "input_ids" not in inputs:
+        return inputs
+    ids = np.asarray(inputs["input_ids"])
+    out = dict(inputs)
+    for name in missing:
+        if name == "token_type_ids":
+            out[name] = np.zeros_like(ids)
+        elif name == "position_ids":
+            out[name] = np.broadcast_to(np.arange(ids.shape[-1], dtype=ids.dtype), ids.shape).copy()
+    return out

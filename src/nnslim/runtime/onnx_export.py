@@ -61,7 +61,7 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
-                                  output_names=["output"], dynamo=True, opset_version=opset,
+                                  output_names=[getattr(module, "output_name", "output")], dynamo=True, opset_version=opset,
                                   dynamic_shapes=tuple(shapes), optimize=True,
                                   external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
             except Exception as e:

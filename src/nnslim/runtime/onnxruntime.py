@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Runner
+from .base import Runner, with_default_inputs
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -32,6 +32,7 @@ class OrtRunner(Runner):
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         feed = {}
+        inputs = with_default_inputs(self.input_names, inputs)
         for name in self.input_names:
             value = np.asarray(inputs[name])
             dtype = _NUMPY_TYPES.get(self.input_types[name])

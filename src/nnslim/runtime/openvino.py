@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Runner
+from .base import Runner, with_default_inputs
 
 
 class OpenVinoRunner(Runner):
@@ -27,6 +27,7 @@ class OpenVinoRunner(Runner):
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         feed = {}
+        inputs = with_default_inputs([n for names in self.input_names for n in names], inputs)
         for i, names in enumerate(self.input_names):
             name = next((n for n in names if n in inputs), None)
             if name is None:

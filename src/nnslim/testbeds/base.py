@@ -136,6 +136,7 @@ class HFTestbed(Testbed):
     weights: bool = True
     task: str = ""
     _source = None
+    load_dtype: torch.dtype = torch.float32  # an artifact in HF layout loads in the dtype it was saved in
 
     @property
     def source(self):
@@ -217,7 +218,7 @@ class HFTestbed(Testbed):
                                   "safetensors only (pickle can run code): convert them with save_pretrained(..., "
                                   "safe_serialization=True) where you trust the file")
         return linear_conv1d(self._load("loading the model", lambda: auto_class.from_pretrained(
-            str(self.model_dir), dtype=torch.float32, use_safetensors=True,
+            str(self.model_dir), dtype=self.load_dtype, use_safetensors=True,
             trust_remote_code=self.trust_remote_code)))
 
     def reference_runner(self) -> Runner:

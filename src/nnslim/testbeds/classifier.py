@@ -26,6 +26,8 @@ TEXT_HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
 class HFLogits(nn.Module):
     """An HF head model called with named tensors -> one logits tensor (QA: [batch, seq, 2] start/end)."""
 
+    output_name = "logits"  # the ONNX output, named as Optimum / sentence-transformers name it
+
     def __init__(self, model: nn.Module, task: str):
         super().__init__()
         self.model, self.task = model, task

@@ -19,6 +19,8 @@ from .base import HFTestbed
 class MeanPoolEncoder(nn.Module):
     """HF encoder -> mean of token states over the attention mask -> L2-normalised embedding."""
 
+    output_name = "sentence_embedding"  # the ONNX output, named as Optimum / sentence-transformers name it
+
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder

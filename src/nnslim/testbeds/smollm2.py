@@ -21,6 +21,8 @@ from .base import HFTestbed, cache_dir
 class CausalLMLogits(nn.Module):
     """HF causal LM called as model(input_ids) -> logits, without a KV cache (export-friendly)."""
 
+    output_name = "logits"  # the ONNX output, named as Optimum / sentence-transformers name it
+
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
