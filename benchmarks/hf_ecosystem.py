@@ -1,0 +1,130 @@
+"""Issue 15's matrix: Hugging Face models of every supported task (small, random weights, built from configs
+and saved with save_pretrained + a tokenizer) x {int8, int4-rtn, prune-structured, onnx}, each through the
+CLI, then each artifact reloaded by its ecosystem's own loader with no nnslim code and compared with
+nnslim's load of the same artifact.
+
+  python benchmarks/hf_ecosystem.py [--out DIR]
+
+Loaders: transformers `Auto*.from_pretrained` (formats `hf` and `compressed-tensors`), onnxruntime with
+the tokenizer / config found beside `model.onnx` (format `onnx`); `torch` = nnslim's own layout (only
+nnslim loads it). "max |diff|" is the largest absolute difference between the two loaders' outputs on
+the same inputs; "-" where there is no second loader.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("NNSLIM_PROGRESS", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import nnslim  # noqa: E402
+from hf_zoo import TASKS, _build  # noqa: E402
+from nnslim.cli import main as cli  # noqa: E402
+
+METHODS = {"int8": [], "int4-rtn": ["--set", "group_size=32"], "prune-structured": ["--set", "ratio=0.5"],
+           "onnx": []}
+AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
+        "token-classification": "AutoModelForTokenClassification",
+        "question-answering": "AutoModelForQuestionAnswering", "feature-extraction": "AutoModel",
+        "image-classification": "AutoModelForImageClassification"}
+
+
+def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
+    if task == "image-classification":
+        return {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))  # the artifact's own tokenizer
+    enc = tok(["Compressed models must stay faithful.", "A second, longer sentence about the weights."],
+              padding=True, return_tensors="np")
+    feed = {"input_ids": enc["input_ids"].astype(np.int64)}
+    if task != "causal-lm":
+        feed["attention_mask"] = enc["attention_mask"].astype(np.int64)
+    return feed
+
+
+def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.ndarray | None:
+    if fmt in ("hf", "compressed-tensors"):
+        import transformers
+
+        model = getattr(transformers, AUTO[task]).from_pretrained(str(out)).eval()
+        with torch.no_grad():
+            res = model(**{k: torch.as_tensor(v) for k, v in feed.items()})
+        if task == "question-answering":
+            return torch.stack([res.start_logits, res.end_logits], -1).float().numpy()
+        if task == "feature-extraction":
+            return None  # nnslim's encoder output is the pooled embedding, not last_hidden_state
+        return res.logits.float().numpy()
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+    return None
+
+
+def run(out_root: Path) -> list[dict]:
+    from nnslim.runtime import make_runner
+
+    zoo_dir = out_root / "zoo"
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind, task in TASKS.items():
+        model_dir = _build(kind, zoo_dir)
+        for method, extra in METHODS.items():
+            out = out_root / f"{kind}-{method}"
+            t0 = time.perf_counter()
+            code = cli(["compress", "--model", str(model_dir), "--method", method, *extra, "--out", str(out),
+                        "--overwrite", "--no-report"])
+            row = {"model": kind, "task": task, "method": method, "exit": code,
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            if code == 0:
+                meta = json.loads((out / "nnslim.json").read_text())
+                row["format"] = meta["format"]
+                feed = _inputs(task, out)
+                ours = make_runner(nnslim.load(out))(feed)
+                theirs = _theirs(meta["format"], task, out, feed)
+                row["loader"] = {"hf": "transformers", "compressed-tensors": "transformers + compressed-tensors",
+                                 "onnx": "onnxruntime (tokenizer from the dir)"}.get(meta["format"], "nnslim only")
+                row["max_diff"] = None if theirs is None else float(np.abs(np.asarray(ours) - theirs).max())
+                row["absolute_paths"] = str(out_root) in (out / "nnslim.json").read_text()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | task | method | exit | format | loaded by | max abs diff vs nnslim.load | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "-" if r.get("max_diff") is None else f"{r['max_diff']:.1e}"
+        lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {r['exit']} | {r.get('format', '-')} | "
+                     f"{r.get('loader', '-')} | {diff} | {r['seconds']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="work dir (default: a temp dir)")
+    args = ap.parse_args()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
+    print(f"command: python benchmarks/hf_ecosystem.py; date {time.strftime('%Y-%m-%d')}; torch {torch.__version__}")
+    rows = run(out)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Small random Hugging Face models of every supported task, built from configs and saved as a user would
+(save_pretrained + a real tokenizer): used by the tests and by benchmarks/hf_ecosystem.py."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _tokenizer_files(d: Path) -> None:
+    """MiniLM's real WordPiece tokenizer (vocab 30522), shipped by a package: no download."""
+    from nnslim.testbeds.minilm import minilm_dir
+
+    for name in TOKENIZER:
+        if (minilm_dir() / name).is_file():
+            shutil.copyfile(minilm_dir() / name, d / name)
+
+
+def _build(kind: str, root: Path) -> Path:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=2, num_attention_heads=4, vocab_size=30522)
+    bert = tf.BertConfig(hidden_size=64, intermediate_size=128, **small)
+    models = {
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=64, intermediate_size=128,
+                                                            num_key_value_heads=2, **small)),
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(hidden_size=64, intermediate_size=128,
+                                                            num_key_value_heads=2, **small)),
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=30522)),
+        "bert-cls": lambda: tf.BertForSequenceClassification(tf.BertConfig(**{**bert.to_dict(), "num_labels": 3})),
+        "distilbert-tok": lambda: tf.DistilBertForTokenClassification(tf.DistilBertConfig(
+            dim=64, hidden_dim=128, n_layers=2, n_heads=4, vocab_size=30522, num_labels=5)),
+        "bert-qa": lambda: tf.BertForQuestionAnswering(bert),
+        "bert": lambda: tf.BertModel(bert),
+        "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+            patch_size=8, num_labels=4)),
+    }
+    d = root / kind
+    models[kind]().eval().save_pretrained(str(d))
+    if kind != "vit":
+        _tokenizer_files(d)
+    return d
+
+
+TASKS = {"llama": "causal-lm", "qwen2": "causal-lm", "gpt2": "causal-lm", "bert-cls": "sequence-classification",
+         "distilbert-tok": "token-classification", "bert-qa": "question-answering", "bert": "feature-extraction",
+         "vit": "image-classification"}
