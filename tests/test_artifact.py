@@ -80,3 +80,21 @@ def test_hugging_face_directory_as_model():
 
     res = nnslim.evaluate(str(minilm_dir()))
     assert res["testbed"].startswith("hf:") and res["metrics"]["cos_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_hf_testbed_artifact_is_a_transformers_checkpoint(tmp_path):
+    """A float result of an HF testbed (minilm) is written by save_pretrained and loads in its dtype, both
+    in nnslim (compared with the original by the testbed) and in transformers."""
+    import json
+
+    import torch
+    from transformers import AutoModel
+
+    import nnslim
+
+    res = nnslim.compress("minilm", "fp16", out=tmp_path / "a", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
+    model = nnslim.load(res.out)
+    assert next(model.parameters()).dtype == torch.float16
+    assert AutoModel.from_pretrained(str(res.out)).dtype == torch.float16
+    assert nnslim.evaluate(res.out)["metrics"]["cos_mean"] > 0.999

@@ -357,10 +357,14 @@ def _load_hf(directory: Path, meta: dict, trust_remote_code: bool):
     from .testbeds import testbed_for_hf_dir
 
     arch = meta.get("architecture", {})
-    skeleton = testbed_from_architecture(arch, directory, trust_remote_code)  # checks path and task
+    if not isinstance(arch, dict):
+        raise NnslimError(f"architecture={short_repr(arch)} in nnslim.json is not an object")
+    if arch.get("kind") != "testbed":
+        testbed_from_architecture(arch, directory, trust_remote_code)  # checks path and task
+    task = _OLD_HF_KINDS.get(arch.get("kind")) or arch.get("task")  # None (a testbed): read from config.json
     files = [directory / _plain_name(f, directory) for f in meta.get("files", []) if str(f).endswith(".safetensors")]
+    skeleton = testbed_for_hf_dir(directory, trust_remote_code, weights=False, task=task)
     _check_config_size(skeleton, files or [directory / WEIGHTS_FILE])
-    task = _OLD_HF_KINDS.get(arch.get("kind")) or arch.get("task")
     testbed = testbed_for_hf_dir(directory, trust_remote_code, name=f"hf:{directory.name}", task=task)
     dtype = _DTYPES.get(meta.get("dtype", "float32"))
     if dtype is None:
