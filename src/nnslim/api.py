@@ -137,11 +137,11 @@ def export_onnx(model: torch.nn.Module, example_inputs, path: str | Path, dynami
     """
     from .data import as_inputs
     from .runtime.onnx_export import export_onnx as _export
-    from .runtime.qdq import export_quantized_onnx, has_qdq_layers
+    from .runtime.qdq import export_quantized_onnx, has_integer_onnx_layers
 
     inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
               for k, v in as_inputs(example_inputs, model).items()}
     axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}
-    if has_qdq_layers(model):
+    if has_integer_onnx_layers(model):
         return export_quantized_onnx(model, inputs, path, axes, opset)[0]
     return _export(model, inputs, path, axes, opset)

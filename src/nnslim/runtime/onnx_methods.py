@@ -10,7 +10,7 @@ from ..errors import NnslimError
 from ..recipe import StepConfig, register_method
 from .base import OnnxModel, TorchRunner
 from .onnx_export import convert_onnx_fp16, export_onnx
-from .qdq import export_quantized_onnx, has_qdq_layers
+from .qdq import export_quantized_onnx, has_integer_onnx_layers
 
 QDQ_TOLERANCE = 0.05
 
@@ -50,7 +50,7 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
         raise NnslimError(f"step {config.method!r} needs a torch model, got {type(model).__name__}")
     path = ctx.workdir / "model.onnx"
     tolerance = config.tolerance
-    if has_qdq_layers(model):  # quantized layers export as integer QDQ, never as float fake-quant ops
+    if has_integer_onnx_layers(model):  # quantized layers export as integer QDQ, never as float ops
         if isinstance(config, OnnxFp16Config):
             raise NnslimError("onnx-fp16 cannot follow an integer quantization step; use method onnx (it writes "
                               "the int8/int4 QDQ graph)")

@@ -26,10 +26,22 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes() + str(a.shape).encode()).hexdigest()
 
 
+def _spec_fn(m):
+    """qdq_spec of a layer simulated in float (QuantWrapper), or onnx_qdq_spec of a packed layer (weight-only
+    int) that deploys as torch but exports to ONNX as integer weights too."""
+    fn = getattr(m, "qdq_spec", None) or getattr(m, "onnx_qdq_spec", None)
+    return fn if callable(fn) else None
+
+
 def quant_spec(model: torch.nn.Module) -> dict[str, dict]:
-    """name -> weight/activation quantization parameters of every layer that exports as int8 (a layer
-    says so by having qdq_spec(); runtime code never imports the quantizers)."""
-    return {n: m.qdq_spec() for n, m in model.named_modules() if callable(getattr(m, "qdq_spec", None))}
+    """name -> weight/activation quantization parameters of every layer that exports as integers (a layer
+    says so by having qdq_spec() / onnx_qdq_spec(); runtime code never imports the quantizers)."""
+    return {n: _spec_fn(m)() for n, m in model.named_modules() if _spec_fn(m) is not None}
+
+
+def has_integer_onnx_layers(model) -> bool:
+    """Does the model hold layers that an ONNX export must write as integer weights?"""
+    return isinstance(model, torch.nn.Module) and any(_spec_fn(m) is not None for m in model.modules())
 
 
 def has_qdq_layers(model) -> bool:
@@ -40,7 +52,7 @@ def has_qdq_layers(model) -> bool:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Every int8 layer replaced by its float equivalent (dequantized weights), in place; returns model."""
     for name, module in list(model.named_modules()):
-        if callable(getattr(module, "qdq_spec", None)):
+        if _spec_fn(module) is not None:
             replace_module(model, name, module.unwrapped())
     return model
 
@@ -133,9 +145,22 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         base = f"nnslim_q/{lname}"
         bits = s.get("bits", 8)
         low_bits = low_bits or bits <= 4
+        w_scale = s["w_scale"].numpy().astype(np.float32)
+        w_zp = s["w_zp"].numpy().astype(np.int8) if s.get("w_zp") is not None else None
+        group = s.get("group")
+        blocked = group is not None and w_scale.ndim == 2 and w_scale.shape[1] > 1
+        dq_attrs = {"axis": axis} if s["per_channel"] else {}
+        if blocked:  # group-wise (weight-only int4/int8): opset 21 blocked DequantizeLinear along K
+            low_bits = True
+            w_scale = w_scale.T if transposed else w_scale
+            w_zp = (w_zp.T if transposed else w_zp) if w_zp is not None else None
+            dq_attrs = {"axis": 0 if transposed else 1, "block_size": int(group)}
+        elif w_scale.ndim == 2:  # one group per output channel: per-channel
+            w_scale, w_zp = w_scale.reshape(-1), (w_zp.reshape(-1) if w_zp is not None else None)
+        zp_init = (_weight_init(w_zp, bits, f"{base}.w_zp") if w_zp is not None and w_zp.any() else
+                   _zero_init(w_scale.shape, bits, f"{base}.w_zp"))
         new_inits += [_weight_init(q, bits, f"{base}.weight_q"),
-                      numpy_helper.from_array(s["w_scale"].numpy().astype(np.float32), f"{base}.w_scale"),
-                      _zero_init(s["w_scale"].shape, bits, f"{base}.w_zp")]
+                      numpy_helper.from_array(np.ascontiguousarray(w_scale), f"{base}.w_scale"), zp_init]
         if s["dynamic"]:
             if node.op_type == "Conv":
                 raise NnslimError(f"{lname}: dynamic int8 covers Linear layers only, but it exported as Conv")
@@ -173,8 +198,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
             rewritten += pre
             continue
         pre.append(helper.make_node("DequantizeLinear", [f"{base}.weight_q", f"{base}.w_scale", f"{base}.w_zp"],
-                                    [f"{base}.weight_dq"], name=f"{base}/wdq",
-                                    **({"axis": axis} if s["per_channel"] else {})))
+                                    [f"{base}.weight_dq"], name=f"{base}/wdq", **dq_attrs))
         node.input[1] = f"{base}.weight_dq"
         if (node.op_type == "Conv" and s["act_scale"] is not None and len(node.input) > 2
                 and node.input[2] in inits):

@@ -97,6 +97,28 @@ class WeightOnlyLinear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return dequantize_codes(self.codes(), self.scales, self.zeros, dtype or self.scales.dtype)
 
+    def onnx_qdq_spec(self) -> dict:
+        """Integer weights for an ONNX export (runtime/qdq.py): signed codes, group-wise scales and zero points
+        (blocked DequantizeLinear, opset 21). No activation quantization: weight-only."""
+        if self.input_scale is not None:
+            raise NnslimError("ONNX export of a weight-only layer with an unfolded AWQ input scale is not "
+                              "supported yet; export without AWQ, or keep the torch artifact")
+        offset = 1 << (self.bits - 1)
+        return {"kind": "linear", "bits": self.bits, "group": self.group,
+                "qweight": (self.codes() - offset).to(torch.int8), "w_scale": self.scales.detach().float(),
+                "w_zp": (self.zeros.to(torch.int32) - offset).to(torch.int8), "per_channel": True,
+                "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None, "act_bits": None}
+
+    def unwrapped(self) -> nn.Linear:
+        """The float Linear with the dequantized weight (what the ONNX exporter traces)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        dtype=self.scales.dtype, device=self.qweight.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantized_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
     def packed_config(self) -> dict:
         return {"bits": self.bits, "group": self.group, "symmetric": self.symmetric,
                 "in_features": self.in_features, "out_features": self.out_features,
