@@ -251,6 +251,13 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                 op.version = 21
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
-    notes.append(f"int8 ONNX: {len(found)}/{len(spec)} layers as int8 "
-                 f"({'dynamic' if any(s['dynamic'] for s in spec.values()) else 'static QDQ'})")
+    bits = sorted({int(s.get("bits", 8)) for s in spec.values()})
+    if all(s.get("group") is not None for s in spec.values()):
+        form = "weight-only, group-wise blocked DequantizeLinear"
+    elif any(s["dynamic"] for s in spec.values()):
+        form = "dynamic"
+    else:
+        form = "static QDQ"
+    kind = "int" + "/int".join(map(str, bits))
+    notes.append(f"{kind} ONNX: {len(found)}/{len(spec)} layers as {kind} ({form})")
     return OnnxModel(path), notes
