@@ -251,13 +251,13 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                 op.version = 21
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
-    bits = sorted({int(s.get("bits", 8)) for s in spec.values()})
+    containers = sorted({"int4" if int(s.get("bits", 8)) <= 4 else "int8" for s in spec.values()}, reverse=True)
     if all(s.get("group") is not None for s in spec.values()):
         form = "weight-only, group-wise blocked DequantizeLinear"
     elif any(s["dynamic"] for s in spec.values()):
         form = "dynamic"
     else:
         form = "static QDQ"
-    kind = "int" + "/int".join(map(str, bits))
+    kind = "/".join(containers)  # the storage type: 5-7 bit codes live in INT8, 2-4 bit in INT4
     notes.append(f"{kind} ONNX: {len(found)}/{len(spec)} layers as {kind} ({form})")
     return OnnxModel(path), notes
