@@ -46,3 +46,21 @@ def test_interleaved_latency_runs_each_call_equally():
     assert timed[0::2] != timed[1::2]  # rotated order, not always a then b
     assert all(np.isfinite(r.median_ms) and r.p90_ms >= r.median_ms for r in res.values())
     assert res["a"].throughput == 4 * 1000 / res["a"].median_ms
+
+
+def test_speedup_against_the_same_runtime_and_noise_flag():
+    def mk(name, backend, dtype, ms, p90):
+        return VariantResult(name, backend, "onnx", dtype, 1000, 10, {"accuracy": 0.9}, Latency(ms, p90, ms, 5, 8))
+
+    rep = Report("t", "accuracy", True, 8, None,
+                 [mk("original float32", "torch", "float32", 10.0, 10.5),
+                  mk("original as float32 onnx (onnxruntime)", "onnxruntime", "float32", 12.0, 12.5),
+                  mk("int8 (onnxruntime)", "onnxruntime", "int8", 6.0, 9.0)])
+    head, rows = rep.rows()
+    col = head.index("vs fp32 same runtime")
+    assert rows[2][col] == "2.00x" and rows[0][col] == "-"
+    assert rows[2][head.index("speed-up")] == "1.67x"
+    data = rep.to_dict()
+    assert data["variants"][2]["vs_same_runtime_fp32"]["speedup"] == 2.0
+    assert rows[2][head.index("latency ms (p90)")].endswith("*") and not rows[1][col - 2].endswith("*")
+    assert any("noisy timing (int8 (onnxruntime))" in n for n in rep.render_notes())

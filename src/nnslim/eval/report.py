@@ -63,7 +63,15 @@ class Report:
                 "higher_is_better": self.higher_is_better, "batch": self.batch, "seq": self.seq,
                 "date": self.date, "machine": self.machine, "versions": self.versions, "notes": self.render_notes(),
                 "tables": self.tables,
-                "variants": [v.as_dict(base) for v in self.variants]}
+                "variants": [self._variant_dict(v, base) for v in self.variants]}
+
+    def _variant_dict(self, v: VariantResult, base: VariantResult | None) -> dict[str, Any]:
+        d = v.as_dict(base)
+        ref = self.same_runtime_fp32(v)
+        if ref is not None:
+            d["vs_same_runtime_fp32"] = {"name": ref.name, "speedup": _ratio(
+                ref.latency and ref.latency.median_ms, v.latency and v.latency.median_ms)}
+        return d
 
     # -- rendering -------------------------------------------------------------------------------
     def metric_names(self) -> list[str]:
@@ -72,18 +80,32 @@ class Report:
             names += [k for k in v.metrics if k not in names]
         return names
 
+    def same_runtime_fp32(self, v: VariantResult) -> VariantResult | None:
+        """The float32 row measured in the same runtime as `v` (an ONNX result against the original exported
+        to fp32 ONNX), when it is not the first row: it separates the runtime's gain from the method's."""
+        for other in self.variants[1:]:
+            if other is not v and other.backend == v.backend and other.dtype == "float32" and \
+                    other.name.startswith("original"):
+                return other
+        return None
+
     def rows(self) -> tuple[list[str], list[list[str]]]:
         metrics = self.metric_names()
-        head = ["variant", "backend", *metrics, "latency ms (p90)", "speed-up", "throughput/s", "size MB",
-                "size x", "peak mem MB", "params"]
+        same = any(self.same_runtime_fp32(v) for v in self.variants)
+        head = ["variant", "backend", *metrics, "latency ms (p90)", "speed-up",
+                *(["vs fp32 same runtime"] if same else []), "throughput/s", "size MB", "size x", "peak mem MB",
+                "params"]
         base = self.variants[0]
         rows = []
         for v in self.variants:
             d = v.as_dict(base)["vs_baseline"]
             lat = f"{v.latency.median_ms:.2f} ({v.latency.p90_ms:.2f})" if v.latency else "-"
             lat += " *" if _noisy(v) else ""
+            ref = self.same_runtime_fp32(v)
+            extra = [_fmt_x(_ratio(ref.latency and ref.latency.median_ms, v.latency and v.latency.median_ms))
+                     if ref is not None else "-"] if same else []
             rows.append([v.name, v.backend, *[_fmt_metric(v.metrics.get(m)) for m in metrics], lat,
-                         _fmt_x(d["speedup"]), f"{v.latency.throughput:.1f}" if v.latency else "-",
+                         _fmt_x(d["speedup"]), *extra, f"{v.latency.throughput:.1f}" if v.latency else "-",
                          f"{v.size_bytes / 1e6:.2f}", _fmt_x(d["size_ratio"]),
                          f"{v.peak_mem_bytes / 1e6:.0f}" if v.peak_mem_bytes else "-",
                          f"{v.params:,}" if v.params else "-"])
