@@ -190,28 +190,24 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
         from .pruning.storage import STORAGE_ATTR, save_sparse
 
         sparse = getattr(model, STORAGE_ATTR, None)
-        written = _write_hf(model, testbed, sparse, directory)
-        if written:
-            meta.update(format="hf", file=WEIGHTS_FILE, files=written,
-                        dtype=str(model_dtype(model)).replace("torch.", ""))
-        elif _compressed_tensors_ok(model, testbed, sparse):
+        fmt, written = "hf", _write_hf(model, testbed, sparse, directory)
+        if not written and _compressed_tensors_ok(model, testbed, sparse):
             from . import ecosystem
 
-            written = ecosystem.write(model, directory, Path(testbed.model_dir) / "config.json")
-            meta.update(format=ecosystem.FORMAT, file=WEIGHTS_FILE, files=written,
-                        dtype=str(model_dtype(model)).replace("torch.", ""))
-        elif sparse is not None:
-            atomic_write(directory / WEIGHTS_FILE, lambda tmp: meta.update(sparse_storage=save_sparse(model, tmp, sparse)))
-        else:
-            atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
-        if meta.get("format") not in ("compressed-tensors", "hf"):
-            meta.update(format="torch", file=WEIGHTS_FILE, dtype=str(model_dtype(model)).replace("torch.", ""))
+            fmt, written = ecosystem.FORMAT, ecosystem.write(model, directory, Path(testbed.model_dir) / "config.json")
+        if not written:
             from .graph.modules import packed_layers
 
+            if sparse is not None:
+                atomic_write(directory / WEIGHTS_FILE,
+                             lambda tmp: meta.update(sparse_storage=save_sparse(model, tmp, sparse)))
+            else:
+                atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
+            fmt, written = "torch", [WEIGHTS_FILE]
             layers = packed_layers(model)
             if layers:
                 meta["quantized_layers"] = layers
-            meta["files"] = [WEIGHTS_FILE]
+        meta.update(format=fmt, file=WEIGHTS_FILE, files=written, dtype=str(model_dtype(model)).replace("torch.", ""))
         from .pruning.structured import PLAN_ATTR
 
         if getattr(model, PLAN_ATTR, None):
@@ -227,7 +223,7 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
     else:
         raise NnslimError(f"cannot save a {type(model).__name__}; expected torch.nn.Module or an ONNX model")
     if meta["architecture"].get("kind") == "hf":
-        meta["files"] += [f for f in _copy_hf_files(testbed, directory, skip=set(meta["files"]))]
+        meta["files"] += _copy_hf_files(testbed, directory, skip=set(meta["files"]))
     meta.update(extra or {})
     atomic_write_json(directory / META_FILE, meta)
     return directory
@@ -338,10 +334,6 @@ def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: boo
     weights = directory / _own_file(meta, WEIGHTS_FILE, directory)
     _check_config_size(testbed, weights)
     model = testbed.load_model()
-    if meta.get("structured_plan"):
-        from .pruning.structured import apply_plan
-
-        model = apply_plan(model, meta["structured_plan"])
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     try:
         return ecosystem.read_into(model, weights, config).eval()

@@ -41,6 +41,10 @@ def writable(model: nn.Module) -> str | None:
         return "not a Hugging Face model"
     if getattr(root[0], "nnslim_conv1d", None):
         return "its Conv1D layers (GPT-2 family) have no compressed-tensors form"
+    from .pruning.structured import PLAN_ATTR
+
+    if getattr(model, PLAN_ATTR, None):
+        return "it is also structurally pruned (its config.json is not rewritten for quantized layers)"
     layers = packed_layers(model)
     if not layers:
         return "no quantized layers"
@@ -75,7 +79,8 @@ def quantization_config(layers: dict[str, dict]) -> dict[str, Any]:
 
 
 def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """(tensors under the HF model's own names, {layer name: packed config}) of a weight-only model."""
+    """(tensors under the HF model's own names, {layer name: packed config}) of a symmetric weight-only model
+    (writable() refuses the others)."""
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     from .graph.modules import packed_layers
@@ -94,9 +99,6 @@ def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dic
         out[f"{name}.weight_packed"] = pack_to_int32(codes, layer.bits)
         out[f"{name}.weight_scale"] = layer.scales.detach().clone()
         out[f"{name}.weight_shape"] = torch.tensor([layer.out_features, layer.in_features])
-        if not layer.symmetric:
-            zp = (layer.zeros.to(torch.int32) - offset).to(torch.int8)
-            out[f"{name}.weight_zero_point"] = pack_to_int32(zp, layer.bits, packed_dim=0)
         if layer.bias is not None:
             out[f"{name}.bias"] = layer.bias.detach().clone()
     # safetensors refuses tensors that share memory (tied embeddings): store each once, contiguous
@@ -255,7 +257,9 @@ def write_hf(model: nn.Module, directory: Path) -> list[str] | None:
         state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
     before = set(p.name for p in directory.iterdir())
     original = hf.config
-    config.dtype = next(iter(state.values())).dtype
+    from .runtime.base import model_dtype
+
+    config.dtype = model_dtype(hf)
     hf.config = config
     try:
         hf.save_pretrained(str(directory), state_dict=state, safe_serialization=True)

@@ -291,3 +291,19 @@ def test_int4_reaches_onnx_as_blocked_dq_that_ort_runs_as_matmulnbits(zoo, tmp_p
     err = np.abs(theirs - ours).max() / np.abs(ours).max()
     cos = (theirs * ours).sum() / np.linalg.norm(theirs) / np.linalg.norm(ours)
     assert err < 0.02 and cos > 0.999, (err, cos)
+
+
+def test_pruned_then_int4_keeps_both_in_nnslims_layout(zoo, tmp_path, capfd):
+    """prune-structured -> int4: compressed-tensors cannot describe the pruned config, so the artifact is
+    nnslim's layout (said on stderr); the removed structure and the int4 layers both survive the reload."""
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+    res = nnslim.compress(str(zoo["llama"]), {"steps": [{"method": "prune-structured", "ratio": 0.5},
+                                                        {"method": "int4-rtn", "group_size": 32}]},
+                          out=tmp_path / "a", report=False)
+    assert "structurally pruned" in capfd.readouterr().err
+    meta = json.loads((res.out / "nnslim.json").read_text())
+    assert meta["format"] == "torch" and meta["structured_plan"] and meta["quantized_layers"]
+    model = nnslim.load(res.out)
+    downs = [m for n, m in model.named_modules() if n.endswith("mlp.down_proj")]
+    assert downs and all(isinstance(m, WeightOnlyLinear) and m.in_features == 64 for m in downs)

@@ -10,7 +10,7 @@ from ..errors import NnslimError
 from ..recipe import StepConfig, register_method
 from .base import OnnxModel, TorchRunner
 from .onnx_export import convert_onnx_fp16, export_onnx
-from .qdq import export_quantized_onnx, has_integer_onnx_layers, quant_spec
+from .qdq import export_quantized_onnx, has_integer_onnx_layers
 
 QDQ_TOLERANCE = 0.05
 NBITS_TOLERANCE = 0.15
@@ -58,7 +58,7 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
         onnx_model, notes = export_quantized_onnx(model, ctx.export_example(), path, ctx.dynamic_axes, config.opset)
         ctx.notes.extend(notes)
         tolerance = max(tolerance, QDQ_TOLERANCE)  # integer kernels vs float simulation: rounding differs
-        if any(s.get("group") is not None for s in quant_spec(model).values()):
+        if any(callable(getattr(m, "onnx_qdq_spec", None)) for m in model.modules()):
             # ONNX Runtime fuses blocked DQ -> MatMul into MatMulNBits, which by default computes with int8
             # activations (accuracy level 4): the torch weight-only model keeps float activations.
             tolerance = max(tolerance, NBITS_TOLERANCE)

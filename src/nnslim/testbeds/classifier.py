@@ -49,11 +49,21 @@ class ImageLogits(HFLogits):
         return super().forward(pixel_values=pixel_values)
 
 
-def _label_ids(labels: list, config) -> np.ndarray | None:
+def accuracy(testbed: HFTestbed, outputs: list[np.ndarray], labels: list | None) -> dict[str, float]:
+    """{"accuracy": ...} of per-example logits against the data's labels (ids, or names the config maps);
+    {} when the data has no labels."""
+    ids = _label_ids(labels, _read_json(testbed.model_dir / "config.json"))
+    if ids is None:
+        return {}
+    pred = np.concatenate([o.argmax(-1) for o in outputs])[: len(ids)]
+    return {"accuracy": float((pred == ids[: len(pred)]).mean())}
+
+
+def _label_ids(labels: list | None, config: dict) -> np.ndarray | None:
     """Labels as class ids: ints as they are, names through the config's label2id."""
-    if labels is None or any(v is None for v in labels):
+    if not labels or any(v is None for v in labels):
         return None
-    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
     out = []
     for v in labels:
         if isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()):
@@ -105,20 +115,14 @@ class TextClassifierTestbed(PaddedTextTestbed):
 
     def evaluate(self, runner) -> dict[str, float]:
         sentences = self.eval_sentences()
-        masks = [self._encode(sentences[i:i + 32])["attention_mask"] for i in range(0, len(sentences), 32)]
+        batches = [self._encode(sentences[i:i + 32]) for i in range(0, len(sentences), 32)]
         if self._ref_out is None:
-            self._ref_out = self.run_batches(self.reference_runner(), sentences)
-        out = self.run_batches(runner, sentences)
-        metrics = agreement(self._ref_out, out, masks)
-        labels = self.source.split_labels("eval")
-        if self.task == "sequence-classification" and labels is not None:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=self.trust_remote_code)
-            ids = _label_ids(labels[: len(sentences)], config)
-            if ids is not None:
-                pred = np.concatenate([o.argmax(-1) for o in out])
-                metrics["accuracy"] = float((pred == ids).mean())
+            ref = self.reference_runner()
+            self._ref_out = [ref(b) for b in batches]
+        out = [runner(b) for b in batches]
+        metrics = agreement(self._ref_out, out, [b["attention_mask"] for b in batches])
+        if self.task == "sequence-classification":  # one label per text
+            metrics.update(accuracy(self, out, self.source.split_labels("eval")))
         return metrics
 
 
@@ -208,11 +212,6 @@ class ImageClassifierTestbed(HFTestbed):
             self._ref_out = [ref(b) for b in batches]
         out = [runner(b) for b in batches]
         metrics = agreement(self._ref_out, out, None)
-        if labels is not None and self._splits.get("eval") is not None:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=self.trust_remote_code)
-            ids = _label_ids(labels, config)
-            if ids is not None:
-                metrics["accuracy"] = float((np.concatenate([o.argmax(-1) for o in out]) == ids).mean())
+        if self._splits.get("eval") is not None:  # the default digits' labels are not the model's classes
+            metrics.update(accuracy(self, out, labels))
         return metrics

@@ -71,9 +71,6 @@ class PaddedTextTestbed(HFTestbed):
     def calibration(self, n=None, seq_len=None):
         return [self._encode([s]) for s in self.source.sentences("calibration")[: n or 300]]
 
-    def run_batches(self, runner, sentences: list[str], batch: int = 32) -> list[np.ndarray]:
-        return [runner(self._encode(sentences[i:i + batch])) for i in range(0, len(sentences), batch)]
-
 
 class TextEncoderTestbed(PaddedTextTestbed):
     primary_metric = "cos_mean"
@@ -100,7 +97,7 @@ class TextEncoderTestbed(PaddedTextTestbed):
         return MeanPoolEncoder(self.load_hf(AutoModel)).eval()
 
     def embed(self, runner, sentences: list[str], batch: int = 32) -> np.ndarray:
-        return np.concatenate(self.run_batches(runner, sentences, batch))
+        return np.concatenate([runner(self._encode(sentences[i:i + batch])) for i in range(0, len(sentences), batch)])
 
     def evaluate(self, runner) -> dict[str, float]:
         from ..eval.metrics import embedding_fidelity
