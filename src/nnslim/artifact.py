@@ -212,6 +212,12 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
 
         if getattr(model, PLAN_ATTR, None):
             meta["structured_plan"] = getattr(model, PLAN_ATTR)
+    elif isinstance(model, OnnxModel) and model.path.suffix == ".xml":  # an OpenVINO IR
+        names = [model.path.name, model.path.with_suffix(".bin").name]
+        if model.path.parent.resolve() != directory.resolve():
+            for name in names:
+                atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(model.path.parent / n, tmp))
+        meta.update(format="openvino", file=names[0], files=names)
     elif isinstance(model, OnnxModel):
         target = directory / ONNX_FILE
         data_files = onnx_external_files(model.path)
@@ -279,13 +285,20 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         path = directory / _own_file(meta, ONNX_FILE, directory)
         check_onnx(path)
         return OnnxModel(path)
+    if fmt == "openvino":
+        path = directory / _own_file(meta, "openvino_model.xml", directory)
+        for p in (path, path.with_suffix(".bin")):
+            if path.suffix != ".xml" or not p.is_file():
+                raise NnslimError(f"{str(p)!r}: OpenVINO IR file not found (an openvino artifact holds "
+                                  "openvino_model.xml and openvino_model.bin)")
+        return OnnxModel(path)
     if fmt == "compressed-tensors":
         return _load_compressed_tensors(directory, meta, trust_remote_code)
     if fmt == "hf":
         return _load_hf(directory, meta, trust_remote_code)
     if fmt != "torch":
         raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx, "
-                          "compressed-tensors, hf")
+                          "openvino, compressed-tensors, hf")
     if model is None:
         testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
         if testbed is None:

@@ -216,6 +216,23 @@ def determinism_info() -> dict[str, Any]:
     return info
 
 
+# The CPU features that decide which int8 / low-precision kernels a runtime can use.
+INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of INT8_FLAGS this CPU has (from /proc/cpuinfo; empty where that is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in INT8_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -225,7 +242,10 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system()}
+    flags = cpu_flags()
+    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "cpu_flags": flags,
+            "int8_dot_product": vnni}
 
 
 MAX_META_BYTES = 16 << 20

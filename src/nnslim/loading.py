@@ -18,7 +18,7 @@ from .errors import NnslimError, bad_value
 from .io import META_FILE, check_onnx, find_meta
 from .progress import warn
 from .runtime import OnnxModel, make_runner
-from .runtime.base import DEFAULTABLE_INPUTS
+from .runtime.base import defaultable
 from .testbeds import TESTBEDS, HFTestbed, ModuleTestbed, Testbed, get_testbed, testbed_for_hf_dir
 from .validate import check_finite_data
 
@@ -202,17 +202,27 @@ def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:
     """The testbed must feed exactly the inputs the ONNX graph needs (checked before any run)."""
     if isinstance(testbed, ModuleTestbed) or not testbed.input_names:
         return
+    needed = _graph_inputs(path)
+    fed = {k: np.ndim(v) for k, v in testbed.export_example().items()}
+    if "input_ids" in fed:  # filled in by the runners when the graph takes them (Optimum exports do)
+        fed.update({k: rank for k, rank in needed.items() if defaultable(k) and k not in fed})
+    if fed != needed:
+        raise NnslimError(f"testbed {testbed.name!r} feeds inputs {_ranks(fed)} but {str(path)!r} takes "
+                          f"{_ranks(needed)}; pass the --testbed this model was made for")
+
+
+def _graph_inputs(path: Path) -> dict[str, int]:
+    """{input name: rank} of an ONNX graph or an OpenVINO IR."""
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        return {p.get_any_name(): p.get_partial_shape().rank.get_length() for p in model.inputs}
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
-    needed = {i.name: len(i.type.tensor_type.shape.dim) for i in proto.graph.input if i.name not in inits}
-    fed = {k: np.ndim(v) for k, v in testbed.export_example().items()}
-    if "input_ids" in fed:  # filled in by the runners when the graph takes them (Optimum exports do)
-        fed.update({k: fed["input_ids"] for k in DEFAULTABLE_INPUTS if k in needed and k not in fed})
-    if fed != needed:
-        raise NnslimError(f"testbed {testbed.name!r} feeds inputs {_ranks(fed)} but {str(path)!r} takes "
-                          f"{_ranks(needed)}; pass the --testbed this model was made for")
+    return {i.name: len(i.type.tensor_type.shape.dim) for i in proto.graph.input if i.name not in inits}
 
 
 def _ranks(inputs: dict[str, int]) -> str:
@@ -227,9 +237,9 @@ def load_for_run(source: str, backend: str | None = None):
     path = Path(source)
     if path.is_dir() and (path / META_FILE).is_file():
         meta = find_meta(path)
-        if meta.get("format") == "onnx":
+        if meta.get("format") in ("onnx", "openvino"):
             path = path / meta.get("file", "model.onnx")
-    if path.is_file() and path.suffix == ".onnx":
+    if path.is_file() and path.suffix in (".onnx", ".xml"):
         return make_runner(OnnxModel(path), backend)
     return make_runner(resolve(source).model, backend)
 

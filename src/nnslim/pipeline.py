@@ -257,9 +257,11 @@ def _deployable(model, ctx: Context):
 
 def _export_baseline(r: Resolved, directory: Path) -> OnnxModel:
     from .runtime.onnx_export import export_onnx
+    from .runtime.onnx_llm import graph_for_export
 
     tb = r.testbed
-    return export_onnx(r.model, tb.export_example(), directory / "model.onnx", tb.dynamic_axes)
+    model, example, axes = graph_for_export(r.model, tb.export_example(), tb.dynamic_axes)
+    return export_onnx(model, example, directory / "model.onnx", axes)
 
 
 def _inside(path: Path, directory: Path) -> bool:

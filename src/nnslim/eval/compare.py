@@ -101,7 +101,8 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
     results = []
     for v, runner in zip(variants, runners):
         results.append(VariantResult(
-            name=v.name, backend=runner.backend, format="onnx" if isinstance(v.model, OnnxModel) else "torch",
+            name=v.name, backend=runner.backend, format=("openvino-ir" if v.model.path.suffix == ".xml" else "onnx")
+            if isinstance(v.model, OnnxModel) else "torch",
             dtype=dtype_of(v.model),
             size_bytes=v.size_bytes if v.size_bytes is not None else size_on_disk(v.model), params=param_count(v.model),
             metrics=testbed.evaluate(runner) if metrics else {}))
@@ -111,6 +112,7 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
         res.latency = lat[str(i)]
         if memory and v.source:
             res.peak_mem_bytes = peak_memory_bytes(v.source, res.backend, inputs)
+    decode_notes = measure_decode(testbed, runners, results, rounds=min(3, repeats))
     report = Report(testbed=testbed.name, primary_metric=testbed.primary_metric,
                     higher_is_better=testbed.higher_is_better, batch=batch, seq=seq, variants=results,
                     machine=machine_info(), versions=library_versions())
@@ -120,15 +122,43 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
             report.notes.append(f"{res.name}: metrics {', '.join(bad)} are not finite (NaN/Inf; written as null)")
     report.notes.append(f"latency: {warmup} warm-up runs, then {lat['0'].runs} interleaved "
                         "rounds; median (p90); throughput = batch / median")
+    report.notes.extend(decode_notes)
     if memory:
         report.notes.append("peak mem: peak RSS of a fresh process loading the variant and running one batch, "
                             "minus that process's RSS after imports")
     return report
 
 
+def measure_decode(testbed, runners, results, rounds: int = 3) -> list[str]:
+    """Decoder LMs: greedy decode tokens/s of every variant that has a KV-cache form (a torch model, or an
+    ONNX graph exported with past), batch 1, rounds interleaved, median. Returns the report notes."""
+    prompt_fn = getattr(testbed, "decode_prompt", None)
+    able = [i for i, r in enumerate(runners) if getattr(r, "decodes", False)]
+    if not callable(prompt_fn) or not able:
+        return []
+    prompt, new_tokens = prompt_fn(), getattr(testbed, "decode_tokens", 32)
+    rates: dict[int, list[float]] = {i: [] for i in able}
+    for i in able:  # warm-up
+        runners[i].decode(prompt, 4)
+    for r in range(max(1, rounds)):
+        for i in able[r % len(able):] + able[:r % len(able)]:
+            rates[i].append(runners[i].decode(prompt, new_tokens)[1])
+    for i in able:
+        results[i].decode_tok_s = float(np.median(rates[i]))
+    notes = [f"decode: greedy, batch 1, prompt {prompt.shape[1]} + {new_tokens} new tokens with the KV cache "
+             f"(torch: nnslim's StaticDecoder for Llama-family models, else the HF model's DynamicCache; ONNX: the graph's past/present), prefill excluded; median of "
+             f"{max(1, rounds)} interleaved rounds"]
+    missing = [results[i].name for i in range(len(runners)) if i not in able]
+    if missing:
+        notes.append(f"decode: not measured for {', '.join(missing)} (no KV cache in the graph: export with "
+                     "past: true)")
+    return notes
+
+
 def variants_for(name: str, model, source: str | None, backend: str | None = None) -> list[Variant]:
     """A torch model gives one torch row; an ONNX model gives a row per runtime unless one is named."""
     if isinstance(model, OnnxModel):
-        backends = [backend] if backend else ["onnxruntime", "openvino"]
+        backends = [backend] if backend else (["openvino"] if model.path.suffix == ".xml" else
+                                              ["onnxruntime", "openvino"])
         return [Variant(f"{name}" if len(backends) == 1 else f"{name} ({b})", model, b, source) for b in backends]
     return [Variant(name, model, backend or "torch", source)]

@@ -21,11 +21,13 @@ class VariantResult:
     metrics: dict[str, float]
     latency: Latency | None = None
     peak_mem_bytes: int | None = None
+    decode_tok_s: float | None = None  # decoder LMs: greedy decode with the KV cache, batch 1, prefill excluded
 
     def as_dict(self, baseline: "VariantResult | None") -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "backend": self.backend, "format": self.format,
                              "dtype": self.dtype, "size_bytes": self.size_bytes, "params": self.params,
-                             "metrics": dict(self.metrics), "peak_mem_bytes": self.peak_mem_bytes}
+                             "metrics": dict(self.metrics), "peak_mem_bytes": self.peak_mem_bytes,
+                             "decode_tokens_per_s": self.decode_tok_s}
         d.update(self.latency.as_dict() if self.latency else {"latency_ms": None})
         if baseline is not None:
             d["vs_baseline"] = {
@@ -35,6 +37,7 @@ class VariantResult:
                 "peak_mem_ratio": _ratio(self.peak_mem_bytes, baseline.peak_mem_bytes),
                 "metric_delta": {k: v - baseline.metrics[k] for k, v in self.metrics.items()
                                  if k in baseline.metrics},
+                "decode_speedup": _ratio(self.decode_tok_s, baseline.decode_tok_s),
             }
         return d
 
@@ -92,9 +95,10 @@ class Report:
     def rows(self) -> tuple[list[str], list[list[str]]]:
         metrics = self.metric_names()
         same = any(self.same_runtime_fp32(v) for v in self.variants)
+        decode = any(v.decode_tok_s for v in self.variants)
         head = ["variant", "backend", *metrics, "latency ms (p90)", "speed-up",
-                *(["vs fp32 same runtime"] if same else []), "throughput/s", "size MB", "size x", "peak mem MB",
-                "params"]
+                *(["vs fp32 same runtime"] if same else []), "throughput/s",
+                *(["decode tok/s", "decode x"] if decode else []), "size MB", "size x", "peak mem MB", "params"]
         base = self.variants[0]
         rows = []
         for v in self.variants:
@@ -106,6 +110,8 @@ class Report:
                      if ref is not None else "-"] if same else []
             rows.append([v.name, v.backend, *[_fmt_metric(v.metrics.get(m)) for m in metrics], lat,
                          _fmt_x(d["speedup"]), *extra, f"{v.latency.throughput:.1f}" if v.latency else "-",
+                         *([f"{v.decode_tok_s:.1f}" if v.decode_tok_s else "-", _fmt_x(d["decode_speedup"])]
+                           if decode else []),
                          f"{v.size_bytes / 1e6:.2f}", _fmt_x(d["size_ratio"]),
                          f"{v.peak_mem_bytes / 1e6:.0f}" if v.peak_mem_bytes else "-",
                          f"{v.params:,}" if v.params else "-"])
@@ -120,7 +126,9 @@ class Report:
 
     def title(self) -> str:
         shape = f"batch {self.batch}" + (f" x seq {self.seq}" if self.seq else "")
-        return f"nnslim report: {self.testbed}, latency at {shape}, {self.machine.get('cpu', '?')}"
+        flags = self.machine.get("cpu_flags")
+        cpu = self.machine.get("cpu", "?") + (f" ({' '.join(flags)})" if flags else "")
+        return f"nnslim report: {self.testbed}, latency at {shape}, {cpu}"
 
     def to_markdown(self) -> str:
         head, rows = self.rows()

@@ -24,6 +24,11 @@ def make_runner(model, backend: str | None = None, threads: int | None = None) -
             raise bad_value("--backend", backend, "torch for a PyTorch model (compress with "
                             "--method onnx to run it in onnxruntime or openvino)")
         return TorchRunner(model)
+    if isinstance(model, OnnxModel) and model.path.suffix == ".xml":  # an OpenVINO IR
+        if backend not in (None, "openvino"):
+            raise bad_value("--backend", backend, "openvino for an OpenVINO IR (openvino_model.xml)")
+        from .openvino import OpenVinoRunner
+        return OpenVinoRunner(model.path, threads=threads)
     if isinstance(model, OnnxModel):
         backend = backend or "onnxruntime"
         if backend == "onnxruntime":

@@ -34,6 +34,15 @@ class Runner(ABC):
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Run one batch."""
 
+    decodes = False  # can it decode token by token with a KV cache (decode / run_all)?
+
+    def decode(self, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], float]:
+        """Greedy tokens after prompt [1, P] and the decode rate in tokens/s (prefill excluded)."""
+        from .onnx_llm import greedy_decode
+
+        tokens, _, rate = greedy_decode(self.run_all, prompt, new_tokens)
+        return tokens, rate
+
 
 def model_dtype(module: torch.nn.Module) -> torch.dtype:
     for p in module.parameters():
@@ -97,22 +106,63 @@ class TorchRunner(Runner):
         out = first_tensor(call_module(self.module, self.to_tensors(inputs)))
         return out.float().cpu().numpy()
 
+    @property
+    def decodes(self) -> bool:
+        """Can it decode token by token with a KV cache (run_all)?"""
+        return callable(getattr(self.module, "decoder_with_past", None))
+
+    def decode(self, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], float]:
+        """Llama-family models decode through StaticDecoder (static KV cache, nnslim's fastest torch path);
+        others through the HF model's own DynamicCache (run_all)."""
+        from ..errors import NnslimError
+        from .decode import StaticDecoder
+
+        prompt = np.asarray(prompt, dtype=np.int64)
+        try:
+            dec = StaticDecoder(self.module.lm, prompt.shape[1] + new_tokens)
+        except (NnslimError, AttributeError):
+            return super().decode(prompt, new_tokens)
+        return dec.generate(torch.as_tensor(prompt), new_tokens)
+
+    def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A decoder LM with its KV cache (logits and present.* by name), as the ONNX runners run it."""
+        if getattr(self, "_with_past", None) is None:
+            make = getattr(self.module, "decoder_with_past", None)
+            if not callable(make):
+                raise TypeError(f"{type(self.module).__name__} has no KV-cache form (decoder_with_past)")
+            self._with_past = make().eval()
+        return self._with_past.run_all(inputs)
+
 
 # Inputs that exporters (Optimum) add and that have one obvious value when a data source does not feed them.
-DEFAULTABLE_INPUTS = ("token_type_ids", "position_ids")
+DEFAULTABLE_INPUTS = ("token_type_ids", "position_ids", "attention_mask")
 
 
-def with_default_inputs(names, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`inputs` plus token_type_ids (zeros) / position_ids (0..seq-1) where the graph takes them and they
-    are not given (a BERT exported by Optimum takes token_type_ids; the text testbeds feed ids and mask)."""
+def defaultable(name: str) -> bool:
+    """Does a graph input of this name get a default value when the data does not feed it?"""
+    from .onnx_llm import PAST
+
+    return name in DEFAULTABLE_INPUTS or name.startswith(PAST)
+
+
+def with_default_inputs(names, inputs: dict[str, np.ndarray], shapes: dict | None = None) -> dict[str, np.ndarray]:
+    """`inputs` plus the inputs a graph takes that have one obvious value when not given: token_type_ids
+    (zeros), attention_mask (ones), position_ids (0..seq-1) and, for a decoder exported with a KV cache, an
+    empty past (`shapes` gives each graph input's declared shape: static heads and head_dim)."""
     missing = [n for n in names if n not in inputs]
     if not missing or "input_ids" not in inputs:
         return inputs
+    from .onnx_llm import PAST, default_past
+
     ids = np.asarray(inputs["input_ids"])
     out = dict(inputs)
     for name in missing:
         if name == "token_type_ids":
             out[name] = np.zeros_like(ids)
+        elif name == "attention_mask":
+            out[name] = np.ones_like(ids)
         elif name == "position_ids":
             out[name] = np.broadcast_to(np.arange(ids.shape[-1], dtype=ids.dtype), ids.shape).copy()
+        elif name.startswith(PAST) and shapes is not None:
+            out[name] = default_past(name, shapes[name], ids.shape[0])
     return out

@@ -48,6 +48,10 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
         axes = (dynamic_axes or {}).get(name, {})
         shapes.append({axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
                       or None)
+    fixed = _fixed_positional(module)
+    if fixed is not None and len(shapes) > fixed:  # forward(a, b, *rest): torch.export wants rest's shapes as one tuple
+        shapes = shapes[:fixed] + [tuple(shapes[fixed:])]
+    output_names = list(getattr(module, "output_names", None) or [getattr(module, "output_name", "output")])
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     _quiet_exporter()
     from ..io import remove_stale
@@ -61,7 +65,7 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
-                                  output_names=[getattr(module, "output_name", "output")], dynamo=True, opset_version=opset,
+                                  output_names=output_names, dynamo=True, opset_version=opset,
                                   dynamic_shapes=tuple(shapes), optimize=True,
                                   external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
             except Exception as e:
@@ -74,6 +78,19 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return OnnxModel(path)
+
+
+def _fixed_positional(module: torch.nn.Module) -> int | None:
+    """How many positional parameters forward() has before a *args parameter (None: it has no *args)."""
+    import inspect
+
+    fixed = 0
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return fixed
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            fixed += 1
+    return None
 
 
 def _check_opset(path: Path, opset: int) -> None:

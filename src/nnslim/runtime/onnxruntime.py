@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Runner, with_default_inputs
+from .onnx_llm import takes_past
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -29,12 +30,22 @@ class OrtRunner(Runner):
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self.input_shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.decodes = takes_past(self.input_names)  # a decoder exported with its KV cache
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}
-        inputs = with_default_inputs(self.input_names, inputs)
+        inputs = with_default_inputs(self.input_names, inputs, self.input_shapes)
         for name in self.input_names:
             value = np.asarray(inputs[name])
             dtype = _NUMPY_TYPES.get(self.input_types[name])
             feed[name] = value.astype(dtype, copy=False) if dtype is not None else value
-        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+        return feed
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.session.run(self.output_names[:1], self._feed(inputs))[0], dtype=np.float32)
+
+    def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output by name (a decoder's logits and its present key/values)."""
+        return dict(zip(self.output_names, self.session.run(None, self._feed(inputs))))

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Runner, with_default_inputs
+from .onnx_llm import takes_past
 
 
 class OpenVinoRunner(Runner):
@@ -24,14 +25,44 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled.create_infer_request()
         # A port can carry several tensor names (e.g. after fp16 conversion inserts casts).
         self.input_names = [sorted(p.get_names()) for p in self.compiled.inputs]
+        self.input_shapes = {}
+        for port, names in zip(self.compiled.inputs, self.input_names):
+            shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            self.input_shapes.update({n: shape for n in names})
+        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        self.decodes = takes_past(self.input_shapes)  # a decoder exported with its KV cache
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _infer(self, inputs: dict[str, np.ndarray]):
         feed = {}
-        inputs = with_default_inputs([n for names in self.input_names for n in names], inputs)
+        inputs = with_default_inputs([n for names in self.input_names for n in names], inputs, self.input_shapes)
         for i, names in enumerate(self.input_names):
             name = next((n for n in names if n in inputs), None)
             if name is None:
                 raise KeyError(f"input {names} of the OpenVINO model not among the given inputs {list(inputs)}")
             feed[i] = np.ascontiguousarray(inputs[name])
-        result = self.request.infer(feed)
-        return np.asarray(result[self.compiled.output(0)], dtype=np.float32)
+        return self.request.infer(feed)
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._infer(inputs)[self.compiled.output(0)], dtype=np.float32)
+
+    def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output by name (a decoder's logits and its present key/values)."""
+        result = self._infer(inputs)
+        return {name: result[port] for name, port in zip(self.output_names, self.compiled.outputs)}
+
+
+def onnx_to_ir(onnx_path: str | Path, xml_path: str | Path, fp16_weights: bool = False):
+    """Convert an ONNX file to an OpenVINO IR (.xml + .bin beside it), both written atomically."""
+    import os
+
+    import openvino as ov
+
+    from .base import OnnxModel
+
+    xml_path = Path(xml_path)
+    model = ov.convert_model(str(onnx_path))
+    tmp = xml_path.with_name(f".{xml_path.stem}.{os.getpid()}.tmp.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=fp16_weights)
+    os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+    os.replace(tmp, xml_path)
+    return OnnxModel(xml_path)

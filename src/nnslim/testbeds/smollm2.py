@@ -30,6 +30,12 @@ class CausalLMLogits(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
+    def decoder_with_past(self) -> nn.Module:
+        """The same model taking and returning a KV cache: what an ONNX export writes (runtime/onnx_llm.py)."""
+        from ..runtime.onnx_llm import CausalLMWithPast
+
+        return CausalLMWithPast(self.lm)
+
 
 def smollm2_gguf() -> tuple[Path, str]:
     # find_spec locates the package without importing it.
@@ -156,6 +162,13 @@ class CausalLMTestbed(HFTestbed):
         n = n or 128
         ids = self._tokens("calibration", n * seq_len).reshape(n, seq_len)
         return [{"input_ids": row[None]} for row in ids]
+
+    decode_tokens = 32  # new tokens per decode-speed run (report column "decode tok/s")
+
+    def decode_prompt(self) -> np.ndarray:
+        """The prompt of the decode-speed measurement: 64 tokens of the eval text (fewer if it is shorter)."""
+        ids = self.tokenizer(self.source.passage("eval"), return_tensors="np")["input_ids"][0].astype(np.int64)
+        return ids[:64][None]
 
     def prompts(self) -> list[np.ndarray]:
         out = []

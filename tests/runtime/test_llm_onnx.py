@@ -1,0 +1,104 @@
+"""Decoder LLMs deployed as ONNX with a KV cache (Optimum's names), decoded token by token in ONNX Runtime and
+OpenVINO; the OpenVINO IR artifact; the CPU flags in every report."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import nnslim
+from nnslim.errors import NnslimError
+
+from hf_zoo import _build  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llms")
+    return {kind: _build(kind, root) for kind in ("llama", "gpt2")}
+
+
+def _hf_greedy(model_dir, prompt, n):
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        out = lm.generate(torch.as_tensor(prompt), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)
+    return out[0, prompt.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_onnx_with_past_decodes_as_transformers_generate(llms, kind, tmp_path):
+    from nnslim.runtime import make_runner
+    from nnslim.runtime.onnx_llm import greedy_decode
+
+    res = nnslim.compress(str(llms[kind]), "onnx", out=tmp_path / "a", report=False)
+    import onnx
+
+    proto = onnx.load(str(res.model.path), load_external_data=False)
+    inputs = [i.name for i in proto.graph.input]
+    outputs = [o.name for o in proto.graph.output]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"] and len(inputs) == 3 + 2 * 2
+    assert outputs[0] == "logits" and outputs[1:3] == ["present.0.key", "present.0.value"]
+    assert any("decode step with past" in n for n in res.notes)
+    prompt = np.random.default_rng(0).integers(0, 30522, (1, 7))
+    want = _hf_greedy(llms[kind], prompt, 6)
+    for backend in ("onnxruntime", "openvino"):
+        runner = make_runner(res.model, backend)
+        assert runner.decodes
+        tokens, _, rate = greedy_decode(runner.run_all, prompt, 6)
+        assert tokens == want, backend
+        assert rate > 0
+
+
+def test_past_false_exports_logits_only(llms, tmp_path):
+    from nnslim.runtime.onnx_methods import OnnxConfig
+
+    res = nnslim.compress(str(llms["llama"]), OnnxConfig(past=False), out=tmp_path / "a", report=False)
+    import onnx
+
+    assert [i.name for i in onnx.load(str(res.model.path), load_external_data=False).graph.input] == ["input_ids"]
+
+
+def test_int4_onnx_with_past_reports_decode_rate_and_cpu_flags(llms, tmp_path):
+    res = nnslim.compress(str(llms["llama"]), "examples/int4_onnx_llm.yaml", out=tmp_path / "a", repeats=3,
+                          memory=False)
+    rows = json.loads((tmp_path / "a" / "report.json").read_text())
+    by_name = {v["name"]: v for v in rows["variants"]}
+    assert by_name["original float32"]["decode_tokens_per_s"] > 0
+    onnx_rows = [v for n, v in by_name.items() if n.startswith("int4-rtn + onnx")]
+    assert len(onnx_rows) == 2 and all(v["decode_tokens_per_s"] > 0 for v in onnx_rows)
+    assert all(v["vs_baseline"]["decode_speedup"] > 0 for v in onnx_rows)
+    assert "cpu_flags" in rows["machine"] and isinstance(rows["machine"]["int8_dot_product"], bool)
+    assert any(n.startswith("decode: greedy, batch 1") for n in rows["notes"])
+    assert "decode tok/s" in (tmp_path / "a" / "report.md").read_text()
+    assert res.model.path.name == "model.onnx"
+
+
+def test_openvino_ir_artifact_loads_in_nnslim_and_plain_openvino(llms, tmp_path):
+    import openvino as ov
+
+    out = tmp_path / "ir"
+    res = nnslim.compress(str(llms["llama"]), [{"method": "int8-weight-only"}, {"method": "openvino"}], out=out, report=False)
+    meta = json.loads((out / "nnslim.json").read_text())
+    assert meta["format"] == "openvino" and meta["files"][:2] == ["openvino_model.xml", "openvino_model.bin"]
+    assert "config.json" in meta["files"] and "tokenizer.json" in meta["files"]  # as optimum-intel reads it
+    assert not (out / "model.onnx").exists()
+    loaded = nnslim.load(out)
+    assert loaded.path.name == "openvino_model.xml"
+    compiled = ov.Core().compile_model(str(out / "openvino_model.xml"), "CPU")
+    names = {n for p in compiled.inputs for n in p.get_names()}
+    assert "past_key_values.0.key" in names
+    # the int8 weights stay int8 constants in the IR (OpenVINO's compressed-weight form), one per layer
+    ir = ov.Core().read_model(str(out / "openvino_model.xml"))
+    int8 = [op for op in ir.get_ops() if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.i8]
+    assert len(int8) >= 14  # 2 layers x (q, k, v, o, gate, up, down)
+    metrics = nnslim.evaluate(str(out))["metrics"]
+    assert np.isfinite(metrics["perplexity"])
+    with pytest.raises(NnslimError, match="openvino for an OpenVINO IR"):
+        nnslim.evaluate(str(out), backend="onnxruntime")
+    assert res.model.path.suffix == ".xml"
