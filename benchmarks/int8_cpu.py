@@ -71,7 +71,7 @@ def nncf_rivals(fp32: Path, calib: list[dict], work: Path, transformer: bool) ->
 def run(testbed: str, samples: int, repeats: int, out: Path, max_drop: float) -> str:
     base = resolve(testbed)
     tb = base.testbed
-    work = Path(tempfile.mkdtemp(prefix=f"int8-{testbed}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"int8-{Path(testbed).name}-"))
     fp32 = export_onnx(base.model, tb.export_example(), work / "fp32.onnx", tb.dynamic_axes)
     calib = tb.calibration(samples)
     t0 = time.perf_counter()
@@ -83,11 +83,17 @@ def run(testbed: str, samples: int, repeats: int, out: Path, max_drop: float) ->
     ctl = nnslim.compress(base.model, Int8Config(samples=samples, max_drop=max_drop), testbed=tb,
                           out=out / "nnslim-int8-max-drop", overwrite=True, report=False)
     transformer = tb.default_seq is not None
+    float_mm = None
+    if transformer:  # the attention matmuls' int8 (on by default for transformers) against leaving them float
+        float_mm = nnslim.compress(base.model, Int8Config(samples=samples, matmuls=False), testbed=tb,
+                                   out=out / "nnslim-int8-float-matmuls", overwrite=True, report=False)
     variants = [Variant("fp32 ONNX", fp32, "onnxruntime"), Variant("fp32 ONNX", fp32, "openvino"),
                 Variant("nnslim int8", res.model, "onnxruntime"), Variant("nnslim int8", res.model, "openvino"),
                 Variant(f"nnslim int8 max_drop={max_drop}", ctl.model, "onnxruntime"),
                 Variant(f"nnslim int8 max_drop={max_drop}", ctl.model, "openvino"),
                 Variant("nnslim int8-dynamic", dyn.model, "onnxruntime")]
+    if float_mm is not None:
+        variants[4:4] = [Variant("nnslim int8 matmuls=false", float_mm.model, b) for b in ("onnxruntime", "openvino")]
     variants += ort_rivals(fp32.path, calib, work, transformer)
     variants += nncf_rivals(fp32.path, calib, work, transformer)
     report = compare(tb, variants, repeats=repeats, memory=False, max_seconds=600)
@@ -133,7 +139,8 @@ def reduce_range_check(testbed: str, samples: int) -> str:
     for rr in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             q = nnslim.quantize(base.model, Int8Config(samples=samples, reduce_range=rr), testbed=tb)
-            onnx_model = nnslim.export_onnx(q, tb.export_example(), Path(tmp) / "q.onnx", tb.dynamic_axes)
+            onnx_model = nnslim.export_onnx(q, tb.export_example(), Path(tmp) / "q.onnx", tb.dynamic_axes,
+                                             calibration=tb.calibration(64))
             cells = [tb.evaluate(TorchRunner(q))[metric]] + [tb.evaluate(make_runner(onnx_model, b))[metric]
                                                              for b in ("onnxruntime", "openvino")]
         rows.append(f"| {'7-bit' if rr else '8-bit'} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
@@ -177,7 +184,7 @@ def main() -> None:
         elif args.calibrator_table:
             print(calibrator_table(name, args.samples), flush=True)
         else:
-            print(run(name, args.samples, args.repeats, Path(args.out) / name, args.max_drop), flush=True)
+            print(run(name, args.samples, args.repeats, Path(args.out) / Path(name).name, args.max_drop), flush=True)
         print(f"({name}: {time.time() - t0:.0f} s wall)\n", flush=True)
 
 

@@ -13,12 +13,12 @@ def test_parse_list_and_mapping_forms():
     assert r.steps[0].method == "fp16" and r.seed == 0
     r = parse_recipe({"name": "x", "seed": 7, "steps": [{"method": "onnx", "opset": 17, "tolerance": 1}]})
     assert r.seed == 7 and r.steps[0].opset == 17 and r.steps[0].tolerance == 1.0
-    assert r.to_dict()["steps"][0] == {"method": "onnx", "opset": 17, "check": True, "tolerance": 1.0}
+    assert r.to_dict()["steps"][0] == {"method": "onnx", "opset": 17, "check": True, "tolerance": 1.0, "past": True}
 
 
 @pytest.mark.parametrize("spec,match", [
     ([{"method": "int3"}], r"method='int3' is not allowed; did you mean 'int8'\? allowed: .*fp16"),
-    ([{"method": "onnx", "opsett": 17}], r"unknown key 'opsett' for method 'onnx'; did you mean 'opset'\? allowed: check, opset, tolerance"),
+    ([{"method": "onnx", "opsett": 17}], r"unknown key 'opsett' for method 'onnx'; did you mean 'opset'\? allowed: check, opset, past, tolerance"),
     ([{"method": "fp16", "x": 1}], r"unknown key 'x' for method 'fp16'; allowed: \(none"),
     ([{"method": "onnx", "opset": "17"}], r"steps\[0\]\.opset='17' has the wrong type; expected int"),
     ([{"method": "onnx", "check": 1}], r"check=1 has the wrong type; expected bool"),

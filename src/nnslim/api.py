@@ -129,13 +129,15 @@ def _inputs(example_inputs, model):
 
 
 def export_onnx(model: torch.nn.Module, example_inputs, path: str | Path, dynamic_axes: dict | None = None,
-                opset: int = 18):
+                opset: int = 18, calibration=None):
     """Export a torch module to ONNX (dynamo exporter). example_inputs: a dict (inputs named by its keys),
     a tensor or a tuple of positional inputs (named by the forward's parameters), as torch.onnx.export.
 
-    A model returned by nnslim.quantize exports as int8 (QDQ for static, MatMulInteger for dynamic).
+    A model returned by nnslim.quantize exports as int8 (QDQ for static, MatMulInteger for dynamic). A
+    transformer quantized with int8 attention matmuls (Int8Config.matmuls) needs `calibration` (any form
+    quantize accepts) to calibrate them in the exported graph.
     """
-    from .data import as_inputs
+    from .data import as_inputs, as_samples
     from .runtime.onnx_export import export_onnx as _export
     from .runtime.qdq import export_quantized_onnx, has_integer_onnx_layers
 
@@ -143,5 +145,10 @@ def export_onnx(model: torch.nn.Module, example_inputs, path: str | Path, dynami
               for k, v in as_inputs(example_inputs, model).items()}
     axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}
     if has_integer_onnx_layers(model):
-        return export_quantized_onnx(model, inputs, path, axes, opset)[0]
+        samples = None
+        if calibration is not None:
+            data = [{k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+                    for s in as_samples(calibration, model, "calibration", list(inputs))]
+            samples = lambda n: data[:n]  # noqa: E731
+        return export_quantized_onnx(model, inputs, path, axes, opset, calibration=samples)[0]
     return _export(model, inputs, path, axes, opset)

@@ -249,7 +249,8 @@ def _deployable(model, ctx: Context):
 
     if has_qdq_layers(model):
         onnx_model, notes = export_quantized_onnx(model, ctx.export_example(), ctx.workdir / "model.onnx",
-                                                  ctx.dynamic_axes)
+                                                  ctx.dynamic_axes,
+                                                  calibration=ctx.calibration if ctx.has_data else None)
         ctx.notes.extend(notes)
         return onnx_model
     return model

@@ -102,3 +102,41 @@ def test_openvino_ir_artifact_loads_in_nnslim_and_plain_openvino(llms, tmp_path)
     with pytest.raises(NnslimError, match="openvino for an OpenVINO IR"):
         nnslim.evaluate(str(out), backend="onnxruntime")
     assert res.model.path.suffix == ".xml"
+
+
+def test_int8_attention_matmuls_get_calibrated_qdq(tmp_path):
+    import onnx
+
+    from nnslim.quant.ptq import Int8Config
+    from nnslim.runtime.qdq_matmul import activation_matmuls
+    from hf_zoo import _build as build
+
+    bert = build("bert", tmp_path / "zoo")
+    on = nnslim.compress(str(bert), Int8Config(samples=16, matmuls=True), out=tmp_path / "on", report=False)
+    auto = nnslim.compress(str(bert), Int8Config(samples=16), out=tmp_path / "auto", report=False)
+    from nnslim.quant.ptq import cpu_has_vnni  # auto: on where the CPU has int8 dot products
+
+    assert any("attention matmuls" in n for n in auto.notes) == cpu_has_vnni()
+    off = nnslim.compress(str(bert), Int8Config(samples=16, matmuls=False), out=tmp_path / "off", report=False)
+    g_on = onnx.load(str(on.model.path)).graph
+    g_off = onnx.load(str(off.model.path)).graph
+    assert len(activation_matmuls(g_off)) == 4  # 2 layers x (Q.K^T, probs.V), float
+    producers = {o: n.op_type for n in g_on.node for o in n.output}
+    mms = [n for n in g_on.node if n.op_type == "MatMul" and all(i.startswith("nnslim_mm/") for i in n.input)]
+    assert len(mms) == 4 and all(producers[i] == "DequantizeLinear" for n in mms for i in n.input)
+    assert any("4 activation x activation MatMuls as int8" in n for n in on.notes)
+    # the deployed graph still matches the float model closely
+    tb_metrics = nnslim.evaluate(str(tmp_path / "on"), testbed=str(bert))["metrics"]
+    assert tb_metrics["cos_mean"] > 0.95
+    # the API export needs calibration for them, and says so
+    q = nnslim.quantize(_hf_model(bert), Int8Config(samples=4, matmuls=True),
+                        calibration=[{"input_ids": np.ones((1, 8), np.int64), "attention_mask": np.ones((1, 8), np.int64)}] * 4)
+    with pytest.raises(NnslimError, match="matmuls"):
+        nnslim.export_onnx(q, {"input_ids": np.ones((2, 8), np.int64), "attention_mask": np.ones((2, 8), np.int64)},
+                           tmp_path / "x.onnx", {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+
+
+def _hf_model(path):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(path)).eval()

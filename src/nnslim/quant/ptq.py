@@ -64,6 +64,10 @@ class Int8Config(StaticBase):
     """Static int8: int8 weights and calibrated uint8 activations (deploys as ONNX QDQ)."""
     ranges = {**StaticBase.ranges, "max_drop": (0.0, 1e9)}
     max_drop: float | None = None  # accuracy control: max allowed drop of the validation metric
+    # int8 attention products (Q.K^T, probs.V) in the ONNX graph, calibrated at export, as NNCF's transformer
+    # preset does. "auto": on for the transformer preset where this CPU has int8 dot products (VNNI / AMX:
+    # OpenVINO 2% faster on a Xeon with AMX); off without (no gain on AVX2, cos -0.0004): BENCHMARKS.md 8
+    matmuls: bool | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,11 @@ def default_calibrator(preset: str) -> str:
 
 
 def cpu_has_vnni() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return True  # unknown: assume a modern CPU
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    """Does this CPU have int8 dot products (AVX512-VNNI, AVX-VNNI or AMX)? Unknown: assume a modern CPU."""
+    from ..io import cpu_flags
+
+    flags = cpu_flags()
+    return not flags or any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) -> dict[str, nn.Module]:
@@ -259,6 +263,12 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
         if keep_float:  # for accuracy control, which may put the layer back in float
             wrapper.original_bias = None if layer.bias is None else layer.bias.detach().clone()
         replace_module(model, name, wrapper)
+    matmuls = getattr(config, "matmuls", False)
+    if static and (matmuls is True or (matmuls == "auto" and preset == "transformer" and cpu_has_vnni())):
+        from ..runtime.qdq_matmul import MATMULS_ATTR
+
+        setattr(model, MATMULS_ATTR, True)  # read by the ONNX export, which calibrates and quantizes them
+        notes.append("attention matmuls: int8 in the deployed ONNX graph (matmuls option)")
     if preset == "transformer":
         n_emb = quantize_embeddings(model, config.ignore)
         if n_emb:

@@ -17,20 +17,36 @@ from .calibration import run_with_hooks
 @torch.no_grad()  # not inference_mode: what it makes must work in autograd forwards
 def smoothing_scales(model: nn.Module, linears: dict[str, nn.Module], data: list[dict], alpha: float
                      ) -> dict[str, torch.Tensor]:
-    """Per-layer input-channel scales s (only Linear layers; convolutions are left alone)."""
+    """Per-layer input-channel scales s (only Linear layers; convolutions are left alone). Layers fed the
+    same tensor (attention's q/k/v projections) share one scale, from the largest of their weights, so the
+    deployed graph divides and quantizes that input once for all of them (as SmoothQuant does)."""
     targets = {n: m for n, m in linears.items() if isinstance(m, nn.Linear)}
     act_max: dict[str, torch.Tensor] = {}
+    parent = {n: n for n in targets}
+    last: list = [None, None]  # the previous call's (name, input): held, so its identity cannot be reused
+
+    def root(n):
+        while parent[n] != n:
+            n = parent[n]
+        return n
 
     def on_input(name, x):
         m = x.detach().abs().float().reshape(-1, x.shape[-1]).amax(0)
         act_max[name] = m if name not in act_max else torch.maximum(act_max[name], m)
+        if last[1] is x and last[0] != name:  # the same tensor object feeds consecutive layers
+            parent[root(name)] = root(last[0])
+        last[0], last[1] = name, x
 
     run_with_hooks(model, targets, data, on_input, desc="smoothquant stats")
+    last[1] = None
+    groups: dict[str, list[str]] = {}
+    for name in targets:
+        if name in act_max:  # never called as a module: no scale
+            groups.setdefault(root(name), []).append(name)
     scales = {}
-    for name, lin in targets.items():
-        if name not in act_max:  # never called as a module
-            continue
-        x_max = act_max[name].clamp(min=1e-5)
-        w_max = lin.weight.detach().abs().float().amax(0).clamp(min=1e-5)
-        scales[name] = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
+    for members in groups.values():
+        x_max = torch.stack([act_max[n] for n in members]).amax(0).clamp(min=1e-5)
+        w_max = torch.stack([targets[n].weight.detach().abs().float().amax(0) for n in members]).amax(0)
+        s = (x_max.pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+        scales.update({n: s.clone() for n in members})
     return scales

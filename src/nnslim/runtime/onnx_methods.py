@@ -63,7 +63,8 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
         if isinstance(config, OnnxFp16Config):
             raise NnslimError("onnx-fp16 cannot follow an integer quantization step; use method onnx (it writes "
                               "the int8/int4 QDQ graph)")
-        onnx_model, notes = export_quantized_onnx(graph_model, example, path, axes, config.opset)
+        onnx_model, notes = export_quantized_onnx(graph_model, example, path, axes, config.opset,
+                                                  calibration=ctx.calibration if ctx.has_data else None)
         ctx.notes.extend(notes)
         tolerance = max(tolerance, QDQ_TOLERANCE)  # integer kernels vs float simulation: rounding differs
         if any(callable(getattr(m, "onnx_qdq_spec", None)) for m in model.modules()):

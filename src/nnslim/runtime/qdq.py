@@ -80,9 +80,41 @@ def _zero_init(shape, bits: int, name: str):
     return numpy_helper.from_array(np.zeros(shape, np.int8), name)
 
 
+MATMUL_SAMPLES = 64  # calibration samples for the attention matmuls' input ranges
+
+
+def _merge_duplicate_scalings(graph, inits) -> None:
+    """One node for several Mul/Div of the same tensor by equal constants (the shared SmoothQuant scale of
+    q/k/v, exported once per layer): the layers then share one scaled input and one QuantizeLinear."""
+    from onnx import numpy_helper
+
+    seen: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        for k, x in enumerate(node.input):
+            if x in rename:
+                node.input[k] = rename[x]
+        if node.op_type in ("Mul", "Div") and len(node.input) == 2 and node.input[1] in inits:
+            key = (node.op_type, node.input[0], _digest(numpy_helper.to_array(inits[node.input[1]])))
+            if key in seen:
+                rename[node.output[0]] = seen[key]
+                continue
+            seen[key] = node.output[0]
+        kept.append(node)
+    outputs = {o.name for o in graph.output}
+    if rename and not outputs & set(rename):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: str | Path,
-                          dynamic_axes: dict | None = None, opset: int = 18) -> tuple[OnnxModel, list[str]]:
-    """Export a model holding QuantWrapper layers to an int8 ONNX graph. Returns (model, notes)."""
+                          dynamic_axes: dict | None = None, opset: int = 18,
+                          calibration=None) -> tuple[OnnxModel, list[str]]:
+    """Export a model holding QuantWrapper layers to an int8 ONNX graph. Returns (model, notes).
+
+    calibration(n) -> samples: data for the activation x activation MatMuls when the int8 step asked for
+    them in int8 (qdq_matmul.py)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -97,6 +129,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     proto = onnx.load(str(path))
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
+    _merge_duplicate_scalings(graph, inits)
 
     by_digest: dict[str, tuple[str, bool]] = {}
     for name, s in spec.items():
@@ -260,4 +293,11 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         form = "static QDQ"
     kind = "/".join(containers)  # the storage type: 5-7 bit codes live in INT8, 2-4 bit in INT4
     notes.append(f"{kind} ONNX: {len(found)}/{len(spec)} layers as {kind} ({form})")
+    from .qdq_matmul import MATMULS_ATTR, quantize_activation_matmuls
+
+    if any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
+        if calibration is None:
+            raise NnslimError("the int8 step asked for int8 attention matmuls (matmuls option), which need "
+                              "calibration data at export; pass calibration data or set matmuls: false")
+        notes += quantize_activation_matmuls(path, calibration(MATMUL_SAMPLES))
     return OnnxModel(path), notes

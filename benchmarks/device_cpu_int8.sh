@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# BENCHMARKS.md 2e: the int8 comparison (benchmarks/int8_cpu.py) on the device machine's host CPU, which has
+# the int8 dot-product instructions (AVX512-VNNI / AMX) that the dev machine lacks. Run through the device
+# tool from the repo root, carrying .whl (OpenVINO + NNCF wheels, and MiniLM's config + tokenizer files):
+#   bash benchmarks/device_cpu_int8.sh
+# The MiniLM-shaped encoder is built from all-MiniLM-L6-v2's own config with random weights (its 90 MB of
+# weights cannot travel): latency ratios are the point; fidelity is of that random model.
+set -euo pipefail
+lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|Flags)" | sed -E 's/^Flags:\s+/Flags: /'
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+OUT=${OUT:-build/device-int8}
+python3 - <<'PY'
+import shutil, torch, transformers as tf
+torch.manual_seed(0)
+cfg = tf.BertConfig.from_pretrained(".whl/minilm")
+tf.BertModel(cfg).eval().save_pretrained("/tmp/minilm-shaped")
+for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    shutil.copyfile(f".whl/minilm/{f}", f"/tmp/minilm-shaped/{f}")
+print("built /tmp/minilm-shaped", sum(p.numel() for p in tf.BertModel(cfg).parameters()), "params")
+PY
+python3 -c "import nnslim.io as i; print(i.machine_info())"
+for threads in ${THREADS:-16}; do
+  echo "== threads $threads =="
+  OMP_NUM_THREADS=$threads python3 benchmarks/int8_cpu.py --testbeds ${TESTBEDS:-/tmp/minilm-shaped digits-cnn} --repeats 10 \
+    --out "$OUT/t$threads" 2>&1 | grep -v -E "Loading weights|it/s\]"
+done
