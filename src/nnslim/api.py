@@ -103,7 +103,7 @@ def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = 
     if r.testbed is None:
         raise NnslimError(f"no testbed known for {model!r}: pass --testbed NAME "
                           f"({', '.join(TESTBEDS)}) to choose its data and metric")
-    runner = make_runner(r.model, backend)
+    runner = make_runner(r.model, backend or recorded_runtime(r))
     return {"testbed": r.testbed.name, "backend": runner.backend, "metrics": r.testbed.evaluate(runner),
             "size_bytes": size_on_disk(r.model), "params": param_count(r.model)}
 
@@ -120,6 +120,18 @@ def benchmark(model, testbed: Testbed | str | None = None, backend: str | None =
     name = r.testbed.name if isinstance(model, torch.nn.Module) else Path(str(model)).name
     return compare(r.testbed, variants_for(name, r.model, r.source, backend), batch, seq, repeats,
                    memory=memory, metrics=metrics)
+
+
+def recorded_runtime(r) -> str | None:
+    """The deploy runtime compress recorded in an ONNX artifact's nnslim.json (None: the default)."""
+    from .io import find_meta
+    from .runtime import BACKENDS
+
+    if not r.source or r.source.startswith("testbed:") or not Path(r.source).exists():
+        return None
+    recorded = (find_meta(r.source) or {}).get("runtime")
+    name = recorded.get("name") if isinstance(recorded, dict) else None
+    return name if name in BACKENDS and name != "torch" else None
 
 
 def _inputs(example_inputs, model):

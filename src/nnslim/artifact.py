@@ -235,6 +235,13 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
     return directory
 
 
+def update_meta(directory: str | Path, **fields) -> None:
+    """Add fields to an artifact's nnslim.json (rewritten atomically)."""
+    meta = read_meta(directory)
+    meta.update(fields)
+    atomic_write_json(Path(directory) / META_FILE, meta)
+
+
 def _own_file(meta: dict, default: str, directory: Path) -> str:
     """The model file named in nnslim.json: a plain file name inside the artifact dir, nothing else."""
     name = meta.get("file", default)

@@ -190,8 +190,12 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
             shutil.rmtree(work, ignore_errors=True)  # else an ONNX result still lives there (scratch: removed at exit)
         if report:
             stage("measuring baseline and compressed model")
-            rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend,
-                          " + ".join(step.method for step in recipe.steps))
+            label = " + ".join(step.method for step in recipe.steps)
+            rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend, label)
+            runtime = deploy_runtime(rep, label, backend)
+            if runtime is not None:  # evaluate / benchmark of the artifact default to it
+                rep.notes.append(f"deploy runtime: {runtime['name']} ({runtime['why']}); recorded in nnslim.json")
+                artifact.update_meta(target, runtime=runtime)
             if staged:
                 rep.write(target)
         if staged:
@@ -203,6 +207,21 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
             staged.discard()
         raise
     return CompressResult(result, staged.out if staged else None, rep, ctx.notes)
+
+
+def deploy_runtime(rep: Report, label: str, backend: str | None) -> dict | None:
+    """The runtime an ONNX / OpenVINO artifact should run in: the one --backend named, else the faster of
+    the runtimes measured for it in this report (on this CPU). None for a torch artifact."""
+    rows = [v for v in rep.variants if v.name.startswith(label) and v.format != "torch" and v.latency]
+    if not rows:
+        return None
+    if backend:
+        return {"name": backend, "why": "chosen with --backend"}
+    best = min(rows, key=lambda v: v.latency.median_ms)
+    flags = " ".join(rep.machine.get("cpu_flags") or []) or "flags unknown"
+    timings = ", ".join(f"{v.backend} {v.latency.median_ms:.2f} ms" for v in rows)
+    return {"name": best.backend, "why": f"measured fastest at batch {rep.batch}: {timings}; "
+                                         f"{rep.machine.get('cpu', '?')} ({flags})"}
 
 
 def _reload(directory: Path, original):

@@ -77,6 +77,13 @@ def test_int4_onnx_with_past_reports_decode_rate_and_cpu_flags(llms, tmp_path):
     assert any(n.startswith("decode: greedy, batch 1") for n in rows["notes"])
     assert "decode tok/s" in (tmp_path / "a" / "report.md").read_text()
     assert res.model.path.name == "model.onnx"
+    # the faster runtime of the two measured is recorded, and evaluate of the artifact runs in it
+    runtime = json.loads((tmp_path / "a" / "nnslim.json").read_text())["runtime"]
+    fastest = min(onnx_rows, key=lambda v: v["latency_ms"])["backend"]
+    assert runtime["name"] == fastest and "measured fastest" in runtime["why"]
+    assert nnslim.evaluate(str(tmp_path / "a"), testbed=str(llms["llama"]))["backend"] == fastest
+    assert nnslim.evaluate(str(tmp_path / "a"), testbed=str(llms["llama"]), backend="onnxruntime")["backend"] == \
+        "onnxruntime"
 
 
 def test_openvino_ir_artifact_loads_in_nnslim_and_plain_openvino(llms, tmp_path):
