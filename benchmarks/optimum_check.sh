@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md 7d: nnslim's decoder ONNX artifacts (with KV cache) load in Optimum's ORTModelForCausalLM.
+# BENCHMARKS.md 7d: nnslim's decoder artifacts load in Optimum: ONNX (with KV cache) in ORTModelForCausalLM,
+# the OpenVINO IR in optimum-intel's OVModelForCausalLM.
 # optimum-onnx requires transformers < 4.58, so Optimum runs in its own venv (build/optimum-venv); the
 # artifacts are made by nnslim in the project venv (.venv) from small HF models built from configs.
 #   bash benchmarks/optimum_check.sh
@@ -18,13 +19,20 @@ for kind in ("llama", "gpt2", "qwen2"):
     nnslim.compress(str(src), "onnx", out=w / kind, overwrite=True, report=False)
 nnslim.compress(str(w / "src" / "llama"), "examples/int4_onnx_llm.yaml", out=w / "llama-int4", overwrite=True,
                 report=False)
+nnslim.compress(str(w / "src" / "llama"), "openvino", out=w / "llama-ov", overwrite=True, report=False)
+nnslim.compress(str(w / "src" / "llama"), [{"method": "int8-weight-only"}, {"method": "openvino"}],
+                out=w / "llama-ov-int8", overwrite=True, report=False)
 PY
-if [ ! -x build/optimum-venv/bin/python ]; then
+if ! build/optimum-venv/bin/python -c "import optimum.onnxruntime, optimum.intel" 2>/dev/null; then
   python3 -m venv build/optimum-venv
-  build/optimum-venv/bin/pip install -q torch==2.13.0 "transformers<4.58" "optimum-onnx[onnxruntime]"
+  build/optimum-venv/bin/pip install -q torch==2.13.0 "transformers<4.58" "optimum-onnx[onnxruntime]" \
+    "optimum-intel[openvino]"
 fi
 build/optimum-venv/bin/python -c "import transformers, optimum, onnxruntime; print('transformers', transformers.__version__, 'onnxruntime', onnxruntime.__version__)"
 for kind in llama gpt2 qwen2; do
   build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$kind" "$W/src/$kind" 2>&1 | grep -v -i warn
 done
-build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/llama-int4" 2>&1 | grep -v -i warn
+build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/llama-ov" "$W/src/llama" 2>&1 | grep -v -i warn
+for q in llama-int4 llama-ov-int8; do
+  build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$q" 2>&1 | grep -v -i warn
+done
