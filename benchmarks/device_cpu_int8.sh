@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md 2e: the int8 comparison (benchmarks/int8_cpu.py) on the device machine's host CPU, which has
+# BENCHMARKS.md 8b: the int8 comparison (benchmarks/int8_cpu.py) on the device machine's host CPU, which has
 # the int8 dot-product instructions (AVX512-VNNI / AMX) that the dev machine lacks. Run through the device
-# tool from the repo root, carrying .whl (OpenVINO + NNCF wheels, and MiniLM's config + tokenizer files):
+# tool from the repo root, carrying .whl (filled by `bash benchmarks/device_setup.sh prepare`):
 #   bash benchmarks/device_cpu_int8.sh
 # The MiniLM-shaped encoder is built from all-MiniLM-L6-v2's own config with random weights (its 90 MB of
 # weights cannot travel): latency ratios are the point; fidelity is of that random model.
 set -euo pipefail
-lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|Flags)" | sed -E 's/^Flags:\s+/Flags: /'
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+source benchmarks/device_setup.sh  # CPU facts, carried wheels, PYTHONPATH
 OUT=${OUT:-build/device-int8}
 python3 - <<'PY'
 import shutil, torch, transformers as tf

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md 8c: the SmolLM2 CPU deployment table (benchmarks/llm_cpu_deploy.py) on the device machine's
-# host CPU (AVX512-VNNI / AMX). Run through the device tool from the repo root, carrying .whl (OpenVINO + NNCF
-# wheels, SmolLM2's config + tokenizer in .whl/smollm2):  bash benchmarks/device_cpu_llm.sh
+# host CPU (AVX512-VNNI / AMX). Run through the device tool from the repo root, carrying .whl (filled by
+# `bash benchmarks/device_setup.sh prepare`):  bash benchmarks/device_cpu_llm.sh
 # The model is SmolLM2-135M's own config with random weights (its weights cannot travel): tokens/s and
 # latency ratios are the point; its perplexities are those of a random model.
 set -euo pipefail
-lscpu | grep -E "^(Model name|CPU\(s\))"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+source benchmarks/device_setup.sh  # CPU facts, carried wheels, PYTHONPATH
 OUT=${OUT:-build/device-llm}
 python3 - <<'PY'
 import shutil, torch, transformers as tf

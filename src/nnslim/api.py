@@ -153,14 +153,15 @@ def export_onnx(model: torch.nn.Module, example_inputs, path: str | Path, dynami
     from .runtime.onnx_export import export_onnx as _export
     from .runtime.qdq import export_quantized_onnx, has_integer_onnx_layers
 
-    inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
-              for k, v in as_inputs(example_inputs, model).items()}
+    def numpy(sample: dict) -> dict:
+        return {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in sample.items()}
+
+    inputs = numpy(as_inputs(example_inputs, model))
     axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}
     if has_integer_onnx_layers(model):
         samples = None
         if calibration is not None:
-            data = [{k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-                    for s in as_samples(calibration, model, "calibration", list(inputs))]
+            data = [numpy(s) for s in as_samples(calibration, model, "calibration", list(inputs))]
             samples = lambda n: data[:n]  # noqa: E731
         return export_quantized_onnx(model, inputs, path, axes, opset, calibration=samples)[0]
     return _export(model, inputs, path, axes, opset)

@@ -212,7 +212,7 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
 
         if getattr(model, PLAN_ATTR, None):
             meta["structured_plan"] = getattr(model, PLAN_ATTR)
-    elif isinstance(model, OnnxModel) and model.path.suffix == ".xml":  # an OpenVINO IR
+    elif isinstance(model, OnnxModel) and model.is_ir:
         names = [model.path.name, model.path.with_suffix(".bin").name]
         if model.path.parent.resolve() != directory.resolve():
             for name in names:

@@ -221,6 +221,9 @@ INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_
               "amx_tile", "amx_int8", "amx_bf16")
 
 
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot-product instructions
+
+
 def cpu_flags() -> list[str]:
     """Which of INT8_FLAGS this CPU has (from /proc/cpuinfo; empty where that is not readable)."""
     try:
@@ -243,9 +246,8 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     flags = cpu_flags()
-    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "cpu_flags": flags,
-            "int8_dot_product": vnni}
+            "int8_dot_product": any(f in flags for f in INT8_DOT_FLAGS)}
 
 
 MAX_META_BYTES = 16 << 20

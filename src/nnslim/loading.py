@@ -213,7 +213,7 @@ def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:
 
 def _graph_inputs(path: Path) -> dict[str, int]:
     """{input name: rank} of an ONNX graph or an OpenVINO IR."""
-    if path.suffix == ".xml":
+    if OnnxModel(path).is_ir:
         import openvino as ov
 
         model = ov.Core().read_model(str(path))

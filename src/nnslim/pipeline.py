@@ -264,11 +264,12 @@ def _report(r: Resolved, result, directory: Path, ctx: Context, batch, seq, repe
 
 def _deployable(model, ctx: Context):
     """A torch model holding int8 layers deploys as an int8 ONNX graph (QDQ or dynamic)."""
+    from .runtime.onnx_llm import graph_for_export
     from .runtime.qdq import export_quantized_onnx, has_qdq_layers
 
-    if has_qdq_layers(model):
-        onnx_model, notes = export_quantized_onnx(model, ctx.export_example(), ctx.workdir / "model.onnx",
-                                                  ctx.dynamic_axes,
+    if has_qdq_layers(model):  # exported as the onnx step would (a causal LM with its KV cache)
+        graph, example, axes = graph_for_export(model, ctx.export_example(), ctx.dynamic_axes)
+        onnx_model, notes = export_quantized_onnx(graph, example, ctx.workdir / "model.onnx", axes,
                                                   calibration=ctx.calibration if ctx.has_data else None)
         ctx.notes.extend(notes)
         return onnx_model

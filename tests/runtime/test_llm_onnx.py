@@ -128,6 +128,10 @@ def test_int8_attention_matmuls_get_calibrated_qdq(tmp_path):
     g_on = onnx.load(str(on.model.path)).graph
     g_off = onnx.load(str(off.model.path)).graph
     assert len(activation_matmuls(g_off)) == 4  # 2 layers x (Q.K^T, probs.V), float
+    # q/k/v share one SmoothQuant scale: per layer, one scaled and quantized input feeds all three
+    qkv = [n for n in g_off.node if n.op_type in ("MatMul", "Gemm")
+           and any(f"attention.self.{w}" in i for i in n.input for w in ("query", "key", "value"))]
+    assert len(qkv) == 6 and len({n.input[0] for n in qkv}) == 2
     producers = {o: n.op_type for n in g_on.node for o in n.output}
     mms = [n for n in g_on.node if n.op_type == "MatMul" and all(i.startswith("nnslim_mm/") for i in n.input)]
     assert len(mms) == 4 and all(producers[i] == "DequantizeLinear" for n in mms for i in n.input)
@@ -147,3 +151,16 @@ def _hf_model(path):
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(str(path)).eval()
+
+
+def test_int8_llm_deploys_with_its_kv_cache_without_an_onnx_step(llms, tmp_path):
+    import onnx
+
+    from nnslim.quant.ptq import Int8Config
+    from nnslim.runtime import make_runner
+
+    res = nnslim.compress(str(llms["llama"]), Int8Config(samples=8), out=tmp_path / "a", report=False)
+    names = [i.name for i in onnx.load(str(res.model.path), load_external_data=False).graph.input]
+    assert "past_key_values.1.value" in names
+    tokens, rate = make_runner(res.model, "onnxruntime").decode(np.arange(1, 9)[None], 4)
+    assert len(tokens) == 4 and rate > 0

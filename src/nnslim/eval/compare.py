@@ -84,6 +84,12 @@ class Variant:
     size_bytes: int | None = None  # the files as written (artifact rows); else measured from the model
 
 
+def _format(model) -> str:
+    if isinstance(model, OnnxModel):
+        return "openvino-ir" if model.is_ir else "onnx"
+    return "torch"
+
+
 def dtype_of(model) -> str:
     if isinstance(model, torch.nn.Module):
         return str(model_dtype(model)).replace("torch.", "")
@@ -101,8 +107,7 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
     results = []
     for v, runner in zip(variants, runners):
         results.append(VariantResult(
-            name=v.name, backend=runner.backend, format=("openvino-ir" if v.model.path.suffix == ".xml" else "onnx")
-            if isinstance(v.model, OnnxModel) else "torch",
+            name=v.name, backend=runner.backend, format=_format(v.model),
             dtype=dtype_of(v.model),
             size_bytes=v.size_bytes if v.size_bytes is not None else size_on_disk(v.model), params=param_count(v.model),
             metrics=testbed.evaluate(runner) if metrics else {}))
@@ -146,8 +151,8 @@ def measure_decode(testbed, runners, results, rounds: int = 3) -> list[str]:
     for i in able:
         results[i].decode_tok_s = float(np.median(rates[i]))
     notes = [f"decode: greedy, batch 1, prompt {prompt.shape[1]} + {new_tokens} new tokens with the KV cache "
-             f"(torch: nnslim's StaticDecoder for Llama-family models, else the HF model's DynamicCache; ONNX: the graph's past/present), prefill excluded; median of "
-             f"{max(1, rounds)} interleaved rounds"]
+             "(torch: nnslim's StaticDecoder for Llama-family models, else the HF model's DynamicCache; ONNX: the "
+             f"graph's past/present), prefill excluded; median of {max(1, rounds)} interleaved rounds"]
     missing = [results[i].name for i in range(len(runners)) if i not in able]
     if missing:
         notes.append(f"decode: not measured for {', '.join(missing)} (no KV cache in the graph: export with "
@@ -158,7 +163,6 @@ def measure_decode(testbed, runners, results, rounds: int = 3) -> list[str]:
 def variants_for(name: str, model, source: str | None, backend: str | None = None) -> list[Variant]:
     """A torch model gives one torch row; an ONNX model gives a row per runtime unless one is named."""
     if isinstance(model, OnnxModel):
-        backends = [backend] if backend else (["openvino"] if model.path.suffix == ".xml" else
-                                              ["onnxruntime", "openvino"])
+        backends = [backend] if backend else (["openvino"] if model.is_ir else ["onnxruntime", "openvino"])
         return [Variant(f"{name}" if len(backends) == 1 else f"{name} ({b})", model, b, source) for b in backends]
     return [Variant(name, model, backend or "torch", source)]

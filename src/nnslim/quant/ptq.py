@@ -107,10 +107,10 @@ def default_calibrator(preset: str) -> str:
 
 def cpu_has_vnni() -> bool:
     """Does this CPU have int8 dot products (AVX512-VNNI, AVX-VNNI or AMX)? Unknown: assume a modern CPU."""
-    from ..io import cpu_flags
+    from ..io import INT8_DOT_FLAGS, cpu_flags
 
     flags = cpu_flags()
-    return not flags or any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return not flags or any(f in flags for f in INT8_DOT_FLAGS)
 
 
 def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) -> dict[str, nn.Module]:

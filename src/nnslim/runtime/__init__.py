@@ -24,7 +24,7 @@ def make_runner(model, backend: str | None = None, threads: int | None = None) -
             raise bad_value("--backend", backend, "torch for a PyTorch model (compress with "
                             "--method onnx to run it in onnxruntime or openvino)")
         return TorchRunner(model)
-    if isinstance(model, OnnxModel) and model.path.suffix == ".xml":  # an OpenVINO IR
+    if isinstance(model, OnnxModel) and model.is_ir:
         if backend not in (None, "openvino"):
             raise bad_value("--backend", backend, "openvino for an OpenVINO IR (openvino_model.xml)")
         from .openvino import OpenVinoRunner

@@ -15,9 +15,14 @@ class OnnxModel:
     path: Path
 
     @property
+    def is_ir(self) -> bool:
+        """An OpenVINO IR (.xml + .bin) rather than an ONNX file: it runs in OpenVINO only."""
+        return self.path.suffix == ".xml"
+
+    @property
     def size_bytes(self) -> int:
         """The graph file plus the weights files it refers to (ONNX external data, or an OpenVINO IR's .bin)."""
-        if self.path.suffix == ".xml":
+        if self.is_ir:
             extra = [self.path.with_suffix(".bin")]
         else:
             from ..io import onnx_external_files

@@ -130,6 +130,11 @@ def takes_past(names) -> bool:
     return any(n.startswith(PAST) for n in names)
 
 
+def past_from(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A step's present.* outputs renamed as the next step's past_key_values.* inputs."""
+    return {PAST + k[len(PRESENT):]: v for k, v in outputs.items() if k.startswith(PRESENT)}
+
+
 def greedy_decode(run_all, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], float, float]:
     """Greedy tokens after `prompt` [1, P] through a with-past graph. `run_all(feed) -> {name: array}` runs the
     graph and returns every output (inputs it does not take are ignored). Returns (tokens, prefill seconds,
@@ -151,7 +156,7 @@ def greedy_decode(run_all, prompt: np.ndarray, new_tokens: int) -> tuple[list[in
         total = p + i + 1
         feed = {"input_ids": nxt[:, None], "attention_mask": np.ones((b, total), np.int64),
                 "position_ids": np.full((b, 1), total - 1, np.int64)}
-        feed.update({PAST + k[len(PRESENT):]: v for k, v in out.items() if k.startswith(PRESENT)})
+        feed.update(past_from(out))
         out = run_all(feed)
     elapsed = time.perf_counter() - start
     return tokens, prefill, (new_tokens - 1) / elapsed if new_tokens > 1 and elapsed > 0 else float("nan")

@@ -88,7 +88,7 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
 def check_decode_step(module: torch.nn.Module, onnx_model: OnnxModel, ids: np.ndarray, tolerance: float) -> float:
     """Prefill all but the last token, then one decode step fed the graph's own present key/values: its logits
     must match torch's last-position logits on the whole sequence."""
-    from .onnx_llm import PAST, PRESENT
+    from .onnx_llm import past_from
     from .onnxruntime import OrtRunner
 
     runner = OrtRunner(onnx_model.path)
@@ -97,7 +97,7 @@ def check_decode_step(module: torch.nn.Module, onnx_model: OnnxModel, ids: np.nd
     out = runner.run_all({"input_ids": ids[:, :p]})
     feed = {"input_ids": ids[:, p:], "attention_mask": np.ones_like(ids),
             "position_ids": np.full((ids.shape[0], 1), p, np.int64)}
-    feed.update({PAST + k[len(PRESENT):]: v for k, v in out.items() if k.startswith(PRESENT)})
+    feed.update(past_from(out))
     got = np.asarray(runner.run_all(feed)["logits"][:, -1], dtype=np.float32)
     ref = TorchRunner(module)({"input_ids": ids})[:, -1]
     err = float(np.abs(ref - got).max() / max(1.0, float(np.abs(ref).max())))
@@ -137,18 +137,13 @@ class OpenVinoConfig(OnnxConfig):
 @register_method("openvino", OpenVinoConfig, "export to an OpenVINO IR (openvino_model.xml/.bin) for OpenVINO",
                  produces="onnx", stage="export")
 def apply_openvino(model, config: OpenVinoConfig, ctx) -> OnnxModel:
+    from ..io import onnx_external_files
     from .openvino import onnx_to_ir
 
     onnx_model = _export(model, config, ctx)
     ir = onnx_to_ir(onnx_model.path, ctx.workdir / IR_FILE, config.fp16_weights)
-    for p in [onnx_model.path, *(onnx_model.path.parent / n for n in _external(onnx_model.path))]:
+    for p in [onnx_model.path, *(onnx_model.path.parent / n for n in onnx_external_files(onnx_model.path))]:
         p.unlink(missing_ok=True)
     ctx.notes.append(f"openvino: IR {IR_FILE} written from the checked ONNX graph (weights "
                      f"{'fp16' if config.fp16_weights else 'as exported'}); runs in OpenVINO only")
     return ir
-
-
-def _external(path):
-    from ..io import onnx_external_files
-
-    return onnx_external_files(path)

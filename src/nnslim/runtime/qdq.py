@@ -88,22 +88,22 @@ def _merge_duplicate_scalings(graph, inits) -> None:
     q/k/v, exported once per layer): the layers then share one scaled input and one QuantizeLinear."""
     from onnx import numpy_helper
 
+    outputs = {o.name for o in graph.output}
     seen: dict[tuple, str] = {}
     rename: dict[str, str] = {}
     kept = []
     for node in graph.node:
         for k, x in enumerate(node.input):
-            if x in rename:
-                node.input[k] = rename[x]
-        if node.op_type in ("Mul", "Div") and len(node.input) == 2 and node.input[1] in inits:
+            node.input[k] = rename.get(x, x)
+        if (node.op_type in ("Mul", "Div") and len(node.input) == 2 and node.input[1] in inits
+                and node.output[0] not in outputs):
             key = (node.op_type, node.input[0], _digest(numpy_helper.to_array(inits[node.input[1]])))
             if key in seen:
                 rename[node.output[0]] = seen[key]
                 continue
             seen[key] = node.output[0]
         kept.append(node)
-    outputs = {o.name for o in graph.output}
-    if rename and not outputs & set(rename):
+    if rename:
         del graph.node[:]
         graph.node.extend(kept)
 
@@ -282,6 +282,13 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         for op in proto.opset_import:
             if op.domain in ("", "ai.onnx") and op.version < 21:
                 op.version = 21
+    from .qdq_matmul import MATMULS_ATTR, quantize_activation_matmuls
+
+    if any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
+        if calibration is None:
+            raise NnslimError("the int8 step asked for int8 attention matmuls (matmuls option), which need "
+                              "calibration data at export; pass calibration data or set matmuls: false")
+        notes += quantize_activation_matmuls(proto, calibration(MATMUL_SAMPLES))
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     containers = sorted({"int4" if int(s.get("bits", 8)) <= 4 else "int8" for s in spec.values()}, reverse=True)
@@ -293,11 +300,4 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         form = "static QDQ"
     kind = "/".join(containers)  # the storage type: 5-7 bit codes live in INT8, 2-4 bit in INT4
     notes.append(f"{kind} ONNX: {len(found)}/{len(spec)} layers as {kind} ({form})")
-    from .qdq_matmul import MATMULS_ATTR, quantize_activation_matmuls
-
-    if any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
-        if calibration is None:
-            raise NnslimError("the int8 step asked for int8 attention matmuls (matmuls option), which need "
-                              "calibration data at export; pass calibration data or set matmuls: false")
-        notes += quantize_activation_matmuls(path, calibration(MATMUL_SAMPLES))
     return OnnxModel(path), notes

@@ -9,8 +9,6 @@ non-negative softmax probabilities), as NNCF's transformer preset does: OpenVINO
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 # A model whose int8 step asked for the attention matmuls in int8 carries this attribute (set by the step).
@@ -55,19 +53,14 @@ def _ranges(proto, tensors: list[str], samples: list[dict]) -> dict[str, tuple[f
     return {t: (lo[t], hi[t]) for t in tensors}
 
 
-def quantize_activation_matmuls(path: str | Path, samples: list[dict]) -> list[str]:
-    """Insert calibrated uint8 QDQ on both inputs of every activation x activation MatMul of the ONNX file
-    at `path` (rewritten atomically). Returns the report notes."""
-    import onnx
+def quantize_activation_matmuls(proto, samples: list[dict]) -> list[str]:
+    """Insert calibrated symmetric QDQ on both inputs of every activation x activation MatMul of the ONNX
+    ModelProto (in place). Returns the report notes."""
     from onnx import helper, numpy_helper
 
-    from ..io import atomic_write, onnx_external_files
-
-    path = Path(path)
-    if onnx_external_files(path):
-        return ["attention matmuls left float: the graph keeps its weights in external data (> 2 GB), which the "
-                "in-memory calibration pass cannot load"]
-    proto = onnx.load(str(path))
+    if proto.ByteSize() >= 2**31 - 1:
+        return ["attention matmuls left float: the graph is over 2 GB, which the in-memory calibration pass "
+                "cannot run"]
     graph = proto.graph
     mms = activation_matmuls(graph)
     if not mms:
@@ -100,7 +93,5 @@ def quantize_activation_matmuls(path: str | Path, samples: list[dict]) -> list[s
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
-    onnx.checker.check_model(proto)
-    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     return [f"attention matmuls: {len(mms)} activation x activation MatMuls as int8 (symmetric QDQ on both inputs, "
             f"ranges from {len(samples)} calibration samples run through the int8 graph)"]
