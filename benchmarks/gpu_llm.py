@@ -2,6 +2,7 @@
 
   python benchmarks/gpu_llm.py kernels   # Llama-7B linear shapes: int4 / fp8 / int8 vs bf16 F.linear, per M
   python benchmarks/gpu_llm.py decode    # Llama-7B-shaped model, batch-1 greedy decode in a CUDA graph
+  python benchmarks/gpu_llm.py batched   # fused decode at batch 1/8/32 and KV-cache formats, with memory floors
   python benchmarks/gpu_llm.py gptq      # GPTQ of the whole 7B-shaped model: wall time, peak GPU memory
   python benchmarks/gpu_llm.py render --json FILE   # Markdown table of a saved run (no GPU needed)
 
@@ -38,7 +39,7 @@ def machine() -> str:
     return f"{p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}"
 
 
-def graph_time(fn, reps_inside: int) -> float:
+def graph_time(fn, reps_inside: int, rep_ms: int = 300) -> float:
     """Median ms per call of fn (which runs reps_inside layer calls) replayed from a CUDA graph."""
     import triton.testing
 
@@ -51,7 +52,7 @@ def graph_time(fn, reps_inside: int) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    ms = triton.testing.do_bench(g.replay, warmup=50, rep=300, return_mode="median")
+    ms = triton.testing.do_bench(g.replay, warmup=min(50, rep_ms), rep=rep_ms, return_mode="median")
     return ms / reps_inside
 
 
@@ -269,6 +270,73 @@ def bench_decode(args) -> list[dict]:
     return rows
 
 
+HBM_BYTES_PER_S = 4.8e12  # H200 datasheet bandwidth: the memory floor of a decode step
+
+
+def _weight_bytes(model) -> int:
+    """Bytes a decode step reads for the weights: every parameter and buffer of the decoder layers, the final
+    norm and lm_head (the embedding is read one row per token: left out)."""
+    skip = {id(t) for t in model.model.embed_tokens.parameters()}
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in skip}
+    head = model.lm_head.weight if hasattr(model.lm_head, "weight") else None
+    if head is not None and id(head) in skip:  # tied head: read once per step after all
+        tensors[id(head)] = head
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def bench_batched(args) -> list[dict]:
+    """Fused StaticDecoder at batch sizes and KV-cache formats: tokens/s over the batch, ms per step, and the
+    memory floor of a step (weights + the KV cache read at the mean context, at HBM_BYTES_PER_S)."""
+    from nnslim import Int4RtnConfig, quantize
+    from nnslim.quant.w8a8 import Fp8Config, quantize_w8a8
+    from nnslim.runtime.decode import StaticDecoder
+    from nnslim.runtime.kernels.select import kernel_table
+
+    rows = []
+    for name in ["bf16"] + [v for v in args.variants.split(",") if v]:
+        model = llama(args.layers, "cuda")
+        if name == "int4":
+            model = quantize(model, Int4RtnConfig(group_size=128), inplace=True)
+        elif name == "fp8":
+            model = quantize_w8a8(model, Fp8Config(), inplace=True)
+        elif name != "bf16":
+            raise SystemExit(f"unknown variant {name}")
+        wbytes = _weight_bytes(model)
+        cfg = model.config
+        kvh, hd = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+        for b in [int(v) for v in args.batch.split(",")]:
+            ref_tokens = None
+            for kv in args.kv.split(","):
+                g = torch.Generator(device="cpu").manual_seed(0)
+                prompt = torch.randint(0, cfg.vocab_size, (b, args.prompt), generator=g).cuda()
+                dec = StaticDecoder(model, max_len=args.prompt + args.new_tokens + 8, fused=True, batch=b, kv_cache=kv)
+                runs = [dec.generate(prompt, args.new_tokens) for _ in range(args.runs)]
+                tokens = runs[0][0] if b > 1 else [runs[0][0]]
+                rate = statistics.median(r[1] for r in runs)
+                ctx = args.prompt + args.new_tokens / 2
+                elem = 2 if kv == "model" else 1
+                kv_read = b * cfg.num_hidden_layers * 2 * kvh * ctx * (hd * elem + (0 if kv == "model" else 4))
+                floor_ms = (wbytes + kv_read) / HBM_BYTES_PER_S * 1e3
+                step_ms = 1e3 * b / rate
+                row = {"variant": name, "batch": b, "kv_cache": kv, "prompt": args.prompt, "new_tokens": args.new_tokens,
+                       "tok_s": round(rate, 1), "ms_per_step": round(step_ms, 3), "floor_ms": round(floor_ms, 3),
+                       "floor_over_measured": round(floor_ms / step_ms, 3), "weights_GB": round(wbytes / 1e9, 2),
+                       "kv_cache_GB": round(dec.cache.nbytes() / 1e9, 2), "runs": [round(r[1], 1) for r in runs]}
+                if ref_tokens is None:
+                    ref_tokens = tokens
+                else:  # greedy agreement with the model-dtype cache (same weights, same prompts)
+                    same = sum(x == y for a, c in zip(tokens, ref_tokens) for x, y in zip(a, c))
+                    row["agreement_vs_first_kv"] = round(same / sum(len(a) for a in ref_tokens), 3)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                del dec
+                torch.cuda.empty_cache()
+        del model
+        torch.cuda.empty_cache()
+    print(json.dumps({"kernel_choices": kernel_table()}), flush=True)
+    return rows
+
+
 def profile_step(model, prompt_len: int) -> None:
     """GPU time per kernel of one fused decode step (run eagerly under torch.profiler; the kernels are
     the ones the CUDA graph replays)."""
@@ -350,7 +418,7 @@ def render(path: str) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kernels", "decode", "gptq", "render"])
+    ap.add_argument("what", choices=["kernels", "decode", "batched", "gptq", "render"])
     ap.add_argument("--m", default="1,2,4,8,16,32,128,1024,2048,4096")
     ap.add_argument("--all", action="store_true", help="also try GEMM configs at M=1")
     ap.add_argument("--profile", action="store_true", help="decode: GPU time per kernel of one fused step")
@@ -362,6 +430,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--variants", default="int4")
+    ap.add_argument("--batch", default="1,8,32", help="batched: batch sizes")
+    ap.add_argument("--kv", default="model,int8", help="batched: KV-cache formats (model, int8, fp8)")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--json", default=None, help="also write the rows here")
@@ -373,7 +443,8 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     print(f"# {args.what} on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    rows = {"kernels": bench_kernels, "decode": bench_decode, "gptq": bench_gptq}[args.what](args)
+    rows = {"kernels": bench_kernels, "decode": bench_decode, "batched": bench_batched,
+            "gptq": bench_gptq}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "what": args.what, "rows": rows}, indent=1))
 

@@ -178,3 +178,57 @@ def test_fused_decoder_other_llama_families(interpreted, family):
     dec = StaticDecoder(lm, max_len=16, use_graph=False, fused=True)
     tokens, _ = dec.generate(prompt, 5)
     assert tokens == _greedy_reference(lm, prompt, 5)
+
+
+# --- batched decode and quantized KV caches ------------------------------------------------------------
+@pytest.mark.parametrize("fused", [False, True])
+def test_batched_decode_equals_one_sequence_at_a_time(interpreted, tiny_llama, fused):
+    import copy
+
+    dev = "cuda" if CUDA else "cpu"
+    lm = copy.deepcopy(tiny_llama).to(dev)
+    prompts = torch.randint(0, 256, (3, 8), generator=torch.Generator().manual_seed(7)).to(dev)
+    tokens, rate = StaticDecoder(lm, max_len=20, use_graph=False, fused=fused, batch=3).generate(prompts, 5)
+    assert len(tokens) == 3 and rate > 0
+    for row, got in zip(prompts, tokens):
+        assert got == _greedy_reference(lm, row[None], 5)
+    with pytest.raises(NnslimError, match="batch=3"):
+        StaticDecoder(lm, max_len=20, use_graph=False, fused=fused, batch=3).generate(prompts[:1], 2)
+
+
+def test_kv_cache_formats_and_bad_input(tiny_llama):
+    with pytest.raises(NnslimError, match="kv_cache='int4' is not allowed; allowed: model, int8, fp8"):
+        StaticDecoder(tiny_llama, 16, use_graph=False, kv_cache="int4")
+    with pytest.raises(NnslimError, match="batch=0"):
+        StaticDecoder(tiny_llama, 16, use_graph=False, batch=0)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(8))
+    ref = StaticDecoder(tiny_llama, 24, use_graph=False, fused=False, batch=2).score(ids, 8)
+    full = tiny_llama(input_ids=ids).logits[:, 7:23]  # teacher forcing through the cache = one full forward
+    assert torch.allclose(ref, full, atol=1e-4)
+    sizes = {}
+    for fmt in ("int8", "fp8"):
+        dec = StaticDecoder(tiny_llama, 24, use_graph=False, fused=False, batch=2, kv_cache=fmt)
+        got = dec.score(ids, 8)
+        err = float((got - ref).norm() / ref.norm())
+        assert err < (0.02 if fmt == "int8" else 0.08), (fmt, err)
+        assert dec.cache.k[0].dtype == (torch.int8 if fmt == "int8" else torch.float8_e4m3fn)
+        sizes[fmt] = dec.cache.nbytes()
+    model_bytes = StaticDecoder(tiny_llama, 24, use_graph=False, batch=2).cache.nbytes()
+    assert sizes["int8"] < 0.35 * model_bytes  # fp32 model here: 1 byte codes + 4 bytes per 16-value head
+
+
+def test_fused_quantized_cache_matches_torch_quantization(interpreted, tiny_llama):
+    """The fused kernels write int8 codes + scales as the torch path does and attend over them directly."""
+    import copy
+
+    dev = "cuda" if CUDA else "cpu"
+    lm = copy.deepcopy(tiny_llama).to(dev)
+    ids = torch.randint(0, 256, (2, 14), generator=torch.Generator().manual_seed(9)).to(dev)
+    plain = StaticDecoder(lm, 16, use_graph=False, fused=False, batch=2, kv_cache="int8")
+    fused = StaticDecoder(lm, 16, use_graph=False, fused=True, batch=2, kv_cache="int8")
+    a, b = plain.score(ids, 6), fused.score(ids, 6)
+    assert float((a - b).norm() / a.norm()) < 1e-3
+    n = 13  # positions written: the codes differ at most by one step (rounding of a tie), scales agree
+    for x, y in ((plain.cache.k[1], fused.cache.k[1]), (plain.cache.v[0], fused.cache.v[0])):
+        assert int((x[:, :, :n].int() - y[:, :, :n].int()).abs().max()) <= 1
+    assert torch.allclose(plain.cache.ks[1][:, :, :n], fused.cache.ks[1][:, :, :n], rtol=1e-5)

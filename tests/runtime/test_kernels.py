@@ -105,6 +105,40 @@ def test_perm_gemv(k, n, group, sym):
             assert err < (1e-2 if CUDA else 1e-5), (cfg, err)
 
 
+
+@pytest.mark.parametrize("k,n,group,sym", [(256, 96, 64, True), (512, 80, 32, False), (96 * 4, 40, -1, True),
+                                           (1024, 24, 128, False)])
+@pytest.mark.parametrize("m", [2, 17])
+def test_tensor_core_gemm_and_dequantizer_read_stored_codes(k, n, group, sym, m):
+    """The tensor-core GEMM (both operand orders) and the one-kernel dequantizer read the canonical packed
+    weight: exact vs the dequantized reference for every tile that fits, ragged M and N included."""
+    layer = _int4(k, n, group, sym)
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    x = torch.randn(m, k, device=DEV, dtype=dtype)
+    ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+    small = [dict(c, BLOCK_M=16, BLOCK_N=32, num_stages=1) for c in triton_int4.TC_CONFIGS[:1]]
+    configs = small + [dict(small[0], SWAP=False, BLOCK_K=32), dict(small[0], BLOCK_K=32, GROUP_N=1),
+                       dict(small[0], BLOCK_K=32, SPLIT_K=3)]
+    if CUDA:
+        configs += triton_int4.TC_CONFIGS
+    tried = 0
+    for cfg in configs:
+        if not triton_int4.tc_fits(k, layer.group, cfg["BLOCK_K"]):
+            with pytest.raises(ValueError, match="BLOCK_K"):
+                layer._triton_int4tc(x, cfg)
+            continue
+        tried += 1
+        y = layer._triton_int4tc(x, cfg)
+        err = float((y.float() - ref).norm() / ref.norm())
+        assert err < (1e-2 if CUDA else 1e-5), (cfg, err)
+    assert tried >= 2
+    w = layer._triton_dequant(dtype)
+    assert torch.equal(w, layer.dequantized_weight(dtype)) if not CUDA else \
+        float((w.float() - layer.dequantized_weight(torch.float32)).abs().max()) < 1e-2
+    if CUDA:
+        cands = layer._candidates(torch.zeros(64, k, device=DEV, dtype=dtype))
+        assert any(c.startswith("triton-int4tc-") for c in cands) and "triton-int4dq" in cands
+
 def test_int8_gemm_and_row_quant():
     torch.manual_seed(1)
     a = torch.randint(-127, 128, (37, 96), dtype=torch.int8, device=DEV)

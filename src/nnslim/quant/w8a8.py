@@ -25,16 +25,10 @@ from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
-from .primitives import FP8_E4M3, INT8_WEIGHT, quantize
+from ..runtime.kernels.triton_w8a8 import quantize_rows_torch  # noqa: F401  (re-exported)
+from .primitives import FP8_E4M3, INT8_WEIGHT
 
 FORMATS = {"fp8": FP8_E4M3, "int8": INT8_WEIGHT}
-
-
-def quantize_rows_torch(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric quantization (the shared primitive; reference, and CPU): (codes, scale [rows])."""
-    scheme = FORMATS[fmt]
-    scale = x.float().abs().amax(dim=-1).clamp(min=1e-12) / scheme.qmax
-    return quantize(x, scale[:, None], None, scheme).to(scheme.storage), scale
 
 
 @register_packed("w8a8")

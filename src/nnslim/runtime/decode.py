@@ -4,6 +4,9 @@ Qwen2-style: q/k/v/o projections, RMSNorm, rotary embeddings, grouped-query atte
 One decode step has fixed shapes, so on CUDA it is captured once in a CUDA graph and replayed per
 token: no per-token Python or launch overhead, which otherwise dominates batch-1 decode. The layers
 are called as modules, so quantized linears (WeightOnlyLinear, W8A8Linear) run their own kernels.
+`batch` sequences (prompts of one length) decode together: every linear then sees M = batch rows.
+`kv_cache` stores the cache in the model dtype or as int8 / fp8 codes with per-(head, position)
+scales (runtime/kvcache.py).
 
 With `fused=True` (the default on CUDA when Triton is installed and the model fits: Llama-style RMSNorm,
 SiLU-gated MLP), q/k/v and gate/up are concatenated into single linears (runtime/fuse.py; the model's
@@ -20,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import NnslimError
+from .kvcache import KVCache
 
 
 def _rotate_half(x):
@@ -29,7 +33,7 @@ def _rotate_half(x):
 
 class StaticDecoder:
     def __init__(self, lm: torch.nn.Module, max_len: int, use_graph: bool | None = None,
-                 fused: bool | None = None):
+                 fused: bool | None = None, batch: int = 1, kv_cache: str = "model"):
         base = getattr(lm, "model", None)
         if base is None or not hasattr(base, "layers") or not hasattr(lm, "lm_head"):
             raise NnslimError(f"StaticDecoder supports Llama-family causal LMs (model.layers, lm_head); "
@@ -47,10 +51,13 @@ class StaticDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         p = next(lm.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.max_len = max_len
-        shape = (1, self.kv_heads, max_len, self.head_dim)
-        self.k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in base.layers]
-        self.v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in base.layers]
+        if not isinstance(batch, int) or batch < 1:
+            raise NnslimError(f"batch={batch!r} is not allowed; allowed: an integer >= 1")
+        if not isinstance(max_len, int) or max_len < 1:
+            raise NnslimError(f"max_len={max_len!r} is not allowed; allowed: an integer >= 1")
+        self.max_len, self.batch = max_len, batch
+        self.cache = KVCache(kv_cache, len(base.layers), batch, self.kv_heads, max_len, self.head_dim, self.dtype,
+                             self.device)
         self.kpos = torch.arange(max_len, device=self.device)
         self.scale = getattr(attn, "scaling", None) or self.head_dim ** -0.5
         self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
@@ -107,60 +114,85 @@ class StaticDecoder:
             out.append((qkv, gate_up))
         return out
 
+    def _prefill_from_zero(self, t: int, pos: torch.Tensor) -> bool:
+        """A prompt written from position 0 attends to its own fresh keys and values (causal), as Hugging
+        Face does, not to the (possibly quantized) cache; later chunks read the cache with a mask."""
+        return t > 1 and int(pos[0]) == 0
+
+    def _cache_attention(self, i: int, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        k, v = self.cache.read(i, q.dtype)
+        mask = (self.kpos[None, :] <= pos[:, None])[None, None]  # [1, 1, T, L]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                              enable_gqa=self.kv_heads != self.heads)
+
+    def _fresh_attention(self, q, k, v) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                              enable_gqa=self.kv_heads != self.heads)
+
     def _forward_fused(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         from .kernels import triton_decode as K
 
-        t = ids.shape[1]
+        b, t = ids.shape
         h = self.base.embed_tokens(ids)
         cos, sin = self.base.rotary_emb(h, pos[None])
+        fresh = self._prefill_from_zero(t, pos)
+        if fresh:
+            c4, s4 = cos[:, None], sin[:, None]
         cos, sin = cos[0].contiguous(), sin[0].contiguous()
-        h = h[0].contiguous()  # residual stream [T, hidden], updated in place by add_rmsnorm
-        mask = None if t == 1 else (self.kpos[None, :] <= pos[:, None])[None, None]
+        h = h.reshape(b * t, -1).contiguous()  # residual stream [B * T, hidden], updated in place by add_rmsnorm
         delta = None
+        hd = self.head_dim
         for i, (layer, (qkv, gate_up)) in enumerate(zip(self.base.layers, self.fused)):
             n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
             x = K.add_rmsnorm(h, delta, n1.weight, n1.variance_epsilon)
-            q = K.rope_cache(qkv(x), cos, sin, pos, self.k[i], self.v[i], self.heads, self.kv_heads)
+            y = qkv(x)
+            kc, vc, ks, vs = self.cache.kernel_args(i)
+            q = K.rope_cache(y, cos, sin, pos, kc, vc, self.heads, self.kv_heads, ks, vs)
             if t == 1:
-                o = K.decode_attention(q, self.k[i], self.v[i], pos, self.scale)
+                o = K.decode_attention(q, kc, vc, pos, self.scale, k_scale=ks, v_scale=vs)
             else:
-                o = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=self.scale,
-                                                   enable_gqa=self.kv_heads != self.heads)
-                o = o.transpose(1, 2).reshape(t, self.heads * self.head_dim)
+                if fresh:
+                    kv = y.view(b, t, self.heads + 2 * self.kv_heads, hd)[:, :, self.heads:].transpose(1, 2)
+                    k = kv[:, : self.kv_heads]
+                    k = k * c4 + _rotate_half(k) * s4
+                    o = self._fresh_attention(q, k.to(q.dtype), kv[:, self.kv_heads:])
+                else:
+                    o = self._cache_attention(i, q, pos)
+                o = o.transpose(1, 2).reshape(b * t, self.heads * hd)
             x = K.add_rmsnorm(h, layer.self_attn.o_proj(o), n2.weight, n2.variance_epsilon)
             delta = layer.mlp.down_proj(K.silu_mul(gate_up(x)))
         x = K.add_rmsnorm(h, delta, self.base.norm.weight, self.base.norm.variance_epsilon)
-        return self.lm.lm_head(x[-1:])
+        return self.lm.lm_head(x.view(b, t, -1)[:, -1])
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Logits [1, vocab] of the last of `ids` [1, T] at positions `pos` [T]; fills the KV cache."""
+        """Logits [B, vocab] of the last of `ids` [B, T] at positions `pos` [T]; fills the KV cache."""
+        if ids.shape[0] != self.batch:
+            raise NnslimError(f"ids has batch {ids.shape[0]}; this decoder was built for batch={self.batch}")
         if self.fused is not None:
             return self._forward_fused(ids, pos)
-        t = ids.shape[1]
+        b, t = ids.shape
         h = self.base.embed_tokens(ids)
         cos, sin = self.base.rotary_emb(h, pos[None])
         cos, sin = cos[:, None], sin[:, None]
-        mask = (self.kpos[None, :] <= pos[:, None])[None, None]  # [1, 1, T, L]
+        fresh = self._prefill_from_zero(t, pos)
         for i, layer in enumerate(self.base.layers):
             a = layer.self_attn
             x = layer.input_layernorm(h)
-            q = a.q_proj(x).view(1, t, self.heads, self.head_dim).transpose(1, 2)
-            k = a.k_proj(x).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = a.v_proj(x).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = a.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            k = a.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = a.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            self.k[i].index_copy_(2, pos, k.to(self.dtype))
-            self.v[i].index_copy_(2, pos, v.to(self.dtype))
-            o = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=self.scale,
-                                               enable_gqa=self.kv_heads != self.heads)
-            h = h + a.o_proj(o.transpose(1, 2).reshape(1, t, self.heads * self.head_dim))
+            self.cache.write(i, k, v, pos)
+            o = self._fresh_attention(q, k, v) if fresh else self._cache_attention(i, q, pos)
+            h = h + a.o_proj(o.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         h = self.base.norm(h[:, -1:])
         return self.lm.lm_head(h)[:, -1]
 
     def _capture(self):
-        self._tok = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self._tok = torch.zeros(self.batch, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -177,18 +209,22 @@ class StaticDecoder:
             self._logits = self.forward(self._tok, self._pos)
 
     def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
+        """Logits [B, vocab] after one token per sequence (token [B]) at `position`."""
         if not self.use_graph:
-            return self.forward(token.view(1, 1), torch.tensor([position], device=self.device))
+            return self.forward(token.view(self.batch, 1), torch.tensor([position], device=self.device))
         if self._graph is None:
             self._capture()
-        self._tok.copy_(token.view(1, 1))
+        self._tok.copy_(token.view(self.batch, 1))
         self._pos.fill_(position)
         self._graph.replay()
         return self._logits
 
-    def generate(self, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], float]:
-        """Greedy tokens after `prompt` [1, P] and the decode rate in tokens/s (prefill excluded)."""
-        p = prompt.shape[1]
+    def generate(self, prompt: torch.Tensor, new_tokens: int) -> tuple[list, float]:
+        """Greedy tokens after `prompt` [B, P] (one list per sequence; a flat list for batch 1) and the decode
+        rate in tokens/s summed over the batch (prefill excluded). The B prompts share one length."""
+        b, p = prompt.shape
+        if b != self.batch:
+            raise NnslimError(f"prompt has batch {b}; this decoder was built for batch={self.batch}")
         if p + new_tokens > self.max_len:
             raise NnslimError(f"prompt ({p}) + new_tokens ({new_tokens}) exceeds max_len={self.max_len}")
         prompt = prompt.to(self.device)
@@ -206,5 +242,20 @@ class StaticDecoder:
             nxt = logits.argmax(-1)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        rate = new_tokens / (time.perf_counter() - start)
-        return [int(t) for t in torch.cat(out)], rate
+        rate = b * new_tokens / (time.perf_counter() - start)
+        tokens = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(b)]
+        return (tokens[0] if b == 1 else tokens), rate
+
+    @torch.no_grad()
+    def score(self, ids: torch.Tensor, prefill: int) -> torch.Tensor:
+        """Teacher-forced next-token logits [B, T - prefill, vocab] for ids [B, T]: ids[:, :prefill] as one
+        prompt, then one token at a time through the cache (what the cache format changes), for perplexity
+        and agreement measurements of a quantized KV cache."""
+        b, t = ids.shape
+        if not 1 <= prefill < t or t > self.max_len:
+            raise NnslimError(f"prefill={prefill} must be in [1, {t - 1}] and the length {t} <= max_len={self.max_len}")
+        ids = ids.to(self.device)
+        logits = [self.forward(ids[:, :prefill], torch.arange(prefill, device=self.device))]
+        for i in range(prefill, t - 1):
+            logits.append(self.step(ids[:, i], i).float().clone())  # a graph replays into one buffer
+        return torch.stack([lg.float() for lg in logits], dim=1)

@@ -73,7 +73,7 @@ def _weight_init(codes: np.ndarray, bits: int, name: str):
 
 
 def _zero_init(shape, bits: int, name: str):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     if bits <= 4:
         return _weight_init(np.zeros(shape, np.int8), bits, name)

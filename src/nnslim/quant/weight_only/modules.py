@@ -7,6 +7,8 @@ The forward runs the fastest implementation measured for the shape (runtime/kern
   triton-int4-i  nnslim's own Triton GEMV (M == 1) / GEMM, launch configuration i (CUDA)
   triton-int4k-i nnslim's K-major Triton GEMV (M <= 4) straight from the stored packed codes (CUDA)
   triton-int4p-i nnslim's Triton GEMV (M <= 4) on a permuted layout: one FMA per code (CUDA)
+  triton-int4tc-i nnslim's tensor-core GEMM (M > 1) from the stored codes, dequantized in registers (CUDA)
+  triton-int4dq  one Triton kernel dequantizes the stored codes, then cuBLAS (M >= 64; CUDA)
   tinygemm       torch's CUDA int4 packed matmul (_weight_int4pack_mm), bf16
 Kernel-specific layouts are built on first use and kept next to the canonical buffers (not saved).
 """
@@ -146,6 +148,16 @@ class WeightOnlyLinear(nn.Module):
                     configs = triton_int4.GEMV_CONFIGS if x.shape[0] == 1 else triton_int4.GEMM_CONFIGS
                     for i, cfg in enumerate(configs):
                         out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
+            if self.bits == 4 and x.shape[0] > 1:
+                from ...runtime.kernels import triton_int4
+
+                if triton_int4.available():
+                    bucket = max(16, select.m_bucket(x.shape[0]))
+                    for i, cfg in enumerate(triton_int4.TC_CONFIGS):
+                        if cfg["BLOCK_M"] <= bucket and triton_int4.tc_fits(k, g, cfg["BLOCK_K"]):
+                            out[f"triton-int4tc-{i}"] = lambda c=cfg: self._triton_int4tc(x, c)
+                    if x.shape[0] >= 64 and triton_int4.tc_fits(k, g, 32):
+                        out["triton-int4dq"] = lambda: F.linear(x, self._triton_dequant(x.dtype))
             if self.bits == 4 and x.shape[0] <= 4:
                 from ...runtime.kernels import triton_int4
 
@@ -203,6 +215,18 @@ class WeightOnlyLinear(nn.Module):
         return triton_int4.int4_gemv_kmajor(x.contiguous(), self.qweight, self._scales_as(x),
                                             None if self.symmetric else self.zeros, self.group, config,
                                             self._workspace(x, config))
+
+    def _triton_int4tc(self, x, config):
+        from ...runtime.kernels import triton_int4
+
+        return triton_int4.int4_gemm_tc(x.contiguous(), self.qweight, self._scales_as(x),
+                                        None if self.symmetric else self.zeros, self.group, config)
+
+    def _triton_dequant(self, dtype):
+        from ...runtime.kernels import triton_int4
+
+        return triton_int4.int4_dequantize(self.qweight, self.scales, None if self.symmetric else self.zeros,
+                                           self.group, dtype)
 
     def _tinygemm(self, x):
         def build():

@@ -3,8 +3,10 @@ the linears, which otherwise cost more than the linears themselves at batch 1 on
 
   add_rmsnorm   h += delta (residual, in h's dtype), then x = weight * rmsnorm(h)  (one pass)
   rope_cache    rotary embedding of q and k from the fused qkv output, k and v written into the
-                static KV cache at their positions, q written head-major for attention
-  decode_attention  one query token against the cache up to its position (online softmax)
+                static KV cache at their positions (optionally as int8 / fp8 codes + one scale per
+                head and position), q written head-major for attention
+  decode_attention  one query token per sequence against the cache up to its position (online softmax,
+                reading int8 / fp8 caches directly)
   silu_mul      silu(gate) * up from the fused gate/up output
 
 Each matches the Hugging Face Llama modules' arithmetic (fp32 inside, rounded to the model dtype
@@ -35,9 +37,31 @@ if triton is not None:
         tl.store(out_ptr + row * D + offs, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T, L, stride_qkv,
-                           H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr):
-        t = tl.program_id(0)
+    def _quantize_store(o1, o2, dst, sc_ptr, i, m, D: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr):
+        """Store one head's vector (two halves, fp32) into the cache: as is, or as int8 / fp8 codes with one
+        scale (absmax / QMAX) per vector. int8 rounds half to even (the 1.5 * 2**23 trick), like torch.round."""
+        if QUANT == 0:
+            tl.store(dst + i, o1.to(dst.dtype.element_ty), mask=m)
+            tl.store(dst + D // 2 + i, o2.to(dst.dtype.element_ty), mask=m)
+        else:
+            amax = tl.maximum(tl.max(tl.abs(o1), axis=0), tl.max(tl.abs(o2), axis=0))
+            sc = tl.maximum(amax, 1e-12) / QMAX
+            tl.store(sc_ptr, sc)
+            c1 = o1 / sc
+            c2 = o2 / sc
+            if QUANT == 1:
+                c1 = tl.minimum(tl.maximum((c1 + 12582912.0) - 12582912.0, -QMAX), QMAX)
+                c2 = tl.minimum(tl.maximum((c2 + 12582912.0) - 12582912.0, -QMAX), QMAX)
+            tl.store(dst + i, c1.to(dst.dtype.element_ty), mask=m)
+            tl.store(dst + D // 2 + i, c2.to(dst.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, T, L, stride_qkv,
+                           H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+                           QUANT: tl.constexpr, QMAX: tl.constexpr):
+        r = tl.program_id(0)  # row of the [B * T] tokens
+        b = r // T
+        t = r % T
         hh = tl.program_id(1)  # query heads first, then kv heads
         i = tl.arange(0, HALF)
         m = i < D // 2
@@ -45,57 +69,66 @@ if triton is not None:
         c2 = tl.load(cos_ptr + t * D + D // 2 + i, mask=m, other=0.0).to(tl.float32)
         s1 = tl.load(sin_ptr + t * D + i, mask=m, other=0.0).to(tl.float32)
         s2 = tl.load(sin_ptr + t * D + D // 2 + i, mask=m, other=0.0).to(tl.float32)
-        src = qkv_ptr + t * stride_qkv + hh * D
+        src = qkv_ptr + r * stride_qkv + hh * D
         x1 = tl.load(src + i, mask=m, other=0.0).to(tl.float32)
         x2 = tl.load(src + D // 2 + i, mask=m, other=0.0).to(tl.float32)
         o1 = x1 * c1 - x2 * s1
         o2 = x2 * c2 + x1 * s2
         if hh < H:
-            dst = q_ptr + (hh * T + t) * D
+            dst = q_ptr + ((b * H + hh) * T + t) * D
+            tl.store(dst + i, o1.to(q_ptr.dtype.element_ty), mask=m)
+            tl.store(dst + D // 2 + i, o2.to(q_ptr.dtype.element_ty), mask=m)
         else:
             kh = hh - H
-            p = tl.load(pos_ptr + t)
-            dst = k_ptr + (kh * L + p) * D
-            vsrc = qkv_ptr + t * stride_qkv + (H + KVH + kh) * D
-            vdst = v_ptr + (kh * L + p) * D
-            tl.store(vdst + i, tl.load(vsrc + i, mask=m, other=0.0), mask=m)
-            tl.store(vdst + D // 2 + i, tl.load(vsrc + D // 2 + i, mask=m, other=0.0), mask=m)
-        tl.store(dst + i, o1.to(q_ptr.dtype.element_ty), mask=m)
-        tl.store(dst + D // 2 + i, o2.to(q_ptr.dtype.element_ty), mask=m)
+            slot = (b * KVH + kh) * L + tl.load(pos_ptr + t)
+            _quantize_store(o1, o2, k_ptr + slot * D, ks_ptr + slot, i, m, D, QUANT, QMAX)
+            vsrc = qkv_ptr + r * stride_qkv + (H + KVH + kh) * D
+            v1 = tl.load(vsrc + i, mask=m, other=0.0).to(tl.float32)
+            v2 = tl.load(vsrc + D // 2 + i, mask=m, other=0.0).to(tl.float32)
+            _quantize_store(v1, v2, v_ptr + slot * D, vs_ptr + slot, i, m, D, QUANT, QMAX)
 
     @triton.jit
-    def _decode_attention_split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
-                                       GROUP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                                       BLOCK_L: tl.constexpr, CHUNK: tl.constexpr):
-        """Split s of head h: online softmax over cache positions [s * CHUNK, (s + 1) * CHUNK) that are
-        <= pos; writes its running max, denominator and unnormalised output (flash-decoding)."""
-        h = tl.program_id(0)
+    def _decode_attention_split_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
+                                       H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                                       BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+                                       SCALED: tl.constexpr):
+        """Split s of (sequence b, head h): online softmax over cache positions [s * CHUNK, (s + 1) * CHUNK)
+        that are <= pos; writes its running max, denominator and unnormalised output (flash-decoding).
+        SCALED: the cache holds int8 / fp8 codes with one scale per (sequence, kv head, position), applied
+        to the scores and to the softmax weights (the cache is never dequantized in memory)."""
+        bh = tl.program_id(0)
         sp = tl.program_id(1)
         nsplit = tl.num_programs(1)
-        kh = h // GROUP
+        kh = (bh // H) * (H // GROUP) + (bh % H) // GROUP  # b * KVH + kv head
         n = tl.load(pos_ptr) + 1  # cache entries 0..pos are valid
         d = tl.arange(0, BLOCK_D)
         dm = d < D
-        q = tl.load(q_ptr + h * D + d, mask=dm, other=0.0).to(tl.float32) * scale
+        q = tl.load(q_ptr + bh * D + d, mask=dm, other=0.0).to(tl.float32) * scale
         m_i = tl.max(tl.full((BLOCK_L,), -1e30, tl.float32), axis=0)
         l_i = tl.sum(tl.zeros((BLOCK_L,), tl.float32), axis=0)
         acc = tl.zeros((BLOCK_D,), tl.float32)
-        for start in tl.static_range(0, CHUNK, BLOCK_L):
+        for start in range(0, CHUNK, BLOCK_L):
             offs = sp * CHUNK + start + tl.arange(0, BLOCK_L)
             lm = offs < n
             ptrs = (kh * L + offs)[:, None] * D + d[None, :]
             k = tl.load(k_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
-            s = tl.where(lm, tl.sum(k * q[None, :], axis=1), -1e30)
+            s = tl.sum(k * q[None, :], axis=1)
+            if SCALED:
+                s = s * tl.load(ks_ptr + kh * L + offs, mask=lm, other=0.0)
+            s = tl.where(lm, s, -1e30)
             m_new = tl.maximum(m_i, tl.max(s, axis=0))
             p = tl.where(lm, tl.exp(s - m_new), 0.0)
             alpha = tl.exp(m_i - m_new)
             v = tl.load(v_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
-            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+            pv = p
+            if SCALED:
+                pv = p * tl.load(vs_ptr + kh * L + offs, mask=lm, other=0.0)
+            acc = acc * alpha + tl.sum(pv[:, None] * v, axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new
-        tl.store(m_ptr + h * nsplit + sp, m_i)
-        tl.store(l_ptr + h * nsplit + sp, l_i)
-        tl.store(acc_ptr + (h * nsplit + sp) * D + d, acc, mask=dm)
+        tl.store(m_ptr + bh * nsplit + sp, m_i)
+        tl.store(l_ptr + bh * nsplit + sp, l_i)
+        tl.store(acc_ptr + (bh * nsplit + sp) * D + d, acc, mask=dm)
 
     @triton.jit
     def _decode_attention_reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -133,37 +166,58 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tenso
     return out
 
 
+QUANT_CODES = {None: (0, 1.0), torch.int8: (1, 127.0), torch.float8_e4m3fn: (2, 448.0)}
+
+
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
-               v_cache: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
-    """qkv [T, (heads + 2 kv_heads) * D], cos/sin [T, D], pos [T] -> q [1, heads, T, D] (rotated); rotated k
-    and v are written into k_cache/v_cache [1, kv_heads, L, D] at pos."""
-    t = qkv.shape[0]
-    d = k_cache.shape[-1]
-    q = torch.empty((1, heads, t, d), dtype=qkv.dtype, device=qkv.device)
-    _rope_cache_kernel[(t, heads + kv_heads)](qkv, cos, sin, pos, q, k_cache, v_cache, t, k_cache.shape[2],
-                                              qkv.stride(0), H=heads, KVH=kv_heads, D=d,
-                                              HALF=triton.next_power_of_2(d // 2), num_warps=1)
+               v_cache: torch.Tensor, heads: int, kv_heads: int, k_scale: torch.Tensor | None = None,
+               v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """qkv [B * T, (heads + 2 kv_heads) * D] (B sequences of T tokens at the same positions), cos/sin [T, D],
+    pos [T] -> q [B, heads, T, D] (rotated); rotated k and v are written into k_cache/v_cache [B, kv_heads, L,
+    D] at pos: as they are, or, with k_scale/v_scale [B, kv_heads, L], as int8 / fp8 codes with one scale
+    per (sequence, head, position)."""
+    rows = qkv.shape[0]
+    b, _, length, d = k_cache.shape
+    t = rows // b
+    quant, qmax = QUANT_CODES[None if k_scale is None else k_cache.dtype]
+    q = torch.empty((b, heads, t, d), dtype=qkv.dtype, device=qkv.device)
+    _rope_cache_kernel[(rows, heads + kv_heads)](qkv, cos, sin, pos, q, k_cache, v_cache,
+                                                 k_cache if k_scale is None else k_scale,
+                                                 v_cache if v_scale is None else v_scale, t, length,
+                                                 qkv.stride(0), H=heads, KVH=kv_heads, D=d,
+                                                 HALF=triton.next_power_of_2(d // 2), QUANT=quant, QMAX=qmax,
+                                                 num_warps=1)
     return q
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
-                     scale: float, chunk: int = 64) -> torch.Tensor:
-    """q [1, H, 1, D] of the token at pos[0] -> attention output [1, H * D] over cache entries 0..pos.
-    The cache length is split in chunks, one program per (head, chunk), then one reduction per head:
-    the launch shape depends only on the cache size, so it is captured once in a CUDA graph."""
-    heads, d = q.shape[1], q.shape[-1]
+                     scale: float, chunk: int | None = None, k_scale: torch.Tensor | None = None,
+                     v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, H, 1, D] of the token at pos[0] -> attention output [B, H * D] over cache entries 0..pos
+    (k_scale/v_scale: the cache holds codes, see rope_cache). The cache length is split in chunks (by
+    default enough for ~1024 programs), one program per (sequence, head, chunk), then one reduction per
+    (sequence, head): the launch shape depends only on the cache size, so it is captured once in a CUDA
+    graph."""
+    b, heads, d = q.shape[0], q.shape[1], q.shape[-1]
     kv_heads, length = k_cache.shape[1], k_cache.shape[2]
+    if chunk is None:
+        per = -(-length // max(1, 1024 // (b * heads)))
+        chunk = max(64, -(-per // 64) * 64)
     nsplit = triton.cdiv(length, chunk)
-    m = torch.empty((heads, nsplit), dtype=torch.float32, device=q.device)
+    m = torch.empty((b * heads, nsplit), dtype=torch.float32, device=q.device)
     den = torch.empty_like(m)
-    acc = torch.empty((heads, nsplit, d), dtype=torch.float32, device=q.device)
-    out = torch.empty((1, heads * d), dtype=q.dtype, device=q.device)
+    acc = torch.empty((b * heads, nsplit, d), dtype=torch.float32, device=q.device)
+    out = torch.empty((b, heads * d), dtype=q.dtype, device=q.device)
     block_d = triton.next_power_of_2(d)
-    _decode_attention_split_kernel[(heads, nsplit)](q, k_cache, v_cache, pos, m, den, acc, length, scale,
-                                                    GROUP=heads // kv_heads, D=d, BLOCK_D=block_d,
-                                                    BLOCK_L=min(chunk, 64), CHUNK=chunk, num_warps=4)
-    _decode_attention_reduce_kernel[(heads,)](m, den, acc, out, NSPLIT=nsplit, BLOCK_S=triton.next_power_of_2(nsplit),
-                                              D=d, BLOCK_D=block_d, num_warps=4)
+    scaled = k_scale is not None
+    _decode_attention_split_kernel[(b * heads, nsplit)](q, k_cache, v_cache, k_scale if scaled else k_cache,
+                                                        v_scale if scaled else v_cache, pos, m, den, acc, length,
+                                                        scale, H=heads, GROUP=heads // kv_heads, D=d,
+                                                        BLOCK_D=block_d, BLOCK_L=min(chunk, 64), CHUNK=chunk,
+                                                        SCALED=scaled, num_warps=4)
+    _decode_attention_reduce_kernel[(b * heads,)](m, den, acc, out, NSPLIT=nsplit,
+                                                  BLOCK_S=triton.next_power_of_2(nsplit), D=d, BLOCK_D=block_d,
+                                                  num_warps=4)
     return out
 
 

@@ -258,6 +258,96 @@ if triton is not None:
             tl.atomic_add(yp, acc, mask=ymask)
 
 
+    @triton.jit
+    def _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_n, k0, K: tl.constexpr, GROUP: tl.constexpr,
+                      HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr, OUT_DTYPE: tl.constexpr):
+        """W[offs_n, k0:k0+BLOCK_K] dequantized to OUT_DTYPE, from the canonical packed codes (qw [N, K/2]
+        uint8, low nibble = even k): bytes [BN, BK/2] -> nibbles joined on a last axis of 2 -> [BN, BK] in k
+        order. Codes become floats with the 2**23 trick; one scale (and zero) per row when the tile lies in
+        one group, else one per group column."""
+        G: tl.constexpr = K // GROUP
+        raw = tl.load(qw_ptr + offs_n[:, None] * (K // 2) + k0 // 2 + tl.arange(0, BLOCK_K // 2)[None, :]).to(tl.int32)
+        q = tl.reshape(tl.join(raw & 15, raw >> 4), (raw.shape[0], BLOCK_K))
+        qf = (q | 0x4B000000).to(tl.float32, bitcast=True)
+        if GROUP % BLOCK_K == 0:
+            gi = offs_n * G + k0 // GROUP
+            s = tl.load(s_ptr + gi).to(tl.float32)[:, None]
+            if HAS_ZERO:
+                z = tl.load(z_ptr + gi).to(tl.float32)[:, None] + 8388608.0
+            else:
+                z = 8388616.0
+        else:
+            gi = offs_n[:, None] * G + (k0 + tl.arange(0, BLOCK_K))[None, :] // GROUP
+            s = tl.load(s_ptr + gi).to(tl.float32)
+            if HAS_ZERO:
+                z = tl.load(z_ptr + gi).to(tl.float32) + 8388608.0
+            else:
+                z = 8388616.0
+        return ((qf - z) * s).to(OUT_DTYPE)
+
+    @triton.jit
+    def _int4_gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
+                             GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
+                             SWAP: tl.constexpr, SPLIT_K: tl.constexpr):
+        """Tensor-core GEMM straight from the stored codes: each K step dequantizes a [BLOCK_N, BLOCK_K]
+        weight tile in registers. SWAP computes y.T = W @ x.T, so the dequantized weight is the MMA's A
+        operand, which Hopper's wgmma reads from registers (the B operand, x.T, streams through shared
+        memory); without SWAP the weight tile is the B operand (through shared memory). Program ids are
+        grouped GROUP_N weight tiles at a time so the x tiles they share stay in L2. SPLIT_K > 1 (small M:
+        more weight bytes in flight) splits the K steps over the grid's second axis, summed with fp32
+        atomics into a zeroed output."""
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        per_group = GROUP_N * num_m
+        first_n = (pid // per_group) * GROUP_N
+        size_n = tl.minimum(num_n - first_n, GROUP_N)
+        pid_n = first_n + (pid % per_group) % size_n
+        pid_m = (pid % per_group) // size_n
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = offs_n % N  # wrapped rows/columns are computed and never stored: no load masks
+        rm = offs_m % M
+        offs_k = tl.arange(0, BLOCK_K)
+        if SWAP:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        steps: tl.constexpr = K // BLOCK_K
+        per: tl.constexpr = (steps + SPLIT_K - 1) // SPLIT_K
+        first = tl.program_id(1) * per
+        for kk in range(first, tl.minimum(first + per, steps)):
+            k0 = kk * BLOCK_K
+            w = _dequant_tile(qw_ptr, s_ptr, z_ptr, rn, k0, K, GROUP, HAS_ZERO, BLOCK_K, x_ptr.dtype.element_ty)
+            if SWAP:
+                xt = tl.load(x_ptr + rm[None, :] * stride_xm + (k0 + offs_k)[:, None])
+                acc = tl.dot(w, xt, acc)
+            else:
+                xa = tl.load(x_ptr + rm[:, None] * stride_xm + (k0 + offs_k)[None, :])
+                acc = tl.dot(xa, tl.trans(w), acc)
+        out = acc.to(y_ptr.dtype.element_ty)
+        if SWAP:
+            yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+            ym = (offs_m[None, :] < M) & (offs_n[:, None] < N)
+        else:
+            yp = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+            ym = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        if SPLIT_K == 1:
+            tl.store(yp, out, mask=ym)
+        else:
+            tl.atomic_add(yp, out, mask=ym, sem="relaxed")
+
+    @triton.jit
+    def _int4_dequant_kernel(qw_ptr, s_ptr, z_ptr, w_ptr, N, K: tl.constexpr, GROUP: tl.constexpr,
+                             HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """W [N, K] in the output dtype from the stored codes (for large M: dequantize once, then cuBLAS)."""
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k0 = tl.program_id(1) * BLOCK_K
+        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_n % N, k0, K, GROUP, HAS_ZERO, BLOCK_K, w_ptr.dtype.element_ty)
+        tl.store(w_ptr + offs_n[:, None] * K + k0 + tl.arange(0, BLOCK_K)[None, :], w, mask=(offs_n < N)[:, None])
+
+
 # Launch configurations tried by the kernel selector (see kernels/select.py): the ones that won on
 # the H100 for Llama-7B shapes (benchmarks/gpu_llm.py kernels), plus one for small groups. Split-K
 # GEMVs sum their partials in the last CTA of each tile.
@@ -383,3 +473,49 @@ def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Ten
         GROUP=group, HAS_ZERO=zeros is not None, BW=bw, BLOCK_N=bn, UNROLL=config["UNROLL"], SPLIT_K=split,
         num_warps=config["num_warps"])
     return y
+
+
+# Tensor-core GEMM from the stored codes (M > 1): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_N, SWAP, warps, stages).
+TC_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=gn, SWAP=sw, num_warps=w, num_stages=st)
+              for bm, bn, bk, gn, sw, w, st in [
+                  (16, 64, 128, 8, True, 4, 4), (16, 128, 128, 8, True, 4, 4), (32, 128, 128, 8, True, 4, 4),
+                  (64, 128, 64, 8, True, 4, 4), (128, 128, 64, 8, True, 8, 3), (128, 256, 64, 8, True, 8, 3),
+                  (128, 128, 64, 8, False, 8, 3), (256, 128, 64, 8, False, 8, 3)]]
+
+
+def tc_fits(k: int, group: int, block_k: int) -> bool:
+    """Whether a BLOCK_K tile of the tensor-core GEMM / dequantizer fits K and the group size."""
+    return k % block_k == 0 and (group % block_k == 0 or block_k % group == 0)
+
+
+def int4_gemm_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                 group: int, config: dict) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T on tensor cores, from the canonical packed weight (qweight [N, K/2]
+    uint8, low nibble first), scales [N, G] and, for asymmetric weights, zeros [N, G] uint8."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    if not tc_fits(k, group, config["BLOCK_K"]):
+        raise ValueError(f"int4 tensor-core GEMM: BLOCK_K={config['BLOCK_K']} does not fit K={k}, group={group}")
+    cfg = {"SPLIT_K": 1, **config}
+    split = cfg["SPLIT_K"]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device) if split == 1 else \
+        torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
+    _int4_gemm_tc_kernel[grid](x, qweight, scales, zeros if zeros is not None else scales, y, m, n, x.stride(0),
+                               y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, **cfg)
+    return y if split == 1 else y.to(x.dtype)
+
+
+def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
+                    dtype: torch.dtype, block_k: int = 64, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
+    """The dequantized weight [N, K] in `dtype`, in one kernel (large M: dequantize, then cuBLAS)."""
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    while not tc_fits(k, group, block_k):
+        block_k //= 2
+        if block_k < 2:
+            raise ValueError(f"int4 dequantize: K={k}, group={group} has no tile")
+    w = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    _int4_dequant_kernel[(triton.cdiv(n, block_n), k // block_k)](
+        qweight, scales, zeros if zeros is not None else scales, w, n, k, GROUP=group, HAS_ZERO=zeros is not None,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    return w

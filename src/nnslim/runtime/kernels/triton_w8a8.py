@@ -9,6 +9,17 @@ import torch
 from .triton_int4 import tl, triton
 
 FP8_MAX = 448.0  # float8_e4m3fn
+ROW_FORMATS = {"int8": (torch.int8, 127.0), "fp8": (torch.float8_e4m3fn, FP8_MAX)}
+
+
+def quantize_rows_torch(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric quantization over the last dim in torch (the reference of `quantize_rows`, the CPU
+    path, and the KV cache's): (codes int8 [-127, 127] or float8_e4m3fn, scale [...] fp32 = absmax / qmax)."""
+    storage, qmax = ROW_FORMATS[fmt]
+    scale = x.float().abs().amax(dim=-1).clamp(min=1e-12) / qmax
+    v = x.float() / scale[..., None]
+    v = torch.round(v) if fmt == "int8" else v
+    return v.clamp(-qmax, qmax).to(storage), scale
 
 
 if triton is not None:

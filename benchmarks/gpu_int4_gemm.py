@@ -1,0 +1,119 @@
+"""Sweep of nnslim's int4 tensor-core GEMM launch configurations on Llama-7B linear shapes (issue 17).
+
+  python benchmarks/gpu_int4_gemm.py [--m 16,32,...] [--json FILE]
+
+For each shape (K x N) and M: bf16 F.linear, torch's tinygemm, the one-kernel dequantize + cuBLAS path
+and every tensor-core configuration of the grid below (both operand orders), each timed like
+benchmarks/gpu_llm.py (a CUDA graph of R layer copies whose weights exceed L2, do_bench median), each
+checked against the dequantize-then-matmul reference first. Prints one JSON row per (shape, M) with
+the best configuration and the top five: the configurations kept in triton_int4.TC_CONFIGS are the
+ones that won here.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_llm import SHAPES, _copies, graph_time, machine, rel_err  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+
+def grid() -> list[dict]:
+    """Small M (memory-bound): weight-as-A tiles, deep K tiles, split-K for more bytes in flight; large M:
+    the tiles that won a wider first sweep (2026-12-03), with more warps / stages."""
+    out = []
+    for bm, bn, bk, sk in itertools.product((16, 32, 64, 128), (64, 128), (128, 256), (1, 2, 4, 8)):
+        out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, SWAP=True, SPLIT_K=sk, num_warps=4,
+                        num_stages=3 if bk == 256 else 4))
+    for bm, bn, bk, w, st in [(256, 64, 64, 4, 3), (256, 64, 64, 8, 3), (256, 64, 64, 4, 4), (256, 64, 128, 8, 3),
+                              (128, 128, 64, 4, 3), (128, 128, 64, 8, 4), (128, 64, 128, 4, 3), (256, 128, 64, 8, 3)]:
+        out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, SWAP=True, SPLIT_K=1, num_warps=w, num_stages=st))
+    return out
+
+
+DEQUANT_TILES = [(64, 64, 4), (64, 128, 4), (128, 128, 8), (32, 128, 4), (16, 256, 4), (128, 64, 4)]
+
+
+def name(c: dict) -> str:
+    return (f"{'S' if c['SWAP'] else 'N'}{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}k{c['SPLIT_K']}"
+            f"w{c['num_warps']}s{c['num_stages']}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--m", default="16,32,64,128,256,512,2048")
+    ap.add_argument("--rep-ms", type=int, default=60)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
+    from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+    from nnslim.runtime.kernels import triton_int4
+
+    dq_rows = []
+    print(f"# int4 GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    torch.manual_seed(0)
+    spec = WeightSpec(4, 128, True)
+    rows, configs = [], grid()
+    for k, n in SHAPES:
+        lin = nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
+        nn.init.normal_(lin.weight, std=0.02)
+        w = lin.weight.detach()
+        scale, zero = group_qparams(w, spec, 128)
+        codes = quantize_codes(w, scale, zero, spec)
+        r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
+        mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
+        ws = [w.clone() for _ in range(r16)]
+        wref = mods[0].dequantized_weight(torch.bfloat16)
+        for m in [int(v) for v in args.m.split(",")]:
+            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            ref = F.linear(x, wref)
+            base = graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, args.rep_ms)
+            times = {"tinygemm": graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms),
+                     "dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
+                                                  args.rep_ms)}
+            if m == max(int(v) for v in args.m.split(",")):  # the dequantizer's cost does not depend on M
+                dq = {}
+                for bn, bk, nw in DEQUANT_TILES:
+                    dq[f"{bn}x{bk}w{nw}"] = graph_time(lambda bn=bn, bk=bk, nw=nw: [triton_int4.int4_dequantize(
+                        md.qweight, md.scales, None, md.group, x.dtype, bk, bn, nw) for md in mods], r4, args.rep_ms)
+                gb = (k * n * 2 + k * n // 2) / 1e9
+                dq_rows.append({"K": k, "N": n, **{t: f"{v * 1e3:.1f} us, {gb / v:.2f} TB/s" for t, v in dq.items()}})
+                print(json.dumps(dq_rows[-1]), flush=True)
+            for c in configs:
+                if c["BLOCK_M"] > max(16, 2 * m) or c["BLOCK_M"] < m // 32 or (m >= 512 and c["SPLIT_K"] > 1):
+                    continue
+                try:
+                    err = rel_err(mods[0]._triton_int4tc(x, c), ref)
+                    if err > 1e-2:
+                        print(f"  {name(c)} M={m}: rel err {err:.2e}", flush=True)
+                        continue
+                    times[name(c)] = graph_time(lambda c=c: [md._triton_int4tc(x, c) for md in mods], r4, args.rep_ms)
+                except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
+                    print(f"  {name(c)} failed: {str(e).splitlines()[0][:100]}", flush=True)
+            tc = {kk: v for kk, v in times.items() if kk[0] in "SN"}
+            best_tc = min(tc, key=tc.get)
+            row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
+                   "best_tc": best_tc, "best_tc_x": round(base / tc[best_tc], 3),
+                   "dequant_cublas_x": round(base / times["dequant+cublas"], 3),
+                   "tinygemm_x": round(base / times["tinygemm"], 3),
+                   "top": {kk: round(base / v, 3) for kk, v in sorted(tc.items(), key=lambda kv: kv[1])[:5]}}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del mods, ws
+        torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows, "dequant": dq_rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
