@@ -1,11 +1,11 @@
 """nnslim: make trained PyTorch models smaller and faster, and prove it with measured numbers.
 
-Verbs: quantize, prune, distill, compress, evaluate, benchmark, save, load, export_onnx.
+Verbs: quantize, prune, distill, compress, evaluate, benchmark, generate, save, load, export_onnx.
 One config per method, importable from here (nnslim.Int8Config, nnslim.Int4GptqConfig, ...; the full
 list: nnslim.methods()). Data in any form: tensors, tuples, dicts, iterables, DataLoaders or
 nnslim.Dataset(data, transform).
 """
-from .api import benchmark, compress, distill, evaluate, export_onnx, load, prune, quantize, save
+from .api import benchmark, compress, distill, evaluate, export_onnx, generate, load, prune, quantize, save
 from .data import Dataset
 from .errors import NnslimError
 from .recipe import Recipe, methods
@@ -13,7 +13,8 @@ from .testbeds import get_testbed
 
 __version__ = "0.1.0"
 
-VERBS = ["quantize", "prune", "distill", "compress", "evaluate", "benchmark", "save", "load", "export_onnx"]
+VERBS = ["quantize", "prune", "distill", "compress", "evaluate", "benchmark", "generate", "save", "load",
+         "export_onnx"]
 
 
 def _configs() -> dict[str, type]:

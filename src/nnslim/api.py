@@ -24,7 +24,8 @@ from .validate import check_finite_module
 save = artifact.save
 CompressResult = pipeline.CompressResult
 
-__all__ = ["quantize", "prune", "distill", "compress", "evaluate", "benchmark", "save", "load", "export_onnx"]
+__all__ = ["quantize", "prune", "distill", "compress", "evaluate", "benchmark", "generate", "save", "load",
+           "export_onnx"]
 
 
 def quantize(model: torch.nn.Module, config, calibration=None, example_inputs=None, testbed: Testbed | str | None = None,
@@ -120,6 +121,68 @@ def benchmark(model, testbed: Testbed | str | None = None, backend: str | None =
     name = r.testbed.name if isinstance(model, torch.nn.Module) else Path(str(model)).name
     return compare(r.testbed, variants_for(name, r.model, r.source, backend), batch, seq, repeats,
                    memory=memory, metrics=metrics)
+
+
+def generate(model, prompt: str | list[str], max_new_tokens: int = 64, testbed: Testbed | str | None = None,
+             backend: str | None = None, kv_cache: str = "model", device: str | None = None, dtype: str = "auto",
+             trust_remote_code: bool = False) -> dict[str, Any]:
+    """Greedy generation from a causal LM (testbed name, Hugging Face dir, nnslim artifact, torch module):
+    the text and tokens of each prompt and the measured decode rate (tokens/s over the batch, prefill
+    excluded). Several prompts of one token length decode as one batch. Torch models decode through
+    nnslim's StaticDecoder where the architecture allows (Llama family: static KV cache, on CUDA a
+    CUDA-graph step and fused kernels; `kv_cache` int8 / fp8 stores the cache quantized), others through
+    their own cache; ONNX / OpenVINO artifacts through their exported past/present."""
+    from .runtime.kvcache import check_kv_format
+    from .runtime.decode import StaticDecoder
+
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise NnslimError("prompt must be a non-empty string or a list of non-empty strings")
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 1 << 16:
+        raise NnslimError(f"max_new_tokens={max_new_tokens!r} is not allowed; allowed: an integer 1..65536")
+    if dtype not in ("auto", "model", "bf16", "fp16", "fp32"):
+        raise NnslimError(f"dtype={dtype!r} is not allowed; allowed: auto, model, bf16, fp16, fp32")
+    if device not in (None, "cpu", "cuda"):
+        raise NnslimError(f"device={device!r} is not allowed; allowed: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NnslimError("device='cuda' is not allowed here: no CUDA GPU is visible")
+    r = resolve(model, testbed, None, trust_remote_code=trust_remote_code)
+    tok = getattr(r.testbed, "tokenizer", None)
+    if tok is None or not hasattr(r.testbed, "decode_prompt"):
+        raise NnslimError(f"generate needs a causal language model with a tokenizer; {model!r} is a "
+                          f"{getattr(r.testbed, 'name', 'model')} model")
+    ids = [tok(p, return_tensors="np")["input_ids"][0].astype(np.int64) for p in prompts]
+    if len({len(i) for i in ids}) > 1:
+        raise NnslimError(f"the prompts have different token counts ({', '.join(str(len(i)) for i in ids)}); "
+                          "batched decode needs one length: give prompts of equal length or one at a time")
+    batch = np.stack(ids)
+    runner = make_runner(r.model, backend or recorded_runtime(r))
+    lm = getattr(r.model, "lm", None) if isinstance(r.model, torch.nn.Module) else None
+    decoder, note = None, ""
+    if lm is not None:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        check_kv_format(kv_cache, dev)
+        want = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
+            "bf16" if dtype == "auto" and dev.type == "cuda" else dtype)
+        lm = lm.to(dev) if want is None else lm.to(device=dev, dtype=want)
+        try:
+            decoder = StaticDecoder(lm, batch.shape[1] + max_new_tokens, batch=len(prompts), kv_cache=kv_cache)
+            note = f"StaticDecoder on {dev.type}, {decoder.fused_note}, KV cache {kv_cache}"
+        except NnslimError as e:
+            note = f"the model's own KV cache on {dev.type} ({e})"
+    if decoder is not None:
+        tokens, rate = decoder.generate(torch.as_tensor(batch), max_new_tokens)
+        tokens = [tokens] if len(prompts) == 1 else tokens
+    else:
+        if kv_cache != "model" or len(prompts) > 1:
+            raise NnslimError(f"kv_cache={kv_cache!r} / {len(prompts)} prompts: only nnslim's StaticDecoder "
+                              f"(torch, Llama-family models) quantizes the KV cache or decodes a batch; "
+                              f"here {note or runner.backend + ' runs its exported cache'}")
+        tok1, rate = runner.decode(batch, max_new_tokens)
+        tokens, note = [tok1], note or f"{runner.backend}, the exported graph's past/present"
+    return {"texts": [tok.decode(t, skip_special_tokens=True) for t in tokens], "tokens": tokens,
+            "prompt_tokens": int(batch.shape[1]), "new_tokens": max_new_tokens, "batch": len(prompts),
+            "decode_tokens_per_s": round(float(rate), 2), "backend": runner.backend, "decoder": note}
 
 
 def recorded_runtime(r) -> str | None:

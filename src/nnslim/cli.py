@@ -111,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (float sums depend on it; nnslim.json records the count used)")
     _add_timing(p)
 
+    p = sub.add_parser("generate", help="greedy text generation from a causal LM, with the measured decode rate")
+    _add_model(p)
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch of prompts "
+                   "with one token length)")
+    p.add_argument("--max-new-tokens", type=lambda t: _int_in(t, 1, 1 << 16), default=64)
+    p.add_argument("--kv-cache", choices=("model", "int8", "fp8"), default="model",
+                   help="KV cache storage of nnslim's decoder (Llama-family torch models)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")
+    p.add_argument("--dtype", choices=("auto", "model", "bf16", "fp16", "fp32"), default="auto",
+                   help="torch models: compute dtype (auto: bf16 on CUDA, the model's own on CPU)")
+    from .runtime import BACKENDS
+    p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = sub.add_parser("demo", help="compress MiniLM to int8 (ONNX); print the measured before/after report")
     p.add_argument("--out", default="build/demo")
     p.add_argument("--overwrite", action="store_true")
@@ -147,6 +161,21 @@ def _cmd_evaluate(args) -> None:
           f"params {res['params']:,}")
     for k, v in res["metrics"].items():
         print(f"  {k:<16} {v:.4f}")
+
+
+def _cmd_generate(args) -> None:
+    from .api import generate
+
+    res = generate(args.model, args.prompt, args.max_new_tokens, testbed=args.testbed, backend=args.backend,
+                   kv_cache=args.kv_cache, device=args.device, dtype=args.dtype,
+                   trust_remote_code=args.trust_remote_code)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    for prompt, text in zip(args.prompt, res["texts"]):
+        print(f"{prompt}{text}")
+    print(f"# {res['new_tokens']} new tokens x {res['batch']} after {res['prompt_tokens']} prompt tokens: "
+          f"{res['decode_tokens_per_s']:.1f} tokens/s (prefill excluded); {res['decoder']}", file=sys.stderr)
 
 
 def _print_report(report, out) -> None:
@@ -235,7 +264,8 @@ def _cmd_demo(args) -> None:
 
 
 COMMANDS = {"testbeds": _cmd_testbeds, "methods": _cmd_methods, "evaluate": _cmd_evaluate,
-            "benchmark": _cmd_benchmark, "compress": _cmd_compress, "demo": _cmd_demo}
+            "benchmark": _cmd_benchmark, "compress": _cmd_compress, "demo": _cmd_demo,
+            "generate": _cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:

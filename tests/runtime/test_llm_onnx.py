@@ -164,3 +164,37 @@ def test_int8_llm_deploys_with_its_kv_cache_without_an_onnx_step(llms, tmp_path)
     assert "past_key_values.1.value" in names
     tokens, rate = make_runner(res.model, "onnxruntime").decode(np.arange(1, 9)[None], 4)
     assert len(tokens) == 4 and rate > 0
+
+
+def test_generate_api_and_cli(llms, tmp_path):
+    """`nnslim generate`: HF dirs and ONNX artifacts give transformers' greedy tokens; a batch of prompts and a
+    quantized KV cache go through StaticDecoder; what cannot run is one clear error (exit 2)."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(llms["llama"]))
+    text = "the quick brown fox"
+    ids = tok(text, return_tensors="np")["input_ids"]
+    want = _hf_greedy(llms["llama"], ids, 5)
+    res = nnslim.generate(str(llms["llama"]), text, 5, device="cpu")
+    assert res["tokens"] == [want] and res["decode_tokens_per_s"] > 0 and "StaticDecoder" in res["decoder"]
+    assert res["texts"][0] == tok.decode(want, skip_special_tokens=True)
+    two = nnslim.generate(str(llms["llama"]), [text, "a lazy dog jumps"], 5, device="cpu", kv_cache="int8")
+    assert two["batch"] == 2 and len(two["tokens"]) == 2 and "KV cache int8" in two["decoder"]
+    gpt2 = nnslim.generate(str(llms["gpt2"]), text, 4, device="cpu")  # not Llama-family: the model's own cache
+    assert gpt2["tokens"] == [_hf_greedy(llms["gpt2"], ids, 4)] and "own KV cache" in gpt2["decoder"]
+    art = nnslim.compress(str(llms["llama"]), "onnx", out=tmp_path / "onnx", report=False)
+    onnx_res = nnslim.generate(str(art.model.path.parent), text, 5)
+    assert onnx_res["tokens"] == [want] and onnx_res["backend"] == "onnxruntime"
+    with pytest.raises(NnslimError, match="different token counts"):
+        nnslim.generate(str(llms["llama"]), [text, "one"], 3, device="cpu")
+    cli = [sys.executable, "-m", "nnslim.cli", "generate", "--model", str(llms["gpt2"]), "--prompt", text]
+    proc = subprocess.run(cli + ["--kv-cache", "int8"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "kv_cache='int8'" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    proc = subprocess.run(cli + ["--max-new-tokens", "3", "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["tokens"] == [_hf_greedy(llms["gpt2"], ids, 3)]
+    proc = subprocess.run(cli + ["--max-new-tokens", "0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "--max-new-tokens" in proc.stderr
