@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import SHAPES, _copies, graph_time, machine, rel_err  # noqa: E402
+from gpu_llm import SHAPES, _copies, graph_time, int4_parts, machine, rel_err  # noqa: E402
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 
@@ -55,21 +54,16 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
-    from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
     from nnslim.runtime.kernels import triton_int4
 
     dq_rows = []
     print(f"# int4 GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
-    spec = WeightSpec(4, 128, True)
     rows, configs = [], grid()
     for k, n in SHAPES:
-        lin = nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
-        nn.init.normal_(lin.weight, std=0.02)
+        lin, codes, scale, zero, spec = int4_parts(k, n)
         w = lin.weight.detach()
-        scale, zero = group_qparams(w, spec, 128)
-        codes = quantize_codes(w, scale, zero, spec)
         r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
         mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
         ws = [w.clone() for _ in range(r16)]

@@ -64,22 +64,28 @@ def _copies(bytes_each: int) -> int:
     return max(1, min(64, -(-4 * L2_BYTES // bytes_each)))
 
 
+def int4_parts(k: int, n: int, group: int = 128):
+    """A random bf16 Linear [n, k] on CUDA and its symmetric int4 codes, scales, zeros and spec."""
+    from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
+
+    spec = WeightSpec(4, group, True)
+    lin = nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
+    nn.init.normal_(lin.weight, std=0.02)
+    scale, zero = group_qparams(lin.weight.detach(), spec, group)
+    return lin, quantize_codes(lin.weight.detach(), scale, zero, spec), scale, zero, spec
+
+
 def bench_kernels(args) -> list[dict]:
     from nnslim.quant.w8a8 import W8A8Linear
-    from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
 
     torch.manual_seed(0)
     rows = []
     formats = set(args.formats.split(","))
     ms_list = [int(m) for m in args.m.split(",")]
-    spec = WeightSpec(4, 128, True)
     for k, n in SHAPES:
-        lin = nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
-        nn.init.normal_(lin.weight, std=0.02)
+        lin, codes, scale, zero, spec = int4_parts(k, n)
         w = lin.weight.detach()
-        scale, zero = group_qparams(w, spec, 128)
-        codes = quantize_codes(w, scale, zero, spec)
         int4 = WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda()
         fp8 = W8A8Linear.from_linear(lin, "fp8", fast_accum=True).cuda()
         int8 = W8A8Linear.from_linear(lin, "int8").cuda()

@@ -6,8 +6,9 @@ agreement of int8 / fp8 caches with the model-dtype cache (issue 17).
 Perplexity: `StaticDecoder.score` teacher-forces the eval text: the first C tokens as one prompt (which
 attends to its own fresh keys/values, as at serving time), then `steps` tokens one at a time, each
 attending to the whole cache in the format under test: what the cache format changes. Agreement:
-greedy continuation of `new-tokens` after the same C-token prompt, token by token against the
-model-dtype cache (first divergence too). Same weights, same decoder, only the cache format differs.
+(1) teacher-forced: the share of those steps whose top-1 next token equals the model-dtype cache's;
+(2) free-running: greedy continuation of `new-tokens` after the same C-token prompt, position by position
+against the model-dtype cache, and the first divergence (after it the two texts differ anyway). Same weights, same decoder, only the cache format differs.
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def main():
             row = {"context": c, "kv_cache": fmt, "ppl": round(math.exp(float(nll)), 4),
                    "kv_cache_MB": round(dec.cache.nbytes() / 2**20, 1), "seconds": round(time.perf_counter() - t0, 1)}
             if ref_tokens is None:
-                ref_tokens = tokens
+                ref_tokens, ref_top1 = tokens, logits.argmax(-1)
             else:
+                row["teacher_forced_top1_agreement"] = round(float((logits.argmax(-1) == ref_top1).float().mean()), 4)
                 row["greedy_agreement"] = round(sum(a == b for a, b in zip(tokens, ref_tokens)) / len(tokens), 3)
                 row["first_divergence"] = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
             print(json.dumps(row), flush=True)
@@ -71,11 +73,12 @@ def main():
     print(f"\n# smollm2 KV cache formats, {time.strftime('%Y-%m-%d')}, {info.get('cpu', '?')}, "
           f"{torch.get_num_threads()} threads; {args.steps} teacher-forced steps after the context, "
           f"{args.new_tokens} greedy tokens")
-    print("| context | KV cache | perplexity | greedy agreement with the model-dtype cache | first divergence | cache MB |")
-    print("|---|---|---|---|---|---|")
+    print("| context | KV cache | perplexity | top-1 agreement, teacher-forced | free-running greedy agreement | "
+          "first divergence | cache MB |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['context']} | {r['kv_cache']} | {r['ppl']} | {r.get('greedy_agreement', '-')} | "
-              f"{r.get('first_divergence', '-')} | {r['kv_cache_MB']} |")
+        print(f"| {r['context']} | {r['kv_cache']} | {r['ppl']} | {r.get('teacher_forced_top1_agreement', '-')} | "
+              f"{r.get('greedy_agreement', '-')} | {r.get('first_divergence', '-')} | {r['kv_cache_MB']} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
 

@@ -53,6 +53,15 @@ def to_kernel_layout(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
 if triton is not None:
 
     @triton.jit
+    def grouped_tile(pid, num_major, num_minor, GROUP: tl.constexpr):
+        """(major, minor) tile of program `pid`, GROUP major tiles at a time, so the minor-axis tiles they
+        share are read while still in L2 (the usual grouped ordering of a GEMM grid)."""
+        per_group = GROUP * num_minor
+        first = (pid // per_group) * GROUP
+        size = tl.minimum(num_major - first, GROUP)
+        return first + (pid % per_group) % size, (pid % per_group) // size
+
+    @triton.jit
     def _codes(wk_ptr, b, offs_n, N, mask, zoff):
         """Two [16, BN] fp32 tiles (code - zero) for the 32-row K block b."""
         rows = b * 16 + tl.arange(0, 16)
@@ -297,14 +306,7 @@ if triton is not None:
         grouped GROUP_N weight tiles at a time so the x tiles they share stay in L2. SPLIT_K > 1 (small M:
         more weight bytes in flight) splits the K steps over the grid's second axis, summed with fp32
         atomics into a zeroed output."""
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(M, BLOCK_M)
-        num_n = tl.cdiv(N, BLOCK_N)
-        per_group = GROUP_N * num_m
-        first_n = (pid // per_group) * GROUP_N
-        size_n = tl.minimum(num_n - first_n, GROUP_N)
-        pid_n = first_n + (pid % per_group) % size_n
-        pid_m = (pid % per_group) // size_n
+        pid_n, pid_m = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = offs_n % N  # wrapped rows/columns are computed and never stored: no load masks

@@ -8,6 +8,9 @@ import torch
 
 from .triton_int4 import tl, triton
 
+if triton is not None:
+    from .triton_int4 import grouped_tile
+
 FP8_MAX = 448.0  # float8_e4m3fn
 ROW_FORMATS = {"int8": (torch.int8, 127.0), "fp8": (torch.float8_e4m3fn, FP8_MAX)}
 
@@ -50,14 +53,7 @@ if triton is not None:
                           HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                           GM: tl.constexpr):
         """C[M, N] = (A[M, K] int8 @ B[N, K].T int8) * sa[M] * sb[N] (+ bias), int32 accumulation."""
-        pid = tl.program_id(0)
-        num_m = tl.cdiv(M, BM)
-        num_n = tl.cdiv(N, BN)
-        per_group = GM * num_n
-        first_m = (pid // per_group) * GM
-        size_m = tl.minimum(num_m - first_m, GM)
-        pid_m = first_m + (pid % per_group) % size_m
-        pid_n = (pid % per_group) // size_m
+        pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GM)
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)
         offs_k = tl.arange(0, BK)
