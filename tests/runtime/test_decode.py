@@ -232,3 +232,30 @@ def test_fused_quantized_cache_matches_torch_quantization(interpreted, tiny_llam
     for x, y in ((plain.cache.k[1], fused.cache.k[1]), (plain.cache.v[0], fused.cache.v[0])):
         assert int((x[:, :, :n].int() - y[:, :, :n].int()).abs().max()) <= 1
     assert torch.allclose(plain.cache.ks[1][:, :, :n], fused.cache.ks[1][:, :, :n], rtol=1e-5)
+
+
+def test_rmsnorm_quantizes_for_w8a8_linears(interpreted, tiny_llama):
+    """The fused RMSNorm writes the per-token int8 codes the W8A8 linear would compute itself, and the fused
+    decoder feeds them to q/k/v and gate/up: same tokens and (near) same logits as quantizing in the linear."""
+    import copy
+
+    from nnslim.quant.w8a8 import Int8W8A8Config, PreQuantized, quantize_rows_torch, quantize_w8a8
+    from nnslim.runtime.kernels import triton_decode as K
+
+    dev = "cuda" if CUDA else "cpu"
+    g = torch.Generator().manual_seed(3)
+    h, w = torch.randn(5, 48, generator=g).to(dev), torch.rand(48, generator=g).to(dev)
+    plain = K.add_rmsnorm(h.clone(), None, w, 1e-6)
+    pq = K.add_rmsnorm(h.clone(), None, w, 1e-6, "int8")
+    assert isinstance(pq, PreQuantized) and pq.q.dtype == torch.int8 and pq.shape == (5, 48)
+    q, s = quantize_rows_torch(plain, "int8")
+    assert torch.allclose(pq.scale, s) and int((pq.q.int() - q.int()).abs().max()) <= 1
+    lm = quantize_w8a8(copy.deepcopy(tiny_llama), Int8W8A8Config()).to(dev)
+    prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(5)).to(dev)
+    fused = StaticDecoder(lm, 20, use_graph=False, fused=True)
+    assert fused._norm_quant[0] == ("int8", "int8")
+    unq = StaticDecoder(lm, 20, use_graph=False, fused=True, norm_quant=False)
+    assert unq._norm_quant[0] == (None, None)
+    a, b = fused.score(torch.cat([prompt, prompt], 1), 9), unq.score(torch.cat([prompt, prompt], 1), 9)
+    assert float((a - b).norm() / b.norm()) < 1e-3
+    assert fused.generate(prompt, 5)[0] == _greedy_reference(lm, prompt, 5)

@@ -25,7 +25,7 @@ from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
-from ..runtime.kernels.triton_w8a8 import quantize_rows_torch  # noqa: F401  (re-exported)
+from ..runtime.kernels.triton_w8a8 import PreQuantized, quantize_rows_torch  # re-exported too
 from .primitives import FP8_E4M3, INT8_WEIGHT
 
 FORMATS = {"fp8": FP8_E4M3, "int8": INT8_WEIGHT}
@@ -96,8 +96,17 @@ class W8A8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.fmt} W8A8 dynamic, kernel={self.kernel}"
 
-    def _reference(self, x: torch.Tensor) -> torch.Tensor:
-        q, s = quantize_rows_torch(x, self.fmt)
+    @property
+    def prequantized_input(self) -> str | None:
+        """The format in which this layer accepts an already quantized input (PreQuantized; e.g. from the fused
+        decoder's RMSNorm), or None when its input must first be scaled (SmoothQuant's input_scale)."""
+        return self.fmt if self.input_scale is None else None
+
+    def _reference(self, x: torch.Tensor | PreQuantized) -> torch.Tensor:
+        if isinstance(x, PreQuantized):
+            q, s = x.q, x.scale
+        else:
+            q, s = quantize_rows_torch(x, self.fmt)
         xd = (q.float() * s[:, None]).to(x.dtype)
         wd = (self.qweight.float() * self.wscale[:, None]).to(x.dtype)
         return F.linear(xd, wd, None if self.bias is None else self.bias.to(x.dtype))
@@ -109,8 +118,12 @@ class W8A8Linear(nn.Module):
         if x.device.type == "cuda" and k % 16 == 0 and n % 16 == 0:
             from ..runtime.kernels import triton_int4, triton_w8a8
 
-            quant = (lambda: triton_w8a8.quantize_rows(x, self.fmt)) if triton_int4.available() else (
-                lambda: quantize_rows_torch(x, self.fmt))
+            if isinstance(x, PreQuantized):
+                quant = lambda: (x.q, x.scale)  # noqa: E731
+            elif triton_int4.available():
+                quant = lambda: triton_w8a8.quantize_rows(x, self.fmt)  # noqa: E731
+            else:
+                quant = lambda: quantize_rows_torch(x, self.fmt)  # noqa: E731
             if self.fmt == "fp8":
                 def scaled_mm(fast=False):
                     q, s = quant()
@@ -139,12 +152,18 @@ class W8A8Linear(nn.Module):
         y = torch._int_mm(q, self.qweight.t()).float() * s[:, None] * self.wscale[None, :]
         return (y if bias is None else y + bias.float()).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
-        if self.input_scale is not None:
-            x2 = x2 * self.input_scale.to(x2.dtype)
-        x2 = x2.contiguous()
+    def forward(self, x: torch.Tensor | PreQuantized) -> torch.Tensor:
+        if isinstance(x, PreQuantized):  # quantized by the kernel that produced it ([M, K] rows)
+            if x.q.dtype != FORMATS[self.fmt].storage or self.input_scale is not None:
+                raise NnslimError(f"a pre-quantized {x.q.dtype} input cannot feed this {self.fmt} layer"
+                                  + (" with an input scale" if self.input_scale is not None else ""))
+            shape, x2 = x.q.shape, x
+        else:
+            shape = x.shape
+            x2 = x.reshape(-1, self.in_features)
+            if self.input_scale is not None:
+                x2 = x2 * self.input_scale.to(x2.dtype)
+            x2 = x2.contiguous()
         cands = self._candidates(x2)
         if self.kernel == "auto":
             key = ("w8a8", self.fmt, self.fast_accum, x2.device.type, str(x2.dtype), self.out_features, self.in_features,

@@ -6,7 +6,8 @@ token: no per-token Python or launch overhead, which otherwise dominates batch-1
 are called as modules, so quantized linears (WeightOnlyLinear, W8A8Linear) run their own kernels.
 `batch` sequences (prompts of one length) decode together: every linear then sees M = batch rows.
 `kv_cache` stores the cache in the model dtype or as int8 / fp8 codes with per-(head, position)
-scales (runtime/kvcache.py).
+scales (runtime/kvcache.py). W8A8 (fp8 / int8) q/k/v and gate/up linears get their input quantized per token
+by the fused RMSNorm kernel before them (`norm_quant`), not by a kernel of their own.
 
 With `fused=True` (the default on CUDA when Triton is installed and the model fits: Llama-style RMSNorm,
 SiLU-gated MLP), q/k/v and gate/up are concatenated into single linears (runtime/fuse.py; the model's
@@ -33,7 +34,7 @@ def _rotate_half(x):
 
 class StaticDecoder:
     def __init__(self, lm: torch.nn.Module, max_len: int, use_graph: bool | None = None,
-                 fused: bool | None = None, batch: int = 1, kv_cache: str = "model"):
+                 fused: bool | None = None, batch: int = 1, kv_cache: str = "model", norm_quant: bool = True):
         base = getattr(lm, "model", None)
         if base is None or not hasattr(base, "layers") or not hasattr(lm, "lm_head"):
             raise NnslimError(f"StaticDecoder supports Llama-family causal LMs (model.layers, lm_head); "
@@ -67,6 +68,9 @@ class StaticDecoder:
             why = self._fusion_blocker(bool(fused))
             if why is None:
                 self.fused = self._fuse()
+                # W8A8 q/k/v and gate/up take their input quantized by the RMSNorm kernel before them
+                self._norm_quant = [tuple(getattr(m, "prequantized_input", None) if norm_quant else None
+                                          for m in pair) for pair in self.fused]
                 self.fused_note = "fused: q/k/v and gate/up concatenated, Triton norm/rotary/attention/SiLU kernels"
             elif fused:
                 raise NnslimError(f"StaticDecoder(fused=True): {why}")
@@ -144,7 +148,8 @@ class StaticDecoder:
         hd = self.head_dim
         for i, (layer, (qkv, gate_up)) in enumerate(zip(self.base.layers, self.fused)):
             n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
-            x = K.add_rmsnorm(h, delta, n1.weight, n1.variance_epsilon)
+            q_in, gu_in = self._norm_quant[i]
+            x = K.add_rmsnorm(h, delta, n1.weight, n1.variance_epsilon, q_in)
             y = qkv(x)
             kc, vc, ks, vs = self.cache.kernel_args(i)
             q = K.rope_cache(y, cos, sin, pos, kc, vc, self.heads, self.kv_heads, ks, vs)
@@ -159,7 +164,7 @@ class StaticDecoder:
                 else:
                     o = self._cache_attention(i, q, pos)
                 o = o.transpose(1, 2).reshape(b * t, self.heads * hd)
-            x = K.add_rmsnorm(h, layer.self_attn.o_proj(o), n2.weight, n2.variance_epsilon)
+            x = K.add_rmsnorm(h, layer.self_attn.o_proj(o), n2.weight, n2.variance_epsilon, gu_in)
             delta = layer.mlp.down_proj(K.silu_mul(gate_up(x)))
         x = K.add_rmsnorm(h, delta, self.base.norm.weight, self.base.norm.variance_epsilon)
         return self.lm.lm_head(x.view(b, t, -1)[:, -1])

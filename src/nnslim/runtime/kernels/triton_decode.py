@@ -17,11 +17,16 @@ from __future__ import annotations
 import torch
 
 from .triton_int4 import tl, triton
+from .triton_w8a8 import ROW_FORMATS, PreQuantized
+
+if triton is not None:
+    from .triton_w8a8 import quantize_row
 
 if triton is not None:
 
     @triton.jit
-    def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, D, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, q_ptr, s_ptr, D, eps, HAS_DELTA: tl.constexpr,
+                            BLOCK: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr):
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         mask = offs < D
@@ -34,7 +39,13 @@ if triton is not None:
         var = tl.sum(x * x, axis=0) / D
         y = (x * tl.rsqrt(var + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
         w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * D + offs, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+        out = (w * y).to(out_ptr.dtype.element_ty)
+        if QUANT == 0:
+            tl.store(out_ptr + row * D + offs, out, mask=mask)
+        else:  # the rounded output, quantized per row for the next W8A8 linear (its own quantizer skipped)
+            q, scale = quantize_row(out.to(tl.float32), QMAX, QUANT == 2)
+            tl.store(q_ptr + row * D + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+            tl.store(s_ptr + row, scale)
 
     @triton.jit
     def _quantize_store(o1, o2, dst, sc_ptr, i, m, D: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr):
@@ -156,14 +167,24 @@ if triton is not None:
         tl.store(out_ptr + row * INTER + offs, (a * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """h [T, D] (updated in place: h += delta) -> weight * rmsnorm(h) [T, D]."""
+def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                quant: str | None = None) -> torch.Tensor | PreQuantized:
+    """h [T, D] (updated in place: h += delta) -> weight * rmsnorm(h) [T, D]; with quant ("int8" / "fp8")
+    that output quantized per row instead (PreQuantized: what the next W8A8 linear would have computed)."""
     t, d = h.shape
-    out = torch.empty_like(h)
     block = triton.next_power_of_2(d)
-    _add_rmsnorm_kernel[(t,)](h, delta if delta is not None else h, weight, out, d, eps,
-                              HAS_DELTA=delta is not None, BLOCK=block, num_warps=4 if block <= 4096 else 8)
-    return out
+    args = dict(HAS_DELTA=delta is not None, BLOCK=block, num_warps=4 if block <= 4096 else 8)
+    if quant is None:
+        out = torch.empty_like(h)
+        _add_rmsnorm_kernel[(t,)](h, delta if delta is not None else h, weight, out, out, out, d, eps, QUANT=0,
+                                  QMAX=1.0, **args)
+        return out
+    storage, qmax = ROW_FORMATS[quant]
+    q = torch.empty((t, d), dtype=storage, device=h.device)
+    s = torch.empty((t,), dtype=torch.float32, device=h.device)
+    _add_rmsnorm_kernel[(t,)](h, delta if delta is not None else h, weight, h, q, s, d, eps,
+                              QUANT=2 if quant == "fp8" else 1, QMAX=qmax, **args)
+    return PreQuantized(q, s, h.dtype)
 
 
 QUANT_CODES = {None: (0, 1.0), torch.int8: (1, 127.0), torch.float8_e4m3fn: (2, 448.0)}

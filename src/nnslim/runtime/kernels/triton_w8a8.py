@@ -4,6 +4,8 @@ instead of torch._int_mm's int32 output followed by separate scaling kernels.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .triton_int4 import tl, triton
@@ -13,6 +15,22 @@ if triton is not None:
 
 FP8_MAX = 448.0  # float8_e4m3fn
 ROW_FORMATS = {"int8": (torch.int8, 127.0), "fp8": (torch.float8_e4m3fn, FP8_MAX)}
+
+
+class PreQuantized(NamedTuple):
+    """An activation already quantized per row (by the kernel that produced it, e.g. a fused RMSNorm):
+    W8A8 linears that take it skip their own activation quantization."""
+    q: torch.Tensor  # [M, K] int8 / float8_e4m3fn
+    scale: torch.Tensor  # [M] fp32
+    dtype: torch.dtype  # the activation dtype it stands for (the linear's output dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
 
 
 def quantize_rows_torch(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,19 +50,24 @@ if triton is not None:
         return tl.where(v >= 0, tl.floor(v + 0.5), tl.ceil(v - 0.5))
 
     @triton.jit
+    def quantize_row(x, QMAX: tl.constexpr, IS_FP8: tl.constexpr):
+        """(codes as fp32, scale) of one fp32 row (padding zeros): symmetric, scale = absmax / QMAX."""
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / QMAX
+        v = x / scale
+        if IS_FP8:
+            q = tl.minimum(tl.maximum(v, -QMAX), QMAX)
+        else:
+            q = tl.minimum(tl.maximum(_round_half_away(v), -QMAX), QMAX)
+        return q, scale
+
+    @triton.jit
     def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
                               QMAX: tl.constexpr, IS_FP8: tl.constexpr):
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         mask = offs < K
         x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=0)
-        scale = tl.maximum(amax, 1e-12) / QMAX
-        v = x / scale
-        if IS_FP8:
-            q = tl.minimum(tl.maximum(v, -QMAX), QMAX)
-        else:
-            q = tl.minimum(tl.maximum(_round_half_away(v), -QMAX), QMAX)
+        q, scale = quantize_row(x, QMAX, IS_FP8)
         tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
         tl.store(s_ptr + row, scale)
 
