@@ -303,7 +303,7 @@ def bench_batched(args) -> list[dict]:
         model = llama(args.layers, "cuda")
         if name == "int4":
             model = quantize(model, Int4RtnConfig(group_size=128), inplace=True)
-        elif name == "fp8":
+        elif name in ("fp8", "fp8-no-norm-quant"):  # the second: each linear quantizes its own input
             model = quantize_w8a8(model, Fp8Config(), inplace=True)
         elif name != "bf16":
             raise SystemExit(f"unknown variant {name}")
@@ -315,7 +315,8 @@ def bench_batched(args) -> list[dict]:
             for kv in args.kv.split(","):
                 g = torch.Generator(device="cpu").manual_seed(0)
                 prompt = torch.randint(0, cfg.vocab_size, (b, args.prompt), generator=g).cuda()
-                dec = StaticDecoder(model, max_len=args.prompt + args.new_tokens + 8, fused=True, batch=b, kv_cache=kv)
+                dec = StaticDecoder(model, max_len=args.prompt + args.new_tokens + 8, fused=True, batch=b, kv_cache=kv,
+                                    norm_quant=name != "fp8-no-norm-quant")
                 runs = [dec.generate(prompt, args.new_tokens) for _ in range(args.runs)]
                 tokens = runs[0][0] if b > 1 else [runs[0][0]]
                 rate = statistics.median(r[1] for r in runs)

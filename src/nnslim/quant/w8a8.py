@@ -25,7 +25,7 @@ from ..graph.scope import select_linears
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
-from ..runtime.kernels.triton_w8a8 import PreQuantized, quantize_rows_torch  # re-exported too
+from ..runtime.rowquant import PreQuantized, quantize_rows_torch  # re-exported too
 from .primitives import FP8_E4M3, INT8_WEIGHT
 
 FORMATS = {"fp8": FP8_E4M3, "int8": INT8_WEIGHT}

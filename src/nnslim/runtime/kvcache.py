@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import NnslimError
-from .kernels.triton_w8a8 import ROW_FORMATS, quantize_rows_torch
+from .rowquant import ROW_FORMATS, quantize_rows_torch
 
 KV_FORMATS = ("model", "int8", "fp8")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .triton_int4 import tl, triton
-from .triton_w8a8 import ROW_FORMATS, PreQuantized
+from ..rowquant import ROW_FORMATS, PreQuantized
 
 if triton is not None:
     from .triton_w8a8 import quantize_row
