@@ -88,10 +88,13 @@ def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dic
     hf, prefix = _hf_root(model)
     layers = {name[len(prefix):]: cfg for name, cfg in packed_layers(model).items()}
     out: dict[str, torch.Tensor] = {}
+    seen: set[tuple] = set()
     for name, tensor in hf.state_dict().items():
         owner = name.rsplit(".", 1)[0]
-        if owner not in layers:
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if owner not in layers and key not in seen:  # a tied head is the embedding: stored once, re-tied on load
             out[name] = tensor
+            seen.add(key)
     for name in layers:
         layer = hf.get_submodule(name)
         offset = 1 << (layer.bits - 1)
@@ -101,7 +104,7 @@ def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dic
         out[f"{name}.weight_shape"] = torch.tensor([layer.out_features, layer.in_features])
         if layer.bias is not None:
             out[f"{name}.bias"] = layer.bias.detach().clone()
-    # safetensors refuses tensors that share memory (tied embeddings): store each once, contiguous
+    # safetensors refuses tensors that share memory: each stored once, contiguous
     return {k: v.detach().contiguous().clone() for k, v in out.items()}, layers
 
 

@@ -307,3 +307,29 @@ def test_pruned_then_int4_keeps_both_in_nnslims_layout(zoo, tmp_path, capfd):
     model = nnslim.load(res.out)
     downs = [m for n, m in model.named_modules() if n.endswith("mlp.down_proj")]
     assert downs and all(isinstance(m, WeightOnlyLinear) and m.in_features == 64 for m in downs)
+
+
+def test_tied_embedding_is_stored_once_and_retied(tmp_path):
+    """A tied lm_head is the embedding: the compressed-tensors file holds it once (not two float copies) and
+    both transformers and nnslim tie it again on load."""
+    import transformers
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from hf_zoo import _tokenizer_files
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=30522, tie_word_embeddings=True)
+    src = tmp_path / "tied"
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(str(src))
+    _tokenizer_files(src)
+    res = nnslim.compress(str(src), {"steps": [{"method": "int4-rtn", "group_size": 32}]}, out=tmp_path / "a",
+                          report=False)
+    with safe_open(str(res.out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    ours, hf = nnslim.load(res.out), AutoModelForCausalLM.from_pretrained(str(res.out)).eval()
+    ids = torch.randint(0, 30522, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
