@@ -251,6 +251,25 @@ def _own_file(meta: dict, default: str, directory: Path) -> str:
     return name
 
 
+def _config_only(testbed):
+    """The testbed building its model from config.json alone (a packaged testbed loads its weights)."""
+    import copy
+
+    skeleton = copy.copy(testbed)
+    if getattr(skeleton, "weights", False):
+        skeleton.weights = False
+    return skeleton
+
+
+def _empty_model(testbed) -> torch.nn.Module:
+    """The testbed's model with its parameters on the meta device (buffers such as rotary tables real):
+    what an artifact's tensors are assigned into, so loading never holds a float copy of the model."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return _config_only(testbed).load_model()
+
+
 def _check_config_size(testbed, weights: Path | list[Path]) -> None:
     """Build the config's model on the meta device first: its size must be within reach of the tensors the
     weights files store, so a crafted config.json cannot make nnslim allocate more than the files hold."""
@@ -261,13 +280,8 @@ def _check_config_size(testbed, weights: Path | list[Path]) -> None:
         if not w.is_file():
             raise NnslimError(f"weights file {str(w)!r} not found")
     stored = sum(math.prod(shape) for w in files for shape in stored_shapes(w).values())
-    import copy
-
-    skeleton = copy.copy(testbed)
-    if getattr(skeleton, "weights", False):  # a packaged testbed: its config alone (from_pretrained refuses meta)
-        skeleton.weights = False
     with torch.device("meta"):
-        probe = skeleton.load_model()
+        probe = _config_only(testbed).load_model()
     params = sum(p.numel() for p in probe.parameters())
     # Packed int4 holds two weights per stored element, int2 four; scales and pruning only shrink the ratio.
     if params > 8 * stored + 1_000_000:
@@ -319,7 +333,9 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
                               "to nnslim.load")
         if not getattr(testbed, "weights", True):  # built from the artifact's own config.json
             _check_config_size(testbed, directory / _own_file(meta, WEIGHTS_FILE, directory))
-        model = testbed.load_model()
+        empty = hasattr(testbed, "weights") and not meta.get("structured_plan") and not meta.get("sparse_storage")
+        # a Hugging Face architecture is built with its parameters on meta: the file's tensors are assigned
+        model = _empty_model(testbed) if empty else testbed.load_model()
     dtype = _DTYPES.get(meta.get("dtype", "float32"))
     if dtype is None:
         raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
@@ -339,6 +355,8 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
             from .pruning.storage import load_sparse
 
             load_sparse(model, str(weights), meta["sparse_storage"])
+        elif any(t.is_meta for t in model.parameters()):
+            _assign(model, weights)
         else:
             load_model(model, str(weights), strict=True)
     except NnslimError:
@@ -346,6 +364,17 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     except Exception as e:
         raise NnslimError(f"{weights} does not match the architecture: {str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+def _assign(model: torch.nn.Module, weights: Path) -> None:
+    """Load a safetensors file into a model built on the meta device (ecosystem.assign_state)."""
+    from safetensors.torch import load_file
+
+    from .ecosystem import assign_state
+
+    unexpected, left = assign_state(model, load_file(str(weights)))
+    if unexpected or left:
+        raise ValueError(f"unexpected tensors {unexpected[:3]}" if unexpected else f"missing tensors {left[:3]}")
 
 
 def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: bool):
@@ -358,7 +387,7 @@ def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: boo
         raise NnslimError(f"{directory}: a compressed-tensors artifact needs its Hugging Face architecture")
     weights = directory / _own_file(meta, WEIGHTS_FILE, directory)
     _check_config_size(testbed, weights)
-    model = testbed.load_model()
+    model = _empty_model(testbed)  # parameters on meta: the checkpoint's tensors are assigned, not copied
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     try:
         return ecosystem.read_into(model, weights, config).eval()

@@ -167,20 +167,31 @@ def read_into(model: nn.Module, weights: Path, config: dict) -> nn.Module:
             zero = (unpack_from_int32(zp, spec.bits, torch.Size(scale.shape), packed_dim=0).to(torch.int32) + offset
                     if zp is not None else torch.full(scale.shape, offset, dtype=torch.int32))
             layer = WeightOnlyLinear.from_codes(linear.to(scale.dtype), codes.to(torch.int32) + offset, scale, zero,
-                                                spec)
+                                                spec, device=scale.device)
             if linear.bias is not None:
                 layer.bias.copy_(tensors.pop(f"{name}.bias"))
             replace_module(hf, name, layer)
             replaced.add(name)
-    missing, unexpected = hf.load_state_dict(tensors, strict=False)
+    unexpected, left = assign_state(hf, tensors)
     if unexpected:
         raise NnslimError(f"{str(weights)!r} holds tensors the architecture has no place for: {unexpected[:3]}")
-    tied = set(getattr(hf, "_tied_weights_keys", None) or [])
-    missing = [m for m in missing if m not in tied and not m.endswith("lm_head.weight")
-               and m.rsplit(".", 1)[0] not in replaced]
-    if missing:
-        raise NnslimError(f"{str(weights)!r} lacks tensors of the architecture: {missing[:3]}")
+    if left:
+        raise NnslimError(f"{str(weights)!r} lacks tensors of the architecture: {left[:3]}")
     return model
+
+
+def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Load `tensors` into a model built on the meta device by assignment: they become its parameters (no
+    second copy). A tied head stored once (as the embedding) is tied again. Returns (unexpected names, names
+    still on meta)."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    root = _hf_root(model)
+    if missing and root is not None and getattr(root[0].config, "tie_word_embeddings", False):
+        emb, head = root[0].get_input_embeddings(), root[0].get_output_embeddings()
+        if emb is not None and head is not None and emb.weight.is_meta and not head.weight.is_meta:
+            emb.weight = head.weight  # the file kept the head's name for the shared tensor
+        root[0].tie_weights()
+    return unexpected, [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
 
 
 FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim")

@@ -54,17 +54,20 @@ class WeightOnlyLinear(nn.Module):
 
     @classmethod
     def from_codes(cls, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                   spec: WeightSpec, input_scale: torch.Tensor | None = None) -> "WeightOnlyLinear":
+                   spec: WeightSpec, input_scale: torch.Tensor | None = None,
+                   device: torch.device | None = None) -> "WeightOnlyLinear":
+        """The packed layer of `linear` (on `device`, default the linear's: give one when the linear is an
+        empty skeleton on the meta device; its bias is then left to be loaded)."""
         group = linear.in_features // scale.shape[1]
         dtype = linear.weight.dtype
         mod = cls(linear.in_features, linear.out_features, spec.bits, group, spec.symmetric,
                   linear.bias is not None, dtype, input_scale is not None)
-        dev = linear.weight.device
+        dev = linear.weight.device if device is None else device
         mod.to(dev)
         mod.qweight.copy_(pack(codes, spec.bits))
         mod.scales.copy_(scale.to(dtype))
         mod.zeros.copy_(zero.to(torch.uint8))
-        if linear.bias is not None:
+        if linear.bias is not None and not linear.bias.is_meta:
             mod.bias.copy_(linear.bias.detach())
         if input_scale is not None:
             mod.input_scale.copy_(input_scale.to(dtype))
