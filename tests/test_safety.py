@@ -221,3 +221,31 @@ def test_hf_artifact_is_self_contained_and_its_config_is_bounded(tmp_path):
     (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(NnslimError, match="does not belong to these weights"):
         nnslim.load(tmp_path / "a")  # checked on the meta device: nothing of that size is allocated
+
+
+def test_safetensors_reader_reads_what_safetensors_wrote_and_refuses_truncation(tmp_path):
+    """nnslim's plain-read safetensors reader (no mmap: loads hold the tensors once) gives the same tensors as
+    the safetensors library for every dtype nnslim writes, and a truncated or corrupt file is a clear error."""
+    import torch
+    from safetensors.torch import save_file
+
+    from nnslim.errors import NnslimError
+    from nnslim.io import SafetensorsReader
+
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(4).to(torch.bfloat16), "c": torch.arange(7, dtype=torch.uint8),
+               "d": torch.randint(-9, 9, (2, 2), dtype=torch.int32), "e": torch.zeros(0, 3),
+               "f": torch.randn(6).to(torch.float8_e4m3fn)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path))
+    with SafetensorsReader(path) as f:
+        assert sorted(f.keys()) == sorted(tensors)
+        for k, v in tensors.items():
+            got = f.get_tensor(k)
+            assert got.dtype == v.dtype and torch.equal(got.view(torch.uint8), v.view(torch.uint8))
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(NnslimError, match="truncated"), SafetensorsReader(tmp_path / "cut.safetensors") as f:
+        [f.get_tensor(k) for k in f.keys()]
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(NnslimError, match="not a valid safetensors file"):
+        SafetensorsReader(tmp_path / "bad.safetensors")

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from .errors import NnslimError, bad_value, short_repr
-from .io import (META_FILE, ONNX_FILE, WEIGHTS_FILE, atomic_write, atomic_write_json, check_onnx,
-                 determinism_info, library_versions, onnx_external_files, read_meta, stored_shapes)
+from .io import (META_FILE, ONNX_FILE, WEIGHTS_FILE, atomic_write, atomic_write_json, big_allocations_mapped,
+                 check_onnx, determinism_info, library_versions, onnx_external_files, read_meta, stored_shapes)
 from .runtime.base import OnnxModel, model_dtype
 
 _OLD_HF_KINDS = {"hf-causal-lm": "causal-lm", "hf-encoder": "feature-extraction"}  # nnslim_format 1 files
@@ -319,7 +319,8 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
                                   "openvino_model.xml and openvino_model.bin)")
         return OnnxModel(path)
     if fmt == "compressed-tensors":
-        return _load_compressed_tensors(directory, meta, trust_remote_code)
+        with big_allocations_mapped():
+            return _load_compressed_tensors(directory, meta, trust_remote_code)
     if fmt == "hf":
         return _load_hf(directory, meta, trust_remote_code)
     if fmt != "torch":
@@ -356,7 +357,8 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
 
             load_sparse(model, str(weights), meta["sparse_storage"])
         elif any(t.is_meta for t in model.parameters()):
-            _assign(model, weights)
+            with big_allocations_mapped():
+                _assign(model, weights)
         else:
             load_model(model, str(weights), strict=True)
     except NnslimError:
@@ -368,11 +370,11 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
 
 def _assign(model: torch.nn.Module, weights: Path) -> None:
     """Load a safetensors file into a model built on the meta device (ecosystem.assign_state)."""
-    from safetensors.torch import load_file
-
     from .ecosystem import assign_state
+    from .io import SafetensorsReader
 
-    unexpected, left = assign_state(model, load_file(str(weights)))
+    with SafetensorsReader(weights) as f:
+        unexpected, left = assign_state(model, {k: f.get_tensor(k) for k in f.keys()})
     if unexpected or left:
         raise ValueError(f"unexpected tensors {unexpected[:3]}" if unexpected else f"missing tensors {left[:3]}")
 

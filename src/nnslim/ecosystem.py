@@ -132,12 +132,7 @@ def write(model: nn.Module, directory: Path, source_config: Path) -> list[str]:
 def read_into(model: nn.Module, weights: Path, config: dict) -> nn.Module:
     """Load a compressed-tensors checkpoint into `model` (an nnslim wrapper built from the same config):
     quantized layers become nnslim's packed layers, everything else loads by name (strictly)."""
-    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
-    from safetensors.torch import load_file
-
-    from .graph.modules import replace_module
-    from .quant.weight_only.formats import WeightSpec
-    from .quant.weight_only.modules import WeightOnlyLinear
+    from .io import SafetensorsReader
 
     qc = config.get("quantization_config") or {}
     if qc.get("quant_method") != FORMAT or qc.get("format") != "pack-quantized":
@@ -147,7 +142,36 @@ def read_into(model: nn.Module, weights: Path, config: dict) -> nn.Module:
     if root is None:
         raise NnslimError("a compressed-tensors checkpoint needs a Hugging Face model to load into")
     hf, _ = root
-    tensors = load_file(str(weights))
+    with SafetensorsReader(weights) as f:
+        return _read_groups(model, hf, _Lazy(f), qc, weights)
+
+
+class _Lazy:
+    """The tensors of an open safetensors file, read one at a time when popped: converting layer by layer
+    never holds the whole file and the converted model at once."""
+
+    def __init__(self, f):
+        self.f, self.left = f, set(f.keys())
+
+    def pop(self, name: str, *default):
+        if name not in self.left:
+            if default:
+                return default[0]
+            raise KeyError(name)
+        self.left.discard(name)
+        return self.f.get_tensor(name)
+
+    def rest(self) -> dict[str, torch.Tensor]:
+        return {k: self.pop(k) for k in sorted(self.left)}
+
+
+def _read_groups(model: nn.Module, hf: nn.Module, tensors: _Lazy, qc: dict, weights: Path) -> nn.Module:
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    from .graph.modules import replace_module
+    from .quant.weight_only.formats import WeightSpec
+    from .quant.weight_only.modules import WeightOnlyLinear
+
     replaced: set[str] = set()
     for group in (qc.get("config_groups") or {}).values():
         w = group.get("weights") or {}
@@ -166,13 +190,13 @@ def read_into(model: nn.Module, weights: Path, config: dict) -> nn.Module:
             zp = tensors.pop(f"{name}.weight_zero_point", None)
             zero = (unpack_from_int32(zp, spec.bits, torch.Size(scale.shape), packed_dim=0).to(torch.int32) + offset
                     if zp is not None else torch.full(scale.shape, offset, dtype=torch.int32))
-            layer = WeightOnlyLinear.from_codes(linear.to(scale.dtype), codes.to(torch.int32) + offset, scale, zero,
-                                                spec, device=scale.device)
+            codes = (codes.to(torch.int16) + offset).to(torch.uint8)  # small temporaries: 1-2 bytes per weight
+            layer = WeightOnlyLinear.from_codes(linear.to(scale.dtype), codes, scale, zero, spec, device=scale.device)
             if linear.bias is not None:
                 layer.bias.copy_(tensors.pop(f"{name}.bias"))
             replace_module(hf, name, layer)
             replaced.add(name)
-    unexpected, left = assign_state(hf, tensors)
+    unexpected, left = assign_state(hf, tensors.rest())
     if unexpected:
         raise NnslimError(f"{str(weights)!r} holds tensors the architecture has no place for: {unexpected[:3]}")
     if left:
