@@ -169,6 +169,7 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
 def save(model, directory: str | Path, testbed=None, recipe: dict | None = None, seed: int = 0,
          extra: dict | None = None) -> Path:
     """Write `model` (nn.Module or OnnxModel) and nnslim.json into `directory` (files written atomically)."""
+    testbed = testbed if testbed is not None else getattr(model, "nnslim_testbed", None)
     from safetensors.torch import save_model
 
     directory = Path(directory)

@@ -23,9 +23,36 @@ from .testbeds import TESTBEDS, HFTestbed, ModuleTestbed, Testbed, get_testbed, 
 from .validate import check_finite_data
 
 
-def load(path: str | Path, model: torch.nn.Module | None = None):
-    """Load an nnslim artifact dir, an ONNX file or a Hugging Face model dir (see resolve)."""
-    return resolve(path, skeleton=model).model
+def load(path: str | Path, model: torch.nn.Module | None = None, stream: bool = False,
+         trust_remote_code: bool = False):
+    """Load an nnslim artifact dir, an ONNX file or a Hugging Face model dir (see resolve).
+
+    stream=True (a Hugging Face dir of safetensors shards): the model is built with its parameters on the
+    meta device and the weight-only methods (int4-rtn / gptq / awq, int8-weight-only) read each layer or
+    decoder block from the shards just before they compress it, in the checkpoint's own dtype: host memory
+    holds one block of float weights plus what is already compressed, not the float model."""
+    if stream:
+        return load_streamed(path, trust_remote_code)
+    return resolve(path, skeleton=model, trust_remote_code=trust_remote_code).model
+
+
+def load_streamed(path: str | Path, trust_remote_code: bool = False) -> torch.nn.Module:
+    from .ecosystem import _hf_root
+    from .graph.streaming import ATTR, ShardSource
+    from .testbeds import testbed_for_hf_dir
+
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise bad_value("path", str(path), "a Hugging Face model directory (config.json + safetensors shards) "
+                        "for stream=True")
+    source = ShardSource(directory)  # every shard checked before anything is built
+    testbed = testbed_for_hf_dir(directory, trust_remote_code)
+    model = artifact._empty_model(testbed)
+    root = _hf_root(model)
+    source.prefix = root[1] if root is not None else ""
+    setattr(model, ATTR, source)
+    model.nnslim_testbed = testbed  # what nnslim.save records as its architecture
+    return model
 
 
 @dataclass

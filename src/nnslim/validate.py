@@ -10,9 +10,10 @@ from .errors import NnslimError
 
 
 def first_nonfinite_tensor(module: torch.nn.Module) -> str | None:
-    """Name of the first parameter/buffer holding NaN or Inf, or None when all are finite."""
+    """Name of the first parameter/buffer holding NaN or Inf, or None when all are finite (tensors still on
+    the meta device are checked when they are read from their shards, graph/streaming.py)."""
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.detach()).all()):
+        if t.is_floating_point() and t.numel() and not t.is_meta and not bool(torch.isfinite(t.detach()).all()):
             return name
     return None
 

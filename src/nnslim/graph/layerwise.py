@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..progress import progress
+from .streaming import retie, source_of
 
 
 class _Reached(Exception):
@@ -170,8 +171,13 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
         raise NnslimError("layer-by-layer calibration needs at least one calibration sample")
     device = torch.device(device)
     prefix, blocks = find_blocks(model)
-    home = next(model.parameters()).device
-    blocks.to("cpu" if device.type != home.type else home)
+    source = source_of(model)  # a model on meta, read from its shards one block at a time
+    if source is not None:
+        source.materialize(model, skip=blocks)
+        retie(model)
+    home = next(t for t in model.parameters() if not t.is_meta).device
+    if source is None:  # (streamed blocks are still on meta: each is read where it is processed)
+        blocks.to("cpu" if device.type != home.type else home)
     _move_rest(model, blocks, device)
     use_cache = getattr(getattr(model, "config", None), "use_cache", None)
     try:
@@ -179,6 +185,8 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
         kwargs = [_to(kw, device) for kw in kwargs]
         _trace("after capture", device)
         for i in progress(range(len(blocks)), desc=desc, total=len(blocks)):
+            if source is not None:
+                source.materialize(blocks[i], f"{prefix}.{i}")
             block = blocks[i].to(device)
             process(i, f"{prefix}.{i}", block, inputs, kwargs)
             _trace(f"block {i} processed", device)
@@ -191,7 +199,8 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
                 torch.cuda.empty_cache()
     finally:
         _move_rest(model, blocks, home)
-        blocks.to(home)
+        if not any(t.is_meta for t in blocks.parameters()):
+            blocks.to(home)
         if use_cache is not None:
             model.config.use_cache = use_cache
 

@@ -18,6 +18,7 @@ from ...context import resolve_device
 from ...errors import NnslimError
 from ...graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ...graph.modules import replace_module
+from ...graph.streaming import retie, source_of
 from ...graph.scope import select_linears
 from ...recipe import MAX_INT, StepConfig
 from .formats import GROUP_SIZES, WeightSpec, group_qparams, quantize_codes
@@ -114,8 +115,14 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
                          f"{', '.join(list(outside)[:5])}")
         targets = outside
         notes.append(f"{name}: {len(inside)} layers, {len(samples)} calibration sequences, calibrated on {device.type}")
+    source = source_of(model)  # streamed from shards: each layer read just before it is quantized
     for layer_name, layer in targets.items():
+        if source is not None:
+            source.materialize(layer, layer_name)
         replace_module(model, layer_name, rtn_layer(layer, spec))
+    if source is not None:  # what stays float (norms, embeddings, head, ignored layers)
+        source.materialize(model)
+        retie(model)
     for m in model.modules():
         if isinstance(m, WeightOnlyLinear):
             m.kernel = config.kernel

@@ -1,0 +1,85 @@
+"""Big checkpoints, layer by layer from their shards (issue 19): a model built on the meta device, each layer /
+decoder block read from the safetensors shards just before it is compressed, gives bit for bit the result of
+the same method on the model loaded whole in the same dtype."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import nnslim
+from nnslim import Int4GptqConfig, Int4RtnConfig, NnslimError
+
+from conftest import llama_samples
+from hf_zoo import _tokenizer_files
+
+
+def _checkpoint(tmp_path, tied: bool):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=256, tie_word_embeddings=tied)
+    d = tmp_path / f"ckpt-{tied}"
+    transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(str(d), max_shard_size="60KB")
+    _tokenizer_files(d)
+    assert (d / "model.safetensors.index.json").is_file()  # several shards
+    return d
+
+
+def _whole(d):
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    tb = testbed_for_hf_dir(d)
+    tb.load_dtype = torch.bfloat16
+    return tb.load_model()
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_streamed_rtn_equals_in_memory_and_saves(tmp_path, tied):
+    d = _checkpoint(tmp_path, tied)
+    streamed = nnslim.load(d, stream=True)
+    assert all(p.is_meta for p in streamed.parameters())
+    q = nnslim.quantize(streamed, Int4RtnConfig(group_size=32), inplace=True)
+    assert not any(t.is_meta for t in [*q.parameters(), *q.buffers()])
+    ref = nnslim.quantize(_whole(d), Int4RtnConfig(group_size=32))
+    _same(q, ref)
+    out = nnslim.save(q, tmp_path / "out")
+    back = nnslim.load(out)
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), ref(ids))
+
+
+def test_streamed_gptq_equals_in_memory(tmp_path):
+    d = _checkpoint(tmp_path, False)
+    samples = llama_samples(n=4, seq=32)
+    cfg = Int4GptqConfig(group_size=32, samples=4, seq_len=32, device="cpu")
+    q = nnslim.quantize(nnslim.load(d, stream=True), cfg, calibration=samples, inplace=True)
+    ref = nnslim.quantize(_whole(d), cfg, calibration=samples)
+    _same(q, ref)
+
+
+def test_missing_or_mismatched_shards_are_refused_before_work(tmp_path):
+    d = _checkpoint(tmp_path, False)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[1]
+    (d / shard).rename(d / "moved.safetensors")
+    with pytest.raises(NnslimError, match=f"shard .*{shard}.* is missing"):
+        nnslim.load(d, stream=True)
+    (d / "moved.safetensors").rename(d / shard)
+    key = next(k for k, f in index["weight_map"].items() if f == shard)
+    index["weight_map"][key] = sorted(set(index["weight_map"].values()))[0]
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(NnslimError, match="do not match their index"):
+        nnslim.load(d, stream=True)
+    with pytest.raises(NnslimError, match="stream=True"):
+        nnslim.load(tmp_path, stream=True)
