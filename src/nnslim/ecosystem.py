@@ -104,8 +104,14 @@ def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dic
         out[f"{name}.weight_shape"] = torch.tensor([layer.out_features, layer.in_features])
         if layer.bias is not None:
             out[f"{name}.bias"] = layer.bias.detach().clone()
-    # safetensors refuses tensors that share memory: each stored once, contiguous
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}, layers
+    # safetensors refuses tensors that share memory: a view into a larger storage is copied, the rest written
+    # as they are (no second copy of the model while writing)
+    return {k: _own_storage(v.detach().contiguous()) for k, v in out.items()}, layers
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    whole = t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    return t if whole else t.clone()
 
 
 def write(model: nn.Module, directory: Path, source_config: Path) -> list[str]:

@@ -13,9 +13,15 @@ def first_nonfinite_tensor(module: torch.nn.Module) -> str | None:
     """Name of the first parameter/buffer holding NaN or Inf, or None when all are finite (tensors still on
     the meta device are checked when they are read from their shards, graph/streaming.py)."""
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if t.is_floating_point() and t.numel() and not t.is_meta and not bool(torch.isfinite(t.detach()).all()):
+        if t.is_floating_point() and t.numel() and not t.is_meta and not tensor_finite(t):
             return name
     return None
+
+
+def tensor_finite(t: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """All values finite, checked in chunks (no temporary the size of a whole embedding table)."""
+    flat = t.detach().reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def check_finite_module(module, where: str) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..io import SafetensorsReader
+from ..validate import tensor_finite
 
 ATTR = "nnslim_shards"  # a model built on meta carries its ShardSource under this attribute
 
@@ -75,7 +76,7 @@ class ShardSource:
                 if not self.has(full) and attr in owner._parameters and _tied(module, owner):
                     continue  # a tied head, stored once as the embedding: tied again by the caller
                 value = self.read(full)
-                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                if value.is_floating_point() and not tensor_finite(value):
                     raise NnslimError(f"{str(self.directory)!r}: tensor {full!r} holds NaN or Inf; nnslim refuses "
                                       "to go on with non-finite weights")
                 if tuple(value.shape) != tuple(t.shape):

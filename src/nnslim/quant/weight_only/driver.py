@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
+import torch
 from torch import nn
 
 from ...context import resolve_device
@@ -19,6 +20,7 @@ from ...errors import NnslimError
 from ...graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ...graph.modules import replace_module
 from ...graph.streaming import retie, source_of
+from ...io import big_allocations_mapped
 from ...graph.scope import select_linears
 from ...recipe import MAX_INT, StepConfig
 from .formats import GROUP_SIZES, WeightSpec, group_qparams, quantize_codes
@@ -74,12 +76,21 @@ def resolve_group(config: WeightOnlyConfig, layers: dict[str, nn.Linear], notes:
     return spec
 
 
+RTN_CHUNK = 1 << 22  # weights per row chunk: RTN's fp32 temporaries stay ~16 MB each, whatever the layer size
+
+
 def rtn_layer(linear: nn.Linear, spec: WeightSpec) -> WeightOnlyLinear:
-    """Round-to-nearest: the packed layer of `linear`."""
+    """Round-to-nearest: the packed layer of `linear`. Rows are quantized in chunks (each row's groups are
+    independent, so the codes are those of the whole matrix at once) with the codes kept as bytes."""
     group = spec.group_for(linear.in_features)
     w = linear.weight.detach()
-    scale, zero = group_qparams(w, spec, group)
-    return WeightOnlyLinear.from_codes(linear, quantize_codes(w, scale, zero, spec), scale, zero, spec)
+    rows = max(1, RTN_CHUNK // max(1, w.shape[1]))
+    parts = []
+    for r in range(0, w.shape[0], rows):
+        scale, zero = group_qparams(w[r:r + rows], spec, group)
+        parts.append((quantize_codes(w[r:r + rows], scale, zero, spec).to(torch.uint8), scale, zero))
+    codes, scale, zero = (torch.cat(t) for t in zip(*parts))
+    return WeightOnlyLinear.from_codes(linear, codes, scale, zero, spec)
 
 
 def calibrating(layer: WeightOnlyLinear) -> WeightOnlyLinear:
@@ -101,6 +112,13 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
     notes = notes if notes is not None else []
     model = model if inplace else copy.deepcopy(model)
     model.eval()
+    if source_of(model) is not None:  # streamed from shards: freed layers go back to the system at once
+        with big_allocations_mapped():
+            return _quantize(model, config, calibration, notes, algorithm, name)
+    return _quantize(model, config, calibration, notes, algorithm, name)
+
+
+def _quantize(model, config, calibration, notes, algorithm, name) -> nn.Module:
     targets = target_linears(model, config)
     spec = resolve_group(config, targets, notes)
     if algorithm is not None:
@@ -120,6 +138,8 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
         if source is not None:
             source.materialize(layer, layer_name)
         replace_module(model, layer_name, rtn_layer(layer, spec))
+        if source is not None:
+            layer.to("meta")  # `targets` still holds the float layer: let its weight go
     if source is not None:  # what stays float (norms, embeddings, head, ignored layers)
         source.materialize(model)
         retie(model)

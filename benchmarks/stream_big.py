@@ -1,0 +1,115 @@
+"""Compress a checkpoint larger than half this machine's memory, layer by layer from its shards (issue 19).
+
+  python benchmarks/stream_big.py [--layers 32] [--dir /tmp/nnslim-big] [--method int4-rtn]
+
+Writes a Llama-7B-shaped checkpoint with random bf16 weights straight to safetensors shards (one per
+decoder block, never the whole model in memory; reused when present), then in a fresh process:
+`nnslim.load(dir, stream=True)`, `nnslim.quantize(..., Int4RtnConfig(group_size=128), inplace=True)`,
+`nnslim.save(...)`, and reports the wall time and the peak RSS against the checkpoint's size, its largest
+block and the compressed model's size. Loading this checkpoint whole as nnslim normally does (fp32) would
+need ~27 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+             vocab_size=32000, max_position_embeddings=4096)
+
+CHILD = r"""
+import json, re, resource, sys, time
+import torch, nnslim
+from nnslim import Int4RtnConfig
+def rss():
+    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 2**20
+base = rss()
+t = time.perf_counter()
+m = nnslim.load(sys.argv[1], stream=True)
+q = nnslim.quantize(m, Int4RtnConfig(group_size=128), inplace=True)
+t_quant = time.perf_counter() - t
+nnslim.save(q, sys.argv[2])
+print(json.dumps({"rss_after_imports_GB": round(base, 2), "peak_rss_GB": round(resource.getrusage(
+    resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "quantize_s": round(t_quant, 1),
+    "total_s": round(time.perf_counter() - t, 1)}))
+"""
+
+
+def write_checkpoint(d: Path, layers: int) -> None:
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = transformers.LlamaConfig(**SHAPE, num_hidden_layers=layers, tie_word_embeddings=False, torch_dtype="bfloat16",
+                                   architectures=["LlamaForCausalLM"])
+    cfg.save_pretrained(str(d))
+    h, f, v = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["vocab_size"]
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    weight_map = {}
+    shards = [("model.embed_tokens.weight", (v, h))]
+    files = []
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        tensors = {p + n: rnd(*s) for n, s in [("self_attn.q_proj.weight", (h, h)), ("self_attn.k_proj.weight", (h, h)),
+                                               ("self_attn.v_proj.weight", (h, h)), ("self_attn.o_proj.weight", (h, h)),
+                                               ("mlp.gate_proj.weight", (f, h)), ("mlp.up_proj.weight", (f, h)),
+                                               ("mlp.down_proj.weight", (h, f))]}
+        tensors[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+        tensors[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+        files.append((f"model-{i:05d}.safetensors", tensors))
+    rest = {"model.embed_tokens.weight": rnd(v, h), "lm_head.weight": rnd(v, h),
+            "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
+    del shards
+    for name, tensors in files + [("model-rest.safetensors", rest)]:
+        save_file(tensors, str(d / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in tensors})
+    total = sum((d / n).stat().st_size for n in set(weight_map.values()))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                "weight_map": weight_map}))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hf_zoo import _tokenizer_files
+
+    _tokenizer_files(d)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--dir", default="/tmp/nnslim-big")
+    args = ap.parse_args()
+    d = Path(args.dir) / f"llama7b-shaped-{args.layers}"
+    if not (d / "model.safetensors.index.json").is_file():
+        t = time.perf_counter()
+        write_checkpoint(d, args.layers)
+        print(f"checkpoint written in {time.perf_counter() - t:.0f} s", flush=True)
+    out = Path(args.dir) / f"int4-{args.layers}"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(d), str(out)], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-2000:])
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    sizes = {p.name: p.stat().st_size for p in d.glob("*.safetensors")}
+    res.update({"layers": args.layers, "checkpoint_GB": round(sum(sizes.values()) / 2**30, 2),
+                "largest_shard_GB": round(max(sizes.values()) / 2**30, 2),
+                "artifact_GB": round(sum(p.stat().st_size for p in out.glob("*.safetensors")) / 2**30, 2),
+                "mem_total_GB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)})
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
