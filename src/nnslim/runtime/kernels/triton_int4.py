@@ -477,12 +477,14 @@ def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Ten
     return y
 
 
-# Tensor-core GEMM from the stored codes (M > 1): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_N, SWAP, warps, stages).
-TC_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=gn, SWAP=sw, num_warps=w, num_stages=st)
-              for bm, bn, bk, gn, sw, w, st in [
-                  (16, 64, 128, 8, True, 4, 4), (16, 128, 128, 8, True, 4, 4), (32, 128, 128, 8, True, 4, 4),
-                  (64, 128, 64, 8, True, 4, 4), (128, 128, 64, 8, True, 8, 3), (128, 256, 64, 8, True, 8, 3),
-                  (128, 128, 64, 8, False, 8, 3), (256, 128, 64, 8, False, 8, 3)]]
+# Tensor-core GEMM from the stored codes (M > 1): the winners of benchmarks/gpu_int4_gemm.py on the H200
+# (2026-12-03, Llama-7B shapes, M = 16..2048; results/gpu_int4_gemm_sweep2_h200.json). All put the weight
+# tile in the MMA's A operand (SWAP); split-K wins up to M = 128.
+TC_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, SWAP=True, SPLIT_K=sk, num_warps=w, num_stages=st)
+              for bm, bn, bk, sk, w, st in [
+                  (16, 64, 128, 8, 4, 4), (16, 128, 128, 4, 4, 4), (32, 64, 128, 8, 4, 4), (64, 64, 128, 4, 4, 4),
+                  (64, 128, 128, 8, 4, 4), (64, 128, 128, 4, 4, 4), (128, 64, 128, 2, 4, 4), (128, 64, 128, 1, 4, 3),
+                  (128, 64, 128, 1, 4, 4), (256, 128, 64, 1, 8, 3)]]
 
 
 def tc_fits(k: int, group: int, block_k: int) -> bool:
@@ -509,7 +511,7 @@ def int4_gemm_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
 
 
 def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
-                    dtype: torch.dtype, block_k: int = 64, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
+                    dtype: torch.dtype, block_k: int = 128, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
     """The dequantized weight [N, K] in `dtype`, in one kernel (large M: dequantize, then cuBLAS)."""
     n, k = qweight.shape[0], qweight.shape[1] * 2
     while not tc_fits(k, group, block_k):
