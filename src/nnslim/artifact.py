@@ -388,7 +388,9 @@ def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: boo
     testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
     if testbed is None:
         raise NnslimError(f"{directory}: a compressed-tensors artifact needs its Hugging Face architecture")
-    weights = directory / _own_file(meta, WEIGHTS_FILE, directory)
+    shards = [directory / _plain_name(f, directory) for f in meta.get("files", [])
+              if str(f).endswith(".safetensors")]
+    weights = shards if len(shards) > 1 else directory / _own_file(meta, WEIGHTS_FILE, directory)
     _check_config_size(testbed, weights)
     model = _empty_model(testbed)  # parameters on meta: the checkpoint's tensors are assigned, not copied
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -78,35 +78,41 @@ def quantization_config(layers: dict[str, dict]) -> dict[str, Any]:
             "config_groups": {f"group_{i}": g for i, g in enumerate(groups.values())}, "ignore": []}
 
 
-def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """(tensors under the HF model's own names, {layer name: packed config}) of a symmetric weight-only model
-    (writable() refuses the others)."""
-    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
-
+def iter_tensors(model: nn.Module) -> tuple[Iterator[tuple[str, torch.Tensor]], dict[str, dict]]:
+    """(the tensors under the HF model's own names, one at a time, each packed layer converted only when it
+    is reached; {layer name: packed config}) of a symmetric weight-only model (writable() refuses the others)."""
     from .graph.modules import packed_layers
 
     hf, prefix = _hf_root(model)
     layers = {name[len(prefix):]: cfg for name, cfg in packed_layers(model).items()}
-    out: dict[str, torch.Tensor] = {}
+    return _tensors(hf, layers), layers
+
+
+def _tensors(hf: nn.Module, layers: dict[str, dict]) -> Iterator[tuple[str, torch.Tensor]]:
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
     seen: set[tuple] = set()
     for name, tensor in hf.state_dict().items():
         owner = name.rsplit(".", 1)[0]
         key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
         if owner not in layers and key not in seen:  # a tied head is the embedding: stored once, re-tied on load
-            out[name] = tensor
             seen.add(key)
+            yield name, _own_storage(tensor.detach().contiguous())
     for name in layers:
         layer = hf.get_submodule(name)
         offset = 1 << (layer.bits - 1)
         codes = (layer.codes() - offset).to(torch.int8)  # unsigned codes -> the signed ones CT stores
-        out[f"{name}.weight_packed"] = pack_to_int32(codes, layer.bits)
-        out[f"{name}.weight_scale"] = layer.scales.detach().clone()
-        out[f"{name}.weight_shape"] = torch.tensor([layer.out_features, layer.in_features])
+        yield f"{name}.weight_packed", pack_to_int32(codes, layer.bits)
+        yield f"{name}.weight_scale", layer.scales.detach().clone()
+        yield f"{name}.weight_shape", torch.tensor([layer.out_features, layer.in_features])
         if layer.bias is not None:
-            out[f"{name}.bias"] = layer.bias.detach().clone()
-    # safetensors refuses tensors that share memory: a view into a larger storage is copied, the rest written
-    # as they are (no second copy of the model while writing)
-    return {k: _own_storage(v.detach().contiguous()) for k, v in out.items()}, layers
+            yield f"{name}.bias", layer.bias.detach().clone()
+
+
+def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """iter_tensors as one dict (small models, tests)."""
+    items, layers = iter_tensors(model)
+    return dict(items), layers
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:
@@ -114,50 +120,88 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
     return t if whole else t.clone()
 
 
-def write(model: nn.Module, directory: Path, source_config: Path) -> list[str]:
-    """model.safetensors + config.json (with quantization_config) in `directory`; returns the file names."""
+SHARD_BYTES = 1 << 30  # compressed-tensors shards of at most ~1 GiB, written one at a time
+
+
+def write(model: nn.Module, directory: Path, source_config: Path, shard_bytes: int | None = None) -> list[str]:
+    """The checkpoint (model.safetensors, or shards + model.safetensors.index.json when larger than
+    shard_bytes) and config.json with quantization_config in `directory`; returns the file names. Shards
+    are converted and written one at a time: writing never holds a second copy of the whole model."""
     from safetensors.torch import save_file
 
     from .io import atomic_write, atomic_write_json
 
-    tensors, layers = state_dict(model)
     try:
         config = json.loads(Path(source_config).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise NnslimError(f"{str(source_config)!r} cannot be read: {e}") from None
+    items, layers = iter_tensors(model)
+    shard_bytes = shard_bytes or SHARD_BYTES
+    shards: list[tuple[str, list[str], int]] = []
+    dtypes: set[torch.dtype] = set()
+    pending: dict[str, torch.Tensor] = {}
+
+    def flush():
+        name = f"model-{len(shards) + 1:05d}.safetensors"
+        atomic_write(directory / name, lambda tmp: save_file(pending, tmp, metadata={"format": "pt"}))
+        shards.append((name, list(pending), sum(t.numel() * t.element_size() for t in pending.values())))
+        pending.clear()
+
+    for key, tensor in items:
+        if key.endswith("weight_scale"):
+            dtypes.add(tensor.dtype)
+        if pending and sum(t.numel() * t.element_size() for t in pending.values()) + tensor.numel() * \
+                tensor.element_size() > shard_bytes:
+            flush()
+        pending[key] = tensor
+    flush()
+    if len(shards) == 1:
+        (directory / shards[0][0]).replace(directory / "model.safetensors")
+        files = ["model.safetensors"]
+    else:
+        files = [name for name, _, _ in shards]
+        index = {"metadata": {"total_size": sum(b for _, _, b in shards)},
+                 "weight_map": {k: name for name, keys, _ in shards for k in keys}}
+        atomic_write_json(directory / "model.safetensors.index.json", index)
+        files.append("model.safetensors.index.json")
     config["quantization_config"] = quantization_config(layers)
-    dtypes = {v.dtype for k, v in tensors.items() if k.endswith("weight_scale")}
     config["torch_dtype"] = config["dtype"] = str(dtypes.pop() if len(dtypes) == 1 else torch.float32)[6:]
     if any(name == "lm_head" or name.endswith(".lm_head") for name in layers):
         config["tie_word_embeddings"] = False  # the head is stored quantized, the embedding float
-    atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write_json(directory / "config.json", config)
-    return ["model.safetensors", "config.json"]
+    return files + ["config.json"]
 
 
-def read_into(model: nn.Module, weights: Path, config: dict) -> nn.Module:
+def read_into(model: nn.Module, weights: Path | list[Path], config: dict) -> nn.Module:
     """Load a compressed-tensors checkpoint into `model` (an nnslim wrapper built from the same config):
     quantized layers become nnslim's packed layers, everything else loads by name (strictly)."""
     from .io import SafetensorsReader
 
     qc = config.get("quantization_config") or {}
     if qc.get("quant_method") != FORMAT or qc.get("format") != "pack-quantized":
-        raise NnslimError(f"quantization_config of {str(weights.parent)!r} is {qc.get('quant_method')!r}/"
+        where = (weights[0] if isinstance(weights, list) else weights).parent
+        raise NnslimError(f"quantization_config of {str(where)!r} is {qc.get('quant_method')!r}/"
                           f"{qc.get('format')!r}; nnslim reads compressed-tensors pack-quantized")
     root = _hf_root(model)
     if root is None:
         raise NnslimError("a compressed-tensors checkpoint needs a Hugging Face model to load into")
     hf, _ = root
-    with SafetensorsReader(weights) as f:
-        return _read_groups(model, hf, _Lazy(f), qc, weights)
+    files = weights if isinstance(weights, list) else [weights]
+    readers = [SafetensorsReader(w) for w in files]
+    try:
+        return _read_groups(model, hf, _Lazy(readers), qc, files[0])
+    finally:
+        for r in readers:
+            r.close()
 
 
 class _Lazy:
-    """The tensors of an open safetensors file, read one at a time when popped: converting layer by layer
-    never holds the whole file and the converted model at once."""
+    """The tensors of open safetensors files (the shards of one checkpoint), read one at a time when popped:
+    converting layer by layer never holds the whole file and the converted model at once."""
 
-    def __init__(self, f):
-        self.f, self.left = f, set(f.keys())
+    def __init__(self, readers):
+        self.where = {k: r for r in readers for k in r.keys()}
+        self.left = set(self.where)
 
     def pop(self, name: str, *default):
         if name not in self.left:
@@ -165,7 +209,7 @@ class _Lazy:
                 return default[0]
             raise KeyError(name)
         self.left.discard(name)
-        return self.f.get_tensor(name)
+        return self.where[name].get_tensor(name)
 
     def rest(self) -> dict[str, torch.Tensor]:
         return {k: self.pop(k) for k in sorted(self.left)}

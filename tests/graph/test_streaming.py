@@ -83,3 +83,26 @@ def test_missing_or_mismatched_shards_are_refused_before_work(tmp_path):
         nnslim.load(d, stream=True)
     with pytest.raises(NnslimError, match="stream=True"):
         nnslim.load(tmp_path, stream=True)
+
+
+def test_compressed_tensors_shards_written_one_at_a_time(tmp_path, monkeypatch):
+    """Large compressed-tensors checkpoints are written as shards + index (one shard converted at a time); both
+    nnslim and transformers load them."""
+    from transformers import AutoModelForCausalLM
+
+    from nnslim import ecosystem
+
+    d = _checkpoint(tmp_path, False)
+    q = nnslim.quantize(nnslim.load(d, stream=True), Int4RtnConfig(group_size=32), inplace=True)
+    monkeypatch.setattr(ecosystem, "SHARD_BYTES", 40_000)
+    out = nnslim.save(q, tmp_path / "out")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and all((out / s).is_file() for s in shards)
+    assert not (out / "model.safetensors").exists()
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        ref = q(ids)
+        torch.testing.assert_close(nnslim.load(out)(ids), ref)
+        hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+        torch.testing.assert_close(hf(ids).logits.float(), ref.float(), rtol=2e-2, atol=2e-2)
