@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     p.add_argument("--seed", type=_seed, default=None, help="random seed (default: the recipe's, else 0)")
     p.add_argument("--no-report", action="store_true", help="skip the evaluation/benchmark report")
+    p.add_argument("--stream", action="store_true", help="Hugging Face checkpoints larger than memory: build the "
+                   "model on the meta device and read each layer / decoder block from the safetensors shards "
+                   "just before it is compressed (int4-rtn/gptq/awq, int8-weight-only; needs --no-report)")
     p.add_argument("--threads", type=lambda t: _positive(t, 1024), default=None,
                    help="torch CPU threads (float sums depend on it; nnslim.json records the count used)")
     _add_timing(p)
@@ -246,13 +249,36 @@ def _cmd_compress(args) -> None:
     if args.method:
         from .recipe import Recipe, make_step
         recipe = Recipe((make_step({"method": args.method, **_parse_options(args.options)}, "--method"),))
-    res = compress(args.model, recipe, out=args.out, testbed=args.testbed, seed=args.seed,
+    model, testbed = args.model, args.testbed
+    if args.stream:
+        model, testbed = _streamed(args, recipe)
+    res = compress(model, recipe, out=args.out, testbed=testbed, seed=args.seed,
                    overwrite=args.overwrite, report=not args.no_report, batch=args.batch, seq=args.seq,
                    repeats=args.repeats, memory=not args.no_memory, backend=args.backend,
                    trust_remote_code=args.trust_remote_code, calibration=args.calibration, **_data_args(args))
     if res.report is not None:
         print(res.report.to_terminal())
     print(f"wrote {res.out}")
+
+
+STREAMABLE = ("int4-rtn", "int4-gptq", "int4-awq", "int8-weight-only")
+
+
+def _streamed(args, recipe):
+    """--stream: the Hugging Face checkpoint on the meta device, read from its shards layer by layer."""
+    from .errors import NnslimError
+    from .loading import load_streamed
+    from .recipe import as_recipe, method_of
+
+    if not args.no_report:
+        raise NnslimError("--stream needs --no-report: the before/after report evaluates the whole float model, "
+                          "which --stream never loads (evaluation layer by layer is not done yet)")
+    for step in as_recipe(recipe).steps:
+        if method_of(step).name not in STREAMABLE:
+            raise NnslimError(f"--stream works with {', '.join(STREAMABLE)}; the recipe has "
+                              f"{method_of(step).name!r}")
+    model = load_streamed(args.model, args.trust_remote_code)
+    return model, model.nnslim_testbed
 
 
 def _cmd_demo(args) -> None:

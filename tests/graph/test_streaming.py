@@ -106,3 +106,20 @@ def test_compressed_tensors_shards_written_one_at_a_time(tmp_path, monkeypatch):
         torch.testing.assert_close(nnslim.load(out)(ids), ref)
         hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
         torch.testing.assert_close(hf(ids).logits.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_cli_stream(tmp_path, capsys):
+    """`nnslim compress --stream`: the streamed artifact equals the in-memory one; what it cannot do is refused."""
+    from nnslim.cli import main
+
+    d = _checkpoint(tmp_path, True)
+    assert main(["compress", "--model", str(d), "--method", "int4-rtn", "--set", "group_size=32", "--stream",
+                 "--no-report", "--out", str(tmp_path / "s")]) == 0
+    ref = nnslim.quantize(_whole(d), Int4RtnConfig(group_size=32))
+    ids = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(nnslim.load(tmp_path / "s")(ids), ref(ids))
+    for extra, needle in ((["--method", "int4-rtn"], "--stream needs --no-report"),
+                          (["--method", "fp16", "--no-report"], "--stream works with")):
+        assert main(["compress", "--model", str(d), "--stream", "--out", str(tmp_path / "x"), *extra]) == 2
+        assert needle in capsys.readouterr().err
