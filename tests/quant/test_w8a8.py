@@ -66,3 +66,17 @@ def test_bad_w8a8_options(tiny_llama):
         Int8W8A8Config(smoothquant=1.5)
     with pytest.raises(NnslimError, match="smoothquant needs calibration data"):
         quantize_w8a8(tiny_llama, Int8W8A8Config(smoothquant=0.5))
+
+
+def test_dtype_cast_keeps_codes_and_scales():
+    """model.to(bfloat16) (the bf16 method, `nnslim generate --dtype bf16`) casts only what is float in the
+    model's sense: fp8 codes stay fp8, channel scales fp32, and the layer computes the same."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16)
+    for fmt, storage in (("fp8", torch.float8_e4m3fn), ("int8", torch.int8)):
+        q = W8A8Linear.from_linear(lin, fmt)
+        x = torch.randn(3, 32)
+        ref = q(x)
+        q.to(torch.bfloat16)
+        assert q.qweight.dtype == storage and q.wscale.dtype == torch.float32 and q.bias.dtype == torch.bfloat16
+        assert float((q(x.to(torch.bfloat16)).float() - ref).abs().max()) < 0.05 * float(ref.abs().max())

@@ -49,6 +49,18 @@ class W8A8Linear(nn.Module):
         self.kernel = "auto"
         self.fast_accum = False  # fp8 on CUDA: also try _scaled_mm's fast accumulation
 
+    def _apply(self, fn, *args, **kwargs):
+        """Moves follow the model; dtype casts (model.to(bfloat16)) do not touch the fp8 / int8 codes and the fp32
+        channel scales: only the bias and input scale take the model's dtype."""
+        kept = {k: self._buffers.pop(k) for k in ("qweight", "wscale")}
+        try:
+            super()._apply(fn, *args, **kwargs)
+        finally:
+            for k, t in kept.items():
+                new = fn(t)
+                self._buffers[k] = new if new.dtype == t.dtype else t.to(new.device)
+        return self
+
     def concat_key(self) -> tuple:
         """Layers with equal keys can be concatenated along the output features."""
         return (self.in_features, self.fmt, self.bias is None, self.fast_accum, self.qweight.device,
