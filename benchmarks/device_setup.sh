@@ -5,6 +5,23 @@
 #                                             # configs + tokenizers of MiniLM and SmolLM2 (weights do not fit)
 #   source benchmarks/device_setup.sh         # there, at the top of a device script: print the CPU, install
 #                                             # the carried wheels, set PYTHONPATH
+# random_model CLASS SRC DST: a transformers CLASS with random weights from SRC/config.json, saved in DST with
+# SRC's tokenizer files (the real weights do not fit the device tool's 64 MiB: ratios are the point)
+random_model() {
+  python3 - "$@" <<'PY'
+import shutil, sys
+from pathlib import Path
+import torch, transformers as tf
+cls, src, dst = getattr(tf, sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+torch.manual_seed(0)
+model = cls(tf.AutoConfig.from_pretrained(str(src))).eval()
+model.save_pretrained(str(dst))
+for f in src.iterdir():
+    if f.name != "config.json":
+        shutil.copyfile(f, dst / f.name)
+print(f"built {dst}: {sys.argv[1]}, {sum(p.numel() for p in model.parameters())} params, random weights")
+PY
+}
 if [ "${1:-}" = "prepare" ]; then
   set -euo pipefail
   grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude

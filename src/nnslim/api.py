@@ -164,6 +164,12 @@ def generate(model, prompt: str | list[str], max_new_tokens: int = 64, testbed: 
         check_kv_format(kv_cache, dev)
         want = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
             "bf16" if dtype == "auto" and dev.type == "cuda" else dtype)
+        first = next(lm.parameters(), None)
+        if isinstance(model, torch.nn.Module) and first is not None and (
+                first.device != dev or (want is not None and first.dtype != want)):
+            import copy
+
+            lm = copy.deepcopy(lm)  # the caller's model stays on its device, in its dtype
         lm = lm.to(dev) if want is None else lm.to(device=dev, dtype=want)
         try:
             decoder = StaticDecoder(lm, batch.shape[1] + max_new_tokens, batch=len(prompts), kv_cache=kv_cache)

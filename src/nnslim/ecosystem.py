@@ -109,12 +109,6 @@ def _tensors(hf: nn.Module, layers: dict[str, dict]) -> Iterator[tuple[str, torc
             yield f"{name}.bias", layer.bias.detach().clone()
 
 
-def state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """iter_tensors as one dict (small models, tests)."""
-    items, layers = iter_tensors(model)
-    return dict(items), layers
-
-
 def _own_storage(t: torch.Tensor) -> torch.Tensor:
     whole = t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
     return t if whole else t.clone()
@@ -140,20 +134,24 @@ def write(model: nn.Module, directory: Path, source_config: Path, shard_bytes: i
     shards: list[tuple[str, list[str], int]] = []
     dtypes: set[torch.dtype] = set()
     pending: dict[str, torch.Tensor] = {}
+    size = 0  # bytes in `pending`
 
     def flush():
+        nonlocal size
         name = f"model-{len(shards) + 1:05d}.safetensors"
         atomic_write(directory / name, lambda tmp: save_file(pending, tmp, metadata={"format": "pt"}))
-        shards.append((name, list(pending), sum(t.numel() * t.element_size() for t in pending.values())))
+        shards.append((name, list(pending), size))
         pending.clear()
+        size = 0
 
     for key, tensor in items:
         if key.endswith("weight_scale"):
             dtypes.add(tensor.dtype)
-        if pending and sum(t.numel() * t.element_size() for t in pending.values()) + tensor.numel() * \
-                tensor.element_size() > shard_bytes:
+        nbytes = tensor.numel() * tensor.element_size()
+        if pending and size + nbytes > shard_bytes:
             flush()
         pending[key] = tensor
+        size += nbytes
     flush()
     if len(shards) == 1:
         (directory / shards[0][0]).replace(directory / "model.safetensors")

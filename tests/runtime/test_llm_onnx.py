@@ -181,6 +181,9 @@ def test_generate_api_and_cli(llms, tmp_path):
     res = nnslim.generate(str(llms["llama"]), text, 5, device="cpu")
     assert res["tokens"] == [want] and res["decode_tokens_per_s"] > 0 and "StaticDecoder" in res["decoder"]
     assert res["texts"][0] == tok.decode(want, skip_special_tokens=True)
+    mine = nnslim.load(str(llms["llama"]))  # a module of the caller's: generated from a cast copy, left as it is
+    assert nnslim.generate(mine, text, 5, device="cpu", dtype="bf16", testbed=str(llms["llama"]))["tokens"][0]
+    assert next(mine.parameters()).dtype == torch.float32
     two = nnslim.generate(str(llms["llama"]), [text, "a lazy dog jumps"], 5, device="cpu", kv_cache="int8")
     assert two["batch"] == 2 and len(two["tokens"]) == 2 and "KV cache int8" in two["decoder"]
     gpt2 = nnslim.generate(str(llms["gpt2"]), text, 4, device="cpu")  # not Llama-family: the model's own cache

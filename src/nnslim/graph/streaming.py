@@ -49,8 +49,12 @@ class ShardSource:
                 raise NnslimError(f"{str(index)!r} maps {wrong[0]!r} to {weight_map[wrong[0]]!r}, which does not "
                                   "hold it: the shards do not match their index")
 
+    def _key(self, name: str) -> str:
+        """The checkpoint's name of a model tensor name (without the wrapper's prefix)."""
+        return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+
     def read(self, name: str) -> torch.Tensor:
-        key = name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+        key = self._key(name)
         if key not in self.where:
             raise NnslimError(f"{str(self.directory)!r}: no tensor {key!r} in the checkpoint's shards")
         return self.readers[self.where[key]].get_tensor(key)
@@ -59,8 +63,7 @@ class ShardSource:
         return self
 
     def has(self, name: str) -> bool:
-        key = name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
-        return key in self.where
+        return self._key(name) in self.where
 
     def materialize(self, module: nn.Module, prefix: str = "", skip: nn.Module | None = None) -> None:
         """Give every meta parameter / buffer of `module` (named `prefix` in the model; `skip`: a submodule
