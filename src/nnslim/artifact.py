@@ -203,6 +203,10 @@ def save(model, directory: str | Path, testbed=None, recipe: dict | None = None,
                 atomic_write(directory / WEIGHTS_FILE,
                              lambda tmp: meta.update(sparse_storage=save_sparse(model, tmp, sparse)))
             else:
+                from .graph.streaming import source_of
+
+                if source_of(model) is not None:  # streamed, blocks offloaded: this single file needs them all
+                    source_of(model).materialize(model)
                 atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
             fmt, written = "torch", [WEIGHTS_FILE]
             layers = packed_layers(model)
@@ -349,7 +353,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     weights = directory / _own_file(meta, WEIGHTS_FILE, directory)
     if not weights.is_file():
         raise NnslimError(f"weights file {str(weights)!r} not found")
-    model = model.to(dtype)  # before packed layers go in: .to() would also cast fp8 codes
+    _cast(model, dtype)  # before packed layers go in: .to() would also cast fp8 codes
     _rebuild_quantized(model, meta.get("quantized_layers") or {}, dtype, directory / META_FILE,
                        stored_shapes(weights))
     try:
@@ -367,6 +371,16 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     except Exception as e:
         raise NnslimError(f"{weights} does not match the architecture: {str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """model.to(dtype) for what the artifact stores; buffers it does not store (non-persistent: rotary
+    frequency tables) keep the dtype the model computed them in, as transformers keeps them."""
+    kept = [(m, k, b) for m in model.modules() for k, b in m._buffers.items()
+            if b is not None and k in m._non_persistent_buffers_set]
+    model.to(dtype)
+    for m, k, b in kept:
+        m._buffers[k] = b
 
 
 def _assign(model: torch.nn.Module, weights: Path) -> None:

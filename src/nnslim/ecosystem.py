@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import NnslimError
+from .graph.streaming import resident, source_of
 
 FORMAT = "compressed-tensors"
 
@@ -85,28 +86,32 @@ def iter_tensors(model: nn.Module) -> tuple[Iterator[tuple[str, torch.Tensor]], 
 
     hf, prefix = _hf_root(model)
     layers = {name[len(prefix):]: cfg for name, cfg in packed_layers(model).items()}
-    return _tensors(hf, layers), layers
+    return _tensors(hf, layers, source_of(model), prefix), layers
 
 
-def _tensors(hf: nn.Module, layers: dict[str, dict]) -> Iterator[tuple[str, torch.Tensor]]:
+def _tensors(hf: nn.Module, layers: dict[str, dict], source=None, prefix: str = ""
+             ) -> Iterator[tuple[str, torch.Tensor]]:
+    """`source`: the ShardSource of a streamed model, whose offloaded tensors are read back one at a time."""
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
     seen: set[tuple] = set()
-    for name, tensor in hf.state_dict().items():
+    for name, tensor in hf.state_dict(keep_vars=True).items():
         owner = name.rsplit(".", 1)[0]
-        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        key = (id(tensor),) if tensor.is_meta else (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
         if owner not in layers and key not in seen:  # a tied head is the embedding: stored once, re-tied on load
             seen.add(key)
-            yield name, _own_storage(tensor.detach().contiguous())
+            value = source.read(prefix + name) if tensor.is_meta else tensor.detach()
+            yield name, _own_storage(value.contiguous())
     for name in layers:
         layer = hf.get_submodule(name)
-        offset = 1 << (layer.bits - 1)
-        codes = (layer.codes() - offset).to(torch.int8)  # unsigned codes -> the signed ones CT stores
-        yield f"{name}.weight_packed", pack_to_int32(codes, layer.bits)
-        yield f"{name}.weight_scale", layer.scales.detach().clone()
-        yield f"{name}.weight_shape", torch.tensor([layer.out_features, layer.in_features])
-        if layer.bias is not None:
-            yield f"{name}.bias", layer.bias.detach().clone()
+        with resident(source, layer, prefix + name):
+            offset = 1 << (layer.bits - 1)
+            codes = (layer.codes() - offset).to(torch.int8)  # unsigned codes -> the signed ones CT stores
+            yield f"{name}.weight_packed", pack_to_int32(codes, layer.bits)
+            yield f"{name}.weight_scale", layer.scales.detach().clone()
+            yield f"{name}.weight_shape", torch.tensor([layer.out_features, layer.in_features])
+            if layer.bias is not None:
+                yield f"{name}.bias", layer.bias.detach().clone()
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:
@@ -117,22 +122,16 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
 SHARD_BYTES = 1 << 30  # compressed-tensors shards of at most ~1 GiB, written one at a time
 
 
-def write(model: nn.Module, directory: Path, source_config: Path, shard_bytes: int | None = None) -> list[str]:
-    """The checkpoint (model.safetensors, or shards + model.safetensors.index.json when larger than
-    shard_bytes) and config.json with quantization_config in `directory`; returns the file names. Shards
-    are converted and written one at a time: writing never holds a second copy of the whole model."""
+def write_shards(directory: Path, items: Iterator[tuple[str, torch.Tensor]], shard_bytes: int | None = None
+                 ) -> list[str]:
+    """model.safetensors, or shards of at most shard_bytes + model.safetensors.index.json (as transformers
+    writes them), from (name, tensor) pairs converted and written one shard at a time; returns the names."""
     from safetensors.torch import save_file
 
     from .io import atomic_write, atomic_write_json
 
-    try:
-        config = json.loads(Path(source_config).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise NnslimError(f"{str(source_config)!r} cannot be read: {e}") from None
-    items, layers = iter_tensors(model)
     shard_bytes = shard_bytes or SHARD_BYTES
     shards: list[tuple[str, list[str], int]] = []
-    dtypes: set[torch.dtype] = set()
     pending: dict[str, torch.Tensor] = {}
     size = 0  # bytes in `pending`
 
@@ -145,8 +144,6 @@ def write(model: nn.Module, directory: Path, source_config: Path, shard_bytes: i
         size = 0
 
     for key, tensor in items:
-        if key.endswith("weight_scale"):
-            dtypes.add(tensor.dtype)
         nbytes = tensor.numel() * tensor.element_size()
         if pending and size + nbytes > shard_bytes:
             flush()
@@ -155,13 +152,33 @@ def write(model: nn.Module, directory: Path, source_config: Path, shard_bytes: i
     flush()
     if len(shards) == 1:
         (directory / shards[0][0]).replace(directory / "model.safetensors")
-        files = ["model.safetensors"]
-    else:
-        files = [name for name, _, _ in shards]
-        index = {"metadata": {"total_size": sum(b for _, _, b in shards)},
-                 "weight_map": {k: name for name, keys, _ in shards for k in keys}}
-        atomic_write_json(directory / "model.safetensors.index.json", index)
-        files.append("model.safetensors.index.json")
+        return ["model.safetensors"]
+    index = {"metadata": {"total_size": sum(b for _, _, b in shards)},
+             "weight_map": {k: name for name, keys, _ in shards for k in keys}}
+    atomic_write_json(directory / "model.safetensors.index.json", index)
+    return [name for name, _, _ in shards] + ["model.safetensors.index.json"]
+
+
+def write(model: nn.Module, directory: Path, source_config: Path, shard_bytes: int | None = None) -> list[str]:
+    """The checkpoint (model.safetensors, or shards + model.safetensors.index.json when larger than
+    shard_bytes) and config.json with quantization_config in `directory`; returns the file names. Shards
+    are converted and written one at a time: writing never holds a second copy of the whole model."""
+    from .io import atomic_write_json
+
+    try:
+        config = json.loads(Path(source_config).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise NnslimError(f"{str(source_config)!r} cannot be read: {e}") from None
+    items, layers = iter_tensors(model)
+    dtypes: set[torch.dtype] = set()
+
+    def noting_scale_dtypes():
+        for key, tensor in items:
+            if key.endswith("weight_scale"):
+                dtypes.add(tensor.dtype)
+            yield key, tensor
+
+    files = write_shards(directory, noting_scale_dtypes(), shard_bytes)
     config["quantization_config"] = quantization_config(layers)
     config["torch_dtype"] = config["dtype"] = str(dtypes.pop() if len(dtypes) == 1 else torch.float32)[6:]
     if any(name == "lm_head" or name.endswith(".lm_head") for name in layers):
@@ -328,6 +345,18 @@ def pruned_config(hf: nn.Module):
     return config if built is not None and _shapes(built) == want else None
 
 
+def _plain_tensors(hf: nn.Module, source, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """The HF model's state under its own names, offloaded tensors read back one at a time, a tied head once."""
+    seen: set[int] = set()
+    conv1d = {f"{n}.weight" for n in getattr(hf, "nnslim_conv1d", ())}
+    for name, tensor in hf.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        value = source.read(prefix + name) if tensor.is_meta else tensor.detach()
+        yield name, (value.t() if name in conv1d else value).contiguous()
+
+
 def write_hf(model: nn.Module, directory: Path) -> list[str] | None:
     """A float (or fp16 / pruned) Hugging Face model saved as transformers saves it (save_pretrained),
     with its config updated to pruned shapes; None when the config cannot express the model."""
@@ -338,19 +367,26 @@ def write_hf(model: nn.Module, directory: Path) -> list[str] | None:
     config = pruned_config(hf)
     if config is None:
         return None
-    state = hf.state_dict()
-    for name in getattr(hf, "nnslim_conv1d", ()):  # back to Conv1D's [in, out] layout
-        state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
-    before = set(p.name for p in directory.iterdir())
-    original = hf.config
     from .runtime.base import model_dtype
 
     config.dtype = model_dtype(hf)
-    hf.config = config
-    try:
-        hf.save_pretrained(str(directory), state_dict=state, safe_serialization=True)
-    finally:
-        hf.config = original
+    before = set(p.name for p in directory.iterdir())
+    source = source_of(model)
+    if source is not None and source.offloaded:  # streamed, finished blocks on disk: read back one at a time
+        config.save_pretrained(str(directory))
+        if getattr(hf, "generation_config", None) is not None and hf.can_generate():
+            hf.generation_config.save_pretrained(str(directory))
+        write_shards(directory, _plain_tensors(hf, source, root[1]))
+    else:
+        state = hf.state_dict()
+        for name in getattr(hf, "nnslim_conv1d", ()):  # back to Conv1D's [in, out] layout
+            state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
+        original = hf.config
+        hf.config = config
+        try:
+            hf.save_pretrained(str(directory), state_dict=state, safe_serialization=True)
+        finally:
+            hf.config = original
     from .io import _umask
 
     written = sorted(p.name for p in directory.iterdir() if p.name not in before)

@@ -24,19 +24,24 @@ from .validate import check_finite_data
 
 
 def load(path: str | Path, model: torch.nn.Module | None = None, stream: bool = False,
-         trust_remote_code: bool = False):
+         trust_remote_code: bool = False, offload_dir: str | Path | None = None):
     """Load an nnslim artifact dir, an ONNX file or a Hugging Face model dir (see resolve).
 
     stream=True (a Hugging Face dir of safetensors shards): the model is built with its parameters on the
     meta device and the weight-only methods (int4-rtn / gptq / awq, int8-weight-only) read each layer or
     decoder block from the shards just before they compress it, in the checkpoint's own dtype: host memory
-    holds one block of float weights plus what is already compressed, not the float model."""
+    holds one block of float weights plus what is already compressed, not the float model. With
+    `offload_dir` (a folder with room for the checkpoint's size) what is compressed goes to disk block by
+    block too (accelerate's offload files, removed with the model) and host memory holds about one block."""
+    if offload_dir is not None and not stream:
+        raise bad_value("offload_dir", str(offload_dir), "used with stream=True only")
     if stream:
-        return load_streamed(path, trust_remote_code)
+        return load_streamed(path, trust_remote_code, offload_dir)
     return resolve(path, skeleton=model, trust_remote_code=trust_remote_code).model
 
 
-def load_streamed(path: str | Path, trust_remote_code: bool = False) -> torch.nn.Module:
+def load_streamed(path: str | Path, trust_remote_code: bool = False, offload_dir: str | Path | None = None
+                  ) -> torch.nn.Module:
     from .ecosystem import _hf_root
     from .graph.streaming import ATTR, ShardSource
     from .testbeds import testbed_for_hf_dir
@@ -46,6 +51,8 @@ def load_streamed(path: str | Path, trust_remote_code: bool = False) -> torch.nn
         raise bad_value("path", str(path), "a Hugging Face model directory (config.json + safetensors shards) "
                         "for stream=True")
     source = ShardSource(directory)  # every shard checked before anything is built
+    if offload_dir is not None:
+        source.offload_to(offload_dir)  # (refused here when its disk has too little room)
     testbed = testbed_for_hf_dir(directory, trust_remote_code)
     model = artifact._empty_model(testbed)
     root = _hf_root(model)

@@ -24,3 +24,27 @@ def stage(message: str) -> None:
     """A plain stage line on stderr for long work when no progress bar is shown (not a TTY)."""
     if os.environ.get("NNSLIM_PROGRESS", "1") != "0" and not sys.stderr.isatty():
         print(f"[nnslim] {message}", file=sys.stderr, flush=True)
+
+
+def memory_in_use(device=None) -> str:
+    """'host 3.21 GB, cuda 5.02 GB': this process's resident memory and the device memory torch holds."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            host = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
+        text = f"host {host:.2f} GB"
+    except (OSError, StopIteration, ValueError):
+        text = "host ? GB"
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        text += f", cuda {torch.cuda.memory_allocated(device) / 2**30:.2f} GB"
+    return text
+
+
+def step_done(bar, message: str, device=None) -> None:
+    """After one step of a long loop (a decoder block): the memory in use on the bar, or a stage line."""
+    line = memory_in_use(device)
+    if getattr(bar, "disable", True):
+        stage(f"{message}: {line}")
+    else:
+        bar.set_postfix_str(line, refresh=False)

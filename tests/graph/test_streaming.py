@@ -123,3 +123,84 @@ def test_cli_stream(tmp_path, capsys):
                           (["--method", "fp16", "--no-report"], "--stream works with")):
         assert main(["compress", "--model", str(d), "--stream", "--out", str(tmp_path / "x"), *extra]) == 2
         assert needle in capsys.readouterr().err
+
+
+def _saved_equal(q, ref, out):
+    """Artifacts written from `q` and from the in-memory `ref` hold the same tensors."""
+    from nnslim.io import load_safetensors
+
+    a, b = nnslim.save(q, out / "a"), nnslim.save(ref, out / "b", testbed=q.nnslim_testbed)
+    files = sorted(p.name for p in a.glob("*.safetensors"))
+    assert files == sorted(p.name for p in b.glob("*.safetensors"))
+    for name in files:
+        ta, tb = load_safetensors(a / name), load_safetensors(b / name)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), k
+    return a
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_offloaded_blocks_equal_in_memory(tmp_path, method):
+    """With offload_dir, finished layers / blocks go to disk and back to meta as they are done (host memory
+    holds about one block); the artifact is the same bit for bit, and the offload folder goes with the model."""
+    import gc
+
+    d = _checkpoint(tmp_path, True)
+    cfg = (Int4RtnConfig(group_size=32) if method == "rtn"
+           else Int4GptqConfig(group_size=32, samples=4, seq_len=32, device="cpu"))
+    data = llama_samples(n=4, seq=32) if method == "gptq" else None
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    streamed = nnslim.load(d, stream=True, offload_dir=spill)
+    q = nnslim.quantize(streamed, cfg, calibration=data, inplace=True)
+    layers = [m for m in q.modules() if type(m).__name__ == "WeightOnlyLinear"]
+    assert layers and all(m.qweight.is_meta for m in layers)  # on disk, not in memory
+    (folder,) = list(spill.iterdir())
+    assert any(folder.glob("*.dat"))
+    out = _saved_equal(q, nnslim.quantize(_whole(d), cfg, calibration=data), tmp_path)
+    assert all(m.qweight.is_meta for m in layers)  # writing read them back one layer at a time
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(nnslim.load(out)(ids), nnslim.quantize(_whole(d), cfg, calibration=data)(ids))
+    del q, streamed, layers
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_offload_dir_refused_without_room_or_stream(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    d = _checkpoint(tmp_path, False)
+    with pytest.raises(NnslimError, match="offload_dir=.*stream=True"):
+        nnslim.load(d, offload_dir=tmp_path)
+    with pytest.raises(NnslimError, match="offload_dir=.*not a directory"):
+        nnslim.load(d, stream=True, offload_dir=tmp_path / "nope")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10, 10, 1000))
+    with pytest.raises(NnslimError, match=r"offload_dir=.*GiB free.*needs up to"):
+        nnslim.load(d, stream=True, offload_dir=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["prune-magnitude", "prune-2of4", "wanda", "sparsegpt", "fp8",
+                                    "int8-w8a8", "int8-weight-only"])
+def test_every_layerwise_method_streams_and_offloads(tmp_path, method):
+    """Pruning (magnitude, 2:4, Wanda, SparseGPT), W8A8 and int8 weight-only run streamed with offloaded blocks
+    and give the in-memory result bit for bit, in the artifact too."""
+    from nnslim.recipe import make_step
+
+    d = _checkpoint(tmp_path, False)
+    options = {"samples": 4, "seq_len": 32, "device": "cpu"} if method in ("wanda", "sparsegpt") else {}
+    cfg = make_step({"method": method, **options}, "test")
+    data = llama_samples(n=4, seq=32)
+    verb = nnslim.prune if method.startswith("prune") or method in ("wanda", "sparsegpt") else nnslim.quantize
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    q = verb(nnslim.load(d, stream=True, offload_dir=spill), cfg, calibration=data, inplace=True)
+    assert any(t.is_meta for t in q.parameters()) or any(t.is_meta for t in q.buffers())  # offloaded
+    ref = verb(_whole(d), cfg, calibration=data)
+    out = _saved_equal(q, ref, tmp_path)
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(nnslim.load(out)(ids), ref(ids))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
-from ..progress import progress
+from ..progress import progress, step_done
 from .streaming import retie, source_of
 
 
@@ -184,7 +184,8 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
         inputs, kwargs = capture_inputs(model, blocks, samples, device)
         kwargs = [_to(kw, device) for kw in kwargs]
         _trace("after capture", device)
-        for i in progress(range(len(blocks)), desc=desc, total=len(blocks)):
+        bar = progress(range(len(blocks)), desc=desc, total=len(blocks))
+        for i in bar:
             if source is not None:
                 source.materialize(blocks[i], f"{prefix}.{i}")
             block = blocks[i].to(device)
@@ -195,8 +196,11 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
                     inputs[j] = call_block(block, inputs[j], kwargs[j])
             _trace(f"block {i} outputs", device)
             blocks[i] = block.to(home)
+            if source is not None:  # with an offload folder: the finished block goes to disk
+                source.offload(blocks[i], f"{prefix}.{i}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            step_done(bar, f"{desc}: block {i + 1}/{len(blocks)}", device)
     finally:
         _move_rest(model, blocks, home)
         if not any(t.is_meta for t in blocks.parameters()):

@@ -5,10 +5,19 @@ the whole float model (issue 19).
 
 Every shard is opened and its header checked before any work starts (a missing or mismatched shard is one
 error naming the file); tensors are read with plain reads in the checkpoint's own dtype.
+
+With an offload folder (`offload_to`), what a method has finished (a compressed layer or decoder block) goes to
+disk through accelerate's offload files and back to the meta device, so host memory holds one block at a
+time; whatever reads the model later (the artifact writers, layer-wise evaluation) brings one layer or block
+back at a time (`resident`).
 """
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import weakref
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -36,6 +45,8 @@ class ShardSource:
             files, weight_map = ["model.safetensors"], None
         self.readers: dict[str, SafetensorsReader] = {}
         self.where: dict[str, str] = {}
+        self.offloaded: dict[str, dict] = {}  # full model name -> accelerate's offload index entry
+        self.offload_dir: Path | None = None
         for name in files:
             path = self.directory / name
             if Path(name).name != name or not path.is_file():
@@ -53,7 +64,62 @@ class ShardSource:
         """The checkpoint's name of a model tensor name (without the wrapper's prefix)."""
         return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
 
+    def nbytes(self) -> int:
+        """The checkpoint's size in bytes (its shards)."""
+        return sum(r.path.stat().st_size for r in self.readers.values())
+
+    def offload_to(self, folder: str | Path, need_bytes: int | None = None) -> Path:
+        """Send finished layers / blocks to a fresh folder inside `folder` (removed with this source); refused
+        before any work when the disk there has less free space than `need_bytes` (default: the checkpoint's
+        size, an upper bound of any compressed form of it)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise NnslimError(f"offload_dir={str(folder)!r} is not a directory")
+        need = self.nbytes() if need_bytes is None else need_bytes
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise NnslimError(f"offload_dir={str(folder)!r} has {free / 2**30:.1f} GiB free; offloading this model "
+                              f"needs up to {need / 2**30:.1f} GiB (the checkpoint's size): free space or pick another")
+        self.offload_dir = Path(tempfile.mkdtemp(prefix="nnslim-offload-", dir=folder))
+        weakref.finalize(self, shutil.rmtree, str(self.offload_dir), True)
+        return self.offload_dir
+
+    def offload(self, module: nn.Module, prefix: str) -> None:
+        """Without an offload folder nothing; else write every tensor of `module` (named `prefix`) that is in
+        memory to it (accelerate.utils.offload_weight) and put the module on the meta device."""
+        if self.offload_dir is None:
+            return
+        from accelerate.utils import offload_weight
+
+        index: dict[str, dict] = {}
+        for mname, owner in module.named_modules():
+            for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
+                if t is not None and not t.is_meta:
+                    full = ".".join(p for p in (prefix, mname, attr) if p)
+                    offload_weight(t.detach().contiguous(), full, str(self.offload_dir), index)
+        self.offloaded.update(index)
+        module.to("meta")
+
+    @contextmanager
+    def resident(self, module: nn.Module, prefix: str):
+        """`module`'s offloaded tensors in memory inside the block, back on meta after it (no rewrite)."""
+        back = [(owner, attr) for owner, attr, full in _meta_tensors(module, prefix) if full in self.offloaded]
+        if back:
+            self.materialize(module, prefix)
+        try:
+            yield module
+        finally:
+            for owner, attr in back:
+                if attr in owner._parameters:
+                    owner._parameters[attr] = nn.Parameter(owner._parameters[attr].to("meta"), requires_grad=False)
+                else:
+                    owner._buffers[attr] = owner._buffers[attr].to("meta")
+
     def read(self, name: str) -> torch.Tensor:
+        if name in self.offloaded:
+            from accelerate.utils.offload import load_offloaded_weight
+
+            return load_offloaded_weight(str(self.offload_dir / f"{name}.dat"), self.offloaded[name])
         key = self._key(name)
         if key not in self.where:
             raise NnslimError(f"{str(self.directory)!r}: no tensor {key!r} in the checkpoint's shards")
@@ -63,11 +129,13 @@ class ShardSource:
         return self
 
     def has(self, name: str) -> bool:
-        return self._key(name) in self.where
+        return name in self.offloaded or self._key(name) in self.where
 
-    def materialize(self, module: nn.Module, prefix: str = "", skip: nn.Module | None = None) -> None:
+    def materialize(self, module: nn.Module, prefix: str = "", skip: nn.Module | None = None,
+                    offloaded: bool = True) -> None:
         """Give every meta parameter / buffer of `module` (named `prefix` in the model; `skip`: a submodule
-        left on meta) its stored values, in the checkpoint's dtype, on the CPU."""
+        left on meta; offloaded=False: what was offloaded stays there) its stored values, in the checkpoint's
+        dtype (offloaded ones in their own), on the CPU."""
         inside = {id(m) for m in skip.modules()} if skip is not None else set()
         for mname, owner in module.named_modules():
             if id(owner) in inside:
@@ -76,6 +144,8 @@ class ShardSource:
                 if t is None or not t.is_meta:
                     continue
                 full = ".".join(p for p in (prefix, mname, attr) if p)
+                if not offloaded and full in self.offloaded:
+                    continue
                 if not self.has(full) and attr in owner._parameters and _tied(module, owner):
                     continue  # a tied head, stored once as the embedding: tied again by the caller
                 value = self.read(full)
@@ -93,6 +163,14 @@ class ShardSource:
     def close(self) -> None:
         for r in self.readers.values():
             r.close()
+
+
+def _meta_tensors(module: nn.Module, prefix: str):
+    """(owner module, attribute, full name) of every meta parameter / buffer of `module` named `prefix`."""
+    for mname, owner in module.named_modules():
+        for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
+            if t is not None and t.is_meta:
+                yield owner, attr, ".".join(p for p in (prefix, mname, attr) if p)
 
 
 def _tied(model: nn.Module, owner: nn.Module) -> bool:
@@ -113,3 +191,9 @@ def retie(model: nn.Module) -> None:
 
 def source_of(model: nn.Module) -> ShardSource | None:
     return getattr(model, ATTR, None)
+
+
+def resident(source: ShardSource | None, module: nn.Module, prefix: str):
+    """A context in which `module` (named `prefix`) has its offloaded tensors in memory (nothing to do without
+    a source)."""
+    return source.resident(module, prefix) if source is not None else nullcontext(module)

@@ -18,6 +18,7 @@ from ..context import resolve_device
 from ..errors import NnslimError
 from ..graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ..graph.scope import select_linears
+from ..graph.streaming import retie, source_of
 from ..recipe import StepConfig
 from .masks import attach_mask, check_nm, layer_mask, nm_mask, parse_pattern, row_mask
 
@@ -72,18 +73,45 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
                   masks: Callable[[dict[str, nn.Linear]], dict[str, torch.Tensor]] | None = None,
                   name: str = "magnitude") -> nn.Module:
     """A copy of `model` (or the model itself if inplace) with pruned Linear weights: by `masks(targets)`
-    (keep masks computed from the weights alone) or layer by layer by `algorithm()`."""
+    (keep masks computed from the weights alone) or layer by layer by `algorithm()`.
+
+    A model streamed from its shards (nnslim.load(..., stream=True)) is pruned one layer (magnitude) or one
+    decoder block (calibrated methods) at a time; its zeros are the result (no mask parametrizations: a
+    streamed model is not trained further)."""
     if not isinstance(model, nn.Module):
         raise NnslimError(f"pruning needs a torch.nn.Module, got {type(model).__name__}")
     notes = notes if notes is not None else []
     model = model if inplace else copy.deepcopy(model)
     model.eval()
+    source = source_of(model)
+    if source is not None and config.pack_2of4:
+        raise NnslimError("pack_2of4=True is not available for a streamed model yet; prune it streamed, save it, "
+                          "and load the pruned model whole to pack it")
     targets = prune_targets(model, config)
+    count = [0, 0]  # zeros, weights of the pruned layers
+
+    def counted(layers):
+        for m in layers:
+            count[0] += int((m.weight == 0).sum())
+            count[1] += m.weight.numel()
+
     if algorithm is None:
-        keep = masks(targets)
+        if source is not None and getattr(config, "scope", "layer") == "global":
+            raise NnslimError("scope='global' ranks every weight of the model at once; a streamed model is pruned "
+                              "one layer at a time: use scope='layer' or load the model whole")
         with torch.no_grad():
             for n, m in targets.items():
-                m.weight.mul_(keep[n].to(m.weight.dtype))
+                if source is not None:
+                    source.materialize(m, n)
+                if source is None and n == next(iter(targets)):
+                    keep = masks(targets)  # (global scope: every layer's weights at once)
+                mask = keep[n] if source is None else masks({n: m})[n]
+                m.weight.mul_(mask.to(m.weight.dtype))
+                counted([m])
+                if source is not None:
+                    source.offload(m, n)
+                elif not config.pack_2of4:
+                    attach_mask(m, mask)  # any later training keeps the pruned weights at zero
     else:
         device = resolve_device(config.device)
         samples = list(calibration) if calibration is not None else []
@@ -93,17 +121,29 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
             raise NnslimError(f"{name} prunes layers inside the repeated blocks; put these in `ignore` or use "
                               f"magnitude: {sorted(outside)[:5]}")
         del targets
-        calibrate_layerwise(model, samples, inside, algorithm, device,
-                            f"{name} {config.pattern}")
-        targets = {n: model.get_submodule(n) for n in inside}
-    zeros = sum(int((m.weight == 0).sum()) for m in targets.values())
-    total = sum(m.weight.numel() for m in targets.values())
-    notes.append(f"{name} {config.pattern} pruning: {len(targets)} layers, {zeros / total:.1%} of their weights are zero")
+
+        def make():
+            made = algorithm()
+            finish = made.finish
+
+            def finished(block, modules, prefix):
+                finish(block, modules, prefix)
+                counted(modules.values())
+                if source is None and not config.pack_2of4:
+                    for m in modules.values():  # any later training keeps the pruned weights at zero
+                        attach_mask(m, m.weight.detach() != 0)
+            made.finish = finished
+            return made
+
+        calibrate_layerwise(model, samples, inside, make, device, f"{name} {config.pattern}")
+        targets = inside
+    if source is not None:  # what is not pruned (norms, embeddings, head); offloaded blocks stay there
+        source.materialize(model, offloaded=False)
+        retie(model)
+    notes.append(f"{name} {config.pattern} pruning: {len(targets)} layers, {count[0] / max(count[1], 1):.1%} of their "
+                 "weights are zero")
     if config.pack_2of4:
         from .sparse24 import semi_sparse
 
         semi_sparse(model, notes)
-    else:  # masks stay on the weights: any later training keeps the pruned weights at zero
-        for n, m in targets.items():
-            attach_mask(m, keep[n] if algorithm is None else m.weight.detach() != 0)
     return model

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from ..errors import NnslimError
 from ..graph.modules import register_packed, replace_module
 from ..graph.scope import select_linears
+from ..graph.streaming import retie, source_of
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
@@ -222,6 +223,10 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
     model.eval()
     layers = select_linears(model, config.ignore, config.quantize_head, "quantize")
     smooth = {}
+    source = source_of(model)  # streamed from shards: one layer read, quantized and (offload) written at a time
+    if source is not None and config.smoothquant is not None:
+        raise NnslimError("smoothquant runs the whole model on calibration data; a streamed model is quantized "
+                          "one layer at a time: drop smoothquant or load the model whole")
     if config.smoothquant is not None:
         from .calibration import check_calibration
         from .smoothquant import smoothing_scales
@@ -233,8 +238,16 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
         smooth = smoothing_scales(model, layers, data, config.smoothquant)
         notes.append(f"smoothquant alpha={config.smoothquant}: {len(smooth)} layers")
     for name, layer in layers.items():
-        replace_module(model, name, W8A8Linear.from_linear(layer, config.format, smooth.get(name),
-                                                              config.fast_accum))
+        if source is not None:
+            source.materialize(layer, name)
+        packed = W8A8Linear.from_linear(layer, config.format, smooth.get(name), config.fast_accum)
+        replace_module(model, name, packed)
+        if source is not None:
+            layer.to("meta")
+            source.offload(packed, name)
+    if source is not None:  # what stays float (norms, embeddings, head); offloaded layers stay there
+        source.materialize(model, offloaded=False)
+        retie(model)
     notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers")
     return model
 

@@ -137,11 +137,13 @@ def _quantize(model, config, calibration, notes, algorithm, name) -> nn.Module:
     for layer_name, layer in targets.items():
         if source is not None:
             source.materialize(layer, layer_name)
-        replace_module(model, layer_name, rtn_layer(layer, spec))
+        packed = rtn_layer(layer, spec)
+        replace_module(model, layer_name, packed)
         if source is not None:
             layer.to("meta")  # `targets` still holds the float layer: let its weight go
-    if source is not None:  # what stays float (norms, embeddings, head, ignored layers)
-        source.materialize(model)
+            source.offload(packed, layer_name)  # with an offload folder: to disk
+    if source is not None:  # what stays float (norms, embeddings, head, ignored layers); offloaded stays there
+        source.materialize(model, offloaded=False)
         retie(model)
     for m in model.modules():
         if isinstance(m, WeightOnlyLinear):
