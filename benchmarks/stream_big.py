@@ -1,13 +1,14 @@
 """Compress a checkpoint larger than half this machine's memory, layer by layer from its shards (issue 19).
 
-  python benchmarks/stream_big.py [--layers 32] [--dir /tmp/nnslim-big] [--method int4-rtn]
+  python benchmarks/stream_big.py [--layers 32] [--dir /tmp/nnslim-big] [--method int4-rtn|int4-gptq]
+      [--offload DIR] [--device cpu|cuda] [--samples 4 --seq-len 512]
 
 Writes a Llama-7B-shaped checkpoint with random bf16 weights straight to safetensors shards (one per
 decoder block, never the whole model in memory; reused when present), then in a fresh process:
-`nnslim.load(dir, stream=True)`, `nnslim.quantize(..., Int4RtnConfig(group_size=128), inplace=True)`,
-`nnslim.save(...)`, and reports the wall time and the peak RSS against the checkpoint's size, its largest
-block and the compressed model's size. Loading this checkpoint whole as nnslim normally does (fp32) would
-need ~27 GB.
+`nnslim.load(dir, stream=True, offload_dir=...)`, `nnslim.quantize(..., inplace=True)` (int4 g128, RTN or
+GPTQ calibrated on random token ids), `nnslim.save(...)`, and reports the wall time and the peak RSS (and
+the peak GPU memory with --device cuda) against the checkpoint's size and its largest block. Loading this
+checkpoint whole as nnslim normally does (fp32) would need ~27 GB.
 """
 from __future__ import annotations
 
@@ -26,18 +27,27 @@ SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, 
 CHILD = r"""
 import json, re, resource, sys, time
 import torch, nnslim
-from nnslim import Int4RtnConfig
+from nnslim import Int4GptqConfig, Int4RtnConfig
+directory, out, method, offload, device, samples, seq_len = sys.argv[1:8]
 def rss():
     return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 2**20
 base = rss()
+g = torch.Generator().manual_seed(0)
+data = [{"input_ids": torch.randint(0, 32000, (1, int(seq_len)), generator=g)} for _ in range(int(samples))]
+cfg = (Int4RtnConfig(group_size=128) if method == "int4-rtn" else
+       Int4GptqConfig(group_size=128, device=device, samples=int(samples), seq_len=int(seq_len)))
 t = time.perf_counter()
-m = nnslim.load(sys.argv[1], stream=True)
-q = nnslim.quantize(m, Int4RtnConfig(group_size=128), inplace=True)
+m = nnslim.load(directory, stream=True, offload_dir=offload if offload != "-" else None)
+q = nnslim.quantize(m, cfg, calibration=data if method != "int4-rtn" else None, inplace=True)
 t_quant = time.perf_counter() - t
-nnslim.save(q, sys.argv[2])
-print(json.dumps({"rss_after_imports_GB": round(base, 2), "peak_rss_GB": round(resource.getrusage(
-    resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "quantize_s": round(t_quant, 1),
-    "total_s": round(time.perf_counter() - t, 1)}))
+quant_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+nnslim.save(q, out)
+res = {"rss_after_imports_GB": round(base, 2), "peak_rss_quantize_GB": round(quant_peak, 2),
+       "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+       "quantize_s": round(t_quant, 1), "total_s": round(time.perf_counter() - t, 1)}
+if torch.cuda.is_available() and device == "cuda":
+    res["peak_gpu_GB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+print(json.dumps(res))
 """
 
 
@@ -87,6 +97,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--dir", default="/tmp/nnslim-big")
+    ap.add_argument("--method", default="int4-rtn", choices=["int4-rtn", "int4-gptq"])
+    ap.add_argument("--offload", default=None, help="offload_dir: finished blocks go to disk here")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where GPTQ runs")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=512)
     args = ap.parse_args()
     d = Path(args.dir) / f"llama7b-shaped-{args.layers}"
     if not (d / "model.safetensors.index.json").is_file():
@@ -99,12 +114,18 @@ def main():
 
         shutil.rmtree(out)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(d), str(out)], env=env, capture_output=True, text=True)
+    if args.offload:
+        Path(args.offload).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(d), str(out), args.method, args.offload or "-", args.device,
+                           str(args.samples), str(args.seq_len)], env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-2000:])
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     sizes = {p.name: p.stat().st_size for p in d.glob("*.safetensors")}
-    res.update({"layers": args.layers, "checkpoint_GB": round(sum(sizes.values()) / 2**30, 2),
+    block = 4 * SHAPE["hidden_size"] ** 2 + 3 * SHAPE["hidden_size"] * SHAPE["intermediate_size"]
+    res.update({"method": args.method, "offload": bool(args.offload), "device": args.device,
+                "calibration": f"{args.samples}x{args.seq_len}" if args.method != "int4-rtn" else None,
+                "largest_block_GB": round(block * 2 / 2**30, 2), "layers": args.layers, "checkpoint_GB": round(sum(sizes.values()) / 2**30, 2),
                 "largest_shard_GB": round(max(sizes.values()) / 2**30, 2),
                 "artifact_GB": round(sum(p.stat().st_size for p in out.glob("*.safetensors")) / 2**30, 2),
                 "mem_total_GB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)})

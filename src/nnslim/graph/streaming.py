@@ -115,6 +115,39 @@ class ShardSource:
                 else:
                     owner._buffers[attr] = owner._buffers[attr].to("meta")
 
+    def stored_dtypes(self, model: nn.Module) -> None:
+        """Give the meta tensors of `model` the dtype the checkpoint stores them in (what they will hold)."""
+        from ..io import _ST_DTYPES
+
+        for owner, attr, full in list(_meta_tensors(model, "")):
+            key = self._key(full)
+            if key not in self.where:
+                continue
+            dtype = getattr(torch, _ST_DTYPES.get(self.readers[self.where[key]].header[key]["dtype"], ""), None)
+            t = owner._parameters[attr] if attr in owner._parameters else owner._buffers[attr]
+            if isinstance(dtype, torch.dtype) and dtype != t.dtype and dtype.is_floating_point == t.is_floating_point():
+                if attr in owner._parameters:
+                    owner._parameters[attr] = nn.Parameter(t.to(dtype), requires_grad=False)
+                else:
+                    owner._buffers[attr] = t.to(dtype)
+        retie(model)
+
+    def settle(self, model: nn.Module) -> None:
+        """After a streamed method: without an offload folder, what is still on meta comes into memory (the
+        model is whole); with one, the checkpoint's own tensors read along the way go back to meta (read again
+        when a writer or an evaluation reaches them), so host memory ends as it began."""
+        if self.offload_dir is None:
+            self.materialize(model, offloaded=False)
+        else:
+            for mname, owner in model.named_modules():
+                for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
+                    full = ".".join(p for p in (mname, attr) if p)
+                    if t is not None and not t.is_meta and full not in self.offloaded and self._key(full) in self.where:
+                        store = owner._parameters if attr in owner._parameters else owner._buffers
+                        store[attr] = (nn.Parameter(t.to("meta"), requires_grad=False) if attr in owner._parameters
+                                       else t.to("meta"))
+        retie(model)
+
     def read(self, name: str) -> torch.Tensor:
         if name in self.offloaded:
             from accelerate.utils.offload import load_offloaded_weight

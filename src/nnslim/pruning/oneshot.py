@@ -18,7 +18,7 @@ from ..context import resolve_device
 from ..errors import NnslimError
 from ..graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ..graph.scope import select_linears
-from ..graph.streaming import retie, source_of
+from ..graph.streaming import source_of
 from ..recipe import StepConfig
 from .masks import attach_mask, check_nm, layer_mask, nm_mask, parse_pattern, row_mask
 
@@ -137,9 +137,8 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
 
         calibrate_layerwise(model, samples, inside, make, device, f"{name} {config.pattern}")
         targets = inside
-    if source is not None:  # what is not pruned (norms, embeddings, head); offloaded blocks stay there
-        source.materialize(model, offloaded=False)
-        retie(model)
+    if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
+        source.settle(model)
     notes.append(f"{name} {config.pattern} pruning: {len(targets)} layers, {count[0] / max(count[1], 1):.1%} of their "
                  "weights are zero")
     if config.pack_2of4:

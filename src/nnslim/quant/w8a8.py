@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from ..errors import NnslimError
 from ..graph.modules import register_packed, replace_module
 from ..graph.scope import select_linears
-from ..graph.streaming import retie, source_of
+from ..graph.streaming import source_of
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
@@ -245,9 +245,8 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
         if source is not None:
             layer.to("meta")
             source.offload(packed, name)
-    if source is not None:  # what stays float (norms, embeddings, head); offloaded layers stay there
-        source.materialize(model, offloaded=False)
-        retie(model)
+    if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
+        source.settle(model)
     notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers")
     return model
 

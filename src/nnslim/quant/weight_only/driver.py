@@ -19,7 +19,7 @@ from ...context import resolve_device
 from ...errors import NnslimError
 from ...graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ...graph.modules import replace_module
-from ...graph.streaming import retie, source_of
+from ...graph.streaming import source_of
 from ...io import big_allocations_mapped
 from ...graph.scope import select_linears
 from ...recipe import MAX_INT, StepConfig
@@ -142,9 +142,8 @@ def _quantize(model, config, calibration, notes, algorithm, name) -> nn.Module:
         if source is not None:
             layer.to("meta")  # `targets` still holds the float layer: let its weight go
             source.offload(packed, layer_name)  # with an offload folder: to disk
-    if source is not None:  # what stays float (norms, embeddings, head, ignored layers); offloaded stays there
-        source.materialize(model, offloaded=False)
-        retie(model)
+    if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
+        source.settle(model)
     for m in model.modules():
         if isinstance(m, WeightOnlyLinear):
             m.kernel = config.kernel
