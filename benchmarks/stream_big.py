@@ -117,9 +117,9 @@ def main():
     if args.offload:
         Path(args.offload).mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(d), str(out), args.method, args.offload or "-", args.device,
-                           str(args.samples), str(args.seq_len)], env=env, capture_output=True, text=True)
+                           str(args.samples), str(args.seq_len)], env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
-        raise SystemExit(proc.stderr[-2000:])
+        raise SystemExit(f"the child failed (exit {proc.returncode}); its stderr is above")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     sizes = {p.name: p.stat().st_size for p in d.glob("*.safetensors")}
     block = 4 * SHAPE["hidden_size"] ** 2 + 3 * SHAPE["hidden_size"] * SHAPE["intermediate_size"]

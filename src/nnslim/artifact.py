@@ -169,6 +169,15 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
 def save(model, directory: str | Path, testbed=None, recipe: dict | None = None, seed: int = 0,
          extra: dict | None = None) -> Path:
     """Write `model` (nn.Module or OnnxModel) and nnslim.json into `directory` (files written atomically)."""
+    from .graph.streaming import source_of
+
+    if isinstance(model, torch.nn.Module) and source_of(model) is not None:
+        with big_allocations_mapped():  # streamed: layers read back and freed one by one, no heap holes
+            return _save(model, directory, testbed, recipe, seed, extra)
+    return _save(model, directory, testbed, recipe, seed, extra)
+
+
+def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
     testbed = testbed if testbed is not None else getattr(model, "nnslim_testbed", None)
     from safetensors.torch import save_model
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from typing import Any, Callable, Protocol
 
 import torch
@@ -129,11 +130,12 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, samples: list[dict[s
     return inputs, kwargs_list
 
 
-def call_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+def call_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any], raw: bool = False):
+    """The block's output hidden states (raw=True: what the block returned, a tuple for some models)."""
     args = [hidden] + [kwargs[k] for k in sorted(k for k in kwargs if k.startswith("__arg"))]
     kw = {k: v for k, v in kwargs.items() if not k.startswith("__arg")}
     out = block(*args, **kw)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    return out if raw else out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _trace(phase: str, device: torch.device) -> None:
@@ -185,6 +187,7 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
         kwargs = [_to(kw, device) for kw in kwargs]
         _trace("after capture", device)
         bar = progress(range(len(blocks)), desc=desc, total=len(blocks))
+        start = time.perf_counter()
         for i in bar:
             if source is not None:
                 source.materialize(blocks[i], f"{prefix}.{i}")
@@ -200,7 +203,7 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
                 source.offload(blocks[i], f"{prefix}.{i}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            step_done(bar, f"{desc}: block {i + 1}/{len(blocks)}", device)
+            step_done(bar, f"{desc}: block {i + 1}/{len(blocks)}, {time.perf_counter() - start:.0f} s", device)
     finally:
         _move_rest(model, blocks, home)
         if not any(t.is_meta for t in blocks.parameters()):

@@ -102,8 +102,9 @@ class ShardSource:
 
     @contextmanager
     def resident(self, module: nn.Module, prefix: str):
-        """`module`'s offloaded tensors in memory inside the block, back on meta after it (no rewrite)."""
-        back = [(owner, attr) for owner, attr, full in _meta_tensors(module, prefix) if full in self.offloaded]
+        """`module`'s tensors on meta (offloaded, or in the checkpoint) in memory inside the block, back on meta
+        after it (nothing is rewritten)."""
+        back = [(owner, attr) for owner, attr, full in _meta_tensors(module, prefix) if self.has(full)]
         if back:
             self.materialize(module, prefix)
         try:
