@@ -90,7 +90,10 @@ def write_checkpoint(d: Path, layers: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from hf_zoo import _tokenizer_files
 
-    _tokenizer_files(d)
+    try:
+        _tokenizer_files(d)  # (a tokenizer from a packaged testbed; the device machine has none: ids suffice)
+    except Exception as e:  # noqa: BLE001
+        print(f"no tokenizer files: {e}", file=sys.stderr)
 
 
 def main():

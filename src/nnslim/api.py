@@ -18,7 +18,7 @@ from .eval.compare import compare, param_count, size_on_disk, variants_for
 from .eval.report import Report
 from .loading import UserData, load, resolve
 from .runtime import make_runner
-from .testbeds import TESTBEDS, Testbed
+from .testbeds import TESTBEDS, Testbed, get_testbed
 from .validate import check_finite_module
 
 save = artifact.save
@@ -98,7 +98,23 @@ def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = 
              trust_remote_code: bool = False, eval_data=None, task: str | None = None,
              text_column: str | None = None, label_column: str | None = None) -> dict[str, Any]:
     """Metrics, size and parameter count of a model (torch, ONNX path, artifact dir, testbed name);
-    `eval_data`, `task` and the columns as in compress."""
+    `eval_data`, `task` and the columns as in compress. A causal LM streamed from its shards
+    (nnslim.load(dir, stream=True), compressed or not) is evaluated block by block: perplexity only."""
+    from .graph.streaming import source_of
+
+    if isinstance(model, torch.nn.Module) and source_of(model) is not None:
+        from .eval.layerwise import layerwise_perplexity
+
+        tb = testbed if testbed is not None else model.nnslim_testbed
+        tb = get_testbed(tb) if isinstance(tb, str) else tb
+        if not hasattr(tb, "eval_windows"):
+            raise NnslimError(f"a streamed model is evaluated block by block as a causal LM; testbed {tb.name!r} "
+                              "is not one")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return {"testbed": tb.name, "backend": f"torch block by block ({device})",
+                "metrics": {"perplexity": layerwise_perplexity(model, tb.eval_windows(), device)},
+                "size_bytes": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
+                "params": param_count(model)}
     r = resolve(model, testbed, _inputs(example_inputs, model), trust_remote_code=trust_remote_code, task=task,
                 data=UserData(None, eval_data, text_column, label_column))
     if r.testbed is None:

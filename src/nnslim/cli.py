@@ -74,6 +74,11 @@ def _add_timing(p):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
 
 
+# what --stream runs: the layer-wise methods (one layer or one decoder block read from the shards at a time)
+STREAMABLE = ("int4-rtn", "int4-gptq", "int4-awq", "int8-weight-only", "fp8", "int8-w8a8", "prune-magnitude",
+              "prune-2of4", "wanda", "sparsegpt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nnslim", description="Compress PyTorch models and measure the result.")
     parser.add_argument("--version", action="version", version=f"nnslim {_version()}")
@@ -109,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip the evaluation/benchmark report")
     p.add_argument("--stream", action="store_true", help="Hugging Face checkpoints larger than memory: build the "
                    "model on the meta device and read each layer / decoder block from the safetensors shards "
-                   "just before it is compressed (int4-rtn/gptq/awq, int8-weight-only; needs --no-report)")
+                   "just before it is compressed (one step of: " + ", ".join(STREAMABLE) + "); the report is "
+                   "perplexity before/after, block by block, and sizes")
+    p.add_argument("--offload-dir", default=None, metavar="DIR", help="with --stream: finished blocks go to disk "
+                   "here (needs free space of the checkpoint's size), so memory holds about one block")
     p.add_argument("--threads", type=lambda t: _positive(t, 1024), default=None,
                    help="torch CPU threads (float sums depend on it; nnslim.json records the count used)")
     _add_timing(p)
@@ -250,6 +258,9 @@ def _cmd_compress(args) -> None:
         from .recipe import Recipe, make_step
         recipe = Recipe((make_step({"method": args.method, **_parse_options(args.options)}, "--method"),))
     model, testbed = args.model, args.testbed
+    if args.offload_dir and not args.stream:
+        from .errors import bad_value
+        raise bad_value("--offload-dir", args.offload_dir, "used with --stream only")
     if args.stream:
         model, testbed = _streamed(args, recipe)
     res = compress(model, recipe, out=args.out, testbed=testbed, seed=args.seed,
@@ -261,23 +272,19 @@ def _cmd_compress(args) -> None:
     print(f"wrote {res.out}")
 
 
-STREAMABLE = ("int4-rtn", "int4-gptq", "int4-awq", "int8-weight-only")
-
-
 def _streamed(args, recipe):
     """--stream: the Hugging Face checkpoint on the meta device, read from its shards layer by layer."""
     from .errors import NnslimError
     from .loading import load_streamed
     from .recipe import as_recipe, method_of
 
-    if not args.no_report:
-        raise NnslimError("--stream needs --no-report: the before/after report evaluates the whole float model, "
-                          "which --stream never loads (evaluation layer by layer is not done yet)")
-    for step in as_recipe(recipe).steps:
-        if method_of(step).name not in STREAMABLE:
-            raise NnslimError(f"--stream works with {', '.join(STREAMABLE)}; the recipe has "
-                              f"{method_of(step).name!r}")
-    model = load_streamed(args.model, args.trust_remote_code)
+    steps = as_recipe(recipe).steps
+    if len(steps) != 1:
+        raise NnslimError(f"--stream runs one step; the recipe has {len(steps)} (run them one after another, each "
+                          "streamed from the previous artifact, or load the model whole)")
+    if method_of(steps[0]).name not in STREAMABLE:
+        raise NnslimError(f"--stream works with {', '.join(STREAMABLE)}; the recipe has {method_of(steps[0]).name!r}")
+    model = load_streamed(args.model, args.trust_remote_code, args.offload_dir)
     return model, model.nnslim_testbed
 
 

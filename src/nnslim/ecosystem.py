@@ -126,9 +126,7 @@ def write_shards(directory: Path, items: Iterator[tuple[str, torch.Tensor]], sha
                  ) -> list[str]:
     """model.safetensors, or shards of at most shard_bytes + model.safetensors.index.json (as transformers
     writes them), from (name, tensor) pairs converted and written one shard at a time; returns the names."""
-    from safetensors.torch import save_file
-
-    from .io import atomic_write, atomic_write_json
+    from .io import atomic_write, atomic_write_json, write_safetensors
 
     shard_bytes = shard_bytes or SHARD_BYTES
     shards: list[tuple[str, list[str], int]] = []
@@ -138,7 +136,7 @@ def write_shards(directory: Path, items: Iterator[tuple[str, torch.Tensor]], sha
     def flush():
         nonlocal size
         name = f"model-{len(shards) + 1:05d}.safetensors"
-        atomic_write(directory / name, lambda tmp: save_file(pending, tmp, metadata={"format": "pt"}))
+        atomic_write(directory / name, lambda tmp: write_safetensors(tmp, pending, metadata={"format": "pt"}))
         shards.append((name, list(pending), size))
         pending.clear()
         size = 0

@@ -283,6 +283,34 @@ _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
               "F8_E5M2": "float8_e5m2"}
 
 
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written tensor by tensor straight from the tensors' memory (the same bytes
+    safetensors.torch.save_file writes, without its serialization buffer: writing a 1 GiB shard needs no
+    second GiB)."""
+    import struct
+
+    import torch
+
+    names = {getattr(torch, v): k for k, v in _ST_DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for key, t in tensors.items():
+        if t.dtype not in names:
+            raise NnslimError(f"tensor {key!r} has dtype {t.dtype}, which safetensors cannot store here")
+        n = t.numel() * t.element_size()
+        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for t in tensors.values():
+            if t.numel():
+                flat = t.detach().cpu().contiguous().reshape(-1)
+                f.write(memoryview(flat.view(torch.uint8).numpy()))
+
+
 @contextlib.contextmanager
 def big_allocations_mapped():
     """While loading a model: glibc serves every allocation over 128 KB with its own mmap, so a tensor freed

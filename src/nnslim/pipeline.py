@@ -20,7 +20,7 @@ import torch
 from . import artifact
 from .context import Context
 from .errors import NnslimError
-from .eval.compare import Variant, compare, dtype_of, variants_for
+from .eval.compare import Variant, compare, dtype_of, param_count, variants_for
 from .eval.report import Report
 from .io import StagedDir, check_out_path, find_meta, scratch_dir
 from .loading import Resolved, normalize_data, resolve, split_user_data, testbed_arg
@@ -29,6 +29,7 @@ from .recipe import Recipe, as_recipe, get_method, method_of
 from .runtime import OnnxModel, TorchRunner
 from .testbeds import Testbed
 from .validate import check_finite_module
+from .graph.streaming import source_of
 
 
 def check_recipe(recipe: Recipe, model) -> None:
@@ -186,12 +187,14 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
             stage("writing the artifact")
             artifact.save(result, target, testbed=r.testbed, recipe=recipe.to_dict(), seed=recipe.seed,
                           extra={"notes": ctx.notes})
-            result = _reload(target, r.model)
+            if source_of(result) is None:  # (a streamed result is read back block by block where it is measured)
+                result = _reload(target, r.model)
             shutil.rmtree(work, ignore_errors=True)  # else an ONNX result still lives there (scratch: removed at exit)
         if report:
             stage("measuring baseline and compressed model")
             label = " + ".join(step.method for step in recipe.steps)
-            rep = _report(r, result, target, ctx, batch, seq, repeats, memory, backend, label)
+            rep = (_report(r, result, target, ctx, batch, seq, repeats, memory, backend, label)
+                   if source_of(result) is None else _streamed_report(r, result, target, ctx, label))
             runtime = deploy_runtime(rep, label, backend)
             if runtime is not None:  # evaluate / benchmark of the artifact default to it
                 rep.notes.append(f"deploy runtime: {runtime['name']} ({runtime['why']}); recorded in nnslim.json")
@@ -260,6 +263,36 @@ def _report(r: Resolved, result, directory: Path, ctx: Context, batch, seq, repe
     rep.notes = ctx.notes + rep.notes
     rep.tables.update(ctx.tables)
     return rep
+
+
+def _streamed_report(r: Resolved, result, directory: Path, ctx: Context, label: str) -> Report:
+    """A model streamed from its shards never fits in memory here: perplexity before and after, block by block
+    (the compressed blocks as written: the artifact's writer read the same offloaded / in-memory tensors),
+    and sizes; latency, throughput and peak memory are not measured."""
+    from .eval.layerwise import layerwise_perplexity
+    from .eval.report import VariantResult
+    from .io import library_versions, machine_info
+
+    windows = getattr(r.testbed, "eval_windows", None)
+    if windows is None:
+        raise NnslimError(f"a streamed model is evaluated layer by layer as a causal LM (perplexity); testbed "
+                          f"{r.testbed.name!r} is not one: use --no-report")
+    windows = windows()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for name, model, size in ((f"original {dtype_of(r.model)}", r.model, source_of(r.model).nbytes()),
+                              (label, result, artifact.artifact_size(directory))):
+        stage(f"perplexity of {name}, block by block on {device}")
+        ppl = layerwise_perplexity(model, windows, device)
+        rows.append(VariantResult(name=name, backend=f"torch block by block ({device})", format="torch",
+                                  dtype=dtype_of(model), size_bytes=size, params=param_count(model),
+                                  metrics={"perplexity": ppl}))
+    return Report(testbed=r.testbed.name, primary_metric="perplexity", higher_is_better=False, batch=1,
+                  seq=int(windows.shape[1]), variants=rows, machine=machine_info(), versions=library_versions(),
+                  notes=ctx.notes + [f"streamed from the checkpoint's shards: perplexity on {len(windows)} windows of "
+                                     f"{windows.shape[1]} tokens, one decoder block at a time; latency, throughput "
+                                     "and peak memory are not measured (load the artifact where it fits to time "
+                                     "it: nnslim benchmark DIR)"])
 
 
 def _deployable(model, ctx: Context):

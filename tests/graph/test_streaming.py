@@ -15,12 +15,12 @@ from conftest import llama_samples
 from hf_zoo import _tokenizer_files
 
 
-def _checkpoint(tmp_path, tied: bool):
+def _checkpoint(tmp_path, tied: bool, vocab: int = 256):
     import transformers
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=256, tie_word_embeddings=tied)
+                                   num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=tied)
     d = tmp_path / f"ckpt-{tied}"
     transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(str(d), max_shard_size="60KB")
     _tokenizer_files(d)
@@ -109,20 +109,51 @@ def test_compressed_tensors_shards_written_one_at_a_time(tmp_path, monkeypatch):
 
 
 def test_cli_stream(tmp_path, capsys):
-    """`nnslim compress --stream`: the streamed artifact equals the in-memory one; what it cannot do is refused."""
+    """`nnslim compress --stream`: the streamed artifact equals the in-memory one; its report is perplexity before
+    and after, block by block, equal to the whole model's; what it cannot do is refused before any work."""
     from nnslim.cli import main
 
-    d = _checkpoint(tmp_path, True)
+    d = _checkpoint(tmp_path, True, vocab=30522)  # the tokenizer's (the report evaluates real text)
     assert main(["compress", "--model", str(d), "--method", "int4-rtn", "--set", "group_size=32", "--stream",
                  "--no-report", "--out", str(tmp_path / "s")]) == 0
     ref = nnslim.quantize(_whole(d), Int4RtnConfig(group_size=32))
     ids = torch.randint(0, 256, (1, 6))
     with torch.no_grad():
         assert torch.equal(nnslim.load(tmp_path / "s")(ids), ref(ids))
-    for extra, needle in ((["--method", "int4-rtn"], "--stream needs --no-report"),
-                          (["--method", "fp16", "--no-report"], "--stream works with")):
+    (tmp_path / "off").mkdir()
+    capsys.readouterr()
+    assert main(["compress", "--model", str(d), "--method", "int4-rtn", "--set", "group_size=32", "--stream",
+                 "--offload-dir", str(tmp_path / "off"), "--out", str(tmp_path / "r")]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    before, after = (row["metrics"]["perplexity"] for row in report["variants"])
+    assert [row["latency_ms"] for row in report["variants"]] == [None, None]  # not measured, not invented
+    tb = nnslim.load(d, stream=True).nnslim_testbed
+    windows = tb.eval_windows()
+    from nnslim.eval.metrics import perplexity, token_nll
+
+    for model, want in ((_whole(d), before), (ref, after)):
+        nll = count = 0
+        for row in windows:
+            with torch.no_grad():
+                s_, c = token_nll(model(torch.as_tensor(row[None])).float().numpy(), row[None])
+            nll, count = nll + s_, count + c
+        assert perplexity(nll, count) == pytest.approx(want, rel=1e-6)
+    assert nnslim.evaluate(nnslim.load(d, stream=True))["metrics"]["perplexity"] == pytest.approx(before, rel=1e-9)
+    assert not any((tmp_path / "off").iterdir())  # the offload folder went with the model
+    for extra, needle in ((["--method", "fp16"], "--stream works with"),
+                          (["--recipe", str(_two_steps(tmp_path))], "--stream runs one step")):
         assert main(["compress", "--model", str(d), "--stream", "--out", str(tmp_path / "x"), *extra]) == 2
         assert needle in capsys.readouterr().err
+    assert main(["compress", "--model", str(d), "--method", "int4-rtn", "--offload-dir", str(tmp_path),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--offload-dir" in capsys.readouterr().err
+
+
+def _two_steps(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("- method: prune-magnitude\n- method: int4-rtn\n")
+    return path
 
 
 def _saved_equal(q, ref, out):

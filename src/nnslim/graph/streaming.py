@@ -159,8 +159,19 @@ class ShardSource:
             raise NnslimError(f"{str(self.directory)!r}: no tensor {key!r} in the checkpoint's shards")
         return self.readers[self.where[key]].get_tensor(key)
 
-    def __deepcopy__(self, memo):  # a copied model reads the same files
-        return self
+    def __deepcopy__(self, memo):
+        """A copied model reads the same shards, but what its methods finish is its own (a fresh offload
+        folder beside the original's): compressing a copy never changes what the original reads."""
+        import copy
+
+        new = copy.copy(self)
+        new.offloaded = dict(self.offloaded)
+        if self.offload_dir is not None:
+            new.offload_dir = Path(tempfile.mkdtemp(prefix="nnslim-offload-", dir=self.offload_dir.parent))
+            weakref.finalize(new, shutil.rmtree, str(new.offload_dir), True)
+            for name in self.offloaded:  # (normally none: a streamed model is copied before any work)
+                shutil.copyfile(self.offload_dir / f"{name}.dat", new.offload_dir / f"{name}.dat")
+        return new
 
     def has(self, name: str) -> bool:
         return name in self.offloaded or self._key(name) in self.where
