@@ -89,6 +89,9 @@ def iter_tensors(model: nn.Module) -> tuple[Iterator[tuple[str, torch.Tensor]], 
     return _tensors(hf, layers, source_of(model), prefix), layers
 
 
+PACK_ROWS = 1024  # pack_to_int32 works in int32 with temporaries: a few hundred MB for a whole 4096x11008 layer
+
+
 def _tensors(hf: nn.Module, layers: dict[str, dict], source=None, prefix: str = ""
              ) -> Iterator[tuple[str, torch.Tensor]]:
     """`source`: the ShardSource of a streamed model, whose offloaded tensors are read back one at a time."""
@@ -105,13 +108,24 @@ def _tensors(hf: nn.Module, layers: dict[str, dict], source=None, prefix: str = 
     for name in layers:
         layer = hf.get_submodule(name)
         with resident(source, layer, prefix + name):
-            offset = 1 << (layer.bits - 1)
-            codes = (layer.codes() - offset).to(torch.int8)  # unsigned codes -> the signed ones CT stores
-            yield f"{name}.weight_packed", pack_to_int32(codes, layer.bits)
+            yield f"{name}.weight_packed", _ct_packed(layer, pack_to_int32)
             yield f"{name}.weight_scale", layer.scales.detach().clone()
             yield f"{name}.weight_shape", torch.tensor([layer.out_features, layer.in_features])
             if layer.bias is not None:
                 yield f"{name}.bias", layer.bias.detach().clone()
+
+
+def _ct_packed(layer, pack_to_int32) -> torch.Tensor:
+    """compressed-tensors' int32 packing of a layer's signed codes, PACK_ROWS rows at a time (rows are packed
+    apart, so this is exact; whole layers in int32 would need a few hundred MB of temporaries)."""
+    from .quant.weight_only.formats import unpack
+
+    offset = 1 << (layer.bits - 1)
+    parts = []
+    for r in range(0, layer.out_features, PACK_ROWS):
+        codes = (unpack(layer.qweight[r:r + PACK_ROWS], layer.bits, layer.in_features) - offset).to(torch.int8)
+        parts.append(pack_to_int32(codes, layer.bits))  # unsigned codes -> the signed ones CT stores
+    return torch.cat(parts)
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:
