@@ -214,9 +214,10 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
             else:
                 from .graph.streaming import source_of
 
-                if source_of(model) is not None:  # streamed, blocks offloaded: this single file needs them all
-                    source_of(model).materialize(model)
-                atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
+                if source_of(model) is not None:  # streamed: offloaded layers read back one at a time
+                    atomic_write(directory / WEIGHTS_FILE, lambda tmp: _write_streamed(model, tmp))
+                else:
+                    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
             fmt, written = "torch", [WEIGHTS_FILE]
             layers = packed_layers(model)
             if layers:
@@ -247,6 +248,26 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
     meta.update(extra or {})
     atomic_write_json(directory / META_FILE, meta)
     return directory
+
+
+def _write_streamed(model: torch.nn.Module, path: str) -> None:
+    """The file safetensors.torch.save_model writes (a tensor shared by several names stored under the first
+    name in sorted order, the others in the metadata), for a streamed model whose tensors on the meta device
+    are read from its shards / offload folder one at a time."""
+    from .graph.streaming import source_of
+    from .io import write_safetensors
+
+    state = model.state_dict(keep_vars=True)
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        key = (id(t),) if t.is_meta else (t.data_ptr(), tuple(t.shape), t.dtype)
+        groups.setdefault(key, []).append(name)
+    kept, metadata = {}, {}
+    for names in groups.values():
+        first = sorted(names)[0]
+        kept[first] = state[first].detach()
+        metadata.update({n: first for n in names if n != first})
+    write_safetensors(path, dict(sorted(kept.items())), metadata or None, fetch=source_of(model).read)
 
 
 def update_meta(directory: str | Path, **fields) -> None:

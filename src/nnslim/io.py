@@ -283,10 +283,11 @@ _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
               "F8_E5M2": "float8_e5m2"}
 
 
-def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None,
+                      fetch: Callable[[str], Any] | None = None) -> None:
     """A safetensors file written tensor by tensor straight from the tensors' memory (the same bytes
     safetensors.torch.save_file writes, without its serialization buffer: writing a 1 GiB shard needs no
-    second GiB)."""
+    second GiB). `fetch(name)`: the values of tensors given on the meta device, read one at a time."""
     import struct
 
     import torch
@@ -305,9 +306,13 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] 
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
-        for t in tensors.values():
+        for key, t in tensors.items():
             if t.numel():
-                flat = t.detach().cpu().contiguous().reshape(-1)
+                value = fetch(key) if t.is_meta else t
+                if tuple(value.shape) != tuple(t.shape) or value.dtype != t.dtype:
+                    raise NnslimError(f"tensor {key!r}: read {tuple(value.shape)} {value.dtype}, expected "
+                                      f"{tuple(t.shape)} {t.dtype}")
+                flat = value.detach().cpu().contiguous().reshape(-1)
                 f.write(memoryview(flat.view(torch.uint8).numpy()))
 
 

@@ -28,9 +28,11 @@ def load(path: str | Path, model: torch.nn.Module | None = None, stream: bool = 
     """Load an nnslim artifact dir, an ONNX file or a Hugging Face model dir (see resolve).
 
     stream=True (a Hugging Face dir of safetensors shards): the model is built with its parameters on the
-    meta device and the weight-only methods (int4-rtn / gptq / awq, int8-weight-only) read each layer or
-    decoder block from the shards just before they compress it, in the checkpoint's own dtype: host memory
-    holds one block of float weights plus what is already compressed, not the float model. With
+    meta device (in the checkpoint's dtypes) and the layer-wise methods (int4-rtn / gptq / awq,
+    int8-weight-only, fp8 / int8-w8a8, magnitude / 2:4 / Wanda / SparseGPT pruning) read each layer or
+    decoder block from the shards just before they compress it: host memory holds one block of float
+    weights plus what is already compressed, not the float model; nnslim.evaluate gives its perplexity
+    block by block and nnslim.save writes it (it is not for forward passes). With
     `offload_dir` (a folder with room for the checkpoint's size) what is compressed goes to disk block by
     block too (accelerate's offload files, removed with the model) and host memory holds about one block."""
     if offload_dir is not None and not stream:

@@ -232,6 +232,7 @@ def test_every_layerwise_method_streams_and_offloads(tmp_path, method):
     assert any(t.is_meta for t in q.parameters()) or any(t.is_meta for t in q.buffers())  # offloaded
     ref = verb(_whole(d), cfg, calibration=data)
     out = _saved_equal(q, ref, tmp_path)
+    assert all(t.is_meta for t in q.parameters())  # every writer read the offloaded layers back one at a time
     ids = torch.randint(0, 256, (1, 7))
     with torch.no_grad():
         torch.testing.assert_close(nnslim.load(out)(ids), ref(ids))
