@@ -122,13 +122,19 @@ def test_cli_stream(tmp_path, capsys):
         assert torch.equal(nnslim.load(tmp_path / "s")(ids), ref(ids))
     (tmp_path / "off").mkdir()
     capsys.readouterr()
+    text = tmp_path / "eval.txt"  # the user's evaluation text (a few windows: the test stays quick)
+    text.write_text("\n".join(f"Line {i} of the evaluation text, about weights, blocks and shards." for i in range(150)))
     assert main(["compress", "--model", str(d), "--method", "int4-rtn", "--set", "group_size=32", "--stream",
-                 "--offload-dir", str(tmp_path / "off"), "--out", str(tmp_path / "r")]) == 0
+                 "--offload-dir", str(tmp_path / "off"), "--eval", str(text), "--out", str(tmp_path / "r")]) == 0
     assert "perplexity" in capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     before, after = (row["metrics"]["perplexity"] for row in report["variants"])
     assert [row["latency_ms"] for row in report["variants"]] == [None, None]  # not measured, not invented
-    tb = nnslim.load(d, stream=True).nnslim_testbed
+    from nnslim.loading import UserData, apply_user_data
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    tb = testbed_for_hf_dir(d)
+    apply_user_data(tb, UserData(evaluation=str(text)))
     windows = tb.eval_windows()
     from nnslim.eval.metrics import perplexity, token_nll
 
@@ -139,7 +145,8 @@ def test_cli_stream(tmp_path, capsys):
                 s_, c = token_nll(model(torch.as_tensor(row[None])).float().numpy(), row[None])
             nll, count = nll + s_, count + c
         assert perplexity(nll, count) == pytest.approx(want, rel=1e-6)
-    assert nnslim.evaluate(nnslim.load(d, stream=True))["metrics"]["perplexity"] == pytest.approx(before, rel=1e-9)
+    assert nnslim.evaluate(nnslim.load(d, stream=True), testbed=tb)["metrics"]["perplexity"] == pytest.approx(
+        before, rel=1e-9)
     assert not any((tmp_path / "off").iterdir())  # the offload folder went with the model
     for extra, needle in ((["--method", "fp16"], "--stream works with"),
                           (["--recipe", str(_two_steps(tmp_path))], "--stream runs one step")):
