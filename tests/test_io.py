@@ -1,8 +1,8 @@
 
 
 def test_write_safetensors_matches_the_library(tmp_path):
-    """nnslim's shard writer (no serialization buffer) writes files safetensors reads back exactly, every dtype
-    nnslim stores, including empty and 0-d tensors."""
+    """nnslim's tensor-by-tensor writer writes files safetensors reads back exactly, every dtype nnslim stores,
+    including empty and 0-d tensors."""
     import torch
     from safetensors.torch import load_file
 

@@ -103,16 +103,12 @@ def evaluate(model, testbed: Testbed | str | None = None, backend: str | None = 
     from .graph.streaming import source_of
 
     if isinstance(model, torch.nn.Module) and source_of(model) is not None:
-        from .eval.layerwise import layerwise_perplexity
+        from .eval.layerwise import streamed_perplexity
 
         tb = testbed if testbed is not None else model.nnslim_testbed
         tb = get_testbed(tb) if isinstance(tb, str) else tb
-        if not hasattr(tb, "eval_windows"):
-            raise NnslimError(f"a streamed model is evaluated block by block as a causal LM; testbed {tb.name!r} "
-                              "is not one")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return {"testbed": tb.name, "backend": f"torch block by block ({device})",
-                "metrics": {"perplexity": layerwise_perplexity(model, tb.eval_windows(), device)},
+        ppl, device = streamed_perplexity(model, tb)
+        return {"testbed": tb.name, "backend": f"torch block by block ({device})", "metrics": {"perplexity": ppl},
                 "size_bytes": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
                 "params": param_count(model)}
     r = resolve(model, testbed, _inputs(example_inputs, model), trust_remote_code=trust_remote_code, task=task,

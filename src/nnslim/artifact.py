@@ -254,19 +254,14 @@ def _write_streamed(model: torch.nn.Module, path: str) -> None:
     """The file safetensors.torch.save_model writes (a tensor shared by several names stored under the first
     name in sorted order, the others in the metadata), for a streamed model whose tensors on the meta device
     are read from its shards / offload folder one at a time."""
-    from .graph.streaming import source_of
+    from .graph.streaming import source_of, unique_state
     from .io import write_safetensors
 
-    state = model.state_dict(keep_vars=True)
-    groups: dict[tuple, list[str]] = {}
-    for name, t in state.items():
-        key = (id(t),) if t.is_meta else (t.data_ptr(), tuple(t.shape), t.dtype)
-        groups.setdefault(key, []).append(name)
     kept, metadata = {}, {}
-    for names in groups.values():
-        first = sorted(names)[0]
-        kept[first] = state[first].detach()
-        metadata.update({n: first for n in names if n != first})
+    for name, (tensor, others) in unique_state(model).items():
+        first = min([name, *others])
+        kept[first] = tensor.detach()
+        metadata.update({n: first for n in [name, *others] if n != first})
     write_safetensors(path, dict(sorted(kept.items())), metadata or None, fetch=source_of(model).read)
 
 

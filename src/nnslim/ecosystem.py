@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import NnslimError
-from .graph.streaming import resident, source_of
+from .graph.streaming import resident, source_of, unique_state, value_of
 
 FORMAT = "compressed-tensors"
 
@@ -97,14 +97,9 @@ def _tensors(hf: nn.Module, layers: dict[str, dict], source=None, prefix: str = 
     """`source`: the ShardSource of a streamed model, whose offloaded tensors are read back one at a time."""
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
-    seen: set[tuple] = set()
-    for name, tensor in hf.state_dict(keep_vars=True).items():
-        owner = name.rsplit(".", 1)[0]
-        key = (id(tensor),) if tensor.is_meta else (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
-        if owner not in layers and key not in seen:  # a tied head is the embedding: stored once, re-tied on load
-            seen.add(key)
-            value = source.read(prefix + name) if tensor.is_meta else tensor.detach()
-            yield name, _own_storage(value.contiguous())
+    for name, (tensor, _) in unique_state(hf).items():  # a tied head is the embedding: stored once, re-tied on load
+        if name.rsplit(".", 1)[0] not in layers:
+            yield name, _own_storage(value_of(source, prefix + name, tensor).contiguous())
     for name in layers:
         layer = hf.get_submodule(name)
         with resident(source, layer, prefix + name):
@@ -359,13 +354,9 @@ def pruned_config(hf: nn.Module):
 
 def _plain_tensors(hf: nn.Module, source, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The HF model's state under its own names, offloaded tensors read back one at a time, a tied head once."""
-    seen: set[int] = set()
     conv1d = {f"{n}.weight" for n in getattr(hf, "nnslim_conv1d", ())}
-    for name, tensor in hf.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        value = source.read(prefix + name) if tensor.is_meta else tensor.detach()
+    for name, (tensor, _) in unique_state(hf).items():
+        value = value_of(source, prefix + name, tensor)
         yield name, (value.t() if name in conv1d else value).contiguous()
 
 

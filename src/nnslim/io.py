@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 import platform
@@ -285,9 +284,9 @@ _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
 
 def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None,
                       fetch: Callable[[str], Any] | None = None) -> None:
-    """A safetensors file written tensor by tensor straight from the tensors' memory (the same bytes
-    safetensors.torch.save_file writes, without its serialization buffer: writing a 1 GiB shard needs no
-    second GiB). `fetch(name)`: the values of tensors given on the meta device, read one at a time."""
+    """A safetensors file (the format safetensors.torch.save_file writes) written tensor by tensor from the
+    tensors' memory; `fetch(name)` gives the values of tensors passed on the meta device, read one at a time
+    while writing (a streamed model's single-file save never holds all of them)."""
     import struct
 
     import torch
@@ -363,9 +362,9 @@ class SafetensorsReader:
         return list(self.header)
 
     def get_tensor(self, name: str):
-        import torch
-
         import math
+
+        import torch
 
         info = self.header[name]
         start, end = info["data_offsets"]

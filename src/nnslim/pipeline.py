@@ -269,24 +269,19 @@ def _streamed_report(r: Resolved, result, directory: Path, ctx: Context, label: 
     """A model streamed from its shards never fits in memory here: perplexity before and after, block by block
     (the compressed blocks as written: the artifact's writer read the same offloaded / in-memory tensors),
     and sizes; latency, throughput and peak memory are not measured."""
-    from .eval.layerwise import layerwise_perplexity
+    from .eval.layerwise import streamed_perplexity
     from .eval.report import VariantResult
     from .io import library_versions, machine_info
 
-    windows = getattr(r.testbed, "eval_windows", None)
-    if windows is None:
-        raise NnslimError(f"a streamed model is evaluated layer by layer as a causal LM (perplexity); testbed "
-                          f"{r.testbed.name!r} is not one: use --no-report")
-    windows = windows()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for name, model, size in ((f"original {dtype_of(r.model)}", r.model, source_of(r.model).nbytes()),
                               (label, result, artifact.artifact_size(directory))):
-        stage(f"perplexity of {name}, block by block on {device}")
-        ppl = layerwise_perplexity(model, windows, device)
+        stage(f"perplexity of {name}, block by block")
+        ppl, device = streamed_perplexity(model, r.testbed)
         rows.append(VariantResult(name=name, backend=f"torch block by block ({device})", format="torch",
                                   dtype=dtype_of(model), size_bytes=size, params=param_count(model),
                                   metrics={"perplexity": ppl}))
+    windows = r.testbed.eval_windows()
     return Report(testbed=r.testbed.name, primary_metric="perplexity", higher_is_better=False, batch=1,
                   seq=int(windows.shape[1]), variants=rows, machine=machine_info(), versions=library_versions(),
                   notes=ctx.notes + [f"streamed from the checkpoint's shards: perplexity on {len(windows)} windows of "

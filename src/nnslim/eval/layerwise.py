@@ -42,6 +42,16 @@ class _Replay(nn.Module):
             return getattr(object.__getattribute__(self, "_block"), name)
 
 
+def streamed_perplexity(model: nn.Module, testbed) -> tuple[float, str]:
+    """(perplexity of a streamed causal LM on `testbed`'s evaluation windows, the device it ran on: CUDA when
+    there is one)."""
+    if not hasattr(testbed, "eval_windows"):
+        raise NnslimError(f"a streamed model is evaluated block by block as a causal LM (perplexity); testbed "
+                          f"{testbed.name!r} is not one")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return layerwise_perplexity(model, testbed.eval_windows(), device), device
+
+
 def layerwise_perplexity(model: nn.Module, windows: np.ndarray, device: str | torch.device = "cpu") -> float:
     """Perplexity of `model` (a causal LM) on token windows [n, seq], block by block."""
     with big_allocations_mapped(), torch.no_grad():  # blocks read and freed one by one: no heap holes
@@ -78,13 +88,11 @@ def _perplexity(model: nn.Module, windows: np.ndarray, device) -> float:
         setattr(parent, attr, stand_ins)
         try:
             nll, count = 0.0, 0
+            no_cache = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
             for sample, state in zip(samples, states):
                 for r in stand_ins:
                     r.state = state
-                feed = {"input_ids": sample["input_ids"].to(device)}
-                if "use_cache" in inspect.signature(model.forward).parameters:
-                    feed["use_cache"] = False
-                out = model(**feed)
+                out = model(input_ids=sample["input_ids"].to(device), **no_cache)
                 logits = out.logits if hasattr(out, "logits") else out
                 s, c = token_nll(logits.float().cpu().numpy(), sample["input_ids"].numpy())
                 nll, count = nll + s, count + c

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
+from ..io import big_allocations_mapped
 from ..progress import progress, step_done
 from .streaming import retie, source_of
 
@@ -171,7 +172,13 @@ def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
     """Apply `process` to each block in order, feeding each block the outputs of the processed ones."""
     if not samples:
         raise NnslimError("layer-by-layer calibration needs at least one calibration sample")
-    device = torch.device(device)
+    if source_of(model) is not None:  # streamed: big allocations mmapped, so freed blocks leave no heap holes
+        with big_allocations_mapped():
+            return _run_layerwise(model, samples, process, torch.device(device), desc)
+    return _run_layerwise(model, samples, process, torch.device(device), desc)
+
+
+def _run_layerwise(model, samples, process, device: torch.device, desc: str) -> None:
     prefix, blocks = find_blocks(model)
     source = source_of(model)  # a model on meta, read from its shards one block at a time
     if source is not None:

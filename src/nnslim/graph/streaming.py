@@ -92,11 +92,9 @@ class ShardSource:
         from accelerate.utils import offload_weight
 
         index: dict[str, dict] = {}
-        for mname, owner in module.named_modules():
-            for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
-                if t is not None and not t.is_meta:
-                    full = ".".join(p for p in (prefix, mname, attr) if p)
-                    offload_weight(t.detach().contiguous(), full, str(self.offload_dir), index)
+        for _, _, full, t in _owned(module, prefix):
+            if not t.is_meta:
+                offload_weight(t.detach().contiguous(), full, str(self.offload_dir), index)
         self.offloaded.update(index)
         module.to("meta")
 
@@ -111,26 +109,20 @@ class ShardSource:
             yield module
         finally:
             for owner, attr in back:
-                if attr in owner._parameters:
-                    owner._parameters[attr] = nn.Parameter(owner._parameters[attr].to("meta"), requires_grad=False)
-                else:
-                    owner._buffers[attr] = owner._buffers[attr].to("meta")
+                _put(owner, attr, _tensor(owner, attr).to("meta"))
 
     def stored_dtypes(self, model: nn.Module) -> None:
         """Give the meta tensors of `model` the dtype the checkpoint stores them in (what they will hold)."""
         from ..io import _ST_DTYPES
 
-        for owner, attr, full in list(_meta_tensors(model, "")):
+        for owner, attr, full in _meta_tensors(model, ""):
             key = self._key(full)
             if key not in self.where:
                 continue
             dtype = getattr(torch, _ST_DTYPES.get(self.readers[self.where[key]].header[key]["dtype"], ""), None)
-            t = owner._parameters[attr] if attr in owner._parameters else owner._buffers[attr]
+            t = _tensor(owner, attr)
             if isinstance(dtype, torch.dtype) and dtype != t.dtype and dtype.is_floating_point == t.is_floating_point():
-                if attr in owner._parameters:
-                    owner._parameters[attr] = nn.Parameter(t.to(dtype), requires_grad=False)
-                else:
-                    owner._buffers[attr] = t.to(dtype)
+                _put(owner, attr, t.to(dtype))
         retie(model)
 
     def settle(self, model: nn.Module) -> None:
@@ -140,13 +132,9 @@ class ShardSource:
         if self.offload_dir is None:
             self.materialize(model, offloaded=False)
         else:
-            for mname, owner in model.named_modules():
-                for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
-                    full = ".".join(p for p in (mname, attr) if p)
-                    if t is not None and not t.is_meta and full not in self.offloaded and self._key(full) in self.where:
-                        store = owner._parameters if attr in owner._parameters else owner._buffers
-                        store[attr] = (nn.Parameter(t.to("meta"), requires_grad=False) if attr in owner._parameters
-                                       else t.to("meta"))
+            for owner, attr, full, t in list(_owned(model)):
+                if not t.is_meta and full not in self.offloaded and self._key(full) in self.where:
+                    _put(owner, attr, t.to("meta"))
         retie(model)
 
     def read(self, name: str) -> torch.Tensor:
@@ -181,41 +169,52 @@ class ShardSource:
         """Give every meta parameter / buffer of `module` (named `prefix` in the model; `skip`: a submodule
         left on meta; offloaded=False: what was offloaded stays there) its stored values, in the checkpoint's
         dtype (offloaded ones in their own), on the CPU."""
-        inside = {id(m) for m in skip.modules()} if skip is not None else set()
-        for mname, owner in module.named_modules():
-            if id(owner) in inside:
+        for owner, attr, full in _meta_tensors(module, prefix, skip):
+            if not offloaded and full in self.offloaded:
                 continue
-            for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
-                if t is None or not t.is_meta:
-                    continue
-                full = ".".join(p for p in (prefix, mname, attr) if p)
-                if not offloaded and full in self.offloaded:
-                    continue
-                if not self.has(full) and attr in owner._parameters and _tied(module, owner):
-                    continue  # a tied head, stored once as the embedding: tied again by the caller
-                value = self.read(full)
-                if value.is_floating_point() and not tensor_finite(value):
-                    raise NnslimError(f"{str(self.directory)!r}: tensor {full!r} holds NaN or Inf; nnslim refuses "
-                                      "to go on with non-finite weights")
-                if tuple(value.shape) != tuple(t.shape):
-                    raise NnslimError(f"{full}: shape {tuple(value.shape)} in the checkpoint, {tuple(t.shape)} "
-                                      "in the config")
-                if attr in owner._parameters:
-                    owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
-                else:
-                    owner._buffers[attr] = value
+            if not self.has(full) and attr in owner._parameters and _tied(module, owner):
+                continue  # a tied head, stored once as the embedding: tied again by the caller
+            value = self.read(full)
+            if full not in self.offloaded and value.is_floating_point() and not tensor_finite(value):
+                raise NnslimError(f"{str(self.directory)!r}: tensor {full!r} holds NaN or Inf; nnslim refuses "
+                                  "to go on with non-finite weights")  # (offloaded ones were checked when made)
+            if tuple(value.shape) != tuple(_tensor(owner, attr).shape):
+                raise NnslimError(f"{full}: shape {tuple(value.shape)} in the checkpoint, "
+                                  f"{tuple(_tensor(owner, attr).shape)} in the config")
+            _put(owner, attr, value)
 
     def close(self) -> None:
         for r in self.readers.values():
             r.close()
 
 
-def _meta_tensors(module: nn.Module, prefix: str):
-    """(owner module, attribute, full name) of every meta parameter / buffer of `module` named `prefix`."""
+def _owned(module: nn.Module, prefix: str = "", skip: nn.Module | None = None):
+    """(owner module, attribute, full name, tensor) of every parameter / buffer of `module` named `prefix`
+    (`skip`: a submodule left out)."""
+    inside = {id(m) for m in skip.modules()} if skip is not None else set()
     for mname, owner in module.named_modules():
+        if id(owner) in inside:
+            continue
         for attr, t in [*owner._parameters.items(), *owner._buffers.items()]:
-            if t is not None and t.is_meta:
-                yield owner, attr, ".".join(p for p in (prefix, mname, attr) if p)
+            if t is not None:
+                yield owner, attr, ".".join(p for p in (prefix, mname, attr) if p), t
+
+
+def _meta_tensors(module: nn.Module, prefix: str, skip: nn.Module | None = None):
+    """(owner module, attribute, full name) of every meta parameter / buffer of `module` named `prefix`."""
+    return [(owner, attr, full) for owner, attr, full, t in _owned(module, prefix, skip) if t.is_meta]
+
+
+def _put(owner: nn.Module, attr: str, value: torch.Tensor) -> None:
+    """Set a parameter (frozen) or buffer of `owner` to `value`."""
+    if attr in owner._parameters:
+        owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
+    else:
+        owner._buffers[attr] = value
+
+
+def _tensor(owner: nn.Module, attr: str) -> torch.Tensor:
+    return owner._parameters[attr] if attr in owner._parameters else owner._buffers[attr]
 
 
 def _tied(model: nn.Module, owner: nn.Module) -> bool:
@@ -238,7 +237,48 @@ def source_of(model: nn.Module) -> ShardSource | None:
     return getattr(model, ATTR, None)
 
 
+def each_layer(model: nn.Module, layers: dict[str, nn.Module]):
+    """(name, layer) of `layers` one at a time. For a streamed model each is read from the shards first, and
+    once the caller has changed or replaced it, what sits at that name goes to the offload folder (if any) and
+    a replaced float layer is dropped; big allocations are mmapped meanwhile (freed layers leave no heap holes)."""
+    source = source_of(model)
+    if source is None:
+        yield from layers.items()
+        return
+    from ..io import big_allocations_mapped
+
+    with big_allocations_mapped():
+        for name, layer in layers.items():
+            source.materialize(layer, name)
+            yield name, layer
+            current = model.get_submodule(name)
+            source.offload(current, name)
+            if current is not layer:
+                layer.to("meta")
+
+
+def unique_state(module: nn.Module) -> dict[str, tuple[torch.Tensor, list[str]]]:
+    """{name: (tensor, the other names of the same tensor)} of `module`'s state: a tensor shared by several
+    names (a tied head) once, under its first name; tensors on the meta device are compared by identity."""
+    state = module.state_dict(keep_vars=True)
+    first: dict[tuple, str] = {}
+    out: dict[str, tuple[torch.Tensor, list[str]]] = {}
+    for name, t in state.items():
+        key = (id(t),) if t.is_meta else (t.data_ptr(), tuple(t.shape), t.dtype)
+        if key in first:
+            out[first[key]][1].append(name)
+        else:
+            first[key] = name
+            out[name] = (t, [])
+    return out
+
+
+def value_of(source: ShardSource | None, name: str, t: torch.Tensor) -> torch.Tensor:
+    """The values of tensor `t` (named `name` in the model): read from the source when it is on meta."""
+    return source.read(name) if t.is_meta else t.detach()
+
+
 def resident(source: ShardSource | None, module: nn.Module, prefix: str):
-    """A context in which `module` (named `prefix`) has its offloaded tensors in memory (nothing to do without
-    a source)."""
+    """A context in which `module` (named `prefix`) has its tensors on meta (offloaded, or in the checkpoint) in
+    memory (nothing to do without a source)."""
     return source.resident(module, prefix) if source is not None else nullcontext(module)

@@ -18,7 +18,7 @@ from ..context import resolve_device
 from ..errors import NnslimError
 from ..graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ..graph.scope import select_linears
-from ..graph.streaming import source_of
+from ..graph.streaming import each_layer, source_of
 from ..recipe import StepConfig
 from .masks import attach_mask, check_nm, layer_mask, nm_mask, parse_pattern, row_mask
 
@@ -88,30 +88,17 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
         raise NnslimError("pack_2of4=True is not available for a streamed model yet; prune it streamed, save it, "
                           "and load the pruned model whole to pack it")
     targets = prune_targets(model, config)
-    count = [0, 0]  # zeros, weights of the pruned layers
-
-    def counted(layers):
-        for m in layers:
-            count[0] += int((m.weight == 0).sum())
-            count[1] += m.weight.numel()
-
+    count = _Count(attach=source is None and not config.pack_2of4)  # a streamed model is not trained further
     if algorithm is None:
         if source is not None and getattr(config, "scope", "layer") == "global":
             raise NnslimError("scope='global' ranks every weight of the model at once; a streamed model is pruned "
                               "one layer at a time: use scope='layer' or load the model whole")
+        keep = masks(targets) if source is None else None  # (global scope: every layer's weights at once)
         with torch.no_grad():
-            for n, m in targets.items():
-                if source is not None:
-                    source.materialize(m, n)
-                if source is None and n == next(iter(targets)):
-                    keep = masks(targets)  # (global scope: every layer's weights at once)
-                mask = keep[n] if source is None else masks({n: m})[n]
+            for n, m in each_layer(model, targets):  # (streamed: read from the shards one at a time)
+                mask = keep[n] if keep is not None else masks({n: m})[n]
                 m.weight.mul_(mask.to(m.weight.dtype))
-                counted([m])
-                if source is not None:
-                    source.offload(m, n)
-                elif not config.pack_2of4:
-                    attach_mask(m, mask)  # any later training keeps the pruned weights at zero
+                count.add([m], mask)
     else:
         device = resolve_device(config.device)
         samples = list(calibration) if calibration is not None else []
@@ -121,28 +108,45 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
             raise NnslimError(f"{name} prunes layers inside the repeated blocks; put these in `ignore` or use "
                               f"magnitude: {sorted(outside)[:5]}")
         del targets
-
-        def make():
-            made = algorithm()
-            finish = made.finish
-
-            def finished(block, modules, prefix):
-                finish(block, modules, prefix)
-                counted(modules.values())
-                if source is None and not config.pack_2of4:
-                    for m in modules.values():  # any later training keeps the pruned weights at zero
-                        attach_mask(m, m.weight.detach() != 0)
-            made.finish = finished
-            return made
-
-        calibrate_layerwise(model, samples, inside, make, device, f"{name} {config.pattern}")
+        calibrate_layerwise(model, samples, inside, lambda: _Counted(algorithm(), count), device,
+                            f"{name} {config.pattern}")
         targets = inside
     if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
         source.settle(model)
-    notes.append(f"{name} {config.pattern} pruning: {len(targets)} layers, {count[0] / max(count[1], 1):.1%} of their "
-                 "weights are zero")
+    notes.append(f"{name} {config.pattern} pruning: {len(targets)} layers, {count.zeros / max(count.total, 1):.1%} of "
+                 "their weights are zero")
     if config.pack_2of4:
         from .sparse24 import semi_sparse
 
         semi_sparse(model, notes)
     return model
+
+
+class _Count:
+    """Zeros and weights of the pruned layers, counted as each is finished; with attach, each gets its mask
+    (any later training keeps the pruned weights at zero)."""
+
+    def __init__(self, attach: bool):
+        self.attach, self.zeros, self.total = attach, 0, 0
+
+    def add(self, layers, mask: torch.Tensor | None = None) -> None:
+        """`mask`: the keep mask of a single layer (default: its nonzero weights)."""
+        for m in layers:
+            self.zeros += int((m.weight == 0).sum())
+            self.total += m.weight.numel()
+            if self.attach:
+                attach_mask(m, mask if mask is not None else m.weight.detach() != 0)
+
+
+class _Counted:
+    """A calibrated method's BlockAlgorithm whose finished layers are counted (and masked)."""
+
+    def __init__(self, inner: BlockAlgorithm, count: _Count):
+        self.inner, self.count = inner, count
+
+    def observe(self, name, module, x) -> None:
+        self.inner.observe(name, module, x)
+
+    def finish(self, block, modules, prefix) -> None:
+        self.inner.finish(block, modules, prefix)
+        self.count.add(modules.values())

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from ..errors import NnslimError
 from ..graph.modules import register_packed, replace_module
 from ..graph.scope import select_linears
-from ..graph.streaming import source_of
+from ..graph.streaming import each_layer, source_of
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
@@ -237,14 +237,8 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
         data = check_calibration(data, data[0])[: config.samples]
         smooth = smoothing_scales(model, layers, data, config.smoothquant)
         notes.append(f"smoothquant alpha={config.smoothquant}: {len(smooth)} layers")
-    for name, layer in layers.items():
-        if source is not None:
-            source.materialize(layer, name)
-        packed = W8A8Linear.from_linear(layer, config.format, smooth.get(name), config.fast_accum)
-        replace_module(model, name, packed)
-        if source is not None:
-            layer.to("meta")
-            source.offload(packed, name)
+    for name, layer in each_layer(model, layers):  # (streamed: read from the shards one at a time)
+        replace_module(model, name, W8A8Linear.from_linear(layer, config.format, smooth.get(name), config.fast_accum))
     if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
         source.settle(model)
     notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers")

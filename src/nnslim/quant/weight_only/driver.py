@@ -19,8 +19,7 @@ from ...context import resolve_device
 from ...errors import NnslimError
 from ...graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ...graph.modules import replace_module
-from ...graph.streaming import source_of
-from ...io import big_allocations_mapped
+from ...graph.streaming import each_layer, source_of
 from ...graph.scope import select_linears
 from ...recipe import MAX_INT, StepConfig
 from .formats import GROUP_SIZES, WeightSpec, group_qparams, quantize_codes
@@ -112,13 +111,6 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
     notes = notes if notes is not None else []
     model = model if inplace else copy.deepcopy(model)
     model.eval()
-    if source_of(model) is not None:  # streamed from shards: freed layers go back to the system at once
-        with big_allocations_mapped():
-            return _quantize(model, config, calibration, notes, algorithm, name)
-    return _quantize(model, config, calibration, notes, algorithm, name)
-
-
-def _quantize(model, config, calibration, notes, algorithm, name) -> nn.Module:
     targets = target_linears(model, config)
     spec = resolve_group(config, targets, notes)
     if algorithm is not None:
@@ -133,17 +125,10 @@ def _quantize(model, config, calibration, notes, algorithm, name) -> nn.Module:
                          f"{', '.join(list(outside)[:5])}")
         targets = outside
         notes.append(f"{name}: {len(inside)} layers, {len(samples)} calibration sequences, calibrated on {device.type}")
-    source = source_of(model)  # streamed from shards: each layer read just before it is quantized
-    for layer_name, layer in targets.items():
-        if source is not None:
-            source.materialize(layer, layer_name)
-        packed = rtn_layer(layer, spec)
-        replace_module(model, layer_name, packed)
-        if source is not None:
-            layer.to("meta")  # `targets` still holds the float layer: let its weight go
-            source.offload(packed, layer_name)  # with an offload folder: to disk
-    if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
-        source.settle(model)
+    for layer_name, layer in each_layer(model, targets):  # (streamed: read from the shards one at a time)
+        replace_module(model, layer_name, rtn_layer(layer, spec))
+    if source_of(model) is not None:  # the float rest (norms, embeddings, head) in memory, or on disk with offload
+        source_of(model).settle(model)
     for m in model.modules():
         if isinstance(m, WeightOnlyLinear):
             m.kernel = config.kernel
