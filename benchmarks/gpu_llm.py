@@ -381,8 +381,11 @@ def bench_gptq(args) -> list[dict]:
     torch.cuda.synchronize()
     wall = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
     row = {"layers": args.layers, "samples": args.samples, "seq_len": args.seq_len, "wall_s": round(wall, 1),
            "peak_gpu_GB": round(peak, 2), "bf16_model_GB": round(size_gb, 2),
+           "peak_host_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
            "peak_over_model": round(peak / size_gb, 3), "notes": notes}
     print(json.dumps(row), flush=True)
     return [row]
