@@ -316,10 +316,12 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] 
 
 
 @contextlib.contextmanager
-def big_allocations_mapped():
-    """While loading a model: glibc serves every allocation over 128 KB with its own mmap, so a tensor freed
+def big_allocations_mapped(threshold: int = 128 * 1024):
+    """While loading a model: glibc serves every allocation over `threshold` (128 KB) with its own mmap, so a tensor freed
     after conversion goes back to the system instead of leaving a hole in the heap that the next, larger
-    tensor cannot reuse (measured: peak RSS of an int4 load 1.26-1.52x the file -> 1.05x). Afterwards the
+    tensor cannot reuse (measured: peak RSS of an int4 load 1.26-1.52x the file -> 1.05x); compute-heavy
+    loops pass a larger threshold, as each mapped allocation costs a system call and page faults (GPTQ's
+    per-column temporaries with 128 KB: more than half of its time in the kernel). Afterwards the
     threshold is 32 MB, where glibc's own adaptive threshold ends up, and freed heap memory is trimmed.
     Elsewhere (not glibc) it does nothing."""
     import ctypes
@@ -328,7 +330,7 @@ def big_allocations_mapped():
     libc = None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(-3, 128 * 1024) == 1  # M_MMAP_THRESHOLD
+        ok = libc.mallopt(-3, threshold) == 1  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         ok = False
     try:

@@ -59,11 +59,21 @@ def test_streamed_rtn_equals_in_memory_and_saves(tmp_path, tied):
         torch.testing.assert_close(back(ids), ref(ids))
 
 
-def test_streamed_gptq_equals_in_memory(tmp_path):
+def test_streamed_gptq_equals_in_memory(tmp_path, monkeypatch):
+    from nnslim.graph.streaming import ShardSource
+
     d = _checkpoint(tmp_path, False)
     samples = llama_samples(n=4, seq=32)
     cfg = Int4GptqConfig(group_size=32, samples=4, seq_len=32, device="cpu")
+    read, real_read, real_settle = [], ShardSource.read, ShardSource.settle
+    monkeypatch.setattr(ShardSource, "read", lambda self, name: read.append(name) or real_read(self, name))
+    monkeypatch.setattr(ShardSource, "settle", lambda self, model: read.append("settle") or real_settle(self, model))
     q = nnslim.quantize(nnslim.load(d, stream=True), cfg, calibration=samples, inplace=True)
+    calibration = read[:read.index("settle")]  # (settle then reads the rest: the model is returned whole)
+    # calibration read the embeddings once (for the first block's inputs) and never the head
+    assert sum(n.endswith("model.embed_tokens.weight") for n in calibration) == 1
+    assert not any(n.endswith("lm_head.weight") for n in calibration)
+    monkeypatch.undo()
     ref = nnslim.quantize(_whole(d), cfg, calibration=samples)
     _same(q, ref)
 

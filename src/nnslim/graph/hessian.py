@@ -35,8 +35,19 @@ def dead_columns(h: torch.Tensor, w: torch.Tensor) -> None:
     w[:, dead] = 0.0
 
 
+def permute_symmetric(h: torch.Tensor, perm: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """h[perm][:, perm] with one [K, K] copy at a time (not two): rows by index_select, then the columns
+    of each chunk of rows permuted in place. h is consumed."""
+    h = h.index_select(0, perm)
+    for r in range(0, h.shape[0], chunk):
+        h[r:r + chunk] = h[r:r + chunk].index_select(1, perm)
+    return h
+
+
 def inverse_factor(h: torch.Tensor, damp: float, layer: str = "") -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; consumes h (used as scratch)."""
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; consumes h (used as scratch, and freed
+    before the inverse is formed when the caller passes its only reference: `inverse_factor(box.pop(), ..)`),
+    so at most two [K, K] matrices exist at a time."""
     h.diagonal().add_(damp * torch.mean(torch.diag(h)))
     try:
         chol = torch.linalg.cholesky(h)
@@ -49,31 +60,33 @@ def inverse_factor(h: torch.Tensor, damp: float, layer: str = "") -> torch.Tenso
                           "raise damp (e.g. 0.1) or give more calibration samples") from None
 
 
-def obs_sweep(w: torch.Tensor, hinv: torch.Tensor, block_size: int,
+def obs_sweep(wt: torch.Tensor, hinv: torch.Tensor, block_size: int,
               column: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Process the columns of w [N, K] (float, changed in place) left to right.
+    """Process the columns of a weight W [N, K] left to right, given TRANSPOSED as wt [K, N] (float,
+    changed in place): row j of wt is column j of W, contiguous, so each step reads and updates whole
+    rows (column by column on a row-major W would touch one element per cache line on a CPU).
 
-    column(j, col, w_block, hinv_block) returns the replacement of column j (global index); w_block
-    is the current block [N, B] (columns from the block start, already error-updated) and hinv_block
-    its [B, B] inverse-Hessian factor, so a method may decide per block (e.g. SparseGPT's masks).
-    Returns w with every column replaced.
+    column(j, col, w_block, hinv_block) returns the replacement of column j (global index; col is [N]);
+    w_block is the current block [B, N] (rows from the block start, already error-updated) and
+    hinv_block its [B, B] inverse-Hessian factor, so a method may decide per block (e.g. SparseGPT's
+    masks). Returns wt with every column replaced.
     """
-    k = w.shape[1]
+    k = wt.shape[0]
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
+        w1 = wt[i1:i2]  # a view: updated in place
+        err1 = torch.empty_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = w1[:, i]
+            col = w1[i]
             new = column(i1 + i, col, w1, hinv1)
             err = (col - new) / hinv1[i, i]
-            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
-            w1[:, i] = new
-            err1[:, i] = err
-        w[:, i1:i2] = w1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return w
+            w1[i:] -= hinv1[i, i:, None] * err[None, :]
+            w1[i] = new
+            err1[i] = err
+        if i2 < k:
+            wt[i2:].addmm_(hinv[i1:i2, i2:].t(), err1, alpha=-1)  # (no [K - i2, N] temporary)
+    return wt
 
 
 def refit_weight(w: torch.Tensor, h_kk: torch.Tensor, c_k: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
@@ -86,14 +99,40 @@ def refit_weight(w: torch.Tensor, h_kk: torch.Tensor, c_k: torch.Tensor, damp: f
 
 
 class HessianObserver:
-    """The observe() of a layer-wise algorithm that needs each target's input Hessian (GPTQ, SparseGPT)."""
+    """The observe() of a layer-wise algorithm that needs each target's input Hessian (GPTQ, SparseGPT).
+
+    Targets fed the very same input tensor (q/k/v projections, gate/up) share one accumulator: it is
+    built once, not once per target (the same values, a third of the memory and work for q/k/v)."""
 
     def __init__(self):
         self.hessians: dict[str, HessianAccumulator] = {}
+        self.shared: dict[str, str] = {}  # target -> the target whose accumulator it uses
+        self._last: tuple[str, torch.Tensor] | None = None  # (held so that its storage is not reused)
 
     def observe(self, name: str, module, x: torch.Tensor) -> None:
+        last = self._last
+        same = last is not None and _same_tensor(last[1], x)
+        if name not in self.shared:  # first input of this target: share with the previous one's?
+            self.shared[name] = self.shared[last[0]] if same else name
+        owner = self.shared[name]
+        self._last = (name, x)
+        if owner != name:
+            if not same or self.shared[last[0]] != owner:
+                raise NnslimError(f"{name} was first fed the input of {owner} and later a different one; "
+                                  "its Hessian cannot be shared")
+            return
         self.hessians.setdefault(name, HessianAccumulator(module.in_features, x.device)).add(x)
 
     def take(self, name: str) -> torch.Tensor:
-        """The Hessian of `name`, handed over (the accumulator is dropped to free its memory)."""
-        return self.hessians.pop(name).h
+        """The Hessian of `name`, handed over: the last of the targets sharing it gets the accumulator
+        (dropped to free its memory), the others a copy (callers may use it as scratch)."""
+        self._last = None
+        owner = self.shared.pop(name)
+        if any(o == owner for o in self.shared.values()):
+            return self.hessians[owner].h.clone()
+        return self.hessians.pop(owner).h
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype and a.device == b.device and a._version == b._version)

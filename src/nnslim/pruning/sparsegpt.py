@@ -30,24 +30,25 @@ class SparseGptConfig(LayerwisePruneConfig):
 
 def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, config: SparseGptConfig, layer: str = "") -> torch.Tensor:
     """The pruned (and reconstructed) weight; h is consumed."""
-    w = w.detach().float().clone()
-    dead_columns(h, w)
-    hinv = inverse_factor(h, config.damp, f"{layer} (SparseGPT)")
+    n, k = w.shape
+    wt = torch.empty(k, n, dtype=torch.float32, device=w.device).copy_(w.detach().t())  # row j = column j of w
+    dead_columns(h, wt.t())
+    h = [h]  # handed to inverse_factor as its only reference, so that it can free h early
+    hinv = inverse_factor(h.pop(), config.damp, f"{layer} (SparseGPT)")
     nm = config.nm
     state = {"mask": None, "start": -1}
 
-    def prune_column(j, col, w1, h1):
+    def prune_column(j, col, w1, h1):  # w1: the block [B, N], row i = column j
         i = j % config.block_size
         d = torch.diag(h1)
         if nm is None and i == 0:  # unstructured: choose this block's mask from the updated weights
-            state["mask"] = layer_mask((w1 ** 2) / d[None, :] ** 2, config.sparsity)
+            state["mask"] = layer_mask((w1 ** 2) / d[:, None] ** 2, config.sparsity)
         elif nm is not None and i % nm[1] == 0:
-            state["mask"] = nm_mask((w1[:, i:i + nm[1]] ** 2) / d[None, i:i + nm[1]] ** 2, *nm)
+            state["mask"] = nm_mask(((w1[i:i + nm[1]] ** 2) / d[i:i + nm[1], None] ** 2).t(), *nm).t()
             state["start"] = i
-        keep = state["mask"][:, i] if nm is None else state["mask"][:, i - state["start"]]
-        return col * keep
+        return col * state["mask"][i if nm is None else i - state["start"]]
 
-    return obs_sweep(w, hinv, config.block_size, prune_column)
+    return obs_sweep(wt, hinv, config.block_size, prune_column).t()
 
 
 class SparseGpt(HessianObserver):

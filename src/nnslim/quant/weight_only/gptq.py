@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...graph.hessian import HessianAccumulator, HessianObserver, dead_columns, inverse_factor, obs_sweep
+from ...graph.hessian import (HessianAccumulator, HessianObserver, dead_columns, inverse_factor, obs_sweep,
+                              permute_symmetric)
 from ...graph.modules import replace_module
 from ...recipe import register_method
 from .driver import CalibratedConfig, calibrating, quantize_weight_only
@@ -37,30 +38,33 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes [N, K] int32, scale [N, G], zero [N, G]) for weight w [N, K] given Hessian h [K, K]
     (h is used as scratch space when inplace=True)."""
-    w = w.detach().float().clone()
     n, k = w.shape
     h = h if inplace else h.clone()
-    dead_columns(h, w)
-    scale, zero = group_qparams(w, spec, group)  # static groups, from the (dead-zeroed) original weight
+    wt = torch.empty(k, n, dtype=torch.float32, device=w.device).copy_(w.detach().t())  # row j = column j of w
+    dead_columns(h, wt.t())
+    scale, zero = group_qparams(wt.t(), spec, group)  # static groups, from the (dead-zeroed) original weight
     if act_order:
         perm = torch.argsort(torch.diag(h), descending=True)
-        w = w[:, perm]
-        h = h.index_select(0, perm).index_select(1, perm)
+        wt = wt.index_select(0, perm)
+        h = permute_symmetric(h, perm)
     else:
         perm = torch.arange(k, device=w.device)
-    hinv = inverse_factor(h, damp, f"{layer} (GPTQ)")
-    gidx = perm // group  # group of each permuted column
-    codes = torch.zeros(n, k, dtype=torch.int32, device=w.device)
+    h = [h]  # handed to inverse_factor as its only reference, so that it can free h (a [K, K] copy) early
+    hinv = inverse_factor(h.pop(), damp, f"{layer} (GPTQ)")
+    gidx = (perm // group).tolist()  # group of each permuted column
+    scale_t, zero_t = scale.t().contiguous(), zero.t().float().contiguous()  # [G, N]: rows, not columns
+    codes_t = torch.empty(k, n, dtype=torch.int32, device=w.device)
     qmax = spec.qmax
 
     def quantize_column(j, col, _w1, _h1):
-        s, z = scale[:, gidx[j]], zero[:, gidx[j]].float()
+        s, z = scale_t[gidx[j]], zero_t[gidx[j]]
         q = torch.clamp(torch.round(col / s) + z, 0, qmax)
-        codes[:, j] = q.to(torch.int32)
+        codes_t[j] = q
         return (q - z) * s
 
-    obs_sweep(w, hinv, block_size, quantize_column)
-    return codes[:, torch.argsort(perm)], scale, zero
+    obs_sweep(wt, hinv, block_size, quantize_column)
+    del wt, hinv
+    return codes_t.t()[:, torch.argsort(perm)], scale, zero
 
 
 class Gptq(HessianObserver):
@@ -72,7 +76,7 @@ class Gptq(HessianObserver):
 
     def finish(self, block, modules, prefix):
         c = self.config
-        for n, m in modules.items():
+        for n, m in sorted(modules.items(), key=lambda kv: kv[1].in_features):  # the largest Hessian alone
             codes, scale, zero = gptq_quantize(m.weight, self.take(n), self.spec, self.spec.group_for(m.in_features),
                                                c.damp, c.act_order, c.block_size, f"{prefix}.{n}", inplace=True)
             replace_module(block, n, calibrating(WeightOnlyLinear.from_codes(m, codes, scale, zero, self.spec)))
