@@ -25,12 +25,13 @@ SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, 
              vocab_size=32000, max_position_embeddings=4096)
 
 CHILD = r"""
-import json, re, resource, sys, time
+import json, re, sys, time
 import torch, nnslim
 from nnslim import Int4GptqConfig, Int4RtnConfig
 directory, out, method, offload, device, samples, seq_len = sys.argv[1:8]
-def rss():
-    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 2**20
+def rss(field="VmRSS"):
+    return int(re.search(field + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) / 2**20
+# Peaks are VmHWM, this process's own: ru_maxrss would carry over the parent's peak through fork + exec.
 base = rss()
 g = torch.Generator().manual_seed(0)
 data = [{"input_ids": torch.randint(0, 32000, (1, int(seq_len)), generator=g)} for _ in range(int(samples))]
@@ -40,10 +41,10 @@ t = time.perf_counter()
 m = nnslim.load(directory, stream=True, offload_dir=offload if offload != "-" else None)
 q = nnslim.quantize(m, cfg, calibration=data if method != "int4-rtn" else None, inplace=True)
 t_quant = time.perf_counter() - t
-quant_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+quant_peak = rss("VmHWM")
 nnslim.save(q, out)
 res = {"rss_after_imports_GB": round(base, 2), "peak_rss_quantize_GB": round(quant_peak, 2),
-       "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+       "peak_rss_GB": round(rss("VmHWM"), 2),
        "quantize_s": round(t_quant, 1), "total_s": round(time.perf_counter() - t, 1)}
 if torch.cuda.is_available() and device == "cuda":
     res["peak_gpu_GB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -67,9 +68,12 @@ def write_checkpoint(d: Path, layers: int) -> None:
         return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
 
     weight_map = {}
-    shards = [("model.embed_tokens.weight", (v, h))]
-    files = []
-    for i in range(layers):
+
+    def save(name, tensors):
+        save_file(tensors, str(d / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in tensors})
+
+    for i in range(layers):  # one shard at a time: never the whole model in memory
         p = f"model.layers.{i}."
         tensors = {p + n: rnd(*s) for n, s in [("self_attn.q_proj.weight", (h, h)), ("self_attn.k_proj.weight", (h, h)),
                                                ("self_attn.v_proj.weight", (h, h)), ("self_attn.o_proj.weight", (h, h)),
@@ -77,13 +81,10 @@ def write_checkpoint(d: Path, layers: int) -> None:
                                                ("mlp.down_proj.weight", (h, f))]}
         tensors[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
         tensors[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
-        files.append((f"model-{i:05d}.safetensors", tensors))
-    rest = {"model.embed_tokens.weight": rnd(v, h), "lm_head.weight": rnd(v, h),
-            "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
-    del shards
-    for name, tensors in files + [("model-rest.safetensors", rest)]:
-        save_file(tensors, str(d / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in tensors})
+        save(f"model-{i:05d}.safetensors", tensors)
+        del tensors
+    save("model-rest.safetensors", {"model.embed_tokens.weight": rnd(v, h), "lm_head.weight": rnd(v, h),
+                                    "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)})
     total = sum((d / n).stat().st_size for n in set(weight_map.values()))
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
                                                                 "weight_map": weight_map}))
