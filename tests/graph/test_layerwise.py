@@ -126,3 +126,15 @@ def test_awq_shares_one_scale_search_between_q_k_v(tiny_llama):
     assert torch.equal(attn.q_proj.input_scale, attn.k_proj.input_scale)
     assert torch.equal(attn.q_proj.input_scale, attn.v_proj.input_scale)
     assert not torch.equal(attn.q_proj.input_scale, attn.o_proj.input_scale)
+
+
+def test_widened_kwargs_stay_shared_between_samples():
+    from nnslim.graph.layerwise import _as_float32
+
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bfloat16)
+    cos = torch.ones(1, 8, 4, dtype=torch.bfloat16)
+    kwargs = [{"attention_mask": mask, "position_embeddings": (cos, cos), "flag": True} for _ in range(3)]
+    wide = _as_float32(kwargs)
+    assert all(kw["attention_mask"] is wide[0]["attention_mask"] for kw in wide)  # one copy, not one per sample
+    assert wide[0]["attention_mask"].dtype == torch.float32 and wide[2]["position_embeddings"][1].dtype == torch.float32
+    assert wide[1]["flag"] is True

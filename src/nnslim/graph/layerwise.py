@@ -237,13 +237,19 @@ def float32_compute(block: nn.Module, active: bool = True):
             restore(swapped.pop())
 
 
-def _as_float32(obj: Any) -> Any:
+def _as_float32(obj: Any, memo: dict | None = None) -> Any:
+    """16-bit tensors inside obj widened; a tensor shared by several samples (one mask) stays shared."""
+    memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.dtype in HALF else obj
+        if obj.dtype not in HALF:
+            return obj
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, obj.float())  # (obj held: its id stays unique)
+        return memo[id(obj)][1]
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_as_float32(o) for o in obj)
+        return type(obj)(_as_float32(o, memo) for o in obj)
     if isinstance(obj, dict):
-        return {k: _as_float32(v) for k, v in obj.items()}
+        return {k: _as_float32(v, memo) for k, v in obj.items()}
     return obj
 
 
