@@ -157,3 +157,17 @@ def test_group_auto_falls_back_and_says_so(tiny_llama):
     q, notes = apply_step(tiny_llama, Int4RtnConfig())
     assert any("128 does not divide" in n and "using 64" in n for n in notes)
     assert {m.group for m in q.modules() if isinstance(m, WeightOnlyLinear)} == {64}
+
+
+def test_in_place_permutations_equal_indexing():
+    """GPTQ's act-order permutes H and W in place (no second [K, K] copy): the same as indexing."""
+    from nnslim.graph.hessian import permute_rows_, permute_symmetric
+
+    g = torch.Generator().manual_seed(1)
+    for k in (1, 2, 7, 100):
+        p = torch.randperm(k, generator=g)
+        t = torch.randn(k, 5, generator=g)
+        assert torch.equal(permute_rows_(t.clone(), p), t[p])
+        h = torch.randn(k, k, generator=g)
+        h = h + h.t()
+        assert torch.equal(permute_symmetric(h.clone(), p), h[p][:, p])

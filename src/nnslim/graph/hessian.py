@@ -28,20 +28,43 @@ class HessianAccumulator:
         self.h.addmm_(x.t(), x, alpha=2.0 / self.n)  # no [K, K] temporary
 
 
-def dead_columns(h: torch.Tensor, w: torch.Tensor) -> None:
-    """Inputs that were always zero: give them unit curvature and zero weight (in place)."""
+def dead_columns(h: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """Inputs that were always zero: give them unit curvature and zero weight (in place; w [N, K] may be
+    left out and zeroed by the caller). Returns the mask of dead inputs [K]."""
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    if w is not None:
+        w[:, dead] = 0.0
+    return dead
+
+
+def permute_rows_(t: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """t[perm] in place: rows moved along the permutation's cycles with one row of scratch space
+    (a [K, N] index_select would hold a second copy of t)."""
+    p = perm.tolist()
+    done = bytearray(len(p))
+    scratch = torch.empty_like(t[0])
+    for start in range(len(p)):
+        if done[start]:
+            continue
+        done[start] = 1
+        if p[start] == start:
+            continue
+        scratch.copy_(t[start])
+        i = start
+        while p[i] != start:  # row i takes row p[i], which is not overwritten yet
+            t[i].copy_(t[p[i]])
+            i = p[i]
+            done[i] = 1
+        t[i].copy_(scratch)
+    return t
 
 
 def permute_symmetric(h: torch.Tensor, perm: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """h[perm][:, perm] with one [K, K] copy at a time (not two): rows by index_select, then the columns
-    of each chunk of rows permuted in place. h is consumed."""
-    h = h.index_select(0, perm)
+    """h[perm][:, perm] in place (no second [K, K] matrix): the columns of each chunk of rows, then the rows."""
     for r in range(0, h.shape[0], chunk):
         h[r:r + chunk] = h[r:r + chunk].index_select(1, perm)
-    return h
+    return permute_rows_(h, perm)
 
 
 def inverse_factor(h: torch.Tensor, damp: float, layer: str = "") -> torch.Tensor:

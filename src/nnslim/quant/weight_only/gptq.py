@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ...graph.hessian import (HessianAccumulator, HessianObserver, dead_columns, inverse_factor, obs_sweep,
-                              permute_symmetric)
+                              permute_rows_, permute_symmetric)
 from ...graph.modules import replace_module
 from ...recipe import register_method
 from .driver import CalibratedConfig, calibrating, quantize_weight_only
@@ -40,17 +40,19 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int
     (h is used as scratch space when inplace=True)."""
     n, k = w.shape
     h = h if inplace else h.clone()
-    wt = torch.empty(k, n, dtype=torch.float32, device=w.device).copy_(w.detach().t())  # row j = column j of w
-    dead_columns(h, wt.t())
-    scale, zero = group_qparams(wt.t(), spec, group)  # static groups, from the (dead-zeroed) original weight
+    dead = dead_columns(h)
+    scale, zero = _static_groups(w, dead, spec, group)  # from the (dead-zeroed) original weight
     if act_order:
         perm = torch.argsort(torch.diag(h), descending=True)
-        wt = wt.index_select(0, perm)
         h = permute_symmetric(h, perm)
     else:
         perm = torch.arange(k, device=w.device)
     h = [h]  # handed to inverse_factor as its only reference, so that it can free h (a [K, K] copy) early
     hinv = inverse_factor(h.pop(), damp, f"{layer} (GPTQ)")
+    wt = torch.empty(k, n, dtype=torch.float32, device=w.device).copy_(w.detach().t())  # row j = column j of w
+    wt[dead] = 0.0
+    if act_order:
+        permute_rows_(wt, perm)
     gidx = (perm // group).tolist()  # group of each permuted column
     scale_t, zero_t = scale.t().contiguous(), zero.t().float().contiguous()  # [G, N]: rows, not columns
     codes_t = torch.empty(k, n, dtype=torch.int32, device=w.device)
@@ -67,6 +69,16 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int
     return codes_t.t()[:, torch.argsort(perm)], scale, zero
 
 
+def _static_groups(w: torch.Tensor, dead: torch.Tensor, spec: WeightSpec, group: int, rows: int = 1024):
+    """group_qparams of w (float, dead inputs zeroed), a chunk of rows at a time (no float copy of w)."""
+    parts = []
+    for r in range(0, w.shape[0], rows):
+        chunk = w[r:r + rows].detach().float().clone()
+        chunk[:, dead] = 0.0
+        parts.append(group_qparams(chunk, spec, group))
+    return torch.cat([s for s, _ in parts]), torch.cat([z for _, z in parts])
+
+
 class Gptq(HessianObserver):
     """The per-block step: each target's Hessian, then GPTQ into a packed layer."""
 
@@ -76,7 +88,8 @@ class Gptq(HessianObserver):
 
     def finish(self, block, modules, prefix):
         c = self.config
-        for n, m in sorted(modules.items(), key=lambda kv: kv[1].in_features):  # the largest Hessian alone
+        for n in sorted(modules, key=lambda n: modules[n].in_features):  # the largest Hessian alone
+            m = modules.pop(n)  # (the float layer is freed once replaced)
             codes, scale, zero = gptq_quantize(m.weight, self.take(n), self.spec, self.spec.group_for(m.in_features),
                                                c.damp, c.act_order, c.block_size, f"{prefix}.{n}", inplace=True)
             replace_module(block, n, calibrating(WeightOnlyLinear.from_codes(m, codes, scale, zero, self.spec)))
