@@ -317,7 +317,8 @@ class BlockAlgorithm(Protocol):
         """One input x of the target `name` (relative to the block) while the block runs."""
 
     def finish(self, block: nn.Module, modules: dict[str, nn.Module], prefix: str) -> None:
-        """Change the targets of `block` (named relative to it; `prefix` names the block) in place."""
+        """Change the targets of `block` (named relative to it; `prefix` names the block) in place; it may
+        empty `modules` as it goes (GPTQ drops each float layer once replaced)."""
 
 
 MIN_TOKENS = 128

@@ -73,7 +73,7 @@ def _static_groups(w: torch.Tensor, dead: torch.Tensor, spec: WeightSpec, group:
     """group_qparams of w (float, dead inputs zeroed), a chunk of rows at a time (no float copy of w)."""
     parts = []
     for r in range(0, w.shape[0], rows):
-        chunk = w[r:r + rows].detach().float().clone()
+        chunk = w[r:r + rows].detach().to(torch.float32, copy=True)
         chunk[:, dead] = 0.0
         parts.append(group_qparams(chunk, spec, group))
     return torch.cat([s for s, _ in parts]), torch.cat([z for _, z in parts])
