@@ -98,6 +98,27 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither a half artifact nor a staging dir
 
 
+def test_sigterm_swallowed_by_library_code_still_stops_the_run(tmp_path, monkeypatch):
+    """A bare `except:` in some library between the signal and nnslim must not let the run commit."""
+    from nnslim import errors
+    from nnslim.io import StagedDir
+    from nnslim.progress import progress
+
+    monkeypatch.setattr(errors, "_terminated", False)
+    staged = StagedDir(tmp_path / "t", overwrite=False)
+    (staged.path / "model.onnx").write_bytes(b"half")
+    try:
+        errors.request_termination()
+    except BaseException:  # what the library does
+        pass
+    with pytest.raises(errors.Terminated):
+        next(iter(progress(range(3), desc="x")))
+    with pytest.raises(errors.Terminated):
+        with staged:
+            staged.commit()
+    assert list(tmp_path.iterdir()) == []
+
+
 # 6. NaN / Inf --------------------------------------------------------------------------------------
 def test_non_finite_options_are_refused():
     for spec in ({"method": "distill", "lr": float("inf")}, {"method": "distill", "lr": float("nan")},

@@ -306,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     from .errors import NnslimError
+    from .errors import Terminated
+    from .errors import check_terminated
+    from .errors import request_termination
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # clean up like Ctrl-C: temp dirs go, output stays old
+    previous = signal.signal(signal.SIGTERM, request_termination)  # like Ctrl-C: temp dirs go, output stays old
     try:
         COMMANDS[args.command](args)
+        check_terminated()  # a SIGTERM that library code swallowed still ends the run as terminated
     except NnslimError as e:
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
@@ -322,14 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so every cleanup handler runs."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
 
 
 def _one_line(message: str, limit: int = 2000) -> str:

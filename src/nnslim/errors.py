@@ -28,3 +28,28 @@ def did_you_mean(value, choices) -> str:
         return ""
     close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
     return f" did you mean {close[0]!r}?" if close else ""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so every cleanup handler runs (like Ctrl-C)."""
+
+
+_terminated = False
+
+
+def request_termination(signum=None, frame=None) -> None:
+    """SIGTERM handler: remember it, then raise. Library code that swallows the exception (a bare
+    `except:`) cannot make the run go on: the next checkpoint raises it again and no artifact is committed."""
+    global _terminated
+    _terminated = True
+    raise Terminated()
+
+
+def termination_requested() -> bool:
+    return _terminated
+
+
+def check_terminated() -> None:
+    """Raise Terminated if a SIGTERM arrived, even one that something in between caught and dropped."""
+    if _terminated:
+        raise Terminated()

@@ -150,6 +150,9 @@ class StagedDir:
         """Record what is inside, then swap the staged dir in place of `out`."""
         import shutil
 
+        from .errors import check_terminated
+
+        check_terminated()  # never swap in an artifact after a SIGTERM, even one that was caught and dropped
         entries = sorted(p.name for p in self.path.iterdir())
         (self.path / MANIFEST).write_text(json.dumps(entries) + "\n")
         if not self.out.exists():
@@ -339,6 +342,18 @@ def big_allocations_mapped(threshold: int = 128 * 1024):
         if ok:
             libc.mallopt(-3, 32 * 1024 * 1024)
             libc.malloc_trim(0)
+
+
+def trim_heap() -> None:
+    """Give free heap memory back to the system (glibc's malloc_trim; elsewhere nothing): between the
+    blocks of a streamed model, so that small freed temporaries do not add up block after block."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class SafetensorsReader:

@@ -9,10 +9,19 @@ T = TypeVar("T")
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
+    """A tqdm bar over `iterable`; each step is also a point where a dropped SIGTERM ends the run."""
     from tqdm.auto import tqdm
 
+    from .errors import check_terminated
+
+    class Bar(tqdm):
+        def __iter__(self):
+            for item in super().__iter__():
+                check_terminated()
+                yield item
+
     disable = not sys.stderr.isatty() or os.environ.get("NNSLIM_PROGRESS", "1") == "0"
-    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)
+    return Bar(iterable, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)
 
 
 def warn(message: str) -> None:
@@ -21,7 +30,11 @@ def warn(message: str) -> None:
 
 
 def stage(message: str) -> None:
-    """A plain stage line on stderr for long work when no progress bar is shown (not a TTY)."""
+    """A plain stage line on stderr for long work when no progress bar is shown (not a TTY); also the point
+    where a SIGTERM that something caught and dropped ends the run."""
+    from .errors import check_terminated
+
+    check_terminated()
     if os.environ.get("NNSLIM_PROGRESS", "1") != "0" and not sys.stderr.isatty():
         print(f"[nnslim] {message}", file=sys.stderr, flush=True)
 

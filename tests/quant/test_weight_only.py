@@ -171,3 +171,24 @@ def test_in_place_permutations_equal_indexing():
         h = torch.randn(k, k, generator=g)
         h = h + h.t()
         assert torch.equal(permute_symmetric(h.clone(), p), h[p][:, p])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_factor_in_place_on_cpu_matches_torch(dtype):
+    """On a CPU the inverse Hessian's factor is formed in H's own memory (LAPACK in place): the same
+    factor as torch's cholesky -> cholesky_inverse -> cholesky, and a clear error when H is not PD."""
+    from nnslim.graph.hessian import inverse_factor
+
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 5, 130):
+        x = torch.randn(3 * k, k, generator=g, dtype=dtype)
+        h = x.t() @ x / k
+        damped = h + 0.01 * torch.diag(h).mean() * torch.eye(k, dtype=dtype)
+        ref = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+        work = h.clone()
+        u = inverse_factor(work, 0.01)
+        assert u.data_ptr() == work.data_ptr() and torch.equal(u, u.triu())
+        assert torch.allclose(u, ref, rtol=1e-4, atol=1e-5)
+    for bad in (-torch.eye(3, dtype=dtype), torch.full((3, 3), float("nan"), dtype=dtype)):
+        with pytest.raises(NnslimError, match="not positive definite"):
+            inverse_factor(bad, 0.0, "layer.x")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import NnslimError
@@ -71,10 +72,17 @@ def permute_symmetric(h: torch.Tensor, perm: torch.Tensor, chunk: int = 256) -> 
 
 
 def inverse_factor(h: torch.Tensor, damp: float, layer: str = "") -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; consumes h (used as scratch, and freed
-    before the inverse is formed when the caller passes its only reference: `inverse_factor(box.pop(), ..)`),
-    so at most two [K, K] matrices exist at a time."""
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; consumes h. On a CPU it is computed in h's
+    own memory (LAPACK potrf / potri / potrf in place: no second [K, K] matrix; a 7B down_proj's is 0.48 GB)
+    and h is returned; elsewhere h is scratch, freed before the inverse is formed when the caller passes its
+    only reference (`inverse_factor(box.pop(), ..)`), so at most two [K, K] matrices exist at a time."""
     h.diagonal().add_(damp * torch.mean(torch.diag(h)))
+    failed = NnslimError(f"the Hessian of layer {layer or '?'} is not positive definite even with damp={damp}; "
+                         "raise damp (e.g. 0.1) or give more calibration samples")
+    if h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64) and h.is_contiguous():
+        if not _inverse_factor_in_place(h) or not bool(torch.isfinite(h.diagonal()).all()):
+            raise failed  # (OpenBLAS' potrf lets a NaN through: the diagonal shows it)
+        return h
     try:
         chol = torch.linalg.cholesky(h)
         del h
@@ -82,8 +90,27 @@ def inverse_factor(h: torch.Tensor, damp: float, layer: str = "") -> torch.Tenso
         del chol
         return torch.linalg.cholesky(inv, upper=True)
     except torch.linalg.LinAlgError:
-        raise NnslimError(f"the Hessian of layer {layer or '?'} is not positive definite even with damp={damp}; "
-                          "raise damp (e.g. 0.1) or give more calibration samples") from None
+        raise failed from None
+
+
+def _inverse_factor_in_place(h: torch.Tensor) -> bool:
+    """h (symmetric, row-major) becomes the upper factor U of h^-1 (U^T U = h^-1) in place; False if h is
+    not positive definite. Its memory read column-major is the same symmetric matrix, so LAPACK's lower
+    factor L there (L L^T) is U = L^T row-major. BLAS threads as many as torch's."""
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
+
+    a = h.numpy().T  # F-contiguous view of the same memory
+    potrf, potri = (lapack.spotrf, lapack.spotri) if h.dtype == torch.float32 else (lapack.dpotrf, lapack.dpotri)
+    with threadpool_limits(torch.get_num_threads(), user_api="blas"):
+        for step in (lambda: potrf(a, lower=1, overwrite_a=1, clean=0), lambda: potri(a, lower=1, overwrite_c=1),
+                     lambda: potrf(a, lower=1, overwrite_a=1, clean=1)):
+            out, info = step()
+            if info != 0:
+                return False
+            if not np.shares_memory(out, a):  # (not expected for an F-contiguous input, but then: into h)
+                np.copyto(a, out)
+    return True
 
 
 def obs_sweep(wt: torch.Tensor, hinv: torch.Tensor, block_size: int,
@@ -147,7 +174,9 @@ class HessianObserver:
                 raise NnslimError(f"{name} was first fed the input of {owner} and later a different one; "
                                   "its Hessian cannot be shared")
             return
-        self.hessians.setdefault(name, HessianAccumulator(module.in_features, x.device)).add(x)
+        if name not in self.hessians:  # (not setdefault: its default, a zeroed [K, K], would be built every call)
+            self.hessians[name] = HessianAccumulator(module.in_features, x.device)
+        self.hessians[name].add(x)
 
     def take(self, name: str) -> torch.Tensor:
         """The Hessian of `name`, handed over: the last of the targets sharing it gets the accumulator

@@ -22,7 +22,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.nn.utils import parametrize
 
 from ..errors import NnslimError
-from ..io import big_allocations_mapped
+from ..io import big_allocations_mapped, trim_heap
 from ..progress import progress, step_done
 from .streaming import source_of
 
@@ -298,6 +298,7 @@ def _run_layerwise(model, samples, process, device: torch.device, desc: str) -> 
             blocks[i] = block.to(home)
             if source is not None:  # with an offload folder: the finished block goes to disk
                 source.offload(blocks[i], f"{prefix}.{i}")
+                trim_heap()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             step_done(bar, f"{desc}: block {i + 1}/{len(blocks)}, {time.perf_counter() - start:.0f} s", device)

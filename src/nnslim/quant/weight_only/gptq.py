@@ -36,8 +36,9 @@ class Int4GptqConfig(CalibratedConfig):
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int, damp: float = 0.01,
                   act_order: bool = True, block_size: int = 128, layer: str = "", inplace: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes [N, K] int32, scale [N, G], zero [N, G]) for weight w [N, K] given Hessian h [K, K]
-    (h is used as scratch space when inplace=True)."""
+    """(codes [N, K] uint8, scale [N, G], zero [N, G]) for weight w [N, K] given Hessian h [K, K]
+    (h is used as scratch space when inplace=True). Codes are bytes (bits <= 8), not int32: for a 7B
+    down_proj that is 43 MB instead of 172 MB, twice (the sweep's and the unpermuted copy)."""
     n, k = w.shape
     h = h if inplace else h.clone()
     dead = dead_columns(h)
@@ -55,7 +56,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: WeightSpec, group: int
         permute_rows_(wt, perm)
     gidx = (perm // group).tolist()  # group of each permuted column
     scale_t, zero_t = scale.t().contiguous(), zero.t().float().contiguous()  # [G, N]: rows, not columns
-    codes_t = torch.empty(k, n, dtype=torch.int32, device=w.device)
+    codes_t = torch.empty(k, n, dtype=torch.uint8, device=w.device)
     qmax = spec.qmax
 
     def quantize_column(j, col, _w1, _h1):
