@@ -4,9 +4,11 @@
 
 On the 7B-shaped checkpoint of stream_big.py (written there first when missing), int4 GPTQ g128 with 4 x 512
 calibration tokens, streamed with offload. Phases are labelled by wrapping nnslim's own functions (capture,
-block forwards, Hessian accumulation, GPTQ of the layers of a block incl. the inverses); a
-thread samples VmRSS every 20 ms and keeps the peak per phase. Prints one JSON line: seconds and peak RSS
-(GB) per phase.
+block forwards, building and updating Hessians, GPTQ of the layers of a block, its inverses and sweeps). Peak
+memory per phase is exact, not sampled: the kernel's peak RSS (VmHWM) is reset on entering a phase
+(/proc/self/clear_refs) and read on leaving it, and a phase's peak counts toward the phases around it.
+(An earlier version sampled RSS from a thread; it put a transient in the wrong phase.) Prints one JSON line:
+seconds and peak RSS (GB) per phase path.
 """
 from __future__ import annotations
 
@@ -15,12 +17,54 @@ import collections
 import json
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+
+class PeakPhases:
+    """Nested phases with their exact peak RSS (Linux >= 4.0: clear_refs 5 resets VmHWM)."""
+
+    def __init__(self):
+        self.stack = [["total", 0.0]]
+        self.peaks: dict[str, float] = collections.defaultdict(float)
+        self.seconds: collections.Counter = collections.Counter()
+
+    @staticmethod
+    def hwm() -> float:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 2**20
+
+    @staticmethod
+    def reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def enter(self, label: str) -> None:
+        self.stack[-1][1] = max(self.stack[-1][1], self.hwm())
+        self.reset()
+        self.stack.append([label, 0.0, time.perf_counter()])
+
+    def leave(self) -> None:
+        label, peak, t0 = self.stack.pop()
+        peak = max(peak, self.hwm())
+        path = "/".join([s[0] for s in self.stack[1:]] + [label])
+        self.peaks[path] = max(self.peaks[path], peak)
+        self.seconds[path] += time.perf_counter() - t0
+        self.stack[-1][1] = max(self.stack[-1][1], peak)
+
+    def wrap(self, owner, name: str, label: str) -> None:
+        f = getattr(owner, name)
+
+        def wrapped(*a, **k):
+            self.enter(label)
+            try:
+                return f(*a, **k)
+            finally:
+                self.leave()
+        setattr(owner, name, wrapped)
 
 
 def main():
@@ -42,46 +86,23 @@ def main():
     if not (d / "model.safetensors.index.json").is_file():
         write_checkpoint(d, args.layers)
     Path(args.offload).mkdir(parents=True, exist_ok=True)
-    phase, peaks, seconds = ["load"], {}, collections.Counter()
-
-    def rss():
-        return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 2**20
-
-    def sample():
-        while True:
-            peaks[phase[0]] = max(peaks.get(phase[0], 0.0), rss())
-            time.sleep(0.02)
-
-    def label(owner, name, lab):
-        f = getattr(owner, name)
-
-        def wrapped(*a, **k):
-            old, t = phase[0], time.perf_counter()
-            phase[0] = lab if old == "quantize" or lab == "hessian_add" else f"{old}/{lab}"
-            try:
-                return f(*a, **k)
-            finally:
-                phase[0] = old
-                seconds[lab] += time.perf_counter() - t
-        setattr(owner, name, wrapped)
-
-    label(lw, "capture_inputs", "capture")
-    label(lw, "feed_block", "feed")
-    label(lw, "call_block", "block forward")
-    label(hs.HessianAccumulator, "add", "hessian_add")
-    label(gq.Gptq, "finish", "gptq of a block")  # (not gptq_quantize: a wrapper holding its H would add a copy)
-    threading.Thread(target=sample, daemon=True).start()
+    ph = PeakPhases()
+    for owner, name, label in [(lw, "capture_inputs", "capture"), (lw, "feed_block", "feed"),
+                               (lw, "call_block", "block forward"), (hs.HessianAccumulator, "__init__", "hessian new"),
+                               (hs.HessianAccumulator, "add", "hessian add"), (gq.Gptq, "finish", "gptq of a block"),
+                               (gq, "inverse_factor", "inverse"), (gq, "obs_sweep", "sweep")]:
+        ph.wrap(owner, name, label)
     g = torch.Generator().manual_seed(0)
     data = [{"input_ids": torch.randint(0, 32000, (1, 512), generator=g)} for _ in range(4)]
+    ph.enter("load")
     m = nnslim.load(d, stream=True, offload_dir=args.offload)
-    phase[0] = "quantize"
-    t = time.perf_counter()
+    ph.leave()
+    ph.enter("quantize")
     nnslim.quantize(m, Int4GptqConfig(group_size=128, samples=4, seq_len=512), calibration=data, inplace=True)
-    total = time.perf_counter() - t
-    time.sleep(0.1)
-    print(json.dumps({"layers": args.layers, "quantize_s": round(total, 1),
-                      "seconds": {k: round(v, 1) for k, v in seconds.items()},
-                      "peak_rss_GB": {k: round(v, 2) for k, v in sorted(peaks.items(), key=lambda kv: -kv[1])}}))
+    ph.leave()
+    print(json.dumps({"layers": args.layers, "quantize_s": round(ph.seconds["quantize"], 1),
+                      "seconds": {k: round(v, 1) for k, v in ph.seconds.items()},
+                      "peak_rss_GB": {k: round(v, 2) for k, v in sorted(ph.peaks.items(), key=lambda kv: -kv[1])}}))
 
 
 if __name__ == "__main__":

@@ -417,3 +417,24 @@ def test_onnx_result_without_out_or_report_is_usable():
     res = nnslim.compress(TwoLayer(), "onnx", example_inputs=_x(), report=False)
     assert res.model.path.is_file()
     assert make_runner(res.model, "onnxruntime")({"x": _x()["x"].numpy()}).shape == (8, 4)
+
+
+@pytest.mark.parametrize("then", ["returns", "fails"])
+def test_cli_exits_143_after_a_swallowed_sigterm(monkeypatch, capsys, then):
+    """Whatever follows a SIGTERM that something caught (the run going on, or failing oddly after a
+    half-done step), the CLI ends as terminated (143), not as success or a crash."""
+    from nnslim import cli, errors
+
+    monkeypatch.setattr(errors, "_terminated", False)
+
+    def command(args):
+        try:
+            errors.request_termination()
+        except BaseException:
+            pass
+        if then == "fails":
+            raise RuntimeError("a module was half imported")
+
+    monkeypatch.setitem(cli.COMMANDS, "methods", command)
+    assert cli.main(["methods"]) == 143
+    assert "terminated" in capsys.readouterr().err

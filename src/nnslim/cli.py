@@ -309,17 +309,23 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import Terminated
     from .errors import check_terminated
     from .errors import request_termination
+    from .errors import termination_requested
 
     previous = signal.signal(signal.SIGTERM, request_termination)  # like Ctrl-C: temp dirs go, output stays old
     try:
         COMMANDS[args.command](args)
         check_terminated()  # a SIGTERM that library code swallowed still ends the run as terminated
-    except NnslimError as e:
-        print(f"error: {_one_line(str(e))}", file=sys.stderr)
-        return 2
     except Terminated:
         print("terminated", file=sys.stderr)
         return 143
+    except Exception as e:
+        if termination_requested():  # a failure that followed a swallowed SIGTERM (e.g. a half-done import)
+            print("terminated", file=sys.stderr)
+            return 143
+        if not isinstance(e, NnslimError):
+            raise
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
