@@ -6,6 +6,7 @@ upper Cholesky factor of the inverse Hessian H = 2/n X^T X, with lazy updates in
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -107,7 +108,8 @@ def _inverse_factor_in_place(h: torch.Tensor) -> bool:
     a = h.numpy().T  # F-contiguous view of the same memory (h is symmetric)
     potrf, trtri = (lapack.spotrf, lapack.strtri) if h.dtype == torch.float32 else (lapack.dpotrf, lapack.dtrtri)
     _reverse(flat)
-    with threadpool_limits(torch.get_num_threads(), user_api="blas"):
+    big = h.shape[0] >= 1024  # (setting the BLAS threads costs ~1.5 ms: only where the work is worth it)
+    with threadpool_limits(torch.get_num_threads(), user_api="blas") if big else contextlib.nullcontext():
         for step in (lambda: potrf(a, lower=0, overwrite_a=1, clean=1), lambda: trtri(a, lower=0, overwrite_c=1)):
             out, info = step()
             if info != 0:
