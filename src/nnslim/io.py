@@ -341,7 +341,7 @@ def big_allocations_mapped(threshold: int = 128 * 1024):
     finally:
         if ok:
             libc.mallopt(-3, 32 * 1024 * 1024)
-            libc.malloc_trim(0)
+            trim_heap()
 
 
 def trim_heap() -> None:

@@ -22,6 +22,14 @@ class HessianAccumulator:
         self.h = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
         self.n = 0
 
+    @classmethod
+    def add_to(cls, store: dict, name: str, x: torch.Tensor) -> None:
+        """store[name].add(x), the accumulator made on first use (not dict.setdefault: Python would build its
+        default, a zeroed [K, K], on every call)."""
+        if name not in store:
+            store[name] = cls(x.shape[-1], x.device)
+        store[name].add(x)
+
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         m = x.shape[0]
@@ -191,9 +199,7 @@ class HessianObserver:
                 raise NnslimError(f"{name} was first fed the input of {owner} and later a different one; "
                                   "its Hessian cannot be shared")
             return
-        if name not in self.hessians:  # (not setdefault: its default, a zeroed [K, K], would be built every call)
-            self.hessians[name] = HessianAccumulator(module.in_features, x.device)
-        self.hessians[name].add(x)
+        HessianAccumulator.add_to(self.hessians, name, x)
 
     def take(self, name: str) -> torch.Tensor:
         """The Hessian of `name`, handed over: the last of the targets sharing it gets the accumulator

@@ -86,9 +86,7 @@ def refit(model: nn.Module, slices, batches: list[dict], damp: float, mode: str,
 
             def hook(name):
                 def fn(mod, args):
-                    if name not in grams:  # (not setdefault: it would build a zeroed [K, K] every call)
-                        grams[name] = HessianAccumulator(args[0].shape[-1], args[0].device)
-                    grams[name].add(args[0])
+                    HessianAccumulator.add_to(grams, name, args[0])
                 return fn
             handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in targets]
             try:
