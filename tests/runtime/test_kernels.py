@@ -58,7 +58,7 @@ def test_triton_int4_matches_reference(k, n, group, sym, m):
 
 @pytest.mark.parametrize("k,n,group,sym", [(256, 96, 64, True), (512, 80, 32, False), (96 * 4, 40, -1, True),
                                            (1024, 24, 128, False)])
-@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("m", [3, 1] if CUDA else [3])  # Triton's CPU interpreter is slow: rows 0-2 cover M
 def test_kmajor_gemv_reads_stored_codes(k, n, group, sym, m):
     """The K-major GEMV reads the canonical packed weight directly; every tile shape that fits the
     group is exact vs the dequantized reference, split-K (last CTA) included, and repeatable."""
@@ -95,15 +95,79 @@ def test_perm_gemv(k, n, group, sym):
     t, j, w, row = 1 % tiles, 5, bw - 1, 19 % n
     word = wp[((row // 16) * tiles + t) * 16 * bw + (row % 16) * bw + w]  # [row block, tile, row, word]
     assert int((word >> (4 * j)) & 15) == int(codes[row, 8 * bw * t + bw * j + w])
-    for m in (1, 2):
+    # in Triton's (slow) CPU interpreter: two rows, a split-K and an unsplit configuration
+    configs = triton_int4.PERM_CONFIGS if CUDA else [triton_int4.PERM_CONFIGS[0], triton_int4.PERM_CONFIGS[5]]
+    for m in (1, 2) if CUDA else (2,):
         x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16 if CUDA else torch.float32)
         ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
-        for cfg in triton_int4.PERM_CONFIGS[:6]:
+        for cfg in configs:
             y = layer._triton_int4p(x, cfg)
             assert torch.equal(y, layer._triton_int4p(x, cfg)), cfg
             err = float((y.float() - ref).norm() / ref.norm())
             assert err < (1e-2 if CUDA else 1e-5), (cfg, err)
 
+
+
+@pytest.mark.skipif(not CUDA, reason="the packed-bf16x2 GEMV is PTX inline assembly: it needs a CUDA GPU "
+                    "(its compilation for sm_90 is checked on CPU by test_x2_gemv_compiles_for_sm90)")
+@pytest.mark.parametrize("k,n,group,sym", [(256, 96, 32, True), (512, 80, 64, False), (2048, 24, 128, False),
+                                           (1024, 136, 256, True)])
+@pytest.mark.parametrize("m", [1, 3])
+def test_x2_gemv_reads_stored_codes(k, n, group, sym, m):
+    """The packed-bf16x2 GEMV reads the canonical packed weight: within one bf16 rounding of the fp32
+    reference for every configuration that fits, split-K included, repeatable, offered for bf16 only."""
+    from nnslim.runtime.kernels import triton_int4_gemv
+
+    layer = _int4(k, n, group, sym)
+    x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16) * 3
+    ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+    tried = 0
+    for cfg in triton_int4_gemv.X2_CONFIGS + [dict(BLOCK_N=16, BLOCK_K=256, SPLIT_K=3, num_warps=2)]:
+        if not triton_int4_gemv.supports(x, k, layer.group, cfg["BLOCK_K"]):
+            continue
+        tried += 1
+        y = layer._triton_int4x(x, cfg)
+        assert torch.equal(y, layer._triton_int4x(x, cfg)), cfg
+        err = float((y.float() - ref).norm() / ref.norm())
+        assert err < 6e-3, (cfg, err)
+    assert tried >= 2
+    assert any(c.startswith("triton-int4x-") for c in layer._candidates(x))
+    assert not any(c.startswith("triton-int4x-") for c in layer._candidates(x.half()))
+    with pytest.raises(ValueError, match="bf16"):
+        layer._triton_int4x(x.half(), triton_int4_gemv.X2_CONFIGS[0])
+
+
+def test_x2_gemv_compiles_for_sm90():
+    """The inline PTX of the packed GEMV assembles for sm_90 (Triton's bundled ptxas; no GPU needed), with
+    and without zero points, and loads the weight in 16-byte vectors. In a fresh process: this module
+    runs Triton's interpreter on CPU, which replaces the compiled kernels."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import triton
+from triton.backends.compiler import GPUTarget
+from nnslim.runtime.kernels import triton_int4_gemv as g
+from nnslim.runtime.kernels.triton_int4 import kmajor_tile
+for has_zero in (False, True):
+    cfg = g.X2_CONFIGS[0]
+    ng, gw = kmajor_tile(4096, 128, cfg["BLOCK_K"])
+    sig = {"x_ptr": "*i32", "wq_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8" if has_zero else "*bf16",
+           "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32"}
+    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, NEG_BASE=g.NEG_BASE, ASM=g._asm(), BLOCK_N=cfg["BLOCK_N"],
+                  NG=ng, GW=gw, SPLIT_K=cfg["SPLIT_K"], PREFETCH=has_zero)
+    sig.update({name: "constexpr" for name in consts})
+    src = triton.compiler.ASTSource(fn=g._int4_gemv_x2_kernel, signature=sig, constexprs=consts,
+                                    attrs={(i,): [["tt.divisibility", 16]] for i in range(10)})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg["num_warps"]))
+    assert k.asm["cubin"] and k.asm["ptx"].count("fma.rn.bf16x2") >= 8, "no packed FMAs"
+    assert "ld.global.v4" in k.asm["ptx"], "weight not loaded in 16-byte vectors"
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("k,n,group,sym", [(256, 96, 64, True), (512, 80, 32, False), (96 * 4, 40, -1, True),

@@ -7,6 +7,7 @@ The forward runs the fastest implementation measured for the shape (runtime/kern
   triton-int4-i  nnslim's own Triton GEMV (M == 1) / GEMM, launch configuration i (CUDA)
   triton-int4k-i nnslim's K-major Triton GEMV (M <= 4) straight from the stored packed codes (CUDA)
   triton-int4p-i nnslim's Triton GEMV (M <= 4) on a permuted layout: one FMA per code (CUDA)
+  triton-int4x-i nnslim's Triton GEMV (M <= 4, bf16) from the stored codes, two codes per bf16x2 FMA (CUDA)
   triton-int4tc-i nnslim's tensor-core GEMM (M > 1) from the stored codes, dequantized in registers (CUDA)
   triton-int4dq  one Triton kernel dequantizes the stored codes, then cuBLAS (M >= 64; CUDA)
   tinygemm       torch's CUDA int4 packed matmul (_weight_int4pack_mm), bf16
@@ -168,6 +169,11 @@ class WeightOnlyLinear(nn.Module):
                     for i, cfg in enumerate(triton_int4.KMAJOR_CONFIGS):
                         if triton_int4.kmajor_tile(k, g, cfg["BLOCK_K"]) is not None:
                             out[f"triton-int4k-{i}"] = lambda c=cfg: self._triton_int4k(x, c)
+                    from ...runtime.kernels import triton_int4_gemv
+
+                    for i, cfg in enumerate(triton_int4_gemv.X2_CONFIGS):
+                        if triton_int4_gemv.supports(x, k, g, cfg["BLOCK_K"]):
+                            out[f"triton-int4x-{i}"] = lambda c=cfg: self._triton_int4x(x, c)
                     if triton_int4.perm_tile_words(k, g) is not None:
                         for i, cfg in enumerate(triton_int4.PERM_CONFIGS):
                             out[f"triton-int4p-{i}"] = lambda c=cfg: self._triton_int4p(x, c)
@@ -218,6 +224,12 @@ class WeightOnlyLinear(nn.Module):
         return triton_int4.int4_gemv_kmajor(x.contiguous(), self.qweight, self._scales_as(x),
                                             None if self.symmetric else self.zeros, self.group, config,
                                             self._workspace(x, config))
+
+    def _triton_int4x(self, x, config):
+        from ...runtime.kernels import triton_int4_gemv
+
+        return triton_int4_gemv.int4_gemv_x2(x, self.qweight, self._scales_as(x), None if self.symmetric else self.zeros,
+                                             self.group, config, self._workspace(x, config))
 
     def _triton_int4tc(self, x, config):
         from ...runtime.kernels import triton_int4

@@ -1,0 +1,98 @@
+"""int4 GEMV at small M on Llama-7B linear shapes: every nnslim GEMV vs bf16 and tinygemm (issue 17).
+
+  python benchmarks/gpu_int4_gemv.py [--m 1,2,4] [--json FILE]
+
+For each shape (K x N) and M: bf16 F.linear, torch's tinygemm, and every launch configuration of
+nnslim's GEMVs (the packed-bf16x2 one of triton_int4_gemv over the grid below, the K-major and the
+permuted-layout ones of triton_int4), each timed like benchmarks/gpu_llm.py (a CUDA graph of R layer
+copies whose weights exceed L2, do_bench median) and checked first against the fp32 reference
+(dequantized weight, fp32 matmul); the relative error of each kernel family is printed with it.
+The configurations kept in triton_int4_gemv.X2_CONFIGS are the ones that won here.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_llm import SHAPES, _copies, graph_time, int4_parts, machine, rel_err  # noqa: E402
+
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+
+def x2_grid() -> list[dict]:
+    """The 14 best tiles of a first sweep over BLOCK_N 16-128 x BLOCK_K 256-1024 x split 1-8 (2026-12-03,
+    M=1 and 4), each with and without prefetching the next weight tile."""
+    tiles = [(32, 256, 8), (64, 256, 8), (64, 512, 8), (16, 512, 4), (32, 512, 4), (16, 1024, 1), (16, 512, 1),
+             (128, 256, 4), (64, 512, 2), (64, 256, 4), (32, 256, 4), (16, 256, 4), (128, 512, 8), (32, 512, 1)]
+    return [dict(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=4, X2=True, PREFETCH=pf)
+            for (bn, bk, sk), pf in itertools.product(tiles, (False, True))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--m", default="1,2,4")
+    ap.add_argument("--rep-ms", type=int, default=40)
+    ap.add_argument("--shapes", default="all", help="all, or indices into SHAPES (e.g. 0,2)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+    from nnslim.runtime.kernels import triton_int4, triton_int4_gemv
+
+    print(f"# int4 GEMV sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    torch.manual_seed(0)
+    shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    rows = []
+    for k, n in shapes:
+        lin, codes, scale, zero, spec = int4_parts(k, n)
+        r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
+        mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
+        ws = [lin.weight.detach().clone() for _ in range(r16)]
+        w32 = mods[0].dequantized_weight(torch.float32)
+        for m in [int(v) for v in args.m.split(",")]:
+            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            ref = F.linear(x.float(), w32)
+            fams = {"x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
+                    "kmajor": (triton_int4.KMAJOR_CONFIGS, lambda md, c: md._triton_int4k(x, c)),
+                    "perm": (triton_int4.PERM_CONFIGS, lambda md, c: md._triton_int4p(x, c))}
+            base = graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, args.rep_ms)
+            row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
+                   "tinygemm_x": round(base / graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms), 3),
+                   "tinygemm_err": round(rel_err(mods[0]._tinygemm(x), ref), 5)}
+            for fam, (configs, call) in fams.items():
+                times, errs = {}, []
+                for c in configs:
+                    key = (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
+                           + ("p" if c.get("PREFETCH") else ""))
+                    try:
+                        y = call(mods[0], c)
+                        err = rel_err(y, ref)
+                        if not torch.equal(y, call(mods[0], c)) or err > 1e-2:
+                            print(f"  {fam} {key} M={m}: rel err {err:.2e} (or not repeatable)", flush=True)
+                            continue
+                        errs.append(err)
+                        times[key] = graph_time(lambda c=c: [call(md, c) for md in mods], r4, args.rep_ms)
+                    except (ValueError, RuntimeError) as e:
+                        print(f"  {fam} {key} failed: {str(e).splitlines()[0][:100]}", flush=True)
+                if times:
+                    best = min(times, key=times.get)
+                    row[f"{fam}_best"], row[f"{fam}_x"] = best, round(base / times[best], 3)
+                    row[f"{fam}_err_max"] = round(max(errs), 5)
+                    row[f"{fam}_top"] = {kk: round(base / v, 3) for kk, v in sorted(times.items(), key=lambda kv: kv[1])[:6]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del mods, ws
+        torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
