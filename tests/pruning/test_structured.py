@@ -243,3 +243,30 @@ def test_least_squares_refit_reduces_the_error(mode):
         p = prune_structured(m, StructuredPruneConfig(ratio=0.5, reconstruct=r), {"input": x[:2]}, calib, notes=notes)
         errs[r] = float((p(x) - m(x)).pow(2).mean())
     assert errs[mode] < 0.7 * errs["off"] and f"refit ({mode}) of 2 Linear" in notes[0]
+
+
+def test_observe_inputs_stops_after_the_last_observed_module():
+    """Calibration passes skip what runs after the last observed layer (an LM head): the statistics equal
+    those of whole passes, the head runs in the first pass only; a layer that runs twice (shared weights)
+    never stops a pass early."""
+    from nnslim.pruning.reconstruct import observe_inputs
+
+    torch.manual_seed(0)
+    body, head = nn.Linear(8, 8), nn.Linear(8, 1000)
+    model = nn.Sequential(body, nn.ReLU(), head)
+    head_calls = []
+    head.register_forward_hook(lambda *a: head_calls.append(1))
+    batches = [{"x": torch.randn(3, 8)} for _ in range(4)]
+    seen = []
+    observe_inputs(model, [body], batches, lambda m, b: m(b["x"]), lambda mod, args: seen.append(args[0].sum()))
+    assert len(seen) == 4 and len(head_calls) == 1
+    want = [b["x"].sum() for b in batches]
+    assert torch.equal(torch.stack(seen), torch.stack(want))
+
+    shared = nn.Linear(8, 8)
+    twice = nn.Sequential(shared, nn.ReLU(), shared)
+    runs = []
+    twice.register_forward_hook(lambda *a: runs.append(1))
+    count = []
+    observe_inputs(twice, [shared], batches, lambda m, b: m(b["x"]), lambda mod, args: count.append(1))
+    assert len(count) == 8 and len(runs) == 4

@@ -28,11 +28,35 @@ def test_deterministic_across_processes():
     assert out == hashlib.sha256("\n".join(text.sentences("eval")).encode()).hexdigest()
 
 
-def test_harvest_never_imports_the_modules():
+def test_harvest_never_imports_the_modules(tmp_path):
+    import os
+
     code = ("import sys; from nnslim.testbeds import text; text.docstrings(); "
             "print(any(m.startswith(('idlelib', 'turtle', 'antigravity', 'this')) for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "False"
+    env = {**os.environ, "NNSLIM_CACHE": str(tmp_path)}  # an empty cache: the harvest itself runs
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "False" and len(list(tmp_path.glob("docstrings-*.json"))) == 1
+
+
+def test_harvest_is_cached_on_disk_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "a.py").write_text('"""A module docstring that is long enough to be kept by the harvest."""\n')
+    monkeypatch.setenv("NNSLIM_CACHE", str(tmp_path / "cache"))
+    text.docstrings.cache_clear()
+    first = text.docstrings(str(lib))
+    files = list((tmp_path / "cache").glob("docstrings-*.json"))
+    assert first and len(files) == 1
+    text.docstrings.cache_clear()
+    files[0].write_text('["served from the cache"]')  # proves the second call reads the cache
+    assert text.docstrings(str(lib)) == ("served from the cache",)
+    files[0].write_text("{not json")  # a damaged cache is rebuilt
+    text.docstrings.cache_clear()
+    assert text.docstrings(str(lib)) == first
+    (lib / "b.py").write_text('"""Another module docstring, added after the first harvest was cached."""\n')
+    text.docstrings.cache_clear()
+    assert len(text.docstrings(str(lib))) == 2  # a new or changed file is a new key
+    text.docstrings.cache_clear()
 
 
 def test_bad_split_name():

@@ -45,6 +45,36 @@ def refit_targets(model: nn.Module, slices) -> dict[str, torch.Tensor]:
     return out
 
 
+def observe_inputs(model: nn.Module, modules: list[nn.Module], batches: list[dict], call, fn) -> None:
+    """call(model, batch) for every batch with fn(module, args) as a forward pre-hook of each of `modules`.
+    The first pass runs whole and finds the module observed last; when that one ran exactly once there, the
+    later passes stop as soon as it is observed: what runs after it (an LM head's logits, a loss) is not
+    computed."""
+    order: list[int] = []
+    state = {"first": True, "last": None}
+
+    def hook(mod, args):
+        fn(mod, args)
+        if state["first"]:
+            order.append(id(mod))
+        elif id(mod) == state["last"]:
+            raise _Stop
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    try:
+        for b in batches:
+            try:
+                call(model, b)
+            except _Stop:
+                pass
+            if state["first"]:
+                state["first"] = False
+                state["last"] = order[-1] if order and order.count(order[-1]) == 1 else None
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _inputs(model: nn.Module, name: str, batch: dict, call) -> torch.Tensor:
     """The input of layer `name` for one batch (the forward pass stops there)."""
     got = []
@@ -83,18 +113,9 @@ def refit(model: nn.Module, slices, batches: list[dict], damp: float, mode: str,
     with torch.no_grad():
         if mode == "independent":
             grams: dict[str, HessianAccumulator] = {}
-
-            def hook(name):
-                def fn(mod, args):
-                    HessianAccumulator.add_to(grams, name, args[0])
-                return fn
-            handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in targets]
-            try:
-                for b in batches:
-                    call(model, b)
-            finally:
-                for h in handles:
-                    h.remove()
+            names = {id(model.get_submodule(n)): n for n in targets}
+            observe_inputs(model, [model.get_submodule(n) for n in targets], batches, call,
+                           lambda mod, args: HessianAccumulator.add_to(grams, names[id(mod)], args[0]))
             for n, keep in targets.items():
                 if n in grams:
                     h = grams.pop(n).h

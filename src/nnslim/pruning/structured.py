@@ -32,7 +32,7 @@ from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mh
 from ..graph.trace import trace
 from ..recipe import StepConfig, register_method
 from ..runtime.base import call_module
-from .reconstruct import refit
+from .reconstruct import observe_inputs, refit
 
 PLAN_ATTR = "_nnslim_structured_plan"
 
@@ -110,14 +110,8 @@ def input_norms(model: nn.Module, batches: list[dict]) -> dict[int, torch.Tensor
 
     mods = [m for m in model.modules() if isinstance(m, nn.Linear) or
             (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1 and not m.transposed)]
-    handles = [m.register_forward_pre_hook(hook) for m in mods]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                _call(model, b)
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad():
+        observe_inputs(model, mods, batches, _call, hook)
     return sums
 
 

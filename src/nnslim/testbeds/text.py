@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import os
 import re
 import sysconfig
 from functools import lru_cache
@@ -60,14 +62,46 @@ def _split_of(text: str) -> str:
     return "eval" if h < EVAL_PERCENT else "calibration"
 
 
+def _cache_file(base: Path, files: list[Path]) -> Path:
+    """Where the harvest of these files is cached: keyed by this module's code and every file's path, size
+    and mtime (parsing the stdlib takes ~12 s; every process that needs the default text paid it)."""
+    from .base import cache_dir
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(str(base).encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"\0{p.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return cache_dir() / f"docstrings-{h.hexdigest()[:24]}.json"
+
+
 @lru_cache(maxsize=2)
 def docstrings(root: str | None = None) -> tuple[str, ...]:
-    """All prose docstring paragraphs-joined texts of the stdlib, sorted by path then position."""
+    """All prose docstring paragraphs-joined texts of the stdlib, sorted by path then position (cached on
+    disk, see _cache_file; a missing, unreadable or damaged cache is rebuilt)."""
     base = Path(root) if root else stdlib_dir()
+    files = [p for p in sorted(base.rglob("*.py")) if not SKIP_DIRS.intersection(p.relative_to(base).parts)]
+    try:
+        cache = _cache_file(base, files)
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if isinstance(cached, list) and all(isinstance(t, str) for t in cached):
+            return tuple(cached)
+    except (OSError, ValueError):
+        pass
+    out = _harvest(files)
+    try:  # written whole under a temporary name, then renamed: readers never see half a file
+        cache = _cache_file(base, files)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(out), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home: no cache, same result
+        pass
+    return out
+
+
+def _harvest(files: list[Path]) -> tuple[str, ...]:
     seen, out = set(), []
-    for path in sorted(base.rglob("*.py")):
-        if SKIP_DIRS.intersection(path.relative_to(base).parts):
-            continue
+    for path in files:
         try:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
