@@ -102,7 +102,7 @@ if triton is not None:
     def _decode_attention_split_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
                                        H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                        BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-                                       SCALED: tl.constexpr):
+                                       SCALED: tl.constexpr, EARLY_V: tl.constexpr):
         """Split s of (sequence b, head h): online softmax over cache positions [s * CHUNK, (s + 1) * CHUNK)
         that are <= pos; writes its running max, denominator and unnormalised output (flash-decoding).
         SCALED: the cache holds int8 / fp8 codes with one scale per (sequence, kv head, position), applied
@@ -123,6 +123,8 @@ if triton is not None:
             lm = offs < n
             ptrs = (kh * L + offs)[:, None] * D + d[None, :]
             k = tl.load(k_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
+            if EARLY_V:  # V's load issued with K's, before the softmax arithmetic
+                v = tl.load(v_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
             s = tl.sum(k * q[None, :], axis=1)
             if SCALED:
                 s = s * tl.load(ks_ptr + kh * L + offs, mask=lm, other=0.0)
@@ -130,7 +132,8 @@ if triton is not None:
             m_new = tl.maximum(m_i, tl.max(s, axis=0))
             p = tl.where(lm, tl.exp(s - m_new), 0.0)
             alpha = tl.exp(m_i - m_new)
-            v = tl.load(v_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
+            if not EARLY_V:
+                v = tl.load(v_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
             pv = p
             if SCALED:
                 pv = p * tl.load(vs_ptr + kh * L + offs, mask=lm, other=0.0)
@@ -211,9 +214,16 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     return q
 
 
+# split-K decode attention launch (model-dtype cache, 1-byte int8 / fp8 cache): positions per iteration,
+# programs to aim for, V loaded with K; chosen by benchmarks/gpu_decode_attention.py on the H200
+# (2026-12-03, 16512 positions: bf16 134 -> 84 us, int8 90 -> 68 us against the earlier 64 / 1024 / late V)
+ATTENTION_CONFIG = {False: dict(BLOCK_L=128, PROGRAMS=4096, EARLY_V=True, num_warps=4),
+                    True: dict(BLOCK_L=128, PROGRAMS=4096, EARLY_V=False, num_warps=4)}
+
+
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
                      scale: float, chunk: int | None = None, k_scale: torch.Tensor | None = None,
-                     v_scale: torch.Tensor | None = None) -> torch.Tensor:
+                     v_scale: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
     """q [B, H, 1, D] of the token at pos[0] -> attention output [B, H * D] over cache entries 0..pos
     (k_scale/v_scale: the cache holds codes, see rope_cache). The cache length is split in chunks (by
     default enough for ~1024 programs), one program per (sequence, head, chunk), then one reduction per
@@ -221,9 +231,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     graph."""
     b, heads, d = q.shape[0], q.shape[1], q.shape[-1]
     kv_heads, length = k_cache.shape[1], k_cache.shape[2]
+    cfg = {**ATTENTION_CONFIG[k_cache.element_size() == 1], **(config or {})}
+    block_l = cfg["BLOCK_L"]
     if chunk is None:
-        per = -(-length // max(1, 1024 // (b * heads)))
-        chunk = max(64, -(-per // 64) * 64)
+        per = -(-length // max(1, cfg["PROGRAMS"] // (b * heads)))
+        chunk = max(block_l, -(-per // block_l) * block_l)
     nsplit = triton.cdiv(length, chunk)
     m = torch.empty((b * heads, nsplit), dtype=torch.float32, device=q.device)
     den = torch.empty_like(m)
@@ -234,8 +246,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     _decode_attention_split_kernel[(b * heads, nsplit)](q, k_cache, v_cache, k_scale if scaled else k_cache,
                                                         v_scale if scaled else v_cache, pos, m, den, acc, length,
                                                         scale, H=heads, GROUP=heads // kv_heads, D=d,
-                                                        BLOCK_D=block_d, BLOCK_L=min(chunk, 64), CHUNK=chunk,
-                                                        SCALED=scaled, num_warps=4)
+                                                        BLOCK_D=block_d, BLOCK_L=min(chunk, block_l), CHUNK=chunk,
+                                                        SCALED=scaled, EARLY_V=cfg["EARLY_V"],
+                                                        num_warps=cfg["num_warps"])
     _decode_attention_reduce_kernel[(b * heads,)](m, den, acc, out, NSPLIT=nsplit,
                                                   BLOCK_S=triton.next_power_of_2(nsplit), D=d, BLOCK_D=block_d,
                                                   num_warps=4)

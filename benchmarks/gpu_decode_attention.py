@@ -1,0 +1,77 @@
+"""Split-K decode attention at long context: launch configurations per cache format (issue 17).
+
+  python benchmarks/gpu_decode_attention.py [--lengths 4224,16512] [--json FILE]
+
+One decode step's attention of a Llama-7B-shaped layer (32 heads of 128, batch 1, the query at the last
+position) over a static cache of L positions in bf16 and as int8 codes with one fp32 scale per (head,
+position), through nnslim's kernel (runtime/kernels/triton_decode.decode_attention) for every launch
+configuration of the grid below; each checked against the default configuration's output, timed as a
+CUDA graph (do_bench median) and set beside its memory floor (the cache bytes read at 4.8 TB/s). The
+configurations kept in triton_decode.ATTENTION_CONFIG are the ones that won here.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_llm import HBM_BYTES_PER_S, graph_time, machine  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="4224,16512")
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--rep-ms", type=int, default=60)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
+    from nnslim.runtime.kernels import triton_decode as K
+
+    print(f"# decode attention sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    torch.manual_seed(0)
+    h, d = args.heads, 128
+    grid = [dict(BLOCK_L=bl, PROGRAMS=p, EARLY_V=e, num_warps=4)
+            for bl, p, e in itertools.product((32, 64, 128), (1024, 2048, 4096), (False, True))]
+    rows = []
+    for length in [int(v) for v in args.lengths.split(",")]:
+        q = torch.randn(1, h, 1, d, dtype=torch.bfloat16, device="cuda")
+        k = torch.randn(1, h, length, d, dtype=torch.bfloat16, device="cuda")
+        v = torch.randn_like(k)
+        pos = torch.tensor([length - 1], device="cuda")
+        ks, vs = k.float().abs().amax(-1) / 127, v.float().abs().amax(-1) / 127
+        k8, v8 = (k.float() / ks[..., None]).round().to(torch.int8), (v.float() / vs[..., None]).round().to(torch.int8)
+        for fmt, (kc, vc, a, b) in {"bf16": (k, v, None, None), "int8": (k8, v8, ks, vs)}.items():
+            nbytes = 2 * kc.numel() * kc.element_size() + (0 if a is None else 2 * a.numel() * 4)
+            floor_us = nbytes / HBM_BYTES_PER_S * 1e6
+            call = lambda c: K.decode_attention(q, kc, vc, pos, d ** -0.5, k_scale=a, v_scale=b, config=c)  # noqa: E731
+            ref = call(None).float()
+            times = {}
+            for c in grid:
+                key = f"L{c['BLOCK_L']}p{c['PROGRAMS']}{'e' if c['EARLY_V'] else ''}"
+                err = float((call(c).float() - ref).norm() / ref.norm())
+                if err > 1e-3:
+                    print(f"  {fmt} {key}: rel err {err:.1e}", flush=True)
+                    continue
+                times[key] = graph_time(lambda c=c: call(c), 1, args.rep_ms) * 1e3
+            best = min(times, key=times.get)
+            default = times.get("L64p1024", float("nan"))  # the launch used before this sweep
+            row = {"length": length, "cache": fmt, "MB": round(nbytes / 1e6, 1), "floor_us": round(floor_us, 1),
+                   "default_us": round(default, 1), "best": best, "best_us": round(times[best], 1),
+                   "best_floor_over_measured": round(floor_us / times[best], 3),
+                   "top": {kk: round(t, 1) for kk, t in sorted(times.items(), key=lambda kv: kv[1])[:6]}}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
