@@ -42,6 +42,10 @@ def writable(model: nn.Module) -> str | None:
         return "not a Hugging Face model"
     if getattr(root[0], "nnslim_conv1d", None):
         return "its Conv1D layers (GPT-2 family) have no compressed-tensors form"
+    if getattr(getattr(root[0], "config", None), "is_encoder_decoder", False):
+        # measured (T5, transformers 5.24 + compressed-tensors 0.20): the tied embeddings load as missing and the
+        # int4 checkpoint fails in T5's weight init ("'Linear' object has no attribute 'weight'")
+        return "transformers + compressed-tensors do not load encoder-decoder checkpoints (tied embeddings)"
     from .pruning.structured import PLAN_ATTR
 
     if getattr(model, PLAN_ATTR, None):
@@ -280,8 +284,18 @@ def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[li
     """Load `tensors` into a model built on the meta device by assignment: they become its parameters (no
     second copy). A tied head stored once (as the embedding) is tied again. Returns (unexpected names, names
     still on meta)."""
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     root = _hf_root(model)
+    if root is not None and hasattr(root[0], "tie_weights"):
+        root[0].tie_weights()  # on meta too: the model's own tied names become one tensor again
+    tied = [[name, *others] for name, (_, others) in unique_state(model).items() if others]
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    state = model.state_dict(keep_vars=True)
+    for names in tied:  # one tensor under several names (T5: shared / encoder / decoder embeddings / head)
+        kept = next((state[n] for n in names if not state[n].is_meta), None)
+        for n in names:
+            if kept is not None and state[n].is_meta:
+                owner, _, attr = n.rpartition(".")
+                setattr(model.get_submodule(owner) if owner else model, attr, kept)
     if missing and root is not None and getattr(root[0].config, "tie_word_embeddings", False):
         emb, head = root[0].get_input_embeddings(), root[0].get_output_embeddings()
         if emb is not None and head is not None and emb.weight.is_meta and not head.weight.is_meta:

@@ -54,6 +54,19 @@ def check_recipe(recipe: Recipe, model) -> None:
             last = (i, step.method, method.stage)
 
 
+def check_task_support(recipe: Recipe, testbed) -> None:
+    """What nnslim cannot do yet for the model's task is refused before any work."""
+    if getattr(testbed, "task", "") != "seq2seq":
+        return
+    # static / dynamic int8 place their QDQ on the exported ONNX graph
+    onnx = [s.method for s in recipe.steps
+            if get_method(s.method).produces == "onnx" or s.method in ("int8", "int8-dynamic")]
+    if onnx:
+        raise NnslimError(f"method {onnx[0]!r} needs ONNX export, which nnslim cannot do yet for encoder-decoder models "
+                          "(task seq2seq: torch.export fails on their attention reshapes with dynamic shapes); "
+                          "torch methods work: int4-rtn, int8-weight-only, int8-w8a8, fp16, bf16, prune-structured, ...")
+
+
 def check_trained(recipe: Recipe) -> None:
     """A step whose state is learned (movement scores) must be followed by a training step in a recipe
     that makes an artifact (a user who calls nnslim.prune alone trains the model in their own loop)."""
@@ -167,6 +180,7 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
         raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
                           "overwrites its input: choose another output directory")
     check_recipe(recipe, r.model)
+    check_task_support(recipe, r.testbed)
     check_trained(recipe)
     from .distillation.distributed import is_main
 

@@ -333,3 +333,45 @@ def test_tied_embedding_is_stored_once_and_retied(tmp_path):
     ids = torch.randint(0, 30522, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_decoder_compresses_reloads_and_refuses_onnx_up_front(zoo, tmp_path, capfd):
+    """T5 (encoder-decoder, tied embeddings): int4 in nnslim's layout (said why), fp16 as a transformers
+    checkpoint with transformers' logits, structured pruning; each reloads and is measured against the fp32
+    model on its own greedy output; ONNX-bound methods are refused before any work, exit 2."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from nnslim.cli import main
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+    t5 = str(zoo["t5"])
+    assert main(["compress", "--model", t5, "--method", "int4-rtn", "--set", "group_size=32", "--out",
+                 str(tmp_path / "q"), "--no-report"]) == 0
+    assert "encoder-decoder" in capfd.readouterr().err
+    assert json.loads((tmp_path / "q" / "nnslim.json").read_text())["format"] == "torch"
+    q = nnslim.load(tmp_path / "q")
+    wo = next(m for m in q.modules() if isinstance(m, WeightOnlyLinear))
+    assert wo.weight.is_meta and wo.weight.shape == (wo.out_features, wo.in_features)  # what T5 reads of it
+    shared = q.model.shared.weight
+    assert q.model.encoder.embed_tokens.weight is shared and q.model.lm_head.weight is shared  # re-tied
+    metrics = nnslim.evaluate(str(tmp_path / "q"), testbed=t5)["metrics"]
+    assert 0.8 < metrics["top1_agreement"] < 1.0 and metrics["perplexity_of_fp32_output"] > 1
+
+    res = nnslim.compress(t5, {"steps": [{"method": "fp16"}]}, out=tmp_path / "h", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
+    hf = AutoModelForSeq2SeqLM.from_pretrained(str(res.out)).eval()
+    ids, dec = torch.randint(1, 30522, (2, 12)), torch.randint(1, 30522, (2, 5))
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=dec).logits
+        mine = nnslim.load(res.out)(ids, torch.ones_like(ids), dec)
+    torch.testing.assert_close(theirs.float(), mine.float())
+
+    res = nnslim.compress(t5, {"steps": [{"method": "prune-structured", "ratio": 0.5}]}, out=tmp_path / "p",
+                          report=False)
+    n0 = sum(p.numel() for p in nnslim.load(tmp_path / "h").parameters())  # fp16: every parameter of the original
+    assert sum(p.numel() for p in nnslim.load(res.out).parameters()) < n0
+    assert "top1_agreement" in nnslim.evaluate(str(res.out), testbed=t5)["metrics"]
+
+    for method in ("onnx", "int8"):
+        assert main(["compress", "--model", t5, "--method", method, "--out", str(tmp_path / method)]) == 2
+        assert "encoder-decoder" in capfd.readouterr().err and not (tmp_path / method).exists()

@@ -18,6 +18,19 @@ from ..errors import NnslimError
 PACKED: dict[str, type[nn.Module]] = {}
 
 
+class PackedLinear(nn.Module):
+    """Base of the layers that replace an nn.Linear with packed codes. Their `weight` is a shape-and-dtype
+    view on the meta device: model code written for nn.Linear that only reads `layer.weight.dtype` or its
+    shape works (T5's feed-forward casts its input to `wo.weight.dtype`); its values do not exist."""
+
+    def float_dtype(self) -> torch.dtype:
+        raise NotImplementedError
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.empty((self.out_features, self.in_features), dtype=self.float_dtype(), device="meta")
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put `new` where the submodule `name` (dotted) of `root` is."""
     parent_name, _, child = name.rpartition(".")

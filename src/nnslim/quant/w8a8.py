@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import NnslimError
-from ..graph.modules import register_packed, replace_module
+from ..graph.modules import PackedLinear, register_packed, replace_module
 from ..graph.scope import select_linears
 from ..graph.streaming import each_layer, source_of
 from ..recipe import StepConfig, register_method
@@ -33,7 +33,7 @@ FORMATS = {"fp8": FP8_E4M3, "int8": INT8_WEIGHT}
 
 
 @register_packed("w8a8")
-class W8A8Linear(nn.Module):
+class W8A8Linear(PackedLinear):
     """y = (q(x) * sx) @ (qw * sw).T + b, with per-token sx and per-channel sw."""
     ROWWISE = ("qweight", "wscale", "bias")  # dim 0 = output features (runtime/fuse.py)
 
@@ -66,6 +66,9 @@ class W8A8Linear(nn.Module):
         """Layers with equal keys can be concatenated along the output features."""
         return (self.in_features, self.fmt, self.bias is None, self.fast_accum, self.qweight.device,
                 self._dtype(), value_key(self.input_scale))
+
+    def float_dtype(self) -> torch.dtype:
+        return self._dtype()
 
     def _dtype(self) -> torch.dtype:
         extra = self.bias if self.bias is not None else self.input_scale

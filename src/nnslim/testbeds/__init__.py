@@ -39,6 +39,10 @@ def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weight
     options = dict(name=name, trust_remote_code=trust_remote_code, weights=weights)
     if task == "causal-lm":
         return CausalLMTestbed(path, **options)
+    if task == "seq2seq":
+        from .seq2seq import Seq2SeqTestbed
+
+        return Seq2SeqTestbed(path, **options)
     if task == "feature-extraction":
         return TextEncoderTestbed(path, **options)
     if task in TEXT_HEADS:

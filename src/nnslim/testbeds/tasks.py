@@ -23,7 +23,7 @@ TASK_MAPPINGS = {
     "feature-extraction": "MODEL_MAPPING_NAMES",
 }
 # Tasks nnslim has a testbed for (data, metric, export); the others are detected and refused clearly.
-SUPPORTED = ("causal-lm", "sequence-classification", "token-classification", "question-answering",
+SUPPORTED = ("causal-lm", "seq2seq", "sequence-classification", "token-classification", "question-answering",
              "image-classification", "feature-extraction")
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import NnslimError
-from ...graph.modules import register_packed
+from ...graph.modules import PackedLinear, register_packed
 from ...runtime.fuse import value_key
 from ...runtime.kernels import select
 from .formats import WeightSpec, dequantize_codes, pack, per_byte, unpack
@@ -32,7 +32,7 @@ KERNELS = get_args(Kernel)
 
 
 @register_packed("weight_only")
-class WeightOnlyLinear(nn.Module):
+class WeightOnlyLinear(PackedLinear):
     ROWWISE = ("qweight", "scales", "zeros", "bias")  # dim 0 = output features (runtime/fuse.py)
 
     def __init__(self, in_features: int, out_features: int, bits: int, group: int, symmetric: bool,
@@ -124,6 +124,9 @@ class WeightOnlyLinear(nn.Module):
             if self.bias is not None:
                 lin.bias.copy_(self.bias)
         return lin
+
+    def float_dtype(self) -> torch.dtype:
+        return self.scales.dtype
 
     def packed_config(self) -> dict:
         return {"bits": self.bits, "group": self.group, "symmetric": self.symmetric,

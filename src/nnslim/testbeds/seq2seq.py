@@ -1,0 +1,118 @@
+"""Hugging Face encoder-decoder language models (T5, BART, Marian, ...: transformers' seq2seq-LM mapping).
+
+The model is called as one function of (input_ids, attention_mask, decoder_input_ids) -> the decoder's
+logits, so every method (quantization, pruning, export) sees both the encoder and the decoder. The metric
+is agreement with the fp32 model on what it actually generates: the fp32 model's greedy output for each
+held-out text is computed once, then every variant is teacher-forced on it and compared position by
+position (top-1 agreement of the next token, logits cosine), plus the fp32 output's perplexity under the
+variant. Calibration feeds each text to the encoder and the same text, shifted right, to the decoder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from .classifier import agreement
+from .minilm import PaddedTextTestbed
+
+
+class Seq2SeqLogits(nn.Module):
+    """An HF encoder-decoder -> decoder logits [batch, target length, vocab] (no cache)."""
+
+    output_name = "logits"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                          use_cache=False).logits
+
+
+class Seq2SeqTestbed(PaddedTextTestbed):
+    primary_metric = "top1_agreement"
+    output_kind = "logits"
+    task = "seq2seq"
+    input_names = ("input_ids", "attention_mask", "decoder_input_ids")
+    dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                    "decoder_input_ids": {0: "batch", 1: "target"}}
+
+    def __init__(self, model_dir: str | Path, name: str | None = None, n_eval: int = 64, max_length: int = 64,
+                 target_length: int = 24, trust_remote_code: bool = False, weights: bool = True):
+        self._dir = Path(model_dir)
+        self.name = name or f"hf:{model_dir}"
+        self.trust_remote_code, self.weights = trust_remote_code, weights
+        self.n_eval, self.max_length, self.target_length = n_eval, max_length, target_length
+        self.description = ("encoder-decoder LM; metrics: top-1 agreement and logits cosine vs fp32, teacher-forced "
+                            "on the fp32 model's greedy output, and that output's perplexity")
+        self._ref_gen = None
+
+    def load_model(self) -> nn.Module:
+        from transformers import AutoModelForSeq2SeqLM
+
+        return Seq2SeqLogits(self.load_hf(AutoModelForSeq2SeqLM)).eval()
+
+    def _start_id(self) -> int:
+        from .classifier import _read_json
+
+        config = _read_json(self.model_dir / "config.json")
+        start = config.get("decoder_start_token_id")
+        if start is None:
+            start = config.get("pad_token_id")
+        if not isinstance(start, int):
+            raise NnslimError(f"{str(self.model_dir / 'config.json')!r} gives no decoder_start_token_id (nor "
+                              "pad_token_id): the decoder's first input is unknown")
+        return start
+
+    def _with_targets(self, enc: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {**enc, "decoder_input_ids": targets.astype(np.int64)}
+
+    def _shifted(self, enc: dict[str, np.ndarray], length: int) -> np.ndarray:
+        """The encoder's own text, shifted right behind the start token, as the decoder's input."""
+        ids = enc["input_ids"][:, : length - 1]
+        start = np.full((ids.shape[0], 1), self._start_id(), np.int64)
+        return np.concatenate([start, ids], axis=1)
+
+    def example_inputs(self, batch=None, seq=None):
+        enc = super().example_inputs(batch, seq)
+        return self._with_targets(enc, self._shifted(enc, max(2, enc["input_ids"].shape[1] // 2)))
+
+    def calibration(self, n=None, seq_len=None):
+        out = []
+        for s in self.source.sentences("calibration")[: n or 128]:
+            enc = self._encode([s])
+            out.append(self._with_targets(enc, self._shifted(enc, self.target_length)))
+        return out
+
+    def _greedy(self, runner, enc: dict[str, np.ndarray]) -> np.ndarray:
+        """[batch, 1 + target_length] decoder inputs: the start token, then the runner's greedy tokens."""
+        ids = np.full((enc["input_ids"].shape[0], 1), self._start_id(), np.int64)
+        for _ in range(self.target_length):
+            logits = runner(self._with_targets(enc, ids))
+            ids = np.concatenate([ids, logits[:, -1].argmax(-1)[:, None].astype(np.int64)], axis=1)
+        return ids
+
+    def evaluate(self, runner) -> dict[str, float]:
+        sentences = self.eval_sentences()
+        encs = [self._encode(sentences[i:i + 16]) for i in range(0, len(sentences), 16)]
+        if self._ref_gen is None:
+            ref = self.reference_runner()
+            gens = [self._greedy(ref, e) for e in encs]
+            batches = [self._with_targets(e, g[:, :-1]) for e, g in zip(encs, gens)]
+            self._ref_gen = (gens, batches, [ref(b) for b in batches])
+        gens, batches, ref_out = self._ref_gen
+        out = [runner(b) for b in batches]
+        metrics = agreement(ref_out, out, None)
+        nll, count = 0.0, 0
+        for logits, g in zip(out, gens):  # perplexity of the fp32 model's greedy tokens under this variant
+            lp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
+            nll -= float(lp.gather(-1, torch.as_tensor(g[:, 1:, None])).sum())
+            count += g[:, 1:].size
+        metrics["perplexity_of_fp32_output"] = float(np.exp(nll / max(count, 1)))
+        return metrics
