@@ -136,24 +136,29 @@ if triton is not None:
         _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
     @triton.jit
+    def kmajor_tiles(N, K: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, GW: tl.constexpr,
+                     SPLIT_K: tl.constexpr):
+        """Program ids and offsets of a K-major GEMV tile [BLOCK_N rows, NG groups, GW words]: (pid_n, row,
+        pid_k, offs_n, mask_n, offs_g, words [NG, GW] word offsets in a tile, tiles along K, tiles per split)."""
+        pid_n = tl.program_id(0)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_g = tl.arange(0, NG)
+        words = offs_g[:, None] * GW + tl.arange(0, GW)[None, :]
+        nb = (K // 8 + NG * GW - 1) // (NG * GW)
+        return (pid_n, tl.program_id(1), tl.program_id(2), offs_n, offs_n < N, offs_g, words, nb,
+                (nb + SPLIT_K - 1) // SPLIT_K)
+
+    @triton.jit
     def _int4_gemv_kmajor_kernel(x_ptr, wq_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
                                  K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                                  ZCONST: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, GW: tl.constexpr,
                                  SPLIT_K: tl.constexpr):
         """Tile [BLOCK_N rows, NG groups, GW words]: BLOCK_K = 8 * NG * GW codes per row and iteration
         (NG > 1 only when a tile spans several groups, GW * 8 <= GROUP)."""
-        pid_n = tl.program_id(0)
-        row = tl.program_id(1)
-        pid_k = tl.program_id(2)
         KW: tl.constexpr = K // 8
         G: tl.constexpr = K // GROUP
         BW: tl.constexpr = NG * GW
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        offs_g = tl.arange(0, NG)
-        words = offs_g[:, None] * GW + tl.arange(0, GW)[None, :]  # [NG, GW] word offsets in a tile
-        nb = (KW + BW - 1) // BW
-        per_split = (nb + SPLIT_K - 1) // SPLIT_K
+        pid_n, row, pid_k, offs_n, mask_n, offs_g, words, nb, per_split = kmajor_tiles(N, K, BLOCK_N, NG, GW, SPLIT_K)
         acc = tl.zeros((BLOCK_N, NG, GW), tl.float32)
         for i in range(per_split):
             b = pid_k * per_split + i

@@ -53,7 +53,7 @@ def _asm() -> str:
 
 
 if triton is not None:
-    from .triton_int4 import _gemv_store
+    from .triton_int4 import _gemv_store, kmajor_tiles
 
     @triton.jit
     def _int4_gemv_x2_kernel(x_ptr, wq_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
@@ -62,18 +62,10 @@ if triton is not None:
                              NG: tl.constexpr, GW: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr):
         """Tile [BLOCK_N rows, NG groups, GW words] as in triton_int4's K-major GEMV; x is read as 32-bit
         words (two activations each), stride_xm in those words."""
-        pid_n = tl.program_id(0)
-        row = tl.program_id(1)
-        pid_k = tl.program_id(2)
         KW: tl.constexpr = K // 8
         G: tl.constexpr = K // GROUP
         BW: tl.constexpr = NG * GW
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        offs_g = tl.arange(0, NG)
-        words = offs_g[:, None] * GW + tl.arange(0, GW)[None, :]  # [NG, GW]
-        nb = (KW + BW - 1) // BW
-        per_split = (nb + SPLIT_K - 1) // SPLIT_K
+        pid_n, row, pid_k, offs_n, mask_n, offs_g, words, nb, per_split = kmajor_tiles(N, K, BLOCK_N, NG, GW, SPLIT_K)
         acc = tl.zeros((BLOCK_N, NG, GW), tl.float32)
         sym = tl.full((BLOCK_N, NG), NEG_BASE + 8, tl.int32)
         sym = sym | (sym << 16)
