@@ -34,3 +34,24 @@ def test_minilm_export_matches_torch_at_another_sequence_length(tmp_path, minilm
     for backend in ("onnxruntime", "openvino"):
         np.testing.assert_allclose(make_runner(res.model, backend)(x), ref, atol=1e-5)
     assert any("relative max error" in n for n in res.notes)
+
+
+def test_fallback_exporter_is_kept_only_when_it_matches_torch_at_another_shape(tmp_path):
+    """torch.export fails on data-dependent control flow; the TorchScript exporter then bakes the example's
+    length into this graph, which the check at another length catches: a clear error, no file."""
+    import pytest
+    import torch
+
+    from nnslim.errors import NnslimError
+    from nnslim.runtime.onnx_export import export_onnx
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x * 2 + torch.arange(int(x.shape[1]), dtype=x.dtype)
+            return x
+
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 6))).astype(np.float32)
+    with pytest.raises(NnslimError, match="ONNX export of DataDependent failed"):
+        export_onnx(DataDependent(), {"x": x}, tmp_path / "m.onnx", {"x": {0: "batch", 1: "seq"}})
+    assert not (tmp_path / "m.onnx").exists()
