@@ -379,3 +379,15 @@ def test_encoder_decoder_compresses_reloads_and_refuses_int8_up_front(zoo, tmp_p
     for method in ("int8", "int8-dynamic"):
         assert main(["compress", "--model", t5, "--method", method, "--out", str(tmp_path / method)]) == 2
         assert "encoder-decoder" in capfd.readouterr().err and not (tmp_path / method).exists()
+
+
+def test_seq2seq_metric_stops_at_the_fp32_outputs_end(tmp_path):
+    """Positions after the fp32 output's first end-of-sequence token are not scored."""
+    import numpy as np
+
+    from nnslim.testbeds.seq2seq import Seq2SeqTestbed
+
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 5, "decoder_start_token_id": 0}))
+    tb = Seq2SeqTestbed(tmp_path)
+    gen = np.array([[0, 7, 5, 9, 9], [0, 7, 8, 9, 4]])  # start token, then 4 generated tokens
+    assert tb._until_eos(gen).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]

@@ -4,8 +4,8 @@ The model is called as one function of (input_ids, attention_mask, decoder_input
 logits, so every method (quantization, pruning, export) sees both the encoder and the decoder. The metric
 is agreement with the fp32 model on what it actually generates: the fp32 model's greedy output for each
 held-out text is computed once, then every variant is teacher-forced on it and compared position by
-position (top-1 agreement of the next token, logits cosine), plus the fp32 output's perplexity under the
-variant. Calibration feeds each text to the encoder and the same text, shifted right, to the decoder.
+position up to that output's end-of-sequence token (top-1 agreement of the next token; logits cosine per
+text), plus the fp32 output's perplexity under the variant. Calibration feeds each text to the encoder and the same text, shifted right, to the decoder.
 """
 from __future__ import annotations
 
@@ -108,11 +108,24 @@ class Seq2SeqTestbed(PaddedTextTestbed):
             self._ref_gen = (gens, batches, [ref(b) for b in batches])
         gens, batches, ref_out = self._ref_gen
         out = [runner(b) for b in batches]
-        metrics = agreement(ref_out, out, None)
+        masks = [self._until_eos(g) for g in gens]
+        metrics = agreement(ref_out, out, masks)
         nll, count = 0.0, 0
-        for logits, g in zip(out, gens):  # perplexity of the fp32 model's greedy tokens under this variant
+        for logits, g, m in zip(out, gens, masks):  # perplexity of the fp32 model's greedy tokens under this variant
             lp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
-            nll -= float(lp.gather(-1, torch.as_tensor(g[:, 1:, None])).sum())
-            count += g[:, 1:].size
+            token_lp = lp.gather(-1, torch.as_tensor(g[:, 1:, None]))[..., 0].numpy()
+            nll -= float(token_lp[m.astype(bool)].sum())
+            count += int(m.sum())
         metrics["perplexity_of_fp32_output"] = float(np.exp(nll / max(count, 1)))
         return metrics
+
+    def _until_eos(self, gen: np.ndarray) -> np.ndarray:
+        """[batch, target_length] 1 for the positions that predict a token up to the fp32 output's first
+        end-of-sequence token (included); what a model generates after it is not part of its output."""
+        from .classifier import _read_json
+
+        eos = _read_json(self.model_dir / "config.json").get("eos_token_id")
+        eos = set(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
+        ended = np.isin(gen[:, 1:], list(eos)) if eos else np.zeros_like(gen[:, 1:], bool)
+        before = np.cumsum(ended, axis=1) - ended  # EOS tokens strictly before each position
+        return (before == 0).astype(np.int64)
