@@ -282,25 +282,20 @@ def _read_groups(model: nn.Module, hf: nn.Module, tensors: _Lazy, qc: dict, weig
 
 def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Load `tensors` into a model built on the meta device by assignment: they become its parameters (no
-    second copy). A tied head stored once (as the embedding) is tied again. Returns (unexpected names, names
-    still on meta)."""
+    second copy). Tensors the model ties (a head and its embedding; T5's shared / encoder / decoder embeddings)
+    stored once under any of their names are tied again. Returns (unexpected names, names still on meta)."""
     root = _hf_root(model)
     if root is not None and hasattr(root[0], "tie_weights"):
         root[0].tie_weights()  # on meta too: the model's own tied names become one tensor again
     tied = [[name, *others] for name, (_, others) in unique_state(model).items() if others]
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    _, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     state = model.state_dict(keep_vars=True)
-    for names in tied:  # one tensor under several names (T5: shared / encoder / decoder embeddings / head)
+    for names in tied:
         kept = next((state[n] for n in names if not state[n].is_meta), None)
         for n in names:
             if kept is not None and state[n].is_meta:
                 owner, _, attr = n.rpartition(".")
                 setattr(model.get_submodule(owner) if owner else model, attr, kept)
-    if missing and root is not None and getattr(root[0].config, "tie_word_embeddings", False):
-        emb, head = root[0].get_input_embeddings(), root[0].get_output_embeddings()
-        if emb is not None and head is not None and emb.weight.is_meta and not head.weight.is_meta:
-            emb.weight = head.weight  # the file kept the head's name for the shared tensor
-        root[0].tie_weights()
     return unexpected, [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
 
 

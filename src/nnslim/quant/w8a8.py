@@ -65,17 +65,14 @@ class W8A8Linear(PackedLinear):
     def concat_key(self) -> tuple:
         """Layers with equal keys can be concatenated along the output features."""
         return (self.in_features, self.fmt, self.bias is None, self.fast_accum, self.qweight.device,
-                self._dtype(), value_key(self.input_scale))
+                self.float_dtype(), value_key(self.input_scale))
 
     def float_dtype(self) -> torch.dtype:
-        return self._dtype()
-
-    def _dtype(self) -> torch.dtype:
         extra = self.bias if self.bias is not None else self.input_scale
         return torch.float32 if extra is None else extra.dtype
 
     def empty_like(self, out_features: int) -> "W8A8Linear":
-        mod = W8A8Linear(self.in_features, out_features, self.fmt, self.bias is not None, self._dtype(),
+        mod = W8A8Linear(self.in_features, out_features, self.fmt, self.bias is not None, self.float_dtype(),
                          self.input_scale is not None)
         mod.fast_accum = self.fast_accum
         return mod

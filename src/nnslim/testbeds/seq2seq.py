@@ -58,10 +58,17 @@ class Seq2SeqTestbed(PaddedTextTestbed):
 
         return Seq2SeqLogits(self.load_hf(AutoModelForSeq2SeqLM)).eval()
 
-    def _start_id(self) -> int:
-        from .classifier import _read_json
+    @property
+    def hf_config(self) -> dict:
+        """config.json, read once."""
+        if getattr(self, "_config", None) is None:
+            from .classifier import _read_json
 
-        config = _read_json(self.model_dir / "config.json")
+            self._config = _read_json(self.model_dir / "config.json")
+        return self._config
+
+    def _start_id(self) -> int:
+        config = self.hf_config
         start = config.get("decoder_start_token_id")
         if start is None:
             start = config.get("pad_token_id")
@@ -122,9 +129,7 @@ class Seq2SeqTestbed(PaddedTextTestbed):
     def _until_eos(self, gen: np.ndarray) -> np.ndarray:
         """[batch, target_length] 1 for the positions that predict a token up to the fp32 output's first
         end-of-sequence token (included); what a model generates after it is not part of its output."""
-        from .classifier import _read_json
-
-        eos = _read_json(self.model_dir / "config.json").get("eos_token_id")
+        eos = self.hf_config.get("eos_token_id")
         eos = set(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
         ended = np.isin(gen[:, 1:], list(eos)) if eos else np.zeros_like(gen[:, 1:], bool)
         before = np.cumsum(ended, axis=1) - ended  # EOS tokens strictly before each position

@@ -83,6 +83,9 @@ def docstrings(root: str | None = None) -> tuple[str, ...]:
     files = [p for p in sorted(base.rglob("*.py")) if not SKIP_DIRS.intersection(p.relative_to(base).parts)]
     try:
         cache = _cache_file(base, files)
+    except OSError:  # an unusable cache dir (read-only home): no cache, same result
+        return _harvest(files)
+    try:
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if isinstance(cached, list) and all(isinstance(t, str) for t in cached):
             return tuple(cached)
@@ -90,11 +93,10 @@ def docstrings(root: str | None = None) -> tuple[str, ...]:
         pass
     out = _harvest(files)
     try:  # written whole under a temporary name, then renamed: readers never see half a file
-        cache = _cache_file(base, files)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(out), encoding="utf-8")
         os.replace(tmp, cache)
-    except OSError:  # a read-only home: no cache, same result
+    except OSError:
         pass
     return out
 
