@@ -39,6 +39,10 @@ def _build(kind: str, root: Path) -> Path:
         "t5": lambda: tf.T5ForConditionalGeneration(tf.T5Config(
             d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=30522,
             pad_token_id=0, decoder_start_token_id=0, eos_token_id=102)),
+        "bart": lambda: tf.BartForConditionalGeneration(tf.BartConfig(
+            d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128, vocab_size=30522, pad_token_id=0,
+            bos_token_id=101, eos_token_id=102, decoder_start_token_id=102)),
         "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
             patch_size=8, num_labels=4)),
@@ -50,6 +54,6 @@ def _build(kind: str, root: Path) -> Path:
     return d
 
 
-TASKS = {"t5": "seq2seq", "llama": "causal-lm", "qwen2": "causal-lm", "gpt2": "causal-lm", "bert-cls": "sequence-classification",
+TASKS = {"t5": "seq2seq", "bart": "seq2seq", "llama": "causal-lm", "qwen2": "causal-lm", "gpt2": "causal-lm", "bert-cls": "sequence-classification",
          "distilbert-tok": "token-classification", "bert-qa": "question-answering", "bert": "feature-extraction",
          "vit": "image-classification"}

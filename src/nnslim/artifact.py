@@ -233,6 +233,12 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
             for name in names:
                 atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(model.path.parent / n, tmp))
         meta.update(format="openvino", file=names[0], files=names)
+    elif isinstance(model, OnnxModel) and len(model.graphs) > 1:  # an encoder-decoder: Optimum's file names
+        names = [f.name for f in model.files]
+        if model.path.parent.resolve() != directory.resolve():
+            for name in names:
+                atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(model.path.parent / n, tmp))
+        meta.update(format="onnx", file=model.path.name, files=names)
     elif isinstance(model, OnnxModel):
         target = directory / ONNX_FILE
         data_files = onnx_external_files(model.path)
@@ -338,9 +344,10 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     meta = read_meta(directory)
     fmt = meta.get("format")
     if fmt == "onnx":
-        path = directory / _own_file(meta, ONNX_FILE, directory)
-        check_onnx(path)
-        return OnnxModel(path)
+        model = OnnxModel(directory / _own_file(meta, ONNX_FILE, directory))
+        for graph in model.graphs:
+            check_onnx(graph)
+        return model
     if fmt == "openvino":
         path = directory / _own_file(meta, "openvino_model.xml", directory)
         for p in (path, path.with_suffix(".bin")):

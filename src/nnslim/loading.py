@@ -19,6 +19,7 @@ from .io import META_FILE, check_onnx, find_meta
 from .progress import warn
 from .runtime import OnnxModel, make_runner
 from .runtime.base import defaultable
+from .runtime.onnx_seq2seq import is_seq2seq_layout
 from .testbeds import TESTBEDS, HFTestbed, ModuleTestbed, Testbed, get_testbed, testbed_for_hf_dir
 from .validate import check_finite_data
 
@@ -179,8 +180,11 @@ def _resolve(model, testbed, example_inputs, calibration, dynamic_axes, skeleton
     path = Path(text)
     if not path.exists():
         raise NnslimError(f"--model={text!r} is neither a testbed ({', '.join(TESTBEDS)}) nor an existing path")
+    if path.is_dir() and is_seq2seq_layout(path / "encoder_model.onnx") and not (path / META_FILE).is_file():
+        path = path / "encoder_model.onnx"  # an encoder-decoder exported by Optimum: its three graphs
     if path.is_file() and path.suffix == ".onnx":
-        check_onnx(path)
+        for graph in OnnxModel(path).graphs:
+            check_onnx(graph)
         meta = find_meta(path)
         if testbed is None and meta:
             testbed = artifact.testbed_from_architecture(meta.get("architecture", {}), path.parent,
@@ -249,7 +253,11 @@ def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:
 
 
 def _graph_inputs(path: Path) -> dict[str, int]:
-    """{input name: rank} of an ONNX graph or an OpenVINO IR."""
+    """{input name: rank} of an ONNX graph or an OpenVINO IR (an encoder-decoder layout: the whole model's)."""
+    if len(OnnxModel(path).graphs) > 1:
+        from .runtime.onnx_seq2seq import Seq2SeqRunner
+
+        return dict.fromkeys(Seq2SeqRunner.input_names, 2)
     if OnnxModel(path).is_ir:
         import openvino as ov
 

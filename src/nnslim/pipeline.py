@@ -54,19 +54,6 @@ def check_recipe(recipe: Recipe, model) -> None:
             last = (i, step.method, method.stage)
 
 
-def check_task_support(recipe: Recipe, testbed) -> None:
-    """What nnslim cannot do yet for the model's task is refused before any work."""
-    if getattr(testbed, "task", "") != "seq2seq":
-        return
-    # static / dynamic int8 place their QDQ on a graph torch.export traces, which fails on T5's attention
-    # reshapes with dynamic shapes (the plain ONNX export falls back to the checked TorchScript exporter)
-    onnx = [s.method for s in recipe.steps if s.method in ("int8", "int8-dynamic")]
-    if onnx:
-        raise NnslimError(f"method {onnx[0]!r} cannot quantize encoder-decoder models yet (task seq2seq: torch.export "
-                          "fails on their attention reshapes with dynamic shapes); these work: int4-rtn, "
-                          "int8-weight-only, int8-w8a8, fp16, bf16, prune-structured, onnx, ...")
-
-
 def check_trained(recipe: Recipe) -> None:
     """A step whose state is learned (movement scores) must be followed by a training step in a recipe
     that makes an artifact (a user who calls nnslim.prune alone trains the model in their own loop)."""
@@ -180,7 +167,6 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
         raise NnslimError(f"--out={str(out)!r} contains the input model {r.source!r}; nnslim never "
                           "overwrites its input: choose another output directory")
     check_recipe(recipe, r.model)
-    check_task_support(recipe, r.testbed)
     check_trained(recipe)
     from .distillation.distributed import is_main
 
@@ -306,25 +292,21 @@ def _streamed_report(r: Resolved, result, directory: Path, ctx: Context, label: 
 
 def _deployable(model, ctx: Context):
     """A torch model holding int8 layers deploys as an int8 ONNX graph (QDQ or dynamic)."""
-    from .runtime.onnx_llm import graph_for_export
-    from .runtime.qdq import export_quantized_onnx, has_qdq_layers
+    from .runtime.onnx_methods import export_graphs
+    from .runtime.qdq import has_qdq_layers
 
     if has_qdq_layers(model):  # exported as the onnx step would (a causal LM with its KV cache)
-        graph, example, axes = graph_for_export(model, ctx.export_example(), ctx.dynamic_axes)
-        onnx_model, notes = export_quantized_onnx(graph, example, ctx.workdir / "model.onnx", axes,
-                                                  calibration=ctx.calibration if ctx.has_data else None)
+        onnx_model, notes = export_graphs(model, ctx.export_example(), ctx.dynamic_axes, ctx.workdir,
+                                          calibration=ctx.calibration if ctx.has_data else None, quantized=True)
         ctx.notes.extend(notes)
         return onnx_model
     return model
 
 
 def _export_baseline(r: Resolved, directory: Path) -> OnnxModel:
-    from .runtime.onnx_export import export_onnx
-    from .runtime.onnx_llm import graph_for_export
+    from .runtime.onnx_methods import export_graphs
 
-    tb = r.testbed
-    model, example, axes = graph_for_export(r.model, tb.export_example(), tb.dynamic_axes)
-    return export_onnx(model, example, directory / "model.onnx", axes)
+    return export_graphs(r.model, r.testbed.export_example(), r.testbed.dynamic_axes, directory, quantized=False)[0]
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import nnslim
+from nnslim.runtime.onnx_seq2seq import FILES as SEQ2SEQ_FILES
 from nnslim.errors import NnslimError
 
 from hf_zoo import TASKS, TOKENIZER, _build  # noqa: E402
@@ -335,10 +336,11 @@ def test_tied_embedding_is_stored_once_and_retied(tmp_path):
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
 
 
-def test_encoder_decoder_compresses_reloads_and_refuses_int8_up_front(zoo, tmp_path, capfd):
+def test_encoder_decoder_compresses_reloads_and_deploys(zoo, tmp_path, capfd):
     """T5 (encoder-decoder, tied embeddings): int4 in nnslim's layout (said why), fp16 as a transformers
-    checkpoint with transformers' logits, structured pruning, ONNX; each reloads and is measured against the
-    fp32 model on its own greedy output; static / dynamic int8 are refused before any work, exit 2."""
+    checkpoint with transformers' logits, structured pruning, ONNX and static int8 (with int8 attention products,
+    what `auto` picks on a VNNI CPU) as Optimum's encoder / decoder / decoder-with-past graphs; each reloads and
+    is measured against the fp32 model on its own greedy output."""
     from transformers import AutoModelForSeq2SeqLM
 
     from nnslim.cli import main
@@ -372,13 +374,71 @@ def test_encoder_decoder_compresses_reloads_and_refuses_int8_up_front(zoo, tmp_p
     assert sum(p.numel() for p in nnslim.load(res.out).parameters()) < n0
     assert "top1_agreement" in nnslim.evaluate(str(res.out), testbed=t5)["metrics"]
 
-    # torch.export fails on T5 with dynamic shapes: the TorchScript exporter's graph, checked at another shape
+    # torch.export fails on T5 with dynamic shapes: the TorchScript exporter's graphs, checked at other shapes
     res = nnslim.compress(t5, {"steps": [{"method": "onnx"}]}, out=tmp_path / "x", report=False)
-    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "onnx"
+    meta = json.loads((res.out / "nnslim.json").read_text())
+    assert meta["format"] == "onnx" and set(SEQ2SEQ_FILES) <= set(meta["files"]) and "config.json" in meta["files"]
+    assert any("decoder step with past" in n for n in res.notes)
     assert nnslim.evaluate(str(res.out), testbed=t5)["metrics"]["top1_agreement"] == pytest.approx(1.0)
-    for method in ("int8", "int8-dynamic"):
-        assert main(["compress", "--model", t5, "--method", method, "--out", str(tmp_path / method)]) == 2
-        assert "encoder-decoder" in capfd.readouterr().err and not (tmp_path / method).exists()
+    _cached_steps_match_transformers(res.out, t5, tolerance=1e-4)
+
+    assert main(["compress", "--model", t5, "--method", "int8", "--set", "samples=32", "--set", "matmuls=true",
+                 "--out", str(tmp_path / "i8"), "--no-report"]) == 0
+    notes = json.loads((tmp_path / "i8" / "nnslim.json").read_text())["notes"]
+    for name in SEQ2SEQ_FILES:  # every graph: its layers as int8; attention products as int8 in the encoder only
+        assert any(n.startswith(f"{name}: int8 ONNX:") for n in notes)
+        int8_products = any(n.startswith(f"{name}: attention matmuls:") and "MatMuls as int8" in n for n in notes)
+        assert int8_products == (name == "encoder_model.onnx")
+    assert nnslim.evaluate(str(tmp_path / "i8"), testbed=t5)["metrics"]["top1_agreement"] > 0.95
+    # random ids are far from the calibration text (activations clip): the cache is checked against the graphs
+    _cached_steps_match_transformers(tmp_path / "i8", t5, tolerance=1e-3, against_itself=True)
+
+
+def test_bart_int8_dynamic_deploys_as_optimums_layout(zoo, tmp_path):
+    """BART: learned position embeddings (an nn.Embedding subclass called with the past length) stay float;
+    its token embeddings and linears are int8; the cache steps match transformers."""
+    bart = str(zoo["bart"])
+    res = nnslim.compress(bart, "int8-dynamic", out=tmp_path / "d", report=False)
+    assert any("decoder_with_past_model.onnx: int8 ONNX:" in n for n in res.notes)
+    assert nnslim.evaluate(str(res.out), testbed=bart)["metrics"]["top1_agreement"] > 0.95
+    _cached_steps_match_transformers(res.out, bart, tolerance=0.05)
+
+
+def _cached_steps_match_transformers(artifact_dir, hf_dir: str, tolerance: float, steps: int = 4,
+                                     against_itself: bool = False) -> None:
+    """Run the three graphs as Optimum does (the first decoder on two tokens, then one token at a time through
+    the decoder with past, the cross-attention keys/values kept from the first): every step's logits match
+    transformers' model on the whole target (or, against_itself, the artifact's own run of the first decoder on
+    the whole target: the cache alone), a padded encoder input included."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from nnslim.runtime import make_runner
+
+    runner = make_runner(nnslim.load(artifact_dir))
+    enc, first, with_past = runner.parts
+    gen = torch.Generator().manual_seed(0)
+    ids, tgt = torch.randint(1, 30000, (2, 9), generator=gen), torch.randint(1, 30000, (2, steps + 2), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    if against_itself:
+        ref = runner({"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "decoder_input_ids": tgt.numpy()})
+    else:
+        with torch.no_grad():
+            ref = AutoModelForSeq2SeqLM.from_pretrained(hf_dir).eval()(input_ids=ids, attention_mask=mask,
+                                                                        decoder_input_ids=tgt).logits.numpy()
+    mask_np = mask.numpy()
+    states = enc.run_all({"input_ids": ids.numpy(), "attention_mask": mask_np})["last_hidden_state"]
+    out = first.run_all({"encoder_attention_mask": mask_np, "input_ids": tgt[:, :2].numpy(),
+                         "encoder_hidden_states": states})
+    as_past = (lambda o, part: {k.replace("present.", "past_key_values."): v for k, v in o.items() if part in k})
+    cross, got = as_past(out, ".encoder."), [out["logits"]]
+    for t in range(2, steps + 2):
+        out = with_past.run_all({"encoder_attention_mask": mask_np, "input_ids": tgt[:, t:t + 1].numpy(),
+                                 **as_past(out, ".decoder."), **cross})
+        got.append(out["logits"])
+    got = np.concatenate(got, axis=1)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() / max(1.0, np.abs(ref).max()) <= tolerance
 
 
 def test_seq2seq_metric_stops_at_the_fp32_outputs_end(tmp_path):

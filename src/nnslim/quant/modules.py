@@ -251,5 +251,12 @@ class ScaledInput(nn.Module):
         self.module = module
         self.register_buffer("scale", scale)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """A shape-and-dtype view (meta): model code reads `layer.weight.dtype` (T5's feed-forward); the inner
+        layer's values are of the scaled weight, not the layer's."""
+        w = self.module.weight
+        return torch.empty(w.shape, dtype=w.dtype, device="meta")
+
     def forward(self, x):
         return self.module(x / self.scale)

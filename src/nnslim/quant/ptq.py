@@ -188,7 +188,10 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
 
 def quantize_embeddings(model: nn.Module, ignore=()) -> int:
     """Int8 per-row weight-only storage of embedding tables (they dominate small encoders' size)."""
-    tables = select_layers(model, (nn.Embedding,), ignore)
+    # A subclass with its own forward (BART's learned positions: called with the ids and the past length) does
+    # not look up what it is given: it stays float.
+    tables = {n: m for n, m in select_layers(model, (nn.Embedding,), ignore).items()
+              if type(m).forward is nn.Embedding.forward}
     for name, emb in tables.items():
         replace_module(model, name, QuantEmbedding(emb))
     return len(tables)
@@ -267,7 +270,10 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if static and (matmuls is True or (matmuls == "auto" and preset == "transformer" and cpu_has_vnni())):
         from ..runtime.qdq_matmul import MATMULS_ATTR
 
-        setattr(model, MATMULS_ATTR, True)  # read by the ONNX export, which calibrates and quantizes them
+        # read by the ONNX export, which calibrates and quantizes them; set on every quantized layer too, since
+        # the export may see only part of the model (a decoder with its KV cache, an encoder-decoder's graphs)
+        for m in [model, *(m for m in model.modules() if isinstance(m, QuantWrapper))]:
+            setattr(m, MATMULS_ATTR, True)
         notes.append("attention matmuls: int8 in the deployed ONNX graph (matmuls option)")
     if preset == "transformer":
         n_emb = quantize_embeddings(model, config.ignore)

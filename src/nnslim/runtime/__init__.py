@@ -29,16 +29,25 @@ def make_runner(model, backend: str | None = None, threads: int | None = None) -
             raise bad_value("--backend", backend, "openvino for an OpenVINO IR (openvino_model.xml)")
         from .openvino import OpenVinoRunner
         return OpenVinoRunner(model.path, threads=threads)
+    if isinstance(model, OnnxModel) and len(model.graphs) > 1:
+        from .onnx_seq2seq import Seq2SeqRunner
+
+        return Seq2SeqRunner(model.path, lambda f: _graph_runner(f, backend, threads))
     if isinstance(model, OnnxModel):
-        backend = backend or "onnxruntime"
-        if backend == "onnxruntime":
-            from .onnxruntime import OrtRunner
-            return OrtRunner(model.path, threads=threads)
-        if backend == "openvino":
-            from .openvino import OpenVinoRunner
-            return OpenVinoRunner(model.path, threads=threads)
-        raise bad_value("--backend", backend, "onnxruntime, openvino for an ONNX model")
+        return _graph_runner(model.path, backend, threads)
     raise bad_value("model", type(model).__name__, "torch.nn.Module, OnnxModel or a .onnx path")
+
+
+def _graph_runner(path: Path, backend: str | None, threads: int | None) -> Runner:
+    """A runner for one ONNX graph file."""
+    backend = backend or "onnxruntime"
+    if backend == "onnxruntime":
+        from .onnxruntime import OrtRunner
+        return OrtRunner(path, threads=threads)
+    if backend == "openvino":
+        from .openvino import OpenVinoRunner
+        return OpenVinoRunner(path, threads=threads)
+    raise bad_value("--backend", backend, "onnxruntime, openvino for an ONNX model")
 
 
 __all__ = ["BACKENDS", "OnnxModel", "Runner", "TorchRunner", "make_runner"]

@@ -20,15 +20,25 @@ class OnnxModel:
         return self.path.suffix == ".xml"
 
     @property
-    def size_bytes(self) -> int:
-        """The graph file plus the weights files it refers to (ONNX external data, or an OpenVINO IR's .bin)."""
-        if self.is_ir:
-            extra = [self.path.with_suffix(".bin")]
-        else:
-            from ..io import onnx_external_files
+    def graphs(self) -> list[Path]:
+        """The graph files of this model: the one file, or an encoder-decoder's three (runtime/onnx_seq2seq.py)."""
+        from .onnx_seq2seq import is_seq2seq_layout, layout_files
 
-            extra = [self.path.parent / n for n in onnx_external_files(self.path)]
-        return self.path.stat().st_size + sum(p.stat().st_size for p in extra if p.exists())
+        return layout_files(self.path) if not self.is_ir and is_seq2seq_layout(self.path) else [self.path]
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file the model is made of: its graphs and the weights files they refer to (ONNX external data,
+        or an OpenVINO IR's .bin)."""
+        if self.is_ir:
+            return [self.path, self.path.with_suffix(".bin")]
+        from ..io import onnx_external_files
+
+        return [f for g in self.graphs for f in [g, *(g.parent / n for n in onnx_external_files(g))]]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files if p.exists())
 
 
 class Runner(ABC):

@@ -10,7 +10,7 @@ from ..errors import NnslimError
 from ..recipe import StepConfig, register_method
 from .base import OnnxModel, TorchRunner
 from .onnx_export import convert_onnx_fp16, export_onnx
-from .onnx_llm import graph_for_export
+from .onnx_llm import graph_for_export, takes_past
 from .qdq import export_quantized_onnx, has_integer_onnx_layers
 
 QDQ_TOLERANCE = 0.05
@@ -35,10 +35,10 @@ class OnnxFp16Config(OnnxConfig):
 
 
 def check_against_torch(module: torch.nn.Module, onnx_model: OnnxModel, inputs, tolerance: float) -> float:
-    from .onnxruntime import OrtRunner
+    from . import make_runner
 
     ref = TorchRunner(module)(inputs)
-    got = OrtRunner(onnx_model.path)(inputs)
+    got = make_runner(onnx_model, "onnxruntime")(inputs)
     if ref.shape != got.shape:
         raise NnslimError(f"ONNX output shape {got.shape} != torch {ref.shape} on input shapes "
                           f"{ {k: v.shape for k, v in inputs.items()} }")
@@ -49,23 +49,56 @@ def check_against_torch(module: torch.nn.Module, onnx_model: OnnxModel, inputs, 
     return err
 
 
+def export_graphs(model: torch.nn.Module, example: dict, axes: dict, directory, opset: int = 18, past: bool = True,
+                  calibration=None, quantized: bool | None = None) -> tuple[OnnxModel, list[str]]:
+    """Export `model` as the graph(s) it deploys as: a causal LM with its KV cache (one graph for the prefill
+    and every step), an encoder-decoder as Optimum's three graphs (onnx_seq2seq.py) when `past`, anything else
+    as one graph; quantized layers as integer QDQ. Returns (model, notes)."""
+    from pathlib import Path
+
+    from .onnx_seq2seq import DECODER_FILE, WITH_PAST_FILE, export_layout, parts_of
+
+    notes: list[str] = []
+    quantized = has_integer_onnx_layers(model) if quantized is None else quantized
+
+    def one(part, part_example, path, part_axes, part_calibration):
+        if quantized:
+            # An encoder-decoder's two decoders would calibrate int8 attention products apart (the first on
+            # whole targets, the one with past one token at a time), so generation through the cache would
+            # differ from the graph that is measured: the decoders keep them float.
+            written, part_notes = export_quantized_onnx(part, part_example, path, part_axes, opset,
+                                                        calibration=part_calibration,
+                                                        matmuls=path.name not in (DECODER_FILE, WITH_PAST_FILE))
+            notes.extend(f"{path.name}: {n}" if path.name != "model.onnx" else n for n in part_notes)
+            return written
+        return export_onnx(part, part_example, path, dynamic_axes=part_axes, opset=opset)
+
+    if past and callable(getattr(model, "encoder_decoder", None)):
+        written = export_layout(model, example, Path(directory), one, calibration)
+        layers = parts_of(model)[1][1].n_layers
+        notes.insert(0, f"onnx: encoder-decoder as Optimum's seq2seq layout (encoder_model.onnx, decoder_model.onnx, "
+                        f"decoder_with_past_model.onnx; {layers} decoder layers; the two decoders hold the same "
+                        "weights, the size counts both)")
+        return written, notes
+    graph_model, example, axes = graph_for_export(model, example, axes, past)
+    if graph_model is not model:
+        notes.append(f"onnx: decoder with KV cache ({graph_model.n_layers} layers; inputs "
+                     f"{', '.join(graph_model.input_names[:3])}, past_key_values.*; outputs logits, present.*)")
+    return one(graph_model, example, Path(directory) / "model.onnx", axes, calibration), notes
+
+
 def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
     if not isinstance(model, torch.nn.Module):
         raise NnslimError(f"step {config.method!r} needs a torch model, got {type(model).__name__}")
-    path = ctx.workdir / "model.onnx"
     tolerance = config.tolerance
-    # A causal LM exports with its KV cache: one graph for the prefill and every decode step.
-    graph_model, example, axes = graph_for_export(model, ctx.export_example(), ctx.dynamic_axes, config.past)
-    if graph_model is not model:
-        ctx.notes.append(f"onnx: decoder with KV cache ({graph_model.n_layers} layers; inputs "
-                         f"{', '.join(graph_model.input_names[:3])}, past_key_values.*; outputs logits, present.*)")
-    if has_integer_onnx_layers(model):  # quantized layers export as integer QDQ, never as float ops
-        if isinstance(config, OnnxFp16Config):
-            raise NnslimError("onnx-fp16 cannot follow an integer quantization step; use method onnx (it writes "
-                              "the int8/int4 QDQ graph)")
-        onnx_model, notes = export_quantized_onnx(graph_model, example, path, axes, config.opset,
-                                                  calibration=ctx.calibration if ctx.has_data else None)
-        ctx.notes.extend(notes)
+    quantized = has_integer_onnx_layers(model)  # quantized layers export as integer QDQ, never as float ops
+    if quantized and isinstance(config, OnnxFp16Config):
+        raise NnslimError("onnx-fp16 cannot follow an integer quantization step; use method onnx (it writes "
+                          "the int8/int4 QDQ graph)")
+    onnx_model, notes = export_graphs(model, ctx.export_example(), ctx.dynamic_axes, ctx.workdir, config.opset,
+                                      config.past, ctx.calibration if ctx.has_data else None, quantized)
+    ctx.notes.extend(notes)
+    if quantized:
         tolerance = max(tolerance, QDQ_TOLERANCE)  # integer kernels vs float simulation: rounding differs
         if any(callable(getattr(m, "onnx_qdq_spec", None)) for m in model.modules()):
             # ONNX Runtime fuses blocked DQ -> MatMul into MatMulNBits, which by default computes with int8
@@ -73,16 +106,26 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
             tolerance = max(tolerance, NBITS_TOLERANCE)
             ctx.notes.append("weight-only ONNX: ONNX Runtime runs these layers as MatMulNBits with int8 "
                              "activations (its default accuracy level 4); the metrics above are of that")
-    else:
-        onnx_model = export_onnx(graph_model, example, path, dynamic_axes=axes, opset=config.opset)
     if config.check:
         check = ctx.check_example()
         ctx.notes.append(f"onnx check vs torch: relative max error "
                          f"{check_against_torch(model, onnx_model, check, tolerance):.2e}")
-        if graph_model is not model:
+        if len(onnx_model.graphs) > 1:
+            from . import make_runner
+            from .onnx_seq2seq import check_step_with_past
+
+            err = check_step_with_past(model, onnx_model, check, tolerance, make_runner)
+            ctx.notes.append(f"onnx check of a decoder step with past vs torch: relative max error {err:.2e}")
+        elif takes_past(_input_names(onnx_model)):
             err = check_decode_step(model, onnx_model, check["input_ids"][:1], tolerance)
             ctx.notes.append(f"onnx check of a decode step with past vs torch: relative max error {err:.2e}")
     return onnx_model
+
+
+def _input_names(onnx_model: OnnxModel) -> list[str]:
+    import onnx
+
+    return [i.name for i in onnx.load(str(onnx_model.path), load_external_data=False).graph.input]
 
 
 def check_decode_step(module: torch.nn.Module, onnx_model: OnnxModel, ids: np.ndarray, tolerance: float) -> float:
@@ -137,12 +180,14 @@ class OpenVinoConfig(OnnxConfig):
 @register_method("openvino", OpenVinoConfig, "export to an OpenVINO IR (openvino_model.xml/.bin) for OpenVINO",
                  produces="onnx", stage="export")
 def apply_openvino(model, config: OpenVinoConfig, ctx) -> OnnxModel:
-    from ..io import onnx_external_files
     from .openvino import onnx_to_ir
 
     onnx_model = _export(model, config, ctx)
+    if len(onnx_model.graphs) > 1:
+        raise NnslimError("method 'openvino' writes one IR; an encoder-decoder exports as three ONNX graphs: use "
+                          "method onnx (OpenVINO runs those graphs: --backend openvino)")
     ir = onnx_to_ir(onnx_model.path, ctx.workdir / IR_FILE, config.fp16_weights)
-    for p in [onnx_model.path, *(onnx_model.path.parent / n for n in onnx_external_files(onnx_model.path))]:
+    for p in onnx_model.files:
         p.unlink(missing_ok=True)
     ctx.notes.append(f"openvino: IR {IR_FILE} written from the checked ONNX graph (weights "
                      f"{'fp16' if config.fp16_weights else 'as exported'}); runs in OpenVINO only")

@@ -47,8 +47,8 @@ class OpenVinoRunner(Runner):
 
     def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output by name (a decoder's logits and its present key/values)."""
-        result = self._infer(inputs)
-        return {name: result[port] for name, port in zip(self.output_names, self.compiled.outputs)}
+        result = self._infer(inputs)  # a port may carry several names (OpenVINO's any name may not be the graph's)
+        return {name: result[port] for port in self.compiled.outputs for name in port.get_names()}
 
 
 def onnx_to_ir(onnx_path: str | Path, xml_path: str | Path, fp16_weights: bool = False):

@@ -26,6 +26,31 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes() + str(a.shape).encode()).hexdigest()
 
 
+def _same_codes(a: dict, b: dict) -> bool:
+    """Two layers' quantization specs give the same integer weights and scales (tied layers)."""
+    return all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) if a.get(k) is not None else b.get(k) is None
+               for k in ("qweight", "w_scale", "w_zp"))
+
+
+@torch.no_grad()
+def _called(model: torch.nn.Module, names: list[str], example_inputs: dict) -> set[str]:
+    """Which of the named layers run when the model is called on the example (a graph of one part of a model,
+    e.g. an encoder-decoder's encoder, holds only those; the others are deployed by the other parts)."""
+    from .base import call_module, model_device, model_dtype
+
+    called, hooks = set(), []
+    for name in names:
+        hooks.append(model.get_submodule(name).register_forward_hook(lambda *_, n=name: called.add(n)))
+    try:
+        dtype, device = model_dtype(model), model_device(model)
+        tensors = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in example_inputs.items()}
+        call_module(model, {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()})
+    finally:
+        for h in hooks:
+            h.remove()
+    return called
+
+
 def _spec_fn(m):
     """qdq_spec of a layer simulated in float (QuantWrapper), or onnx_qdq_spec of a packed layer (weight-only
     int) that deploys as torch but exports to ONNX as integer weights too."""
@@ -110,7 +135,7 @@ def _merge_duplicate_scalings(graph, inits) -> None:
 
 def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: str | Path,
                           dynamic_axes: dict | None = None, opset: int = 18,
-                          calibration=None) -> tuple[OnnxModel, list[str]]:
+                          calibration=None, matmuls: bool = True) -> tuple[OnnxModel, list[str]]:
     """Export a model holding QuantWrapper layers to an int8 ONNX graph. Returns (model, notes).
 
     calibration(n) -> samples: data for the activation x activation MatMuls when the int8 step asked for
@@ -123,6 +148,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     spec = quant_spec(qmodel)
     if not spec:
         raise NnslimError("the model has no quantized layers to export as int8")
+    spec = {n: s for n, s in spec.items() if n in _called(qmodel, list(spec), example_inputs)}
     float_model = unwrap(copy.deepcopy(qmodel))
     path = Path(path)
     export_onnx(float_model, example_inputs, path, dynamic_axes, opset)
@@ -131,12 +157,23 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     inits = {i.name: i for i in graph.initializer}
     _merge_duplicate_scalings(graph, inits)
 
-    by_digest: dict[str, tuple[str, bool]] = {}
+    by_digest: dict[str, list[tuple[str, bool]]] = {}  # weight values -> (layer, transposed): tied layers share one
     for name, s in spec.items():
         w = qmodel.get_submodule(name).dequantized_weight().numpy()
-        by_digest.setdefault(_digest(w), (name, False))
+        by_digest.setdefault(_digest(w), []).append((name, False))
         if w.ndim == 2:
-            by_digest.setdefault(_digest(w.T), (name, True))
+            by_digest.setdefault(_digest(w.T), []).append((name, True))
+
+    def match_of(weight_init, lookup: bool) -> tuple[str, bool] | None:
+        """The quantized layer whose weight this initializer holds, for a lookup (Gather: an embedding, not
+        transposed) or a product (any other kind); every tied layer with the same codes is deployed by it."""
+        cands = [(n, t) for n, t in by_digest.get(_digest(numpy_helper.to_array(weight_init)), [])
+                 if (spec[n]["kind"] == "embedding") == lookup and not (lookup and t)]
+        if not cands:
+            return None
+        first = spec[cands[0][0]]
+        found.update(n for n, _ in cands if _same_codes(spec[n], first))
+        return cands[0]
 
     new_inits, notes, found = [], [], set()
     low_bits = False  # INT4 initializers need opset 21
@@ -146,12 +183,11 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         pre = []
         match = None
         if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.input) > 1 and node.input[1] in inits:
-            match = by_digest.get(_digest(numpy_helper.to_array(inits[node.input[1]])))
+            match = match_of(inits[node.input[1]], lookup=False)
         elif node.op_type == "Gather" and node.input[0] in inits:
-            match = by_digest.get(_digest(numpy_helper.to_array(inits[node.input[0]])))
-            if match is not None and spec[match[0]]["kind"] == "embedding" and not match[1]:
+            match = match_of(inits[node.input[0]], lookup=True)
+            if match is not None:
                 lname = match[0]
-                found.add(lname)
                 base = f"nnslim_q/{lname}"
                 s = spec[lname]
                 new_inits += [numpy_helper.from_array(s["qweight"].numpy().astype(np.int8), f"{base}.table_q"),
@@ -163,12 +199,11 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                 node.input[0] = f"{base}.table"
             rewritten.append(node)
             continue
-        if match is None or spec[match[0]]["kind"] == "embedding":
+        if match is None:
             rewritten.append(node)
             continue
         lname, transposed = match
         s = spec[lname]
-        found.add(lname)
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             transposed = not trans_b
@@ -284,7 +319,9 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                 op.version = 21
     from .qdq_matmul import MATMULS_ATTR, quantize_activation_matmuls
 
-    if any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
+    if not matmuls and any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
+        notes.append("attention matmuls left float in this graph (the caller's choice, said in its notes)")
+    elif any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
         if calibration is None:
             raise NnslimError("the int8 step asked for int8 attention matmuls (matmuls option), which need "
                               "calibration data at export; pass calibration data or set matmuls: false")

@@ -29,6 +29,11 @@ class Seq2SeqLogits(nn.Module):
         super().__init__()
         self.model = model
 
+    def encoder_decoder(self) -> nn.Module:
+        """The HF model: its ONNX export is Optimum's encoder / decoder / decoder-with-past layout
+        (runtime/onnx_seq2seq.py)."""
+        return self.model
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 decoder_input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,

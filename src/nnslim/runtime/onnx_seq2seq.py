@@ -1,0 +1,237 @@
+"""Encoder-decoder LMs (T5, BART, Marian, ...) in ONNX as Optimum's `text2text-generation-with-past` export
+lays them out, so `ORTModelForSeq2SeqLM.from_pretrained(DIR)` loads the artifact:
+
+  encoder_model.onnx             input_ids, attention_mask -> last_hidden_state
+  decoder_model.onnx             encoder_attention_mask, input_ids, encoder_hidden_states
+                                 -> logits, present.{i}.decoder.key/.value, present.{i}.encoder.key/.value
+  decoder_with_past_model.onnx   encoder_attention_mask, input_ids, past_key_values.{i}.decoder/encoder.key/.value
+                                 -> logits, present.{i}.decoder.key/.value
+
+The first decoder step computes the cross-attention keys/values from the encoder's states; later steps read
+them (and the growing self-attention cache) from the past. nnslim evaluates the artifact by running the
+encoder then the first decoder on the whole target (teacher forcing), and checks a step with past against
+torch. The two decoders hold the same weights (as in Optimum's unmerged export): the artifact's size counts
+both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from .base import OnnxModel, Runner
+
+ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
+FILES = (ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE)
+PAST, PRESENT = "past_key_values.", "present."
+
+
+def is_seq2seq_layout(path: Path) -> bool:
+    """Is this ONNX file the encoder of an encoder-decoder written in Optimum's layout?"""
+    path = Path(path)
+    return path.name == ENCODER_FILE and (path.parent / DECODER_FILE).is_file()
+
+
+def layout_files(path: Path) -> list[Path]:
+    """The graphs of the layout whose encoder is `path` (those present)."""
+    return [p for p in (Path(path).parent / n for n in FILES) if p.is_file()]
+
+
+class _Part(nn.Module):
+    """One graph of the layout; holds the HF model (its quantized / pruned layers included)."""
+
+    def __init__(self, hf: nn.Module, n_layers: int):
+        super().__init__()
+        self.hf, self.n_layers = hf, n_layers
+
+
+def _cache_arg(hf: nn.Module) -> str:
+    import inspect
+
+    params = inspect.signature(hf.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _kv_names(n_layers: int, kinds=("decoder", "encoder")) -> list[str]:
+    return [f"{i}.{kind}.{kv}" for i in range(n_layers) for kind in kinds for kv in ("key", "value")]
+
+
+class Encoder(nn.Module):
+    """The encoder stack alone (only its layers are in this graph)."""
+    input_names = ["input_ids", "attention_mask"]
+    output_names = ["last_hidden_state"]
+
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.encoder = hf.get_encoder()
+
+    def forward(self, input_ids, attention_mask):
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _flat(cache, n_layers: int, cross: bool) -> list[torch.Tensor]:
+    out = []
+    for i in range(n_layers):
+        layers = [cache.self_attention_cache.layers[i]] + ([cache.cross_attention_cache.layers[i]] if cross else [])
+        for la in layers:
+            out += [la.keys, la.values]
+    return out
+
+
+class Decoder(_Part):
+    """The first decoder step (any number of target tokens): computes the cross-attention keys/values."""
+    input_names = ["encoder_attention_mask", "input_ids", "encoder_hidden_states"]
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits"] + [PRESENT + n for n in _kv_names(self.n_layers)]
+
+    def forward(self, encoder_attention_mask, input_ids, encoder_hidden_states):
+        out = self.hf(encoder_outputs=(encoder_hidden_states,), attention_mask=encoder_attention_mask,
+                      decoder_input_ids=input_ids, use_cache=True)
+        return (out.logits, *_flat(out.past_key_values, self.n_layers, cross=True))
+
+
+class DecoderWithPast(_Part):
+    """A later step: self-attention cache and cross-attention keys/values come from the past."""
+    input_names_base = ["encoder_attention_mask", "input_ids"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.input_names_base + [PAST + n for n in _kv_names(self.n_layers)]
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits"] + [PRESENT + n for n in _kv_names(self.n_layers, ("decoder",))]
+
+    def forward(self, encoder_attention_mask, input_ids, *past):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        config = self.hf.config
+        own = DynamicCache(ddp_cache_data=[(past[4 * i], past[4 * i + 1]) for i in range(self.n_layers)], config=config)
+        cross = DynamicCache(ddp_cache_data=[(past[4 * i + 2], past[4 * i + 3]) for i in range(self.n_layers)],
+                             config=config)
+        k = past[2]  # [batch, heads, encoder length, head dim]: the encoder states are only read through it
+        width = int(getattr(config, "d_model", None) or config.hidden_size)
+        states = k.new_zeros((k.shape[0], k.shape[2], width))
+        out = self.hf(encoder_outputs=(states,), attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
+                      **{_cache_arg(self.hf): EncoderDecoderCache(own, cross)}, use_cache=True)
+        return (out.logits, *_flat(out.past_key_values, self.n_layers, cross=False))
+
+
+def decoder_layers(hf: nn.Module) -> int:
+    """How many decoder layers keep a cache (read off one tiny run: config names differ by architecture)."""
+    p = next(hf.parameters())
+    ids = torch.ones((1, 2), dtype=torch.long, device=p.device)
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids[:, :1], use_cache=True)
+    cache = out.past_key_values
+    if not hasattr(cache, "self_attention_cache") or not hasattr(cache, "cross_attention_cache"):
+        raise NnslimError(f"{type(hf).__name__} returns a {type(cache).__name__}, not an encoder-decoder KV cache: "
+                          "it cannot be exported with past (onnx step option past: false)")
+    return len(cache.self_attention_cache.layers)
+
+
+def parts_of(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The three graphs of an encoder-decoder wrapper (a module with encoder_decoder() -> the HF model), or None."""
+    make = getattr(model, "encoder_decoder", None)
+    if not callable(make):
+        return None
+    hf = make()
+    n = decoder_layers(hf)
+    return [(ENCODER_FILE, Encoder(hf)), (DECODER_FILE, Decoder(hf, n)), (WITH_PAST_FILE, DecoderWithPast(hf, n))]
+
+
+def axes_of(name: str, part: nn.Module) -> dict[str, dict[int, str]]:
+    if name == ENCODER_FILE:
+        return {"input_ids": {0: "batch", 1: "encoder_seq"}, "attention_mask": {0: "batch", 1: "encoder_seq"}}
+    axes = {"encoder_attention_mask": {0: "batch", 1: "encoder_seq"}, "input_ids": {0: "batch", 1: "decoder_seq"}}
+    if name == DECODER_FILE:
+        return {**axes, "encoder_hidden_states": {0: "batch", 1: "encoder_seq"}}
+    for n in part.input_names[2:]:
+        axes[n] = {0: "batch", 2: "encoder_seq" if ".encoder." in n else "past_decoder_seq"}
+    return axes
+
+
+@torch.no_grad()
+def feeds(parts: list[tuple[str, nn.Module]], sample: dict[str, np.ndarray], step: int = 1) -> dict[str, dict]:
+    """Each graph's inputs for one sample of the whole model (input_ids, attention_mask, decoder_input_ids),
+    computed in torch: the first decoder gets all but the last `step` target tokens, the one with past those
+    last tokens after its cache. (Export examples use step 2, so no traced axis has length 1.)"""
+    (_, enc), (_, dec), (_, with_past) = parts
+    p = next(dec.parameters())
+    ids, mask, tgt = (np.asarray(sample[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "decoder_input_ids"))
+    if tgt.shape[1] < step + 2:  # a past of at least 2 tokens
+        tgt = np.tile(tgt, (1, -(-(step + 2) // tgt.shape[1])))
+    t = {k: torch.as_tensor(v, device=p.device) for k, v in (("ids", ids), ("mask", mask), ("tgt", tgt))}
+    states = enc(t["ids"], t["mask"])
+    first = dec(t["mask"], t["tgt"][:, :-step], states)
+    as_np = (lambda x: x.float().cpu().numpy())
+    past = {PAST + n[len(PRESENT):]: as_np(v) for n, v in zip(dec.output_names[1:], first[1:])}
+    return {ENCODER_FILE: {"input_ids": ids, "attention_mask": mask},
+            DECODER_FILE: {"encoder_attention_mask": mask, "input_ids": tgt[:, :-step],
+                           "encoder_hidden_states": as_np(states)},
+            WITH_PAST_FILE: {"encoder_attention_mask": mask, "input_ids": tgt[:, -step:], **past}}
+
+
+def export_layout(model: nn.Module, example: dict[str, np.ndarray], directory: Path, export_part,
+                  calibration=None) -> OnnxModel:
+    """Export the three graphs into `directory`. export_part(part, example, path, axes, calibration) writes one
+    graph (float or quantized); calibration(n) -> samples of the whole model, turned into each graph's inputs."""
+    parts = parts_of(model)
+    examples = feeds(parts, example, step=2)
+    for name, part in parts:
+        part_calibration = None
+        if calibration is not None:
+            part_calibration = (lambda n, name=name: [feeds(parts, s)[name] for s in calibration(n)])
+        export_part(part, examples[name], Path(directory) / name, axes_of(name, part), part_calibration)
+    return OnnxModel(Path(directory) / ENCODER_FILE)
+
+
+def check_step_with_past(model: nn.Module, onnx_model: OnnxModel, sample: dict[str, np.ndarray], tolerance: float,
+                         make_runner) -> float:
+    """The first decoder on all but the last target token, then one step of the decoder with past fed its
+    present keys/values: the step's logits must match torch's last-position logits on the whole target."""
+    from .base import TorchRunner
+
+    enc, dec, with_past = make_runner(onnx_model).parts
+    tgt = np.asarray(sample["decoder_input_ids"], dtype=np.int64)
+    states = enc.run_all({"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]})
+    first = dec.run_all({"encoder_attention_mask": sample["attention_mask"], "input_ids": tgt[:, :-1],
+                         "encoder_hidden_states": states["last_hidden_state"]})
+    feed = {"encoder_attention_mask": sample["attention_mask"], "input_ids": tgt[:, -1:]}
+    feed.update({PAST + k[len(PRESENT):]: v for k, v in first.items() if k.startswith(PRESENT)})
+    got = np.asarray(with_past.run_all(feed)["logits"][:, -1], dtype=np.float32)
+    ref = TorchRunner(model)(sample)[:, -1]
+    err = float(np.abs(ref - got).max() / max(1.0, float(np.abs(ref).max())))
+    if not err <= tolerance:
+        raise NnslimError(f"the exported decoder with past differs from torch by {err:.3g} (relative) "
+                          f"> tolerance={tolerance}")
+    return err
+
+
+class Seq2SeqRunner(Runner):
+    """Runs the layout as the whole model: (input_ids, attention_mask, decoder_input_ids) -> logits, through
+    the encoder then the first decoder (teacher forcing over the whole target)."""
+
+    input_names = ["input_ids", "attention_mask", "decoder_input_ids"]
+
+    def __init__(self, path: Path, make_part):
+        files = [Path(path).parent / n for n in FILES]
+        missing = [str(f) for f in files[:2] if not f.is_file()]
+        if missing:
+            raise NnslimError(f"encoder-decoder ONNX layout incomplete: {', '.join(missing)} not found")
+        self.parts = [make_part(f) if f.is_file() else None for f in files]  # the decoder with past is optional
+        self.backend = self.parts[0].backend
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        enc, dec, _ = self.parts
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = np.ones_like(inputs["input_ids"])
+        states = enc.run_all({"input_ids": inputs["input_ids"], "attention_mask": mask})["last_hidden_state"]
+        return np.asarray(dec.run_all({"encoder_attention_mask": mask, "input_ids": inputs["decoder_input_ids"],
+                                       "encoder_hidden_states": states})["logits"], dtype=np.float32)
