@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md 7d: nnslim's decoder artifacts load in Optimum: ONNX (with KV cache) in ORTModelForCausalLM,
-# the OpenVINO IR in optimum-intel's OVModelForCausalLM.
+# BENCHMARKS.md 7d: nnslim's artifacts load in Optimum: decoder LLMs' ONNX (with KV cache) in ORTModelForCausalLM,
+# their OpenVINO IR in optimum-intel's OVModelForCausalLM, encoder-decoders' three graphs (T5, BART: fp32, static
+# and dynamic int8, int4) in ORTModelForSeq2SeqLM, whose generate (cache included) is compared with transformers'.
 # optimum-onnx requires transformers < 4.58, so Optimum runs in its own venv (build/optimum-venv); the
 # artifacts are made by nnslim in the project venv (.venv) from small HF models built from configs.
 #   bash benchmarks/optimum_check.sh
@@ -20,6 +21,12 @@ for kind in ("llama", "gpt2", "qwen2"):
 nnslim.compress(str(w / "src" / "llama"), "examples/int4_onnx_llm.yaml", out=w / "llama-int4", overwrite=True,
                 report=False)
 nnslim.compress(str(w / "src" / "llama"), "openvino", out=w / "llama-ov", overwrite=True, report=False)
+for kind in ("t5", "bart"):
+    src = _build(kind, w / "src")
+    for method in ("onnx", "int8", "int8-dynamic"):
+        nnslim.compress(str(src), method, out=w / f"{kind}-{method}", overwrite=True, report=False)
+    nnslim.compress(str(src), [{"method": "int4-rtn", "group_size": 32}, {"method": "onnx"}], out=w / f"{kind}-int4",
+                    overwrite=True, report=False)
 nnslim.compress(str(w / "src" / "llama"), [{"method": "int8-weight-only"}, {"method": "openvino"}],
                 out=w / "llama-ov-int8", overwrite=True, report=False)
 PY
@@ -35,4 +42,11 @@ done
 build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/llama-ov" "$W/src/llama" 2>&1 | grep -v -i warn
 for q in llama-int4 llama-ov-int8; do
   build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$q" 2>&1 | grep -v -i warn
+done
+for kind in t5 bart; do
+  build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$kind-onnx" "$W/src/$kind" 2>&1 | grep -v -i "warn\|could not find"
+  for q in int8:0.05 int8-dynamic:0.05 int4:0.15; do  # quantized: every step's logits within a relative tolerance
+    build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$kind-${q%%:*}" "$W/src/$kind" "${q#*:}" 2>&1 \
+      | grep -v -i "warn\|could not find"
+  done
 done
