@@ -1,7 +1,8 @@
 """Run by benchmarks/optimum_check.sh inside a venv with Optimum (transformers < 4.58, which optimum-onnx
 requires): load an nnslim artifact with Optimum -- ORTModelForCausalLM for a decoder's model.onnx (KV cache as
 past/present inputs and outputs), ORTModelForSeq2SeqLM for an encoder-decoder's encoder_model.onnx /
-decoder_model.onnx / decoder_with_past_model.onnx, optimum-intel's OVModelForCausalLM for openvino_model.xml --
+decoder_model.onnx / decoder_with_past_model.onnx, optimum-intel's OVModelForCausalLM for openvino_model.xml and
+OVModelForSeq2SeqLM for openvino_encoder_model.xml / openvino_decoder_model.xml / ..._with_past_model.xml --
 and compare its greedy tokens with transformers' generate on the source model (or print them, for a quantized
 artifact).
 
@@ -14,8 +15,12 @@ import numpy as np
 import torch
 
 art = Path(sys.argv[1])
-seq2seq = (art / "encoder_model.onnx").is_file()
-if (art / "openvino_model.xml").is_file():
+seq2seq = (art / "encoder_model.onnx").is_file() or (art / "openvino_encoder_model.xml").is_file()
+if (art / "openvino_encoder_model.xml").is_file():
+    from optimum.intel import OVModelForSeq2SeqLM
+
+    cls, m = "OVModelForSeq2SeqLM", OVModelForSeq2SeqLM.from_pretrained(str(art), use_cache=True)
+elif (art / "openvino_model.xml").is_file():
     from optimum.intel import OVModelForCausalLM
 
     cls, m = "OVModelForCausalLM", OVModelForCausalLM.from_pretrained(str(art), use_cache=True)

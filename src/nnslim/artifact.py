@@ -227,18 +227,12 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
 
         if getattr(model, PLAN_ATTR, None):
             meta["structured_plan"] = getattr(model, PLAN_ATTR)
-    elif isinstance(model, OnnxModel) and model.is_ir:
-        names = [model.path.name, model.path.with_suffix(".bin").name]
-        if model.path.parent.resolve() != directory.resolve():
-            for name in names:
-                atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(model.path.parent / n, tmp))
-        meta.update(format="openvino", file=names[0], files=names)
-    elif isinstance(model, OnnxModel) and len(model.graphs) > 1:  # an encoder-decoder: Optimum's file names
+    elif isinstance(model, OnnxModel) and (model.is_ir or len(model.graphs) > 1):  # Optimum's file names
         names = [f.name for f in model.files]
         if model.path.parent.resolve() != directory.resolve():
             for name in names:
                 atomic_write(directory / name, lambda tmp, n=name: shutil.copyfile(model.path.parent / n, tmp))
-        meta.update(format="onnx", file=model.path.name, files=names)
+        meta.update(format="openvino" if model.is_ir else "onnx", file=model.path.name, files=names)
     elif isinstance(model, OnnxModel):
         target = directory / ONNX_FILE
         data_files = onnx_external_files(model.path)
@@ -350,7 +344,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         return model
     if fmt == "openvino":
         path = directory / _own_file(meta, "openvino_model.xml", directory)
-        for p in (path, path.with_suffix(".bin")):
+        for p in OnnxModel(path).files if path.suffix == ".xml" else [path]:
             if path.suffix != ".xml" or not p.is_file():
                 raise NnslimError(f"{str(p)!r}: OpenVINO IR file not found (an openvino artifact holds "
                                   "openvino_model.xml and openvino_model.bin)")

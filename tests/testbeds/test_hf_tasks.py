@@ -394,7 +394,7 @@ def test_encoder_decoder_compresses_reloads_and_deploys(zoo, tmp_path, capfd):
     _cached_steps_match_transformers(tmp_path / "i8", t5, tolerance=1e-3, against_itself=True)
 
 
-def test_bart_int8_dynamic_deploys_as_optimums_layout(zoo, tmp_path):
+def test_bart_int8_dynamic_and_openvino_deploy_as_optimums_layout(zoo, tmp_path):
     """BART: learned position embeddings (an nn.Embedding subclass called with the past length) stay float;
     its token embeddings and linears are int8; the cache steps match transformers."""
     bart = str(zoo["bart"])
@@ -402,6 +402,13 @@ def test_bart_int8_dynamic_deploys_as_optimums_layout(zoo, tmp_path):
     assert any("decoder_with_past_model.onnx: int8 ONNX:" in n for n in res.notes)
     assert nnslim.evaluate(str(res.out), testbed=bart)["metrics"]["top1_agreement"] > 0.95
     _cached_steps_match_transformers(res.out, bart, tolerance=0.05)
+    # as OpenVINO IRs: the three graphs under optimum-intel's names, run by OpenVINO
+    res = nnslim.compress(bart, "openvino", out=tmp_path / "ov", report=False)
+    meta = json.loads((res.out / "nnslim.json").read_text())
+    assert meta["format"] == "openvino" and meta["file"] == "openvino_encoder_model.xml"
+    assert {"openvino_decoder_model.bin", "openvino_decoder_with_past_model.xml"} <= set(meta["files"])
+    assert not list(res.out.glob("*.onnx"))
+    assert nnslim.evaluate(str(res.out), testbed=bart)["metrics"]["top1_agreement"] == pytest.approx(1.0)
 
 
 def _cached_steps_match_transformers(artifact_dir, hf_dir: str, tolerance: float, steps: int = 4,

@@ -24,11 +24,8 @@ def make_runner(model, backend: str | None = None, threads: int | None = None) -
             raise bad_value("--backend", backend, "torch for a PyTorch model (compress with "
                             "--method onnx to run it in onnxruntime or openvino)")
         return TorchRunner(model)
-    if isinstance(model, OnnxModel) and model.is_ir:
-        if backend not in (None, "openvino"):
-            raise bad_value("--backend", backend, "openvino for an OpenVINO IR (openvino_model.xml)")
-        from .openvino import OpenVinoRunner
-        return OpenVinoRunner(model.path, threads=threads)
+    if isinstance(model, OnnxModel) and model.is_ir and backend not in (None, "openvino"):
+        raise bad_value("--backend", backend, "openvino for an OpenVINO IR (openvino_model.xml)")
     if isinstance(model, OnnxModel) and len(model.graphs) > 1:
         from .onnx_seq2seq import Seq2SeqRunner
 
@@ -39,8 +36,8 @@ def make_runner(model, backend: str | None = None, threads: int | None = None) -
 
 
 def _graph_runner(path: Path, backend: str | None, threads: int | None) -> Runner:
-    """A runner for one ONNX graph file."""
-    backend = backend or "onnxruntime"
+    """A runner for one ONNX graph file (or OpenVINO IR)."""
+    backend = backend or ("openvino" if path.suffix == ".xml" else "onnxruntime")
     if backend == "onnxruntime":
         from .onnxruntime import OrtRunner
         return OrtRunner(path, threads=threads)

@@ -24,14 +24,14 @@ class OnnxModel:
         """The graph files of this model: the one file, or an encoder-decoder's three (runtime/onnx_seq2seq.py)."""
         from .onnx_seq2seq import is_seq2seq_layout, layout_files
 
-        return layout_files(self.path) if not self.is_ir and is_seq2seq_layout(self.path) else [self.path]
+        return layout_files(self.path) if is_seq2seq_layout(self.path) else [self.path]
 
     @property
     def files(self) -> list[Path]:
         """Every file the model is made of: its graphs and the weights files they refer to (ONNX external data,
         or an OpenVINO IR's .bin)."""
         if self.is_ir:
-            return [self.path, self.path.with_suffix(".bin")]
+            return [f for g in self.graphs for f in (g, g.with_suffix(".bin"))]
         from ..io import onnx_external_files
 
         return [f for g in self.graphs for f in [g, *(g.parent / n for n in onnx_external_files(g))]]

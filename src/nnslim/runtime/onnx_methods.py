@@ -182,13 +182,15 @@ class OpenVinoConfig(OnnxConfig):
 def apply_openvino(model, config: OpenVinoConfig, ctx) -> OnnxModel:
     from .openvino import onnx_to_ir
 
+    from .onnx_seq2seq import IR_FILES
+
     onnx_model = _export(model, config, ctx)
-    if len(onnx_model.graphs) > 1:
-        raise NnslimError("method 'openvino' writes one IR; an encoder-decoder exports as three ONNX graphs: use "
-                          "method onnx (OpenVINO runs those graphs: --backend openvino)")
-    ir = onnx_to_ir(onnx_model.path, ctx.workdir / IR_FILE, config.fp16_weights)
+    graphs = onnx_model.graphs  # one, or an encoder-decoder's three (named as optimum-intel reads them)
+    irs = [onnx_to_ir(g, ctx.workdir / (IR_FILES[g.name] if len(graphs) > 1 else IR_FILE), config.fp16_weights)
+           for g in graphs]
+    ir = irs[0]
     for p in onnx_model.files:
         p.unlink(missing_ok=True)
-    ctx.notes.append(f"openvino: IR {IR_FILE} written from the checked ONNX graph (weights "
-                     f"{'fp16' if config.fp16_weights else 'as exported'}); runs in OpenVINO only")
+    ctx.notes.append(f"openvino: IR {', '.join(p.path.name for p in irs)} written from the checked ONNX graph "
+                     f"(weights {'fp16' if config.fp16_weights else 'as exported'}); runs in OpenVINO only")
     return ir

@@ -29,15 +29,24 @@ FILES = (ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE)
 PAST, PRESENT = "past_key_values.", "present."
 
 
+# The same three graphs as OpenVINO IRs, named as optimum-intel's OVModelForSeq2SeqLM reads them.
+IR_FILES = {name: f"openvino_{name[:-len('.onnx')]}.xml" for name in FILES}
+
+
+def names_of(path: Path) -> tuple[str, ...]:
+    """The layout's file names for a graph of this kind (.onnx or OpenVINO .xml)."""
+    return FILES if Path(path).suffix == ".onnx" else tuple(IR_FILES.values())
+
+
 def is_seq2seq_layout(path: Path) -> bool:
-    """Is this ONNX file the encoder of an encoder-decoder written in Optimum's layout?"""
-    path = Path(path)
-    return path.name == ENCODER_FILE and (path.parent / DECODER_FILE).is_file()
+    """Is this file (ONNX or OpenVINO IR) the encoder of an encoder-decoder written in Optimum's layout?"""
+    path, names = Path(path), names_of(path)
+    return path.name == names[0] and (path.parent / names[1]).is_file()
 
 
 def layout_files(path: Path) -> list[Path]:
     """The graphs of the layout whose encoder is `path` (those present)."""
-    return [p for p in (Path(path).parent / n for n in FILES) if p.is_file()]
+    return [p for p in (Path(path).parent / n for n in names_of(path)) if p.is_file()]
 
 
 class _Part(nn.Module):
@@ -220,7 +229,7 @@ class Seq2SeqRunner(Runner):
     input_names = ["input_ids", "attention_mask", "decoder_input_ids"]
 
     def __init__(self, path: Path, make_part):
-        files = [Path(path).parent / n for n in FILES]
+        files = [Path(path).parent / n for n in names_of(path)]
         missing = [str(f) for f in files[:2] if not f.is_file()]
         if missing:
             raise NnslimError(f"encoder-decoder ONNX layout incomplete: {', '.join(missing)} not found")
