@@ -3,10 +3,11 @@ and saved with save_pretrained + a tokenizer) x {int8, int4-rtn, prune-structure
 CLI, then each artifact reloaded by its ecosystem's own loader with no nnslim code and compared with
 nnslim's load of the same artifact.
 
-  python benchmarks/hf_ecosystem.py [--out DIR]
+  python benchmarks/hf_ecosystem.py [--out DIR] [--kinds t5,bart]
 
 Loaders: transformers `Auto*.from_pretrained` (formats `hf` and `compressed-tensors`), onnxruntime with
-the tokenizer / config found beside `model.onnx` (format `onnx`); `torch` = nnslim's own layout (only
+the tokenizer / config found beside `model.onnx` (format `onnx`; an encoder-decoder: its encoder then its first
+decoder, as Optimum lays them out); `torch` = nnslim's own layout (only
 nnslim loads it). "max |diff|" is the largest absolute difference between the two loaders' outputs on
 the same inputs; "-" where there is no second loader.
 """
@@ -39,7 +40,7 @@ METHODS = {"int8": [], "int4-rtn": ["--set", "group_size=32"], "prune-structured
 AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
         "token-classification": "AutoModelForTokenClassification",
         "question-answering": "AutoModelForQuestionAnswering", "feature-extraction": "AutoModel",
-        "image-classification": "AutoModelForImageClassification"}
+        "image-classification": "AutoModelForImageClassification", "seq2seq": "AutoModelForSeq2SeqLM"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
@@ -53,6 +54,9 @@ def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
     feed = {"input_ids": enc["input_ids"].astype(np.int64)}
     if task != "causal-lm":
         feed["attention_mask"] = enc["attention_mask"].astype(np.int64)
+    if task == "seq2seq":  # the decoder teacher-forced on the start token then the text's first tokens
+        start = json.loads((out / "config.json").read_text())["decoder_start_token_id"]
+        feed["decoder_input_ids"] = np.concatenate([np.full((2, 1), start), feed["input_ids"][:, :5]], 1)
     return feed
 
 
@@ -71,18 +75,28 @@ def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.n
     if fmt == "onnx":
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-        return sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+        def run_file(name, inputs):
+            sess = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+            return sess.run(None, {i.name: inputs[i.name] for i in sess.get_inputs()})[0]
+
+        if task == "seq2seq":  # Optimum's layout: the encoder, then the first decoder on the whole target
+            states = run_file("encoder_model.onnx", feed)
+            return run_file("decoder_model.onnx", {"encoder_attention_mask": feed["attention_mask"],
+                                                   "input_ids": feed["decoder_input_ids"],
+                                                   "encoder_hidden_states": states})
+        return run_file("model.onnx", feed)
     return None
 
 
-def run(out_root: Path) -> list[dict]:
+def run(out_root: Path, kinds: list[str]) -> list[dict]:
     from nnslim.runtime import make_runner
 
     zoo_dir = out_root / "zoo"
     zoo_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind, task in TASKS.items():
+        if kind not in kinds:
+            continue
         model_dir = _build(kind, zoo_dir)
         for method, extra in METHODS.items():
             out = out_root / f"{kind}-{method}"
@@ -119,10 +133,13 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="work dir (default: a temp dir)")
+    ap.add_argument("--kinds", default=",".join(TASKS), help=f"comma-separated models of tests/hf_zoo.py "
+                                                             f"(default: all: {','.join(TASKS)})")
     args = ap.parse_args()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
-    print(f"command: python benchmarks/hf_ecosystem.py; date {time.strftime('%Y-%m-%d')}; torch {torch.__version__}")
-    rows = run(out)
+    print(f"command: python benchmarks/hf_ecosystem.py --kinds {args.kinds}; date {time.strftime('%Y-%m-%d')}; "
+          f"torch {torch.__version__}")
+    rows = run(out, args.kinds.split(","))
     print(table(rows))
 
 

@@ -23,10 +23,10 @@ from torch import nn
 
 from ..errors import NnslimError
 from .base import OnnxModel, Runner
+from .onnx_llm import PAST, PRESENT
 
 ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
 FILES = (ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE)
-PAST, PRESENT = "past_key_values.", "present."
 
 
 # The same three graphs as OpenVINO IRs, named as optimum-intel's OVModelForSeq2SeqLM reads them.
