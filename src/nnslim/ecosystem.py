@@ -299,7 +299,7 @@ def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[li
     return unexpected, [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
 
 
-FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim")
+FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim", "d_ff")
 HEAD_KEYS = (("num_attention_heads", "num_key_value_heads"),)
 
 

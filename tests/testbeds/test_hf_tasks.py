@@ -371,7 +371,13 @@ def test_encoder_decoder_compresses_reloads_and_deploys(zoo, tmp_path, capfd):
     res = nnslim.compress(t5, {"steps": [{"method": "prune-structured", "ratio": 0.5}]}, out=tmp_path / "p",
                           report=False)
     n0 = sum(p.numel() for p in nnslim.load(tmp_path / "h").parameters())  # fp16: every parameter of the original
-    assert sum(p.numel() for p in nnslim.load(res.out).parameters()) < n0
+    pruned = nnslim.load(res.out)
+    assert sum(p.numel() for p in pruned.parameters()) < n0
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"  # config.json: T5's d_ff rewritten
+    hf = AutoModelForSeq2SeqLM.from_pretrained(str(res.out)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=dec).logits,
+                                   pruned(ids, torch.ones_like(ids), dec))
     assert "top1_agreement" in nnslim.evaluate(str(res.out), testbed=t5)["metrics"]
 
     # torch.export fails on T5 with dynamic shapes: the TorchScript exporter's graphs, checked at other shapes
