@@ -1,6 +1,6 @@
 """int4 GEMV at small M on Llama-7B linear shapes: every nnslim GEMV vs bf16 and tinygemm (issue 17).
 
-  python benchmarks/gpu_int4_gemv.py [--m 1,2,4] [--families x2,x4,kmajor,perm] [--json FILE]
+  python benchmarks/gpu_int4_gemv.py [--m 1,2,4] [--json FILE]
 
 For each shape (K x N) and M: bf16 F.linear, torch's tinygemm, and every launch configuration of
 nnslim's GEMVs (the packed-bf16x2 one of triton_int4_gemv over the grid below, the K-major and the
@@ -34,20 +34,12 @@ def x2_grid() -> list[dict]:
             for (bn, bk, sk), pf in itertools.product(tiles, (False, True))]
 
 
-def x4_grid() -> list[dict]:
-    """The four-rows-per-program GEMV (M = 2..16) over the same tiles (no prefetch) and 8 warps for the
-    larger ones."""
-    return [{**c, "ROWS": 4, "PREFETCH": False, "num_warps": w} for c in x2_grid() if not c["PREFETCH"]
-            for w in ((4, 8) if c["BLOCK_N"] * c["BLOCK_K"] >= 16384 else (4,))]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--m", default="1,2,4")
     ap.add_argument("--rep-ms", type=int, default=40)
     ap.add_argument("--shapes", default="all", help="all, or indices into SHAPES (e.g. 0,2)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--families", default="x2,x4,kmajor,perm", help="GEMV families to time (x4: M > 1 only)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
@@ -68,10 +60,8 @@ def main():
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
             ref = F.linear(x.float(), w32)
             fams = {"x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
-                    "x4": (x4_grid() if m > 1 else [], lambda md, c: md._triton_int4x(x, c)),
                     "kmajor": (triton_int4.KMAJOR_CONFIGS, lambda md, c: md._triton_int4k(x, c)),
                     "perm": (triton_int4.PERM_CONFIGS, lambda md, c: md._triton_int4p(x, c))}
-            fams = {f: v for f, v in fams.items() if f in args.families.split(",")}
             base = graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, args.rep_ms)
             row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
                    "tinygemm_x": round(base / graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms), 3),
@@ -80,7 +70,7 @@ def main():
                 times, errs = {}, []
                 for c in configs:
                     key = (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
-                           + ("p" if c.get("PREFETCH") else "") + ("r4" if c.get("ROWS") == 4 else ""))
+                           + ("p" if c.get("PREFETCH") else ""))
                     try:
                         y = call(mods[0], c)
                         err = rel_err(y, ref)

@@ -89,13 +89,14 @@ if triton is not None:
         return nb, per_split, pid_k * per_split
 
     @triton.jit
-    def _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, rows, pid_n, pid_k, offs_n, mask_n, stride_ym, N,
+    def _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N,
                     SPLIT_K: tl.constexpr):
-        """Write one split's partial sums of output row `row` (of `rows`): directly (no split) or into a
-        workspace, the last split of each tile summing them into y (one launch: no memset, atomics or casts)."""
+        """Write one split's partial sums: directly (no split) or into a workspace, the last split of each
+        tile summing them into y (one launch: no memset, atomics or cast kernels)."""
         if SPLIT_K == 1:
             tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
         else:
+            rows = tl.num_programs(1)
             tl.store(ws_ptr + (pid_k * rows + row) * N + offs_n, out, mask=mask_n)
             tl.debug_barrier()
             counter = cnt_ptr + row * tl.num_programs(0) + pid_n
@@ -132,8 +133,7 @@ if triton is not None:
                 part = xl.to(tl.float32)[:, None] * lo + xh.to(tl.float32)[:, None] * hi
                 acc += part * s[None, :]
         out = tl.sum(acc, axis=0)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, tl.num_programs(1), pid_n, pid_k, offs_n, mask_n, stride_ym, N,
-                    SPLIT_K)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
     @triton.jit
     def kmajor_tiles(N, K: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, GW: tl.constexpr,
@@ -181,8 +181,7 @@ if triton is not None:
                 part += xj[None, :, :] * w
             acc += part * s[:, :, None]
         out = tl.sum(tl.sum(acc, axis=2), axis=1)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, tl.num_programs(1), pid_n, pid_k, offs_n, mask_n, stride_ym, N,
-                    SPLIT_K)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
     @triton.jit
     def _int4_gemv_perm_kernel(x_ptr, wp_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
@@ -234,8 +233,7 @@ if triton is not None:
                 acc += part * s[:, None]
                 corr += (s * zc)[:, None] * xs[None, :]
         out = tl.sum(16.0 * acc - corr, axis=1)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, tl.num_programs(1), pid_n, pid_k, offs_n, mask_n, stride_ym, N,
-                    SPLIT_K)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
     @triton.jit
     def _int4_gemm_kernel(x_ptr, wk_ptr, st_ptr, zt_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,

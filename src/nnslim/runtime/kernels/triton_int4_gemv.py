@@ -36,27 +36,20 @@ MAGIC = 0x43004300  # two bf16 halves 128.0: OR-ing a code q into the mantissa g
 NEG_BASE = 0xC300  # bits of bf16 -128.0; -(128 + z) is NEG_BASE + z for z < 128
 
 
-def _asm(rows: int = 1) -> str:
-    """PTX for one word and `rows` activation rows: $r (f32) = sum_j x_rj (q_j - z) over the word's 8 codes for
-    r < rows; then the word, each row's four 32-bit x words (x0 x1, x2 x3, x4 x5, x6 x7), the packed
-    -(128 + z). The codes are dequantized once and used by every row."""
-    word, neg = f"${rows}", f"${rows + 1 + 4 * rows}"
-    accs = [f"acc{r}" for r in range(rows)]
-    lines = ["{", f".reg .b32 xp, c, v, one, {', '.join(accs)};", ".reg .f32 f0, f1;", "mov.b32 one, 0x3F803F80;"]
-    lines += [f"mov.b32 {a}, 0;" for a in accs]
+def _asm() -> str:
+    """PTX for one word: $0 (f32) = sum_j x_j (q_j - z) over its 8 codes; $1 the word, $2..$5 x's
+    32-bit words (x0 x1, x2 x3, x4 x5, x6 x7), $6 the packed -(128 + z)."""
+    lines = ["{", ".reg .b32 xp, c, v, acc, one;", ".reg .f32 f0, f1;", "mov.b32 acc, 0;",
+             "mov.b32 one, 0x3F803F80;"]
     for j in range(4):
-        lines += (([f"and.b32 c, {word}, 0x000F000F;"] if j == 0 else
-                   [f"shr.u32 c, {word}, {4 * j};", "and.b32 c, c, 0x000F000F;"])  # (q_j, q_{j+4})
-                  + [f"or.b32 c, c, {MAGIC:#010x};", f"fma.rn.bf16x2 v, c, one, {neg};"])
-        for r in range(rows):
-            x = [f"${rows + 1 + 4 * r + i}" for i in range(4)]
-            xa, xb = (x[0], x[2]) if j < 2 else (x[1], x[3])
-            lines += [f"prmt.b32 xp, {xa}, {xb}, {'0x5410' if j % 2 == 0 else '0x7632'};",  # (x_j, x_{j+4})
-                      f"fma.rn.bf16x2 {accs[r]}, xp, v, {accs[r]};"]
-    for r in range(rows):
-        lines += [f"shl.b32 c, {accs[r]}, 16;", f"and.b32 v, {accs[r]}, 0xFFFF0000;", "mov.b32 f0, c;", "mov.b32 f1, v;",
-                  f"add.f32 ${r}, f0, f1;"]
-    return "\n".join(lines + ["}"])
+        xa, xb = ("$2", "$4") if j < 2 else ("$3", "$5")
+        lines.append(f"prmt.b32 xp, {xa}, {xb}, {'0x5410' if j % 2 == 0 else '0x7632'};")  # (x_j, x_{j+4})
+        lines += (["and.b32 c, $1, 0x000F000F;"] if j == 0 else
+                  [f"shr.u32 c, $1, {4 * j};", "and.b32 c, c, 0x000F000F;"])  # (q_j, q_{j+4})
+        lines += [f"or.b32 c, c, {MAGIC:#010x};", "fma.rn.bf16x2 v, c, one, $6;", "fma.rn.bf16x2 acc, xp, v, acc;"]
+    lines += ["shl.b32 c, acc, 16;", "and.b32 v, acc, 0xFFFF0000;", "mov.b32 f0, c;", "mov.b32 f1, v;",
+              "add.f32 $0, f0, f1;", "}"]
+    return "\n".join(lines)
 
 
 if triton is not None:
@@ -110,76 +103,7 @@ if triton is not None:
             if PREFETCH:
                 raw = nxt
         out = tl.sum(tl.sum(acc, axis=2), axis=1)
-        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, tl.num_programs(1), pid_n, pid_k, offs_n, mask_n, stride_ym, N,
-                    SPLIT_K)
-
-
-    @triton.jit
-    def _x_words(x_ptr, row, M, stride_xm, wcol, wmask, NG: tl.constexpr, GW: tl.constexpr):
-        """Row `row` of x as the four word tensors [NG, GW] the PTX block takes (zeros past the last row)."""
-        xw = tl.load(x_ptr + row * stride_xm + wcol[:, :, None] * 4 + tl.arange(0, 4)[None, None, :],
-                     mask=wmask[:, :, None] & (row < M), other=0)
-        xa, xb = tl.split(tl.reshape(xw, (NG, GW, 2, 2)))  # (x0 x1, x4 x5), (x2 x3, x6 x7)
-        x01, x45 = tl.split(xa)
-        x23, x67 = tl.split(xb)
-        return x01[None, :, :], x23[None, :, :], x45[None, :, :], x67[None, :, :]
-
-    @triton.jit
-    def _int4_gemv_x4_kernel(x_ptr, wq_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, M, stride_xm, stride_ym,
-                             K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-                             NEG_BASE: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr,
-                             NG: tl.constexpr, GW: tl.constexpr, SPLIT_K: tl.constexpr):
-        """_int4_gemv_x2_kernel for four rows of x per program (M = 2..16: batched decode): each weight word
-        is read and dequantized once for the four rows."""
-        KW: tl.constexpr = K // 8
-        G: tl.constexpr = K // GROUP
-        BW: tl.constexpr = NG * GW
-        pid_n, pid_m, pid_k, offs_n, mask_n, offs_g, words, nb, per_split = kmajor_tiles(N, K, BLOCK_N, NG, GW, SPLIT_K)
-        r0 = pid_m * 4
-        acc0 = tl.zeros((BLOCK_N, NG, GW), tl.float32)
-        acc1 = tl.zeros((BLOCK_N, NG, GW), tl.float32)
-        acc2 = tl.zeros((BLOCK_N, NG, GW), tl.float32)
-        acc3 = tl.zeros((BLOCK_N, NG, GW), tl.float32)
-        sym = tl.full((BLOCK_N, NG), NEG_BASE + 8, tl.int32)
-        sym = sym | (sym << 16)
-        wrow = wq_ptr + offs_n[:, None, None] * KW
-        for i in range(per_split):
-            b = pid_k * per_split + i
-            wcol = b * BW + words
-            wmask = (wcol < KW) & (b < nb)
-            raw = tl.load(wrow + wcol[None, :, :], mask=mask_n[:, None, None] & wmask[None, :, :], other=0)
-            a0, a1, a2, a3 = _x_words(x_ptr, r0, M, stride_xm, wcol, wmask, NG, GW)
-            b0, b1, b2, b3 = _x_words(x_ptr, r0 + 1, M, stride_xm, wcol, wmask, NG, GW)
-            c0, c1, c2, c3 = _x_words(x_ptr, r0 + 2, M, stride_xm, wcol, wmask, NG, GW)
-            d0, d1, d2, d3 = _x_words(x_ptr, r0 + 3, M, stride_xm, wcol, wmask, NG, GW)
-            gidx = (b * BW * 8) // GROUP + offs_g
-            gmask = mask_n[:, None] & (gidx < G)[None, :] & (b < nb)
-            s = tl.load(s_ptr + offs_n[:, None] * G + gidx[None, :], mask=gmask, other=0.0).to(tl.float32)[:, :, None]
-            if HAS_ZERO:
-                z = tl.load(z_ptr + offs_n[:, None] * G + gidx[None, :], mask=gmask, other=0).to(tl.int32)
-                negc = (NEG_BASE + z) | ((NEG_BASE + z) << 16)
-            else:
-                negc = sym
-            p0, p1, p2, p3 = tl.inline_asm_elementwise(
-                ASM, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
-                [raw, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, negc[:, :, None]],
-                dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
-            acc0 += p0 * s
-            acc1 += p1 * s
-            acc2 += p2 * s
-            acc3 += p3 * s
-        if r0 < M:
-            _gemv_store(tl.sum(tl.sum(acc0, axis=2), axis=1), y_ptr, ws_ptr, cnt_ptr, r0, M, pid_n, pid_k, offs_n,
-                        mask_n, stride_ym, N, SPLIT_K)
-        if r0 + 1 < M:
-            _gemv_store(tl.sum(tl.sum(acc1, axis=2), axis=1), y_ptr, ws_ptr, cnt_ptr, r0 + 1, M, pid_n, pid_k, offs_n,
-                        mask_n, stride_ym, N, SPLIT_K)
-        if r0 + 2 < M:
-            _gemv_store(tl.sum(tl.sum(acc2, axis=2), axis=1), y_ptr, ws_ptr, cnt_ptr, r0 + 2, M, pid_n, pid_k, offs_n,
-                        mask_n, stride_ym, N, SPLIT_K)
-        if r0 + 3 < M:
-            _gemv_store(tl.sum(tl.sum(acc3, axis=2), axis=1), y_ptr, ws_ptr, cnt_ptr, r0 + 3, M, pid_n, pid_k, offs_n,
-                        mask_n, stride_ym, N, SPLIT_K)
+        _gemv_store(out, y_ptr, ws_ptr, cnt_ptr, row, pid_n, pid_k, offs_n, mask_n, stride_ym, N, SPLIT_K)
 
 
 # (BLOCK_N, BLOCK_K codes per row and iteration, SPLIT_K, prefetch): the winners of
@@ -197,8 +121,7 @@ def supports(x: torch.Tensor, k: int, group: int, block_k: int) -> bool:
 
 def int4_gemv_x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  group: int, config: dict, workspace: tuple | None = None) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T (bf16 x) from the canonical packed weight; see the module doc. A config with
-    ROWS=4 runs four rows of x per program (the weight read and dequantized once for them)."""
+    """y [M, N] = x [M, K] @ W.T (bf16 x) from the canonical packed weight; see the module doc."""
     m, k = x.shape
     n = qweight.shape[0]
     tile = kmajor_tile(k, group, config["BLOCK_K"])
@@ -209,12 +132,6 @@ def int4_gemv_x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     split, bn = config["SPLIT_K"], config["BLOCK_N"]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws, cnt = _split_workspace(y, split, bn, workspace)
-    if config.get("ROWS", 1) == 4:
-        _int4_gemv_x4_kernel[(triton.cdiv(n, bn), triton.cdiv(m, 4), split)](
-            x.view(torch.int32), qweight.contiguous().view(torch.int32), scales, zeros if zeros is not None else scales,
-            y, ws, cnt, n, m, k // 2, y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, NEG_BASE=NEG_BASE,
-            ASM=_asm(4), BLOCK_N=bn, NG=tile[0], GW=tile[1], SPLIT_K=split, num_warps=config["num_warps"])
-        return y
     grid = (triton.cdiv(n, bn), m, split)
     _int4_gemv_x2_kernel[grid](x.view(torch.int32), qweight.contiguous().view(torch.int32), scales,
                                zeros if zeros is not None else scales, y, ws, cnt, n, k // 2, y.stride(0), k,
