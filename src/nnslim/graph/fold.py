@@ -1,8 +1,10 @@
 """Fold BatchNorm into the preceding convolution (exact in eval mode), before quantizing the weights.
 
 Exporters fold BatchNorm too; folding first makes the quantized weights the ones that run.
-Conv -> BatchNorm pairs are found with torch.fx; models fx cannot trace fall back to adjacent pairs
-inside nn.Sequential containers.
+Conv -> BatchNorm pairs are found with torch.fx; in models fx cannot trace (Hugging Face ResNet, ...) they
+are the adjacent pairs inside nn.Sequential containers and, given an example input, every BatchNorm that is
+called on the very tensor a convolution returned in one run, kept only if the folded model gives the same
+output on that input (a conv output also read by other code would make the fold wrong: it is then undone).
 """
 from __future__ import annotations
 
@@ -51,16 +53,67 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def fold_batchnorm(model: nn.Module) -> int:
+@torch.no_grad()
+def _run(model: nn.Module, example: dict) -> torch.Tensor:
+    from ..runtime.base import TorchRunner, call_module, first_tensor
+
+    return first_tensor(call_module(model, TorchRunner(model).to_tensors(example))).float()
+
+
+def _pairs_traced(model: nn.Module, example: dict) -> list[tuple[str, str]]:
+    """(conv, BatchNorm) where the BatchNorm, called once in a run on `example`, reads exactly the tensor the
+    conv (called once) returned."""
+    names = {m: n for n, m in model.named_modules()}
+    made, kept, seen, calls = {}, [], [], {}
+
+    def on_conv(mod, args, out):
+        calls[names[mod]] = calls.get(names[mod], 0) + 1
+        made[id(out)] = names[mod]
+        kept.append(out)  # alive until the run ends: ids stay unique
+
+    def on_bn(mod, args):
+        calls[names[mod]] = calls.get(names[mod], 0) + 1
+        if id(args[0]) in made:
+            seen.append((made[id(args[0])], names[mod]))
+
+    hooks = [m.register_forward_hook(on_conv) for m in names if isinstance(m, _CONVS)]
+    hooks += [m.register_forward_pre_hook(on_bn) for m in names if isinstance(m, _BNS)]
+    try:
+        _run(model, example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(c, b) for c, b in seen if calls[c] == 1 and calls[b] == 1]
+
+
+def fold_batchnorm(model: nn.Module, example: dict | None = None) -> int:
     """Fold every Conv->BatchNorm pair in place (BatchNorm becomes Identity); returns the count."""
     from .modules import replace_module
 
     if model.training:
         raise ValueError("fold_batchnorm needs a model in eval mode")
-    pairs = _pairs_fx(model)
+    pairs, checked = _pairs_fx(model), False
+    if pairs is None and example is not None and any(isinstance(m, _BNS) for m in model.modules()):
+        try:
+            pairs, before, checked = _pairs_traced(model, example), _run(model, example), True
+        except Exception:  # noqa: BLE001  (a bad example is reported by the caller's own data checks)
+            pairs = None
     if pairs is None:
         pairs = _pairs_sequential(model)
+    if checked:
+        saved = [(c, b, model.get_submodule(c).weight.detach().clone(), model.get_submodule(c).bias,
+                  model.get_submodule(b)) for c, b in pairs]
     for conv_name, bn_name in pairs:
         _fold_pair(model.get_submodule(conv_name), model.get_submodule(bn_name))
         replace_module(model, bn_name, nn.Identity())
+    if checked and pairs:
+        after = _run(model, example)
+        if not torch.allclose(after, before, rtol=1e-3, atol=1e-4 * max(1.0, float(before.abs().max()))):
+            with torch.no_grad():
+                for c, b, weight, bias, bn in saved:  # not an exact fold: leave the model as it was
+                    conv = model.get_submodule(c)
+                    conv.weight.copy_(weight)
+                    conv.bias = bias
+                    replace_module(model, b, bn)
+            return 0
     return len(pairs)

@@ -219,7 +219,10 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     static = qs.act_bits is not None and not dynamic
     model = model if inplace else copy.deepcopy(model)
     model.eval()
-    folded = fold_batchnorm(model)
+    calibration = list(calibration) if calibration is not None else None
+    example = example_inputs if example_inputs is not None else (
+        calibration[0] if calibration and isinstance(calibration[0], dict) else None)
+    folded = fold_batchnorm(model, example)
     if folded:
         notes.append(f"folded {folded} BatchNorm layers into their convolutions")
     preset = resolve_preset(config, model)

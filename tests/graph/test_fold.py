@@ -1,0 +1,66 @@
+"""BatchNorm folding into the preceding convolution, in models torch.fx cannot trace."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from nnslim.graph.fold import fold_batchnorm
+
+
+def _randomise(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+    return model.eval()
+
+
+def test_hf_resnet_batchnorms_fold_exactly_given_an_example():
+    """transformers' ResNet does not trace with torch.fx and keeps conv / BatchNorm as attributes, not in a
+    Sequential: the pairs come from one run on the example, and the folded model gives the same logits."""
+    import transformers as tf
+
+    model = _randomise(tf.ResNetForImageClassification(tf.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=3)))
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x).logits
+    assert fold_batchnorm(copy.deepcopy(model)) == 0  # no example: nothing found, nothing changed
+    assert fold_batchnorm(model, {"pixel_values": x.numpy()}) == n_bn
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(x).logits, ref, rtol=1e-4, atol=1e-5)
+
+
+class _ConvReadTwice(nn.Module):
+    """The conv output feeds the BatchNorm and a residual: folding would change the residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace it
+            return self.bn(y) + y
+        return y
+
+
+def test_a_fold_that_changes_the_output_is_undone():
+    model = _randomise(_ConvReadTwice())
+    x = torch.randn(1, 3, 8, 8)
+    ref = model(x)
+    weight = model.conv.weight.detach().clone()
+    assert fold_batchnorm(model, {"x": x.numpy()}) == 0
+    assert isinstance(model.bn, nn.BatchNorm2d) and torch.equal(model.conv.weight, weight)
+    torch.testing.assert_close(model(x), ref)
+
+
+def test_training_mode_is_refused():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(_ConvReadTwice().train())
