@@ -64,3 +64,31 @@ def test_a_fold_that_changes_the_output_is_undone():
 def test_training_mode_is_refused():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(_ConvReadTwice().train())
+
+
+def test_hf_resnet_int8_runs_every_convolution_as_int8_in_onnxruntime(tmp_path):
+    """transformers' ResNet through int8: its BatchNorms fold, every convolution is found in the exported graph,
+    and the residual Adds get QDQ inputs, so ONNX Runtime fuses every convolution into QLinearConv (one feeding
+    a residual Add would otherwise run in float on dequantized inputs)."""
+    import onnxruntime as ort
+    import transformers as tf
+
+    import nnslim
+
+    torch.manual_seed(0)
+    config = tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+                             num_labels=4)
+    config.image_size = 32
+    tf.ResNetForImageClassification(config).eval().save_pretrained(tmp_path / "resnet")
+    res = nnslim.compress(str(tmp_path / "resnet"), {"steps": [{"method": "int8", "samples": 16}]},
+                          out=tmp_path / "q", report=False)
+    assert any(n.startswith("folded 6 BatchNorm") for n in res.notes)
+    assert any(n.startswith("residual adds: 2 Adds") and "1 reusing" in n for n in res.notes)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(res.out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 6 and "Conv" not in ops
+    assert nnslim.evaluate(str(res.out), testbed=str(tmp_path / "resnet"))["metrics"]["top1_agreement"] > 0.9

@@ -68,6 +68,9 @@ class Int8Config(StaticBase):
     # preset does. "auto": on for the transformer preset where this CPU has int8 dot products (VNNI / AMX:
     # OpenVINO 2% faster on a Xeon with AMX); off without (no gain on AVX2, cos -0.0004): BENCHMARKS.md 8
     matmuls: bool | Literal["auto"] = "auto"
+    # cnn preset: QDQ on the inputs of residual Adds in the ONNX graph (calibrated at export), so the convolutions
+    # feeding them run as int8 QLinearConv in ONNX Runtime, as its own quantizer and NNCF do (BENCHMARKS.md 8d)
+    residual_adds: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,11 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
         for m in [model, *(m for m in model.modules() if isinstance(m, QuantWrapper))]:
             setattr(m, MATMULS_ATTR, True)
         notes.append("attention matmuls: int8 in the deployed ONNX graph (matmuls option)")
+    if static and preset == "cnn" and getattr(config, "residual_adds", False):
+        from ..runtime.qdq_matmul import ADDS_ATTR
+
+        for m in [model, *(m for m in model.modules() if isinstance(m, QuantWrapper))]:
+            setattr(m, ADDS_ATTR, True)  # read by the ONNX export, which calibrates and quantizes them
     if preset == "transformer":
         n_emb = quantize_embeddings(model, config.ignore)
         if n_emb:

@@ -317,7 +317,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         for op in proto.opset_import:
             if op.domain in ("", "ai.onnx") and op.version < 21:
                 op.version = 21
-    from .qdq_matmul import MATMULS_ATTR, quantize_activation_matmuls
+    from .qdq_matmul import ADDS_ATTR, MATMULS_ATTR, quantize_activation_adds, quantize_activation_matmuls
 
     if not matmuls and any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
         notes.append("attention matmuls left float in this graph (the caller's choice, said in its notes)")
@@ -326,6 +326,8 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
             raise NnslimError("the int8 step asked for int8 attention matmuls (matmuls option), which need "
                               "calibration data at export; pass calibration data or set matmuls: false")
         notes += quantize_activation_matmuls(proto, calibration(MATMUL_SAMPLES))
+    if any(getattr(m, ADDS_ATTR, False) for m in qmodel.modules()) and calibration is not None:
+        notes += quantize_activation_adds(proto, calibration(MATMUL_SAMPLES))
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     containers = sorted({"int4" if int(s.get("bits", 8)) <= 4 else "int8" for s in spec.values()}, reverse=True)

@@ -53,36 +53,22 @@ def _ranges(proto, tensors: list[str], samples: list[dict]) -> dict[str, tuple[f
     return {t: (lo[t], hi[t]) for t in tensors}
 
 
-def quantize_activation_matmuls(proto, samples: list[dict]) -> list[str]:
-    """Insert calibrated symmetric QDQ on both inputs of every activation x activation MatMul of the ONNX
-    ModelProto (in place). Returns the report notes."""
+def _insert_qdq(graph, targets: list, qparams, prefix: str, done: dict[str, str] | None = None) -> None:
+    """QuantizeLinear -> DequantizeLinear on every input of the target nodes, once per tensor (qparams(tensor) ->
+    (scale, zero-point array)); `done` maps tensors that already have a dequantized form to it (reused)."""
     from onnx import helper, numpy_helper
 
-    if proto.ByteSize() >= 2**31 - 1:
-        return ["attention matmuls left float: the graph is over 2 GB, which the in-memory calibration pass "
-                "cannot run"]
-    graph = proto.graph
-    mms = activation_matmuls(graph)
-    if not mms:
-        return ["attention matmuls: none found (no MatMul of two activations in the graph)"]
-    tensors = sorted({i for n in mms for i in n.input})
-    ranges = _ranges(proto, tensors, samples)
-    done: dict[str, str] = {}
+    done = dict(done or {})
     new_inits, nodes = [], []
-    targets = {id(n) for n in mms}
+    ids = {id(n) for n in targets}
     for node in graph.node:
-        if id(node) in targets:
+        if id(node) in ids:
             for k, x in enumerate(node.input):
                 if x not in done:
-                    lo, hi = ranges[x]
-                    base = f"nnslim_mm/{x}"
-                    # Symmetric, zero point 0 (no compensation terms in the int8 product): int8 for a signed
-                    # input (Q, K, V), uint8 for a non-negative one (the softmax probabilities).
-                    signed = lo < 0
-                    scale = max(max(-lo, hi), 1e-8) / (127.0 if signed else 255.0)
+                    scale, zp = qparams(x)
+                    base = f"{prefix}/{x}"
                     new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}.scale"),
-                                  numpy_helper.from_array(np.array(0, np.int8 if signed else np.uint8),
-                                                          f"{base}.zp")]
+                                  numpy_helper.from_array(zp, f"{base}.zp")]
                     nodes += [helper.make_node("QuantizeLinear", [x, f"{base}.scale", f"{base}.zp"], [f"{base}.q"],
                                                name=f"{base}/q"),
                               helper.make_node("DequantizeLinear", [f"{base}.q", f"{base}.scale", f"{base}.zp"],
@@ -93,5 +79,68 @@ def quantize_activation_matmuls(proto, samples: list[dict]) -> list[str]:
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
+
+
+def quantize_activation_matmuls(proto, samples: list[dict]) -> list[str]:
+    """Insert calibrated symmetric QDQ on both inputs of every activation x activation MatMul of the ONNX
+    ModelProto (in place). Returns the report notes."""
+    if proto.ByteSize() >= 2**31 - 1:
+        return ["attention matmuls left float: the graph is over 2 GB, which the in-memory calibration pass "
+                "cannot run"]
+    graph = proto.graph
+    mms = activation_matmuls(graph)
+    if not mms:
+        return ["attention matmuls: none found (no MatMul of two activations in the graph)"]
+    tensors = sorted({i for n in mms for i in n.input})
+    ranges = _ranges(proto, tensors, samples)
+
+    def qparams(x: str):
+        # Symmetric, zero point 0 (no compensation terms in the int8 product): int8 for a signed input (Q, K, V),
+        # uint8 for a non-negative one (the softmax probabilities).
+        lo, hi = ranges[x]
+        signed = lo < 0
+        return max(max(-lo, hi), 1e-8) / (127.0 if signed else 255.0), np.array(0, np.int8 if signed else np.uint8)
+
+    _insert_qdq(graph, mms, qparams, "nnslim_mm")
     return [f"attention matmuls: {len(mms)} activation x activation MatMuls as int8 (symmetric QDQ on both inputs, "
             f"ranges from {len(samples)} calibration samples run through the int8 graph)"]
+
+
+# A CNN whose int8 step quantizes its residual additions carries this attribute (set by the step).
+ADDS_ATTR = "nnslim_int8_adds"
+
+
+def quantize_activation_adds(proto, samples: list[dict]) -> list[str]:
+    """QDQ (uint8, asymmetric, calibrated by running the graph) on both inputs of every Add of two activations
+    (a residual connection), as ONNX Runtime's quantizer and NNCF do for CNNs: a convolution whose output
+    feeds such an Add is then followed by QuantizeLinear, the pattern ONNX Runtime fuses into an int8
+    QLinearConv (without it, that convolution runs in float on dequantized inputs). An input that is
+    already quantized for a convolution reuses that QDQ. Returns the report notes."""
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    adds = [n for n in graph.node if n.op_type == "Add" and len(n.input) == 2 and not any(i in inits for i in n.input)]
+    if not adds:  # a CNN without residual connections: nothing to do, nothing to report
+        return []
+    producer = {o: n for n in graph.node for o in n.output}
+    existing = {}  # tensor -> its DequantizeLinear output, where a convolution's input QDQ already exists
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in producer:
+            q = producer[node.input[0]]
+            if q.op_type == "QuantizeLinear":
+                existing[q.input[0]] = node.output[0]
+    tensors = sorted({i for n in adds for i in n.input if i not in existing})
+    ranges = _ranges(proto, tensors, samples) if tensors else {}
+    existing = {t: d for t, d in existing.items() if any(t in n.input for n in adds)}
+    reused = sum(1 for n in adds for i in n.input if i in existing)
+
+    def qparams(x: str):
+        lo, hi = min(ranges[x][0], 0.0), max(ranges[x][1], 0.0)
+        scale = max(hi - lo, 1e-8) / 255.0
+        return scale, np.array(int(np.clip(np.round(-lo / scale), 0, 255)), np.uint8)
+
+    _insert_qdq(graph, adds, qparams, "nnslim_add", existing)
+    from .onnx_export import topological_sort
+
+    topological_sort(graph)  # a reused DequantizeLinear may come after the Add that now reads it
+    return [f"residual adds: {len(adds)} Adds of two activations with int8 QDQ inputs ({len(tensors)} new, {reused} "
+            f"reusing a convolution's; ranges from {len(samples)} calibration samples run through the int8 graph)"]
