@@ -336,11 +336,10 @@ def test_tied_embedding_is_stored_once_and_retied(tmp_path):
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
 
 
-def test_encoder_decoder_compresses_reloads_and_deploys(zoo, tmp_path, capfd):
-    """T5 (encoder-decoder, tied embeddings): int4 in nnslim's layout (said why), fp16 as a transformers
-    checkpoint with transformers' logits, structured pruning, ONNX and static int8 (with int8 attention products,
-    what `auto` picks on a VNNI CPU) as Optimum's encoder / decoder / decoder-with-past graphs; each reloads and
-    is measured against the fp32 model on its own greedy output."""
+def test_encoder_decoder_compresses_and_reloads(zoo, tmp_path, capfd):
+    """T5 (encoder-decoder, tied embeddings): int4 in nnslim's layout (said why), fp16 and structurally pruned as
+    transformers checkpoints with transformers' logits; each reloads and is measured against the fp32 model on
+    its own greedy output."""
     from transformers import AutoModelForSeq2SeqLM
 
     from nnslim.cli import main
@@ -380,6 +379,14 @@ def test_encoder_decoder_compresses_reloads_and_deploys(zoo, tmp_path, capfd):
                                    pruned(ids, torch.ones_like(ids), dec))
     assert "top1_agreement" in nnslim.evaluate(str(res.out), testbed=t5)["metrics"]
 
+
+
+def test_encoder_decoder_deploys_as_optimums_onnx_layout(zoo, tmp_path):
+    """T5 as ONNX and static int8 (with int8 attention products, what `auto` picks on a VNNI CPU): Optimum's
+    encoder / decoder / decoder-with-past graphs, measured against the fp32 model, every cached step checked."""
+    from nnslim.cli import main
+
+    t5 = str(zoo["t5"])
     # torch.export fails on T5 with dynamic shapes: the TorchScript exporter's graphs, checked at other shapes
     res = nnslim.compress(t5, {"steps": [{"method": "onnx"}]}, out=tmp_path / "x", report=False)
     meta = json.loads((res.out / "nnslim.json").read_text())
