@@ -74,8 +74,9 @@ def export_graphs(model: torch.nn.Module, example: dict, axes: dict, directory, 
         return export_onnx(part, part_example, path, dynamic_axes=part_axes, opset=opset)
 
     if past and callable(getattr(model, "encoder_decoder", None)):
-        written = export_layout(model, example, Path(directory), one, calibration)
-        layers = parts_of(model)[1][1].n_layers
+        parts = parts_of(model)
+        written = export_layout(parts, example, Path(directory), one, calibration)
+        layers = parts[1][1].n_layers
         notes.insert(0, f"onnx: encoder-decoder as Optimum's seq2seq layout (encoder_model.onnx, decoder_model.onnx, "
                         f"decoder_with_past_model.onnx; {layers} decoder layers; the two decoders hold the same "
                         "weights, the size counts both)")

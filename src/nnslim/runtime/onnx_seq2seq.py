@@ -186,17 +186,22 @@ def feeds(parts: list[tuple[str, nn.Module]], sample: dict[str, np.ndarray], ste
             WITH_PAST_FILE: {"encoder_attention_mask": mask, "input_ids": tgt[:, -step:], **past}}
 
 
-def export_layout(model: nn.Module, example: dict[str, np.ndarray], directory: Path, export_part,
+def export_layout(parts: list[tuple[str, nn.Module]], example: dict[str, np.ndarray], directory: Path, export_part,
                   calibration=None) -> OnnxModel:
-    """Export the three graphs into `directory`. export_part(part, example, path, axes, calibration) writes one
-    graph (float or quantized); calibration(n) -> samples of the whole model, turned into each graph's inputs."""
-    parts = parts_of(model)
+    """Export the graphs of parts_of(model) into `directory`. export_part(part, example, path, axes, calibration)
+    writes one graph (float or quantized); calibration(n) -> samples of the whole model, turned into each graph's
+    inputs once for all three graphs."""
     examples = feeds(parts, example, step=2)
+    per_sample: dict[int, list[dict]] = {}
+
+    def part_calibration(name: str, n: int) -> list[dict]:
+        if n not in per_sample:
+            per_sample[n] = [feeds(parts, s) for s in calibration(n)]
+        return [f[name] for f in per_sample[n]]
+
     for name, part in parts:
-        part_calibration = None
-        if calibration is not None:
-            part_calibration = (lambda n, name=name: [feeds(parts, s)[name] for s in calibration(n)])
-        export_part(part, examples[name], Path(directory) / name, axes_of(name, part), part_calibration)
+        export_part(part, examples[name], Path(directory) / name, axes_of(name, part),
+                    None if calibration is None else (lambda n, name=name: part_calibration(name, n)))
     return OnnxModel(Path(directory) / ENCODER_FILE)
 
 
