@@ -152,7 +152,8 @@ def measure_decode(testbed, runners, results, rounds: int = 3) -> list[str]:
         results[i].decode_tok_s = float(np.median(rates[i]))
     notes = [f"decode: greedy, batch 1, prompt {prompt.shape[1]} + {new_tokens} new tokens with the KV cache "
              "(torch: nnslim's StaticDecoder for Llama-family models, else the HF model's DynamicCache; ONNX: the "
-             f"graph's past/present), prefill excluded; median of {max(1, rounds)} interleaved rounds"]
+             f"graph's past/present; ONNX Runtime's threads spin between the ops of a run, as by its default, and "
+             f"stop between runs), prefill excluded; median of {max(1, rounds)} interleaved rounds"]
     missing = [results[i].name for i in range(len(runners)) if i not in able]
     if missing:
         notes.append(f"decode: not measured for {', '.join(missing)} (no KV cache in the graph: export with "

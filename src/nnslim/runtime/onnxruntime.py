@@ -13,20 +13,30 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
+# Thread-pool spinning: never, between the ops of a run only (nnslim's default), or also between runs (ORT's).
+SPINNING = ("off", "within-run", "always")
+
+
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: str = "within-run"):
         import onnxruntime as ort
+
+        if spinning not in SPINNING:
+            raise ValueError(f"spinning={spinning!r}: expected one of {', '.join(SPINNING)}")
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        # No busy-waiting after a run: spinning threads would steal the cores from whatever runs next
-        # (another variant in an interleaved benchmark, or the rest of the user's program).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin between the ops of a run (ONNX Runtime's default: waking sleeping threads for
+        # each op cost a token-by-token decode 20-30% on a 16-core Xeon, BENCHMARKS.md 8c) but stop when the
+        # run returns, so that they do not steal the cores from whatever runs next (another variant in an
+        # interleaved benchmark, or the rest of the user's program).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
+        opts.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "within-run" else "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
