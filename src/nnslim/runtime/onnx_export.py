@@ -5,6 +5,8 @@ transformers 5.x BERT. Every export is checked against torch on inputs of anothe
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import shutil
@@ -19,6 +21,19 @@ from ..errors import NnslimError
 from .base import OnnxModel
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a single file at 2 GB
+_SHARED_CHOICE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nnslim_exporter_choice", default=None)
+
+
+@contextlib.contextmanager
+def one_exporter_for_all_parts():
+    """Within this block (the graphs of one model's parts): once a part needed the TorchScript exporter
+    (torch.export failed), the later parts try it first (still checked at another shape) instead of spending
+    a failing torch.export each (about 20 s for a small T5 part)."""
+    token = _SHARED_CHOICE.set({"legacy": False})
+    try:
+        yield
+    finally:
+        _SHARED_CHOICE.reset(token)
 
 
 def _quiet_exporter():
@@ -61,17 +76,14 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=parent))
     try:
         tmp = tmp_dir / path.name
+        shared = _SHARED_CHOICE.get()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
-                                  output_names=output_names, dynamo=True, opset_version=opset,
-                                  dynamic_shapes=tuple(shapes), optimize=True,
-                                  external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
-            except Exception as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                if not _legacy_export(module, args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes):
-                    raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}") from e
+            legacy = args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes
+            if shared and shared["legacy"] and _legacy_export(module, *legacy):
+                pass
+            else:
+                _export_dynamo_or_legacy(module, legacy, shapes, shared)
         _check_opset(tmp, opset)
         path.parent.mkdir(parents=True, exist_ok=True)
         for produced in tmp_dir.iterdir():  # model.onnx and, for big models, model.onnx.data
@@ -79,6 +91,22 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return OnnxModel(path)
+
+
+def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict | None) -> None:
+    """torch.export's exporter; when it fails, the TorchScript exporter if it matches torch at another shape."""
+    args, example_inputs, tmp, output_names, _, opset, n_bytes = legacy
+    try:
+        torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
+                          output_names=output_names, dynamo=True, opset_version=opset,
+                          dynamic_shapes=tuple(shapes), optimize=True,
+                          external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not _legacy_export(module, *legacy):
+            raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}") from e
+        if shared is not None:
+            shared["legacy"] = True
 
 
 def _legacy_export(module, args, example_inputs: dict, tmp: Path, output_names: list[str],

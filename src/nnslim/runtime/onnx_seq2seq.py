@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import NnslimError
 from .base import OnnxModel, Runner
 from .onnx_llm import PAST, PRESENT
+from .onnx_export import one_exporter_for_all_parts
 
 ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
 FILES = (ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE)
@@ -199,9 +200,10 @@ def export_layout(parts: list[tuple[str, nn.Module]], example: dict[str, np.ndar
             per_sample[n] = [feeds(parts, s) for s in calibration(n)]
         return [f[name] for f in per_sample[n]]
 
-    for name, part in parts:
-        export_part(part, examples[name], Path(directory) / name, axes_of(name, part),
-                    None if calibration is None else (lambda n, name=name: part_calibration(name, n)))
+    with one_exporter_for_all_parts():
+        for name, part in parts:
+            export_part(part, examples[name], Path(directory) / name, axes_of(name, part),
+                        None if calibration is None else (lambda n, name=name: part_calibration(name, n)))
     return OnnxModel(Path(directory) / ENCODER_FILE)
 
 
