@@ -49,14 +49,14 @@ def _write_hf(model, testbed, sparse, directory: Path) -> list[str] | None:
         return None
     from . import ecosystem
 
-    written = ecosystem.write_hf(model, directory)
-    if written is None:
+    try:
+        return ecosystem.write_hf(model, directory)
+    except ecosystem.NotExpressible as e:
         from .progress import warn
 
-        warn("the artifact is in nnslim's own layout (nnslim.load reads it; transformers does not): the model's "
-             "config cannot express its pruned shapes (widths that differ per layer, or heads of a model that "
-             "derives the head size from the hidden size)")
-    return written
+        warn(f"the artifact is in nnslim's own layout (nnslim.load reads it; transformers does not): the model's "
+             f"config cannot express its pruned shapes: {e}")
+        return None
 
 
 def _compressed_tensors_ok(model, testbed, sparse) -> bool:

@@ -321,18 +321,19 @@ def _build_meta(hf: nn.Module, config) -> nn.Module | None:
 
 
 def pruned_config(hf: nn.Module):
-    """A copy of hf.config whose shapes are those of the (structurally pruned) model, or None when the
-    config cannot express them (widths that differ per layer, heads of a model that derives the head size
-    from the hidden size). Checked by building the model from the new config on the meta device."""
+    """(config, None): a copy of hf.config whose shapes are those of the (structurally pruned) model; or
+    (None, why) when the config cannot express them (widths that differ per layer, heads of a model that
+    derives the head size from the hidden size). Checked by building the model from the new config on the meta
+    device."""
     import copy
 
     config = copy.deepcopy(hf.config)
     want = _shapes(hf)
     fresh = _build_meta(hf, config)
     if fresh is None:
-        return None
+        return None, f"transformers cannot build {type(hf).__name__} from its own config"
     if _shapes(fresh) == want:
-        return config
+        return config, None
     changed: dict[int, set[int]] = {}  # original output width -> new widths of the layers that shrank
     for name, m in fresh.named_modules():
         if isinstance(m, nn.Linear) and f"{name}.weight" in want:
@@ -343,12 +344,15 @@ def pruned_config(hf: nn.Module):
         old = getattr(config, key, None)
         if isinstance(old, int) and len(changed.get(old, ())) == 1:
             setattr(config, key, next(iter(changed[old])))
+        elif old is None and key in config.to_dict():  # unset: derived (GPT-2's n_inner, 4 x hidden)
+            _set_derived_width(hf, config, key, changed, want)
     heads_key, kv_key = HEAD_KEYS[0]
     heads = getattr(config, heads_key, None)
     head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
     if heads and head_dim:
         q_width = heads * head_dim
         if len(changed.get(q_width, ())) == 1:
+            before = copy.deepcopy(config)
             config.head_dim = head_dim
             new_heads = next(iter(changed[q_width])) // head_dim
             kv = getattr(config, kv_key, None)
@@ -357,8 +361,46 @@ def pruned_config(hf: nn.Module):
             elif kv and kv * head_dim == q_width:  # no GQA: keys / values shrink with the queries
                 setattr(config, kv_key, new_heads)
             setattr(config, heads_key, new_heads)
+            unchanged = _build_meta(hf, before)
+            if unchanged is not None and _shapes(unchanged) == _shapes(_build_meta(hf, config) or unchanged):
+                # the head count changes no shape (BERT: head size = hidden / heads): what shrank to the
+                # attention width was another layer (a pooler), and a new head count would be wrong
+                config = before
     built = _build_meta(hf, config)
-    return config if built is not None and _shapes(built) == want else None
+    got = _shapes(built) if built is not None else _shapes(fresh)
+    if got == want:
+        return config, None
+    shrunk = sorted({k.rsplit(".", 1)[0] for k, shape in want.items()
+                     if k.endswith(".weight") and k in got and shape[:1] != got[k][:1]})
+    why = [f"no {type(hf).__name__} config gives the pruned outputs of "
+           f"{', '.join(shrunk[:4]) + (f' and {len(shrunk) - 4} more' if len(shrunk) > 4 else '') or 'its layers'}"]
+    if any(len(new) > 1 for new in changed.values()):
+        why.append("its layers were pruned to different widths (prune with scope uniform)")
+    attention = [n for n in shrunk if "attn" in n or "attention" in n]
+    if attention:
+        why.append("it derives the head size from the hidden size, so a pruned head count cannot be written "
+                   "(prune with head_ratio=0: FFN neurons only)")
+    other = [n for n in shrunk if n not in attention]
+    if other:
+        why.append(f"keep {'them' if len(other) == len(shrunk) else 'the others'} with ignore={other[:4]}")
+    return None, "; ".join(why)
+
+
+def _set_derived_width(hf: nn.Module, config, key: str, changed: dict[int, set[int]], want: dict) -> None:
+    """Set an unset width key to the one pruned width that makes more layers of the rebuilt model match."""
+    def matches():
+        built = _build_meta(hf, config)
+        return -1 if built is None else sum(want.get(k) == v for k, v in _shapes(built).items())
+
+    best, best_value = matches(), None
+    for new in changed.values():
+        if len(new) != 1:
+            continue
+        setattr(config, key, next(iter(new)))
+        score = matches()
+        if score > best:
+            best, best_value = score, next(iter(new))
+    setattr(config, key, best_value)
 
 
 def _plain_tensors(hf: nn.Module, source, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -369,16 +411,21 @@ def _plain_tensors(hf: nn.Module, source, prefix: str) -> Iterator[tuple[str, to
         yield name, (value.t() if name in conv1d else value).contiguous()
 
 
+class NotExpressible(Exception):
+    """The model's transformers config cannot describe its (pruned) shapes; the message says why."""
+
+
 def write_hf(model: nn.Module, directory: Path) -> list[str] | None:
     """A float (or fp16 / pruned) Hugging Face model saved as transformers saves it (save_pretrained),
-    with its config updated to pruned shapes; None when the config cannot express the model."""
+    with its config updated to pruned shapes; None when it is not a Hugging Face model; NotExpressible when
+    its config cannot express the model."""
     root = _hf_root(model)
     if root is None:
         return None
     hf, _ = root
-    config = pruned_config(hf)
+    config, why = pruned_config(hf)
     if config is None:
-        return None
+        raise NotExpressible(why)
     from .runtime.base import model_dtype
 
     config.dtype = model_dtype(hf)

@@ -48,7 +48,7 @@ class StructuredPruneConfig(StepConfig):
     scope: Literal["uniform", "global"] = "uniform"  # uniform: the ratio in every group | global: one ranking
     max_ratio: float = 0.9  # global scope: at most this fraction leaves one group
     round_to: int = 1  # kept channel counts are multiples of this (e.g. 8), where the group allows
-    ignore: tuple[str, ...] = ()  # module names or regexes whose output channels are kept
+    ignore: tuple[str, ...] = ()  # module names (or their dotted ends) or regexes whose output channels are kept
     prune_embeddings: bool = False  # embeddings (and so a transformer's hidden size) stay by default
     reconstruct: Literal["sequential", "independent", "off"] = "independent"  # least-squares refit of Linears reading removed channels
     damp: float = 0.01  # relative ridge of that refit
@@ -216,7 +216,8 @@ def _ignored(group: Group, graph: DependencyGraph, ignore: tuple[str, ...]) -> s
         if m.role in ("in", "ch"):
             continue
         for pat in ignore:
-            if m.module == pat or re.fullmatch(pat, m.module):
+            # a name as the user's own model names it matches under nnslim's wrapper too (lm.bert.pooler.dense)
+            if m.module == pat or m.module.endswith("." + pat) or re.fullmatch(pat, m.module):
                 return m.module
     return None
 
