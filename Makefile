@@ -24,7 +24,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nnslim demo --out build/demo --overwrite
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests  # 2 workers, 1 torch thread each (conftest)
+	# 2 workers (an idle one takes queued tests), 1 torch thread each (conftest)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'

@@ -59,13 +59,13 @@ def test_zoo_smollm2(tmp_path):
 
     tb = get_testbed("smollm2")
     model = tb.load_model()
-    # the real weights and architecture, cut to 4 of its 30 decoder layers: the pruning and export paths are
-    # the same for every layer, and the whole model took 200 s of the CI budget
+    # the real weights and architecture, cut to 2 of its 30 decoder layers: the pruning and export paths are
+    # the same for every layer, and the whole model took 200 s of the CI budget (4 layers: 68 s)
     decoder = next(m for m in model.modules() if hasattr(m, "layers") and isinstance(m.layers, torch.nn.ModuleList))
-    decoder.layers = decoder.layers[:4]
+    decoder.layers = decoder.layers[:2]
     hf_config = next(m.config for m in model.modules() if hasattr(m, "config"))
-    hf_config.num_hidden_layers = 4
+    hf_config.num_hidden_layers = 2
     if getattr(hf_config, "layer_types", None):
-        hf_config.layer_types = hf_config.layer_types[:4]
+        hf_config.layer_types = hf_config.layer_types[:2]
     ratio = _check(model, tb.export_example(), tb.example_inputs(batch=1, seq=9), tmp_path, tb.dynamic_axes)
-    assert ratio < 0.92  # the 28M-parameter embedding stays; the 4 layers (14M) lose ~30%
+    assert ratio < 0.96  # the 28M-parameter embedding stays; the 2 layers (7M) lose ~30%

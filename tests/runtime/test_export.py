@@ -55,3 +55,51 @@ def test_fallback_exporter_is_kept_only_when_it_matches_torch_at_another_shape(t
     with pytest.raises(NnslimError, match="ONNX export of DataDependent failed"):
         export_onnx(DataDependent(), {"x": x}, tmp_path / "m.onnx", {"x": {0: "batch", 1: "seq"}})
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_parts_of_one_model_skip_torch_export_once_a_part_needed_the_fallback(tmp_path, monkeypatch):
+    """Within one model's parts (an encoder-decoder's three graphs), a part that torch.export cannot export
+    makes the later parts try the TorchScript exporter first (still checked at another shape); outside such a
+    block every export tries torch.export first."""
+    import torch
+
+    from nnslim.runtime import onnx_export
+    from nnslim.runtime.onnx_export import export_onnx, one_exporter_for_all_parts
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    calls = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: calls.append(k["dynamo"]) or real(*a, **k))
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 6))).astype(np.float32)
+    axes = {"x": {0: "batch", 1: "seq"}}
+    with one_exporter_for_all_parts():
+        export_onnx(DataDependent(), {"x": x}, tmp_path / "a.onnx", axes)
+        assert calls == [True, False]  # torch.export failed, the fallback matched torch at another shape
+        export_onnx(DataDependent(), {"x": x}, tmp_path / "b.onnx", axes)
+        assert calls == [True, False, False]
+    export_onnx(DataDependent(), {"x": x}, tmp_path / "c.onnx", axes)
+    assert calls == [True, False, False, True, False]
+    assert onnx_export._SHARED_CHOICE.get() is None
+    got = make_runner(tmp_path / "b.onnx")({"x": x[:1, :4]})
+    np.testing.assert_allclose(got, x[:1, :4] * 2, rtol=1e-6)
+
+
+def test_onnx_runtime_threads_spin_within_a_run_only(digits, tmp_path):
+    """Worker threads spin between the ops of a run (ONNX Runtime's default) and stop when it returns."""
+    from nnslim.runtime.onnxruntime import OrtRunner
+
+    tb, model = digits
+    path = nnslim.compress(model, "onnx", testbed=tb, out=tmp_path / "x", report=False).model.path
+    entries = {}
+    for mode in ("off", "within-run", "always"):
+        opts = OrtRunner(path, spinning=mode).session.get_session_options()
+        entries[mode] = tuple(opts.get_session_config_entry(k)
+                              for k in ("session.intra_op.allow_spinning", "session.force_spinning_stop"))
+    assert entries == {"off": ("0", "0"), "within-run": ("1", "1"), "always": ("1", "0")}
+    default = OrtRunner(path).session.get_session_options()
+    assert default.get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(ValueError, match="spinning='fast'"):
+        OrtRunner(path, spinning="fast")

@@ -209,6 +209,9 @@ def test_gpt2_int4_says_it_is_not_a_transformers_checkpoint(zoo, tmp_path, capfd
 @pytest.mark.parametrize("kind,step", [("qwen2", {"method": "prune-structured", "ratio": 0.5}),
                                        ("llama", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.5}),
                                        ("gpt2", {"method": "fp16"}),
+                                       ("gpt2", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.0}),
+                                       ("bert-cls", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.0,
+                                                     "ignore": ["bert.pooler.dense"]}),
                                        ("bert-cls", {"method": "prune-magnitude", "sparsity": 0.5})])
 def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, kind, step):
     """Float / fp16 / pruned results are saved as transformers saves them, the config updated to the pruned
@@ -231,8 +234,21 @@ def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, 
             theirs, mine = hf(input_ids=ids, attention_mask=mask).logits, ours(ids, mask)
     torch.testing.assert_close(theirs.float(), mine.float(), rtol=1e-3, atol=1e-3)
     if step["method"] == "prune-structured":
-        original = json.loads((zoo[kind] / "config.json").read_text())
-        assert json.loads((res.out / "config.json").read_text())["intermediate_size"] < original["intermediate_size"]
+        original, pruned = (json.loads((d / "config.json").read_text()) for d in (zoo[kind], res.out))
+        key = "n_inner" if kind == "gpt2" else "intermediate_size"
+        assert pruned[key] < (original[key] or 4 * original["n_embd"])  # GPT-2's unset n_inner: 4 x hidden
+
+
+def test_pruned_heads_a_config_cannot_hold_say_how_to_get_a_checkpoint(zoo, tmp_path, capfd):
+    """BERT derives its head size from the hidden size, and its pooler's width is the hidden size: with heads
+    or pooler outputs removed the artifact stays in nnslim's layout, and the warning names the layers and the
+    options that keep a transformers checkpoint (the parametrized test above takes them)."""
+    res = nnslim.compress(str(zoo["bert-cls"]), {"steps": [{"method": "prune-structured", "ratio": 0.5}]},
+                          out=tmp_path / "a", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "torch"
+    err = capfd.readouterr().err
+    assert "no BertForSequenceClassification config gives the pruned outputs of bert.encoder.layer.0.attention" in err
+    assert "head_ratio=0" in err and "ignore=['bert.pooler.dense']" in err
 
 
 def test_onnx_with_token_type_ids_as_optimum_exports_it(zoo, tmp_path):
@@ -355,8 +371,10 @@ def test_encoder_decoder_compresses_and_reloads(zoo, tmp_path, capfd):
     assert wo.weight.is_meta and wo.weight.shape == (wo.out_features, wo.in_features)  # what T5 reads of it
     shared = q.model.shared.weight
     assert q.model.encoder.embed_tokens.weight is shared and q.model.lm_head.weight is shared  # re-tied
-    metrics = nnslim.evaluate(str(tmp_path / "q"), testbed=t5)["metrics"]
-    assert 0.8 < metrics["top1_agreement"] < 1.0 and metrics["perplexity_of_fp32_output"] > 1
+    few = _few_sentences(tmp_path)
+    metrics = nnslim.evaluate(str(tmp_path / "q"), testbed=t5, eval_data=few)["metrics"]
+    assert metrics["top1_agreement"] > 0.8 and metrics["logits_cos_mean"] < 1 - 1e-6  # int4 changed the outputs
+    assert metrics["perplexity_of_fp32_output"] > 1
 
     res = nnslim.compress(t5, {"steps": [{"method": "fp16"}]}, out=tmp_path / "h", report=False)
     assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
@@ -377,7 +395,7 @@ def test_encoder_decoder_compresses_and_reloads(zoo, tmp_path, capfd):
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=dec).logits,
                                    pruned(ids, torch.ones_like(ids), dec))
-    assert "top1_agreement" in nnslim.evaluate(str(res.out), testbed=t5)["metrics"]
+    assert "top1_agreement" in nnslim.evaluate(str(res.out), testbed=t5, eval_data=few)["metrics"]
 
 
 
@@ -392,7 +410,8 @@ def test_encoder_decoder_deploys_as_optimums_onnx_layout(zoo, tmp_path):
     meta = json.loads((res.out / "nnslim.json").read_text())
     assert meta["format"] == "onnx" and set(SEQ2SEQ_FILES) <= set(meta["files"]) and "config.json" in meta["files"]
     assert any("decoder step with past" in n for n in res.notes)
-    assert nnslim.evaluate(str(res.out), testbed=t5)["metrics"]["top1_agreement"] == pytest.approx(1.0)
+    few = _few_sentences(tmp_path)
+    assert nnslim.evaluate(str(res.out), testbed=t5, eval_data=few)["metrics"]["top1_agreement"] == pytest.approx(1.0)
     _cached_steps_match_transformers(res.out, t5, tolerance=1e-4)
 
     assert main(["compress", "--model", t5, "--method", "int8", "--set", "samples=32", "--set", "matmuls=true",
@@ -402,7 +421,7 @@ def test_encoder_decoder_deploys_as_optimums_onnx_layout(zoo, tmp_path):
         assert any(n.startswith(f"{name}: int8 ONNX:") for n in notes)
         int8_products = any(n.startswith(f"{name}: attention matmuls:") and "MatMuls as int8" in n for n in notes)
         assert int8_products == (name == "encoder_model.onnx")
-    assert nnslim.evaluate(str(tmp_path / "i8"), testbed=t5)["metrics"]["top1_agreement"] > 0.95
+    assert nnslim.evaluate(str(tmp_path / "i8"), testbed=t5, eval_data=few)["metrics"]["top1_agreement"] > 0.95
     # random ids are far from the calibration text (activations clip): the cache is checked against the graphs
     _cached_steps_match_transformers(tmp_path / "i8", t5, tolerance=1e-3, against_itself=True)
 
@@ -413,7 +432,8 @@ def test_bart_int8_dynamic_and_openvino_deploy_as_optimums_layout(zoo, tmp_path)
     bart = str(zoo["bart"])
     res = nnslim.compress(bart, "int8-dynamic", out=tmp_path / "d", report=False)
     assert any("decoder_with_past_model.onnx: int8 ONNX:" in n for n in res.notes)
-    assert nnslim.evaluate(str(res.out), testbed=bart)["metrics"]["top1_agreement"] > 0.95
+    few = _few_sentences(tmp_path)
+    assert nnslim.evaluate(str(res.out), testbed=bart, eval_data=few)["metrics"]["top1_agreement"] > 0.95
     _cached_steps_match_transformers(res.out, bart, tolerance=0.05)
     # as OpenVINO IRs: the three graphs under optimum-intel's names, run by OpenVINO
     res = nnslim.compress(bart, "openvino", out=tmp_path / "ov", report=False)
@@ -421,7 +441,14 @@ def test_bart_int8_dynamic_and_openvino_deploy_as_optimums_layout(zoo, tmp_path)
     assert meta["format"] == "openvino" and meta["file"] == "openvino_encoder_model.xml"
     assert {"openvino_decoder_model.bin", "openvino_decoder_with_past_model.xml"} <= set(meta["files"])
     assert not list(res.out.glob("*.onnx"))
-    assert nnslim.evaluate(str(res.out), testbed=bart)["metrics"]["top1_agreement"] == pytest.approx(1.0)
+    assert nnslim.evaluate(str(res.out), testbed=bart, eval_data=few)["metrics"]["top1_agreement"] == pytest.approx(1.0)
+
+
+def _few_sentences(tmp_path: Path, n: int = 12) -> str:
+    """A short eval text file: each seq2seq evaluation generates the fp32 reference for every sentence."""
+    path = tmp_path / "few.txt"
+    path.write_text("\n".join(f"Sentence {i} is about making trained models smaller and faster." for i in range(n)))
+    return str(path)
 
 
 def _cached_steps_match_transformers(artifact_dir, hf_dir: str, tolerance: float, steps: int = 4,

@@ -61,13 +61,15 @@ def embedding_fidelity(ref: np.ndarray, emb: np.ndarray, k: int = 10) -> dict[st
 
 
 def token_nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
-    """Sum of next-token negative log-likelihoods of ids[:, 1:] given logits[:, :-1], and the count."""
-    logits = np.asarray(logits, np.float64)[:, :-1]
-    target = np.asarray(ids)[:, 1:]
-    m = logits.max(-1, keepdims=True)
-    logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
-    picked = np.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
-    return float((logz - picked).sum()), int(target.size)
+    """Sum of next-token negative log-likelihoods of ids[:, 1:] given logits[:, :-1], and the count.
+    Per token in float32 (torch's logsumexp: stable, ~1e-6 relative; float64 numpy took 10x longer over a
+    50k-word vocabulary), summed in float64."""
+    import torch
+
+    logits = torch.as_tensor(np.asarray(logits))[:, :-1].float()
+    target = torch.as_tensor(np.asarray(ids)[:, 1:], dtype=torch.long)
+    nll = torch.logsumexp(logits, -1) - logits.gather(-1, target[..., None])[..., 0]
+    return float(nll.double().sum()), int(target.numel())
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:
