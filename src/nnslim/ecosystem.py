@@ -33,6 +33,14 @@ def _hf_root(model: nn.Module) -> tuple[nn.Module, str] | None:
     return None
 
 
+# Architectures whose compressed-tensors checkpoints transformers fails to load (measured, transformers 5.24-5.25 +
+# compressed-tensors 0.20.1): T5's weight init reads `q.weight` of its attention's quantized Linears, which hold
+# `weight_packed` ("'Linear' object has no attribute 'weight'"). BART's loads and gives nnslim's logits.
+_T5_WHY = ("transformers + compressed-tensors cannot load a quantized T5-family checkpoint (T5's weight init reads "
+           "the quantized layers' .weight)")
+UNLOADABLE_TYPES = {t: _T5_WHY for t in ("t5", "mt5", "umt5", "longt5")}
+
+
 def writable(model: nn.Module) -> str | None:
     """None when `model` can be written as compressed-tensors; else the reason it cannot."""
     from .graph.modules import packed_layers
@@ -42,10 +50,9 @@ def writable(model: nn.Module) -> str | None:
         return "not a Hugging Face model"
     if getattr(root[0], "nnslim_conv1d", None):
         return "its Conv1D layers (GPT-2 family) have no compressed-tensors form"
-    if getattr(getattr(root[0], "config", None), "is_encoder_decoder", False):
-        # measured (T5, transformers 5.24 + compressed-tensors 0.20): the tied embeddings load as missing and the
-        # int4 checkpoint fails in T5's weight init ("'Linear' object has no attribute 'weight'")
-        return "transformers + compressed-tensors do not load encoder-decoder checkpoints (tied embeddings)"
+    model_type = getattr(getattr(root[0], "config", None), "model_type", None)
+    if model_type in UNLOADABLE_TYPES:
+        return UNLOADABLE_TYPES[model_type]
     from .pruning.structured import PLAN_ATTR
 
     if getattr(model, PLAN_ATTR, None):

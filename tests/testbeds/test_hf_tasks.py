@@ -199,6 +199,25 @@ def test_int_llm_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp_
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
 
 
+def test_encoder_decoder_int4_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp_path):
+    """BART (encoder and decoder quantized, the tied embedding stored once): transformers loads the int4
+    artifact as a seq2seq LM and gives nnslim's logits; nnslim loads it back into its packed layers."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+    res = nnslim.compress(str(zoo["bart"]), {"steps": [{"method": "int4-rtn", "group_size": 32}]},
+                          out=tmp_path / "a", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "compressed-tensors"
+    ours = nnslim.load(res.out)
+    assert sum(isinstance(m, WeightOnlyLinear) for m in ours.modules()) == 32  # 2 x 6 encoder + 2 x 10 decoder
+    hf = AutoModelForSeq2SeqLM.from_pretrained(str(res.out)).eval()
+    ids, dec = torch.randint(1, 30522, (2, 12)), torch.randint(1, 30522, (2, 5))
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=dec).logits
+        torch.testing.assert_close(theirs, ours(ids, torch.ones_like(ids), dec), rtol=1e-4, atol=1e-4)
+
+
 def test_gpt2_int4_says_it_is_not_a_transformers_checkpoint(zoo, tmp_path, capfd):
     res = nnslim.compress(str(zoo["gpt2"]), {"steps": [{"method": "int4-rtn", "group_size": 32}]},
                           out=tmp_path / "a", report=False)
@@ -364,7 +383,7 @@ def test_encoder_decoder_compresses_and_reloads(zoo, tmp_path, capfd):
     t5 = str(zoo["t5"])
     assert main(["compress", "--model", t5, "--method", "int4-rtn", "--set", "group_size=32", "--out",
                  str(tmp_path / "q"), "--no-report"]) == 0
-    assert "encoder-decoder" in capfd.readouterr().err
+    assert "T5-family checkpoint" in capfd.readouterr().err
     assert json.loads((tmp_path / "q" / "nnslim.json").read_text())["format"] == "torch"
     q = nnslim.load(tmp_path / "q")
     wo = next(m for m in q.modules() if isinstance(m, WeightOnlyLinear))
