@@ -103,3 +103,36 @@ def test_onnx_runtime_threads_spin_within_a_run_only(digits, tmp_path):
     assert default.get_session_config_entry("session.force_spinning_stop") == "1"
     with pytest.raises(ValueError, match="spinning='fast'"):
         OrtRunner(path, spinning="fast")
+
+
+def test_a_weight_stored_with_its_transpose_is_stored_once(tmp_path):
+    """A tied table and head (Gather on W, MatMul on W^T, as the TorchScript exporter writes them): the file
+    keeps W once and a Transpose node; ONNX Runtime gives the same outputs; square and unrelated weights stay."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nnslim.runtime.onnx_export import share_transposed_initializers_in_file
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((7, 3)).astype(np.float32)  # [vocab, hidden]
+    sq, other = (rng.standard_normal(s).astype(np.float32) for s in ((3, 3), (3, 7)))
+    inits = [numpy_helper.from_array(w, "table"), numpy_helper.from_array(np.ascontiguousarray(w.T), "head"),
+             numpy_helper.from_array(sq, "square"), numpy_helper.from_array(other, "unrelated")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("MatMul", ["emb", "square"], ["h"]),
+             helper.make_node("MatMul", ["h", "head"], ["logits"]),
+             helper.make_node("MatMul", ["h", "unrelated"], ["other"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "other")],
+                              initializer=inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    ids = {"ids": np.array([1, 5])}
+    before = make_runner(path).run_all(ids)
+    assert share_transposed_initializers_in_file(path) == ["head"]
+    proto = onnx.load(str(path))
+    assert sorted(i.name for i in proto.graph.initializer) == ["square", "table", "unrelated"]
+    after = make_runner(path).run_all(ids)
+    for name in ("logits", "other"):
+        np.testing.assert_array_equal(before[name], after[name])
+    assert share_transposed_initializers_in_file(path) == []  # nothing left to share

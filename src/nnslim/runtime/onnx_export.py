@@ -214,3 +214,58 @@ def convert_onnx_fp16(src: str | Path, dst: str | Path) -> OnnxModel:
     topological_sort(half.graph)  # the converter appends its input casts last: invalid for strict readers
     atomic_write(dst, lambda tmp: onnx.save(half, tmp))
     return OnnxModel(Path(dst))
+
+
+def share_transposed_initializers(proto) -> list[str]:
+    """A 2-D initializer that is exactly another's transpose (a tied embedding and LM head as the TorchScript
+    exporter writes them: the table for Gather, its transpose for MatMul) becomes a Transpose node of the other,
+    so the file holds the weight once; the runtimes fold the Transpose when they load the graph. Only
+    non-square weights stored in the file are compared (a tied vocabulary table is never square). Returns the
+    names replaced."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    inputs = {i.name for i in graph.input}
+    candidates = [i for i in graph.initializer if len(i.dims) == 2 and i.dims[0] != i.dims[1]
+                  and i.data_location != TensorProto.EXTERNAL and i.name not in inputs]
+    by_shape: dict[tuple, list] = {}
+    for init in candidates:
+        by_shape.setdefault((tuple(init.dims), init.data_type), []).append(init)
+    replaced: dict[str, str] = {}
+    for init in candidates:
+        if init.name in replaced:
+            continue
+        for other in by_shape.get(((init.dims[1], init.dims[0]), init.data_type), []):
+            if other.name in replaced or other.name in replaced.values():
+                continue
+            a, b = numpy_helper.to_array(init), numpy_helper.to_array(other)
+            if np.array_equal(a.T, b):
+                replaced[other.name] = init.name
+    if not replaced:
+        return []
+    kept = [i for i in graph.initializer if i.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [helper.make_node("Transpose", [src], [name], perm=[1, 0], name=f"{name}/shared_transpose")
+             for name, src in replaced.items()]
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest)
+    return sorted(replaced)
+
+
+def share_transposed_initializers_in_file(path: str | Path) -> list[str]:
+    """share_transposed_initializers on a written ONNX file (rewritten atomically when something was shared;
+    files with external data are left as they are)."""
+    import onnx
+
+    path = Path(path)
+    if any(p.name.startswith(path.name + ".") for p in path.parent.iterdir()):
+        return []  # weights in an external data file beside it
+    proto = onnx.load(str(path))
+    shared = share_transposed_initializers(proto)
+    if shared:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    return shared

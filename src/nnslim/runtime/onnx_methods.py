@@ -9,7 +9,7 @@ import torch
 from ..errors import NnslimError
 from ..recipe import StepConfig, register_method
 from .base import OnnxModel, TorchRunner
-from .onnx_export import convert_onnx_fp16, export_onnx
+from .onnx_export import convert_onnx_fp16, export_onnx, share_transposed_initializers_in_file
 from .onnx_llm import graph_for_export, takes_past
 from .qdq import export_quantized_onnx, has_integer_onnx_layers
 
@@ -70,8 +70,12 @@ def export_graphs(model: torch.nn.Module, example: dict, axes: dict, directory, 
                                                         calibration=part_calibration,
                                                         matmuls=path.name not in (DECODER_FILE, WITH_PAST_FILE))
             notes.extend(f"{path.name}: {n}" if path.name != "model.onnx" else n for n in part_notes)
-            return written
-        return export_onnx(part, part_example, path, dynamic_axes=part_axes, opset=opset)
+        else:
+            written = export_onnx(part, part_example, path, dynamic_axes=part_axes, opset=opset)
+        shared = share_transposed_initializers_in_file(path)
+        if shared:
+            notes.append(f"{path.name}: a tied weight stored once ({', '.join(shared)}: a Transpose of it)")
+        return written
 
     if past and callable(getattr(model, "encoder_decoder", None)):
         parts = parts_of(model)
