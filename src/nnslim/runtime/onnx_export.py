@@ -220,17 +220,28 @@ def share_transposed_initializers(proto) -> list[str]:
     """A 2-D initializer that is exactly another's transpose (a tied embedding and LM head as the TorchScript
     exporter writes them: the table for Gather, its transpose for MatMul) becomes a Transpose node of the other,
     so the file holds the weight once; the runtimes fold the Transpose when they load the graph. Only
-    non-square weights stored in the file are compared (a tied vocabulary table is never square). Returns the
-    names replaced."""
+    non-square float / 8-bit weights stored in the file are compared (a tied vocabulary table is never square;
+    4-bit codes are packed two to a byte). Returns the names replaced."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
     inputs = {i.name for i in graph.input}
+    types = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT8, TensorProto.UINT8)
     candidates = [i for i in graph.initializer if len(i.dims) == 2 and i.dims[0] != i.dims[1]
-                  and i.data_location != TensorProto.EXTERNAL and i.name not in inputs]
+                  and i.data_type in types and i.data_location != TensorProto.EXTERNAL and i.name not in inputs]
     by_shape: dict[tuple, list] = {}
     for init in candidates:
         by_shape.setdefault((tuple(init.dims), init.data_type), []).append(init)
+    arrays: dict[str, np.ndarray] = {}
+
+    def array(init) -> np.ndarray:  # a view of the stored bytes where they are raw (no copy of a big weight)
+        if init.name not in arrays:
+            dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+            arrays[init.name] = (np.frombuffer(init.raw_data, dtype).reshape(tuple(init.dims)) if init.raw_data
+                                 else numpy_helper.to_array(init))
+        return arrays[init.name]
+
+    rows, cols = np.random.default_rng(0).integers(0, 1 << 30, (2, 16))
     replaced: dict[str, str] = {}
     for init in candidates:
         if init.name in replaced:
@@ -238,9 +249,10 @@ def share_transposed_initializers(proto) -> list[str]:
         for other in by_shape.get(((init.dims[1], init.dims[0]), init.data_type), []):
             if other.name in replaced or other.name in replaced.values():
                 continue
-            a, b = numpy_helper.to_array(init), numpy_helper.to_array(other)
-            if np.array_equal(a.T, b):
-                replaced[other.name] = init.name
+            a, b = array(init), array(other)
+            i, j = rows % a.shape[0], cols % a.shape[1]
+            if np.array_equal(a[i, j], b[j, i]) and np.array_equal(a.T, b):  # 16 samples first: FFN up / down
+                replaced[other.name] = init.name                               # pairs of every layer meet here
     if not replaced:
         return []
     kept = [i for i in graph.initializer if i.name not in replaced]
