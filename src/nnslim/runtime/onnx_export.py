@@ -80,9 +80,7 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             legacy = args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes
-            if shared and shared["legacy"] and _legacy_export(module, *legacy):
-                pass
-            else:
+            if not (shared and shared["legacy"] and _legacy_export(module, *legacy)):
                 _export_dynamo_or_legacy(module, legacy, shapes, shared)
         _check_opset(tmp, opset)
         path.parent.mkdir(parents=True, exist_ok=True)
