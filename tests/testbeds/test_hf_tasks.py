@@ -231,7 +231,8 @@ def test_gpt2_int4_says_it_is_not_a_transformers_checkpoint(zoo, tmp_path, capfd
                                        ("gpt2", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.0}),
                                        ("bert-cls", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.0,
                                                      "ignore": ["bert.pooler.dense"]}),
-                                       ("bert-cls", {"method": "prune-magnitude", "sparsity": 0.5})])
+                                       ("bert-cls", {"method": "prune-magnitude", "sparsity": 0.5}),
+                                       ("vit", {"method": "prune-structured", "ratio": 0.5})])
 def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, kind, step):
     """Float / fp16 / pruned results are saved as transformers saves them, the config updated to the pruned
     shapes, so from_pretrained rebuilds them with no nnslim code and gives nnslim's outputs."""
@@ -241,12 +242,16 @@ def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, 
     meta = json.loads((res.out / "nnslim.json").read_text())
     assert meta["format"] == "hf"
     auto = {"causal-lm": transformers.AutoModelForCausalLM,
-            "sequence-classification": transformers.AutoModelForSequenceClassification}[TASKS[kind]]
+            "sequence-classification": transformers.AutoModelForSequenceClassification,
+            "image-classification": transformers.AutoModelForImageClassification}[TASKS[kind]]
     hf = auto.from_pretrained(str(res.out)).eval()
     ours = nnslim.load(res.out)
     ids = torch.randint(0, 30522, (2, 16))
     with torch.no_grad():
-        if TASKS[kind] == "causal-lm":
+        if TASKS[kind] == "image-classification":  # the patch projection sets the hidden size: kept
+            x = torch.randn(2, 3, 32, 32)
+            theirs, mine = hf(pixel_values=x).logits, ours(x)
+        elif TASKS[kind] == "causal-lm":
             theirs, mine = hf(ids).logits, ours(ids)
         else:
             mask = torch.ones_like(ids)

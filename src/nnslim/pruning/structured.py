@@ -210,6 +210,23 @@ def _taylor_grads(model: nn.Module, batches: list[dict]) -> None:
             loss.backward()
 
 
+def input_projections(model: nn.Module) -> tuple[str, ...]:
+    """The weighted layers of input embeddings that are not an nn.Embedding (a ViT's patch projection, found
+    through Hugging Face's get_input_embeddings()): they set the hidden size like a token table does, so they
+    are kept with the embeddings."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = []
+    for sub in model.modules():
+        get = getattr(sub, "get_input_embeddings", None)
+        try:
+            emb = get() if callable(get) else None
+        except (NotImplementedError, AttributeError, TypeError):  # a model without one
+            continue
+        if isinstance(emb, nn.Module) and not isinstance(emb, nn.Embedding) and id(emb) in names:
+            found += [names[id(m)] for m in emb.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    return tuple(dict.fromkeys(found))
+
+
 def _ignored(group: Group, graph: DependencyGraph, ignore: tuple[str, ...]) -> str | None:
     for mi in group.members:
         m = graph.members[mi]
@@ -264,11 +281,12 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
             norms = input_norms(model, batches)
     rng = np.random.default_rng(config.seed)
     head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
+    ignore = tuple(config.ignore) + (() if config.prune_embeddings else input_projections(model))
     removed: set[int] = set()
     counts = {"channels": [0, 0], "heads": [0, 0]}
     candidates = []
     for grp in groups:
-        who = _ignored(grp, graph, config.ignore)
+        who = _ignored(grp, graph, ignore)
         if who:
             notes.append(f"structured: kept {grp.describe(graph)} (ignored layer {who})")
             continue
