@@ -281,14 +281,17 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
             norms = input_norms(model, batches)
     rng = np.random.default_rng(config.seed)
     head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
-    ignore = tuple(config.ignore) + (() if config.prune_embeddings else input_projections(model))
+    embedding_layers = () if config.prune_embeddings else input_projections(model)
+    ignore = tuple(config.ignore) + embedding_layers
     removed: set[int] = set()
     counts = {"channels": [0, 0], "heads": [0, 0]}
     candidates = []
     for grp in groups:
         who = _ignored(grp, graph, ignore)
         if who:
-            notes.append(f"structured: kept {grp.describe(graph)} (ignored layer {who})")
+            why = ("prune_embeddings=False keeps the input embedding" if who in embedding_layers
+                   else "ignored layer")
+            notes.append(f"structured: kept {grp.describe(graph)} ({why} {who})")
             continue
         candidates.append((grp, group_importance(graph, model, grp, how, rng, norms)))
     if config.scope == "global":
