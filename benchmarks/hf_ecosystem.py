@@ -60,6 +60,20 @@ def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
     return feed
 
 
+def _empty(graph_input, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """What a decoder exported with its KV cache takes on a first run, as Optimum feeds it: a mask of ones,
+    positions 0..n-1 and an empty past [batch, heads, 0, head_dim]."""
+    ids = feed["input_ids"]
+    if graph_input.name == "attention_mask":
+        return np.ones_like(ids)
+    if graph_input.name == "position_ids":
+        return np.broadcast_to(np.arange(ids.shape[1]), ids.shape).astype(np.int64)
+    if graph_input.name.startswith("past_key_values."):
+        _, heads, _, head_dim = graph_input.shape
+        return np.zeros((ids.shape[0], heads, 0, head_dim), np.float32)
+    raise KeyError(graph_input.name)
+
+
 def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.ndarray | None:
     if fmt in ("hf", "compressed-tensors"):
         import transformers
@@ -77,7 +91,8 @@ def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.n
 
         def run_file(name, inputs):
             sess = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
-            return sess.run(None, {i.name: inputs[i.name] for i in sess.get_inputs()})[0]
+            feed = {i.name: inputs[i.name] if i.name in inputs else _empty(i, inputs) for i in sess.get_inputs()}
+            return sess.run(None, feed)[0]
 
         if task == "seq2seq":  # Optimum's layout: the encoder, then the first decoder on the whole target
             states = run_file("encoder_model.onnx", feed)
