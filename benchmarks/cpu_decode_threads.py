@@ -46,7 +46,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--spinning", default=",".join(SPINNING), help="ONNX Runtime thread-pool spinning modes")
     ap.add_argument("--openvino", type=int, default=1, help="0 leaves the OpenVINO rows out")
-    ap.add_argument("--variants", default="fp32,int8 weight-only,int4 RTN g64")
+    ap.add_argument("--variants", default="fp32,int8,int4", help="fp32, int8 (weight-only), int4 (RTN g64); "
+                    "or their full labels")
     ap.add_argument("--out", type=Path, default=Path("build/decode_threads"))
     args = ap.parse_args()
     info = machine_info()
@@ -58,7 +59,10 @@ def main():
     recipes = {"fp32": [OnnxConfig()], "int8 weight-only": [Int8WeightOnlyConfig(), OnnxConfig()],
                "int4 RTN g64": [Int4RtnConfig(group_size=64), OnnxConfig()]}
     paths = {}
-    for label in args.variants.split(","):
+    short = {"int8": "int8 weight-only", "int4": "int4 RTN g64"}
+    for label in (short.get(v, v) for v in args.variants.split(",")):
+        if label not in recipes:
+            ap.error(f"--variants: {label!r} is not one of fp32, int8, int4")
         recipe, done = recipes[label], args.out / label.replace(" ", "-") / "nnslim.json"
         if done.exists():  # built by an earlier run: reused
             paths[label] = nnslim.load(done.parent).path
