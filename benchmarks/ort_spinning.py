@@ -1,6 +1,7 @@
 """Batch latency of ONNX artifacts in ONNX Runtime by thread-pool spinning mode (off / within a run, nnslim's
 default / always, ONNX Runtime's default), interleaved in one run: does letting the threads spin between the
-ops of a run cost anything outside token-by-token decode (BENCHMARKS.md 8e)?
+ops of a run cost anything outside token-by-token decode, and do the threads stop once a run returns
+(BENCHMARKS.md 8e)?
 
   python benchmarks/ort_spinning.py [--testbed minilm] [--batch 8] [--seq 128] [--rounds 12] MODEL.onnx ...
 
@@ -41,9 +42,16 @@ def main():
             start = time.perf_counter()
             runner(x)
             times[key].append(time.perf_counter() - start)
-    print(f"\n| model | spinning | ms (median of {args.rounds}, batch {args.batch} x {args.seq}) |\n|---|---|---|")
+    idle = {}
+    for key, runner in runners.items():  # CPU the process uses in the second after a run returned
+        runner(x)
+        start = time.process_time()
+        time.sleep(1.0)
+        idle[key] = time.process_time() - start
+    print(f"\n| model | spinning | ms (median of {args.rounds}, batch {args.batch} x {args.seq}) "
+          "| CPU s in the 1 s after a run |\n|---|---|---|---|")
     for (path, mode), t in times.items():
-        print(f"| {path} | {mode} | {1000 * statistics.median(t):.1f} |")
+        print(f"| {path} | {mode} | {1000 * statistics.median(t):.1f} | {idle[(path, mode)]:.3f} |")
 
 
 if __name__ == "__main__":
