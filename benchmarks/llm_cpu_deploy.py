@@ -8,7 +8,8 @@ text-generation-with-past), so the same file gives the perplexity, the prefill l
 and the greedy decode tokens/s (batch 1, prompt 64 + 32 tokens, prefill excluded). Rows:
 - torch fp32 (the HF model with its DynamicCache), ONNX fp32 in ONNX Runtime and OpenVINO;
 - nnslim int8 weight-only (per channel) and int4 (RTN g64, GPTQ g64) exported as blocked DequantizeLinear
-  (ONNX Runtime fuses them into MatMulNBits), in both runtimes;
+  (ONNX Runtime fuses them into MatMulNBits), in both runtimes; their embedding table and tied lm_head in int8
+  (backup="auto" before an export: one int8 table), and one int4 row with them float (backup="float");
 - NNCF `compress_weights` on the fp32 graph read into OpenVINO: INT8_ASYM (its default) and INT4_SYM g64
   (ratio 1.0, data-free, its defaults otherwise: the embedding / lm_head stay 8-bit).
 Prints the CPU flags it saw. Needs the bench extra (nncf) for the NNCF rows.
@@ -68,7 +69,10 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     recipes = {"fp32": [OnnxConfig()],
                "int8 weight-only": [Int8WeightOnlyConfig(), OnnxConfig()],
-               f"int4 RTN g{args.group}": [Int4RtnConfig(group_size=args.group), OnnxConfig()]}
+               f"int4 RTN g{args.group}": [Int4RtnConfig(group_size=args.group), OnnxConfig()],
+               # what every int4 row was before the int8 backup (the embedding / head table kept fp32)
+               f"int4 RTN g{args.group} float backup": [Int4RtnConfig(group_size=args.group, backup="float"),
+                                                        OnnxConfig()]}
     if args.gptq_samples:
         recipes[f"int4 GPTQ g{args.group}"] = [Int4GptqConfig(group_size=args.group, samples=args.gptq_samples),
                                                OnnxConfig()]

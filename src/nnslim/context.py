@@ -53,6 +53,7 @@ class Context:
     teacher: Any = None  # the recipe's input model (distillation teacher); steps never modify it
     validate: Callable[[torch.nn.Module], float] | None = None
     run_id: str = ""  # names the recipe step being run (a training checkpoint must come from the same one)
+    later_stages: tuple[str, ...] = ()  # stages of the recipe's steps after the one being run (e.g. "export")
     notes: list[str] = field(default_factory=list)
     tables: dict[str, list[dict]] = field(default_factory=dict)  # extra report tables, e.g. sensitivity
 

@@ -61,6 +61,9 @@ def writable(model: nn.Module) -> str | None:
     if not layers:
         return "no quantized layers"
     for name, cfg in layers.items():
+        if cfg.get("kind") == "weight_only_embedding":
+            return (f"embedding {name} is int8 (backup: int8), which transformers does not load from a "
+                    "compressed-tensors checkpoint; backup: float keeps a transformers / vLLM checkpoint")
         if cfg.get("kind") != "weight_only":
             return f"layer {name} is {cfg.get('kind')!r}, not weight-only int"
         if not cfg.get("symmetric", True):

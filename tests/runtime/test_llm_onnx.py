@@ -201,3 +201,38 @@ def test_generate_api_and_cli(llms, tmp_path):
     assert json.loads(proc.stdout)["tokens"] == [_hf_greedy(llms["gpt2"], ids, 3)]
     proc = subprocess.run(cli + ["--max-new-tokens", "0"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "--max-new-tokens" in proc.stderr
+
+
+def test_int4_onnx_stores_one_int8_table_for_the_tied_embedding_and_head(tmp_path):
+    """backup auto before an export: the tied embedding / lm_head is one int8 table; lookups gather int8 rows
+    (no DequantizeLinear of the whole table per run) and ONNX Runtime runs the head as MatMulNBits too."""
+    import onnx
+    import onnxruntime as ort
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_zoo import _tokenizer_files
+    from nnslim.runtime import make_runner
+    from nnslim.runtime.onnx_llm import greedy_decode
+
+    torch.manual_seed(0)
+    d = tmp_path / "tied"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=30522, tie_word_embeddings=True)).save_pretrained(d)
+    _tokenizer_files(d)
+    res = nnslim.compress(str(d), "examples/int4_onnx_llm.yaml", out=tmp_path / "a", report=False)
+    assert any("the tied head reads the same table" in n for n in res.notes)
+    proto = onnx.load(str(res.model.path))
+    big = [i for i in proto.graph.initializer if 30522 * 64 in (np.prod(i.dims),)]
+    assert [i.data_type for i in big] == [onnx.TensorProto.INT8]  # one table, int8: no float copy
+    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] == big[0].name]
+    assert gathers and all(producer.get(n.input[0]) is None for n in gathers)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(res.model.path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 15 and "DequantizeLinear" not in ops  # 2 x 7 layers + the head
+    prompt = np.random.default_rng(0).integers(0, 30522, (1, 7))
+    for backend in ("onnxruntime", "openvino"):
+        tokens, _, _ = greedy_decode(make_runner(res.model, backend).run_all, prompt, 4)
+        assert len(tokens) == 4

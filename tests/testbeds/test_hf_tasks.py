@@ -314,18 +314,21 @@ def test_int4_reaches_onnx_as_blocked_dq_that_ort_runs_as_matmulnbits(zoo, tmp_p
 
     from nnslim.runtime import make_runner
 
+    # backup auto: int8 embedding and head before an export, float without one; the torch run asks for int8
     torch_res = nnslim.compress(str(zoo["llama"]), {"steps": [
-        {"method": "int4-rtn", "group_size": 32, "symmetric": symmetric}]}, out=tmp_path / "t", report=False)
+        {"method": "int4-rtn", "group_size": 32, "symmetric": symmetric, "backup": "int8"}]},
+        out=tmp_path / "t", report=False)
     res = nnslim.compress(str(zoo["llama"]), {"steps": [
         {"method": "int4-rtn", "group_size": 32, "symmetric": symmetric}, {"method": "onnx"}]},
         out=tmp_path / "o", report=False)
     proto = onnx.load(str(res.out / "model.onnx"))
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
-    assert len(dq) == 14 and all(any(a.name == "block_size" and a.i == 32 for a in n.attribute) for n in dq)
+    blocked = [n for n in dq if any(a.name == "block_size" and a.i == 32 for a in n.attribute)]
+    assert len(blocked) == 14 and len(dq) == 15  # + the lm_head, int8 per channel
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(res.out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    assert sum(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node) == 14
+    assert sum(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node) == 15
     feed = {"input_ids": np.random.default_rng(0).integers(0, 30522, (2, 12)).astype(np.int64)}
     ours, theirs = make_runner(torch_res.model)(feed), make_runner(res.model)(feed)
     # ORT's MatMulNBits computes with int8 activations by default (accuracy_level 4): close, not bit-equal

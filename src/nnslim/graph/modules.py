@@ -38,6 +38,16 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def replace_everywhere(root: nn.Module, name: str, new: nn.Module) -> list[str]:
+    """Put `new` at `name` and at every other path that holds the same module object (T5's `shared`
+    embedding is also `encoder.embed_tokens` and `decoder.embed_tokens`); returns the paths replaced."""
+    old = root.get_submodule(name)
+    paths = [n for n, m in root.named_modules(remove_duplicate=False) if m is old and n]
+    for path in paths:
+        replace_module(root, path, new)
+    return paths
+
+
 def register_packed(kind: str):
     """Class decorator registering a packed layer under `kind` (the key written to nnslim.json)."""
     def wrap(cls):

@@ -47,6 +47,10 @@ def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[st
 HEAD = "re:(^|\\.)(lm_head|classifier|score)$"  # output heads: kept as they are unless asked
 
 
+def is_head(name: str, module: nn.Module) -> bool:
+    return _matches(HEAD, name, module)
+
+
 def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: bool = False,
                    what: str = "quantize") -> dict[str, nn.Linear]:
     """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked."""

@@ -19,7 +19,7 @@ from ..graph.fold import fold_batchnorm
 from ..graph.scope import select_layers
 from ..recipe import StepConfig, register_method
 from .calibration import check_calibration, run_with_hooks
-from ..graph.modules import replace_module
+from ..graph.modules import replace_everywhere, replace_module
 from .modules import QUANTIZABLE, QuantEmbedding, QuantWrapper
 from .observers import TensorStats, make_observer
 from .quantizers import ActQuantizer, WeightQuantizer, act_scheme
@@ -196,7 +196,7 @@ def quantize_embeddings(model: nn.Module, ignore=()) -> int:
     tables = {n: m for n, m in select_layers(model, (nn.Embedding,), ignore).items()
               if type(m).forward is nn.Embedding.forward}
     for name, emb in tables.items():
-        replace_module(model, name, QuantEmbedding(emb))
+        replace_everywhere(model, name, QuantEmbedding(emb))
     return len(tables)
 
 

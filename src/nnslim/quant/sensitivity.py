@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..graph.modules import replace_module
+from ..graph.modules import replace_everywhere
 from ..progress import progress
 from ..runtime.base import TorchRunner
 
@@ -53,9 +53,9 @@ def quantize_with_accuracy_control(model: nn.Module, quantize: Callable[[nn.Modu
     all_q = _fidelity(qmodel, probes, refs)
     gains = {}
     for name in progress(list(candidates), desc="layer sensitivity", total=len(candidates)):
-        replace_module(qmodel, name, candidates[name].float_version())
+        replace_everywhere(qmodel, name, candidates[name].float_version())
         gains[name] = _fidelity(qmodel, probes, refs) - all_q
-        replace_module(qmodel, name, candidates[name])
+        replace_everywhere(qmodel, name, candidates[name])
     ranking = sorted(gains, key=gains.get, reverse=True)
     table = ", ".join(f"{n} {gains[n]:+.2e}" for n in ranking[:10])
     notes.append(f"sensitivity (output-cosine gain when kept float, top 10): {table}")
@@ -63,7 +63,7 @@ def quantize_with_accuracy_control(model: nn.Module, quantize: Callable[[nn.Modu
     for name in ranking:
         if current <= max_drop + DROP_NOISE:
             break
-        replace_module(qmodel, name, candidates[name].float_version())
+        replace_everywhere(qmodel, name, candidates[name].float_version())
         kept.append(name)
         current = drop(qmodel)
     status = "met" if current <= max_drop + DROP_NOISE else "NOT met even with every layer in float"

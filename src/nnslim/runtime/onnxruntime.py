@@ -20,7 +20,9 @@ SPINNING = ("off", "within-run", "always")
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, spinning: str = "within-run"):
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: str = "within-run",
+                 config: dict[str, str] | None = None):
+        """config: extra ONNX Runtime session config entries (e.g. session.qdq_matmulnbits_accuracy_level)."""
         import onnxruntime as ort
 
         if spinning not in SPINNING:
@@ -37,6 +39,8 @@ class OrtRunner(Runner):
         # interleaved benchmark, or the rest of the user's program).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
         opts.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "within-run" else "0")
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(key, str(value))
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}

@@ -117,4 +117,4 @@ class Awq:
 def _apply(model, config: Int4AwqConfig, ctx):
     data = ctx.calibration(config.samples, seq_len=config.seq_len, what="AWQ")
     return quantize_weight_only(model, config, data, inplace=True, notes=ctx.notes,
-                                algorithm=lambda spec: Awq(config, spec), name="awq")
+                                algorithm=lambda spec: Awq(config, spec), name="awq", exports_later="export" in ctx.later_stages)

@@ -37,6 +37,10 @@ class WeightOnlyConfig(StepConfig):
     ignore: tuple[str, ...] = ()  # layer names, "re:REGEX", "type:Class"
     quantize_head: bool = False  # lm_head / classifier stay float by default
     kernel: Kernel = "auto"  # see WeightOnlyLinear
+    # The layers the format leaves out: input embedding tables, and the head unless quantize_head. int8: per row,
+    # symmetric (NNCF compress_weights' backup mode; a tied head shares the table's codes). auto: int8 when a
+    # later step exports to ONNX / OpenVINO (their lookups and int8 head kernels are fast), else float.
+    backup: Literal["auto", "float", "int8"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -98,13 +102,20 @@ def calibrating(layer: WeightOnlyLinear) -> WeightOnlyLinear:
     return layer
 
 
+def resolve_backup(config: WeightOnlyConfig, exports_later: bool) -> str:
+    if config.backup != "auto":
+        return config.backup
+    return "int8" if exports_later else "float"
+
+
 def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration=None, inplace: bool = False,
                          notes: list[str] | None = None,
-                         algorithm: Callable[[WeightSpec], BlockAlgorithm] | None = None, name: str = "rtn"
-                         ) -> nn.Module:
+                         algorithm: Callable[[WeightSpec], BlockAlgorithm] | None = None, name: str = "rtn",
+                         exports_later: bool = False) -> nn.Module:
     """A copy of `model` (or the model itself if inplace) with Linear weights in low-bit packed form.
 
-    algorithm(spec) makes the per-block object of a calibrated method (None: round-to-nearest only).
+    algorithm(spec) makes the per-block object of a calibrated method (None: round-to-nearest only);
+    exports_later: a later step exports the model (resolves backup="auto").
     """
     if not isinstance(model, nn.Module):
         raise NnslimError(f"weight-only quantization needs a torch.nn.Module, got {type(model).__name__}")
@@ -129,14 +140,21 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
         replace_module(model, layer_name, rtn_layer(layer, spec))
     if source_of(model) is not None:  # the float rest (norms, embeddings, head) in memory, or on disk with offload
         source_of(model).settle(model)
+    backup = resolve_backup(config, exports_later)
+    if backup == "int8":
+        from .embedding import quantize_backup
+
+        notes += quantize_backup(model, config.ignore, head=not config.quantize_head)
     for m in model.modules():
         if isinstance(m, WeightOnlyLinear):
             m.kernel = config.kernel
     g = "per-channel" if spec.group_size == -1 else f"group {spec.group_size}"
-    notes.append(f"weight-only int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'} "
-                 f"({name}); head kept float: {not config.quantize_head}")
+    why = f" (backup={config.backup}: {'an export step follows' if exports_later else 'no export step follows'})"
+    notes.append(f"weight-only int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'} ({name}); head "
+                 f"{'int' + str(spec.bits) if config.quantize_head else backup}, embeddings {backup}"
+                 f"{why if config.backup == 'auto' else ''}")
     return model
 
 
-__all__ = ["GROUP_SIZES", "WeightOnlyConfig", "LowBitConfig", "CalibratedConfig", "quantize_weight_only",
+__all__ = ["GROUP_SIZES", "WeightOnlyConfig", "LowBitConfig", "CalibratedConfig", "quantize_weight_only", "resolve_backup",
            "target_linears", "resolve_group", "rtn_layer", "calibrating"]

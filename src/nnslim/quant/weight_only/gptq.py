@@ -101,4 +101,4 @@ class Gptq(HessianObserver):
 def _apply(model, config: Int4GptqConfig, ctx):
     data = ctx.calibration(config.samples, seq_len=config.seq_len, what="GPTQ")
     return quantize_weight_only(model, config, data, inplace=True, notes=ctx.notes,
-                                algorithm=lambda spec: Gptq(config, spec), name="gptq")
+                                algorithm=lambda spec: Gptq(config, spec), name="gptq", exports_later="export" in ctx.later_stages)

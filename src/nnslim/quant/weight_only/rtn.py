@@ -18,7 +18,7 @@ class Int8WeightOnlyConfig(WeightOnlyConfig):
 
 
 def _apply(model, config, ctx):
-    return quantize_weight_only(model, config, inplace=True, notes=ctx.notes)
+    return quantize_weight_only(model, config, inplace=True, notes=ctx.notes, exports_later="export" in ctx.later_stages)
 
 
 register_method("int4-rtn", Int4RtnConfig, "int4 weight-only, round to nearest (grouped, packed two per byte)",
