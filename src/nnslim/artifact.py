@@ -133,29 +133,38 @@ def testbed_from_architecture(arch: dict[str, Any], directory: Path | None = Non
 
 
 def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: torch.dtype, where: Path,
-                       stored: dict[str, tuple[int, ...]]) -> None:
-    """Put empty quantized layers where nnslim.json says they were, so the saved buffers load into them.
+                       stored: dict[str, tuple[int, ...]], aliases: dict[str, str] | None = None) -> None:
+    """Put empty quantized layers where nnslim.json says they were, so the saved buffers load into them; a
+    layer the model held at several paths (`aliases`: other path -> its name) goes to all of them.
 
     Each layer is first built on the meta device and its tensor shapes compared with those stored in
-    the weights file, so sizes in nnslim.json can never make nnslim allocate more than the file holds.
+    the weights file (under any of its paths: a tensor held at several is stored once), so sizes in
+    nnslim.json can never make nnslim allocate more than the file holds.
     """
     from .graph.modules import build_packed, replace_module
     from .recipe import methods
 
     methods()  # every packed layer class registers itself when its module is imported
-    if not isinstance(layers, dict):
-        raise NnslimError(f"{where}: quantized_layers must be a mapping of layer name -> config")
+    aliases = aliases or {}
+    if not isinstance(layers, dict) or not isinstance(aliases, dict):
+        raise NnslimError(f"{where}: quantized_layers / quantized_aliases must be mappings of layer name -> config "
+                          "/ layer name")
+    bad = [a for a, n in aliases.items() if n not in layers]
+    if bad:
+        raise NnslimError(f"{where}: quantized_aliases entry {bad[0]!r} names no quantized layer")
     for name, cfg in layers.items():
+        paths = [name] + [a for a, n in aliases.items() if n == name]
         try:
-            model.get_submodule(name)
+            for path in paths:
+                model.get_submodule(path)
             if not isinstance(cfg, dict):
                 raise TypeError(f"config is a {type(cfg).__name__}, not a mapping")
             with torch.device("meta"):
                 probe = build_packed(cfg, dtype)
             for key, t in probe.state_dict().items():
-                full = f"{name}.{key}"
-                if stored.get(full) != tuple(t.shape):
-                    raise ValueError(f"{full} has shape {stored.get(full)} in the weights file, the config "
+                found = next((stored[f"{p}.{key}"] for p in paths if f"{p}.{key}" in stored), None)
+                if found != tuple(t.shape):
+                    raise ValueError(f"{name}.{key} has shape {found} in the weights file, the config "
                                      f"implies {tuple(t.shape)}")
             new = build_packed(cfg, dtype)
         except NnslimError:
@@ -163,7 +172,8 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
         except Exception as e:  # any malformed field: one line naming the layer
             raise NnslimError(f"{where}: quantized layer {name!r} does not fit the architecture: "
                               f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
-        replace_module(model, name, new)
+        for path in paths:
+            replace_module(model, path, new)
 
 
 def save(model, directory: str | Path, testbed=None, recipe: dict | None = None, seed: int = 0,
@@ -206,7 +216,7 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
 
             fmt, written = ecosystem.FORMAT, ecosystem.write(model, directory, Path(testbed.model_dir) / "config.json")
         if not written:
-            from .graph.modules import packed_layers
+            from .graph.modules import packed_aliases, packed_layers
 
             if sparse is not None:
                 atomic_write(directory / WEIGHTS_FILE,
@@ -222,6 +232,9 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
             layers = packed_layers(model)
             if layers:
                 meta["quantized_layers"] = layers
+                aliases = packed_aliases(model)
+                if aliases:
+                    meta["quantized_aliases"] = aliases
         meta.update(format=fmt, file=WEIGHTS_FILE, files=written, dtype=str(model_dtype(model)).replace("torch.", ""))
         from .pruning.structured import PLAN_ATTR
 
@@ -381,7 +394,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         raise NnslimError(f"weights file {str(weights)!r} not found")
     _cast(model, dtype)  # before packed layers go in: .to() would also cast fp8 codes
     _rebuild_quantized(model, meta.get("quantized_layers") or {}, dtype, directory / META_FILE,
-                       stored_shapes(weights))
+                       stored_shapes(weights), meta.get("quantized_aliases"))
     try:
         if meta.get("sparse_storage"):
             from .pruning.storage import load_sparse

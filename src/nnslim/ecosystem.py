@@ -294,9 +294,17 @@ def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[li
     """Load `tensors` into a model built on the meta device by assignment: they become its parameters (no
     second copy). Tensors the model ties (a head and its embedding; T5's shared / encoder / decoder embeddings)
     stored once under any of their names are tied again. Returns (unexpected names, names still on meta)."""
+    from .graph.modules import is_packed
+
     root = _hf_root(model)
     if root is not None and hasattr(root[0], "tie_weights"):
-        root[0].tie_weights()  # on meta too: the model's own tied names become one tensor again
+        try:
+            root[0].tie_weights()  # on meta too: the model's own tied names become one tensor again
+        except (AttributeError, KeyError, ValueError):
+            # a tied table or head that is packed (int8 codes, no .weight parameter) cannot be tied by
+            # transformers; the packed layer is one module at each of its paths (artifact quantized_aliases)
+            if not any(is_packed(m) for m in root[0].modules()):
+                raise
     tied = [[name, *others] for name, (_, others) in unique_state(model).items() if others]
     _, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     state = model.state_dict(keep_vars=True)

@@ -93,3 +93,33 @@ def test_a_table_shared_by_several_paths_is_replaced_at_all_of_them():
     assert "3 embedding table(s) and 1 head(s) (1 tied" in notes[0]
     assert isinstance(t5.shared, WeightOnlyEmbedding)
     assert t5.encoder.embed_tokens is t5.shared and t5.decoder.embed_tokens is t5.shared
+
+
+def test_t5_tables_survive_save_load_and_the_onnx_export(tmp_path):
+    """The one int8 table T5 holds at three paths is saved once and rebuilt at all three (nnslim.json
+    quantized_aliases); its ONNX export finds it in the encoder and both decoders."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    import nnslim
+    from hf_zoo import _build
+    from nnslim.runtime import TorchRunner
+
+    src = _build("t5", tmp_path / "zoo")
+    res = nnslim.compress(str(src), [{"method": "int4-rtn", "group_size": 32, "backup": "int8"}],
+                          out=tmp_path / "t", report=False)
+    meta = json.loads((tmp_path / "t" / "nnslim.json").read_text())
+    assert set(meta["quantized_aliases"].values()) == {"model.shared"}
+    back = nnslim.load(tmp_path / "t")
+    assert back.model.encoder.embed_tokens is back.model.shared is back.model.decoder.embed_tokens
+    feed = {"input_ids": np.full((1, 5), 7), "attention_mask": np.ones((1, 5), np.int64),
+            "decoder_input_ids": np.ones((1, 3), np.int64)}
+    assert np.array_equal(TorchRunner(back)(feed), TorchRunner(res.model)(feed))
+    onnx_res = nnslim.compress(str(src), [{"method": "int4-rtn", "group_size": 32}, {"method": "onnx"}],
+                               out=tmp_path / "o", report=False)
+    for f in onnx_res.model.files:
+        inits = onnx.load(str(f)).graph.initializer
+        tables = [i for i in inits if list(i.dims) == [30522, 64]]  # the vocabulary x d_model token table
+        assert [i.data_type for i in tables] == [onnx.TensorProto.INT8], f

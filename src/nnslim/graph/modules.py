@@ -68,6 +68,20 @@ def packed_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
     return {n: {"kind": type(m).packed_kind, **m.packed_config()} for n, m in model.named_modules() if is_packed(m)}
 
 
+def packed_aliases(model: nn.Module) -> dict[str, str]:
+    """Other path -> the path packed_layers() names, for packed layers the model holds at several paths (one
+    int8 table for T5's shared / encoder / decoder embeddings)."""
+    first: dict[int, str] = {}
+    out = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        if n and is_packed(m):
+            if id(m) in first:
+                out[n] = first[id(m)]
+            else:
+                first[id(m)] = n
+    return out
+
+
 def build_packed(cfg: dict[str, Any], dtype: torch.dtype) -> nn.Module:
     """An empty packed layer from its saved config (unknown kinds and bad fields are errors)."""
     kind = cfg.get("kind")

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import NnslimError
 from .base import OnnxModel
-from ..graph.modules import replace_module
+from ..graph.modules import replace_everywhere
 from .onnx_export import export_onnx
 
 
@@ -77,8 +77,8 @@ def has_qdq_layers(model) -> bool:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Every int8 layer replaced by its float equivalent (dequantized weights), in place; returns model."""
     for name, module in list(model.named_modules()):
-        if _spec_fn(module) is not None:
-            replace_module(model, name, module.unwrapped())
+        if _spec_fn(module) is not None:  # one float module wherever the model holds this one (T5's tables)
+            replace_everywhere(model, name, module.unwrapped())
     return model
 
 
