@@ -111,6 +111,21 @@ def test_openvino_ir_artifact_loads_in_nnslim_and_plain_openvino(llms, tmp_path)
     assert res.model.path.suffix == ".xml"
 
 
+def test_openvino_ir_weights_decompress_without_zero_point_subtracts(llms, tmp_path):
+    """nnslim's ONNX keeps explicit zero zero points (ONNX Runtime's choice); its IR drops them, as NNCF's IRs
+    have none (OpenVINO would subtract the zeros in every int4 decompression)."""
+    import openvino as ov
+
+    from nnslim.runtime.openvino import drop_zero_weight_offsets
+
+    int4 = [{"method": "int4-rtn", "group_size": 32}]
+    onnx_res = nnslim.compress(str(llms["llama"]), int4 + [{"method": "onnx"}], out=tmp_path / "o", report=False)
+    assert drop_zero_weight_offsets(ov.convert_model(str(onnx_res.model.path))) >= 14  # 2 layers x 7
+    ir = nnslim.compress(str(llms["llama"]), int4 + [{"method": "openvino"}], out=tmp_path / "ir", report=False)
+    assert drop_zero_weight_offsets(ov.Core().read_model(str(ir.model.path))) == 0
+    assert np.isfinite(nnslim.evaluate(str(tmp_path / "ir"))["metrics"]["perplexity"])
+
+
 def test_int8_attention_matmuls_get_calibrated_qdq(tmp_path):
     import onnx
 
