@@ -123,3 +123,8 @@ def test_t5_tables_survive_save_load_and_the_onnx_export(tmp_path):
         inits = onnx.load(str(f)).graph.initializer
         tables = [i for i in inits if list(i.dims) == [30522, 64]]  # the vocabulary x d_model token table
         assert [i.data_type for i in tables] == [onnx.TensorProto.INT8], f
+
+
+def test_bad_backup_value_is_one_clear_error():
+    with pytest.raises(NnslimError, match="backup='int4' is not allowed; allowed: auto, float, int8"):
+        Int4RtnConfig(backup="int4")
