@@ -253,3 +253,17 @@ def test_every_layerwise_method_streams_and_offloads(tmp_path, method):
     ids = torch.randint(0, 256, (1, 7))
     with torch.no_grad():
         torch.testing.assert_close(nnslim.load(out)(ids), ref(ids))
+
+
+def test_streamed_backup_int8_equals_in_memory_and_offload_says_it_cannot(tmp_path):
+    from nnslim.quant.weight_only.embedding import WeightOnlyEmbedding
+
+    d = _checkpoint(tmp_path, True)
+    cfg = Int4RtnConfig(group_size=32, backup="int8")
+    q = nnslim.quantize(nnslim.load(d, stream=True), cfg, inplace=True)
+    assert sum(isinstance(m, WeightOnlyEmbedding) for m in q.modules()) == 1
+    _same(q, nnslim.quantize(_whole(d), cfg))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    with pytest.raises(NnslimError, match="backup='int8' is not supported yet for a model streamed with an offload"):
+        nnslim.quantize(nnslim.load(d, stream=True, offload_dir=spill), cfg, inplace=True)

@@ -141,6 +141,13 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
     if source_of(model) is not None:  # the float rest (norms, embeddings, head) in memory, or on disk with offload
         source_of(model).settle(model)
     backup = resolve_backup(config, exports_later)
+    offloaded = source_of(model) is not None and source_of(model).offload_dir is not None
+    if backup == "int8" and offloaded:  # its float tables are back on disk (meta) after the streamed pass
+        if config.backup == "int8":
+            raise NnslimError("backup='int8' is not supported yet for a model streamed with an offload folder; use "
+                              "backup='float', or stream without offload_dir")
+        backup = "float"
+        notes.append("backup auto: float (streamed with an offload folder, where int8 tables are not supported yet)")
     if backup == "int8":
         from .embedding import quantize_backup
 
