@@ -128,3 +128,39 @@ def test_t5_tables_survive_save_load_and_the_onnx_export(tmp_path):
 def test_bad_backup_value_is_one_clear_error():
     with pytest.raises(NnslimError, match="backup='int4' is not allowed; allowed: auto, float, int8"):
         Int4RtnConfig(backup="int4")
+
+
+def test_scaled_word_embeddings_are_int8_tables_with_their_factor(tmp_path):
+    """BART's (and Gemma's) scaled word embedding is a lookup times embed_scale: an int8 table keeping the
+    factor; its learned positions (another forward) stay float; the tied head shares the table in ONNX."""
+    import numpy as np
+    import onnx
+
+    import nnslim
+    from hf_zoo import _build
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    bart = BartForConditionalGeneration(BartConfig(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=128, max_position_embeddings=64, scale_embedding=True)).eval()
+    ids = torch.randint(0, 128, (1, 9))
+    with torch.no_grad():
+        ref = bart.model.shared(ids)
+    notes = quantize_backup(bart)
+    assert "1 embedding table(s)" in notes[0] and "1 tied" in notes[0]
+    emb = bart.model.shared
+    assert isinstance(emb, WeightOnlyEmbedding) and emb.embed_scale == pytest.approx(32 ** 0.5)
+    assert bart.model.encoder.embed_tokens is emb
+    assert type(bart.model.encoder.embed_positions).__name__ == "BartLearnedPositionalEmbedding"
+    with torch.no_grad():
+        err = float((emb(ids) - ref).abs().max())
+    assert err <= float(emb.scales.max()) * emb.embed_scale / 2 + 1e-5
+    src = _build("bart", tmp_path / "zoo")
+    res = nnslim.compress(str(src), [{"method": "int4-rtn", "group_size": 32}, {"method": "onnx"}],
+                          out=tmp_path / "o", report=False)
+    for f in res.model.files:
+        tables = [i for i in onnx.load(str(f)).graph.initializer if list(i.dims) == [30522, 64]]
+        assert [i.data_type for i in tables] == [onnx.TensorProto.INT8], f
+    metrics = nnslim.evaluate(str(tmp_path / "o"), testbed=str(src))["metrics"]
+    assert metrics and all(np.isfinite(v) for v in metrics.values() if isinstance(v, float)), metrics
