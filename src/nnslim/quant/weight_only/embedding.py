@@ -66,9 +66,7 @@ class WeightOnlyEmbedding(nn.Module):
         rows = F.embedding(flat, self.qweight).to(torch.int32)
         out = dequantize_codes(rows, F.embedding(flat, self.scales), F.embedding(flat, self.zeros),
                                self.scales.dtype)
-        if self.embed_scale != 1.0:
-            out = out * torch.tensor(self.embed_scale, dtype=out.dtype, device=out.device)
-        return out.reshape(*ids.shape, self.embedding_dim)
+        return _scaled(out, self.embed_scale).reshape(*ids.shape, self.embedding_dim)
 
     def onnx_qdq_spec(self) -> dict:
         """The table for an ONNX export (runtime/qdq.py): signed codes, one scale per row, zero point 0."""
@@ -100,9 +98,12 @@ class ScaledEmbedding(nn.Embedding):
     embed_scale = 1.0
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = super().forward(ids)
-        return out if self.embed_scale == 1.0 else out * torch.tensor(self.embed_scale, dtype=out.dtype,
-                                                                      device=out.device)
+        return _scaled(super().forward(ids), self.embed_scale)
+
+
+def _scaled(rows: torch.Tensor, factor: float) -> torch.Tensor:
+    """rows times the factor in their own dtype (as Gemma multiplies by embed_scale cast to the table's dtype)."""
+    return rows if factor == 1.0 else rows * torch.tensor(factor, dtype=rows.dtype, device=rows.device)
 
 
 def lookup_scale(emb: nn.Embedding) -> float | None:
@@ -119,7 +120,7 @@ def lookup_scale(emb: nn.Embedding) -> float | None:
         ids = torch.arange(min(8, emb.num_embeddings), device=emb.weight.device)
         with torch.no_grad():
             got = emb(ids)
-            want = F.embedding(ids, emb.weight) * torch.tensor(s, dtype=emb.weight.dtype, device=ids.device)
+            want = _scaled(F.embedding(ids, emb.weight), s)
     except Exception:  # an unusual signature or scale: not a plain scaled lookup
         return None
     return s if torch.allclose(got.float(), want.float(), rtol=1e-3, atol=1e-6) else None
@@ -131,21 +132,23 @@ def _row_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def quantize_backup(model: nn.Module, ignore=(), head: bool = True) -> list[str]:
-    """Input embedding tables (plain nn.Embedding lookups, minus `ignore`) to int8 per row and, when `head`,
+    """Input embedding tables (nn.Embedding lookups, scaled ones included (lookup_scale), minus `ignore`) to int8
+    per row and, when `head`,
     the float output head (lm_head / classifier / score) to int8 per channel, in place; a head tied to a
     table shares its codes. Returns the report notes."""
-    # (BART's learned positions have their own forward: they stay float)
-    tables = {n: m for n, m in select_layers(model, (nn.Embedding,), ignore).items() if lookup_scale(m) is not None}
+    # name -> (table, its lookup factor); BART's learned positions have their own forward: they stay float
+    tables = {n: (m, f) for n, m in select_layers(model, (nn.Embedding,), ignore).items()
+              if (f := lookup_scale(m)) is not None}
     heads = {n: m for n, m in select_layers(model, (nn.Linear,), ignore).items() if head and is_head(n, m)}
-    for name, emb in tables.items():
+    for name, (emb, _) in tables.items():
         if emb.max_norm is not None:
             raise NnslimError(f"embedding {name} renormalizes its rows (max_norm={emb.max_norm}); an int8 table "
                               "cannot: add it to `ignore` or set backup: float")
     codes: dict[int, tuple] = {}  # data_ptr of a float table -> its codes (a tied head reuses them)
     made: dict[tuple, WeightOnlyEmbedding] = {}  # one int8 table per float table and factor, wherever it is held
-    for name, emb in tables.items():
+    for name, (emb, factor) in tables.items():
         ptr = emb.weight.data_ptr()
-        key = (ptr, lookup_scale(emb))  # (T5's shared / encoder / decoder embeddings: three modules, one weight)
+        key = (ptr, factor)  # (T5's shared / encoder / decoder embeddings: three modules, one weight)
         if ptr not in codes:
             codes[ptr] = _row_codes(emb.weight.detach())
         if key not in made:
