@@ -54,9 +54,9 @@ class OpenVinoRunner(Runner):
 def drop_zero_weight_offsets(model) -> int:
     """Remove the Subtract of an all-zero zero point from every weight decompression (Constant -> Convert ->
     Subtract(zero) -> Multiply) of an OpenVINO model, in place; returns how many. A symmetric weight's
-    DequantizeLinear carries an explicit zero zero point in nnslim's ONNX (ONNX Runtime's MatMulNBits runs
-    4-8% faster with it); OpenVINO computes the subtraction in every decompression (int4 decode ~6% slower,
-    BENCHMARKS 7c'), and NNCF's IRs have none."""
+    DequantizeLinear carries an explicit zero zero point in nnslim's ONNX (in ONNX Runtime the difference is
+    inside the noise); OpenVINO computes the subtraction in every decompression (int4 decode slower, measured
+    in BENCHMARKS 7c'), and NNCF's IRs have none."""
     removed = 0
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Subtract":

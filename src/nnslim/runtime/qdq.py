@@ -125,7 +125,7 @@ def _tied_heads(spec: dict[str, dict]) -> dict[str, str]:
 def _lookup(node, t: dict[str, str]) -> list:
     """An embedding Gather on the int8 table: gather the rows, then dequantize only them (Cast, minus the
     gathered zero point, times the gathered row scale). A DequantizeLinear of the whole table before the Gather
-    would dequantize every row on every run in ONNX Runtime (measured: 9 ms per run for a 49152 x 576 table)."""
+    would dequantize every row on every run in ONNX Runtime (BENCHMARKS 8f: int8 MiniLM 2.2x at batch 1)."""
     from onnx import TensorProto, helper
 
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
