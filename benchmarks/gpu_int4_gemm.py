@@ -1,14 +1,13 @@
 """Sweep of nnslim's int4 tensor-core GEMM launch configurations on Llama-7B linear shapes (issue 17).
 
-  python benchmarks/gpu_int4_gemm.py [--m 16,32,...] [--grid full|kept] [--qp-words both|on|off] [--json FILE]
+  python benchmarks/gpu_int4_gemm.py [--m 16,32,...] [--json FILE]
 
 For each shape (K x N) and M: bf16 F.linear, torch's tinygemm, the one-kernel dequantize + cuBLAS path
 and every tensor-core configuration of the grid below (both operand orders), each timed like
 benchmarks/gpu_llm.py (a CUDA graph of R layer copies whose weights exceed L2, do_bench median), each
 checked against the dequantize-then-matmul reference first. Prints one JSON row per (shape, M) with
 the best configuration and the top five: the configurations kept in triton_int4.TC_CONFIGS are the
-ones that won here (--grid kept times only those). --qp-words: the group scales read as 32-bit words
-(pipelined through shared memory, the default) and/or one 16-bit load per row (names ending in "h").
+ones that won here.
 """
 from __future__ import annotations
 
@@ -44,15 +43,13 @@ DEQUANT_TILES = [(64, 64, 4), (64, 128, 4), (128, 128, 8), (32, 128, 4), (16, 25
 
 def name(c: dict) -> str:
     return (f"{'S' if c['SWAP'] else 'N'}{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}k{c['SPLIT_K']}"
-            f"w{c['num_warps']}s{c['num_stages']}{'' if c.get('QP_WORDS', True) else 'h'}")
+            f"w{c['num_warps']}s{c['num_stages']}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--m", default="16,32,64,128,256,512,2048")
     ap.add_argument("--rep-ms", type=int, default=60)
-    ap.add_argument("--grid", default="full", choices=["full", "kept"])
-    ap.add_argument("--qp-words", default="on", choices=["both", "on", "off"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -63,9 +60,7 @@ def main():
     dq_rows = []
     print(f"# int4 GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
-    base_grid = grid() if args.grid == "full" else [dict(c) for c in triton_int4.TC_CONFIGS]
-    words = {"both": (True, False), "on": (True,), "off": (False,)}[args.qp_words]
-    rows, configs = [], [dict(c, QP_WORDS=w) for c in base_grid for w in words]
+    rows, configs = [], grid()
     for k, n in SHAPES:
         lin, codes, scale, zero, spec = int4_parts(k, n)
         w = lin.weight.detach()

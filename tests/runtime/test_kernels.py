@@ -214,24 +214,6 @@ def test_tensor_core_gemm_and_dequantizer_read_stored_codes(k, n, group, sym, m)
         cands = layer._candidates(torch.zeros(64, k, device=DEV, dtype=dtype))
         assert any(c.startswith("triton-int4tc-") for c in cands) and "triton-int4dq" in cands
 
-@pytest.mark.parametrize("k,n,group,sym", [(256, 96, 64, True), (512, 80, 32, False), (1024, 24, 128, False)])
-def test_tensor_core_gemm_reads_group_params_as_words(k, n, group, sym):
-    """16-bit scales and uint8 zeros read as 32-bit words (QP_WORDS, what the GEMM does where their sizes
-    allow) give the same product as one load per element; both match the reference."""
-    layer = _int4(k, n, group, sym)
-    dtype = torch.bfloat16 if CUDA else torch.float16  # the interpreter's bf16 dot is not numpy's
-    scales = layer.scales.to(dtype)
-    zeros = None if layer.symmetric else layer.zeros
-    assert triton_int4._as_words(scales) is not None and (zeros is None or triton_int4._as_words(zeros) is not None)
-    x = torch.randn(5, k, device=DEV, dtype=dtype)
-    ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
-    cfg = dict(triton_int4.TC_CONFIGS[0], BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_stages=1)
-    words, plain = (triton_int4.int4_gemm_tc(x, layer.qweight, scales, zeros, layer.group, dict(cfg, QP_WORDS=w))
-                    for w in (True, False))
-    assert torch.equal(words, plain)
-    assert float((words.float() - ref).norm() / ref.norm()) < 1e-2
-
-
 def test_int8_gemm_and_row_quant():
     torch.manual_seed(1)
     a = torch.randint(-127, 128, (37, 96), dtype=torch.int8, device=DEV)

@@ -273,52 +273,37 @@ if triton is not None:
 
 
     @triton.jit
-    def _qparam(ptr, idx, BITS: tl.constexpr, WORDS: tl.constexpr):
-        """Element idx of a [N, G] scale / zero tensor as its raw BITS-bit pattern (int32). WORDS: ptr is that
-        tensor viewed as int32 words, read 4 bytes per element so that the compiler's software pipeline
-        copies them to shared memory ahead of use (it does not for 1- and 2-byte loads, whose latency then
-        stalls every K step of the GEMM)."""
-        if WORDS:
-            per: tl.constexpr = 32 // BITS
-            return (tl.load(ptr + idx // per) >> ((idx % per) * BITS)) & ((1 << BITS) - 1)
-        return tl.load(ptr + idx).to(tl.int32)
-
-    @triton.jit
     def _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_n, k0, K: tl.constexpr, GROUP: tl.constexpr,
-                      HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                      QP_WORDS: tl.constexpr = False):
+                      HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr, OUT_DTYPE: tl.constexpr):
         """W[offs_n, k0:k0+BLOCK_K] dequantized to OUT_DTYPE, from the canonical packed codes (qw [N, K/2]
         uint8, low nibble = even k): bytes [BN, BK/2] -> nibbles joined on a last axis of 2 -> [BN, BK] in k
         order. Codes become floats with the 2**23 trick; one scale (and zero) per row when the tile lies in
-        one group, else one per group column. QP_WORDS: s_ptr / z_ptr are the 16-bit scales / uint8 zeros
-        viewed as int32 words (_qparam)."""
+        one group, else one per group column."""
         G: tl.constexpr = K // GROUP
         raw = tl.load(qw_ptr + offs_n[:, None] * (K // 2) + k0 // 2 + tl.arange(0, BLOCK_K // 2)[None, :]).to(tl.int32)
         q = tl.reshape(tl.join(raw & 15, raw >> 4), (raw.shape[0], BLOCK_K))
         qf = (q | 0x4B000000).to(tl.float32, bitcast=True)
         if GROUP % BLOCK_K == 0:
             gi = offs_n * G + k0 // GROUP
+            s = tl.load(s_ptr + gi).to(tl.float32)[:, None]
+            if HAS_ZERO:
+                z = tl.load(z_ptr + gi).to(tl.float32)[:, None] + 8388608.0
+            else:
+                z = 8388616.0
         else:
             gi = offs_n[:, None] * G + (k0 + tl.arange(0, BLOCK_K))[None, :] // GROUP
-        if QP_WORDS:
-            s = _qparam(s_ptr, gi, 16, True).to(tl.int16).to(OUT_DTYPE, bitcast=True).to(tl.float32)
-        else:
             s = tl.load(s_ptr + gi).to(tl.float32)
-        if HAS_ZERO:
-            z = _qparam(z_ptr, gi, 8, QP_WORDS).to(tl.float32) + 8388608.0
-        else:
-            z = 8388616.0
-        if GROUP % BLOCK_K == 0:
-            s = s[:, None]
             if HAS_ZERO:
-                z = z[:, None]
+                z = tl.load(z_ptr + gi).to(tl.float32) + 8388608.0
+            else:
+                z = 8388616.0
         return ((qf - z) * s).to(OUT_DTYPE)
 
     @triton.jit
     def _int4_gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
                              GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
-                             SWAP: tl.constexpr, SPLIT_K: tl.constexpr, QP_WORDS: tl.constexpr):
+                             SWAP: tl.constexpr, SPLIT_K: tl.constexpr):
         """Tensor-core GEMM straight from the stored codes: each K step dequantizes a [BLOCK_N, BLOCK_K]
         weight tile in registers. SWAP computes y.T = W @ x.T, so the dequantized weight is the MMA's A
         operand, which Hopper's wgmma reads from registers (the B operand, x.T, streams through shared
@@ -341,8 +326,7 @@ if triton is not None:
         first = tl.program_id(1) * per
         for kk in range(first, tl.minimum(first + per, steps)):
             k0 = kk * BLOCK_K
-            w = _dequant_tile(qw_ptr, s_ptr, z_ptr, rn, k0, K, GROUP, HAS_ZERO, BLOCK_K, x_ptr.dtype.element_ty,
-                              QP_WORDS)
+            w = _dequant_tile(qw_ptr, s_ptr, z_ptr, rn, k0, K, GROUP, HAS_ZERO, BLOCK_K, x_ptr.dtype.element_ty)
             if SWAP:
                 xt = tl.load(x_ptr + rm[None, :] * stride_xm + (k0 + offs_k)[:, None])
                 acc = tl.dot(w, xt, acc)
@@ -513,13 +497,6 @@ def tc_fits(k: int, group: int, block_k: int) -> bool:
     return k % block_k == 0 and (group % block_k == 0 or block_k % group == 0)
 
 
-def _as_words(t: torch.Tensor) -> torch.Tensor | None:
-    """t (contiguous, 4-byte aligned, a whole number of 32-bit words) viewed as int32, else None."""
-    if not t.is_contiguous() or (t.numel() * t.element_size()) % 4 or t.data_ptr() % 4:
-        return None
-    return t.view(-1).view(torch.int32)
-
-
 def int4_gemm_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  group: int, config: dict) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T on tensor cores, from the canonical packed weight (qweight [N, K/2]
@@ -533,13 +510,8 @@ def int4_gemm_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty((m, n), dtype=x.dtype, device=x.device) if split == 1 else \
         torch.zeros((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
-    # scales / zeros read as 32-bit words (pipelined through shared memory) where their sizes allow it
-    words = cfg.pop("QP_WORDS", True) and scales.dtype == x.dtype and scales.element_size() == 2 and \
-        _as_words(scales) is not None and \
-        (zeros is None or _as_words(zeros) is not None)
-    s_arg, z_arg = (_as_words(scales), _as_words(zeros) if zeros is not None else None) if words else (scales, zeros)
-    _int4_gemm_tc_kernel[grid](x, qweight, s_arg, z_arg if z_arg is not None else s_arg, y, m, n, x.stride(0),
-                               y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, QP_WORDS=words, **cfg)
+    _int4_gemm_tc_kernel[grid](x, qweight, scales, zeros if zeros is not None else scales, y, m, n, x.stride(0),
+                               y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, **cfg)
     return y if split == 1 else y.to(x.dtype)
 
 
