@@ -445,6 +445,9 @@ def main():
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--attention", default=None,
+                    help="decode attention launches: the JSON of benchmarks/gpu_decode_attention.py (its best per "
+                         "cache format replaces triton_decode.ATTENTION_CONFIG for this run)")
     args = ap.parse_args()
     if args.what == "render":
         if not args.json:
@@ -453,6 +456,13 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     print(f"# {args.what} on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    if args.attention:
+        from nnslim.runtime.kernels import triton_decode
+
+        for row in json.loads(Path(args.attention).read_text())["rows"]:
+            fmt = {"bf16": "model"}.get(row["cache"], row["cache"])
+            triton_decode.ATTENTION_CONFIG[fmt] = row["best_config"]
+        print(f"# decode attention launches: {triton_decode.ATTENTION_CONFIG}", flush=True)
     rows = {"kernels": bench_kernels, "decode": bench_decode, "batched": bench_batched,
             "gptq": bench_gptq}[args.what](args)
     if args.json:

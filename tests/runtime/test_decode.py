@@ -107,6 +107,40 @@ def test_fused_kernels_match_torch(interpreted):
         assert torch.allclose(o.view(heads, hd), (att[..., None] * vals).sum(1), atol=1e-5), chunk
 
 
+@pytest.mark.parametrize("config", [dict(WORDS=False), dict(WORDS=True), dict(DOT=True), dict(DOT=True, WORDS=True)])
+def test_decode_attention_over_int8_codes(interpreted, config):
+    """Attention over an int8 cache (codes + one scale per head and position) equals attention over the
+    dequantized cache, and over a model-dtype cache equals plain attention, for every kernel: WORDS reads the
+    codes as 32-bit words (exact byte-to-float without conversions), DOT puts the query heads of a kv head
+    (GQA) in the rows of tensor-core products."""
+    from nnslim.runtime.kernels import triton_decode as K
+
+    dev = "cuda" if CUDA else "cpu"
+    g = torch.Generator().manual_seed(1)
+    for b, heads, kvh, length, hd, pos in ((1, 4, 2, 40, 16, 33), (2, 2, 2, 20, 12, 5), (2, 9, 3, 24, 32, 20)):
+        q = torch.randn(b, heads, 1, hd, generator=g)
+        k, v = torch.randn(b, kvh, length, hd, generator=g), torch.randn(b, kvh, length, hd, generator=g) * 3
+        ks, vs = k.abs().amax(-1) / 127, v.abs().amax(-1) / 127
+        k8 = (k / ks[..., None]).round().clamp(-128, 127).to(torch.int8)
+        v8 = (v / vs[..., None]).round().to(torch.int8)
+        k8[0, 0, 0, :4] = torch.tensor([-128, 127, -1, 0], dtype=torch.int8)  # every byte pattern's edge
+        rep = heads // kvh
+        keys = (k8.float() * ks[..., None]).repeat_interleave(rep, 1)[:, :, :pos + 1]
+        vals = (v8.float() * vs[..., None]).repeat_interleave(rep, 1)[:, :, :pos + 1]
+        att = torch.softmax((q * keys).sum(-1) * hd ** -0.5, -1)
+        ref = (att[..., None] * vals).sum(2).reshape(b, heads * hd)
+        keys, vals = k.repeat_interleave(rep, 1)[:, :, :pos + 1], v.repeat_interleave(rep, 1)[:, :, :pos + 1]
+        att = torch.softmax((q * keys).sum(-1) * hd ** -0.5, -1)
+        ref_model = (att[..., None] * vals).sum(2).reshape(b, heads * hd)
+        for chunk in (64, 8):
+            o = K.decode_attention(q.to(dev), k8.to(dev), v8.to(dev), torch.tensor([pos], device=dev), hd ** -0.5,
+                                   chunk=chunk, k_scale=ks.to(dev), v_scale=vs.to(dev), config=config)
+            assert torch.allclose(o.cpu(), ref, atol=1e-5), (hd, chunk)
+            o = K.decode_attention(q.to(dev), k.to(dev), v.to(dev), torch.tensor([pos], device=dev), hd ** -0.5,
+                                   chunk=chunk, config=config)
+            assert torch.allclose(o.cpu(), ref_model, atol=1e-5), (hd, chunk)
+
+
 def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
     import copy
 

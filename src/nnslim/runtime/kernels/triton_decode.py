@@ -22,6 +22,8 @@ from ..rowquant import ROW_FORMATS, PreQuantized
 if triton is not None:
     from .triton_w8a8 import quantize_row
 
+    FLIP = tl.constexpr(-0x7F7F7F80)  # 0x80808080 as int32: each int8 code's sign bit flipped (code + 128)
+
 if triton is not None:
 
     @triton.jit
@@ -145,6 +147,137 @@ if triton is not None:
         tl.store(acc_ptr + (bh * nsplit + sp) * D + d, acc, mask=dm)
 
     @triton.jit
+    def _code_f32(w, J: tl.constexpr):
+        """Byte J of int32 words w ^ 0x80808080 (each int8 code + 128) in fp32 without a conversion instruction
+        (I2F runs at a quarter of the FMA rate): byte | 0x4B000000 is the float 2**23 + 128 + code, exact."""
+        b = ((w >> (8 * J)) & 0xFF) | 0x4B000000
+        return b.to(tl.float32, bitcast=True) - 8388736.0
+
+    @triton.jit
+    def _decode_attention_int8_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
+                                      H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                                      BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+                                      EARLY_V: tl.constexpr):
+        """_decode_attention_split_kernel for an int8 cache read as int32 words of 4 codes (k_ptr / v_ptr:
+        the cache viewed as int32): code j of word i is dimension 4 i + j; q and the output are split the
+        same way, so each code costs a shift, one logic op, one add and its FMA."""
+        bh = tl.program_id(0)
+        sp = tl.program_id(1)
+        nsplit = tl.num_programs(1)
+        kh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
+        n = tl.load(pos_ptr) + 1
+        W: tl.constexpr = D // 4
+        i = tl.arange(0, BLOCK_W)
+        im = i < W
+        qb = q_ptr + bh * D + 4 * i
+        q0 = tl.load(qb, mask=im, other=0.0).to(tl.float32) * scale
+        q1 = tl.load(qb + 1, mask=im, other=0.0).to(tl.float32) * scale
+        q2 = tl.load(qb + 2, mask=im, other=0.0).to(tl.float32) * scale
+        q3 = tl.load(qb + 3, mask=im, other=0.0).to(tl.float32) * scale
+        m_i = tl.max(tl.full((BLOCK_L,), -1e30, tl.float32), axis=0)
+        l_i = tl.sum(tl.zeros((BLOCK_L,), tl.float32), axis=0)
+        a0 = tl.zeros((BLOCK_W,), tl.float32)
+        a1 = tl.zeros((BLOCK_W,), tl.float32)
+        a2 = tl.zeros((BLOCK_W,), tl.float32)
+        a3 = tl.zeros((BLOCK_W,), tl.float32)
+        for start in range(0, CHUNK, BLOCK_L):
+            offs = sp * CHUNK + start + tl.arange(0, BLOCK_L)
+            lm = offs < n
+            ptrs = (kh * L + offs)[:, None] * W + i[None, :]
+            wm = lm[:, None] & im[None, :]
+            kw = tl.load(k_ptr + ptrs, mask=wm, other=0) ^ FLIP
+            if EARLY_V:
+                vw = tl.load(v_ptr + ptrs, mask=wm, other=0) ^ FLIP
+            s = tl.sum(_code_f32(kw, 0) * q0[None, :] + _code_f32(kw, 1) * q1[None, :]
+                       + _code_f32(kw, 2) * q2[None, :] + _code_f32(kw, 3) * q3[None, :], axis=1)
+            s = s * tl.load(ks_ptr + kh * L + offs, mask=lm, other=0.0)
+            s = tl.where(lm, s, -1e30)
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
+            p = tl.where(lm, tl.exp(s - m_new), 0.0)
+            alpha = tl.exp(m_i - m_new)
+            if not EARLY_V:
+                vw = tl.load(v_ptr + ptrs, mask=wm, other=0) ^ FLIP
+            pv = (p * tl.load(vs_ptr + kh * L + offs, mask=lm, other=0.0))[:, None]
+            a0 = a0 * alpha + tl.sum(pv * _code_f32(vw, 0), axis=0)
+            a1 = a1 * alpha + tl.sum(pv * _code_f32(vw, 1), axis=0)
+            a2 = a2 * alpha + tl.sum(pv * _code_f32(vw, 2), axis=0)
+            a3 = a3 * alpha + tl.sum(pv * _code_f32(vw, 3), axis=0)
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            m_i = m_new
+        tl.store(m_ptr + bh * nsplit + sp, m_i)
+        tl.store(l_ptr + bh * nsplit + sp, l_i)
+        ob = acc_ptr + (bh * nsplit + sp) * D + 4 * i
+        tl.store(ob, a0, mask=im)
+        tl.store(ob + 1, a1, mask=im)
+        tl.store(ob + 2, a2, mask=im)
+        tl.store(ob + 3, a3, mask=im)
+
+    @triton.jit
+    def _cache_tile(ptr, rows, d, dm, lm, D: tl.constexpr, BLOCK_D: tl.constexpr, CODES: tl.constexpr,
+                    DOT: tl.constexpr):
+        """Rows `rows` of a [*, D] cache as a [BLOCK_L, BLOCK_D] tile in DOT (masked rows / columns 0).
+        CODES 0: model dtype; 1: int8 / fp8 codes converted as they are; 2: int8 codes read as int32 words
+        (ptr: the cache viewed as int32) and converted exactly with _code_f32, rejoined in dimension order."""
+        if CODES == 2:
+            W: tl.constexpr = D // 4
+            i = tl.arange(0, BLOCK_D // 4)
+            w = tl.load(ptr + rows[:, None] * W + i[None, :], mask=lm[:, None] & (i < W)[None, :], other=0) ^ FLIP
+            t = tl.join(tl.join(_code_f32(w, 0), _code_f32(w, 2)), tl.join(_code_f32(w, 1), _code_f32(w, 3)))
+            return tl.reshape(t, (rows.shape[0], BLOCK_D)).to(DOT)
+        t = tl.load(ptr + rows[:, None] * D + d[None, :], mask=lm[:, None] & dm[None, :], other=0.0)
+        if CODES == 1:
+            return t.to(tl.float32).to(DOT)
+        return t.to(DOT)
+
+    @triton.jit
+    def _decode_attention_dot_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
+                                     H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                                     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                                     CHUNK: tl.constexpr, CODES: tl.constexpr, SCALED: tl.constexpr,
+                                     DOT: tl.constexpr, PRECISION: tl.constexpr):
+        """Split s of (sequence b, kv head kh) for the GROUP query heads that share it, as rows of tensor-core
+        products (padded to BLOCK_G >= 16 rows): scores = q K^T, out += p V with p rounded to DOT (as
+        flash attention does; HF's eager attention rounds the probabilities to the model dtype too). Writes
+        the same partials as _decode_attention_split_kernel."""
+        bk = tl.program_id(0)
+        sp = tl.program_id(1)
+        nsplit = tl.num_programs(1)
+        b = bk // KVH
+        kh = bk % KVH
+        n = tl.load(pos_ptr) + 1
+        g = tl.arange(0, BLOCK_G)
+        gm = g < GROUP
+        bh = b * H + kh * GROUP + g  # the query heads of this kv head
+        d = tl.arange(0, BLOCK_D)
+        dm = d < D
+        q = tl.load(q_ptr + bh[:, None] * D + d[None, :], mask=gm[:, None] & dm[None, :], other=0.0).to(DOT)
+        m_i = tl.full((BLOCK_G,), -1e30, tl.float32)
+        l_i = tl.zeros((BLOCK_G,), tl.float32)
+        acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+        for start in range(0, CHUNK, BLOCK_L):
+            offs = sp * CHUNK + start + tl.arange(0, BLOCK_L)
+            lm = offs < n
+            rows = bk * L + offs  # cache [B, KVH, L, D]: row (b * KVH + kh) * L + position
+            k = _cache_tile(k_ptr, rows, d, dm, lm, D, BLOCK_D, CODES, DOT)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+            if SCALED:
+                s = s * tl.load(ks_ptr + rows, mask=lm, other=0.0)[None, :]
+            s = tl.where(lm[None, :], s, -1e30)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.where(lm[None, :], tl.exp(s - m_new[:, None]), 0.0)
+            alpha = tl.exp(m_i - m_new)
+            v = _cache_tile(v_ptr, rows, d, dm, lm, D, BLOCK_D, CODES, DOT)
+            pv = p
+            if SCALED:
+                pv = p * tl.load(vs_ptr + rows, mask=lm, other=0.0)[None, :]
+            acc = acc * alpha[:, None] + tl.dot(pv.to(DOT), v, input_precision=PRECISION)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            m_i = m_new
+        tl.store(m_ptr + bh * nsplit + sp, m_i, mask=gm)
+        tl.store(l_ptr + bh * nsplit + sp, l_i, mask=gm)
+        tl.store(acc_ptr + (bh * nsplit + sp)[:, None] * D + d[None, :], acc, mask=gm[:, None] & dm[None, :])
+
+    @triton.jit
     def _decode_attention_reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
                                         D: tl.constexpr, BLOCK_D: tl.constexpr):
         h = tl.program_id(0)
@@ -214,11 +347,21 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     return q
 
 
-# split-K decode attention launch (model-dtype cache, 1-byte int8 / fp8 cache): positions per iteration,
-# programs to aim for, V loaded with K; chosen by benchmarks/gpu_decode_attention.py on the H200
-# (2026-12-03, 16512 positions: bf16 134 -> 84 us, int8 90 -> 68 us against the earlier 64 / 1024 / late V)
-ATTENTION_CONFIG = {False: dict(BLOCK_L=128, PROGRAMS=4096, EARLY_V=True, num_warps=4),
-                    True: dict(BLOCK_L=128, PROGRAMS=4096, EARLY_V=False, num_warps=4)}
+# split-K decode attention launch per cache format: positions per iteration, programs to aim for, V loaded
+# with K, int8 codes read as 32-bit words (WORDS: _decode_attention_int8_kernel), query heads as rows of tensor-core
+# products (DOT: _decode_attention_dot_kernel, with num_stages); chosen by benchmarks/gpu_decode_attention.py on the
+# H200 (16512 positions; 2026-12-03: bf16 134 -> 84 us, int8 90 -> 68 us against the earlier 64 / 1024 / late V;
+# 2026-12-05: int8 words 63 us, BENCHMARKS 9g)
+ATTENTION_CONFIG = {"model": dict(BLOCK_L=128, PROGRAMS=4096, EARLY_V=True, num_warps=4),
+                    "int8": dict(BLOCK_L=128, PROGRAMS=2048, EARLY_V=False, num_warps=4, WORDS=True),
+                    "fp8": dict(BLOCK_L=128, PROGRAMS=4096, EARLY_V=False, num_warps=4)}
+
+
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32} if triton else {}
+
+
+def cache_format(k_cache: torch.Tensor) -> str:
+    return {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}.get(k_cache.dtype, "model")
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
@@ -231,10 +374,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     graph."""
     b, heads, d = q.shape[0], q.shape[1], q.shape[-1]
     kv_heads, length = k_cache.shape[1], k_cache.shape[2]
-    cfg = {**ATTENTION_CONFIG[k_cache.element_size() == 1], **(config or {})}
+    cfg = {**ATTENTION_CONFIG[cache_format(k_cache)], **(config or {})}
     block_l = cfg["BLOCK_L"]
     if chunk is None:
-        per = -(-length // max(1, cfg["PROGRAMS"] // (b * heads)))
+        units = b * (kv_heads if cfg.get("DOT", False) else heads)  # programs per split
+        per = -(-length // max(1, cfg["PROGRAMS"] // units))
         chunk = max(block_l, -(-per // block_l) * block_l)
     nsplit = triton.cdiv(length, chunk)
     m = torch.empty((b * heads, nsplit), dtype=torch.float32, device=q.device)
@@ -243,12 +387,32 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     out = torch.empty((b, heads * d), dtype=q.dtype, device=q.device)
     block_d = triton.next_power_of_2(d)
     scaled = k_scale is not None
-    _decode_attention_split_kernel[(b * heads, nsplit)](q, k_cache, v_cache, k_scale if scaled else k_cache,
-                                                        v_scale if scaled else v_cache, pos, m, den, acc, length,
-                                                        scale, H=heads, GROUP=heads // kv_heads, D=d,
-                                                        BLOCK_D=block_d, BLOCK_L=min(chunk, block_l), CHUNK=chunk,
-                                                        SCALED=scaled, EARLY_V=cfg["EARLY_V"],
-                                                        num_warps=cfg["num_warps"])
+    if cfg.get("DOT", False) and d >= 16 and min(chunk, block_l) >= 16:  # tl.dot: every dimension >= 16
+        codes = 0 if not scaled else (2 if cfg.get("WORDS", False) and k_cache.dtype == torch.int8 and d % 4 == 0
+                                      else 1)
+        group = heads // kv_heads
+        dot = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        cache = (k_cache.view(torch.int32), v_cache.view(torch.int32)) if codes == 2 else (k_cache, v_cache)
+        _decode_attention_dot_kernel[(b * kv_heads, nsplit)](
+            q, *cache, k_scale if scaled else k_cache, v_scale if scaled else v_cache, pos, m, den, acc, length,
+            scale, H=heads, KVH=kv_heads, GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
+            BLOCK_D=block_d, BLOCK_L=min(chunk, block_l), CHUNK=chunk, CODES=codes, SCALED=scaled,
+            DOT=_TL_DTYPES[dot], PRECISION="ieee" if dot == torch.float32 else "tf32",
+            num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
+    elif cfg.get("WORDS", False) and k_cache.dtype == torch.int8 and d % 4 == 0:
+        _decode_attention_int8_kernel[(b * heads, nsplit)](q, k_cache.view(torch.int32), v_cache.view(torch.int32),
+                                                           k_scale, v_scale, pos, m, den, acc, length, scale,
+                                                           H=heads, GROUP=heads // kv_heads, D=d,
+                                                           BLOCK_W=triton.next_power_of_2(d // 4),
+                                                           BLOCK_L=min(chunk, block_l), CHUNK=chunk,
+                                                           EARLY_V=cfg["EARLY_V"], num_warps=cfg["num_warps"])
+    else:
+        _decode_attention_split_kernel[(b * heads, nsplit)](q, k_cache, v_cache, k_scale if scaled else k_cache,
+                                                            v_scale if scaled else v_cache, pos, m, den, acc,
+                                                            length, scale, H=heads, GROUP=heads // kv_heads, D=d,
+                                                            BLOCK_D=block_d, BLOCK_L=min(chunk, block_l),
+                                                            CHUNK=chunk, SCALED=scaled, EARLY_V=cfg["EARLY_V"],
+                                                            num_warps=cfg["num_warps"])
     _decode_attention_reduce_kernel[(b * heads,)](m, den, acc, out, NSPLIT=nsplit,
                                                   BLOCK_S=triton.next_power_of_2(nsplit), D=d, BLOCK_D=block_d,
                                                   num_warps=4)
