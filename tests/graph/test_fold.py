@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -89,6 +90,26 @@ def test_hf_resnet_int8_runs_every_convolution_as_int8_in_onnxruntime(tmp_path):
     ort.InferenceSession(str(res.out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     import onnx
 
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    ops = [n.op_type for n in optimized.node]
     assert ops.count("QLinearConv") == 6 and "Conv" not in ops
+    # the stem's MaxPool is quantized on its input with its consumers' quantizer: ONNX Runtime pools uint8 codes
+    # straight from the stem's QLinearConv, and the values reaching the next layers are those of the float pool
+    assert any(n.startswith("max pooling: 1 MaxPool") for n in res.notes)
+    producer = {o: n.op_type for n in optimized.node for o in n.output}
+    pool = next(n for n in optimized.node if n.op_type.endswith("MaxPool"))  # NhwcMaxPool: uint8, channels last
+    assert producer[pool.input[0]] == "QLinearConv"
+    proto = onnx.load(str(res.out / "model.onnx"))
+    plain = onnx.ModelProto()
+    plain.CopyFrom(proto)
+    pool = next(n for n in plain.graph.node if n.op_type == "MaxPool")
+    dq = next(n for n in plain.graph.node if pool.input[0] in n.output)
+    q = next(n for n in plain.graph.node if dq.input[0] in n.output)
+    pool.input[0] = q.input[0]  # the pool back on the float stem output
+    plain.graph.node.remove(dq)
+    plain.graph.node.remove(q)
+    x = {"pixel_values": torch.randn(2, 3, 32, 32).numpy()}
+    outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+            for m in (proto, plain)]
+    assert np.allclose(outs[0], outs[1], atol=1e-5)
     assert nnslim.evaluate(str(res.out), testbed=str(tmp_path / "resnet"))["metrics"]["top1_agreement"] > 0.9

@@ -144,3 +144,50 @@ def quantize_activation_adds(proto, samples: list[dict]) -> list[str]:
     topological_sort(graph)  # a reused DequantizeLinear may come after the Add that now reads it
     return [f"residual adds: {len(adds)} Adds of two activations with int8 QDQ inputs ({len(tensors)} new, {reused} "
             f"reusing a convolution's; ranges from {len(samples)} calibration samples run through the int8 graph)"]
+
+
+def quantize_through_maxpools(graph) -> list[str]:
+    """A MaxPool whose output is only quantized (every consumer a per-tensor QuantizeLinear with the same scale
+    and zero point) gets the same QuantizeLinear -> DequantizeLinear on its input: max commutes with a
+    monotonic quantizer, so the values reaching its consumers do not change, while the runtimes now run the
+    pooling in uint8 and the convolution before it writes uint8 (NNCF's graph: OpenVINO pooled nnslim's stem
+    in fp32 before; ONNX Runtime fuses DequantizeLinear -> MaxPool -> QuantizeLinear). Returns the notes."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+
+    def qparams(q):
+        if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits or inits[q.input[1]].size != 1:
+            return None
+        return (q.input[1], q.input[2], float(inits[q.input[1]].reshape(-1)[0]), int(inits[q.input[2]].reshape(-1)[0]),
+                inits[q.input[2]].dtype)
+
+    hoisted, nodes = 0, []
+    for node in graph.node:
+        if node.op_type == "MaxPool" and node.output[0] not in outputs and not any(node.output[1:]):
+            x = node.input[0]
+            users = consumers.get(node.output[0], [])
+            params = [qparams(u) if u.op_type == "QuantizeLinear" else None for u in users]
+            src = producer.get(x)
+            if (users and all(params) and len({p[2:] for p in params}) == 1
+                    and not (src is not None and src.op_type == "DequantizeLinear")):
+                scale, zp = params[0][:2]
+                base = f"nnslim_pool/{node.name or node.output[0]}"
+                nodes += [helper.make_node("QuantizeLinear", [x, scale, zp], [f"{base}.q"], name=f"{base}/q"),
+                          helper.make_node("DequantizeLinear", [f"{base}.q", scale, zp], [f"{base}.dq"],
+                                           name=f"{base}/dq")]
+                node.input[0] = f"{base}.dq"
+                hoisted += 1
+        nodes.append(node)
+    if not hoisted:
+        return []
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return [f"max pooling: {hoisted} MaxPool(s) quantized on their input with their consumers' quantizer (uint8 "
+            f"pooling, the convolution before writes uint8; the values reaching the next layers are unchanged)"]
