@@ -101,6 +101,14 @@ if triton is not None:
             _quantize_store(v1, v2, v_ptr + slot * D, vs_ptr + slot, i, m, D, QUANT, QMAX)
 
     @triton.jit
+    def _softmax_step(s, lm, m_i):
+        """One block of the online softmax: scores s [BLOCK_L] of the valid positions lm against the running max
+        m_i -> (unnormalised probabilities, the factor rescaling what was summed so far, the new max)."""
+        s = tl.where(lm, s, -1e30)
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        return tl.where(lm, tl.exp(s - m_new), 0.0), tl.exp(m_i - m_new), m_new
+
+    @triton.jit
     def _decode_attention_split_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
                                        H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                        BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
@@ -130,10 +138,7 @@ if triton is not None:
             s = tl.sum(k * q[None, :], axis=1)
             if SCALED:
                 s = s * tl.load(ks_ptr + kh * L + offs, mask=lm, other=0.0)
-            s = tl.where(lm, s, -1e30)
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            p = tl.where(lm, tl.exp(s - m_new), 0.0)
-            alpha = tl.exp(m_i - m_new)
+            p, alpha, m_new = _softmax_step(s, lm, m_i)
             if not EARLY_V:
                 v = tl.load(v_ptr + ptrs, mask=lm[:, None] & dm[None, :], other=0.0).to(tl.float32)
             pv = p
@@ -191,10 +196,7 @@ if triton is not None:
             s = tl.sum(_code_f32(kw, 0) * q0[None, :] + _code_f32(kw, 1) * q1[None, :]
                        + _code_f32(kw, 2) * q2[None, :] + _code_f32(kw, 3) * q3[None, :], axis=1)
             s = s * tl.load(ks_ptr + kh * L + offs, mask=lm, other=0.0)
-            s = tl.where(lm, s, -1e30)
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            p = tl.where(lm, tl.exp(s - m_new), 0.0)
-            alpha = tl.exp(m_i - m_new)
+            p, alpha, m_new = _softmax_step(s, lm, m_i)
             if not EARLY_V:
                 vw = tl.load(v_ptr + ptrs, mask=wm, other=0) ^ FLIP
             pv = (p * tl.load(vs_ptr + kh * L + offs, mask=lm, other=0.0))[:, None]
