@@ -437,6 +437,13 @@ def test_encoder_decoder_deploys_as_optimums_onnx_layout(zoo, tmp_path):
     meta = json.loads((res.out / "nnslim.json").read_text())
     assert meta["format"] == "onnx" and set(SEQ2SEQ_FILES) <= set(meta["files"]) and "config.json" in meta["files"]
     assert any("decoder step with past" in n for n in res.notes)
+    # the two decoders' weights are written once, in one external data file both graphs refer to
+    from nnslim.io import onnx_external_files
+
+    assert any("common weights" in n and "stored once" in n for n in res.notes)
+    assert meta["files"].count("decoder_model.onnx_data") == 1
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        assert onnx_external_files(res.out / name) == ["decoder_model.onnx_data"]
     few = _few_sentences(tmp_path)
     assert nnslim.evaluate(str(res.out), testbed=t5, eval_data=few)["metrics"]["top1_agreement"] == pytest.approx(1.0)
     _cached_steps_match_transformers(res.out, t5, tolerance=1e-4)

@@ -34,7 +34,8 @@ class OnnxModel:
             return [f for g in self.graphs for f in (g, g.with_suffix(".bin"))]
         from ..io import onnx_external_files
 
-        return [f for g in self.graphs for f in [g, *(g.parent / n for n in onnx_external_files(g))]]
+        # dict.fromkeys: a weights file shared by several graphs (an encoder-decoder's two decoders) counts once
+        return list(dict.fromkeys(f for g in self.graphs for f in [g, *(g.parent / n for n in onnx_external_files(g))]))
 
     @property
     def size_bytes(self) -> int:

@@ -56,7 +56,7 @@ def export_graphs(model: torch.nn.Module, example: dict, axes: dict, directory, 
     as one graph; quantized layers as integer QDQ. Returns (model, notes)."""
     from pathlib import Path
 
-    from .onnx_seq2seq import DECODER_FILE, WITH_PAST_FILE, export_layout, parts_of
+    from .onnx_seq2seq import DECODER_FILE, WITH_PAST_FILE, export_layout, parts_of, share_decoder_weights
 
     notes: list[str] = []
     quantized = has_integer_onnx_layers(model) if quantized is None else quantized
@@ -82,8 +82,8 @@ def export_graphs(model: torch.nn.Module, example: dict, axes: dict, directory, 
         written = export_layout(parts, example, Path(directory), one, calibration)
         layers = parts[1][1].n_layers
         notes.insert(0, f"onnx: encoder-decoder as Optimum's seq2seq layout (encoder_model.onnx, decoder_model.onnx, "
-                        f"decoder_with_past_model.onnx; {layers} decoder layers; the two decoders hold the same "
-                        "weights, the size counts both)")
+                        f"decoder_with_past_model.onnx; {layers} decoder layers)")
+        notes.extend(share_decoder_weights(Path(directory)))
         return written, notes
     graph_model, example, axes = graph_for_export(model, example, axes, past)
     if graph_model is not model:

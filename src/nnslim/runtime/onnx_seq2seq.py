@@ -10,8 +10,8 @@ lays them out, so `ORTModelForSeq2SeqLM.from_pretrained(DIR)` loads the artifact
 The first decoder step computes the cross-attention keys/values from the encoder's states; later steps read
 them (and the growing self-attention cache) from the past. nnslim evaluates the artifact by running the
 encoder then the first decoder on the whole target (teacher forcing), and checks a step with past against
-torch. The two decoders hold the same weights (as in Optimum's unmerged export): the artifact's size counts
-both.
+torch. The two decoders hold the same weights: share_decoder_weights stores them once, in one external data
+file both graphs refer to (Optimum's unmerged export writes them twice; its merged decoder needs an If node).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .onnx_llm import PAST, PRESENT
 from .onnx_export import one_exporter_for_all_parts
 
 ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
+SHARED_DATA = "decoder_model.onnx_data"  # the weights the two decoders share (Optimum's external-data name)
 FILES = (ENCODER_FILE, DECODER_FILE, WITH_PAST_FILE)
 
 
@@ -251,3 +252,67 @@ class Seq2SeqRunner(Runner):
         states = enc.run_all({"input_ids": inputs["input_ids"], "attention_mask": mask})["last_hidden_state"]
         return np.asarray(dec.run_all({"encoder_attention_mask": mask, "input_ids": inputs["decoder_input_ids"],
                                        "encoder_hidden_states": states})["logits"], dtype=np.float32)
+
+
+def share_decoder_weights(directory: Path, min_bytes: int = 1024) -> list[str]:
+    """Store the initializers the two decoders have in common (same type, shape and bytes, at least min_bytes)
+    once, in SHARED_DATA, which both graphs then refer to as external data; ONNX Runtime, OpenVINO and Optimum
+    resolve it beside each graph. The files are rewritten through temporary names. Returns the notes."""
+    import os
+
+    import onnx
+    from onnx import TensorProto
+    from onnx.external_data_helper import set_external_data
+
+    from ..io import onnx_external_files
+
+    directory = Path(directory)
+    paths = [directory / DECODER_FILE, directory / WITH_PAST_FILE]
+    if not all(p.is_file() for p in paths):
+        return []
+    before = {directory / n for p in paths for n in onnx_external_files(p)}
+    protos = [onnx.load(str(p)) for p in paths]
+
+    def key(t) -> tuple | None:
+        return (t.data_type, tuple(t.dims), t.raw_data) if len(t.raw_data) >= min_bytes else None
+
+    common = {key(t) for t in protos[0].graph.initializer} & {key(t) for t in protos[1].graph.initializer}
+    common.discard(None)
+    if not common:
+        return []
+    tmp = directory / f".{SHARED_DATA}.{os.getpid()}.tmp"
+    placed: dict[tuple, tuple[int, int]] = {}
+    with open(tmp, "wb") as f:
+        for t in protos[0].graph.initializer:
+            k = key(t)
+            if k in common and k not in placed:
+                align = 4096 if len(t.raw_data) >= 1 << 20 else 64  # page-aligned big tensors can be mapped
+                f.write(b"\0" * (-f.tell() % align))
+                placed[k] = (f.tell(), len(t.raw_data))
+                f.write(t.raw_data)
+    internal = []
+    for proto in protos:
+        for t in proto.graph.initializer:
+            k = key(t)
+            if k in placed:
+                offset, length = placed[k]
+                set_external_data(t, SHARED_DATA, offset, length)  # (it needs raw_data still set)
+                t.ClearField("raw_data")
+                t.data_location = TensorProto.EXTERNAL
+        internal.append(proto.ByteSize())
+    if max(internal) >= 2**31 - (1 << 24):
+        os.unlink(tmp)
+        return ["the two decoders keep their own weights: what they do not share is over 2 GB per graph"]
+    written = []
+    for proto, path in zip(protos, paths):
+        graph_tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        onnx.save(proto, str(graph_tmp))
+        written.append((graph_tmp, path))
+    os.replace(tmp, directory / SHARED_DATA)
+    for graph_tmp, path in written:
+        os.replace(graph_tmp, path)
+    for old in before - {directory / SHARED_DATA}:
+        old.unlink(missing_ok=True)
+    mb = sum(n for _, n in placed.values()) / 1e6
+    return [f"the two decoders' {len(placed)} common weights ({mb:.1f} MB) are stored once, in {SHARED_DATA}, "
+            "which both graphs refer to"]
