@@ -119,7 +119,7 @@ def test_t5_tables_survive_save_load_and_the_onnx_export(tmp_path):
     assert np.array_equal(TorchRunner(back)(feed), TorchRunner(res.model)(feed))
     onnx_res = nnslim.compress(str(src), [{"method": "int4-rtn", "group_size": 32}, {"method": "onnx"}],
                                out=tmp_path / "o", report=False)
-    for f in onnx_res.model.files:
+    for f in onnx_res.model.graphs:  # (files: the graphs and their external data)
         inits = onnx.load(str(f)).graph.initializer
         tables = [i for i in inits if list(i.dims) == [30522, 64]]  # the vocabulary x d_model token table
         assert [i.data_type for i in tables] == [onnx.TensorProto.INT8], f
@@ -159,7 +159,7 @@ def test_scaled_word_embeddings_are_int8_tables_with_their_factor(tmp_path):
     src = _build("bart", tmp_path / "zoo")
     res = nnslim.compress(str(src), [{"method": "int4-rtn", "group_size": 32}, {"method": "onnx"}],
                           out=tmp_path / "o", report=False)
-    for f in res.model.files:
+    for f in res.model.graphs:
         tables = [i for i in onnx.load(str(f)).graph.initializer if list(i.dims) == [30522, 64]]
         assert [i.data_type for i in tables] == [onnx.TensorProto.INT8], f
     metrics = nnslim.evaluate(str(tmp_path / "o"), testbed=str(src))["metrics"]
