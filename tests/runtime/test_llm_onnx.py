@@ -126,6 +126,27 @@ def test_openvino_ir_weights_decompress_without_zero_point_subtracts(llms, tmp_p
     assert np.isfinite(nnslim.evaluate(str(tmp_path / "ir"))["metrics"]["perplexity"])
 
 
+def test_openvino_ir_keeps_the_onnx_graph_names_of_inputs_and_outputs(tmp_path):
+    """An input passed through an op the converter folds (a one-input Concat, as in T5's decoder with past)
+    must not carry that op's output name too: optimum-intel names inputs by get_any_name() and missed T5's
+    past_key_values.*."""
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper
+
+    from nnslim.runtime.openvino import onnx_to_ir
+
+    x = helper.make_tensor_value_info("past_key_values.0.decoder.key", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("present.0.decoder.key", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph([helper.make_node("Concat", [x.name], ["/Concat_output_0"], axis=0),
+                               helper.make_node("Relu", ["/Concat_output_0"], [y.name])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    assert len(ov.convert_model(str(tmp_path / "m.onnx")).inputs[0].get_names()) > 1  # what the converter does
+    onnx_to_ir(tmp_path / "m.onnx", tmp_path / "m.xml")
+    model = ov.Core().read_model(str(tmp_path / "m.xml"))
+    assert [p.get_names() for p in model.inputs] == [{x.name}] and [p.get_names() for p in model.outputs] == [{y.name}]
+
+
 def test_int8_attention_matmuls_get_calibrated_qdq(tmp_path):
     import onnx
 

@@ -74,6 +74,21 @@ def drop_zero_weight_offsets(model) -> int:
     return removed
 
 
+def keep_graph_names(model, onnx_path: str | Path) -> None:
+    """Name each input / output of the converted model by its ONNX graph name alone. The converter folds ops
+    that pass a graph input through (a one-input Concat, in T5's decoder with past) into the input, which then
+    carries the op's output name too; loaders that take any one of the names (optimum-intel's
+    `get_any_name()`) then miss `past_key_values.*` and feed the model an empty past."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    for ports, names in ((model.inputs, {i.name for i in graph.input}), (model.outputs, {o.name for o in graph.output})):
+        for port in ports:
+            own = port.get_names() & names
+            if len(own) == 1 and len(port.get_names()) > 1:
+                port.get_tensor().set_names(own)
+
+
 def onnx_to_ir(onnx_path: str | Path, xml_path: str | Path, fp16_weights: bool = False):
     """Convert an ONNX file to an OpenVINO IR (.xml + .bin beside it), both written atomically; weight
     decompressions lose their zero zero points (drop_zero_weight_offsets)."""
@@ -86,6 +101,7 @@ def onnx_to_ir(onnx_path: str | Path, xml_path: str | Path, fp16_weights: bool =
     xml_path = Path(xml_path)
     model = ov.convert_model(str(onnx_path))
     drop_zero_weight_offsets(model)
+    keep_graph_names(model, onnx_path)
     tmp = xml_path.with_name(f".{xml_path.stem}.{os.getpid()}.tmp.xml")
     ov.save_model(model, str(tmp), compress_to_fp16=fp16_weights)
     os.replace(tmp.with_suffix(".bin"), xml_path.with_suffix(".bin"))
