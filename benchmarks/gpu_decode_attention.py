@@ -7,7 +7,8 @@ One decode step's attention of a Llama-7B-shaped layer (32 heads of 128, batch 1
 position) over a static cache of L positions in bf16 and as int8 / fp8 e4m3 codes with one fp32 scale per
 (head, position), through nnslim's kernel (runtime/kernels/triton_decode.decode_attention) for every launch
 configuration of the grid below: the split kernel (one query row, CUDA-core products) and the tensor-core one
-(DOT: the query heads of a kv head as rows of tl.dot), int8 also with its codes read as 32-bit words (WORDS); each checked against the default configuration's output, timed as a
+(DOT: the query heads of a kv head as rows of tl.dot), the split kernel's int8 also with its codes read as 32-bit
+words (WORDS); each checked against the default configuration's output, timed as a
 CUDA graph (do_bench median) and set beside its memory floor (the cache bytes read at 4.8 TB/s). The
 configurations kept in triton_decode.ATTENTION_CONFIG are the ones that won here.
 """
@@ -67,7 +68,8 @@ def main():
             call = lambda c: K.decode_attention(q, kc, vc, pos, d ** -0.5, k_scale=a, v_scale=b, config=c)  # noqa: E731
             ref = call(dict(K.ATTENTION_CONFIG[K.cache_format(kc)], DOT=False)).float()  # fp32 probabilities
             times, errs = {}, {}
-            configs = [dict(c, WORDS=w) for c in grid for w in ((False, True) if fmt == "int8" else (False,))]
+            configs = [dict(c, WORDS=w) for c in grid
+                       for w in ((False, True) if fmt == "int8" and not c.get("DOT") else (False,))]
             configs.append(dict(K.ATTENTION_CONFIG[K.cache_format(kc)], default=True))
             names = {}
             for c in configs:

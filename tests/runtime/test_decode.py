@@ -107,7 +107,7 @@ def test_fused_kernels_match_torch(interpreted):
         assert torch.allclose(o.view(heads, hd), (att[..., None] * vals).sum(1), atol=1e-5), chunk
 
 
-@pytest.mark.parametrize("config", [dict(WORDS=False), dict(WORDS=True), dict(DOT=True), dict(DOT=True, WORDS=True)])
+@pytest.mark.parametrize("config", [dict(WORDS=False), dict(WORDS=True), dict(DOT=True)])
 def test_decode_attention_over_int8_codes(interpreted, config):
     """Attention over an int8 cache (codes + one scale per head and position) equals attention over the
     dequantized cache, and over a model-dtype cache equals plain attention, for every kernel: WORDS reads the

@@ -154,7 +154,7 @@ def quantize_through_maxpools(graph) -> list[str]:
     in fp32 before; ONNX Runtime fuses DequantizeLinear -> MaxPool -> QuantizeLinear). Returns the notes."""
     from onnx import helper, numpy_helper
 
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    inits = {i.name: i for i in graph.initializer}  # converted to arrays only where a quantizer reads them
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -163,10 +163,12 @@ def quantize_through_maxpools(graph) -> list[str]:
     outputs = {o.name for o in graph.output}
 
     def qparams(q):
-        if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits or inits[q.input[1]].size != 1:
+        if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
             return None
-        return (q.input[1], q.input[2], float(inits[q.input[1]].reshape(-1)[0]), int(inits[q.input[2]].reshape(-1)[0]),
-                inits[q.input[2]].dtype)
+        scale, zp = (numpy_helper.to_array(inits[n]) for n in q.input[1:3])
+        if scale.size != 1:
+            return None
+        return q.input[1], q.input[2], float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]), zp.dtype
 
     hoisted, nodes = 0, []
     for node in graph.node:

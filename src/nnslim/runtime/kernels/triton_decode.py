@@ -215,19 +215,11 @@ if triton is not None:
         tl.store(ob + 3, a3, mask=im)
 
     @triton.jit
-    def _cache_tile(ptr, rows, d, dm, lm, D: tl.constexpr, BLOCK_D: tl.constexpr, CODES: tl.constexpr,
-                    DOT: tl.constexpr):
-        """Rows `rows` of a [*, D] cache as a [BLOCK_L, BLOCK_D] tile in DOT (masked rows / columns 0).
-        CODES 0: model dtype; 1: int8 / fp8 codes converted as they are; 2: int8 codes read as int32 words
-        (ptr: the cache viewed as int32) and converted exactly with _code_f32, rejoined in dimension order."""
-        if CODES == 2:
-            W: tl.constexpr = D // 4
-            i = tl.arange(0, BLOCK_D // 4)
-            w = tl.load(ptr + rows[:, None] * W + i[None, :], mask=lm[:, None] & (i < W)[None, :], other=0) ^ FLIP
-            t = tl.join(tl.join(_code_f32(w, 0), _code_f32(w, 2)), tl.join(_code_f32(w, 1), _code_f32(w, 3)))
-            return tl.reshape(t, (rows.shape[0], BLOCK_D)).to(DOT)
+    def _cache_tile(ptr, rows, d, dm, lm, D: tl.constexpr, CODES: tl.constexpr, DOT: tl.constexpr):
+        """Rows `rows` of a [*, D] cache as a [BLOCK_L, BLOCK_D] tile in DOT (masked rows / columns 0); CODES:
+        int8 / fp8 codes, converted through fp32 (exact; for int8 the compiler emits packed half adds, no I2F)."""
         t = tl.load(ptr + rows[:, None] * D + d[None, :], mask=lm[:, None] & dm[None, :], other=0.0)
-        if CODES == 1:
+        if CODES:
             return t.to(tl.float32).to(DOT)
         return t.to(DOT)
 
@@ -235,8 +227,8 @@ if triton is not None:
     def _decode_attention_dot_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
                                      H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                      BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                                     CHUNK: tl.constexpr, CODES: tl.constexpr, SCALED: tl.constexpr,
-                                     DOT: tl.constexpr, PRECISION: tl.constexpr):
+                                     CHUNK: tl.constexpr, SCALED: tl.constexpr, DOT: tl.constexpr,
+                                     PRECISION: tl.constexpr):
         """Split s of (sequence b, kv head kh) for the GROUP query heads that share it, as rows of tensor-core
         products (padded to BLOCK_G >= 16 rows): scores = q K^T, out += p V with p rounded to DOT (as
         flash attention does; HF's eager attention rounds the probabilities to the model dtype too). Writes
@@ -260,7 +252,7 @@ if triton is not None:
             offs = sp * CHUNK + start + tl.arange(0, BLOCK_L)
             lm = offs < n
             rows = bk * L + offs  # cache [B, KVH, L, D]: row (b * KVH + kh) * L + position
-            k = _cache_tile(k_ptr, rows, d, dm, lm, D, BLOCK_D, CODES, DOT)
+            k = _cache_tile(k_ptr, rows, d, dm, lm, D, SCALED, DOT)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             if SCALED:
                 s = s * tl.load(ks_ptr + rows, mask=lm, other=0.0)[None, :]
@@ -268,7 +260,7 @@ if triton is not None:
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.where(lm[None, :], tl.exp(s - m_new[:, None]), 0.0)
             alpha = tl.exp(m_i - m_new)
-            v = _cache_tile(v_ptr, rows, d, dm, lm, D, BLOCK_D, CODES, DOT)
+            v = _cache_tile(v_ptr, rows, d, dm, lm, D, SCALED, DOT)
             pv = p
             if SCALED:
                 pv = p * tl.load(vs_ptr + rows, mask=lm, other=0.0)[None, :]
@@ -371,7 +363,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      v_scale: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
     """q [B, H, 1, D] of the token at pos[0] -> attention output [B, H * D] over cache entries 0..pos
     (k_scale/v_scale: the cache holds codes, see rope_cache). The cache length is split in chunks (by
-    default enough for ~1024 programs), one program per (sequence, head, chunk), then one reduction per
+    default enough for the launch's PROGRAMS), one program per (sequence, head, chunk), then one reduction per
     (sequence, head): the launch shape depends only on the cache size, so it is captured once in a CUDA
     graph."""
     b, heads, d = q.shape[0], q.shape[1], q.shape[-1]
@@ -390,15 +382,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     block_d = triton.next_power_of_2(d)
     scaled = k_scale is not None
     if cfg.get("DOT", False) and d >= 16 and min(chunk, block_l) >= 16:  # tl.dot: every dimension >= 16
-        codes = 0 if not scaled else (2 if cfg.get("WORDS", False) and k_cache.dtype == torch.int8 and d % 4 == 0
-                                      else 1)
         group = heads // kv_heads
         dot = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        cache = (k_cache.view(torch.int32), v_cache.view(torch.int32)) if codes == 2 else (k_cache, v_cache)
         _decode_attention_dot_kernel[(b * kv_heads, nsplit)](
-            q, *cache, k_scale if scaled else k_cache, v_scale if scaled else v_cache, pos, m, den, acc, length,
-            scale, H=heads, KVH=kv_heads, GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
-            BLOCK_D=block_d, BLOCK_L=min(chunk, block_l), CHUNK=chunk, CODES=codes, SCALED=scaled,
+            q, k_cache, v_cache, k_scale if scaled else k_cache, v_scale if scaled else v_cache, pos, m, den, acc,
+            length, scale, H=heads, KVH=kv_heads, GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
+            BLOCK_D=block_d, BLOCK_L=min(chunk, block_l), CHUNK=chunk, SCALED=scaled,
             DOT=_TL_DTYPES[dot], PRECISION="ieee" if dot == torch.float32 else "tf32",
             num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
     elif cfg.get("WORDS", False) and k_cache.dtype == torch.int8 and d % 4 == 0:
