@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nnslim  # noqa: E402
-from hf_zoo import TASKS, _build  # noqa: E402
+from hf_zoo import MORE, TASKS, _build  # noqa: E402
 from nnslim.cli import main as cli  # noqa: E402
 
 METHODS = {"int8": [], "int4-rtn": ["--set", "group_size=32"], "prune-structured": ["--set", "ratio=0.5"],
@@ -109,7 +109,7 @@ def run(out_root: Path, kinds: list[str]) -> list[dict]:
     zoo_dir = out_root / "zoo"
     zoo_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for kind, task in TASKS.items():
+    for kind, task in {**TASKS, **MORE}.items():
         if kind not in kinds:
             continue
         model_dir = _build(kind, zoo_dir)
@@ -149,8 +149,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="work dir (default: a temp dir)")
     ap.add_argument("--kinds", default=",".join(TASKS), help=f"comma-separated models of tests/hf_zoo.py "
-                                                             f"(default: all: {','.join(TASKS)})")
+                                                             f"(default: the tests' set: {','.join(TASKS)}); "
+                                                             f"'more': {','.join(MORE)}")
     args = ap.parse_args()
+    if args.kinds == "more":
+        args.kinds = ",".join(MORE)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
     print(f"command: python benchmarks/hf_ecosystem.py --kinds {args.kinds}; date {time.strftime('%Y-%m-%d')}; "
           f"torch {torch.__version__}")

@@ -70,6 +70,7 @@ def nncf_rivals(fp32: Path, calib: list[dict], work: Path, transformer: bool) ->
     q = nncf.quantize(ov_model, nncf.Dataset(calib), model_type=model_type, subset_size=len(calib))
     NOTES.append(f"NNCF quantize wall time with {len(calib)} calibration samples (from the exported fp32 graph, "
                  f"whose export took {FP32_EXPORT_S[0]:.1f} s): {time.perf_counter() - t0:.1f} s")
+    work.mkdir(parents=True, exist_ok=True)
     xml = work / "nncf_ov.xml"
     ov.save_model(q, str(xml))
     return [Variant("NNCF (OpenVINO IR)", OnnxModel(xml), "openvino")]
@@ -105,7 +106,7 @@ def run(testbed: str, samples: int, repeats: int, out: Path, max_drop: float) ->
     if float_mm is not None:
         variants[4:4] = [Variant("nnslim int8 matmuls=false", float_mm.model, b) for b in ("onnxruntime", "openvino")]
     variants += ort_rivals(fp32.path, calib, work, transformer)
-    variants += nncf_rivals(fp32.path, calib, work, transformer)
+    variants += nncf_rivals(fp32.path, calib, out / "nncf-int8", transformer)  # kept: ov_layer_profile.py
     report = compare(tb, variants, repeats=repeats, memory=False, max_seconds=600)
     report.notes = [f"nnslim int8 PTQ wall time with {samples} calibration samples (incl. ONNX export): "
                     f"{ptq_s:.1f} s", *NOTES, *res.notes, *[f"max_drop run: {n}" for n in ctl.notes

@@ -47,13 +47,59 @@ def _build(kind: str, root: Path) -> Path:
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
             patch_size=8, num_labels=4)),
     }
+    models.update(_more(tf, small))
     d = root / kind
     models[kind]().eval().save_pretrained(str(d))
-    if kind != "vit":
+    if TASKS.get(kind, MORE.get(kind)) != "image-classification":
         _tokenizer_files(d)
     return d
+
+
+def _more(tf, small: dict) -> dict:
+    """Architectures beyond the tests' set (benchmarks/hf_ecosystem.py --kinds more): fused or per-head
+    parameters, shared layers, channels-first norms, windowed attention."""
+    enc = dict(hidden_size=64, intermediate_size=128, **small)
+    dec = dict(hidden_size=64, intermediate_size=128, num_key_value_heads=2, **small)
+    s2s = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+               encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128, vocab_size=30522,
+               pad_token_id=0, eos_token_id=102)
+    image = dict(num_labels=4, image_size=32)
+    return {
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**dec)),
+        "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(pad_token_id=0, **dec)),
+        "gemma": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(head_dim=16, **dec)),
+        "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(hidden_size=64, ffn_dim=128, word_embed_proj_dim=64, **small)),
+        "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=30522)),
+        "gpt-neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**enc)),
+        "falcon": lambda: tf.FalconForCausalLM(tf.FalconConfig(hidden_size=64, **small)),
+        "phi": lambda: tf.PhiForCausalLM(tf.PhiConfig(**enc)),
+        "roberta-cls": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=2, **enc)),
+        "deberta-cls": lambda: tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(num_labels=2, **enc)),
+        "albert-cls": lambda: tf.AlbertForSequenceClassification(tf.AlbertConfig(embedding_size=32, num_labels=2,
+                                                                                 **enc)),
+        "electra-tok": lambda: tf.ElectraForTokenClassification(tf.ElectraConfig(embedding_size=32, num_labels=3,
+                                                                                 **enc)),
+        "xlmr-qa": lambda: tf.XLMRobertaForQuestionAnswering(tf.XLMRobertaConfig(**enc)),
+        "mpnet": lambda: tf.MPNetModel(tf.MPNetConfig(**enc)),
+        "deit-cls": lambda: tf.DeiTForImageClassification(tf.DeiTConfig(patch_size=8, **enc, **image)),
+        "swin-cls": lambda: tf.SwinForImageClassification(tf.SwinConfig(
+            patch_size=4, embed_dim=32, depths=[1, 1], num_heads=[2, 2], window_size=4, **image)),
+        "convnext-cls": lambda: tf.ConvNextForImageClassification(tf.ConvNextConfig(
+            num_stages=2, hidden_sizes=[32, 64], depths=[1, 1], **image)),
+        "resnet-cls": lambda: tf.ResNetForImageClassification(tf.ResNetConfig(
+            hidden_sizes=[32, 64], depths=[1, 1], embedding_size=32, num_labels=4)),
+        "mbart": lambda: tf.MBartForConditionalGeneration(tf.MBartConfig(bos_token_id=101, decoder_start_token_id=102,
+                                                                         **s2s)),
+        "marian": lambda: tf.MarianMTModel(tf.MarianConfig(decoder_start_token_id=0, **s2s)),
+    }
 
 
 TASKS = {"t5": "seq2seq", "bart": "seq2seq", "llama": "causal-lm", "qwen2": "causal-lm", "gpt2": "causal-lm", "bert-cls": "sequence-classification",
          "distilbert-tok": "token-classification", "bert-qa": "question-answering", "bert": "feature-extraction",
          "vit": "image-classification"}
+MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", "gpt-neox", "falcon", "phi")},
+        "roberta-cls": "sequence-classification", "deberta-cls": "sequence-classification",
+        "albert-cls": "sequence-classification", "electra-tok": "token-classification",
+        "xlmr-qa": "question-answering", "mpnet": "feature-extraction",
+        **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls")},
+        "mbart": "seq2seq", "marian": "seq2seq"}

@@ -366,8 +366,10 @@ def pruned_config(hf: nn.Module):
             _set_derived_width(hf, config, key, changed, want)
     heads_key, kv_key = HEAD_KEYS[0]
     heads = getattr(config, heads_key, None)
-    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
-    if heads and head_dim:
+    heads = heads if isinstance(heads, int) else None  # Swin: one head count per stage (a list)
+    hidden = getattr(config, "hidden_size", None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads and isinstance(hidden, int) else None)
+    if heads and isinstance(head_dim, int):
         q_width = heads * head_dim
         if len(changed.get(q_width, ())) == 1:
             before = copy.deepcopy(config)

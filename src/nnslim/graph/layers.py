@@ -171,6 +171,23 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.I
           nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
 
 
+def _normalized_axis(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int | None:
+    """The one axis a LayerNorm / RMSNorm normalizes: the last, as torch's own do; a subclass with its own
+    forward (ConvNeXt's channels-first LayerNorm permutes inside) is checked by recomputing its output."""
+    if len(m.normalized_shape) != 1:
+        return None
+    base = nn.LayerNorm if isinstance(m, nn.LayerNorm) else nn.RMSNorm
+    if type(m).forward is base.forward:
+        return x.dim() - 1
+    for axis in range(x.dim() - 1, 0, -1):
+        if x.shape[axis] == m.normalized_shape[0] and y.shape == x.shape:
+            with torch.no_grad():
+                ref = base.forward(m, x.movedim(axis, -1)).movedim(-1, axis)
+            if torch.allclose(ref, y, rtol=1e-4, atol=1e-5):
+                return axis
+    return None
+
+
 @register_layer(*_NORMS)
 class NormLayer(Layer):
     def propagate(self, g, name, m, call):
@@ -180,11 +197,11 @@ class NormLayer(Layer):
             return
         axis, gids = info
         if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
-            n = len(m.normalized_shape)
-            if n == 1 and axis == x.dim() - 1:
+            over = _normalized_axis(m, x, y)
+            if over == axis:
                 g.member(name, "ch", gids)
-            elif axis >= x.dim() - n:
-                return g.drop(x, f"{name}: normalizes over a multi-dim shape including the channels")
+            elif over is None or axis >= x.dim() - len(m.normalized_shape):
+                return g.drop(x, f"{name}: normalizes over a multi-dim shape or an axis not identified")
         elif axis != 1:
             return g.drop(x, f"{name}: channels are not on axis 1")
         else:
@@ -288,14 +305,30 @@ def convertible_mha(m: nn.Module) -> bool:
         and not m.add_zero_attn
 
 
+def _only_projections(m, names, head_dim) -> bool:
+    """Every parameter of attention `m` is in its projections `names` or in a norm over one head's features
+    (Qwen3's q_norm / k_norm, shared by the heads): no per-head table (Swin's relative position bias, sinks)
+    nor layer after the attention (ALBERT's output dense + LayerNorm) that pruning heads would leave wrong."""
+    own = {id(p) for a in names for p in getattr(m, a).parameters()}
+    for child in m.modules():
+        if child is m or any(child is getattr(m, a) for a in names):
+            continue
+        if any(id(p) not in own and tuple(p.shape) != (head_dim,) for p in child.parameters(recurse=False)):
+            return False
+    return not any(id(p) not in own for p in m.parameters(recurse=False))
+
+
 def _qkvo(m):
-    return all(linear_like(getattr(m, a, None)) for a in ("q_proj", "k_proj", "v_proj", "o_proj")) \
-        and isinstance(getattr(m, "head_dim", None), int)
+    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return all(linear_like(getattr(m, a, None)) for a in names) \
+        and isinstance(getattr(m, "head_dim", None), int) and _only_projections(m, names, m.head_dim)
 
 
 def _bert(m):
-    return all(linear_like(getattr(m, a, None)) for a in ("query", "key", "value")) \
-        and isinstance(getattr(m, "attention_head_size", None), int) and hasattr(m, "num_attention_heads")
+    names = ("query", "key", "value")
+    return all(linear_like(getattr(m, a, None)) for a in names) \
+        and isinstance(getattr(m, "attention_head_size", None), int) and hasattr(m, "num_attention_heads") \
+        and _only_projections(m, names, m.attention_head_size)
 
 
 class AttentionLayer(Layer):
