@@ -67,10 +67,12 @@ def test_training_mode_is_refused():
         fold_batchnorm(_ConvReadTwice().train())
 
 
-def test_hf_resnet_int8_runs_every_convolution_as_int8_in_onnxruntime(tmp_path):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_hf_resnet_int8_runs_every_convolution_as_int8_in_onnxruntime(tmp_path, symmetric):
     """transformers' ResNet through int8: its BatchNorms fold, every convolution is found in the exported graph,
     and the residual Adds get QDQ inputs, so ONNX Runtime fuses every convolution into QLinearConv (one feeding
-    a residual Add would otherwise run in float on dequantized inputs)."""
+    a residual Add would otherwise run in float on dequantized inputs). Either activation form: uint8 with zero
+    points, or symmetric (int8 with zero point 0 for the signed image and residual branches)."""
     import onnxruntime as ort
     import transformers as tf
 
@@ -81,7 +83,8 @@ def test_hf_resnet_int8_runs_every_convolution_as_int8_in_onnxruntime(tmp_path):
                              num_labels=4)
     config.image_size = 32
     tf.ResNetForImageClassification(config).eval().save_pretrained(tmp_path / "resnet")
-    res = nnslim.compress(str(tmp_path / "resnet"), {"steps": [{"method": "int8", "samples": 16}]},
+    res = nnslim.compress(str(tmp_path / "resnet"), {"steps": [{"method": "int8", "samples": 16,
+                                                                 "symmetric_activations": symmetric}]},
                           out=tmp_path / "q", report=False)
     assert any(n.startswith("folded 6 BatchNorm") for n in res.notes)
     assert any(n.startswith("residual adds: 2 Adds") and "1 reusing" in n for n in res.notes)
@@ -100,6 +103,13 @@ def test_hf_resnet_int8_runs_every_convolution_as_int8_in_onnxruntime(tmp_path):
     pool = next(n for n in optimized.node if n.op_type.endswith("MaxPool"))  # NhwcMaxPool: uint8, channels last
     assert producer[pool.input[0]] == "QLinearConv"
     proto = onnx.load(str(res.out / "model.onnx"))
+    zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    act_zps = [zero_points[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    signed = [z for z in act_zps if z.dtype == np.int8]
+    assert all(int(z) == 0 for z in signed) and (len(signed) > 0) == symmetric
+    if symmetric:  # the image input has negative values: int8 (uint8 only for non-negative, ReLU'd, tensors)
+        assert any(n.startswith("activations: symmetric") for n in res.notes)
+        assert all(int(z) == 0 for z in act_zps)
     plain = onnx.ModelProto()
     plain.CopyFrom(proto)
     pool = next(n for n in plain.graph.node if n.op_type == "MaxPool")

@@ -151,7 +151,8 @@ class QuantWrapper(_Transparent):
                 "per_channel": self.per_channel, "dynamic": self.dynamic,
                 "input_scale": None if self.input_scale is None else self.input_scale.detach(),
                 "act_scale": None if act is None else act[0], "act_zp": None if act is None else act[1],
-                "act_bits": None if self.act_quantizer is None else self.act_quantizer.bits}
+                "act_bits": None if self.act_quantizer is None else self.act_quantizer.bits,
+                "act_signed": self.act_quantizer is not None and getattr(self.act_quantizer, "signed", False)}
 
     def unwrapped(self) -> nn.Module:
         """The float equivalent (dequantized weights) that the export traces."""
@@ -228,7 +229,8 @@ class QuantEmbedding(_Transparent):
                 "qweight": self.weight_quantizer.codes(w).to(torch.int8),
                 "w_scale": self.weight_quantizer.current_scale(w).detach().float(),
                 "w_zp": torch.zeros_like(self.weight_quantizer.scale, dtype=torch.int32), "per_channel": True,
-                "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None, "act_bits": None}
+                "dynamic": False, "input_scale": None, "act_scale": None, "act_zp": None, "act_bits": None,
+                "act_signed": False}
 
     def unwrapped(self) -> nn.Module:
         m = copy.deepcopy(self.embedding)

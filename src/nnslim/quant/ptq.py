@@ -57,6 +57,10 @@ class StaticBase(Int8Base):
     samples: int = 300
     smoothquant: float | Literal["auto"] | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
     bias_correction: bool = True
+    # activations with negative values as int8 with zero point 0 (symmetric, NNCF's CNN preset) instead of uint8
+    # with a zero point; non-negative ones stay uint8. "auto": on for CNNs on CPUs with int8 dot products (VNNI /
+    # AMX), where OpenVINO runs such convolutions without zero-point compensation (BENCHMARKS.md 8d)
+    symmetric_activations: bool | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ def default_calibrator(preset: str) -> str:
     """Activation calibrator by model type, from the calibrator table in BENCHMARKS.md: with SmoothQuant
     flattening transformer activations, minmax is best there; percentile (99.99) for CNNs."""
     return "minmax" if preset == "transformer" else "percentile"
+
+
+def resolve_symmetric(config, preset: str) -> bool:
+    value = getattr(config, "symmetric_activations", False)
+    return (preset == "cnn" and cpu_has_vnni()) if value == "auto" else bool(value)
 
 
 def cpu_has_vnni() -> bool:
@@ -261,12 +270,16 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if reduce_range and bits == 8:
         bits = 7
         notes.append("weights 7-bit (reduce_range): this CPU has no VNNI, where 8-bit u8 x s8 kernels saturate")
+    symmetric = static and resolve_symmetric(config, preset)
+    if symmetric:
+        notes.append("activations: symmetric (int8 with zero point 0 where a range has negative values, uint8 "
+                     "where not)")
     for name, layer in layers.items():
         act = None
         if dynamic:
             act = ActQuantizer(8, "dynamic")
         elif static:
-            act = ActQuantizer(qs.act_bits, qs.act_mode, *acts[name])
+            act = ActQuantizer(qs.act_bits, qs.act_mode, *acts[name], symmetric=symmetric)
         wrapper = QuantWrapper(layer, WeightQuantizer(layer.weight, bits, config.per_channel, qs.weight_mode), act,
                                input_scale=smooth.get(name))
         if keep_float:  # for accuracy control, which may put the layer back in float
@@ -285,7 +298,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
         from ..runtime.qdq_matmul import ADDS_ATTR
 
         for m in [model, *(m for m in model.modules() if isinstance(m, QuantWrapper))]:
-            setattr(m, ADDS_ATTR, True)  # read by the ONNX export, which calibrates and quantizes them
+            setattr(m, ADDS_ATTR, "symmetric" if symmetric else "asymmetric")  # read by the ONNX export
     if preset == "transformer":
         n_emb = quantize_embeddings(model, config.ignore)
         if n_emb:

@@ -6,7 +6,7 @@ that holds them can be trained (QAT) and still deploys as real integers afterwar
 WeightQuantizer (symmetric, per output channel or per tensor):
   minmax  the scale follows the weight's current range at every call (plain STE QAT; PTQ)
   lsq     the scale is a learnable parameter (LSQ, Esser et al. 2020), initialised from the range
-ActQuantizer (asymmetric, per tensor):
+ActQuantizer (per tensor; asymmetric uint8, or symmetric int8 with zero point 0 for a signed range when asked):
   fixed   scale / zero point from PTQ calibration
   lsq     learnable scale (zero point fixed from calibration)
   pact    learnable clipping range [lo, hi] (PACT, Choi et al. 2018), initialised from calibration
@@ -36,8 +36,10 @@ def weight_scheme(bits: int) -> QScheme:
     return QScheme(bits, symmetric=True, signed=True, narrow_range=True)
 
 
-def act_scheme(bits: int) -> QScheme:
-    return QScheme(bits, symmetric=False, signed=False)
+def act_scheme(bits: int, signed: bool = False) -> QScheme:
+    """uint8 with a zero point; or (signed) int8 symmetric, zero point 0, as NNCF's CNN preset quantizes a
+    tensor with negative values (OpenVINO's int8 convolutions then need no zero-point compensation)."""
+    return QScheme(bits, symmetric=signed, signed=signed)
 
 
 class WeightQuantizer(nn.Module):
@@ -89,9 +91,13 @@ class WeightQuantizer(nn.Module):
 
 
 class ActQuantizer(nn.Module):
-    def __init__(self, bits: int = 8, mode: ActMode = "fixed", lo: float = 0.0, hi: float = 1.0):
+    def __init__(self, bits: int = 8, mode: ActMode = "fixed", lo: float = 0.0, hi: float = 1.0,
+                 symmetric: bool = False):
+        """symmetric: a range with negative values gets int8 codes with zero point 0 (fixed / lsq modes);
+        a non-negative one stays uint8 (its zero point is 0 either way)."""
         super().__init__()
         self.bits, self.mode = bits, mode
+        self.signed = bool(symmetric and mode in ("fixed", "lsq") and lo < 0)
         lo_t, hi_t = torch.tensor(float(min(lo, 0.0))), torch.tensor(float(max(hi, 0.0)))
         scale, zp = choose_qparams(lo_t, hi_t, self.scheme)
         if mode == "pact":
@@ -105,7 +111,7 @@ class ActQuantizer(nn.Module):
 
     @property
     def scheme(self) -> QScheme:
-        return act_scheme(self.bits)
+        return act_scheme(self.bits, getattr(self, "signed", False))
 
     def qparams(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) as the forward uses them (for `dynamic`, those of x)."""
@@ -135,6 +141,6 @@ class ActQuantizer(nn.Module):
         return float(scale.detach()), int(zp.detach())
 
     def extra_repr(self) -> str:
-        return f"uint{self.bits}, {self.mode}"
+        return f"{'int' if getattr(self, 'signed', False) else 'uint'}{self.bits}, {self.mode}"
 
 

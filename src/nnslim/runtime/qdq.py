@@ -3,7 +3,7 @@
 The float model (dequantized weights) is exported with the dynamo exporter, then each quantized
 layer's node (MatMul / Gemm / Conv) is found by the value of its weight initializer (names do not
 survive constant folding) and rewritten:
-- static: QuantizeLinear/DequantizeLinear (uint8) on the activation input, int8 weight + DequantizeLinear;
+- static: QuantizeLinear/DequantizeLinear (uint8, or int8 symmetric) on the activation input, int8 weight + DequantizeLinear;
   ONNX Runtime and OpenVINO both execute these as int8 kernels;
 - dynamic: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale) (as ONNX Runtime's dynamic quantizer).
 """
@@ -357,13 +357,16 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         if s["act_scale"] is not None:
             if x not in act_qdq:
                 a = f"nnslim_act/{x}"
+                signed = bool(s.get("act_signed"))  # symmetric int8 (zero point 0) or uint8
                 new_inits += [numpy_helper.from_array(np.array(s["act_scale"], np.float32), f"{a}.scale"),
-                              numpy_helper.from_array(np.array(s["act_zp"], np.uint8), f"{a}.zp")]
+                              numpy_helper.from_array(np.array(s["act_zp"], np.int8 if signed else np.uint8),
+                                                      f"{a}.zp")]
                 src = x
                 act_bits = s.get("act_bits") or 8
-                if act_bits < 8:  # uint8 codes limited to the narrower range: clip to it before quantizing
-                    lo = (0 - s["act_zp"]) * s["act_scale"]
-                    hi = (2 ** act_bits - 1 - s["act_zp"]) * s["act_scale"]
+                if act_bits < 8:  # 8-bit codes limited to the narrower range: clip to it before quantizing
+                    qmin, qmax = (-2 ** (act_bits - 1), 2 ** (act_bits - 1) - 1) if signed else (0, 2 ** act_bits - 1)
+                    lo = (qmin - s["act_zp"]) * s["act_scale"]
+                    hi = (qmax - s["act_zp"]) * s["act_scale"]
                     new_inits += [numpy_helper.from_array(np.array(lo, np.float32), f"{a}.lo"),
                                   numpy_helper.from_array(np.array(hi, np.float32), f"{a}.hi")]
                     pre.append(helper.make_node("Clip", [x, f"{a}.lo", f"{a}.hi"], [f"{a}.c"], name=f"{a}/clip"))
@@ -398,8 +401,9 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
             raise NnslimError("the int8 step asked for int8 attention matmuls (matmuls option), which need "
                               "calibration data at export; pass calibration data or set matmuls: false")
         notes += quantize_activation_matmuls(proto, calibration(MATMUL_SAMPLES))
-    if any(getattr(m, ADDS_ATTR, False) for m in qmodel.modules()) and calibration is not None:
-        notes += quantize_activation_adds(proto, calibration(MATMUL_SAMPLES))
+    adds = {getattr(m, ADDS_ATTR, None) for m in qmodel.modules()} - {None, False}
+    if adds and calibration is not None:
+        notes += quantize_activation_adds(proto, calibration(MATMUL_SAMPLES), symmetric="symmetric" in adds)
     notes += quantize_through_maxpools(graph)
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))

@@ -94,24 +94,27 @@ def quantize_activation_matmuls(proto, samples: list[dict]) -> list[str]:
     tensors = sorted({i for n in mms for i in n.input})
     ranges = _ranges(proto, tensors, samples)
 
-    def qparams(x: str):
-        # Symmetric, zero point 0 (no compensation terms in the int8 product): int8 for a signed input (Q, K, V),
-        # uint8 for a non-negative one (the softmax probabilities).
-        lo, hi = ranges[x]
-        signed = lo < 0
-        return max(max(-lo, hi), 1e-8) / (127.0 if signed else 255.0), np.array(0, np.int8 if signed else np.uint8)
-
-    _insert_qdq(graph, mms, qparams, "nnslim_mm")
+    # Symmetric, zero point 0 (no compensation terms in the int8 product): int8 for a signed input (Q, K, V),
+    # uint8 for a non-negative one (the softmax probabilities).
+    _insert_qdq(graph, mms, lambda x: symmetric_qparams(*ranges[x]), "nnslim_mm")
     return [f"attention matmuls: {len(mms)} activation x activation MatMuls as int8 (symmetric QDQ on both inputs, "
             f"ranges from {len(samples)} calibration samples run through the int8 graph)"]
 
 
-# A CNN whose int8 step quantizes its residual additions carries this attribute (set by the step).
+def symmetric_qparams(lo: float, hi: float) -> tuple[float, np.ndarray]:
+    """(scale, zero point 0): int8 codes for a range with negative values, uint8 for a non-negative one."""
+    signed = lo < 0
+    return max(max(-lo, hi), 1e-8) / (127.0 if signed else 255.0), np.array(0, np.int8 if signed else np.uint8)
+
+
+# A CNN whose int8 step quantizes its residual additions carries this attribute (set by the step): "symmetric"
+# or "asymmetric", how the step quantizes activations.
 ADDS_ATTR = "nnslim_int8_adds"
 
 
-def quantize_activation_adds(proto, samples: list[dict]) -> list[str]:
-    """QDQ (uint8, asymmetric, calibrated by running the graph) on both inputs of every Add of two activations
+def quantize_activation_adds(proto, samples: list[dict], symmetric: bool = False) -> list[str]:
+    """QDQ (calibrated by running the graph; uint8 asymmetric, or symmetric: int8 / uint8 with zero point 0) on
+    both inputs of every Add of two activations
     (a residual connection), as ONNX Runtime's quantizer and NNCF do for CNNs: a convolution whose output
     feeds such an Add is then followed by QuantizeLinear, the pattern ONNX Runtime fuses into an int8
     QLinearConv (without it, that convolution runs in float on dequantized inputs). An input that is
@@ -135,6 +138,8 @@ def quantize_activation_adds(proto, samples: list[dict]) -> list[str]:
 
     def qparams(x: str):
         lo, hi = min(ranges[x][0], 0.0), max(ranges[x][1], 0.0)
+        if symmetric:
+            return symmetric_qparams(lo, hi)
         scale = max(hi - lo, 1e-8) / 255.0
         return scale, np.array(int(np.clip(np.round(-lo / scale), 0, 255)), np.uint8)
 
@@ -143,7 +148,8 @@ def quantize_activation_adds(proto, samples: list[dict]) -> list[str]:
 
     topological_sort(graph)  # a reused DequantizeLinear may come after the Add that now reads it
     return [f"residual adds: {len(adds)} Adds of two activations with int8 QDQ inputs ({len(tensors)} new, {reused} "
-            f"reusing a convolution's; ranges from {len(samples)} calibration samples run through the int8 graph)"]
+            f"reusing a convolution's; {'symmetric' if symmetric else 'asymmetric'}; ranges from {len(samples)} "
+            "calibration samples run through the int8 graph)"]
 
 
 def quantize_through_maxpools(graph) -> list[str]:
@@ -191,5 +197,5 @@ def quantize_through_maxpools(graph) -> list[str]:
         return []
     del graph.node[:]
     graph.node.extend(nodes)
-    return [f"max pooling: {hoisted} MaxPool(s) quantized on their input with their consumers' quantizer (uint8 "
-            f"pooling, the convolution before writes uint8; the values reaching the next layers are unchanged)"]
+    return [f"max pooling: {hoisted} MaxPool(s) quantized on their input with their consumers' quantizer (8-bit "
+            f"pooling, the convolution before writes 8-bit codes; the values reaching the next layers are unchanged)"]
