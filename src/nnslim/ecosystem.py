@@ -33,14 +33,6 @@ def _hf_root(model: nn.Module) -> tuple[nn.Module, str] | None:
     return None
 
 
-# Architectures whose compressed-tensors checkpoints transformers fails to load (measured, transformers 5.24-5.25 +
-# compressed-tensors 0.20.1): T5's weight init reads `q.weight` of its attention's quantized Linears, which hold
-# `weight_packed` ("'Linear' object has no attribute 'weight'"). BART's loads and gives nnslim's logits.
-_T5_WHY = ("transformers + compressed-tensors cannot load a quantized T5-family checkpoint (T5's weight init reads "
-           "the quantized layers' .weight)")
-UNLOADABLE_TYPES = {t: _T5_WHY for t in ("t5", "mt5", "umt5", "longt5")}
-
-
 def writable(model: nn.Module) -> str | None:
     """None when `model` can be written as compressed-tensors; else the reason it cannot."""
     from .graph.modules import packed_layers
@@ -50,9 +42,6 @@ def writable(model: nn.Module) -> str | None:
         return "not a Hugging Face model"
     if getattr(root[0], "nnslim_conv1d", None):
         return "its Conv1D layers (GPT-2 family) have no compressed-tensors form"
-    model_type = getattr(getattr(root[0], "config", None), "model_type", None)
-    if model_type in UNLOADABLE_TYPES:
-        return UNLOADABLE_TYPES[model_type]
     from .pruning.structured import PLAN_ATTR
 
     if getattr(model, PLAN_ATTR, None):
@@ -73,6 +62,35 @@ def writable(model: nn.Module) -> str | None:
             return f"layer {name} keeps an unfolded AWQ input scale"
         if not name.startswith(root[1]):
             return f"layer {name} is outside the Hugging Face model"
+    return _load_fails(root[0], quantization_config({n[len(root[1]):]: c for n, c in layers.items()}))
+
+
+def _load_fails(hf: nn.Module, qconfig: dict) -> str | None:
+    """Why transformers would fail to load this checkpoint, found by running its own loading steps on an empty
+    (meta) copy of the architecture: compressed-tensors' layout of the quantized layers, then the model's weight
+    init, which in some architectures reads a quantized layer's `.weight` (measured: T5, Falcon). None when it
+    passes, or when these steps cannot be run with this transformers (the checkpoint is written then)."""
+    import copy
+
+    try:
+        from transformers.quantizers.quantizer_compressed_tensors import CompressedTensorsHfQuantizer
+        from transformers.utils.quantization_config import CompressedTensorsConfig
+
+        config = copy.deepcopy(hf.config)
+        config.quantization_config = None
+        built = _build_meta(hf, config)
+        quantizer = CompressedTensorsHfQuantizer(CompressedTensorsConfig.from_dict(copy.deepcopy(qconfig)))
+        quantizer.use_fp8_kernel = False  # int weights only here (set by its environment check otherwise)
+        with torch.device("meta"):
+            quantizer._process_model_before_weight_loading(built)
+    except Exception:  # noqa: BLE001 - a different transformers: the check cannot run, the write goes ahead
+        return None
+    try:
+        with torch.device("meta"):
+            built.initialize_weights()
+    except (AttributeError, TypeError, RuntimeError) as e:
+        return (f"transformers + compressed-tensors cannot load a quantized {type(hf).__name__} (its weight init "
+                f"fails on the quantized layers: {str(e).splitlines()[0][:120]})")
     return None
 
 
