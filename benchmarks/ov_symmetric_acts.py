@@ -3,7 +3,7 @@ activations are quantized symmetrically (int8, zero point 0, as NNCF's CNN prese
 (uint8 with a zero point)? The per-layer profile (ov_layer_profile.py) showed NNCF's stem convolution, fed a signed
 int8 image, 1.5x faster than nnslim's fed uint8 with zero point 128.
 
-  python benchmarks/ov_symmetric_acts.py INT8.onnx [RIVAL.xml|.onnx] [--batch 8] [--rounds 10]
+  python benchmarks/ov_symmetric_acts.py INT8.onnx [RIVAL.xml|.onnx] [--also MORE.onnx ...] [--batch 8] [--rounds 10]
 
 Writes INT8-sym.onnx beside INT8.onnx: every per-tensor uint8 activation quantizer with a non-zero zero point
 becomes int8 with zero point 0 and the scale that covers the same range (max(zp, 255 - zp) / 127 x scale; up to one
@@ -70,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("int8")
     ap.add_argument("rival", nargs="?")
+    ap.add_argument("--also", nargs="*", default=[], help="more models to time in OpenVINO beside them")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
@@ -85,6 +86,8 @@ def main() -> None:
                 for label, p in (("asymmetric uint8 (nnslim)", src), ("symmetric int8", sym))}
     if args.rival:
         variants["openvino rival"] = runner(Path(args.rival), "openvino")
+    for path in args.also:
+        variants[f"openvino {path}"] = runner(Path(path), "openvino")
     ref = variants["openvino asymmetric uint8 (nnslim)"](feed)
     times = {k: [] for k in variants}
     for run in variants.values():
