@@ -106,3 +106,22 @@ def test_binary_activations_use_a_learned_shift():
     b(torch.rand(32, 8))  # the first training batch sets each shift to the channel mean
     assert bool(b[2].shift_ready) and float(b[2].shift.abs().sum()) > 0
     assert np.isfinite(b(torch.rand(4, 8)).detach().numpy()).all()
+
+
+def test_symmetric_activation_quantizer_and_its_refusal():
+    """symmetric: a signed range gets int8 codes with zero point 0 (the same scale both sides), a non-negative one
+    stays uint8; a PACT range (learned, asymmetric) refuses the option instead of ignoring it."""
+    signed = ActQuantizer(8, "fixed", -2.0, 1.0, symmetric=True)
+    assert signed.signed and signed.export_qparams()[1] == 0
+    x = torch.linspace(-2, 2, 101)
+    err = (signed(x) - x)[x.abs() <= 2].abs().max()
+    assert err <= signed.export_qparams()[0] / 2 + 1e-6
+    assert not ActQuantizer(8, "fixed", 0.0, 3.0, symmetric=True).signed
+    assert not ActQuantizer(8, "pact", -2.0, 1.0, symmetric=True).signed
+    from nnslim.quant.ptq import quantize_int8
+    from nnslim.quant.qat import QatConfig
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    data = [{"input": torch.randn(2, 4)} for _ in range(4)]
+    with pytest.raises(NnslimError, match="symmetric_activations=true is not allowed with act_mode='pact'"):
+        quantize_int8(model, QatConfig(act_mode="pact", symmetric_activations=True), data)

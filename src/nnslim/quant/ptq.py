@@ -1,7 +1,8 @@
 """Int8 post-training quantization (static and dynamic) of Linear/Conv layers.
 
 Weights: int8 symmetric, per output channel (default) or per tensor. Activations (static): uint8
-asymmetric per tensor, ranges from a calibrator. Only the inputs of weight-bearing layers are
+asymmetric per tensor (or, with symmetric_activations, int8 with zero point 0 where a range is signed), ranges
+from a calibrator. Only the inputs of weight-bearing layers are
 quantized, so numerically fragile ops (attention-mask add, softmax, LayerNorm, GELU) stay in float.
 """
 from __future__ import annotations
@@ -58,9 +59,10 @@ class StaticBase(Int8Base):
     smoothquant: float | Literal["auto"] | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
     bias_correction: bool = True
     # activations with negative values as int8 with zero point 0 (symmetric, NNCF's CNN preset) instead of uint8
-    # with a zero point; non-negative ones stay uint8. "auto": on for CNNs on CPUs with int8 dot products (VNNI /
-    # AMX), where OpenVINO runs such convolutions without zero-point compensation (BENCHMARKS.md 8d)
-    symmetric_activations: bool | Literal["auto"] = "auto"
+    # with a zero point; non-negative ones stay uint8. Off by default: on the AMX Xeon, OpenVINO ran a ResNet's
+    # stem 1.4x faster this way but the whole model within noise (-3% to +3%), and ONNX Runtime 6-45% slower
+    # (BENCHMARKS.md 8d)
+    symmetric_activations: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,6 @@ def default_calibrator(preset: str) -> str:
     """Activation calibrator by model type, from the calibrator table in BENCHMARKS.md: with SmoothQuant
     flattening transformer activations, minmax is best there; percentile (99.99) for CNNs."""
     return "minmax" if preset == "transformer" else "percentile"
-
-
-def resolve_symmetric(config, preset: str) -> bool:
-    value = getattr(config, "symmetric_activations", False)
-    return (preset == "cnn" and cpu_has_vnni()) if value == "auto" else bool(value)
 
 
 def cpu_has_vnni() -> bool:
@@ -229,6 +226,10 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     qs = settings_of(config)
     dynamic = qs.act_mode == "dynamic"
     static = qs.act_bits is not None and not dynamic
+    symmetric = static and getattr(config, "symmetric_activations", False)
+    if symmetric and qs.act_mode not in ("fixed", "lsq"):
+        raise NnslimError(f"symmetric_activations=true is not allowed with act_mode={qs.act_mode!r}; allowed with: "
+                          "fixed, lsq (pact learns an asymmetric range)")
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     calibration = list(calibration) if calibration is not None else None
@@ -270,7 +271,6 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if reduce_range and bits == 8:
         bits = 7
         notes.append("weights 7-bit (reduce_range): this CPU has no VNNI, where 8-bit u8 x s8 kernels saturate")
-    symmetric = static and resolve_symmetric(config, preset)
     if symmetric:
         notes.append("activations: symmetric (int8 with zero point 0 where a range has negative values, uint8 "
                      "where not)")
