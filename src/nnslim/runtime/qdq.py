@@ -3,7 +3,8 @@
 The float model (dequantized weights) is exported with the dynamo exporter, then each quantized
 layer's node (MatMul / Gemm / Conv) is found by the value of its weight initializer (names do not
 survive constant folding) and rewritten:
-- static: QuantizeLinear/DequantizeLinear (uint8, or int8 symmetric) on the activation input, int8 weight + DequantizeLinear;
+- static: QuantizeLinear/DequantizeLinear (uint8, or symmetric int8) on the activation input, int8 weight +
+  DequantizeLinear;
   ONNX Runtime and OpenVINO both execute these as int8 kernels;
 - dynamic: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale) (as ONNX Runtime's dynamic quantizer).
 """
@@ -245,6 +246,8 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
 
     low_bits = False  # INT4 initializers need opset 21
     act_qdq: dict[str, str] = {}  # activation tensor -> its dequantized name
+    uses: dict[str, int] = {}  # layer -> nodes already rewritten for it (one layer shared across depth: ALBERT)
+    weights_made: set[str] = set()  # weight initializers written (once per layer and orientation)
     rewritten = []
     for node in graph.node:
         pre = []
@@ -281,7 +284,10 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         axis = 1 if transposed else 0
         q = s["qweight"].numpy()
         q = q.T if transposed else q
-        base = f"nnslim_q/{lname}"
+        n_use = uses.get(lname, 0)
+        uses[lname] = n_use + 1
+        base = f"nnslim_q/{lname}" + (f"/use{n_use}" if n_use else "")  # this node's own names
+        wbase = f"nnslim_q/{lname}" + (".kn" if s["dynamic"] else ".t" if transposed else "")  # the shared weight
         bits = s.get("bits", 8)
         low_bits = low_bits or bits <= 4
         w_scale = s["w_scale"].numpy().astype(np.float32)
@@ -296,28 +302,30 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
             dq_attrs = {"axis": 0 if transposed else 1, "block_size": int(group)}
         elif w_scale.ndim == 2:  # one group per output channel: per-channel
             w_scale, w_zp = w_scale.reshape(-1), (w_zp.reshape(-1) if w_zp is not None else None)
-        zp_init = (_weight_init(w_zp, bits, f"{base}.w_zp") if w_zp is not None and w_zp.any() else
-                   _zero_init(w_scale.shape, bits, f"{base}.w_zp"))
-        new_inits += [_weight_init(q, bits, f"{base}.weight_q"),
-                      numpy_helper.from_array(np.ascontiguousarray(w_scale), f"{base}.w_scale"), zp_init]
+        if wbase not in weights_made:
+            weights_made.add(wbase)
+            zp_init = (_weight_init(w_zp, bits, f"{wbase}.w_zp") if w_zp is not None and w_zp.any() else
+                       _zero_init(w_scale.shape, bits, f"{wbase}.w_zp"))
+            # MatMulInteger (dynamic) needs the weight as [in, out]: a Gemm with transB=1 holds it as [out, in]
+            q_init = (numpy_helper.from_array(np.ascontiguousarray(s["qweight"].numpy().T).astype(np.int8),
+                                              f"{wbase}.weight_q") if s["dynamic"]
+                      else _weight_init(q, bits, f"{wbase}.weight_q"))
+            new_inits += [q_init, numpy_helper.from_array(np.ascontiguousarray(w_scale), f"{wbase}.w_scale"), zp_init]
         if s["dynamic"]:
             if node.op_type == "Conv":
                 raise NnslimError(f"{lname}: dynamic int8 covers Linear layers only, but it exported as Conv")
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if node.op_type == "Gemm" and attrs.get("transA", 0):
                 raise NnslimError(f"{lname}: a Gemm with transA=1 is not supported by dynamic int8")
-            # MatMulInteger needs the weight as [in, out]: a Gemm with transB=1 holds it as [out, in].
-            q_kn = s["qweight"].numpy().T
-            new_inits[-3] = numpy_helper.from_array(np.ascontiguousarray(q_kn).astype(np.int8), f"{base}.weight_q")
             x = node.input[0]
             y = f"{base}.y" if node.op_type == "Gemm" else node.output[0]
             pre += [helper.make_node("DynamicQuantizeLinear", [x], [f"{base}.xq", f"{base}.xs", f"{base}.xzp"],
                                      name=f"{base}/dql"),
-                    helper.make_node("MatMulInteger", [f"{base}.xq", f"{base}.weight_q", f"{base}.xzp",
-                                                       f"{base}.w_zp"], [f"{base}.acc"], name=f"{base}/mmi"),
+                    helper.make_node("MatMulInteger", [f"{base}.xq", f"{wbase}.weight_q", f"{base}.xzp",
+                                                       f"{wbase}.w_zp"], [f"{base}.acc"], name=f"{base}/mmi"),
                     helper.make_node("Cast", [f"{base}.acc"], [f"{base}.accf"], to=TensorProto.FLOAT,
                                      name=f"{base}/cast"),
-                    helper.make_node("Mul", [f"{base}.xs", f"{base}.w_scale"], [f"{base}.s"], name=f"{base}/sc"),
+                    helper.make_node("Mul", [f"{base}.xs", f"{wbase}.w_scale"], [f"{base}.s"], name=f"{base}/sc"),
                     helper.make_node("Mul", [f"{base}.accf", f"{base}.s"], [y], name=f"{base}/mul")]
             if node.op_type == "Gemm":  # Y = alpha * A @ B + beta * C
                 alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
@@ -336,7 +344,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                     pre.append(helper.make_node("Identity", [y], list(node.output), name=f"{base}/out"))
             rewritten += pre
             continue
-        pre.append(helper.make_node("DequantizeLinear", [f"{base}.weight_q", f"{base}.w_scale", f"{base}.w_zp"],
+        pre.append(helper.make_node("DequantizeLinear", [f"{wbase}.weight_q", f"{wbase}.w_scale", f"{wbase}.w_zp"],
                                     [f"{base}.weight_dq"], name=f"{base}/wdq", **dq_attrs))
         node.input[1] = f"{base}.weight_dq"
         if (node.op_type == "Conv" and s["act_scale"] is not None and len(node.input) > 2
