@@ -48,8 +48,10 @@ AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoMod
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
-    if task == "image-classification":
-        return {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    if task == "image-classification":  # the config's image size (transformers' default 224 where it has none)
+        size = json.loads((out / "config.json").read_text()).get("image_size", 224)
+        size = size if isinstance(size, int) else size[0]
+        return {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)}
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(out))  # the artifact's own tokenizer
