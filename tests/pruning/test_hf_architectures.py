@@ -72,3 +72,33 @@ def test_attention_with_more_than_its_projections_is_traced_into():
     assert handler_for(llama.model.layers[0].self_attn) is not None
     llama.model.layers[0].self_attn.sinks = nn.Parameter(torch.zeros(4))  # one value per head
     assert handler_for(llama.model.layers[0].self_attn) is None
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_layerwise_methods_on_stages_and_classifier_heads():
+    """Layer-by-layer methods take a list of same-shape blocks (one Swin stage's blocks, not its stages, whose
+    widths change) and prune the layers outside them (a classifier's dense layers) by magnitude, with a note."""
+    import transformers as tf
+
+    from nnslim.graph.layerwise import find_blocks
+    from nnslim.pruning.oneshot import prune_oneshot
+    from nnslim.pruning.wanda import Wanda, WandaConfig
+
+    swin, example = _swin()
+    prefix, blocks = find_blocks(swin)
+    assert prefix.endswith(".blocks")  # swin.encoder.layers.<i>.blocks, not swin.encoder.layers
+    torch.manual_seed(0)
+    cfg = tf.RobertaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           vocab_size=100, num_labels=2)
+    model = tf.RobertaForSequenceClassification(cfg).eval()
+    config = WandaConfig(sparsity=0.5)
+    notes: list[str] = []
+    data = [{"input_ids": torch.randint(3, 100, (1, 64))} for _ in range(4)]
+    pruned = prune_oneshot(model, config, data, notes=notes, algorithm=lambda: Wanda(config), name="wanda")
+    dense = pruned.classifier.dense
+    assert float((dense.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert any(n.startswith("2 linear layers outside the repeated blocks pruned by magnitude") for n in notes)
+    layer = pruned.roberta.encoder.layer[0].attention.self.query
+    assert float((layer.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    with torch.no_grad():
+        assert pruned(**data[0]).logits.shape == (1, 2)

@@ -32,17 +32,23 @@ class _Reached(Exception):
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ModuleList of repeated blocks holding most of the parameters (e.g. model.model.layers)."""
+    """The ModuleList of repeated blocks holding most of the parameters (e.g. model.model.layers): blocks of one
+    type and the same shapes, so each one's output is the next one's input (not the stages of a Swin / ConvNeXt,
+    whose widths and resolutions change: there, the blocks of one stage)."""
     best, best_params = None, 0
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) >= 1:
             kinds = {type(m) for m in mod}
+            shapes: dict[str, set] = {}  # a key's shapes across the blocks (T5's first block alone has its
+            for m in mod:               # relative position bias: a key in some blocks only is allowed)
+                for k, v in m.state_dict().items():
+                    shapes.setdefault(k, set()).add(tuple(v.shape))
             params = sum(p.numel() for p in mod.parameters())
-            if len(kinds) == 1 and params > best_params:
+            if len(kinds) == 1 and all(len(v) == 1 for v in shapes.values()) and params > best_params:
                 best, best_params = (name, mod), params
     if best is None:
         raise NnslimError(f"{type(model).__name__} has no list of repeated blocks (nn.ModuleList of one "
-                          "layer type); layer-by-layer calibration needs a decoder/encoder stack")
+                          "layer type and shape); layer-by-layer calibration needs a decoder/encoder stack")
     return best
 
 

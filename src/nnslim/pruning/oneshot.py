@@ -104,13 +104,18 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
         samples = list(calibration) if calibration is not None else []
         check_layerwise_samples(samples, name)
         inside, outside = split_by_blocks(model, targets)
-        if outside:
-            raise NnslimError(f"{name} prunes layers inside the repeated blocks; put these in `ignore` or use "
-                              f"magnitude: {sorted(outside)[:5]}")
         del targets
         calibrate_layerwise(model, samples, inside, lambda: _Counted(algorithm(), count), device,
                             f"{name} {config.pattern}")
-        targets = inside
+        if outside:  # a classifier's dense layers, a pooler: by magnitude, as GPTQ falls back to RTN there
+            with torch.no_grad():
+                for n, m in each_layer(model, outside):
+                    mask = keep_mask(m.weight.detach().abs().float(), config)
+                    m.weight.mul_(mask.to(m.weight.dtype))
+                    count.add([m], mask)
+            notes.append(f"{len(outside)} linear layers outside the repeated blocks pruned by magnitude: "
+                         f"{', '.join(sorted(outside)[:5])}")
+        targets = [*inside, *outside]
     if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
         source.settle(model)
     notes.append(f"{name} {config.pattern} pruning: {len(targets)} layers, {count.zeros / max(count.total, 1):.1%} of "
