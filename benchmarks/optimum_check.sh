@@ -18,8 +18,9 @@ w = Path(sys.argv[1])
 for kind in ("llama", "gpt2", "qwen2"):
     src = _build(kind, w / "src")
     nnslim.compress(str(src), "onnx", out=w / kind, overwrite=True, report=False)
-nnslim.compress(str(w / "src" / "llama"), "examples/int4_onnx_llm.yaml", out=w / "llama-int4", overwrite=True,
-                report=False)
+for kind in ("llama", "gpt2"):  # GPT-2's int4 (Conv1D) reaches the ecosystem this way
+    nnslim.compress(str(w / "src" / kind), "examples/int4_onnx_llm.yaml", out=w / f"{kind}-int4", overwrite=True,
+                    report=False)
 nnslim.compress(str(w / "src" / "llama"), "openvino", out=w / "llama-ov", overwrite=True, report=False)
 for kind in ("t5", "bart"):
     src = _build(kind, w / "src")
@@ -41,7 +42,7 @@ for kind in llama gpt2 qwen2; do
   build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$kind" "$W/src/$kind" 2>&1 | grep -v -i warn
 done
 build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/llama-ov" "$W/src/llama" 2>&1 | grep -v -i warn
-for q in llama-int4 llama-ov-int8; do
+for q in llama-int4 gpt2-int4 llama-ov-int8; do
   build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$q" 2>&1 | grep -v -i warn
 done
 for kind in t5 bart; do
