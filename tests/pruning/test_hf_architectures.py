@@ -102,3 +102,12 @@ def test_layerwise_methods_on_stages_and_classifier_heads():
     assert float((layer.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
     with torch.no_grad():
         assert pruned(**data[0]).logits.shape == (1, 2)
+
+
+def test_stages_of_changing_widths_are_the_blocks_when_nothing_else_repeats():
+    import transformers as tf
+
+    from nnslim.graph.layerwise import find_blocks
+
+    resnet = tf.ResNetForImageClassification(tf.ResNetConfig(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16))
+    assert find_blocks(resnet)[0] == "resnet.encoder.stages"  # (its stages' layers are nn.Sequential)

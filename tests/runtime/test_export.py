@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import nnslim
+from nnslim.errors import NnslimError
 from nnslim.runtime import TorchRunner, make_runner
 
 
@@ -136,3 +139,15 @@ def test_a_weight_stored_with_its_transpose_is_stored_once(tmp_path):
     for name in ("logits", "other"):
         np.testing.assert_array_equal(before[name], after[name])
     assert share_transposed_initializers_in_file(path) == []  # nothing left to share
+
+
+def test_onnx_fp16_of_an_encoder_decoder_with_past_is_refused_up_front(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hf_zoo import _build
+
+    src = _build("t5", tmp_path / "zoo")
+    with pytest.raises(NnslimError, match="onnx-fp16 of an encoder-decoder with past=true"):
+        nnslim.compress(str(src), "onnx-fp16", out=tmp_path / "o", report=False)
+    assert not (tmp_path / "o").exists()

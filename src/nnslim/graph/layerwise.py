@@ -35,17 +35,19 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The ModuleList of repeated blocks holding most of the parameters (e.g. model.model.layers): blocks of one
     type and the same shapes, so each one's output is the next one's input (not the stages of a Swin / ConvNeXt,
     whose widths and resolutions change: there, the blocks of one stage)."""
-    best, best_params = None, 0
+    best, best_params, stages, stage_params = None, 0, None, 0
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) >= 1:
-            kinds = {type(m) for m in mod}
+        if isinstance(mod, nn.ModuleList) and len(mod) >= 1 and len({type(m) for m in mod}) == 1:
             shapes: dict[str, set] = {}  # a key's shapes across the blocks (T5's first block alone has its
             for m in mod:               # relative position bias: a key in some blocks only is allowed)
                 for k, v in m.state_dict().items():
                     shapes.setdefault(k, set()).add(tuple(v.shape))
             params = sum(p.numel() for p in mod.parameters())
-            if len(kinds) == 1 and all(len(v) == 1 for v in shapes.values()) and params > best_params:
+            if all(len(v) == 1 for v in shapes.values()) and params > best_params:
                 best, best_params = (name, mod), params
+            elif params > stage_params:
+                stages, stage_params = (name, mod), params
+    best = best or stages  # only stages of changing widths (a ResNet's): each one's output is still the next's input
     if best is None:
         raise NnslimError(f"{type(model).__name__} has no list of repeated blocks (nn.ModuleList of one "
                           "layer type and shape); layer-by-layer calibration needs a decoder/encoder stack")

@@ -164,6 +164,11 @@ def apply_onnx(model, config: OnnxConfig, ctx) -> OnnxModel:
 @register_method("onnx-fp16", OnnxFp16Config, "export to ONNX, weights and compute in fp16, fp32 I/O",
                  produces="onnx", stage="export")
 def apply_onnx_fp16(model, config: OnnxFp16Config, ctx) -> OnnxModel:
+    from .onnx_seq2seq import parts_of
+
+    if config.past and isinstance(model, torch.nn.Module) and parts_of(model) is not None:
+        raise NnslimError("onnx-fp16 of an encoder-decoder with past=true (Optimum's three graphs) is not supported "
+                          "yet; allowed: past=false (one graph, no KV cache), or method onnx (fp32) / openvino")
     fp32 = _export(model, config, ctx)
     tmp_path = fp32.path.with_name("model.fp32.onnx")
     fp32.path.rename(tmp_path)
