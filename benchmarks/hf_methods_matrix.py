@@ -7,21 +7,11 @@ that the code paths run, not quality; benchmarks/hf_ecosystem.py checks the arti
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("NNSLIM_PROGRESS", "0")
-
-from hf_zoo import MORE, TASKS, _build  # noqa: E402
-from nnslim.cli import main as cli  # noqa: E402
+from hf_ecosystem import MORE, TASKS, _build, cli  # its header puts src/ and tests/ on the path, offline env
 
 FAST = ["--set", "samples=8", "--set", "seq_len=64"]
 METHODS = {
