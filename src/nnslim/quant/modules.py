@@ -152,7 +152,7 @@ class QuantWrapper(_Transparent):
                 "input_scale": None if self.input_scale is None else self.input_scale.detach(),
                 "act_scale": None if act is None else act[0], "act_zp": None if act is None else act[1],
                 "act_bits": None if self.act_quantizer is None else self.act_quantizer.bits,
-                "act_signed": self.act_quantizer is not None and getattr(self.act_quantizer, "signed", False)}
+                "act_signed": self.act_quantizer is not None and self.act_quantizer.signed}
 
     def unwrapped(self) -> nn.Module:
         """The float equivalent (dequantized weights) that the export traces."""

@@ -111,7 +111,7 @@ class ActQuantizer(nn.Module):
 
     @property
     def scheme(self) -> QScheme:
-        return act_scheme(self.bits, getattr(self, "signed", False))
+        return act_scheme(self.bits, self.signed)
 
     def qparams(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) as the forward uses them (for `dynamic`, those of x)."""
@@ -141,6 +141,6 @@ class ActQuantizer(nn.Module):
         return float(scale.detach()), int(zp.detach())
 
     def extra_repr(self) -> str:
-        return f"{'int' if getattr(self, 'signed', False) else 'uint'}{self.bits}, {self.mode}"
+        return f"{'int' if self.signed else 'uint'}{self.bits}, {self.mode}"
 
 
