@@ -125,3 +125,26 @@ def test_symmetric_activation_quantizer_and_its_refusal():
     data = [{"input": torch.randn(2, 4)} for _ in range(4)]
     with pytest.raises(NnslimError, match="symmetric_activations=true is not allowed with act_mode='pact'"):
         quantize_int8(model, QatConfig(act_mode="pact", symmetric_activations=True), data)
+
+
+def test_symmetric_activations_survive_qat_distill_into_the_onnx_artifact(tmp_path):
+    """qat (lsq, symmetric_activations) -> distill -> ONNX on transformers' ResNet (normalized images: a signed
+    input): the learned activation scales deploy with int8 zero points of 0 where the calibrated range was
+    signed, uint8 elsewhere, and the artifact stays close to the model (cosine of the logits: this random-weight
+    model's logits are nearly uniform, so its top-1 moves with any training, symmetric or not)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
+                             num_labels=4)
+    config.image_size = 32
+    tf.ResNetForImageClassification(config).eval().save_pretrained(tmp_path / "resnet")
+    recipe = as_recipe([{"method": "qat", "samples": 16, "symmetric_activations": True},
+                        {"method": "distill", "steps": 5, "batch_size": 16}])
+    nnslim.compress(str(tmp_path / "resnet"), recipe, out=tmp_path / "q", report=False)
+    proto = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    zps = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert any(z.dtype == np.int8 for z in zps) and all(int(z) == 0 for z in zps)
+    metrics = nnslim.evaluate(str(tmp_path / "q"), testbed=str(tmp_path / "resnet"))["metrics"]
+    assert metrics["logits_cos_mean"] > 0.97
