@@ -2,6 +2,12 @@
 the GPU, under torchrun with DDP over NCCL; prints steps/s and peak GPU memory per process.
 
   torchrun --nproc_per_node N benchmarks/gpu_ddp.py [--layers 16] [--hidden 2048] [--steps 30] [--batch 8]
+      [--checkpoint-dir DIR --checkpoint-every K] [--save FILE]
+
+--save writes the trained student (rank 0, safetensors) and prints its held-out KL to the teacher;
+--checkpoint-dir makes the run resumable: a run killed after a checkpoint and started again (with any
+process count) continues from it (benchmarks/multi_gpu.sh checks that a 2-GPU checkpoint resumed on
+1 GPU gives the uninterrupted 1-GPU model).
 
 With N GPUs each process trains on batch/N sequences of every global batch (DDP averages the gradients),
 so the loss curve matches one process. The student is a copy of the teacher with int8 QAT quantizers
@@ -50,9 +56,12 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--mode", choices=["qat", "kd"], default="qat")
+    ap.add_argument("--checkpoint-dir", default=None)
+    ap.add_argument("--checkpoint-every", type=int, default=10)
+    ap.add_argument("--save", default=None, help="the trained student's weights (safetensors, rank 0)")
     args = ap.parse_args()
     rank, world = distributed.setup("auto")
-    device = distributed.local_device()
+    device = distributed.local_device() if world > 1 else torch.device("cuda")  # (calibration on the GPU either way)
     teacher = Logits(llama(args.layers, args.hidden, device))
     params = sum(p.numel() for p in teacher.parameters())
     g = torch.Generator().manual_seed(0)
@@ -66,9 +75,10 @@ def main():
     notes: list[str] = []
     from nnslim.distillation.trainer import DistillConfig, distill
 
-    cfg = DistillConfig(steps=args.steps, batch_size=args.batch, lr=1e-5, loss="kl", backend="nccl", device="cuda")
+    cfg = DistillConfig(steps=args.steps, batch_size=args.batch, lr=1e-5, loss="kl", backend="nccl", device="cuda",
+                        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
     start = time.perf_counter()
-    distill(student, teacher, data, cfg, "logits", inplace=args.mode == "qat", notes=notes)
+    trained = distill(student, teacher, data, cfg, "logits", inplace=args.mode == "qat", notes=notes)
     torch.cuda.synchronize()
     took = time.perf_counter() - start
     if rank == 0:
@@ -76,6 +86,18 @@ def main():
               f"tokens: {args.steps / took:.3f} steps/s ({args.steps * args.batch * args.seq / took:,.0f} tokens/s), "
               f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on rank 0", flush=True)
         print(notes[-1], flush=True)
+        if args.save:
+            from safetensors.torch import save_file
+
+            held = torch.randint(0, 32000, (2, args.seq), generator=torch.Generator().manual_seed(1))
+            held = held.to(next(trained.parameters()).device)
+            teacher.to(held.device)
+            with torch.no_grad():
+                t, s = teacher(held).float(), trained(held).float()
+                kl = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True,
+                                                reduction="batchmean") / args.seq
+            print(f"held-out KL(teacher || student) per token: {float(kl):.6g}", flush=True)
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in trained.state_dict().items()}, args.save)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_devices(name: str, gpus: int = 1) -> list[torch.device]:
+    """The devices of a layer-wise calibration: [resolve_device(name)], or `gpus` GPUs (0: all present)."""
+    if gpus == 1:
+        return [resolve_device(name)]
+    if name == "cpu" or not torch.cuda.is_available():
+        why = "device=cpu was asked for" if name == "cpu" else "CUDA is not available here"
+        raise NnslimError(f"gpus={gpus} needs CUDA GPUs, but {why}; use gpus=1")
+    present = torch.cuda.device_count()
+    if gpus > present:
+        raise NnslimError(f"gpus={gpus} but this machine has {present} GPU(s); allowed: 0 (all) or 1..{present}")
+    return [torch.device("cuda", k) for k in range(gpus or present)]
+
+
 @dataclass
 class Context:
     """Data and settings for the steps of one run. `validate(model) -> float` (higher is better) is the

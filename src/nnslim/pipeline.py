@@ -52,6 +52,13 @@ def check_recipe(recipe: Recipe, model) -> None:
             _check_order(last, (i, step.method, method))
         if method.stage is not None:
             last = (i, step.method, method.stage)
+        if getattr(step, "gpus", 1) != 1:  # the GPUs asked for must be here before any step runs
+            from .context import resolve_devices
+
+            try:
+                resolve_devices(step.device, step.gpus)
+            except NnslimError as e:
+                raise NnslimError(f"recipe step {i} ({step.method!r}): {e}") from None
 
 
 def check_trained(recipe: Recipe) -> None:

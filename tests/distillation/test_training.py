@@ -78,6 +78,30 @@ def test_two_gloo_processes_match_one(tmp_path):
         assert rel < 1e-4, (k, rel)
 
 
+def _torchrun(out, ckpt, delay, steps, port):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            CHILD, str(out), str(ckpt), str(delay), str(steps)]
+
+
+def test_checkpoint_of_two_processes_resumes_on_one(tmp_path):
+    """Issue 18: a checkpoint written by rank 0 of a 2-process run, killed between checkpoints, resumes in one
+    process (another world size) to the model an uninterrupted 1-process run gives."""
+    one = _run(tmp_path / "one.safetensors", "-", steps=40)
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen(_torchrun(tmp_path / "x.safetensors", ck, "0.05", 40, _free_port()), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (ck / "step-00000020").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+    proc.wait()
+    assert (ck / "step-00000020").is_dir() and not (tmp_path / "x.safetensors").exists()
+    resumed = _run(tmp_path / "y.safetensors", ck, steps=40)
+    for k in one:
+        rel = float((one[k] - resumed[k]).norm() / one[k].norm().clamp(min=1e-12))
+        assert rel < 1e-4, (k, rel)
+
+
 def test_hard_labels_layer_map_and_projections():
     assert layer_map(3, 6) == [1, 3, 5] and layer_map(2, 2) == [0, 1]
     with pytest.raises(NnslimError, match="layer_map"):

@@ -243,6 +243,9 @@ def _checkpoint(directory: Path, step: int, student, matcher, opt, rng, order, l
     opt_tensors, opt_rest = ckpt.optimizer_tensors(opt)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
+    device = next(student.parameters()).device
+    if device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     meta = {"step": step, "order": order, "losses": losses, "numpy_rng": rng.bit_generator.state,
             "optimizer": opt_rest, "fingerprint": fp}
     ckpt.save(directory, step, tensors, meta)
@@ -254,6 +257,9 @@ def _resume(path: Path, expected, student, matcher, opt, sched, rng) -> tuple[in
     matcher.load_state_dict({k[len("matcher."):]: v for k, v in tensors.items() if k.startswith("matcher.")})
     ckpt.restore_optimizer(opt, tensors, meta["optimizer"])
     torch.set_rng_state(tensors["rng.torch"])
+    device = next(student.parameters()).device
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     rng.bit_generator.state = meta["numpy_rng"]
     step = int(meta["step"])
     sched.last_epoch = step

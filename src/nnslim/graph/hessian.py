@@ -7,6 +7,7 @@ upper Cholesky factor of the inverse Hessian H = 2/n X^T X, with lazy updates in
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable
 
 import numpy as np
@@ -200,6 +201,31 @@ class HessianObserver:
                                   "its Hessian cannot be shared")
             return
         HessianAccumulator.add_to(self.hessians, name, x)
+
+    def merge(self, others: list["HessianObserver"]) -> None:
+        """Add the statistics the other devices' copies of the block collected (spread calibration)."""
+        for other in others:
+            for name, acc in other.hessians.items():
+                mine = self.hessians[name]
+                total = mine.n + acc.n
+                mine.h.mul_(mine.n / total).add_(acc.h.to(mine.h.device), alpha=acc.n / total)
+                mine.n = total
+            if other.shared != self.shared:
+                raise NnslimError("the copies of one block shared their targets' inputs differently on two devices")
+            other.hessians.clear()
+
+    def subset(self, names: list[str], device) -> "HessianObserver":
+        """A copy holding the statistics of `names` only, on `device` (names fed one input travel together);
+        the accumulators are handed over, not copied."""
+        part = copy.copy(self)
+        part.shared = {n: self.shared[n] for n in names}
+        part.hessians = {}
+        for owner in set(part.shared.values()):
+            acc = self.hessians.pop(owner)
+            acc.h = acc.h.to(device)
+            part.hessians[owner] = acc
+        part._last = None
+        return part
 
     def take(self, name: str) -> torch.Tensor:
         """The Hessian of `name`, handed over: the last of the targets sharing it gets the accumulator

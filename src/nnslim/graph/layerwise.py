@@ -329,6 +329,11 @@ class BlockAlgorithm(Protocol):
         """Change the targets of `block` (named relative to it; `prefix` names the block) in place; it may
         empty `modules` as it goes (GPTQ drops each float layer once replaced)."""
 
+    # To be spread over several GPUs (graph/spread.py) an algorithm also has
+    #   merge(others): add the statistics other copies of it collected on the other devices' samples
+    #     (sample j was on device j mod D), and
+    #   subset(names, device): a new one holding the statistics of `names` only, moved to `device`.
+
 
 MIN_TOKENS = 128
 
@@ -348,9 +353,17 @@ def check_layerwise_samples(samples: list, what: str) -> None:
 
 
 def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
-                        make: Callable[[], BlockAlgorithm], device: torch.device, desc: str) -> None:
+                        make: Callable[[], BlockAlgorithm], device: torch.device | list[torch.device],
+                        desc: str) -> None:
     """Run a BlockAlgorithm over every block holding targets, each block fed the outputs of the
-    already-changed ones (run_layerwise)."""
+    already-changed ones (run_layerwise); a list of several devices spreads each block's work over
+    them (graph/spread.py)."""
+    if isinstance(device, list):
+        if len(device) > 1:
+            from .spread import calibrate_spread
+
+            return calibrate_spread(model, samples, targets, make, device, desc)
+        device = device[0]
     def process(index, name, block, inputs, kwargs):
         mods = block_targets(block, name, targets)
         if not mods:

@@ -8,13 +8,14 @@ or SemiSparseLinear layers with pack_2of4.
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from ..context import resolve_device
+from ..context import resolve_devices
 from ..errors import NnslimError
 from ..graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ..graph.scope import select_linears
@@ -47,10 +48,11 @@ class PruneConfig(StepConfig):
 @dataclass(frozen=True)
 class LayerwisePruneConfig(PruneConfig):
     """One-shot pruning chosen from calibration text, layer by layer."""
-    ranges = {**PruneConfig.ranges, "samples": (1, 100_000), "seq_len": (16, 1 << 20)}
+    ranges = {**PruneConfig.ranges, "samples": (1, 100_000), "seq_len": (16, 1 << 20), "gpus": (0, 1024)}
     samples: int = 128
     seq_len: int = 512
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: int = 1  # GPUs the layer-wise calibration is spread over (0: all present); see graph/spread.py
 
 
 def keep_mask(scores: torch.Tensor, config: PruneConfig, per_row: bool = False) -> torch.Tensor:
@@ -100,7 +102,7 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
                 m.weight.mul_(mask.to(m.weight.dtype))
                 count.add([m], mask)
     else:
-        device = resolve_device(config.device)
+        device = resolve_devices(config.device, config.gpus)
         samples = list(calibration) if calibration is not None else []
         check_layerwise_samples(samples, name)
         inside, outside = split_by_blocks(model, targets)
@@ -133,9 +135,14 @@ class _Count:
 
     def __init__(self, attach: bool):
         self.attach, self.zeros, self.total = attach, 0, 0
+        self.lock = threading.Lock()  # (spread calibration finishes layers on several devices at once)
 
     def add(self, layers, mask: torch.Tensor | None = None) -> None:
         """`mask`: the keep mask of a single layer (default: its nonzero weights)."""
+        with self.lock:
+            self._add(layers, mask)
+
+    def _add(self, layers, mask) -> None:
         for m in layers:
             self.zeros += int((m.weight == 0).sum())
             self.total += m.weight.numel()
@@ -151,6 +158,12 @@ class _Counted:
 
     def observe(self, name, module, x) -> None:
         self.inner.observe(name, module, x)
+
+    def merge(self, others: list["_Counted"]) -> None:
+        self.inner.merge([o.inner for o in others])
+
+    def subset(self, names: list[str], device) -> "_Counted":
+        return _Counted(self.inner.subset(names, device), self.count)
 
     def finish(self, block, modules, prefix) -> None:
         self.inner.finish(block, modules, prefix)

@@ -26,6 +26,16 @@ class Wanda:
         x = x.reshape(-1, x.shape[-1]).float()
         self.sq[name] = self.sq.get(name, 0) + x.pow(2).sum(0)
 
+    def merge(self, others: list["Wanda"]) -> None:
+        for other in others:
+            for n, sq in other.sq.items():
+                self.sq[n] += sq.to(self.sq[n].device)
+
+    def subset(self, names: list[str], device) -> "Wanda":
+        part = Wanda(self.config)
+        part.sq = {n: self.sq.pop(n).to(device) for n in names}
+        return part
+
     def finish(self, block, modules, prefix):
         for n, m in modules.items():
             scores = m.weight.detach().abs().float() * self.sq.pop(n).sqrt()[None, :]

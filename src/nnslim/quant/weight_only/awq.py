@@ -93,6 +93,25 @@ class Awq:
         flat = x.reshape(-1, x.shape[-1]).float()
         self.samples.setdefault(name, []).append(flat[:: max(1, flat.shape[0] // 256)])
 
+    def merge(self, others: list["Awq"]) -> None:
+        """Add the input samples the other devices' copies of the block saw (spread calibration: sample j
+        was on device j mod D), in the order one device would have seen them."""
+        device = next(iter(self.first.values())).device
+        for n in self.samples:
+            shards = [self.samples[n]] + [o.samples.pop(n, []) for o in others]
+            self.samples[n] = [shard[j].to(device) for j in range(max(map(len, shards)))
+                               for shard in shards if j < len(shard)]
+
+    def subset(self, names: list[str], device) -> "Awq":
+        """The samples of `names` on `device`; targets that shared an input still share it."""
+        part = Awq(self.config, self.spec)
+        moved: dict[int, torch.Tensor] = {}
+        for n in names:
+            x = self.first.pop(n)
+            part.first[n] = moved.setdefault(id(x), x.to(device))
+            part.samples[n] = [t.to(device) for t in self.samples.pop(n)]
+        return part
+
     def finish(self, block, modules, prefix):
         groups: list[list[str]] = []
         for n in modules:

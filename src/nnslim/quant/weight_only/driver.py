@@ -15,7 +15,7 @@ from typing import Callable, ClassVar, Literal
 import torch
 from torch import nn
 
-from ...context import resolve_device
+from ...context import resolve_devices
 from ...errors import NnslimError
 from ...graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwise_samples, split_by_blocks
 from ...graph.modules import replace_module
@@ -55,10 +55,15 @@ class LowBitConfig(WeightOnlyConfig):
 @dataclass(frozen=True)
 class CalibratedConfig(LowBitConfig):
     """Low-bit weights chosen from calibration data, layer by layer."""
-    ranges = {**LowBitConfig.ranges, "samples": (1, 100_000), "seq_len": (16, 1 << 20)}
+    ranges = {**LowBitConfig.ranges, "samples": (1, 100_000), "seq_len": (16, 1 << 20), "gpus": (0, 1024)}
     samples: int = 128  # calibration sequences
     seq_len: int = 512
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where layer-wise calibration runs (auto: cuda if available)
+    gpus: int = 1  # GPUs the layer-wise calibration is spread over (0: all present); see graph/spread.py
+
+
+def _where(devices: list[torch.device]) -> str:
+    return devices[0].type if len(devices) == 1 else f"{len(devices)} GPUs"
 
 
 def target_linears(model: nn.Module, config) -> dict[str, nn.Linear]:
@@ -125,7 +130,7 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
     targets = target_linears(model, config)
     spec = resolve_group(config, targets, notes)
     if algorithm is not None:
-        device = resolve_device(config.device)
+        device = resolve_devices(config.device, config.gpus)
         samples = list(calibration) if calibration is not None else []
         check_layerwise_samples(samples, name)
         inside, outside = split_by_blocks(model, targets)
@@ -135,7 +140,7 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
             notes.append(f"{len(outside)} linear layers outside the repeated blocks quantized by RTN: "
                          f"{', '.join(list(outside)[:5])}")
         targets = outside
-        notes.append(f"{name}: {len(inside)} layers, {len(samples)} calibration sequences, calibrated on {device.type}")
+        notes.append(f"{name}: {len(inside)} layers, {len(samples)} calibration sequences, calibrated on {_where(device)}")
     for layer_name, layer in each_layer(model, targets):  # (streamed: read from the shards one at a time)
         replace_module(model, layer_name, rtn_layer(layer, spec))
     if source_of(model) is not None:  # the float rest (norms, embeddings, head) in memory, or on disk with offload
