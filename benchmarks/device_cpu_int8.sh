@@ -15,3 +15,11 @@ for threads in ${THREADS:-16}; do
   OMP_NUM_THREADS=$threads python3 benchmarks/int8_cpu.py --testbeds ${TESTBEDS:-/tmp/minilm-shaped digits-cnn} --repeats 10 \
     --out "$OUT/t$threads" 2>&1 | grep -v -E "Loading weights|it/s\]"
 done
+# MiniLM-shaped: do nnslim's int8 graph and NNCF's compile to the same OpenVINO layers here (precisions per
+# layer type), and which is faster in an interleaved A/B (ov_symmetric_acts.py also times a symmetric-int8 copy).
+if [ -d "$OUT/t${THREADS:-16}/minilm-shaped/nncf-int8" ]; then
+  d="$OUT/t${THREADS:-16}/minilm-shaped"
+  python3 benchmarks/ov_runtime_precisions.py "$d/nnslim-int8/model.onnx" "$d/nncf-int8/nncf_ov.xml"
+  python3 benchmarks/ov_symmetric_acts.py "$d/nnslim-int8/model.onnx" "$d/nncf-int8/nncf_ov.xml" --batch 32 --rounds 8
+  python3 benchmarks/ov_layer_profile.py "$d/nnslim-int8/model.onnx" "$d/nncf-int8/nncf_ov.xml" --batch 32 --runs 8
+fi

@@ -66,6 +66,25 @@ def runner(path: Path, backend: str):
     return lambda feed: sess.run(None, feed)[0]
 
 
+def random_feed(inputs, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """Inputs of the graph's shapes (first dynamic axis: batch, other dynamic axes: seq): images standard
+    normal, token ids in 0..999 (inside any vocabulary of a real model), masks all ones."""
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    feed = {}
+    for graph_input in inputs:
+        t = graph_input.type.tensor_type
+        shape = [d.dim_value or (batch if i == 0 else seq) for i, d in enumerate(t.shape.dim)]
+        if t.elem_type in (TensorProto.INT64, TensorProto.INT32):
+            dtype = np.int64 if t.elem_type == TensorProto.INT64 else np.int32
+            feed[graph_input.name] = (np.ones(shape, dtype) if "mask" in graph_input.name
+                                      else rng.integers(0, 1000, shape).astype(dtype))
+        else:
+            feed[graph_input.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("int8")
@@ -73,15 +92,15 @@ def main() -> None:
     ap.add_argument("--also", nargs="*", default=[], help="more models to time in OpenVINO beside them")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--seq", type=int, default=128, help="length of a dynamic second axis (token inputs)")
     args = ap.parse_args()
     import onnx
 
     src = Path(args.int8)
     sym, n = symmetric_copy(src)
     print(f"{n} activation quantizers made symmetric int8 -> {sym}")
-    graph_input = onnx.load(str(src), load_external_data=False).graph.input[0]
-    shape = [d.dim_value or args.batch for d in graph_input.type.tensor_type.shape.dim]
-    feed = {graph_input.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    feed = random_feed(onnx.load(str(src), load_external_data=False).graph.input, args.batch, args.seq)
+    shape = {k: list(v.shape) for k, v in feed.items()}
     variants = {f"{b} {label}": runner(p, b) for b in ("openvino", "onnxruntime")
                 for label, p in (("asymmetric uint8 (nnslim)", src), ("symmetric int8", sym))}
     if args.rival:
@@ -99,7 +118,7 @@ def main() -> None:
             for _ in range(20):
                 run(feed)
             times[name].append((time.perf_counter() - t0) / 20 * 1e3)
-    print(f"input {shape}; median of {args.rounds} rounds of 20 runs\n\n| variant | ms | cos vs OpenVINO asymmetric |"
+    print(f"inputs {shape}; median of {args.rounds} rounds of 20 runs\n\n| variant | ms | cos vs OpenVINO asymmetric |"
           "\n|---|---|---|")
     for name, run in variants.items():
         out = np.asarray(run(feed), np.float64).reshape(len(ref), -1)

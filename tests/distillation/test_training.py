@@ -102,6 +102,22 @@ def test_checkpoint_of_two_processes_resumes_on_one(tmp_path):
         assert rel < 1e-4, (k, rel)
 
 
+def test_distributed_setup_refusals(monkeypatch):
+    from nnslim.distillation import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(NnslimError, match="WORLD_SIZE='two' is not an integer"):
+        distributed.setup("auto")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if not torch.cuda.is_available():
+        with pytest.raises(NnslimError, match="backend='nccl' needs CUDA GPUs"):
+            distributed.setup("nccl")
+    else:  # more processes on this node than GPUs
+        monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
+        with pytest.raises(NnslimError, match="--nproc_per_node must not exceed the GPUs present"):
+            distributed.setup("nccl")
+
+
 def test_hard_labels_layer_map_and_projections():
     assert layer_map(3, 6) == [1, 3, 5] and layer_map(2, 2) == [0, 1]
     with pytest.raises(NnslimError, match="layer_map"):
