@@ -86,6 +86,10 @@ def test_gpus_option_errors():
         with pytest.raises(NnslimError, match="allowed: 0"):
             resolve_devices("cuda", torch.cuda.device_count() + 1)
     assert resolve_devices("cpu", 1) == [torch.device("cpu")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORLD_SIZE", "2")
+        with pytest.raises(NnslimError, match="gpus=2 under torchrun"):
+            resolve_devices("cuda", 2)
     with pytest.raises(NnslimError, match="gpus"):
         Int4GptqConfig(gpus=-1)
 
