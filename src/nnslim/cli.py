@@ -269,7 +269,8 @@ def _cmd_compress(args) -> None:
                    trust_remote_code=args.trust_remote_code, calibration=args.calibration, **_data_args(args))
     if res.report is not None:
         print(res.report.to_terminal())
-    print(f"wrote {res.out}")
+    if res.out is not None:  # (under torchrun, rank 0 alone writes the artifact)
+        print(f"wrote {res.out}")
 
 
 def _streamed(args, recipe):

@@ -108,7 +108,10 @@ def validation_of(testbed: Testbed | None) -> Callable[[torch.nn.Module], float]
 def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
     """Run every step of `recipe` on `model`; the caller's model is untouched unless inplace=True (steps
     work on one copy, and the original stays the distillation teacher)."""
+    from .distillation.distributed import pin_local_gpu
+
     check_recipe(recipe, model)
+    pin_local_gpu()
     check_finite_module(model, "input model")  # the data was checked when it was normalized
     if ctx.teacher is None and isinstance(model, torch.nn.Module):
         ctx.teacher = model

@@ -150,3 +150,18 @@ def test_hard_labels_layer_map_and_projections():
     distill(student, teacher, data, nnslim.DistillConfig(steps=5, batch_size=8, hidden_weight=1.0), "logits",
             notes=notes)
     assert "labels" in notes[-1] and "hidden" in notes[-1] and "2 projections" in notes[-1]
+
+
+def test_cli_under_torchrun_writes_one_artifact(tmp_path):
+    """`torchrun -m nnslim compress`: both ranks train, rank 0 alone writes the artifact."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 0\nsteps:\n  - {method: qat, bits: 8}\n  - {method: distill, steps: 6, batch_size: 32, "
+                      "backend: gloo}\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "nnslim", "compress", "--model", "digits-cnn", "--recipe", str(recipe), "--out", str(out),
+           "--no-report"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("wrote ") == 1 and (out / "model.onnx").is_file() and (out / "nnslim.json").is_file()
+    assert "on 2 process(es)" in (out / "nnslim.json").read_text()

@@ -48,6 +48,19 @@ def setup(backend: str = "auto") -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def pin_local_gpu() -> None:
+    """Under torchrun on a GPU machine: this process's GPU (LOCAL_RANK) becomes the current one before any
+    step runs, so that the steps before training (calibration, pruning) do not all land on GPU 0."""
+    if world_size_from_env() <= 1 or not torch.cuda.is_available():
+        return
+    try:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise NnslimError(f"LOCAL_RANK={os.environ.get('LOCAL_RANK')!r} is not an integer") from None
+    if local < torch.cuda.device_count():  # (more processes than GPUs: setup() says so for NCCL)
+        torch.cuda.set_device(local)
+
+
 def local_device(rank_device: str = "auto") -> torch.device:
     import torch.distributed as dist
 
