@@ -48,6 +48,11 @@ class Logits(torch.nn.Module):
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=16)
@@ -61,7 +66,8 @@ def main():
     ap.add_argument("--save", default=None, help="the trained student's weights (safetensors, rank 0)")
     args = ap.parse_args()
     rank, world = distributed.setup("auto")
-    device = distributed.local_device() if world > 1 else torch.device("cuda")  # (calibration on the GPU either way)
+    gpu = torch.cuda.is_available()  # (without one: a CPU dry run over gloo, to check this script)
+    device = distributed.local_device() if world > 1 else torch.device("cuda" if gpu else "cpu")
     teacher = Logits(llama(args.layers, args.hidden, device))
     params = sum(p.numel() for p in teacher.parameters())
     g = torch.Generator().manual_seed(0)
@@ -70,21 +76,23 @@ def main():
     if args.mode == "qat":
         student = nnslim.quantize(teacher, nnslim.QatConfig(smoothquant=None, bias_correction=False, samples=8,
                                                             preset="transformer"), calibration=data[:8])
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     notes: list[str] = []
     from nnslim.distillation.trainer import DistillConfig, distill
 
-    cfg = DistillConfig(steps=args.steps, batch_size=args.batch, lr=1e-5, loss="kl", backend="nccl", device="cuda",
+    cfg = DistillConfig(steps=args.steps, batch_size=args.batch, lr=1e-5, loss="kl", backend="nccl" if gpu else "gloo",
+                        device=device.type,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
     start = time.perf_counter()
     trained = distill(student, teacher, data, cfg, "logits", inplace=args.mode == "qat", notes=notes)
-    torch.cuda.synchronize()
+    sync()
     took = time.perf_counter() - start
     if rank == 0:
         print(f"{args.mode}: {params / 1e9:.2f}B params, {world} process(es), global batch {args.batch} x {args.seq} "
               f"tokens: {args.steps / took:.3f} steps/s ({args.steps * args.batch * args.seq / took:,.0f} tokens/s), "
-              f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on rank 0", flush=True)
+              f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30 if gpu else 0:.1f} GiB on rank 0", flush=True)
         print(notes[-1], flush=True)
         if args.save:
             from safetensors.torch import save_file

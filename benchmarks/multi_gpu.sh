@@ -39,8 +39,11 @@ from safetensors.torch import load_file
 for a, b, what in [("/tmp/mgpu-qat-1", "/tmp/mgpu-qat-2", "qat 1 vs 2 GPUs"), ("/tmp/mgpu-kd-1", "/tmp/mgpu-kd-2", "kd 1 vs 2 GPUs"),
                    ("/tmp/mgpu-straight", "/tmp/mgpu-resumed", "2-GPU checkpoint resumed on 1 GPU vs 1 GPU straight")]:
     x, y = load_file(a + ".safetensors"), load_file(b + ".safetensors")
-    rel = max(float((x[k] - y[k]).norm() / x[k].norm().clamp(min=1e-12)) for k in x)
-    print(f"{what}: max relative weight difference {rel:.2e} over {len(x)} tensors")
+    rel = {k: float((x[k] - y[k]).norm() / x[k].norm().clamp(min=1e-12)) for k in x}
+    q = [v for k, v in rel.items() if "quantizer" in k]  # LSQ scales: Adam turns float-order noise into steps
+    w = [v for k, v in rel.items() if "quantizer" not in k]
+    print(f"{what}: max relative difference of the weights {max(w):.2e} ({len(w)} tensors)" +
+          (f", of the quantizer scales {max(q):.2e} ({len(q)})" if q else ""))
 PY
 echo "== GPTQ spread"
 python3 benchmarks/gpu_gptq_spread.py --gpus 2 2>&1 | grep -v Warning | tail -4
