@@ -116,3 +116,12 @@ def test_gpus_are_checked_before_any_step_runs(tiny_llama):
         pytest.skip("this machine has the 2 GPUs the refusal is about")
     with pytest.raises(NnslimError, match=r"recipe step 1 \('int4-gptq'\): gpus=2 needs CUDA GPUs"):
         check_recipe(Recipe((MagnitudePruneConfig(sparsity=0.3), Int4GptqConfig(gpus=2))), tiny_llama)
+
+
+def test_fewer_samples_than_devices(tiny_llama, monkeypatch):
+    samples = [{"input_ids": torch.randint(0, 256, (1, 160), generator=torch.Generator().manual_seed(0))}]
+    cfg = Int4GptqConfig(group_size=32, device="cpu")
+    one, _ = _run(tiny_llama, cfg, samples, monkeypatch, TWO_CPUS[:1])
+    three, _ = _run(tiny_llama, cfg, samples, monkeypatch, TWO_CPUS + TWO_CPUS[:1])
+    for k, v in one.state_dict().items():
+        assert torch.equal(v, three.state_dict()[k]), k

@@ -81,6 +81,7 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
     if source_of(model) is not None:
         raise NnslimError("a model streamed from its shards cannot be calibrated on several GPUs yet; use gpus=1 "
                           "or load the model whole")
+    devices = devices[:max(1, len(samples))]  # (a device without samples would have nothing to do)
     prefix, blocks = find_blocks(model)
     home = next((t.device for t in model.parameters() if not t.is_meta), torch.device("cpu"))
     first = devices[0]
