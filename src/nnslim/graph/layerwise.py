@@ -354,10 +354,10 @@ def check_layerwise_samples(samples: list, what: str) -> None:
 
 def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
                         make: Callable[[], BlockAlgorithm], device: torch.device | list[torch.device],
-                        desc: str) -> None:
+                        desc: str) -> list[torch.device]:
     """Run a BlockAlgorithm over every block holding targets, each block fed the outputs of the
     already-changed ones (run_layerwise); a list of several devices spreads each block's work over
-    them (graph/spread.py)."""
+    them (graph/spread.py). Returns the devices that did the work."""
     if isinstance(device, list):
         if len(device) > 1:
             from .spread import calibrate_spread
@@ -374,6 +374,7 @@ def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets
             algorithm.finish(block, mods, name)
 
     run_layerwise(model, samples, process, device, desc)
+    return [device]
 
 
 def split_by_blocks(model: nn.Module, targets: dict[str, nn.Module]) -> tuple[set[str], dict[str, nn.Module]]:

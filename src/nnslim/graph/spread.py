@@ -75,8 +75,10 @@ def deal_layers(modules: dict[str, nn.Module], together: list[list[str]], n: int
 
 
 def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
-                     make: Callable[[], BlockAlgorithm], devices: list[torch.device], desc: str) -> None:
-    """calibrate_layerwise over `devices` (see the module's docstring)."""
+                     make: Callable[[], BlockAlgorithm], devices: list[torch.device], desc: str
+                     ) -> list[torch.device]:
+    """calibrate_layerwise over `devices` (see the module's docstring); returns the devices used (no more
+    than there are samples)."""
     check_spreadable(make, desc)
     if source_of(model) is not None:
         raise NnslimError("a model streamed from its shards cannot be calibrated on several GPUs yet; use gpus=1 "
@@ -122,6 +124,7 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
         blocks.to(home)
         if use_cache is not None:
             model.config.use_cache = use_cache
+    return devices
 
 
 def _calibrate_block(copies, name, targets, make, shards, devices, wide) -> list[nn.Module]:

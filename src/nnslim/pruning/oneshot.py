@@ -107,8 +107,10 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
         check_layerwise_samples(samples, name)
         inside, outside = split_by_blocks(model, targets)
         del targets
-        calibrate_layerwise(model, samples, inside, lambda: _Counted(algorithm(), count), device,
-                            f"{name} {config.pattern}")
+        used = calibrate_layerwise(model, samples, inside, lambda: _Counted(algorithm(), count), device,
+                                   f"{name} {config.pattern}")
+        if len(used) > 1:
+            notes.append(f"{name}: each block's calibration spread over {len(used)} GPUs")
         if outside:  # a classifier's dense layers, a pooler: by magnitude, as GPTQ falls back to RTN there
             with torch.no_grad():
                 for n, m in each_layer(model, outside):

@@ -135,7 +135,8 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
         check_layerwise_samples(samples, name)
         inside, outside = split_by_blocks(model, targets)
         del targets
-        calibrate_layerwise(model, samples, inside, lambda: algorithm(spec), device, f"{name} int{config.bits}")
+        device = calibrate_layerwise(model, samples, inside, lambda: algorithm(spec), device,
+                                     f"{name} int{config.bits}")
         if outside:
             notes.append(f"{len(outside)} linear layers outside the repeated blocks quantized by RTN: "
                          f"{', '.join(list(outside)[:5])}")
