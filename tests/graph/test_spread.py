@@ -126,3 +126,11 @@ def test_fewer_samples_than_devices(tiny_llama, monkeypatch):
     assert not any("GPUs" in n for n in notes)  # one sample: one device did the work, and the note says so
     for k, v in one.state_dict().items():
         assert torch.equal(v, three.state_dict()[k]), k
+
+
+def test_shared_keyword_tensors_stay_shared_on_every_device():
+    mask = torch.ones(1, 8)
+    kwargs = [{"attention_mask": mask, "position_embeddings": (mask, mask)}, {"attention_mask": mask}]
+    moved = spread._moved(kwargs, torch.device("meta"))  # (a real move: .to makes new tensors)
+    assert moved[0]["attention_mask"].is_meta
+    assert moved[0]["attention_mask"] is moved[1]["attention_mask"] is moved[0]["position_embeddings"][1]

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..progress import progress, step_done
-from .layerwise import (BlockAlgorithm, _as_float32, _move_rest, _to, block_targets, call_block, capture_inputs,
+from .layerwise import (BlockAlgorithm, _as_float32, _move_rest, block_targets, call_block, capture_inputs,
                         computes_in_float32, feed_block, find_blocks, float32_compute)
 from .modules import replace_module
 from .streaming import source_of
@@ -57,6 +57,20 @@ def _parallel(devices: list[torch.device], work: Callable[[int], Any]) -> list[A
         return [run(0)]
     with ThreadPoolExecutor(len(devices)) as pool:
         return [f.result() for f in [pool.submit(run, k) for k in range(len(devices))]]
+
+
+def _moved(obj: Any, device: torch.device, memo: dict | None = None) -> Any:
+    """obj on `device`; a tensor that several samples share (one mask, one position table) stays one tensor."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, obj.to(device))  # (obj held: its id stays unique)
+        return memo[id(obj)][1]
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_moved(o, device, memo) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _moved(v, device, memo) for k, v in obj.items()}
+    return obj
 
 
 def deal_layers(modules: dict[str, nn.Module], together: list[list[str]], n: int) -> list[list[str]]:
@@ -93,7 +107,7 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
     try:
         inputs, kwargs = capture_inputs(model, blocks, samples, first)
         shards = [([inputs[j].to(d) for j in range(k, len(inputs), len(devices))],
-                   [_to(kwargs[j], d) for j in range(k, len(inputs), len(devices))]) for k, d in enumerate(devices)]
+                   _moved([kwargs[j] for j in range(k, len(inputs), len(devices))], d)) for k, d in enumerate(devices)]
         del inputs, kwargs
         bar = progress(range(len(blocks)), desc=desc, total=len(blocks))
         start, widened = time.perf_counter(), False
