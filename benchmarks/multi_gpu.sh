@@ -47,10 +47,10 @@ for a, b, what in [("/tmp/mgpu-qat-1", "/tmp/mgpu-qat-2", "qat 1 vs 2 GPUs"), ("
 PY
 echo "== GPTQ spread"
 python3 benchmarks/gpu_gptq_spread.py --gpus 2 2>&1 | grep -v Warning | tail -4
-echo "== the CLI under torchrun (NCCL): int8 QAT + KD of MiniLM, each rank on its own GPU, rank 0 writes"
-printf 'seed: 0\nsteps:\n  - {method: qat}\n  - {method: distill, steps: 200, batch_size: 64}\n' > /tmp/mgpu-recipe.yaml
+echo "== the CLI under torchrun (NCCL): int8 QAT + KD of digits-cnn (scikit-learn's digits: no download), each rank on its GPU"
+printf 'seed: 0\nsteps:\n  - {method: qat}\n  - {method: distill, steps: 200, batch_size: 64, device: cuda}\n' > /tmp/mgpu-recipe.yaml
 rm -rf /tmp/mgpu-cli
-$TR --nproc_per_node 2 -m nnslim compress --model minilm --recipe /tmp/mgpu-recipe.yaml --out /tmp/mgpu-cli \
+$TR --nproc_per_node 2 -m nnslim compress --model digits-cnn --recipe /tmp/mgpu-recipe.yaml --out /tmp/mgpu-cli \
   2>&1 | grep -v Warning | tail -25
 python3 -c "import json; print([n for n in json.load(open('/tmp/mgpu-cli/nnslim.json'))['notes'] if 'process' in n])"
 echo "== refusals"
