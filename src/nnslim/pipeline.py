@@ -57,9 +57,6 @@ def check_recipe(recipe: Recipe, model) -> None:
 
             try:
                 resolve_devices(step.device, step.gpus)
-                if source_of(model) is not None:
-                    raise NnslimError(f"gpus={step.gpus} cannot spread a model streamed from its shards yet; use "
-                                      "gpus=1 or load the model whole")
             except NnslimError as e:
                 raise NnslimError(f"recipe step {i} ({step.method!r}): {e}") from None
 

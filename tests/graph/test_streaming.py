@@ -267,3 +267,25 @@ def test_streamed_backup_int8_equals_in_memory_and_offload_says_it_cannot(tmp_pa
     spill.mkdir()
     with pytest.raises(NnslimError, match="backup='int8' is not supported yet for a model streamed with an offload"):
         nnslim.quantize(nnslim.load(d, stream=True, offload_dir=spill), cfg, inplace=True)
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_streamed_gptq_spread_over_two_devices_equals_in_memory(tmp_path, monkeypatch, offload):
+    """Issue 18 with issue 19: a checkpoint streamed from its shards (and offloaded) calibrated with each block's
+    work spread over two devices (two CPU "devices" run the GPUs' code path) gives the in-memory spread result
+    bit for bit."""
+    import nnslim.quant.weight_only.driver as driver
+
+    monkeypatch.setattr(driver, "resolve_devices", lambda name, gpus: [torch.device("cpu")] * 2)
+    d = _checkpoint(tmp_path, False)
+    cfg = Int4GptqConfig(group_size=32, samples=4, seq_len=32, device="cpu")
+    samples = llama_samples(n=5, seq=32)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    streamed = nnslim.load(d, stream=True, offload_dir=spill if offload else None)
+    q = nnslim.quantize(streamed, cfg, calibration=samples, inplace=True)
+    ref = nnslim.quantize(_whole(d), cfg, calibration=samples)
+    if offload:
+        _saved_equal(q, ref, tmp_path)
+    else:
+        _same(q, ref)

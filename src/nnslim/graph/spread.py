@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
+from ..io import big_allocations_mapped, trim_heap
 from ..progress import progress, step_done
 from .layerwise import (BlockAlgorithm, _as_float32, _move_rest, block_targets, call_block, capture_inputs,
                         computes_in_float32, feed_block, find_blocks, float32_compute)
@@ -92,20 +93,28 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
                      make: Callable[[], BlockAlgorithm], devices: list[torch.device], desc: str
                      ) -> list[torch.device]:
     """calibrate_layerwise over `devices` (see the module's docstring); returns the devices used (no more
-    than there are samples)."""
+    than there are samples). A model streamed from its shards is read one block at a time, as in
+    run_layerwise (and with an offload folder each finished block goes to disk)."""
     check_spreadable(make, desc)
-    if source_of(model) is not None:
-        raise NnslimError("a model streamed from its shards cannot be calibrated on several GPUs yet; use gpus=1 "
-                          "or load the model whole")
     devices = devices[:max(1, len(samples))]  # (a device without samples would have nothing to do)
+    if source_of(model) is not None:  # big allocations mmapped, so freed blocks leave no heap holes
+        with big_allocations_mapped(8 << 20):
+            return _spread(model, samples, targets, make, devices, desc)
+    return _spread(model, samples, targets, make, devices, desc)
+
+
+def _spread(model, samples, targets, make, devices: list[torch.device], desc: str) -> list[torch.device]:
     prefix, blocks = find_blocks(model)
+    source = source_of(model)  # a model on meta, read from its shards one block at a time
     home = next((t.device for t in model.parameters() if not t.is_meta), torch.device("cpu"))
     first = devices[0]
-    blocks.to("cpu" if first.type != home.type else home)
+    if source is None:  # (streamed blocks are still on meta: each is read where it is processed)
+        blocks.to("cpu" if first.type != home.type else home)
     _move_rest(model, blocks, first)
     use_cache = getattr(getattr(model, "config", None), "use_cache", None)
     try:
-        inputs, kwargs = capture_inputs(model, blocks, samples, first)
+        with source.read_on_call(model, blocks, first) if source is not None else nullcontext():
+            inputs, kwargs = capture_inputs(model, blocks, samples, first)  # (streamed: the head is never read)
         shards = [([inputs[j].to(d) for j in range(k, len(inputs), len(devices))],
                    _moved([kwargs[j] for j in range(k, len(inputs), len(devices))], d)) for k, d in enumerate(devices)]
         del inputs, kwargs
@@ -113,6 +122,8 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
         start, widened = time.perf_counter(), False
         for i in bar:
             name = f"{prefix}.{i}"
+            if source is not None:
+                source.materialize(blocks[i], name)
             copies = [copy.deepcopy(blocks[i]).to(d) for d in devices]
             wide = computes_in_float32(copies[0], first)
             if wide and not widened:  # (a 16-bit block on CPUs: float32 hidden states, as in run_layerwise)
@@ -129,13 +140,17 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
             _parallel(devices, outputs)
             blocks[i] = copies[0].to(home)
             del copies
+            if source is not None:  # with an offload folder: the finished block goes to disk
+                source.offload(blocks[i], name)
+                trim_heap()
             if first.type == "cuda":
                 torch.cuda.empty_cache()
             step_done(bar, f"{desc}: block {i + 1}/{len(blocks)} on {len(devices)} devices, "
                       f"{time.perf_counter() - start:.0f} s", first)
     finally:
         _move_rest(model, blocks, home)
-        blocks.to(home)
+        if not any(t.is_meta for t in blocks.parameters()):
+            blocks.to(home)
         if use_cache is not None:
             model.config.use_cache = use_cache
     return devices
