@@ -6,7 +6,6 @@ calibration data and example inputs, or a data source such as a testbed).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -46,8 +45,10 @@ def resolve_devices(name: str, gpus: int = 1) -> list[torch.device]:
     """The devices of a layer-wise calibration: [resolve_device(name)], or `gpus` GPUs (0: all present)."""
     if gpus == 1:
         return [resolve_device(name)]
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        raise NnslimError(f"gpus={gpus} under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}): every process "
+    from .distillation.distributed import world_size_from_env
+
+    if world_size_from_env() > 1:
+        raise NnslimError(f"gpus={gpus} under torchrun ({world_size_from_env()} processes): every process "
                           "already has its GPU; use gpus=1, or run one process to spread a layer-wise method")
     if name == "cpu" or not torch.cuda.is_available():
         why = "device=cpu was asked for" if name == "cpu" else "CUDA is not available here"

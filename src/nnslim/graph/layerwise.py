@@ -54,15 +54,20 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def _to(obj: Any, device) -> Any:
+def _to(obj: Any, device, memo: dict | None = None) -> Any:
+    """obj (tensors inside tuples / lists / dicts) on `device`; a tensor found several times (one mask that
+    several samples share) becomes one tensor there."""
+    memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, obj.to(device))  # (obj held: its id stays unique)
+        return memo[id(obj)][1]
     if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
+        return tuple(_to(o, device, memo) for o in obj)
     if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
+        return [_to(o, device, memo) for o in obj]
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _to(v, device, memo) for k, v in obj.items()}
     return obj
 
 
@@ -261,61 +266,92 @@ def _as_float32(obj: Any, memo: dict | None = None) -> Any:
     return obj
 
 
+class BlockStack:
+    """The repeated blocks of a model being calibrated one at a time, and the first block's captured inputs
+    (see block_stack). A streamed model's blocks are read from its shards by `read` and, with an offload
+    folder, go back to disk in `done`."""
+
+    def __init__(self, prefix: str, blocks: nn.ModuleList, source, home: torch.device, inputs, kwargs):
+        self.prefix, self.blocks, self.source, self.home = prefix, blocks, source, home
+        self.captured = (inputs, kwargs)
+
+    def take_inputs(self) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """The first block's inputs and keyword arguments per sample, handed over (not held here too)."""
+        captured, self.captured = self.captured, None
+        return captured
+
+    def name(self, i: int) -> str:
+        return f"{self.prefix}.{i}"
+
+    def read(self, i: int) -> nn.Module:
+        if self.source is not None:
+            self.source.materialize(self.blocks[i], self.name(i))
+        return self.blocks[i]
+
+    def done(self, i: int, block: nn.Module) -> None:
+        self.blocks[i] = block.to(self.home)
+        if self.source is not None:  # with an offload folder: the finished block goes to disk
+            self.source.offload(self.blocks[i], self.name(i))
+            trim_heap()
+
+
+@contextmanager
+def block_stack(model: nn.Module, samples: list[dict[str, Any]], device: torch.device):
+    """The model's blocks, with everything else on `device` and the first block's inputs captured there; on
+    exit everything goes back where it was (use_cache too). Streamed: big allocations mmapped (so freed
+    blocks leave no heap holes), blocks stay on meta until read, the head is never read."""
+    if not samples:
+        raise NnslimError("layer-by-layer calibration needs at least one calibration sample")
+    source = source_of(model)  # a model on meta, read from its shards one block at a time
+    with big_allocations_mapped(8 << 20) if source is not None else nullcontext():
+        prefix, blocks = find_blocks(model)
+        home = next((t.device for t in model.parameters() if not t.is_meta), torch.device("cpu"))
+        if source is None:  # (streamed blocks are still on meta: each is read where it is processed)
+            blocks.to("cpu" if device.type != home.type else home)
+        _move_rest(model, blocks, device)
+        use_cache = getattr(getattr(model, "config", None), "use_cache", None)
+        try:
+            with source.read_on_call(model, blocks, device) if source is not None else nullcontext():
+                captured = capture_inputs(model, blocks, samples, device)
+            stack = BlockStack(prefix, blocks, source, home, *captured)
+            del captured
+            yield stack
+        finally:
+            _move_rest(model, blocks, home)
+            if not any(t.is_meta for t in blocks.parameters()):
+                blocks.to(home)
+            if use_cache is not None:
+                model.config.use_cache = use_cache
+
+
 def run_layerwise(model: nn.Module, samples: list[dict[str, Any]],
                   process: Callable[[int, str, nn.Module, list[torch.Tensor], list[dict]], None],
                   device: str | torch.device = "cpu", desc: str = "layer-wise") -> None:
     """Apply `process` to each block in order, feeding each block the outputs of the processed ones."""
-    if not samples:
-        raise NnslimError("layer-by-layer calibration needs at least one calibration sample")
-    if source_of(model) is not None:  # streamed: big allocations mmapped, so freed blocks leave no heap holes
-        with big_allocations_mapped(8 << 20):  # (not the per-column temporaries of GPTQ / SparseGPT)
-            return _run_layerwise(model, samples, process, torch.device(device), desc)
-    return _run_layerwise(model, samples, process, torch.device(device), desc)
-
-
-def _run_layerwise(model, samples, process, device: torch.device, desc: str) -> None:
-    prefix, blocks = find_blocks(model)
-    source = source_of(model)  # a model on meta, read from its shards one block at a time
-    home = next((t.device for t in model.parameters() if not t.is_meta), torch.device("cpu"))
-    if source is None:  # (streamed blocks are still on meta: each is read where it is processed)
-        blocks.to("cpu" if device.type != home.type else home)
-    _move_rest(model, blocks, device)
-    use_cache = getattr(getattr(model, "config", None), "use_cache", None)
-    try:
-        with source.read_on_call(model, blocks, device) if source is not None else nullcontext():
-            inputs, kwargs = capture_inputs(model, blocks, samples, device)  # (streamed: the head is never read)
-        kwargs = [_to(kw, device) for kw in kwargs]
+    device = torch.device(device)
+    with block_stack(model, samples, device) as stack:
+        inputs, kwargs = stack.take_inputs()
+        kwargs = _to(kwargs, device)
         _trace("after capture", device)
-        bar = progress(range(len(blocks)), desc=desc, total=len(blocks))
+        bar = progress(range(len(stack.blocks)), desc=desc, total=len(stack.blocks))
         widened = False
         start = time.perf_counter()
         for i in bar:
-            if source is not None:
-                source.materialize(blocks[i], f"{prefix}.{i}")
-            block = blocks[i].to(device)
+            block = stack.read(i).to(device)
             wide = computes_in_float32(block, device)
             if wide and not widened:  # from here on the hidden states are float32 (computes_in_float32)
                 inputs, kwargs, widened = [h.float() for h in inputs], _as_float32(kwargs), True
             with float32_compute(block, wide):
-                process(i, f"{prefix}.{i}", block, inputs, kwargs)
+                process(i, stack.name(i), block, inputs, kwargs)
                 _trace(f"block {i} processed", device)
                 with torch.no_grad():  # in place: each input is freed as soon as its output exists
                     for j in range(len(inputs)):
                         inputs[j] = call_block(block, inputs[j], kwargs[j])
             _trace(f"block {i} outputs", device)
-            blocks[i] = block.to(home)
-            if source is not None:  # with an offload folder: the finished block goes to disk
-                source.offload(blocks[i], f"{prefix}.{i}")
-                trim_heap()
+            stack.done(i, block)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            step_done(bar, f"{desc}: block {i + 1}/{len(blocks)}, {time.perf_counter() - start:.0f} s", device)
-    finally:
-        _move_rest(model, blocks, home)
-        if not any(t.is_meta for t in blocks.parameters()):
-            blocks.to(home)
-        if use_cache is not None:
-            model.config.use_cache = use_cache
+            step_done(bar, f"{desc}: block {i + 1}/{len(stack.blocks)}, {time.perf_counter() - start:.0f} s", device)
 
 
 class BlockAlgorithm(Protocol):

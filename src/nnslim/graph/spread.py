@@ -28,12 +28,10 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
-from ..io import big_allocations_mapped, trim_heap
 from ..progress import progress, step_done
-from .layerwise import (BlockAlgorithm, _as_float32, _move_rest, block_targets, call_block, capture_inputs,
-                        computes_in_float32, feed_block, find_blocks, float32_compute)
+from .layerwise import (BlockAlgorithm, _as_float32, _to, block_stack, block_targets, call_block,
+                        computes_in_float32, feed_block, float32_compute)
 from .modules import replace_module
-from .streaming import source_of
 
 
 def check_spreadable(make: Callable[[], BlockAlgorithm], what: str) -> None:
@@ -60,20 +58,6 @@ def _parallel(devices: list[torch.device], work: Callable[[int], Any]) -> list[A
         return [f.result() for f in [pool.submit(run, k) for k in range(len(devices))]]
 
 
-def _moved(obj: Any, device: torch.device, memo: dict | None = None) -> Any:
-    """obj on `device`; a tensor that several samples share (one mask, one position table) stays one tensor."""
-    memo = {} if memo is None else memo
-    if isinstance(obj, torch.Tensor):
-        if id(obj) not in memo:
-            memo[id(obj)] = (obj, obj.to(device))  # (obj held: its id stays unique)
-        return memo[id(obj)][1]
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_moved(o, device, memo) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _moved(v, device, memo) for k, v in obj.items()}
-    return obj
-
-
 def deal_layers(modules: dict[str, nn.Module], together: list[list[str]], n: int) -> list[list[str]]:
     """The target names dealt out to n devices, balancing weights + Hessian sizes; names in one group of
     `together` (fed the same input) go to the same device."""
@@ -97,39 +81,22 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
     run_layerwise (and with an offload folder each finished block goes to disk)."""
     check_spreadable(make, desc)
     devices = devices[:max(1, len(samples))]  # (a device without samples would have nothing to do)
-    if source_of(model) is not None:  # big allocations mmapped, so freed blocks leave no heap holes
-        with big_allocations_mapped(8 << 20):
-            return _spread(model, samples, targets, make, devices, desc)
-    return _spread(model, samples, targets, make, devices, desc)
-
-
-def _spread(model, samples, targets, make, devices: list[torch.device], desc: str) -> list[torch.device]:
-    prefix, blocks = find_blocks(model)
-    source = source_of(model)  # a model on meta, read from its shards one block at a time
-    home = next((t.device for t in model.parameters() if not t.is_meta), torch.device("cpu"))
     first = devices[0]
-    if source is None:  # (streamed blocks are still on meta: each is read where it is processed)
-        blocks.to("cpu" if first.type != home.type else home)
-    _move_rest(model, blocks, first)
-    use_cache = getattr(getattr(model, "config", None), "use_cache", None)
-    try:
-        with source.read_on_call(model, blocks, first) if source is not None else nullcontext():
-            inputs, kwargs = capture_inputs(model, blocks, samples, first)  # (streamed: the head is never read)
+    with block_stack(model, samples, first) as stack:
+        inputs, kwargs = stack.take_inputs()
         shards = [([inputs[j].to(d) for j in range(k, len(inputs), len(devices))],
-                   _moved([kwargs[j] for j in range(k, len(inputs), len(devices))], d)) for k, d in enumerate(devices)]
+                   _to([kwargs[j] for j in range(k, len(inputs), len(devices))], d)) for k, d in enumerate(devices)]
         del inputs, kwargs
-        bar = progress(range(len(blocks)), desc=desc, total=len(blocks))
+        bar = progress(range(len(stack.blocks)), desc=desc, total=len(stack.blocks))
         start, widened = time.perf_counter(), False
         for i in bar:
-            name = f"{prefix}.{i}"
-            if source is not None:
-                source.materialize(blocks[i], name)
-            copies = [copy.deepcopy(blocks[i]).to(d) for d in devices]
+            block = stack.read(i)
+            copies = [copy.deepcopy(block).to(d) for d in devices]
             wide = computes_in_float32(copies[0], first)
             if wide and not widened:  # (a 16-bit block on CPUs: float32 hidden states, as in run_layerwise)
                 shards, widened = [([h.float() for h in hs], _as_float32(kws)) for hs, kws in shards], True
-            if block_targets(copies[0], name, targets):
-                copies = _calibrate_block(copies, name, targets, make, shards, devices, wide)
+            if block_targets(copies[0], stack.name(i), targets):
+                copies = _calibrate_block(copies, stack.name(i), targets, make, shards, devices, wide)
 
             def outputs(k):
                 hs, kws = shards[k]
@@ -138,21 +105,12 @@ def _spread(model, samples, targets, make, devices: list[torch.device], desc: st
                         hs[j] = call_block(copies[k], hs[j], kws[j])
 
             _parallel(devices, outputs)
-            blocks[i] = copies[0].to(home)
-            del copies
-            if source is not None:  # with an offload folder: the finished block goes to disk
-                source.offload(blocks[i], name)
-                trim_heap()
+            stack.done(i, copies[0])
+            del copies, block
             if first.type == "cuda":
                 torch.cuda.empty_cache()
-            step_done(bar, f"{desc}: block {i + 1}/{len(blocks)} on {len(devices)} devices, "
+            step_done(bar, f"{desc}: block {i + 1}/{len(stack.blocks)} on {len(devices)} devices, "
                       f"{time.perf_counter() - start:.0f} s", first)
-    finally:
-        _move_rest(model, blocks, home)
-        if not any(t.is_meta for t in blocks.parameters()):
-            blocks.to(home)
-        if use_cache is not None:
-            model.config.use_cache = use_cache
     return devices
 
 

@@ -142,14 +142,11 @@ class _Count:
     def add(self, layers, mask: torch.Tensor | None = None) -> None:
         """`mask`: the keep mask of a single layer (default: its nonzero weights)."""
         with self.lock:
-            self._add(layers, mask)
-
-    def _add(self, layers, mask) -> None:
-        for m in layers:
-            self.zeros += int((m.weight == 0).sum())
-            self.total += m.weight.numel()
-            if self.attach:
-                attach_mask(m, mask if mask is not None else m.weight.detach() != 0)
+            for m in layers:
+                self.zeros += int((m.weight == 0).sum())
+                self.total += m.weight.numel()
+                if self.attach:
+                    attach_mask(m, mask if mask is not None else m.weight.detach() != 0)
 
 
 class _Counted:

@@ -108,7 +108,9 @@ class Awq:
         moved: dict[int, torch.Tensor] = {}
         for n in names:
             x = self.first.pop(n)
-            part.first[n] = moved.setdefault(id(x), x.to(device))
+            if id(x) not in moved:
+                moved[id(x)] = x.to(device)
+            part.first[n] = moved[id(x)]
             part.samples[n] = [t.to(device) for t in self.samples.pop(n)]
         return part
 
