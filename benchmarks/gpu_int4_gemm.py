@@ -1,6 +1,6 @@
 """Sweep of nnslim's int4 tensor-core GEMM launch configurations on Llama-7B linear shapes (issue 17).
 
-  python benchmarks/gpu_int4_gemm.py [--m 16,32,...] [--json FILE]
+  python benchmarks/gpu_int4_gemm.py [--m 16,32,...] [--json FILE] [--family tc|mma]
 
 For each shape (K x N) and M: bf16 F.linear, torch's tinygemm, the one-kernel dequantize + cuBLAS path
 and every tensor-core configuration of the grid below (both operand orders), each timed like
@@ -38,6 +38,91 @@ def grid() -> list[dict]:
     return out
 
 
+def mma_grid(m: int) -> list[dict]:
+    """triton_int4_mma configurations for one M (weight-as-A tiles; split-K while the grid is small)."""
+    out = []
+    if m <= 64:
+        for bm, bn, sk in itertools.product((16, 32, 64), (64, 128), (1, 2, 4, 8)):
+            if bm <= max(16, m):
+                out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, SPLIT_K=sk, num_warps=bn // 16, num_stages=4))
+    elif m <= 512:
+        for bm, bn, bk, sk, w in itertools.product((64, 128, 256), (64, 128), (64, 128), (1, 2), (4, 8)):
+            if bm <= m and w == bn // 16:  # one warp per 16 weight rows (4 warps on 128 rows need ~3x the PRMTs)
+                out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w,
+                                num_stages=3 if bm * bk >= 256 * 128 else 4))
+    else:
+        for bm, bn, bk, w, st in itertools.product((128, 256), (64, 128), (64, 128), (4, 8), (3, 4)):
+            if w == bn // 16 and not (bm == 256 and bk == 128 and st == 4):
+                out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, num_warps=w, num_stages=st))
+    return out
+
+
+def mma_name(c: dict) -> str:
+    return (f"{'P' if c.get('PACKED', True) else 'F'}{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}k{c['SPLIT_K']}"
+            f"w{c['num_warps']}s{c['num_stages']}")
+
+
+def sweep_mma(args) -> None:
+    """The permuted-layout kernel (triton_int4_mma) against bf16, dequant + cuBLAS and the kept
+    configurations of the canonical-layout kernel, at each M; the best packed configurations are re-timed
+    with fp32 dequantization (PACKED=False) to show what the packed arithmetic is worth."""
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+    from nnslim.runtime.kernels import triton_int4
+
+    print(f"# int4 MMA-layout GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    torch.manual_seed(0)
+    rows = []
+    for k, n in SHAPES:
+        lin, codes, scale, zero, spec = int4_parts(k, n)
+        r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
+        mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
+        ws = [lin.weight.detach().clone() for _ in range(r16)]
+        wref = mods[0].dequantized_weight(torch.bfloat16)
+        for m in [int(v) for v in args.m.split(",")]:
+            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            ref = F.linear(x, wref)
+            base = graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, args.rep_ms)
+            t = {"dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
+                                              args.rep_ms)}
+            errs = {}
+            bucket = max(16, 1 << (m - 1).bit_length())
+            cands = [("old:" + name(c), c, lambda c: [md._triton_int4tc(x, c) for md in mods], mods[0]._triton_int4tc)
+                     for c in triton_int4.TC_CONFIGS if c["BLOCK_M"] <= bucket and (m < 512 or c["SPLIT_K"] == 1)]
+            cands += [("mma:" + mma_name(c), c, lambda c: [md._triton_int4mma(x, c) for md in mods],
+                       mods[0]._triton_int4mma) for c in mma_grid(m)]
+            for label, c, run, one in cands:
+                try:
+                    err = rel_err(one(x, c), ref)
+                    if err > 1e-2:
+                        print(f"  {label} M={m}: rel err {err:.2e}", flush=True)
+                        continue
+                    errs[label] = err
+                    t[label] = graph_time(lambda c=c, run=run: run(c), r4, args.rep_ms)
+                except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
+                    print(f"  {label} failed: {str(e).splitlines()[0][:120]}", flush=True)
+            new = {kk: v for kk, v in t.items() if kk.startswith("mma:")}
+            old = {kk: v for kk, v in t.items() if kk.startswith("old:")}
+            for kk in sorted(new, key=new.get)[:3]:  # the fp32-dequant twin of the three best
+                c = {**next(c for lab, c, _, _ in cands if lab == kk), "PACKED": False}
+                try:
+                    t["mma:" + mma_name(c)] = graph_time(lambda c=c: [md._triton_int4mma(x, c) for md in mods], r4,
+                                                         args.rep_ms)
+                except Exception as e:  # noqa: BLE001
+                    print(f"  {mma_name(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
+            bn_, bo = min(new, key=new.get), min(old, key=old.get) if old else None
+            row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4), "best_mma": bn_, "mma_x": round(base / new[bn_], 3),
+                   "mma_err": round(errs[bn_], 5), "best_old": bo, "old_x": round(base / old[bo], 3) if bo else None,
+                   "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
+                   "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
+                   "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:5]}}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del mods, ws
+        torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+
+
 DEQUANT_TILES = [(64, 64, 4), (64, 128, 4), (128, 128, 8), (32, 128, 4), (16, 256, 4), (128, 64, 4)]
 
 
@@ -51,9 +136,13 @@ def main():
     ap.add_argument("--m", default="16,32,64,128,256,512,2048")
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--family", choices=["tc", "mma"], default="tc",
+                    help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
+    if args.family == "mma":
+        return sweep_mma(args)
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
     from nnslim.runtime.kernels import triton_int4
 

@@ -163,6 +163,11 @@ class WeightOnlyLinear(PackedLinear):
                     for i, cfg in enumerate(triton_int4.TC_CONFIGS):
                         if cfg["BLOCK_M"] <= bucket and triton_int4.tc_fits(k, g, cfg["BLOCK_K"]):
                             out[f"triton-int4tc-{i}"] = lambda c=cfg: self._triton_int4tc(x, c)
+                    from ...runtime.kernels import triton_int4_mma
+
+                    for i, cfg in enumerate(triton_int4_mma.MMA_CONFIGS):
+                        if cfg["BLOCK_M"] <= bucket and triton_int4_mma.supports(x, k, g, cfg["BLOCK_K"]):
+                            out[f"triton-int4mma-{i}"] = lambda c=cfg: self._triton_int4mma(x, c)
                     if x.shape[0] >= 64 and triton_int4.tc_fits(k, g, 32):
                         out["triton-int4dq"] = lambda: F.linear(x, self._triton_dequant(x.dtype))
             if self.bits == 4 and x.shape[0] <= 4:
@@ -239,6 +244,13 @@ class WeightOnlyLinear(PackedLinear):
 
         return triton_int4.int4_gemm_tc(x.contiguous(), self.qweight, self._scales_as(x),
                                         None if self.symmetric else self.zeros, self.group, config)
+
+    def _triton_int4mma(self, x, config):
+        from ...runtime.kernels import triton_int4_mma
+
+        wp = self._prep("triton-int4-mma", x.device, lambda: (triton_int4_mma.to_mma_layout(self.qweight),))[0]
+        return triton_int4_mma.int4_gemm_mma(x.contiguous(), wp, self._scales_as(x),
+                                             None if self.symmetric else self.zeros, self.group, config)
 
     def _triton_dequant(self, dtype):
         from ...runtime.kernels import triton_int4

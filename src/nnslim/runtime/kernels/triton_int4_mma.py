@@ -1,0 +1,167 @@
+"""int4 tensor-core GEMM from codes pre-permuted for the MMA's register layout (CUDA, bf16; issue 17).
+
+y [M, N] = x [M, K] @ dequant(W).T for M >= 16 (prefill, batched decode), computed as y.T = W x.T so
+the dequantized weight tile is the MMA's A operand, which Hopper's wgmma reads from registers.
+
+Why another GEMM (triton_int4's `_int4_gemm_tc_kernel` reads the canonical codes): in the register
+layout of an A operand, lane l of a warp holds, for each 16-code slice, the byte pair of codes
+(2c, 2c+1) and (2c+8, 2c+9), c = l % 4, so its bytes of a row are j = c + 4t (t = 0, 1, ...): every
+fourth byte. Read from the canonical layout, each is a 1-byte shared-memory load. Here each 32-byte
+block of a row (64 codes) is stored permuted, byte j = 4t + c at position 8c + t (`to_mma_layout`), so a
+lane's bytes of a block are 8 contiguous bytes: one 8-byte load; the kernel undoes the permutation
+with a reshape / permute that the compiler resolves in registers.
+
+Dequantization is packed bf16x2 arithmetic in inline PTX (`_ASM`), 4 bytes (8 codes) at a time:
+PRMT spreads two bytes into the halves of a word, LOP3 turns each nibble into the bf16 128 + q (OR-ed
+under the exponent of 128), one HFMA2 subtracts 128 + zero exactly and one multiplies by the scale
+(one rounding, as a bf16 weight has): 16 instructions for 8 codes instead of ~28 in fp32.
+Needs K % 64 == 0 and BLOCK_K a multiple of 64 inside one group; sm_80+. fp16 activations (and fp32 in
+Triton's CPU interpreter, for the tests) take an fp32 dequantization path.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the kernel is simply not offered
+    triton = None
+    tl = None
+
+PERM_BYTES = 32  # bytes per permuted block: 4 lanes x 8 registers of one A-operand row
+
+
+def to_mma_layout(qweight: torch.Tensor) -> torch.Tensor:
+    """Canonical packed codes [N, K/2] uint8 -> the same bytes with byte 4t + c of each 32-byte block at 8c + t."""
+    n, kb = qweight.shape
+    if kb % PERM_BYTES:
+        raise ValueError(f"int4 MMA layout: K={2 * kb} is not a multiple of {2 * PERM_BYTES}")
+    return qweight.reshape(n, kb // PERM_BYTES, 8, 4).transpose(2, 3).contiguous().reshape(n, kb)
+
+
+def from_mma_layout(packed: torch.Tensor) -> torch.Tensor:
+    n, kb = packed.shape
+    return packed.reshape(n, kb // PERM_BYTES, 4, 8).transpose(2, 3).contiguous().reshape(n, kb)
+
+
+def _asm() -> str:
+    """Per 4 bytes ($4): $0,$1 = bf16 pairs of the low nibbles, $2,$3 of the high nibbles, each
+    (q - z) * s with $5,$6 the scales and $7,$8 the -(128 + z) of the 4 elements, two per word."""
+    lines = ["{", ".reg .b32 t0, t1, u, nz, one, zero;", "mov.b32 nz, 0x80008000;", "mov.b32 one, 0x3F803F80;",
+             "mov.b32 zero, 0;"]
+    for i, sel in enumerate(("0x4140", "0x4342")):  # bytes (0, 1) / (2, 3) into the low bytes of each half
+        s, nb = f"${5 + i}", f"${7 + i}"
+        lines += [f"prmt.b32 t{i}, $4, zero, {sel};",
+                  f"lop3.b32 u, t{i}, 0x000F000F, 0x43004300, 0xEA;",  # (t & 0xF) | bf16 128
+                  f"fma.rn.bf16x2 u, u, one, {nb};",  # 128 + q - (128 + z) = q - z, exact
+                  f"fma.rn.bf16x2 ${i}, u, {s}, nz;",  # (q - z) * s
+                  f"shr.u32 u, t{i}, 4;",
+                  "lop3.b32 u, u, 0x000F000F, 0x43004300, 0xEA;",
+                  f"fma.rn.bf16x2 u, u, one, {nb};",
+                  f"fma.rn.bf16x2 ${2 + i}, u, {s}, nz;"]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+if triton is not None:
+    from .triton_int4 import grouped_tile
+
+    @triton.jit
+    def _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                  BLOCK_K: tl.constexpr, ASM: tl.constexpr, PACKED: tl.constexpr, OUT_DTYPE: tl.constexpr):
+        """W[rn, kk*BLOCK_K : (kk+1)*BLOCK_K] from the permuted codes (one group per tile): packed bf16x2
+        arithmetic (PACKED) or fp32 arithmetic rounded to OUT_DTYPE once."""
+        KB: tl.constexpr = BLOCK_K // 2
+        BN: tl.constexpr = rn.shape[0]
+        G: tl.constexpr = K // GROUP
+        raw = tl.load(qw_ptr + rn[:, None] * (K // 2) + kk * KB + tl.arange(0, KB)[None, :])
+        gi = rn * G + (kk * BLOCK_K) // GROUP
+        s = tl.load(s_ptr + gi)
+        if HAS_ZERO:
+            z = tl.load(z_ptr + gi).to(tl.float32)
+        else:
+            z = tl.full((BN,), 8.0, tl.float32)
+        if PACKED:
+            nb = (-128.0 - z).to(tl.bfloat16)
+            lo, hi = tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r",
+                                               [raw, tl.broadcast_to(s[:, None], (BN, KB)),
+                                                tl.broadcast_to(nb[:, None], (BN, KB))],
+                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            r = raw.to(tl.int32)
+            sf = s.to(tl.float32)[:, None]
+            zf = 8388608.0 + z[:, None]
+            lo = ((((r & 15) | 0x4B000000).to(tl.float32, bitcast=True) - zf) * sf).to(OUT_DTYPE)
+            hi = ((((r >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - zf) * sf).to(OUT_DTYPE)
+        # dequantized in stored order (a lane's 4 bytes of a pack share a row and its scale), then the
+        # permutation undone and the nibbles interleaved: register renaming, no data movement
+        lo = tl.reshape(tl.permute(tl.reshape(lo, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
+        hi = tl.reshape(tl.permute(tl.reshape(hi, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
+        return tl.reshape(tl.join(lo, hi), (BN, BLOCK_K))
+
+    @triton.jit
+    def _int4_gemm_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
+                              GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ASM: tl.constexpr, PACKED: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr):
+        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; SPLIT_K > 1 sums K ranges with fp32 atomics."""
+        pid_n, pid_m = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = offs_n % N  # wrapped rows / columns are computed and never stored: no load masks
+        rm = offs_m % M
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+        steps: tl.constexpr = K // BLOCK_K
+        per: tl.constexpr = (steps + SPLIT_K - 1) // SPLIT_K
+        first = tl.program_id(1) * per
+        for kk in range(first, tl.minimum(first + per, steps)):
+            w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
+                          x_ptr.dtype.element_ty)
+            xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
+            acc = tl.dot(w, xt, acc)
+        yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+        ym = (offs_m[None, :] < M) & (offs_n[:, None] < N)
+        if SPLIT_K == 1:
+            tl.store(yp, acc.to(y_ptr.dtype.element_ty), mask=ym)
+        else:
+            tl.atomic_add(yp, acc, mask=ym, sem="relaxed")
+
+
+# Launch configurations the kernel selector times (provisional, before the H200 sweep)
+MMA_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=bn // 16, num_stages=st)
+               for bm, bn, bk, sk, st in [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 2, 4),
+                                          (128, 64, 128, 2, 4), (128, 128, 64, 1, 4), (256, 128, 64, 1, 3)]]
+
+
+def fits(k: int, group: int, block_k: int) -> bool:
+    """Whether a BLOCK_K tile fits K and the group size (whole permuted blocks inside one group)."""
+    return k % block_k == 0 and block_k % 64 == 0 and group % block_k == 0
+
+
+def supports(x: torch.Tensor, k: int, group: int, block_k: int) -> bool:
+    """Whether the selector may offer the kernel: CUDA sm_80+, bf16 or fp16 activations, a tile that fits."""
+    return (triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and fits(k, group, block_k)
+            and torch.cuda.get_device_capability(x.device) >= (8, 0))
+
+
+def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                  group: int, config: dict) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T from the permuted codes (`to_mma_layout`), scales [N, G] in x's dtype and,
+    for asymmetric weights, zeros [N, G]. bf16 on CUDA dequantizes with packed bf16x2 PTX; other dtypes
+    (fp16, and fp32 in Triton's CPU interpreter) in fp32 (config PACKED=False forces that path)."""
+    m, k = x.shape
+    n = wperm.shape[0]
+    if not fits(k, group, config["BLOCK_K"]):
+        raise ValueError(f"int4 MMA GEMM: BLOCK_K={config['BLOCK_K']} does not fit K={k}, group={group} (a multiple "
+                         "of 64 inside one group)")
+    packed = config.get("PACKED", True) and x.is_cuda and x.dtype == torch.bfloat16
+    cfg = {"SPLIT_K": 1, "GROUP_N": 8, **config, "PACKED": packed}
+    split = cfg["SPLIT_K"]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device) if split == 1 else \
+        torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
+    _int4_gemm_mma_kernel[grid](x, wperm, scales, zeros if zeros is not None else scales, y, m, n, x.stride(0),
+                                y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, ASM=_asm(), **cfg)
+    return y if split == 1 else y.to(x.dtype)
