@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("int8")
     ap.add_argument("rival", nargs="?")
     ap.add_argument("--also", nargs="*", default=[], help="more models to time in OpenVINO beside them")
+    ap.add_argument("--also-ort", action="store_true", help="time the --also models in ONNX Runtime too")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seq", type=int, default=128, help="length of a dynamic second axis (token inputs)")
@@ -107,6 +108,8 @@ def main() -> None:
         variants["openvino rival"] = runner(Path(args.rival), "openvino")
     for path in args.also:
         variants[f"openvino {path}"] = runner(Path(path), "openvino")
+        if args.also_ort:
+            variants[f"onnxruntime {path}"] = runner(Path(path), "onnxruntime")
     ref = variants["openvino asymmetric uint8 (nnslim)"](feed)
     times = {k: [] for k in variants}
     for run in variants.values():

@@ -183,7 +183,7 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
 
     if not is_main():  # under torchrun every rank trains; rank 0 alone writes and measures the artifact
         ctx = Context(workdir=scratch_dir(), seed=recipe.seed, source=r.testbed, user_calibration=data["calibration"],
-                      user_example=data["example_inputs"], validate=validation_of(r.testbed))
+                      user_example=data["example_inputs"], validate=validation_of(r.testbed), backend=backend)
         return CompressResult(run_steps(r.model, recipe, ctx), None, None, ctx.notes)
     staged = StagedDir(out, overwrite) if out is not None else None
     try:
@@ -191,7 +191,7 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
         work = target / ".work"
         work.mkdir()
         ctx = Context(workdir=work, seed=recipe.seed, source=r.testbed, user_calibration=data["calibration"],
-                      user_example=data["example_inputs"], validate=validation_of(r.testbed))
+                      user_example=data["example_inputs"], validate=validation_of(r.testbed), backend=backend)
         result = _deployable(run_steps(r.model, recipe, ctx), ctx)
         rep = None
         if staged or report:

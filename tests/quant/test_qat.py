@@ -148,3 +148,31 @@ def test_symmetric_activations_survive_qat_distill_into_the_onnx_artifact(tmp_pa
     assert any(z.dtype == np.int8 for z in zps) and all(int(z) == 0 for z in zps)
     metrics = nnslim.evaluate(str(tmp_path / "q"), testbed=str(tmp_path / "resnet"))["metrics"]
     assert metrics["logits_cos_mean"] > 0.97
+
+
+def test_symmetric_activations_auto_follows_cpu_preset_and_backend(monkeypatch):
+    """symmetric_activations=auto: signed int8 activations for a transformer on a CPU with AMX (OpenVINO runs them
+    faster there), with a note saying so; never for a CNN, without AMX, or when the artifact is meant for ONNX
+    Runtime (--backend onnxruntime), where they are slower; an explicit true / false is kept as given."""
+    from nnslim.quant import ptq
+    from nnslim.quant.ptq import Int8Config, quantize_int8
+
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1,
+                                                enable_nested_tensor=False), nn.Linear(16, 4)).eval()
+    data = [{"input": torch.randn(2, 5, 16)} for _ in range(4)]
+
+    def signed(config, backend=None, amx=True):
+        monkeypatch.setattr(ptq, "cpu_has_amx", lambda: amx)
+        notes = []
+        q = quantize_int8(layer, config, data, data[0], notes=notes, backend=backend)
+        acts = [m.act_quantizer for m in q.modules() if isinstance(getattr(m, "act_quantizer", None), ActQuantizer)]
+        return any(a.signed for a in acts), any("symmetric_activations=auto" in n for n in notes)
+
+    assert signed(Int8Config(bias_correction=False)) == (True, True)
+    assert signed(Int8Config(bias_correction=False), backend="openvino") == (True, True)
+    assert signed(Int8Config(bias_correction=False), backend="onnxruntime") == (False, False)
+    assert signed(Int8Config(bias_correction=False), amx=False) == (False, False)
+    assert signed(Int8Config(bias_correction=False, preset="cnn")) == (False, False)
+    assert signed(Int8Config(bias_correction=False, symmetric_activations=True), amx=False) == (True, False)
+    assert signed(Int8Config(bias_correction=False, symmetric_activations=False)) == (False, False)

@@ -58,11 +58,12 @@ class StaticBase(Int8Base):
     samples: int = 300
     smoothquant: float | Literal["auto"] | None = "auto"  # alpha in (0, 1); "auto": 0.85 for transformers, off for CNNs
     bias_correction: bool = True
-    # activations with negative values as int8 with zero point 0 (symmetric, NNCF's CNN preset) instead of uint8
-    # with a zero point; non-negative ones stay uint8. Off by default: on the AMX Xeon, OpenVINO ran a ResNet's
-    # stem 1.4x faster this way but the whole model within noise (-3% to +3%), and ONNX Runtime 6-45% slower
-    # (BENCHMARKS.md 8d)
-    symmetric_activations: bool = False
+    # activations with negative values as int8 with zero point 0 (symmetric, as NNCF does) instead of uint8 with
+    # a zero point; non-negative ones stay uint8. "auto": on for the transformer preset on a CPU with AMX unless
+    # the artifact is meant for ONNX Runtime (--backend onnxruntime): there OpenVINO ran MiniLM-shaped 10% faster
+    # this way (14% ahead of NNCF) and ONNX Runtime 28% slower (BENCHMARKS.md 8b); off elsewhere: a ResNet on that
+    # Xeon within noise in OpenVINO, 6-45% slower in ONNX Runtime (8d), MiniLM slower on an AVX2 CPU (8b)
+    symmetric_activations: bool | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,23 @@ def cpu_has_vnni() -> bool:
 
     flags = cpu_flags()
     return not flags or any(f in flags for f in INT8_DOT_FLAGS)
+
+
+def cpu_has_amx() -> bool:
+    from ..io import cpu_flags
+
+    return "amx_int8" in cpu_flags()
+
+
+def symmetric_activations(config, preset: str, backend: str | None, act_mode: str) -> tuple[bool, str | None]:
+    """(symmetric?, why, when chosen by "auto") for a static config (see StaticBase.symmetric_activations)."""
+    value = getattr(config, "symmetric_activations", False)
+    if value != "auto":
+        return bool(value), None
+    if preset == "transformer" and act_mode in ("fixed", "lsq") and backend != "onnxruntime" and cpu_has_amx():
+        return True, ("symmetric_activations=auto: on for a transformer on this AMX CPU, where OpenVINO runs signed "
+                      "int8 activations faster (ONNX Runtime slower: set it false or pass --backend onnxruntime)")
+    return False, None
 
 
 def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) -> dict[str, nn.Module]:
@@ -217,7 +235,7 @@ def _stored_weight(layer: nn.Module) -> torch.Tensor:
 
 def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, calibration=None,
                   example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None,
-                  keep_float: bool = False) -> nn.Module:
+                  keep_float: bool = False, backend: str | None = None) -> nn.Module:
     """A copy of `model` (or the model itself if inplace) with Linear/Conv layers fake-quantized: int8 for
     Int8Config / Int8DynamicConfig, the bit widths and learnable quantizers of a QAT config."""
     if not isinstance(model, nn.Module):
@@ -226,7 +244,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     qs = settings_of(config)
     dynamic = qs.act_mode == "dynamic"
     static = qs.act_bits is not None and not dynamic
-    symmetric = static and getattr(config, "symmetric_activations", False)
+    symmetric = static and getattr(config, "symmetric_activations", False) is True
     if symmetric and qs.act_mode not in ("fixed", "lsq"):
         raise NnslimError(f"symmetric_activations=true is not allowed with act_mode={qs.act_mode!r}; allowed with: "
                           "fixed, lsq (pact learns an asymmetric range)")
@@ -239,6 +257,10 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if folded:
         notes.append(f"folded {folded} BatchNorm layers into their convolutions")
     preset = resolve_preset(config, model)
+    if static:
+        symmetric, why = symmetric_activations(config, preset, backend, qs.act_mode)
+        if why:
+            notes.append(why)
     layers = target_layers(model, config, preset, dynamic)
     data = []
     acts: dict[str, tuple[float, float]] = {}
@@ -318,7 +340,7 @@ def apply_int8(model, config: Int8Config, ctx):
     data = ctx.calibration(config.samples, what="static int8")
     example = ctx.small_example()
     if config.max_drop is None:
-        return quantize_int8(model, config, data, example, inplace=True, notes=ctx.notes)
+        return quantize_int8(model, config, data, example, inplace=True, notes=ctx.notes, backend=ctx.backend)
     if ctx.validate is None:
         raise NnslimError("max_drop needs a metric to keep: pass validation_fn=(model -> float, higher is better) "
                           "or a testbed")
@@ -326,7 +348,8 @@ def apply_int8(model, config: Int8Config, ctx):
 
     plain = dataclasses.replace(config, max_drop=None)
     return quantize_with_accuracy_control(
-        model, lambda m: quantize_int8(m, plain, data, example, notes=ctx.notes, keep_float=True), ctx.validate,
+        model, lambda m: quantize_int8(m, plain, data, example, notes=ctx.notes, keep_float=True, backend=ctx.backend),
+        ctx.validate,
         config.max_drop, data[:32], ctx.notes, ctx.tables)
 
 

@@ -36,4 +36,4 @@ class QatConfig(StaticBase):
                  "activations (STE, LSQ or PACT), trained by a following distill step; QDQ ONNX", verb="quantize")
 def _apply(model, config: QatConfig, ctx):
     data = ctx.calibration(config.samples, what="QAT initialisation")
-    return quantize_int8(model, config, data, ctx.small_example(), inplace=True, notes=ctx.notes)
+    return quantize_int8(model, config, data, ctx.small_example(), inplace=True, notes=ctx.notes, backend=ctx.backend)
