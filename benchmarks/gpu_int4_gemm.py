@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import SHAPES, _copies, graph_time, int4_parts, machine, rel_err  # noqa: E402
+from gpu_llm import SHAPES, graph_time, int4_layer_copies, machine, rel_err  # noqa: E402
 
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -66,17 +66,13 @@ def sweep_mma(args) -> None:
     """The permuted-layout kernel (triton_int4_mma) against bf16, dequant + cuBLAS and the kept
     configurations of the canonical-layout kernel, at each M; the best packed configurations are re-timed
     with fp32 dequantization (PACKED=False) to show what the packed arithmetic is worth."""
-    from nnslim.quant.weight_only.modules import WeightOnlyLinear
     from nnslim.runtime.kernels import triton_int4
 
     print(f"# int4 MMA-layout GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
     rows = []
     for k, n in SHAPES:
-        lin, codes, scale, zero, spec = int4_parts(k, n)
-        r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
-        mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
-        ws = [lin.weight.detach().clone() for _ in range(r16)]
+        ws, mods, r4, r16 = int4_layer_copies(k, n)
         wref = mods[0].dequantized_weight(torch.bfloat16)
         for m in [int(v) for v in args.m.split(",")]:
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
@@ -143,7 +139,6 @@ def main():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     if args.family == "mma":
         return sweep_mma(args)
-    from nnslim.quant.weight_only.modules import WeightOnlyLinear
     from nnslim.runtime.kernels import triton_int4
 
     dq_rows = []
@@ -151,11 +146,7 @@ def main():
     torch.manual_seed(0)
     rows, configs = [], grid()
     for k, n in SHAPES:
-        lin, codes, scale, zero, spec = int4_parts(k, n)
-        w = lin.weight.detach()
-        r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
-        mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
-        ws = [w.clone() for _ in range(r16)]
+        ws, mods, r4, r16 = int4_layer_copies(k, n)
         wref = mods[0].dequantized_weight(torch.bfloat16)
         for m in [int(v) for v in args.m.split(",")]:
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import SHAPES, _copies, graph_time, int4_parts, machine, rel_err  # noqa: E402
+from gpu_llm import SHAPES, graph_time, int4_layer_copies, machine, rel_err  # noqa: E402
 
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -43,7 +43,6 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
-    from nnslim.quant.weight_only.modules import WeightOnlyLinear
     from nnslim.runtime.kernels import triton_int4, triton_int4_gemv
 
     print(f"# int4 GEMV sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
@@ -51,10 +50,7 @@ def main():
     shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
     rows = []
     for k, n in shapes:
-        lin, codes, scale, zero, spec = int4_parts(k, n)
-        r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
-        mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
-        ws = [lin.weight.detach().clone() for _ in range(r16)]
+        ws, mods, r4, r16 = int4_layer_copies(k, n)
         w32 = mods[0].dequantized_weight(torch.float32)
         for m in [int(v) for v in args.m.split(",")]:
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")

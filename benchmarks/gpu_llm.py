@@ -75,6 +75,17 @@ def int4_parts(k: int, n: int, group: int = 128):
     return lin, quantize_codes(lin.weight.detach(), scale, zero, spec), scale, zero, spec
 
 
+def int4_layer_copies(k: int, n: int):
+    """(bf16 weights, int4 layers, their count, the bf16 count): enough copies of one random [n, k] layer in both
+    forms that timing a pass over them reads more than L2 holds."""
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+    lin, codes, scale, zero, spec = int4_parts(k, n)
+    r4, r16 = _copies(k * n // 2), _copies(k * n * 2)
+    mods = [WeightOnlyLinear.from_codes(lin, codes, scale, zero, spec).cuda() for _ in range(r4)]
+    return [lin.weight.detach().clone() for _ in range(r16)], mods, r4, r16
+
+
 def bench_kernels(args) -> list[dict]:
     from nnslim.quant.w8a8 import W8A8Linear
     from nnslim.quant.weight_only.modules import WeightOnlyLinear

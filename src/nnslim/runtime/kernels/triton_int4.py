@@ -62,6 +62,22 @@ if triton is not None:
         return first + (pid % per_group) % size, (pid % per_group) // size
 
     @triton.jit
+    def gemm_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
+        """(weight rows, x rows, and both wrapped into range) of this program's [BLOCK_N, BLOCK_M] output tile of
+        a y.T = W x.T GEMM; wrapped rows / columns are computed and never stored: no load masks."""
+        pid_n, pid_m = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        return offs_n, offs_m, offs_n % N, offs_m % M
+
+    @triton.jit
+    def split_steps(steps: tl.constexpr, SPLIT_K: tl.constexpr):
+        """[first, last) of the K steps this program (grid axis 1 of SPLIT_K) runs."""
+        per: tl.constexpr = (steps + SPLIT_K - 1) // SPLIT_K
+        first = tl.program_id(1) * per
+        return first, tl.minimum(first + per, steps)
+
+    @triton.jit
     def _codes(wk_ptr, b, offs_n, N, mask, zoff):
         """Two [16, BN] fp32 tiles (code - zero) for the 32-row K block b."""
         rows = b * 16 + tl.arange(0, 16)
@@ -311,20 +327,14 @@ if triton is not None:
         grouped GROUP_N weight tiles at a time so the x tiles they share stay in L2. SPLIT_K > 1 (small M:
         more weight bytes in flight) splits the K steps over the grid's second axis, summed with fp32
         atomics into a zeroed output."""
-        pid_n, pid_m = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = offs_n % N  # wrapped rows/columns are computed and never stored: no load masks
-        rm = offs_m % M
+        offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         if SWAP:
             acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        steps: tl.constexpr = K // BLOCK_K
-        per: tl.constexpr = (steps + SPLIT_K - 1) // SPLIT_K
-        first = tl.program_id(1) * per
-        for kk in range(first, tl.minimum(first + per, steps)):
+        first, last = split_steps(K // BLOCK_K, SPLIT_K)
+        for kk in range(first, last):
             k0 = kk * BLOCK_K
             w = _dequant_tile(qw_ptr, s_ptr, z_ptr, rn, k0, K, GROUP, HAS_ZERO, BLOCK_K, x_ptr.dtype.element_ty)
             if SWAP:

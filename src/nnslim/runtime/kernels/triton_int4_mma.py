@@ -65,7 +65,7 @@ def _asm() -> str:
 
 
 if triton is not None:
-    from .triton_int4 import grouped_tile
+    from .triton_int4 import gemm_tile, split_steps
 
     @triton.jit
     def _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
@@ -106,17 +106,11 @@ if triton is not None:
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                               GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr):
         """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; SPLIT_K > 1 sums K ranges with fp32 atomics."""
-        pid_n, pid_m = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M), GROUP_N)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = offs_n % N  # wrapped rows / columns are computed and never stored: no load masks
-        rm = offs_m % M
+        offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-        steps: tl.constexpr = K // BLOCK_K
-        per: tl.constexpr = (steps + SPLIT_K - 1) // SPLIT_K
-        first = tl.program_id(1) * per
-        for kk in range(first, tl.minimum(first + per, steps)):
+        first, last = split_steps(K // BLOCK_K, SPLIT_K)
+        for kk in range(first, last):
             w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
                           x_ptr.dtype.element_ty)
             xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
