@@ -38,6 +38,10 @@ def grid() -> list[dict]:
     return out
 
 
+def shapes_of(args) -> list[tuple[int, int]]:
+    return SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+
+
 def mma_grid(m: int) -> list[dict]:
     """triton_int4_mma configurations for one M (weight-as-A tiles; split-K while the grid is small)."""
     out = []
@@ -71,7 +75,7 @@ def sweep_mma(args) -> None:
     print(f"# int4 MMA-layout GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
     rows = []
-    for k, n in SHAPES:
+    for k, n in shapes_of(args):
         ws, mods, r4, r16 = int4_layer_copies(k, n)
         wref = mods[0].dequantized_weight(torch.bfloat16)
         for m in [int(v) for v in args.m.split(",")]:
@@ -132,6 +136,7 @@ def main():
     ap.add_argument("--m", default="16,32,64,128,256,512,2048")
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default="all", help="indices into SHAPES (0: 4096x4096, 1: 4096x11008, 2: 11008x4096)")
     ap.add_argument("--family", choices=["tc", "mma"], default="tc",
                     help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma)")
     args = ap.parse_args()
@@ -145,7 +150,7 @@ def main():
     print(f"# int4 GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
     rows, configs = [], grid()
-    for k, n in SHAPES:
+    for k, n in shapes_of(args):
         ws, mods, r4, r16 = int4_layer_copies(k, n)
         wref = mods[0].dequantized_weight(torch.bfloat16)
         for m in [int(v) for v in args.m.split(",")]:
