@@ -336,26 +336,30 @@ def test_mma_gemm_is_a_selector_candidate_for_batches():
 
 
 def test_mma_gemm_compiles_for_sm90():
-    """The packed path assembles for sm_90 with and without zero points: wgmma with the weight from
-    registers, packed bf16x2 FMAs, and no 1-byte shared-memory loads of the codes (the permuted layout
-    gives each lane contiguous bytes). In a fresh process: this module may run Triton's interpreter."""
+    """The packed path assembles for sm_90 with and without zero points, in every configuration the selector
+    offers (within the shared memory of a Hopper SM): wgmma with the weight from registers, packed bf16x2 FMAs,
+    and no 1-byte shared-memory loads of the codes (the permuted layout gives each lane contiguous bytes). In a
+    fresh process: this module may run Triton's interpreter."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
 from nnslim.runtime.kernels import triton_int4_mma as mma
-for has_zero in (False, True):
+cases = [(cfg, False) for cfg in mma.MMA_CONFIGS] + [(mma.MMA_CONFIGS[9], True)]
+for cfg, has_zero in cases:
     sig = {"x_ptr": "*bf16", "qw_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*u8" if has_zero else "*bf16",
            "y_ptr": "*bf16", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32"}
-    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma._asm(), PACKED=True, BLOCK_M=128, BLOCK_N=64,
-                  BLOCK_K=128, GROUP_N=8, SPLIT_K=1)
+    launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
+    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma._asm(), PACKED=True, GROUP_N=8,
+                  **{k: v for k, v in cfg.items() if k not in launch})
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=mma._int4_gemm_mma_kernel, signature=sig, constexprs=consts,
                                     attrs={(i,): [["tt.divisibility", 16]] for i in range(9)})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=4))
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
     ptx = k.asm["ptx"]
-    assert k.asm["cubin"] and "wgmma.mma_async" in ptx, "no wgmma"
-    assert ptx.count("fma.rn.bf16x2") >= 16, "no packed FMAs"
-    assert "ld.shared.u8" not in ptx and "ld.shared.b8" not in ptx, "codes read byte by byte"
+    assert k.asm["cubin"] and "wgmma.mma_async" in ptx, ("no wgmma", cfg)
+    assert ptx.count("fma.rn.bf16x2") >= 16, ("no packed FMAs", cfg)
+    assert "ld.shared.u8" not in ptx and "ld.shared.b8" not in ptx, ("codes read byte by byte", cfg)
+    assert k.metadata.shared <= 227 * 1024, ("shared memory", cfg, k.metadata.shared)
 print("ok")
 """
     _compiles_in_fresh_process(code)
