@@ -9,7 +9,9 @@ Codes become floats with the 2**23 trick (or 0x4B000000, bitcast, subtract) inst
 int-to-float conversion. Needs K % 32 == 0 and group % 32 == 0.
 
 Two kernels: a GEMV for one row at a time (decode; CUDA-core FMAs, split-K) and a tensor-core
-GEMM (tl.dot on dequantized bf16/fp16 tiles) for several rows.
+GEMM (tl.dot on dequantized bf16/fp16 tiles) for several rows. triton_int4_mma's GEMM, on a copy of the
+codes permuted for the MMA's register layout, beat this one at every M measured (BENCHMARKS.md 9h); this
+one stays in the selector for tiles that one cannot take (groups of 32, K not a multiple of 64).
 
 The K-major GEMV (configs with KMAJOR=True) needs no layout of its own: the canonical packed weight
 [N, K/2] uint8 (low nibble first) read as int32 [N, K/8] holds in nibble j of word w the code of

@@ -11,7 +11,7 @@ block of a row (64 codes) is stored permuted, byte j = 4t + c at position 8c + t
 lane's bytes of a block are 8 contiguous bytes: one 8-byte load; the kernel undoes the permutation
 with a reshape / permute that the compiler resolves in registers.
 
-Dequantization is packed bf16x2 arithmetic in inline PTX (`_ASM`), 4 bytes (8 codes) at a time:
+Dequantization is packed bf16x2 arithmetic in inline PTX (`_asm`), 4 bytes (8 codes) at a time:
 PRMT spreads two bytes into the halves of a word, LOP3 turns each nibble into the bf16 128 + q (OR-ed
 under the exponent of 128), one HFMA2 subtracts 128 + zero exactly and one multiplies by the scale
 (one rounding, as a bf16 weight has): 16 instructions for 8 codes instead of ~28 in fp32.
