@@ -209,3 +209,46 @@ def test_calibration_shape_the_model_rejects_is_named(digits):
     bad = [{"x": np.zeros((1, 1, 4, 4), np.float32)}]
     with pytest.raises(NnslimError, match=r"failed on calibration input of shapes \{'x': \(1, 1, 4, 4\)\}"):
         quantize_int8(model, Int8Config(samples=1), bad, tb.example_inputs(1))
+
+
+def test_bias_correction_adds_the_mean_weight_error_shift():
+    """correct_biases adds E[(W - W_q) x'] to each bias, x' the input the float weight sees (divided by a
+    SmoothQuant scale where there is one): checked against the per-token product for a Linear with and without
+    an input scale (where only the inputs' sum is kept) and a Conv2d, including a layer created without bias."""
+    from nnslim.quant.ptq import correct_biases
+    from nnslim.quant.quantizers import WeightQuantizer
+
+    torch.manual_seed(0)
+    lin, lin2, conv = nn.Linear(6, 5), nn.Linear(5, 3, bias=False), nn.Conv2d(2, 4, 3, padding=1)
+    scale = torch.rand(6) + 0.5
+    wrapped = {"lin": QuantWrapper(lin, WeightQuantizer(lin.weight, 4, True), input_scale=scale),
+               "lin2": QuantWrapper(lin2, WeightQuantizer(lin2.weight, 4, True)),
+               "conv": QuantWrapper(conv, WeightQuantizer(conv.weight, 4, True))}
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.lin2, self.conv = wrapped["lin"], wrapped["lin2"], wrapped["conv"]
+
+        def forward(self, x, image):
+            return self.lin2(self.lin(x)).sum() + self.conv(image).sum()
+
+    data = [{"x": torch.randn(3, 7, 6), "image": torch.randn(2, 2, 5, 5)} for _ in range(4)]
+    seen = {n: [] for n in wrapped}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].detach().clone()))
+             for n, m in wrapped.items()]
+    net = Net()
+    with torch.no_grad():
+        for d in data:
+            net(**d)
+    for h in hooks:
+        h.remove()
+    dw = {n: (m.float_module.weight - m.dequantized_weight()).detach() for n, m in wrapped.items()}
+    xs = torch.cat([x.reshape(-1, 6) for x in seen["lin"]]) / scale
+    expect = {"lin": lin.bias.detach() + (xs @ dw["lin"].T).mean(0),
+              "lin2": (torch.cat([x.reshape(-1, 5) for x in seen["lin2"]]) @ dw["lin2"].T).mean(0),
+              "conv": conv.bias.detach() + torch.cat([nn.functional.conv2d(x, dw["conv"], padding=1)
+                                                      .permute(0, 2, 3, 1).reshape(-1, 4) for x in seen["conv"]]).mean(0)}
+    assert correct_biases(net, data) == 3
+    for n, m in wrapped.items():
+        torch.testing.assert_close(m.float_module.bias.detach(), expect[n], rtol=1e-5, atol=1e-6)

@@ -183,30 +183,35 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
     """Fast bias correction of the weight quantization error (Nagel et al. 2019): add to each quantized
     layer's bias the mean per-channel output shift E[(W - W_q) x] over the inputs it sees. Activation
     clipping error is not folded in: its mean is dominated by a few outlier tokens and would shift
-    every other token."""
+    every other token. For a Linear the shift is (W - W_q) E[x]: only the inputs' sum is kept per call
+    (no second matmul); a convolution's is summed over its output positions."""
     wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
+    diffs = {n: m.float_module.weight - m.dequantized_weight() for n, m in wrappers.items()}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
     def on_input(name, x):
         m = wrappers[name]
-        fm = m.float_module
-        dw = fm.weight - m.dequantized_weight()
-        if m.input_scale is not None:
-            x = x / m.input_scale
         if m.kind == "linear":
-            diff = nn.functional.linear(x, dw).reshape(-1, dw.shape[0])
+            rows = x.reshape(-1, x.shape[-1])
         else:
-            diff = fm._conv_forward(x, dw, None).transpose(0, 1).reshape(dw.shape[0], -1).T
-        sums[name] = sums.get(name, 0) + diff.double().sum(0)
-        counts[name] = counts.get(name, 0) + diff.shape[0]
+            xs = x / m.input_scale if m.input_scale is not None else x
+            out = m.float_module._conv_forward(xs, diffs[name], None)
+            rows = out.transpose(0, 1).reshape(out.shape[1], -1).T
+        sums[name] = sums.get(name, 0) + rows.double().sum(0)
+        counts[name] = counts.get(name, 0) + rows.shape[0]
 
     run_with_hooks(model, wrappers, data, on_input, desc="bias correction")
     for name, m in wrappers.items():
         if name not in sums:
             continue
         fm = m.float_module
-        delta = (sums[name] / counts[name]).to(fm.weight.dtype)
+        mean = sums[name] / counts[name]
+        if m.kind == "linear":
+            if m.input_scale is not None:
+                mean = mean / m.input_scale.double().reshape(-1)
+            mean = diffs[name].double() @ mean
+        delta = mean.to(fm.weight.dtype)
         if fm.bias is None:
             fm.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=fm.weight.dtype))
         fm.bias.add_(delta)
