@@ -252,3 +252,29 @@ def test_bias_correction_adds_the_mean_weight_error_shift():
     assert correct_biases(net, data) == 3
     for n, m in wrapped.items():
         torch.testing.assert_close(m.float_module.bias.detach(), expect[n], rtol=1e-5, atol=1e-6)
+
+
+def test_minmax_ranges_come_from_the_smoothquant_pass(monkeypatch):
+    """With SmoothQuant and the minmax calibrator, the activation ranges are taken from the per-channel
+    (min, max) SmoothQuant's pass already saw: the same numbers as a pass over the smoothed inputs, and one
+    pass over the calibration data fewer; a histogram calibrator still runs its own passes."""
+    from nnslim.quant import calibration, ptq
+    from nnslim.quant.smoothquant import smoothing_scales
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), nn.Linear(16, 3)).eval()
+    data = [{"input": torch.randn(2, 6, 16) * (1 + 4 * (torch.arange(16) == 3))} for _ in range(5)]
+    layers = ptq.target_layers(model, Int8Config(), "transformer")
+    ranges = {}
+    smooth = smoothing_scales(model, layers, data, 0.85, ranges)
+    assert smooth and set(smooth) <= set(ranges)
+    passes = []
+    real = calibration.run_with_hooks
+    monkeypatch.setattr(ptq, "run_with_hooks", lambda *a, **k: passes.append(k.get("desc")) or real(*a, **k))
+    full = ptq.calibrate_activations(model, layers, data, "minmax", 99.99, smooth)
+    assert passes == ["calibrate ranges"]
+    reused = ptq.calibrate_activations(model, layers, data, "minmax", 99.99, smooth, channel_ranges=ranges)
+    assert reused == full and passes == ["calibrate ranges"]
+    ptq.calibrate_activations(model, layers, data, "percentile", 99.99, smooth, channel_ranges=ranges)
+    assert passes[1:] == ["calibrate ranges", "calibrate histograms"]

@@ -157,8 +157,12 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
 
 def calibrate_activations(model: nn.Module, layers: dict[str, nn.Module], data: list[dict],
                           calibrator: str, percentile: float, smooth: dict[str, torch.Tensor] | None = None,
-                          bits: int = 8) -> dict[str, tuple[float, float]]:
-    """The clipping range (lo, hi) of each layer's input (divided by its SmoothQuant scale, if any)."""
+                          bits: int = 8, channel_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+                          ) -> dict[str, tuple[float, float]]:
+    """The clipping range (lo, hi) of each layer's input (divided by its SmoothQuant scale, if any).
+    channel_ranges: per-input-channel (min, max) already seen over the same data (SmoothQuant's pass); a
+    min/max calibration takes those layers' ranges from them (s > 0, and division is monotonic: the same
+    numbers as dividing every value) and runs the model only for the others, if any."""
     observer = make_observer(calibrator, percentile)
     stats = {n: TensorStats() for n in layers}
     smooth = smooth or {}
@@ -166,7 +170,14 @@ def calibrate_activations(model: nn.Module, layers: dict[str, nn.Module], data: 
     def seen(n, x):
         return x / smooth[n] if n in smooth else x
 
-    run_with_hooks(model, layers, data, lambda n, x: stats[n].update_range(seen(n, x)), desc="calibrate ranges")
+    known = {n: r for n, r in (channel_ranges or {}).items() if n in stats} if not observer.needs_histogram else {}
+    for name, (lo, hi) in known.items():
+        if name in smooth:
+            lo, hi = lo / smooth[name], hi / smooth[name]
+        stats[name].lo, stats[name].hi, stats[name].count = float(lo.min()), float(hi.max()), len(data)
+    rest = {n: m for n, m in layers.items() if n not in known}
+    if rest:
+        run_with_hooks(model, rest, data, lambda n, x: stats[n].update_range(seen(n, x)), desc="calibrate ranges")
     if observer.needs_histogram:
         run_with_hooks(model, layers, data, lambda n, x: stats[n].update_hist(seen(n, x)),
                        desc="calibrate histograms")
@@ -270,6 +281,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     data = []
     acts: dict[str, tuple[float, float]] = {}
     smooth: dict[str, torch.Tensor] = {}
+    channel_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # filled by SmoothQuant's pass
     if static:
         data = check_calibration(calibration, example_inputs or {})[: config.samples]
         alpha = config.smoothquant
@@ -278,10 +290,11 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
         if alpha is not None:
             from .smoothquant import smoothing_scales
 
-            smooth = smoothing_scales(model, layers, data, alpha)
+            smooth = smoothing_scales(model, layers, data, alpha, channel_ranges)
             notes.append(f"smoothquant alpha={alpha}: {len(smooth)} layers smoothed")
         calibrator = config.calibrator if config.calibrator != "auto" else default_calibrator(preset)
-        acts = calibrate_activations(model, layers, data, calibrator, config.percentile, smooth, qs.act_bits)
+        acts = calibrate_activations(model, layers, data, calibrator, config.percentile, smooth, qs.act_bits,
+                                     channel_ranges)
         unused = sorted(set(layers) - set(acts))
         if unused:
             notes.append(f"{len(unused)} layers never called during calibration, left float: {', '.join(unused[:8])}")

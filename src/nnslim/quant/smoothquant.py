@@ -15,13 +15,17 @@ from .calibration import run_with_hooks
 
 
 @torch.no_grad()  # not inference_mode: what it makes must work in autograd forwards
-def smoothing_scales(model: nn.Module, linears: dict[str, nn.Module], data: list[dict], alpha: float
+def smoothing_scales(model: nn.Module, linears: dict[str, nn.Module], data: list[dict], alpha: float,
+                     channel_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
                      ) -> dict[str, torch.Tensor]:
     """Per-layer input-channel scales s (only Linear layers; convolutions are left alone). Layers fed the
     same tensor (attention's q/k/v projections) share one scale, from the largest of their weights, so the
-    deployed graph divides and quantizes that input once for all of them (as SmoothQuant does)."""
+    deployed graph divides and quantizes that input once for all of them (as SmoothQuant does).
+    channel_ranges, if given, receives each Linear's per-input-channel (min, max) over the same pass (from
+    which a min/max calibration of the smoothed inputs follows without another pass)."""
     targets = {n: m for n, m in linears.items() if isinstance(m, nn.Linear)}
     act_max: dict[str, torch.Tensor] = {}
+    ranges = channel_ranges if channel_ranges is not None else {}
     parent = {n: n for n in targets}
     last: list = [None, None]  # the previous call's (name, input): held, so its identity cannot be reused
 
@@ -31,8 +35,12 @@ def smoothing_scales(model: nn.Module, linears: dict[str, nn.Module], data: list
         return n
 
     def on_input(name, x):
-        m = x.detach().abs().float().reshape(-1, x.shape[-1]).amax(0)
-        act_max[name] = m if name not in act_max else torch.maximum(act_max[name], m)
+        rows = x.detach().float().reshape(-1, x.shape[-1])
+        lo, hi = rows.amin(0), rows.amax(0)
+        if name in ranges:
+            lo, hi = torch.minimum(ranges[name][0], lo), torch.maximum(ranges[name][1], hi)
+        ranges[name] = (lo, hi)
+        act_max[name] = torch.maximum(-lo, hi)
         if last[1] is x and last[0] != name:  # the same tensor object feeds consecutive layers
             parent[root(name)] = root(last[0])
         last[0], last[1] = name, x
