@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import SHAPES, graph_time, int4_layer_copies, machine, rel_err  # noqa: E402
+from gpu_llm import graph_time, int4_cases, machine, rel_err, shapes_of  # noqa: E402
 
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -36,10 +36,6 @@ def grid() -> list[dict]:
                               (128, 128, 64, 4, 3), (128, 128, 64, 8, 4), (128, 64, 128, 4, 3), (256, 128, 64, 8, 3)]:
         out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, SWAP=True, SPLIT_K=1, num_warps=w, num_stages=st))
     return out
-
-
-def shapes_of(args) -> list[tuple[int, int]]:
-    return SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
 
 
 def mma_grid(m: int) -> list[dict]:
@@ -75,50 +71,44 @@ def sweep_mma(args) -> None:
     print(f"# int4 MMA-layout GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
     rows = []
-    for k, n in shapes_of(args):
-        ws, mods, r4, r16 = int4_layer_copies(k, n)
-        wref = mods[0].dequantized_weight(torch.bfloat16)
-        for m in [int(v) for v in args.m.split(",")]:
-            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-            ref = F.linear(x, wref)
-            base = graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, args.rep_ms)
-            t = {"dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
-                                              args.rep_ms)}
-            errs = {}
-            bucket = max(16, 1 << (m - 1).bit_length())
-            cands = [("old:" + name(c), c, lambda c: [md._triton_int4tc(x, c) for md in mods], mods[0]._triton_int4tc)
-                     for c in triton_int4.TC_CONFIGS if c["BLOCK_M"] <= bucket and (m < 512 or c["SPLIT_K"] == 1)]
-            cands += [("mma:" + mma_name(c), c, lambda c: [md._triton_int4mma(x, c) for md in mods],
-                       mods[0]._triton_int4mma) for c in mma_grid(m)]
-            for label, c, run, one in cands:
-                try:
-                    err = rel_err(one(x, c), ref)
-                    if err > 1e-2:
-                        print(f"  {label} M={m}: rel err {err:.2e}", flush=True)
-                        continue
-                    errs[label] = err
-                    t[label] = graph_time(lambda c=c, run=run: run(c), r4, args.rep_ms)
-                except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
-                    print(f"  {label} failed: {str(e).splitlines()[0][:120]}", flush=True)
-            new = {kk: v for kk, v in t.items() if kk.startswith("mma:")}
-            old = {kk: v for kk, v in t.items() if kk.startswith("old:")}
-            for kk in sorted(new, key=new.get)[:3]:  # the fp32-dequant twin of the three best
-                c = {**next(c for lab, c, _, _ in cands if lab == kk), "PACKED": False}
-                try:
-                    t["mma:" + mma_name(c)] = graph_time(lambda c=c: [md._triton_int4mma(x, c) for md in mods], r4,
-                                                         args.rep_ms)
-                except Exception as e:  # noqa: BLE001
-                    print(f"  {mma_name(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
-            bn_, bo = min(new, key=new.get), min(old, key=old.get) if old else None
-            row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4), "best_mma": bn_, "mma_x": round(base / new[bn_], 3),
-                   "mma_err": round(errs[bn_], 5), "best_old": bo, "old_x": round(base / old[bo], 3) if bo else None,
-                   "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
-                   "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
-                   "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:5]}}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        del mods, ws
-        torch.cuda.empty_cache()
+    ms = [int(v) for v in args.m.split(",")]
+    for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), ms, args.rep_ms):
+        ref = F.linear(x, mods[0].dequantized_weight(torch.bfloat16))
+        t = {"dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
+                                          args.rep_ms)}
+        errs = {}
+        bucket = max(16, 1 << (m - 1).bit_length())
+        cands = [("old:" + name(c), c, lambda c: [md._triton_int4tc(x, c) for md in mods], mods[0]._triton_int4tc)
+                 for c in triton_int4.TC_CONFIGS if c["BLOCK_M"] <= bucket and (m < 512 or c["SPLIT_K"] == 1)]
+        cands += [("mma:" + mma_name(c), c, lambda c: [md._triton_int4mma(x, c) for md in mods],
+                   mods[0]._triton_int4mma) for c in mma_grid(m)]
+        for label, c, run, one in cands:
+            try:
+                err = rel_err(one(x, c), ref)
+                if err > 1e-2:
+                    print(f"  {label} M={m}: rel err {err:.2e}", flush=True)
+                    continue
+                errs[label] = err
+                t[label] = graph_time(lambda c=c, run=run: run(c), r4, args.rep_ms)
+            except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
+                print(f"  {label} failed: {str(e).splitlines()[0][:120]}", flush=True)
+        new = {kk: v for kk, v in t.items() if kk.startswith("mma:")}
+        old = {kk: v for kk, v in t.items() if kk.startswith("old:")}
+        for kk in sorted(new, key=new.get)[:3]:  # the fp32-dequant twin of the three best
+            c = {**next(c for lab, c, _, _ in cands if lab == kk), "PACKED": False}
+            try:
+                t["mma:" + mma_name(c)] = graph_time(lambda c=c: [md._triton_int4mma(x, c) for md in mods], r4,
+                                                     args.rep_ms)
+            except Exception as e:  # noqa: BLE001
+                print(f"  {mma_name(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
+        bn_, bo = min(new, key=new.get), min(old, key=old.get) if old else None
+        row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4), "best_mma": bn_, "mma_x": round(base / new[bn_], 3),
+               "mma_err": round(errs[bn_], 5), "best_old": bo, "old_x": round(base / old[bo], 3) if bo else None,
+               "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
+               "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
+               "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:5]}}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
 
@@ -150,46 +140,40 @@ def main():
     print(f"# int4 GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
     rows, configs = [], grid()
-    for k, n in shapes_of(args):
-        ws, mods, r4, r16 = int4_layer_copies(k, n)
-        wref = mods[0].dequantized_weight(torch.bfloat16)
-        for m in [int(v) for v in args.m.split(",")]:
-            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-            ref = F.linear(x, wref)
-            base = graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, args.rep_ms)
-            times = {"tinygemm": graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms),
-                     "dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
-                                                  args.rep_ms)}
-            if m == max(int(v) for v in args.m.split(",")):  # the dequantizer's cost does not depend on M
-                dq = {}
-                for bn, bk, nw in DEQUANT_TILES:
-                    dq[f"{bn}x{bk}w{nw}"] = graph_time(lambda bn=bn, bk=bk, nw=nw: [triton_int4.int4_dequantize(
-                        md.qweight, md.scales, None, md.group, x.dtype, bk, bn, nw) for md in mods], r4, args.rep_ms)
-                gb = (k * n * 2 + k * n // 2) / 1e9
-                dq_rows.append({"K": k, "N": n, **{t: f"{v * 1e3:.1f} us, {gb / v:.2f} TB/s" for t, v in dq.items()}})
-                print(json.dumps(dq_rows[-1]), flush=True)
-            for c in configs:
-                if c["BLOCK_M"] > max(16, 2 * m) or c["BLOCK_M"] < m // 32 or (m >= 512 and c["SPLIT_K"] > 1):
+    ms = [int(v) for v in args.m.split(",")]
+    for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), ms, args.rep_ms):
+        ref = F.linear(x, mods[0].dequantized_weight(torch.bfloat16))
+        times = {"tinygemm": graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms),
+                 "dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
+                                              args.rep_ms)}
+        if m == max(ms):  # the dequantizer's cost does not depend on M
+            dq = {}
+            for bn, bk, nw in DEQUANT_TILES:
+                dq[f"{bn}x{bk}w{nw}"] = graph_time(lambda bn=bn, bk=bk, nw=nw: [triton_int4.int4_dequantize(
+                    md.qweight, md.scales, None, md.group, x.dtype, bk, bn, nw) for md in mods], r4, args.rep_ms)
+            gb = (k * n * 2 + k * n // 2) / 1e9
+            dq_rows.append({"K": k, "N": n, **{t: f"{v * 1e3:.1f} us, {gb / v:.2f} TB/s" for t, v in dq.items()}})
+            print(json.dumps(dq_rows[-1]), flush=True)
+        for c in configs:
+            if c["BLOCK_M"] > max(16, 2 * m) or c["BLOCK_M"] < m // 32 or (m >= 512 and c["SPLIT_K"] > 1):
+                continue
+            try:
+                err = rel_err(mods[0]._triton_int4tc(x, c), ref)
+                if err > 1e-2:
+                    print(f"  {name(c)} M={m}: rel err {err:.2e}", flush=True)
                     continue
-                try:
-                    err = rel_err(mods[0]._triton_int4tc(x, c), ref)
-                    if err > 1e-2:
-                        print(f"  {name(c)} M={m}: rel err {err:.2e}", flush=True)
-                        continue
-                    times[name(c)] = graph_time(lambda c=c: [md._triton_int4tc(x, c) for md in mods], r4, args.rep_ms)
-                except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
-                    print(f"  {name(c)} failed: {str(e).splitlines()[0][:100]}", flush=True)
-            tc = {kk: v for kk, v in times.items() if kk[0] in "SN"}
-            best_tc = min(tc, key=tc.get)
-            row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
-                   "best_tc": best_tc, "best_tc_x": round(base / tc[best_tc], 3),
-                   "dequant_cublas_x": round(base / times["dequant+cublas"], 3),
-                   "tinygemm_x": round(base / times["tinygemm"], 3),
-                   "top": {kk: round(base / v, 3) for kk, v in sorted(tc.items(), key=lambda kv: kv[1])[:5]}}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        del mods, ws
-        torch.cuda.empty_cache()
+                times[name(c)] = graph_time(lambda c=c: [md._triton_int4tc(x, c) for md in mods], r4, args.rep_ms)
+            except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
+                print(f"  {name(c)} failed: {str(e).splitlines()[0][:100]}", flush=True)
+        tc = {kk: v for kk, v in times.items() if kk[0] in "SN"}
+        best_tc = min(tc, key=tc.get)
+        row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
+               "best_tc": best_tc, "best_tc_x": round(base / tc[best_tc], 3),
+               "dequant_cublas_x": round(base / times["dequant+cublas"], 3),
+               "tinygemm_x": round(base / times["tinygemm"], 3),
+               "top": {kk: round(base / v, 3) for kk, v in sorted(tc.items(), key=lambda kv: kv[1])[:5]}}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows, "dequant": dq_rows}, indent=1))
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import SHAPES, graph_time, int4_layer_copies, machine, rel_err  # noqa: E402
+from gpu_llm import graph_time, int4_cases, machine, rel_err, shapes_of  # noqa: E402
 
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -47,45 +47,38 @@ def main():
 
     print(f"# int4 GEMV sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
-    shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
     rows = []
-    for k, n in shapes:
-        ws, mods, r4, r16 = int4_layer_copies(k, n)
-        w32 = mods[0].dequantized_weight(torch.float32)
-        for m in [int(v) for v in args.m.split(",")]:
-            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-            ref = F.linear(x.float(), w32)
-            fams = {"x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
-                    "kmajor": (triton_int4.KMAJOR_CONFIGS, lambda md, c: md._triton_int4k(x, c)),
-                    "perm": (triton_int4.PERM_CONFIGS, lambda md, c: md._triton_int4p(x, c))}
-            base = graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, args.rep_ms)
-            row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
-                   "tinygemm_x": round(base / graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms), 3),
-                   "tinygemm_err": round(rel_err(mods[0]._tinygemm(x), ref), 5)}
-            for fam, (configs, call) in fams.items():
-                times, errs = {}, []
-                for c in configs:
-                    key = (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
-                           + ("p" if c.get("PREFETCH") else ""))
-                    try:
-                        y = call(mods[0], c)
-                        err = rel_err(y, ref)
-                        if not torch.equal(y, call(mods[0], c)) or err > 1e-2:
-                            print(f"  {fam} {key} M={m}: rel err {err:.2e} (or not repeatable)", flush=True)
-                            continue
-                        errs.append(err)
-                        times[key] = graph_time(lambda c=c: [call(md, c) for md in mods], r4, args.rep_ms)
-                    except (ValueError, RuntimeError) as e:
-                        print(f"  {fam} {key} failed: {str(e).splitlines()[0][:100]}", flush=True)
-                if times:
-                    best = min(times, key=times.get)
-                    row[f"{fam}_best"], row[f"{fam}_x"] = best, round(base / times[best], 3)
-                    row[f"{fam}_err_max"] = round(max(errs), 5)
-                    row[f"{fam}_top"] = {kk: round(base / v, 3) for kk, v in sorted(times.items(), key=lambda kv: kv[1])[:6]}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        del mods, ws
-        torch.cuda.empty_cache()
+    ms = [int(v) for v in args.m.split(",")]
+    for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), ms, args.rep_ms):
+        ref = F.linear(x.float(), mods[0].dequantized_weight(torch.float32))
+        fams = {"x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
+                "kmajor": (triton_int4.KMAJOR_CONFIGS, lambda md, c: md._triton_int4k(x, c)),
+                "perm": (triton_int4.PERM_CONFIGS, lambda md, c: md._triton_int4p(x, c))}
+        row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
+               "tinygemm_x": round(base / graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms), 3),
+               "tinygemm_err": round(rel_err(mods[0]._tinygemm(x), ref), 5)}
+        for fam, (configs, call) in fams.items():
+            times, errs = {}, []
+            for c in configs:
+                key = (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
+                       + ("p" if c.get("PREFETCH") else ""))
+                try:
+                    y = call(mods[0], c)
+                    err = rel_err(y, ref)
+                    if not torch.equal(y, call(mods[0], c)) or err > 1e-2:
+                        print(f"  {fam} {key} M={m}: rel err {err:.2e} (or not repeatable)", flush=True)
+                        continue
+                    errs.append(err)
+                    times[key] = graph_time(lambda c=c: [call(md, c) for md in mods], r4, args.rep_ms)
+                except (ValueError, RuntimeError) as e:
+                    print(f"  {fam} {key} failed: {str(e).splitlines()[0][:100]}", flush=True)
+            if times:
+                best = min(times, key=times.get)
+                row[f"{fam}_best"], row[f"{fam}_x"] = best, round(base / times[best], 3)
+                row[f"{fam}_err_max"] = round(max(errs), 5)
+                row[f"{fam}_top"] = {kk: round(base / v, 3) for kk, v in sorted(times.items(), key=lambda kv: kv[1])[:6]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
 

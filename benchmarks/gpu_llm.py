@@ -86,6 +86,23 @@ def int4_layer_copies(k: int, n: int):
     return [lin.weight.detach().clone() for _ in range(r16)], mods, r4, r16
 
 
+def shapes_of(spec: str) -> list[tuple[int, int]]:
+    """SHAPES, or the ones a comma-separated list of indices names (--shapes 0,2)."""
+    return SHAPES if spec == "all" else [SHAPES[int(i)] for i in spec.split(",")]
+
+
+def int4_cases(shapes, ms, rep_ms: int):
+    """(K, N, M, x, int4 layer copies, their count, bf16 ms per layer) for every shape and M of an int4 kernel
+    sweep: the layers are built once per shape (and freed after it), x drawn per M, bf16 F.linear timed on it."""
+    for k, n in shapes:
+        ws, mods, r4, r16 = int4_layer_copies(k, n)
+        for m in ms:
+            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            yield k, n, m, x, mods, r4, graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, rep_ms)
+        del mods, ws
+        torch.cuda.empty_cache()
+
+
 def bench_kernels(args) -> list[dict]:
     from nnslim.quant.w8a8 import W8A8Linear
     from nnslim.quant.weight_only.modules import WeightOnlyLinear

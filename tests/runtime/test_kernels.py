@@ -284,13 +284,12 @@ def test_cuda_kernels_match_reference_on_random_and_real_weights():
 
 def test_mma_layout_permutes_each_32_byte_block():
     """Byte 4t + c of every 32-byte block lands at 8c + t (a lane's bytes of an A-operand row become
-    contiguous); the inverse restores the canonical codes; K not a multiple of 64 is refused."""
+    contiguous); K not a multiple of 64 is refused."""
     q = torch.arange(2 * 64, dtype=torch.int32).remainder(256).to(torch.uint8).reshape(2, 64)
     p = mma.to_mma_layout(q)
     for j in range(64):
         b, t, c = j // 32, (j % 32) // 4, j % 4
         assert int(p[1, 32 * b + 8 * c + t]) == int(q[1, j])
-    assert torch.equal(mma.from_mma_layout(p), q)
     with pytest.raises(ValueError, match="multiple of 64"):
         mma.to_mma_layout(torch.zeros(3, 48, dtype=torch.uint8))
 
@@ -349,7 +348,7 @@ for cfg, has_zero in cases:
     sig = {"x_ptr": "*bf16", "qw_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*u8" if has_zero else "*bf16",
            "y_ptr": "*bf16", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32"}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
-    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma._asm(), PACKED=True, GROUP_N=8,
+    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma.ASM, PACKED=True, GROUP_N=8,
                   **{k: v for k, v in cfg.items() if k not in launch})
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=mma._int4_gemm_mma_kernel, signature=sig, constexprs=consts,

@@ -197,17 +197,22 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
     every other token. For a Linear the shift is (W - W_q) E[x]: only the inputs' sum is kept per call
     (no second matmul); a convolution's is summed over its output positions."""
     wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
-    diffs = {n: m.float_module.weight - m.dequantized_weight() for n, m in wrappers.items()}
+    conv_diffs: dict[str, torch.Tensor] = {}  # a Linear's weight error is needed once, after the pass
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+
+    def weight_error(m: QuantWrapper) -> torch.Tensor:
+        return m.float_module.weight - m.dequantized_weight()
 
     def on_input(name, x):
         m = wrappers[name]
         if m.kind == "linear":
             rows = x.reshape(-1, x.shape[-1])
         else:
+            if name not in conv_diffs:
+                conv_diffs[name] = weight_error(m)
             xs = x / m.input_scale if m.input_scale is not None else x
-            out = m.float_module._conv_forward(xs, diffs[name], None)
+            out = m.float_module._conv_forward(xs, conv_diffs[name], None)
             rows = out.transpose(0, 1).reshape(out.shape[1], -1).T
         sums[name] = sums.get(name, 0) + rows.double().sum(0)
         counts[name] = counts.get(name, 0) + rows.shape[0]
@@ -221,7 +226,7 @@ def correct_biases(model: nn.Module, data: list[dict]) -> int:
         if m.kind == "linear":
             if m.input_scale is not None:
                 mean = mean / m.input_scale.double().reshape(-1)
-            mean = diffs[name].double() @ mean
+            mean = weight_error(m).double() @ mean
         delta = mean.to(fm.weight.dtype)
         if fm.bias is None:
             fm.bias = nn.Parameter(torch.zeros(delta.shape[0], dtype=fm.weight.dtype))
@@ -260,8 +265,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     qs = settings_of(config)
     dynamic = qs.act_mode == "dynamic"
     static = qs.act_bits is not None and not dynamic
-    symmetric = static and getattr(config, "symmetric_activations", False) is True
-    if symmetric and qs.act_mode not in ("fixed", "lsq"):
+    if static and getattr(config, "symmetric_activations", False) is True and qs.act_mode not in ("fixed", "lsq"):
         raise NnslimError(f"symmetric_activations=true is not allowed with act_mode={qs.act_mode!r}; allowed with: "
                           "fixed, lsq (pact learns an asymmetric range)")
     model = model if inplace else copy.deepcopy(model)
@@ -273,10 +277,9 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if folded:
         notes.append(f"folded {folded} BatchNorm layers into their convolutions")
     preset = resolve_preset(config, model)
-    if static:
-        symmetric, why = symmetric_activations(config, preset, backend, qs.act_mode)
-        if why:
-            notes.append(why)
+    symmetric, why = symmetric_activations(config, preset, backend, qs.act_mode) if static else (False, None)
+    if why:
+        notes.append(why)
     layers = target_layers(model, config, preset, dynamic)
     data = []
     acts: dict[str, tuple[float, float]] = {}

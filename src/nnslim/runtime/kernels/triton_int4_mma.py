@@ -11,7 +11,7 @@ block of a row (64 codes) is stored permuted, byte j = 4t + c at position 8c + t
 lane's bytes of a block are 8 contiguous bytes: one 8-byte load; the kernel undoes the permutation
 with a reshape / permute that the compiler resolves in registers.
 
-Dequantization is packed bf16x2 arithmetic in inline PTX (`_asm`), 4 bytes (8 codes) at a time:
+Dequantization is packed bf16x2 arithmetic in inline PTX (`ASM`), 4 bytes (8 codes) at a time:
 PRMT spreads two bytes into the halves of a word, LOP3 turns each nibble into the bf16 128 + q (OR-ed
 under the exponent of 128), one HFMA2 subtracts 128 + zero exactly and one multiplies by the scale
 (one rounding, as a bf16 weight has): 16 instructions for 8 codes instead of ~28 in fp32.
@@ -40,11 +40,6 @@ def to_mma_layout(qweight: torch.Tensor) -> torch.Tensor:
     return qweight.reshape(n, kb // PERM_BYTES, 8, 4).transpose(2, 3).contiguous().reshape(n, kb)
 
 
-def from_mma_layout(packed: torch.Tensor) -> torch.Tensor:
-    n, kb = packed.shape
-    return packed.reshape(n, kb // PERM_BYTES, 4, 8).transpose(2, 3).contiguous().reshape(n, kb)
-
-
 def _asm() -> str:
     """Per 4 bytes ($4): $0,$1 = bf16 pairs of the low nibbles, $2,$3 of the high nibbles, each
     (q - z) * s with $5,$6 the scales and $7,$8 the -(128 + z) of the 4 elements, two per word."""
@@ -62,6 +57,9 @@ def _asm() -> str:
                   f"fma.rn.bf16x2 ${2 + i}, u, {s}, nz;"]
     lines.append("}")
     return "\n".join(lines)
+
+
+ASM = _asm()  # built once: the kernel launch passes it as a constexpr
 
 
 if triton is not None:
@@ -94,8 +92,8 @@ if triton is not None:
             zf = 8388608.0 + z[:, None]
             lo = ((((r & 15) | 0x4B000000).to(tl.float32, bitcast=True) - zf) * sf).to(OUT_DTYPE)
             hi = ((((r >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - zf) * sf).to(OUT_DTYPE)
-        # dequantized in stored order (a lane's 4 bytes of a pack share a row and its scale), then the
-        # permutation undone and the nibbles interleaved: register renaming, no data movement
+        # the permutation undone and the nibbles interleaved into k order: the compiler resolves both in
+        # registers (the loads above already follow the MMA's layout)
         lo = tl.reshape(tl.permute(tl.reshape(lo, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
         hi = tl.reshape(tl.permute(tl.reshape(hi, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
         return tl.reshape(tl.join(lo, hi), (BN, BLOCK_K))
@@ -161,5 +159,5 @@ def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, ze
         torch.zeros((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
     _int4_gemm_mma_kernel[grid](x, wperm, scales, zeros if zeros is not None else scales, y, m, n, x.stride(0),
-                                y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, ASM=_asm(), **cfg)
+                                y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, ASM=ASM, **cfg)
     return y if split == 1 else y.to(x.dtype)
