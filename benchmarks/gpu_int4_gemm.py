@@ -46,7 +46,7 @@ def mma_grid(m: int) -> list[dict]:
             if bm <= max(16, m):
                 out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, SPLIT_K=sk, num_warps=bn // 16, num_stages=4))
     elif m <= 512:
-        for bm, bn, bk, sk, w in itertools.product((64, 128, 256), (64, 128), (64, 128), (1, 2), (4, 8)):
+        for bm, bn, bk, sk, w in itertools.product((64, 128, 256), (64, 128), (64, 128), (1, 2, 4), (4, 8)):
             if bm <= m and w == bn // 16:  # one warp per 16 weight rows (4 warps on 128 rows need ~3x the PRMTs)
                 out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w,
                                 num_stages=3 if bm * bk >= 256 * 128 else 4))
@@ -58,7 +58,9 @@ def mma_grid(m: int) -> list[dict]:
 
 
 def mma_name(c: dict) -> str:
-    return (f"{'P' if c.get('PACKED', True) else 'F'}{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}k{c['SPLIT_K']}"
+    """P: packed dequantization, F: fp32 dequantization, A: packed with split-K through fp32 atomics."""
+    kind = "A" if c.get("ATOMIC") else "P" if c.get("PACKED", True) else "F"
+    return (f"{kind}{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}k{c['SPLIT_K']}"
             f"w{c['num_warps']}s{c['num_stages']}")
 
 
@@ -94,8 +96,11 @@ def sweep_mma(args) -> None:
                 print(f"  {label} failed: {str(e).splitlines()[0][:120]}", flush=True)
         new = {kk: v for kk, v in t.items() if kk.startswith("mma:")}
         old = {kk: v for kk, v in t.items() if kk.startswith("old:")}
-        for kk in sorted(new, key=new.get)[:3]:  # the fp32-dequant twin of the three best
-            c = {**next(c for lab, c, _, _ in cands if lab == kk), "PACKED": False}
+        split_best = [kk for kk in sorted(new, key=new.get) if "k1w" not in kk][:3]
+        twins = [(kk, {"PACKED": False}) for kk in sorted(new, key=new.get)[:3]]  # fp32 dequantization
+        twins += [(kk, {"ATOMIC": True}) for kk in split_best]  # split-K through atomics + memset + cast
+        for kk, change in twins:
+            c = {**next(c for lab, c, _, _ in cands if lab == kk), **change}
             try:
                 t["mma:" + mma_name(c)] = graph_time(lambda c=c: [md._triton_int4mma(x, c) for md in mods], r4,
                                                      args.rep_ms)
@@ -106,6 +111,8 @@ def sweep_mma(args) -> None:
                "mma_err": round(errs[bn_], 5), "best_old": bo, "old_x": round(base / old[bo], 3) if bo else None,
                "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
                "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
+               "split_twins_x": {kk: [round(base / new[kk], 3), round(base / t[kk.replace("mma:P", "mma:A")], 3)]
+                                 for kk in split_best if kk.replace("mma:P", "mma:A") in t},
                "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:5]}}
         print(json.dumps(row), flush=True)
         rows.append(row)

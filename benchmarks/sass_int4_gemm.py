@@ -26,6 +26,8 @@ from nnslim.runtime.kernels import triton_int4, triton_int4_mma
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 SIG = {"x_ptr": "*bf16", "qw_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*bf16", "y_ptr": "*bf16", "M": "i32", "N": "i32",
        "stride_xm": "i32", "stride_ym": "i32"}
+MMA_SIG = {**{k: v for k, v in SIG.items() if k.endswith("_ptr")}, "ws_ptr": "*fp32", "cnt_ptr": "*i32",
+           **{k: v for k, v in SIG.items() if not k.endswith("_ptr")}}  # + the split-K workspace
 
 
 def loop_ops(cubin: bytes) -> Counter:
@@ -46,8 +48,10 @@ def loop_ops(cubin: bytes) -> Counter:
 
 
 def compile_tile(fn, consts: dict, warps: int, stages: int):
-    sig = {**SIG, **{k: "constexpr" for k in consts}}
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs={(i,): [["tt.divisibility", 16]] for i in range(9)})
+    args = MMA_SIG if fn is triton_int4_mma._int4_gemm_mma_kernel else SIG
+    sig = {**args, **{k: "constexpr" for k in consts}}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts,
+                    attrs={(i,): [["tt.divisibility", 16]] for i in range(len(args))})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
 
@@ -61,9 +65,10 @@ def main() -> None:
         base = dict(K=4096, GROUP=128, HAS_ZERO=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, SPLIT_K=1)
         variants = {"canonical (triton_int4)": (triton_int4._int4_gemm_tc_kernel, {**base, "SWAP": True}),
                     "MMA layout, packed": (triton_int4_mma._int4_gemm_mma_kernel,
-                                           {**base, "ASM": triton_int4_mma.ASM, "PACKED": True}),
+                                           {**base, "ASM": triton_int4_mma.ASM, "PACKED": True, "ATOMIC": False}),
                     "MMA layout, fp32 dequant": (triton_int4_mma._int4_gemm_mma_kernel,
-                                                 {**base, "ASM": triton_int4_mma.ASM, "PACKED": False})}
+                                                 {**base, "ASM": triton_int4_mma.ASM, "PACKED": False,
+                                                  "ATOMIC": False})}
         for label, (fn, consts) in variants.items():
             k = compile_tile(fn, consts, w, st)
             ops = loop_ops(k.asm["cubin"])

@@ -304,7 +304,8 @@ def test_mma_gemm_matches_reference(k, n, group, sym, m):
     dtypes = [torch.bfloat16, torch.float16] if CUDA else [torch.float32]
     configs = [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, num_warps=1),
                dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, num_warps=2, GROUP_N=1),
-               dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4)]
+               dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4),
+               dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=1, ATOMIC=True)]
     if CUDA:
         configs += [dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=4),
                     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=4)]
@@ -322,7 +323,24 @@ def test_mma_gemm_matches_reference(k, n, group, sym, m):
             assert y.dtype == dtype and y.shape == (m, n)
             err = float((y.float() - ref).norm() / ref.norm())
             assert err < (6e-3 if CUDA else 1e-5), (dtype, cfg, err)
+            if cfg["SPLIT_K"] > 1 and not cfg.get("ATOMIC"):  # partials summed in a fixed order by the last CTA
+                assert torch.equal(layer._triton_int4mma(x, cfg), y), cfg
+                assert int(mma._WORKSPACE[str(x.device)][1].count_nonzero()) == 0  # counters back at zero
     assert tried >= 2
+
+
+def test_mma_split_workspace_grows_and_keeps_outgrown_buffers():
+    """One workspace per device for every layer's split-K launches: grown by doubling when a launch needs
+    more, counters zeroed, and the outgrown pair kept alive (a captured CUDA graph may still hold it)."""
+    dev = torch.device("meta")
+    mma._WORKSPACE.pop(str(dev), None)
+    first = mma.split_workspace(dev, 100, 4)
+    assert first[0].numel() == 100 and first[1].numel() == 4
+    assert mma.split_workspace(dev, 50, 2) is first
+    grown = mma.split_workspace(dev, 150, 3)
+    assert grown[0].numel() == 200 and grown[1].numel() == 8 and any(w is first for w in mma._RETIRED)
+    mma._WORKSPACE.pop(str(dev))
+    mma._RETIRED[:] = [w for w in mma._RETIRED if w[0].device != dev]
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: the selector offers the kernel on CUDA only")
@@ -346,13 +364,14 @@ from nnslim.runtime.kernels import triton_int4_mma as mma
 cases = [(cfg, False) for cfg in mma.MMA_CONFIGS] + [(mma.MMA_CONFIGS[9], True)]
 for cfg, has_zero in cases:
     sig = {"x_ptr": "*bf16", "qw_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*u8" if has_zero else "*bf16",
-           "y_ptr": "*bf16", "M": "i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32"}
+           "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",
+           "stride_ym": "i32"}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
-    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma.ASM, PACKED=True, GROUP_N=8,
+    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma.ASM, PACKED=True, GROUP_N=8, ATOMIC=False,
                   **{k: v for k, v in cfg.items() if k not in launch})
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=mma._int4_gemm_mma_kernel, signature=sig, constexprs=consts,
-                                    attrs={(i,): [["tt.divisibility", 16]] for i in range(9)})
+                                    attrs={(i,): [["tt.divisibility", 16]] for i in range(11)})
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
     ptx = k.asm["ptx"]
     assert k.asm["cubin"] and "wgmma.mma_async" in ptx, ("no wgmma", cfg)

@@ -99,11 +99,14 @@ if triton is not None:
         return tl.reshape(tl.join(lo, hi), (BN, BLOCK_K))
 
     @triton.jit
-    def _int4_gemm_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, stride_xm, stride_ym, K: tl.constexpr,
-                              GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ASM: tl.constexpr, PACKED: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr):
-        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; SPLIT_K > 1 sums K ranges with fp32 atomics."""
+    def _int4_gemm_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, stride_xm, stride_ym,
+                              K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ASM: tl.constexpr,
+                              PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr,
+                              ATOMIC: tl.constexpr):
+        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]. SPLIT_K > 1: each K range writes its fp32 partial
+        tile to the workspace and the last one to finish sums them in a fixed order into y (one launch,
+        deterministic); ATOMIC: fp32 atomics into a zeroed fp32 y instead (the fallback, see int4_gemm_mma)."""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
@@ -117,8 +120,21 @@ if triton is not None:
         ym = (offs_m[None, :] < M) & (offs_n[:, None] < N)
         if SPLIT_K == 1:
             tl.store(yp, acc.to(y_ptr.dtype.element_ty), mask=ym)
-        else:
+        elif ATOMIC:
             tl.atomic_add(yp, acc, mask=ym, sem="relaxed")
+        else:
+            tile, tiles = tl.program_id(0), tl.num_programs(0)
+            loc = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+            tl.store(ws_ptr + (tl.program_id(1) * tiles + tile) * (BLOCK_N * BLOCK_M) + loc, acc)
+            tl.debug_barrier()
+            count = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+            if count == SPLIT_K - 1:
+                tl.debug_barrier()
+                total = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+                for sk in tl.static_range(SPLIT_K):
+                    total += tl.load(ws_ptr + (sk * tiles + tile) * (BLOCK_N * BLOCK_M) + loc, cache_modifier=".cg")
+                tl.store(yp, total.to(y_ptr.dtype.element_ty), mask=ym)
+                tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next launch (also inside a CUDA graph)
 
 
 # Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
@@ -142,22 +158,57 @@ def supports(x: torch.Tensor, k: int, group: int, block_k: int) -> bool:
             and torch.cuda.get_device_capability(x.device) >= (8, 0))
 
 
+_WORKSPACE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (fp32 partials, int32 counters at zero)
+_RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []  # outgrown pairs: a captured CUDA graph may still use them
+
+
+def split_workspace(device: torch.device, partials: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The split-K workspace of a device, shared by every layer: launches on one stream run in order and each
+    leaves its counters at zero. Grown (doubling) when a launch needs more; outgrown buffers are kept alive,
+    since a captured CUDA graph holds their addresses. None while a CUDA graph is being captured and the
+    workspace is too small (counters made during a capture would be zeroed only when the graph runs)."""
+    key = str(device)
+    ws = _WORKSPACE.get(key)
+    if ws is not None and ws[0].numel() >= partials and ws[1].numel() >= tiles:
+        return ws
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    have = (0, 0)
+    if ws is not None:
+        _RETIRED.append(ws)
+        have = (ws[0].numel(), ws[1].numel())
+    ws = (torch.empty(max(partials, 2 * have[0]), dtype=torch.float32, device=device),
+          torch.zeros(max(tiles, 2 * have[1]), dtype=torch.int32, device=device))
+    _WORKSPACE[key] = ws
+    return ws
+
+
 def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                   group: int, config: dict) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T from the permuted codes (`to_mma_layout`), scales [N, G] in x's dtype and,
     for asymmetric weights, zeros [N, G]. bf16 on CUDA dequantizes with packed bf16x2 PTX; other dtypes
-    (fp16, and fp32 in Triton's CPU interpreter) in fp32 (config PACKED=False forces that path)."""
+    (fp16, and fp32 in Triton's CPU interpreter) in fp32 (config PACKED=False forces that path).
+    Split-K sums its partials in the same launch through the device's shared workspace (`split_workspace`);
+    config ATOMIC=True (or a CUDA graph capture that would need a larger workspace) uses fp32 atomics into a
+    zeroed buffer and a cast instead: two more kernels, and a sum whose order varies between runs."""
     m, k = x.shape
     n = wperm.shape[0]
     if not fits(k, group, config["BLOCK_K"]):
         raise ValueError(f"int4 MMA GEMM: BLOCK_K={config['BLOCK_K']} does not fit K={k}, group={group} (a multiple "
                          "of 64 inside one group)")
     packed = config.get("PACKED", True) and x.is_cuda and x.dtype == torch.bfloat16
-    cfg = {"SPLIT_K": 1, "GROUP_N": 8, **config, "PACKED": packed}
-    split = cfg["SPLIT_K"]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device) if split == 1 else \
-        torch.zeros((m, n), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
-    _int4_gemm_mma_kernel[grid](x, wperm, scales, zeros if zeros is not None else scales, y, m, n, x.stride(0),
-                                y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, ASM=ASM, **cfg)
-    return y if split == 1 else y.to(x.dtype)
+    cfg = {"SPLIT_K": 1, "GROUP_N": 8, "ATOMIC": False, **config, "PACKED": packed}
+    split, bm, bn = cfg["SPLIT_K"], cfg["BLOCK_M"], cfg["BLOCK_N"]
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    ws = None
+    if split > 1 and not cfg["ATOMIC"]:
+        ws = split_workspace(x.device, split * tiles * bm * bn, tiles)
+        cfg["ATOMIC"] = ws is None
+    atomic = split > 1 and cfg["ATOMIC"]
+    y = torch.zeros((m, n), dtype=torch.float32, device=x.device) if atomic else \
+        torch.empty((m, n), dtype=x.dtype, device=x.device)
+    ws_p, ws_c = ws if ws is not None else (y, y)
+    _int4_gemm_mma_kernel[(tiles, split)](x, wperm, scales, zeros if zeros is not None else scales, y, ws_p, ws_c, m, n,
+                                          x.stride(0), y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
+                                          ASM=ASM, **cfg)
+    return y.to(x.dtype) if atomic else y
