@@ -98,6 +98,8 @@ def test_bad_inputs(tmp_path, capfd):
                               "--out", str(tmp_path / "o5"), "--no-report"), "needs a torch model")
     assert_clean_error(in_process(capfd, "benchmark", "--model", "digits-cnn", "--batch", "zero"), "--batch")
     assert_clean_error(in_process(capfd, "benchmark", "--model", "digits-cnn", "--backend", "tensorrt"), "--backend")
+    assert_clean_error(in_process(capfd, "compress", "--model", "digits-cnn", "--method", "int8", "--target", "tensorrt",
+                              "--out", str(tmp_path / "o7")), "--target", "onnxruntime", "openvino")
     assert_clean_error(in_process(capfd, "benchmark", "--model", "digits-cnn", "--backend", "openvino"),
                        "--backend='openvino'", "torch")
     assert_clean_error(in_process(capfd, "compress", "--model", "digits-cnn", "--out", str(tmp_path / "o6")),

@@ -66,8 +66,9 @@ def _add_model(p, help_extra=""):
 def _add_timing(p):
     from .runtime import BACKENDS
 
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="runtime (default: torch for torch models, both ONNX runtimes for ONNX)")
+    p.add_argument("--backend", "--target", dest="backend", choices=BACKENDS, default=None,
+                   help="runtime to measure and tune the artifact for (default: torch for torch models, both ONNX "
+                        "runtimes for ONNX, the faster one recorded)")
     p.add_argument("--batch", type=_positive, default=None, help="batch size for latency (testbed default)")
     p.add_argument("--seq", type=_positive, default=None, help="sequence length for latency (text testbeds)")
     p.add_argument("--repeats", type=_positive, default=20, help="timed rounds (default 20)")
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics, size and parameters of a model")
     _add_model(p)
     from .runtime import BACKENDS
-    p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument("--backend", "--target", dest="backend", choices=BACKENDS, default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("benchmark", help="latency, throughput, size, peak memory and metrics of a model")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "model", "bf16", "fp16", "fp32"), default="auto",
                    help="torch models: compute dtype (auto: bf16 on CUDA, the model's own on CPU)")
     from .runtime import BACKENDS
-    p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument("--backend", "--target", dest="backend", choices=BACKENDS, default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("demo", help="compress MiniLM to int8 (ONNX); print the measured before/after report")
