@@ -147,3 +147,13 @@ def test_recipe_that_cannot_compose_is_one_line_naming_both_steps(tmp_path):
     proc = nnslim("compress", "--model", "digits-cnn", "--recipe", str(recipe), "--out", str(tmp_path / "o"))
     assert_clean_error(proc, "step 1 ('prune-magnitude')", "step 0 ('int8')", "put 'prune-magnitude' before 'int8'")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_runtime_that_cannot_be_imported_is_one_line(tmp_path, capfd, monkeypatch):
+    """--target / --backend naming a runtime that is not installed: exit 2, one line naming it and the way out."""
+    out = tmp_path / "onnx"
+    assert in_process(capfd, "compress", "--model", "digits-cnn", "--method", "onnx", "--out", str(out),
+                      "--no-report").returncode == 0
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what an uninstalled package looks like to import
+    assert_clean_error(in_process(capfd, "evaluate", "--model", str(out / "model.onnx"), "--target", "openvino"),
+                       "--backend='openvino'", "pip install openvino", "--backend onnxruntime")

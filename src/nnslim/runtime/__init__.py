@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import bad_value
+from ..errors import NnslimError, bad_value
 from .base import OnnxModel, Runner, TorchRunner
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -38,6 +38,8 @@ def make_runner(model, backend: str | None = None, threads: int | None = None) -
 def _graph_runner(path: Path, backend: str | None, threads: int | None) -> Runner:
     """A runner for one ONNX graph file (or OpenVINO IR)."""
     backend = backend or ("openvino" if path.suffix == ".xml" else "onnxruntime")
+    if backend in ("onnxruntime", "openvino"):
+        _require(backend)
     if backend == "onnxruntime":
         from .onnxruntime import OrtRunner
         return OrtRunner(path, threads=threads)
@@ -45,6 +47,18 @@ def _graph_runner(path: Path, backend: str | None, threads: int | None) -> Runne
         from .openvino import OpenVinoRunner
         return OpenVinoRunner(path, threads=threads)
     raise bad_value("--backend", backend, "onnxruntime, openvino for an ONNX model")
+
+
+def _require(backend: str) -> None:
+    """A clear error when the runtime asked for cannot be imported here (uninstalled, or a broken install)."""
+    import importlib
+
+    try:
+        importlib.import_module(backend)
+    except ImportError as e:
+        other = "openvino" if backend == "onnxruntime" else "onnxruntime"
+        raise NnslimError(f"--backend={backend!r}: {backend} cannot be imported here ({e}); install it "
+                          f"(pip install {backend}) or pass --backend {other}") from None
 
 
 __all__ = ["BACKENDS", "OnnxModel", "Runner", "TorchRunner", "make_runner"]
