@@ -16,6 +16,7 @@ from ..graph.modules import is_packed
 from ..io import library_versions, machine_info
 from ..runtime import OnnxModel, make_runner
 from ..runtime.base import model_dtype
+from ..runtime.float_fallbacks import float_layer_note
 from .latency import measure_interleaved
 from .memory import peak_memory_bytes
 from .report import Report, VariantResult
@@ -118,6 +119,8 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
         if memory and v.source:
             res.peak_mem_bytes = peak_memory_bytes(v.source, res.backend, inputs)
     decode_notes = measure_decode(testbed, runners, results, rounds=min(3, repeats))
+    fallback_notes = [n for v, r, res in zip(variants, runners, results)
+                      if (n := float_layer_note(res.name, r, v.model)) is not None]
     report = Report(testbed=testbed.name, primary_metric=testbed.primary_metric,
                     higher_is_better=testbed.higher_is_better, batch=batch, seq=seq, variants=results,
                     machine=machine_info(), versions=library_versions())
@@ -128,6 +131,7 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
     report.notes.append(f"latency: {warmup} warm-up runs, then {lat['0'].runs} interleaved "
                         "rounds; median (p90); throughput = batch / median")
     report.notes.extend(decode_notes)
+    report.notes.extend(fallback_notes)
     if memory:
         report.notes.append("peak mem: peak RSS of a fresh process loading the variant and running one batch, "
                             "minus that process's RSS after imports")

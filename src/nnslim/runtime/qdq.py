@@ -400,7 +400,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
             if op.domain in ("", "ai.onnx") and op.version < 21:
                 op.version = 21
     from .qdq_matmul import (ADDS_ATTR, MATMULS_ATTR, quantize_activation_adds, quantize_activation_matmuls,
-                             quantize_through_maxpools)
+                             quantize_gemm_biases, quantize_through_maxpools)
 
     if not matmuls and any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
         notes.append("attention matmuls left float in this graph (the caller's choice, said in its notes)")
@@ -413,6 +413,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     if adds and calibration is not None:
         notes += quantize_activation_adds(proto, calibration(MATMUL_SAMPLES), symmetric="symmetric" in adds)
     notes += quantize_through_maxpools(graph)
+    notes += quantize_gemm_biases(graph)
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     containers = sorted({"int4" if int(s.get("bits", 8)) <= 4 else "int8" for s in spec.values()}, reverse=True)
