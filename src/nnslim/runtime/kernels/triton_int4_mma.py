@@ -138,13 +138,15 @@ if triton is not None:
 
 
 # Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
-# Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h)
+# Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; the last two: split 4 at
+# M=128, from the 22:12 sweep)
 MMA_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=bn // 16, num_stages=st)
                for bm, bn, bk, sk, st in [
                    (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 64, 128, 8, 4), (32, 64, 128, 2, 4),
                    (32, 64, 128, 4, 4), (32, 64, 128, 8, 4), (64, 64, 128, 1, 4), (64, 64, 128, 2, 4),
                    (128, 64, 64, 2, 4), (128, 64, 128, 1, 4), (128, 64, 128, 2, 4), (128, 128, 128, 1, 4),
-                   (256, 64, 64, 2, 4), (256, 128, 64, 1, 4), (256, 128, 128, 1, 3)]]
+                   (256, 64, 64, 2, 4), (256, 128, 64, 1, 4), (256, 128, 128, 1, 3), (128, 128, 128, 4, 4),
+                   (64, 64, 64, 4, 4)]]
 
 
 def fits(k: int, group: int, block_k: int) -> bool:
