@@ -20,7 +20,7 @@ def run_demo(out: str | Path, testbed: str = "minilm", overwrite: bool = False, 
         variants = [Variant("fp32 (torch)", base.model, "torch", base.source)]
         for method in METHODS:
             res = compress(base.model, method, testbed=base.testbed, out=staged.path / method, report=False)
-            name = "fp32 onnx" if method == "onnx" else f"{method} onnx"
+            name = "original as fp32 onnx" if method == "onnx" else f"{method} onnx"
             variants += variants_for(name, res.model, str(staged.path / method), "onnxruntime")
         report = compare(base.testbed, variants, batch=batch, seq=seq, repeats=repeats, max_seconds=60)
         report.notes.append("int8: nnslim static int8 PTQ (SmoothQuant, per-channel weights, calibrated activations) "

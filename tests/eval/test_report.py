@@ -64,3 +64,19 @@ def test_speedup_against_the_same_runtime_and_noise_flag():
     assert data["variants"][2]["vs_same_runtime_fp32"]["speedup"] == 2.0
     assert rows[2][head.index("latency ms (p90)")].endswith("*") and not rows[1][col - 2].endswith("*")
     assert any("noisy timing (int8 (onnxruntime))" in n for n in rep.render_notes())
+
+
+def test_compressed_but_not_faster_is_said_outright():
+    """A compressed variant that measured no faster than the baseline gets a note naming both ratios; a faster
+    one and the float exports of the original get none."""
+    def mk(name, backend, dtype, ms, size):
+        return VariantResult(name, backend, "onnx", dtype, size, 10, {}, Latency(ms, ms, ms, 5, 8))
+
+    rep = Report("t", "accuracy", True, 8, None,
+                 [mk("original float32", "torch", "float32", 10.0, 4000),
+                  mk("original as float32 onnx (onnxruntime)", "onnxruntime", "float32", 10.4, 4000),
+                  mk("int8 (onnxruntime)", "onnxruntime", "int8", 10.8, 1000),
+                  mk("int8 (openvino)", "openvino", "int8", 5.0, 1000)])
+    notes = [n for n in rep.render_notes() if "not faster" in n]
+    assert notes == ["int8 (onnxruntime): not faster than original float32 on this machine (0.93x; 0.96x the float32 "
+                     "graph in onnxruntime); its gain here is size (0.25x)"]

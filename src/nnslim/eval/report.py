@@ -118,11 +118,29 @@ class Report:
         return head, rows
 
     def render_notes(self) -> list[str]:
-        """The notes, plus a noise warning when a variant's p90 is far above its median."""
+        """The notes, plus a warning for each compressed variant that measured no faster than the baseline
+        here, and a noise warning when a variant's p90 is far above its median."""
         noisy = [v.name for v in self.variants if _noisy(v)]
         extra = [f"* noisy timing ({', '.join(noisy)}): p90 > {NOISE_RATIO}x the median; something else was "
                  "using the CPU: re-run on a quiet machine before trusting these ratios"] if noisy else []
-        return [*self.notes, *extra]
+        return [*self.notes, *self._not_faster(), *extra]
+
+    def _not_faster(self) -> list[str]:
+        """'Compressed but not faster' said outright: a variant other than the baseline and its float exports
+        whose median latency is not below the baseline's (its other gains, e.g. size, are in the table)."""
+        if not self.variants or not self.variants[0].latency:
+            return []
+        base, out = self.variants[0], []
+        for v in self.variants[1:]:
+            speedup = _ratio(base.latency.median_ms, v.latency and v.latency.median_ms)
+            if v.name.startswith("original") or speedup is None or speedup >= 1.0:
+                continue
+            ref = self.same_runtime_fp32(v)
+            same = _ratio(ref.latency and ref.latency.median_ms, v.latency.median_ms) if ref is not None else None
+            out.append(f"{v.name}: not faster than {base.name} on this machine ({speedup:.2f}x"
+                       + (f"; {same:.2f}x the float32 graph in {v.backend}" if same else "")
+                       + f"); its gain here is size ({_fmt_x(_ratio(v.size_bytes, base.size_bytes))})")
+        return out
 
     def title(self) -> str:
         shape = f"batch {self.batch}" + (f" x seq {self.seq}" if self.seq else "")
