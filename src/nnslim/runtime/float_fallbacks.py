@@ -16,6 +16,7 @@ an integer initializer (through Transpose / Reshape); "static" when its input 0 
 from __future__ import annotations
 
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -41,6 +42,18 @@ def quantized_layers(graph, ops=COMPUTE) -> dict[str, tuple[str, bool]]:
             if n.op_type in ops and len(n.input) > 1 and dequantized(n.input[1], True)}
 
 
+@lru_cache(maxsize=8)
+def _layers_of(path: str, mtime_ns: int) -> dict[str, tuple[str, bool]]:
+    """quantized_layers of an ONNX file, read once per version of it (both runtimes' checks ask)."""
+    import onnx
+
+    return quantized_layers(onnx.load(path, load_external_data=False).graph)
+
+
+def _file_layers(path: str | Path) -> dict[str, tuple[str, bool]]:
+    return _layers_of(str(path), Path(path).stat().st_mtime_ns)
+
+
 def _describe(layers: list[tuple[str, str]]) -> list[str]:
     return [f"{op} {name!r}" for name, op in sorted(layers, key=lambda x: (x[1], x[0]))]
 
@@ -50,7 +63,7 @@ def ort_float_layers(path: str | Path) -> list[str] | None:
     import onnx
     import onnxruntime as ort
 
-    if not quantized_layers(onnx.load(str(path), load_external_data=False).graph):
+    if not _file_layers(path):
         return None
     with tempfile.TemporaryDirectory(prefix="nnslim-ort-") as tmp:
         opts = ort.SessionOptions()
@@ -64,10 +77,7 @@ def ort_float_layers(path: str | Path) -> list[str] | None:
 
 def ov_float_layers(compiled, path: str | Path) -> list[str] | None:
     """Static quantized layers of the ONNX graph that the compiled OpenVINO model runs in float."""
-    import onnx
-
-    static = {name: op for name, (op, act) in quantized_layers(onnx.load(str(path), load_external_data=False).graph).items()
-              if act}
+    static = {name: op for name, (op, act) in _file_layers(path).items() if act}
     if not static:
         return None
     floating = []

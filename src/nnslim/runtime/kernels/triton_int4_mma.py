@@ -166,8 +166,9 @@ _RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []  # outgrown pairs: a capt
 
 def split_workspace(device: torch.device, partials: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The split-K workspace of a device, shared by every layer: launches on one stream run in order and each
-    leaves its counters at zero (split-K launches on two streams of a device at the same time are not supported). Grown (doubling) when a launch needs more; outgrown buffers are kept alive,
-    since a captured CUDA graph holds their addresses. None while a CUDA graph is being captured and the
+    leaves its counters at zero (split-K launches on two streams of a device at the same time are not
+    supported). Grown (doubling) when a launch needs more; outgrown buffers are kept alive, since a captured
+    CUDA graph holds their addresses. None while a CUDA graph is being captured and the
     workspace is too small (counters made during a capture would be zeroed only when the graph runs)."""
     key = str(device)
     ws = _WORKSPACE.get(key)
