@@ -381,3 +381,86 @@ for cfg, has_zero in cases:
 print("ok")
 """
     _compiles_in_fresh_process(code)
+
+
+# --- the fp8 GEMM for small M (triton_w8a8._fp8_gemm_swap_kernel): in the interpreter on CPU (fp8 codes made by
+# torch), compiled for sm_90 here, run on the device machine's GPU
+
+@pytest.mark.parametrize("m,k,n", [(3, 256, 72), (1, 128, 40), (20, 192, 24)])
+def test_fp8_swap_gemm_matches_reference(m, k, n):
+    """(x fp8 @ W fp8.T) * token scale * channel scale + bias for ragged M and N, split-K summed in the launch
+    (bit-identical run to run, counters back at zero) or through atomics, with and without fast
+    accumulation; a BLOCK_K that does not divide K is refused by name."""
+    from nnslim.quant.w8a8 import quantize_rows_torch
+
+    torch.manual_seed(0)
+    q, s = quantize_rows_torch(torch.randn(m, k, device=DEV), "fp8")
+    wq, ws = quantize_rows_torch(torch.randn(n, k, device=DEV) * 0.05, "fp8")
+    bias = torch.randn(n, device=DEV)
+    ref = (q.float() @ wq.float().t()) * s[:, None] * ws[None, :] + bias
+    configs = [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=1, num_warps=1),
+               dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, num_warps=1, GROUP_N=1),
+               dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=1, ATOMIC=True),
+               dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, SPLIT_K=2, num_warps=4)]
+    if CUDA:
+        configs += triton_w8a8.FP8_SWAP_CONFIGS
+    out_dtype = torch.bfloat16 if CUDA else torch.float32
+    tried = 0
+    for cfg in configs:
+        if not triton_w8a8.fp8_fits(k, cfg):
+            with pytest.raises(ValueError, match="BLOCK_K"):
+                triton_w8a8.fp8_gemm_swap(q, wq, s, ws, bias, out_dtype, cfg)
+            continue
+        for fast in (True, False) if CUDA or cfg is configs[1] else (True,):
+            tried += 1
+            y = triton_w8a8.fp8_gemm_swap(q, wq, s, ws, bias, out_dtype, cfg, fast)
+            assert y.dtype == out_dtype and y.shape == (m, n)
+            err = float((y.float() - ref).norm() / ref.norm())
+            assert err < (1e-2 if CUDA else 1e-5), (cfg, fast, err)
+            if cfg["SPLIT_K"] > 1 and not cfg.get("ATOMIC"):
+                assert torch.equal(triton_w8a8.fp8_gemm_swap(q, wq, s, ws, bias, out_dtype, cfg, fast), y), cfg
+                assert int(mma._WORKSPACE[str(q.device)][1].count_nonzero()) == 0
+    assert tried >= 3
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs an fp8 GPU (sm_89+): the selector offers the fp8 kernels there only")
+def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
+    from nnslim.quant.w8a8 import W8A8Linear
+
+    layer = W8A8Linear.from_linear(nn.Linear(256, 64).to(DEV, torch.bfloat16), "fp8", fast_accum=True)
+    small = layer._candidates(torch.zeros(4, 256, device=DEV, dtype=torch.bfloat16))
+    assert any(c.startswith("triton-fp8-") for c in small) and "scaled_mm" in small
+    big = layer._candidates(torch.zeros(triton_w8a8.FP8_SWAP_MAX_M + 1, 256, device=DEV, dtype=torch.bfloat16))
+    assert not any(c.startswith("triton-fp8-") for c in big)
+    x = torch.randn(4, 256, device=DEV, dtype=torch.bfloat16)
+    ref = layer._reference(x).float()
+    for name, fn in small.items():
+        assert float((fn().float() - ref).norm() / ref.norm()) < 1e-2, name
+
+
+def test_fp8_swap_gemm_compiles_for_sm90():
+    """Every configuration the selector offers assembles for sm_90 as fp8 wgmma (e4m3 x e4m3, fp32 accumulate)
+    within a Hopper SM's shared memory, with and without fast accumulation. In a fresh process: this module
+    may run Triton's interpreter."""
+    code = """
+import triton
+from triton.backends.compiler import GPUTarget
+from nnslim.runtime.kernels import triton_w8a8 as w
+for i, cfg in enumerate(w.FP8_SWAP_CONFIGS):
+    fast = i % 2 == 0
+    sig = {"w_ptr": "*fp8e4nv", "x_ptr": "*fp8e4nv", "sw_ptr": "*fp32", "sx_ptr": "*fp32", "bias_ptr": "*bf16",
+           "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",
+           "stride_ym": "i32"}
+    launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
+    consts = dict(K=4096, HAS_BIAS=True, FAST_ACC=fast, GROUP_N=8, ATOMIC=False,
+                  **{k: v for k, v in cfg.items() if k not in launch})
+    sig.update({name: "constexpr" for name in consts})
+    src = triton.compiler.ASTSource(fn=w._fp8_gemm_swap_kernel, signature=sig, constexprs=consts,
+                                    attrs={(i,): [["tt.divisibility", 16]] for i in range(12)})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
+    assert "wgmma.mma_async" in k.asm["ptx"] and ".e4m3.e4m3" in k.asm["ptx"], ("no fp8 wgmma", cfg)
+    assert k.metadata.shared <= 227 * 1024, ("shared memory", cfg, k.metadata.shared)
+print("ok")
+"""
+    _compiles_in_fresh_process(code)

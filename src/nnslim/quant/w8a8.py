@@ -3,7 +3,8 @@ activations quantized per token at run time (no activation calibration).
 
 CUDA: fp8 through torch._scaled_mm with row-wise scales (with `fast_accum`, the default as in torchao's
 float8 inference, Hopper's faster accumulation mode, relative error ~1e-3 larger; it is one more
-candidate of the measured selector, not forced); int8 through nnslim's Triton GEMM with the
+candidate of the measured selector, not forced), and for M <= 256 nnslim's Triton fp8 GEMM computed as
+y.T = W x.T with split-K (runtime/kernels/triton_w8a8.py: cuBLAS has no tile for a few rows); int8 through nnslim's Triton GEMM with the
 scales fused into its epilogue, or torch._int_mm; each picked per shape by measurement, after a fused
 Triton per-token quantization. Anywhere: a reference path that quantize-dequantizes both operands
 and multiplies in float (what the kernels must match). INT8 can first migrate activation outliers
@@ -145,6 +146,10 @@ class W8A8Linear(PackedLinear):
                 out["scaled_mm"] = scaled_mm
                 if self.fast_accum:
                     out["scaled_mm-fastacc"] = lambda: scaled_mm(True)
+                if triton_int4.available() and x.shape[0] <= triton_w8a8.FP8_SWAP_MAX_M:
+                    for i, cfg in enumerate(triton_w8a8.FP8_SWAP_CONFIGS):
+                        if triton_w8a8.fp8_fits(k, cfg):
+                            out[f"triton-fp8-{i}"] = lambda c=cfg: self._triton_fp8(quant, bias, x.dtype, c)
             else:
                 if triton_int4.available():
                     for i, cfg in enumerate(triton_w8a8.INT8_GEMM_CONFIGS):
@@ -159,6 +164,12 @@ class W8A8Linear(PackedLinear):
 
         q, s = quant()
         return triton_w8a8.int8_gemm(q, self.qweight, s, self.wscale, bias, dtype, cfg)
+
+    def _triton_fp8(self, quant, bias, dtype, cfg):
+        from ..runtime.kernels import triton_w8a8
+
+        q, s = quant()
+        return triton_w8a8.fp8_gemm_swap(q, self.qweight, s, self.wscale, bias, dtype, cfg, self.fast_accum)
 
     def _int_mm(self, quant, bias, dtype):
         q, s = quant()

@@ -99,14 +99,37 @@ if triton is not None:
         return tl.reshape(tl.join(lo, hi), (BN, BLOCK_K))
 
     @triton.jit
+    def store_tile(acc, yp, ym, ws_ptr, cnt_ptr, SPLIT_K: tl.constexpr, ATOMIC: tl.constexpr):
+        """Store this program's fp32 output tile (at yp, mask ym) of a y.T = W x.T GEMM on grid (tiles, SPLIT_K).
+        SPLIT_K > 1: each K range writes its partial tile to the workspace and the last one to finish sums
+        them in a fixed order into y (one launch, deterministic); ATOMIC: fp32 atomics into a zeroed fp32 y."""
+        if SPLIT_K == 1:
+            tl.store(yp, acc.to(yp.dtype.element_ty), mask=ym)
+        elif ATOMIC:
+            tl.atomic_add(yp, acc, mask=ym, sem="relaxed")
+        else:
+            BN: tl.constexpr = acc.shape[0]
+            BM: tl.constexpr = acc.shape[1]
+            tile, tiles = tl.program_id(0), tl.num_programs(0)
+            loc = tl.arange(0, BN)[:, None] * BM + tl.arange(0, BM)[None, :]
+            tl.store(ws_ptr + (tl.program_id(1) * tiles + tile) * (BN * BM) + loc, acc)
+            tl.debug_barrier()
+            count = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+            if count == SPLIT_K - 1:
+                tl.debug_barrier()
+                total = tl.zeros((BN, BM), tl.float32)
+                for sk in tl.static_range(SPLIT_K):
+                    total += tl.load(ws_ptr + (sk * tiles + tile) * (BN * BM) + loc, cache_modifier=".cg")
+                tl.store(yp, total.to(yp.dtype.element_ty), mask=ym)
+                tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next launch (also inside a CUDA graph)
+
+    @triton.jit
     def _int4_gemm_mma_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, stride_xm, stride_ym,
                               K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ASM: tl.constexpr,
                               PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr,
                               ATOMIC: tl.constexpr):
-        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]. SPLIT_K > 1: each K range writes its fp32 partial
-        tile to the workspace and the last one to finish sums them in a fixed order into y (one launch,
-        deterministic); ATOMIC: fp32 atomics into a zeroed fp32 y instead (the fallback, see int4_gemm_mma)."""
+        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; split-K partials summed by `store_tile`."""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
@@ -117,25 +140,7 @@ if triton is not None:
             xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
             acc = tl.dot(w, xt, acc)
         yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
-        ym = (offs_m[None, :] < M) & (offs_n[:, None] < N)
-        if SPLIT_K == 1:
-            tl.store(yp, acc.to(y_ptr.dtype.element_ty), mask=ym)
-        elif ATOMIC:
-            tl.atomic_add(yp, acc, mask=ym, sem="relaxed")
-        else:
-            tile, tiles = tl.program_id(0), tl.num_programs(0)
-            loc = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
-            tl.store(ws_ptr + (tl.program_id(1) * tiles + tile) * (BLOCK_N * BLOCK_M) + loc, acc)
-            tl.debug_barrier()
-            count = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
-            if count == SPLIT_K - 1:
-                tl.debug_barrier()
-                total = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-                for sk in tl.static_range(SPLIT_K):
-                    total += tl.load(ws_ptr + (sk * tiles + tile) * (BLOCK_N * BLOCK_M) + loc, cache_modifier=".cg")
-                tl.store(yp, total.to(y_ptr.dtype.element_ty), mask=ym)
-                tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next launch (also inside a CUDA graph)
-
+        store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
 
 # Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
 # Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; the last two: split 4 at
@@ -186,6 +191,30 @@ def split_workspace(device: torch.device, partials: int, tiles: int) -> tuple[to
     return ws
 
 
+def grid(m: int, n: int, cfg: dict) -> tuple[int, int]:
+    """(output tiles, K ranges) of a y.T = W x.T launch."""
+    return triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), cfg["SPLIT_K"]
+
+
+def split_outputs(device: torch.device, dtype: torch.dtype, m: int, n: int, cfg: dict):
+    """(y, workspace partials, workspace counters, cfg) for a launch whose kernel ends in `store_tile`: y [m, n]
+    in dtype, or zeroed fp32 when the launch adds atomically (cfg ATOMIC, set here when a CUDA graph capture
+    would need a larger workspace; the caller casts y back with `.to(dtype)`)."""
+    cfg = {"SPLIT_K": 1, "GROUP_N": 8, "ATOMIC": False, **cfg}
+    tiles, split = grid(m, n, cfg)
+    ws = None
+    if split > 1 and not cfg["ATOMIC"]:
+        ws = split_workspace(device, split * tiles * cfg["BLOCK_M"] * cfg["BLOCK_N"], tiles)
+        cfg["ATOMIC"] = ws is None
+    if split > 1 and cfg["ATOMIC"]:
+        y = torch.zeros((m, n), dtype=torch.float32, device=device)
+    else:
+        cfg["ATOMIC"] = False
+        y = torch.empty((m, n), dtype=dtype, device=device)
+    ws_p, ws_c = ws if ws is not None else (y, y)
+    return y, ws_p, ws_c, cfg
+
+
 def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                   group: int, config: dict) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T from the permuted codes (`to_mma_layout`), scales [N, G] in x's dtype and,
@@ -200,18 +229,9 @@ def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, ze
         raise ValueError(f"int4 MMA GEMM: BLOCK_K={config['BLOCK_K']} does not fit K={k}, group={group} (a multiple "
                          "of 64 inside one group)")
     packed = config.get("PACKED", True) and x.is_cuda and x.dtype == torch.bfloat16
-    cfg = {"SPLIT_K": 1, "GROUP_N": 8, "ATOMIC": False, **config, "PACKED": packed}
-    split, bm, bn = cfg["SPLIT_K"], cfg["BLOCK_M"], cfg["BLOCK_N"]
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    ws = None
-    if split > 1 and not cfg["ATOMIC"]:
-        ws = split_workspace(x.device, split * tiles * bm * bn, tiles)
-        cfg["ATOMIC"] = ws is None
-    atomic = split > 1 and cfg["ATOMIC"]
-    y = torch.zeros((m, n), dtype=torch.float32, device=x.device) if atomic else \
-        torch.empty((m, n), dtype=x.dtype, device=x.device)
-    ws_p, ws_c = ws if ws is not None else (y, y)
-    _int4_gemm_mma_kernel[(tiles, split)](x, wperm, scales, zeros if zeros is not None else scales, y, ws_p, ws_c, m, n,
-                                          x.stride(0), y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
-                                          ASM=ASM, **cfg)
-    return y.to(x.dtype) if atomic else y
+    cfg = {**config, "PACKED": packed}
+    y, ws_p, ws_c, cfg = split_outputs(x.device, x.dtype, m, n, cfg)
+    _int4_gemm_mma_kernel[grid(m, n, cfg)](x, wperm, scales, zeros if zeros is not None else scales, y, ws_p, ws_c,
+                                           m, n, x.stride(0), y.stride(0), k, GROUP=group,
+                                           HAS_ZERO=zeros is not None, ASM=ASM, **cfg)
+    return y.to(x.dtype)

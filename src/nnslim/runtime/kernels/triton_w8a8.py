@@ -1,6 +1,9 @@
-"""Triton kernels for W8A8 linears on CUDA: fused per-token activation quantization (int8 or fp8)
-and an int8 x int8 GEMM whose epilogue applies the token and channel scales (and bias) in one pass,
-instead of torch._int_mm's int32 output followed by separate scaling kernels.
+"""Triton kernels for W8A8 linears on CUDA: fused per-token activation quantization (int8 or fp8),
+an int8 x int8 GEMM whose epilogue applies the token and channel scales (and bias) in one pass,
+instead of torch._int_mm's int32 output followed by separate scaling kernels, and an fp8 x fp8 GEMM for
+small M (decode, short prompts) computed as y.T = W x.T: the weight fills the MMA's 64-row side, x the
+narrow one (16+ rows), with split-K summed in the same launch (triton_int4_mma.store_tile) so enough
+weight bytes are in flight; cuBLAS (torch._scaled_mm) has no such tile at M <= 64.
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from ..rowquant import FP8_MAX, ROW_FORMATS, PreQuantized, quantize_rows_torch  
 from .triton_int4 import tl, triton
 
 if triton is not None:
-    from .triton_int4 import grouped_tile
+    from .triton_int4 import gemm_tile, grouped_tile, split_steps
+    from .triton_int4_mma import grid, split_outputs, store_tile
 
 if triton is not None:
 
@@ -68,6 +72,34 @@ if triton is not None:
         tl.store(c, out.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+if triton is not None:
+
+    @triton.jit
+    def _fp8_gemm_swap_kernel(w_ptr, x_ptr, sw_ptr, sx_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
+                              stride_ym, K: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_ACC: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr, ATOMIC: tl.constexpr):
+        """Tile [BLOCK_N weight rows, BLOCK_M rows of x] of (W fp8 @ x.T fp8) * sw[n] * sx[m] (+ bias).
+        FAST_ACC: the MMA accumulates all of K in its own (reduced) precision; otherwise each BLOCK_K step's
+        product is added to the fp32 accumulator (what _scaled_mm does without fast accumulation)."""
+        offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+        first, last = split_steps(K // BLOCK_K, SPLIT_K)
+        for kk in range(first, last):
+            w = tl.load(w_ptr + rn[:, None] * K + (kk * BLOCK_K + offs_k)[None, :])
+            xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
+            if FAST_ACC:
+                acc = tl.dot(w, xt, acc)
+            else:
+                acc += tl.dot(w, xt)
+        acc = acc * tl.load(sw_ptr + rn)[:, None] * tl.load(sx_ptr + rm)[None, :]
+        if HAS_BIAS:  # added by the first K range only
+            acc += tl.load(bias_ptr + rn).to(tl.float32)[:, None] * (tl.program_id(1) == 0).to(tl.float32)
+        yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+        store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
+
+
 def quantize_rows(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (per-token) symmetric dynamic quantization of a 2-D tensor in one kernel.
 
@@ -92,6 +124,35 @@ INT8_GEMM_CONFIGS = [dict(BM=bm, BN=bn, BK=bk, GM=gm, num_stages=st, num_warps=w
                                                    (32, 64, 64, 1, 2, 4)]]
 # Also timed on the H100 and never chosen (BENCHMARKS.md 3b): (128, 256, 128, 8, 4, 8), (256, 128, 128, 8, 4, 8),
 # (128, 128, 128, 8, 4, 8), (128, 256, 64, 8, 4, 8), (128, 128, 128, 16, 5, 4).
+
+
+# fp8 swap-AB launches the selector times for M <= 128 (`benchmarks/gpu_fp8_gemm.py`)
+FP8_SWAP_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=4, num_stages=st)
+                    for bm, bn, bk, sk, st in [(16, 64, 256, 2, 4), (16, 64, 256, 4, 4), (16, 128, 128, 4, 4),
+                                               (32, 64, 256, 2, 4), (64, 64, 128, 2, 4), (64, 128, 128, 1, 4),
+                                               (128, 128, 128, 1, 3), (16, 64, 64, 2, 4)]]
+
+
+FP8_SWAP_MAX_M = 256  # larger M: cuBLAS's fp8 GEMM (torch._scaled_mm) has tiles that fill the MMA
+
+
+def fp8_fits(k: int, config: dict) -> bool:
+    return k % config["BLOCK_K"] == 0
+
+
+def fp8_gemm_swap(q: torch.Tensor, w: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, bias: torch.Tensor | None,
+                  out_dtype: torch.dtype, config: dict, fast_accum: bool = True) -> torch.Tensor:
+    """(q [M, K] fp8 @ w [N, K].T fp8) * sx[:, None] * sw[None, :] + bias as out_dtype, computed as y.T = W q.T
+    (for small M; `fp8_fits` says whether config's BLOCK_K divides K)."""
+    m, k = q.shape
+    n = w.shape[0]
+    if not fp8_fits(k, config):
+        raise ValueError(f"fp8 GEMM: BLOCK_K={config['BLOCK_K']} does not divide K={k}")
+    y, ws_p, ws_c, cfg = split_outputs(q.device, out_dtype, m, n, config)
+    _fp8_gemm_swap_kernel[grid(m, n, cfg)](w, q, sw, sx, bias if bias is not None else sw, y, ws_p, ws_c, m, n,
+                                           q.stride(0), y.stride(0), k, HAS_BIAS=bias is not None,
+                                           FAST_ACC=fast_accum, **cfg)
+    return y.to(out_dtype)
 
 
 def int8_gemm(a: torch.Tensor, b: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor,
