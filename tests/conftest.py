@@ -17,6 +17,16 @@ except ImportError:
     pass
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _export_cache(tmp_path_factory):
+    """ONNX exports of identical modules are reused within one run (runtime/export_cache.py): one folder for
+    both xdist workers (their base temp folders share a parent), removed with pytest's old temp folders."""
+    if "NNSLIM_EXPORT_CACHE" not in os.environ:
+        base = tmp_path_factory.getbasetemp()
+        root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+        os.environ["NNSLIM_EXPORT_CACHE"] = str(root / "export-cache")
+
+
 @pytest.fixture(scope="session")
 def digits():
     from nnslim.testbeds import get_testbed

@@ -91,10 +91,12 @@ def test_hf_testbed_artifact_is_a_transformers_checkpoint(tmp_path):
     from transformers import AutoModel
 
     import nnslim
+    from nnslim.testbeds import get_testbed
 
     res = nnslim.compress("minilm", "fp16", out=tmp_path / "a", report=False)
     assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
     model = nnslim.load(res.out)
     assert next(model.parameters()).dtype == torch.float16
     assert AutoModel.from_pretrained(str(res.out)).dtype == torch.float16
-    assert nnslim.evaluate(res.out)["metrics"]["cos_mean"] > 0.999
+    few = get_testbed("minilm", n_eval=24)  # fp16 matmuls are slow on CPUs without fp16 arithmetic
+    assert nnslim.evaluate(res.out, testbed=few)["metrics"]["cos_mean"] > 0.999

@@ -151,3 +151,71 @@ def test_onnx_fp16_of_an_encoder_decoder_with_past_is_refused_up_front(tmp_path)
     with pytest.raises(NnslimError, match="onnx-fp16 of an encoder-decoder with past=true"):
         nnslim.compress(str(src), "onnx-fp16", out=tmp_path / "o", report=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_export_cache_reuses_an_identical_export_only(tmp_path, monkeypatch):
+    """NNSLIM_EXPORT_CACHE: the same module, inputs and options export once (the second call copies the stored
+    files, which run as the first); another weight, input shape, class source or a fallback (TorchScript)
+    export is not reused."""
+    import torch
+
+    from nnslim.runtime import export_cache
+    from nnslim.runtime.onnx_export import export_onnx
+
+    monkeypatch.setenv(export_cache.ENV, str(tmp_path / "cache"))
+    calls = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: calls.append(k["dynamo"]) or real(*a, **k))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
+    x = {"x": np.ones((2, 8), np.float32)}
+    axes = {"x": {0: "batch"}}
+    export_onnx(model, x, tmp_path / "a" / "m.onnx", axes)
+    export_onnx(model, x, tmp_path / "b" / "m.onnx", axes)
+    assert calls == [True]
+    assert (tmp_path / "a" / "m.onnx").read_bytes() == (tmp_path / "b" / "m.onnx").read_bytes()
+    got = make_runner(tmp_path / "b" / "m.onnx")({"x": np.ones((3, 8), np.float32)})
+    np.testing.assert_allclose(got, model(torch.ones(3, 8)).detach().numpy(), rtol=1e-6)
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1.0
+    export_onnx(model, x, tmp_path / "c" / "m.onnx", axes)  # another weight
+    export_onnx(model, {"x": np.ones((2, 8), np.float32) * 2}, tmp_path / "d" / "m.onnx", axes)  # other values
+    assert calls == [True, True, True]
+
+    class Twice(torch.nn.Module):  # same weights and structure as a Linear, another forward
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.lin(x) * 2
+
+    a = Twice()
+    fingerprints = {export_cache.fingerprint(a, ("m.onnx", ["x"], [torch.ones(2, 8)], axes, 18, ["output"]))}
+
+    class Thrice(Twice):
+        def forward(self, x):
+            return self.lin(x) * 3
+
+    b = Thrice()
+    b.load_state_dict(a.state_dict())
+    fingerprints.add(export_cache.fingerprint(b, ("m.onnx", ["x"], [torch.ones(2, 8)], axes, 18, ["output"])))
+    assert len(fingerprints) == 2
+    monkeypatch.delenv(export_cache.ENV)
+    assert export_cache.entry(model, ("m.onnx", ["x"], [torch.ones(2, 8)], axes, 18, ["output"])) is None
+
+
+def test_export_cache_keeps_no_fallback_export(tmp_path, monkeypatch):
+    import torch
+
+    from nnslim.runtime import export_cache
+    from nnslim.runtime.onnx_export import export_onnx
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    monkeypatch.setenv(export_cache.ENV, str(tmp_path / "cache"))
+    x = {"x": np.ones((2, 6), np.float32)}
+    export_onnx(DataDependent(), x, tmp_path / "a.onnx", {"x": {0: "batch", 1: "seq"}})  # the TorchScript fallback
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import NnslimError
+from . import export_cache
 from .base import OnnxModel
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a single file at 2 GB
@@ -77,11 +78,15 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     try:
         tmp = tmp_dir / path.name
         shared = _SHARED_CHOICE.get()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            legacy = args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes
-            if not (shared and shared["legacy"] and _legacy_export(module, *legacy)):
-                _export_dynamo_or_legacy(module, legacy, shapes, shared)
+        cache = export_cache.entry(module, (path.name, list(example_inputs), args, dynamic_axes, opset, output_names))
+        if cache is None or not cache.restore(tmp_dir):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                legacy = args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes
+                by_torch_export = not (shared and shared["legacy"] and _legacy_export(module, *legacy)) and \
+                    _export_dynamo_or_legacy(module, legacy, shapes, shared)
+            if cache is not None and by_torch_export:
+                cache.store(tmp_dir)
         _check_opset(tmp, opset)
         path.parent.mkdir(parents=True, exist_ok=True)
         for produced in tmp_dir.iterdir():  # model.onnx and, for big models, model.onnx.data
@@ -91,8 +96,9 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     return OnnxModel(path)
 
 
-def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict | None) -> None:
-    """torch.export's exporter; when it fails, the TorchScript exporter if it matches torch at another shape."""
+def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict | None) -> bool:
+    """torch.export's exporter (True); when it fails, the TorchScript exporter if it matches torch at another
+    shape (False)."""
     args, example_inputs, tmp, output_names, _, opset, n_bytes = legacy
     try:
         torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
@@ -105,6 +111,8 @@ def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict |
             raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}") from e
         if shared is not None:
             shared["legacy"] = True
+        return False
+    return True
 
 
 def _legacy_export(module, args, example_inputs: dict, tmp: Path, output_names: list[str],
