@@ -3,8 +3,8 @@
 torch.export-based ONNX export of even a small transformer takes 15-45 s on a slow CPU, and the same
 module is often exported again (the original model's float ONNX baseline of every report; a test suite
 compressing one testbed many ways). With the variable set, `export_onnx` stores each export's files
-under a key computed from the module's printed structure, the source of every submodule's class (edited
-forward code is another key), every parameter and buffer (names, dtypes, shapes and bytes), the plain
+under a key computed from the module's printed structure, the code of every submodule's class's methods
+(edited forward code is another key), every parameter and buffer (names, dtypes, shapes and bytes), the plain
 attributes and configs of every submodule, the example inputs (names, dtypes, shapes and values), the
 dynamic axes, opset, output names and file name, and torch's version; an export with the same key copies
 the stored files instead. An attribute the key cannot read (an object) makes the key unique to this
@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
-import inspect
 import os
 import shutil
 import tempfile
@@ -39,17 +38,32 @@ def _plain(value) -> bool:
     return False
 
 
+def _code_digest(h, code) -> None:
+    """The bytecode, names and constants of a function's code, nested functions' code included."""
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            _code_digest(h, const)
+        elif isinstance(const, frozenset):  # its order follows string hashing, which differs between processes
+            h.update(repr(sorted(map(repr, const))).encode())
+        else:
+            h.update(repr(const).encode())
+
+
 @functools.lru_cache(maxsize=None)
 def _class_digest(cls: type) -> str:
-    """The class's name and the source of it and its bases (a changed forward is another export)."""
+    """The class's name and the code of its methods and its bases' (a changed forward is another export)."""
     h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}".encode())
     for c in cls.__mro__:
         if c.__module__.startswith("torch.nn") or c is object:
             continue
-        try:
-            h.update(inspect.getsource(c).encode())
-        except (OSError, TypeError):  # no source (built in, made at run time): its name only
-            h.update(f"{c.__module__}.{c.__qualname__}".encode())
+        h.update(f"|{c.__module__}.{c.__qualname__}".encode())
+        for name, attr in sorted(vars(c).items()):
+            fn = getattr(attr, "__func__", attr)  # staticmethod / classmethod
+            if hasattr(fn, "__code__"):
+                h.update(name.encode())
+                _code_digest(h, fn.__code__)
     return h.hexdigest()
 
 

@@ -96,15 +96,45 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     return OnnxModel(path)
 
 
+_REGISTRIES: dict = {}  # opset -> torch.onnx's registry of ATen -> ONNX functions, built once per process
+
+
+@contextlib.contextmanager
+def _registry_built_once():
+    """torch.onnx.export rebuilds its registry of ~2000 ONNX Script functions on every call (2-4 s of each export
+    on a slow CPU; 25% of a small BERT's). nnslim passes no custom translation table, the one thing that changes
+    a registry after it is built, so within its own export calls the first registry of each opset is reused.
+    Where torch's internals differ from the ones this was written for, exports simply rebuild it."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        cls = _registration.ONNXRegistry
+        original = cls.__dict__["from_torchlib"]
+        build = original.__func__
+    except (ImportError, KeyError, AttributeError):
+        yield
+        return
+
+    def once(klass, opset_version=None):
+        key = (klass, opset_version)
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = build(klass) if opset_version is None else build(klass, opset_version)
+        return _REGISTRIES[key]
+
+    cls.from_torchlib = classmethod(once)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original
+
+
 def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict | None) -> bool:
     """torch.export's exporter (True); when it fails, the TorchScript exporter if it matches torch at another
     shape (False)."""
     args, example_inputs, tmp, output_names, _, opset, n_bytes = legacy
     try:
-        torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
-                          output_names=output_names, dynamo=True, opset_version=opset,
-                          dynamic_shapes=tuple(shapes), optimize=True,
-                          external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
+        with _registry_built_once():
+            _torch_export(module, args, example_inputs, tmp, output_names, opset, shapes, n_bytes)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not _legacy_export(module, *legacy):
@@ -113,6 +143,12 @@ def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict |
             shared["legacy"] = True
         return False
     return True
+
+
+def _torch_export(module, args, example_inputs, tmp, output_names, opset, shapes, n_bytes) -> None:
+    torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs), output_names=output_names,
+                      dynamo=True, opset_version=opset, dynamic_shapes=tuple(shapes), optimize=True,
+                      external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
 
 
 def _legacy_export(module, args, example_inputs: dict, tmp: Path, output_names: list[str],
