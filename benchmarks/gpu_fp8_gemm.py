@@ -7,8 +7,7 @@ torch._scaled_mm (cuBLAS), activation quantization included, each a ratio vs bf1
 Timing as benchmarks/gpu_llm.py (a CUDA graph of R layer copies whose weights exceed L2, do_bench median).
 Every variant runs the layer as it runs in a model: per-token fp8 quantization of x (one Triton kernel),
 then the GEMM; "gemm only" rows time the GEMM on x already quantized, as the fused decoder feeds the
-layers after an RMSNorm; "Q" tiles (M <= 16) quantize x inside the GEMM. Each variant is checked against
-the quantize-dequantize reference first.
+layers after an RMSNorm. Each variant is checked against the quantize-dequantize reference first.
 The configurations in triton_w8a8.FP8_SWAP_CONFIGS are the ones that won here.
 """
 from __future__ import annotations
@@ -89,24 +88,15 @@ def main():
                                              args.rep_ms)
                 except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
                     print(f"  {cname(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
-                if m > triton_w8a8.FP8_FUSED_QUANT_MAX_M:
-                    continue
-                try:  # x quantized inside the GEMM
-                    fused = lambda md, c=c: triton_w8a8.fp8_gemm_swap(x, md.qweight, None, md.wscale, None, x.dtype,  # noqa: E731
-                                                                      c, md.fast_accum)
-                    errs["Q" + cname(c)] = rel_err(fused(mods[0]), ref)
-                    t["Q" + cname(c)] = graph_time(lambda f=fused: [f(md) for md in mods], r8, args.rep_ms)
-                except Exception as e:  # noqa: BLE001
-                    print(f"  Q{cname(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
             t["act_quant"] = graph_time(quant, 1, args.rep_ms)
-            tri = {kk: v for kk, v in t.items() if kk.startswith(("T", "Q"))}
+            tri = {kk: v for kk, v in t.items() if kk.startswith("T")}
             best_t = min(tri, key=tri.get) if tri else None
             best_s = min(("scaled_mm", "scaled_mm-fastacc"), key=t.get)
             gemm_only = {best_s: graph_time(lambda: [torch._scaled_mm(
                 xq, md.qweight.t(), scale_a=sx[:, None], scale_b=md.wscale[None, :], out_dtype=torch.bfloat16,
                 use_fast_accum=best_s.endswith("fastacc")) for md in mods], r8, args.rep_ms)}
             if best_t:
-                c = next(c for c in grid if cname(c) == best_t.lstrip("Q"))
+                c = next(c for c in grid if cname(c) == best_t)
                 gemm_only[best_t] = graph_time(lambda: [md._triton_fp8(pre, None, x.dtype, c) for md in mods], r8,
                                                args.rep_ms)
             row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4), "act_quant_us": round(t["act_quant"] * 1e3, 2),
@@ -114,7 +104,6 @@ def main():
                    "scaled_mm_fastacc_x": round(base / t["scaled_mm-fastacc"], 3),
                    "best_triton": best_t, "triton_x": round(base / tri[best_t], 3) if best_t else None,
                    "triton_err": round(errs[best_t], 5) if best_t else None,
-                   "best_unfused": min((kk for kk in tri if kk[0] == "T"), key=tri.get, default=None),
                    "scaled_mm_err": round(errs["scaled_mm-fastacc"], 5),
                    "best_x": round(base / min(t[best_s], tri.get(best_t, 1e9)), 3),
                    "gemm_only_x": {kk: round(base / v, 3) for kk, v in gemm_only.items()},

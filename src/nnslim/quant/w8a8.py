@@ -147,13 +147,9 @@ class W8A8Linear(PackedLinear):
                 if self.fast_accum:
                     out["scaled_mm-fastacc"] = lambda: scaled_mm(True)
                 if triton_int4.available() and x.shape[0] <= triton_w8a8.FP8_SWAP_MAX_M:
-                    fuse = not isinstance(x, PreQuantized) and x.shape[0] <= triton_w8a8.FP8_FUSED_QUANT_MAX_M
                     for i, cfg in enumerate(triton_w8a8.FP8_SWAP_CONFIGS):
                         if triton_w8a8.fp8_fits(k, cfg):
                             out[f"triton-fp8-{i}"] = lambda c=cfg: self._triton_fp8(quant, bias, x.dtype, c)
-                            if fuse:  # x quantized inside the GEMM: one launch
-                                out[f"triton-fp8q-{i}"] = lambda c=cfg: triton_w8a8.fp8_gemm_swap(
-                                    x, self.qweight, None, self.wscale, bias, x.dtype, c, self.fast_accum)
             else:
                 if triton_int4.available():
                     for i, cfg in enumerate(triton_w8a8.INT8_GEMM_CONFIGS):

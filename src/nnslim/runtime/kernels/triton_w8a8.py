@@ -77,37 +77,23 @@ if triton is not None:
     @triton.jit
     def _fp8_gemm_swap_kernel(w_ptr, x_ptr, sw_ptr, sx_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
                               stride_ym, K: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_ACC: tl.constexpr,
-                              QUANT_X: tl.constexpr, QMAX: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
-                              SPLIT_K: tl.constexpr, ATOMIC: tl.constexpr):
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr, ATOMIC: tl.constexpr):
         """Tile [BLOCK_N weight rows, BLOCK_M rows of x] of (W fp8 @ x.T fp8) * sw[n] * sx[m] (+ bias).
-        QUANT_X: x is in float and each program quantizes its rows itself (the row's absmax over all of K
-        first, then each tile as `quantize_row` does: the same codes as the separate kernel), saving a launch
-        and x's round trip at a few rows. FAST_ACC: the MMA accumulates all of K in its own (reduced)
-        precision; otherwise each BLOCK_K step's product is added to the fp32 accumulator (what _scaled_mm
-        does without fast accumulation)."""
+        FAST_ACC: the MMA accumulates all of K in its own (reduced) precision; otherwise each BLOCK_K step's
+        product is added to the fp32 accumulator (what _scaled_mm does without fast accumulation)."""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
-        if QUANT_X:
-            amax = tl.zeros((BLOCK_M,), tl.float32)
-            for k0 in range(0, K // BLOCK_K):
-                xs = tl.load(x_ptr + rm[:, None] * stride_xm + (k0 * BLOCK_K + offs_k)[None, :]).to(tl.float32)
-                amax = tl.maximum(amax, tl.max(tl.abs(xs), axis=1))
-            sx = tl.maximum(amax, 1e-12) / QMAX
-        else:
-            sx = tl.load(sx_ptr + rm)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         first, last = split_steps(K // BLOCK_K, SPLIT_K)
         for kk in range(first, last):
             w = tl.load(w_ptr + rn[:, None] * K + (kk * BLOCK_K + offs_k)[None, :])
             xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
-            if QUANT_X:
-                xt = tl.minimum(tl.maximum(xt.to(tl.float32) / sx[None, :], -QMAX), QMAX).to(w.dtype)
             if FAST_ACC:
                 acc = tl.dot(w, xt, acc)
             else:
                 acc += tl.dot(w, xt)
-        acc = acc * tl.load(sw_ptr + rn)[:, None] * sx[None, :]
+        acc = acc * tl.load(sw_ptr + rn)[:, None] * tl.load(sx_ptr + rm)[None, :]
         if HAS_BIAS:  # added by the first K range only
             acc += tl.load(bias_ptr + rn).to(tl.float32)[:, None] * (tl.program_id(1) == 0).to(tl.float32)
         yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
@@ -148,26 +134,24 @@ FP8_SWAP_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_war
 
 
 FP8_SWAP_MAX_M = 256  # larger M: cuBLAS's fp8 GEMM (torch._scaled_mm) has tiles that fill the MMA
-FP8_FUSED_QUANT_MAX_M = 16  # up to here the kernel may also quantize x itself (each program reads x's rows whole)
 
 
 def fp8_fits(k: int, config: dict) -> bool:
     return k % config["BLOCK_K"] == 0
 
 
-def fp8_gemm_swap(q: torch.Tensor, w: torch.Tensor, sx: torch.Tensor | None, sw: torch.Tensor,
-                  bias: torch.Tensor | None, out_dtype: torch.dtype, config: dict, fast_accum: bool = True) -> torch.Tensor:
+def fp8_gemm_swap(q: torch.Tensor, w: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, bias: torch.Tensor | None,
+                  out_dtype: torch.dtype, config: dict, fast_accum: bool = True) -> torch.Tensor:
     """(q [M, K] fp8 @ w [N, K].T fp8) * sx[:, None] * sw[None, :] + bias as out_dtype, computed as y.T = W q.T
-    (for small M; `fp8_fits` says whether config's BLOCK_K divides K). sx None: q is x in float, quantized per
-    row inside the kernel (the codes and scales of `quantize_rows(x, "fp8")`)."""
+    (for small M; `fp8_fits` says whether config's BLOCK_K divides K)."""
     m, k = q.shape
     n = w.shape[0]
     if not fp8_fits(k, config):
         raise ValueError(f"fp8 GEMM: BLOCK_K={config['BLOCK_K']} does not divide K={k}")
     y, ws_p, ws_c, cfg = split_outputs(q.device, out_dtype, m, n, config)
-    _fp8_gemm_swap_kernel[grid(m, n, cfg)](w, q, sw, sw if sx is None else sx, sw if bias is None else bias, y, ws_p,
-                                           ws_c, m, n, q.stride(0), y.stride(0), k, HAS_BIAS=bias is not None,
-                                           FAST_ACC=fast_accum, QUANT_X=sx is None, QMAX=FP8_MAX, **cfg)
+    _fp8_gemm_swap_kernel[grid(m, n, cfg)](w, q, sw, sx, bias if bias is not None else sw, y, ws_p, ws_c, m, n,
+                                           q.stride(0), y.stride(0), k, HAS_BIAS=bias is not None,
+                                           FAST_ACC=fast_accum, **cfg)
     return y.to(out_dtype)
 
 
