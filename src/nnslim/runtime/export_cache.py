@@ -10,7 +10,8 @@ dynamic axes, opset, output names and file name, and torch's version; an export 
 the stored files instead. An attribute the key cannot read (an object) makes the key unique to this
 process: a miss, never a wrong hit. Only exports made by torch.export are stored (the TorchScript
 fallback traces the example's values). Off unless the variable is set (the test suite sets it for its
-own run); entries are written whole to a temp folder, then renamed into place.
+own run); entries are written whole to a temp folder, then renamed into place. Computing the key reads
+every weight once (seconds for a 7B model), which is why it is opt-in.
 """
 from __future__ import annotations
 
