@@ -494,7 +494,10 @@ def main():
     rows = {"kernels": bench_kernels, "decode": bench_decode, "batched": bench_batched,
             "gptq": bench_gptq}[args.what](args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "what": args.what, "rows": rows}, indent=1))
+        from nnslim.runtime.kernels.select import kernel_table
+
+        Path(args.json).write_text(json.dumps({"machine": machine(), "what": args.what, "rows": rows,
+                                               "kernel_choices": kernel_table()}, indent=1))
 
 
 if __name__ == "__main__":
