@@ -83,8 +83,10 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 legacy = args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes
-                by_torch_export = not (shared and shared["legacy"] and _legacy_export(module, *legacy)) and \
-                    _export_dynamo_or_legacy(module, legacy, shapes, shared)
+                if shared and shared["legacy"] and _legacy_export(module, *legacy):
+                    by_torch_export = False
+                else:
+                    by_torch_export = _export_dynamo_or_legacy(module, legacy, shapes, shared)
             if cache is not None and by_torch_export:
                 cache.store(tmp_dir)
         _check_opset(tmp, opset)
@@ -96,7 +98,7 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     return OnnxModel(path)
 
 
-_REGISTRIES: dict = {}  # opset -> torch.onnx's registry of ATen -> ONNX functions, built once per process
+_REGISTRIES: dict = {}  # (class, opset) -> torch.onnx's registry of ATen -> ONNX functions, built once per process
 
 
 @contextlib.contextmanager

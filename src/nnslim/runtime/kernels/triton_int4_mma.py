@@ -142,6 +142,7 @@ if triton is not None:
         yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
         store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
 
+
 # Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
 # Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; the last two: split 4 at
 # M=128, from the 22:12 sweep)
