@@ -126,8 +126,9 @@ INT8_GEMM_CONFIGS = [dict(BM=bm, BN=bn, BK=bk, GM=gm, num_stages=st, num_warps=w
 # (128, 128, 128, 8, 4, 8), (128, 256, 64, 8, 4, 8), (128, 128, 128, 16, 5, 4).
 
 
-# fp8 y.T = W x.T launches the selector times for M <= FP8_SWAP_MAX_M: the winners of `benchmarks/gpu_fp8_gemm.py` on Llama-7B
-# shapes at M = 1, 16, 32, 64, 128 (H100, 2026-12-06; BENCHMARKS.md 9i), and a BLOCK_K = 64 tile for K = 64 * odd
+# fp8 y.T = W x.T launches the selector times for M <= FP8_SWAP_MAX_M: the winners of `benchmarks/gpu_fp8_gemm.py`
+# on Llama-7B shapes at M = 1, 16, 32, 64, 128 (H100, 2026-12-06; BENCHMARKS.md 9i), and a BLOCK_K = 64 tile for
+# K = 64 * odd
 FP8_SWAP_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=4, num_stages=st)
                     for bm, bn, bk, sk, st in [(16, 64, 256, 2, 4), (16, 64, 256, 1, 4), (16, 128, 256, 1, 4),
                                                (32, 64, 256, 1, 4), (32, 128, 256, 1, 4), (32, 64, 256, 2, 4),
