@@ -7,8 +7,8 @@ candidate of the measured selector, not forced), and for M <= 128 nnslim's Trito
 computed as y.T = W x.T with split-K (runtime/kernels/triton_w8a8.py: cuBLAS has no tile for a few rows);
 int8 through nnslim's Triton GEMM with the scales fused into its epilogue, or torch._int_mm; each picked
 per shape by measurement, after a fused Triton per-token quantization. Anywhere: a reference path that
-quantize-dequantizes both operands and multiplies in float (what the kernels must match). INT8 can first migrate activation outliers
-into the weights with SmoothQuant (quant/smoothquant.py, needs calibration data).
+quantize-dequantizes both operands and multiplies in float (what the kernels must match). INT8 can first
+migrate activation outliers into the weights with SmoothQuant (quant/smoothquant.py, needs calibration data).
 """
 from __future__ import annotations
 
