@@ -219,3 +219,17 @@ def test_export_cache_keeps_no_fallback_export(tmp_path, monkeypatch):
     x = {"x": np.ones((2, 6), np.float32)}
     export_onnx(DataDependent(), x, tmp_path / "a.onnx", {"x": {0: "batch", 1: "seq"}})  # the TorchScript fallback
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_export_cache_folder_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
+    import torch
+
+    from nnslim.runtime import export_cache
+    from nnslim.runtime.onnx_export import export_onnx
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(export_cache.ENV, str(blocker / "cache"))
+    with pytest.raises(NnslimError, match="NNSLIM_EXPORT_CACHE=.*cannot create or write"):
+        export_onnx(torch.nn.Linear(4, 2), {"x": np.ones((2, 4), np.float32)}, tmp_path / "m.onnx")
+    assert blocker.read_text() == "not a folder" and not (tmp_path / "m.onnx").exists()

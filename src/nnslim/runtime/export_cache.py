@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import NnslimError
+
 ENV = "NNSLIM_EXPORT_CACHE"
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -141,4 +143,11 @@ def entry(module: torch.nn.Module, parts: tuple) -> Entry | None:
     root = os.environ.get(ENV)
     if not root:
         return None
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".probe-")
+        probe.close()
+    except OSError as e:
+        raise NnslimError(f"{ENV}={root!r}: cannot create or write that folder ({e.strerror or e}); point it at a "
+                          "writable folder or unset it") from None
     return Entry(Path(root) / fingerprint(module, parts))
