@@ -3,7 +3,7 @@
 # y.T = W x.T kernel vs torch._scaled_mm, activation quantization included) on the three Llama-7B shapes, then
 # batched decode of the 8-layer 7B-shaped model in fp8 with whatever the selector picks. From the repo root,
 # through the device tool:   OUT=/tmp/fp8 bash benchmarks/device_gpu_fp8.sh      (about 9 minutes)
-# STEPS=tests,sweep,decode picks the parts; M= the sweep's rows.
+# STEPS=tests,sweep,decode picks the parts; M= the sweep's rows; SWEEP_TIMEOUT= its limit in seconds (330).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests
 OUT=${OUT:-build/device-fp8}
@@ -15,7 +15,7 @@ if [[ $STEPS == *tests* ]]; then
     2>&1 | tail -3
 fi
 if [[ $STEPS == *sweep* ]]; then
-  timeout 330 python3 benchmarks/gpu_fp8_gemm.py --m ${M:-1,16,32,64,128,2048} --json "$OUT/gpu_fp8_gemm_sweep.json" \
+  timeout ${SWEEP_TIMEOUT:-330} python3 benchmarks/gpu_fp8_gemm.py --m ${M:-1,16,32,64,128,2048} --json "$OUT/gpu_fp8_gemm_sweep.json" \
     | grep -v "^  "
 fi
 if [[ $STEPS == *decode* ]]; then

@@ -8,6 +8,8 @@ Timing as benchmarks/gpu_llm.py (a CUDA graph of R layer copies whose weights ex
 Every variant runs the layer as it runs in a model: per-token fp8 quantization of x (one Triton kernel),
 then the GEMM; "gemm only" rows time the GEMM on x already quantized, as the fused decoder feeds the
 layers after an RMSNorm. Each variant is checked against the quantize-dequantize reference first.
+Each tile runs twice: "T" rows on x quantized per token by the row quantizer first, "Q" rows with the GEMM
+quantizing x itself per row and BLOCK_K slice as it loads it (QUANT_X: no separate kernel).
 The configurations in triton_w8a8.FP8_SWAP_CONFIGS are the ones that won here.
 """
 from __future__ import annotations
@@ -78,19 +80,23 @@ def main():
             for c in grid:
                 if not triton_w8a8.fp8_fits(k, c):
                     continue
-                try:
-                    err = rel_err(mods[0]._triton_fp8(quant, None, x.dtype, c), ref)
-                    if err > 2e-2:
-                        print(f"  {cname(c)} M={m}: rel err {err:.2e}", flush=True)
-                        continue
-                    errs[cname(c)] = err
-                    t[cname(c)] = graph_time(lambda c=c: [md._triton_fp8(quant, None, x.dtype, c) for md in mods], r8,
-                                             args.rep_ms)
-                except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
-                    print(f"  {cname(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
+                for prefix, xin in (("T", quant), ("Q", x)):  # x quantized first / quantized inside the GEMM
+                    name = prefix + cname(c)[1:]
+                    try:
+                        err = rel_err(mods[0]._triton_fp8(xin, None, x.dtype, c), ref)
+                        if err > 2e-2:
+                            print(f"  {name} M={m}: rel err {err:.2e}", flush=True)
+                            continue
+                        errs[name] = err
+                        t[name] = graph_time(lambda c=c, xin=xin: [md._triton_fp8(xin, None, x.dtype, c) for md in mods],
+                                             r8, args.rep_ms)
+                    except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
+                        print(f"  {name} failed: {str(e).splitlines()[0][:120]}", flush=True)
             t["act_quant"] = graph_time(quant, 1, args.rep_ms)
             tri = {kk: v for kk, v in t.items() if kk.startswith("T")}
+            fused = {kk: v for kk, v in t.items() if kk.startswith("Q")}
             best_t = min(tri, key=tri.get) if tri else None
+            best_q = min(fused, key=fused.get) if fused else None
             best_s = min(("scaled_mm", "scaled_mm-fastacc"), key=t.get)
             gemm_only = {best_s: graph_time(lambda: [torch._scaled_mm(
                 xq, md.qweight.t(), scale_a=sx[:, None], scale_b=md.wscale[None, :], out_dtype=torch.bfloat16,
@@ -105,9 +111,12 @@ def main():
                    "best_triton": best_t, "triton_x": round(base / tri[best_t], 3) if best_t else None,
                    "triton_err": round(errs[best_t], 5) if best_t else None,
                    "scaled_mm_err": round(errs["scaled_mm-fastacc"], 5),
-                   "best_x": round(base / min(t[best_s], tri.get(best_t, 1e9)), 3),
+                   "best_fused": best_q, "fused_x": round(base / fused[best_q], 3) if best_q else None,
+                   "fused_err": round(errs[best_q], 5) if best_q else None,
+                   "best_x": round(base / min(t[best_s], tri.get(best_t, 1e9), fused.get(best_q, 1e9)), 3),
                    "gemm_only_x": {kk: round(base / v, 3) for kk, v in gemm_only.items()},
-                   "top": {kk: round(base / v, 3) for kk, v in sorted(tri.items(), key=lambda kv: kv[1])[:5]}}
+                   "top": {kk: round(base / v, 3) for kk, v in sorted(tri.items(), key=lambda kv: kv[1])[:5]},
+                   "top_fused": {kk: round(base / v, 3) for kk, v in sorted(fused.items(), key=lambda kv: kv[1])[:5]}}
             print(json.dumps(row), flush=True)
             rows.append(row)
         del mods, ws

@@ -424,6 +424,38 @@ def test_fp8_swap_gemm_matches_reference(m, k, n):
 
 
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs an fp8 GPU (sm_89+); Triton 3.6's interpreter casts to float8 wrongly")
+@pytest.mark.parametrize("m,k,n", [(3, 512, 72), (20, 768, 200)])
+def test_fp8_swap_gemm_quantizes_x_per_slice(m, k, n):
+    """With sx=None the GEMM quantizes the bf16 x itself, each row's BLOCK_K slice with its own absmax scale:
+    equal to that quantization done in torch then multiplied, bit-identical run to run under split-K, and no less
+    accurate than per-token quantization against the unquantized product; fp8 x is refused there by name."""
+    from nnslim.quant.w8a8 import quantize_rows_torch
+
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+    x[:, :7] *= 30  # an outlier channel: its slice's scale differs from the others'
+    wq, ws = quantize_rows_torch(torch.randn(n, k, device=DEV) * 0.05, "fp8")
+    wd = wq.float() * ws[:, None]
+    exact = x.float() @ wd.t()
+    q, s = quantize_rows_torch(x.float(), "fp8")
+    per_token = float(((q.float() * s[:, None]) @ wd.t() - exact).norm() / exact.norm())
+    for cfg in triton_w8a8.FP8_SWAP_CONFIGS + [dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=3, num_warps=4)]:
+        if not triton_w8a8.fp8_fits(k, cfg):
+            continue
+        bk = cfg["BLOCK_K"]
+        qs, ss = quantize_rows_torch(x.float().reshape(m * k // bk, bk), "fp8")
+        ref = ((qs.float() * ss[:, None]).reshape(m, k) @ wd.t())
+        y = triton_w8a8.fp8_gemm_swap(x, wq, None, ws, None, torch.bfloat16, cfg)
+        assert float((y.float() - ref).norm() / ref.norm()) < 8e-3, cfg
+        assert float((y.float() - exact).norm() / exact.norm()) < per_token * 1.25 + 4e-3, cfg
+        if cfg["SPLIT_K"] > 1:
+            assert torch.equal(triton_w8a8.fp8_gemm_swap(x, wq, None, ws, None, torch.bfloat16, cfg), y), cfg
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        triton_w8a8.fp8_gemm_swap(q, wq, None, ws, None, torch.bfloat16, triton_w8a8.FP8_SWAP_CONFIGS[0])
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() < (8, 9),
                     reason="needs an fp8 GPU (sm_89+): the selector offers the fp8 kernels there only")
 def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
     from nnslim.quant.w8a8 import W8A8Linear
@@ -431,6 +463,11 @@ def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
     layer = W8A8Linear.from_linear(nn.Linear(256, 64).to(DEV, torch.bfloat16), "fp8", fast_accum=True)
     small = layer._candidates(torch.zeros(4, 256, device=DEV, dtype=torch.bfloat16))
     assert any(c.startswith("triton-fp8-") for c in small) and "scaled_mm" in small
+    assert any(c.startswith("triton-fp8q-") for c in small)  # quantizing x inside the GEMM
+    from nnslim.quant.w8a8 import PreQuantized, quantize_rows_torch
+
+    pre = layer._candidates(PreQuantized(*quantize_rows_torch(torch.randn(4, 256, device=DEV), "fp8")))
+    assert any(c.startswith("triton-fp8-") for c in pre) and not any(c.startswith("triton-fp8q-") for c in pre)
     big = layer._candidates(torch.zeros(triton_w8a8.FP8_SWAP_MAX_M + 1, 256, device=DEV, dtype=torch.bfloat16))
     assert not any(c.startswith("triton-fp8-") for c in big)
     x = torch.randn(4, 256, device=DEV, dtype=torch.bfloat16)
@@ -441,19 +478,19 @@ def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
 
 def test_fp8_swap_gemm_compiles_for_sm90():
     """Every configuration the selector offers assembles for sm_90 as fp8 wgmma (e4m3 x e4m3, fp32 accumulate)
-    within a Hopper SM's shared memory, with and without fast accumulation. In a fresh process: this module
+    within a Hopper SM's shared memory, with and without fast accumulation, on fp8 x and quantizing bf16 x. In a fresh process: this module
     may run Triton's interpreter."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
 from nnslim.runtime.kernels import triton_w8a8 as w
-for i, cfg in enumerate(w.FP8_SWAP_CONFIGS):
+for i, (cfg, quant_x) in enumerate([(c, False) for c in w.FP8_SWAP_CONFIGS] + [(c, True) for c in w.FP8_SWAP_CONFIGS]):
     fast = i % 2 == 0
-    sig = {"w_ptr": "*fp8e4nv", "x_ptr": "*fp8e4nv", "sw_ptr": "*fp32", "sx_ptr": "*fp32", "bias_ptr": "*bf16",
+    sig = {"w_ptr": "*fp8e4nv", "x_ptr": "*bf16" if quant_x else "*fp8e4nv", "sw_ptr": "*fp32", "sx_ptr": "*fp32", "bias_ptr": "*bf16",
            "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",
            "stride_ym": "i32"}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
-    consts = dict(K=4096, HAS_BIAS=True, FAST_ACC=fast, GROUP_N=8, ATOMIC=False,
+    consts = dict(K=4096, HAS_BIAS=True, FAST_ACC=fast, GROUP_N=8, ATOMIC=False, QUANT_X=quant_x,
                   **{k: v for k, v in cfg.items() if k not in launch})
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=w._fp8_gemm_swap_kernel, signature=sig, constexprs=consts,

@@ -17,6 +17,7 @@ if triton is not None:
     from .triton_int4_mma import grid, split_outputs, store_tile
 
 if triton is not None:
+    FP8_QMAX = tl.constexpr(FP8_MAX)
 
     @triton.jit
     def _round_half_away(v):
@@ -78,10 +79,14 @@ if triton is not None:
     def _fp8_gemm_swap_kernel(w_ptr, x_ptr, sw_ptr, sx_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
                               stride_ym, K: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_ACC: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                              GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr, ATOMIC: tl.constexpr):
+                              GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr, ATOMIC: tl.constexpr,
+                              QUANT_X: tl.constexpr = False):
         """Tile [BLOCK_N weight rows, BLOCK_M rows of x] of (W fp8 @ x.T fp8) * sw[n] * sx[m] (+ bias).
         FAST_ACC: the MMA accumulates all of K in its own (reduced) precision; otherwise each BLOCK_K step's
-        product is added to the fp32 accumulator (what _scaled_mm does without fast accumulation)."""
+        product is added to the fp32 accumulator (what _scaled_mm does without fast accumulation).
+        QUANT_X: x is bf16 / fp16 and is quantized here, each row's BLOCK_K slice with its own scale
+        (absmax / FP8_MAX, taken in registers as the slice is loaded; no separate quantization kernel, no serial
+        pass over K before the first weight load); each step's product is scaled into the fp32 accumulator."""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
@@ -89,11 +94,18 @@ if triton is not None:
         for kk in range(first, last):
             w = tl.load(w_ptr + rn[:, None] * K + (kk * BLOCK_K + offs_k)[None, :])
             xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
-            if FAST_ACC:
+            if QUANT_X:
+                xf = xt.to(tl.float32)
+                sx = tl.maximum(tl.max(tl.abs(xf), axis=0), 1e-12) / FP8_QMAX
+                xq = tl.minimum(tl.maximum(xf * (1.0 / sx)[None, :], -FP8_QMAX), FP8_QMAX).to(w.dtype)
+                acc += tl.dot(w, xq) * sx[None, :]
+            elif FAST_ACC:
                 acc = tl.dot(w, xt, acc)
             else:
                 acc += tl.dot(w, xt)
-        acc = acc * tl.load(sw_ptr + rn)[:, None] * tl.load(sx_ptr + rm)[None, :]
+        acc = acc * tl.load(sw_ptr + rn)[:, None]
+        if not QUANT_X:
+            acc = acc * tl.load(sx_ptr + rm)[None, :]
         if HAS_BIAS:  # added by the first K range only
             acc += tl.load(bias_ptr + rn).to(tl.float32)[:, None] * (tl.program_id(1) == 0).to(tl.float32)
         yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
@@ -141,18 +153,23 @@ def fp8_fits(k: int, config: dict) -> bool:
     return k % config["BLOCK_K"] == 0
 
 
-def fp8_gemm_swap(q: torch.Tensor, w: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, bias: torch.Tensor | None,
-                  out_dtype: torch.dtype, config: dict, fast_accum: bool = True) -> torch.Tensor:
+def fp8_gemm_swap(q: torch.Tensor, w: torch.Tensor, sx: torch.Tensor | None, sw: torch.Tensor,
+                  bias: torch.Tensor | None, out_dtype: torch.dtype, config: dict,
+                  fast_accum: bool = True) -> torch.Tensor:
     """(q [M, K] fp8 @ w [N, K].T fp8) * sx[:, None] * sw[None, :] + bias as out_dtype, computed as y.T = W q.T
-    (for small M; `fp8_fits` says whether config's BLOCK_K divides K)."""
+    (for small M; `fp8_fits` says whether config's BLOCK_K divides K). sx None: q is the bf16 / fp16 x itself,
+    quantized inside the GEMM per row and BLOCK_K slice (finer than per row; fast_accum does not apply)."""
     m, k = q.shape
     n = w.shape[0]
     if not fp8_fits(k, config):
         raise ValueError(f"fp8 GEMM: BLOCK_K={config['BLOCK_K']} does not divide K={k}")
+    if sx is None and q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"fp8 GEMM quantizing x itself: x must be bfloat16 or float16, got {q.dtype}")
     y, ws_p, ws_c, cfg = split_outputs(q.device, out_dtype, m, n, config)
-    _fp8_gemm_swap_kernel[grid(m, n, cfg)](w, q, sw, sx, bias if bias is not None else sw, y, ws_p, ws_c, m, n,
-                                           q.stride(0), y.stride(0), k, HAS_BIAS=bias is not None,
-                                           FAST_ACC=fast_accum, **cfg)
+    _fp8_gemm_swap_kernel[grid(m, n, cfg)](w, q, sw, sx if sx is not None else sw, bias if bias is not None else sw,
+                                           y, ws_p, ws_c, m, n, q.stride(0), y.stride(0), k,
+                                           HAS_BIAS=bias is not None, FAST_ACC=fast_accum, QUANT_X=sx is None,
+                                           **cfg)
     return y.to(out_dtype)
 
 
