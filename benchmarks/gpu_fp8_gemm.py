@@ -69,6 +69,8 @@ def main():
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
             base = graph_time(lambda: [F.linear(x, w) for w in ws], r16, args.rep_ms)
             ref = mods[0]._reference(x)
+            exact = F.linear(x.float(), mods[0].qweight.float() * mods[0].wscale[:, None])  # x unquantized
+            ref_exact = rel_err(ref, exact)  # the per-token quantization's own error
             xq, sx = triton_w8a8.quantize_rows(x, "fp8")
             quant = lambda: triton_w8a8.quantize_rows(x, "fp8")  # noqa: E731
             pre = lambda: (xq, sx)  # noqa: E731
@@ -83,8 +85,10 @@ def main():
                 for prefix, xin in (("T", quant), ("Q", x)):  # x quantized first / quantized inside the GEMM
                     name = prefix + cname(c)[1:]
                     try:
-                        err = rel_err(mods[0]._triton_fp8(xin, None, x.dtype, c), ref)
-                        if err > 2e-2:
+                        y = mods[0]._triton_fp8(xin, None, x.dtype, c)
+                        # T: the per-token reference's numbers; Q quantizes x per slice instead: no less accurate
+                        err = rel_err(y, ref) if prefix == "T" else rel_err(y, exact)
+                        if err > (2e-2 if prefix == "T" else ref_exact * 1.25 + 2e-3):
                             print(f"  {name} M={m}: rel err {err:.2e}", flush=True)
                             continue
                         errs[name] = err
@@ -112,7 +116,8 @@ def main():
                    "triton_err": round(errs[best_t], 5) if best_t else None,
                    "scaled_mm_err": round(errs["scaled_mm-fastacc"], 5),
                    "best_fused": best_q, "fused_x": round(base / fused[best_q], 3) if best_q else None,
-                   "fused_err": round(errs[best_q], 5) if best_q else None,
+                   "fused_err_vs_unquantized_x": round(errs[best_q], 5) if best_q else None,
+                   "per_token_err_vs_unquantized_x": round(ref_exact, 5),
                    "best_x": round(base / min(t[best_s], tri.get(best_t, 1e9), fused.get(best_q, 1e9)), 3),
                    "gemm_only_x": {kk: round(base / v, 3) for kk, v in gemm_only.items()},
                    "top": {kk: round(base / v, 3) for kk, v in sorted(tri.items(), key=lambda kv: kv[1])[:5]},

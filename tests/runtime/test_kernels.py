@@ -274,9 +274,16 @@ def test_cuda_kernels_match_reference_on_random_and_real_weights():
             for m in (16, 512):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 ref = q._reference(x).float()
+                exact = nn.functional.linear(x.float(), q.qweight.float() * q.wscale[:, None], q.bias.float())
+                ref_exact = float((ref - exact).norm() / exact.norm())
                 for name, fn in q._candidates(x).items():
-                    err = float((fn().float() - ref).norm() / ref.norm())
-                    assert err < 1.5e-2, (fmt, name, m, err)
+                    y = fn().float()
+                    if name.startswith("triton-fp8q-"):  # quantizes x per K slice, not per token: vs unquantized x
+                        err = float((y - exact).norm() / exact.norm())
+                        assert err < ref_exact * 1.25 + 2e-3, (fmt, name, m, err, ref_exact)
+                    else:
+                        err = float((y - ref).norm() / ref.norm())
+                        assert err < 1.5e-2, (fmt, name, m, err)
 
 
 # --- the int4 GEMM on MMA-permuted codes (triton_int4_mma): its fp32-dequantization path runs in the CPU
@@ -466,14 +473,15 @@ def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
     assert any(c.startswith("triton-fp8q-") for c in small)  # quantizing x inside the GEMM
     from nnslim.quant.w8a8 import PreQuantized, quantize_rows_torch
 
-    pre = layer._candidates(PreQuantized(*quantize_rows_torch(torch.randn(4, 256, device=DEV), "fp8")))
+    pre = PreQuantized(*quantize_rows_torch(torch.randn(4, 256, device=DEV), "fp8"), torch.bfloat16)
+    pre = layer._candidates(pre)
     assert any(c.startswith("triton-fp8-") for c in pre) and not any(c.startswith("triton-fp8q-") for c in pre)
     big = layer._candidates(torch.zeros(triton_w8a8.FP8_SWAP_MAX_M + 1, 256, device=DEV, dtype=torch.bfloat16))
     assert not any(c.startswith("triton-fp8-") for c in big)
     x = torch.randn(4, 256, device=DEV, dtype=torch.bfloat16)
     ref = layer._reference(x).float()
-    for name, fn in small.items():
-        assert float((fn().float() - ref).norm() / ref.norm()) < 1e-2, name
+    for name, fn in layer._candidates(x).items():  # fp8q quantizes per K slice: within fp8's own error of ref
+        assert float((fn().float() - ref).norm() / ref.norm()) < (5e-2 if "fp8q" in name else 1e-2), name
 
 
 def test_fp8_swap_gemm_compiles_for_sm90():
