@@ -201,6 +201,19 @@ def test_export_cache_reuses_an_identical_export_only(tmp_path, monkeypatch):
     b.load_state_dict(a.state_dict())
     fingerprints.add(export_cache.fingerprint(b, ("m.onnx", ["x"], [torch.ones(2, 8)], axes, 18, ["output"])))
     assert len(fingerprints) == 2
+
+    class Config:  # as a transformers config: where it was loaded from is not part of the key, its values are
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def to_dict(self):
+            return dict(self.kw)
+
+    keys = set()
+    for cfg in (Config(_name_or_path="/a", hidden=8), Config(_name_or_path="/b", hidden=8), Config(hidden=9)):
+        a.config = cfg
+        keys.add(export_cache.fingerprint(a, ("m.onnx", ["x"], [torch.ones(2, 8)], axes, 18, ["output"])))
+    assert len(keys) == 2
     monkeypatch.delenv(export_cache.ENV)
     assert export_cache.entry(model, ("m.onnx", ["x"], [torch.ones(2, 8)], axes, 18, ["output"])) is None
 

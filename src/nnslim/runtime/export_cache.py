@@ -5,9 +5,9 @@ module is often exported again (the original model's float ONNX baseline of ever
 compressing one testbed many ways). With the variable set, `export_onnx` stores each export's files
 under a key computed from the module's printed structure, the code of every submodule's class's methods
 (edited forward code is another key), every parameter and buffer (names, dtypes, shapes and bytes), the plain
-attributes and configs of every submodule, the example inputs (names, dtypes, shapes and values), the
-dynamic axes, opset, output names and file name, and torch's version; an export with the same key copies
-the stored files instead. An attribute the key cannot read (an object) makes the key unique to this
+attributes and configs of every submodule (not a config's `_name_or_path`: the folder it was loaded from),
+the example inputs (names, dtypes, shapes and values), the dynamic axes, opset, output names and file name,
+and torch's version; an export with the same key copies the stored files instead. An attribute the key cannot read (an object) makes the key unique to this
 process: a miss, never a wrong hit. Only exports made by torch.export are stored (the TorchScript
 fallback traces the example's values). Off unless the variable is set (the test suite sets it for its
 own run); entries are written whole to a temp folder, then renamed into place. Computing the key reads
@@ -29,6 +29,7 @@ from ..errors import NnslimError
 
 ENV = "NNSLIM_EXPORT_CACHE"
 _PLAIN = (bool, int, float, str, type(None))
+_PROVENANCE = ("_name_or_path", "_commit_hash")  # config entries naming where a model came from, not what it computes
 
 
 def _plain(value) -> bool:
@@ -95,8 +96,9 @@ def fingerprint(module: torch.nn.Module, parts: tuple) -> str:
                 h.update(f"{key}={value!r};".encode())
             elif callable(value) and hasattr(value, "__qualname__") and not hasattr(value, "__self__"):
                 h.update(f"{key}={getattr(value, '__module__', '')}.{value.__qualname__};".encode())  # a function
-            elif hasattr(value, "to_dict"):  # transformers configs
-                h.update(f"{key}={sorted(value.to_dict().items())!r};".encode())
+            elif hasattr(value, "to_dict"):  # transformers configs (where it was loaded from is not exported)
+                items = sorted((k, v) for k, v in value.to_dict().items() if k not in _PROVENANCE)
+                h.update(f"{key}={items!r};".encode())
             else:  # an object the key cannot read: unique to this process and object, so never a false hit
                 h.update(f"{key}@{os.getpid()}:{id(value)};".encode())
     for name, t in module.named_parameters(remove_duplicate=False):
