@@ -447,7 +447,8 @@ def test_fp8_swap_gemm_quantizes_x_per_slice(m, k, n):
     exact = x.float() @ wd.t()
     q, s = quantize_rows_torch(x.float(), "fp8")
     per_token = float(((q.float() * s[:, None]) @ wd.t() - exact).norm() / exact.norm())
-    for cfg in triton_w8a8.FP8_SWAP_CONFIGS + [dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=3, num_warps=4)]:
+    extra = [dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=3, num_warps=4)]
+    for cfg in triton_w8a8.FP8_QUANT_X_CONFIGS + triton_w8a8.FP8_SWAP_CONFIGS + extra:
         if not triton_w8a8.fp8_fits(k, cfg):
             continue
         bk = cfg["BLOCK_K"]
@@ -470,7 +471,9 @@ def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
     layer = W8A8Linear.from_linear(nn.Linear(256, 64).to(DEV, torch.bfloat16), "fp8", fast_accum=True)
     small = layer._candidates(torch.zeros(4, 256, device=DEV, dtype=torch.bfloat16))
     assert any(c.startswith("triton-fp8-") for c in small) and "scaled_mm" in small
-    assert any(c.startswith("triton-fp8q-") for c in small)  # quantizing x inside the GEMM
+    assert any(c.startswith("triton-fp8q-") for c in small)  # quantizing x inside the GEMM, M <= 16 only
+    m17 = layer._candidates(torch.zeros(triton_w8a8.FP8_QUANT_X_MAX_M + 1, 256, device=DEV, dtype=torch.bfloat16))
+    assert any(c.startswith("triton-fp8-") for c in m17) and not any(c.startswith("triton-fp8q-") for c in m17)
     from nnslim.quant.w8a8 import PreQuantized, quantize_rows_torch
 
     pre = PreQuantized(*quantize_rows_torch(torch.randn(4, 256, device=DEV), "fp8"), torch.bfloat16)
@@ -492,7 +495,7 @@ def test_fp8_swap_gemm_compiles_for_sm90():
 import triton
 from triton.backends.compiler import GPUTarget
 from nnslim.runtime.kernels import triton_w8a8 as w
-for i, (cfg, quant_x) in enumerate([(c, False) for c in w.FP8_SWAP_CONFIGS] + [(c, True) for c in w.FP8_SWAP_CONFIGS]):
+for i, (cfg, quant_x) in enumerate([(c, False) for c in w.FP8_SWAP_CONFIGS] + [(c, True) for c in w.FP8_QUANT_X_CONFIGS]):
     fast = i % 2 == 0
     sig = {"w_ptr": "*fp8e4nv", "x_ptr": "*bf16" if quant_x else "*fp8e4nv", "sw_ptr": "*fp32", "sx_ptr": "*fp32", "bias_ptr": "*bf16",
            "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",

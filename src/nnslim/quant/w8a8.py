@@ -5,7 +5,7 @@ CUDA: fp8 through torch._scaled_mm with row-wise scales (with `fast_accum`, the 
 float8 inference, Hopper's faster accumulation mode, relative error ~1e-3 larger; it is one more
 candidate of the measured selector, not forced), and for M <= 128 nnslim's Triton fp8 GEMM
 computed as y.T = W x.T with split-K (runtime/kernels/triton_w8a8.py: cuBLAS has no tile for a few rows),
-either on x quantized per token first or quantizing x itself per row and K slice as it loads it;
+on x quantized per token first or (M <= 16) quantizing x itself per row and K slice as it loads it;
 int8 through nnslim's Triton GEMM with the scales fused into its epilogue, or torch._int_mm; each picked
 per shape by measurement, after a fused Triton per-token quantization. Anywhere: a reference path that
 quantize-dequantizes both operands and multiplies in float (what the kernels must match). INT8 can first
@@ -151,8 +151,11 @@ class W8A8Linear(PackedLinear):
                     for i, cfg in enumerate(triton_w8a8.FP8_SWAP_CONFIGS):
                         if triton_w8a8.fp8_fits(k, cfg):
                             out[f"triton-fp8-{i}"] = lambda c=cfg: self._triton_fp8(quant, bias, x.dtype, c)
-                            if not isinstance(x, PreQuantized) and x.dtype in (torch.bfloat16, torch.float16):
-                                out[f"triton-fp8q-{i}"] = lambda c=cfg: self._triton_fp8(x, bias, x.dtype, c)
+                if (triton_int4.available() and x.shape[0] <= triton_w8a8.FP8_QUANT_X_MAX_M
+                        and not isinstance(x, PreQuantized) and x.dtype in (torch.bfloat16, torch.float16)):
+                    for i, cfg in enumerate(triton_w8a8.FP8_QUANT_X_CONFIGS):  # x quantized inside the GEMM
+                        if triton_w8a8.fp8_fits(k, cfg):
+                            out[f"triton-fp8q-{i}"] = lambda c=cfg: self._triton_fp8(x, bias, x.dtype, c)
             else:
                 if triton_int4.available():
                     for i, cfg in enumerate(triton_w8a8.INT8_GEMM_CONFIGS):

@@ -139,13 +139,19 @@ INT8_GEMM_CONFIGS = [dict(BM=bm, BN=bn, BK=bk, GM=gm, num_stages=st, num_warps=w
 
 
 # fp8 y.T = W x.T launches the selector times for M <= FP8_SWAP_MAX_M: the winners of `benchmarks/gpu_fp8_gemm.py`
-# on Llama-7B shapes at M = 1, 16, 32, 64, 128 (H100, 2026-12-06; BENCHMARKS.md 9i), and a BLOCK_K = 64 tile for
-# K = 64 * odd
+# on Llama-7B shapes at M = 1, 16, 32, 64, 128 (H100, 2026-12-06; BENCHMARKS.md 9i), a BLOCK_K = 64 tile for
+# K = 64 * odd, and the H200's winner at M = 1-16 on 11008x4096 (split 4; 9j)
 FP8_SWAP_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=4, num_stages=st)
                     for bm, bn, bk, sk, st in [(16, 64, 256, 2, 4), (16, 64, 256, 1, 4), (16, 128, 256, 1, 4),
                                                (32, 64, 256, 1, 4), (32, 128, 256, 1, 4), (32, 64, 256, 2, 4),
                                                (64, 64, 256, 1, 3), (64, 64, 128, 1, 4), (128, 64, 256, 2, 3),
-                                               (16, 64, 128, 4, 4), (16, 64, 64, 2, 4)]]
+                                               (16, 64, 128, 4, 4), (16, 64, 64, 2, 4), (16, 64, 256, 4, 4)]]
+# The same kernel quantizing bf16 x itself (QUANT_X), offered for M <= FP8_QUANT_X_MAX_M: the winners of the
+# sweep's "Q" rows on the H200 (2026-12-06, BENCHMARKS.md 9j), 3-6% faster than quantize-then-GEMM at M = 1-16
+# on 4096x4096 and 11008x4096, slower on 4096x11008; at M = 128 it ran at 0.5-0.7x bf16 (never offered there).
+FP8_QUANT_X_CONFIGS = [dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=bk, SPLIT_K=sk, num_warps=4, num_stages=4)
+                       for bk, sk in [(256, 4), (128, 8)]]
+FP8_QUANT_X_MAX_M = 16
 FP8_SWAP_MAX_M = 128  # larger M (not measured): cuBLAS's fp8 GEMM (torch._scaled_mm), whose tiles fill the MMA
 
 
