@@ -80,3 +80,23 @@ def test_dtype_cast_keeps_codes_and_scales():
         q.to(torch.bfloat16)
         assert q.qweight.dtype == storage and q.wscale.dtype == torch.float32 and q.bias.dtype == torch.bfloat16
         assert float((q(x.to(torch.bfloat16)).float() - ref).abs().max()) < 0.05 * float(ref.abs().max())
+
+
+def test_fp8_on_a_gpu_without_fp8_is_one_clear_error(monkeypatch):
+    """fp8 W8A8 and the fp8 KV cache on a GPU below compute capability 8.9 (no fp8 tensor cores): an error that
+    names the option and what to use instead, never a silent fall-back to the float reference (checked on CPU
+    by reporting capability 8.0 for any CUDA device)."""
+    from nnslim.runtime.kvcache import check_kv_format
+    from nnslim.runtime.rowquant import require_fp8
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    cuda = torch.device("cuda", 0)
+    with pytest.raises(NnslimError, match=r"method='fp8' needs a GPU with fp8 \(compute capability 8.9 or newer\); "
+                                          r"this one is 8.0: use method='int8-w8a8'"):
+        require_fp8(cuda, "method='fp8'", "use method='int8-w8a8' (or an int4 method) on this GPU")
+    with pytest.raises(NnslimError, match="kv_cache='fp8' needs a GPU with fp8.*use kv_cache='int8'"):
+        check_kv_format("fp8", cuda)
+    check_kv_format("int8", cuda)
+    require_fp8(torch.device("cpu"), "method='fp8'", "")  # CPUs run the reference: nothing to refuse
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    require_fp8(cuda, "method='fp8'", "")

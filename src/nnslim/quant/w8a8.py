@@ -14,6 +14,7 @@ migrate activation outliers into the weights with SmoothQuant (quant/smoothquant
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -28,7 +29,7 @@ from ..graph.streaming import each_layer, source_of
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
 from ..runtime.kernels import select
-from ..runtime.rowquant import PreQuantized, quantize_rows_torch  # re-exported too
+from ..runtime.rowquant import PreQuantized, quantize_rows_torch, require_fp8  # the first two re-exported
 from .primitives import FP8_E4M3, INT8_WEIGHT
 
 FORMATS = {"fp8": FP8_E4M3, "int8": INT8_WEIGHT}
@@ -196,6 +197,10 @@ class W8A8Linear(PackedLinear):
             if self.input_scale is not None:
                 x2 = x2 * self.input_scale.to(x2.dtype)
             x2 = x2.contiguous()
+        forced = (self.kernel, os.environ.get("NNSLIM_KERNEL"))
+        if self.fmt == "fp8" and x2.device.type == "cuda" and "dequant" not in forced:
+            require_fp8(x2.device, "an fp8 W8A8 layer", "quantize with int8-w8a8 or int4 for this GPU, or run the "
+                        "reference (dequantize, then a float matmul: slower than bf16) with NNSLIM_KERNEL=dequant")
         cands = self._candidates(x2)
         if self.kernel == "auto":
             key = ("w8a8", self.fmt, self.fast_accum, x2.device.type, str(x2.dtype), self.out_features, self.in_features,
@@ -238,6 +243,10 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
     if not isinstance(model, nn.Module):
         raise NnslimError(f"W8A8 quantization needs a torch.nn.Module, got {type(model).__name__}")
     notes = notes if notes is not None else []
+    if config.format == "fp8":  # on a GPU without fp8 every layer would fall back to the float reference
+        for p in model.parameters():
+            require_fp8(p.device, "method='fp8'", "use method='int8-w8a8' (or an int4 method) on this GPU")
+            break
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     layers = select_linears(model, config.ignore, config.quantize_head, "quantize")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import NnslimError
-from .rowquant import ROW_FORMATS, quantize_rows_torch
+from .rowquant import ROW_FORMATS, quantize_rows_torch, require_fp8
 
 KV_FORMATS = ("model", "int8", "fp8")
 
@@ -18,10 +18,8 @@ KV_FORMATS = ("model", "int8", "fp8")
 def check_kv_format(fmt: str, device: torch.device) -> None:
     if fmt not in KV_FORMATS:
         raise NnslimError(f"kv_cache={fmt!r} is not allowed; allowed: {', '.join(KV_FORMATS)}")
-    if fmt == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
-        raise NnslimError(f"kv_cache='fp8' needs a GPU with fp8 (compute capability 8.9 or newer); this one is "
-                          f"{cap}: use kv_cache='int8'")
+    if fmt == "fp8":
+        require_fp8(device, "kv_cache='fp8'", "use kv_cache='int8'")
 
 
 class KVCache:

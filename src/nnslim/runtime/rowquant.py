@@ -7,9 +7,20 @@ from typing import NamedTuple
 
 import torch
 
+from ..errors import NnslimError
+
 FP8_MAX = 448.0  # float8_e4m3fn
 
 ROW_FORMATS = {"int8": (torch.int8, 127.0), "fp8": (torch.float8_e4m3fn, FP8_MAX)}
+
+
+def require_fp8(device: torch.device, option: str, instead: str) -> None:
+    """A clear error when `option` asks for fp8 arithmetic on a CUDA GPU without it (compute capability below 8.9:
+    no fp8 tensor cores, no fp8 conversions in cuBLAS or Triton)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        raise NnslimError(f"{option} needs a GPU with fp8 (compute capability 8.9 or newer); this one is {cap}: "
+                          f"{instead}")
 
 
 class PreQuantized(NamedTuple):
