@@ -92,8 +92,8 @@ def main():
                             print(f"  {name} M={m}: rel err {err:.2e}", flush=True)
                             continue
                         errs[name] = err
-                        t[name] = graph_time(lambda c=c, xin=xin: [md._triton_fp8(xin, None, x.dtype, c) for md in mods],
-                                             r8, args.rep_ms)
+                        run = lambda c=c, xin=xin: [md._triton_fp8(xin, None, x.dtype, c) for md in mods]  # noqa: E731
+                        t[name] = graph_time(run, r8, args.rep_ms)
                     except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
                         print(f"  {name} failed: {str(e).splitlines()[0][:120]}", flush=True)
             t["act_quant"] = graph_time(quant, 1, args.rep_ms)

@@ -489,17 +489,18 @@ def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
 
 def test_fp8_swap_gemm_compiles_for_sm90():
     """Every configuration the selector offers assembles for sm_90 as fp8 wgmma (e4m3 x e4m3, fp32 accumulate)
-    within a Hopper SM's shared memory, with and without fast accumulation, on fp8 x and quantizing bf16 x. In a fresh process: this module
-    may run Triton's interpreter."""
+    within a Hopper SM's shared memory, with and without fast accumulation, on fp8 x and quantizing bf16 x. In a
+    fresh process: this module may run Triton's interpreter."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
 from nnslim.runtime.kernels import triton_w8a8 as w
-for i, (cfg, quant_x) in enumerate([(c, False) for c in w.FP8_SWAP_CONFIGS] + [(c, True) for c in w.FP8_QUANT_X_CONFIGS]):
+launches = [(c, False) for c in w.FP8_SWAP_CONFIGS] + [(c, True) for c in w.FP8_QUANT_X_CONFIGS]
+for i, (cfg, quant_x) in enumerate(launches):
     fast = i % 2 == 0
-    sig = {"w_ptr": "*fp8e4nv", "x_ptr": "*bf16" if quant_x else "*fp8e4nv", "sw_ptr": "*fp32", "sx_ptr": "*fp32", "bias_ptr": "*bf16",
-           "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",
-           "stride_ym": "i32"}
+    sig = {"w_ptr": "*fp8e4nv", "x_ptr": "*bf16" if quant_x else "*fp8e4nv", "sw_ptr": "*fp32", "sx_ptr": "*fp32",
+           "bias_ptr": "*bf16", "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32",
+           "stride_xm": "i32", "stride_ym": "i32"}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
     consts = dict(K=4096, HAS_BIAS=True, FAST_ACC=fast, GROUP_N=8, ATOMIC=False, QUANT_X=quant_x,
                   **{k: v for k, v in cfg.items() if k not in launch})

@@ -33,6 +33,7 @@ from ..runtime.rowquant import PreQuantized, quantize_rows_torch, require_fp8  #
 from .primitives import FP8_E4M3, INT8_WEIGHT
 
 FORMATS = {"fp8": FP8_E4M3, "int8": INT8_WEIGHT}
+_FP8_DEVICES: set[torch.device] = set()  # CUDA devices that passed require_fp8 (checked once, not per call)
 
 
 @register_packed("w8a8")
@@ -197,10 +198,12 @@ class W8A8Linear(PackedLinear):
             if self.input_scale is not None:
                 x2 = x2 * self.input_scale.to(x2.dtype)
             x2 = x2.contiguous()
-        forced = (self.kernel, os.environ.get("NNSLIM_KERNEL"))
-        if self.fmt == "fp8" and x2.device.type == "cuda" and "dequant" not in forced:
-            require_fp8(x2.device, "an fp8 W8A8 layer", "quantize with int8-w8a8 or int4 for this GPU, or run the "
-                        "reference (dequantize, then a float matmul: slower than bf16) with NNSLIM_KERNEL=dequant")
+        if self.fmt == "fp8" and x2.device.type == "cuda" and x2.device not in _FP8_DEVICES:
+            if "dequant" not in (self.kernel, os.environ.get("NNSLIM_KERNEL")):
+                require_fp8(x2.device, "an fp8 W8A8 layer", "quantize with int8-w8a8 or int4 for this GPU, or run "
+                            "the reference (dequantize, then a float matmul: slower than bf16) with "
+                            "NNSLIM_KERNEL=dequant")
+                _FP8_DEVICES.add(x2.device)
         cands = self._candidates(x2)
         if self.kernel == "auto":
             key = ("w8a8", self.fmt, self.fast_accum, x2.device.type, str(x2.dtype), self.out_features, self.in_features,

@@ -1,17 +1,17 @@
 """Opt-in cache of ONNX exports keyed by what the export reads: NNSLIM_EXPORT_CACHE=<folder>.
 
-torch.export-based ONNX export of even a small transformer takes 15-45 s on a slow CPU, and the same
-module is often exported again (the original model's float ONNX baseline of every report; a test suite
-compressing one testbed many ways). With the variable set, `export_onnx` stores each export's files
-under a key computed from the module's printed structure, the code of every submodule's class's methods
-(edited forward code is another key), every parameter and buffer (names, dtypes, shapes and bytes), the plain
-attributes and configs of every submodule (not a config's `_name_or_path`: the folder it was loaded from),
-the example inputs (names, dtypes, shapes and values), the dynamic axes, opset, output names and file name,
-and torch's version; an export with the same key copies the stored files instead. An attribute the key cannot read (an object) makes the key unique to this
-process: a miss, never a wrong hit. Only exports made by torch.export are stored (the TorchScript
-fallback traces the example's values). Off unless the variable is set (the test suite sets it for its
-own run); entries are written whole to a temp folder, then renamed into place. Computing the key reads
-every weight once (seconds for a 7B model), which is why it is opt-in.
+torch.export-based ONNX export of even a small transformer takes 15-45 s on a slow CPU, and the same module is
+often exported again (the original model's float ONNX baseline of every report; a test suite compressing one
+testbed many ways). With the variable set, `export_onnx` stores each export's files under a key computed from the
+module's printed structure, the code of every submodule's class's methods (edited forward code is another key),
+every parameter and buffer (names, dtypes, shapes and bytes), the plain attributes and configs of every submodule
+(not a config's `_name_or_path`: the folder it was loaded from), the example inputs (names, dtypes, shapes and
+values), the dynamic axes, opset, output names and file name, and torch's version; an export with the same key
+copies the stored files instead. An attribute the key cannot read (an object) makes the key unique to this process:
+a miss, never a wrong hit. Only exports made by torch.export are stored (the TorchScript fallback traces the
+example's values). Off unless the variable is set (the test suite sets it for its own run); entries are written
+whole to a temp folder, then renamed into place. Computing the key reads every weight once (seconds for a 7B
+model), which is why it is opt-in.
 """
 from __future__ import annotations
 
