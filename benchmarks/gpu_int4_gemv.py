@@ -3,11 +3,11 @@
   python benchmarks/gpu_int4_gemv.py [--m 1,2,4] [--json FILE]
 
 For each shape (K x N) and M: bf16 F.linear, torch's tinygemm, and every launch configuration of
-nnslim's GEMVs (the packed-bf16x2 one of triton_int4_gemv over the grid below, the K-major and the
-permuted-layout ones of triton_int4), each timed like benchmarks/gpu_llm.py (a CUDA graph of R layer
+nnslim's GEMVs (the CUDA one of cuda_int4_gemv and the packed-bf16x2 one of triton_int4_gemv over the grids
+below, the K-major and the permuted-layout ones of triton_int4), each timed like benchmarks/gpu_llm.py (a CUDA graph of R layer
 copies whose weights exceed L2, do_bench median) and checked first against the fp32 reference
 (dequantized weight, fp32 matmul); the relative error of each kernel family is printed with it.
-The configurations kept in triton_int4_gemv.X2_CONFIGS are the ones that won here.
+The configurations kept in cuda_int4_gemv.CONFIGS and triton_int4_gemv.X2_CONFIGS are the ones that won here.
 """
 from __future__ import annotations
 
@@ -34,11 +34,28 @@ def x2_grid() -> list[dict]:
             for (bn, bk, sk), pf in itertools.product(tiles, (False, True))]
 
 
+def cuda_grid(m: int) -> list[dict]:
+    """The CUDA GEMV's launches: rows per warp x rows of x per warp (<= M's bucket) x copy stages."""
+    from nnslim.runtime.kernels import cuda_int4_gemv
+
+    mts = [mt for mt in (1, 2, 4, 8) if mt <= max(1, 1 << (m - 1).bit_length())]
+    return [dict(R=r, MT=mt, STAGES=st) for r, mt, st in itertools.product((1, 2, 4), mts, (2, 4, 8))
+            if r * mt <= 8 and m <= cuda_int4_gemv.MAX_M and cuda_int4_gemv.fits(dict(R=r, STAGES=st))]
+
+
+def _key(c: dict) -> str:
+    if "R" in c:
+        return f"R{c['R']}m{c['MT']}s{c['STAGES']}"
+    return (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
+            + ("p" if c.get("PREFETCH") else ""))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--m", default="1,2,4")
     ap.add_argument("--rep-ms", type=int, default=40)
     ap.add_argument("--shapes", default="all", help="all, or indices into SHAPES (e.g. 0,2)")
+    ap.add_argument("--families", default="cuda,x2,kmajor,perm")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -51,17 +68,19 @@ def main():
     ms = [int(v) for v in args.m.split(",")]
     for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), ms, args.rep_ms):
         ref = F.linear(x.float(), mods[0].dequantized_weight(torch.float32))
-        fams = {"x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
+        fams = {"cuda": (cuda_grid(m), lambda md, c: md._cuda_int4(x, c)),
+                "x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
                 "kmajor": (triton_int4.KMAJOR_CONFIGS, lambda md, c: md._triton_int4k(x, c)),
                 "perm": (triton_int4.PERM_CONFIGS, lambda md, c: md._triton_int4p(x, c))}
         row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
                "tinygemm_x": round(base / graph_time(lambda: [md._tinygemm(x) for md in mods], r4, args.rep_ms), 3),
                "tinygemm_err": round(rel_err(mods[0]._tinygemm(x), ref), 5)}
         for fam, (configs, call) in fams.items():
+            if fam not in args.families.split(","):
+                continue
             times, errs = {}, []
             for c in configs:
-                key = (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
-                       + ("p" if c.get("PREFETCH") else ""))
+                key = _key(c)
                 try:
                     y = call(mods[0], c)
                     err = rel_err(y, ref)

@@ -185,6 +185,13 @@ class WeightOnlyLinear(PackedLinear):
                     if triton_int4.perm_tile_words(k, g) is not None:
                         for i, cfg in enumerate(triton_int4.PERM_CONFIGS):
                             out[f"triton-int4p-{i}"] = lambda c=cfg: self._triton_int4p(x, c)
+            if self.bits == 4 and x.shape[0] <= 8:
+                from ...runtime.kernels import cuda_int4_gemv
+
+                if cuda_int4_gemv.supports(x, k, g):
+                    for i, cfg in enumerate(cuda_int4_gemv.CONFIGS):
+                        if cfg["MT"] <= select.m_bucket(x.shape[0]):
+                            out[f"cuda-int4-{i}"] = lambda c=cfg: self._cuda_int4(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
@@ -238,6 +245,12 @@ class WeightOnlyLinear(PackedLinear):
 
         return triton_int4_gemv.int4_gemv_x2(x, self.qweight, self._scales_as(x), None if self.symmetric else self.zeros,
                                              self.group, config, self._workspace(x, config))
+
+    def _cuda_int4(self, x, config):
+        from ...runtime.kernels import cuda_int4_gemv
+
+        return cuda_int4_gemv.int4_gemv_cuda(x, self.qweight, self._scales_as(x), None if self.symmetric else self.zeros,
+                                             self.group, config)
 
     def _triton_int4tc(self, x, config):
         from ...runtime.kernels import triton_int4

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 17, int4 at M = 1-8 in one device call: the CUDA GEMV's tests, the GEMV sweep on the three Llama-7B
+# shapes (the CUDA GEMV of cuda_int4_gemv vs the Triton packed-bf16x2 one, tinygemm and bf16), then greedy decode
+# of the 32-layer 7B-shaped model (batch 1, prompt 128, 256 tokens) with whatever the selector picks. From the
+# repo root, through the device tool:   OUT=/tmp/gemv bash benchmarks/device_gpu_gemv.sh      (about 8 minutes)
+# STEPS=tests,sweep1,sweepm,decode,batched picks the parts.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
+OUT=${OUT:-build/device-gemv}
+STEPS=${STEPS:-tests,sweep1,sweepm,decode}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name --format=csv,noheader
+if [[ $STEPS == *tests* ]]; then
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_cuda_gemv.py 2>&1 | tail -3
+fi
+if [[ $STEPS == *sweep1* ]]; then
+  timeout 240 python3 benchmarks/gpu_int4_gemv.py --m 1 --families cuda,x2 --json "$OUT/gpu_int4_gemv_cuda_m1.json" \
+    | grep -v "^  "
+fi
+if [[ $STEPS == *sweepm* ]]; then
+  timeout 240 python3 benchmarks/gpu_int4_gemv.py --m 2,4,8 --families cuda --json "$OUT/gpu_int4_gemv_cuda_m248.json" \
+    | grep -v "^  "
+fi
+if [[ $STEPS == *decode* ]]; then
+  timeout 200 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 --batch 1 --kv model --runs 1 \
+    --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1_cuda_gemv.json" 2>&1 | tail -8
+fi
+if [[ $STEPS == *batched* ]]; then
+  timeout 240 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1,8,32 --kv model --runs 1 \
+    --new-tokens 128 --json "$OUT/gpu_batched_decode_8layers_cuda_gemv.json" 2>&1 | tail -12
+fi

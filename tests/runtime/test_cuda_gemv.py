@@ -1,0 +1,124 @@
+"""nnslim's CUDA int4 GEMV (runtime/kernels/cuda_int4_gemv.py, compiled at run time by NVRTC).
+
+On a CUDA GPU (device machine) it runs against the fp32 reference; on CPU its source is compiled for sm_80 and
+sm_90 when an NVRTC library can be found (NNSLIM_NVRTC=/path/to/libnvrtc.so, or the nvidia-cuda-nvrtc wheel).
+"""
+import ctypes
+import glob
+import os
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
+from nnslim.quant.weight_only.modules import WeightOnlyLinear
+from nnslim.runtime.kernels import cuda_int4_gemv as C
+
+CUDA = torch.cuda.is_available()
+
+
+def _int4(k, n, group, sym, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=False)
+    spec = WeightSpec(4, group, sym)
+    scale, zero = group_qparams(lin.weight.detach(), spec, spec.group_for(k))
+    codes = quantize_codes(lin.weight.detach(), scale, zero, spec)
+    return WeightOnlyLinear.from_codes(lin.to(torch.bfloat16), codes, scale, zero, spec).to("cuda" if CUDA else "cpu")
+
+
+def _nvrtc() -> ctypes.CDLL | None:
+    paths = [os.environ.get("NNSLIM_NVRTC", "")]
+    try:
+        import nvidia  # the nvidia-cuda-nvrtc wheel (CUDA builds of torch depend on it)
+
+        for root in nvidia.__path__:
+            paths += sorted(glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so*")))
+    except ImportError:
+        pass
+    for p in paths:
+        if p and os.path.exists(p) and "builtins" not in p and ".alt." not in p:
+            try:
+                return ctypes.CDLL(p)
+            except OSError:
+                continue
+    return None
+
+
+NVRTC = _nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None or CUDA, reason="no NVRTC library here (set NNSLIM_NVRTC=/path/to/libnvrtc.so or "
+                    "install nvidia-cuda-nvrtc), or a GPU is here: its tests compile and run the kernel")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_cuda_gemv_source_compiles_without_headers_or_spills(arch):
+    """Every offered configuration compiles with NVRTC alone (no CUDA headers), with and without zero points,
+    on a K that leaves a ragged last step, spilling at most a few bytes (ptxas spills up to 12 bytes of address
+    arithmetic in some of the fully unrolled loops; the weights and accumulators stay in registers)."""
+    for cfg in C.CONFIGS:
+        for has_zero in (False, True):
+            cubin, log = C.compile_cubin(C.source(11008, 128, cfg["R"], cfg["MT"], has_zero, cfg["STAGES"]), arch,
+                                         NVRTC, ("--ptxas-options=-v",))
+            assert cubin[:4] == b"\x7fELF", cfg
+            spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", log)]
+            assert spills and max(spills) <= 16, (cfg, log[-500:])
+
+
+def test_cuda_gemv_refuses_what_it_cannot_run():
+    """Not offered on CPU, for fp16 activations or M > 8; a direct call says which input it cannot take."""
+    layer = _int4(256, 64, 64, True)
+    x = torch.randn(1, 256, dtype=torch.bfloat16, device=layer.qweight.device)
+    assert not C.supports(x.half(), 256, 64) and not C.supports(x.repeat(9, 1), 256, 64)
+    if not CUDA:
+        assert not C.supports(x, 256, 64)
+        assert not any(c.startswith("cuda-int4-") for c in layer._candidates(x))
+    with pytest.raises(ValueError, match="CUDA int4 GEMV: M=9"):
+        C.int4_gemv_cuda(x.repeat(9, 1), layer.qweight, layer.scales, None, 64, C.CONFIGS[0])
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA GEMV needs a CUDA GPU (its source is compiled on CPU by "
+                    "test_cuda_gemv_source_compiles_without_headers_or_spills where NVRTC is installed)")
+@pytest.mark.parametrize("k,n,group,sym", [(256, 97, 32, True), (512, 80, 64, False), (11008, 24, 128, False),
+                                           (1024, 130, 256, True), (4096, 64, 128, True)])
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m):
+    """Within one bf16 rounding of the fp32 reference for every configuration that the selector would offer at
+    this M, ragged N and a ragged last K step included; repeatable; offered to the selector."""
+    layer = _int4(k, n, group, sym)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+    ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+    names = [c for c in layer._candidates(x) if c.startswith("cuda-int4-")]
+    assert names
+    for cfg in C.CONFIGS:
+        y = layer._cuda_int4(x, cfg)
+        assert torch.equal(y, layer._cuda_int4(x, cfg)), cfg
+        err = float((y.float() - ref).norm() / ref.norm())
+        assert err < 6e-3, (cfg, err)
+    # an offset, non-16-byte-aligned x is copied, not misread
+    xo = torch.randn(m * k + 1, device="cuda", dtype=torch.bfloat16)[1:].view(m, k)
+    y = layer._cuda_int4(xo, C.CONFIGS[0])
+    ref = nn.functional.linear(xo.float(), layer.dequantized_weight(torch.float32))
+    assert float((y.float() - ref).norm() / ref.norm()) < 6e-3
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_gemv_under_cuda_graph():
+    """Launched through the driver API on torch's current stream, so a CUDA graph captures it."""
+    layer = _int4(4096, 256, 128, True)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    cfg = C.CONFIGS[1]
+    want = layer._cuda_int4(x, cfg)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        layer._cuda_int4(x, cfg)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        y = layer._cuda_int4(x, cfg)
+    x.copy_(torch.randn_like(x))
+    want = layer._cuda_int4(x, cfg)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, want)
