@@ -35,17 +35,19 @@ def x2_grid() -> list[dict]:
 
 
 def cuda_grid(m: int) -> list[dict]:
-    """The CUDA GEMV's launches: rows per warp x rows of x per warp (<= M's bucket) x copy stages."""
+    """The CUDA GEMV's launches: rows per warp x rows of x per warp (<= M's bucket) x copy stages x programmatic
+    dependent launch or not (each layer copy of the timed graph then overlaps the previous one's tail)."""
     from nnslim.runtime.kernels import cuda_int4_gemv
 
     mts = [mt for mt in (1, 2, 4, 8) if mt <= max(1, 1 << (m - 1).bit_length())]
-    return [dict(R=r, MT=mt, STAGES=st) for r, mt, st in itertools.product((1, 2, 4), mts, (2, 4, 8))
+    return [dict(R=r, MT=mt, STAGES=st, PDL=pdl) for r, mt, st, pdl in itertools.product((1, 2, 4), mts, (2, 4, 8),
+                                                                                         (False, True))
             if r * mt <= 8 and m <= cuda_int4_gemv.MAX_M and cuda_int4_gemv.fits(dict(R=r, STAGES=st))]
 
 
 def _key(c: dict) -> str:
     if "R" in c:
-        return f"R{c['R']}m{c['MT']}s{c['STAGES']}"
+        return f"R{c['R']}m{c['MT']}s{c['STAGES']}" + ("pdl" if c.get("PDL") else "")
     return (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
             + ("p" if c.get("PREFETCH") else ""))
 

@@ -90,7 +90,7 @@ def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m):
     ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
     names = [c for c in layer._candidates(x) if c.startswith("cuda-int4-")]
     assert names
-    for cfg in C.CONFIGS:
+    for cfg in C.CONFIGS + [dict(C.CONFIGS[0], PDL=True)]:
         y = layer._cuda_int4(x, cfg)
         assert torch.equal(y, layer._cuda_int4(x, cfg)), cfg
         err = float((y.float() - ref).norm() / ref.norm())
@@ -103,11 +103,13 @@ def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_cuda_gemv_under_cuda_graph():
-    """Launched through the driver API on torch's current stream, so a CUDA graph captures it."""
+@pytest.mark.parametrize("pdl", [False, True])
+def test_cuda_gemv_under_cuda_graph(pdl):
+    """Launched through the driver API on torch's current stream, so a CUDA graph captures it; as a programmatic
+    dependent launch (sm_90) too, right after the kernel that writes its x."""
     layer = _int4(4096, 256, 128, True)
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    cfg = C.CONFIGS[1]
+    cfg = dict(C.CONFIGS[1], PDL=pdl)
     want = layer._cuda_int4(x, cfg)
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
@@ -115,10 +117,12 @@ def test_cuda_gemv_under_cuda_graph():
     with torch.cuda.stream(s):
         layer._cuda_int4(x, cfg)
     torch.cuda.current_stream().wait_stream(s)
+    src = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     with torch.cuda.graph(g):
+        x.copy_(src * 2)  # the previous kernel writes x
         y = layer._cuda_int4(x, cfg)
-    x.copy_(torch.randn_like(x))
-    want = layer._cuda_int4(x, cfg)
+    src.copy_(torch.randn_like(src))
+    want = layer._cuda_int4(src * 2, cfg)
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, want)

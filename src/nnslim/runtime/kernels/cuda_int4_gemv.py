@@ -41,6 +41,7 @@ _SOURCE = r"""
 #define ITERS ((CHUNKS + 31) / 32)
 #define NG (K / GROUP)
 #define STAGES __STAGES__
+#define PDL __PDL__
 
 struct alignas(16) u4 { unsigned a, b, c, d; };
 
@@ -125,6 +126,12 @@ int4_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
     }
     commit();
     const int t = it - (STAGES - 1);  // compute step t: its copies are the oldest group still pending
+#if PDL
+    // launched as a programmatic dependent: the weight copies above overlap the previous kernel's tail;
+    // x (its output) is read only after it has completed and its writes are visible
+    if (t == 0) asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (t == 0) asm volatile("griddepcontrol.launch_dependents;");
+#endif
     if (t >= 0) {
       wait_stage();
       const int c = t * 32 + lane;
@@ -207,11 +214,11 @@ _KERNELS: dict[tuple, object] = {}
 _BROKEN: set[int] = set()  # devices where NVRTC / the driver API failed once: not offered again
 
 
-def source(k: int, group: int, r: int, mt: int, has_zero: bool, stages: int = 4) -> str:
-    """The kernel's CUDA source for these compile-time constants."""
+def source(k: int, group: int, r: int, mt: int, has_zero: bool, stages: int = 4, pdl: bool = False) -> str:
+    """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only)."""
     src = _SOURCE
     for name, value in (("K", k), ("GROUP", group), ("R", r), ("MT", mt), ("HAS_ZERO", int(has_zero)),
-                        ("STAGES", stages)):
+                        ("STAGES", stages), ("PDL", int(pdl))):
         src = src.replace(f"__{name}__", str(value))
     return src
 
@@ -293,15 +300,15 @@ def _cubin(src: str, arch: str) -> bytes:
     return data
 
 
-def _kernel(device: torch.device, k: int, group: int, r: int, mt: int, has_zero: bool, stages: int):
+def _kernel(device: torch.device, k: int, group: int, r: int, mt: int, has_zero: bool, stages: int, pdl: bool):
     major, minor = torch.cuda.get_device_capability(device)
-    key = (device.index, major, minor, k, group, r, mt, has_zero, stages)
+    key = (device.index, major, minor, k, group, r, mt, has_zero, stages, pdl)
     with _LOCK:
         if key not in _KERNELS:
             from torch.cuda._utils import _cuda_load_module, _get_gpu_rtc_library
 
             try:
-                cubin = _cubin(source(k, group, r, mt, has_zero, stages), f"sm_{major}{minor}")
+                cubin = _cubin(source(k, group, r, mt, has_zero, stages, pdl), f"sm_{major}{minor}")
                 with torch.cuda.device(device):
                     _KERNELS[key] = _cuda_load_module(cubin, ["int4_gemv"])["int4_gemv"]
             except (OSError, AttributeError):  # no NVRTC / driver library: not offered again on this device
@@ -328,9 +335,39 @@ def int4_gemv_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x, qw, sc = _aligned(x), _aligned(qweight), _aligned(scales)
     z = _aligned(zeros) if zeros is not None else qw
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    kern = _kernel(x.device, k, group, r, mt, zeros is not None, config["STAGES"])
-    z = zeros.contiguous() if zeros is not None else qw
+    pdl = bool(config.get("PDL")) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    kern = _kernel(x.device, k, group, r, mt, zeros is not None, config["STAGES"], pdl)
     with torch.cuda.device(x.device):
-        kern(grid=(-(-n // (WARPS * r)), -(-m // mt), 1), block=(32 * WARPS, 1, 1),
-             args=[x, qw, sc, z, y, n, m, x.stride(0), y.stride(0)])
+        _launch(kern, (-(-n // (WARPS * r)), -(-m // mt), 1), (32 * WARPS, 1, 1),
+                [x, qw, sc, z, y, n, m, x.stride(0), y.stride(0)], pdl)
     return y
+
+
+class _Attr(ctypes.Structure):  # CUlaunchAttribute: id, padding, a 64-byte value union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_Attr)), ("num_attrs", ctypes.c_uint)]
+
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
+def _launch(kern, grid: tuple, block: tuple, args: list, pdl: bool) -> None:
+    """Launch on torch's current stream (captured by CUDA graphs); pdl: as a programmatic dependent launch
+    (cuLaunchKernelEx), which may start while the previous kernel finishes (the kernel waits for it before
+    reading x)."""
+    if not pdl:
+        kern(grid=grid, block=block, args=args)
+        return
+    from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+    holders = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int(a) for a in args]
+    argv = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(h), ctypes.c_void_p) for h in holders])
+    attr = _Attr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attr.value[0] = 1
+    cfg = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), 0,
+                        ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.pointer(attr), 1)
+    _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), kern.func, argv, None))
