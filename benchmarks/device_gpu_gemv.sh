@@ -18,7 +18,7 @@ if [[ $STEPS == *sweep1* ]]; then
     | grep -v "^  "
 fi
 if [[ $STEPS == *sweepm* ]]; then
-  timeout 240 python3 benchmarks/gpu_int4_gemv.py --m 2,4,8 --families cuda --json "$OUT/gpu_int4_gemv_cuda_m248.json" \
+  timeout 240 python3 benchmarks/gpu_int4_gemv.py --m 2,4,8 --families cuda --pdl on --stages 2,4 --json "$OUT/gpu_int4_gemv_cuda_m248.json" \
     | grep -v "^  "
 fi
 if [[ $STEPS == *decode* ]]; then

@@ -34,14 +34,15 @@ def x2_grid() -> list[dict]:
             for (bn, bk, sk), pf in itertools.product(tiles, (False, True))]
 
 
-def cuda_grid(m: int) -> list[dict]:
+def cuda_grid(m: int, pdl: str = "both", stages: str = "2,4,8") -> list[dict]:
     """The CUDA GEMV's launches: rows per warp x rows of x per warp (<= M's bucket) x copy stages x programmatic
     dependent launch or not (each layer copy of the timed graph then overlaps the previous one's tail)."""
     from nnslim.runtime.kernels import cuda_int4_gemv
 
     mts = [mt for mt in (1, 2, 4, 8) if mt <= max(1, 1 << (m - 1).bit_length())]
-    return [dict(R=r, MT=mt, STAGES=st, PDL=pdl) for r, mt, st, pdl in itertools.product((1, 2, 4), mts, (2, 4, 8),
-                                                                                         (False, True))
+    pdls = {"both": (False, True), "on": (True,), "off": (False,)}[pdl]
+    sts = [int(v) for v in stages.split(",")]
+    return [dict(R=r, MT=mt, STAGES=st, PDL=p) for r, mt, st, p in itertools.product((1, 2, 4), mts, sts, pdls)
             if r * mt <= 8 and m <= cuda_int4_gemv.MAX_M and cuda_int4_gemv.fits(dict(R=r, STAGES=st))]
 
 
@@ -58,6 +59,8 @@ def main():
     ap.add_argument("--rep-ms", type=int, default=40)
     ap.add_argument("--shapes", default="all", help="all, or indices into SHAPES (e.g. 0,2)")
     ap.add_argument("--families", default="cuda,x2,kmajor,perm")
+    ap.add_argument("--pdl", default="both", choices=["both", "on", "off"], help="CUDA GEMV launches")
+    ap.add_argument("--stages", default="2,4,8", help="CUDA GEMV copy stages")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -70,7 +73,7 @@ def main():
     ms = [int(v) for v in args.m.split(",")]
     for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), ms, args.rep_ms):
         ref = F.linear(x.float(), mods[0].dequantized_weight(torch.float32))
-        fams = {"cuda": (cuda_grid(m), lambda md, c: md._cuda_int4(x, c)),
+        fams = {"cuda": (cuda_grid(m, args.pdl, args.stages), lambda md, c: md._cuda_int4(x, c)),
                 "x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
                 "kmajor": (triton_int4.KMAJOR_CONFIGS, lambda md, c: md._triton_int4k(x, c)),
                 "perm": (triton_int4.PERM_CONFIGS, lambda md, c: md._triton_int4p(x, c))}

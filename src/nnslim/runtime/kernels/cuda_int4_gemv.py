@@ -197,10 +197,12 @@ int4_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
 """
 
 WARPS = 4  # warps per block: each owns R output rows
-# (R rows per warp, MT rows of x per warp, STAGES of copies in flight): offered to the measured selector where
-# MT <= M's bucket (first guesses, before a sweep on the GPU)
-CONFIGS = [dict(R=r, MT=mt, STAGES=st) for mt in (1, 2, 4, 8) for r, st in ((1, 4), (1, 8), (2, 4), (2, 8))
-           if r * mt <= 8]
+# (R rows per warp, MT rows of x per warp, STAGES of copies in flight, programmatic dependent launch), offered
+# to the measured selector where MT <= M's bucket: at M = 1 the winners of benchmarks/gpu_int4_gemv.py on the
+# H100 (2026-12-06, BENCHMARKS 9k); for M = 2-8 first guesses. PDL is dropped below sm_90.
+CONFIGS = [dict(R=r, MT=mt, STAGES=st, PDL=pdl) for r, mt, st, pdl in
+           [(4, 1, 4, True), (2, 1, 4, True), (4, 1, 2, True), (2, 1, 2, True), (2, 1, 2, False),
+            (1, 2, 4, True), (2, 2, 4, True), (1, 4, 4, True), (2, 4, 2, True), (1, 8, 2, True), (1, 8, 4, True)]]
 MAX_M = 8
 SMEM_STATIC = 48 * 1024
 
