@@ -185,13 +185,12 @@ class WeightOnlyLinear(PackedLinear):
                     if triton_int4.perm_tile_words(k, g) is not None:
                         for i, cfg in enumerate(triton_int4.PERM_CONFIGS):
                             out[f"triton-int4p-{i}"] = lambda c=cfg: self._triton_int4p(x, c)
-            if self.bits == 4 and x.shape[0] <= 8:
+            if self.bits == 4 and x.shape[0] == 1:
                 from ...runtime.kernels import cuda_int4_gemv
 
                 if cuda_int4_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_gemv.CONFIGS):
-                        if cfg["MT"] <= select.m_bucket(x.shape[0]):
-                            out[f"cuda-int4-{i}"] = lambda c=cfg: self._cuda_int4(x, c)
+                        out[f"cuda-int4-{i}"] = lambda c=cfg: self._cuda_int4(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":

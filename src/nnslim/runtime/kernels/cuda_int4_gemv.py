@@ -197,12 +197,12 @@ int4_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
 """
 
 WARPS = 4  # warps per block: each owns R output rows
-# (R rows per warp, MT rows of x per warp, STAGES of copies in flight, programmatic dependent launch), offered
-# to the measured selector where MT <= M's bucket: at M = 1 the winners of benchmarks/gpu_int4_gemv.py on the
-# H100 (2026-12-06, BENCHMARKS 9k); for M = 2-8 first guesses. PDL is dropped below sm_90.
+# (R rows per warp, MT rows of x per warp, STAGES of copies in flight, programmatic dependent launch): the M = 1
+# winners of benchmarks/gpu_int4_gemv.py on the H100 (2026-12-06, BENCHMARKS 9k), offered to the measured selector
+# at M = 1 (at M = 2-8 every MT lost to tinygemm there: the x loads per row of x, not the weight, bound it).
+# PDL is dropped below sm_90 or with NNSLIM_PDL=0; NNSLIM_CUDA_KERNELS=0 offers none of them.
 CONFIGS = [dict(R=r, MT=mt, STAGES=st, PDL=pdl) for r, mt, st, pdl in
-           [(4, 1, 4, True), (2, 1, 4, True), (4, 1, 2, True), (2, 1, 2, True), (2, 1, 2, False),
-            (1, 2, 4, True), (2, 2, 4, True), (1, 4, 4, True), (2, 4, 2, True), (1, 8, 2, True), (1, 8, 4, True)]]
+           [(4, 1, 4, True), (2, 1, 4, True), (4, 1, 2, True), (2, 1, 2, True), (2, 1, 2, False)]]
 MAX_M = 8
 SMEM_STATIC = 48 * 1024
 
@@ -257,7 +257,8 @@ def compile_cubin(src: str, arch: str, lib: ctypes.CDLL, options: tuple[str, ...
 
 
 def available(device: torch.device) -> bool:
-    if device.type != "cuda" or torch.version.hip or device.index in _BROKEN:
+    if (device.type != "cuda" or torch.version.hip or device.index in _BROKEN
+            or os.environ.get("NNSLIM_CUDA_KERNELS", "1") == "0"):
         return False
     try:
         from torch.cuda._utils import _cuda_load_module, _get_gpu_rtc_library  # noqa: F401
@@ -337,7 +338,8 @@ def int4_gemv_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x, qw, sc = _aligned(x), _aligned(qweight), _aligned(scales)
     z = _aligned(zeros) if zeros is not None else qw
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    pdl = bool(config.get("PDL")) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    pdl = (bool(config.get("PDL")) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+           and os.environ.get("NNSLIM_PDL", "1") != "0")
     kern = _kernel(x.device, k, group, r, mt, zeros is not None, config["STAGES"], pdl)
     with torch.cuda.device(x.device):
         _launch(kern, (-(-n // (WARPS * r)), -(-m // mt), 1), (32 * WARPS, 1, 1),
