@@ -6,6 +6,7 @@
 # STEPS=tests,sweep1,sweepm,decode,batched picks the parts.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
+export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the selector may pick the CUDA GEMV
 OUT=${OUT:-build/device-gemv}
 STEPS=${STEPS:-tests,sweep1,sweepm,decode}
 mkdir -p "$OUT"
@@ -29,8 +30,8 @@ if [[ $STEPS == *batched* ]]; then
   timeout 240 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1,8,32 --kv model --runs 1 \
     --new-tokens 128 --json "$OUT/gpu_batched_decode_8layers_cuda_gemv.json" 2>&1 | tail -12
 fi
-if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1: without the CUDA GEMV, with it, with it but no PDL
-  for envs in "NNSLIM_CUDA_KERNELS=0" "NNSLIM_CUDA_KERNELS=1" "NNSLIM_PDL=0"; do
+if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1 without and with the CUDA GEMV offered to the selector
+  for envs in "NNSLIM_CUDA_KERNELS=0" "NNSLIM_CUDA_KERNELS=1"; do
     echo "## $envs"
     env $envs timeout 150 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1 --kv model --runs 3 \
       --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_${envs//=/_}.json" 2>&1 | grep '"variant"'

@@ -34,8 +34,12 @@ def main():
     ap.add_argument("--grid", default="all", choices=["all", "split", "dot"])
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--rep-ms", type=int, default=60)
+    ap.add_argument("--split-blocks", default="32,64,128", help="positions per iteration of the split kernel")
+    ap.add_argument("--split-warps", default="4", help="warps per program of the split kernel")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    args.split_blocks = [int(v) for v in args.split_blocks.split(",")]
+    args.split_warps = [int(v) for v in args.split_warps.split(",")]
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     from nnslim.runtime.kernels import triton_decode as K
@@ -43,8 +47,8 @@ def main():
     print(f"# decode attention sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
     h, d = args.heads, 128
-    split = [dict(BLOCK_L=bl, PROGRAMS=p, EARLY_V=e, num_warps=4)
-             for bl, p, e in itertools.product((32, 64, 128), (1024, 2048, 4096), (False, True))]
+    split = [dict(BLOCK_L=bl, PROGRAMS=p, EARLY_V=e, num_warps=w)
+             for bl, p, e, w in itertools.product(args.split_blocks, (1024, 2048, 4096), (False, True), args.split_warps)]
     dot = [dict(BLOCK_L=bl, PROGRAMS=p, EARLY_V=False, num_warps=w, num_stages=st, DOT=True)
            for bl, p, w, st in itertools.product((64, 128, 256), (1024, 4096), (4, 8), (2, 3))]
     grid = {"all": split + dot, "split": split, "dot": dot}[args.grid]
@@ -75,7 +79,8 @@ def main():
             for c in configs:
                 key = ("default" if c.pop("default", False) else
                        f"{'D' if c.get('DOT') else ''}L{c['BLOCK_L']}p{c['PROGRAMS']}{'e' if c['EARLY_V'] else ''}"
-                       f"{'w' if c.get('WORDS') else ''}" + (f"n{c['num_warps']}s{c['num_stages']}" if c.get('DOT') else ''))
+                       f"{'w' if c.get('WORDS') else ''}" + (f"n{c['num_warps']}s{c['num_stages']}" if c.get('DOT') else
+                                                     (f"n{c['num_warps']}" if c['num_warps'] != 4 else '')))
                 names[key] = c
                 try:
                     err = float((call(c).float() - ref).norm() / ref.norm())

@@ -84,11 +84,17 @@ def test_cuda_gemv_refuses_what_it_cannot_run():
 @pytest.mark.parametrize("m", [1, 3, 8])
 def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m):
     """Within one bf16 rounding of the fp32 reference for every offered configuration and for several rows of x
-    per warp, ragged N and a ragged last K step included; repeatable; offered to the selector at M = 1."""
+    per warp, ragged N and a ragged last K step included; repeatable; offered to the selector at M = 1 only when
+    NNSLIM_CUDA_KERNELS=1."""
     layer = _int4(k, n, group, sym)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
     ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
-    assert any(c.startswith("cuda-int4-") for c in layer._candidates(x)) == (m == 1)  # tinygemm wins at M > 1
+    assert not any(c.startswith("cuda-int4-") for c in layer._candidates(x))  # opt-in
+    os.environ["NNSLIM_CUDA_KERNELS"] = "1"
+    try:
+        assert any(c.startswith("cuda-int4-") for c in layer._candidates(x)) == (m == 1)  # tinygemm wins at M > 1
+    finally:
+        del os.environ["NNSLIM_CUDA_KERNELS"]
     for cfg in C.CONFIGS + [dict(R=r, MT=mt, STAGES=2, PDL=True) for r, mt in ((1, 2), (2, 4), (1, 8))]:
         y = layer._cuda_int4(x, cfg)
         assert torch.equal(y, layer._cuda_int4(x, cfg)), cfg

@@ -188,7 +188,7 @@ class WeightOnlyLinear(PackedLinear):
             if self.bits == 4 and x.shape[0] == 1:
                 from ...runtime.kernels import cuda_int4_gemv
 
-                if cuda_int4_gemv.supports(x, k, g):
+                if cuda_int4_gemv.offered() and cuda_int4_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_gemv.CONFIGS):
                         out[f"cuda-int4-{i}"] = lambda c=cfg: self._cuda_int4(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:

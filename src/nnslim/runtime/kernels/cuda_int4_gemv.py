@@ -18,7 +18,9 @@ read and dequantized once for them).
 
 The source needs no CUDA header (only builtins and inline PTX), so NVRTC from the CUDA pip wheels that
 torch itself depends on is enough: no nvcc, no host compiler. Compiled once per (GPU architecture, K, group,
-R, MT, zeros) in the process; where NVRTC or the driver API cannot be loaded the kernel is not offered.
+R, MT, zeros, stages) and kept in $NNSLIM_CACHE/cuda; where NVRTC or the driver API cannot be loaded the kernel
+cannot run. The measured selector tries it only with NNSLIM_CUDA_KERNELS=1: it did not make decode faster end to
+end (CONFIGS says what was measured).
 """
 from __future__ import annotations
 
@@ -197,12 +199,13 @@ int4_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
 """
 
 WARPS = 4  # warps per block: each owns R output rows
-# (R rows per warp, MT rows of x per warp, STAGES of copies in flight, programmatic dependent launch): the M = 1
-# winners of benchmarks/gpu_int4_gemv.py on the H100 (2026-12-06, BENCHMARKS 9k), offered to the measured selector
-# at M = 1 (at M = 2-8 every MT lost to tinygemm there: the x loads per row of x, not the weight, bound it).
-# PDL is dropped below sm_90 or with NNSLIM_PDL=0; NNSLIM_CUDA_KERNELS=0 offers none of them.
-CONFIGS = [dict(R=r, MT=mt, STAGES=st, PDL=pdl) for r, mt, st, pdl in
-           [(4, 1, 4, True), (2, 1, 4, True), (4, 1, 2, True), (2, 1, 2, True), (2, 1, 2, False)]]
+# (R rows per warp, MT rows of x per warp, STAGES of copies in flight, programmatic dependent launch): the best
+# launches without PDL at M = 1 in benchmarks/gpu_int4_gemv.py on the H100 (2026-12-06, BENCHMARKS 9k).
+# Not offered to the selector unless NNSLIM_CUDA_KERNELS=1: end to end (8-layer decode, batch 1) it was 1.6%
+# slower than what the selector picks without it (tinygemm / triton_int4_gemv), 7% slower with PDL, whose gain
+# in the isolated sweep came from back-to-back independent GEMVs overlapping (a decode's kernels depend on each
+# other). MT > 1 lost to tinygemm at every M = 2-8. PDL is dropped below sm_90 or with NNSLIM_PDL=0.
+CONFIGS = [dict(R=r, MT=1, STAGES=st, PDL=False) for r, st in ((2, 2), (2, 4), (4, 2), (2, 8))]
 MAX_M = 8
 SMEM_STATIC = 48 * 1024
 
@@ -256,9 +259,13 @@ def compile_cubin(src: str, arch: str, lib: ctypes.CDLL, options: tuple[str, ...
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
+def offered() -> bool:
+    """Whether the measured selector tries this kernel (opt-in, see CONFIGS)."""
+    return os.environ.get("NNSLIM_CUDA_KERNELS", "0") == "1"
+
+
 def available(device: torch.device) -> bool:
-    if (device.type != "cuda" or torch.version.hip or device.index in _BROKEN
-            or os.environ.get("NNSLIM_CUDA_KERNELS", "1") == "0"):
+    if device.type != "cuda" or torch.version.hip or device.index in _BROKEN:
         return False
     try:
         from torch.cuda._utils import _cuda_load_module, _get_gpu_rtc_library  # noqa: F401
