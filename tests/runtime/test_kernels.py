@@ -350,6 +350,20 @@ def test_mma_split_workspace_grows_and_keeps_outgrown_buffers():
     mma._RETIRED[:] = [w for w in mma._RETIRED if w[0].device != dev]
 
 
+def test_split_k_tiles_only_for_few_rows_and_int32_safe(monkeypatch):
+    """Long prompts (16k rows) are offered no split-K tile (one needed an 11 GB workspace and overflowed the
+    kernel's int32 offsets: an illegal address in a 16k-token prefill); a split launch whose partials would pass
+    int32 offsets adds atomically instead of using the workspace."""
+    split, whole = dict(BLOCK_M=16, SPLIT_K=8), dict(BLOCK_M=256, SPLIT_K=1)
+    assert mma.tile_offered(split, 16, 16) and mma.tile_offered(split, 512, 512)
+    assert not mma.tile_offered(split, 16384, 4096) and mma.tile_offered(whole, 16384, 4096)
+    assert not mma.tile_offered(whole, 16, 16)  # taller than the bucket
+    monkeypatch.setattr(mma, "MAX_PARTIALS", 1000)
+    y, ws_p, ws_c, cfg = mma.split_outputs(torch.device("cpu"), torch.bfloat16, 16, 64,
+                                           dict(BLOCK_M=16, BLOCK_N=64, SPLIT_K=2))  # 2048 partials
+    assert cfg["ATOMIC"] and y.dtype == torch.float32 and ws_p is y
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: the selector offers the kernel on CUDA only")
 def test_mma_gemm_is_a_selector_candidate_for_batches():
     layer = _int4(256, 64, 128, True)
@@ -357,6 +371,8 @@ def test_mma_gemm_is_a_selector_candidate_for_batches():
                                                                                      dtype=torch.bfloat16)))
     assert not any(c.startswith("triton-int4mma-") for c in layer._candidates(torch.zeros(1, 256, device=DEV,
                                                                                          dtype=torch.bfloat16)))
+    long = layer._candidates(torch.zeros(2048, 256, device=DEV, dtype=torch.bfloat16))
+    assert not any(mma.MMA_CONFIGS[int(c.rsplit("-", 1)[1])]["SPLIT_K"] > 1 for c in long if c.startswith("triton-int4mma-"))
 
 
 def test_mma_gemm_compiles_for_sm90():

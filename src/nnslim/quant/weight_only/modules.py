@@ -160,13 +160,14 @@ class WeightOnlyLinear(PackedLinear):
 
                 if triton_int4.available():
                     bucket = max(16, select.m_bucket(x.shape[0]))
-                    for i, cfg in enumerate(triton_int4.TC_CONFIGS):
-                        if cfg["BLOCK_M"] <= bucket and triton_int4.tc_fits(k, g, cfg["BLOCK_K"]):
-                            out[f"triton-int4tc-{i}"] = lambda c=cfg: self._triton_int4tc(x, c)
                     from ...runtime.kernels import triton_int4_mma
 
+                    m = x.shape[0]
+                    for i, cfg in enumerate(triton_int4.TC_CONFIGS):
+                        if triton_int4_mma.tile_offered(cfg, m, bucket) and triton_int4.tc_fits(k, g, cfg["BLOCK_K"]):
+                            out[f"triton-int4tc-{i}"] = lambda c=cfg: self._triton_int4tc(x, c)
                     for i, cfg in enumerate(triton_int4_mma.MMA_CONFIGS):
-                        if cfg["BLOCK_M"] <= bucket and triton_int4_mma.supports(x, k, g, cfg["BLOCK_K"]):
+                        if triton_int4_mma.tile_offered(cfg, m, bucket) and triton_int4_mma.supports(x, k, g, cfg["BLOCK_K"]):
                             out[f"triton-int4mma-{i}"] = lambda c=cfg: self._triton_int4mma(x, c)
                     if x.shape[0] >= 64 and triton_int4.tc_fits(k, g, 32):
                         out["triton-int4dq"] = lambda: F.linear(x, self._triton_dequant(x.dtype))

@@ -146,6 +146,15 @@ if triton is not None:
 # Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
 # Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; the last two: split 4 at
 # M=128, from the 22:12 sweep)
+SPLIT_MAX_M = 512  # split-K tiles are offered up to this M: beyond it the output tiles alone fill the GPU
+MAX_PARTIALS = 2**31  # store_tile's workspace offsets are int32: larger split launches add atomically
+
+
+def tile_offered(cfg: dict, m: int, bucket: int) -> bool:
+    """Whether the selector tries a GEMM tile for m rows (M bucket `bucket`): tiles no taller than the bucket,
+    split-K only up to SPLIT_MAX_M rows (at 16384 rows a 16-row split-8 tile needed an 11 GB workspace)."""
+    return cfg["BLOCK_M"] <= bucket and (cfg.get("SPLIT_K", 1) == 1 or m <= SPLIT_MAX_M)
+
 MMA_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=bn // 16, num_stages=st)
                for bm, bn, bk, sk, st in [
                    (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 64, 128, 8, 4), (32, 64, 128, 2, 4),
@@ -204,9 +213,12 @@ def split_outputs(device: torch.device, dtype: torch.dtype, m: int, n: int, cfg:
     cfg = {"SPLIT_K": 1, "GROUP_N": 8, "ATOMIC": False, **cfg}
     tiles, split = grid(m, n, cfg)
     ws = None
-    if split > 1 and not cfg["ATOMIC"]:
-        ws = split_workspace(device, split * tiles * cfg["BLOCK_M"] * cfg["BLOCK_N"], tiles)
+    partials = split * tiles * cfg["BLOCK_M"] * cfg["BLOCK_N"]
+    if split > 1 and not cfg["ATOMIC"] and partials < MAX_PARTIALS:
+        ws = split_workspace(device, partials, tiles)
         cfg["ATOMIC"] = ws is None
+    elif split > 1:
+        cfg["ATOMIC"] = True
     if split > 1 and cfg["ATOMIC"]:
         y = torch.zeros((m, n), dtype=torch.float32, device=device)
     else:
