@@ -345,9 +345,10 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
 # with K, int8 codes read as 32-bit words (WORDS: _decode_attention_int8_kernel), query heads as rows of tensor-core
 # products (DOT: _decode_attention_dot_kernel, with num_stages); chosen by benchmarks/gpu_decode_attention.py on the
 # H200 (16512 positions; 2026-12-03: bf16 134 -> 84 us, int8 90 -> 68 us against the earlier 64 / 1024 / late V;
-# 2026-12-05: bf16 on tensor cores 81 us, int8 words 63 us, BENCHMARKS 9g)
+# 2026-12-05: bf16 on tensor cores 81 us, int8 words 63 us, BENCHMARKS 9g; 2026-12-06 on an H100: int8 words with
+# 256 positions per step 68.1 us against 72.8 with 128, BENCHMARKS 9k)
 ATTENTION_CONFIG = {"model": dict(BLOCK_L=64, PROGRAMS=4096, EARLY_V=False, num_warps=4, num_stages=3, DOT=True),
-                    "int8": dict(BLOCK_L=128, PROGRAMS=2048, EARLY_V=False, num_warps=4, WORDS=True),
+                    "int8": dict(BLOCK_L=256, PROGRAMS=4096, EARLY_V=False, num_warps=4, WORDS=True),
                     "fp8": dict(BLOCK_L=128, PROGRAMS=4096, EARLY_V=False, num_warps=4)}
 
 
