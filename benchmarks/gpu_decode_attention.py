@@ -9,7 +9,8 @@ position) over a static cache of L positions in bf16 and as int8 / fp8 e4m3 code
 configuration of the grid below: the split kernel (one query row, CUDA-core products) and the tensor-core one
 (DOT: the query heads of a kv head as rows of tl.dot), the split kernel's int8 also with its codes read as 32-bit
 words (WORDS); each checked against the default configuration's output, timed as a
-CUDA graph (do_bench median) and set beside its memory floor (the cache bytes read at 4.8 TB/s). The
+CUDA graph (do_bench median) and set beside its memory floor (the cache bytes read at the GPU's datasheet
+bandwidth). The
 configurations kept in triton_decode.ATTENTION_CONFIG are the ones that won here.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import HBM_BYTES_PER_S, graph_time, machine  # noqa: E402
+from gpu_llm import graph_time, hbm_bytes_per_s, machine  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -68,7 +69,7 @@ def main():
         for fmt in args.formats.split(","):
             kc, vc, a, b = caches[fmt]
             nbytes = 2 * kc.numel() * kc.element_size() + (0 if a is None else 2 * a.numel() * 4)
-            floor_us = nbytes / HBM_BYTES_PER_S * 1e6
+            floor_us = nbytes / hbm_bytes_per_s() * 1e6
             call = lambda c: K.decode_attention(q, kc, vc, pos, d ** -0.5, k_scale=a, v_scale=b, config=c)  # noqa: E731
             ref = call(dict(K.ATTENTION_CONFIG[K.cache_format(kc)], DOT=False)).float()  # fp32 probabilities
             times, errs = {}, {}

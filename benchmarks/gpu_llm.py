@@ -304,7 +304,17 @@ def bench_decode(args) -> list[dict]:
     return rows
 
 
-HBM_BYTES_PER_S = 4.8e12  # H200 datasheet bandwidth: the memory floor of a decode step
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}  # datasheet bandwidths: the memory floor of a decode step
+
+
+def hbm_bytes_per_s() -> float:
+    """The datasheet HBM bandwidth of GPU 0 (H100 SXM 3.35 TB/s, H200 4.8 TB/s; others: the H200's, flagged)."""
+    name = torch.cuda.get_device_name(0)
+    for key, bw in HBM_BYTES_PER_S.items():
+        if key in name:
+            return bw
+    print(f"# no datasheet bandwidth for {name}: floors use the H200's 4.8 TB/s", flush=True)
+    return HBM_BYTES_PER_S["H200"]
 
 
 def _weight_bytes(model) -> int:
@@ -320,7 +330,7 @@ def _weight_bytes(model) -> int:
 
 def bench_batched(args) -> list[dict]:
     """Fused StaticDecoder at batch sizes and KV-cache formats: tokens/s over the batch, ms per step, and the
-    memory floor of a step (weights + the KV cache read at the mean context, at HBM_BYTES_PER_S)."""
+    memory floor of a step (weights + the KV cache read at the mean context, at hbm_bytes_per_s())."""
     from nnslim import Int4RtnConfig, quantize
     from nnslim.quant.w8a8 import Fp8Config, quantize_w8a8
     from nnslim.runtime.decode import StaticDecoder
@@ -351,11 +361,12 @@ def bench_batched(args) -> list[dict]:
                 ctx = args.prompt + args.new_tokens / 2
                 elem = 2 if kv == "model" else 1
                 kv_read = b * cfg.num_hidden_layers * 2 * kvh * ctx * (hd * elem + (0 if kv == "model" else 4))
-                floor_ms = (wbytes + kv_read) / HBM_BYTES_PER_S * 1e3
+                floor_ms = (wbytes + kv_read) / hbm_bytes_per_s() * 1e3
                 step_ms = 1e3 * b / rate
                 row = {"variant": name, "batch": b, "kv_cache": kv, "prompt": args.prompt, "new_tokens": args.new_tokens,
                        "tok_s": round(rate, 1), "ms_per_step": round(step_ms, 3), "floor_ms": round(floor_ms, 3),
-                       "floor_over_measured": round(floor_ms / step_ms, 3), "weights_GB": round(wbytes / 1e9, 2),
+                       "floor_over_measured": round(floor_ms / step_ms, 3),
+                       "floor_TB_s": hbm_bytes_per_s() / 1e12, "weights_GB": round(wbytes / 1e9, 2),
                        "kv_cache_GB": round(dec.cache.nbytes() / 1e9, 2), "runs": [round(r[1], 1) for r in runs]}
                 if ref_tokens is None:
                     ref_tokens = tokens
