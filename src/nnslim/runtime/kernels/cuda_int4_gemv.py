@@ -7,9 +7,11 @@ its scales [N, G] and, for asymmetric weights, zeros [N, G] uint8: no second cop
 Why CUDA: the Triton GEMVs (triton_int4_gemv) reach ~25-40% of the HBM bandwidth at M = 1 because Triton
 neither keeps many independent weight loads in flight for non-dot loads nor lets x stay in the registers
 of the lanes that use it (it goes through shared memory every iteration). Here each warp owns R output rows
-and walks K with every lane loading 16 contiguous bytes (32 codes) of each row per step, the K loop is fully
-unrolled (K is a compile-time constant), so the compiler issues the weight loads of several steps before
-their arithmetic; x (L1-cached, the same for every warp) is paired once per word and reused for the R rows.
+and walks K (a compile-time constant: the loop is unrolled) with every lane copying 16 contiguous bytes (32
+codes) of each row per step into shared memory with cp.async, STAGES - 1 steps ahead of the arithmetic (ptxas
+moves plain loads next to their use, which left one load in flight per warp); x (L1-cached, the same for every
+warp) is paired once per word and reused for the R rows. Optionally (PDL) launched as a programmatic dependent:
+the first copies overlap the previous kernel's end, x is read after griddepcontrol.wait.
 Per word of 8 codes: one LOP3 (after a shift) makes the bf16 pair (128 + q_j, 128 + q_{j+4}) exactly, one
 bf16x2 FMA subtracts 128 + zero exactly, one bf16x2 FMA multiplies-and-adds the x pair (x_j, x_{j+4}); the
 four products of each half are summed in bf16, the halves in fp32, then the group scale is applied in fp32
@@ -213,6 +215,7 @@ SMEM_STATIC = 48 * 1024
 def fits(config: dict) -> bool:
     """The copy stages of a block fit the 48 KB of static shared memory (with zero points: the largest case)."""
     return WARPS * config["STAGES"] * config["R"] * 32 * (16 + 4 + 4) <= SMEM_STATIC
+
 
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple, object] = {}
