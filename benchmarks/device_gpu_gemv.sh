@@ -3,7 +3,7 @@
 # shapes (the CUDA GEMV of cuda_int4_gemv vs the Triton packed-bf16x2 one, tinygemm and bf16), then greedy decode
 # of the 32-layer 7B-shaped model (batch 1, prompt 128, 256 tokens) with whatever the selector picks. From the
 # repo root, through the device tool:   OUT=/tmp/gemv bash benchmarks/device_gpu_gemv.sh      (about 8 minutes)
-# STEPS=tests,sweep1,sweepm,decode,batched picks the parts.
+# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile picks the parts.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the selector may pick the CUDA GEMV
@@ -36,4 +36,8 @@ if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1 without and with 
     env $envs timeout 150 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1 --kv model --runs 3 \
       --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_${envs//=/_}.json" 2>&1 | grep '"variant"'
   done
+fi
+if [[ $STEPS == *profile* ]]; then  # GPU time per kernel class of one decode step, and the gaps between kernels
+  timeout 200 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants bf16,int4 --batch 1 \
+    --json "$OUT/gpu_decode_profile_8layers_b1.json"
 fi
