@@ -131,3 +131,16 @@ def test_cuda_gemv_under_cuda_graph(pdl):
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, want)
+
+
+def test_launch_config_matches_the_driver_struct():
+    """The ctypes mirror of CUlaunchConfig / CUlaunchAttribute that PDL launches pass to cuLaunchKernelEx has the
+    driver's layout (64-bit: 3 + 3 uints, shared bytes, stream at 32, attrs at 40, count at 48; attribute 72 bytes)."""
+    assert ctypes.sizeof(C._LaunchConfig) == 56 and ctypes.sizeof(C._Attr) == 72
+    assert (C._LaunchConfig.smem.offset, C._LaunchConfig.stream.offset, C._LaunchConfig.attrs.offset,
+            C._LaunchConfig.num_attrs.offset) == (24, 32, 40, 48)
+    assert C._Attr.value.offset == 8
+
+
+def test_offered_configs_fit_static_shared_memory():
+    assert all(C.fits(c) for c in C.CONFIGS) and not C.fits(dict(R=4, STAGES=8))
