@@ -144,3 +144,21 @@ def test_launch_config_matches_the_driver_struct():
 
 def test_offered_configs_fit_static_shared_memory():
     assert all(C.fits(c) for c in C.CONFIGS) and not C.fits(dict(R=4, STAGES=8))
+
+
+@pytest.mark.skipif(not CUDA, reason="times CUDA graphs: needs a CUDA GPU")
+@pytest.mark.parametrize("timing", ["warm", "cold"])
+def test_selector_times_candidates_warm_and_cold(monkeypatch, timing):
+    """The selector's CUDA-graph timing, with the weights in L2 (default) or evicted before each call (cold): every
+    candidate gets a positive time and the faster of two very different ones is chosen."""
+    from nnslim.runtime.kernels import select
+
+    monkeypatch.setenv("NNSLIM_SELECT_TIMING", timing)
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+    small, big = a[:64].clone(), torch.randn(8192, 2048, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
+    key = ("test-timing", timing)
+    select._CHOICES.pop(key, None)
+    best = select.choose(key, {"big": lambda: x @ big.T, "small": lambda: x @ small.T}, torch.device("cuda"))
+    assert best == "small" and all(t > 0 for t in select._TIMINGS[key].values())
+    select._CHOICES.pop(key, None)

@@ -5,7 +5,8 @@ candidate that runs (on CUDA: replays of a captured graph timed with events; on 
 warm-up then median) and remembers the winner for
 the process; `kernel_table()` shows what was chosen and measured. While a CUDA graph is being
 captured nothing is timed: the first applicable candidate runs (warm up before capturing).
-NNSLIM_KERNEL=<name> forces one candidate wherever it applies (e.g. `dequant`, the reference).
+NNSLIM_KERNEL=<name> forces one candidate wherever it applies (e.g. `dequant`, the reference);
+NNSLIM_SELECT_TIMING=cold times CUDA candidates with their weights evicted from L2 (see _time_cuda_graph).
 """
 from __future__ import annotations
 
@@ -27,18 +28,18 @@ def m_bucket(m: int) -> int:
     return b
 
 
-def _time_cuda_graph(fn: Callable[[], torch.Tensor], calls: int = 10, reps: int = 10) -> float:
-    """Median ms per call, replayed from a CUDA graph (no launch overhead: how decode loops run)."""
+def _graph_ms(body: Callable[[], None], calls: int, reps: int) -> list[float]:
+    """ms per call of `calls` bodies captured in one CUDA graph, for each of `reps` replays."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(2):
-            fn()
+            body()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(calls):
-            fn()
+            body()
     graph.replay()
     times = []
     for _ in range(reps):
@@ -48,7 +49,22 @@ def _time_cuda_graph(fn: Callable[[], torch.Tensor], calls: int = 10, reps: int 
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    return times
+
+
+def _time_cuda_graph(fn: Callable[[], torch.Tensor], calls: int = 10, reps: int = 10) -> float:
+    """Median ms per call, replayed from a CUDA graph (no launch overhead: how decode loops run). The repeated
+    calls find the layer's weights in L2; NNSLIM_SELECT_TIMING=cold writes a buffer twice the L2 size before each
+    call and subtracts the time of those writes alone (closer to a decode, where each layer's weights come from
+    HBM; noisier for kernels of a few microseconds)."""
+    if os.environ.get("NNSLIM_SELECT_TIMING", "warm") != "cold":
+        return statistics.median(_graph_ms(fn, calls, reps))
+    dev = torch.cuda.current_device()
+    flush = torch.empty(2 * torch.cuda.get_device_properties(dev).L2_cache_size // 4, dtype=torch.float32,
+                        device="cuda")
+    both = _graph_ms(lambda: (flush.zero_(), fn()), calls, reps)
+    alone = _graph_ms(flush.zero_, calls, reps)
+    return max(1e-6, statistics.median(both) - statistics.median(alone))
 
 
 def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int, timing: str = "graph") -> float:
