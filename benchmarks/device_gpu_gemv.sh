@@ -30,11 +30,14 @@ if [[ $STEPS == *batched* ]]; then
   timeout 240 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1,8,32 --kv model --runs 1 \
     --new-tokens 128 --json "$OUT/gpu_batched_decode_8layers_cuda_gemv.json" 2>&1 | tail -12
 fi
-if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1 without and with the CUDA GEMV offered to the selector
-  for envs in "NNSLIM_CUDA_KERNELS=0" "NNSLIM_CUDA_KERNELS=1"; do
+if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1 without and with the CUDA GEMV offered to the selector,
+  # and with the selector timing candidates from HBM (cold) instead of L2
+  for envs in "NNSLIM_CUDA_KERNELS=0" "NNSLIM_CUDA_KERNELS=1" "NNSLIM_CUDA_KERNELS=0 NNSLIM_SELECT_TIMING=cold" \
+              "NNSLIM_CUDA_KERNELS=1 NNSLIM_SELECT_TIMING=cold"; do
     echo "## $envs"
+    tag=${envs//=/_}
     env $envs timeout 150 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1 --kv model --runs 3 \
-      --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_${envs//=/_}.json" 2>&1 | grep '"variant"'
+      --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_${tag// /_}.json" 2>&1 | grep '"variant"'
   done
 fi
 if [[ $STEPS == *profile* ]]; then  # GPU time per kernel class of one decode step, and the gaps between kernels
