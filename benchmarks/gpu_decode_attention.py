@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import graph_time, hbm_bytes_per_s, machine  # noqa: E402
+from gpu_llm import graph_time, hbm_bytes_per_s, machine, save_rows  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -103,8 +103,7 @@ def main():
                    "top": {kk: round(t, 1) for kk, t in sorted(times.items(), key=lambda kv: kv[1])[:6]}}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    save_rows(args.json, rows)
 
 
 if __name__ == "__main__":

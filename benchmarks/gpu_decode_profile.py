@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import llama, machine  # noqa: E402
+from gpu_llm import llama, machine, save_rows  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -103,8 +103,7 @@ def main():
         row = profile_variant(name, args)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    save_rows(args.json, rows)
 
 
 if __name__ == "__main__":

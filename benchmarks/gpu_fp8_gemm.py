@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import _copies, graph_time, machine, rel_err, shapes_of  # noqa: E402
+from gpu_llm import _copies, graph_time, machine, rel_err, save_rows, shapes_of  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -126,8 +126,7 @@ def main():
             rows.append(row)
         del mods, ws
         torch.cuda.empty_cache()
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    save_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import graph_time, int4_cases, machine, rel_err, shapes_of  # noqa: E402
+from gpu_llm import graph_time, int4_cases, machine, rel_err, save_rows, shapes_of  # noqa: E402
 
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -116,8 +116,7 @@ def sweep_mma(args) -> None:
                "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:5]}}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+    save_rows(args.json, rows)
 
 
 DEQUANT_TILES = [(64, 64, 4), (64, 128, 4), (128, 128, 8), (32, 128, 4), (16, 256, 4), (128, 64, 4)]

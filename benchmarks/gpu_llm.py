@@ -34,6 +34,12 @@ SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K in, N out): q/k/v/o,
 L2_BYTES = 50 * 2**20
 
 
+def save_rows(path: str | None, rows: list[dict]) -> None:
+    """Write a run's rows with the machine they ran on (a script's --json), if a path was given."""
+    if path:
+        Path(path).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+
+
 def machine() -> str:
     p = torch.cuda.get_device_properties(0)
     return f"{p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}"
