@@ -143,9 +143,6 @@ if triton is not None:
         store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
 
 
-# Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
-# Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; the last two: split 4 at
-# M=128, from the 22:12 sweep)
 SPLIT_MAX_M = 512  # split-K tiles are offered up to this M: beyond it the output tiles alone fill the GPU
 MAX_PARTIALS = 2**31  # store_tile's workspace offsets are int32: larger split launches add atomically
 
@@ -155,6 +152,10 @@ def tile_offered(cfg: dict, m: int, bucket: int) -> bool:
     split-K only up to SPLIT_MAX_M rows (at 16384 rows a 16-row split-8 tile needed an 11 GB workspace)."""
     return cfg["BLOCK_M"] <= bucket and (cfg.get("SPLIT_K", 1) == 1 or m <= SPLIT_MAX_M)
 
+
+# Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
+# Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; the last two: split 4 at
+# M=128, from the 22:12 sweep)
 MMA_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=bn // 16, num_stages=st)
                for bm, bn, bk, sk, st in [
                    (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 64, 128, 8, 4), (32, 64, 128, 2, 4),
