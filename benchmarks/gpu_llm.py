@@ -14,6 +14,7 @@ Exactness: every kernel is checked against the dequantize-then-matmul reference 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -313,6 +314,7 @@ def bench_decode(args) -> list[dict]:
 HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}  # datasheet bandwidths: the memory floor of a decode step
 
 
+@functools.lru_cache(maxsize=None)
 def hbm_bytes_per_s() -> float:
     """The datasheet HBM bandwidth of GPU 0 (H100 SXM 3.35 TB/s, H200 4.8 TB/s; others: the H200's, flagged)."""
     name = torch.cuda.get_device_name(0)

@@ -16,6 +16,14 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 
 
+def cache_dir(sub: str = "") -> Path:
+    """nnslim's cache ($NNSLIM_CACHE or ~/.cache/nnslim; `sub` a folder inside it), created if missing."""
+    root = os.environ.get("NNSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nnslim")
+    path = Path(root) / sub
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call write(tmp_path) on a temp file next to `path`, then rename it over `path`."""
     path = Path(path)

@@ -65,6 +65,22 @@ def test_cuda_gemv_source_compiles_without_headers_or_spills(arch):
             assert spills and max(spills) <= 16, (cfg, log[-500:])
 
 
+@pytest.mark.skipif(NVRTC is None, reason="no NVRTC library here (set NNSLIM_NVRTC=/path/to/libnvrtc.so or install "
+                    "nvidia-cuda-nvrtc)")
+def test_cubins_are_cached_in_nnslim_cache(tmp_path, monkeypatch):
+    """A compiled cubin is written once under $NNSLIM_CACHE/cuda and read back; a damaged file is compiled again."""
+    import torch.cuda._utils as cu
+
+    monkeypatch.setenv("NNSLIM_CACHE", str(tmp_path))
+    monkeypatch.setattr(cu, "_get_gpu_rtc_library", lambda: NVRTC)
+    src = C.source(256, 64, 2, 1, False, 2)
+    first = C._cubin(src, "sm_90")
+    files = list((tmp_path / "cuda").glob("int4_gemv-*.cubin"))
+    assert len(files) == 1 and files[0].read_bytes() == first and not list((tmp_path / "cuda").glob("*.tmp"))
+    files[0].write_bytes(b"damaged")
+    assert C._cubin(src, "sm_90") == first and files[0].read_bytes() == first
+
+
 def test_cuda_gemv_refuses_what_it_cannot_run():
     """Not offered on CPU, for fp16 activations or M > 8; a direct call says which input it cannot take."""
     layer = _int4(256, 64, 64, True)

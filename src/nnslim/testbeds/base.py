@@ -12,12 +12,6 @@ import torch
 from ..runtime.base import Runner, TorchRunner
 
 
-def cache_dir() -> Path:
-    """Where trained/converted testbed weights are cached ($NNSLIM_CACHE or ~/.cache/nnslim)."""
-    root = os.environ.get("NNSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nnslim")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class Testbed(ABC):

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io import cache_dir
 from ..progress import progress
 from ..progress import warn
-from .base import Testbed, cache_dir
+from .base import Testbed
 
 EVAL_FRACTION = 0.3
 SPLIT_SEED = 0

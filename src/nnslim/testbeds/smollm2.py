@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
+from ..io import cache_dir
 from ..progress import progress, warn
-from .base import HFTestbed, cache_dir
+from .base import HFTestbed
 
 
 class CausalLMLogits(nn.Module):

@@ -65,7 +65,7 @@ def _split_of(text: str) -> str:
 def _cache_file(base: Path, files: list[Path]) -> Path:
     """Where the harvest of these files is cached: keyed by this module's code and every file's path, size
     and mtime (parsing the stdlib takes ~12 s; every process that needs the default text paid it)."""
-    from .base import cache_dir
+    from ..io import cache_dir
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(str(base).encode())

@@ -26,10 +26,10 @@ end (CONFIGS says what was measured).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -133,8 +133,10 @@ int4_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
 #if PDL
     // launched as a programmatic dependent: the weight copies above overlap the previous kernel's tail;
     // x (its output) is read only after it has completed and its writes are visible
-    if (t == 0) asm volatile("griddepcontrol.wait;" ::: "memory");
-    if (t == 0) asm volatile("griddepcontrol.launch_dependents;");
+    if (t == 0) {
+      asm volatile("griddepcontrol.wait;" ::: "memory");
+      asm volatile("griddepcontrol.launch_dependents;");
+    }
 #endif
     if (t >= 0) {
       wait_stage();
@@ -231,33 +233,31 @@ def source(k: int, group: int, r: int, mt: int, has_zero: bool, stages: int = 4,
     return src
 
 
+def _log(lib: ctypes.CDLL, prog: ctypes.c_void_p) -> str:
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    buf = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, buf)
+    return buf.value.decode(errors="replace")
+
+
 def compile_cubin(src: str, arch: str, lib: ctypes.CDLL, options: tuple[str, ...] = ()) -> tuple[bytes, str]:
     """(cubin, compiler log) of `src` for `arch` (e.g. "sm_90") through the NVRTC library `lib`."""
-    def check(rc: int, what: str, prog=None) -> None:
-        if rc != 0:
-            log = ""
-            if prog is not None:
-                size = ctypes.c_size_t()
-                lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-                buf = ctypes.create_string_buffer(size.value)
-                lib.nvrtcGetProgramLog(prog, buf)
-                log = buf.value.decode(errors="replace")
-            raise RuntimeError(f"NVRTC {what} failed ({rc}): {log}")
-
     prog = ctypes.c_void_p()
-    check(lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"int4_gemv.cu", 0, None, None), "create")
+    if lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"int4_gemv.cu", 0, None, None) != 0:
+        raise RuntimeError("NVRTC could not create a program")
     try:
         opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"--use_fast_math", *(o.encode() for o in options)]
-        check(lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts)), "compile", prog)
+        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        if rc != 0:
+            raise RuntimeError(f"NVRTC compile failed ({rc}): {_log(lib, prog)}")
         size = ctypes.c_size_t()
-        check(lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "cubin size")
-        cubin = ctypes.create_string_buffer(size.value)
-        check(lib.nvrtcGetCUBIN(prog, cubin), "cubin")
-        lsize = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(lsize))
-        log = ctypes.create_string_buffer(lsize.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        return cubin.raw, log.value.decode(errors="replace")
+        cubin = None
+        if lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)) == 0:
+            cubin = ctypes.create_string_buffer(size.value)
+        if cubin is None or lib.nvrtcGetCUBIN(prog, cubin) != 0:
+            raise RuntimeError(f"NVRTC gave no cubin for {arch}")
+        return cubin.raw, _log(lib, prog)
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
@@ -282,34 +282,27 @@ def supports(x: torch.Tensor, k: int, group: int) -> bool:
             and k % group == 0 and available(x.device))
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("NNSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nnslim")
-    return Path(root) / "cuda"
-
-
 def _cubin(src: str, arch: str) -> bytes:
     """The cubin of `src` for `arch`, compiled once per source, architecture and NVRTC version and kept in
-    $NNSLIM_CACHE/cuda (written to a temporary file, then renamed: a reader never sees half a file)."""
+    $NNSLIM_CACHE/cuda (written atomically: a reader never sees half a file)."""
     from torch.cuda._utils import _get_gpu_rtc_library
+
+    from ...io import atomic_write, cache_dir
 
     lib = _get_gpu_rtc_library()
     major, minor = ctypes.c_int(), ctypes.c_int()
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
     digest = hashlib.sha256(f"{src}|{arch}|{major.value}.{minor.value}".encode()).hexdigest()[:32]
-    path = _cache_dir() / f"int4_gemv-{digest}.cubin"
-    if path.is_file():
-        data = path.read_bytes()
-        if data[:4] == b"\x7fELF":
-            return data
-    data, _ = compile_cubin(src, arch, lib)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:  # a read-only home: compile again next time
-        pass
+        path = cache_dir("cuda") / f"int4_gemv-{digest}.cubin"
+        if path.is_file() and (data := path.read_bytes())[:4] == b"\x7fELF":
+            return data
+    except OSError:  # no writable home: compile every time
+        path = None
+    data, _ = compile_cubin(src, arch, lib)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return data
 
 
@@ -318,7 +311,7 @@ def _kernel(device: torch.device, k: int, group: int, r: int, mt: int, has_zero:
     key = (device.index, major, minor, k, group, r, mt, has_zero, stages, pdl)
     with _LOCK:
         if key not in _KERNELS:
-            from torch.cuda._utils import _cuda_load_module, _get_gpu_rtc_library
+            from torch.cuda._utils import _cuda_load_module
 
             try:
                 cubin = _cubin(source(k, group, r, mt, has_zero, stages, pdl), f"sm_{major}{minor}")
