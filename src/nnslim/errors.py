@@ -53,3 +53,13 @@ def check_terminated() -> None:
     """Raise Terminated if a SIGTERM arrived, even one that something in between caught and dropped."""
     if _terminated:
         raise Terminated()
+
+
+def env_choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+    """The value of environment variable `name` (default if unset), one of `allowed`, else the standard error."""
+    import os
+
+    value = os.environ.get(name, default)
+    if value not in allowed:
+        raise bad_value(name, value, allowed)
+    return value

@@ -81,6 +81,17 @@ def test_cubins_are_cached_in_nnslim_cache(tmp_path, monkeypatch):
     assert C._cubin(src, "sm_90") == first and files[0].read_bytes() == first
 
 
+def test_bad_switch_values_are_one_clear_error(monkeypatch):
+    """The kernel switches take only their listed values: anything else names the variable and what is allowed."""
+    from nnslim.errors import NnslimError
+
+    monkeypatch.setenv("NNSLIM_CUDA_KERNELS", "yes")
+    with pytest.raises(NnslimError, match=r"NNSLIM_CUDA_KERNELS='yes' is not allowed;.* allowed: 0, 1"):
+        C.offered()
+    monkeypatch.setenv("NNSLIM_CUDA_KERNELS", "1")
+    assert C.offered()
+
+
 def test_cuda_gemv_refuses_what_it_cannot_run():
     """Not offered on CPU, for fp16 activations or M > 8; a direct call says which input it cannot take."""
     layer = _int4(256, 64, 64, True)

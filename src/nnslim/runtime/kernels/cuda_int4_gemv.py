@@ -29,11 +29,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import os
 import threading
 from pathlib import Path
 
 import torch
+
+from ...errors import env_choice
 
 _SOURCE = r"""
 #define K __K__
@@ -264,7 +265,7 @@ def compile_cubin(src: str, arch: str, lib: ctypes.CDLL, options: tuple[str, ...
 
 def offered() -> bool:
     """Whether the measured selector tries this kernel (opt-in, see CONFIGS)."""
-    return os.environ.get("NNSLIM_CUDA_KERNELS", "0") == "1"
+    return env_choice("NNSLIM_CUDA_KERNELS", ("0", "1"), "0") == "1"
 
 
 def available(device: torch.device) -> bool:
@@ -342,7 +343,7 @@ def int4_gemv_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     z = _aligned(zeros) if zeros is not None else qw
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     pdl = (bool(config.get("PDL")) and torch.cuda.get_device_capability(x.device) >= (9, 0)
-           and os.environ.get("NNSLIM_PDL", "1") != "0")
+           and env_choice("NNSLIM_PDL", ("0", "1"), "1") == "1")
     kern = _kernel(x.device, k, group, r, mt, zeros is not None, config["STAGES"], pdl)
     with torch.cuda.device(x.device):
         _launch(kern, (-(-n // (WARPS * r)), -(-m // mt), 1), (32 * WARPS, 1, 1),

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from ...errors import env_choice
+
 _CHOICES: dict[tuple, str] = {}
 _TIMINGS: dict[tuple, dict[str, float]] = {}
 
@@ -57,7 +59,7 @@ def _time_cuda_graph(fn: Callable[[], torch.Tensor], calls: int = 10, reps: int 
     calls find the layer's weights in L2; NNSLIM_SELECT_TIMING=cold writes a buffer twice the L2 size before each
     call and subtracts the time of those writes alone (closer to a decode, where each layer's weights come from
     HBM; noisier for kernels of a few microseconds)."""
-    if os.environ.get("NNSLIM_SELECT_TIMING", "warm") != "cold":
+    if env_choice("NNSLIM_SELECT_TIMING", ("warm", "cold"), "warm") == "warm":
         return statistics.median(_graph_ms(fn, calls, reps))
     dev = torch.cuda.current_device()
     flush = torch.empty(2 * torch.cuda.get_device_properties(dev).L2_cache_size // 4, dtype=torch.float32,
