@@ -3,7 +3,7 @@
 # shapes (the CUDA GEMV of cuda_int4_gemv vs the Triton packed-bf16x2 one, tinygemm and bf16), then greedy decode
 # of the 32-layer 7B-shaped model (batch 1, prompt 128, 256 tokens) with whatever the selector picks. From the
 # repo root, through the device tool:   OUT=/tmp/gemv bash benchmarks/device_gpu_gemv.sh      (about 8 minutes)
-# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile picks the parts.
+# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl picks the parts.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the selector may pick the CUDA GEMV
@@ -39,6 +39,24 @@ if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1 without and with 
     env $envs timeout 150 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1 --kv model --runs 3 \
       --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_${tag// /_}.json" 2>&1 | grep '"variant"'
   done
+fi
+if [[ $STEPS == *pdl* ]]; then  # issue 17: the Triton decode kernels launched as programmatic dependents (PDL),
+  # with the selector's warm and cold timing; then the 32-layer model and the profile with the better pair
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_decode.py tests/runtime/test_cuda_gemv.py \
+    2>&1 | tail -2
+  for envs in "NNSLIM_PDL=0 NNSLIM_SELECT_TIMING=warm" "NNSLIM_PDL=1 NNSLIM_SELECT_TIMING=warm" \
+              "NNSLIM_PDL=0 NNSLIM_SELECT_TIMING=cold" "NNSLIM_PDL=1 NNSLIM_SELECT_TIMING=cold"; do
+    echo "## $envs"
+    tag=${envs//=/_}
+    env NNSLIM_CUDA_KERNELS=0 $envs timeout 100 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 \
+      --batch 1 --kv model --runs 3 --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_${tag// /_}.json" 2>&1 \
+      | grep '"variant"'
+  done
+  echo "## 32 layers, ${PDL_ENVS:=NNSLIM_PDL=1 NNSLIM_SELECT_TIMING=cold}"
+  env NNSLIM_CUDA_KERNELS=0 $PDL_ENVS timeout 200 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 \
+    --batch 1 --kv model --runs 1 --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1_pdl.json" 2>&1 | grep '"variant"'
+  env NNSLIM_CUDA_KERNELS=0 $PDL_ENVS timeout 100 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants int4 \
+    --batch 1 --json "$OUT/gpu_decode_profile_8layers_b1_pdl.json"
 fi
 if [[ $STEPS == *profile* ]]; then  # GPU time per kernel class of one decode step, and the gaps between kernels
   timeout 200 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants bf16,int4 --batch 1 \

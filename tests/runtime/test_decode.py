@@ -293,3 +293,51 @@ def test_rmsnorm_quantizes_for_w8a8_linears(interpreted, tiny_llama):
     a, b = fused.score(torch.cat([prompt, prompt], 1), 9), unq.score(torch.cat([prompt, prompt], 1), 9)
     assert float((a - b).norm() / b.norm()) < 1e-3
     assert fused.generate(prompt, 5)[0] == _greedy_reference(lm, prompt, 5)
+
+
+# --- static rotary tables and programmatic dependent launches ------------------------------------------
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}])
+def test_rotary_tables_are_the_per_step_values(interpreted, rope):
+    """The fused decoder reads cos / sin from tables built once; they are bit for bit what the model's rotary
+    module gives at those positions, and rope types that depend on the length seen keep the per-step call."""
+    import transformers
+
+    extra = {} if rope is None else {"rope_parameters": {**rope, "rope_theta": 10000.0}}
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=32, **extra)
+    torch.manual_seed(3)
+    lm = transformers.LlamaForCausalLM(cfg).eval().to("cuda" if CUDA else "cpu")
+    dec = StaticDecoder(lm, max_len=24, use_graph=False, fused=True)
+    if rope is not None and rope["rope_type"] == "dynamic":
+        assert dec._rope is None
+    else:
+        pos = torch.tensor([0, 5, 23], device=lm.device)
+        cos, sin = lm.model.rotary_emb(torch.zeros(1, 1, device=lm.device), pos[None])
+        assert torch.equal(dec._rope[0][pos], cos[0]) and torch.equal(dec._rope[1][pos], sin[0])
+    prompt = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(4)).to(lm.device)
+    tokens, _ = dec.generate(prompt, 5)
+    assert tokens == _greedy_reference(lm, prompt, 5)
+    with pytest.raises(NnslimError, match="position=24 is not allowed"):
+        dec.step(torch.zeros(1, dtype=torch.long, device=lm.device), 24)
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() < (9, 0),
+                    reason="programmatic dependent launch needs an sm_90+ GPU (runs on the device machine)")
+def test_pdl_decode_is_bitwise_the_plain_one(monkeypatch):
+    """An int4 decode captured in a CUDA graph with its Triton kernels launched as programmatic dependents gives
+    the same logits, bit for bit, as with ordinary launches (same kernels chosen, waits before every read)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+                                   num_key_value_heads=4, vocab_size=512, max_position_embeddings=128)
+    torch.manual_seed(5)
+    lm = quantize(transformers.LlamaForCausalLM(cfg).eval().to("cuda", torch.bfloat16), Int4RtnConfig(group_size=128))
+    prompt = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(6)).cuda()
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NNSLIM_PDL", flag)
+        dec = StaticDecoder(lm, max_len=64, use_graph=True, fused=True, batch=2)
+        tokens, _ = dec.generate(prompt, 12)
+        runs[flag] = (tokens, dec.step(torch.tensor(tokens, device="cuda")[:, -1], 28).clone())
+    assert runs["0"][0] == runs["1"][0]
+    assert torch.equal(runs["0"][1], runs["1"][1])

@@ -63,7 +63,7 @@ class StaticDecoder:
         self.scale = getattr(attn, "scaling", None) or self.head_dim ** -0.5
         self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
         self._graph = None
-        self.fused, self.fused_note = None, "fused=False"
+        self.fused, self.fused_note, self._rope = None, "fused=False", None
         if fused or fused is None:
             why = self._fusion_blocker(bool(fused))
             if why is None:
@@ -72,6 +72,7 @@ class StaticDecoder:
                 self._norm_quant = [tuple(getattr(m, "prequantized_input", None) if norm_quant else None
                                           for m in pair) for pair in self.fused]
                 self.fused_note = "fused: q/k/v and gate/up concatenated, Triton norm/rotary/attention/SiLU kernels"
+                self._rope = self._rotary_tables()
             elif fused:
                 raise NnslimError(f"StaticDecoder(fused=True): {why}")
             else:
@@ -118,6 +119,16 @@ class StaticDecoder:
             out.append((qkv, gate_up))
         return out
 
+    def _rotary_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos / sin [max_len, head_dim] of every cache position, computed once by the model's rotary module
+        (a position's values do not depend on the others: the same numbers as per step, without its ~10 small
+        kernels per step); None for rope types that rescale with the length seen (dynamic, longrope)."""
+        rotary = self.base.rotary_emb
+        if getattr(rotary, "rope_type", "default") in ("dynamic", "longrope"):
+            return None
+        cos, sin = rotary(torch.zeros(1, 1, dtype=self.dtype, device=self.device), self.kpos[None])
+        return cos[0].contiguous(), sin[0].contiguous()
+
     def _prefill_from_zero(self, t: int, pos: torch.Tensor) -> bool:
         """A prompt written from position 0 attends to its own fresh keys and values (causal), as Hugging
         Face does, not to the (possibly quantized) cache; later chunks read the cache with a mask."""
@@ -138,11 +149,15 @@ class StaticDecoder:
 
         b, t = ids.shape
         h = self.base.embed_tokens(ids)
-        cos, sin = self.base.rotary_emb(h, pos[None])
+        tables = self._rope is not None
+        if tables:
+            cos, sin = self._rope
+        else:
+            cos, sin = (c[0].contiguous() for c in self.base.rotary_emb(h, pos[None]))
         fresh = self._prefill_from_zero(t, pos)
         if fresh:
-            c4, s4 = cos[:, None], sin[:, None]
-        cos, sin = cos[0].contiguous(), sin[0].contiguous()
+            rows = pos if tables else slice(None)
+            c4, s4 = cos[rows][None, None], sin[rows][None, None]
         h = h.reshape(b * t, -1).contiguous()  # residual stream [B * T, hidden], updated in place by add_rmsnorm
         delta = None
         hd = self.head_dim
@@ -152,7 +167,7 @@ class StaticDecoder:
             x = K.add_rmsnorm(h, delta, n1.weight, n1.variance_epsilon, q_in)
             y = qkv(x)
             kc, vc, ks, vs = self.cache.kernel_args(i)
-            q = K.rope_cache(y, cos, sin, pos, kc, vc, self.heads, self.kv_heads, ks, vs)
+            q = K.rope_cache(y, cos, sin, pos, kc, vc, self.heads, self.kv_heads, ks, vs, by_position=tables)
             if t == 1:
                 o = K.decode_attention(q, kc, vc, pos, self.scale, k_scale=ks, v_scale=vs)
             else:
@@ -215,6 +230,8 @@ class StaticDecoder:
 
     def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
         """Logits [B, vocab] after one token per sequence (token [B]) at `position`."""
+        if not 0 <= position < self.max_len:
+            raise NnslimError(f"position={position} is not allowed; allowed: 0..{self.max_len - 1} (max_len)")
         if not self.use_graph:
             return self.forward(token.view(self.batch, 1), torch.tensor([position], device=self.device))
         if self._graph is None:

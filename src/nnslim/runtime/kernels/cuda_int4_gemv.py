@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ...errors import env_choice
+from .pdl import supported
 
 _SOURCE = r"""
 #define K __K__
@@ -342,8 +343,7 @@ def int4_gemv_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x, qw, sc = _aligned(x), _aligned(qweight), _aligned(scales)
     z = _aligned(zeros) if zeros is not None else qw
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    pdl = (bool(config.get("PDL")) and torch.cuda.get_device_capability(x.device) >= (9, 0)
-           and env_choice("NNSLIM_PDL", ("0", "1"), "1") == "1")
+    pdl = bool(config.get("PDL")) and supported(x.device) and env_choice("NNSLIM_PDL", ("0", "1"), "1") == "1"
     kern = _kernel(x.device, k, group, r, mt, zeros is not None, config["STAGES"], pdl)
     with torch.cuda.device(x.device):
         _launch(kern, (-(-n // (WARPS * r)), -(-m // mt), 1), (32 * WARPS, 1, 1),

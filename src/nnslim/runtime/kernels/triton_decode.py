@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from .pdl import launch_options
 from .triton_int4 import tl, triton
 from ..rowquant import ROW_FORMATS, PreQuantized
 
 if triton is not None:
+    from .pdl import wait_then_release
     from .triton_w8a8 import quantize_row
 
     FLIP = tl.constexpr(-0x7F7F7F80)  # 0x80808080 as int32: each int8 code's sign bit flipped (code + 128)
@@ -28,7 +30,8 @@ if triton is not None:
 
     @triton.jit
     def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, q_ptr, s_ptr, D, eps, HAS_DELTA: tl.constexpr,
-                            BLOCK: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr):
+                            BLOCK: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr, PDL: tl.constexpr):
+        wait_then_release(PDL)
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         mask = offs < D
@@ -71,17 +74,22 @@ if triton is not None:
     @triton.jit
     def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, T, L, stride_qkv,
                            H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
-                           QUANT: tl.constexpr, QMAX: tl.constexpr):
+                           QUANT: tl.constexpr, QMAX: tl.constexpr, BY_POS: tl.constexpr, PDL: tl.constexpr):
+        wait_then_release(PDL)
         r = tl.program_id(0)  # row of the [B * T] tokens
         b = r // T
         t = r % T
         hh = tl.program_id(1)  # query heads first, then kv heads
         i = tl.arange(0, HALF)
         m = i < D // 2
-        c1 = tl.load(cos_ptr + t * D + i, mask=m, other=0.0).to(tl.float32)
-        c2 = tl.load(cos_ptr + t * D + D // 2 + i, mask=m, other=0.0).to(tl.float32)
-        s1 = tl.load(sin_ptr + t * D + i, mask=m, other=0.0).to(tl.float32)
-        s2 = tl.load(sin_ptr + t * D + D // 2 + i, mask=m, other=0.0).to(tl.float32)
+        if BY_POS:  # cos / sin: tables over all cache positions
+            c = tl.load(pos_ptr + t)
+        else:  # cos / sin: one row per token
+            c = t
+        c1 = tl.load(cos_ptr + c * D + i, mask=m, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + c * D + D // 2 + i, mask=m, other=0.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + c * D + i, mask=m, other=0.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + c * D + D // 2 + i, mask=m, other=0.0).to(tl.float32)
         src = qkv_ptr + r * stride_qkv + hh * D
         x1 = tl.load(src + i, mask=m, other=0.0).to(tl.float32)
         x2 = tl.load(src + D // 2 + i, mask=m, other=0.0).to(tl.float32)
@@ -112,11 +120,12 @@ if triton is not None:
     def _decode_attention_split_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
                                        H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                        BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-                                       SCALED: tl.constexpr, EARLY_V: tl.constexpr):
+                                       SCALED: tl.constexpr, EARLY_V: tl.constexpr, PDL: tl.constexpr):
         """Split s of (sequence b, head h): online softmax over cache positions [s * CHUNK, (s + 1) * CHUNK)
         that are <= pos; writes its running max, denominator and unnormalised output (flash-decoding).
         SCALED: the cache holds int8 / fp8 codes with one scale per (sequence, kv head, position), applied
         to the scores and to the softmax weights (the cache is never dequantized in memory)."""
+        wait_then_release(PDL)
         bh = tl.program_id(0)
         sp = tl.program_id(1)
         nsplit = tl.num_programs(1)
@@ -162,10 +171,11 @@ if triton is not None:
     def _decode_attention_int8_kernel(q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, L, scale,
                                       H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                       BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-                                      EARLY_V: tl.constexpr):
+                                      EARLY_V: tl.constexpr, PDL: tl.constexpr):
         """_decode_attention_split_kernel for an int8 cache read as int32 words of 4 codes (k_ptr / v_ptr:
         the cache viewed as int32): code j of word i is dimension 4 i + j; q and the output are split the
         same way, so each code costs a shift, one logic op, one add and its FMA."""
+        wait_then_release(PDL)
         bh = tl.program_id(0)
         sp = tl.program_id(1)
         nsplit = tl.num_programs(1)
@@ -228,11 +238,12 @@ if triton is not None:
                                      H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                      BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
                                      CHUNK: tl.constexpr, SCALED: tl.constexpr, DOT: tl.constexpr,
-                                     PRECISION: tl.constexpr):
+                                     PRECISION: tl.constexpr, PDL: tl.constexpr):
         """Split s of (sequence b, kv head kh) for the GROUP query heads that share it, as rows of tensor-core
         products (padded to BLOCK_G >= 16 rows): scores = q K^T, out += p V with p rounded to DOT (as
         flash attention does; HF's eager attention rounds the probabilities to the model dtype too). Writes
         the same partials as _decode_attention_split_kernel."""
+        wait_then_release(PDL)
         bk = tl.program_id(0)
         sp = tl.program_id(1)
         nsplit = tl.num_programs(1)
@@ -273,7 +284,8 @@ if triton is not None:
 
     @triton.jit
     def _decode_attention_reduce_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
-                                        D: tl.constexpr, BLOCK_D: tl.constexpr):
+                                        D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+        wait_then_release(PDL)
         h = tl.program_id(0)
         sp = tl.arange(0, BLOCK_S)
         sm = sp < NSPLIT
@@ -287,7 +299,8 @@ if triton is not None:
         tl.store(o_ptr + h * D + d, out.to(o_ptr.dtype.element_ty), mask=dm)
 
     @triton.jit
-    def _silu_mul_kernel(gu_ptr, out_ptr, INTER, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(gu_ptr, out_ptr, INTER, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        wait_then_release(PDL)
         row = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < INTER
@@ -303,7 +316,8 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tenso
     that output quantized per row instead (PreQuantized: what the next W8A8 linear would have computed)."""
     t, d = h.shape
     block = triton.next_power_of_2(d)
-    args = dict(HAS_DELTA=delta is not None, BLOCK=block, num_warps=4 if block <= 4096 else 8)
+    args = dict(HAS_DELTA=delta is not None, BLOCK=block, num_warps=4 if block <= 4096 else 8,
+                **launch_options(h.device))
     if quant is None:
         out = torch.empty_like(h)
         _add_rmsnorm_kernel[(t,)](h, delta if delta is not None else h, weight, out, out, out, d, eps, QUANT=0,
@@ -322,11 +336,11 @@ QUANT_CODES = {None: (0, 1.0), torch.int8: (1, 127.0), torch.float8_e4m3fn: (2, 
 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, heads: int, kv_heads: int, k_scale: torch.Tensor | None = None,
-               v_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """qkv [B * T, (heads + 2 kv_heads) * D] (B sequences of T tokens at the same positions), cos/sin [T, D],
-    pos [T] -> q [B, heads, T, D] (rotated); rotated k and v are written into k_cache/v_cache [B, kv_heads, L,
-    D] at pos: as they are, or, with k_scale/v_scale [B, kv_heads, L], as int8 / fp8 codes with one scale
-    per (sequence, head, position)."""
+               v_scale: torch.Tensor | None = None, by_position: bool = False) -> torch.Tensor:
+    """qkv [B * T, (heads + 2 kv_heads) * D] (B sequences of T tokens at the same positions), cos/sin [T, D]
+    (by_position: tables [>= max position + 1, D] read at pos), pos [T] -> q [B, heads, T, D] (rotated); rotated
+    k and v are written into k_cache/v_cache [B, kv_heads, L, D] at pos: as they are, or, with k_scale/v_scale
+    [B, kv_heads, L], as int8 / fp8 codes with one scale per (sequence, head, position)."""
     rows = qkv.shape[0]
     b, _, length, d = k_cache.shape
     t = rows // b
@@ -337,7 +351,8 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
                                                  v_cache if v_scale is None else v_scale, t, length,
                                                  qkv.stride(0), H=heads, KVH=kv_heads, D=d,
                                                  HALF=triton.next_power_of_2(d // 2), QUANT=quant, QMAX=qmax,
-                                                 num_warps=1)
+                                                 BY_POS=by_position, num_warps=1,
+                                                 **launch_options(qkv.device))
     return q
 
 
@@ -382,6 +397,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     out = torch.empty((b, heads * d), dtype=q.dtype, device=q.device)
     block_d = triton.next_power_of_2(d)
     scaled = k_scale is not None
+    pdl = launch_options(q.device)
     if cfg.get("DOT", False) and d >= 16 and min(chunk, block_l) >= 16:  # tl.dot: every dimension >= 16
         group = heads // kv_heads
         dot = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -390,24 +406,24 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             length, scale, H=heads, KVH=kv_heads, GROUP=group, D=d, BLOCK_G=max(16, triton.next_power_of_2(group)),
             BLOCK_D=block_d, BLOCK_L=min(chunk, block_l), CHUNK=chunk, SCALED=scaled,
             DOT=_TL_DTYPES[dot], PRECISION="ieee" if dot == torch.float32 else "tf32",
-            num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3))
+            num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 3), **pdl)
     elif cfg.get("WORDS", False) and k_cache.dtype == torch.int8 and d % 4 == 0:
         _decode_attention_int8_kernel[(b * heads, nsplit)](q, k_cache.view(torch.int32), v_cache.view(torch.int32),
                                                            k_scale, v_scale, pos, m, den, acc, length, scale,
                                                            H=heads, GROUP=heads // kv_heads, D=d,
                                                            BLOCK_W=triton.next_power_of_2(d // 4),
                                                            BLOCK_L=min(chunk, block_l), CHUNK=chunk,
-                                                           EARLY_V=cfg["EARLY_V"], num_warps=cfg["num_warps"])
+                                                           EARLY_V=cfg["EARLY_V"], num_warps=cfg["num_warps"], **pdl)
     else:
         _decode_attention_split_kernel[(b * heads, nsplit)](q, k_cache, v_cache, k_scale if scaled else k_cache,
                                                             v_scale if scaled else v_cache, pos, m, den, acc,
                                                             length, scale, H=heads, GROUP=heads // kv_heads, D=d,
                                                             BLOCK_D=block_d, BLOCK_L=min(chunk, block_l),
                                                             CHUNK=chunk, SCALED=scaled, EARLY_V=cfg["EARLY_V"],
-                                                            num_warps=cfg["num_warps"])
+                                                            num_warps=cfg["num_warps"], **pdl)
     _decode_attention_reduce_kernel[(b * heads,)](m, den, acc, out, NSPLIT=nsplit,
                                                   BLOCK_S=triton.next_power_of_2(nsplit), D=d, BLOCK_D=block_d,
-                                                  num_warps=4)
+                                                  num_warps=4, **pdl)
     return out
 
 
@@ -417,5 +433,6 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     inter = two_i // 2
     out = torch.empty((t, inter), dtype=gu.dtype, device=gu.device)
     block = 1024
-    _silu_mul_kernel[(t, triton.cdiv(inter, block))](gu, out, inter, BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(t, triton.cdiv(inter, block))](gu, out, inter, BLOCK=block, num_warps=4,
+                                                     **launch_options(gu.device))
     return out

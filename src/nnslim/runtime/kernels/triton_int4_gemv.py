@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .pdl import launch_options
 from .triton_int4 import _split_workspace, available, kmajor_tile
 
 try:
@@ -53,15 +54,18 @@ def _asm() -> str:
 
 
 if triton is not None:
+    from .pdl import wait_then_release
     from .triton_int4 import _gemv_store, kmajor_tiles
 
     @triton.jit
     def _int4_gemv_x2_kernel(x_ptr, wq_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, N, stride_xm, stride_ym,
                              K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                              NEG_BASE: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr,
-                             NG: tl.constexpr, GW: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr):
+                             NG: tl.constexpr, GW: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
+                             PDL: tl.constexpr):
         """Tile [BLOCK_N rows, NG groups, GW words] as in triton_int4's K-major GEMV; x is read as 32-bit
-        words (two activations each), stride_xm in those words."""
+        words (two activations each), stride_xm in those words. PDL: the first weight words are loaded before
+        waiting for the kernel that writes x (pdl.py)."""
         KW: tl.constexpr = K // 8
         G: tl.constexpr = K // GROUP
         BW: tl.constexpr = NG * GW
@@ -73,6 +77,7 @@ if triton is not None:
         wcol = pid_k * per_split * BW + words
         raw = tl.load(wrow + wcol[None, :, :], mask=mask_n[:, None, None] & ((wcol < KW) & (per_split > 0))[None, :, :],
                       other=0)
+        wait_then_release(PDL)
         for i in range(per_split):
             b = pid_k * per_split + i
             wcol = b * BW + words
@@ -137,5 +142,5 @@ def int4_gemv_x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                                zeros if zeros is not None else scales, y, ws, cnt, n, k // 2, y.stride(0), k,
                                GROUP=group, HAS_ZERO=zeros is not None, NEG_BASE=NEG_BASE, ASM=_asm(), BLOCK_N=bn,
                                NG=tile[0], GW=tile[1], SPLIT_K=split, PREFETCH=config.get("PREFETCH", False),
-                               num_warps=config["num_warps"])
+                               num_warps=config["num_warps"], **launch_options(x.device))
     return y

@@ -1,0 +1,57 @@
+"""Programmatic dependent launch (PDL, sm_90+) of the decode step's kernels (issue 17).
+
+A kernel launched as a programmatic dependent may be scheduled while the kernel before it in the stream is
+still running, once every program of that one has passed `griddepcontrol.launch_dependents`: its launch and
+whatever it does before `griddepcontrol.wait` (e.g. loading its first weights, which no kernel writes) overlap
+the previous kernel's last wave. Each kernel that takes part calls `wait_then_release` (after such loads and
+before touching any memory that another kernel writes): it waits until the previous kernel has finished and
+its writes are visible, then lets the next one be scheduled. Kernels that do not take part (cuBLAS, tinygemm,
+torch's own) are launched as usual and wait for everything before them; a waiting kernel waits transitively
+for all earlier ones, so mixing both kinds is safe. CUDA graphs capture these launches with their edges.
+
+NNSLIM_PDL=1 launches nnslim's Triton decode kernels (the norm, rotary, attention and SiLU kernels of
+triton_decode and the packed int4 GEMV) this way on sm_90+ (not under Triton's interpreter); the default is
+DEFAULT below. The CUDA GEMV's configs marked PDL (benchmarks only) use it unless NNSLIM_PDL=0.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ...errors import env_choice
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # CPU-only installs
+    triton = None
+
+DEFAULT = "0"
+
+
+def supported(device: torch.device) -> bool:
+    """sm_90+ compiled kernels (Triton's interpreter has no grid dependency control)."""
+    return (device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+            and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether the decode kernels are launched as programmatic dependents on `device` (NNSLIM_PDL)."""
+    return env_choice("NNSLIM_PDL", ("0", "1"), DEFAULT) == "1" and supported(device)
+
+
+def launch_options(device: torch.device) -> dict:
+    """Keyword arguments of a Triton launch whose kernel takes `PDL: tl.constexpr` and calls wait_then_release."""
+    return {"PDL": True, "launch_pdl": True} if enabled(device) else {"PDL": False}
+
+
+if triton is not None:
+
+    @triton.jit
+    def wait_then_release(PDL: tl.constexpr):
+        """Wait for the previous kernel (its writes visible), then let the next kernel be scheduled."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
