@@ -3,7 +3,7 @@
 # shapes (the CUDA GEMV of cuda_int4_gemv vs the Triton packed-bf16x2 one, tinygemm and bf16), then greedy decode
 # of the 32-layer 7B-shaped model (batch 1, prompt 128, 256 tokens) with whatever the selector picks. From the
 # repo root, through the device tool:   OUT=/tmp/gemv bash benchmarks/device_gpu_gemv.sh      (about 8 minutes)
-# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl picks the parts.
+# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl,defaults picks the parts.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the selector may pick the CUDA GEMV
@@ -57,6 +57,24 @@ if [[ $STEPS == *pdl* ]]; then  # issue 17: the Triton decode kernels launched a
     --batch 1 --kv model --runs 1 --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1_pdl.json" 2>&1 | grep '"variant"'
   env NNSLIM_CUDA_KERNELS=0 $PDL_ENVS timeout 100 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants int4 \
     --batch 1 --json "$OUT/gpu_decode_profile_8layers_b1_pdl.json"
+fi
+if [[ $STEPS == *defaults* ]]; then  # issue 17: the defaults (PDL, cold selector timing) against the earlier ones
+  # (NNSLIM_PDL=0 NNSLIM_SELECT_TIMING=warm) at batch 1, 8, 32; the CUDA GEMV offered; the int8 cache at 16k
+  timeout 200 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_decode.py \
+    tests/runtime/test_cuda_gemv.py 2>&1 | grep -v "^\s*$" | tail -25
+  for envs in "NNSLIM_CUDA_KERNELS=0" "NNSLIM_CUDA_KERNELS=0 NNSLIM_PDL=0 NNSLIM_SELECT_TIMING=warm"; do
+    echo "## $envs"
+    tag=${envs//=/_}
+    env $envs timeout 150 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1,8,32 --kv model \
+      --runs 1 --new-tokens 128 --json "$OUT/gpu_batched_8layers_${tag// /_}.json" 2>&1 | grep '"variant"'
+  done
+  echo "## NNSLIM_CUDA_KERNELS=1"
+  env NNSLIM_CUDA_KERNELS=1 timeout 100 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1 \
+    --kv model --runs 3 --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_cuda_gemv_pdl.json" 2>&1 | grep '"variant"'
+  echo "## 32 layers, prompt 16384, int8 cache"
+  env NNSLIM_CUDA_KERNELS=0 timeout 200 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 --batch 1 \
+    --prompt 16384 --kv model,int8 --runs 1 --new-tokens 256 --json "$OUT/gpu_kv_32layers_16k_pdl.json" 2>&1 \
+    | grep '"variant"'
 fi
 if [[ $STEPS == *profile* ]]; then  # GPU time per kernel class of one decode step, and the gaps between kernels
   timeout 200 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants bf16,int4 --batch 1 \

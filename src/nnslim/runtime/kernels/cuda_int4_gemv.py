@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from ...errors import env_choice
-from .pdl import supported
+from .pdl import enabled
 
 _SOURCE = r"""
 #define K __K__
@@ -210,8 +210,10 @@ WARPS = 4  # warps per block: each owns R output rows
 # Not offered to the selector unless NNSLIM_CUDA_KERNELS=1: end to end (8-layer decode, batch 1) it was 1.6%
 # slower than what the selector picks without it (tinygemm / triton_int4_gemv), 7% slower with PDL, whose gain
 # in the isolated sweep came from back-to-back independent GEMVs overlapping (a decode's kernels depend on each
-# other). MT > 1 lost to tinygemm at every M = 2-8. PDL is dropped below sm_90 or with NNSLIM_PDL=0.
-CONFIGS = [dict(R=r, MT=1, STAGES=st, PDL=False) for r, st in ((2, 2), (2, 4), (4, 2), (2, 8))]
+# other). MT > 1 lost to tinygemm at every M = 2-8. Since the Triton decode kernels around it release their
+# dependents early too (pdl.py), every config is launched as a programmatic dependent where pdl.enabled (sm_90+,
+# unless NNSLIM_PDL=0).
+CONFIGS = [dict(R=r, MT=1, STAGES=st, PDL=True) for r, st in ((2, 2), (2, 4), (4, 2), (2, 8))]
 MAX_M = 8
 SMEM_STATIC = 48 * 1024
 
@@ -343,7 +345,7 @@ def int4_gemv_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x, qw, sc = _aligned(x), _aligned(qweight), _aligned(scales)
     z = _aligned(zeros) if zeros is not None else qw
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    pdl = bool(config.get("PDL")) and supported(x.device) and env_choice("NNSLIM_PDL", ("0", "1"), "1") == "1"
+    pdl = bool(config.get("PDL")) and enabled(x.device)
     kern = _kernel(x.device, k, group, r, mt, zeros is not None, config["STAGES"], pdl)
     with torch.cuda.device(x.device):
         _launch(kern, (-(-n // (WARPS * r)), -(-m // mt), 1), (32 * WARPS, 1, 1),

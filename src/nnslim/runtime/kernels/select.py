@@ -6,7 +6,8 @@ warm-up then median) and remembers the winner for
 the process; `kernel_table()` shows what was chosen and measured. While a CUDA graph is being
 captured nothing is timed: the first applicable candidate runs (warm up before capturing).
 NNSLIM_KERNEL=<name> forces one candidate wherever it applies (e.g. `dequant`, the reference);
-NNSLIM_SELECT_TIMING=cold times CUDA candidates with their weights evicted from L2 (see _time_cuda_graph).
+CUDA candidates are timed with their weights evicted from L2 (as in a decode, where each layer's weights come
+from HBM); NNSLIM_SELECT_TIMING=warm times them with the weights in L2 (see _time_cuda_graph).
 """
 from __future__ import annotations
 
@@ -55,11 +56,11 @@ def _graph_ms(body: Callable[[], None], calls: int, reps: int) -> list[float]:
 
 
 def _time_cuda_graph(fn: Callable[[], torch.Tensor], calls: int = 10, reps: int = 10) -> float:
-    """Median ms per call, replayed from a CUDA graph (no launch overhead: how decode loops run). The repeated
-    calls find the layer's weights in L2; NNSLIM_SELECT_TIMING=cold writes a buffer twice the L2 size before each
-    call and subtracts the time of those writes alone (closer to a decode, where each layer's weights come from
-    HBM; noisier for kernels of a few microseconds)."""
-    if env_choice("NNSLIM_SELECT_TIMING", ("warm", "cold"), "warm") == "warm":
+    """Median ms per call, replayed from a CUDA graph (no launch overhead: how decode loops run). By default
+    (NNSLIM_SELECT_TIMING=cold) a buffer twice the L2 size is written before each call and the time of those
+    writes alone is subtracted: each layer's weights come from HBM, as in a decode (picks measured better end to
+    end on an H100: BENCHMARKS 9l); warm: repeated calls find the weights in L2."""
+    if env_choice("NNSLIM_SELECT_TIMING", ("warm", "cold"), "cold") == "warm":
         return statistics.median(_graph_ms(fn, calls, reps))
     dev = torch.cuda.current_device()
     flush = torch.empty(2 * torch.cuda.get_device_properties(dev).L2_cache_size // 4, dtype=torch.float32,
