@@ -109,19 +109,18 @@ def test_cuda_gemv_refuses_what_it_cannot_run():
 @pytest.mark.parametrize("k,n,group,sym", [(256, 97, 32, True), (512, 80, 64, False), (11008, 24, 128, False),
                                            (1024, 130, 256, True), (4096, 64, 128, True)])
 @pytest.mark.parametrize("m", [1, 3, 8])
-def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m):
+def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m, monkeypatch):
     """Within one bf16 rounding of the fp32 reference for every offered configuration and for several rows of x
     per warp, ragged N and a ragged last K step included; repeatable; offered to the selector at M = 1 only when
     NNSLIM_CUDA_KERNELS=1."""
     layer = _int4(k, n, group, sym)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
     ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
+    monkeypatch.delenv("NNSLIM_CUDA_KERNELS", raising=False)
     assert not any(c.startswith("cuda-int4-") for c in layer._candidates(x))  # opt-in
-    os.environ["NNSLIM_CUDA_KERNELS"] = "1"
-    try:
-        assert any(c.startswith("cuda-int4-") for c in layer._candidates(x)) == (m == 1)  # tinygemm wins at M > 1
-    finally:
-        del os.environ["NNSLIM_CUDA_KERNELS"]
+    monkeypatch.setenv("NNSLIM_CUDA_KERNELS", "1")
+    assert any(c.startswith("cuda-int4-") for c in layer._candidates(x)) == (m == 1)  # tinygemm wins at M > 1
+    monkeypatch.delenv("NNSLIM_CUDA_KERNELS")
     for cfg in C.CONFIGS + [dict(R=r, MT=mt, STAGES=2, PDL=True) for r, mt in ((1, 2), (2, 4), (1, 8))]:
         y = layer._cuda_int4(x, cfg)
         assert torch.equal(y, layer._cuda_int4(x, cfg)), cfg
@@ -176,8 +175,9 @@ def test_offered_configs_fit_static_shared_memory():
 @pytest.mark.skipif(not CUDA, reason="times CUDA graphs: needs a CUDA GPU")
 @pytest.mark.parametrize("timing", ["warm", "cold"])
 def test_selector_times_candidates_warm_and_cold(monkeypatch, timing):
-    """The selector's CUDA-graph timing, with the weights in L2 (default) or evicted before each call (cold): every
-    candidate gets a positive time and the faster of two very different ones is chosen."""
+    """The selector's CUDA-graph timing, with the weights evicted from L2 before each call (cold, the default) or
+    in L2 (warm): every candidate gets a positive time, one of over 1 ms included (timed by three replays), and the
+    fastest of very different ones is chosen."""
     from nnslim.runtime.kernels import select
 
     monkeypatch.setenv("NNSLIM_SELECT_TIMING", timing)
@@ -186,6 +186,9 @@ def test_selector_times_candidates_warm_and_cold(monkeypatch, timing):
     x = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16)
     key = ("test-timing", timing)
     select._CHOICES.pop(key, None)
-    best = select.choose(key, {"big": lambda: x @ big.T, "small": lambda: x @ small.T}, torch.device("cuda"))
+    square = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    best = select.choose(key, {"big": lambda: x @ big.T, "small": lambda: x @ small.T, "slow": lambda: square @ square},
+                         torch.device("cuda"))
     assert best == "small" and all(t > 0 for t in select._TIMINGS[key].values())
+    assert select._TIMINGS[key]["slow"] > 1.0 > select._TIMINGS[key]["big"]
     select._CHOICES.pop(key, None)

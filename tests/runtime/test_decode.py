@@ -296,7 +296,8 @@ def test_rmsnorm_quantizes_for_w8a8_linears(interpreted, tiny_llama):
 
 
 # --- static rotary tables and programmatic dependent launches ------------------------------------------
-@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}])
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "dynamic", "factor": 2.0}])
 def test_rotary_tables_are_the_per_step_values(interpreted, rope):
     """The fused decoder reads cos / sin from tables built once; they are bit for bit what the model's rotary
     module gives at those positions, and rope types that depend on the length seen keep the per-step call."""
