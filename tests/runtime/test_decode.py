@@ -296,20 +296,19 @@ def test_rmsnorm_quantizes_for_w8a8_linears(interpreted, tiny_llama):
 
 
 # --- static rotary tables and programmatic dependent launches ------------------------------------------
-@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0},
-                                  {"rope_type": "dynamic", "factor": 2.0}])
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}])
 def test_rotary_tables_are_the_per_step_values(interpreted, rope):
     """The fused decoder reads cos / sin from tables built once; they are bit for bit what the model's rotary
     module gives at those positions, and rope types that depend on the length seen keep the per-step call."""
     import transformers
 
-    extra = {} if rope is None else {"rope_parameters": {**rope, "rope_theta": 10000.0}}
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=32, **extra)
+                                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=32,
+                                   rope_parameters={**rope, "rope_theta": 10000.0})
     torch.manual_seed(3)
     lm = transformers.LlamaForCausalLM(cfg).eval().to("cuda" if CUDA else "cpu")
     dec = StaticDecoder(lm, max_len=24, use_graph=False, fused=True)
-    if rope is not None and rope["rope_type"] == "dynamic":
+    if rope["rope_type"] == "dynamic":
         assert dec._rope is None
     else:
         pos = torch.tensor([0, 5, 23], device=lm.device)

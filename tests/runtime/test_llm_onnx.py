@@ -72,7 +72,7 @@ def test_past_false_exports_logits_only(llms, tmp_path):
 
 
 def test_int4_onnx_with_past_reports_decode_rate_and_cpu_flags(llms, tmp_path):
-    res = nnslim.compress(str(llms["llama"]), "examples/int4_onnx_llm.yaml", out=tmp_path / "a", repeats=3,
+    res = nnslim.compress(str(llms["llama"]), "examples/int4_onnx_llm.yaml", out=tmp_path / "a", repeats=1,
                           memory=False)
     rows = json.loads((tmp_path / "a" / "report.json").read_text())
     by_name = {v["name"]: v for v in rows["variants"]}
