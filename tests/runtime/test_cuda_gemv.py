@@ -90,6 +90,15 @@ def test_bad_switch_values_are_one_clear_error(monkeypatch):
         C.offered()
     monkeypatch.setenv("NNSLIM_CUDA_KERNELS", "1")
     assert C.offered()
+    from nnslim.runtime.kernels import pdl
+
+    monkeypatch.setenv("NNSLIM_PDL", "on")
+    with pytest.raises(NnslimError, match=r"NNSLIM_PDL='on' is not allowed;.* allowed: 0, 1"):
+        pdl.enabled(torch.device("cuda"))
+    monkeypatch.setenv("NNSLIM_PDL", "1")  # never on the CPU or under Triton's interpreter
+    assert pdl.launch_options(torch.device("cpu")) == {"PDL": False}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert pdl.launch_options(torch.device("cuda")) == {"PDL": False}
 
 
 def test_cuda_gemv_refuses_what_it_cannot_run():

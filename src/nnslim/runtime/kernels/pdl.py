@@ -25,16 +25,19 @@ from ...errors import env_choice
 try:
     import triton
     import triton.language as tl
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # CPU-only installs
     triton = None
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # no Triton, or one without grid dependency control (before 3.3): never launched so
+    gdc_wait = gdc_launch_dependents = None
 
 DEFAULT = "1"
 
 
 def supported(device: torch.device) -> bool:
     """sm_90+ compiled kernels (Triton's interpreter has no grid dependency control)."""
-    return (device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    return (gdc_wait is not None and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
             and torch.cuda.get_device_capability(device) >= (9, 0))
 
 
