@@ -337,6 +337,7 @@ def test_pdl_decode_is_bitwise_the_plain_one(monkeypatch):
     for flag in ("0", "1"):
         monkeypatch.setenv("NNSLIM_PDL", flag)
         dec = StaticDecoder(lm, max_len=64, use_graph=True, fused=True, batch=2)
+        assert ("programmatic dependents" in dec.fused_note) == (flag == "1")
         tokens, _ = dec.generate(prompt, 12)
         runs[flag] = (tokens, dec.step(torch.tensor(tokens, device="cuda")[:, -1], 28).clone())
     assert runs["0"][0] == runs["1"][0]

@@ -13,7 +13,8 @@ With `fused=True` (the default on CUDA when Triton is installed and the model fi
 SiLU-gated MLP), q/k/v and gate/up are concatenated into single linears (runtime/fuse.py; the model's
 own weights become views of the concatenated ones, values unchanged) and the small operations between
 linears run as fused Triton kernels (kernels/triton_decode.py): per layer ~10 kernels instead of
-~40, which is what lets a faster int4 linear show in tokens/s.
+~40, which is what lets a faster int4 linear show in tokens/s. Rotary cos / sin are read from tables built
+once per decoder; on sm_90+ these kernels launch as programmatic dependents (kernels/pdl.py).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 
 from ..errors import NnslimError
 from .kvcache import KVCache
+from .kernels import pdl
 
 
 def _rotate_half(x):
@@ -73,6 +75,8 @@ class StaticDecoder:
                                           for m in pair) for pair in self.fused]
                 self.fused_note = "fused: q/k/v and gate/up concatenated, Triton norm/rotary/attention/SiLU kernels"
                 self._rope = self._rotary_tables()
+                if pdl.enabled(self.device):
+                    self.fused_note += ", launched as programmatic dependents (NNSLIM_PDL=0 turns it off)"
             elif fused:
                 raise NnslimError(f"StaticDecoder(fused=True): {why}")
             else:
