@@ -174,12 +174,14 @@ for has_zero in (False, True):
     sig = {"x_ptr": "*i32", "wq_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8" if has_zero else "*bf16",
            "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "stride_xm": "i32", "stride_ym": "i32"}
     consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, NEG_BASE=g.NEG_BASE, ASM=g._asm(), BLOCK_N=cfg["BLOCK_N"],
-                  NG=ng, GW=gw, SPLIT_K=cfg["SPLIT_K"], PREFETCH=has_zero)
+                  NG=ng, GW=gw, SPLIT_K=cfg["SPLIT_K"], PREFETCH=has_zero, PDL=has_zero)
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=g._int4_gemv_x2_kernel, signature=sig, constexprs=consts,
                                     attrs={(i,): [["tt.divisibility", 16]] for i in range(10)})
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg["num_warps"]))
     assert k.asm["cubin"] and k.asm["ptx"].count("fma.rn.bf16x2") >= 8, "no packed FMAs"
+    assert k.asm["ptx"].count("lop3.b32") >= 4, "mask and magic not merged"
+    assert ("griddepcontrol.wait" in k.asm["ptx"]) == has_zero, "programmatic dependent launch"
     assert "ld.global.v4" in k.asm["ptx"], "weight not loaded in 16-byte vectors"
 print("ok")
 """

@@ -45,9 +45,13 @@ def _asm() -> str:
     for j in range(4):
         xa, xb = ("$2", "$4") if j < 2 else ("$3", "$5")
         lines.append(f"prmt.b32 xp, {xa}, {xb}, {'0x5410' if j % 2 == 0 else '0x7632'};")  # (x_j, x_{j+4})
-        lines += (["and.b32 c, $1, 0x000F000F;"] if j == 0 else
-                  [f"shr.u32 c, $1, {4 * j};", "and.b32 c, c, 0x000F000F;"])  # (q_j, q_{j+4})
-        lines += [f"or.b32 c, c, {MAGIC:#010x};", "fma.rn.bf16x2 v, c, one, $6;", "fma.rn.bf16x2 acc, xp, v, acc;"]
+        src = "$1" if j == 0 else "c"
+        if j:
+            lines.append(f"shr.u32 c, $1, {4 * j};")
+        # (q_j, q_{j+4}) | MAGIC in one LOP3: (a & b) | c is truth table 0xEA (ptxas does not merge an AND and an
+        # OR written separately here: 9 LOP3 per word instead of 5, benchmarks/sass_int4_gemv.py)
+        lines += [f"lop3.b32 c, {src}, 0x000F000F, {MAGIC:#010x}, 0xEA;", "fma.rn.bf16x2 v, c, one, $6;",
+                  "fma.rn.bf16x2 acc, xp, v, acc;"]
     lines += ["shl.b32 c, acc, 16;", "and.b32 v, acc, 0xFFFF0000;", "mov.b32 f0, c;", "mov.b32 f1, v;",
               "add.f32 $0, f0, f1;", "}"]
     return "\n".join(lines)
