@@ -66,27 +66,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one(tmp_path):
-    one = _run(tmp_path / "one.safetensors", "-", steps=40)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           CHILD, str(tmp_path / "two.safetensors"), "-", "0", "40"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    two = load_file(str(tmp_path / "two.safetensors"))
-    for k in one:  # same global batches, gradients averaged over ranks: equal up to float summation order
-        rel = float((one[k] - two[k]).norm() / one[k].norm().clamp(min=1e-12))
-        assert rel < 1e-4, (k, rel)
-
-
 def _torchrun(out, ckpt, delay, steps, port):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
             CHILD, str(out), str(ckpt), str(delay), str(steps)]
 
 
-def test_checkpoint_of_two_processes_resumes_on_one(tmp_path):
-    """Issue 18: a checkpoint written by rank 0 of a 2-process run, killed between checkpoints, resumes in one
-    process (another world size) to the model an uninterrupted 1-process run gives."""
+def test_two_gloo_processes_match_one_and_their_checkpoint_resumes_on_one(tmp_path):
+    """Two gloo processes train the model one process trains (same global batches, gradients averaged over ranks:
+    equal up to float summation order); and (issue 18) a checkpoint written by rank 0 of a 2-process run, killed
+    between checkpoints, resumes in one process (another world size) to that same model."""
     one = _run(tmp_path / "one.safetensors", "-", steps=40)
+    proc = subprocess.run(_torchrun(tmp_path / "two.safetensors", "-", "0", 40, _free_port()), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = load_file(str(tmp_path / "two.safetensors"))
+    for k in one:
+        rel = float((one[k] - two[k]).norm() / one[k].norm().clamp(min=1e-12))
+        assert rel < 1e-4, (k, rel)
     ck = tmp_path / "ck"
     proc = subprocess.Popen(_torchrun(tmp_path / "x.safetensors", ck, "0.05", 40, _free_port()), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
