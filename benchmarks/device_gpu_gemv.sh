@@ -56,7 +56,7 @@ if [[ $STEPS == *pdl* ]]; then  # issue 17: the Triton decode kernels launched a
   env NNSLIM_CUDA_KERNELS=0 $PDL_ENVS timeout 200 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 \
     --batch 1 --kv model --runs 1 --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1_pdl.json" 2>&1 | grep '"variant"'
   env NNSLIM_CUDA_KERNELS=0 $PDL_ENVS timeout 100 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants int4 \
-    --batch 1 --json "$OUT/gpu_decode_profile_8layers_b1_pdl.json"
+    --batch 1 --pdl --json "$OUT/gpu_decode_profile_8layers_b1_pdl.json"
 fi
 if [[ $STEPS == *defaults* ]]; then  # issue 17: the defaults (PDL, cold selector timing) against the earlier ones
   # (NNSLIM_PDL=0 NNSLIM_SELECT_TIMING=warm) at batch 1, 8, 32; the CUDA GEMV offered; the int8 cache at 16k

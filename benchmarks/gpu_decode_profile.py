@@ -8,11 +8,14 @@ CUDA-graph step, warmed up by a short generate; then `--steps` graph replays are
 summed kernel time by class (int4 / bf16 linears, norm, rotary + cache write, attention, attention reduce,
 SiLU gate, the rest) with kernel counts, and the gap (step time - summed kernel time: launch latency and ramp
 between dependent kernels, which no kernel's own speed removes). With --eager the step runs without the graph.
+The kernels launch without programmatic dependent launch (NNSLIM_PDL=0) unless --pdl: under PDL a kernel's time
+includes its wait for the previous one, so the classes overlap and no longer add up to the step (BENCHMARKS 9l).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -93,8 +96,11 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--eager", action="store_true", help="profile the step without its CUDA graph")
+    ap.add_argument("--pdl", action="store_true", help="keep programmatic dependent launches (kernel times overlap)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if not args.pdl:
+        os.environ["NNSLIM_PDL"] = "0"
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     print(f"# decode step profile on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)

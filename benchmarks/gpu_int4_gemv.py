@@ -50,7 +50,7 @@ def _key(c: dict) -> str:
     if "R" in c:
         return f"R{c['R']}m{c['MT']}s{c['STAGES']}" + ("pdl" if c.get("PDL") else "")
     return (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
-            + ("p" if c.get("PREFETCH") else ""))
+            + ("p" if c.get("PREFETCH") else "") + ("-andor" if c.get("ANDOR") else ""))
 
 
 def main():
@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--m", default="1,2,4")
     ap.add_argument("--rep-ms", type=int, default=40)
     ap.add_argument("--shapes", default="all", help="all, or indices into SHAPES (e.g. 0,2)")
-    ap.add_argument("--families", default="cuda,x2,kmajor,perm")
+    ap.add_argument("--families", default="cuda,x2,kmajor,perm", help="also x2kept,x2andor (an A/B of 9l)")
     ap.add_argument("--pdl", default="both", choices=["both", "on", "off"], help="CUDA GEMV launches")
     ap.add_argument("--stages", default="2,4,8", help="CUDA GEMV copy stages")
     ap.add_argument("--json", default=None)
@@ -75,6 +75,11 @@ def main():
         ref = F.linear(x.float(), mods[0].dequantized_weight(torch.float32))
         fams = {"cuda": (cuda_grid(m, args.pdl, args.stages), lambda md, c: md._cuda_int4(x, c)),
                 "x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
+                # A/B of one PTX change on the kept launches: mask and magic in one LOP3 (x2kept) or written
+                # as an AND and an OR (x2andor, the form before 2026-12-06)
+                "x2kept": (triton_int4_gemv.X2_CONFIGS, lambda md, c: md._triton_int4x(x, c)),
+                "x2andor": ([dict(c, ASM=triton_int4_gemv._asm(merged=False), ANDOR=True)
+                             for c in triton_int4_gemv.X2_CONFIGS], lambda md, c: md._triton_int4x(x, c)),
                 "kmajor": (triton_int4.KMAJOR_CONFIGS, lambda md, c: md._triton_int4k(x, c)),
                 "perm": (triton_int4.PERM_CONFIGS, lambda md, c: md._triton_int4p(x, c))}
         row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),

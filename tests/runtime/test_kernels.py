@@ -148,6 +148,28 @@ def test_x2_gemv_reads_stored_codes(k, n, group, sym, m):
         layer._triton_int4x(x.half(), triton_int4_gemv.X2_CONFIGS[0])
 
 
+def test_x2_lop3_truth_table_is_and_then_or():
+    """The packed GEMV's one LOP3 (truth table 0xEA over a, b, c = 0xF0, 0xCC, 0xAA) computes (a & mask) | magic bit
+    for bit, as the AND and OR it replaced did (checked on words with every nibble value in both halves)."""
+    import re
+
+    from nnslim.runtime.kernels import triton_int4_gemv
+
+    merged, apart = triton_int4_gemv._asm(), triton_int4_gemv._asm(merged=False)
+    lut = {int(v, 16) for v in re.findall(r"lop3\.b32 [^;]*, (0x[0-9A-Fa-f]+);", merged)}
+    assert lut == {0xEA} and merged.count("lop3.b32") == 4 and "or.b32" not in merged
+    assert apart.count("and.b32 c,") == 4 and apart.count("or.b32") == 4 and "lop3" not in apart
+    assert merged.count("fma.rn.bf16x2") == apart.count("fma.rn.bf16x2") == 8
+    mask, magic = 0x000F000F, triton_int4_gemv.MAGIC
+    words = [sum(((q + i) % 16) << (4 * j) for j in range(8)) for q in range(16) for i in (0, 3, 7)]
+    for w in words + [0, 0xFFFFFFFF]:
+        for shift in (0, 4, 8, 12):
+            a = w >> shift
+            lop3 = sum((((0xEA >> ((((a >> bit) & 1) << 2) | (((mask >> bit) & 1) << 1) | ((magic >> bit) & 1))) & 1)
+                        << bit) for bit in range(32))
+            assert lop3 == (a & mask) | magic
+
+
 def _compiles_in_fresh_process(code: str) -> None:
     """Run `code` (which prints ok) in a new Python without Triton's interpreter: this module may have enabled it."""
     import os

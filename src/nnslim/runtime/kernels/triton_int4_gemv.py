@@ -37,9 +37,10 @@ MAGIC = 0x43004300  # two bf16 halves 128.0: OR-ing a code q into the mantissa g
 NEG_BASE = 0xC300  # bits of bf16 -128.0; -(128 + z) is NEG_BASE + z for z < 128
 
 
-def _asm() -> str:
+def _asm(merged: bool = True) -> str:
     """PTX for one word: $0 (f32) = sum_j x_j (q_j - z) over its 8 codes; $1 the word, $2..$5 x's
-    32-bit words (x0 x1, x2 x3, x4 x5, x6 x7), $6 the packed -(128 + z)."""
+    32-bit words (x0 x1, x2 x3, x4 x5, x6 x7), $6 the packed -(128 + z). merged=False writes the mask and the
+    magic as an AND and an OR (the earlier form, for benchmarks/gpu_int4_gemv.py's family x2andor)."""
     lines = ["{", ".reg .b32 xp, c, v, acc, one;", ".reg .f32 f0, f1;", "mov.b32 acc, 0;",
              "mov.b32 one, 0x3F803F80;"]
     for j in range(4):
@@ -50,8 +51,9 @@ def _asm() -> str:
             lines.append(f"shr.u32 c, $1, {4 * j};")
         # (q_j, q_{j+4}) | MAGIC in one LOP3: (a & b) | c is truth table 0xEA (ptxas does not merge an AND and an
         # OR written separately here: 9 LOP3 per word instead of 5, benchmarks/sass_int4_gemv.py)
-        lines += [f"lop3.b32 c, {src}, 0x000F000F, {MAGIC:#010x}, 0xEA;", "fma.rn.bf16x2 v, c, one, $6;",
-                  "fma.rn.bf16x2 acc, xp, v, acc;"]
+        lines += ([f"lop3.b32 c, {src}, 0x000F000F, {MAGIC:#010x}, 0xEA;"] if merged else
+                  [f"and.b32 c, {src}, 0x000F000F;", f"or.b32 c, c, {MAGIC:#010x};"])
+        lines += ["fma.rn.bf16x2 v, c, one, $6;", "fma.rn.bf16x2 acc, xp, v, acc;"]
     lines += ["shl.b32 c, acc, 16;", "and.b32 v, acc, 0xFFFF0000;", "mov.b32 f0, c;", "mov.b32 f1, v;",
               "add.f32 $0, f0, f1;", "}"]
     return "\n".join(lines)
@@ -144,7 +146,8 @@ def int4_gemv_x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     grid = (triton.cdiv(n, bn), m, split)
     _int4_gemv_x2_kernel[grid](x.view(torch.int32), qweight.contiguous().view(torch.int32), scales,
                                zeros if zeros is not None else scales, y, ws, cnt, n, k // 2, y.stride(0), k,
-                               GROUP=group, HAS_ZERO=zeros is not None, NEG_BASE=NEG_BASE, ASM=_asm(), BLOCK_N=bn,
+                               GROUP=group, HAS_ZERO=zeros is not None, NEG_BASE=NEG_BASE,
+                               ASM=config["ASM"] if "ASM" in config else _asm(), BLOCK_N=bn,
                                NG=tile[0], GW=tile[1], SPLIT_K=split, PREFETCH=config.get("PREFETCH", False),
                                num_warps=config["num_warps"], **launch_options(x.device))
     return y
