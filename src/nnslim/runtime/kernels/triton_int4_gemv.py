@@ -59,6 +59,8 @@ def _asm(merged: bool = True) -> str:
     return "\n".join(lines)
 
 
+ASM = _asm()  # built once: every launch passes it
+
 if triton is not None:
     from .pdl import wait_then_release
     from .triton_int4 import _gemv_store, kmajor_tiles
@@ -147,7 +149,7 @@ def int4_gemv_x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     _int4_gemv_x2_kernel[grid](x.view(torch.int32), qweight.contiguous().view(torch.int32), scales,
                                zeros if zeros is not None else scales, y, ws, cnt, n, k // 2, y.stride(0), k,
                                GROUP=group, HAS_ZERO=zeros is not None, NEG_BASE=NEG_BASE,
-                               ASM=config["ASM"] if "ASM" in config else _asm(), BLOCK_N=bn,
+                               ASM=config.get("ASM", ASM), BLOCK_N=bn,
                                NG=tile[0], GW=tile[1], SPLIT_K=split, PREFETCH=config.get("PREFETCH", False),
                                num_warps=config["num_warps"], **launch_options(x.device))
     return y
