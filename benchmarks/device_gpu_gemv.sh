@@ -3,7 +3,7 @@
 # shapes (the CUDA GEMV of cuda_int4_gemv vs the Triton packed-bf16x2 one, tinygemm and bf16), then greedy decode
 # of the 32-layer 7B-shaped model (batch 1, prompt 128, 256 tokens) with whatever the selector picks. From the
 # repo root, through the device tool:   OUT=/tmp/gemv bash benchmarks/device_gpu_gemv.sh      (about 8 minutes)
-# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl,defaults picks the parts.
+# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl,defaults,mmasweep,mmadecode picks the parts.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the selector may pick the CUDA GEMV
@@ -75,6 +75,24 @@ if [[ $STEPS == *defaults* ]]; then  # issue 17: the defaults (PDL, cold selecto
   env NNSLIM_CUDA_KERNELS=0 timeout 200 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 --batch 1 \
     --prompt 16384 --kv model,int8 --runs 1 --new-tokens 256 --json "$OUT/gpu_kv_32layers_16k_pdl.json" 2>&1 \
     | grep '"variant"'
+fi
+if [[ $STEPS == *mmasweep* ]]; then  # issue 17: the tensor-core int4 GEMV (cuda_int4_mma_gemv): its tests, then its
+  # launches against the packed GEMV (both PTX forms of 9l) / tinygemm / bf16 at M = 1 and 16
+  timeout 240 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_cuda_mma_gemv.py 2>&1 \
+    | grep -v "^\s*$" | tail -15
+  timeout 200 python3 benchmarks/gpu_int4_gemv.py --m 1 --families cudamma,x2kept,x2andor --pdl off --rep-ms 30 \
+    --json "$OUT/gpu_int4_gemv_mma_m1.json" | grep -v "^  "
+  timeout 100 python3 benchmarks/gpu_int4_gemv.py --m 16 --families cudamma --pdl off --rep-ms 30 \
+    --json "$OUT/gpu_int4_gemv_mma_m16.json" | grep -v "^  "
+fi
+if [[ $STEPS == *mmadecode* ]]; then  # the 8-layer decode at batch 1 / 8 / 32 without and with the tensor-core GEMV
+  # offered to the selector (one process per row)
+  for envs in "NNSLIM_CUDA_MMA_GEMV=0" "NNSLIM_CUDA_MMA_GEMV=1"; do
+    echo "## $envs"
+    env NNSLIM_CUDA_KERNELS=0 $envs timeout 150 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 \
+      --batch 1,8,32 --kv model --runs 2 --new-tokens 128 --json "$OUT/gpu_decode_8layers_mma_${envs//=/_}.json" 2>&1 \
+      | grep '"variant"'
+  done
 fi
 if [[ $STEPS == *profile* ]]; then  # GPU time per kernel class of one decode step, and the gaps between kernels
   timeout 200 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants bf16,int4 --batch 1 \

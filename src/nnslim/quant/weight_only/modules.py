@@ -192,6 +192,12 @@ class WeightOnlyLinear(PackedLinear):
                 if cuda_int4_gemv.offered() and cuda_int4_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_gemv.CONFIGS):
                         out[f"cuda-int4-{i}"] = lambda c=cfg: self._cuda_int4(x, c)
+            if self.bits == 4 and x.shape[0] <= 32:
+                from ...runtime.kernels import cuda_int4_mma_gemv
+
+                if cuda_int4_mma_gemv.offered() and cuda_int4_mma_gemv.supports(x, k, g):
+                    for i, cfg in enumerate(cuda_int4_mma_gemv.CONFIGS):
+                        out[f"cuda-int4mma-{i}"] = lambda c=cfg: self._cuda_int4mma(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
@@ -251,6 +257,14 @@ class WeightOnlyLinear(PackedLinear):
 
         return cuda_int4_gemv.int4_gemv_cuda(x, self.qweight, self._scales_as(x), None if self.symmetric else self.zeros,
                                              self.group, config)
+
+    def _cuda_int4mma(self, x, config):
+        from ...runtime.kernels import cuda_int4_mma_gemv as cm
+
+        layout = self._prep(f"cuda-int4mma-{x.dtype}", x.device, lambda: (
+            cm.to_layout(self.qweight, self.in_features, self.group), cm.pair_rows(self._scales_as(x)),
+            None if self.symmetric else cm.pair_rows(cm.neg_offsets(self.zeros))))
+        return cm.int4_gemv_mma(x, layout, self.out_features, self.group, config)
 
     def _triton_int4tc(self, x, config):
         from ...runtime.kernels import triton_int4

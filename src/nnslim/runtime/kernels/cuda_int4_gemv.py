@@ -286,7 +286,7 @@ def supports(x: torch.Tensor, k: int, group: int) -> bool:
             and k % group == 0 and available(x.device))
 
 
-def _cubin(src: str, arch: str) -> bytes:
+def _cubin(src: str, arch: str, stem: str = "int4_gemv") -> bytes:
     """The cubin of `src` for `arch`, compiled once per source, architecture and NVRTC version and kept in
     $NNSLIM_CACHE/cuda (written atomically: a reader never sees half a file)."""
     from torch.cuda._utils import _get_gpu_rtc_library
@@ -298,7 +298,7 @@ def _cubin(src: str, arch: str) -> bytes:
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
     digest = hashlib.sha256(f"{src}|{arch}|{major.value}.{minor.value}".encode()).hexdigest()[:32]
     try:
-        path = cache_dir("cuda") / f"int4_gemv-{digest}.cubin"
+        path = cache_dir("cuda") / f"{stem}-{digest}.cubin"
         if path.is_file() and (data := path.read_bytes())[:4] == b"\x7fELF":
             return data
     except OSError:  # no writable home: compile every time
@@ -310,21 +310,27 @@ def _cubin(src: str, arch: str) -> bytes:
     return data
 
 
-def _kernel(device: torch.device, k: int, group: int, r: int, mt: int, has_zero: bool, stages: int, pdl: bool):
+def load_function(device: torch.device, key: tuple, src: str, name: str, stem: str = "int4_gemv"):
+    """The kernel `name` of `src` compiled for `device`'s architecture, loaded once per (device, key)."""
     major, minor = torch.cuda.get_device_capability(device)
-    key = (device.index, major, minor, k, group, r, mt, has_zero, stages, pdl)
+    key = (device.index, major, minor, name, *key)
     with _LOCK:
         if key not in _KERNELS:
             from torch.cuda._utils import _cuda_load_module
 
             try:
-                cubin = _cubin(source(k, group, r, mt, has_zero, stages, pdl), f"sm_{major}{minor}")
+                cubin = _cubin(src, f"sm_{major}{minor}", stem)
                 with torch.cuda.device(device):
-                    _KERNELS[key] = _cuda_load_module(cubin, ["int4_gemv"])["int4_gemv"]
+                    _KERNELS[key] = _cuda_load_module(cubin, [name])[name]
             except (OSError, AttributeError):  # no NVRTC / driver library: not offered again on this device
                 _BROKEN.add(device.index)
                 raise
         return _KERNELS[key]
+
+
+def _kernel(device: torch.device, k: int, group: int, r: int, mt: int, has_zero: bool, stages: int, pdl: bool):
+    return load_function(device, (k, group, r, mt, has_zero, stages, pdl),
+                         source(k, group, r, mt, has_zero, stages, pdl), "int4_gemv")
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,309 @@
+"""An int4 GEMV on tensor cores (CUDA C through NVRTC, sm_80+, bf16 activations, M <= 32; issue 17).
+
+y [M, N] = x [M, K] @ dequant(W).T for decode-sized M. The packed GEMVs (triton_int4_gemv, cuda_int4_gemv)
+spend ~3.3 SASS instructions per code on CUDA cores (pairing x, two bf16x2 FMAs per pair, partial sums), about
+as much issue time as the weight bytes take to arrive at M = 1, and they re-read or re-pair x per row of x.
+Here the dequantized codes are the A operand of `mma.m16n8k16` (16 weight rows x 16 codes) and x the B operand
+(16 codes x 8 rows of x, M <= 8 per n8 tile): per 32-bit word of codes (8 codes, one A fragment of a lane)
+one shift, four LOP3 (mask + magic exponent: bf16 128 + q and 2048 + 16 q, exact), four bf16x2 FMAs (times 1 or
+1/16 minus 128 + zero: q - zero, exact) and one MMA per 8 rows of x: ~1.4 instructions per code, products exact
+and summed in fp32; the group scale is applied to each chunk's fp32 partial sums (no bf16 rounding of partial
+sums, unlike the packed GEMVs).
+
+Layout (`to_layout`, built once per layer from the canonical packed codes and kept only if chosen): rows in
+tiles of 16, K in chunks of CW = 16 S codes (S = 4 mma steps of 16; fewer for groups of 32 or 16); the S words a
+lane needs for one chunk of one tile are contiguous (lane L = 4 g + t: rows g and g + 8), so a warp reads 512
+contiguous bytes per chunk with one 16-byte load per lane. Within a chunk, lane t's mma slots hold codes 4 S t ..
+4 S t + 4 S - 1, so its x operand is 8 S contiguous bytes of x. Scales (and -(128 + zero)) of rows g and g + 8
+are paired in one word per (tile, group, g).
+
+Each warp owns one 16-row tile and a contiguous share of its chunks (KW warps split K; their fp32 partial sums
+are added through shared memory); weight loads are issued U chunks ahead (two batches in flight). As a
+programmatic dependent launch (sm_90) the first batch of weights is loaded before waiting for the kernel that
+writes x.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...errors import env_choice
+from . import cuda_int4_gemv as base
+from .pdl import enabled
+
+_SOURCE = r"""
+#define K __K__
+#define GROUP __GROUP__
+#define S __S__
+#define KW __KW__
+#define TPB __TPB__
+#define NT __NT__
+#define U __U__
+#define HAS_ZERO __HAS_ZERO__
+#define PDL __PDL__
+#define CW (16 * S)
+#define CHUNKS (K / CW)
+#define NG (K / GROUP)
+#define PER_WARP ((CHUNKS + KW - 1) / KW)
+#define BATCHES ((PER_WARP + U - 1) / U)
+
+struct alignas(16) u4 { unsigned a, b, c, d; };
+struct alignas(8) u2 { unsigned a, b; };
+
+// S words of codes (one chunk of one tile for this lane): streamed, not kept in L1
+__device__ __forceinline__ void ld_codes(const unsigned* p, unsigned* w) {
+#if S == 4
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "l"(p));
+#elif S == 2
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+#else
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
+#endif
+}
+__device__ __forceinline__ unsigned ld_word(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ unsigned hfma2(unsigned a, unsigned b, unsigned c) {
+  unsigned r;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+// (a & mask) | magic in one LOP3 (ptxas keeps an AND and an OR of two immediates apart)
+template <unsigned MASK, unsigned MAGIC> __device__ __forceinline__ unsigned lop3(unsigned a) {
+  unsigned r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "n"(MASK), "n"(MAGIC));
+  return r;
+}
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned sel) {
+  unsigned r;
+  asm("prmt.b32 %0, %1, %1, %2;" : "=r"(r) : "r"(a), "r"(sel));
+  return r;
+}
+__device__ __forceinline__ void mma(float* d, const unsigned* a, unsigned b0, unsigned b1, const float* c) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%11,%12,%13};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1),
+        "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+extern "C" __global__ void __launch_bounds__(32 * KW * TPB)
+int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
+              const unsigned* __restrict__ sc, const unsigned* __restrict__ zr,
+              unsigned short* __restrict__ y, int N, int M, int stride_x, int stride_y, int tiles) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int kw = warp % KW, tile = blockIdx.x * TPB + warp / KW;
+  const int g = lane >> 2, t = lane & 3;
+  const bool live = tile < tiles;
+  const int cbeg = kw * PER_WARP;
+  const unsigned* wp = qw + ((size_t)(live ? tile : 0) * CHUNKS + cbeg) * (32 * S) + lane * S;
+  const unsigned* sp = sc + (size_t)(live ? tile : 0) * NG * 8 + g;
+#if HAS_ZERO
+  const unsigned* zp = zr + (size_t)(live ? tile : 0) * NG * 8 + g;
+#endif
+  unsigned w[2][U][S], sw[2][U];
+#if HAS_ZERO
+  unsigned zw[2][U];
+#endif
+  float acc[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+
+#pragma unroll
+  for (int b = 0; b <= BATCHES; ++b) {
+    if (b < BATCHES) {  // issue batch b's loads (two batches in flight)
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int j = b * U + u, c = cbeg + j;
+        if (j < PER_WARP && live && c < CHUNKS) {
+          ld_codes(wp + (size_t)j * (32 * S), w[b & 1][u]);
+          sw[b & 1][u] = ld_word(sp + (size_t)((c * CW) / GROUP) * 8);
+#if HAS_ZERO
+          zw[b & 1][u] = ld_word(zp + (size_t)((c * CW) / GROUP) * 8);
+#endif
+        }
+      }
+    }
+#if PDL
+    if (b == 0) {  // the codes above overlap the previous kernel's end; x is its output
+      asm volatile("griddepcontrol.wait;" ::: "memory");
+      asm volatile("griddepcontrol.launch_dependents;");
+    }
+#endif
+    if (b == 0) continue;
+    const int pb = b - 1;  // compute batch pb
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = pb * U + u, c = cbeg + j;
+      if (j < PER_WARP && live && c < CHUNKS) {
+        unsigned xb[NT][2 * S];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          const int m = n * 8 + g;
+          const unsigned short* xr = x + (size_t)(m < M ? m : 0) * stride_x + c * CW + 4 * S * t;
+#if S == 1
+          const u2 v = m < M ? *(const u2*)xr : u2{0u, 0u};
+          xb[n][0] = v.a; xb[n][1] = v.b;
+#else
+#pragma unroll
+          for (int q = 0; q < 2 * S; q += 4) {  // x words q .. q + 3 of this lane's 4 S codes
+            const u4 v = m < M ? *(const u4*)(xr + 2 * q) : u4{0u, 0u, 0u, 0u};
+            xb[n][q] = v.a; xb[n][q + 1] = v.b; xb[n][q + 2] = v.c; xb[n][q + 3] = v.d;
+          }
+#endif
+        }
+#if HAS_ZERO
+        const unsigned nzl = prmt(zw[pb & 1][u], 0x1010u), nzh = prmt(zw[pb & 1][u], 0x3232u);
+#else
+        const unsigned nzl = 0xC308C308u, nzh = 0xC308C308u;  // -(128 + 8): symmetric codes
+#endif
+        float part[NT][4];
+        const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          const unsigned v = w[pb & 1][u][i], v8 = v >> 8;
+          unsigned a[4];  // nibbles (j, j + 4) -> bf16 pair (q - zero) of the A fragment's register j
+          a[0] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v), 0x3F803F80u, nzl);   // 128 + q, times 1
+          a[1] = hfma2(lop3<0x00F000F0u, 0x45004500u>(v), 0x3D803D80u, nzh);   // 2048 + 16 q, times 1/16
+          a[2] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v8), 0x3F803F80u, nzl);
+          a[3] = hfma2(lop3<0x00F000F0u, 0x45004500u>(v8), 0x3D803D80u, nzh);
+#pragma unroll
+          for (int n = 0; n < NT; ++n) mma(part[n], a, xb[n][2 * i], xb[n][2 * i + 1], i == 0 ? zero4 : part[n]);
+        }
+        const float slo = __uint_as_float(sw[pb & 1][u] << 16), shi = __uint_as_float(sw[pb & 1][u] & 0xFFFF0000u);
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          acc[n][0] = fmaf(part[n][0], slo, acc[n][0]);
+          acc[n][1] = fmaf(part[n][1], slo, acc[n][1]);
+          acc[n][2] = fmaf(part[n][2], shi, acc[n][2]);
+          acc[n][3] = fmaf(part[n][3], shi, acc[n][3]);
+        }
+      }
+    }
+  }
+#if KW > 1
+  __shared__ float red[TPB][KW][NT * 4][32];
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[warp / KW][kw][n * 4 + e][lane] = acc[n][e];
+  __syncthreads();
+  if (kw != 0) return;
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float v = 0.f;
+#pragma unroll
+      for (int r = 0; r < KW; ++r) v += red[warp / KW][r][n * 4 + e][lane];
+      acc[n][e] = v;
+    }
+#endif
+  if (!live) return;
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // c0 c1: row g, x rows 2t, 2t + 1; c2 c3: row g + 8
+      const int m = n * 8 + 2 * t + (e & 1), row = tile * 16 + g + 8 * (e >> 1);
+      if (m < M && row < N) {
+        unsigned short o;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(o) : "f"(acc[n][e]));
+        y[(size_t)m * stride_y + row] = o;
+      }
+    }
+}
+"""
+
+MAX_M = 32
+# (KW warps splitting K per 16-row tile, TPB tiles per block, U chunks per load batch)
+CONFIGS = [dict(KW=kw, TPB=tpb, U=u, PDL=True) for kw, tpb, u in ((4, 1, 4), (8, 1, 2), (4, 2, 2), (2, 2, 4))]
+
+
+def offered() -> bool:
+    """Whether the measured selector tries this kernel (NNSLIM_CUDA_MMA_GEMV, default on)."""
+    return env_choice("NNSLIM_CUDA_MMA_GEMV", ("0", "1"), "1") == "1"
+
+
+def steps(group: int) -> int:
+    """mma steps (16 codes) per chunk: 4 (one 16-byte load per lane) unless the group is smaller."""
+    return 4 if group % 64 == 0 else 2 if group % 32 == 0 else 1
+
+
+def source(k: int, group: int, kw: int, tpb: int, nt: int, u: int, has_zero: bool, pdl: bool = False) -> str:
+    """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only)."""
+    src = _SOURCE
+    for name, value in (("K", k), ("GROUP", group), ("S", steps(group)), ("KW", kw), ("TPB", tpb), ("NT", nt),
+                        ("U", u), ("HAS_ZERO", int(has_zero)), ("PDL", int(pdl))):
+        src = src.replace(f"__{name}__", str(value))
+    return src
+
+
+def supports(x: torch.Tensor, k: int, group: int) -> bool:
+    return (x.dtype == torch.bfloat16 and x.dim() == 2 and 1 <= x.shape[0] <= MAX_M and group % 16 == 0
+            and k % group == 0 and base.available(x.device))
+
+
+_NIBBLE = [0, 4, 2, 6, 1, 5, 3, 7]  # nibble j of a word holds (row half h, slot p) number h * 4 + p
+
+
+def to_layout(qweight: torch.Tensor, k: int, group: int) -> torch.Tensor:
+    """Canonical packed codes [N, K/2] uint8 (low nibble first) -> int32 [tiles, chunks, 32 lanes, S] (module doc):
+    word i of lane 4 g + t in chunk c holds, as nibble pairs (j, j + 4), the codes of rows g / g + 8 at
+    k = CW c + 4 S t + 4 i + p: nibbles 0 / 4 row g p 0 / 1, 1 / 5 row g + 8 p 0 / 1, 2 / 6 row g p 2 / 3,
+    3 / 7 row g + 8 p 2 / 3 (the mma A fragment's registers 0-3). Rows past N are zero codes. Built in blocks
+    of 4096 rows (a few hundred MB of temporaries at most for 7B-sized layers)."""
+    n = qweight.shape[0]
+    s = steps(group)
+    tiles, chunks = -(-n // 16), k // (16 * s)
+    out = torch.empty((tiles, chunks, 32, s), dtype=torch.int32, device=qweight.device)
+    shift = 4 * torch.arange(8, device=qweight.device)
+    for t0 in range(0, tiles, 256):
+        q = qweight[t0 * 16:(t0 + 256) * 16]
+        nt = -(-q.shape[0] // 16)
+        codes = torch.stack([q & 15, q >> 4], dim=-1).reshape(q.shape[0], k).to(torch.int64)
+        codes = torch.nn.functional.pad(codes, (0, 0, 0, nt * 16 - q.shape[0]))
+        c = codes.view(nt, 2, 8, chunks, 4, s, 4)  # tile, h, g, chunk, t, i, p
+        c = c.permute(0, 3, 2, 4, 5, 1, 6).reshape(nt, chunks, 8, 4, s, 8)[..., _NIBBLE]
+        words = (c << shift).sum(-1)
+        out[t0:t0 + nt] = (words - (words >= 2 ** 31).to(torch.int64) * 2 ** 32).to(torch.int32).view(nt, chunks, 32, s)
+    return out
+
+
+def pair_rows(values: torch.Tensor) -> torch.Tensor:
+    """[N, G] 16-bit values -> int32 [tiles, G, 8]: word g of a tile holds row g (low half) and row g + 8."""
+    n, ng = values.shape
+    tiles = -(-n // 16)
+    v = torch.nn.functional.pad(values.view(torch.int16), (0, 0, 0, tiles * 16 - n))
+    return v.view(tiles, 2, 8, ng).permute(0, 3, 2, 1).contiguous().view(torch.int32).reshape(tiles, ng, 8)
+
+
+def neg_offsets(zeros: torch.Tensor) -> torch.Tensor:
+    """uint8 zero points -> the bf16 bits of -(128 + zero) (exact for zero < 128) as int16."""
+    return (0xC300 - 0x10000 + zeros.to(torch.int32)).to(torch.int16)
+
+
+def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: dict) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (bf16 x, M <= 32) from `layout` = (to_layout codes, pair_rows(scales),
+    pair_rows(neg_offsets(zeros)) or None)."""
+    m, k = x.shape
+    if not supports(x, k, group):
+        raise ValueError(f"tensor-core int4 GEMV: M={m}, K={k}, group={group}, x {x.dtype} not supported "
+                         f"(bf16, 1 <= M <= {MAX_M}, group a multiple of 16 dividing K)")
+    qw, sc, zr = layout
+    x = base._aligned(x)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    nt = 1 if m <= 8 else 2 if m <= 16 else 4
+    kw, tpb, u = config["KW"], config["TPB"], config["U"]
+    pdl = bool(config.get("PDL")) and enabled(x.device)
+    src = source(k, group, kw, tpb, nt, u, zr is not None, pdl)
+    kern = base.load_function(x.device, ("mma", k, group, kw, tpb, nt, u, zr is not None, pdl), src,
+                              "int4_mma_gemv", "int4_mma_gemv")
+    tiles = qw.shape[0]
+    with torch.cuda.device(x.device):
+        base._launch(kern, (-(-tiles // tpb), 1, 1), (32 * kw * tpb, 1, 1),
+                     [x, qw, sc, zr if zr is not None else sc, y, n, m, x.stride(0), y.stride(0), tiles], pdl)
+    return y
