@@ -5,8 +5,9 @@ spend ~3.3 SASS instructions per code on CUDA cores (pairing x, two bf16x2 FMAs 
 as much issue time as the weight bytes take to arrive at M = 1, and they re-read or re-pair x per row of x.
 Here the dequantized codes are the A operand of `mma.m16n8k16` (16 weight rows x 16 codes) and x the B operand
 (16 codes x 8 rows of x, M <= 8 per n8 tile): per 32-bit word of codes (8 codes, one A fragment of a lane)
-one shift, four LOP3 (mask + magic exponent: bf16 128 + q and 2048 + 16 q, exact), four bf16x2 FMAs (times 1 or
-1/16 minus 128 + zero: q - zero, exact) and one MMA per 8 rows of x: ~1.4 instructions per code, products exact
+three shifts, four LOP3 (mask + magic exponent: the bf16 pair 128 + q, exact; bf16's 7 mantissa bits leave no room
+for fp16's shift-free 1024 + 16 q trick), four bf16x2 subtractions of 128 + zero (q - zero, exact) and one MMA per
+8 rows of x: ~1.5 instructions per code, products exact
 and summed in fp32; the group scale is applied to each chunk's fp32 partial sums (no bf16 rounding of partial
 sums, unlike the packed GEMVs).
 
@@ -165,12 +166,12 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
         const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int i = 0; i < S; ++i) {
-          const unsigned v = w[pb & 1][u][i], v8 = v >> 8;
-          unsigned a[4];  // nibbles (j, j + 4) -> bf16 pair (q - zero) of the A fragment's register j
-          a[0] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v), 0x3F803F80u, nzl);   // 128 + q, times 1
-          a[1] = hfma2(lop3<0x00F000F0u, 0x45004500u>(v), 0x3D803D80u, nzh);   // 2048 + 16 q, times 1/16
-          a[2] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v8), 0x3F803F80u, nzl);
-          a[3] = hfma2(lop3<0x00F000F0u, 0x45004500u>(v8), 0x3D803D80u, nzh);
+          const unsigned v = w[pb & 1][u][i];
+          unsigned a[4];  // nibbles (j, j + 4) -> bf16 pair (128 + q) -> (q - zero) = register j of the A fragment
+          a[0] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v), 0x3F803F80u, nzl);
+          a[1] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v >> 4), 0x3F803F80u, nzh);
+          a[2] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v >> 8), 0x3F803F80u, nzl);
+          a[3] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v >> 12), 0x3F803F80u, nzh);
 #pragma unroll
           for (int n = 0; n < NT; ++n) mma(part[n], a, xb[n][2 * i], xb[n][2 * i + 1], i == 0 ? zero4 : part[n]);
         }
@@ -219,8 +220,11 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
 """
 
 MAX_M = 32
-# (KW warps splitting K per 16-row tile, TPB tiles per block, U chunks per load batch)
-CONFIGS = [dict(KW=kw, TPB=tpb, U=u, PDL=True) for kw, tpb, u in ((4, 1, 4), (8, 1, 2), (4, 2, 2), (2, 2, 4))]
+# (KW warps splitting K per 16-row tile, TPB tiles per block, U chunks per load batch): the best launches at M = 1
+# and 16 of `benchmarks/gpu_int4_gemv.py --families cudamma` on the Llama-7B shapes (H100, 2026-12-06, BENCHMARKS
+# 9m); launched as programmatic dependents where pdl.enabled
+CONFIGS = [dict(KW=kw, TPB=tpb, U=u, PDL=True) for kw, tpb, u in ((16, 1, 2), (16, 1, 4), (4, 1, 2), (4, 2, 2),
+                                                                   (8, 1, 2), (8, 1, 4))]
 
 
 def offered() -> bool:
