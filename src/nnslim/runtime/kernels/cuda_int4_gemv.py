@@ -225,6 +225,7 @@ def fits(config: dict) -> bool:
 
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple, object] = {}
+_CUBINS: dict[tuple, bytes] = {}  # compiled in this process where $NNSLIM_CACHE cannot be written
 _BROKEN: set[int] = set()  # devices where NVRTC / the driver API failed once: not offered again
 
 
@@ -297,17 +298,37 @@ def _cubin(src: str, arch: str, stem: str = "int4_gemv") -> bytes:
     major, minor = ctypes.c_int(), ctypes.c_int()
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
     digest = hashlib.sha256(f"{src}|{arch}|{major.value}.{minor.value}".encode()).hexdigest()[:32]
+    if (stem, digest) in _CUBINS:
+        return _CUBINS[stem, digest]
     try:
         path = cache_dir("cuda") / f"{stem}-{digest}.cubin"
         if path.is_file() and (data := path.read_bytes())[:4] == b"\x7fELF":
             return data
-    except OSError:  # no writable home: compile every time
+    except OSError:  # no writable home: compiled once per process
         path = None
     data, _ = compile_cubin(src, arch, lib)
     if path is not None:
         with contextlib.suppress(OSError):
             atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    else:
+        _CUBINS[stem, digest] = data
     return data
+
+
+def precompile(device: torch.device, sources: list[str], stem: str = "int4_gemv") -> None:
+    """Compile `sources` for `device` into $NNSLIM_CACHE/cuda side by side (NVRTC runs outside the GIL): the
+    selector then times every launch of a new shape without compiling them one after the other. Failures are left
+    to the launch that needs the kernel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    major, minor = torch.cuda.get_device_capability(device)
+    with ThreadPoolExecutor(max_workers=min(8, len(sources))) as pool:
+        list(pool.map(lambda src: _try_cubin(src, f"sm_{major}{minor}", stem), sources))
+
+
+def _try_cubin(src: str, arch: str, stem: str) -> None:
+    with contextlib.suppress(Exception):
+        _cubin(src, arch, stem)
 
 
 def load_function(device: torch.device, key: tuple, src: str, name: str, stem: str = "int4_gemv"):

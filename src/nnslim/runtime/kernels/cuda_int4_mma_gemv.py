@@ -220,11 +220,12 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
 """
 
 MAX_M = 32
-# (KW warps splitting K per 16-row tile, TPB tiles per block, U chunks per load batch): the best launches at M = 1
-# and 16 of `benchmarks/gpu_int4_gemv.py --families cudamma` on the Llama-7B shapes (H100, 2026-12-06, BENCHMARKS
-# 9m); launched as programmatic dependents where pdl.enabled
+_PRECOMPILED: set[tuple] = set()
+# (KW warps splitting K per 16-row tile, TPB tiles per block, U chunks per load batch): the best launches at M = 1,
+# 8, 16 and 32 of `benchmarks/gpu_int4_gemv.py --families cudamma` on the Llama-7B shapes (H100, 2026-12-06,
+# BENCHMARKS 9m); launched as programmatic dependents where pdl.enabled
 CONFIGS = [dict(KW=kw, TPB=tpb, U=u, PDL=True) for kw, tpb, u in ((16, 1, 2), (16, 1, 4), (4, 1, 2), (4, 2, 2),
-                                                                   (8, 1, 2), (8, 1, 4))]
+                                                                   (8, 1, 2), (8, 1, 4), (2, 2, 4), (8, 2, 2))]
 
 
 def offered() -> bool:
@@ -304,6 +305,11 @@ def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: di
     kw, tpb, u = config["KW"], config["TPB"], config["U"]
     pdl = bool(config.get("PDL")) and enabled(x.device)
     src = source(k, group, kw, tpb, nt, u, zr is not None, pdl)
+    key = (k, group, nt, zr is not None, pdl)
+    if key not in _PRECOMPILED:  # a new shape: the selector is about to time every offered launch
+        _PRECOMPILED.add(key)
+        base.precompile(x.device, [source(k, group, c["KW"], c["TPB"], nt, c["U"], zr is not None, pdl)
+                                   for c in CONFIGS], "int4_mma_gemv")
     kern = base.load_function(x.device, ("mma", k, group, kw, tpb, nt, u, zr is not None, pdl), src,
                               "int4_mma_gemv", "int4_mma_gemv")
     tiles = qw.shape[0]
