@@ -40,9 +40,10 @@ def _codes_from_layout(words: torch.Tensor, n: int, k: int, group: int) -> torch
     return out[:n]
 
 
-@pytest.mark.parametrize("n,k,group", [(24, 128, 64), (16, 256, 128), (40, 96, 32), (8, 64, 16)])
+@pytest.mark.parametrize("n,k,group", [(24, 128, 64), (16, 256, 128), (40, 96, 32), (8, 64, 16), (1064, 128, 128)])
 def test_layout_is_the_mma_fragment_layout(n, k, group):
-    """Every code lands where the kernel's A fragment expects it (rows past N are padding)."""
+    """Every code lands where the kernel's A fragment expects it (rows past N are padding; 1064 rows: built in two
+    blocks)."""
     torch.manual_seed(0)
     codes = torch.randint(0, 16, (n, k))
     packed = (codes[:, 0::2] | codes[:, 1::2] << 4).to(torch.uint8)

@@ -260,14 +260,14 @@ def to_layout(qweight: torch.Tensor, k: int, group: int) -> torch.Tensor:
     word i of lane 4 g + t in chunk c holds, as nibble pairs (j, j + 4), the codes of rows g / g + 8 at
     k = CW c + 4 S t + 4 i + p: nibbles 0 / 4 row g p 0 / 1, 1 / 5 row g + 8 p 0 / 1, 2 / 6 row g p 2 / 3,
     3 / 7 row g + 8 p 2 / 3 (the mma A fragment's registers 0-3). Rows past N are zero codes. Built in blocks
-    of 4096 rows (a few hundred MB of temporaries at most for 7B-sized layers)."""
+    of 1024 rows (~100 MB of int64 temporaries per block at K = 11008)."""
     n = qweight.shape[0]
     s = steps(group)
     tiles, chunks = -(-n // 16), k // (16 * s)
     out = torch.empty((tiles, chunks, 32, s), dtype=torch.int32, device=qweight.device)
     shift = 4 * torch.arange(8, device=qweight.device)
-    for t0 in range(0, tiles, 256):
-        q = qweight[t0 * 16:(t0 + 256) * 16]
+    for t0 in range(0, tiles, 64):
+        q = qweight[t0 * 16:(t0 + 64) * 16]
         nt = -(-q.shape[0] // 16)
         codes = torch.stack([q & 15, q >> 4], dim=-1).reshape(q.shape[0], k).to(torch.int64)
         codes = torch.nn.functional.pad(codes, (0, 0, 0, nt * 16 - q.shape[0]))
