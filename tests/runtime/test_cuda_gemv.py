@@ -142,30 +142,30 @@ def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m, monkeypatch):
     assert float((y.float() - ref).norm() / ref.norm()) < 6e-3
 
 
+def replay_reads_new_x(call, k: int = 4096) -> bool:
+    """Capture `call(x)` in a CUDA graph right after a kernel that writes x; whether a replay with a new x gives
+    what an eager call on that x gives (a GEMV launched on torch's stream, as a programmatic dependent or not)."""
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    call(x)  # compile / build layouts outside the capture
+    g = torch.cuda.CUDAGraph()
+    src = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    with torch.cuda.graph(g):
+        x.copy_(src * 2)  # the previous kernel writes x
+        y = call(x)
+    src.copy_(torch.randn_like(src))
+    want = call(src * 2)
+    g.replay()
+    torch.cuda.synchronize()
+    return torch.equal(y, want)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("pdl", [False, True])
 def test_cuda_gemv_under_cuda_graph(pdl):
     """Launched through the driver API on torch's current stream, so a CUDA graph captures it; as a programmatic
     dependent launch (sm_90) too, right after the kernel that writes its x."""
     layer = _int4(4096, 256, 128, True)
-    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    cfg = dict(C.CONFIGS[1], PDL=pdl)
-    want = layer._cuda_int4(x, cfg)
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        layer._cuda_int4(x, cfg)
-    torch.cuda.current_stream().wait_stream(s)
-    src = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    with torch.cuda.graph(g):
-        x.copy_(src * 2)  # the previous kernel writes x
-        y = layer._cuda_int4(x, cfg)
-    src.copy_(torch.randn_like(src))
-    want = layer._cuda_int4(src * 2, cfg)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(y, want)
+    assert replay_reads_new_x(lambda x: layer._cuda_int4(x, dict(C.CONFIGS[1], PDL=pdl)))
 
 
 def test_launch_config_matches_the_driver_struct():

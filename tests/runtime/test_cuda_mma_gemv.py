@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from test_cuda_gemv import CUDA, NVRTC, _int4
+from test_cuda_gemv import CUDA, NVRTC, _int4, replay_reads_new_x
 from torch import nn
 
 from nnslim.runtime.kernels import cuda_int4_gemv as B
@@ -123,16 +123,4 @@ def test_mma_gemv_under_cuda_graph_as_programmatic_dependent():
     """Captured by a CUDA graph right after the kernel that writes its x (launched as a programmatic dependent on
     sm_90): the replay reads the new x."""
     layer = _int4(4096, 256, 128, False)
-    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    cfg = C.CONFIGS[0]
-    layer._cuda_int4mma(x, cfg)
-    g = torch.cuda.CUDAGraph()
-    src = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    with torch.cuda.graph(g):
-        x.copy_(src * 2)
-        y = layer._cuda_int4mma(x, cfg)
-    src.copy_(torch.randn_like(src))
-    want = layer._cuda_int4mma(src * 2, cfg)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(y, want)
+    assert replay_reads_new_x(lambda x: layer._cuda_int4mma(x, C.CONFIGS[0]))
