@@ -7,7 +7,7 @@ Here the dequantized codes are the A operand of `mma.m16n8k16` (16 weight rows x
 (16 codes x 8 rows of x, M <= 8 per n8 tile): per 32-bit word of codes (8 codes, one A fragment of a lane)
 three shifts, four LOP3 (mask + magic exponent: the bf16 pair 128 + q, exact; bf16's 7 mantissa bits leave no room
 for fp16's shift-free 1024 + 16 q trick), four bf16x2 subtractions of 128 + zero (q - zero, exact) and one MMA per
-8 rows of x: ~1.5 instructions per code, products exact
+8 rows of x: 1.5 instructions per code in the loop body (benchmarks/sass_int4_mma_gemv.py), products exact
 and summed in fp32; the group scale is applied to each chunk's fp32 partial sums (no bf16 rounding of partial
 sums, unlike the packed GEMVs).
 
