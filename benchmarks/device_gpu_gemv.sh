@@ -10,27 +10,28 @@ export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the se
 OUT=${OUT:-build/device-gemv}
 STEPS=${STEPS:-tests,sweep1,sweepm,decode}
 mkdir -p "$OUT"
+has() { [[ ",$STEPS," == *",$1,"* ]]; }  # STEPS names a part exactly (mmadecode is not decode)
 nvidia-smi --query-gpu=name --format=csv,noheader
-if [[ $STEPS == *tests* ]]; then
+if has tests; then
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_cuda_gemv.py 2>&1 | tail -3
 fi
-if [[ $STEPS == *sweep1* ]]; then
+if has sweep1; then
   timeout 240 python3 benchmarks/gpu_int4_gemv.py --m 1 --families cuda,x2 --json "$OUT/gpu_int4_gemv_cuda_m1.json" \
     | grep -v "^  "
 fi
-if [[ $STEPS == *sweepm* ]]; then
+if has sweepm; then
   timeout 240 python3 benchmarks/gpu_int4_gemv.py --m 2,4,8 --families cuda --pdl on --stages 2,4 --json "$OUT/gpu_int4_gemv_cuda_m248.json" \
     | grep -v "^  "
 fi
-if [[ $STEPS == *decode* ]]; then
+if has decode; then
   timeout 200 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 --batch 1 --kv model --runs 1 \
     --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1_cuda_gemv.json" 2>&1 | tail -8
 fi
-if [[ $STEPS == *batched* ]]; then
+if has batched; then
   timeout 240 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 --batch 1,8,32 --kv model --runs 1 \
     --new-tokens 128 --json "$OUT/gpu_batched_decode_8layers_cuda_gemv.json" 2>&1 | tail -12
 fi
-if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1 without and with the CUDA GEMV offered to the selector,
+if has ab; then  # the 8-layer decode at batch 1 without and with the CUDA GEMV offered to the selector,
   # and with the selector timing candidates from HBM (cold) instead of L2
   for envs in "NNSLIM_CUDA_KERNELS=0" "NNSLIM_CUDA_KERNELS=1" "NNSLIM_CUDA_KERNELS=0 NNSLIM_SELECT_TIMING=cold" \
               "NNSLIM_CUDA_KERNELS=1 NNSLIM_SELECT_TIMING=cold"; do
@@ -40,7 +41,7 @@ if [[ $STEPS == *ab* ]]; then  # the 8-layer decode at batch 1 without and with 
       --new-tokens 128 --json "$OUT/gpu_decode_8layers_b1_${tag// /_}.json" 2>&1 | grep '"variant"'
   done
 fi
-if [[ $STEPS == *pdl* ]]; then  # issue 17: the Triton decode kernels launched as programmatic dependents (PDL),
+if has pdl; then  # issue 17: the Triton decode kernels launched as programmatic dependents (PDL),
   # with the selector's warm and cold timing; then the 32-layer model and the profile with the better pair
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_decode.py tests/runtime/test_cuda_gemv.py \
     2>&1 | tail -2
@@ -58,7 +59,7 @@ if [[ $STEPS == *pdl* ]]; then  # issue 17: the Triton decode kernels launched a
   env NNSLIM_CUDA_KERNELS=0 $PDL_ENVS timeout 100 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants int4 \
     --batch 1 --pdl --json "$OUT/gpu_decode_profile_8layers_b1_pdl.json"
 fi
-if [[ $STEPS == *defaults* ]]; then  # issue 17: the defaults (PDL, cold selector timing) against the earlier ones
+if has defaults; then  # issue 17: the defaults (PDL, cold selector timing) against the earlier ones
   # (NNSLIM_PDL=0 NNSLIM_SELECT_TIMING=warm) at batch 1, 8, 32; the CUDA GEMV offered; the int8 cache at 16k
   timeout 200 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_decode.py \
     tests/runtime/test_cuda_gemv.py 2>&1 | grep -v "^\s*$" | tail -25
@@ -76,7 +77,7 @@ if [[ $STEPS == *defaults* ]]; then  # issue 17: the defaults (PDL, cold selecto
     --prompt 16384 --kv model,int8 --runs 1 --new-tokens 256 --json "$OUT/gpu_kv_32layers_16k_pdl.json" 2>&1 \
     | grep '"variant"'
 fi
-if [[ $STEPS == *mmasweep* ]]; then  # issue 17: the tensor-core int4 GEMV (cuda_int4_mma_gemv): its tests, then its
+if has mmasweep; then  # issue 17: the tensor-core int4 GEMV (cuda_int4_mma_gemv): its tests, then its
   # launches against the packed GEMV (both PTX forms of 9l) / tinygemm / bf16 at M = 1 and 16
   timeout 240 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_cuda_mma_gemv.py 2>&1 \
     | grep -v "^\s*$" | tail -15
@@ -85,7 +86,7 @@ if [[ $STEPS == *mmasweep* ]]; then  # issue 17: the tensor-core int4 GEMV (cuda
   timeout 100 python3 benchmarks/gpu_int4_gemv.py --m 16 --families cudamma --pdl off --rep-ms 30 \
     --json "$OUT/gpu_int4_gemv_mma_m16.json" | grep -v "^  "
 fi
-if [[ $STEPS == *mmadecode* ]]; then  # the 8-layer decode at batch 1 / 8 / 32 without and with the tensor-core GEMV
+if has mmadecode; then  # the 8-layer decode at batch 1 / 8 / 32 without and with the tensor-core GEMV
   # offered to the selector (one process per row)
   for envs in "NNSLIM_CUDA_MMA_GEMV=0" "NNSLIM_CUDA_MMA_GEMV=1"; do
     echo "## $envs"
@@ -94,7 +95,7 @@ if [[ $STEPS == *mmadecode* ]]; then  # the 8-layer decode at batch 1 / 8 / 32 w
       | grep '"variant"'
   done
 fi
-if [[ $STEPS == *mmafull* ]]; then  # the runtime GPU tests with the tensor-core GEMV offered, then the 32-layer
+if has mmafull; then  # the runtime GPU tests with the tensor-core GEMV offered, then the 32-layer
   # decode at batch 1 with the defaults
   timeout 300 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_decode.py \
     tests/runtime/test_kernels.py tests/runtime/test_cuda_gemv.py tests/runtime/test_cuda_mma_gemv.py 2>&1 \
@@ -102,7 +103,7 @@ if [[ $STEPS == *mmafull* ]]; then  # the runtime GPU tests with the tensor-core
   env NNSLIM_CUDA_KERNELS=0 timeout 200 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 --batch 1 \
     --kv model --runs 1 --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1_mma.json" 2>&1 | grep '"variant"'
 fi
-if [[ $STEPS == *profile* ]]; then  # GPU time per kernel class of one decode step, and the gaps between kernels
+if has profile; then  # GPU time per kernel class of one decode step, and the gaps between kernels
   timeout 200 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants bf16,int4 --batch 1 \
     --json "$OUT/gpu_decode_profile_8layers_b1.json"
 fi
