@@ -99,7 +99,7 @@ def main():
         for fam, (configs, call) in fams.items():
             if fam not in args.families.split(","):
                 continue
-            times, errs = {}, []
+            times, errs, failed = {}, [], 0
             for c in configs:
                 key = _key(c)
                 try:
@@ -107,11 +107,15 @@ def main():
                     err = rel_err(y, ref)
                     if not torch.equal(y, call(mods[0], c)) or err > 1e-2:
                         print(f"  {fam} {key} M={m}: rel err {err:.2e} (or not repeatable)", flush=True)
+                        failed += 1
                         continue
                     errs.append(err)
                     times[key] = graph_time(lambda c=c: [call(md, c) for md in mods], r4, args.rep_ms)
                 except (ValueError, RuntimeError) as e:
                     print(f"  {fam} {key} failed: {str(e).splitlines()[0][:100]}", flush=True)
+                    failed += 1
+            if failed:  # in the row too: the device scripts drop the indented lines above
+                row[f"{fam}_failed"] = f"{failed} of {len(configs)} launches wrong or not run"
             if times:
                 best = min(times, key=times.get)
                 row[f"{fam}_best"], row[f"{fam}_x"] = best, round(base / times[best], 3)
