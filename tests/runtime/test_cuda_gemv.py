@@ -3,6 +3,7 @@
 On a CUDA GPU (device machine) it runs against the fp32 reference; on CPU its source is compiled for sm_80 and
 sm_90 when an NVRTC library can be found (NNSLIM_NVRTC=/path/to/libnvrtc.so, or the nvidia-cuda-nvrtc wheel).
 """
+import contextlib
 import ctypes
 import glob
 import os
@@ -69,6 +70,7 @@ def test_cuda_gemv_source_compiles_without_headers_or_spills(arch):
                     "nvidia-cuda-nvrtc)")
 def test_cubins_are_cached_in_nnslim_cache(tmp_path, monkeypatch):
     """A compiled cubin is written once under $NNSLIM_CACHE/cuda and read back; a damaged file is compiled again."""
+    C._CUBINS.clear()
     import torch.cuda._utils as cu
 
     monkeypatch.setenv("NNSLIM_CACHE", str(tmp_path))
@@ -78,6 +80,8 @@ def test_cubins_are_cached_in_nnslim_cache(tmp_path, monkeypatch):
     files = list((tmp_path / "cuda").glob("int4_gemv-*.cubin"))
     assert len(files) == 1 and files[0].read_bytes() == first and not list((tmp_path / "cuda").glob("*.tmp"))
     files[0].write_bytes(b"damaged")
+    assert C._cubin(src, "sm_90") == first  # this process keeps what it compiled
+    C._CUBINS.clear()  # another process: the damaged file is compiled again
     assert C._cubin(src, "sm_90") == first and files[0].read_bytes() == first
 
 
@@ -201,3 +205,21 @@ def test_selector_times_candidates_warm_and_cold(monkeypatch, timing):
     assert best == "small" and all(t > 0 for t in select._TIMINGS[key].values())
     assert select._TIMINGS[key]["slow"] > 1.0 > select._TIMINGS[key]["big"]
     select._CHOICES.pop(key, None)
+
+
+def test_a_loaded_kernel_is_looked_up_by_key_without_building_its_source(monkeypatch):
+    """Launches find their kernel by key: the source is built (and compiled) only the first time."""
+    import torch.cuda._utils as cu
+
+    built, compiled = [], []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(C, "_cubin", lambda src, arch, stem="int4_gemv": compiled.append((src, arch)) or b"\x7fELF")
+    monkeypatch.setattr(cu, "_cuda_load_module", lambda cubin, names: {n: f"kernel {n}" for n in names}, raising=False)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(C, "_KERNELS", {})
+    dev = torch.device("cuda", 0)
+    for _ in range(3):
+        assert C.load_function(dev, (1, 2), lambda: built.append(1) or "src", "f", "stem") == "kernel f"
+    assert built == [1] and compiled == [("src", "sm_90")]
+    C.load_function(dev, (1, 3), lambda: built.append(2) or "src2", "f", "stem")
+    assert built == [1, 2]

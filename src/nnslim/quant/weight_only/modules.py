@@ -192,7 +192,7 @@ class WeightOnlyLinear(PackedLinear):
                 if cuda_int4_gemv.offered() and cuda_int4_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_gemv.CONFIGS):
                         out[f"cuda-int4-{i}"] = lambda c=cfg: self._cuda_int4(x, c)
-            if self.bits == 4 and x.shape[0] <= 32:
+            if self.bits == 4:
                 from ...runtime.kernels import cuda_int4_mma_gemv
 
                 if cuda_int4_mma_gemv.offered() and cuda_int4_mma_gemv.supports(x, k, g):

@@ -31,6 +31,7 @@ import ctypes
 import hashlib
 import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -225,17 +226,21 @@ def fits(config: dict) -> bool:
 
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple, object] = {}
-_CUBINS: dict[tuple, bytes] = {}  # compiled in this process where $NNSLIM_CACHE cannot be written
+_CUBINS: dict[tuple, bytes] = {}  # compiled or read in this process (also where $NNSLIM_CACHE cannot be written)
 _BROKEN: set[int] = set()  # devices where NVRTC / the driver API failed once: not offered again
+
+
+def fill(template: str, **values) -> str:
+    """`template` with every __NAME__ replaced by the integer value of NAME (a CUDA source's compile-time
+    constants)."""
+    for name, value in values.items():
+        template = template.replace(f"__{name}__", str(int(value)))
+    return template
 
 
 def source(k: int, group: int, r: int, mt: int, has_zero: bool, stages: int = 4, pdl: bool = False) -> str:
     """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only)."""
-    src = _SOURCE
-    for name, value in (("K", k), ("GROUP", group), ("R", r), ("MT", mt), ("HAS_ZERO", int(has_zero)),
-                        ("STAGES", stages), ("PDL", int(pdl))):
-        src = src.replace(f"__{name}__", str(value))
-    return src
+    return fill(_SOURCE, K=k, GROUP=group, R=r, MT=mt, HAS_ZERO=has_zero, STAGES=stages, PDL=pdl)
 
 
 def _log(lib: ctypes.CDLL, prog: ctypes.c_void_p) -> str:
@@ -303,16 +308,14 @@ def _cubin(src: str, arch: str, stem: str = "int4_gemv") -> bytes:
     try:
         path = cache_dir("cuda") / f"{stem}-{digest}.cubin"
         if path.is_file() and (data := path.read_bytes())[:4] == b"\x7fELF":
-            return data
+            return _CUBINS.setdefault((stem, digest), data)
     except OSError:  # no writable home: compiled once per process
         path = None
     data, _ = compile_cubin(src, arch, lib)
     if path is not None:
         with contextlib.suppress(OSError):
             atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-    else:
-        _CUBINS[stem, digest] = data
-    return data
+    return _CUBINS.setdefault((stem, digest), data)
 
 
 def precompile(device: torch.device, sources: list[str], stem: str = "int4_gemv") -> None:
@@ -331,8 +334,9 @@ def _try_cubin(src: str, arch: str, stem: str) -> None:
         _cubin(src, arch, stem)
 
 
-def load_function(device: torch.device, key: tuple, src: str, name: str, stem: str = "int4_gemv"):
-    """The kernel `name` of `src` compiled for `device`'s architecture, loaded once per (device, key)."""
+def load_function(device: torch.device, key: tuple, make_src: Callable[[], str], name: str, stem: str = "int4_gemv"):
+    """The kernel `name` of the source `make_src()` (built only the first time: launches look the kernel up by key)
+    compiled for `device`'s architecture, loaded once per (device, key)."""
     major, minor = torch.cuda.get_device_capability(device)
     key = (device.index, major, minor, name, *key)
     with _LOCK:
@@ -340,7 +344,7 @@ def load_function(device: torch.device, key: tuple, src: str, name: str, stem: s
             from torch.cuda._utils import _cuda_load_module
 
             try:
-                cubin = _cubin(src, f"sm_{major}{minor}", stem)
+                cubin = _cubin(make_src(), f"sm_{major}{minor}", stem)
                 with torch.cuda.device(device):
                     _KERNELS[key] = _cuda_load_module(cubin, [name])[name]
             except (OSError, AttributeError):  # no NVRTC / driver library: not offered again on this device
@@ -351,7 +355,7 @@ def load_function(device: torch.device, key: tuple, src: str, name: str, stem: s
 
 def _kernel(device: torch.device, k: int, group: int, r: int, mt: int, has_zero: bool, stages: int, pdl: bool):
     return load_function(device, (k, group, r, mt, has_zero, stages, pdl),
-                         source(k, group, r, mt, has_zero, stages, pdl), "int4_gemv")
+                         lambda: source(k, group, r, mt, has_zero, stages, pdl), "int4_gemv")
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:

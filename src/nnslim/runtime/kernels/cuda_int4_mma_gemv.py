@@ -240,11 +240,8 @@ def steps(group: int) -> int:
 
 def source(k: int, group: int, kw: int, tpb: int, nt: int, u: int, has_zero: bool, pdl: bool = False) -> str:
     """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only)."""
-    src = _SOURCE
-    for name, value in (("K", k), ("GROUP", group), ("S", steps(group)), ("KW", kw), ("TPB", tpb), ("NT", nt),
-                        ("U", u), ("HAS_ZERO", int(has_zero)), ("PDL", int(pdl))):
-        src = src.replace(f"__{name}__", str(value))
-    return src
+    return base.fill(_SOURCE, K=k, GROUP=group, S=steps(group), KW=kw, TPB=tpb, NT=nt, U=u, HAS_ZERO=has_zero,
+                     PDL=pdl)
 
 
 def supports(x: torch.Tensor, k: int, group: int) -> bool:
@@ -304,14 +301,14 @@ def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: di
     nt = 1 if m <= 8 else 2 if m <= 16 else 4
     kw, tpb, u = config["KW"], config["TPB"], config["U"]
     pdl = bool(config.get("PDL")) and enabled(x.device)
-    src = source(k, group, kw, tpb, nt, u, zr is not None, pdl)
     key = (k, group, nt, zr is not None, pdl)
     if key not in _PRECOMPILED:  # a new shape: the selector is about to time every offered launch
         _PRECOMPILED.add(key)
         base.precompile(x.device, [source(k, group, c["KW"], c["TPB"], nt, c["U"], zr is not None, pdl)
                                    for c in CONFIGS], "int4_mma_gemv")
-    kern = base.load_function(x.device, ("mma", k, group, kw, tpb, nt, u, zr is not None, pdl), src,
-                              "int4_mma_gemv", "int4_mma_gemv")
+    kern = base.load_function(x.device, (*key, kw, tpb, u),
+                              lambda: source(k, group, kw, tpb, nt, u, zr is not None, pdl), "int4_mma_gemv",
+                              "int4_mma_gemv")
     tiles = qw.shape[0]
     with torch.cuda.device(x.device):
         base._launch(kern, (-(-tiles // tpb), 1, 1), (32 * kw * tpb, 1, 1),
