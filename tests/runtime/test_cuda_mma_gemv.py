@@ -62,6 +62,7 @@ def test_scales_and_zero_offsets_pair_rows_g_and_g_plus_8():
     z = torch.tensor([0, 8, 15], dtype=torch.uint8)
     neg = C.neg_offsets(z).view(torch.bfloat16).float()
     assert neg.tolist() == [-128.0, -136.0, -143.0]
+    assert C.neg_offsets(z, torch.float16).view(torch.float16).float().tolist() == [-1024.0, -1032.0, -1039.0]
 
 
 def test_switch_and_refusals(monkeypatch):
@@ -74,7 +75,7 @@ def test_switch_and_refusals(monkeypatch):
     assert C.offered()
     layer = _int4(256, 64, 64, True)
     x = torch.randn(1, 256, dtype=torch.bfloat16, device=layer.qweight.device)
-    assert not C.supports(x.half(), 256, 64) and not C.supports(x.repeat(33, 1), 256, 64)
+    assert not C.supports(x.float(), 256, 64) and not C.supports(x.repeat(33, 1), 256, 64)
     assert not C.supports(x, 256, 24) and C.steps(32) == 2 and C.steps(16) == 1 and C.steps(256) == 4
     if not CUDA:
         assert not any(c.startswith("cuda-int4mma-") for c in layer._candidates(x))
@@ -86,11 +87,12 @@ def test_switch_and_refusals(monkeypatch):
                     "install nvidia-cuda-nvrtc), or a GPU is here: its tests compile and run the kernel")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_source_compiles_without_headers_or_spills(arch):
-    """Every offered configuration, 1-4 n8 tiles of x rows, with and without zero points, groups of 16-128."""
+    """Every offered configuration, 1-4 n8 tiles of x rows, with and without zero points, groups of 16-128, bf16 and
+    fp16 activations."""
     for cfg in C.CONFIGS:
         for nt, has_zero, (k, group) in [(1, False, (11008, 128)), (4, True, (4096, 128)), (2, True, (576, 32)),
                                          (1, False, (256, 16))]:
-            src = C.source(k, group, cfg["KW"], cfg["TPB"], nt, cfg["U"], has_zero, arch == "sm_90")
+            src = C.source(k, group, cfg["KW"], cfg["TPB"], nt, cfg["U"], has_zero, arch == "sm_90", f16=nt == 2)
             cubin, log = B.compile_cubin(src, arch, NVRTC, ("--ptxas-options=-v",))
             assert cubin[:4] == b"\x7fELF", cfg
             spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", log)]
@@ -102,11 +104,15 @@ def test_source_compiles_without_headers_or_spills(arch):
 @pytest.mark.parametrize("k,n,group,sym", [(256, 97, 32, True), (512, 80, 64, False), (11008, 24, 128, False),
                                            (1024, 130, 256, True), (4096, 64, 128, True), (96, 40, 32, False)])
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 32])
-def test_mma_gemv_matches_the_fp32_reference(k, n, group, sym, m, monkeypatch):
-    """Within one bf16 rounding of the fp32 reference (products exact, fp32 sums) for every offered configuration
-    and 1-32 rows of x, ragged N included; repeatable; offered to the selector unless NNSLIM_CUDA_MMA_GEMV=0."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mma_gemv_matches_the_fp32_reference(k, n, group, sym, m, dtype, monkeypatch):
+    """Within one rounding of the output dtype of the fp32 reference (products exact, fp32 sums) for every offered
+    configuration and 1-32 rows of x, bf16 and fp16, ragged N included; repeatable; offered to the selector unless
+    NNSLIM_CUDA_MMA_GEMV=0."""
     layer = _int4(k, n, group, sym)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+    if dtype == torch.float16:
+        layer = layer.half()
+    x = torch.randn(m, k, device="cuda", dtype=dtype) * 3
     ref = nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32))
     assert any(c.startswith("cuda-int4mma-") for c in layer._candidates(x))
     monkeypatch.setenv("NNSLIM_CUDA_MMA_GEMV", "0")
@@ -115,7 +121,7 @@ def test_mma_gemv_matches_the_fp32_reference(k, n, group, sym, m, monkeypatch):
         y = layer._cuda_int4mma(x, cfg)
         assert torch.equal(y, layer._cuda_int4mma(x, cfg)), cfg
         err = float((y.float() - ref).norm() / ref.norm())
-        assert err < 4e-3, (cfg, err)
+        assert y.dtype == dtype and err < (4e-3 if dtype == torch.bfloat16 else 1e-3), (cfg, err)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

@@ -263,7 +263,7 @@ class WeightOnlyLinear(PackedLinear):
 
         layout = self._prep(f"cuda-int4mma-{x.dtype}", x.device, lambda: (
             cm.to_layout(self.qweight, self.in_features, self.group), cm.pair_rows(self._scales_as(x)),
-            None if self.symmetric else cm.pair_rows(cm.neg_offsets(self.zeros))))
+            None if self.symmetric else cm.pair_rows(cm.neg_offsets(self.zeros, x.dtype))))
         return cm.int4_gemv_mma(x, layout, self.out_features, self.group, config)
 
     def _triton_int4tc(self, x, config):

@@ -1,4 +1,4 @@
-"""An int4 GEMV on tensor cores (CUDA C through NVRTC, sm_80+, bf16 activations, M <= 32; issue 17).
+"""An int4 GEMV on tensor cores (CUDA C through NVRTC, sm_80+, bf16 or fp16 activations, M <= 32; issue 17).
 
 y [M, N] = x [M, K] @ dequant(W).T for decode-sized M. The packed GEMVs (triton_int4_gemv, cuda_int4_gemv)
 spend ~3.3 SASS instructions per code on CUDA cores (pairing x, two bf16x2 FMAs per pair, partial sums), about
@@ -9,7 +9,7 @@ three shifts, four LOP3 (mask + magic exponent: the bf16 pair 128 + q, exact; bf
 for fp16's shift-free 1024 + 16 q trick), four bf16x2 subtractions of 128 + zero (q - zero, exact) and one MMA per
 8 rows of x: 1.5 instructions per code in the loop body (benchmarks/sass_int4_mma_gemv.py), products exact
 and summed in fp32; the group scale is applied to each chunk's fp32 partial sums (no bf16 rounding of partial
-sums, unlike the packed GEMVs).
+sums, unlike the packed GEMVs). fp16 activations use the same steps with fp16's 1024 + q (mma .f16).
 
 Layout (`to_layout`, built once per layer from the canonical packed codes and kept only if chosen): rows in
 tiles of 16, K in chunks of CW = 16 S codes (S = 4 mma steps of 16; fewer for groups of 32 or 16); the S words a
@@ -41,6 +41,18 @@ _SOURCE = r"""
 #define U __U__
 #define HAS_ZERO __HAS_ZERO__
 #define PDL __PDL__
+#define F16 __F16__  // activations, scales and output fp16 (else bf16)
+#if F16
+#define T "f16"
+#define MAGIC 0x64006400u  // fp16 1024: 1024 + q exactly (10 mantissa bits)
+#define ONE 0x3C003C00u
+#define SYM_NEG 0xE408E408u  // -(1024 + 8)
+#else
+#define T "bf16"
+#define MAGIC 0x43004300u  // bf16 128: 128 + q exactly (7 mantissa bits)
+#define ONE 0x3F803F80u
+#define SYM_NEG 0xC308C308u  // -(128 + 8)
+#endif
 #define CW (16 * S)
 #define CHUNKS (K / CW)
 #define NG (K / GROUP)
@@ -68,13 +80,13 @@ __device__ __forceinline__ unsigned ld_word(const unsigned* p) {
 }
 __device__ __forceinline__ unsigned hfma2(unsigned a, unsigned b, unsigned c) {
   unsigned r;
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  asm("fma.rn." T "x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
   return r;
 }
 // (a & mask) | magic in one LOP3 (ptxas keeps an AND and an OR of two immediates apart)
-template <unsigned MASK, unsigned MAGIC> __device__ __forceinline__ unsigned lop3(unsigned a) {
+template <unsigned MASK, unsigned OR> __device__ __forceinline__ unsigned lop3(unsigned a) {
   unsigned r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "n"(MASK), "n"(MAGIC));
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "n"(MASK), "n"(OR));
   return r;
 }
 __device__ __forceinline__ unsigned prmt(unsigned a, unsigned sel) {
@@ -82,8 +94,18 @@ __device__ __forceinline__ unsigned prmt(unsigned a, unsigned sel) {
   asm("prmt.b32 %0, %1, %1, %2;" : "=r"(r) : "r"(a), "r"(sel));
   return r;
 }
+// the 16-bit scale in the low bits of h as fp32
+__device__ __forceinline__ float to_f32(unsigned h) {
+#if F16
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+  return f;
+#else
+  return __uint_as_float(h << 16);
+#endif
+}
 __device__ __forceinline__ void mma(float* d, const unsigned* a, unsigned b0, unsigned b1, const float* c) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+  asm("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%10,%11,%12,%13};"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1),
@@ -160,22 +182,22 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
 #if HAS_ZERO
         const unsigned nzl = prmt(zw[pb & 1][u], 0x1010u), nzh = prmt(zw[pb & 1][u], 0x3232u);
 #else
-        const unsigned nzl = 0xC308C308u, nzh = 0xC308C308u;  // -(128 + 8): symmetric codes
+        const unsigned nzl = SYM_NEG, nzh = SYM_NEG;  // symmetric codes: zero point 8
 #endif
         float part[NT][4];
         const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int i = 0; i < S; ++i) {
           const unsigned v = w[pb & 1][u][i];
-          unsigned a[4];  // nibbles (j, j + 4) -> bf16 pair (128 + q) -> (q - zero) = register j of the A fragment
-          a[0] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v), 0x3F803F80u, nzl);
-          a[1] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v >> 4), 0x3F803F80u, nzh);
-          a[2] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v >> 8), 0x3F803F80u, nzl);
-          a[3] = hfma2(lop3<0x000F000Fu, 0x43004300u>(v >> 12), 0x3F803F80u, nzh);
+          unsigned a[4];  // nibbles (j, j + 4) -> pair (MAGIC + q) -> (q - zero) = register j of the A fragment
+          a[0] = hfma2(lop3<0x000F000Fu, MAGIC>(v), ONE, nzl);
+          a[1] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 4), ONE, nzh);
+          a[2] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 8), ONE, nzl);
+          a[3] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 12), ONE, nzh);
 #pragma unroll
           for (int n = 0; n < NT; ++n) mma(part[n], a, xb[n][2 * i], xb[n][2 * i + 1], i == 0 ? zero4 : part[n]);
         }
-        const float slo = __uint_as_float(sw[pb & 1][u] << 16), shi = __uint_as_float(sw[pb & 1][u] & 0xFFFF0000u);
+        const float slo = to_f32(sw[pb & 1][u] & 0xFFFFu), shi = to_f32(sw[pb & 1][u] >> 16);
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
           acc[n][0] = fmaf(part[n][0], slo, acc[n][0]);
@@ -212,7 +234,7 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
       const int m = n * 8 + 2 * t + (e & 1), row = tile * 16 + g + 8 * (e >> 1);
       if (m < M && row < N) {
         unsigned short o;
-        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(o) : "f"(acc[n][e]));
+        asm("cvt.rn." T ".f32 %0, %1;" : "=h"(o) : "f"(acc[n][e]));
         y[(size_t)m * stride_y + row] = o;
       }
     }
@@ -238,14 +260,15 @@ def steps(group: int) -> int:
     return 4 if group % 64 == 0 else 2 if group % 32 == 0 else 1
 
 
-def source(k: int, group: int, kw: int, tpb: int, nt: int, u: int, has_zero: bool, pdl: bool = False) -> str:
-    """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only)."""
+def source(k: int, group: int, kw: int, tpb: int, nt: int, u: int, has_zero: bool, pdl: bool = False,
+           f16: bool = False) -> str:
+    """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only; f16: fp16 activations)."""
     return base.fill(_SOURCE, K=k, GROUP=group, S=steps(group), KW=kw, TPB=tpb, NT=nt, U=u, HAS_ZERO=has_zero,
-                     PDL=pdl)
+                     PDL=pdl, F16=f16)
 
 
 def supports(x: torch.Tensor, k: int, group: int) -> bool:
-    return (x.dtype == torch.bfloat16 and x.dim() == 2 and 1 <= x.shape[0] <= MAX_M and group % 16 == 0
+    return (x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and 1 <= x.shape[0] <= MAX_M and group % 16 == 0
             and k % group == 0 and base.available(x.device))
 
 
@@ -283,31 +306,34 @@ def pair_rows(values: torch.Tensor) -> torch.Tensor:
     return v.view(tiles, 2, 8, ng).permute(0, 3, 2, 1).contiguous().view(torch.int32).reshape(tiles, ng, 8)
 
 
-def neg_offsets(zeros: torch.Tensor) -> torch.Tensor:
-    """uint8 zero points -> the bf16 bits of -(128 + zero) (exact for zero < 128) as int16."""
-    return (0xC300 - 0x10000 + zeros.to(torch.int32)).to(torch.int16)
+def neg_offsets(zeros: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """uint8 zero points -> the bits of -(MAGIC + zero) in `dtype` (bf16 -(128 + z), fp16 -(1024 + z); exact for
+    4-bit zero points) as int16."""
+    base = 0xC300 if dtype == torch.bfloat16 else 0xE400
+    return (base - 0x10000 + zeros.to(torch.int32)).to(torch.int16)
 
 
 def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: dict) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T (bf16 x, M <= 32) from `layout` = (to_layout codes, pair_rows(scales),
-    pair_rows(neg_offsets(zeros)) or None)."""
+    """y [M, N] = x [M, K] @ W.T (bf16 or fp16 x, M <= 32) from `layout` = (to_layout codes, pair_rows(scales in
+    x's dtype), pair_rows(neg_offsets(zeros, x's dtype)) or None)."""
     m, k = x.shape
     if not supports(x, k, group):
         raise ValueError(f"tensor-core int4 GEMV: M={m}, K={k}, group={group}, x {x.dtype} not supported "
-                         f"(bf16, 1 <= M <= {MAX_M}, group a multiple of 16 dividing K)")
+                         f"(bf16 or fp16, 1 <= M <= {MAX_M}, group a multiple of 16 dividing K)")
     qw, sc, zr = layout
     x = base._aligned(x)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     nt = 1 if m <= 8 else 2 if m <= 16 else 4
     kw, tpb, u = config["KW"], config["TPB"], config["U"]
     pdl = bool(config.get("PDL")) and enabled(x.device)
-    key = (k, group, nt, zr is not None, pdl)
+    f16 = x.dtype == torch.float16
+    key = (k, group, nt, zr is not None, pdl, f16)
     if key not in _PRECOMPILED:  # a new shape: the selector is about to time every offered launch
         _PRECOMPILED.add(key)
-        base.precompile(x.device, [source(k, group, c["KW"], c["TPB"], nt, c["U"], zr is not None, pdl)
+        base.precompile(x.device, [source(k, group, c["KW"], c["TPB"], nt, c["U"], zr is not None, pdl, f16)
                                    for c in CONFIGS], "int4_mma_gemv")
     kern = base.load_function(x.device, (*key, kw, tpb, u),
-                              lambda: source(k, group, kw, tpb, nt, u, zr is not None, pdl), "int4_mma_gemv",
+                              lambda: source(k, group, kw, tpb, nt, u, zr is not None, pdl, f16), "int4_mma_gemv",
                               "int4_mma_gemv")
     tiles = qw.shape[0]
     with torch.cuda.device(x.device):
