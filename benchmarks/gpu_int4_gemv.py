@@ -46,17 +46,18 @@ def cuda_grid(m: int, pdl: str = "both", stages: str = "2,4,8") -> list[dict]:
             if r * mt <= 8 and m <= cuda_int4_gemv.MAX_M and cuda_int4_gemv.fits(dict(R=r, STAGES=st))]
 
 
-def mma_grid(pdl: str = "both") -> list[dict]:
+def mma_grid(pdl: str = "both", rts: str = "1") -> list[dict]:
     """The tensor-core GEMV's launches: warps splitting K per 16-row tile x tiles per block x chunks per load
-    batch (x programmatic dependent launch or not)."""
+    batch x 16-row tiles per warp (x programmatic dependent launch or not)."""
     pdls = {"both": (False, True), "on": (True,), "off": (False,)}[pdl]
-    return [dict(KW=kw, TPB=tpb, U=u, PDL=p) for kw, tpb, u, p in itertools.product((2, 4, 8, 16), (1, 2, 4), (2, 4), pdls)
+    return [dict(KW=kw, TPB=tpb, U=u, PDL=p, RT=rt) for kw, tpb, u, p, rt in
+            itertools.product((2, 4, 8, 16), (1, 2, 4), (2, 4), pdls, [int(v) for v in rts.split(",")])
             if kw * tpb <= 16]
 
 
 def _key(c: dict) -> str:
     if "KW" in c:
-        return f"kw{c['KW']}t{c['TPB']}u{c['U']}" + ("pdl" if c.get("PDL") else "")
+        return f"kw{c['KW']}t{c['TPB']}u{c['U']}" + (f"r{c['RT']}" if c.get("RT", 1) > 1 else "") + ("pdl" if c.get("PDL") else "")
     if "R" in c:
         return f"R{c['R']}m{c['MT']}s{c['STAGES']}" + ("pdl" if c.get("PDL") else "")
     return (f"{c['BLOCK_N']}x{c.get('BLOCK_K', c.get('UNROLL'))}k{c['SPLIT_K']}w{c['num_warps']}"
@@ -71,6 +72,7 @@ def main():
     ap.add_argument("--families", default="cuda,x2,kmajor,perm", help="also cudamma (the tensor-core GEMV), x2kept,x2andor (an A/B of 9l)")
     ap.add_argument("--pdl", default="both", choices=["both", "on", "off"], help="CUDA GEMV launches")
     ap.add_argument("--stages", default="2,4,8", help="CUDA GEMV copy stages")
+    ap.add_argument("--mma-rt", default="1", help="tensor-core GEMV: 16-row tiles per warp to try (e.g. 1,2)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -85,7 +87,7 @@ def main():
         ref = F.linear(x.float(), mods[0].dequantized_weight(torch.float32))
         fams = {"cuda": (cuda_grid(m, args.pdl, args.stages), lambda md, c: md._cuda_int4(x, c)),
                 "x2": (x2_grid(), lambda md, c: md._triton_int4x(x, c)),
-                "cudamma": (mma_grid(args.pdl), lambda md, c: md._cuda_int4mma(x, c)),
+                "cudamma": (mma_grid(args.pdl, args.mma_rt), lambda md, c: md._cuda_int4mma(x, c)),
                 # A/B of one PTX change on the kept launches: mask and magic in one LOP3 (x2kept) or written
                 # as an AND and an OR (x2andor, the form before 2026-12-06)
                 "x2kept": (triton_int4_gemv.X2_CONFIGS, lambda md, c: md._triton_int4x(x, c)),

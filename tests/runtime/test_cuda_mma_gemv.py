@@ -76,6 +76,7 @@ def test_switch_and_refusals(monkeypatch):
     layer = _int4(256, 64, 64, True)
     x = torch.randn(1, 256, dtype=torch.bfloat16, device=layer.qweight.device)
     assert not C.supports(x.float(), 256, 64) and not C.supports(x.repeat(33, 1), 256, 64)
+    assert C.fits(dict(KW=16, TPB=1, U=2), 32) and not C.fits(dict(KW=16, TPB=2, U=2, RT=2), 32)
     assert not C.supports(x, 256, 24) and C.steps(32) == 2 and C.steps(16) == 1 and C.steps(256) == 4
     if not CUDA:
         assert not any(c.startswith("cuda-int4mma-") for c in layer._candidates(x))
@@ -88,11 +89,13 @@ def test_switch_and_refusals(monkeypatch):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_source_compiles_without_headers_or_spills(arch):
     """Every offered configuration, 1-4 n8 tiles of x rows, with and without zero points, groups of 16-128, bf16 and
-    fp16 activations."""
+    fp16 activations, one or two 16-row tiles per warp."""
     for cfg in C.CONFIGS:
         for nt, has_zero, (k, group) in [(1, False, (11008, 128)), (4, True, (4096, 128)), (2, True, (576, 32)),
                                          (1, False, (256, 16))]:
-            src = C.source(k, group, cfg["KW"], cfg["TPB"], nt, cfg["U"], has_zero, arch == "sm_90", f16=nt == 2)
+            rt = 2 if nt > 1 and C.fits(dict(cfg, RT=2), 8 * nt) else 1
+            src = C.source(k, group, cfg["KW"], cfg["TPB"], nt, cfg["U"], has_zero, arch == "sm_90", f16=nt == 2,
+                           rt=rt)
             cubin, log = B.compile_cubin(src, arch, NVRTC, ("--ptxas-options=-v",))
             assert cubin[:4] == b"\x7fELF", cfg
             spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", log)]
@@ -117,7 +120,8 @@ def test_mma_gemv_matches_the_fp32_reference(k, n, group, sym, m, dtype, monkeyp
     assert any(c.startswith("cuda-int4mma-") for c in layer._candidates(x))
     monkeypatch.setenv("NNSLIM_CUDA_MMA_GEMV", "0")
     assert not any(c.startswith("cuda-int4mma-") for c in layer._candidates(x))
-    for cfg in C.CONFIGS + [dict(KW=16, TPB=1, U=2, PDL=False), dict(KW=1, TPB=4, U=8, PDL=True), dict(KW=2, TPB=2, U=4)]:
+    for cfg in C.CONFIGS + [dict(KW=16, TPB=1, U=2, PDL=False), dict(KW=1, TPB=4, U=8, PDL=True), dict(KW=2, TPB=2, U=4),
+                            dict(KW=4, TPB=1, U=2, RT=2), dict(KW=2, TPB=2, U=4, RT=2, PDL=True), dict(KW=1, TPB=1, U=2, RT=3)]:
         y = layer._cuda_int4mma(x, cfg)
         assert torch.equal(y, layer._cuda_int4mma(x, cfg)), cfg
         err = float((y.float() - ref).norm() / ref.norm())

@@ -39,6 +39,7 @@ _SOURCE = r"""
 #define TPB __TPB__
 #define NT __NT__
 #define U __U__
+#define RT __RT__  // 16-row tiles per warp: x fragments loaded once per chunk for RT tiles
 #define HAS_ZERO __HAS_ZERO__
 #define PDL __PDL__
 #define F16 __F16__  // activations, scales and output fp16 (else bf16)
@@ -117,24 +118,35 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
               const unsigned* __restrict__ sc, const unsigned* __restrict__ zr,
               unsigned short* __restrict__ y, int N, int M, int stride_x, int stride_y, int tiles) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int kw = warp % KW, tile = blockIdx.x * TPB + warp / KW;
+  const int kw = warp % KW, tile0 = (blockIdx.x * TPB + warp / KW) * RT;
   const int g = lane >> 2, t = lane & 3;
-  const bool live = tile < tiles;
+  const bool live = tile0 < tiles;
   const int cbeg = kw * PER_WARP;
-  const unsigned* wp = qw + ((size_t)(live ? tile : 0) * CHUNKS + cbeg) * (32 * S) + lane * S;
-  const unsigned* sp = sc + (size_t)(live ? tile : 0) * NG * 8 + g;
+  const unsigned* wp[RT];
+  const unsigned* sp[RT];
 #if HAS_ZERO
-  const unsigned* zp = zr + (size_t)(live ? tile : 0) * NG * 8 + g;
+  const unsigned* zp[RT];
 #endif
-  unsigned w[2][U][S], sw[2][U];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {  // tiles past the last read the last one and are not stored
+    const size_t tr = tile0 + r < tiles ? tile0 + r : (tiles > 0 ? tiles - 1 : 0);
+    wp[r] = qw + (tr * CHUNKS + cbeg) * (32 * S) + lane * S;
+    sp[r] = sc + tr * NG * 8 + g;
 #if HAS_ZERO
-  unsigned zw[2][U];
+    zp[r] = zr + tr * NG * 8 + g;
 #endif
-  float acc[NT][4];
+  }
+  unsigned w[2][U][RT][S], sw[2][U][RT];
+#if HAS_ZERO
+  unsigned zw[2][U][RT];
+#endif
+  float acc[RT][NT][4];
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
 
 #pragma unroll
   for (int b = 0; b <= BATCHES; ++b) {
@@ -143,11 +155,14 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
       for (int u = 0; u < U; ++u) {
         const int j = b * U + u, c = cbeg + j;
         if (j < PER_WARP && live && c < CHUNKS) {
-          ld_codes(wp + (size_t)j * (32 * S), w[b & 1][u]);
-          sw[b & 1][u] = ld_word(sp + (size_t)((c * CW) / GROUP) * 8);
+#pragma unroll
+          for (int r = 0; r < RT; ++r) {
+            ld_codes(wp[r] + (size_t)j * (32 * S), w[b & 1][u][r]);
+            sw[b & 1][u][r] = ld_word(sp[r] + (size_t)((c * CW) / GROUP) * 8);
 #if HAS_ZERO
-          zw[b & 1][u] = ld_word(zp + (size_t)((c * CW) / GROUP) * 8);
+            zw[b & 1][u][r] = ld_word(zp[r] + (size_t)((c * CW) / GROUP) * 8);
 #endif
+          }
         }
       }
     }
@@ -179,8 +194,10 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
           }
 #endif
         }
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
 #if HAS_ZERO
-        const unsigned nzl = prmt(zw[pb & 1][u], 0x1010u), nzh = prmt(zw[pb & 1][u], 0x3232u);
+        const unsigned nzl = prmt(zw[pb & 1][u][r], 0x1010u), nzh = prmt(zw[pb & 1][u][r], 0x3232u);
 #else
         const unsigned nzl = SYM_NEG, nzh = SYM_NEG;  // symmetric codes: zero point 8
 #endif
@@ -188,7 +205,7 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
         const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int i = 0; i < S; ++i) {
-          const unsigned v = w[pb & 1][u][i];
+          const unsigned v = w[pb & 1][u][r][i];
           unsigned a[4];  // nibbles (j, j + 4) -> pair (MAGIC + q) -> (q - zero) = register j of the A fragment
           a[0] = hfma2(lop3<0x000F000Fu, MAGIC>(v), ONE, nzl);
           a[1] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 4), ONE, nzh);
@@ -197,47 +214,54 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
 #pragma unroll
           for (int n = 0; n < NT; ++n) mma(part[n], a, xb[n][2 * i], xb[n][2 * i + 1], i == 0 ? zero4 : part[n]);
         }
-        const float slo = to_f32(sw[pb & 1][u] & 0xFFFFu), shi = to_f32(sw[pb & 1][u] >> 16);
+        const float slo = to_f32(sw[pb & 1][u][r] & 0xFFFFu), shi = to_f32(sw[pb & 1][u][r] >> 16);
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
-          acc[n][0] = fmaf(part[n][0], slo, acc[n][0]);
-          acc[n][1] = fmaf(part[n][1], slo, acc[n][1]);
-          acc[n][2] = fmaf(part[n][2], shi, acc[n][2]);
-          acc[n][3] = fmaf(part[n][3], shi, acc[n][3]);
+          acc[r][n][0] = fmaf(part[n][0], slo, acc[r][n][0]);
+          acc[r][n][1] = fmaf(part[n][1], slo, acc[r][n][1]);
+          acc[r][n][2] = fmaf(part[n][2], shi, acc[r][n][2]);
+          acc[r][n][3] = fmaf(part[n][3], shi, acc[r][n][3]);
+        }
         }
       }
     }
   }
 #if KW > 1
-  __shared__ float red[TPB][KW][NT * 4][32];
+  __shared__ float red[TPB][KW][RT * NT * 4][32];
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) red[warp / KW][kw][n * 4 + e][lane] = acc[n][e];
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) red[warp / KW][kw][(r * NT + n) * 4 + e][lane] = acc[r][n][e];
   __syncthreads();
   if (kw != 0) return;
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float v = 0.f;
+    for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int r = 0; r < KW; ++r) v += red[warp / KW][r][n * 4 + e][lane];
-      acc[n][e] = v;
-    }
+      for (int e = 0; e < 4; ++e) {
+        float v = 0.f;
+#pragma unroll
+        for (int q = 0; q < KW; ++q) v += red[warp / KW][q][(r * NT + n) * 4 + e][lane];
+        acc[r][n][e] = v;
+      }
 #endif
   if (!live) return;
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int r = 0; r < RT; ++r)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {  // c0 c1: row g, x rows 2t, 2t + 1; c2 c3: row g + 8
-      const int m = n * 8 + 2 * t + (e & 1), row = tile * 16 + g + 8 * (e >> 1);
-      if (m < M && row < N) {
-        unsigned short o;
-        asm("cvt.rn." T ".f32 %0, %1;" : "=h"(o) : "f"(acc[n][e]));
-        y[(size_t)m * stride_y + row] = o;
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // c0 c1: row g, x rows 2t, 2t + 1; c2 c3: row g + 8
+        const int m = n * 8 + 2 * t + (e & 1), row = (tile0 + r) * 16 + g + 8 * (e >> 1);
+        if (m < M && row < N) {
+          unsigned short o;
+          asm("cvt.rn." T ".f32 %0, %1;" : "=h"(o) : "f"(acc[r][n][e]));
+          y[(size_t)m * stride_y + row] = o;
+        }
       }
-    }
 }
 """
 
@@ -248,6 +272,12 @@ _PRECOMPILED: set[tuple] = set()
 # BENCHMARKS 9m); launched as programmatic dependents where pdl.enabled
 CONFIGS = [dict(KW=kw, TPB=tpb, U=u, PDL=True) for kw, tpb, u in ((16, 1, 2), (16, 1, 4), (4, 1, 2), (4, 2, 2),
                                                                    (8, 1, 2), (8, 1, 4), (2, 2, 4), (8, 2, 2))]
+
+
+def fits(config: dict, m: int) -> bool:
+    """The shared-memory sums of KW warps (TPB x RT tiles, 4 x ceil(M / 8) values per lane) fit 48 KB."""
+    nt = 1 if m <= 8 else 2 if m <= 16 else 4
+    return config["KW"] == 1 or config["TPB"] * config["KW"] * config.get("RT", 1) * nt * 4 * 32 * 4 <= 48 * 1024
 
 
 def offered() -> bool:
@@ -261,10 +291,11 @@ def steps(group: int) -> int:
 
 
 def source(k: int, group: int, kw: int, tpb: int, nt: int, u: int, has_zero: bool, pdl: bool = False,
-           f16: bool = False) -> str:
-    """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only; f16: fp16 activations)."""
+           f16: bool = False, rt: int = 1) -> str:
+    """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only; f16: fp16 activations; rt:
+    16-row tiles per warp)."""
     return base.fill(_SOURCE, K=k, GROUP=group, S=steps(group), KW=kw, TPB=tpb, NT=nt, U=u, HAS_ZERO=has_zero,
-                     PDL=pdl, F16=f16)
+                     PDL=pdl, F16=f16, RT=rt)
 
 
 def supports(x: torch.Tensor, k: int, group: int) -> bool:
@@ -327,16 +358,20 @@ def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: di
     kw, tpb, u = config["KW"], config["TPB"], config["U"]
     pdl = bool(config.get("PDL")) and enabled(x.device)
     f16 = x.dtype == torch.float16
+    rt = config.get("RT", 1)
+    if not fits(config, m):
+        raise ValueError(f"tensor-core int4 GEMV: KW={kw} x TPB={tpb} x RT={rt} at M={m} needs more than 48 KB of "
+                         "static shared memory for its sums")
     key = (k, group, nt, zr is not None, pdl, f16)
     if key not in _PRECOMPILED:  # a new shape: the selector is about to time every offered launch
         _PRECOMPILED.add(key)
         base.precompile(x.device, [source(k, group, c["KW"], c["TPB"], nt, c["U"], zr is not None, pdl, f16)
                                    for c in CONFIGS], "int4_mma_gemv")
-    kern = base.load_function(x.device, (*key, kw, tpb, u),
-                              lambda: source(k, group, kw, tpb, nt, u, zr is not None, pdl, f16), "int4_mma_gemv",
-                              "int4_mma_gemv")
+    kern = base.load_function(x.device, (*key, kw, tpb, u, rt),
+                              lambda: source(k, group, kw, tpb, nt, u, zr is not None, pdl, f16, rt),
+                              "int4_mma_gemv", "int4_mma_gemv")
     tiles = qw.shape[0]
     with torch.cuda.device(x.device):
-        base._launch(kern, (-(-tiles // tpb), 1, 1), (32 * kw * tpb, 1, 1),
+        base._launch(kern, (-(-tiles // (tpb * rt)), 1, 1), (32 * kw * tpb, 1, 1),
                      [x, qw, sc, zr if zr is not None else sc, y, n, m, x.stride(0), y.stride(0), tiles], pdl)
     return y
