@@ -3,7 +3,7 @@
 # shapes (the CUDA GEMV of cuda_int4_gemv vs the Triton packed-bf16x2 one, tinygemm and bf16), then greedy decode
 # of the 32-layer 7B-shaped model (batch 1, prompt 128, 256 tokens) with whatever the selector picks. From the
 # repo root, through the device tool:   OUT=/tmp/gemv bash benchmarks/device_gpu_gemv.sh      (about 8 minutes)
-# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl,defaults,mmasweep,mmadecode,mmafull,mmart picks the parts.
+# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl,defaults,mmasweep,mmadecode,mmafull,mmart,mmagemm picks the parts.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the selector may pick the CUDA GEMV
@@ -114,6 +114,13 @@ if has mmart; then  # the tensor-core GEMV with fp16 activations and RT 16-row t
   env NNSLIM_CUDA_KERNELS=0 timeout 150 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 \
     --batch 1,8,32 --kv model --runs 2 --new-tokens 128 --json "$OUT/gpu_decode_8layers_mma.json" 2>&1 \
     | grep '"variant"'
+fi
+if has mmagemm; then  # the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm): its GPU tests, then
+  # its launches against bf16, the Triton MMA GEMM's kept launches and dequant + cuBLAS at M = 16-2048
+  timeout 240 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_cuda_mma_gemm.py 2>&1 \
+    | grep -v "^\s*$" | tail -15
+  timeout ${GEMM_SWEEP_S:-300} python3 benchmarks/gpu_int4_gemm.py --family cuda --m ${GEMM_MS:-16,64,128,256,2048} \
+    --rep-ms 20 --json "$OUT/gpu_int4_cuda_gemm_sweep.json" | grep -v "^  "
 fi
 if has profile; then  # GPU time per kernel class of one decode step, and the gaps between kernels
   timeout 200 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants bf16,int4 --batch 1 \

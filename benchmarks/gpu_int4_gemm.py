@@ -1,6 +1,6 @@
 """Sweep of nnslim's int4 tensor-core GEMM launch configurations on Llama-7B linear shapes (issue 17).
 
-  python benchmarks/gpu_int4_gemm.py [--m 16,32,...] [--json FILE] [--family tc|mma]
+  python benchmarks/gpu_int4_gemm.py [--m 16,32,...] [--json FILE] [--family tc|mma|cuda]
 
 For each shape (K x N) and M: bf16 F.linear, torch's tinygemm, the one-kernel dequantize + cuBLAS path
 and every tensor-core configuration of the grid below (both operand orders), each timed like
@@ -119,6 +119,68 @@ def sweep_mma(args) -> None:
     save_rows(args.json, rows)
 
 
+def cuda_grid(m: int, group: int = 128) -> list[dict]:
+    """cuda_int4_mma_gemm launches for one M: warps x 16-row tiles per warp x n8 tiles of x x split-K (3 stages
+    of 2 chunks; 2 tiles per warp with 16 n8 tiles spill)."""
+    from nnslim.runtime.kernels import cuda_int4_mma_gemm as cg
+
+    out = [dict(WARPS=w, RT=rt, NT=nt, U=2, STAGES=3, SPLIT=sp, PDL=False)
+           for w, rt, nt, sp in itertools.product((4, 8), (1, 2), (4, 8, 16), (1, 2, 4)) if not (rt == 2 and nt == 16)]
+    return [c for c in out if cg.fits(c, group, m) and (c["SPLIT"] == 1 or m <= 512)]
+
+
+def cuda_name(c: dict) -> str:
+    return f"w{c['WARPS']}r{c['RT']}n{c['NT']}u{c['U']}s{c['STAGES']}k{c['SPLIT']}"
+
+
+def sweep_cuda(args) -> None:
+    """The CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm) against bf16, the Triton MMA GEMM's
+    kept launches (triton_int4_mma.MMA_CONFIGS, what the selector has today) and dequant + cuBLAS, at each M."""
+    from nnslim.runtime.kernels import triton_int4_mma
+
+    print(f"# int4 CUDA tensor-core GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    torch.manual_seed(0)
+    rows = []
+    for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), [int(v) for v in args.m.split(",")],
+                                                 args.rep_ms):
+        ref = F.linear(x.float(), mods[0].dequantized_weight(torch.float32))
+        bucket = max(16, 1 << (m - 1).bit_length())
+        t = {"dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
+                                          args.rep_ms)}
+        cands = [("triton:" + mma_name(c), c, mods[0]._triton_int4mma, lambda md, c: md._triton_int4mma(x, c))
+                 for c in triton_int4_mma.MMA_CONFIGS if triton_int4_mma.tile_offered(c, m, bucket)]
+        cands += [("cuda:" + cuda_name(c), c, mods[0]._cuda_int4mmag, lambda md, c: md._cuda_int4mmag(x, c))
+                  for c in cuda_grid(m)]
+        errs, failed = {}, 0
+        for label, c, one, call in cands:
+            try:
+                y = one(x, c)
+                err = rel_err(y, ref)
+                if err > 1e-2 or (label.startswith("cuda:") and not torch.equal(y, one(x, c))):
+                    print(f"  {label} M={m}: rel err {err:.2e} (or not repeatable)", flush=True)
+                    failed += 1
+                    continue
+                errs[label] = err
+                t[label] = graph_time(lambda c=c, call=call: [call(md, c) for md in mods], r4, args.rep_ms)
+            except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
+                print(f"  {label} failed: {str(e).splitlines()[0][:120]}", flush=True)
+                failed += 1
+        cu = {kk: v for kk, v in t.items() if kk.startswith("cuda:")}
+        tr = {kk: v for kk, v in t.items() if kk.startswith("triton:")}
+        bc, bt = (min(cu, key=cu.get) if cu else None), (min(tr, key=tr.get) if tr else None)
+        row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
+               "best_cuda": bc, "cuda_x": round(base / cu[bc], 3) if bc else None,
+               "cuda_err": round(errs[bc], 5) if bc else None,
+               "best_triton": bt, "triton_x": round(base / tr[bt], 3) if bt else None,
+               "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
+               "top_cuda": {kk: round(base / v, 3) for kk, v in sorted(cu.items(), key=lambda kv: kv[1])[:5]}}
+        if failed:  # in the row too: the device scripts drop the indented lines above
+            row["failed"] = f"{failed} of {len(cands)} launches wrong or not run"
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    save_rows(args.json, rows)
+
+
 DEQUANT_TILES = [(64, 64, 4), (64, 128, 4), (128, 128, 8), (32, 128, 4), (16, 256, 4), (128, 64, 4)]
 
 
@@ -133,13 +195,16 @@ def main():
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default="all", help="indices into SHAPES (0: 4096x4096, 1: 4096x11008, 2: 11008x4096)")
-    ap.add_argument("--family", choices=["tc", "mma"], default="tc",
-                    help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma)")
+    ap.add_argument("--family", choices=["tc", "mma", "cuda"], default="tc",
+                    help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma); "
+                    "cuda: the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     if args.family == "mma":
         return sweep_mma(args)
+    if args.family == "cuda":
+        return sweep_cuda(args)
     from nnslim.runtime.kernels import triton_int4
 
     dq_rows = []

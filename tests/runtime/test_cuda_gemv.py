@@ -146,13 +146,14 @@ def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m, monkeypatch):
     assert float((y.float() - ref).norm() / ref.norm()) < 6e-3
 
 
-def replay_reads_new_x(call, k: int = 4096) -> bool:
-    """Capture `call(x)` in a CUDA graph right after a kernel that writes x; whether a replay with a new x gives
-    what an eager call on that x gives (a GEMV launched on torch's stream, as a programmatic dependent or not)."""
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+def replay_reads_new_x(call, k: int = 4096, m: int = 1) -> bool:
+    """Capture `call(x)` (x [m, k]) in a CUDA graph right after a kernel that writes x; whether a replay with a new
+    x gives what an eager call on that x gives (a kernel launched on torch's stream, as a programmatic dependent or
+    not)."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     call(x)  # compile / build layouts outside the capture
     g = torch.cuda.CUDAGraph()
-    src = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    src = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     with torch.cuda.graph(g):
         x.copy_(src * 2)  # the previous kernel writes x
         y = call(x)

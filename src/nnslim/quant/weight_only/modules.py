@@ -198,6 +198,12 @@ class WeightOnlyLinear(PackedLinear):
                 if cuda_int4_mma_gemv.offered() and cuda_int4_mma_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_mma_gemv.CONFIGS):
                         out[f"cuda-int4mma-{i}"] = lambda c=cfg: self._cuda_int4mma(x, c)
+                from ...runtime.kernels import cuda_int4_mma_gemm as cg
+
+                if cg.offered() and cg.supports(x, k, g):
+                    for i, cfg in enumerate(cg.CONFIGS):
+                        if cg.fits(cfg, g, x.shape[0]):
+                            out[f"cuda-int4mmag-{i}"] = lambda c=cfg: self._cuda_int4mmag(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
@@ -258,13 +264,23 @@ class WeightOnlyLinear(PackedLinear):
         return cuda_int4_gemv.int4_gemv_cuda(x, self.qweight, self._scales_as(x), None if self.symmetric else self.zeros,
                                              self.group, config)
 
+    def _mma_layout(self, x):
+        """The tensor-core GEMV's layout, read by the GEMV (M <= 32) and the GEMM built on it: one copy."""
+        from ...runtime.kernels import cuda_int4_mma_gemv as cm
+
+        return self._prep(f"cuda-int4mma-{x.dtype}", x.device, lambda: (
+            cm.to_layout(self.qweight, self.in_features, self.group), cm.pair_rows(self._scales_as(x)),
+            None if self.symmetric else cm.pair_rows(cm.neg_offsets(self.zeros, x.dtype))))
+
     def _cuda_int4mma(self, x, config):
         from ...runtime.kernels import cuda_int4_mma_gemv as cm
 
-        layout = self._prep(f"cuda-int4mma-{x.dtype}", x.device, lambda: (
-            cm.to_layout(self.qweight, self.in_features, self.group), cm.pair_rows(self._scales_as(x)),
-            None if self.symmetric else cm.pair_rows(cm.neg_offsets(self.zeros, x.dtype))))
-        return cm.int4_gemv_mma(x, layout, self.out_features, self.group, config)
+        return cm.int4_gemv_mma(x, self._mma_layout(x), self.out_features, self.group, config)
+
+    def _cuda_int4mmag(self, x, config):
+        from ...runtime.kernels import cuda_int4_mma_gemm as cg
+
+        return cg.int4_gemm_mma(x, self._mma_layout(x), self.out_features, self.group, config)
 
     def _triton_int4tc(self, x, config):
         from ...runtime.kernels import triton_int4

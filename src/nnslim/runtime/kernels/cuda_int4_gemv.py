@@ -396,12 +396,29 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
 
-def _launch(kern, grid: tuple, block: tuple, args: list, pdl: bool) -> None:
-    """Launch on torch's current stream (captured by CUDA graphs); pdl: as a programmatic dependent launch
-    (cuLaunchKernelEx), which may start while the previous kernel finishes (the kernel waits for it before
-    reading x)."""
+_SMEM: dict[int, int] = {}  # id of a loaded kernel -> the dynamic shared memory it was allowed
+
+
+def _allow_smem(kern, smem: int) -> None:
+    """Let `kern` use `smem` bytes of dynamic shared memory (above 48 KB a kernel must opt in)."""
+    if smem < 48 * 1024 or _SMEM.get(id(kern), 0) >= smem:
+        return
+    if hasattr(kern, "set_shared_memory_config"):
+        kern.set_shared_memory_config(smem)
+    else:
+        from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
+
+        _check_cuda(_get_gpu_runtime_library().cuFuncSetAttribute(kern.func, 8, smem))  # MAX_DYNAMIC_SHARED_SIZE
+    _SMEM[id(kern)] = smem
+
+
+def _launch(kern, grid: tuple, block: tuple, args: list, pdl: bool, smem: int = 0) -> None:
+    """Launch on torch's current stream (captured by CUDA graphs) with `smem` bytes of dynamic shared memory;
+    pdl: as a programmatic dependent launch (cuLaunchKernelEx), which may start while the previous kernel
+    finishes (the kernel waits for it before reading x)."""
+    _allow_smem(kern, smem)
     if not pdl:
-        kern(grid=grid, block=block, args=args)
+        kern(grid=grid, block=block, args=args, shared_mem=smem)
         return
     from torch.cuda._utils import _check_cuda, _get_gpu_runtime_library
 
@@ -409,6 +426,6 @@ def _launch(kern, grid: tuple, block: tuple, args: list, pdl: bool) -> None:
     argv = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(h), ctypes.c_void_p) for h in holders])
     attr = _Attr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
     attr.value[0] = 1
-    cfg = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), 0,
+    cfg = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), smem,
                         ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), ctypes.pointer(attr), 1)
     _check_cuda(_get_gpu_runtime_library().cuLaunchKernelEx(ctypes.byref(cfg), kern.func, argv, None))

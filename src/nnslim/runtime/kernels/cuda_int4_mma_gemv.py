@@ -31,15 +31,12 @@ from ...errors import env_choice
 from . import cuda_int4_gemv as base
 from .pdl import enabled
 
-_SOURCE = r"""
+# What the tensor-core GEMV and GEMM (cuda_int4_mma_gemm) share: the layout's constants, loads of codes and of
+# x fragments, the dequantization into an A fragment, the MMA
+COMMON = r"""
 #define K __K__
 #define GROUP __GROUP__
 #define S __S__
-#define KW __KW__
-#define TPB __TPB__
-#define NT __NT__
-#define U __U__
-#define RT __RT__  // 16-row tiles per warp: x fragments loaded once per chunk for RT tiles
 #define HAS_ZERO __HAS_ZERO__
 #define PDL __PDL__
 #define F16 __F16__  // activations, scales and output fp16 (else bf16)
@@ -57,8 +54,6 @@ _SOURCE = r"""
 #define CW (16 * S)
 #define CHUNKS (K / CW)
 #define NG (K / GROUP)
-#define PER_WARP ((CHUNKS + KW - 1) / KW)
-#define BATCHES ((PER_WARP + U - 1) / U)
 
 struct alignas(16) u4 { unsigned a, b, c, d; };
 struct alignas(8) u2 { unsigned a, b; };
@@ -112,6 +107,44 @@ __device__ __forceinline__ void mma(float* d, const unsigned* a, unsigned b0, un
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1),
         "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
+// -(MAGIC + zero) of rows g (low) and g + 8 (high) as pairs, from their paired word (symmetric: zero point 8)
+__device__ __forceinline__ void zero_pairs(unsigned zw, unsigned& nzl, unsigned& nzh) {
+#if HAS_ZERO
+  nzl = prmt(zw, 0x1010u); nzh = prmt(zw, 0x3232u);
+#else
+  nzl = SYM_NEG; nzh = SYM_NEG;
+#endif
+}
+// one word of codes -> the A fragment: nibbles (j, j + 4) -> pair (MAGIC + q) -> (q - zero) = register j
+__device__ __forceinline__ void dequant(unsigned v, unsigned nzl, unsigned nzh, unsigned* a) {
+  a[0] = hfma2(lop3<0x000F000Fu, MAGIC>(v), ONE, nzl);
+  a[1] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 4), ONE, nzh);
+  a[2] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 8), ONE, nzl);
+  a[3] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 12), ONE, nzh);
+}
+// the 2 S words of x (this lane's 4 S codes of a chunk: the B operands of its S mma steps) at xr, or zeros
+__device__ __forceinline__ void ld_x(const unsigned short* xr, bool ok, unsigned* xb) {
+#if S == 1
+  const u2 v = ok ? *(const u2*)xr : u2{0u, 0u};
+  xb[0] = v.a; xb[1] = v.b;
+#else
+#pragma unroll
+  for (int q = 0; q < 2 * S; q += 4) {
+    const u4 v = ok ? *(const u4*)(xr + 2 * q) : u4{0u, 0u, 0u, 0u};
+    xb[q] = v.a; xb[q + 1] = v.b; xb[q + 2] = v.c; xb[q + 3] = v.d;
+  }
+#endif
+}
+"""
+
+_GEMV = r"""
+#define KW __KW__
+#define TPB __TPB__
+#define NT __NT__
+#define U __U__
+#define RT __RT__  // 16-row tiles per warp: x fragments loaded once per chunk for RT tiles
+#define PER_WARP ((CHUNKS + KW - 1) / KW)
+#define BATCHES ((PER_WARP + U - 1) / U)
 
 extern "C" __global__ void __launch_bounds__(32 * KW * TPB)
 int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
@@ -182,35 +215,22 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
           const int m = n * 8 + g;
-          const unsigned short* xr = x + (size_t)(m < M ? m : 0) * stride_x + c * CW + 4 * S * t;
-#if S == 1
-          const u2 v = m < M ? *(const u2*)xr : u2{0u, 0u};
-          xb[n][0] = v.a; xb[n][1] = v.b;
-#else
-#pragma unroll
-          for (int q = 0; q < 2 * S; q += 4) {  // x words q .. q + 3 of this lane's 4 S codes
-            const u4 v = m < M ? *(const u4*)(xr + 2 * q) : u4{0u, 0u, 0u, 0u};
-            xb[n][q] = v.a; xb[n][q + 1] = v.b; xb[n][q + 2] = v.c; xb[n][q + 3] = v.d;
-          }
-#endif
+          ld_x(x + (size_t)(m < M ? m : 0) * stride_x + c * CW + 4 * S * t, m < M, xb[n]);
         }
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
+        unsigned nzl, nzh;
 #if HAS_ZERO
-        const unsigned nzl = prmt(zw[pb & 1][u][r], 0x1010u), nzh = prmt(zw[pb & 1][u][r], 0x3232u);
+        zero_pairs(zw[pb & 1][u][r], nzl, nzh);
 #else
-        const unsigned nzl = SYM_NEG, nzh = SYM_NEG;  // symmetric codes: zero point 8
+        zero_pairs(0u, nzl, nzh);
 #endif
         float part[NT][4];
         const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int i = 0; i < S; ++i) {
-          const unsigned v = w[pb & 1][u][r][i];
-          unsigned a[4];  // nibbles (j, j + 4) -> pair (MAGIC + q) -> (q - zero) = register j of the A fragment
-          a[0] = hfma2(lop3<0x000F000Fu, MAGIC>(v), ONE, nzl);
-          a[1] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 4), ONE, nzh);
-          a[2] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 8), ONE, nzl);
-          a[3] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 12), ONE, nzh);
+          unsigned a[4];
+          dequant(w[pb & 1][u][r][i], nzl, nzh, a);
 #pragma unroll
           for (int n = 0; n < NT; ++n) mma(part[n], a, xb[n][2 * i], xb[n][2 * i + 1], i == 0 ? zero4 : part[n]);
         }
@@ -294,8 +314,8 @@ def source(k: int, group: int, kw: int, tpb: int, nt: int, u: int, has_zero: boo
            f16: bool = False, rt: int = 1) -> str:
     """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only; f16: fp16 activations; rt:
     16-row tiles per warp)."""
-    return base.fill(_SOURCE, K=k, GROUP=group, S=steps(group), KW=kw, TPB=tpb, NT=nt, U=u, HAS_ZERO=has_zero,
-                     PDL=pdl, F16=f16, RT=rt)
+    return base.fill(COMMON + _GEMV, K=k, GROUP=group, S=steps(group), KW=kw, TPB=tpb, NT=nt, U=u,
+                     HAS_ZERO=has_zero, PDL=pdl, F16=f16, RT=rt)
 
 
 def supports(x: torch.Tensor, k: int, group: int) -> bool:

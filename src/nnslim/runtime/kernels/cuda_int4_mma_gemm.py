@@ -1,0 +1,299 @@
+"""An int4 GEMM on tensor cores from the tensor-core GEMV's layout (CUDA C through NVRTC, sm_80+, bf16 or fp16
+activations; issue 17: prefill and batched decode, M from 16 to a few hundred rows).
+
+y [M, N] = x [M, K] @ dequant(W).T with W in `cuda_int4_mma_gemv.to_layout`'s layout, so decode (the GEMV) and
+prefill read one copy of the codes. The GEMV loads each lane's x fragments from global memory per 16-row tile,
+which at M > 32 moves more x than weight bytes through L1. Here a block of WARPS warps (RT 16-row tiles each)
+shares BM = 8 NT rows of x: U chunks of x at a time are copied into shared memory with cp.async, STAGES - 1
+batches ahead; every warp streams its own tiles' codes from global memory straight into registers (the layout
+gives a lane one 16-byte load per chunk and tile), one batch ahead. Per chunk a warp dequantizes its RT tiles'
+A fragments once (the GEMV's arithmetic, `COMMON`) and runs RT x NT x S MMAs against x fragments read from
+shared memory (two 16-byte loads per lane per n8 tile; rows padded by 16 bytes: no bank conflicts). Products
+are exact, each chunk's sums are fp32 and scaled in fp32 as in the GEMV.
+
+SPLIT > 1 splits K over blockIdx.z: each K range writes its fp32 partial tile to the device's shared split-K
+workspace (`triton_int4_mma.split_workspace`) and the last block of a tile to finish sums the partials in a fixed
+order into y and resets its counter (one launch, the same bits every run). As a programmatic dependent launch
+(sm_90) the first batch of codes is loaded before waiting for the kernel that writes x.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...errors import env_choice
+from . import cuda_int4_gemv as base
+from . import cuda_int4_mma_gemv as gemv
+from .pdl import enabled
+
+_GEMM = r"""
+#define WARPS __WARPS__
+#define RT __RT__          // 16-row tiles per warp
+#define NT __NT__          // n8 tiles of x per block: BM = 8 NT rows of x
+#define U __U__            // chunks per batch (one shared-memory stage)
+#define STAGES __STAGES__  // shared-memory stages of x
+#define SPLIT __SPLIT__    // K ranges (blockIdx.z)
+#define BM (8 * NT)
+#define ROWW (U * CW + 8)  // a stage's row of x in 16-bit elements (+16 bytes: conflict-free fragment loads)
+#define STAGE (BM * ROWW)
+#define PIECES (BM * U * CW / 8)  // 16-byte copies per stage
+
+__device__ __forceinline__ void cp16(unsigned dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes));
+}
+
+extern "C" __global__ void __launch_bounds__(32 * WARPS)
+int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__ qw,
+              const unsigned* __restrict__ sc, const unsigned* __restrict__ zr,
+              unsigned short* __restrict__ y, float* __restrict__ ws, int* __restrict__ cnt,
+              int N, int M, int stride_x, int stride_y, int tiles) {
+  extern __shared__ __align__(16) unsigned short xs[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int m0 = blockIdx.x * BM, tile0 = (blockIdx.y * WARPS + warp) * RT;
+  const bool live = tile0 < tiles;
+  const int cbeg = (int)((long long)blockIdx.z * CHUNKS / SPLIT), cend = (int)((long long)(blockIdx.z + 1) * CHUNKS / SPLIT);
+  const int nb = (cend - cbeg + U - 1) / U;
+  const unsigned* wp[RT];
+  const unsigned* sp[RT];
+  const unsigned* zp[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {  // tiles past the last read the last one and are not stored
+    const size_t tr = tile0 + r < tiles ? tile0 + r : (tiles > 0 ? tiles - 1 : 0);
+    wp[r] = qw + tr * CHUNKS * (32 * S) + lane * S;
+    sp[r] = sc + tr * NG * 8 + g;
+    zp[r] = zr + tr * NG * 8 + g;
+  }
+  const unsigned xs0 = (unsigned)__cvta_generic_to_shared(xs);
+
+  // x chunks of batch b -> stage b % STAGES (rows past M zero-filled); one commit group per batch, empty or not
+  auto stage_x = [&](int b) {
+    if (b < nb) {
+      const int c0 = cbeg + b * U;
+      for (int p = threadIdx.x; p < PIECES; p += 32 * WARPS) {
+        const int row = p / (U * CW / 8), col = (p % (U * CW / 8)) * 8;
+        if (c0 + col / CW < cend) {
+          const int m = m0 + row;
+          cp16(xs0 + 2u * (unsigned)((b % STAGES) * STAGE + row * ROWW + col),
+               x + (size_t)(m < M ? m : 0) * stride_x + c0 * CW + col, m < M ? 16 : 0);
+        }
+      }
+    }
+    asm volatile("cp.async.commit_group;");
+  };
+  // this warp's codes, scales and zero words of batch b
+  auto load_codes = [&](int b, unsigned (&w)[U][RT][S], unsigned (&sw)[U][RT], unsigned (&zw)[U][RT]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = cbeg + b * U + u;
+      if (b < nb && c < cend && live) {
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+          ld_codes(wp[r] + (size_t)c * (32 * S), w[u][r]);
+          sw[u][r] = ld_word(sp[r] + (size_t)((c * CW) / GROUP) * 8);
+#if HAS_ZERO
+          zw[u][r] = ld_word(zp[r] + (size_t)((c * CW) / GROUP) * 8);
+#else
+          zw[u][r] = 0u;
+#endif
+        }
+      }
+    }
+  };
+  float acc[RT][NT][4];
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
+  const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
+  auto compute = [&](int b, const unsigned (&w)[U][RT][S], const unsigned (&sw)[U][RT], const unsigned (&zw)[U][RT]) {
+    const unsigned short* xb0 = xs + (b % STAGES) * STAGE;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (cbeg + b * U + u < cend && live) {
+        unsigned a[RT][S][4];
+        float slo[RT], shi[RT];
+#pragma unroll
+        for (int r = 0; r < RT; ++r) {
+          unsigned nzl, nzh;
+          zero_pairs(zw[u][r], nzl, nzh);
+#pragma unroll
+          for (int i = 0; i < S; ++i) dequant(w[u][r][i], nzl, nzh, a[r][i]);
+          slo[r] = to_f32(sw[u][r] & 0xFFFFu);
+          shi[r] = to_f32(sw[u][r] >> 16);
+        }
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          unsigned xf[2 * S];
+          ld_x(xb0 + (n * 8 + g) * ROWW + u * CW + 4 * S * t, true, xf);
+#pragma unroll
+          for (int r = 0; r < RT; ++r) {
+            float part[4];
+#pragma unroll
+            for (int i = 0; i < S; ++i) mma(part, a[r][i], xf[2 * i], xf[2 * i + 1], i == 0 ? zero4 : part);
+            acc[r][n][0] = fmaf(part[0], slo[r], acc[r][n][0]);
+            acc[r][n][1] = fmaf(part[1], slo[r], acc[r][n][1]);
+            acc[r][n][2] = fmaf(part[2], shi[r], acc[r][n][2]);
+            acc[r][n][3] = fmaf(part[3], shi[r], acc[r][n][3]);
+          }
+        }
+      }
+    }
+  };
+
+  unsigned wa[U][RT][S], sa[U][RT], za[U][RT], wb[U][RT][S], sb[U][RT], zb[U][RT];
+  load_codes(0, wa, sa, za);  // weights do not depend on the previous kernel
+#if PDL
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) stage_x(s);
+  for (int b = 0; b < nb; b += 2) {  // two batches per trip: the codes alternate between two register sets
+    asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 2));
+    __syncthreads();  // batch b's x is in; every warp is done with the stage refilled next
+    stage_x(b + STAGES - 1);
+    load_codes(b + 1, wb, sb, zb);
+    compute(b, wa, sa, za);
+    if (b + 1 >= nb) break;
+    asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 2));
+    __syncthreads();
+    stage_x(b + STAGES);
+    load_codes(b + 2, wa, sa, za);
+    compute(b + 1, wb, sb, zb);
+  }
+  asm volatile("cp.async.wait_group 0;");
+
+#if SPLIT > 1
+  {  // partials [SPLIT][tiles of blocks][RT NT 4][threads]; the last block of a tile to finish sums them in order
+    const int blk = blockIdx.y * gridDim.x + blockIdx.x, nblk = gridDim.x * gridDim.y;
+    float* mine = ws + ((size_t)blockIdx.z * nblk + blk) * (RT * NT * 4 * 32 * WARPS) + threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) __stcg(mine + ((r * NT + n) * 4 + e) * (32 * WARPS), acc[r][n][e]);
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0) last = atomicAdd(cnt + blk, 1) == SPLIT - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float v = 0.f;
+          for (int z = 0; z < SPLIT; ++z)
+            v += __ldcg(ws + ((size_t)z * nblk + blk) * (RT * NT * 4 * 32 * WARPS) + ((r * NT + n) * 4 + e) * (32 * WARPS)
+                        + threadIdx.x);
+          acc[r][n][e] = v;
+        }
+    if (threadIdx.x == 0) cnt[blk] = 0;  // ready for the next launch (also inside a CUDA graph)
+  }
+#endif
+  if (!live) return;
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // c0 c1: row g, x rows 2t, 2t + 1; c2 c3: row g + 8
+        const int m = m0 + n * 8 + 2 * t + (e & 1), row = (tile0 + r) * 16 + g + 8 * (e >> 1);
+        if (m < M && row < N) {
+          unsigned short o;
+          asm("cvt.rn." T ".f32 %0, %1;" : "=h"(o) : "f"(acc[r][n][e]));
+          y[(size_t)m * stride_y + row] = o;
+        }
+      }
+}
+"""
+
+MIN_M = 16
+_PRECOMPILED: set[tuple] = set()
+# (WARPS, RT, NT, U, STAGES, SPLIT): a first grid, not yet measured on a GPU
+CONFIGS = [dict(WARPS=w, RT=rt, NT=nt, U=u, STAGES=st, SPLIT=sp, PDL=True) for w, rt, nt, u, st, sp in (
+    (4, 2, 4, 2, 3, 4), (8, 1, 8, 2, 3, 2), (8, 2, 8, 2, 3, 2), (8, 2, 8, 2, 3, 4), (8, 2, 8, 2, 3, 1),
+    (4, 2, 8, 2, 3, 2), (8, 1, 16, 2, 3, 1), (8, 1, 16, 1, 4, 2), (4, 1, 16, 2, 3, 2))]
+
+
+def offered() -> bool:
+    """Whether the measured selector tries this kernel (NNSLIM_CUDA_MMA_GEMM; off until measured on a GPU)."""
+    return env_choice("NNSLIM_CUDA_MMA_GEMM", ("0", "1"), "0") == "1"
+
+
+def smem_bytes(config: dict, group: int) -> int:
+    """Dynamic shared memory of a launch: STAGES x BM x (U CW + 8) 16-bit elements."""
+    return 2 * config["STAGES"] * 8 * config["NT"] * (config["U"] * 16 * gemv.steps(group) + 8)
+
+
+def fits(config: dict, group: int, m: int) -> bool:
+    """Whether a launch is sensible for m rows: its x tile no taller than the next multiple of 16 above m, and
+    its stages within the 227 KB an sm_90 block may have (sm_80: 163 KB; the launch checks the device)."""
+    return 8 * config["NT"] <= max(32, -(-m // 16) * 16) and smem_bytes(config, group) <= 227 * 1024
+
+
+def source(k: int, group: int, config: dict, has_zero: bool, pdl: bool, f16: bool) -> str:
+    """The kernel's CUDA source for these compile-time constants (pdl: sm_90+ only; f16: fp16 activations)."""
+    c = config
+    return base.fill(gemv.COMMON + _GEMM, K=k, GROUP=group, S=gemv.steps(group), HAS_ZERO=has_zero, PDL=pdl,
+                     F16=f16, WARPS=c["WARPS"], RT=c["RT"], NT=c["NT"], U=c["U"], STAGES=c["STAGES"],
+                     SPLIT=c["SPLIT"])
+
+
+def supports(x: torch.Tensor, k: int, group: int) -> bool:
+    return (x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.shape[0] >= MIN_M
+            and group % 16 == 0 and k % group == 0 and base.available(x.device))
+
+
+def _key(c: dict) -> tuple:
+    return tuple(c[name] for name in ("WARPS", "RT", "NT", "U", "STAGES", "SPLIT"))
+
+
+def int4_gemm_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: dict) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (bf16 or fp16 x, M >= MIN_M) from the tensor-core GEMV's `layout` (to_layout
+    codes, paired scales in x's dtype, paired -(MAGIC + zero) or None)."""
+    from .triton_int4_mma import split_workspace
+
+    m, k = x.shape
+    if not supports(x, k, group):
+        raise ValueError(f"tensor-core int4 GEMM: M={m}, K={k}, group={group}, x {x.dtype} not supported (bf16 or "
+                         f"fp16, M >= {MIN_M}, group a multiple of 16 dividing K)")
+    smem = smem_bytes(config, group)
+    limit = torch.cuda.get_device_properties(x.device).shared_memory_per_block_optin
+    if smem > limit:
+        raise ValueError(f"tensor-core int4 GEMM: config {_key(config)} needs {smem} bytes of shared memory, "
+                         f"this GPU allows {limit} per block")
+    qw, sc, zr = layout
+    x = base._aligned(x)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    tiles = qw.shape[0]
+    grid = (-(-m // (8 * config["NT"])), -(-tiles // (config["WARPS"] * config["RT"])), config["SPLIT"])
+    ws = cnt = y
+    if config["SPLIT"] > 1:
+        threads = 32 * config["WARPS"]
+        pair = split_workspace(x.device, grid[0] * grid[1] * grid[2] * threads * config["RT"] * config["NT"] * 4,
+                               grid[0] * grid[1])
+        if pair is None:  # a CUDA graph capture that would need a larger workspace: the same tile without split-K
+            config, grid = dict(config, SPLIT=1), (grid[0], grid[1], 1)
+        else:
+            ws, cnt = pair
+    pdl = bool(config.get("PDL")) and enabled(x.device)
+    f16 = x.dtype == torch.float16
+    shape_key = (k, group, zr is not None, pdl, f16)
+    if shape_key not in _PRECOMPILED:  # a new shape: the selector is about to time every offered launch
+        _PRECOMPILED.add(shape_key)
+        base.precompile(x.device, [source(k, group, c, zr is not None, pdl, f16) for c in CONFIGS], "int4_mma_gemm")
+    kern = base.load_function(x.device, (*shape_key, *_key(config)),
+                              lambda: source(k, group, config, zr is not None, pdl, f16), "int4_mma_gemm",
+                              "int4_mma_gemm")
+    with torch.cuda.device(x.device):
+        base._launch(kern, grid, (32 * config["WARPS"], 1, 1),
+                     [x, qw, sc, zr if zr is not None else sc, y, ws, cnt, n, m, x.stride(0), y.stride(0), tiles],
+                     pdl, smem)
+    return y
