@@ -120,11 +120,11 @@ def sweep_mma(args) -> None:
 
 
 def cuda_grid(m: int, group: int = 128) -> list[dict]:
-    """cuda_int4_mma_gemm launches for one M: warps x 16-row tiles per warp x n8 tiles of x x split-K (3 stages
+    """cuda_int4_mma_gemm launches for one M: warps x 16-row tiles per warp x n8 tiles of x x split-K (4 stages
     of 2 chunks; 2 tiles per warp with 16 n8 tiles spill)."""
     from nnslim.runtime.kernels import cuda_int4_mma_gemm as cg
 
-    out = [dict(WARPS=w, RT=rt, NT=nt, U=2, STAGES=3, SPLIT=sp, PDL=False)
+    out = [dict(WARPS=w, RT=rt, NT=nt, U=2, STAGES=4, SPLIT=sp, PDL=False)
            for w, rt, nt, sp in itertools.product((4, 8), (1, 2), (4, 8, 16), (1, 2, 4)) if not (rt == 2 and nt == 16)]
     return [c for c in out if cg.fits(c, group, m) and (c["SPLIT"] == 1 or m <= 512)]
 

@@ -35,7 +35,11 @@ _GEMM = r"""
 #define BM (8 * NT)
 #define ROWW (U * CW + 8)  // a stage's row of x in 16-bit elements (+16 bytes: conflict-free fragment loads)
 #define STAGE (BM * ROWW)
-#define PIECES (BM * U * CW / 8)  // 16-byte copies per stage
+#define PIECES (BM * U * CW / 8)  // 16-byte copies of x per stage
+#define TW (WARPS * RT)           // 16-row tiles per block
+#define CODE_WORDS (TW * U * 32 * S)
+#define PAIR_WORDS (TW * U * 8)   // scale (or zero) words of rows g / g + 8 per tile and chunk
+#define STAGE_BYTES (2 * BM * ROWW + 4 * CODE_WORDS + 4 * PAIR_WORDS * (1 + HAS_ZERO))
 
 __device__ __forceinline__ void cp16(unsigned dst, const void* src, int bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes));
@@ -46,56 +50,44 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
               const unsigned* __restrict__ sc, const unsigned* __restrict__ zr,
               unsigned short* __restrict__ y, float* __restrict__ ws, int* __restrict__ cnt,
               int N, int M, int stride_x, int stride_y, int tiles) {
-  extern __shared__ __align__(16) unsigned short xs[];
+  extern __shared__ __align__(16) unsigned char smem[];  // STAGES x [x rows | codes | scale words | zero words]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int m0 = blockIdx.x * BM, tile0 = (blockIdx.y * WARPS + warp) * RT;
+  const int m0 = blockIdx.x * BM, btile = blockIdx.y * TW, tile0 = btile + warp * RT;
   const bool live = tile0 < tiles;
-  const int cbeg = (int)((long long)blockIdx.z * CHUNKS / SPLIT), cend = (int)((long long)(blockIdx.z + 1) * CHUNKS / SPLIT);
+  const int cbeg = (int)((long long)blockIdx.z * CHUNKS / SPLIT);
+  const int cend = (int)((long long)(blockIdx.z + 1) * CHUNKS / SPLIT);
   const int nb = (cend - cbeg + U - 1) / U;
-  const unsigned* wp[RT];
-  const unsigned* sp[RT];
-  const unsigned* zp[RT];
-#pragma unroll
-  for (int r = 0; r < RT; ++r) {  // tiles past the last read the last one and are not stored
-    const size_t tr = tile0 + r < tiles ? tile0 + r : (tiles > 0 ? tiles - 1 : 0);
-    wp[r] = qw + tr * CHUNKS * (32 * S) + lane * S;
-    sp[r] = sc + tr * NG * 8 + g;
-    zp[r] = zr + tr * NG * 8 + g;
-  }
-  const unsigned xs0 = (unsigned)__cvta_generic_to_shared(xs);
+  const unsigned s0 = (unsigned)__cvta_generic_to_shared(smem);
 
-  // x chunks of batch b -> stage b % STAGES (rows past M zero-filled); one commit group per batch, empty or not
-  auto stage_x = [&](int b) {
-    if (b < nb) {
-      const int c0 = cbeg + b * U;
-      for (int p = threadIdx.x; p < PIECES; p += 32 * WARPS) {
-        const int row = p / (U * CW / 8), col = (p % (U * CW / 8)) * 8;
-        if (c0 + col / CW < cend) {
-          const int m = m0 + row;
-          cp16(xs0 + 2u * (unsigned)((b % STAGES) * STAGE + row * ROWW + col),
-               x + (size_t)(m < M ? m : 0) * stride_x + c0 * CW + col, m < M ? 16 : 0);
-        }
-      }
+  // codes, scale and zero words of batch b's chunks for the block's tiles (tiles past the last: the last one)
+  auto stage_w = [&](int b) {
+    if (b >= nb) return;
+    const int c0 = cbeg + b * U;
+    const unsigned base = s0 + (b % STAGES) * STAGE_BYTES + 2 * BM * ROWW;
+    for (int p = threadIdx.x; p < CODE_WORDS / 4; p += 32 * WARPS) {
+      const int tw = p / (U * 8 * S), u = (p / (8 * S)) % U, q = p % (8 * S), c = c0 + u;
+      const int tile = btile + tw < tiles ? btile + tw : tiles - 1;
+      if (c < cend) cp16(base + 16u * p, qw + ((size_t)tile * CHUNKS + c) * (32 * S) + 4 * q, 16);
     }
-    asm volatile("cp.async.commit_group;");
+    for (int p = threadIdx.x; p < (PAIR_WORDS / 4) * (1 + HAS_ZERO); p += 32 * WARPS) {
+      const int which = p / (PAIR_WORDS / 4), pp = p % (PAIR_WORDS / 4);
+      const int tw = pp / (U * 2), u = (pp / 2) % U, h = pp % 2, c = c0 + u;
+      const int tile = btile + tw < tiles ? btile + tw : tiles - 1;
+      const unsigned* src = (which ? zr : sc) + ((size_t)tile * NG + (c * CW) / GROUP) * 8 + 4 * h;
+      if (c < cend) cp16(base + 4u * CODE_WORDS + 4u * PAIR_WORDS * which + 16u * pp, src, 16);
+    }
   };
-  // this warp's codes, scales and zero words of batch b
-  auto load_codes = [&](int b, unsigned (&w)[U][RT][S], unsigned (&sw)[U][RT], unsigned (&zw)[U][RT]) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = cbeg + b * U + u;
-      if (b < nb && c < cend && live) {
-#pragma unroll
-        for (int r = 0; r < RT; ++r) {
-          ld_codes(wp[r] + (size_t)c * (32 * S), w[u][r]);
-          sw[u][r] = ld_word(sp[r] + (size_t)((c * CW) / GROUP) * 8);
-#if HAS_ZERO
-          zw[u][r] = ld_word(zp[r] + (size_t)((c * CW) / GROUP) * 8);
-#else
-          zw[u][r] = 0u;
-#endif
-        }
+  // x chunks of batch b (rows past M zero-filled)
+  auto stage_x = [&](int b) {
+    if (b >= nb) return;
+    const int c0 = cbeg + b * U;
+    for (int p = threadIdx.x; p < PIECES; p += 32 * WARPS) {
+      const int row = p / (U * CW / 8), col = (p % (U * CW / 8)) * 8;
+      if (c0 + col / CW < cend) {
+        const int m = m0 + row;
+        cp16(s0 + (b % STAGES) * STAGE_BYTES + 2u * (unsigned)(row * ROWW + col),
+             x + (size_t)(m < M ? m : 0) * stride_x + c0 * CW + col, m < M ? 16 : 0);
       }
     }
   };
@@ -107,8 +99,11 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
   const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
-  auto compute = [&](int b, const unsigned (&w)[U][RT][S], const unsigned (&sw)[U][RT], const unsigned (&zw)[U][RT]) {
-    const unsigned short* xb0 = xs + (b % STAGES) * STAGE;
+  auto compute = [&](int b) {
+    const unsigned char* st = smem + (b % STAGES) * STAGE_BYTES;
+    const unsigned short* xb0 = (const unsigned short*)st;
+    const unsigned* cw = (const unsigned*)(st + 2 * BM * ROWW);
+    const unsigned* pw = cw + CODE_WORDS;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (cbeg + b * U + u < cend && live) {
@@ -116,12 +111,25 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
         float slo[RT], shi[RT];
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
-          unsigned nzl, nzh;
-          zero_pairs(zw[u][r], nzl, nzh);
+          const int tw = warp * RT + r;
+          unsigned w[S], nzl, nzh;
+#if S == 4
+          const u4 v = *(const u4*)(cw + (tw * U + u) * (32 * S) + lane * S);
+          w[0] = v.a; w[1] = v.b; w[2] = v.c; w[3] = v.d;
+#else
 #pragma unroll
-          for (int i = 0; i < S; ++i) dequant(w[u][r][i], nzl, nzh, a[r][i]);
-          slo[r] = to_f32(sw[u][r] & 0xFFFFu);
-          shi[r] = to_f32(sw[u][r] >> 16);
+          for (int i = 0; i < S; ++i) w[i] = cw[(tw * U + u) * (32 * S) + lane * S + i];
+#endif
+#if HAS_ZERO
+          zero_pairs(pw[PAIR_WORDS + (tw * U + u) * 8 + g], nzl, nzh);
+#else
+          zero_pairs(0u, nzl, nzh);
+#endif
+#pragma unroll
+          for (int i = 0; i < S; ++i) dequant(w[i], nzl, nzh, a[r][i]);
+          const unsigned sw = pw[(tw * U + u) * 8 + g];
+          slo[r] = to_f32(sw & 0xFFFFu);
+          shi[r] = to_f32(sw >> 16);
         }
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
@@ -142,26 +150,25 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
     }
   };
 
-  unsigned wa[U][RT][S], sa[U][RT], za[U][RT], wb[U][RT][S], sb[U][RT], zb[U][RT];
-  load_codes(0, wa, sa, za);  // weights do not depend on the previous kernel
+  // STAGES - 1 batches ahead; one commit group per batch (the first also holds the weights copied before x)
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) stage_w(s);  // weights do not depend on the previous kernel
 #if PDL
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) stage_x(s);
-  for (int b = 0; b < nb; b += 2) {  // two batches per trip: the codes alternate between two register sets
+  for (int s = 0; s < STAGES - 1; ++s) {
+    stage_x(s);
+    asm volatile("cp.async.commit_group;");
+  }
+  for (int b = 0; b < nb; ++b) {
     asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 2));
-    __syncthreads();  // batch b's x is in; every warp is done with the stage refilled next
+    __syncthreads();  // batch b is in; every warp is done with the stage refilled next
+    stage_w(b + STAGES - 1);
     stage_x(b + STAGES - 1);
-    load_codes(b + 1, wb, sb, zb);
-    compute(b, wa, sa, za);
-    if (b + 1 >= nb) break;
-    asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 2));
-    __syncthreads();
-    stage_x(b + STAGES);
-    load_codes(b + 2, wa, sa, za);
-    compute(b + 1, wb, sb, zb);
+    asm volatile("cp.async.commit_group;");
+    compute(b);
   }
   asm volatile("cp.async.wait_group 0;");
 
@@ -227,9 +234,12 @@ def offered() -> bool:
     return env_choice("NNSLIM_CUDA_MMA_GEMM", ("0", "1"), "0") == "1"
 
 
-def smem_bytes(config: dict, group: int) -> int:
-    """Dynamic shared memory of a launch: STAGES x BM x (U CW + 8) 16-bit elements."""
-    return 2 * config["STAGES"] * 8 * config["NT"] * (config["U"] * 16 * gemv.steps(group) + 8)
+def smem_bytes(config: dict, group: int, has_zero: bool = True) -> int:
+    """Dynamic shared memory of a launch: STAGES x (BM rows of U CW + 8 16-bit x values, and the block's codes,
+    scale and zero words of U chunks)."""
+    c, s = config, gemv.steps(group)
+    tiles = c["WARPS"] * c["RT"] * c["U"]
+    return c["STAGES"] * (2 * 8 * c["NT"] * (c["U"] * 16 * s + 8) + 4 * tiles * 32 * s + 4 * tiles * 8 * (1 + has_zero))
 
 
 def fits(config: dict, group: int, m: int) -> bool:
@@ -261,15 +271,15 @@ def int4_gemm_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: di
     from .triton_int4_mma import split_workspace
 
     m, k = x.shape
+    qw, sc, zr = layout
     if not supports(x, k, group):
         raise ValueError(f"tensor-core int4 GEMM: M={m}, K={k}, group={group}, x {x.dtype} not supported (bf16 or "
                          f"fp16, M >= {MIN_M}, group a multiple of 16 dividing K)")
-    smem = smem_bytes(config, group)
+    smem = smem_bytes(config, group, zr is not None)
     limit = torch.cuda.get_device_properties(x.device).shared_memory_per_block_optin
     if smem > limit:
         raise ValueError(f"tensor-core int4 GEMM: config {_key(config)} needs {smem} bytes of shared memory, "
                          f"this GPU allows {limit} per block")
-    qw, sc, zr = layout
     x = base._aligned(x)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     tiles = qw.shape[0]
