@@ -7,11 +7,9 @@ which at M > 32 moves more x than weight bytes through L1. Here a block of WARPS
 shares BM = 8 NT rows of x: U chunks of x at a time are copied into shared memory with cp.async, STAGES - 1
 batches ahead; every warp streams its own tiles' codes from global memory straight into registers (the layout
 gives a lane one 16-byte load per chunk and tile), one batch ahead. Per chunk a warp dequantizes its RT tiles'
-A fragments once (the GEMV's arithmetic, `COMMON`), multiplies them by the group scale (one rounding in the
-activation dtype, as dequantize-then-matmul: unlike the GEMV, whose per-chunk fp32 partial sums made chains of
-dependent MMAs that Nsight Compute showed stalling the warps, BENCHMARKS 9n) and runs RT x NT x S MMAs into fp32
-accumulators against x fragments read from shared memory (two 16-byte loads per lane per n8 tile; rows padded by
-16 bytes: no bank conflicts).
+A fragments once (the GEMV's arithmetic, `COMMON`) and runs RT x NT x S MMAs against x fragments read from
+shared memory (two 16-byte loads per lane per n8 tile; rows padded by 16 bytes: no bank conflicts). Products
+are exact, each chunk's sums are fp32 and scaled in fp32 as in the GEMV.
 
 SPLIT > 1 splits K over blockIdx.z: each K range writes its fp32 partial tile to the device's shared split-K
 workspace (`triton_int4_mma.split_workspace`) and the last block of a tile to finish sums the partials in a fixed
@@ -38,7 +36,6 @@ _GEMM = r"""
 #define ROWW (U * CW + 8)  // a stage's row of x in 16-bit elements (+16 bytes: conflict-free fragment loads)
 #define STAGE (BM * ROWW)
 #define PIECES (BM * U * CW / 8)  // 16-byte copies of x per stage
-#define NEG_ZERO 0x80008000u      // -0.0 pair: fma(a, s, -0) = a * s
 #define TW (WARPS * RT)           // 16-row tiles per block
 #define CODE_WORDS (TW * U * 32 * S)
 #define PAIR_WORDS (TW * U * 8)   // scale (or zero) words of rows g / g + 8 per tile and chunk
@@ -101,6 +98,7 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
     for (int n = 0; n < NT; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
+  const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
   auto compute = [&](int b) {
     const unsigned char* st = smem + (b % STAGES) * STAGE_BYTES;
     const unsigned short* xb0 = (const unsigned short*)st;
@@ -110,6 +108,7 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
     for (int u = 0; u < U; ++u) {
       if (cbeg + b * U + u < cend && live) {
         unsigned a[RT][S][4];
+        float slo[RT], shi[RT];
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
           const int tw = warp * RT + r;
@@ -126,26 +125,27 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
 #else
           zero_pairs(0u, nzl, nzh);
 #endif
-          const unsigned sw = pw[(tw * U + u) * 8 + g];
-          const unsigned slo = prmt(sw, 0x1010u), shi = prmt(sw, 0x3232u);
 #pragma unroll
-          for (int i = 0; i < S; ++i) {  // (q - zero) exact, times the scale: one rounding
-            dequant(w[i], nzl, nzh, a[r][i]);
-            a[r][i][0] = hfma2(a[r][i][0], slo, NEG_ZERO);
-            a[r][i][1] = hfma2(a[r][i][1], shi, NEG_ZERO);
-            a[r][i][2] = hfma2(a[r][i][2], slo, NEG_ZERO);
-            a[r][i][3] = hfma2(a[r][i][3], shi, NEG_ZERO);
+          for (int i = 0; i < S; ++i) dequant(w[i], nzl, nzh, a[r][i]);
+          const unsigned sw = pw[(tw * U + u) * 8 + g];
+          slo[r] = to_f32(sw & 0xFFFFu);
+          shi[r] = to_f32(sw >> 16);
+        }
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          unsigned xf[2 * S];
+          ld_x(xb0 + (n * 8 + g) * ROWW + u * CW + 4 * S * t, true, xf);
+#pragma unroll
+          for (int r = 0; r < RT; ++r) {
+            float part[4];
+#pragma unroll
+            for (int i = 0; i < S; ++i) mma(part, a[r][i], xf[2 * i], xf[2 * i + 1], i == 0 ? zero4 : part);
+            acc[r][n][0] = fmaf(part[0], slo[r], acc[r][n][0]);
+            acc[r][n][1] = fmaf(part[1], slo[r], acc[r][n][1]);
+            acc[r][n][2] = fmaf(part[2], shi[r], acc[r][n][2]);
+            acc[r][n][3] = fmaf(part[3], shi[r], acc[r][n][3]);
           }
         }
-        unsigned xf[NT][2 * S];
-#pragma unroll
-        for (int n = 0; n < NT; ++n) ld_x(xb0 + (n * 8 + g) * ROWW + u * CW + 4 * S * t, true, xf[n]);
-#pragma unroll
-        for (int i = 0; i < S; ++i)  // RT x NT independent accumulators between two MMAs into one
-#pragma unroll
-          for (int n = 0; n < NT; ++n)
-#pragma unroll
-            for (int r = 0; r < RT; ++r) mma(acc[r][n], a[r][i], xf[n][2 * i], xf[n][2 * i + 1], acc[r][n]);
       }
     }
   };
