@@ -93,7 +93,7 @@ def test_source_compiles_without_headers_or_spills(arch):
     for cfg in C.CONFIGS:
         for nt, has_zero, (k, group) in [(1, False, (11008, 128)), (4, True, (4096, 128)), (2, True, (576, 32)),
                                          (1, False, (256, 16))]:
-            rt = 2 if nt > 1 and C.fits(dict(cfg, RT=2), 8 * nt) else 1
+            rt = max(cfg["RT"], 2 if nt > 1 and C.fits(dict(cfg, RT=2), 8 * nt) else 1)
             src = C.source(k, group, cfg["KW"], cfg["TPB"], nt, cfg["U"], has_zero, arch == "sm_90", f16=nt == 2,
                            rt=rt)
             cubin, log = B.compile_cubin(src, arch, NVRTC, ("--ptxas-options=-v",))

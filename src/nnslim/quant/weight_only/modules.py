@@ -197,7 +197,8 @@ class WeightOnlyLinear(PackedLinear):
 
                 if cuda_int4_mma_gemv.offered() and cuda_int4_mma_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_mma_gemv.CONFIGS):
-                        out[f"cuda-int4mma-{i}"] = lambda c=cfg: self._cuda_int4mma(x, c)
+                        if cuda_int4_mma_gemv.fits(cfg, x.shape[0]):
+                            out[f"cuda-int4mma-{i}"] = lambda c=cfg: self._cuda_int4mma(x, c)
                 from ...runtime.kernels import cuda_int4_mma_gemm as cg
 
                 if cg.offered() and cg.supports(x, k, g):

@@ -1,20 +1,23 @@
 """An int4 GEMM on tensor cores from the tensor-core GEMV's layout (CUDA C through NVRTC, sm_80+, bf16 or fp16
-activations; issue 17: prefill and batched decode, M from 16 to a few hundred rows).
+activations; issue 17: prefill and batched decode, M >= 16). Opt-in (NNSLIM_CUDA_MMA_GEMM=1): measured on an H100
+it runs at 0.35-0.74x bf16 at M = 128 / 256, slower than the Triton MMA GEMM (0.76-1.18x in the same runs;
+BENCHMARKS.md 9n), so the selector is not offered it by default.
 
 y [M, N] = x [M, K] @ dequant(W).T with W in `cuda_int4_mma_gemv.to_layout`'s layout, so decode (the GEMV) and
-prefill read one copy of the codes. The GEMV loads each lane's x fragments from global memory per 16-row tile,
-which at M > 32 moves more x than weight bytes through L1. Here a block of WARPS warps (RT 16-row tiles each)
-shares BM = 8 NT rows of x: U chunks of x at a time are copied into shared memory with cp.async, STAGES - 1
-batches ahead; every warp streams its own tiles' codes from global memory straight into registers (the layout
-gives a lane one 16-byte load per chunk and tile), one batch ahead. Per chunk a warp dequantizes its RT tiles'
-A fragments once (the GEMV's arithmetic, `COMMON`) and runs RT x NT x S MMAs against x fragments read from
-shared memory (two 16-byte loads per lane per n8 tile; rows padded by 16 bytes: no bank conflicts). Products
-are exact, each chunk's sums are fp32 and scaled in fp32 as in the GEMV.
+prefill would read one copy of the codes. The GEMV loads each lane's x fragments from global memory per 16-row
+tile, which at M > 32 moves more x than weight bytes through L1. Here a block of WARPS warps (RT 16-row tiles each)
+shares BM = 8 NT rows of x: each batch of U chunks - the block's rows of x, its tiles' codes (one contiguous 512
+bytes per tile and chunk) and their paired scale / zero words - is copied into shared memory with cp.async,
+STAGES - 1 batches ahead. Per chunk a warp dequantizes its RT tiles' A fragments once (the GEMV's arithmetic,
+`COMMON`) and runs RT x NT x S MMAs against x fragments read from shared memory (two 16-byte loads per lane per n8
+tile; rows padded by 16 bytes: no bank conflicts). Products are exact, each chunk's sums are fp32 and scaled in
+fp32 as in the GEMV. Nsight Compute (9n): 27% of the tensor pipe's cycles active, warps stalled mostly on
+fixed-latency waits - each chunk's 4 dependent MMAs per accumulator before its fp32 scaling.
 
 SPLIT > 1 splits K over blockIdx.z: each K range writes its fp32 partial tile to the device's shared split-K
 workspace (`triton_int4_mma.split_workspace`) and the last block of a tile to finish sums the partials in a fixed
 order into y and resets its counter (one launch, the same bits every run). As a programmatic dependent launch
-(sm_90) the first batch of codes is loaded before waiting for the kernel that writes x.
+(sm_90) the first batches of codes are copied before waiting for the kernel that writes x.
 """
 from __future__ import annotations
 
@@ -223,14 +226,16 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
 
 MIN_M = 16
 _PRECOMPILED: set[tuple] = set()
-# (WARPS, RT, NT, U, STAGES, SPLIT): a first grid, not yet measured on a GPU
+# (WARPS, RT, NT, U, STAGES, SPLIT): a first grid; the sweep (`benchmarks/gpu_int4_gemm.py --family cuda`, 9n)
+# found none faster than the Triton MMA GEMM
 CONFIGS = [dict(WARPS=w, RT=rt, NT=nt, U=u, STAGES=st, SPLIT=sp, PDL=True) for w, rt, nt, u, st, sp in (
     (4, 2, 4, 2, 3, 4), (8, 1, 8, 2, 3, 2), (8, 2, 8, 2, 3, 2), (8, 2, 8, 2, 3, 4), (8, 2, 8, 2, 3, 1),
     (4, 2, 8, 2, 3, 2), (8, 1, 16, 2, 3, 1), (8, 1, 16, 1, 4, 2), (4, 1, 16, 2, 3, 2))]
 
 
 def offered() -> bool:
-    """Whether the measured selector tries this kernel (NNSLIM_CUDA_MMA_GEMM; off until measured on a GPU)."""
+    """Whether the measured selector tries this kernel (NNSLIM_CUDA_MMA_GEMM; off: slower than the Triton MMA GEMM,
+    see the module doc)."""
     return env_choice("NNSLIM_CUDA_MMA_GEMM", ("0", "1"), "0") == "1"
 
 

@@ -287,11 +287,13 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
 
 MAX_M = 32
 _PRECOMPILED: set[tuple] = set()
-# (KW warps splitting K per 16-row tile, TPB tiles per block, U chunks per load batch): the best launches at M = 1,
-# 8, 16 and 32 of `benchmarks/gpu_int4_gemv.py --families cudamma` on the Llama-7B shapes (H100, 2026-12-06,
-# BENCHMARKS 9m); launched as programmatic dependents where pdl.enabled
-CONFIGS = [dict(KW=kw, TPB=tpb, U=u, PDL=True) for kw, tpb, u in ((16, 1, 2), (16, 1, 4), (4, 1, 2), (4, 2, 2),
-                                                                   (8, 1, 2), (8, 1, 4), (2, 2, 4), (8, 2, 2))]
+# (KW warps splitting K per 16-row tile, TPB tiles per block, U chunks per load batch, RT tiles per warp): the best
+# launches at M = 1, 8, 16 and 32 of `benchmarks/gpu_int4_gemv.py --families cudamma` on the Llama-7B shapes (H100,
+# 2026-12-06, BENCHMARKS 9m; the two RT = 2 ones from `--m 16,32 --mma-rt 1,2`, 9n); launched as programmatic
+# dependents where pdl.enabled
+CONFIGS = [dict(KW=kw, TPB=tpb, U=u, RT=rt, PDL=True) for kw, tpb, u, rt in (
+    (16, 1, 2, 1), (16, 1, 4, 1), (4, 1, 2, 1), (4, 2, 2, 1), (8, 1, 2, 1), (8, 1, 4, 1), (2, 2, 4, 1), (8, 2, 2, 1),
+    (4, 1, 4, 2), (8, 1, 2, 2))]
 
 
 def fits(config: dict, m: int) -> bool:
@@ -385,8 +387,8 @@ def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: di
     key = (k, group, nt, zr is not None, pdl, f16)
     if key not in _PRECOMPILED:  # a new shape: the selector is about to time every offered launch
         _PRECOMPILED.add(key)
-        base.precompile(x.device, [source(k, group, c["KW"], c["TPB"], nt, c["U"], zr is not None, pdl, f16)
-                                   for c in CONFIGS], "int4_mma_gemv")
+        base.precompile(x.device, [source(k, group, c["KW"], c["TPB"], nt, c["U"], zr is not None, pdl, f16,
+                                          c.get("RT", 1)) for c in CONFIGS if fits(c, m)], "int4_mma_gemv")
     kern = base.load_function(x.device, (*key, kw, tpb, u, rt),
                               lambda: source(k, group, kw, tpb, nt, u, zr is not None, pdl, f16, rt),
                               "int4_mma_gemv", "int4_mma_gemv")
