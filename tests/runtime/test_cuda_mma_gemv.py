@@ -13,6 +13,7 @@ from torch import nn
 
 from nnslim.runtime.kernels import cuda_int4_gemv as B
 from nnslim.runtime.kernels import cuda_int4_mma_gemv as C
+from nnslim.runtime.kernels.pdl import enabled
 
 
 def _codes_from_layout(words: torch.Tensor, n: int, k: int, group: int) -> torch.Tensor:
@@ -120,8 +121,15 @@ def test_mma_gemv_matches_the_fp32_reference(k, n, group, sym, m, dtype, monkeyp
     assert any(c.startswith("cuda-int4mma-") for c in layer._candidates(x))
     monkeypatch.setenv("NNSLIM_CUDA_MMA_GEMV", "0")
     assert not any(c.startswith("cuda-int4mma-") for c in layer._candidates(x))
-    for cfg in C.CONFIGS + [dict(KW=16, TPB=1, U=2, PDL=False), dict(KW=1, TPB=4, U=8, PDL=True), dict(KW=2, TPB=2, U=4),
-                            dict(KW=4, TPB=1, U=2, RT=2), dict(KW=2, TPB=2, U=4, RT=2, PDL=True), dict(KW=1, TPB=1, U=2, RT=3)]:
+    configs = C.CONFIGS + [dict(KW=16, TPB=1, U=2, PDL=False), dict(KW=1, TPB=4, U=8, PDL=True), dict(KW=2, TPB=2, U=4),
+                           dict(KW=4, TPB=1, U=2, RT=2), dict(KW=2, TPB=2, U=4, RT=2, PDL=True),
+                           dict(KW=1, TPB=1, U=2, RT=3)]
+    configs = [c for c in configs if C.fits(c, m)]
+    # compiled side by side first (the loop below would compile them one at a time: minutes of device time)
+    nt, pdl_on = (1 if m <= 8 else 2 if m <= 16 else 4), enabled(x.device)
+    B.precompile(x.device, [C.source(k, group, c["KW"], c["TPB"], nt, c["U"], not sym, bool(c.get("PDL")) and pdl_on,
+                                     dtype == torch.float16, c.get("RT", 1)) for c in configs], "int4_mma_gemv")
+    for cfg in configs:
         y = layer._cuda_int4mma(x, cfg)
         assert torch.equal(y, layer._cuda_int4mma(x, cfg)), cfg
         err = float((y.float() - ref).norm() / ref.norm())
