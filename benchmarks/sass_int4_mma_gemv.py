@@ -47,19 +47,19 @@ def main() -> None:
     lib = ctypes.CDLL(path)
     for k in (4096, 11008):
         for cfg in C.CONFIGS:
-            src = C.source(k, 128, cfg["KW"], cfg["TPB"], 1, cfg["U"], False, True)
+            src = C.source(k, 128, cfg["KW"], cfg["TPB"], 1, cfg["U"], False, True, rt=cfg.get("RT", 1))
             cubin, log = B.compile_cubin(src, "sm_90", lib, ("--ptxas-options=-v",))
             regs = re.findall(r"Used (\d+) registers", log)
             spills = re.findall(r"(\d+) bytes spill stores", log)
             n = ops(cubin)
             chunks = -(-(k // 64) // cfg["KW"])  # per warp
-            codes = chunks * 64 * 16 / 32  # per lane
+            codes = chunks * 64 * 16 / 32 * cfg.get("RT", 1)  # per lane
             core = sum(n[o] for o in CORE)
-            print(f"K={k} KW={cfg['KW']} TPB={cfg['TPB']} U={cfg['U']}: {regs[0]} registers, {spills[0]} bytes spilled; "
+            print(f"K={k} KW={cfg['KW']} TPB={cfg['TPB']} U={cfg['U']} RT={cfg.get('RT', 1)}: {regs[0]} registers, {spills[0]} bytes spilled; "
                   f"{sum(n.values())} instructions, {sum(n.values()) / codes:.2f} per code, core "
                   f"{core / codes:.2f} per code; {dict(n.most_common(8))}", flush=True)
     for k in (4096, 11008):
-        srcs = [C.source(k, 128, c["KW"], c["TPB"], 1, c["U"], False, True) for c in C.CONFIGS]
+        srcs = [C.source(k, 128, c["KW"], c["TPB"], 1, c["U"], False, True, rt=c.get("RT", 1)) for c in C.CONFIGS]
         t = time.perf_counter()
         for s in srcs:
             B.compile_cubin(s, "sm_90", lib)
