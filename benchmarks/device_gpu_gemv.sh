@@ -3,7 +3,7 @@
 # shapes (the CUDA GEMV of cuda_int4_gemv vs the Triton packed-bf16x2 one, tinygemm and bf16), then greedy decode
 # of the 32-layer 7B-shaped model (batch 1, prompt 128, 256 tokens) with whatever the selector picks. From the
 # repo root, through the device tool:   OUT=/tmp/gemv bash benchmarks/device_gpu_gemv.sh      (about 8 minutes)
-# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl,defaults,mmasweep,mmadecode,mmafull,mmart,mmagemm picks the parts.
+# STEPS=tests,sweep1,sweepm,decode,batched,ab,profile,pdl,defaults,mmasweep,mmadecode,mmafull,mmart,mmagemm,remeasure picks the parts.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 export NNSLIM_CUDA_KERNELS=${NNSLIM_CUDA_KERNELS:-1}  # the decode steps: the selector may pick the CUDA GEMV
@@ -121,6 +121,17 @@ if has mmagemm; then  # the CUDA tensor-core GEMM on the GEMV's layout (cuda_int
     | grep -v "^\s*$" | tail -15
   timeout ${GEMM_SWEEP_S:-300} python3 benchmarks/gpu_int4_gemm.py --family cuda --m ${GEMM_MS:-16,64,128,256,2048} \
     --rep-ms 20 --json "$OUT/gpu_int4_cuda_gemm_sweep.json" | grep -v "^  "
+fi
+if has remeasure; then  # 9m / 9n's headline numbers on another GPU (the H200) in one call: the tensor-core GEMV's
+  # tests, M = 1 and 16 against the packed GEMV / tinygemm, decode at 8 layers (batch 1 / 8 / 32) and 32 layers
+  timeout 200 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_cuda_mma_gemv.py 2>&1 \
+    | grep -v "^\s*$" | tail -8
+  timeout 150 python3 benchmarks/gpu_int4_gemv.py --m 1,16 --families cudamma,x2kept --pdl off --rep-ms 20 \
+    --json "$OUT/gpu_int4_gemv_mma_m1_m16.json" | grep -v "^  "
+  env NNSLIM_CUDA_KERNELS=0 timeout 120 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 \
+    --batch 1,8,32 --kv model --runs 1 --new-tokens 128 --json "$OUT/gpu_decode_8layers_mma.json" 2>&1 | grep '"variant"'
+  env NNSLIM_CUDA_KERNELS=0 timeout 150 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 --batch 1 \
+    --kv model --runs 1 --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1_mma.json" 2>&1 | grep '"variant"'
 fi
 if has profile; then  # GPU time per kernel class of one decode step, and the gaps between kernels
   timeout 200 python3 benchmarks/gpu_decode_profile.py --layers 8 --variants bf16,int4 --batch 1 \
