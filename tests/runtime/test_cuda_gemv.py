@@ -146,6 +146,16 @@ def test_cuda_gemv_reads_stored_codes(k, n, group, sym, m, monkeypatch):
     assert float((y.float() - ref).norm() / ref.norm()) < 6e-3
 
 
+def check_launches(call, configs, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """Every launch `call(cfg)` repeats bit for bit and is within one rounding of the output dtype of the fp32
+    reference (4e-3 relative for bf16, 1e-3 for fp16)."""
+    for cfg in configs:
+        y = call(cfg)
+        assert torch.equal(y, call(cfg)), cfg
+        err = float((y.float() - ref).norm() / ref.norm())
+        assert y.dtype == dtype and err < (4e-3 if dtype == torch.bfloat16 else 1e-3), (cfg, err)
+
+
 def replay_reads_new_x(call, k: int = 4096, m: int = 1) -> bool:
     """Capture `call(x)` (x [m, k]) in a CUDA graph right after a kernel that writes x; whether a replay with a new
     x gives what an eager call on that x gives (a kernel launched on torch's stream, as a programmatic dependent or

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from test_cuda_gemv import CUDA, NVRTC, _int4, replay_reads_new_x
+from test_cuda_gemv import CUDA, NVRTC, _int4, check_launches, replay_reads_new_x
 from torch import nn
 
 from nnslim.runtime.kernels import cuda_int4_gemv as B
@@ -69,12 +69,9 @@ def test_mma_gemm_matches_the_fp32_reference(k, n, group, sym, m, dtype, monkeyp
     assert any(c.startswith("cuda-int4mmag-") for c in layer._candidates(x))
     monkeypatch.setenv("NNSLIM_CUDA_MMA_GEMM", "0")
     assert not any(c.startswith("cuda-int4mmag-") for c in layer._candidates(x))
-    for cfg in G.CONFIGS + [dict(WARPS=2, RT=1, NT=2, U=1, STAGES=2, SPLIT=3, PDL=False),
-                            dict(WARPS=1, RT=3, NT=4, U=3, STAGES=4, SPLIT=1)]:
-        y = layer._cuda_int4mmag(x, cfg)
-        assert torch.equal(y, layer._cuda_int4mmag(x, cfg)), cfg
-        err = float((y.float() - ref).norm() / ref.norm())
-        assert y.dtype == dtype and err < (4e-3 if dtype == torch.bfloat16 else 1e-3), (cfg, err)
+    check_launches(lambda c: layer._cuda_int4mmag(x, c), G.CONFIGS + [
+        dict(WARPS=2, RT=1, NT=2, U=1, STAGES=2, SPLIT=3, PDL=False), dict(WARPS=1, RT=3, NT=4, U=3, STAGES=4, SPLIT=1)],
+        ref, dtype)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

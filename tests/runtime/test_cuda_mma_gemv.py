@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from test_cuda_gemv import CUDA, NVRTC, _int4, replay_reads_new_x
+from test_cuda_gemv import CUDA, NVRTC, _int4, check_launches, replay_reads_new_x
 from torch import nn
 
 from nnslim.runtime.kernels import cuda_int4_gemv as B
@@ -129,11 +129,7 @@ def test_mma_gemv_matches_the_fp32_reference(k, n, group, sym, m, dtype, monkeyp
     nt, pdl_on = (1 if m <= 8 else 2 if m <= 16 else 4), enabled(x.device)
     B.precompile(x.device, [C.source(k, group, c["KW"], c["TPB"], nt, c["U"], not sym, bool(c.get("PDL")) and pdl_on,
                                      dtype == torch.float16, c.get("RT", 1)) for c in configs], "int4_mma_gemv")
-    for cfg in configs:
-        y = layer._cuda_int4mma(x, cfg)
-        assert torch.equal(y, layer._cuda_int4mma(x, cfg)), cfg
-        err = float((y.float() - ref).norm() / ref.norm())
-        assert y.dtype == dtype and err < (4e-3 if dtype == torch.bfloat16 else 1e-3), (cfg, err)
+    check_launches(lambda c: layer._cuda_int4mma(x, c), configs, ref, dtype)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

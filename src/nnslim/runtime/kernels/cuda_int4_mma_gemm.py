@@ -208,19 +208,7 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
   }
 #endif
   if (!live) return;
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {  // c0 c1: row g, x rows 2t, 2t + 1; c2 c3: row g + 8
-        const int m = m0 + n * 8 + 2 * t + (e & 1), row = (tile0 + r) * 16 + g + 8 * (e >> 1);
-        if (m < M && row < N) {
-          unsigned short o;
-          asm("cvt.rn." T ".f32 %0, %1;" : "=h"(o) : "f"(acc[r][n][e]));
-          y[(size_t)m * stride_y + row] = o;
-        }
-      }
+  store_tiles(acc, y, m0, tile0, M, N, stride_y, g, t);
 }
 """
 

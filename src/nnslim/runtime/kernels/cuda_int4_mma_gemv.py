@@ -122,6 +122,25 @@ __device__ __forceinline__ void dequant(unsigned v, unsigned nzl, unsigned nzh, 
   a[2] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 8), ONE, nzl);
   a[3] = hfma2(lop3<0x000F000Fu, MAGIC>(v >> 12), ONE, nzh);
 }
+// y rows m0 + (the rows of x in NT n8 tiles) x weight rows of RT 16-row tiles from tile0, rounded to the output
+// dtype: accumulators c0 c1 are row g and x rows 2t, 2t + 1; c2 c3 row g + 8
+template <int RT_, int NT_>
+__device__ __forceinline__ void store_tiles(const float (&acc)[RT_][NT_][4], unsigned short* __restrict__ y, int m0,
+                                            int tile0, int M, int N, int stride_y, int g, int t) {
+#pragma unroll
+  for (int r = 0; r < RT_; ++r)
+#pragma unroll
+    for (int n = 0; n < NT_; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = m0 + n * 8 + 2 * t + (e & 1), row = (tile0 + r) * 16 + g + 8 * (e >> 1);
+        if (m < M && row < N) {
+          unsigned short o;
+          asm("cvt.rn." T ".f32 %0, %1;" : "=h"(o) : "f"(acc[r][n][e]));
+          y[(size_t)m * stride_y + row] = o;
+        }
+      }
+}
 // the 2 S words of x (this lane's 4 S codes of a chunk: the B operands of its S mma steps) at xr, or zeros
 __device__ __forceinline__ void ld_x(const unsigned short* xr, bool ok, unsigned* xb) {
 #if S == 1
@@ -269,19 +288,7 @@ int4_mma_gemv(const unsigned short* __restrict__ x, const unsigned* __restrict__
       }
 #endif
   if (!live) return;
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {  // c0 c1: row g, x rows 2t, 2t + 1; c2 c3: row g + 8
-        const int m = n * 8 + 2 * t + (e & 1), row = (tile0 + r) * 16 + g + 8 * (e >> 1);
-        if (m < M && row < N) {
-          unsigned short o;
-          asm("cvt.rn." T ".f32 %0, %1;" : "=h"(o) : "f"(acc[r][n][e]));
-          y[(size_t)m * stride_y + row] = o;
-        }
-      }
+  store_tiles(acc, y, 0, tile0, M, N, stride_y, g, t);
 }
 """
 
