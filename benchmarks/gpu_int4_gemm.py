@@ -121,7 +121,8 @@ def sweep_mma(args) -> None:
 
 def cuda_grid(m: int, group: int = 128) -> list[dict]:
     """cuda_int4_mma_gemm launches for one M: warps x 16-row tiles per warp x n8 tiles of x x split-K (4 stages
-    of 2 chunks; 2 tiles per warp with 16 n8 tiles spill)."""
+    of 2 chunks; 2 tiles per warp with 16 n8 tiles left out: they spilled in the first version and need all 255
+    registers in the staged one)."""
     from nnslim.runtime.kernels import cuda_int4_mma_gemm as cg
 
     out = [dict(WARPS=w, RT=rt, NT=nt, U=2, STAGES=4, SPLIT=sp, PDL=False)

@@ -55,7 +55,8 @@ def main() -> None:
             chunks = -(-(k // 64) // cfg["KW"])  # per warp
             codes = chunks * 64 * 16 / 32 * cfg.get("RT", 1)  # per lane
             core = sum(n[o] for o in CORE)
-            print(f"K={k} KW={cfg['KW']} TPB={cfg['TPB']} U={cfg['U']} RT={cfg.get('RT', 1)}: {regs[0]} registers, {spills[0]} bytes spilled; "
+            print(f"K={k} KW={cfg['KW']} TPB={cfg['TPB']} U={cfg['U']} RT={cfg.get('RT', 1)}: {regs[0]} registers, "
+                  f"{spills[0]} bytes spilled; "
                   f"{sum(n.values())} instructions, {sum(n.values()) / codes:.2f} per code, core "
                   f"{core / codes:.2f} per code; {dict(n.most_common(8))}", flush=True)
     for k in (4096, 11008):

@@ -22,7 +22,8 @@ def test_launch_arithmetic_and_switch(monkeypatch):
     assert G.smem_bytes(cfg, 128) == 3 * (2 * 128 * (2 * 64 + 8) + 16 * 512 + 16 * 32 * 2)
     assert G.smem_bytes(cfg, 32, has_zero=False) == 3 * (2 * 128 * (2 * 32 + 8) + 16 * 256 + 16 * 32)
     assert G.fits(cfg, 128, 128) and G.fits(cfg, 128, 113) and not G.fits(cfg, 128, 64)
-    assert G.fits(dict(cfg, NT=4), 128, 16) and not G.fits(dict(cfg, NT=8), 128, 16) and not G.fits(dict(cfg, STAGES=8, U=4), 128, 128)
+    assert G.fits(dict(cfg, NT=4), 128, 16) and not G.fits(dict(cfg, NT=8), 128, 16)
+    assert not G.fits(dict(cfg, STAGES=8, U=4), 128, 128)
     monkeypatch.setenv("NNSLIM_CUDA_MMA_GEMM", "1")
     assert G.offered()
     monkeypatch.setenv("NNSLIM_CUDA_MMA_GEMM", "0")
@@ -69,9 +70,9 @@ def test_mma_gemm_matches_the_fp32_reference(k, n, group, sym, m, dtype, monkeyp
     assert any(c.startswith("cuda-int4mmag-") for c in layer._candidates(x))
     monkeypatch.setenv("NNSLIM_CUDA_MMA_GEMM", "0")
     assert not any(c.startswith("cuda-int4mmag-") for c in layer._candidates(x))
-    check_launches(lambda c: layer._cuda_int4mmag(x, c), G.CONFIGS + [
-        dict(WARPS=2, RT=1, NT=2, U=1, STAGES=2, SPLIT=3, PDL=False), dict(WARPS=1, RT=3, NT=4, U=3, STAGES=4, SPLIT=1)],
-        ref, dtype)
+    extra = [dict(WARPS=2, RT=1, NT=2, U=1, STAGES=2, SPLIT=3, PDL=False),
+             dict(WARPS=1, RT=3, NT=4, U=3, STAGES=4, SPLIT=1)]
+    check_launches(lambda c: layer._cuda_int4mmag(x, c), G.CONFIGS + extra, ref, dtype)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

@@ -126,7 +126,7 @@ def test_mma_gemv_matches_the_fp32_reference(k, n, group, sym, m, dtype, monkeyp
                            dict(KW=1, TPB=1, U=2, RT=3)]
     configs = [c for c in configs if C.fits(c, m)]
     # compiled side by side first (the loop below would compile them one at a time: minutes of device time)
-    nt, pdl_on = (1 if m <= 8 else 2 if m <= 16 else 4), enabled(x.device)
+    nt, pdl_on = C.x_tiles(m), enabled(x.device)
     B.precompile(x.device, [C.source(k, group, c["KW"], c["TPB"], nt, c["U"], not sym, bool(c.get("PDL")) and pdl_on,
                                      dtype == torch.float16, c.get("RT", 1)) for c in configs], "int4_mma_gemv")
     check_launches(lambda c: layer._cuda_int4mma(x, c), configs, ref, dtype)

@@ -201,7 +201,7 @@ class WeightOnlyLinear(PackedLinear):
                             out[f"cuda-int4mma-{i}"] = lambda c=cfg: self._cuda_int4mma(x, c)
                 from ...runtime.kernels import cuda_int4_mma_gemm as cg
 
-                if cg.offered() and cg.supports(x, k, g):
+                if cg.supports(x, k, g) and cg.offered():
                     for i, cfg in enumerate(cg.CONFIGS):
                         if cg.fits(cfg, g, x.shape[0]):
                             out[f"cuda-int4mmag-{i}"] = lambda c=cfg: self._cuda_int4mmag(x, c)

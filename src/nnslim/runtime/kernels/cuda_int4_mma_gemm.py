@@ -37,7 +37,6 @@ _GEMM = r"""
 #define SPLIT __SPLIT__    // K ranges (blockIdx.z)
 #define BM (8 * NT)
 #define ROWW (U * CW + 8)  // a stage's row of x in 16-bit elements (+16 bytes: conflict-free fragment loads)
-#define STAGE (BM * ROWW)
 #define PIECES (BM * U * CW / 8)  // 16-byte copies of x per stage
 #define TW (WARPS * RT)           // 16-row tiles per block
 #define CODE_WORDS (TW * U * 32 * S)
@@ -178,7 +177,8 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
 #if SPLIT > 1
   {  // partials [SPLIT][tiles of blocks][RT NT 4][threads]; the last block of a tile to finish sums them in order
     const int blk = blockIdx.y * gridDim.x + blockIdx.x, nblk = gridDim.x * gridDim.y;
-    float* mine = ws + ((size_t)blockIdx.z * nblk + blk) * (RT * NT * 4 * 32 * WARPS) + threadIdx.x;
+    const int part = RT * NT * 4 * 32 * WARPS;  // floats of one block's partial tile
+    float* mine = ws + ((size_t)blockIdx.z * nblk + blk) * part + threadIdx.x;
 #pragma unroll
     for (int r = 0; r < RT; ++r)
 #pragma unroll
@@ -200,8 +200,7 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
         for (int e = 0; e < 4; ++e) {
           float v = 0.f;
           for (int z = 0; z < SPLIT; ++z)
-            v += __ldcg(ws + ((size_t)z * nblk + blk) * (RT * NT * 4 * 32 * WARPS) + ((r * NT + n) * 4 + e) * (32 * WARPS)
-                        + threadIdx.x);
+            v += __ldcg(ws + ((size_t)z * nblk + blk) * part + ((r * NT + n) * 4 + e) * (32 * WARPS) + threadIdx.x);
           acc[r][n][e] = v;
         }
     if (threadIdx.x == 0) cnt[blk] = 0;  // ready for the next launch (also inside a CUDA graph)
@@ -236,8 +235,8 @@ def smem_bytes(config: dict, group: int, has_zero: bool = True) -> int:
 
 
 def fits(config: dict, group: int, m: int) -> bool:
-    """Whether a launch is sensible for m rows: its x tile no taller than the next multiple of 16 above m, and
-    its stages within the 227 KB an sm_90 block may have (sm_80: 163 KB; the launch checks the device)."""
+    """Whether a launch is sensible for m rows: its x tile no taller than m rounded up to a multiple of 16 (32 at
+    least), and its stages within the 227 KB an sm_90 block may have (sm_80: 163 KB; the launch checks the device)."""
     return 8 * config["NT"] <= max(32, -(-m // 16) * 16) and smem_bytes(config, group) <= 227 * 1024
 
 

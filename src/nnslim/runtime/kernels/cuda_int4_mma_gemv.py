@@ -303,10 +303,15 @@ CONFIGS = [dict(KW=kw, TPB=tpb, U=u, RT=rt, PDL=True) for kw, tpb, u, rt in (
     (4, 1, 4, 2), (8, 1, 2, 2))]
 
 
+def x_tiles(m: int) -> int:
+    """n8 tiles of x a launch for m <= 32 rows is compiled for (NT): 1 up to 8 rows, 2 up to 16, else 4."""
+    return 1 if m <= 8 else 2 if m <= 16 else 4
+
+
 def fits(config: dict, m: int) -> bool:
-    """The shared-memory sums of KW warps (TPB x RT tiles, 4 x ceil(M / 8) values per lane) fit 48 KB."""
-    nt = 1 if m <= 8 else 2 if m <= 16 else 4
-    return config["KW"] == 1 or config["TPB"] * config["KW"] * config.get("RT", 1) * nt * 4 * 32 * 4 <= 48 * 1024
+    """The shared-memory sums of KW warps (TPB x RT tiles, 4 x NT values per lane) fit 48 KB."""
+    return (config["KW"] == 1
+            or config["TPB"] * config["KW"] * config.get("RT", 1) * x_tiles(m) * 4 * 32 * 4 <= 48 * 1024)
 
 
 def offered() -> bool:
@@ -369,8 +374,8 @@ def pair_rows(values: torch.Tensor) -> torch.Tensor:
 def neg_offsets(zeros: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """uint8 zero points -> the bits of -(MAGIC + zero) in `dtype` (bf16 -(128 + z), fp16 -(1024 + z); exact for
     4-bit zero points) as int16."""
-    base = 0xC300 if dtype == torch.bfloat16 else 0xE400
-    return (base - 0x10000 + zeros.to(torch.int32)).to(torch.int16)
+    magic = 0xC300 if dtype == torch.bfloat16 else 0xE400
+    return (magic - 0x10000 + zeros.to(torch.int32)).to(torch.int16)
 
 
 def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: dict) -> torch.Tensor:
@@ -383,7 +388,7 @@ def int4_gemv_mma(x: torch.Tensor, layout: tuple, n: int, group: int, config: di
     qw, sc, zr = layout
     x = base._aligned(x)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    nt = 1 if m <= 8 else 2 if m <= 16 else 4
+    nt = x_tiles(m)
     kw, tpb, u = config["KW"], config["TPB"], config["U"]
     pdl = bool(config.get("PDL")) and enabled(x.device)
     f16 = x.dtype == torch.float16
