@@ -1,7 +1,7 @@
 """An int4 GEMM on tensor cores from the tensor-core GEMV's layout (CUDA C through NVRTC, sm_80+, bf16 or fp16
-activations; issue 17: prefill and batched decode, M >= 16). Opt-in (NNSLIM_CUDA_MMA_GEMM=1): measured on an H100
-it runs at 0.35-0.74x bf16 at M = 128 / 256, slower than the Triton MMA GEMM (0.76-1.18x in the same runs;
-BENCHMARKS.md 9n), so the selector is not offered it by default.
+activations; issue 17: prefill and batched decode, M >= 16). Opt-in (NNSLIM_CUDA_MMA_GEMM=1): its first version
+ran at 0.35-0.74x bf16 at M = 128 / 256 on an H100, slower than the Triton MMA GEMM (0.76-1.18x in the same runs;
+BENCHMARKS.md 9n); THIS version (scale in the A fragments, step-major MMAs) has not been run on a GPU.
 
 y [M, N] = x [M, K] @ dequant(W).T with W in `cuda_int4_mma_gemv.to_layout`'s layout, so decode (the GEMV) and
 prefill would read one copy of the codes. The GEMV loads each lane's x fragments from global memory per 16-row
@@ -9,10 +9,12 @@ tile, which at M > 32 moves more x than weight bytes through L1. Here a block of
 shares BM = 8 NT rows of x: each batch of U chunks - the block's rows of x, its tiles' codes (one contiguous 512
 bytes per tile and chunk) and their paired scale / zero words - is copied into shared memory with cp.async,
 STAGES - 1 batches ahead. Per chunk a warp dequantizes its RT tiles' A fragments once (the GEMV's arithmetic,
-`COMMON`) and runs RT x NT x S MMAs against x fragments read from shared memory (two 16-byte loads per lane per n8
-tile; rows padded by 16 bytes: no bank conflicts). Products are exact, each chunk's sums are fp32 and scaled in
-fp32 as in the GEMV. Nsight Compute (9n): 27% of the tensor pipe's cycles active, warps stalled mostly on
-fixed-latency waits - each chunk's 4 dependent MMAs per accumulator before its fp32 scaling.
+`COMMON`), multiplies them by the group scale (one rounding in the activation dtype, as dequantize-then-matmul)
+and runs RT x NT x S MMAs straight into fp32 accumulators, step-major (RT x NT independent MMAs between two into
+one accumulator), against x fragments read from shared memory (two 16-byte loads per lane per n8 tile; rows padded
+by 16 bytes: no bank conflicts). The first version kept the GEMV's exact products with fp32 partial sums per
+chunk, scaled in fp32: Nsight Compute (9n) showed those chains of 4 dependent MMAs stalling the warps on
+fixed-latency waits, the tensor pipe active 27% of its cycles.
 
 SPLIT > 1 splits K over blockIdx.z: each K range writes its fp32 partial tile to the device's shared split-K
 workspace (`triton_int4_mma.split_workspace`) and the last block of a tile to finish sums the partials in a fixed
@@ -38,6 +40,7 @@ _GEMM = r"""
 #define BM (8 * NT)
 #define ROWW (U * CW + 8)  // a stage's row of x in 16-bit elements (+16 bytes: conflict-free fragment loads)
 #define PIECES (BM * U * CW / 8)  // 16-byte copies of x per stage
+#define NEG_ZERO 0x80008000u      // -0.0 pair: fma(a, s, -0) = a * s
 #define TW (WARPS * RT)           // 16-row tiles per block
 #define CODE_WORDS (TW * U * 32 * S)
 #define PAIR_WORDS (TW * U * 8)   // scale (or zero) words of rows g / g + 8 per tile and chunk
@@ -100,7 +103,6 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
     for (int n = 0; n < NT; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
-  const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
   auto compute = [&](int b) {
     const unsigned char* st = smem + (b % STAGES) * STAGE_BYTES;
     const unsigned short* xb0 = (const unsigned short*)st;
@@ -110,7 +112,6 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
     for (int u = 0; u < U; ++u) {
       if (cbeg + b * U + u < cend && live) {
         unsigned a[RT][S][4];
-        float slo[RT], shi[RT];
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
           const int tw = warp * RT + r;
@@ -127,27 +128,26 @@ int4_mma_gemm(const unsigned short* __restrict__ x, const unsigned* __restrict__
 #else
           zero_pairs(0u, nzl, nzh);
 #endif
-#pragma unroll
-          for (int i = 0; i < S; ++i) dequant(w[i], nzl, nzh, a[r][i]);
           const unsigned sw = pw[(tw * U + u) * 8 + g];
-          slo[r] = to_f32(sw & 0xFFFFu);
-          shi[r] = to_f32(sw >> 16);
-        }
+          const unsigned slo = prmt(sw, 0x1010u), shi = prmt(sw, 0x3232u);
 #pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          unsigned xf[2 * S];
-          ld_x(xb0 + (n * 8 + g) * ROWW + u * CW + 4 * S * t, true, xf);
-#pragma unroll
-          for (int r = 0; r < RT; ++r) {
-            float part[4];
-#pragma unroll
-            for (int i = 0; i < S; ++i) mma(part, a[r][i], xf[2 * i], xf[2 * i + 1], i == 0 ? zero4 : part);
-            acc[r][n][0] = fmaf(part[0], slo[r], acc[r][n][0]);
-            acc[r][n][1] = fmaf(part[1], slo[r], acc[r][n][1]);
-            acc[r][n][2] = fmaf(part[2], shi[r], acc[r][n][2]);
-            acc[r][n][3] = fmaf(part[3], shi[r], acc[r][n][3]);
+          for (int i = 0; i < S; ++i) {  // (q - zero) exact, times the scale: one rounding
+            dequant(w[i], nzl, nzh, a[r][i]);
+            a[r][i][0] = hfma2(a[r][i][0], slo, NEG_ZERO);
+            a[r][i][1] = hfma2(a[r][i][1], shi, NEG_ZERO);
+            a[r][i][2] = hfma2(a[r][i][2], slo, NEG_ZERO);
+            a[r][i][3] = hfma2(a[r][i][3], shi, NEG_ZERO);
           }
         }
+        unsigned xf[NT][2 * S];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) ld_x(xb0 + (n * 8 + g) * ROWW + u * CW + 4 * S * t, true, xf[n]);
+#pragma unroll
+        for (int i = 0; i < S; ++i)  // RT x NT independent accumulators between two MMAs into one
+#pragma unroll
+          for (int n = 0; n < NT; ++n)
+#pragma unroll
+            for (int r = 0; r < RT; ++r) mma(acc[r][n], a[r][i], xf[n][2 * i], xf[n][2 * i + 1], acc[r][n]);
       }
     }
   };
