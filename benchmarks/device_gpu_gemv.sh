@@ -123,9 +123,10 @@ if has mmagemm; then  # the CUDA tensor-core GEMM on the GEMV's layout (cuda_int
     --rep-ms 20 --json "$OUT/gpu_int4_cuda_gemm_sweep.json" | grep -v "^  "
 fi
 if has remeasure; then  # 9m / 9n's headline numbers on another GPU (the H200) in one call: the tensor-core GEMV's
-  # tests, M = 1 and 16 against the packed GEMV / tinygemm, decode at 8 layers (batch 1 / 8 / 32) and 32 layers
-  timeout 200 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/runtime/test_cuda_mma_gemv.py 2>&1 \
-    | grep -v "^\s*$" | tail -8
+  # tests (RM_TESTS=0 skips them), M = 1 and 16 against the packed GEMV / tinygemm, decode at 8 layers (batch 1 / 8 /
+  # 32) and 32 layers
+  [[ ${RM_TESTS:-1} == 0 ]] || timeout 200 python3 -m pytest -q -rf --tb=short -p no:cacheprovider \
+    tests/runtime/test_cuda_mma_gemv.py 2>&1 | grep -v "^\s*$" | tail -8
   timeout 150 python3 benchmarks/gpu_int4_gemv.py --m 1,16 --families cudamma,x2kept --pdl off --rep-ms 20 \
     --json "$OUT/gpu_int4_gemv_mma_m1_m16.json" | grep -v "^  "
   env NNSLIM_CUDA_KERNELS=0 timeout 120 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4 \

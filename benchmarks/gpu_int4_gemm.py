@@ -64,6 +64,26 @@ def mma_name(c: dict) -> str:
             f"w{c['num_warps']}s{c['num_stages']}")
 
 
+def parse_mma(names: str) -> list[dict]:
+    """`--mma-configs`: launches named as mma_name() prints them without the kind letter, e.g. 128x256x128k2w16s3;
+    `kept` adds triton_int4_mma.MMA_CONFIGS."""
+    import re
+
+    from nnslim.runtime.kernels import triton_int4_mma
+
+    out = []
+    for v in names.split(","):
+        if v == "kept":
+            out += [dict(c) for c in triton_int4_mma.MMA_CONFIGS]
+            continue
+        hit = re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)", v)
+        if hit is None:
+            raise SystemExit(f"--mma-configs: {v!r} is not BMxBNxBKkSPLITwWARPSsSTAGES (e.g. 128x256x128k2w16s3) or kept")
+        bm, bn, bk, sk, w, st = map(int, hit.groups())
+        out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st))
+    return out
+
+
 def sweep_mma(args) -> None:
     """The permuted-layout kernel (triton_int4_mma) against bf16, dequant + cuBLAS and the kept
     configurations of the canonical-layout kernel, at each M; the best packed configurations are re-timed
@@ -80,10 +100,13 @@ def sweep_mma(args) -> None:
                                           args.rep_ms)}
         errs = {}
         bucket = max(16, 1 << (m - 1).bit_length())
-        cands = [("old:" + name(c), c, lambda c: [md._triton_int4tc(x, c) for md in mods], mods[0]._triton_int4tc)
-                 for c in triton_int4.TC_CONFIGS if c["BLOCK_M"] <= bucket and (m < 512 or c["SPLIT_K"] == 1)]
+        chosen = parse_mma(args.mma_configs) if args.mma_configs else None
+        cands = [] if chosen else [
+            ("old:" + name(c), c, lambda c: [md._triton_int4tc(x, c) for md in mods], mods[0]._triton_int4tc)
+            for c in triton_int4.TC_CONFIGS if c["BLOCK_M"] <= bucket and (m < 512 or c["SPLIT_K"] == 1)]
         cands += [("mma:" + mma_name(c), c, lambda c: [md._triton_int4mma(x, c) for md in mods],
-                   mods[0]._triton_int4mma) for c in mma_grid(m)]
+                   mods[0]._triton_int4mma) for c in (chosen or mma_grid(m))
+                  if not chosen or c["BLOCK_M"] <= bucket]
         for label, c, run, one in cands:
             try:
                 err = rel_err(one(x, c), ref)
@@ -97,8 +120,8 @@ def sweep_mma(args) -> None:
         new = {kk: v for kk, v in t.items() if kk.startswith("mma:")}
         old = {kk: v for kk, v in t.items() if kk.startswith("old:")}
         split_best = [kk for kk in sorted(new, key=new.get) if "k1w" not in kk][:3]
-        twins = [(kk, {"PACKED": False}) for kk in sorted(new, key=new.get)[:3]]  # fp32 dequantization
-        twins += [(kk, {"ATOMIC": True}) for kk in split_best]  # split-K through atomics + memset + cast
+        twins = [] if chosen else [(kk, {"PACKED": False}) for kk in sorted(new, key=new.get)[:3]]  # fp32 dequant
+        twins += [] if chosen else [(kk, {"ATOMIC": True}) for kk in split_best]  # atomics + memset + cast
         for kk, change in twins:
             c = {**next(c for lab, c, _, _ in cands if lab == kk), **change}
             try:
@@ -113,7 +136,7 @@ def sweep_mma(args) -> None:
                "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
                "split_twins_x": {kk: [round(base / new[kk], 3), round(base / t[kk.replace("mma:P", "mma:A")], 3)]
                                  for kk in split_best if kk.replace("mma:P", "mma:A") in t},
-               "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:5]}}
+               "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:None if chosen else 5]}}
         print(json.dumps(row), flush=True)
         rows.append(row)
     save_rows(args.json, rows)
@@ -196,6 +219,8 @@ def main():
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default="all", help="indices into SHAPES (0: 4096x4096, 1: 4096x11008, 2: 11008x4096)")
+    ap.add_argument("--mma-configs", default=None, help="--family mma: time only these launches (parse_mma) and the "
+                    "bf16 / dequant + cuBLAS baselines, no twins")
     ap.add_argument("--family", choices=["tc", "mma", "cuda"], default="tc",
                     help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma); "
                     "cuda: the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm)")

@@ -1,11 +1,14 @@
-"""One launch of the CUDA tensor-core int4 GEMM (cuda_int4_mma_gemm) for Nsight Compute (issue 17): why it runs
-far below the tensor pipe's rate. On the device machine:
+"""One launch of an int4 tensor-core GEMM for Nsight Compute (issue 17): why it runs below bf16. The CUDA GEMM
+(cuda_int4_mma_gemm, --kernel cuda), the Triton MMA GEMM (triton_int4_mma, --kernel triton) or bf16 `F.linear`
+(--kernel bf16, cuBLAS) for comparison. On the device machine:
   ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis \
       -k regex:int4_mma_gemm python benchmarks/ncu_int4_mma_gemm.py [--m 128] [--config w,rt,nt,u,stages,split]
+  ncu ... -k regex:int4_gemm_mma python benchmarks/ncu_int4_mma_gemm.py --kernel triton --config 128x64x128k2w4s4
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -20,16 +23,28 @@ def main():
     ap.add_argument("--m", type=int, default=128)
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--n", type=int, default=4096)
-    ap.add_argument("--config", default="8,1,8,2,4,4", help="WARPS,RT,NT,U,STAGES,SPLIT")
+    ap.add_argument("--kernel", choices=["cuda", "triton", "bf16"], default="cuda")
+    ap.add_argument("--config", default="8,1,8,2,4,4",
+                    help="cuda: WARPS,RT,NT,U,STAGES,SPLIT; triton: BMxBNxBKkSPLITwWARPSsSTAGES (gpu_int4_gemm.py's names)")
     args = ap.parse_args()
-    w, rt, nt, u, st, sp = (int(v) for v in args.config.split(","))
-    cfg = dict(WARPS=w, RT=rt, NT=nt, U=u, STAGES=st, SPLIT=sp)
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
 
     layer = WeightOnlyLinear.from_codes(*int4_parts(args.k, args.n)).cuda()
     x = torch.randn(args.m, args.k, device="cuda", dtype=torch.bfloat16)
+    if args.kernel == "cuda":
+        w, rt, nt, u, st, sp = (int(v) for v in args.config.split(","))
+        cfg = dict(WARPS=w, RT=rt, NT=nt, U=u, STAGES=st, SPLIT=sp)
+        call = lambda: layer._cuda_int4mmag(x, cfg)  # noqa: E731
+    elif args.kernel == "triton":
+        bm, bn, bk, sp, w, st = (int(v) for v in re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)",
+                                                               args.config).groups())
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sp, num_warps=w, num_stages=st)
+        call = lambda: layer._triton_int4mma(x, cfg)  # noqa: E731
+    else:
+        wb = layer.dequantized_weight(torch.bfloat16)
+        call = lambda: torch.nn.functional.linear(x, wb)  # noqa: E731
     for _ in range(3):
-        layer._cuda_int4mmag(x, cfg)
+        call()
     torch.cuda.synchronize()
 
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 17, int4 at M = 128-2048 in one device call: the Triton MMA GEMM's kept launches against wider weight tiles
+# (BLOCK_N = 256, four warpgroups: x re-read from L2 by half as many tiles), then Nsight Compute on the best kept
+# launches and on bf16 cuBLAS at M = 128 and 2048 (4096x4096). From the repo root, through the device tool:
+#   OUT=/tmp/tiles bash benchmarks/device_int4_gemm_tiles.sh          (about 5 minutes)
+# STEPS=sweep,ncu picks the parts; TILES overrides the launches tried beside the kept ones.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
+OUT=${OUT:-build/device-tiles}
+STEPS=${STEPS:-sweep,ncu}
+TILES=${TILES:-128x256x128k4w16s3,128x256x64k8w16s4,128x256x64k4w16s4,128x128x64k4w8s4,128x128x128k2w8s4,128x256x64k1w16s4,128x256x128k1w16s3,128x256x64k1w16s3}
+mkdir -p "$OUT"
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+nvidia-smi --query-gpu=name --format=csv,noheader
+if has sweep; then
+  timeout ${SWEEP_S:-300} python3 benchmarks/gpu_int4_gemm.py --family mma --m ${M:-128,256,2048} --rep-ms 20 \
+    --mma-configs "kept,$TILES" --json "$OUT/gpu_int4_mma_tiles.json" | grep -v "^  "
+fi
+if has ncu; then
+  NCU=${NCU:-$(command -v ncu || echo /usr/local/cuda/bin/ncu)}
+  prof() {  # kernel regex, then the script's arguments
+    local rx=$1; shift
+    echo "## ncu $*"
+    timeout 90 "$NCU" --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section WarpStateStats --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
+      -k "regex:$rx" --launch-skip 2 --launch-count 1 python3 benchmarks/ncu_int4_mma_gemm.py "$@" 2>&1 \
+      | grep -v "^==PROF==" 
+  }
+  {
+    prof int4_gemm_mma --kernel triton --m 128 --config 128x64x128k2w4s4
+    prof int4_gemm_mma --kernel triton --m 128 --config 128x128x128k4w8s4
+    prof "nvjet|gemm|xmma|cutlass" --kernel bf16 --m 128
+    prof int4_gemm_mma --kernel triton --m 2048 --config 256x128x64k1w8s4
+    prof "nvjet|gemm|xmma|cutlass" --kernel bf16 --m 2048
+  } > "$OUT/ncu_int4_mma_triton.txt"
+  grep -E "^## |Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|Executed Ipc A" \
+    "$OUT/ncu_int4_mma_triton.txt"
+fi
