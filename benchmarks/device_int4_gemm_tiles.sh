@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 17, int4 at M = 128-2048 in one device call: the Triton MMA GEMM's kept launches against wider weight tiles
-# (BLOCK_N = 256, four warpgroups: x re-read from L2 by half as many tiles), then Nsight Compute on the best kept
-# launches and on bf16 cuBLAS at M = 128 and 2048 (4096x4096). From the repo root, through the device tool:
+# Issue 17, int4 at M = 128-2048 in one device call: the Triton MMA GEMM's kept launches against other launches
+# (TILES; by default BLOCK_N = 256 with four warpgroups sharing one x tile, and two 8-warp split-K tiles: BENCHMARKS.md
+# 9o), then Nsight Compute on kept launches and on bf16 cuBLAS at M = 128 and 2048 (4096x4096). From the repo root,
+# through the device tool:
 #   OUT=/tmp/tiles bash benchmarks/device_int4_gemm_tiles.sh          (about 5 minutes)
 # STEPS=sweep,ncu picks the parts; TILES overrides the launches tried beside the kept ones.
 set -uo pipefail

@@ -154,15 +154,15 @@ def tile_offered(cfg: dict, m: int, bucket: int) -> bool:
 
 
 # Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
-# Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; the last two: split 4 at
-# M=128, from the 22:12 sweep)
+# Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; split 4 at M=128 from the 22:12
+# sweep; the last, 128x128x128 split 2: 0.86x vs 0.76x bf16 at M = 256 on 11008x4096, 2026-12-06, 9o)
 MMA_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=bn // 16, num_stages=st)
                for bm, bn, bk, sk, st in [
                    (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 64, 128, 8, 4), (32, 64, 128, 2, 4),
                    (32, 64, 128, 4, 4), (32, 64, 128, 8, 4), (64, 64, 128, 1, 4), (64, 64, 128, 2, 4),
                    (128, 64, 64, 2, 4), (128, 64, 128, 1, 4), (128, 64, 128, 2, 4), (128, 128, 128, 1, 4),
                    (256, 64, 64, 2, 4), (256, 128, 64, 1, 4), (256, 128, 128, 1, 3), (128, 128, 128, 4, 4),
-                   (64, 64, 64, 4, 4)]]
+                   (64, 64, 64, 4, 4), (128, 128, 128, 2, 4)]]
 
 
 def fits(k: int, group: int, block_k: int) -> bool:
