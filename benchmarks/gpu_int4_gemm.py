@@ -78,7 +78,8 @@ def parse_mma(names: str) -> list[dict]:
             continue
         hit = re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)", v)
         if hit is None:
-            raise SystemExit(f"--mma-configs: {v!r} is not BMxBNxBKkSPLITwWARPSsSTAGES (e.g. 128x256x128k2w16s3) or kept")
+            raise SystemExit(f"--mma-configs: {v!r} is not BMxBNxBKkSPLITwWARPSsSTAGES (e.g. 128x256x128k2w16s3) "
+                             "or kept")
         bm, bn, bk, sk, w, st = map(int, hit.groups())
         out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st))
     return out
@@ -136,7 +137,8 @@ def sweep_mma(args) -> None:
                "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
                "split_twins_x": {kk: [round(base / new[kk], 3), round(base / t[kk.replace("mma:P", "mma:A")], 3)]
                                  for kk in split_best if kk.replace("mma:P", "mma:A") in t},
-               "top": {kk: round(base / v, 3) for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:None if chosen else 5]}}
+               "top": {kk: round(base / v, 3)
+                       for kk, v in sorted(new.items(), key=lambda kv: kv[1])[:None if chosen else 5]}}
         print(json.dumps(row), flush=True)
         rows.append(row)
     save_rows(args.json, rows)

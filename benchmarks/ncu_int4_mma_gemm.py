@@ -25,7 +25,8 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--kernel", choices=["cuda", "triton", "bf16"], default="cuda")
     ap.add_argument("--config", default="8,1,8,2,4,4",
-                    help="cuda: WARPS,RT,NT,U,STAGES,SPLIT; triton: BMxBNxBKkSPLITwWARPSsSTAGES (gpu_int4_gemm.py's names)")
+                    help="cuda: WARPS,RT,NT,U,STAGES,SPLIT; triton: BMxBNxBKkSPLITwWARPSsSTAGES "
+                    "(gpu_int4_gemm.py's names)")
     args = ap.parse_args()
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
 
