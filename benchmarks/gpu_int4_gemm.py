@@ -89,7 +89,7 @@ def sweep_mma(args) -> None:
     """The permuted-layout kernel (triton_int4_mma) against bf16, dequant + cuBLAS and the kept
     configurations of the canonical-layout kernel, at each M; the best packed configurations are re-timed
     with fp32 dequantization (PACKED=False) to show what the packed arithmetic is worth."""
-    from nnslim.runtime.kernels import triton_int4
+    from nnslim.runtime.kernels import triton_int4, triton_int4_mma
 
     print(f"# int4 MMA-layout GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
@@ -107,7 +107,7 @@ def sweep_mma(args) -> None:
             for c in triton_int4.TC_CONFIGS if c["BLOCK_M"] <= bucket and (m < 512 or c["SPLIT_K"] == 1)]
         cands += [("mma:" + mma_name(c), c, lambda c: [md._triton_int4mma(x, c) for md in mods],
                    mods[0]._triton_int4mma) for c in (chosen or mma_grid(m))
-                  if not chosen or c["BLOCK_M"] <= bucket]
+                  if not chosen or triton_int4_mma.tile_offered(c, m, bucket)]  # as the selector offers them
         for label, c, run, one in cands:
             try:
                 err = rel_err(one(x, c), ref)
