@@ -4,14 +4,23 @@
 # 9o), then Nsight Compute on kept launches and on bf16 cuBLAS at M = 128 and 2048 (4096x4096). From the repo root,
 # through the device tool:
 #   OUT=/tmp/tiles bash benchmarks/device_int4_gemm_tiles.sh          (about 5 minutes)
-# STEPS=sweep,ncu picks the parts; TILES overrides the launches tried beside the kept ones.
+# STEPS=sweep,ncu picks the parts; TILES overrides the launches tried beside the kept ones (a list, or one of the
+# presets pipe / occupancy / pipe+occupancy below); M the rows (128,256,2048).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 OUT=${OUT:-build/device-tiles}
 STEPS=${STEPS:-sweep,ncu}
 tiles=128x256x128k4w16s3,128x256x64k8w16s4,128x256x64k4w16s4,128x128x64k4w8s4,128x128x128k2w8s4
-tiles+=,128x256x64k1w16s4,128x256x128k1w16s3,128x256x64k1w16s3
-TILES=${TILES:-$tiles}
+tiles+=,128x256x64k1w16s4,128x256x128k1w16s3,128x256x64k1w16s3  # the default: 9o's run
+pipe=128x64x128k2w4s4pw,128x64x64k2w4s4pw,128x128x128k4w8s4pw,128x128x128k2w8s4pw,128x128x128k1w8s4pw
+pipe+=,256x128x128k1w8s3pw,256x128x64k1w8s4pw,64x64x128k1w4s4pw  # TILES=pipe: PIPE_W twins of kept launches
+occupancy=128x64x128k4w4s3,128x64x128k4w4s2,128x64x128k8w4s2,64x64x128k2w4s3,128x64x64k8w4s3  # 2-4 blocks / SM
+case ${TILES:-} in
+  "") TILES=$tiles ;;
+  pipe) TILES=$pipe ;;
+  occupancy) TILES=$occupancy ;;
+  pipe+occupancy) TILES=$pipe,$occupancy ;;
+esac
 mkdir -p "$OUT"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name --format=csv,noheader

@@ -37,9 +37,10 @@ def main():
         cfg = dict(WARPS=w, RT=rt, NT=nt, U=u, STAGES=st, SPLIT=sp)
         call = lambda: layer._cuda_int4mmag(x, cfg)  # noqa: E731
     elif args.kernel == "triton":
-        bm, bn, bk, sp, w, st = (int(v) for v in re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)",
-                                                               args.config).groups())
-        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sp, num_warps=w, num_stages=st)
+        hit = re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)(pw)?", args.config)
+        bm, bn, bk, sp, w, st = (int(v) for v in hit.groups()[:6])
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sp, num_warps=w, num_stages=st,
+                   PIPE_W=bool(hit.group(7)))
         call = lambda: layer._triton_int4mma(x, cfg)  # noqa: E731
     else:
         wb = layer.dequantized_weight(torch.bfloat16)

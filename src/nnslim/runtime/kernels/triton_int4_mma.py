@@ -128,17 +128,27 @@ if triton is not None:
                               K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ASM: tl.constexpr,
                               PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr,
-                              ATOMIC: tl.constexpr):
-        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; split-K partials summed by `store_tile`."""
+                              ATOMIC: tl.constexpr, PIPE_W: tl.constexpr = False):
+        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; split-K partials summed by `store_tile`. PIPE_W: the next
+        K step's weight tile is dequantized right after this step's MMA is issued (not yet measured on a GPU)."""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         first, last = split_steps(K // BLOCK_K, SPLIT_K)
-        for kk in range(first, last):
-            w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
-                          x_ptr.dtype.element_ty)
-            xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
-            acc = tl.dot(w, xt, acc)
+        if PIPE_W:
+            w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, tl.minimum(first, K // BLOCK_K - 1), K, GROUP, HAS_ZERO, BLOCK_K,
+                          ASM, PACKED, x_ptr.dtype.element_ty)
+            for kk in range(first, last):
+                xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
+                acc = tl.dot(w, xt, acc)
+                w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, tl.minimum(kk + 1, last - 1), K, GROUP, HAS_ZERO, BLOCK_K,
+                              ASM, PACKED, x_ptr.dtype.element_ty)
+        else:
+            for kk in range(first, last):
+                w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
+                              x_ptr.dtype.element_ty)
+                xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
+                acc = tl.dot(w, xt, acc)
         yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
         store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
 
