@@ -2,9 +2,9 @@
 # Issue 17's scoreboard on one GPU in one device call (the issue's numbers are for the H200; an H100 gives H100
 # ratios): each part is a committed command of an earlier section, run with what is left of BUDGET_S seconds, most
 # wanted first - decode of the 32-layer 7B-shaped model at batch 1 (int4 vs bf16), the int4 GEMV at M = 1 / 16
-# (9m), the int4 GEMM's kept launches and their PIPE_W twins at M = 128 / 256 / 2048 (9o), decode of the 8-layer model at batch 1 / 8 / 32 in
-# int4 and fp8 (9n / 9j), the fp8 GEMM at M = 1 / 16 / 128 / 2048 (9j). No tests: run the kernel tests of
-# tests/runtime in another call. From the repo root, through the device tool:
+# (9m), the int4 GEMM's kept launches and their PIPE_W twins at M = 128 / 256 / 2048 (9o), decode of the 8-layer
+# model at batch 1 / 8 / 32 in int4 and fp8 (9n / 9j), the fp8 GEMM at M = 1 / 16 / 128 / 2048 (9j). No tests: run
+# the kernel tests of tests/runtime in another call. From the repo root, through the device tool:
 #   OUT=$OUT bash benchmarks/device_issue17.sh          (BUDGET_S=570 by default: inside one 600 s call)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
