@@ -13,7 +13,7 @@ STEPS=${STEPS:-sweep,ncu}
 tiles=128x256x128k4w16s3,128x256x64k8w16s4,128x256x64k4w16s4,128x128x64k4w8s4,128x128x128k2w8s4
 tiles+=,128x256x64k1w16s4,128x256x128k1w16s3,128x256x64k1w16s3  # the default: 9o's run
 pipe=128x64x128k2w4s4pw,128x64x64k2w4s4pw,128x128x128k4w8s4pw,128x128x128k2w8s4pw,128x128x128k1w8s4pw
-pipe+=,256x128x128k1w8s3pw,256x128x64k1w8s4pw,64x64x128k1w4s4pw  # TILES=pipe: PIPE_W twins of kept launches
+pipe+=,256x128x128k1w8s3pw,256x128x64k1w8s4pw,64x64x128k1w4s4pw,128x256x64k1w16s4pw  # TILES=pipe: PIPE_W
 occupancy=128x64x128k4w4s3,128x64x128k4w4s2,128x64x128k8w4s2,64x64x128k2w4s3,128x64x64k8w4s3  # 2-4 blocks / SM
 case ${TILES:-} in
   "") TILES=$tiles ;;

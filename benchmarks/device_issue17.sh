@@ -25,10 +25,7 @@ run 130 python3 benchmarks/gpu_llm.py batched --layers 32 --variants int4 --batc
   --new-tokens 256 --json "$OUT/gpu_decode_32layers_b1.json"
 run 100 python3 benchmarks/gpu_int4_gemv.py --m 1,16 --families cudamma,x2kept --pdl off --rep-ms 20 \
   --json "$OUT/gpu_int4_gemv_m1_m16.json"
-pipe=128x64x128k2w4s4pw,128x64x64k2w4s4pw,128x128x128k4w8s4pw,128x128x128k2w8s4pw,128x128x128k1w8s4pw
-pipe+=,256x128x128k1w8s3pw,256x128x64k1w8s4pw,64x64x128k1w4s4pw  # PIPE_W twins of kept launches (9o, not yet run)
-run 90 python3 benchmarks/gpu_int4_gemm.py --family mma --m 128,256,2048 --rep-ms 20 --mma-configs "kept,$pipe" \
-  --json "$OUT/gpu_int4_gemm_kept_pipe.json"
+run 100 env STEPS=sweep TILES=pipe M=128,256,2048 SWEEP_S=95 OUT="$OUT" bash benchmarks/device_int4_gemm_tiles.sh
 run 130 python3 benchmarks/gpu_llm.py batched --layers 8 --variants int4,fp8 --batch 1,8,32 --kv model --runs 1 \
   --new-tokens 128 --json "$OUT/gpu_decode_8layers_int4_fp8.json"
 run 150 python3 benchmarks/gpu_fp8_gemm.py --m 1,16,128,2048 --json "$OUT/gpu_fp8_gemm.json"
