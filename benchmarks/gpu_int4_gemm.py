@@ -79,8 +79,7 @@ def parse_mma(names: str) -> list[dict]:
             continue
         hit = re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)(pw)?", v)
         if hit is None:
-            raise SystemExit(f"--mma-configs: {v!r} is not BMxBNxBKkSPLITwWARPSsSTAGES (e.g. 128x256x128k2w16s3) "
-                             "or kept")
+            raise ValueError(f"{v!r} is not BMxBNxBKkSPLITwWARPSsSTAGES[pw] (e.g. 128x256x128k2w16s3) or kept")
         bm, bn, bk, sk, w, st = map(int, hit.groups()[:6])
         out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st,
                         **({"PIPE_W": True} if hit.group(7) else {})))
@@ -123,8 +122,8 @@ def sweep_mma(args) -> None:
         new = {kk: v for kk, v in t.items() if kk.startswith("mma:")}
         old = {kk: v for kk, v in t.items() if kk.startswith("old:")}
         split_best = [kk for kk in sorted(new, key=new.get) if "k1w" not in kk][:3]
-        twins = [] if chosen else [(kk, {"PACKED": False}) for kk in sorted(new, key=new.get)[:3]]  # fp32 dequant
-        twins += [] if chosen else [(kk, {"ATOMIC": True}) for kk in split_best]  # atomics + memset + cast
+        twins = [] if chosen else ([(kk, {"PACKED": False}) for kk in sorted(new, key=new.get)[:3]]  # fp32 dequant
+                                   + [(kk, {"ATOMIC": True}) for kk in split_best])  # atomics + memset + cast
         for kk, change in twins:
             c = {**next(c for lab, c, _, _ in cands if lab == kk), **change}
             try:
@@ -229,6 +228,13 @@ def main():
                     help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma); "
                     "cuda: the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm)")
     args = ap.parse_args()
+    if args.mma_configs and args.family != "mma":
+        ap.error(f"--mma-configs: only with --family mma (got --family {args.family})")
+    try:
+        if args.mma_configs:
+            parse_mma(args.mma_configs)  # a bad name is refused before any GPU work
+    except ValueError as e:
+        ap.error(f"--mma-configs: {e}")
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
     if args.family == "mma":

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -37,10 +36,12 @@ def main():
         cfg = dict(WARPS=w, RT=rt, NT=nt, U=u, STAGES=st, SPLIT=sp)
         call = lambda: layer._cuda_int4mmag(x, cfg)  # noqa: E731
     elif args.kernel == "triton":
-        hit = re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)(pw)?", args.config)
-        bm, bn, bk, sp, w, st = (int(v) for v in hit.groups()[:6])
-        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sp, num_warps=w, num_stages=st,
-                   PIPE_W=bool(hit.group(7)))
+        from gpu_int4_gemm import parse_mma
+
+        try:
+            cfg = parse_mma(args.config)[0]
+        except ValueError as e:
+            ap.error(f"--config: {e}")
         call = lambda: layer._triton_int4mma(x, cfg)  # noqa: E731
     else:
         wb = layer.dequantized_weight(torch.bfloat16)

@@ -1,7 +1,8 @@
 """An int4 GEMM on tensor cores from the tensor-core GEMV's layout (CUDA C through NVRTC, sm_80+, bf16 or fp16
 activations; issue 17: prefill and batched decode, M >= 16). Opt-in (NNSLIM_CUDA_MMA_GEMM=1): its first version
 ran at 0.35-0.74x bf16 at M = 128 / 256 on an H100, slower than the Triton MMA GEMM (0.76-1.18x in the same runs;
-BENCHMARKS.md 9n); THIS version (scale in the A fragments, step-major MMAs) has not been run on a GPU.
+BENCHMARKS.md 9n); this version (scale in the A fragments, step-major MMAs) is 5-10% faster and still 0.33-0.81x
+bf16 at M = 128-2048 where the Triton GEMM's wgmma runs 0.75-1.18x (9o).
 
 y [M, N] = x [M, K] @ dequant(W).T with W in `cuda_int4_mma_gemv.to_layout`'s layout, so decode (the GEMV) and
 prefill would read one copy of the codes. The GEMV loads each lane's x fragments from global memory per 16-row

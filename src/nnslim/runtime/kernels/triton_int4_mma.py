@@ -135,20 +135,18 @@ if triton is not None:
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         first, last = split_steps(K // BLOCK_K, SPLIT_K)
-        if PIPE_W:
+        if PIPE_W:  # the first tile before the loop, each next one after the MMA that uses this one
             w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, tl.minimum(first, K // BLOCK_K - 1), K, GROUP, HAS_ZERO, BLOCK_K,
                           ASM, PACKED, x_ptr.dtype.element_ty)
-            for kk in range(first, last):
-                xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
-                acc = tl.dot(w, xt, acc)
-                w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, tl.minimum(kk + 1, last - 1), K, GROUP, HAS_ZERO, BLOCK_K,
-                              ASM, PACKED, x_ptr.dtype.element_ty)
-        else:
-            for kk in range(first, last):
+        for kk in range(first, last):
+            if not PIPE_W:
                 w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
                               x_ptr.dtype.element_ty)
-                xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
-                acc = tl.dot(w, xt, acc)
+            xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
+            acc = tl.dot(w, xt, acc)
+            if PIPE_W:
+                w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, tl.minimum(kk + 1, last - 1), K, GROUP, HAS_ZERO, BLOCK_K,
+                              ASM, PACKED, x_ptr.dtype.element_ty)
         yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
         store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
 
