@@ -5,7 +5,10 @@
 # through the device tool:
 #   OUT=/tmp/tiles bash benchmarks/device_int4_gemm_tiles.sh          (about 5 minutes)
 # STEPS=sweep,ncu picks the parts; TILES overrides the launches tried beside the kept ones (a list, or one of the
-# presets pipe / occupancy / pipe+occupancy below); M the rows (128,256,2048).
+# presets pipe / occupancy / pipe+occupancy below); M the rows (128,256,2048). Two more steps: `tests` runs the MMA
+# GEMM's GPU tests (tests/runtime/test_kernels.py -k mma: PIPE_W and fp16 included); `f16` compares the fp16 GEMM of
+# this tree (fp32 dequantization) with the tree at F16_SRC (e.g. `git archive mma-f16-packed src tests | tar -x -C
+# scratch_f16`: packed f16x2) - its tests, then both trees' kept launches on fp16 activations (--dtype fp16).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 OUT=${OUT:-build/device-tiles}
@@ -24,6 +27,20 @@ esac
 mkdir -p "$OUT"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name --format=csv,noheader
+if has tests; then
+  timeout ${TESTS_S:-200} python3 -m pytest -q -x tests/runtime/test_kernels.py -k mma 2>&1 | tail -5
+fi
+if has f16; then
+  [[ -d ${F16_SRC:-}/src ]] || { echo "f16: F16_SRC=${F16_SRC:-} has no src/"; exit 2; }
+  PYTHONPATH=$F16_SRC/src:$F16_SRC/tests timeout ${TESTS_S:-200} python3 -m pytest -q -x \
+    "$F16_SRC/tests/runtime/test_kernels.py" -k mma 2>&1 | tail -5
+  for tree in "$PWD" "$F16_SRC"; do
+    echo "## fp16 activations, nnslim from $tree"
+    PYTHONPATH=$tree/src:$PWD/tests timeout ${F16_S:-120} python3 benchmarks/gpu_int4_gemm.py --family mma \
+      --dtype fp16 --m ${F16_M:-128,2048} --shapes ${F16_SHAPES:-all} --rep-ms 20 --mma-configs kept \
+      --json "$OUT/gpu_int4_mma_fp16_$(basename "$tree").json" | grep -v "^  "
+  done
+fi
 if has sweep; then
   timeout ${SWEEP_S:-300} python3 benchmarks/gpu_int4_gemm.py --family mma --m ${M:-128,256,2048} --rep-ms 20 \
     --mma-configs "kept,$TILES" --json "$OUT/gpu_int4_mma_tiles.json" | grep -v "^  "

@@ -25,6 +25,9 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def grid() -> list[dict]:
     """Small M (memory-bound): weight-as-A tiles, deep K tiles, split-K for more bytes in flight; large M:
     the tiles that won a wider first sweep (2026-12-03), with more warps / stages."""
@@ -92,12 +95,13 @@ def sweep_mma(args) -> None:
     with fp32 dequantization (PACKED=False) to show what the packed arithmetic is worth."""
     from nnslim.runtime.kernels import triton_int4, triton_int4_mma
 
-    print(f"# int4 MMA-layout GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    print(f"# int4 MMA-layout GEMM sweep ({args.dtype}) on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}",
+          flush=True)
     torch.manual_seed(0)
     rows = []
     ms = [int(v) for v in args.m.split(",")]
-    for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), ms, args.rep_ms):
-        ref = F.linear(x, mods[0].dequantized_weight(torch.bfloat16))
+    for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), ms, args.rep_ms, DTYPES[args.dtype]):
+        ref = F.linear(x, mods[0].dequantized_weight(x.dtype))
         t = {"dequant+cublas": graph_time(lambda: [F.linear(x, md._triton_dequant(x.dtype)) for md in mods], r4,
                                           args.rep_ms)}
         errs = {}
@@ -132,7 +136,7 @@ def sweep_mma(args) -> None:
             except Exception as e:  # noqa: BLE001
                 print(f"  {mma_name(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
         bn_, bo = min(new, key=new.get), min(old, key=old.get) if old else None
-        row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4), "best_mma": bn_, "mma_x": round(base / new[bn_], 3),
+        row = {"K": k, "N": n, "M": m, "dtype": args.dtype, "dense_ms": round(base, 4), "best_mma": bn_, "mma_x": round(base / new[bn_], 3),
                "mma_err": round(errs[bn_], 5), "best_old": bo, "old_x": round(base / old[bo], 3) if bo else None,
                "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
                "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
@@ -224,12 +228,17 @@ def main():
     ap.add_argument("--shapes", default="all", help="indices into SHAPES (0: 4096x4096, 1: 4096x11008, 2: 11008x4096)")
     ap.add_argument("--mma-configs", default=None, help="--family mma: time only these launches (parse_mma) and the "
                     "bf16 / dequant + cuBLAS baselines, no twins")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                    help="--family mma: the activations' dtype (fp16 models dequantize in f16x2 or fp32; the ratio "
+                    "is against F.linear in that dtype)")
     ap.add_argument("--family", choices=["tc", "mma", "cuda"], default="tc",
                     help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma); "
                     "cuda: the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm)")
     args = ap.parse_args()
     if args.mma_configs and args.family != "mma":
         ap.error(f"--mma-configs: only with --family mma (got --family {args.family})")
+    if args.dtype != "bf16" and args.family != "mma":
+        ap.error(f"--dtype {args.dtype}: only with --family mma (got --family {args.family})")
     try:
         if args.mma_configs:
             parse_mma(args.mma_configs)  # a bad name is refused before any GPU work

@@ -98,13 +98,15 @@ def shapes_of(spec: str) -> list[tuple[int, int]]:
     return SHAPES if spec == "all" else [SHAPES[int(i)] for i in spec.split(",")]
 
 
-def int4_cases(shapes, ms, rep_ms: int):
-    """(K, N, M, x, int4 layer copies, their count, bf16 ms per layer) for every shape and M of an int4 kernel
-    sweep: the layers are built once per shape (and freed after it), x drawn per M, bf16 F.linear timed on it."""
+def int4_cases(shapes, ms, rep_ms: int, dtype: torch.dtype = torch.bfloat16):
+    """(K, N, M, x, int4 layer copies, their count, dense ms per layer) for every shape and M of an int4 kernel
+    sweep: the layers are built once per shape (and freed after it), x drawn per M in `dtype` (bf16, or fp16), the
+    dense F.linear in that dtype timed on it."""
     for k, n in shapes:
         ws, mods, r4, r16 = int4_layer_copies(k, n)
+        ws = [w.to(dtype) for w in ws]
         for m in ms:
-            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
             yield k, n, m, x, mods, r4, graph_time(lambda: [F.linear(x, wi) for wi in ws], r16, rep_ms)
         del mods, ws
         torch.cuda.empty_cache()
