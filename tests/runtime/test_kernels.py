@@ -403,30 +403,31 @@ def test_mma_gemm_is_a_selector_candidate_for_batches():
 
 def test_mma_gemm_compiles_for_sm90():
     """The packed path assembles for sm_90 with and without zero points, in every configuration the selector
-    offers (within the shared memory of a Hopper SM) and one with PIPE_W (its weight tile goes through shared
-    memory): wgmma, packed bf16x2 FMAs,
-    and no 1-byte shared-memory loads of the codes (the permuted layout gives each lane contiguous bytes). In a
-    fresh process: this module may run Triton's interpreter."""
+    offers (within the shared memory of a Hopper SM), one with PIPE_W (its weight tile goes through shared
+    memory) and two with fp16 activations: wgmma, packed bf16x2 (f16x2) FMAs, and no 1-byte shared-memory loads
+    of the codes (the permuted layout gives each lane contiguous bytes). In a fresh process: this module may run
+    Triton's interpreter."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
 from nnslim.runtime.kernels import triton_int4_mma as mma
-cases = [(cfg, False) for cfg in mma.MMA_CONFIGS] + [(mma.MMA_CONFIGS[9], True)]
-cases += [({**mma.MMA_CONFIGS[13], "PIPE_W": True}, False)]  # the next tile dequantized during this one's MMAs
-for cfg, has_zero in cases:
-    sig = {"x_ptr": "*bf16", "qw_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*u8" if has_zero else "*bf16",
-           "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",
+cases = [(cfg, False, "bf16") for cfg in mma.MMA_CONFIGS] + [(mma.MMA_CONFIGS[9], True, "bf16")]
+cases += [({**mma.MMA_CONFIGS[13], "PIPE_W": True}, False, "bf16")]  # the next tile dequantized during this one's MMAs
+cases += [(mma.MMA_CONFIGS[9], True, "fp16"), (mma.MMA_CONFIGS[13], False, "fp16")]
+for cfg, has_zero, dt in cases:
+    sig = {"x_ptr": "*" + dt, "qw_ptr": "*u8", "s_ptr": "*" + dt, "z_ptr": "*u8" if has_zero else "*" + dt,
+           "y_ptr": "*" + dt, "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",
            "stride_ym": "i32"}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
-    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma.ASM, PACKED=True, GROUP_N=8, ATOMIC=False,
-                  **{k: v for k, v in cfg.items() if k not in launch})
+    consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma.ASM if dt == "bf16" else mma.ASM_F16, PACKED=True,
+                  GROUP_N=8, ATOMIC=False, **{k: v for k, v in cfg.items() if k not in launch})
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=mma._int4_gemm_mma_kernel, signature=sig, constexprs=consts,
                                     attrs={(i,): [["tt.divisibility", 16]] for i in range(11)})
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
     ptx = k.asm["ptx"]
     assert k.asm["cubin"] and "wgmma.mma_async" in ptx, ("no wgmma", cfg)
-    assert ptx.count("fma.rn.bf16x2") >= 16, ("no packed FMAs", cfg)
+    assert ptx.count("fma.rn.bf16x2" if dt == "bf16" else "fma.rn.f16x2") >= 16, ("no packed FMAs", cfg, dt)
     assert "ld.shared.u8" not in ptx and "ld.shared.b8" not in ptx, ("codes read byte by byte", cfg)
     assert k.metadata.shared <= 227 * 1024, ("shared memory", cfg, k.metadata.shared)
 print("ok")

@@ -14,9 +14,9 @@ with a reshape / permute that the compiler resolves in registers.
 Dequantization is packed bf16x2 arithmetic in inline PTX (`ASM`), 4 bytes (8 codes) at a time:
 PRMT spreads two bytes into the halves of a word, LOP3 turns each nibble into the bf16 128 + q (OR-ed
 under the exponent of 128), one HFMA2 subtracts 128 + zero exactly and one multiplies by the scale
-(one rounding, as a bf16 weight has): 16 instructions for 8 codes instead of ~28 in fp32.
-Needs K % 64 == 0 and BLOCK_K a multiple of 64 inside one group; sm_80+. fp16 activations (and fp32 in
-Triton's CPU interpreter, for the tests) take an fp32 dequantization path.
+(one rounding, as a bf16 weight has): 16 instructions for 8 codes instead of ~28 in fp32. fp16 activations take
+the same steps in f16x2 with fp16's 1024 + q (`ASM_F16`). Needs K % 64 == 0 and BLOCK_K a multiple of 64 inside
+one group; sm_80+. fp32 (Triton's CPU interpreter, for the tests) takes an fp32 dequantization path.
 """
 from __future__ import annotations
 
@@ -40,26 +40,33 @@ def to_mma_layout(qweight: torch.Tensor) -> torch.Tensor:
     return qweight.reshape(n, kb // PERM_BYTES, 8, 4).transpose(2, 3).contiguous().reshape(n, kb)
 
 
-def _asm() -> str:
-    """Per 4 bytes ($4): $0,$1 = bf16 pairs of the low nibbles, $2,$3 of the high nibbles, each
-    (q - z) * s with $5,$6 the scales and $7,$8 the -(128 + z) of the 4 elements, two per word."""
-    lines = ["{", ".reg .b32 t0, t1, u, nz, one, zero;", "mov.b32 nz, 0x80008000;", "mov.b32 one, 0x3F803F80;",
+# per activation dtype: the PTX type, the magic exponent word (base + q exactly: bf16 128 has 7 mantissa bits,
+# fp16 1024 has 10) and the pair (1, 1)
+_PACKED = {"bf16": ("bf16", "0x43004300", "0x3F803F80"), "f16": ("f16", "0x64006400", "0x3C003C00")}
+
+
+def _asm(dtype: str = "bf16") -> str:
+    """Per 4 bytes ($4): $0,$1 = bf16 (or f16) pairs of the low nibbles, $2,$3 of the high nibbles, each
+    (q - z) * s with $5,$6 the scales and $7,$8 the -(base + z) of the 4 elements, two per word."""
+    t, magic, one = _PACKED[dtype]
+    lines = ["{", ".reg .b32 t0, t1, u, nz, one, zero;", "mov.b32 nz, 0x80008000;", f"mov.b32 one, {one};",
              "mov.b32 zero, 0;"]
     for i, sel in enumerate(("0x4140", "0x4342")):  # bytes (0, 1) / (2, 3) into the low bytes of each half
         s, nb = f"${5 + i}", f"${7 + i}"
         lines += [f"prmt.b32 t{i}, $4, zero, {sel};",
-                  f"lop3.b32 u, t{i}, 0x000F000F, 0x43004300, 0xEA;",  # (t & 0xF) | bf16 128
-                  f"fma.rn.bf16x2 u, u, one, {nb};",  # 128 + q - (128 + z) = q - z, exact
-                  f"fma.rn.bf16x2 ${i}, u, {s}, nz;",  # (q - z) * s
+                  f"lop3.b32 u, t{i}, 0x000F000F, {magic}, 0xEA;",  # (t & 0xF) | base
+                  f"fma.rn.{t}x2 u, u, one, {nb};",  # base + q - (base + z) = q - z, exact
+                  f"fma.rn.{t}x2 ${i}, u, {s}, nz;",  # (q - z) * s
                   f"shr.u32 u, t{i}, 4;",
-                  "lop3.b32 u, u, 0x000F000F, 0x43004300, 0xEA;",
-                  f"fma.rn.bf16x2 u, u, one, {nb};",
-                  f"fma.rn.bf16x2 ${2 + i}, u, {s}, nz;"]
+                  f"lop3.b32 u, u, 0x000F000F, {magic}, 0xEA;",
+                  f"fma.rn.{t}x2 u, u, one, {nb};",
+                  f"fma.rn.{t}x2 ${2 + i}, u, {s}, nz;"]
     lines.append("}")
     return "\n".join(lines)
 
 
 ASM = _asm()  # built once: the kernel launch passes it as a constexpr
+ASM_F16 = _asm("f16")
 
 
 if triton is not None:
@@ -81,11 +88,14 @@ if triton is not None:
         else:
             z = tl.full((BN,), 8.0, tl.float32)
         if PACKED:
-            nb = (-128.0 - z).to(tl.bfloat16)
+            if s.dtype == tl.float16:  # scales in the activations' dtype: ASM is ASM_F16 then
+                nb = (-1024.0 - z).to(tl.float16)
+            else:
+                nb = (-128.0 - z).to(tl.bfloat16)
             lo, hi = tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r",
                                                [raw, tl.broadcast_to(s[:, None], (BN, KB)),
                                                 tl.broadcast_to(nb[:, None], (BN, KB))],
-                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+                                               dtype=(s.dtype, s.dtype), is_pure=True, pack=4)
         else:
             r = raw.to(tl.int32)
             sf = s.to(tl.float32)[:, None]
@@ -240,8 +250,8 @@ def split_outputs(device: torch.device, dtype: torch.dtype, m: int, n: int, cfg:
 def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                   group: int, config: dict) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T from the permuted codes (`to_mma_layout`), scales [N, G] in x's dtype and,
-    for asymmetric weights, zeros [N, G]. bf16 on CUDA dequantizes with packed bf16x2 PTX; other dtypes
-    (fp16, and fp32 in Triton's CPU interpreter) in fp32 (config PACKED=False forces that path).
+    for asymmetric weights, zeros [N, G]. bf16 / fp16 on CUDA dequantize with packed bf16x2 / f16x2 PTX; fp32
+    (Triton's CPU interpreter) in fp32 (config PACKED=False forces that path).
     Split-K sums its partials in the same launch through the device's shared workspace (`split_workspace`);
     config ATOMIC=True (or a CUDA graph capture that would need a larger workspace) uses fp32 atomics into a
     zeroed buffer and a cast instead: two more kernels, and a sum whose order varies between runs."""
@@ -250,10 +260,11 @@ def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, ze
     if not fits(k, group, config["BLOCK_K"]):
         raise ValueError(f"int4 MMA GEMM: BLOCK_K={config['BLOCK_K']} does not fit K={k}, group={group} (a multiple "
                          "of 64 inside one group)")
-    packed = config.get("PACKED", True) and x.is_cuda and x.dtype == torch.bfloat16
+    packed = config.get("PACKED", True) and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
     cfg = {**config, "PACKED": packed}
     y, ws_p, ws_c, cfg = split_outputs(x.device, x.dtype, m, n, cfg)
     _int4_gemm_mma_kernel[grid(m, n, cfg)](x, wperm, scales, zeros if zeros is not None else scales, y, ws_p, ws_c,
                                            m, n, x.stride(0), y.stride(0), k, GROUP=group,
-                                           HAS_ZERO=zeros is not None, ASM=ASM, **cfg)
+                                           HAS_ZERO=zeros is not None,
+                                           ASM=ASM_F16 if x.dtype == torch.float16 else ASM, **cfg)
     return y.to(x.dtype)
