@@ -4,25 +4,21 @@
 # 9o), then Nsight Compute on kept launches and on bf16 cuBLAS at M = 128 and 2048 (4096x4096). From the repo root,
 # through the device tool:
 #   OUT=/tmp/tiles bash benchmarks/device_int4_gemm_tiles.sh          (about 5 minutes)
-# STEPS=sweep,ncu picks the parts; TILES overrides the launches tried beside the kept ones (a list, or one of the
-# presets pipe / occupancy / pipe+occupancy below); M the rows (128,256,2048). Two more steps: `tests` runs the MMA
-# GEMM's GPU tests (tests/runtime/test_kernels.py -k mma: PIPE_W and fp16 included); `f16` compares the fp16 GEMM of
-# this tree (fp32 dequantization) with the tree at F16_SRC (e.g. `git archive mma-f16-packed src tests | tar -x -C
-# scratch_f16`: packed f16x2) - its tests, then both trees' kept launches on fp16 activations (--dtype fp16).
+# STEPS=sweep,ncu picks the parts; TILES overrides the launches tried beside the kept ones (a list, or the preset
+# occupancy below); M the rows (128,256,2048). Two more steps: `tests` runs the MMA GEMM's GPU tests
+# (tests/runtime/test_kernels.py -k mma, fp16 included); `f16` compares this tree's fp16 GEMM with another version's
+# at F16_SRC (`git archive BRANCH src tests | tar -x -C DIR`; 9p: packed f16x2 against fp32 dequantization) - that
+# version's tests, then both trees' kept launches on fp16 activations (--dtype fp16).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 OUT=${OUT:-build/device-tiles}
 STEPS=${STEPS:-sweep,ncu}
 tiles=128x256x128k4w16s3,128x256x64k8w16s4,128x256x64k4w16s4,128x128x64k4w8s4,128x128x128k2w8s4
 tiles+=,128x256x64k1w16s4,128x256x128k1w16s3,128x256x64k1w16s3  # the default: 9o's run
-pipe=128x64x128k2w4s4pw,128x64x64k2w4s4pw,128x128x128k4w8s4pw,128x128x128k2w8s4pw,128x128x128k1w8s4pw
-pipe+=,256x128x128k1w8s3pw,256x128x64k1w8s4pw,64x64x128k1w4s4pw,128x256x64k1w16s4pw  # TILES=pipe: PIPE_W
-occupancy=128x64x128k4w4s3,128x64x128k4w4s2,128x64x128k8w4s2,64x64x128k2w4s3,128x64x64k8w4s3  # 2-4 blocks / SM
+occupancy=128x64x128k4w4s2,128x64x128k8w4s2,64x64x128k2w4s3,128x64x64k8w4s3  # 2-4 blocks / SM (9p)
 case ${TILES:-} in
   "") TILES=$tiles ;;
-  pipe) TILES=$pipe ;;
   occupancy) TILES=$occupancy ;;
-  pipe+occupancy) TILES=$pipe,$occupancy ;;
 esac
 mkdir -p "$OUT"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }

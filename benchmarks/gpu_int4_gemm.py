@@ -64,13 +64,12 @@ def mma_name(c: dict) -> str:
     """P: packed dequantization, F: fp32 dequantization, A: packed with split-K through fp32 atomics."""
     kind = "A" if c.get("ATOMIC") else "P" if c.get("PACKED", True) else "F"
     return (f"{kind}{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}k{c['SPLIT_K']}"
-            f"w{c['num_warps']}s{c['num_stages']}{'pw' if c.get('PIPE_W') else ''}")
+            f"w{c['num_warps']}s{c['num_stages']}")
 
 
 def parse_mma(names: str) -> list[dict]:
-    """`--mma-configs`: launches named as mma_name() prints them without the kind letter, e.g. 128x256x128k2w16s3
-    (a trailing `pw`: PIPE_W, the next weight tile dequantized during this one's MMAs); `kept` adds
-    triton_int4_mma.MMA_CONFIGS."""
+    """`--mma-configs`: launches named as mma_name() prints them without the kind letter, e.g. 128x256x128k2w16s3;
+    `kept` adds triton_int4_mma.MMA_CONFIGS."""
     import re
 
     from nnslim.runtime.kernels import triton_int4_mma
@@ -80,12 +79,11 @@ def parse_mma(names: str) -> list[dict]:
         if v == "kept":
             out += [dict(c) for c in triton_int4_mma.MMA_CONFIGS]
             continue
-        hit = re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)(pw)?", v)
+        hit = re.fullmatch(r"(\d+)x(\d+)x(\d+)k(\d+)w(\d+)s(\d+)", v)
         if hit is None:
-            raise ValueError(f"{v!r} is not BMxBNxBKkSPLITwWARPSsSTAGES[pw] (e.g. 128x256x128k2w16s3) or kept")
-        bm, bn, bk, sk, w, st = map(int, hit.groups()[:6])
-        out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st,
-                        **({"PIPE_W": True} if hit.group(7) else {})))
+            raise ValueError(f"{v!r} is not BMxBNxBKkSPLITwWARPSsSTAGES (e.g. 128x256x128k2w16s3) or kept")
+        bm, bn, bk, sk, w, st = map(int, hit.groups())
+        out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st))
     return out
 
 

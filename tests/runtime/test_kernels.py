@@ -337,11 +337,11 @@ def test_mma_gemm_matches_reference(k, n, group, sym, m):
                dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, num_warps=2, GROUP_N=1),
                dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4),
                dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, SPLIT_K=2, num_warps=1, ATOMIC=True),
-               dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, num_warps=2, PIPE_W=True)]  # K ranges 2, 2, 0
+               dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, SPLIT_K=3, num_warps=2)]  # K ranges 2, 2, 0
     if CUDA:
         configs += [dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=4),
                     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=4),
-                    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=4, PIPE_W=True)]
+                    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=4)]
     tried = 0
     for dtype in dtypes:
         x = torch.randn(m, k, device=DEV, dtype=dtype)
@@ -403,8 +403,7 @@ def test_mma_gemm_is_a_selector_candidate_for_batches():
 
 def test_mma_gemm_compiles_for_sm90():
     """The packed path assembles for sm_90 with and without zero points, in every configuration the selector
-    offers (within the shared memory of a Hopper SM), one with PIPE_W (its weight tile goes through shared
-    memory) and two with fp16 activations: wgmma, packed bf16x2 (f16x2) FMAs, and no 1-byte shared-memory loads
+    offers (within the shared memory of a Hopper SM) and two with fp16 activations: wgmma, packed bf16x2 (f16x2) FMAs, and no 1-byte shared-memory loads
     of the codes (the permuted layout gives each lane contiguous bytes). In a fresh process: this module may run
     Triton's interpreter."""
     code = """
@@ -412,7 +411,6 @@ import triton
 from triton.backends.compiler import GPUTarget
 from nnslim.runtime.kernels import triton_int4_mma as mma
 cases = [(cfg, False, "bf16") for cfg in mma.MMA_CONFIGS] + [(mma.MMA_CONFIGS[9], True, "bf16")]
-cases += [({**mma.MMA_CONFIGS[13], "PIPE_W": True}, False, "bf16")]  # the next tile dequantized during this one's MMAs
 cases += [(mma.MMA_CONFIGS[9], True, "fp16"), (mma.MMA_CONFIGS[13], False, "fp16")]
 for cfg, has_zero, dt in cases:
     sig = {"x_ptr": "*" + dt, "qw_ptr": "*u8", "s_ptr": "*" + dt, "z_ptr": "*u8" if has_zero else "*" + dt,

@@ -138,25 +138,18 @@ if triton is not None:
                               K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ASM: tl.constexpr,
                               PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr,
-                              ATOMIC: tl.constexpr, PIPE_W: tl.constexpr = False):
-        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; split-K partials summed by `store_tile`. PIPE_W: the next
-        K step's weight tile is dequantized right after this step's MMA is issued (not yet measured on a GPU)."""
+                              ATOMIC: tl.constexpr):
+        """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; split-K partials summed by `store_tile`. (Dequantizing
+        the next K step's weight tile while this step's MMAs run was measured 20-40% slower on the H100: 9p.)"""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         first, last = split_steps(K // BLOCK_K, SPLIT_K)
-        if PIPE_W:  # the first tile before the loop, each next one after the MMA that uses this one
-            w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, tl.minimum(first, K // BLOCK_K - 1), K, GROUP, HAS_ZERO, BLOCK_K,
-                          ASM, PACKED, x_ptr.dtype.element_ty)
         for kk in range(first, last):
-            if not PIPE_W:
-                w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
-                              x_ptr.dtype.element_ty)
+            w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
+                          x_ptr.dtype.element_ty)
             xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
             acc = tl.dot(w, xt, acc)
-            if PIPE_W:
-                w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, tl.minimum(kk + 1, last - 1), K, GROUP, HAS_ZERO, BLOCK_K,
-                              ASM, PACKED, x_ptr.dtype.element_ty)
         yp = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
         store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
 
@@ -173,14 +166,15 @@ def tile_offered(cfg: dict, m: int, bucket: int) -> bool:
 
 # Launch configurations the kernel selector times: the winners of `benchmarks/gpu_int4_gemm.py --family mma` on
 # Llama-7B shapes at M = 16, 32, 128, 256, 2048 (H100, 2026-12-05; BENCHMARKS.md 9h; split 4 at M=128 from the 22:12
-# sweep; the last, 128x128x128 split 2: 0.86x vs 0.76x bf16 at M = 256 on 11008x4096, 2026-12-06, 9o)
+# sweep; 128x128x128 split 2: 0.86x vs 0.76x bf16 at M = 256 on 11008x4096, 2026-12-06, 9o; the last, 128x64x128
+# split 4 with 3 stages (two blocks per SM): 1.10x vs 1.05x at M = 128 on 11008x4096, 9p)
 MMA_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=bn // 16, num_stages=st)
                for bm, bn, bk, sk, st in [
                    (16, 64, 128, 2, 4), (16, 64, 128, 4, 4), (16, 64, 128, 8, 4), (32, 64, 128, 2, 4),
                    (32, 64, 128, 4, 4), (32, 64, 128, 8, 4), (64, 64, 128, 1, 4), (64, 64, 128, 2, 4),
                    (128, 64, 64, 2, 4), (128, 64, 128, 1, 4), (128, 64, 128, 2, 4), (128, 128, 128, 1, 4),
                    (256, 64, 64, 2, 4), (256, 128, 64, 1, 4), (256, 128, 128, 1, 3), (128, 128, 128, 4, 4),
-                   (64, 64, 64, 4, 4), (128, 128, 128, 2, 4)]]
+                   (64, 64, 64, 4, 4), (128, 128, 128, 2, 4), (128, 64, 128, 4, 3)]]
 
 
 def fits(k: int, group: int, block_k: int) -> bool:
