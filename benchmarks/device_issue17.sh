@@ -4,7 +4,8 @@
 # wanted first - decode of the 32-layer 7B-shaped model at batch 1 (int4 vs bf16), the int4 GEMV at M = 1 / 16
 # (9m), the int4 GEMM's kept launches at M = 128 / 256 / 512 / 2048 (9o / 9p), decode of the 8-layer
 # model at batch 1 / 8 / 32 in int4 and fp8 (9n / 9j), the fp8 GEMM at M = 1 / 16 / 128 / 2048 (9j). TESTS=1 runs
-# the int4 GEMM / GEMV GPU tests first (tests/runtime/test_kernels.py -k mma, test_cuda_mma_gemv.py), inside the budget. From the repo root, through the device tool:
+# the int4 GEMM / GEMV GPU tests first (tests/runtime/test_kernels.py -k mma, test_cuda_mma_gemv.py), inside the
+# budget. From the repo root, through the device tool:
 #   OUT=$OUT bash benchmarks/device_issue17.sh          (BUDGET_S=570 by default: inside one 600 s call)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}

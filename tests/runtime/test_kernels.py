@@ -403,9 +403,9 @@ def test_mma_gemm_is_a_selector_candidate_for_batches():
 
 def test_mma_gemm_compiles_for_sm90():
     """The packed path assembles for sm_90 with and without zero points, in every configuration the selector
-    offers (within the shared memory of a Hopper SM) and two with fp16 activations: wgmma, packed bf16x2 (f16x2) FMAs, and no 1-byte shared-memory loads
-    of the codes (the permuted layout gives each lane contiguous bytes). In a fresh process: this module may run
-    Triton's interpreter."""
+    offers (within the shared memory of a Hopper SM) and two with fp16 activations: wgmma, packed bf16x2 (f16x2)
+    FMAs, and no 1-byte shared-memory loads of the codes (the permuted layout gives each lane contiguous bytes). In a
+    fresh process: this module may run Triton's interpreter."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
