@@ -30,7 +30,8 @@ MMA_SIG = {**{k: v for k, v in SIG.items() if k.endswith("_ptr")}, "ws_ptr": "*f
            **{k: v for k, v in SIG.items() if not k.endswith("_ptr")}}  # + the split-K workspace
 
 
-def loop_ops(cubin: bytes) -> Counter:
+def loop_ops(cubin: bytes) -> tuple[Counter, list[str]]:
+    """(op counts, SASS lines) of the hottest loop: the longest backward branch."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -44,7 +45,16 @@ def loop_ops(cubin: bytes) -> Counter:
             j = addr.index(int(m.group(1), 16))
             best = max(best, (j, i), key=lambda p: p[1] - p[0])
     ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?", "", ln).split()[0].split(".")[0] for ln in lines]
-    return Counter(ops[best[0]:best[1] + 1])
+    return Counter(ops[best[0]:best[1] + 1]), lines[best[0]:best[1] + 1]
+
+
+def wgmma_waits(loop: list[str]) -> str:
+    """The loop's wgmmas and what each wait leaves in flight: 8 HGMMA, waits <= 7 x8 means a wgmma is never waited
+    for until 7 newer ones were issued (the dequantization of the next K step overlaps them)."""
+    found = (re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", ln) for ln in loop)
+    waits = Counter(int(m.group(1), 16) for m in found if m)
+    hgmma = sum("HGMMA" in ln for ln in loop)
+    return f"{hgmma} HGMMA" + "".join(f", waits <= {n} x{c}" for n, c in sorted(waits.items()))
 
 
 def compile_tile(fn, consts: dict, warps: int, stages: int):
@@ -59,7 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiles", default="128x64x128w4s4,256x128x64w8s3,128x128x128w8s3")
     args = ap.parse_args()
-    print("| tile | kernel | shared KB | cp.async | loop instructions | shared loads | top ops |\n|---|---|---|---|---|---|---|")
+    print("| tile | kernel | shared KB | cp.async | loop instructions | shared loads | wgmma in the loop | top ops |\n"
+          "|---|---|---|---|---|---|---|---|")
     for tile in args.tiles.split(","):
         bm, bn, bk, w, st = map(int, re.match(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)", tile).groups())
         base = dict(K=4096, GROUP=128, HAS_ZERO=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_N=8, SPLIT_K=1)
@@ -71,11 +82,11 @@ def main() -> None:
                                                   "ATOMIC": False})}
         for label, (fn, consts) in variants.items():
             k = compile_tile(fn, consts, w, st)
-            ops = loop_ops(k.asm["cubin"])
+            ops, loop = loop_ops(k.asm["cubin"])
             top = ", ".join(f"{o} {c}" for o, c in ops.most_common(6))
             print(f"| {tile} | {label} | {k.metadata.shared / 1024:.0f} | "
                   f"{'yes' if 'async_copy_global_to_local' in k.asm['ttgir'] else 'no'} | {sum(ops.values())} | "
-                  f"{ops['LDS']} | {top} |", flush=True)
+                  f"{ops['LDS']} | {wgmma_waits(loop)} | {top} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def report(i: int, cfg: dict, asm: str) -> None:
     src = ASTSource(fn=g._int4_gemv_x2_kernel, signature={**SIG, **{n: "constexpr" for n in consts}},
                     constexprs=consts, attrs={(j,): [["tt.divisibility", 16]] for j in range(len(SIG))})
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg["num_warps"]))
-    ops = loop_ops(kern.asm["cubin"])
+    ops, _ = loop_ops(kern.asm["cubin"])
     words = cfg["BLOCK_N"] * cfg["BLOCK_K"] / 8 / (32 * cfg["num_warps"])
     total = sum(ops.values())
     print(f"config {i} BLOCK_N={cfg['BLOCK_N']} BLOCK_K={cfg['BLOCK_K']} SPLIT_K={cfg['SPLIT_K']} "
