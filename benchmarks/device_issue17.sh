@@ -12,15 +12,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_C
 export NNSLIM_CUDA_KERNELS=0  # the older CUDA-core GEMV: not faster end to end (9k)
 OUT=${OUT:-build/device-issue17}
 mkdir -p "$OUT"
-S=$(date +%s)
-run() {  # seconds wanted, then the command: runs with min(wanted, what is left), says how long it took
-  local want=$1; shift
-  local left=$(( ${BUDGET_S:-570} - $(date +%s) + S ))
-  (( left > 20 )) || { echo "## skipped (budget): $*"; return; }
-  echo "## $* (limit $(( want < left ? want : left )) s)"
-  timeout $(( want < left ? want : left )) "$@" 2>&1 | grep -v "^  " | grep -v "^\s*$" | tail -${TAIL:-12}
-  echo "## t=$(( $(date +%s) - S )) s"
-}
+source "$(dirname "$0")/device_budget.sh"  # S and run SECONDS COMMAND...
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [[ ${TESTS:-0} == 1 ]]; then
   TAIL=4 run 150 python3 -m pytest -q -x tests/runtime/test_kernels.py tests/runtime/test_cuda_mma_gemv.py -k "mma"
