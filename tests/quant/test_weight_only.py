@@ -60,8 +60,32 @@ def test_cpu_kernels_match_dequant_reference(bits, group, sym, kernel):
     y = q(x)
     assert y.shape == (3, 5, 64)
     assert float((y - ref).norm() / ref.norm()) < 1e-5
-    q.kernel = "auto"  # the selector must pick something that gives the same result
+    q.kernel = "auto"  # the fastest candidate: on fp32 inputs possibly a packed kernel on bf16-rounded activations
+    assert float((q(x) - ref).norm() / ref.norm()) < (1e-2 if kernel != "dequant" else 1e-5)
+
+
+@pytest.mark.parametrize("bits,group,sym,kernel", [(4, 64, False, "cpu-int4pack"), (8, -1, True, "cpu-int8pack")])
+def test_cpu_packed_kernels_on_bf16_activations(monkeypatch, bits, group, sym, kernel):
+    """fp32 inputs also get the packed kernel run on bf16-rounded activations (several times faster on AVX2):
+    fp32 out, within bf16 rounding of the reference; NNSLIM_CPU_PACKED_BF16=0 withdraws it, and the selector then
+    picks an exact fp32 kernel."""
+    from nnslim.runtime.kernels import select
+
+    lin, q = _layer(bits, group, sym)
+    x = torch.randn(4, 256)
+    ref = nn.functional.linear(x, q.dequantized_weight(), lin.bias)
+    q.kernel = kernel + "-bf16"
+    y = q(x)
+    err = float((y - ref).norm() / ref.norm())
+    assert y.dtype == torch.float32 and 0 < err < 1e-2
+    monkeypatch.setenv("NNSLIM_CPU_PACKED_BF16", "0")
+    assert kernel + "-bf16" not in q._candidates(x)
+    select.reset()
+    q.kernel = "auto"
     assert float((q(x) - ref).norm() / ref.norm()) < 1e-5
+    monkeypatch.setenv("NNSLIM_CPU_PACKED_BF16", "no")
+    with pytest.raises(NnslimError, match="NNSLIM_CPU_PACKED_BF16"):
+        q(x)
 
 
 def test_cuda_kernel_without_cuda_is_a_clear_error():
