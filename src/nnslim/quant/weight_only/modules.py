@@ -209,8 +209,8 @@ class WeightOnlyLinear(PackedLinear):
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
-            # torch's packed CPU kernels run 4-20x faster on bf16 activations than on fp32 ones (AVX2, BENCHMARKS
-            # 8g): fp32 inputs also get a candidate that rounds x to bf16 and returns fp32 (NNSLIM_CPU_PACKED_BF16=0
+            # torch's packed CPU kernels run 4-40x faster on bf16 activations than on fp32 ones (AVX2, BENCHMARKS
+            # 3e): fp32 inputs also get a candidate that rounds x to bf16 and returns fp32 (NNSLIM_CPU_PACKED_BF16=0
             # keeps fp32 activations exact)
             bf16_too = x.dtype == torch.float32 and env_choice("NNSLIM_CPU_PACKED_BF16", ("0", "1"), "1") == "1"
             if self.bits == 4 and g in (32, 64, 128, 256) and k % 32 == 0 and x.dtype in (torch.float32,
