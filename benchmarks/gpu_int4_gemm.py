@@ -134,7 +134,8 @@ def sweep_mma(args) -> None:
             except Exception as e:  # noqa: BLE001
                 print(f"  {mma_name(c)} failed: {str(e).splitlines()[0][:120]}", flush=True)
         bn_, bo = min(new, key=new.get), min(old, key=old.get) if old else None
-        row = {"K": k, "N": n, "M": m, "dtype": args.dtype, "dense_ms": round(base, 4), "best_mma": bn_, "mma_x": round(base / new[bn_], 3),
+        row = {"K": k, "N": n, "M": m, "dtype": args.dtype, "dense_ms": round(base, 4), "best_mma": bn_,
+               "mma_x": round(base / new[bn_], 3),
                "mma_err": round(errs[bn_], 5), "best_old": bo, "old_x": round(base / old[bo], 3) if bo else None,
                "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
                "fp32_dequant_twins_x": {kk: round(base / v, 3) for kk, v in t.items() if kk.startswith("mma:F")},
