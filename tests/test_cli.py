@@ -157,3 +157,28 @@ def test_a_runtime_that_cannot_be_imported_is_one_line(tmp_path, capfd, monkeypa
     monkeypatch.setitem(sys.modules, "openvino", None)  # what an uninstalled package looks like to import
     assert_clean_error(in_process(capfd, "evaluate", "--model", str(out / "model.onnx"), "--target", "openvino"),
                        "--backend='openvino'", "pip install openvino", "--backend onnxruntime")
+
+
+def test_demo_measures_both_onnx_runtimes(tmp_path, capfd):
+    """`nnslim demo` on the small CNN: the fp32 torch row, then the fp32 and int8 ONNX artifacts measured in ONNX
+    Runtime and in OpenVINO (which one runs int8 faster depends on the CPU), each against fp32 in its own runtime;
+    --backend keeps one runtime, a wrong one exits 2."""
+    import json
+
+    out = tmp_path / "demo"
+    proc = in_process(capfd, "demo", "--testbed", "digits-cnn", "--repeats", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = {v["name"]: v for v in json.loads((out / "report.json").read_text())["variants"]}
+    assert list(rows)[0] == "fp32 (torch)"
+    for rt in ("onnxruntime", "openvino"):
+        assert rows[f"original as fp32 onnx ({rt})"]["backend"] == rt
+        int8 = rows[f"int8 onnx ({rt})"]
+        assert int8["backend"] == rt and int8["latency_ms"] > 0
+        assert int8["size_bytes"] < 0.35 * rows["fp32 (torch)"]["size_bytes"]
+    assert (out / "int8").is_dir() and (out / "onnx").is_dir() and "int8 onnx (openvino)" in proc.stdout
+    one = tmp_path / "one"
+    assert in_process(capfd, "demo", "--testbed", "digits-cnn", "--repeats", "2", "--backend", "openvino",
+                      "--out", str(one)).returncode == 0
+    names = [v["name"] for v in json.loads((one / "report.json").read_text())["variants"]]
+    assert names == ["fp32 (torch)", "original as fp32 onnx", "int8 onnx"]
+    assert_clean_error(in_process(capfd, "demo", "--backend", "tensorrt", "--out", str(tmp_path / "x")), "--backend")

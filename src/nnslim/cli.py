@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--testbed", default="minilm")
     p.add_argument("--repeats", type=_positive, default=15)
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
+                   help="ONNX runtime to measure the ONNX rows in (default: both)")
     return parser
 
 
@@ -293,7 +295,8 @@ def _streamed(args, recipe):
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
-    report = run_demo(args.out, testbed=args.testbed, overwrite=args.overwrite, repeats=args.repeats)
+    report = run_demo(args.out, testbed=args.testbed, overwrite=args.overwrite, repeats=args.repeats,
+                      backend=args.backend)
     _print_report(report, None)
     print(f"wrote {args.out}/report.md, report.json, plot.png")
 
