@@ -21,6 +21,51 @@ def test_w8a8_linear_close_to_float(fmt, tol):
     assert float((y - ref).norm() / ref.norm()) < tol
 
 
+@pytest.mark.parametrize("m,k,n,bias", [(1, 576, 1536, True), (17, 100, 7, False), (64, 64, 96, True)])
+def test_cpu_int8_matmul_matches_the_reference(m, k, n, bias):
+    """The CPU int8 candidate (torch._int_mm on per-token codes) computes what the reference computes: the same
+    codes, exact int32 sums; also from a PreQuantized input; the selector may choose it."""
+    from nnslim.runtime.rowquant import PreQuantized
+
+    from nnslim.quant.w8a8 import cpu_int_mm_exact
+
+    if not cpu_int_mm_exact():
+        pytest.skip("torch._int_mm is not exact on this CPU (no int8 dot products): nnslim does not offer it here")
+    torch.manual_seed(0)
+    q = W8A8Linear.from_linear(nn.Linear(k, n, bias=bias), "int8")
+    x = torch.randn(m, k)
+    cands = q._candidates(x)
+    assert set(cands) == {"cpu-int_mm", "dequant"}
+    y, ref = cands["cpu-int_mm"](), cands["dequant"]()
+    assert y.dtype == torch.float32 and torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    pre = PreQuantized(*quantize_rows_torch(x, "int8"), torch.float32)
+    assert torch.equal(q._candidates(pre)["cpu-int_mm"](), y)
+    q.kernel = "cpu-int_mm"
+    assert torch.equal(q(x), y)
+
+
+def test_cpu_int8_matmul_not_offered_where_it_saturates(monkeypatch):
+    """A CPU whose int8 GEMM pairs products in saturating int16 adds (no VNNI) fails the probe; the layer then
+    offers only the reference."""
+    from nnslim.quant import w8a8
+
+    def saturating(a, b):  # what vpmaddubsw does: u8 (a + 128) x s8 products summed in pairs, saturated to int16
+        u = (a.long() + 128).view(a.shape[0], -1, 2)
+        pairs = torch.einsum("mkp,kpn->mkn", u, b.long().reshape(-1, 2, b.shape[1])).clamp(-32768, 32767)
+        return (pairs.sum(1) - 128 * b.long().sum(0)).int()
+
+    small_a = torch.randint(-20, 20, (3, 64), dtype=torch.int8)
+    small_b = torch.randint(-20, 20, (64, 5), dtype=torch.int8)
+    assert torch.equal(saturating(small_a, small_b).long(), small_a.long() @ small_b.long())  # exact below saturation
+    monkeypatch.setattr(w8a8, "_INT_MM_EXACT", [])
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    assert not w8a8.cpu_int_mm_exact()
+    assert set(W8A8Linear.from_linear(nn.Linear(64, 32), "int8")._candidates(torch.randn(3, 64))) == {"dequant"}
+    monkeypatch.setattr(w8a8, "_INT_MM_EXACT", [])
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.long() @ b.long()).int())
+    assert w8a8.cpu_int_mm_exact()
+
+
 def test_rows_quantization_is_per_token():
     x = torch.randn(3, 64)
     x[1] *= 100

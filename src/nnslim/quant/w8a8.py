@@ -7,7 +7,8 @@ candidate of the measured selector, not forced), and for M <= 128 nnslim's Trito
 computed as y.T = W x.T with split-K (runtime/kernels/triton_w8a8.py: cuBLAS has no tile for a few rows),
 on x quantized per token first or (M <= 16) quantizing x itself per row and K slice as it loads it;
 int8 through nnslim's Triton GEMM with the scales fused into its epilogue, or torch._int_mm; each picked
-per shape by measurement, after a fused Triton per-token quantization. Anywhere: a reference path that
+per shape by measurement, after a fused Triton per-token quantization. CPU: int8 through torch._int_mm (oneDNN's
+int8 GEMM, 4-7x the fp32 one with AVX512-VNNI) after a per-token quantization in torch. Anywhere: a reference path that
 quantize-dequantizes both operands and multiplies in float (what the kernels must match). INT8 can first
 migrate activation outliers into the weights with SmoothQuant (quant/smoothquant.py, needs calibration data).
 """
@@ -164,6 +165,12 @@ class W8A8Linear(PackedLinear):
                         out[f"triton-int8-{i}"] = lambda c=cfg: self._triton_int8(quant, bias, x.dtype, c)
                 if x.shape[0] > 16:
                     out["int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
+        elif x.device.type == "cpu" and self.fmt == "int8" and cpu_int_mm_exact():
+            # torch's CPU int8 x int8 -> int32 matmul (oneDNN; with AVX512-VNNI 4-7x the fp32 GEMM at M = 1-128,
+            # BENCHMARKS 8g), x quantized per token as the reference does: the same codes, exact int32 sums
+            quant = (lambda: (x.q, x.scale)) if isinstance(x, PreQuantized) else (  # noqa: E731
+                lambda: quantize_rows_torch(x, self.fmt))
+            out["cpu-int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
         out["dequant"] = lambda: self._reference(x)
         return out
 
@@ -214,6 +221,29 @@ class W8A8Linear(PackedLinear):
         else:
             raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here; available: {', '.join(cands)}")
         return cands[name]().reshape(*shape[:-1], self.out_features)
+
+
+_INT_MM_EXACT: list[bool] = []
+
+
+def cpu_int_mm_exact() -> bool:
+    """Whether torch._int_mm on this CPU sums int8 products exactly. Without int8 dot-product instructions
+    (VNNI / AMX), int8 GEMMs may pair products in saturating int16 adds (vpmaddubsw); this probe feeds the codes
+    that would saturate there (+-127 everywhere, a few shapes) and compares with int64 sums, once per process."""
+    if not _INT_MM_EXACT:
+        ok = True
+        try:
+            for m, k, n in ((1, 256, 16), (32, 576, 48)):
+                sign = torch.tensor([1, -1], dtype=torch.int8)
+                a = (127 * sign.repeat(m * k // 2).view(m, k)).contiguous()
+                b = torch.full((n, k), 127, dtype=torch.int8)
+                b[n // 2:] = -127
+                for aa in (a, a.abs()):
+                    ok &= bool(torch.equal(torch._int_mm(aa, b.t()).long(), aa.long() @ b.long().t()))
+        except RuntimeError:
+            ok = False
+        _INT_MM_EXACT.append(ok)
+    return _INT_MM_EXACT[0]
 
 
 @dataclass(frozen=True)
