@@ -404,7 +404,8 @@ def test_mma_gemm_is_a_selector_candidate_for_batches():
 def test_mma_gemm_compiles_for_sm90():
     """The packed path assembles for sm_90 with and without zero points, in every configuration the selector
     offers (within the shared memory of a Hopper SM) and two with fp16 activations: wgmma, packed bf16x2 (f16x2)
-    FMAs, and no 1-byte shared-memory loads of the codes (the permuted layout gives each lane contiguous bytes). In a
+    FMAs, and no 1-byte shared-memory loads of the codes (the permuted layout gives each lane contiguous bytes);
+    every other one as a programmatic dependent launch (L2 prefetches of the first codes, then the grid wait). In a
     fresh process: this module may run Triton's interpreter."""
     code = """
 import triton
@@ -412,13 +413,14 @@ from triton.backends.compiler import GPUTarget
 from nnslim.runtime.kernels import triton_int4_mma as mma
 cases = [(cfg, False, "bf16") for cfg in mma.MMA_CONFIGS] + [(mma.MMA_CONFIGS[9], True, "bf16")]
 cases += [(mma.MMA_CONFIGS[9], True, "fp16"), (mma.MMA_CONFIGS[13], False, "fp16")]
-for cfg, has_zero, dt in cases:
+for i, (cfg, has_zero, dt) in enumerate(cases):
+    pdl = i % 2 == 1
     sig = {"x_ptr": "*" + dt, "qw_ptr": "*u8", "s_ptr": "*" + dt, "z_ptr": "*u8" if has_zero else "*" + dt,
            "y_ptr": "*" + dt, "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "stride_xm": "i32",
            "stride_ym": "i32"}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
     consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=mma.ASM if dt == "bf16" else mma.ASM_F16, PACKED=True,
-                  GROUP_N=8, ATOMIC=False, **{k: v for k, v in cfg.items() if k not in launch})
+                  GROUP_N=8, ATOMIC=False, PDL=pdl, **{k: v for k, v in cfg.items() if k not in launch})
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=mma._int4_gemm_mma_kernel, signature=sig, constexprs=consts,
                                     attrs={(i,): [["tt.divisibility", 16]] for i in range(11)})
@@ -428,6 +430,8 @@ for cfg, has_zero, dt in cases:
     assert ptx.count("fma.rn.bf16x2" if dt == "bf16" else "fma.rn.f16x2") >= 16, ("no packed FMAs", cfg, dt)
     assert "ld.shared.u8" not in ptx and "ld.shared.b8" not in ptx, ("codes read byte by byte", cfg)
     assert k.metadata.shared <= 227 * 1024, ("shared memory", cfg, k.metadata.shared)
+    pf, wait = ptx.find("prefetch.global.L2"), ptx.find("griddepcontrol.wait")
+    assert (pf >= 0 and wait > pf and "wgmma.mma_async" not in ptx[:wait]) if pdl else (pf < 0 and wait < 0), cfg
 print("ok")
 """
     _compiles_in_fresh_process(code)
@@ -532,8 +536,8 @@ def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
 
 def test_fp8_swap_gemm_compiles_for_sm90():
     """Every configuration the selector offers assembles for sm_90 as fp8 wgmma (e4m3 x e4m3, fp32 accumulate)
-    within a Hopper SM's shared memory, with and without fast accumulation, on fp8 x and quantizing bf16 x. In a
-    fresh process: this module may run Triton's interpreter."""
+    within a Hopper SM's shared memory, with and without fast accumulation, on fp8 x and quantizing bf16 x, and
+    (every third) as a programmatic dependent launch. In a fresh process: this module may run Triton's interpreter."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
@@ -545,7 +549,8 @@ for i, (cfg, quant_x) in enumerate(launches):
            "bias_ptr": "*bf16", "y_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32",
            "stride_xm": "i32", "stride_ym": "i32"}
     launch = {k: cfg[k] for k in ("num_warps", "num_stages")}
-    consts = dict(K=4096, HAS_BIAS=True, FAST_ACC=fast, GROUP_N=8, ATOMIC=False, QUANT_X=quant_x,
+    pdl = i % 3 == 1
+    consts = dict(K=4096, HAS_BIAS=True, FAST_ACC=fast, GROUP_N=8, ATOMIC=False, QUANT_X=quant_x, PDL=pdl,
                   **{k: v for k, v in cfg.items() if k not in launch})
     sig.update({name: "constexpr" for name in consts})
     src = triton.compiler.ASTSource(fn=w._fp8_gemm_swap_kernel, signature=sig, constexprs=consts,
@@ -553,6 +558,8 @@ for i, (cfg, quant_x) in enumerate(launches):
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
     assert "wgmma.mma_async" in k.asm["ptx"] and ".e4m3.e4m3" in k.asm["ptx"], ("no fp8 wgmma", cfg)
     assert k.metadata.shared <= 227 * 1024, ("shared memory", cfg, k.metadata.shared)
+    pf, wait = k.asm["ptx"].find("prefetch.global.L2"), k.asm["ptx"].find("griddepcontrol.wait")
+    assert (pf >= 0 and wait > pf) if pdl else (pf < 0 and wait < 0), cfg
 print("ok")
 """
     _compiles_in_fresh_process(code)

@@ -10,7 +10,8 @@ torch's own) are launched as usual and wait for everything before them; a waitin
 for all earlier ones, so mixing both kinds is safe. CUDA graphs capture these launches with their edges.
 
 nnslim's Triton decode kernels (the norm, rotary, attention and SiLU kernels of triton_decode and the packed
-int4 GEMV) are launched this way on sm_90+ (not under Triton's interpreter) unless NNSLIM_PDL=0; so are the
+int4 GEMV), the int4 MMA GEMM, the fp8 GEMM and the per-token quantizer (the GEMMs first ask L2 for their first
+weight tiles) are launched this way on sm_90+ (not under Triton's interpreter) unless NNSLIM_PDL=0; so are the
 CUDA GEMV's configs marked PDL (benchmarks only). Measured on an H100 (BENCHMARKS 9l): the 8-layer 7B-shaped
 int4 decode at batch 1 1441 -> 1515 tok/s, bf16 691 -> 715.
 """
@@ -66,3 +67,19 @@ if triton is not None:
         if PDL:
             gdc_wait()
             gdc_launch_dependents()
+
+    @triton.jit
+    def prefetch_l2(ptrs):
+        """Ask L2 for the lines at `ptrs` (a hint: no registers written, no fault); e.g. a GEMM's first weight
+        tiles, which no kernel writes, before it waits for the kernel that writes its input."""
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\nmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+    @triton.jit
+    def prefetch_rows_then_wait(row_ptrs, start, row_bytes, PDL: tl.constexpr):
+        """PDL: prefetch into L2 the first 256 bytes from byte `start` of each weight row (`row_ptrs`, uint8 or
+        fp8 pointers, clamped to the row's `row_bytes`), then wait_then_release."""
+        if PDL:
+            offs = tl.minimum(start + tl.arange(0, 2) * 128, row_bytes - 1)
+            prefetch_l2(row_ptrs[:, None] + offs[None, :])
+            wait_then_release(PDL)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from .pdl import launch_options
+
 try:
     import triton
     import triton.language as tl
@@ -70,6 +72,7 @@ ASM_F16 = _asm("f16")
 
 
 if triton is not None:
+    from .pdl import prefetch_rows_then_wait
     from .triton_int4 import gemm_tile, split_steps
 
     @triton.jit
@@ -138,13 +141,15 @@ if triton is not None:
                               K: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, ASM: tl.constexpr,
                               PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr,
-                              ATOMIC: tl.constexpr):
+                              ATOMIC: tl.constexpr, PDL: tl.constexpr = False):
         """Tile [BLOCK_N weight rows, BLOCK_M rows of x]; split-K partials summed by `store_tile`. (Dequantizing
-        the next K step's weight tile while this step's MMAs run was measured 7-49% slower on the H100: 9p.)"""
+        the next K step's weight tile while this step's MMAs run was measured 7-49% slower on the H100: 9p.)
+        PDL: the first codes of the program's rows are asked into L2 before waiting for the kernel that writes x."""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         first, last = split_steps(K // BLOCK_K, SPLIT_K)
+        prefetch_rows_then_wait(qw_ptr + rn * (K // 2), first * (BLOCK_K // 2), K // 2, PDL)
         for kk in range(first, last):
             w = _mma_tile(qw_ptr, s_ptr, z_ptr, rn, kk, K, GROUP, HAS_ZERO, BLOCK_K, ASM, PACKED,
                           x_ptr.dtype.element_ty)
@@ -260,5 +265,6 @@ def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, ze
     _int4_gemm_mma_kernel[grid(m, n, cfg)](x, wperm, scales, zeros if zeros is not None else scales, y, ws_p, ws_c,
                                            m, n, x.stride(0), y.stride(0), k, GROUP=group,
                                            HAS_ZERO=zeros is not None,
-                                           ASM=ASM_F16 if x.dtype == torch.float16 else ASM, **cfg)
+                                           ASM=ASM_F16 if x.dtype == torch.float16 else ASM, **cfg,
+                                           **launch_options(x.device))
     return y.to(x.dtype)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 
 from ..rowquant import FP8_MAX, ROW_FORMATS, PreQuantized, quantize_rows_torch  # noqa: F401
+from .pdl import launch_options
 from .triton_int4 import tl, triton
 
 if triton is not None:
+    from .pdl import prefetch_rows_then_wait, wait_then_release
     from .triton_int4 import gemm_tile, grouped_tile, split_steps
     from .triton_int4_mma import grid, split_outputs, store_tile
 
@@ -36,7 +38,8 @@ if triton is not None:
 
     @triton.jit
     def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
-                              QMAX: tl.constexpr, IS_FP8: tl.constexpr):
+                              QMAX: tl.constexpr, IS_FP8: tl.constexpr, PDL: tl.constexpr = False):
+        wait_then_release(PDL)
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         mask = offs < K
@@ -80,17 +83,19 @@ if triton is not None:
                               stride_ym, K: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_ACC: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                               GROUP_N: tl.constexpr, SPLIT_K: tl.constexpr, ATOMIC: tl.constexpr,
-                              QUANT_X: tl.constexpr = False):
+                              QUANT_X: tl.constexpr = False, PDL: tl.constexpr = False):
         """Tile [BLOCK_N weight rows, BLOCK_M rows of x] of (W fp8 @ x.T fp8) * sw[n] * sx[m] (+ bias).
         FAST_ACC: the MMA accumulates all of K in its own (reduced) precision; otherwise each BLOCK_K step's
         product is added to the fp32 accumulator (what _scaled_mm does without fast accumulation).
         QUANT_X: x is bf16 / fp16 and is quantized here, each row's BLOCK_K slice with its own scale
         (absmax / FP8_MAX, taken in registers as the slice is loaded; no separate quantization kernel, no serial
-        pass over K before the first weight load); each step's product is scaled into the fp32 accumulator."""
+        pass over K before the first weight load); each step's product is scaled into the fp32 accumulator.
+        PDL: the first weights of the program's rows are asked into L2 before waiting for the kernel that writes x."""
         offs_n, offs_m, rn, rm = gemm_tile(M, N, BLOCK_M, BLOCK_N, GROUP_N)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
         first, last = split_steps(K // BLOCK_K, SPLIT_K)
+        prefetch_rows_then_wait(w_ptr + rn * K, first * BLOCK_K, K, PDL)
         for kk in range(first, last):
             w = tl.load(w_ptr + rn[:, None] * K + (kk * BLOCK_K + offs_k)[None, :])
             xt = tl.load(x_ptr + rm[None, :] * stride_xm + (kk * BLOCK_K + offs_k)[:, None])
@@ -124,7 +129,7 @@ def quantize_rows(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, tor
     block = triton.next_power_of_2(k)
     _rowwise_quant_kernel[(m,)](x, q, s, x.stride(0), q.stride(0), K=k, BLOCK=block,
                                 QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8,
-                                num_warps=8 if block >= 4096 else 4)
+                                num_warps=8 if block >= 4096 else 4, **launch_options(x.device))
     return q, s
 
 
@@ -175,7 +180,7 @@ def fp8_gemm_swap(q: torch.Tensor, w: torch.Tensor, sx: torch.Tensor | None, sw:
     _fp8_gemm_swap_kernel[grid(m, n, cfg)](w, q, sw, sx if sx is not None else sw, bias if bias is not None else sw,
                                            y, ws_p, ws_c, m, n, q.stride(0), y.stride(0), k,
                                            HAS_BIAS=bias is not None, FAST_ACC=fast_accum, QUANT_X=sx is None,
-                                           **cfg)
+                                           **cfg, **launch_options(q.device))
     return y.to(out_dtype)
 
 
