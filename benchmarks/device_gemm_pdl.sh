@@ -9,15 +9,8 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_C
 export NNSLIM_CUDA_KERNELS=0  # as device_issue17.sh
 OUT=${OUT:-build/device-gemm-pdl}
 mkdir -p "$OUT"
-S=$(date +%s)
-run() {  # seconds wanted, then the command (as device_issue17.sh)
-  local want=$1; shift
-  local left=$(( ${BUDGET_S:-570} - $(date +%s) + S ))
-  (( left > 20 )) || { echo "## skipped (budget): $*"; return; }
-  echo "## $* (limit $(( want < left ? want : left )) s)"
-  timeout $(( want < left ? want : left )) "$@" 2>&1 | grep -v "^  " | grep -v "^\s*$" | tail -${TAIL:-14}
-  echo "## t=$(( $(date +%s) - S )) s"
-}
+source "$(dirname "$0")/device_budget.sh"  # S and run SECONDS COMMAND...
+TAIL=14
 nvidia-smi --query-gpu=name --format=csv,noheader
 TAIL=4 run 120 python3 -m pytest -q -x tests/runtime/test_kernels.py tests/quant/test_w8a8.py tests/runtime/test_decode.py
 for pdl in 0 1; do
