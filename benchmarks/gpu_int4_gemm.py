@@ -166,9 +166,30 @@ def cuda_name(c: dict) -> str:
 def sweep_cuda(args) -> None:
     """The CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm) against bf16, the Triton MMA GEMM's
     kept launches (triton_int4_mma.MMA_CONFIGS, what the selector has today) and dequant + cuBLAS, at each M."""
+    sweep_against_triton(args, "cuda", "CUDA tensor-core GEMM", cuda_grid, cuda_name,
+                         lambda md: md._cuda_int4mmag, lambda md, x, c: md._cuda_int4mmag(x, c))
+
+
+def sweep_gluon(args) -> None:
+    """The warp-specialized Gluon GEMM (gluon_int4_gemm, experimental) against the same baselines as sweep_cuda."""
+    from nnslim.runtime.kernels import gluon_int4_gemm as gg, triton_int4_mma
+
+    def run(md, x, c):
+        wp = md._prep("triton-int4-mma", x.device, lambda: (triton_int4_mma.to_mma_layout(md.qweight),))[0]
+        return gg.int4_gemm_ws(x, wp, md._scales_as(x), md.group, c)
+
+    sweep_against_triton(args, "gluon", "int4 Gluon warp-specialized GEMM",
+                         lambda m: [c for c in gg.WS_CONFIGS if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
+                         lambda c: f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}",
+                         lambda md: lambda x, c: run(md, x, c), run)
+
+
+def sweep_against_triton(args, family: str, title: str, grid_of, name_of, one_of, call) -> None:
+    """A kernel family's launches (grid_of(m), named by name_of, run by call(layer, x, config)) against bf16, the
+    Triton MMA GEMM's kept launches and dequant + cuBLAS, at each M: one JSON row per (shape, M)."""
     from nnslim.runtime.kernels import triton_int4_mma
 
-    print(f"# int4 CUDA tensor-core GEMM sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    print(f"# {title} sweep on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     torch.manual_seed(0)
     rows = []
     for k, n, m, x, mods, r4, base in int4_cases(shapes_of(args.shapes), [int(v) for v in args.m.split(",")],
@@ -179,31 +200,30 @@ def sweep_cuda(args) -> None:
                                           args.rep_ms)}
         cands = [("triton:" + mma_name(c), c, mods[0]._triton_int4mma, lambda md, c: md._triton_int4mma(x, c))
                  for c in triton_int4_mma.MMA_CONFIGS if triton_int4_mma.tile_offered(c, m, bucket)]
-        cands += [("cuda:" + cuda_name(c), c, mods[0]._cuda_int4mmag, lambda md, c: md._cuda_int4mmag(x, c))
-                  for c in cuda_grid(m)]
+        cands += [(f"{family}:" + name_of(c), c, one_of(mods[0]), lambda md, c: call(md, x, c)) for c in grid_of(m)]
         errs, failed = {}, 0
-        for label, c, one, call in cands:
+        for label, c, one, run in cands:
             try:
                 y = one(x, c)
                 err = rel_err(y, ref)
-                if err > 1e-2 or (label.startswith("cuda:") and not torch.equal(y, one(x, c))):
+                if err > 1e-2 or (not label.startswith("triton:") and not torch.equal(y, one(x, c))):
                     print(f"  {label} M={m}: rel err {err:.2e} (or not repeatable)", flush=True)
                     failed += 1
                     continue
                 errs[label] = err
-                t[label] = graph_time(lambda c=c, call=call: [call(md, c) for md in mods], r4, args.rep_ms)
+                t[label] = graph_time(lambda c=c, run=run: [run(md, c) for md in mods], r4, args.rep_ms)
             except Exception as e:  # noqa: BLE001  (out of shared memory, ...)
                 print(f"  {label} failed: {str(e).splitlines()[0][:120]}", flush=True)
                 failed += 1
-        cu = {kk: v for kk, v in t.items() if kk.startswith("cuda:")}
+        fam = {kk: v for kk, v in t.items() if kk.startswith(family + ":")}
         tr = {kk: v for kk, v in t.items() if kk.startswith("triton:")}
-        bc, bt = (min(cu, key=cu.get) if cu else None), (min(tr, key=tr.get) if tr else None)
+        bc, bt = (min(fam, key=fam.get) if fam else None), (min(tr, key=tr.get) if tr else None)
         row = {"K": k, "N": n, "M": m, "bf16_ms": round(base, 4),
-               "best_cuda": bc, "cuda_x": round(base / cu[bc], 3) if bc else None,
-               "cuda_err": round(errs[bc], 5) if bc else None,
+               f"best_{family}": bc, f"{family}_x": round(base / fam[bc], 3) if bc else None,
+               f"{family}_err": round(errs[bc], 5) if bc else None,
                "best_triton": bt, "triton_x": round(base / tr[bt], 3) if bt else None,
                "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
-               "top_cuda": {kk: round(base / v, 3) for kk, v in sorted(cu.items(), key=lambda kv: kv[1])[:5]}}
+               f"top_{family}": {kk: round(base / v, 3) for kk, v in sorted(fam.items(), key=lambda kv: kv[1])[:5]}}
         if failed:  # in the row too: the device scripts drop the indented lines above
             row["failed"] = f"{failed} of {len(cands)} launches wrong or not run"
         print(json.dumps(row), flush=True)
@@ -230,9 +250,10 @@ def main():
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                     help="--family mma: the activations' dtype (fp16 models dequantize in f16x2 or fp32; the ratio "
                     "is against F.linear in that dtype)")
-    ap.add_argument("--family", choices=["tc", "mma", "cuda"], default="tc",
+    ap.add_argument("--family", choices=["tc", "mma", "cuda", "gluon"], default="tc",
                     help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma); "
-                    "cuda: the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm)")
+                    "cuda: the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm); gluon: the "
+                    "warp-specialized Gluon GEMM (gluon_int4_gemm, experimental)")
     args = ap.parse_args()
     if args.mma_configs and args.family != "mma":
         ap.error(f"--mma-configs: only with --family mma (got --family {args.family})")
@@ -249,6 +270,8 @@ def main():
         return sweep_mma(args)
     if args.family == "cuda":
         return sweep_cuda(args)
+    if args.family == "gluon":
+        return sweep_gluon(args)
     from nnslim.runtime.kernels import triton_int4
 
     dq_rows = []
