@@ -8,7 +8,8 @@
 # occupancy below); M the rows (128,256,2048). Two more steps: `tests` runs the MMA GEMM's GPU tests
 # (tests/runtime/test_kernels.py -k mma, fp16 included); `f16` compares this tree's fp16 GEMM with another version's
 # at F16_SRC (`git archive BRANCH src tests | tar -x -C DIR`; 9p: packed f16x2 against fp32 dequantization) - that
-# version's tests, then both trees' kept launches on fp16 activations (--dtype fp16).
+# version's tests, then both trees' kept launches on fp16 activations (--dtype fp16). `gluon`: the warp-specialized
+# Gluon GEMM's GPU tests, then its sweep beside the kept Triton launches at M (gpu_int4_gemm.py --family gluon).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
 OUT=${OUT:-build/device-tiles}
@@ -36,6 +37,11 @@ if has f16; then
       --dtype fp16 --m ${F16_M:-128,2048} --shapes ${F16_SHAPES:-all} --rep-ms 20 --mma-configs kept \
       --json "$OUT/gpu_int4_mma_fp16_$(basename "$tree").json" | grep -v "^  "
   done
+fi
+if has gluon; then
+  timeout ${TESTS_S:-200} python3 -m pytest -q -x tests/runtime/test_gluon_gemm.py 2>&1 | tail -5
+  timeout ${SWEEP_S:-300} python3 benchmarks/gpu_int4_gemm.py --family gluon --m ${M:-128,256,2048} --rep-ms 20 \
+    --json "$OUT/gpu_int4_gluon.json" | grep -v "^  "
 fi
 if has sweep; then
   timeout ${SWEEP_S:-300} python3 benchmarks/gpu_int4_gemm.py --family mma --m ${M:-128,256,2048} --rep-ms 20 \
