@@ -172,16 +172,12 @@ def sweep_cuda(args) -> None:
 
 def sweep_gluon(args) -> None:
     """The warp-specialized Gluon GEMM (gluon_int4_gemm, experimental) against the same baselines as sweep_cuda."""
-    from nnslim.runtime.kernels import gluon_int4_gemm as gg, triton_int4_mma
-
-    def run(md, x, c):
-        wp = md._prep("triton-int4-mma", x.device, lambda: (triton_int4_mma.to_mma_layout(md.qweight),))[0]
-        return gg.int4_gemm_ws(x, wp, md._scales_as(x), md.group, c)
+    from nnslim.runtime.kernels import gluon_int4_gemm as gg
 
     sweep_against_triton(args, "gluon", "int4 Gluon warp-specialized GEMM",
                          lambda m: [c for c in gg.WS_CONFIGS if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
                          lambda c: f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}",
-                         lambda md: lambda x, c: run(md, x, c), run)
+                         lambda md: md._gluon_int4ws, lambda md, x, c: md._gluon_int4ws(x, c))
 
 
 def sweep_against_triton(args, family: str, title: str, grid_of, name_of, one_of, call) -> None:

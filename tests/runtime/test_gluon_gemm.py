@@ -19,52 +19,94 @@ def test_gluon_gemm_compiles_for_sm90():
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    for cfg in gg.WS_CONFIGS:
+    cases = [(cfg, "bf16", False) for cfg in gg.WS_CONFIGS] + [(gg.WS_CONFIGS[0], "bf16", True),
+                                                                (gg.WS_CONFIGS[0], "fp16", True)]
+    for cfg, dt, has_zero in cases:
         bn, bm, bk, w = cfg["BN"], cfg["BM"], cfg["BK"], cfg["num_warps"]
         assert gg.fits(4096, 128, cfg, 4096), cfg
-        xl = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16)
+        xl = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16 if dt == "bf16" else gl.float16)
         ql = gl.NVMMASharedLayout.get_default_for([bn, bk // 2], gl.uint8)
-        sig = {"x_desc": f"tensordesc<bf16[{bm}, {bk}],{xl!r}>", "q_desc": f"tensordesc<u8[{bn}, {bk // 2}],{ql!r}>",
-               "s_ptr": "*bf16", "y_ptr": "*bf16", "M": "i32", "N": "i32", "stride_ym": "i32"}
-        consts = dict(K=4096, GROUP=128, ASM=gg.ASM, BN=bn, BM=bm, BK=bk, STAGES=cfg["STAGES"],
+        sig = {"x_desc": f"tensordesc<{dt}[{bm}, {bk}],{xl!r}>", "q_desc": f"tensordesc<u8[{bn}, {bk // 2}],{ql!r}>",
+               "s_ptr": "*" + dt, "z_ptr": "*u8" if has_zero else "*" + dt, "y_ptr": "*" + dt, "M": "i32",
+               "N": "i32", "stride_ym": "i32"}
+        consts = dict(K=4096, GROUP=128, HAS_ZERO=has_zero, ASM=gg.ASM if dt == "bf16" else gg.ASM_F16,
+                      BASE=128.0 if dt == "bf16" else 1024.0, BN=bn, BM=bm, BK=bk, STAGES=cfg["STAGES"],
                       CL=gg.codes_layout(bn, bk // 2, w), num_warps=w)
         sig.update({name: "constexpr" for name in consts})
         k = triton.compile(GluonASTSource(fn=gg._int4_gemm_ws_kernel, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", 90, 32), options={"num_warps": w})
         ptx = k.asm["ptx"]
         assert k.asm["cubin"] and "cp.async.bulk.tensor" in ptx, ("no TMA", cfg)
-        assert ptx.count("wgmma.mma_async") >= bk // 16 and "fma.rn.bf16x2" in ptx, ("no register-A wgmma", cfg)
+        packed = "fma.rn.bf16x2" if dt == "bf16" else "fma.rn.f16x2"
+        assert ptx.count("wgmma.mma_async") >= bk // 16 and packed in ptx, ("register-A wgmma", cfg, dt)
         assert k.metadata.shared <= 227 * 1024, ("shared memory", cfg, k.metadata.shared)
 
 
 def test_gluon_gemm_refuses_what_it_cannot_run():
     assert not gg.fits(4096, 128, dict(BN=128, BM=128, BK=192, STAGES=4, num_warps=8), 4096)  # BK not in a group
     assert not gg.fits(4096, 128, dict(BN=64, BM=128, BK=64, STAGES=4, num_warps=8), 4096)  # 8 warps need 128 rows
-    x = torch.zeros(4, 256, dtype=torch.float16)
-    with pytest.raises(ValueError, match="bf16 activations"):
-        gg.int4_gemm_ws(x, torch.zeros(64, 128, dtype=torch.uint8), torch.zeros(64, 2, dtype=torch.bfloat16), 128,
+    x = torch.zeros(4, 256, dtype=torch.float32)
+    with pytest.raises(ValueError, match="bf16 or fp16 activations"):
+        gg.int4_gemm_ws(x, torch.zeros(64, 128, dtype=torch.uint8), torch.zeros(64, 2, dtype=torch.float32), None, 128,
                         gg.WS_CONFIGS[0])
+    assert not gg.supports(x, 256, 128)  # a CPU tensor
 
 
 @pytest.mark.skipif(not HOPPER, reason="needs an sm_90 GPU (TMA, wgmma, warp specialization): the device machine")
-@pytest.mark.parametrize("m,k,n", [(128, 4096, 4096), (77, 512, 200), (300, 1024, 384)])
-def test_gluon_gemm_matches_reference(m, k, n):
-    """Ragged M and N (TMA zero-fills the edges, the store is masked): within one bf16 rounding of each weight of
-    dequantize-then-matmul, for every sweep launch."""
+@pytest.mark.parametrize("m,k,n,sym,dtype", [
+    (128, 4096, 4096, True, torch.bfloat16), (77, 512, 200, True, torch.bfloat16),
+    (300, 1024, 384, False, torch.bfloat16), (96, 512, 256, False, torch.float16), (200, 1024, 320, True, torch.float16)])
+def test_gluon_gemm_matches_reference(m, k, n, sym, dtype):
+    """Ragged M and N (TMA zero-fills the edges, the store is masked), symmetric and asymmetric, bf16 and fp16:
+    within one rounding of each weight of dequantize-then-matmul, for every sweep launch; the same bits twice."""
     from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
     from nnslim.runtime.kernels import triton_int4_mma
 
     torch.manual_seed(0)
     lin = nn.Linear(k, n, bias=False)
+    spec = WeightSpec(4, 128, sym)
+    scale, zero = group_qparams(lin.weight.detach(), spec, 128)
+    layer = WeightOnlyLinear.from_codes(lin, quantize_codes(lin.weight.detach(), scale, zero, spec), scale, zero, spec)
+    layer = layer.to("cuda", dtype)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    ref = x.float() @ layer.dequantized_weight(torch.float32).t()
+    wperm = triton_int4_mma.to_mma_layout(layer.qweight)
+    for cfg in gg.WS_CONFIGS:
+        y = gg.int4_gemm_ws(x, wperm, layer.scales.to(dtype), None if sym else layer.zeros, 128, cfg)
+        err = float((y.float() - ref).norm() / ref.norm())
+        assert y.shape == (m, n) and y.dtype == dtype and err < 6e-3, (cfg, err)
+        assert torch.equal(gg.int4_gemm_ws(x, wperm, layer.scales.to(dtype), None if sym else layer.zeros, 128, cfg), y)
+
+
+def test_gluon_gemm_is_opt_in(monkeypatch):
+    """Not offered unless NNSLIM_GLUON_GEMM=1 (until measured on a GPU); another value is refused by name."""
+    from nnslim.errors import NnslimError
+
+    monkeypatch.delenv("NNSLIM_GLUON_GEMM", raising=False)
+    assert not gg.offered()
+    monkeypatch.setenv("NNSLIM_GLUON_GEMM", "1")
+    assert gg.offered()
+    monkeypatch.setenv("NNSLIM_GLUON_GEMM", "yes")
+    with pytest.raises(NnslimError, match="NNSLIM_GLUON_GEMM"):
+        gg.offered()
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs an sm_90 GPU (TMA, wgmma, warp specialization): the device machine")
+def test_gluon_gemm_joins_the_selector_when_asked(monkeypatch):
+    from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
+    from nnslim.quant.weight_only.modules import WeightOnlyLinear
+
+    lin = nn.Linear(512, 256, bias=False)
     spec = WeightSpec(4, 128, True)
     scale, zero = group_qparams(lin.weight.detach(), spec, 128)
     layer = WeightOnlyLinear.from_codes(lin, quantize_codes(lin.weight.detach(), scale, zero, spec), scale, zero, spec)
     layer = layer.to("cuda", torch.bfloat16)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(128, 512, device="cuda", dtype=torch.bfloat16)
+    monkeypatch.delenv("NNSLIM_GLUON_GEMM", raising=False)
+    assert not any(c.startswith("gluon-int4ws-") for c in layer._candidates(x))
+    monkeypatch.setenv("NNSLIM_GLUON_GEMM", "1")
+    cands = layer._candidates(x)
+    assert "gluon-int4ws-0" in cands
     ref = x.float() @ layer.dequantized_weight(torch.float32).t()
-    wperm = triton_int4_mma.to_mma_layout(layer.qweight)
-    for cfg in gg.WS_CONFIGS:
-        y = gg.int4_gemm_ws(x, wperm, layer.scales.to(torch.bfloat16).contiguous(), 128, cfg)
-        err = float((y.float() - ref).norm() / ref.norm())
-        assert y.shape == (m, n) and err < 6e-3, (cfg, err)
+    assert float((cands["gluon-int4ws-0"]().float() - ref).norm() / ref.norm()) < 6e-3

@@ -206,6 +206,12 @@ class WeightOnlyLinear(PackedLinear):
                     for i, cfg in enumerate(cg.CONFIGS):
                         if cg.fits(cfg, g, x.shape[0]):
                             out[f"cuda-int4mmag-{i}"] = lambda c=cfg: self._cuda_int4mmag(x, c)
+                from ...runtime.kernels import gluon_int4_gemm as gg
+
+                if x.shape[0] > 16 and gg.offered() and gg.supports(x, k, g):  # opt-in: not yet measured
+                    for i, cfg in enumerate(gg.WS_CONFIGS):
+                        if gg.fits(k, g, cfg, self.out_features) and cfg["BM"] <= max(64, select.m_bucket(x.shape[0])):
+                            out[f"gluon-int4ws-{i}"] = lambda c=cfg: self._gluon_int4ws(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
                 out["tinygemm"] = lambda: self._tinygemm(x)
         elif dev.type == "cpu":
@@ -304,6 +310,13 @@ class WeightOnlyLinear(PackedLinear):
         wp = self._prep("triton-int4-mma", x.device, lambda: (triton_int4_mma.to_mma_layout(self.qweight),))[0]
         return triton_int4_mma.int4_gemm_mma(x.contiguous(), wp, self._scales_as(x),
                                              None if self.symmetric else self.zeros, self.group, config)
+
+    def _gluon_int4ws(self, x, config):
+        from ...runtime.kernels import gluon_int4_gemm as gg, triton_int4_mma
+
+        wp = self._prep("triton-int4-mma", x.device, lambda: (triton_int4_mma.to_mma_layout(self.qweight),))[0]
+        return gg.int4_gemm_ws(x.contiguous(), wp, self._scales_as(x), None if self.symmetric else self.zeros,
+                               self.group, config)
 
     def _triton_dequant(self, dtype):
         from ...runtime.kernels import triton_int4

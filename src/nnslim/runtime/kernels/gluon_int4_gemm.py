@@ -1,9 +1,10 @@
 """A warp-specialized int4 GEMM for Hopper written in Gluon (Triton's explicit-layout dialect; issue 17, M >= 128).
-EXPERIMENTAL: compiled for sm_90a here, not yet run on a GPU, not offered by the kernel selector.
+EXPERIMENTAL: compiled for sm_90a here, not yet run on a GPU; the selector times it only if NNSLIM_GLUON_GEMM=1.
 
-y [M, N] = x [M, K] @ dequant(W).T from the same permuted codes as triton_int4_mma (`to_mma_layout`), symmetric
-int4 with one scale per group. One program owns BN weight rows and BM rows of x. A one-warp producer partition
-streams each K step's x tile [BM, BK] and codes tile [BN, BK / 2] into a STAGES-deep shared-memory ring by TMA
+y [M, N] = x [M, K] @ dequant(W).T from the same permuted codes as triton_int4_mma (`to_mma_layout`), one scale (and
+for asymmetric weights one zero point) per group, bf16 or fp16 activations. One program owns BN weight rows and BM
+rows of x. A one-warp producer partition streams each K step's x tile [BM, BK] and codes tile [BN, BK / 2] into a
+STAGES-deep shared-memory ring by TMA
 (one mbarrier per stage says "full", one "empty"). The consumer warps (the kernel's num_warps, one or two
 warpgroups) read the codes into registers in `codes_layout`, which the PRMT / LOP3 / HFMA2 dequantization of
 triton_int4_mma turns into exactly the wgmma A-operand fragments (the conversion is checked trivial at compile
@@ -25,7 +26,8 @@ try:
 except ImportError:  # CPU-only installs, or a Triton without Gluon
     gluon = None
 
-from .triton_int4_mma import ASM
+from ...errors import env_choice
+from .triton_int4_mma import ASM, ASM_F16
 
 # launches for the benchmark sweep (BN weight rows, BM rows of x, BK, STAGES, warps)
 WS_CONFIGS = [dict(BN=bn, BM=bm, BK=64, STAGES=st, num_warps=w)
@@ -45,6 +47,22 @@ def codes_layout(bn: int, kb: int, num_warps: int):
         reg.append([r, 0])
         r *= 2
     return gl.DistributedLinearLayout(reg_bases=reg, lane_bases=lane, warp_bases=warp, block_bases=[], shape=[bn, kb])
+
+
+def base_of(dtype: torch.dtype) -> float:
+    """The packed dequantization's exact base (base + q is one bf16 / fp16 value): 128 for bf16, 1024 for fp16."""
+    return 1024.0 if dtype == torch.float16 else 128.0
+
+
+def offered() -> bool:
+    """Opt-in (NNSLIM_GLUON_GEMM=1) until it has been measured on a GPU: the selector then times its launches too."""
+    return env_choice("NNSLIM_GLUON_GEMM", ("0", "1"), "0") == "1"
+
+
+def supports(x: torch.Tensor, k: int, group: int) -> bool:
+    """Gluon present, an sm_90 GPU (TMA, wgmma, warp specialization), bf16 / fp16 activations, BK = 64 in a group."""
+    return (gluon is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and k % 64 == 0
+            and group % 64 == 0 and torch.cuda.get_device_capability(x.device)[0] == 9)
 
 
 def fits(k: int, group: int, config: dict, n: int) -> bool:
@@ -67,26 +85,33 @@ if gluon is not None:
             tma.async_copy_global_to_shared(q_desc, [n0, i * KB], ready.index(st), qs.index(st))
 
     @gluon.jit
-    def _consumer(xs, qs, ready, empty, s_ptr, n0, N, k_steps, K: gl.constexpr, GROUP: gl.constexpr,
-                  ASM: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, BK: gl.constexpr, CL: gl.constexpr,
-                  num_warps: gl.constexpr):
+    def _consumer(xs, qs, ready, empty, s_ptr, z_ptr, n0, N, k_steps, K: gl.constexpr, GROUP: gl.constexpr,
+                  HAS_ZERO: gl.constexpr, ASM: gl.constexpr, BASE: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr,
+                  BK: gl.constexpr, CL: gl.constexpr, num_warps: gl.constexpr):
         STAGES: gl.constexpr = xs.type.shape[0]
         KB: gl.constexpr = BK // 2
         G: gl.constexpr = K // GROUP
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                       instr_shape=[16, BM, 16])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        DT: gl.constexpr = xs.dtype
         rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CL))
-        nb = gl.full([BN, KB], -136.0, gl.bfloat16, layout=CL)  # -(128 + 8): symmetric codes
+        nb = gl.full([BN, KB], -BASE - 8.0, DT, layout=CL)  # symmetric codes: -(base + 8)
         acc = gl.zeros((BN, BM), gl.float32, layout=mma)
         for i in range(k_steps):
             st = i % STAGES
             mbarrier.wait(ready.index(st), (i // STAGES) & 1)
             raw = qs.index(st).load(CL)
-            s = gl.load(s_ptr + rows * G + (i * BK) // GROUP, mask=rows < N, other=0.0)
+            gi = rows * G + (i * BK) // GROUP
+            s = gl.load(s_ptr + gi, mask=rows < N, other=0.0)
             sb = gl.broadcast(gl.expand_dims(s, 1), raw)[0]
-            lo, hi = gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r", [raw, sb, nb],
-                                               dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=4)
+            if HAS_ZERO:
+                z = gl.load(z_ptr + gi, mask=rows < N, other=0).to(gl.float32)
+                nbz = gl.broadcast(gl.expand_dims((-BASE - z).to(DT), 1), raw)[0]
+            else:
+                nbz = nb
+            lo, hi = gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r", [raw, sb, nbz], dtype=(xs.dtype, xs.dtype),
+                                               is_pure=True, pack=4)
             lo = gl.reshape(gl.permute(gl.reshape(lo, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
             hi = gl.reshape(gl.permute(gl.reshape(hi, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
             w = gl.convert_layout(gl.reshape(gl.join(lo, hi), (BN, BK)), a_l, assert_trivial=True)
@@ -98,9 +123,11 @@ if gluon is not None:
         return (acc, )
 
     @gluon.jit
-    def _int4_gemm_ws_kernel(x_desc, q_desc, s_ptr, y_ptr, M, N, stride_ym, K: gl.constexpr, GROUP: gl.constexpr,
-                             ASM: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, BK: gl.constexpr,
-                             STAGES: gl.constexpr, CL: gl.constexpr, num_warps: gl.constexpr):
+    def _int4_gemm_ws_kernel(x_desc, q_desc, s_ptr, z_ptr, y_ptr, M, N, stride_ym, K: gl.constexpr,
+                             GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ASM: gl.constexpr, BASE: gl.constexpr,
+                             BN: gl.constexpr,
+                             BM: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr, CL: gl.constexpr,
+                             num_warps: gl.constexpr):
         n0 = gl.program_id(0) * BN
         m0 = gl.program_id(1) * BM
         xs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
@@ -112,7 +139,8 @@ if gluon is not None:
             mbarrier.init(empty.index(i), count=1)
         k_steps = K // BK
         acc, = gl.warp_specialize([
-            (_consumer, (xs, qs, ready, empty, s_ptr, n0, N, k_steps, K, GROUP, ASM, BN, BM, BK, CL, num_warps)),
+            (_consumer, (xs, qs, ready, empty, s_ptr, z_ptr, n0, N, k_steps, K, GROUP, HAS_ZERO, ASM, BASE, BN, BM,
+                         BK, CL, num_warps)),
             (_producer, (x_desc, q_desc, xs, qs, ready, empty, m0, n0, k_steps, BK, BK // 2)),
         ], [1], [40])
         yl: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])  # 16-byte stores along N
@@ -123,25 +151,32 @@ if gluon is not None:
                  mask=(om < M)[None, :] & (on < N)[:, None])
 
 
-def int4_gemm_ws(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, group: int, config: dict) -> torch.Tensor:
-    """y [M, N] = x [M, K] (bf16, contiguous) @ W.T from the permuted codes `wperm` [N, K / 2] (to_mma_layout) and
-    bf16 scales [N, K / group], symmetric codes only; sm_90 (TMA, wgmma, warp specialization)."""
+def int4_gemm_ws(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
+                 config: dict) -> torch.Tensor:
+    """y [M, N] = x [M, K] (bf16 / fp16) @ W.T from the permuted codes `wperm` [N, K / 2] (to_mma_layout), scales
+    [N, K / group] in x's dtype and, for asymmetric weights, zero points [N, K / group]; sm_90 (TMA, wgmma, warp
+    specialization)."""
     m, k = x.shape
     n = wperm.shape[0]
     if gluon is None:
         raise RuntimeError("int4 Gluon GEMM: this Triton has no Gluon (triton.experimental.gluon)")
-    if x.dtype != torch.bfloat16 or scales.dtype != torch.bfloat16:
-        raise ValueError(f"int4 Gluon GEMM: bf16 activations and scales only, got {x.dtype} / {scales.dtype}")
+    if x.dtype not in (torch.bfloat16, torch.float16) or scales.dtype != x.dtype:
+        raise ValueError(f"int4 Gluon GEMM: bf16 or fp16 activations with scales of the same dtype, got {x.dtype} / "
+                         f"{scales.dtype}")
     if not fits(k, group, config, n):
         raise ValueError(f"int4 Gluon GEMM: launch {config} does not fit K={k}, group={group}")
     bn, bm, bk = config["BN"], config["BM"], config["BK"]
-    xl = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16)
+    gdt = gl.float16 if x.dtype == torch.float16 else gl.bfloat16
+    xl = gl.NVMMASharedLayout.get_default_for([bm, bk], gdt)
     ql = gl.NVMMASharedLayout.get_default_for([bn, bk // 2], gl.uint8)
     x_desc = TensorDescriptor.from_tensor(x.contiguous(), [bm, bk], xl)
     q_desc = TensorDescriptor.from_tensor(wperm, [bn, bk // 2], ql)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     grid = (-(-n // bn), -(-m // bm))
-    _int4_gemm_ws_kernel[grid](x_desc, q_desc, scales, y, m, n, y.stride(0), k, GROUP=group, ASM=ASM, BN=bn, BM=bm,
-                               BK=bk, STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, config["num_warps"]),
+    _int4_gemm_ws_kernel[grid](x_desc, q_desc, scales.contiguous(), zeros if zeros is not None else scales, y, m, n,
+                               y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
+                               ASM=ASM_F16 if x.dtype == torch.float16 else ASM, BASE=base_of(x.dtype), BN=bn, BM=bm,
+                               BK=bk,
+                               STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, config["num_warps"]),
                                num_warps=config["num_warps"])
     return y
