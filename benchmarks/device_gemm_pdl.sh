@@ -12,10 +12,12 @@ mkdir -p "$OUT"
 source "$(dirname "$0")/device_budget.sh"  # S and run SECONDS COMMAND...
 TAIL=14
 nvidia-smi --query-gpu=name --format=csv,noheader
-TAIL=4 run 120 python3 -m pytest -q -x tests/runtime/test_kernels.py tests/quant/test_w8a8.py tests/runtime/test_decode.py
+[[ ${TESTS:-1} == 1 ]] && TAIL=4 run 120 python3 -m pytest -q -x tests/runtime/test_kernels.py tests/quant/test_w8a8.py tests/runtime/test_decode.py
 for pdl in 0 1; do
   run 70 env NNSLIM_PDL=$pdl python3 benchmarks/gpu_int4_gemm.py --family mma --m 128,256,2048 --rep-ms 20 \
     --mma-configs kept --json "$OUT/gpu_int4_mma_pdl$pdl.json"
+done
+for pdl in 0 1; do
   run 90 env NNSLIM_PDL=$pdl python3 benchmarks/gpu_fp8_gemm.py --m 1,16,128 --json "$OUT/gpu_fp8_gemm_pdl$pdl.json"
 done
 for pdl in 0 1; do
