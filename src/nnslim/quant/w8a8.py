@@ -8,7 +8,8 @@ computed as y.T = W x.T with split-K (runtime/kernels/triton_w8a8.py: cuBLAS has
 on x quantized per token first or (M <= 16) quantizing x itself per row and K slice as it loads it;
 int8 through nnslim's Triton GEMM with the scales fused into its epilogue, or torch._int_mm; each picked
 per shape by measurement, after a fused Triton per-token quantization. CPU: int8 through torch._int_mm (oneDNN's
-int8 GEMM, 4-7x the fp32 one with AVX512-VNNI) after a per-token quantization in torch. Anywhere: a reference path that
+int8 GEMM) after a per-token quantization in torch: with AVX512-VNNI the layer runs 1.4-3.5x the fp32 one at 8-128
+rows and 0.7-1.0x at one row, where the eager quantization dominates (BENCHMARKS 8g). Anywhere: a reference path that
 quantize-dequantizes both operands and multiplies in float (what the kernels must match). INT8 can first
 migrate activation outliers into the weights with SmoothQuant (quant/smoothquant.py, needs calibration data).
 """
@@ -166,8 +167,8 @@ class W8A8Linear(PackedLinear):
                 if x.shape[0] > 16:
                     out["int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
         elif x.device.type == "cpu" and self.fmt == "int8" and cpu_int_mm_exact():
-            # torch's CPU int8 x int8 -> int32 matmul (oneDNN; with AVX512-VNNI 4-7x the fp32 GEMM at M = 1-128,
-            # BENCHMARKS 8g), x quantized per token as the reference does: the same codes, exact int32 sums
+            # torch's CPU int8 x int8 -> int32 matmul (oneDNN; with AVX512-VNNI the layer is 1.4-3.5x fp32 at
+            # M = 8-128, BENCHMARKS 8g), x quantized per token as the reference does: the same codes, exact sums
             quant = (lambda: (x.q, x.scale)) if isinstance(x, PreQuantized) else (  # noqa: E731
                 lambda: quantize_rows_torch(x, self.fmt))
             out["cpu-int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
