@@ -7,6 +7,7 @@ Every ONNX row is one graph with a KV cache (past_key_values.* in, present.* out
 text-generation-with-past), so the same file gives the perplexity, the prefill latency (batch 1 x 128)
 and the greedy decode tokens/s (batch 1, prompt 64 + 32 tokens, prefill excluded). Rows:
 - torch fp32 (the HF model with its DynamicCache), ONNX fp32 in ONNX Runtime and OpenVINO;
+- nnslim int8 weight-only and int4 RTN kept in torch (torch's packed CPU kernels, picked by the selector);
 - nnslim int8 weight-only (per channel) and int4 (RTN g64, GPTQ g64) exported as blocked DequantizeLinear
   (ONNX Runtime fuses them into MatMulNBits), in both runtimes; their embedding table and tied lm_head in int8
   (backup="auto" before an export: one int8 table), and one int4 row with them float (backup="float");
@@ -61,6 +62,8 @@ def main():
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--gptq-samples", type=int, default=32, help="0 leaves the GPTQ rows out")
     ap.add_argument("--out", type=Path, default=Path("build/llm_cpu"))
+    ap.add_argument("--no-torch-rows", dest="torch_rows", action="store_false",
+                    help="leave out int8 / int4 RTN kept in torch (its packed CPU kernels, no export)")
     args = ap.parse_args()
     info = machine_info()
     print(f"cpu: {info.get('cpu')}; flags: {info.get('cpu_flags')}", flush=True)
@@ -86,6 +89,12 @@ def main():
         notes += [f"nnslim {label}: {n}" for n in res.notes if "check" in n or "layers as" in n]
         name = "original float32 ONNX" if label == "fp32" else f"nnslim {label}"
         variants += [Variant(name, res.model, b, size_bytes=res.model.size_bytes) for b in ("onnxruntime", "openvino")]
+    for label, recipe in (("int8 weight-only", [Int8WeightOnlyConfig()]),
+                          (f"int4 RTN g{args.group}", [Int4RtnConfig(group_size=args.group)])):
+        if args.torch_rows:  # the same compression left in torch: its packed CPU kernels (no export)
+            res = nnslim.compress(base.model, recipe, testbed=tb, out=args.out / ("torch-" + label.replace(" ", "-")),
+                                  overwrite=True, report=False)
+            variants.append(Variant(f"nnslim {label} (torch)", res.model, "torch"))
     fp32_path = variants[1].model.path
     rivals, rival_notes = nncf_rows(fp32_path, args.out, args.group)
     variants += rivals
