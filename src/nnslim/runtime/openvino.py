@@ -64,8 +64,11 @@ def drop_zero_weight_offsets(model) -> int:
         x, z = op.input_value(0).get_node(), op.input_value(1).get_node()
         while z.get_type_name() in ("Convert", "Reshape", "Unsqueeze"):
             z = z.input_value(0).get_node()
+        w = x.input_value(0).get_node() if x.get_type_name() == "Convert" else x
+        while w.get_type_name() in ("Reshape", "Unsqueeze"):  # a blocked (group-wise) DequantizeLinear's codes
+            w = w.input_value(0).get_node()
         if (z.get_type_name() == "Constant" and x.get_type_name() == "Convert"
-                and x.input_value(0).get_node().get_type_name() == "Constant" and not np.any(z.get_data())
+                and w.get_type_name() == "Constant" and not np.any(z.get_data())
                 and op.get_output_partial_shape(0) == op.get_input_partial_shape(0)):  # (no broadcast widening)
             op.output(0).replace(op.input_value(0))
             removed += 1
