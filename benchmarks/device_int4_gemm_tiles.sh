@@ -25,7 +25,7 @@ mkdir -p "$OUT"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name --format=csv,noheader
 if has tests; then
-  timeout ${TESTS_S:-200} python3 -m pytest -q -x tests/runtime/test_kernels.py -k mma 2>&1 | tail -5
+  timeout ${TESTS_S:-200} python3 -m pytest -q -x tests/runtime/test_kernels.py -k mma 2>&1 | tee "$OUT/mma_tests.log" | tail -5
 fi
 if has f16; then
   [[ -d ${F16_SRC:-}/src ]] || { echo "f16: F16_SRC=${F16_SRC:-} has no src/"; exit 2; }
@@ -39,7 +39,7 @@ if has f16; then
   done
 fi
 if has gluon; then
-  timeout ${TESTS_S:-200} python3 -m pytest -q -x tests/runtime/test_gluon_gemm.py 2>&1 | tail -5
+  timeout ${TESTS_S:-200} python3 -m pytest -q -x tests/runtime/test_gluon_gemm.py 2>&1 | tee "$OUT/gluon_tests.log" | tail -5
   timeout ${SWEEP_S:-300} python3 benchmarks/gpu_int4_gemm.py --family gluon --m ${M:-128,256,2048} --rep-ms 20 \
     --json "$OUT/gpu_int4_gluon.json" | grep -v "^  "
 fi
