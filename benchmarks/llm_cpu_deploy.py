@@ -7,7 +7,8 @@ Every ONNX row is one graph with a KV cache (past_key_values.* in, present.* out
 text-generation-with-past), so the same file gives the perplexity, the prefill latency (batch 1 x 128)
 and the greedy decode tokens/s (batch 1, prompt 64 + 32 tokens, prefill excluded). Rows:
 - torch fp32 (the HF model with its DynamicCache), ONNX fp32 in ONNX Runtime and OpenVINO;
-- nnslim int8 weight-only and int4 RTN kept in torch (torch's packed CPU kernels, picked by the selector);
+- nnslim int8 weight-only and int4 RTN kept in torch (torch's packed CPU kernels, picked by the selector), and
+  written as nnslim's OpenVINO IR (method `openvino`), measured in OpenVINO;
 - nnslim int8 weight-only (per channel) and int4 (RTN g64, GPTQ g64) exported as blocked DequantizeLinear
   (ONNX Runtime fuses them into MatMulNBits), in both runtimes; their embedding table and tied lm_head in int8
   (backup="auto" before an export: one int8 table), and one int4 row with them float (backup="float");
@@ -32,7 +33,7 @@ from nnslim.eval.compare import Variant, compare  # noqa: E402
 from nnslim.io import machine_info  # noqa: E402
 from nnslim.loading import resolve  # noqa: E402
 from nnslim.runtime import OnnxModel  # noqa: E402
-from nnslim.runtime.onnx_methods import OnnxConfig  # noqa: E402
+from nnslim.runtime.onnx_methods import OnnxConfig, OpenVinoConfig  # noqa: E402
 
 
 def nncf_rows(fp32: Path, work: Path, group: int) -> tuple[list[Variant], list[str]]:
@@ -62,6 +63,8 @@ def main():
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--gptq-samples", type=int, default=32, help="0 leaves the GPTQ rows out")
     ap.add_argument("--out", type=Path, default=Path("build/llm_cpu"))
+    ap.add_argument("--no-ir-rows", dest="ir_rows", action="store_false",
+                    help="leave out nnslim's OpenVINO IR (method openvino) of int8 / int4 RTN")
     ap.add_argument("--no-torch-rows", dest="torch_rows", action="store_false",
                     help="leave out int8 / int4 RTN kept in torch (its packed CPU kernels, no export)")
     args = ap.parse_args()
@@ -95,6 +98,13 @@ def main():
             res = nnslim.compress(base.model, recipe, testbed=tb, out=args.out / ("torch-" + label.replace(" ", "-")),
                                   overwrite=True, report=False)
             variants.append(Variant(f"nnslim {label} (torch)", res.model, "torch"))
+    if args.ir_rows:  # nnslim's OpenVINO IR (method `openvino`: zero zero points removed), what OpenVINO users deploy
+        for label, recipe in (("int8 weight-only", [Int8WeightOnlyConfig(), OpenVinoConfig()]),
+                              (f"int4 RTN g{args.group}", [Int4RtnConfig(group_size=args.group), OpenVinoConfig()])):
+            res = nnslim.compress(base.model, recipe, testbed=tb, out=args.out / ("ir-" + label.replace(" ", "-")),
+                                  overwrite=True, report=False)
+            variants.append(Variant(f"nnslim {label} (OpenVINO IR)", res.model, "openvino",
+                                    size_bytes=res.model.size_bytes))
     fp32_path = variants[1].model.path
     rivals, rival_notes = nncf_rows(fp32_path, args.out, args.group)
     variants += rivals
