@@ -27,7 +27,8 @@ def run_demo(out: str | Path, testbed: str = "minilm", overwrite: bool = False, 
             variants += variants_for(name, res.model, str(staged.path / method), backend)
         report = compare(base.testbed, variants, batch=batch, seq=seq, repeats=repeats, max_seconds=60)
         report.notes.append("int8: nnslim static int8 PTQ (SmoothQuant, per-channel weights, calibrated activations) "
-                            "deployed as a QDQ ONNX graph (one file for both runtimes); all rows measured in this run on this CPU")
+                            "deployed as a QDQ ONNX graph (one file for both runtimes); all rows measured in this "
+                            "run on this CPU")
         report.write(staged.path)
         staged.commit()
     return report

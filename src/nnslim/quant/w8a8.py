@@ -16,6 +16,7 @@ migrate activation outliers into the weights with SmoothQuant (quant/smoothquant
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -130,19 +131,25 @@ class W8A8Linear(PackedLinear):
         wd = (self.qweight.float() * self.wscale[:, None]).to(x.dtype)
         return F.linear(xd, wd, None if self.bias is None else self.bias.to(x.dtype))
 
+    def _quantizer(self, x: torch.Tensor | PreQuantized) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """x's per-token (codes, scales): as given, by the fused Triton kernel on CUDA, else in torch."""
+        if isinstance(x, PreQuantized):
+            return lambda: (x.q, x.scale)
+        if x.device.type == "cuda":
+            from ..runtime.kernels import triton_int4, triton_w8a8
+
+            if triton_int4.available():
+                return lambda: triton_w8a8.quantize_rows(x, self.fmt)
+        return lambda: quantize_rows_torch(x, self.fmt)
+
     def _candidates(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
         out: dict[str, Callable[[], torch.Tensor]] = {}
         bias = None if self.bias is None else self.bias.to(x.dtype)
         k, n = self.in_features, self.out_features
+        quant = self._quantizer(x)
         if x.device.type == "cuda" and k % 16 == 0 and n % 16 == 0:
             from ..runtime.kernels import triton_int4, triton_w8a8
 
-            if isinstance(x, PreQuantized):
-                quant = lambda: (x.q, x.scale)  # noqa: E731
-            elif triton_int4.available():
-                quant = lambda: triton_w8a8.quantize_rows(x, self.fmt)  # noqa: E731
-            else:
-                quant = lambda: quantize_rows_torch(x, self.fmt)  # noqa: E731
             if self.fmt == "fp8":
                 def scaled_mm(fast=False):
                     q, s = quant()
@@ -169,8 +176,6 @@ class W8A8Linear(PackedLinear):
         elif x.device.type == "cpu" and self.fmt == "int8" and cpu_int_mm_exact():
             # torch's CPU int8 x int8 -> int32 matmul (oneDNN; with AVX512-VNNI the layer is 1.4-3.5x fp32 at
             # M = 8-128, BENCHMARKS 8g), x quantized per token as the reference does: the same codes, exact sums
-            quant = (lambda: (x.q, x.scale)) if isinstance(x, PreQuantized) else (  # noqa: E731
-                lambda: quantize_rows_torch(x, self.fmt))
             out["cpu-int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
         out["dequant"] = lambda: self._reference(x)
         return out
@@ -224,27 +229,22 @@ class W8A8Linear(PackedLinear):
         return cands[name]().reshape(*shape[:-1], self.out_features)
 
 
-_INT_MM_EXACT: list[bool] = []
-
-
+@functools.cache
 def cpu_int_mm_exact() -> bool:
     """Whether torch._int_mm on this CPU sums int8 products exactly. Without int8 dot-product instructions
     (VNNI / AMX), int8 GEMMs may pair products in saturating int16 adds (vpmaddubsw); this probe feeds the codes
     that would saturate there (+-127 everywhere, a few shapes) and compares with int64 sums, once per process."""
-    if not _INT_MM_EXACT:
-        ok = True
-        try:
-            for m, k, n in ((1, 256, 16), (32, 576, 48)):
-                sign = torch.tensor([1, -1], dtype=torch.int8)
-                a = (127 * sign.repeat(m * k // 2).view(m, k)).contiguous()
-                b = torch.full((n, k), 127, dtype=torch.int8)
-                b[n // 2:] = -127
-                for aa in (a, a.abs()):
-                    ok &= bool(torch.equal(torch._int_mm(aa, b.t()).long(), aa.long() @ b.long().t()))
-        except RuntimeError:
-            ok = False
-        _INT_MM_EXACT.append(ok)
-    return _INT_MM_EXACT[0]
+    try:
+        for m, k, n in ((1, 256, 16), (32, 576, 48)):
+            a = 127 * torch.tensor([1, -1], dtype=torch.int8).repeat(m * k // 2).view(m, k)
+            b = torch.full((n, k), 127, dtype=torch.int8)
+            b[n // 2:] = -127
+            for aa in (a, a.abs()):
+                if not torch.equal(torch._int_mm(aa, b.t()).long(), aa.long() @ b.long().t()):
+                    return False
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
