@@ -122,10 +122,15 @@ def run(out_root: Path, kinds: list[str], methods=DEFAULT_METHODS) -> list[dict]
         for method in methods:
             out = out_root / f"{kind}-{method}"
             t0 = time.perf_counter()
-            code = cli(["compress", "--model", str(model_dir), *METHODS[method], "--out", str(out), "--overwrite",
-                        "--no-report"])
+            try:  # an uncaught exception is a bug to report, not the end of the matrix
+                code, crash = cli(["compress", "--model", str(model_dir), *METHODS[method], "--out", str(out),
+                                   "--overwrite", "--no-report"]), None
+            except Exception as e:  # noqa: BLE001
+                code, crash = "crash", f"{type(e).__name__}: {str(e)[:300]}"
             row = {"model": kind, "task": task, "method": method, "exit": code,
                    "seconds": round(time.perf_counter() - t0, 1)}
+            if crash:
+                row["crash"] = crash
             if code == 0:
                 meta = json.loads((out / "nnslim.json").read_text())
                 row["format"] = meta["format"]

@@ -88,6 +88,27 @@ def _more(tf, small: dict) -> dict:
             num_stages=2, hidden_sizes=[32, 64], depths=[1, 1], **image)),
         "resnet-cls": lambda: tf.ResNetForImageClassification(tf.ResNetConfig(
             hidden_sizes=[32, 64], depths=[1, 1], embedding_size=32, num_labels=4)),
+        # newer families: per-head q/k norms, sliding-window / soft-capped attention, scaled residuals,
+        # alternating local / global attention, depthwise and squeeze-excite convolutions, grouped convolutions
+        "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(head_dim=16, **dec)),
+        "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(head_dim=16, sliding_window=8, **dec)),
+        "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(head_dim=16, sliding_window=8, **dec)),
+        "olmo2": lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(eos_token_id=102, pad_token_id=0, **dec)),
+        "granite": lambda: tf.GraniteForCausalLM(tf.GraniteConfig(residual_multiplier=0.5, logits_scaling=2.0, **dec)),
+        "smollm3": lambda: tf.SmolLM3ForCausalLM(tf.SmolLM3Config(bos_token_id=101, eos_token_id=102, pad_token_id=0,
+                                                                  **dec)),
+        "stablelm": lambda: tf.StableLmForCausalLM(tf.StableLmConfig(**dec)),
+        "modernbert-cls": lambda: tf.ModernBertForSequenceClassification(tf.ModernBertConfig(
+            num_labels=2, global_attn_every_n_layers=2, local_attention=16, pad_token_id=0, bos_token_id=101,
+            eos_token_id=102, cls_token_id=101, sep_token_id=102, **enc)),
+        "mobilenetv2-cls": lambda: tf.MobileNetV2ForImageClassification(tf.MobileNetV2Config(depth_multiplier=0.35,
+                                                                                           **image)),
+        "efficientnet-cls": lambda: tf.EfficientNetForImageClassification(tf.EfficientNetConfig(
+            width_coefficient=0.25, depth_coefficient=0.2, hidden_dim=320, **image)),
+        "regnet-cls": lambda: tf.RegNetForImageClassification(tf.RegNetConfig(
+            hidden_sizes=[32, 64], depths=[1, 1], embedding_size=32, groups_width=8, num_labels=4)),
+        "dinov2-cls": lambda: tf.Dinov2ForImageClassification(tf.Dinov2Config(patch_size=8, **enc, **image)),
+        "beit-cls": lambda: tf.BeitForImageClassification(tf.BeitConfig(patch_size=8, **enc, **image)),
         "mbart": lambda: tf.MBartForConditionalGeneration(tf.MBartConfig(bos_token_id=101, decoder_start_token_id=102,
                                                                          **s2s)),
         "marian": lambda: tf.MarianMTModel(tf.MarianConfig(decoder_start_token_id=0, **s2s)),
@@ -97,9 +118,12 @@ def _more(tf, small: dict) -> dict:
 TASKS = {"t5": "seq2seq", "bart": "seq2seq", "llama": "causal-lm", "qwen2": "causal-lm", "gpt2": "causal-lm", "bert-cls": "sequence-classification",
          "distilbert-tok": "token-classification", "bert-qa": "question-answering", "bert": "feature-extraction",
          "vit": "image-classification"}
-MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", "gpt-neox", "falcon", "phi")},
+MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", "gpt-neox", "falcon", "phi", "qwen3",
+                                   "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm")},
+        "modernbert-cls": "sequence-classification",
         "roberta-cls": "sequence-classification", "deberta-cls": "sequence-classification",
         "albert-cls": "sequence-classification", "electra-tok": "token-classification",
         "xlmr-qa": "question-answering", "mpnet": "feature-extraction",
-        **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls")},
+        **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls", "mobilenetv2-cls",
+                                               "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")},
         "mbart": "seq2seq", "marian": "seq2seq"}

@@ -249,3 +249,13 @@ def test_safetensors_reader_reads_what_safetensors_wrote_and_refuses_truncation(
     (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
     with pytest.raises(NnslimError, match="not a valid safetensors file"):
         SafetensorsReader(tmp_path / "bad.safetensors")
+
+
+def test_a_model_that_fails_on_its_inputs_is_refused_before_any_step_and_keeps_its_modes():
+    """A model whose config is inconsistent (here a BatchNorm of the wrong width) fails on its first forward: one
+    line naming the inputs and the model's own error, not a traceback from inside a method (BatchNorm folding)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU()).train()
+    with pytest.raises(NnslimError, match=r"fails on an example input \(x \(1, 3, 8, 8\)\) before any step: "
+                                          r"RuntimeError: running_mean should contain 8 elements not 16"):
+        nnslim.quantize(model, nnslim.Int8Config(), example_inputs={"x": torch.randn(1, 3, 8, 8)}, inplace=True)
+    assert all(m.training for m in model.modules())  # checked in eval mode, its modes restored

@@ -117,6 +117,7 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         ctx.teacher = model
     if isinstance(model, torch.nn.Module) and not inplace:
         model = copy.deepcopy(model)
+    check_model_runs(model, ctx)
     for i, step in enumerate(recipe.steps):
         stage(f"step {i + 1}/{len(recipe.steps)}: {step.method}")
         ctx.run_id = f"{recipe.to_dict()}#{i}"
@@ -125,6 +126,34 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         model = get_method(step.method).apply(model, step, ctx)
         check_finite_module(model, f"after recipe step {i} ({step.method!r})")
     return model
+
+
+def check_model_runs(model, ctx: Context) -> None:
+    """One forward (eval mode) on a short example before any step: a model that fails on its own inputs (an
+    inconsistent config, inputs of the wrong shape) is refused with its error, instead of a traceback from
+    inside whichever method first runs it. Models held on the meta device (streamed from shards) and calls
+    with no known inputs (the methods that need them say so) are not run."""
+    if not isinstance(model, torch.nn.Module) or any(t.is_meta for t in model.parameters()):
+        return
+    try:
+        example = ctx.small_example()
+    except NnslimError:
+        return
+    from .graph.layerwise import check_token_ids
+
+    check_token_ids(model, [example], "example input")  # the data's fault, said as such
+    modes = {m: m.training for m in model.modules()}
+    try:
+        TorchRunner(model)(example)
+    except NnslimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the model raises, named in one line
+        shapes = ", ".join(f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in example.items())
+        raise NnslimError(f"the input model fails on an example input ({shapes}) before any step: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        for m, training in modes.items():
+            m.train(training)
 
 
 def run_verb(verb: str, model, config, calibration=None, example_inputs=None, testbed=None, inplace: bool = False,

@@ -38,6 +38,36 @@ def test_static_decoder_runs_quantized_layers(tiny_llama):
     assert tokens == _greedy_reference(q, prompt, 6)
 
 
+def _tiny(config_cls, lm_cls, **kw):
+    torch.manual_seed(0)
+    cfg = config_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kw)
+    return lm_cls(cfg).eval()
+
+
+def test_static_decoder_refuses_what_it_would_decode_wrong():
+    """Llama-shaped modules that compute something else (a window, layers without rotary, extra norms,
+    soft-capping, scaled residuals) are refused with the reason, so callers fall back to the model's own cache;
+    each of these once decoded wrong tokens or crashed."""
+    import transformers as tf
+
+    mistral = _tiny(tf.MistralConfig, tf.MistralForCausalLM, sliding_window=8)
+    assert StaticDecoder(mistral, max_len=8, use_graph=False)  # the window covers every position
+    with pytest.raises(NnslimError, match="sliding window of 8 positions, fewer than max_len=24"):
+        StaticDecoder(mistral, max_len=24, use_graph=False)
+    with pytest.raises(NnslimError, match="layer 3 has no rotary embedding"):
+        StaticDecoder(_tiny(tf.SmolLM3Config, tf.SmolLM3ForCausalLM), max_len=24, use_graph=False)
+    with pytest.raises(NnslimError, match="attn_logit_softcapping"):
+        StaticDecoder(_tiny(tf.Gemma2Config, tf.Gemma2ForCausalLM, head_dim=16), max_len=24, use_graph=False)
+    with pytest.raises(NnslimError, match=r"self_attn.q_norm, self_attn.k_norm"):
+        StaticDecoder(_tiny(tf.Qwen3Config, tf.Qwen3ForCausalLM, head_dim=16), max_len=24, use_graph=False)
+    granite = _tiny(tf.GraniteConfig, tf.GraniteForCausalLM, residual_multiplier=0.5, logits_scaling=2.0)
+    with pytest.raises(NnslimError, match="does not reproduce GraniteForCausalLM: its prefill logits differ"):
+        StaticDecoder(granite, max_len=24, use_graph=False)
+    with pytest.raises(NnslimError, match="cannot run StableLmForCausalLM: RuntimeError"):  # partial rotary
+        StaticDecoder(_tiny(tf.StableLmConfig, tf.StableLmForCausalLM), max_len=24, use_graph=False)
+
+
 def test_static_decoder_bad_input(tiny_llama):
     with pytest.raises(NnslimError, match="Llama-family"):
         StaticDecoder(torch.nn.Linear(2, 2), 8)

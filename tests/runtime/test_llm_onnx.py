@@ -17,7 +17,7 @@ from hf_zoo import _build  # noqa: E402
 @pytest.fixture(scope="module")
 def llms(tmp_path_factory):
     root = tmp_path_factory.mktemp("llms")
-    return {kind: _build(kind, root) for kind in ("llama", "gpt2")}
+    return {kind: _build(kind, root) for kind in ("llama", "gpt2", "gemma2")}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,10 @@ def _hf_greedy(model_dir, prompt, n):
     return out[0, prompt.shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma2"])
 def test_onnx_with_past_decodes_as_transformers_generate(llms, kind, tmp_path, request):
+    """gemma2's sliding window is 8 tokens: its decode goes past it (a sliding cache traced at small sizes once
+    made ONNX Runtime fail there)."""
     from nnslim.runtime import make_runner
     from nnslim.runtime.onnx_llm import greedy_decode
 
@@ -53,11 +55,12 @@ def test_onnx_with_past_decodes_as_transformers_generate(llms, kind, tmp_path, r
     assert outputs[0] == "logits" and outputs[1:3] == ["present.0.key", "present.0.value"]
     assert any("decode step with past" in n for n in res.notes)
     prompt = np.random.default_rng(0).integers(0, 30522, (1, 7))
-    want = _hf_greedy(llms[kind], prompt, 6)
+    new = 12 if kind == "gemma2" else 6
+    want = _hf_greedy(llms[kind], prompt, new)
     for backend in ("onnxruntime", "openvino"):
         runner = make_runner(res.model, backend)
         assert runner.decodes
-        tokens, _, rate = greedy_decode(runner.run_all, prompt, 6)
+        tokens, _, rate = greedy_decode(runner.run_all, prompt, new)
         assert tokens == want, backend
         assert rate > 0
 
@@ -239,6 +242,9 @@ def test_generate_api_and_cli(llms, llama_onnx, tmp_path):
     assert two["batch"] == 2 and len(two["tokens"]) == 2 and "KV cache int8" in two["decoder"]
     gpt2 = nnslim.generate(str(llms["gpt2"]), text, 4, device="cpu")  # not Llama-family: the model's own cache
     assert gpt2["tokens"] == [_hf_greedy(llms["gpt2"], ids, 4)] and "own KV cache" in gpt2["decoder"]
+    gemma2 = nnslim.generate(str(llms["gemma2"]), text, 12, device="cpu")  # Llama-shaped, soft-capped, windowed
+    assert gemma2["tokens"] == [_hf_greedy(llms["gemma2"], ids, 12)]
+    assert "own KV cache" in gemma2["decoder"] and "softcapping" in gemma2["decoder"]
     onnx_res = nnslim.generate(str(llama_onnx.model.path.parent), text, 5)
     assert onnx_res["tokens"] == [want] and onnx_res["backend"] == "onnxruntime"
     with pytest.raises(NnslimError, match="different token counts"):

@@ -34,6 +34,37 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+_LAYER_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
+_ATTN_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def _extra_parts(module: torch.nn.Module, known: set[str]) -> list[str]:
+    return [n for n, m in module.named_children()
+            if n not in known and not isinstance(m, (torch.nn.Dropout, torch.nn.Identity))]
+
+
+def _structure_blocker(lm: torch.nn.Module, base: torch.nn.Module, max_len: int) -> str | None:
+    """Why this decoder (pre-norm blocks: x + attn(norm(x)), x + mlp(norm(x)); rotary over the whole head;
+    full causal attention) would compute something else than the model; None when nothing says so."""
+    cfg = lm.config
+    for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(cfg, name, None) is not None:
+            return f"{name}={getattr(cfg, name)}"
+    for i, layer in enumerate(base.layers):
+        a = layer.self_attn
+        extra = _extra_parts(layer, _LAYER_PARTS) + [f"self_attn.{n}" for n in _extra_parts(a, _ATTN_PARTS)]
+        if extra:
+            return f"layer {i} has {', '.join(extra)} (e.g. q/k norms, post-norms), which it does not run"
+        if getattr(a, "use_rope", True) in (0, False):
+            return f"layer {i} has no rotary embedding"
+        window = getattr(a, "sliding_window", None) if hasattr(a, "sliding_window") else (
+            getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None)
+        if isinstance(window, int) and window < max_len:
+            return (f"layer {i} attends to a sliding window of {window} positions, fewer than max_len={max_len} "
+                    "(this decoder attends to all of them)")
+    return None
+
+
 class StaticDecoder:
     def __init__(self, lm: torch.nn.Module, max_len: int, use_graph: bool | None = None,
                  fused: bool | None = None, batch: int = 1, kv_cache: str = "model", norm_quant: bool = True):
@@ -45,8 +76,9 @@ class StaticDecoder:
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             if not hasattr(attn, name):
                 raise NnslimError(f"StaticDecoder: attention module {type(attn).__name__} has no {name}")
-        if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
-            raise NnslimError(f"StaticDecoder: attention with q/k norms ({type(attn).__name__}) is not supported")
+        why = _structure_blocker(lm, base, max_len)
+        if why is not None:
+            raise NnslimError(f"StaticDecoder does not implement {type(lm).__name__}: {why}")
         self.lm, self.base = lm, base
         cfg = lm.config
         self.heads = cfg.num_attention_heads
@@ -81,6 +113,29 @@ class StaticDecoder:
                 raise NnslimError(f"StaticDecoder(fused=True): {why}")
             else:
                 self.fused_note = f"not fused: {why}"
+        self._verify()
+
+    @torch.no_grad()
+    def _verify(self) -> None:
+        """The decoder's prefill must give the model's own last-token logits on a short random prompt: what the
+        structural checks cannot see (scaled residuals or logits, layers without rotary, other norms) makes it
+        refuse the model, so callers fall back to the model's own cache instead of decoding wrong tokens."""
+        n = min(8, self.max_len)
+        vocab = getattr(self.base.embed_tokens, "num_embeddings", None) or self.lm.config.vocab_size
+        ids = torch.randint(0, vocab, (self.batch, n), generator=torch.Generator().manual_seed(0)).to(self.device)
+        try:
+            ref = self.lm(input_ids=ids, use_cache=False).logits[:, -1].float()
+            got = self.forward(ids, torch.arange(n, device=self.device)).float()
+        except NnslimError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a layout this decoder misreads fails here, named in one line
+            raise NnslimError(f"StaticDecoder cannot run {type(self.lm).__name__}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+        tolerance = 1e-3 if self.dtype == torch.float32 else 5e-2
+        if not err <= tolerance:
+            raise NnslimError(f"StaticDecoder does not reproduce {type(self.lm).__name__}: its prefill logits differ "
+                              f"from the model's own forward by {err:.3g} (relative) > {tolerance}")
 
     def _fusion_blocker(self, explicit: bool) -> str | None:
         from .fuse import concat_blocker

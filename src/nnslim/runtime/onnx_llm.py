@@ -59,8 +59,10 @@ class CausalLMWithPast(nn.Module):
         from transformers import DynamicCache
 
         positions, past = (rest[0], rest[1:]) if self.takes_positions else (None, rest)
-        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.n_layers)],
-                             config=self.lm.config)
+        # Full layers, without the config: a sliding-window layer (Gemma 2/3, Mistral's window) would crop what
+        # it keeps to the window at trace-time sizes, which the graph cannot follow past them; a full cache with
+        # the model's own sliding-window masks attends to the same keys.
+        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.n_layers)])
         kwargs = {"position_ids": positions} if self.takes_positions else {}
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
                       **{self.cache_arg: cache}, **kwargs)
