@@ -132,7 +132,9 @@ class StaticDecoder:
             raise NnslimError(f"StaticDecoder cannot run {type(self.lm).__name__}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
         err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
-        tolerance = 1e-3 if self.dtype == torch.float32 else 5e-2
+        # half precision: fused kernels and concatenated linears round differently from the model's own path
+        # (what differs in structure, e.g. Granite's scaled residuals, is off by tens of percent)
+        tolerance = 1e-3 if self.dtype == torch.float32 else 0.1
         if not err <= tolerance:
             raise NnslimError(f"StaticDecoder does not reproduce {type(self.lm).__name__}: its prefill logits differ "
                               f"from the model's own forward by {err:.3g} (relative) > {tolerance}")
