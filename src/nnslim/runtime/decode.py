@@ -1,5 +1,8 @@
 """Greedy decoding with a static KV cache for Llama-family Hugging Face models (Llama, SmolLM, Mistral,
-Qwen2-style: q/k/v/o projections, RMSNorm, rotary embeddings, grouped-query attention).
+Qwen2-style: q/k/v/o projections, RMSNorm, rotary embeddings, grouped-query attention; Qwen3's per-head q/k
+norms unfused). A model that has anything else (windows shorter than the cache, soft-capping, post-norms,
+layers without rotary) is refused with the reason, and a self-check of the prefill against the model's own
+forward refuses what the structure does not show (scaled residuals): callers then use the model's own cache.
 
 One decode step has fixed shapes, so on CUDA it is captured once in a CUDA graph and replayed per
 token: no per-token Python or launch overhead, which otherwise dominates batch-1 decode. The layers
@@ -36,6 +39,7 @@ def _rotate_half(x):
 
 _LAYER_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
 _ATTN_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj"}
+_QK_NORMS = {"q_norm", "k_norm"}  # per-head RMSNorms of queries and keys before rotary (Qwen3)
 
 
 def _extra_parts(module: torch.nn.Module, known: set[str]) -> list[str]:
@@ -52,9 +56,12 @@ def _structure_blocker(lm: torch.nn.Module, base: torch.nn.Module, max_len: int)
             return f"{name}={getattr(cfg, name)}"
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
-        extra = _extra_parts(layer, _LAYER_PARTS) + [f"self_attn.{n}" for n in _extra_parts(a, _ATTN_PARTS)]
+        extra = _extra_parts(layer, _LAYER_PARTS) + [f"self_attn.{n}" for n in _extra_parts(a, _ATTN_PARTS | _QK_NORMS)]
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        extra += [f"self_attn.{n} over {tuple(getattr(a, n).weight.shape)} (not per head)" for n in _QK_NORMS
+                  if hasattr(a, n) and tuple(getattr(getattr(a, n), "weight", torch.empty(0)).shape) != (head_dim,)]
         if extra:
-            return f"layer {i} has {', '.join(extra)} (e.g. q/k norms, post-norms), which it does not run"
+            return f"layer {i} has {', '.join(extra)}, which it does not run"
         if getattr(a, "use_rope", True) in (0, False):
             return f"layer {i} has no rotary embedding"
         window = getattr(a, "sliding_window", None) if hasattr(a, "sliding_window") else (
@@ -147,6 +154,8 @@ class StaticDecoder:
             return "triton is not installed"
         if self.head_dim % 2:
             return f"head_dim {self.head_dim} is odd"
+        if any(hasattr(layer.self_attn, n) for layer in self.base.layers for n in _QK_NORMS):
+            return "q/k norms (the fused rotary kernel reads q and k straight from the projection)"
         norms = [self.base.norm] + [n for layer in self.base.layers
                                     for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         for n in norms:
@@ -260,8 +269,11 @@ class StaticDecoder:
         for i, layer in enumerate(self.base.layers):
             a = layer.self_attn
             x = layer.input_layernorm(h)
-            q = a.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-            k = a.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = a.q_proj(x).view(b, t, self.heads, self.head_dim)
+            k = a.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
+            if hasattr(a, "q_norm"):
+                q, k = a.q_norm(q), a.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = a.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
