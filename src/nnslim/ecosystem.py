@@ -1,7 +1,8 @@
 """Artifacts in the formats the ecosystem loads.
 
 Weight-only int LLMs are written as a standard Hugging Face checkpoint in the compressed-tensors
-"pack-quantized" format (what llm-compressor writes and vLLM / transformers load): the HF model's own
+"pack-quantized" format, W8A8 ones (int8 / fp8 weights per channel, dynamic per-token activations) in its
+"int-quantized" / "float-quantized" formats (what llm-compressor writes and vLLM / transformers load): the HF model's own
 weight names, `config.json` with a `quantization_config`, the tokenizer beside it. nnslim reads the
 same files back into its packed layers (and so its own kernels). Packing uses the compressed-tensors
 library's functions, so the bits are what that library (and the loaders built on it) expects.
@@ -49,12 +50,18 @@ def writable(model: nn.Module) -> str | None:
     layers = packed_layers(model)
     if not layers:
         return "no quantized layers"
+    formats = {_format(cfg) for cfg in layers.values()}
+    if len(formats) > 1:
+        return f"its layers mix compressed-tensors formats ({', '.join(sorted(map(str, formats)))}), one per checkpoint"
     for name, cfg in layers.items():
         if cfg.get("kind") == "weight_only_embedding":
             return (f"embedding {name} is int8 (backup: int8), which transformers does not load from a "
                     "compressed-tensors checkpoint; backup: float keeps a transformers / vLLM checkpoint")
-        if cfg.get("kind") != "weight_only":
-            return f"layer {name} is {cfg.get('kind')!r}, not weight-only int"
+        if cfg.get("kind") == "w8a8":
+            if cfg.get("input_scale"):
+                return f"layer {name} keeps an unfolded SmoothQuant input scale"
+        elif cfg.get("kind") != "weight_only":
+            return f"layer {name} is {cfg.get('kind')!r}, not weight-only int or W8A8"
         if not cfg.get("symmetric", True):
             # measured: transformers 5.24 + compressed-tensors 0.20 refuse the packed zero points they define
             return f"layer {name} is asymmetric (zero points); compressed-tensors is written for symmetric int"
@@ -68,7 +75,8 @@ def writable(model: nn.Module) -> str | None:
 def _load_fails(hf: nn.Module, qconfig: dict) -> str | None:
     """Why transformers would fail to load this checkpoint, found by running its own loading steps on an empty
     (meta) copy of the architecture: compressed-tensors' layout of the quantized layers, then the model's weight
-    init, which in some architectures reads a quantized layer's `.weight` (measured: T5, Falcon). None when it
+    init, which in some architectures reads a quantized layer's `.weight` (measured: T5, Falcon; the tensors the
+    checkpoint holds are marked loaded first, as from_pretrained marks them). None when it
     passes, or when these steps cannot be run with this transformers (the checkpoint is written then)."""
     import copy
 
@@ -85,6 +93,8 @@ def _load_fails(hf: nn.Module, qconfig: dict) -> str | None:
             quantizer._process_model_before_weight_loading(built)
     except Exception:  # noqa: BLE001 - a different transformers: the check cannot run, the write goes ahead
         return None
+    for t in built.state_dict(keep_vars=True).values():  # as from_pretrained marks what the checkpoint holds:
+        t._is_hf_initialized = True  # its init functions skip those tensors (int8 W8A8 weights), not the modules
     try:
         with torch.device("meta"):
             built.initialize_weights()
@@ -94,20 +104,41 @@ def _load_fails(hf: nn.Module, qconfig: dict) -> str | None:
     return None
 
 
-def _scheme(cfg: dict) -> dict:
+W8A8_FORMATS = {"int8": ("int", "int-quantized"), "fp8": ("float", "float-quantized")}  # nnslim -> CT type, format
+
+
+def _format(cfg: dict) -> str | None:
+    """The compressed-tensors format of a packed layer: weight-only int packs codes into int32; W8A8 stores
+    its int8 / fp8 codes as they are (what llm-compressor writes for W8A8-INT8 and FP8-dynamic)."""
+    if cfg.get("kind") == "w8a8":
+        return W8A8_FORMATS[cfg["format"]][1]
+    return "pack-quantized" if cfg.get("kind") == "weight_only" else None
+
+
+def _scheme(cfg: dict) -> tuple[dict, dict | None]:
+    """(weights, input activations) of a layer: W8A8 is 8-bit per output channel, activations per token at
+    run time (dynamic, symmetric); weight-only int has no activation scheme."""
+    if cfg.get("kind") == "w8a8":
+        kind = W8A8_FORMATS[cfg["format"]][0]
+        return ({"num_bits": 8, "type": kind, "symmetric": True, "strategy": "channel", "group_size": None,
+                 "dynamic": False},
+                {"num_bits": 8, "type": kind, "symmetric": True, "strategy": "token", "group_size": None,
+                 "dynamic": True})
     strategy = "channel" if cfg["group"] == cfg["in_features"] else "group"
-    return {"num_bits": cfg["bits"], "type": "int", "symmetric": cfg["symmetric"], "strategy": strategy,
-            "group_size": cfg["group"] if strategy == "group" else None, "dynamic": False}
+    return ({"num_bits": cfg["bits"], "type": "int", "symmetric": cfg["symmetric"], "strategy": strategy,
+             "group_size": cfg["group"] if strategy == "group" else None, "dynamic": False}, None)
 
 
 def quantization_config(layers: dict[str, dict]) -> dict[str, Any]:
     """compressed-tensors config: one group per distinct scheme, targeting its layers by name."""
     groups: dict[str, dict] = {}
     for name, cfg in layers.items():
-        key = json.dumps(_scheme(cfg), sort_keys=True)
-        groups.setdefault(key, {"targets": [], "weights": _scheme(cfg), "input_activations": None,
+        weights, acts = _scheme(cfg)
+        key = json.dumps([weights, acts], sort_keys=True)
+        groups.setdefault(key, {"targets": [], "weights": weights, "input_activations": acts,
                                 "output_activations": None})["targets"].append(name)
-    return {"quant_method": FORMAT, "format": "pack-quantized", "quantization_status": "compressed",
+    fmt = _format(next(iter(layers.values()))) if layers else "pack-quantized"
+    return {"quant_method": FORMAT, "format": fmt, "quantization_status": "compressed",
             "config_groups": {f"group_{i}": g for i, g in enumerate(groups.values())}, "ignore": []}
 
 
@@ -134,6 +165,14 @@ def _tensors(hf: nn.Module, layers: dict[str, dict], source=None, prefix: str = 
             yield name, _own_storage(value_of(source, prefix + name, tensor).contiguous())
     for name in layers:
         layer = hf.get_submodule(name)
+        if layers[name].get("kind") == "w8a8":
+            with resident(source, layer, prefix + name):
+                yield f"{name}.weight", layer.qweight.detach().clone()
+                # [out, 1] in fp32 as nnslim computes them (transformers casts them to the model dtype on load)
+                yield f"{name}.weight_scale", layer.wscale.detach().float().clone()[:, None]
+                if layer.bias is not None:
+                    yield f"{name}.bias", layer.bias.detach().clone()
+            continue
         with resident(source, layer, prefix + name):
             yield f"{name}.weight_packed", _ct_packed(layer, pack_to_int32)
             yield f"{name}.weight_scale", layer.scales.detach().clone()
@@ -232,10 +271,11 @@ def read_into(model: nn.Module, weights: Path | list[Path], config: dict) -> nn.
     from .io import SafetensorsReader
 
     qc = config.get("quantization_config") or {}
-    if qc.get("quant_method") != FORMAT or qc.get("format") != "pack-quantized":
+    readable = ("pack-quantized", "int-quantized", "float-quantized")
+    if qc.get("quant_method") != FORMAT or qc.get("format") not in readable:
         where = (weights[0] if isinstance(weights, list) else weights).parent
         raise NnslimError(f"quantization_config of {str(where)!r} is {qc.get('quant_method')!r}/"
-                          f"{qc.get('format')!r}; nnslim reads compressed-tensors pack-quantized")
+                          f"{qc.get('format')!r}; nnslim reads compressed-tensors {', '.join(readable)}")
     root = _hf_root(model)
     if root is None:
         raise NnslimError("a compressed-tensors checkpoint needs a Hugging Face model to load into")
@@ -279,8 +319,12 @@ def _read_groups(model: nn.Module, hf: nn.Module, tensors: _Lazy, qc: dict, weig
     replaced: set[str] = set()
     for group in (qc.get("config_groups") or {}).values():
         w = group.get("weights") or {}
-        if w.get("type") != "int" or group.get("input_activations"):
-            raise NnslimError(f"{str(weights.parent)!r}: only weight-only int groups are read, not {group}")
+        if group.get("input_activations"):
+            for name in _read_w8a8_group(hf, tensors, group, weights):
+                replaced.add(name)
+            continue
+        if w.get("type") != "int":
+            raise NnslimError(f"{str(weights.parent)!r}: only weight-only int and W8A8 groups are read, not {group}")
         spec = WeightSpec(int(w["num_bits"]), int(w.get("group_size") or -1), bool(w.get("symmetric", True)))
         for name in group.get("targets") or []:
             linear = hf.get_submodule(name)
@@ -306,6 +350,38 @@ def _read_groups(model: nn.Module, hf: nn.Module, tensors: _Lazy, qc: dict, weig
     if left:
         raise NnslimError(f"{str(weights)!r} lacks tensors of the architecture: {left[:3]}")
     return model
+
+
+def _read_w8a8_group(hf: nn.Module, tensors: _Lazy, group: dict, weights: Path) -> list[str]:
+    """A W8A8 group (8-bit weights per channel, dynamic per-token activations of the same type) as W8A8Linear
+    layers; any other scheme with activations is refused, naming it."""
+    from .graph.modules import replace_module
+    from .quant.w8a8 import W8A8Linear
+
+    w, a = group.get("weights") or {}, group.get("input_activations") or {}
+    fmt = next((f for f, (kind, _) in W8A8_FORMATS.items() if kind == w.get("type")), None)
+    if (fmt is None or w.get("num_bits") != 8 or w.get("strategy") != "channel" or not w.get("symmetric", True)
+            or a.get("type") != w.get("type") or a.get("num_bits") != 8 or a.get("strategy") != "token"
+            or not a.get("dynamic") or not a.get("symmetric", True)):
+        raise NnslimError(f"{str(weights.parent)!r}: a group with activations is read only as W8A8 (8-bit int / "
+                          f"float weights per channel, dynamic symmetric per-token activations), not {group}")
+    names = list(group.get("targets") or [])
+    for name in names:
+        linear = hf.get_submodule(name)
+        if not isinstance(linear, nn.Linear):
+            raise NnslimError(f"target {name!r} of {str(weights.parent)!r} is not a Linear layer")
+        codes, scale = tensors.pop(f"{name}.weight"), tensors.pop(f"{name}.weight_scale")
+        layer = W8A8Linear(linear.in_features, linear.out_features, fmt, linear.bias is not None,
+                           linear.weight.dtype if not linear.weight.is_meta else scale.dtype)
+        if codes.dtype != layer.qweight.dtype or tuple(codes.shape) != tuple(layer.qweight.shape):
+            raise NnslimError(f"{name}.weight of {str(weights.parent)!r} is {codes.dtype} {tuple(codes.shape)}; "
+                              f"{fmt} W8A8 needs {layer.qweight.dtype} {tuple(layer.qweight.shape)}")
+        layer.qweight.copy_(codes)
+        layer.wscale.copy_(scale.float().reshape(-1))
+        if linear.bias is not None:
+            layer.bias.copy_(tensors.pop(f"{name}.bias"))
+        replace_module(hf, name, layer.to(scale.device))
+    return names
 
 
 def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

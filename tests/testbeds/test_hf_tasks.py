@@ -207,6 +207,42 @@ def test_int_llm_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp_
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method,fmt,dtype", [("int8-w8a8", "int-quantized", torch.int8),
+                                              ("fp8", "float-quantized", torch.float8_e4m3fn)])
+def test_w8a8_llm_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp_path, method, fmt, dtype):
+    """W8A8 as llm-compressor writes W8A8-INT8 / FP8-dynamic: 8-bit codes and per-channel scales under the HF
+    names, per-token dynamic activations in the config; transformers loads it with no nnslim code and computes
+    nnslim's function (its per-token int8 scale is absmax / 127.5, nnslim's and vLLM's absmax / 127: within 2%
+    of the logits' range); nnslim reads it back into W8A8Linear bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from nnslim.quant.w8a8 import W8A8Linear
+
+    res = nnslim.compress(str(zoo["llama"]), method, out=tmp_path / "a", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "compressed-tensors"
+    qc = json.loads((res.out / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == fmt and len(qc["config_groups"]) == 1
+    group = qc["config_groups"]["group_0"]
+    assert len(group["targets"]) == 14 and group["input_activations"]["strategy"] == "token"
+    assert group["input_activations"]["dynamic"] and group["weights"]["strategy"] == "channel"
+    from safetensors import safe_open
+
+    with safe_open(str(res.out / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.layers.0.mlp.up_proj.weight").dtype == dtype
+    ours = nnslim.load(res.out)
+    layers = [m for m in ours.modules() if isinstance(m, W8A8Linear)]
+    assert len(layers) == 14
+    mine = dict(res.model.named_modules())
+    for name, m in ours.named_modules():
+        if isinstance(m, W8A8Linear):
+            assert torch.equal(m.qweight, mine[name].qweight) and torch.equal(m.wscale, mine[name].wscale)
+    hf = AutoModelForCausalLM.from_pretrained(str(res.out)).eval()
+    ids = torch.randint(0, 30522, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ours(ids)
+        assert float((hf(ids).logits - want).abs().max()) <= 0.02 * float(want.abs().max())
+
+
 def test_encoder_decoder_int4_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp_path):
     """BART (encoder and decoder quantized, the tied embedding stored once): transformers loads the int4
     artifact as a seq2seq LM and gives nnslim's logits; nnslim loads it back into its packed layers."""
