@@ -85,8 +85,9 @@ def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.n
         import transformers
 
         model = getattr(transformers, AUTO[task]).from_pretrained(str(out)).eval()
-        with torch.no_grad():
-            res = model(**{k: torch.as_tensor(v) for k, v in feed.items()})
+        with torch.no_grad():  # float inputs (pixels) in the checkpoint's dtype, as a user of an fp16 model feeds them
+            res = model(**{k: torch.as_tensor(v).to(model.dtype) if np.issubdtype(v.dtype, np.floating)
+                           else torch.as_tensor(v) for k, v in feed.items()})
         if task == "question-answering":
             return torch.stack([res.start_logits, res.end_logits], -1).float().numpy()
         if task == "feature-extraction":
