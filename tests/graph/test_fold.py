@@ -123,3 +123,27 @@ def test_hf_resnet_int8_runs_every_convolution_as_int8_in_onnxruntime(tmp_path, 
             for m in (proto, plain)]
     assert np.allclose(outs[0], outs[1], atol=1e-5)
     assert nnslim.evaluate(str(res.out), testbed=str(tmp_path / "resnet"))["metrics"]["top1_agreement"] > 0.9
+
+
+def test_subclassed_convolutions_are_folded_too():
+    """fx traces into modules outside torch.nn: a Conv2d subclass (transformers' EfficientNetDepthwiseConv2d)
+    followed by its BatchNorm is still a pair (once left unfolded, the exporter folded the BatchNorm into the int8
+    weights and the int8 export refused the layers)."""
+    import torch
+    from torch import nn
+
+    from nnslim.graph.fold import fold_batchnorm
+
+    class Depthwise(nn.Conv2d):
+        pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), Depthwise(8, 8, 3, groups=8), nn.BatchNorm2d(8))
+    model[3].running_mean.uniform_(-1, 1)
+    model[3].running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(2, 3, 12, 12)
+    want = model(x)
+    assert fold_batchnorm(model, {"x": x}) == 1
+    assert isinstance(model[3], nn.Identity)
+    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)

@@ -246,3 +246,31 @@ def test_export_cache_folder_that_cannot_be_written_is_a_clear_error(tmp_path, m
     with pytest.raises(NnslimError, match="NNSLIM_EXPORT_CACHE=.*cannot create or write"):
         export_onnx(torch.nn.Linear(4, 2), {"x": np.ones((2, 4), np.float32)}, tmp_path / "m.onnx")
     assert blocker.read_text() == "not a folder" and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_pool_larger_than_its_input_exports_as_a_global_pool_openvino_converts(tmp_path):
+    """transformers' EfficientNet pools with AvgPool2d(kernel=hidden_dim, ceil_mode=True), a global mean in torch and
+    ONNX Runtime that OpenVINO refused to convert (kernel larger than its input): written as GlobalAveragePool."""
+    import onnx
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+            self.pool = torch.nn.AvgPool2d(64, ceil_mode=True)
+            self.local = torch.nn.AvgPool2d(2)  # an ordinary pool stays as it is
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.pool(y).flatten(1) + self.local(y).mean((2, 3))
+
+    torch.manual_seed(0)
+    model = Pooled().eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    want = TorchRunner(model)({"x": x})
+    res = nnslim.compress(model, "onnx", example_inputs={"x": x}, out=tmp_path / "o", report=False)
+    ops = [n.op_type for n in onnx.load(str(res.model.path)).graph.node]
+    assert "GlobalAveragePool" in ops and ops.count("AveragePool") == 1
+    for backend in ("onnxruntime", "openvino"):
+        np.testing.assert_allclose(make_runner(res.model, backend)({"x": x}), want, rtol=1e-4, atol=1e-5)

@@ -25,9 +25,17 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias * scale + shift)
 
 
+class _ConvLeaves(torch.fx.Tracer):
+    """fx keeps only torch.nn's own modules whole: a subclass of a convolution or BatchNorm (transformers'
+    EfficientNetDepthwiseConv2d) would be traced into a bare conv2d call and its pair missed."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (*_CONVS, *_BNS)) or super().is_leaf_module(m, qualname)
+
+
 def _pairs_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = torch.fx.GraphModule(model, _ConvLeaves().trace(model))
     except Exception:  # fx cannot trace data-dependent control flow: use the Sequential fallback
         return None
     mods = dict(gm.named_modules())

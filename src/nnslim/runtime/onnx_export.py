@@ -205,8 +205,41 @@ def _check_opset(path: Path, opset: int) -> None:
     if got != opset:
         raise NnslimError(f"opset={opset} was asked for, but this model exported at opset {got} (the converter "
                           f"could not go lower); allowed for this model: {got}..23")
+    global_pools(proto)
     strip_exporter_metadata(proto)
     onnx.save(proto, str(path))  # external tensors keep their references (not loaded, not rewritten)
+
+
+def global_pools(proto) -> list[str]:
+    """Rewrite as GlobalAveragePool every AveragePool whose window covers its whole (static) input and gives one
+    value per channel: transformers' EfficientNet pools with kernel = hidden_dim (1280) and ceil_mode, which torch
+    and ONNX Runtime compute as the mean but OpenVINO refuses (a kernel larger than its input). Returns the nodes."""
+    import onnx
+    from onnx import helper
+
+    pools = [n for n in proto.graph.node if n.op_type == "AveragePool"]
+    if not pools:
+        return []
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto).graph
+    except Exception:  # noqa: BLE001 - shapes unknown: nothing is rewritten
+        return []
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    done = []
+    for node in pools:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape_in, shape_out = dims.get(node.input[0]), dims.get(node.output[0])
+        kernel = list(attrs.get("kernel_shape", []))
+        if (not shape_in or not shape_out or len(shape_in) != len(kernel) + 2 or None in shape_in[2:]
+                or any(attrs.get("pads", [])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+                or any(d != 1 for d in attrs.get("dilations", [])) or shape_out[2:] != [1] * len(kernel)
+                or any(k < d for k, d in zip(kernel, shape_in[2:]))):
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        done.append(node.name)
+    return done
 
 
 def strip_exporter_metadata(proto) -> None:
