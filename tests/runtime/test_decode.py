@@ -69,14 +69,13 @@ def test_static_decoder_refuses_what_it_would_decode_wrong():
 
 
 def test_static_decoder_runs_per_head_qk_norms():
-    """Qwen3: RMSNorm over each head's queries / keys before rotary (unfused; the fused path says why not)."""
+    """Qwen3: RMSNorm over each head's queries / keys before rotary (unfused path; the fused one below)."""
     import transformers as tf
 
     lm = _tiny(tf.Qwen3Config, tf.Qwen3ForCausalLM, head_dim=16)
     prompt = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(5))
-    dec = StaticDecoder(lm, max_len=24, use_graph=False)
+    dec = StaticDecoder(lm, max_len=24, use_graph=False, fused=False)
     assert dec.generate(prompt, 10)[0] == _greedy_reference(lm, prompt, 10)
-    assert dec.fused is None  # "q/k norms" where Triton is installed
 
 
 def test_static_decoder_bad_input(tiny_llama):
@@ -239,14 +238,16 @@ def test_concat_linears_w8a8_and_weight_only(tiny_llama):
     assert concat_linears([torch.nn.Linear(4, 2), torch.nn.Linear(5, 2)]) is None
 
 
-@pytest.mark.parametrize("family", ["Qwen2", "Mistral"])
+@pytest.mark.parametrize("family", ["Qwen2", "Mistral", "Qwen3"])
 def test_fused_decoder_other_llama_families(interpreted, family):
-    """Qwen2 (q/k/v biases) and Mistral decode through the fused path token for token like HF."""
+    """Qwen2 (q/k/v biases), Mistral and Qwen3 (per-head q/k norms) decode through the fused path token for token
+    like HF."""
     import transformers
 
+    extra = {"head_dim": 16} if family == "Qwen3" else {}
     cfg = getattr(transformers, f"{family}Config")(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                                   max_position_embeddings=64)
+                                                   max_position_embeddings=64, **extra)
     torch.manual_seed(1)
     lm = getattr(transformers, f"{family}ForCausalLM")(cfg).eval().to("cuda" if CUDA else "cpu")
     prompt = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(2)).to(lm.device)

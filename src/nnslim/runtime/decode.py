@@ -1,6 +1,6 @@
 """Greedy decoding with a static KV cache for Llama-family Hugging Face models (Llama, SmolLM, Mistral,
 Qwen2-style: q/k/v/o projections, RMSNorm, rotary embeddings, grouped-query attention; Qwen3's per-head q/k
-norms unfused). A model that has anything else (windows shorter than the cache, soft-capping, post-norms,
+norms). A model that has anything else (windows shorter than the cache, soft-capping, post-norms,
 layers without rotary) is refused with the reason, and a self-check of the prefill against the model's own
 forward refuses what the structure does not show (scaled residuals): callers then use the model's own cache.
 
@@ -154,8 +154,6 @@ class StaticDecoder:
             return "triton is not installed"
         if self.head_dim % 2:
             return f"head_dim {self.head_dim} is odd"
-        if any(hasattr(layer.self_attn, n) for layer in self.base.layers for n in _QK_NORMS):
-            return "q/k norms (the fused rotary kernel reads q and k straight from the projection)"
         norms = [self.base.norm] + [n for layer in self.base.layers
                                     for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         for n in norms:
@@ -236,6 +234,12 @@ class StaticDecoder:
             q_in, gu_in = self._norm_quant[i]
             x = K.add_rmsnorm(h, delta, n1.weight, n1.variance_epsilon, q_in)
             y = qkv(x)
+            a = layer.self_attn
+            if hasattr(a, "q_norm"):  # Qwen3: per-head RMSNorm of q and k, in place, before the rotary kernel
+                y = y.contiguous()  # a GEMM that computes y.T may return a transposed view
+                heads = y.view(b * t, self.heads + 2 * self.kv_heads, hd)
+                heads[:, : self.heads] = a.q_norm(heads[:, : self.heads])
+                heads[:, self.heads: self.heads + self.kv_heads] = a.k_norm(heads[:, self.heads: self.heads + self.kv_heads])
             kc, vc, ks, vs = self.cache.kernel_args(i)
             q = K.rope_cache(y, cos, sin, pos, kc, vc, self.heads, self.kv_heads, ks, vs, by_position=tables)
             if t == 1:
