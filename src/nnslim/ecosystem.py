@@ -2,8 +2,8 @@
 
 Weight-only int LLMs are written as a standard Hugging Face checkpoint in the compressed-tensors
 "pack-quantized" format, W8A8 ones (int8 / fp8 weights per channel, dynamic per-token activations) in its
-"int-quantized" / "float-quantized" formats (what llm-compressor writes and vLLM / transformers load): the HF model's own
-weight names, `config.json` with a `quantization_config`, the tokenizer beside it. nnslim reads the
+"int-quantized" / "float-quantized" formats (what llm-compressor writes and vLLM / transformers load): the HF
+model's own weight names, `config.json` with a `quantization_config`, the tokenizer beside it. nnslim reads the
 same files back into its packed layers (and so its own kernels). Packing uses the compressed-tensors
 library's functions, so the bits are what that library (and the loaders built on it) expects.
 """

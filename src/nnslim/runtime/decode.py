@@ -39,7 +39,7 @@ def _rotate_half(x):
 
 _LAYER_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
 _ATTN_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj"}
-_QK_NORMS = {"q_norm", "k_norm"}  # per-head RMSNorms of queries and keys before rotary (Qwen3)
+_QK_NORMS = ("q_norm", "k_norm")  # per-head RMSNorms of queries and keys before rotary (Qwen3)
 
 
 def _extra_parts(module: torch.nn.Module, known: set[str]) -> list[str]:
@@ -56,7 +56,8 @@ def _structure_blocker(lm: torch.nn.Module, base: torch.nn.Module, max_len: int)
             return f"{name}={getattr(cfg, name)}"
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
-        extra = _extra_parts(layer, _LAYER_PARTS) + [f"self_attn.{n}" for n in _extra_parts(a, _ATTN_PARTS | _QK_NORMS)]
+        extra = _extra_parts(layer, _LAYER_PARTS)
+        extra += [f"self_attn.{n}" for n in _extra_parts(a, _ATTN_PARTS | set(_QK_NORMS))]
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         extra += [f"self_attn.{n} over {tuple(getattr(a, n).weight.shape)} (not per head)" for n in _QK_NORMS
                   if hasattr(a, n) and tuple(getattr(getattr(a, n), "weight", torch.empty(0)).shape) != (head_dim,)]
@@ -238,8 +239,9 @@ class StaticDecoder:
             if hasattr(a, "q_norm"):  # Qwen3: per-head RMSNorm of q and k, in place, before the rotary kernel
                 y = y.contiguous()  # a GEMM that computes y.T may return a transposed view
                 heads = y.view(b * t, self.heads + 2 * self.kv_heads, hd)
-                heads[:, : self.heads] = a.q_norm(heads[:, : self.heads])
-                heads[:, self.heads: self.heads + self.kv_heads] = a.k_norm(heads[:, self.heads: self.heads + self.kv_heads])
+                q_part, k_part = slice(0, self.heads), slice(self.heads, self.heads + self.kv_heads)
+                heads[:, q_part] = a.q_norm(heads[:, q_part])
+                heads[:, k_part] = a.k_norm(heads[:, k_part])
             kc, vc, ks, vs = self.cache.kernel_args(i)
             q = K.rope_cache(y, cos, sin, pos, kc, vc, self.heads, self.kv_heads, ks, vs, by_position=tables)
             if t == 1:

@@ -43,7 +43,11 @@ def quantize_rows_torch(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.
     """Per-row symmetric quantization over the last dim in torch (the reference of `quantize_rows`, the CPU
     path, and the KV cache's): (codes int8 [-127, 127] or float8_e4m3fn, scale [...] fp32 = absmax / qmax)."""
     storage, qmax = ROW_FORMATS[fmt]
-    scale = x.float().abs().amax(dim=-1).clamp(min=1e-12) / qmax
-    v = x.float() / scale[..., None]
-    v = torch.round(v) if fmt == "int8" else v
-    return v.clamp(-qmax, qmax).to(storage), scale
+    xf = x.float()
+    # the same values as abs().amax(), in one kernel; then in-place steps on fresh tensors: one row (a CPU decode
+    # step) costs per-op overhead, not arithmetic
+    scale = torch.linalg.vector_norm(xf, ord=float("inf"), dim=-1).clamp_(min=1e-12).div_(qmax)
+    v = xf / scale[..., None]
+    if fmt == "int8":
+        v.round_()
+    return v.clamp_(-qmax, qmax).to(storage), scale
