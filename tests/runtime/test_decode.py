@@ -181,7 +181,7 @@ def test_decode_attention_over_int8_codes(interpreted, config):
             assert torch.allclose(o.cpu(), ref_model, atol=1e-5), (hd, chunk)
 
 
-def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
+def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama, monkeypatch):
     import copy
 
     dev = "cuda" if CUDA else "cpu"
@@ -200,6 +200,9 @@ def test_fused_decoder_matches_hf_and_keeps_the_model(interpreted, tiny_llama):
     assert tokens == ref_tokens
     from nnslim.quant.w8a8 import Int8W8A8Config, quantize_w8a8
 
+    if not CUDA:  # one kernel for both paths on a CPU: the measured choice may differ between the fused and the
+        # model's own layers (timing), and another float epilogue can flip a near-tie token of this random model
+        monkeypatch.setenv("NNSLIM_KERNEL", "dequant")
     for q in (quantize(tiny_llama, Int4RtnConfig(group_size=32)),
               quantize_w8a8(tiny_llama, Int8W8A8Config())):
         tokens, _ = StaticDecoder(q, max_len=24, use_graph=False, fused=True).generate(prompt, 6)
