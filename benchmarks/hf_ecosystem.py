@@ -39,8 +39,12 @@ METHODS = {"int8": ["--method", "int8"], "int4-rtn": ["--method", "int4-rtn", "-
            "prune-structured": ["--method", "prune-structured", "--set", "ratio=0.5"], "onnx": ["--method", "onnx"],
            # not in the default set: int4 deployed as ONNX (MatMulNBits), for models whose int4 has no
            # compressed-tensors form (GPT-2's Conv1D)
-           "int4-onnx": ["--recipe", str(ROOT / "examples" / "int4_onnx_llm.yaml")]}
+           "int4-onnx": ["--recipe", str(ROOT / "examples" / "int4_onnx_llm.yaml")],
+           # W8A8 (compressed-tensors int-quantized / float-quantized for transformers / vLLM)
+           "int8-w8a8": ["--method", "int8-w8a8"], "fp8": ["--method", "fp8"]}
 DEFAULT_METHODS = ("int8", "int4-rtn", "prune-structured", "onnx")
+NEWER = ("qwen3", "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "modernbert-cls", "mobilenetv2-cls",
+         "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")  # added to MORE on 2026-12-06
 AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
         "token-classification": "AutoModelForTokenClassification",
         "question-answering": "AutoModelForQuestionAnswering", "feature-extraction": "AutoModel",
@@ -162,7 +166,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="work dir (default: a temp dir)")
     ap.add_argument("--kinds", default=",".join(TASKS), help=f"comma-separated models of tests/hf_zoo.py "
                                                              f"(default: the tests' set: {','.join(TASKS)}); "
-                                                             f"'more': {','.join(MORE)}")
+                                                             f"'more': {','.join(MORE)}; 'newer': "
+                                                             f"{','.join(NEWER)}")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {','.join(METHODS)}")
     args = ap.parse_args()
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
@@ -170,12 +175,17 @@ def main() -> None:
         ap.error(f"--methods {','.join(unknown)} not allowed; allowed: {', '.join(METHODS)}")
     if args.kinds == "more":
         args.kinds = ",".join(MORE)
+    elif args.kinds == "newer":
+        args.kinds = ",".join(NEWER)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
     print(f"command: python benchmarks/hf_ecosystem.py --kinds {args.kinds} --methods {args.methods}; "
           f"date {time.strftime('%Y-%m-%d')}; "
           f"torch {torch.__version__}")
     rows = run(out, args.kinds.split(","), args.methods.split(","))
     print(table(rows))
+    for r in rows:
+        if r.get("crash"):
+            print(f"crash (a bug: not a one-line error): {r['model']} {r['method']}: {r['crash']}")
 
 
 if __name__ == "__main__":
