@@ -50,9 +50,6 @@ def writable(model: nn.Module) -> str | None:
     layers = packed_layers(model)
     if not layers:
         return "no quantized layers"
-    formats = {_format(cfg) for cfg in layers.values()}
-    if len(formats) > 1:
-        return f"its layers mix compressed-tensors formats ({', '.join(sorted(map(str, formats)))}), one per checkpoint"
     for name, cfg in layers.items():
         if cfg.get("kind") == "weight_only_embedding":
             return (f"embedding {name} is int8 (backup: int8), which transformers does not load from a "
@@ -69,6 +66,9 @@ def writable(model: nn.Module) -> str | None:
             return f"layer {name} keeps an unfolded AWQ input scale"
         if not name.startswith(root[1]):
             return f"layer {name} is outside the Hugging Face model"
+    formats = {_format(cfg) for cfg in layers.values()}
+    if len(formats) > 1:
+        return f"its layers mix compressed-tensors formats ({', '.join(sorted(formats))}), one per checkpoint"
     return _load_fails(root[0], quantization_config({n[len(root[1]):]: c for n, c in layers.items()}))
 
 
@@ -165,18 +165,14 @@ def _tensors(hf: nn.Module, layers: dict[str, dict], source=None, prefix: str = 
             yield name, _own_storage(value_of(source, prefix + name, tensor).contiguous())
     for name in layers:
         layer = hf.get_submodule(name)
-        if layers[name].get("kind") == "w8a8":
-            with resident(source, layer, prefix + name):
-                yield f"{name}.weight", layer.qweight.detach().clone()
-                # [out, 1] in fp32 as nnslim computes them (transformers casts them to the model dtype on load)
-                yield f"{name}.weight_scale", layer.wscale.detach().float().clone()[:, None]
-                if layer.bias is not None:
-                    yield f"{name}.bias", layer.bias.detach().clone()
-            continue
         with resident(source, layer, prefix + name):
-            yield f"{name}.weight_packed", _ct_packed(layer, pack_to_int32)
-            yield f"{name}.weight_scale", layer.scales.detach().clone()
-            yield f"{name}.weight_shape", torch.tensor([layer.out_features, layer.in_features])
+            if layers[name].get("kind") == "w8a8":  # the codes as they are, scales [out, 1] in fp32
+                yield f"{name}.weight", layer.qweight.detach().clone()
+                yield f"{name}.weight_scale", layer.wscale.detach().float().clone()[:, None]
+            else:
+                yield f"{name}.weight_packed", _ct_packed(layer, pack_to_int32)
+                yield f"{name}.weight_scale", layer.scales.detach().clone()
+                yield f"{name}.weight_shape", torch.tensor([layer.out_features, layer.in_features])
             if layer.bias is not None:
                 yield f"{name}.bias", layer.bias.detach().clone()
 
@@ -320,16 +316,13 @@ def _read_groups(model: nn.Module, hf: nn.Module, tensors: _Lazy, qc: dict, weig
     for group in (qc.get("config_groups") or {}).values():
         w = group.get("weights") or {}
         if group.get("input_activations"):
-            for name in _read_w8a8_group(hf, tensors, group, weights):
-                replaced.add(name)
+            replaced.update(_read_w8a8_group(hf, tensors, group, weights))
             continue
         if w.get("type") != "int":
             raise NnslimError(f"{str(weights.parent)!r}: only weight-only int and W8A8 groups are read, not {group}")
         spec = WeightSpec(int(w["num_bits"]), int(w.get("group_size") or -1), bool(w.get("symmetric", True)))
         for name in group.get("targets") or []:
-            linear = hf.get_submodule(name)
-            if not isinstance(linear, nn.Linear):
-                raise NnslimError(f"target {name!r} of {str(weights.parent)!r} is not a Linear layer")
+            linear = _target_linear(hf, name, weights)
             n, k = linear.out_features, linear.in_features
             offset = 1 << (spec.bits - 1)
             codes = unpack_from_int32(tensors.pop(f"{name}.weight_packed"), spec.bits, torch.Size([n, k]))
@@ -352,6 +345,13 @@ def _read_groups(model: nn.Module, hf: nn.Module, tensors: _Lazy, qc: dict, weig
     return model
 
 
+def _target_linear(hf: nn.Module, name: str, weights: Path) -> nn.Linear:
+    linear = hf.get_submodule(name)
+    if not isinstance(linear, nn.Linear):
+        raise NnslimError(f"target {name!r} of {str(weights.parent)!r} is not a Linear layer")
+    return linear
+
+
 def _read_w8a8_group(hf: nn.Module, tensors: _Lazy, group: dict, weights: Path) -> list[str]:
     """A W8A8 group (8-bit weights per channel, dynamic per-token activations of the same type) as W8A8Linear
     layers; any other scheme with activations is refused, naming it."""
@@ -367,9 +367,7 @@ def _read_w8a8_group(hf: nn.Module, tensors: _Lazy, group: dict, weights: Path) 
                           f"float weights per channel, dynamic symmetric per-token activations), not {group}")
     names = list(group.get("targets") or [])
     for name in names:
-        linear = hf.get_submodule(name)
-        if not isinstance(linear, nn.Linear):
-            raise NnslimError(f"target {name!r} of {str(weights.parent)!r} is not a Linear layer")
+        linear = _target_linear(hf, name, weights)
         codes, scale = tensors.pop(f"{name}.weight"), tensors.pop(f"{name}.weight_scale")
         layer = W8A8Linear(linear.in_features, linear.out_features, fmt, linear.bias is not None,
                            linear.weight.dtype if not linear.weight.is_meta else scale.dtype)

@@ -11,6 +11,12 @@ def short_repr(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
+def first_line(e: BaseException) -> str:
+    """'Type: first line of the message' of an exception raised by user code or a library, for one-line errors."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def bad_value(field: str, value, allowed) -> NnslimError:
     """Build the standard 'field=value is not allowed; allowed: ...' error."""
     hint = ""

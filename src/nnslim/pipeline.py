@@ -19,7 +19,7 @@ import torch
 
 from . import artifact
 from .context import Context
-from .errors import NnslimError
+from .errors import NnslimError, first_line
 from .eval.compare import Variant, compare, dtype_of, param_count, variants_for
 from .eval.report import Report
 from .io import StagedDir, check_out_path, find_meta, scratch_dir
@@ -150,7 +150,7 @@ def check_model_runs(model, ctx: Context) -> None:
     except Exception as e:  # noqa: BLE001 - whatever the model raises, named in one line
         shapes = ", ".join(f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in example.items())
         raise NnslimError(f"the input model fails on an example input ({shapes}) before any step: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                          f"{first_line(e)}") from e
     finally:
         for m, training in modes.items():
             m.train(training)

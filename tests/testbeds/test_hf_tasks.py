@@ -243,6 +243,30 @@ def test_w8a8_llm_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp
         assert float((hf(ids).logits - want).abs().max()) <= 0.02 * float(want.abs().max())
 
 
+def test_pruning_survives_w8a8_into_each_artifact(zoo, tmp_path):
+    """2:4 masks then int8 W8A8: the compressed-tensors checkpoint holds codes zero in 2 of every 4 weights, as
+    nnslim and transformers read it; structural pruning then W8A8: nnslim's layout (the reason printed), the removed
+    neurons still removed after the reload."""
+    from transformers import AutoModelForCausalLM
+
+    from nnslim.quant.w8a8 import W8A8Linear
+
+    res = nnslim.compress(str(zoo["llama"]), {"steps": [{"method": "prune-2of4"}, {"method": "int8-w8a8"}]},
+                          out=tmp_path / "s", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "compressed-tensors"
+    for m in (m for m in nnslim.load(res.out).modules() if isinstance(m, W8A8Linear)):
+        assert ((m.qweight.view(m.out_features, -1, 4) != 0).sum(-1) <= 2).all()
+    hf = AutoModelForCausalLM.from_pretrained(str(res.out))
+    up = hf.model.layers[0].mlp.up_proj
+    assert ((up.weight.view(up.out_features, -1, 4) != 0).sum(-1) <= 2).all()
+    res = nnslim.compress(str(zoo["llama"]), {"steps": [{"method": "prune-structured", "ratio": 0.5,
+                                                         "head_ratio": 0.0}, {"method": "int8-w8a8"}]},
+                          out=tmp_path / "p", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "torch"
+    up = nnslim.load(res.out).get_submodule("lm.model.layers.0.mlp.up_proj")
+    assert isinstance(up, W8A8Linear) and up.out_features == 64  # 128 FFN neurons, half removed
+
+
 def test_encoder_decoder_int4_is_a_compressed_tensors_checkpoint_transformers_loads(zoo, tmp_path):
     """BART (encoder and decoder quantized, the tied embedding stored once): transformers loads the int4
     artifact as a seq2seq LM and gives nnslim's logits; nnslim loads it back into its packed layers."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import NnslimError
+from ..errors import NnslimError, first_line
 from ..runtime.base import call_module
 
 
@@ -220,7 +220,7 @@ def trace(model: nn.Module, inputs: dict[str, torch.Tensor], is_leaf: Callable[[
             raise
         except Exception as e:  # noqa: BLE001 - reported below with the op that stopped tracing
             at = f" (stopped at {rec.current})" if rec.current else ""
-            errors.append(f"{which}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{at}")
+            errors.append(f"{which}: {first_line(e)}{at}")
             continue
         params = {id(p): n for n, p in model.named_parameters()}
         params.update({id(b): n for n, b in model.named_buffers()})

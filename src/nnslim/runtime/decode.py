@@ -27,7 +27,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from ..errors import NnslimError
+from ..errors import NnslimError, first_line
 from .kvcache import KVCache
 from .kernels import pdl
 
@@ -54,13 +54,13 @@ def _structure_blocker(lm: torch.nn.Module, base: torch.nn.Module, max_len: int)
     for name in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(cfg, name, None) is not None:
             return f"{name}={getattr(cfg, name)}"
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
         extra = _extra_parts(layer, _LAYER_PARTS)
         extra += [f"self_attn.{n}" for n in _extra_parts(a, _ATTN_PARTS | set(_QK_NORMS))]
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        extra += [f"self_attn.{n} over {tuple(getattr(a, n).weight.shape)} (not per head)" for n in _QK_NORMS
-                  if hasattr(a, n) and tuple(getattr(getattr(a, n), "weight", torch.empty(0)).shape) != (head_dim,)]
+        norms = {n: tuple(getattr(getattr(a, n), "weight", torch.empty(0)).shape) for n in _QK_NORMS if hasattr(a, n)}
+        extra += [f"self_attn.{n} over {shape} (not per head)" for n, shape in norms.items() if shape != (head_dim,)]
         if extra:
             return f"layer {i} has {', '.join(extra)}, which it does not run"
         if getattr(a, "use_rope", True) in (0, False):
@@ -137,8 +137,7 @@ class StaticDecoder:
         except NnslimError:
             raise
         except Exception as e:  # noqa: BLE001 - a layout this decoder misreads fails here, named in one line
-            raise NnslimError(f"StaticDecoder cannot run {type(self.lm).__name__}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+            raise NnslimError(f"StaticDecoder cannot run {type(self.lm).__name__}: {first_line(e)}") from e
         err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
         # half precision: fused kernels and concatenated linears round differently from the model's own path
         # (what differs in structure, e.g. Granite's scaled residuals, is off by tens of percent)

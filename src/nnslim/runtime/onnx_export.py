@@ -210,23 +210,22 @@ def _check_opset(path: Path, opset: int) -> None:
     onnx.save(proto, str(path))  # external tensors keep their references (not loaded, not rewritten)
 
 
-def global_pools(proto) -> list[str]:
+def global_pools(proto) -> None:
     """Rewrite as GlobalAveragePool every AveragePool whose window covers its whole (static) input and gives one
     value per channel: transformers' EfficientNet pools with kernel = hidden_dim (1280) and ceil_mode, which torch
-    and ONNX Runtime compute as the mean but OpenVINO refuses (a kernel larger than its input). Returns the nodes."""
+    and ONNX Runtime compute as the mean but OpenVINO refuses (a kernel larger than its input)."""
     import onnx
     from onnx import helper
 
     pools = [n for n in proto.graph.node if n.op_type == "AveragePool"]
     if not pools:
-        return []
+        return
     try:
         inferred = onnx.shape_inference.infer_shapes(proto).graph
     except Exception:  # noqa: BLE001 - shapes unknown: nothing is rewritten
-        return []
+        return
     dims = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
             for v in [*inferred.value_info, *inferred.input, *inferred.output]}
-    done = []
     for node in pools:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         shape_in, shape_out = dims.get(node.input[0]), dims.get(node.output[0])
@@ -238,8 +237,6 @@ def global_pools(proto) -> list[str]:
             continue
         node.op_type = "GlobalAveragePool"
         del node.attribute[:]
-        done.append(node.name)
-    return done
 
 
 def strip_exporter_metadata(proto) -> None:
