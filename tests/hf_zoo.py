@@ -109,6 +109,16 @@ def _more(tf, small: dict) -> dict:
             hidden_sizes=[32, 64], depths=[1, 1], embedding_size=32, groups_width=8, num_labels=4)),
         "dinov2-cls": lambda: tf.Dinov2ForImageClassification(tf.Dinov2Config(patch_size=8, **enc, **image)),
         "beit-cls": lambda: tf.BeitForImageClassification(tf.BeitConfig(patch_size=8, **enc, **image)),
+        # mixture-of-experts: experts stored as 3D tensors (gpt-oss: transposed, with biases, interleaved gate / up,
+        # its own gating function); Qwen2-MoE adds a shared expert
+        "mixtral": lambda: tf.MixtralForCausalLM(tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **dec)),
+        "qwen2moe": lambda: tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(
+            moe_intermediate_size=32, shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2, **dec)),
+        "qwen3moe": lambda: tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(moe_intermediate_size=32, num_experts=4,
+                                                                     num_experts_per_tok=2, head_dim=16, **dec)),
+        "gptoss": lambda: tf.GptOssForCausalLM(tf.GptOssConfig(
+            num_local_experts=4, num_experts_per_tok=2, head_dim=16, sliding_window=8, pad_token_id=0,
+            eos_token_id=102, layer_types=["sliding_attention", "full_attention"], **dec)),
         "mbart": lambda: tf.MBartForConditionalGeneration(tf.MBartConfig(bos_token_id=101, decoder_start_token_id=102,
                                                                          **s2s)),
         "marian": lambda: tf.MarianMTModel(tf.MarianConfig(decoder_start_token_id=0, **s2s)),
@@ -119,7 +129,8 @@ TASKS = {"t5": "seq2seq", "bart": "seq2seq", "llama": "causal-lm", "qwen2": "cau
          "distilbert-tok": "token-classification", "bert-qa": "question-answering", "bert": "feature-extraction",
          "vit": "image-classification"}
 MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", "gpt-neox", "falcon", "phi", "qwen3",
-                                   "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm")},
+                                   "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "mixtral",
+                                   "qwen2moe", "qwen3moe", "gptoss")},
         "modernbert-cls": "sequence-classification",
         "roberta-cls": "sequence-classification", "deberta-cls": "sequence-classification",
         "albert-cls": "sequence-classification", "electra-tok": "token-classification",

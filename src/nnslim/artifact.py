@@ -202,6 +202,11 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
         from .runtime.qdq import has_qdq_layers
 
         model = deployable_copy(model)  # masks folded into the weights they keep at zero
+        from .graph.experts import join_experts
+
+        split = join_experts(model)  # MoE experts still float go back into transformers' fused modules
+        if split:
+            meta["split_experts"] = split
 
         if has_qdq_layers(model):
             raise NnslimError("saving a simulated-int8 torch model is not supported yet; save the deployable "
@@ -393,6 +398,12 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     if not weights.is_file():
         raise NnslimError(f"weights file {str(weights)!r} not found")
     _cast(model, dtype)  # before packed layers go in: .to() would also cast fp8 codes
+    if meta.get("split_experts"):
+        from .graph.experts import split_experts
+
+        if not isinstance(meta["split_experts"], list):
+            raise NnslimError(f"{directory / META_FILE}: split_experts must be a list of module names")
+        split_experts(model, meta["split_experts"], check=False)
     _rebuild_quantized(model, meta.get("quantized_layers") or {}, dtype, directory / META_FILE,
                        stored_shapes(weights), meta.get("quantized_aliases"))
     try:

@@ -50,6 +50,12 @@ def writable(model: nn.Module) -> str | None:
     layers = packed_layers(model)
     if not layers:
         return "no quantized layers"
+    from .graph.experts import split_names
+
+    split = split_names(model)
+    if split:  # transformers 5's MoE experts are 3D tensors: compressed-tensors' per-Linear layout cannot load
+        return (f"its MoE experts ({split[0]}{' and others' if len(split) > 1 else ''}) are quantized per "
+                "expert, which transformers' fused experts modules do not load")
     for name, cfg in layers.items():
         if cfg.get("kind") == "weight_only_embedding":
             return (f"embedding {name} is int8 (backup: int8), which transformers does not load from a "

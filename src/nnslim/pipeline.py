@@ -47,6 +47,8 @@ def check_recipe(recipe: Recipe, model) -> None:
                               f"{kind}{after}" + ("; put ONNX export steps last" if kind == "onnx" else ""))
         if method.produces != kind:
             producer = (i, step.method)
+            if method.produces == "onnx":
+                _check_exportable(model, i, step.method)
         kind = method.produces
         if last is not None:
             _check_order(last, (i, step.method, method))
@@ -59,6 +61,16 @@ def check_recipe(recipe: Recipe, model) -> None:
                 resolve_devices(step.device, step.gpus)
             except NnslimError as e:
                 raise NnslimError(f"recipe step {i} ({step.method!r}): {e}") from None
+
+
+def _check_exportable(model, index: int, method: str) -> None:
+    from .graph.experts import experts_blocks
+
+    blocks = experts_blocks(model) if isinstance(model, torch.nn.Module) else []
+    if blocks:
+        raise NnslimError(f"recipe step {index} ({method!r}) exports to ONNX, which nnslim cannot do yet for "
+                          f"mixture-of-experts blocks ({blocks[0]}: data-dependent routing); without that step the "
+                          "model stays in torch (nnslim.load, or transformers for float / pruned models)")
 
 
 def check_trained(recipe: Recipe) -> None:

@@ -74,7 +74,8 @@ def test_an_algorithm_without_merge_is_refused_up_front(tiny_llama):
             raise AssertionError("no work may start")
 
     with pytest.raises(NnslimError, match="cannot be spread over several GPUs"):
-        spread.calibrate_spread(tiny_llama, llama_samples(2), {"model.layers.0.mlp.up_proj"}, Plain, TWO_CPUS, "x")
+        spread.calibrate_spread(tiny_llama, llama_samples(2), {"model.layers.0.mlp.up_proj"}, Plain, TWO_CPUS, "x",
+                                  lambda block, mods: None)
 
 
 def test_gpus_option_errors():

@@ -164,16 +164,24 @@ def _trace(phase: str, device: torch.device) -> None:
 
 def feed_block(block: nn.Module, modules: dict[str, nn.Module], inputs: list[torch.Tensor],
                kwargs: list[dict[str, Any]], on_input: Callable[[str, nn.Module, torch.Tensor], None]) -> None:
-    """Run `block` on every input, calling on_input(name, module, x) with the input x of each of `modules`."""
+    """Run `block` on every input, calling on_input(name, module, x) with the input x of each of `modules`
+    (MoE experts: every expert on every token, graph/experts.py)."""
+    from .experts import all_experts_see_every_token
+
     handles = [m.register_forward_pre_hook(lambda mod, args, n=n: on_input(n, mod, args[0]))
                for n, m in modules.items()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), all_experts_see_every_token(block):
             for h, kw in zip(inputs, kwargs):
                 call_block(block, h, kw)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def take_unseen(mods: dict[str, nn.Module], seen: set[str]) -> dict[str, nn.Module]:
+    """Remove and return the targets of `mods` that are not in `seen`."""
+    return {n: mods.pop(n) for n in list(mods) if n not in seen}
 
 
 def block_targets(block: nn.Module, block_name: str, names: set[str]) -> dict[str, nn.Module]:
@@ -388,26 +396,41 @@ def check_layerwise_samples(samples: list, what: str) -> None:
                           "(128 sequences x 512 tokens is typical)")
 
 
+Unseen = Callable[[nn.Module, dict[str, nn.Module]], None]
+
+
 def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
                         make: Callable[[], BlockAlgorithm], device: torch.device | list[torch.device],
-                        desc: str) -> list[torch.device]:
+                        desc: str, unseen: Unseen) -> list[torch.device]:
     """Run a BlockAlgorithm over every block holding targets, each block fed the outputs of the
     already-changed ones (run_layerwise); a list of several devices spreads each block's work over
-    them (graph/spread.py). Returns the devices that did the work."""
+    them (graph/spread.py). Targets that saw no input while their block ran (a branch the samples never
+    take) go to unseen(block, {name: module}) instead: the method's data-free fallback. Returns the
+    devices that did the work."""
     if isinstance(device, list):
         if len(device) > 1:
             from .spread import calibrate_spread
 
-            return calibrate_spread(model, samples, targets, make, device, desc)
+            return calibrate_spread(model, samples, targets, make, device, desc, unseen)
         device = device[0]
     def process(index, name, block, inputs, kwargs):
         mods = block_targets(block, name, targets)
         if not mods:
             return
         algorithm = make()
-        feed_block(block, mods, inputs, kwargs, algorithm.observe)
+        seen: set[str] = set()
+
+        def observe(n, module, x):
+            seen.add(n)
+            algorithm.observe(n, module, x)
+
+        feed_block(block, mods, inputs, kwargs, observe)
         with torch.no_grad():
-            algorithm.finish(block, mods, name)
+            idle = take_unseen(mods, seen)
+            if idle:
+                unseen(block, idle)
+            if mods:
+                algorithm.finish(block, mods, name)
 
     run_layerwise(model, samples, process, device, desc)
     return [device]

@@ -53,7 +53,16 @@ def is_head(name: str, module: nn.Module) -> bool:
 
 def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: bool = False,
                    what: str = "quantize") -> dict[str, nn.Linear]:
-    """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked."""
+    """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked.
+    Fused MoE experts blocks (3D weights) not ignored as a whole are first split into per-expert
+    Linears in place (graph/experts.py), so the method reaches the experts."""
+    from .experts import fused_experts, split_experts
+
+    ignore = list(ignore)
+    check_patterns(ignore)
+    fused = [n for n, m in fused_experts(model).items() if not any(_matches(e, n, m) for e in ignore)]
+    if fused:
+        split_experts(model, fused)
     layers = select_layers(model, (nn.Linear,), ignore)
     if not include_head:
         layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}

@@ -29,8 +29,8 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..progress import progress, step_done
-from .layerwise import (BlockAlgorithm, _as_float32, _to, block_stack, block_targets, call_block,
-                        computes_in_float32, feed_block, float32_compute)
+from .layerwise import (BlockAlgorithm, Unseen, _as_float32, _to, block_stack, block_targets, call_block,
+                        computes_in_float32, feed_block, float32_compute, take_unseen)
 from .modules import replace_module
 
 
@@ -74,8 +74,8 @@ def deal_layers(modules: dict[str, nn.Module], together: list[list[str]], n: int
 
 
 def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
-                     make: Callable[[], BlockAlgorithm], devices: list[torch.device], desc: str
-                     ) -> list[torch.device]:
+                     make: Callable[[], BlockAlgorithm], devices: list[torch.device], desc: str,
+                     unseen: Unseen) -> list[torch.device]:
     """calibrate_layerwise over `devices` (see the module's docstring); returns the devices used (no more
     than there are samples). A model streamed from its shards is read one block at a time, as in
     run_layerwise (and with an offload folder each finished block goes to disk)."""
@@ -96,7 +96,7 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
             if wide and not widened:  # (a 16-bit block on CPUs: float32 hidden states, as in run_layerwise)
                 shards, widened = [([h.float() for h in hs], _as_float32(kws)) for hs, kws in shards], True
             if block_targets(copies[0], stack.name(i), targets):
-                copies = _calibrate_block(copies, stack.name(i), targets, make, shards, devices, wide)
+                copies = _calibrate_block(copies, stack.name(i), targets, make, shards, devices, wide, unseen)
 
             def outputs(k):
                 hs, kws = shards[k]
@@ -114,21 +114,27 @@ def calibrate_spread(model: nn.Module, samples: list[dict[str, Any]], targets: s
     return devices
 
 
-def _calibrate_block(copies, name, targets, make, shards, devices, wide) -> list[nn.Module]:
+def _calibrate_block(copies, name, targets, make, shards, devices, wide, unseen) -> list[nn.Module]:
     mods = [block_targets(c, name, targets) for c in copies]
     algorithms = [make() for _ in devices]
     seen: dict[str, torch.Tensor] = {}  # the first input of each target on device 0: who shares an input
+    fed: set[str] = set()  # the targets that saw an input on any device
 
     def feed(k):
         def observe(n, module, x):
             if k == 0 and n not in seen:
                 seen[n] = x
+            fed.add(n)
             algorithms[k].observe(n, module, x)
 
         with float32_compute(copies[k], wide):
             feed_block(copies[k], mods[k], *shards[k], observe)
 
     _parallel(devices, feed)
+    idle = [take_unseen(m, fed) for m in mods]
+    if idle[0]:
+        with float32_compute(copies[0], wide), torch.no_grad():
+            unseen(copies[0], idle[0])
     algorithms[0].merge(algorithms[1:])
     together: list[list[str]] = []
     for n in mods[0]:

@@ -289,6 +289,9 @@ def _note(model, bank, sliced: int) -> None:
         params = sum(p.numel() for p in model.parameters())
         notes.append(f"movement: final masks applied; {sliced} layer slices removed whole neurons/heads/channels; "
                      f"parameters now {params:,}")
+        from ..graph.experts import structure_note
+
+        notes += structure_note(model, "movement")
 
 
 @register_method("prune-movement", MovementPruneConfig, "movement pruning: learned scores (weight x gradient), cubic "

@@ -107,8 +107,20 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
         check_layerwise_samples(samples, name)
         inside, outside = split_by_blocks(model, targets)
         del targets
+        idle: list[str] = []
+
+        def unseen(block, mods):  # layers no calibration token reached: by magnitude
+            for n, m in mods.items():
+                mask = keep_mask(m.weight.detach().abs().float(), config)
+                m.weight.mul_(mask.to(m.weight.dtype))
+                count.add([m], mask)
+            idle.extend(mods)
+
         used = calibrate_layerwise(model, samples, inside, lambda: _Counted(algorithm(), count), device,
-                                   f"{name} {config.pattern}")
+                                   f"{name} {config.pattern}", unseen)
+        if idle:
+            notes.append(f"{len(idle)} layers received no calibration input and were pruned by magnitude: "
+                         f"{', '.join(idle[:5])}")
         if len(used) > 1:
             notes.append(f"{name}: each block's calibration spread over {len(used)} GPUs")
         if outside:  # a classifier's dense layers, a pooler: by magnitude, as GPTQ falls back to RTN there

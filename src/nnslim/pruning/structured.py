@@ -336,7 +336,12 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     kept = sorted({r for r in graph.frozen.values() if r})
     if kept:
         notes.append("structured: channels kept because " + "; ".join(kept[:6]) + (" ..." if len(kept) > 6 else ""))
+    from ..graph.experts import structure_note
+
+    notes += structure_note(model, "structured")
     return model.train(was_training)
+
+
 
 
 def apply_plan(model: nn.Module, plan: list[dict]) -> nn.Module:

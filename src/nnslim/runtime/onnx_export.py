@@ -48,9 +48,15 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
 
     dynamic_axes maps an input name to {axis: symbolic name}, e.g. {"input_ids": {0: "batch", 1: "seq"}}.
     """
+    from ..graph.experts import experts_blocks
     from ..graph.modules import deployable_copy
     from ..runtime.base import model_device, model_dtype
 
+    blocks = experts_blocks(module)
+    if blocks:
+        raise NnslimError(f"ONNX export of mixture-of-experts blocks ({blocks[0]}: data-dependent routing) is not "
+                          "supported yet; keep the model in torch (nnslim.load, or transformers for float / pruned "
+                          "models)")
     path = Path(path)
     module = deployable_copy(module).eval()
     dtype, device = model_dtype(module), model_device(module)

@@ -135,8 +135,18 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
         check_layerwise_samples(samples, name)
         inside, outside = split_by_blocks(model, targets)
         del targets
+        idle: list[str] = []
+
+        def unseen(block, mods):  # layers no calibration token reached: round-to-nearest
+            for n, m in mods.items():
+                replace_module(block, n, calibrating(rtn_layer(m, spec)))
+            idle.extend(mods)
+
         device = calibrate_layerwise(model, samples, inside, lambda: algorithm(spec), device,
-                                     f"{name} int{config.bits}")
+                                     f"{name} int{config.bits}", unseen)
+        if idle:
+            notes.append(f"{len(idle)} layers received no calibration input and were quantized by RTN: "
+                         f"{', '.join(idle[:5])}")
         if outside:
             notes.append(f"{len(outside)} linear layers outside the repeated blocks quantized by RTN: "
                          f"{', '.join(list(outside)[:5])}")
