@@ -41,10 +41,13 @@ METHODS = {"int8": ["--method", "int8"], "int4-rtn": ["--method", "int4-rtn", "-
            # compressed-tensors form (GPT-2's Conv1D)
            "int4-onnx": ["--recipe", str(ROOT / "examples" / "int4_onnx_llm.yaml")],
            # W8A8 (compressed-tensors int-quantized / float-quantized for transformers / vLLM)
-           "int8-w8a8": ["--method", "int8-w8a8"], "fp8": ["--method", "fp8"]}
+           "int8-w8a8": ["--method", "int8-w8a8"], "fp8": ["--method", "fp8"],
+           # unstructured pruning (the float artifact transformers loads; MoE experts joined back into 3D)
+           "wanda": ["--method", "wanda", "--set", "samples=4", "--set", "seq_len=64"]}
 DEFAULT_METHODS = ("int8", "int4-rtn", "prune-structured", "onnx")
 NEWER = ("qwen3", "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "modernbert-cls", "mobilenetv2-cls",
          "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")  # added to MORE on 2026-12-06
+MOE = ("mixtral", "qwen2moe", "qwen3moe", "gptoss")  # added on 2026-12-07: experts as 3D tensors
 AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
         "token-classification": "AutoModelForTokenClassification",
         "question-answering": "AutoModelForQuestionAnswering", "feature-extraction": "AutoModel",
@@ -167,7 +170,7 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(TASKS), help=f"comma-separated models of tests/hf_zoo.py "
                                                              f"(default: the tests' set: {','.join(TASKS)}); "
                                                              f"'more': {','.join(MORE)}; 'newer': "
-                                                             f"{','.join(NEWER)}")
+                                                             f"{','.join(NEWER)}; 'moe': {','.join(MOE)}")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {','.join(METHODS)}")
     args = ap.parse_args()
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
@@ -177,6 +180,8 @@ def main() -> None:
         args.kinds = ",".join(MORE)
     elif args.kinds == "newer":
         args.kinds = ",".join(NEWER)
+    elif args.kinds == "moe":
+        args.kinds = ",".join(MOE)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
     print(f"command: python benchmarks/hf_ecosystem.py --kinds {args.kinds} --methods {args.methods}; "
           f"date {time.strftime('%Y-%m-%d')}; "

@@ -48,7 +48,9 @@ def check_recipe(recipe: Recipe, model) -> None:
         if method.produces != kind:
             producer = (i, step.method)
             if method.produces == "onnx":
-                _check_exportable(model, i, step.method)
+                _check_exportable(model, i, step.method, "exports to ONNX")
+        elif method.deploys_as_onnx:
+            _check_exportable(model, i, step.method, "is deployed as an ONNX export")
         kind = method.produces
         if last is not None:
             _check_order(last, (i, step.method, method))
@@ -63,12 +65,12 @@ def check_recipe(recipe: Recipe, model) -> None:
                 raise NnslimError(f"recipe step {i} ({step.method!r}): {e}") from None
 
 
-def _check_exportable(model, index: int, method: str) -> None:
+def _check_exportable(model, index: int, method: str, what: str) -> None:
     from .graph.experts import experts_blocks
 
     blocks = experts_blocks(model) if isinstance(model, torch.nn.Module) else []
     if blocks:
-        raise NnslimError(f"recipe step {index} ({method!r}) exports to ONNX, which nnslim cannot do yet for "
+        raise NnslimError(f"recipe step {index} ({method!r}) {what}, which nnslim cannot do yet for "
                           f"mixture-of-experts blocks ({blocks[0]}: data-dependent routing); without that step the "
                           "model stays in torch (nnslim.load, or transformers for float / pruned models)")
 

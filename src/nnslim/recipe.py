@@ -103,6 +103,7 @@ class Method:
     stage: str | None  # structure | sparsity | quantize | storage | export (see STAGES); None: training only
     trains: bool  # a training step: it trains through the compression state before it
     needs_training: bool  # its state (learned scores) only means something after a later training step
+    deploys_as_onnx: bool = False  # its result (QDQ layers) is written as an ONNX export, even with no export step
 
 
 METHODS: dict[str, Method] = {}
@@ -117,7 +118,8 @@ _VERB_STAGE = {"quantize": "quantize", "prune": "sparsity"}
 
 def register_method(name: str, config_cls: type[StepConfig], description: str,
                     needs: str = "torch", produces: str = "torch", verb: str | None = None,
-                    stage: str | None = None, trains: bool | None = None, needs_training: bool = False):
+                    stage: str | None = None, trains: bool | None = None, needs_training: bool = False,
+                    deploys_as_onnx: bool = False):
     """Decorator registering apply(model, config, ctx) -> model under `name`.
 
     apply may change `model` in place (the pipeline hands each step its own copy) and returns the result.
@@ -133,7 +135,7 @@ def register_method(name: str, config_cls: type[StepConfig], description: str,
             raise ValueError(f"method {name!r} is registered twice")
         config_cls.method = name
         METHODS[name] = Method(name, config_cls, fn, description, needs, produces, verb, stage, trains,
-                               needs_training)
+                               needs_training, deploys_as_onnx)
         return fn
 
     return wrap

@@ -169,7 +169,35 @@ def test_onnx_export_of_experts_is_refused_up_front_and_structural_pruning_says_
     src, _ = _hf("mixtral", tmp_path)
     with pytest.raises(NnslimError, match=r"recipe step 1 \('onnx'\) exports to ONNX.*mixture-of-experts"):
         nnslim.compress(str(src), [{"method": "int4-rtn"}, {"method": "onnx"}], report=False)
-    with pytest.raises(NnslimError, match="ONNX export of mixture-of-experts blocks"):  # the int8 QDQ model's export
+    with pytest.raises(NnslimError, match=r"recipe step 0 \(.int8-dynamic.\) is deployed as an ONNX export"):
         nnslim.compress(str(src), [{"method": "int8-dynamic"}], out=tmp_path / "d", report=False)
     res = nnslim.compress(str(src), [{"method": "prune-structured"}], report=False)
     assert any("2 mixture-of-experts blocks" in n and "not structurally pruned yet" in n for n in res.notes)
+
+
+def test_moe_routers_stay_float_for_every_method():
+    """A router that is an nn.Linear (older / remote-code MoE models, Qwen2-MoE's shared_expert_gate) is kept
+    float, as llm-compressor keeps it: its error would change which experts run."""
+    from nnslim.graph.scope import select_linears
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = torch.nn.Linear(16, 4)
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(4))
+            self.proj = torch.nn.Linear(16, 16)
+
+    model = torch.nn.Sequential(Block(), Block())
+    chosen = select_linears(model)
+    assert "0.gate" not in chosen and "1.gate" not in chosen and "0.experts.3" in chosen and "1.proj" in chosen
+    qwen = tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+        num_experts=4, num_experts_per_tok=2, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=100)).eval()
+    notes = []
+    from nnslim.quant.weight_only.driver import quantize_weight_only
+
+    q = quantize_weight_only(qwen, nnslim.Int4RtnConfig(group_size=32), notes=notes)
+    assert type(q.model.layers[0].mlp.shared_expert_gate) is torch.nn.Linear
+    assert isinstance(q.model.layers[0].mlp.shared_expert.up_proj, WeightOnlyLinear)
+    assert "1 MoE router Linears float" in notes[-1]

@@ -175,6 +175,27 @@ def split_experts(model: nn.Module, names: list[str] | None = None, check: bool 
     return list(found)
 
 
+ROUTER_NAMES = ("gate", "router", "shared_expert_gate")
+
+
+def routers(model: nn.Module) -> set[str]:
+    """The nn.Linear routers of mixture-of-experts blocks: a Linear named gate / router / shared_expert_gate
+    beside an `experts` child (transformers 5's routers are their own modules; older and remote-code MoE
+    models route through a Linear). Every method keeps them float, as llm-compressor does: a few bits of
+    error there change which experts run."""
+    out = set()
+    for name, m in model.named_modules():
+        if "experts" in m._modules:
+            out |= {f"{name}.{c}" if name else c for c, child in m._modules.items()
+                    if c in ROUTER_NAMES and isinstance(child, nn.Linear)}
+    return out
+
+
+def routers_note(model: nn.Module) -> str:
+    found = routers(model)
+    return f"; {len(found)} MoE router Linears float" if found else ""
+
+
 def experts_blocks(model: nn.Module) -> list[str]:
     """Names of the mixture-of-experts blocks of `model`, fused or split."""
     return [n for n, m in model.named_modules() if n and (isinstance(m, SplitExperts) or _is_fused(m))]

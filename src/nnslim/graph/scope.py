@@ -53,10 +53,10 @@ def is_head(name: str, module: nn.Module) -> bool:
 
 def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: bool = False,
                    what: str = "quantize") -> dict[str, nn.Linear]:
-    """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked.
-    Fused MoE experts blocks (3D weights) not ignored as a whole are first split into per-expert
+    """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked, minus
+    mixture-of-experts routers (graph/experts.py). Fused MoE experts blocks (3D weights) not ignored as a whole are first split into per-expert
     Linears in place (graph/experts.py), so the method reaches the experts."""
-    from .experts import fused_experts, split_experts
+    from .experts import fused_experts, routers, split_experts
 
     ignore = list(ignore)
     check_patterns(ignore)
@@ -64,6 +64,8 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
     if fused:
         split_experts(model, fused)
     layers = select_layers(model, (nn.Linear,), ignore)
+    kept = routers(model)
+    layers = {n: m for n, m in layers.items() if n not in kept}
     if not include_head:
         layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
     if not layers:

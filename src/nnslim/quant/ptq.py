@@ -356,7 +356,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
 
 
 @register_method("int8", Int8Config, "static int8 PTQ (per-channel weights, calibrated activations), ONNX QDQ",
-                 verb="quantize")
+                 verb="quantize", deploys_as_onnx=True)
 def apply_int8(model, config: Int8Config, ctx):
     data = ctx.calibration(config.samples, what="static int8")
     example = ctx.small_example()
@@ -375,6 +375,6 @@ def apply_int8(model, config: Int8Config, ctx):
 
 
 @register_method("int8-dynamic", Int8DynamicConfig, "dynamic int8 (int8 weights, run-time activation ranges)",
-                 verb="quantize")
+                 verb="quantize", deploys_as_onnx=True)
 def apply_int8_dynamic(model, config: Int8DynamicConfig, ctx):
     return quantize_int8(model, config, inplace=True, notes=ctx.notes)

@@ -33,7 +33,8 @@ class QatConfig(StaticBase):
 
 
 @register_method("qat", QatConfig, "quantization-aware training state: 2-8 bit fake-quantized weights and "
-                 "activations (STE, LSQ or PACT), trained by a following distill step; QDQ ONNX", verb="quantize")
+                 "activations (STE, LSQ or PACT), trained by a following distill step; QDQ ONNX", verb="quantize",
+                 deploys_as_onnx=True)
 def _apply(model, config: QatConfig, ctx):
     data = ctx.calibration(config.samples, what="QAT initialisation")
     return quantize_int8(model, config, data, ctx.small_example(), inplace=True, notes=ctx.notes, backend=ctx.backend)

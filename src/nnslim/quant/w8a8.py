@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from ..errors import NnslimError
 from ..graph.modules import PackedLinear, register_packed, replace_module
+from ..graph.experts import routers_note
 from ..graph.scope import select_linears
 from ..graph.streaming import each_layer, source_of
 from ..recipe import StepConfig, register_method
@@ -305,7 +306,8 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
         replace_module(model, name, W8A8Linear.from_linear(layer, config.format, smooth.get(name), config.fast_accum))
     if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
         source.settle(model)
-    notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers")
+    notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers"
+                 f"{routers_note(model)}")
     return model
 
 
