@@ -386,7 +386,8 @@ class SafetensorsReader:
     def keys(self) -> list[str]:
         return list(self.header)
 
-    def get_tensor(self, name: str):
+    def get_tensor(self, name: str, row: int | None = None):
+        """The tensor `name`, or only its `row` along the first axis (read alone: one expert of a 3D tensor)."""
         import math
 
         import torch
@@ -398,7 +399,13 @@ class SafetensorsReader:
         if end - start != need or self.base + end > self.path.stat().st_size:  # checked before allocating
             raise NnslimError(f"{str(self.path)!r} is truncated or corrupt: tensor {name!r} spans bytes {start}..{end}, "
                               f"its shape needs {need}, the file has {self.path.stat().st_size - self.base}")
-        t = torch.empty(info["shape"], dtype=dtype)
+        shape = info["shape"]
+        if row is not None:
+            if not shape or not 0 <= row < shape[0]:
+                raise NnslimError(f"{str(self.path)!r}: tensor {name!r} of shape {shape} has no row {row}")
+            size = need // shape[0]
+            start, end, shape = start + row * size, start + (row + 1) * size, shape[1:]
+        t = torch.empty(shape, dtype=dtype)
         self.file.seek(self.base + start)
         if t.numel() and self.file.readinto(t.view(-1).view(torch.uint8).numpy()) != end - start:
             raise NnslimError(f"{str(self.path)!r} is truncated (tensor {name!r})")

@@ -60,6 +60,7 @@ def load_streamed(path: str | Path, trust_remote_code: bool = False, offload_dir
     model = artifact._empty_model(testbed)
     root = _hf_root(model)
     source.prefix = root[1] if root is not None else ""
+    source.model_type = getattr(getattr(root[0], "config", None), "model_type", None) if root is not None else None
     source.stored_dtypes(model)  # meta tensors in the checkpoint's dtypes (bf16 stays bf16)
     setattr(model, ATTR, source)
     model.nnslim_testbed = testbed  # what nnslim.save records as its architecture

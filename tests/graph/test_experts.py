@@ -201,3 +201,36 @@ def test_moe_routers_stay_float_for_every_method():
     assert type(q.model.layers[0].mlp.shared_expert_gate) is torch.nn.Linear
     assert isinstance(q.model.layers[0].mlp.shared_expert.up_proj, WeightOnlyLinear)
     assert "1 MoE router Linears float" in notes[-1]
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "gptoss"])
+def test_streamed_moe_checkpoint_quantizes_expert_by_expert_as_in_memory(kind, tmp_path):
+    """A MoE checkpoint streamed from its shards: each expert's Linear reads its row of the stored 3D tensor
+    (transposed for gpt-oss; Mixtral's checkpoint keeps per-expert `block_sparse_moe.experts.E.w1/w3/w2`, read
+    through transformers' conversion mapping); RTN and GPTQ give bit for bit what they give on the model loaded
+    whole, in the stored dtype (bf16)."""
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    torch.manual_seed(0)
+    d = tmp_path / "ckpt"
+    _hf(kind, tmp_path)[1].to(torch.bfloat16).save_pretrained(str(d), max_shard_size="200KB")
+    from hf_zoo import _tokenizer_files
+
+    _tokenizer_files(d)
+    assert (d / "model.safetensors.index.json").is_file()
+    calib = [{"input_ids": torch.randint(0, 30522, (1, 64), generator=torch.Generator().manual_seed(i))}
+             for i in range(2)]
+    for cfg in (nnslim.Int4RtnConfig(group_size=32), nnslim.Int4GptqConfig(group_size=32, device="cpu")):
+        streamed = nnslim.load(d, stream=True)
+        q = nnslim.quantize(streamed, cfg, calibration=calib, inplace=True)
+        tb = testbed_for_hf_dir(d)
+        tb.load_dtype = torch.bfloat16  # (as stored)
+        ref = nnslim.quantize(tb.load_model(), cfg, calibration=calib)
+        sq, sr = q.state_dict(), ref.state_dict()
+        assert sq.keys() == sr.keys() and any(".experts.3.down_proj." in k for k in sq)
+        bad = [k for k in sq if sq[k].dtype != sr[k].dtype or not torch.equal(sq[k], sr[k])]
+        assert not bad, bad[:3]
+    out = nnslim.save(q, tmp_path / "out")
+    assert torch.equal(_logits(nnslim.load(out)), _logits(ref))
+    with pytest.raises(NnslimError, match="to prune the MoE experts of a checkpoint streamed"):
+        nnslim.prune(nnslim.load(d, stream=True), nnslim.MagnitudePruneConfig())

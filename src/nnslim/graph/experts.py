@@ -145,9 +145,12 @@ def _check(fused: nn.Module, split: SplitExperts, name: str, hidden: int) -> Non
                           "experts float")
 
 
-def split_experts(model: nn.Module, names: list[str] | None = None, check: bool = True) -> list[str]:
+def split_experts(model: nn.Module, names: list[str] | None = None, check: bool = True,
+                  what: str = "quantize") -> list[str]:
     """Replace fused experts modules (all, or those `names`) by SplitExperts in place; returns their names.
-    `check` runs each split block against the fused one (not possible on the meta device)."""
+    `check` runs each split block against the fused one (not possible on the meta device). A model streamed
+    from its shards reads each expert's rows of the stored 3D tensors (graph/streaming.py); `what` the
+    method does with them: only quantization is supported there yet."""
     from .modules import replace_module
     from .streaming import source_of
 
@@ -157,9 +160,10 @@ def split_experts(model: nn.Module, names: list[str] | None = None, check: bool 
         if missing:
             raise NnslimError(f"split_experts entry {missing[0]!r} is no fused MoE experts module of the model")
         found = {n: found[n] for n in names}
-    if found and source_of(model) is not None:
-        raise NnslimError("MoE experts of a checkpoint compressed from its shards (streamed) are not supported yet; "
-                          "load the model whole, or list the experts in `ignore`")
+    source = source_of(model)
+    if found and source is not None and what != "quantize":
+        raise NnslimError(f"to {what} the MoE experts of a checkpoint streamed from its shards is not supported yet "
+                          "(quantization is); load the model whole, or list the experts in `ignore`")
     for name, fused in found.items():
         w = getattr(fused, next(n for n in _UP if isinstance(getattr(fused, n, None), nn.Parameter)))
         hidden = w.shape[1] if fused.is_transposed else w.shape[2]
@@ -172,6 +176,10 @@ def split_experts(model: nn.Module, names: list[str] | None = None, check: bool 
         if reference is not None:
             _check(reference, split, name, hidden)
         replace_module(model, name, split)
+        if source is not None:
+            source.split_block(name, split.up_name, split.transposed,
+                               getattr(getattr(fused, "config", None), "model_type", None))
+            source.stored_dtypes(split, name)
     return list(found)
 
 

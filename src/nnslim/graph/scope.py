@@ -62,7 +62,7 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
     check_patterns(ignore)
     fused = [n for n, m in fused_experts(model).items() if not any(_matches(e, n, m) for e in ignore)]
     if fused:
-        split_experts(model, fused)
+        split_experts(model, fused, what=what)
     layers = select_layers(model, (nn.Linear,), ignore)
     kept = routers(model)
     layers = {n: m for n, m in layers.items() if n not in kept}

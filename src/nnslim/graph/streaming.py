@@ -47,6 +47,9 @@ class ShardSource:
         self.where: dict[str, str] = {}
         self.offloaded: dict[str, dict] = {}  # full model name -> accelerate's offload index entry
         self.offload_dir: Path | None = None
+        self.splits: dict[str, tuple[bool, dict]] = {}  # MoE blocks split per expert (split_block)
+        self._renamed: dict[str, str] | None = None
+        self.model_type: str | None = None  # the HF model_type, for transformers' conversion mapping
         for name in files:
             path = self.directory / name
             if Path(name).name != name or not path.is_file():
@@ -61,8 +64,31 @@ class ShardSource:
                                   "hold it: the shards do not match their index")
 
     def _key(self, name: str) -> str:
-        """The checkpoint's name of a model tensor name (without the wrapper's prefix)."""
-        return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+        """The checkpoint's name of a model tensor name (without the wrapper's prefix; through the renamings of
+        transformers' conversion mapping for checkpoints that keep older names: Mixtral's block_sparse_moe)."""
+        key = name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+        if key in self.where:
+            return key
+        return self._renamings().get(key, key)
+
+    def _renamings(self) -> dict[str, str]:
+        """Model-space name -> checkpoint key, by the WeightRenaming entries of transformers' conversion mapping
+        for `model_type` (set by nnslim.load(stream=True)); built once."""
+        if self._renamed is None:
+            import re
+
+            from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+            mapping = get_checkpoint_conversion_mapping(self.model_type) if self.model_type else None
+            renames = [c for c in mapping or [] if type(c).__name__ == "WeightRenaming"]
+            self._renamed = {}
+            for k in self.where:
+                r = k
+                for c in renames:
+                    for src, tgt in zip(c.source_patterns, c.target_patterns):
+                        r = re.sub(src, tgt, r)
+                self._renamed[r] = k
+        return self._renamed
 
     def nbytes(self) -> int:
         """The checkpoint's size in bytes (its shards)."""
@@ -138,12 +164,14 @@ class ShardSource:
             for owner, attr in read:
                 _put(owner, attr, _tensor(owner, attr).to("meta"))
 
-    def stored_dtypes(self, model: nn.Module) -> None:
-        """Give the meta tensors of `model` the dtype the checkpoint stores them in (what they will hold)."""
+    def stored_dtypes(self, model: nn.Module, prefix: str = "") -> None:
+        """Give the meta tensors of `model` (named `prefix` in the whole model) the dtype the checkpoint stores
+        them in (what they will hold)."""
         from ..io import _ST_DTYPES
 
-        for owner, attr, full in _meta_tensors(model, ""):
-            key = self._key(full)
+        for owner, attr, full in _meta_tensors(model, prefix):
+            part = self._expert_row(full)
+            key = part[0][0] if part else self._key(full)
             if key not in self.where:
                 continue
             dtype = getattr(torch, _ST_DTYPES.get(self.readers[self.where[key]].header[key]["dtype"], ""), None)
@@ -164,11 +192,74 @@ class ShardSource:
                     _put(owner, attr, t.to("meta"))
         retie(model)
 
+    def split_block(self, name: str, up_name: str, transposed: bool, model_type: str | None) -> None:
+        """The MoE experts block `name` (a model name) was split into per-expert Linears (graph/experts.py).
+        Its experts' tensors are rows of the 3D tensors the checkpoint stores, or, in the per-expert layout
+        most MoE checkpoints keep (Mixtral's `block_sparse_moe.experts.E.w1`, Qwen-MoE's
+        `mlp.experts.E.gate_proj`), the tensors transformers' own conversion mapping merges into them."""
+        key = self._key(name)
+        sources = {}
+        for proj in (up_name, "down_proj"):
+            if f"{key}.{proj}" in self.where:
+                sources[proj] = None  # rows of the stored 3D tensor
+            else:
+                sources[proj] = self._per_expert_keys(key, proj, model_type)
+        self.splits[name] = (transposed, sources)
+
+    def _per_expert_keys(self, key: str, proj: str, model_type: str | None) -> list[str]:
+        """Model-space name templates ("*" for the expert; the checkpoint's keys through the mapping's renamings)
+        whose per-expert tensors, concatenated along their first axis, are expert e's rows of `key.proj`
+        (transformers' MergeModulelist + Concatenate)."""
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        target = f"{key}.{proj}"
+        mapping = get_checkpoint_conversion_mapping(model_type) or []
+        self._renamings()
+        for c in mapping:
+            if type(c).__name__ != "WeightConverter" or len(c.target_patterns) != 1:
+                continue
+            suffix = c.target_patterns[0].lstrip(".")
+            ops = [(type(o).__name__, getattr(o, "dim", None)) for o in c.operations]
+            if not target.endswith(suffix) or ops not in ([("MergeModulelist", 0)],
+                                                          [("MergeModulelist", 0), ("Concatenate", 1)]):
+                continue
+            prefix = target[: -len(suffix)]
+            templates = [prefix + p.lstrip(".") for p in c.source_patterns]  # model-space names, "*" the expert
+            if all(t.replace("*", "0") in self._renamed for t in templates):
+                return templates
+        raise NnslimError(f"{str(self.directory)!r}: the experts of {target!r} are neither a 3D tensor nor per-expert "
+                          f"tensors transformers' conversion mapping for {model_type!r} names; streaming this MoE "
+                          "layout is not supported yet (load the model whole)")
+
+    def _expert_row(self, name: str):
+        """How a split expert's tensor `BLOCK.E.PROJ.weight|bias` is read: (checkpoint keys, expert, from rows of
+        a 3D tensor, transpose), or None for other names."""
+        parts = name.rsplit(".", 3)
+        if len(parts) != 4 or parts[0] not in self.splits or not parts[1].isdigit():
+            return None
+        block, e, proj, kind = parts
+        transposed, sources = self.splits[block]
+        if sources.get(proj) is None or kind == "bias":  # (biases: rows of the stored 3D `PROJ_bias`)
+            return [self._key(f"{block}.{proj}" + ("_bias" if kind == "bias" else ""))], int(e), True, \
+                transposed and kind == "weight"
+        return [self._renamed.get(t.replace("*", e), t.replace("*", e)) for t in sources[proj]], int(e), False, False
+
     def read(self, name: str) -> torch.Tensor:
         if name in self.offloaded:
             from accelerate.utils.offload import load_offloaded_weight
 
             return load_offloaded_weight(str(self.offload_dir / f"{name}.dat"), self.offloaded[name])
+        part = self._expert_row(name)
+        if part is not None:
+            keys, e, rows, transpose = part
+            for key in keys:
+                if key not in self.where:
+                    raise NnslimError(f"{str(self.directory)!r}: no tensor {key!r} in the checkpoint's shards")
+            if rows:
+                t = self.readers[self.where[keys[0]]].get_tensor(keys[0], row=e)
+                return t.t().contiguous() if transpose else t
+            ts = [self.readers[self.where[k]].get_tensor(k) for k in keys]
+            return ts[0] if len(ts) == 1 else torch.cat(ts)
         key = self._key(name)
         if key not in self.where:
             raise NnslimError(f"{str(self.directory)!r}: no tensor {key!r} in the checkpoint's shards")
@@ -181,6 +272,7 @@ class ShardSource:
 
         new = copy.copy(self)
         new.offloaded = dict(self.offloaded)
+        new.splits = dict(self.splits)
         if self.offload_dir is not None:
             new.offload_dir = Path(tempfile.mkdtemp(prefix="nnslim-offload-", dir=self.offload_dir.parent))
             weakref.finalize(new, shutil.rmtree, str(new.offload_dir), True)
@@ -189,6 +281,9 @@ class ShardSource:
         return new
 
     def has(self, name: str) -> bool:
+        part = self._expert_row(name)
+        if part is not None:
+            return name in self.offloaded or all(k in self.where for k in part[0])
         return name in self.offloaded or self._key(name) in self.where
 
     def materialize(self, module: nn.Module, prefix: str = "", skip: nn.Module | None = None,
