@@ -79,21 +79,21 @@ def test_gluon_gemm_matches_reference(m, k, n, sym, dtype):
         assert torch.equal(gg.int4_gemm_ws(x, wperm, layer.scales.to(dtype), None if sym else layer.zeros, 128, cfg), y)
 
 
-def test_gluon_gemm_is_opt_in(monkeypatch):
-    """Not offered unless NNSLIM_GLUON_GEMM=1 (until measured on a GPU); another value is refused by name."""
+def test_gluon_gemm_is_offered_unless_turned_off(monkeypatch):
+    """Offered to the selector by default, not with NNSLIM_GLUON_GEMM=0; another value is refused by name."""
     from nnslim.errors import NnslimError
 
     monkeypatch.delenv("NNSLIM_GLUON_GEMM", raising=False)
-    assert not gg.offered()
-    monkeypatch.setenv("NNSLIM_GLUON_GEMM", "1")
     assert gg.offered()
+    monkeypatch.setenv("NNSLIM_GLUON_GEMM", "0")
+    assert not gg.offered()
     monkeypatch.setenv("NNSLIM_GLUON_GEMM", "yes")
     with pytest.raises(NnslimError, match="NNSLIM_GLUON_GEMM"):
         gg.offered()
 
 
 @pytest.mark.skipif(not HOPPER, reason="needs an sm_90 GPU (TMA, wgmma, warp specialization): the device machine")
-def test_gluon_gemm_joins_the_selector_when_asked(monkeypatch):
+def test_gluon_gemm_joins_the_selector_unless_turned_off(monkeypatch):
     from nnslim.quant.weight_only.formats import WeightSpec, group_qparams, quantize_codes
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
 
@@ -103,9 +103,9 @@ def test_gluon_gemm_joins_the_selector_when_asked(monkeypatch):
     layer = WeightOnlyLinear.from_codes(lin, quantize_codes(lin.weight.detach(), scale, zero, spec), scale, zero, spec)
     layer = layer.to("cuda", torch.bfloat16)
     x = torch.randn(128, 512, device="cuda", dtype=torch.bfloat16)
-    monkeypatch.delenv("NNSLIM_GLUON_GEMM", raising=False)
+    monkeypatch.setenv("NNSLIM_GLUON_GEMM", "0")
     assert not any(c.startswith("gluon-int4ws-") for c in layer._candidates(x))
-    monkeypatch.setenv("NNSLIM_GLUON_GEMM", "1")
+    monkeypatch.delenv("NNSLIM_GLUON_GEMM", raising=False)
     cands = layer._candidates(x)
     assert "gluon-int4ws-0" in cands
     ref = x.float() @ layer.dequantized_weight(torch.float32).t()

@@ -208,7 +208,7 @@ class WeightOnlyLinear(PackedLinear):
                             out[f"cuda-int4mmag-{i}"] = lambda c=cfg: self._cuda_int4mmag(x, c)
                 from ...runtime.kernels import gluon_int4_gemm as gg
 
-                if x.shape[0] > 16 and gg.offered() and gg.supports(x, k, g):  # opt-in: GPU tests not yet seen passing
+                if x.shape[0] > 16 and gg.offered() and gg.supports(x, k, g):  # (NNSLIM_GLUON_GEMM=0: left out)
                     for i, cfg in enumerate(gg.WS_CONFIGS):
                         if gg.fits(k, g, cfg, self.out_features) and cfg["BM"] <= max(64, select.m_bucket(x.shape[0])):
                             out[f"gluon-int4ws-{i}"] = lambda c=cfg: self._gluon_int4ws(x, c)

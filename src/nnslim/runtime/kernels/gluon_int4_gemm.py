@@ -1,9 +1,9 @@
 """A warp-specialized int4 GEMM for Hopper written in Gluon (Triton's explicit-layout dialect; issue 17, M >= 128).
-EXPERIMENTAL: the selector times it only if NNSLIM_GLUON_GEMM=1. Measured once on an H100 (BENCHMARKS.md 9q, bf16,
-symmetric, the Llama-7B shapes, M = 128-2048; every launch within 2.2e-3 of the fp32 reference and bit-identical on
-a rerun): 0.72-0.98x bf16 at M = 256 against the Triton MMA GEMM's 0.85-0.94x, 0.74-0.81x at M = 512 against
-0.62-0.75x, slower at M = 2048 (0.69-0.72x vs 0.83-0.90x); its GPU tests (ragged M / N, fp16, asymmetric) have not
-been seen passing yet, so it stays opt-in.
+The measured selector times its launches beside the others (NNSLIM_GLUON_GEMM=0 leaves it out), so it runs only
+where it is faster. Measured on an H100 (BENCHMARKS.md 9q and 9r, bf16, symmetric, the Llama-7B shapes, M =
+128-2048; every launch within 2.2e-3 of the fp32 reference and bit-identical on a rerun): 0.72-0.97x bf16 at M = 256
+against the Triton MMA GEMM's 0.85-0.94x, 0.74-0.82x at M = 512 against 0.61-0.76x, slower at M = 2048 (0.72-0.77x vs
+0.84-0.93x); its GPU tests (ragged M / N, fp16, asymmetric, in the selector) passed on an H100 on 2026-12-07.
 
 y [M, N] = x [M, K] @ dequant(W).T from the same permuted codes as triton_int4_mma (`to_mma_layout`), one scale (and
 for asymmetric weights one zero point) per group, bf16 or fp16 activations. One program owns BN weight rows and BM
@@ -60,8 +60,8 @@ def base_of(dtype: torch.dtype) -> float:
 
 
 def offered() -> bool:
-    """Opt-in (NNSLIM_GLUON_GEMM=1) until its GPU tests have passed: the selector then times its launches too."""
-    return env_choice("NNSLIM_GLUON_GEMM", ("0", "1"), "0") == "1"
+    """The selector times its launches unless NNSLIM_GLUON_GEMM=0."""
+    return env_choice("NNSLIM_GLUON_GEMM", ("0", "1"), "1") == "1"
 
 
 def supports(x: torch.Tensor, k: int, group: int) -> bool:
