@@ -203,7 +203,7 @@ def test_moe_routers_stay_float_for_every_method():
     assert "1 MoE router Linears float" in notes[-1]
 
 
-@pytest.mark.parametrize("kind", ["mixtral", "gptoss"])
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3moe", "gptoss"])
 def test_streamed_moe_checkpoint_quantizes_expert_by_expert_as_in_memory(kind, tmp_path):
     """A MoE checkpoint streamed from its shards: each expert's Linear reads its row of the stored 3D tensor
     (transposed for gpt-oss; Mixtral's checkpoint keeps per-expert `block_sparse_moe.experts.E.w1/w3/w2`, read
