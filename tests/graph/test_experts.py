@@ -232,5 +232,13 @@ def test_streamed_moe_checkpoint_quantizes_expert_by_expert_as_in_memory(kind, t
         assert not bad, bad[:3]
     out = nnslim.save(q, tmp_path / "out")
     assert torch.equal(_logits(nnslim.load(out)), _logits(ref))
+    from nnslim.graph.streaming import source_of
+
+    whole = tb.load_model()  # the unsplit model streamed (the report's baseline): its 3D tensors from any layout
+    source = source_of(nnslim.load(d, stream=True))
+    for n, p in whole.named_parameters():
+        if ".experts." in n:
+            got = source.read(n)
+            assert got.dtype == p.dtype and torch.equal(got, p.detach()), n
     with pytest.raises(NnslimError, match="to prune the MoE experts of a checkpoint streamed"):
         nnslim.prune(nnslim.load(d, stream=True), nnslim.MagnitudePruneConfig())

@@ -173,7 +173,10 @@ class ShardSource:
             part = self._expert_row(full)
             key = part[0][0] if part else self._key(full)
             if key not in self.where:
-                continue
+                merged = self._merged(key)
+                if merged is None:
+                    continue
+                key = merged[0][0]
             dtype = getattr(torch, _ST_DTYPES.get(self.readers[self.where[key]].header[key]["dtype"], ""), None)
             t = _tensor(owner, attr)
             if isinstance(dtype, torch.dtype) and dtype != t.dtype and dtype.is_floating_point == t.is_floating_point():
@@ -262,8 +265,29 @@ class ShardSource:
             return ts[0] if len(ts) == 1 else torch.cat(ts)
         key = self._key(name)
         if key not in self.where:
-            raise NnslimError(f"{str(self.directory)!r}: no tensor {key!r} in the checkpoint's shards")
+            merged = self._merged(key)
+            if merged is None:
+                raise NnslimError(f"{str(self.directory)!r}: no tensor {key!r} in the checkpoint's shards")
+            return torch.stack([torch.cat([self._get(k) for k in keys]) for keys in merged])
         return self.readers[self.where[key]].get_tensor(key)
+
+    def _get(self, key: str) -> torch.Tensor:
+        return self.readers[self.where[key]].get_tensor(key)
+
+    def _merged(self, key: str) -> list[list[str]] | None:
+        """For a fused MoE tensor (`...experts.gate_up_proj`) the checkpoint stores per expert: each expert's
+        checkpoint keys, in order (transformers' conversion mapping); None when it names no such tensor."""
+        block, _, proj = key.rpartition(".")
+        if not block or proj not in ("gate_up_proj", "up_proj", "down_proj"):
+            return None
+        try:
+            templates = self._per_expert_keys(block, proj, self.model_type)
+        except NnslimError:
+            return None
+        renamed, out = self._renamings(), []
+        while all(t.replace("*", str(len(out))) in renamed for t in templates):
+            out.append([renamed[t.replace("*", str(len(out)))] for t in templates])
+        return out or None
 
     def __deepcopy__(self, memo):
         """A copied model reads the same shards, but what its methods finish is its own (a fresh offload
@@ -284,7 +308,8 @@ class ShardSource:
         part = self._expert_row(name)
         if part is not None:
             return name in self.offloaded or all(k in self.where for k in part[0])
-        return name in self.offloaded or self._key(name) in self.where
+        key = self._key(name)
+        return name in self.offloaded or key in self.where or self._merged(key) is not None
 
     def materialize(self, module: nn.Module, prefix: str = "", skip: nn.Module | None = None,
                     offloaded: bool = True) -> None:
