@@ -289,3 +289,12 @@ def test_streamed_gptq_spread_over_two_devices_equals_in_memory(tmp_path, monkey
         _saved_equal(q, ref, tmp_path)
     else:
         _same(q, ref)
+
+
+def test_a_streamed_model_counts_all_its_parameters(tmp_path):
+    """Its parameters are all on the meta device (data_ptr 0): the report's count must not take them for one
+    shared tensor (it printed the first one's size)."""
+    from nnslim.eval.compare import param_count
+
+    d = _checkpoint(tmp_path, tied=True)
+    assert param_count(nnslim.load(d, stream=True)) == param_count(_whole(d))

@@ -26,8 +26,9 @@ def param_count(model) -> int | None:
     if isinstance(model, torch.nn.Module):
         seen, total = set(), 0
         for p in model.parameters():
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
+            key = id(p) if p.is_meta else p.data_ptr()  # (every meta tensor's data_ptr is 0: a streamed model)
+            if key not in seen:
+                seen.add(key)
                 total += p.numel()
         for m in model.modules():  # packed layers that hold their weights as buffers count as the layer they are
             if is_packed(m):
