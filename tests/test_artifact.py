@@ -43,9 +43,13 @@ def test_user_module_needs_skeleton(tmp_path):
     assert torch.equal(loaded.a.weight, res.model.a.weight)
 
 
-def test_module_without_example_inputs_is_a_clear_error():
-    with pytest.raises(NnslimError, match="example_inputs is required"):
+def test_module_without_example_inputs_is_a_clear_error(tmp_path):
+    with pytest.raises(NnslimError, match=r"example_inputs \(or calibration data\) is required"):
         nnslim.compress(TwoLayer(), "fp16")
+    # as nncf.quantize: with calibration data and no example, the first sample is the example
+    data = [torch.randn(4, 16) for _ in range(3)]
+    res = nnslim.compress(TwoLayer(), "fp16", calibration=data, out=tmp_path / "o")
+    assert res.report is not None and (tmp_path / "o" / "nnslim.json").is_file()
 
 
 def test_corrupt_artifacts(tmp_path):

@@ -153,9 +153,12 @@ def _resolve(model, testbed, example_inputs, calibration, dynamic_axes, skeleton
         testbed = testbed_arg(testbed, trust_remote_code, task)
     if isinstance(model, torch.nn.Module):
         if testbed is None:
+            if example_inputs is None and calibration:  # as nncf.quantize: the first calibration sample
+                example_inputs = calibration[0]
             if example_inputs is None:
-                raise NnslimError("example_inputs is required for a torch.nn.Module without a testbed: "
-                                  "a dict of named input tensors, e.g. {'x': torch.randn(8, 3, 32, 32)}")
+                raise NnslimError("example_inputs (or calibration data) is required for a torch.nn.Module "
+                                  "without a testbed: a dict of named input tensors, e.g. "
+                                  "{'x': torch.randn(8, 3, 32, 32)}")
             testbed = ModuleTestbed(model, example_inputs, calibration, dynamic_axes)
         return Resolved(model, testbed, None)
     if isinstance(model, OnnxModel):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from . import artifact
@@ -28,6 +29,7 @@ from .progress import stage
 from .recipe import Recipe, as_recipe, get_method, method_of
 from .runtime import OnnxModel, TorchRunner
 from .testbeds import Testbed
+from .graph.scope import find_direct_reads
 from .validate import check_finite_module
 from .graph.streaming import source_of
 
@@ -139,7 +141,48 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         torch.manual_seed(ctx.seed)
         model = get_method(step.method).apply(model, step, ctx)
         check_finite_module(model, f"after recipe step {i} ({step.method!r})")
+        check_output_finite(model, ctx, f"after recipe step {i} ({step.method!r})")
     return model
+
+
+def check_output_finite(model, ctx: Context, where: str) -> None:
+    """One forward on the short example after a step: finite weights can still give NaN/Inf (an overflow in
+    a narrow dtype, a layer the model reads in a way the method did not expect); stop there, naming the step,
+    instead of writing an artifact that computes nothing."""
+    if not isinstance(model, torch.nn.Module) or any(t.is_meta for t in model.parameters()):
+        return
+    try:
+        example = ctx.small_example()
+    except NnslimError:
+        return
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = TorchRunner(model)(example)
+    except Exception:  # noqa: BLE001 - whether a method's model runs is the report's and the tests' matter
+        return
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+    bad = [k for k, v in _named_outputs(out) if v.dtype.kind in "fc" and not bool(np.isfinite(v).all())]
+    if bad:
+        raise NnslimError(f"{where}: the model's output {bad[0]} holds NaN or Inf on an example input; nothing "
+                          "was written (list the layers at fault in the step's `ignore`, or use another method)")
+
+
+def _named_outputs(out, prefix: str = "output"):
+    """(name, numpy array) of every array in a runner's output (arrays, or dicts / lists of them)."""
+    if isinstance(out, torch.Tensor):
+        yield prefix, out.detach().float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
+    elif isinstance(out, np.ndarray):
+        yield prefix, out
+    elif isinstance(out, dict) or hasattr(out, "items"):
+        for k, v in out.items():
+            yield from _named_outputs(v, f"{prefix}[{k!r}]")
+    elif isinstance(out, (list, tuple)):
+        for i, v in enumerate(out):
+            yield from _named_outputs(v, f"{prefix}[{i}]")
 
 
 def check_model_runs(model, ctx: Context) -> None:
@@ -158,7 +201,12 @@ def check_model_runs(model, ctx: Context) -> None:
     check_token_ids(model, [example], "example input")  # the data's fault, said as such
     modes = {m: m.training for m in model.modules()}
     try:
-        TorchRunner(model)(example)
+        try:  # watched: Linears whose weight the model reads itself are marked (graph/scope.py)
+            find_direct_reads(model, lambda: TorchRunner(model)(example))
+        except NnslimError:
+            raise
+        except Exception:  # noqa: BLE001 - a model the watch upsets runs plain, and its own error is said
+            TorchRunner(model)(example)
     except NnslimError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the model raises, named in one line

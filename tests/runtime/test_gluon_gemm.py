@@ -13,7 +13,21 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9,
 def test_gluon_gemm_compiles_for_sm90():
     """Every sweep launch compiles for sm_90a: TMA copies of x and the codes, register-A wgmma (the codes'
     dequantized layout converts trivially to the A operand: asserted inside the kernel), within a Hopper SM's
-    shared memory, a producer partition of one warp."""
+    shared memory, a producer partition of one warp. In a fresh process: another test in this worker may have
+    turned on Triton's CPU interpreter, which replaces the compiler's language for the rest of the process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_gluon_gemm as t; "
+            "t._compile_every_launch(); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def _compile_every_launch():
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+import torch
 from torch import nn
 
 from ..errors import NnslimError
@@ -66,9 +67,107 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
     layers = select_layers(model, (nn.Linear,), ignore)
     kept = routers(model)
     layers = {n: m for n, m in layers.items() if n not in kept}
+    if what != "prune":  # a mask keeps the weight a tensor the model can read; a replaced layer does not
+        read = direct_reads(model)
+        layers = {n: m for n, m in layers.items() if n not in read}
     if not include_head:
         layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
     if not layers:
         raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to {what} "
                           f"(ignore={list(ignore)}, head included: {include_head})")
     return layers
+
+
+# Linears whose weight the model reads itself instead of calling the layer (nn.MultiheadAttention passes
+# `out_proj.weight` to F.multi_head_attention_forward; custom code may call F.linear(x, self.proj.weight)).
+# A method that replaces the layer (packed codes, factors) would change nothing the model computes there, or
+# hand it a weight with no values: those layers are kept as they are, and the method says so.
+DIRECT_READ = "_nnslim_weight_read_by"
+
+
+def direct_reads(model: nn.Module) -> dict[str, str]:
+    """{Linear name: who reads its weight directly}, from the marks left by `find_direct_reads` and the
+    layers known to be read that way (nn.MultiheadAttention's out_proj)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear):
+            out[f"{name}.out_proj" if name else "out_proj"] = f"{type(m).__name__} ({name or 'the model'})"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and getattr(m, DIRECT_READ, None):
+            out.setdefault(name, getattr(m, DIRECT_READ))
+    return out
+
+
+def direct_reads_note(model: nn.Module) -> str:
+    """The note of a method that replaces layers, naming the Linears it kept because the model reads their
+    weight directly."""
+    read = direct_reads(model)
+    if not read:
+        return ""
+    names = ", ".join(list(read)[:3]) + (f" and {len(read) - 3} more" if len(read) > 3 else "")
+    readers = ", ".join(sorted(set(read.values())))[:200]
+    return (f"; {len(read)} Linear(s) kept as they are ({names}): their weight is read directly by {readers}, "
+            "not through the layer")
+
+
+def find_direct_reads(model: nn.Module, run) -> dict[str, str]:
+    """Run `run()` (one forward of `model`) watching every torch call: a Linear's weight passed to a torch
+    function while neither that Linear nor another module owning the same tensor (a tied embedding) is
+    running marks the Linear as read directly (attribute reads such as `.dtype` / `.shape` do not count).
+    Returns what was found, as {name: reader}, and marks the modules so later selections skip them."""
+    from torch.overrides import TorchFunctionMode
+
+    owners: dict[int, list[nn.Module]] = {}
+    linears = {}
+    for name, m in model.named_modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(m)
+        if isinstance(m, nn.Linear) and isinstance(m.weight, torch.Tensor):
+            linears[id(m.weight)] = name
+    active: list[nn.Module] = []  # the modules running now, innermost last
+    found: dict[str, str] = {}
+
+    def enter(mod, *_):
+        active.append(mod)
+
+    def leave(mod, *_):
+        if active and active[-1] is mod:
+            active.pop()
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            fname = getattr(func, "__name__", "")
+            if active and fname not in _METADATA:  # (with no module running, the caller is not the model)
+                for t in _tensors(args, kwargs):
+                    name = linears.get(id(t))
+                    if name is not None and name not in found and not any(
+                            o is a for o in owners[id(t)] for a in active):
+                        found[name] = f"{type(active[-1]).__name__} ({fname or func})"
+            return func(*args, **kwargs)
+
+    hooks = [m.register_forward_pre_hook(enter) for m in model.modules()]
+    hooks += [m.register_forward_hook(leave, always_call=True) for m in model.modules()]
+    try:
+        with Watch():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, reader in found.items():
+        setattr(model.get_submodule(name), DIRECT_READ, reader)
+    return found
+
+
+# calls that read only what a packed layer's meta `weight` view also has
+_METADATA = {"__get__", "is_floating_point", "is_complex", "dim", "size", "numel", "element_size", "stride",
+             "is_contiguous", "__len__", "storage_offset", "__format__", "__repr__", "__hash__"}
+
+
+def _tensors(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (x for x in a if isinstance(x, torch.Tensor))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
-from ..graph.scope import select_linears
+from ..graph.scope import direct_reads_note, select_linears
 from ..graph.modules import register_packed, replace_module
 from ..recipe import StepConfig, register_method
 
@@ -30,6 +30,16 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x):
         return self.up(self.down(x))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A shape-and-dtype view on the meta device, as a packed layer's (graph/modules.py): code that reads
+        a Linear's `weight.dtype` works, and fused fast paths (nn.TransformerEncoderLayer) stand down."""
+        return torch.empty((self.out_features, self.in_features), dtype=self.up.weight.dtype, device="meta")
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.up.bias
 
     @classmethod
     def from_packed_config(cls, cfg: dict, dtype: torch.dtype) -> "LowRankLinear":
@@ -99,7 +109,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, inplace: bool = False, note
         after += r * (lin.in_features + lin.out_features)
     notes.append(f"low-rank: {len(layers) - len(kept)} of {len(layers)} Linear layers factored; their weights "
                  f"{before:,} -> {after:,} parameters" + (f"; kept (no saving at that rank): {', '.join(kept[:5])}"
-                                                          if kept else ""))
+                                                          if kept else "") + direct_reads_note(model))
     return model
 
 

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ..errors import NnslimError
 from ..graph.modules import register_packed, replace_module
-from ..graph.scope import select_layers
+from ..graph.scope import direct_reads, direct_reads_note, select_layers
 from ..recipe import StepConfig, register_method
 from .modules import QUANTIZABLE, _Transparent
 
@@ -170,7 +170,8 @@ def binarize_model(model: nn.Module, config: BinaryConfig, inplace: bool = False
     if not isinstance(model, nn.Module):
         raise NnslimError(f"binary weights need a torch.nn.Module, got {type(model).__name__}")
     model = model if inplace else copy.deepcopy(model)
-    layers = select_layers(model, QUANTIZABLE, config.ignore)
+    read = direct_reads(model)  # a wrapper the model never calls would binarize nothing
+    layers = {n: m for n, m in select_layers(model, QUANTIZABLE, config.ignore).items() if n not in read}
     every = [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
     kept = [every[0], every[-1]] if config.keep_first_last and len(every) > 1 else []
     targets = [n for n in layers if n not in kept]
@@ -180,7 +181,7 @@ def binarize_model(model: nn.Module, config: BinaryConfig, inplace: bool = False
         replace_module(model, n, BinaryWrapper(layers[n], config.activations))
     if notes is not None:
         notes.append(f"binary: {len(targets)} layers with 1-bit weights{' and activations' if config.activations else ''}"
-                     f"; kept float: {', '.join(kept) or 'none'}")
+                     f"; kept float: {', '.join(kept) or 'none'}{direct_reads_note(model)}")
     return model
 
 

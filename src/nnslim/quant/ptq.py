@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..graph.fold import fold_batchnorm
-from ..graph.scope import select_layers
+from ..graph.scope import direct_reads, select_layers
 from ..recipe import StepConfig, register_method
 from .calibration import check_calibration, run_with_hooks
 from ..graph.modules import replace_everywhere, replace_module
@@ -145,9 +145,9 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
     import re
 
     layers = select_layers(model, (nn.Linear,) if dynamic else QUANTIZABLE, config.ignore)
-    # nn.MultiheadAttention reads out_proj.weight directly instead of calling the module: not wrappable.
-    mha = {n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
-    layers = {n: m for n, m in layers.items() if n.rpartition(".")[0] not in mha}
+    # Linears whose weight the model reads itself (nn.MultiheadAttention's out_proj): a wrapper is never called
+    read = direct_reads(model)
+    layers = {n: m for n, m in layers.items() if n not in read}
     if preset == "transformer":
         layers = {n: m for n, m in layers.items() if not any(re.search(e[3:], n) for e in TRANSFORMER_IGNORE)}
     if not layers:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from ..errors import NnslimError
 from ..graph.modules import PackedLinear, register_packed, replace_module
 from ..graph.experts import routers_note
-from ..graph.scope import select_linears
+from ..graph.scope import direct_reads_note, select_linears
 from ..graph.streaming import each_layer, source_of
 from ..recipe import StepConfig, register_method
 from ..runtime.fuse import value_key
@@ -307,7 +307,7 @@ def quantize_w8a8(model: nn.Module, config: W8A8Config, calibration=None, inplac
     if source is not None:  # the float rest (norms, embeddings, head) in memory, or all on disk with offload
         source.settle(model)
     notes.append(f"{config.format} W8A8 (per-channel weights, dynamic per-token activations): {len(layers)} layers"
-                 f"{routers_note(model)}")
+                 f"{routers_note(model)}{direct_reads_note(model)}")
     return model
 
 

@@ -21,6 +21,7 @@ from ...graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerw
 from ...graph.modules import replace_module
 from ...graph.streaming import each_layer, source_of
 from ...graph.experts import routers_note
+from ...graph.scope import direct_reads_note
 from ...graph.scope import select_linears
 from ...recipe import MAX_INT, StepConfig
 from .formats import GROUP_SIZES, WeightSpec, group_qparams, quantize_codes
@@ -176,7 +177,7 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
     why = f" (backup={config.backup}: {'an export step follows' if exports_later else 'no export step follows'})"
     notes.append(f"weight-only int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'} ({name}); head "
                  f"{'int' + str(spec.bits) if config.quantize_head else backup}, embeddings {backup}"
-                 f"{why if config.backup == 'auto' else ''}{routers_note(model)}")
+                 f"{why if config.backup == 'auto' else ''}{routers_note(model)}{direct_reads_note(model)}")
     return model
 
 
