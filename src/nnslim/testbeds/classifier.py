@@ -40,8 +40,12 @@ class HFLogits(nn.Module):
 
 
 class TextLogits(HFLogits):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """token_type_ids: the segment ids of sentence pairs (BERT-style models); None for single texts."""
+        if token_type_ids is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
 
 
 class ImageLogits(HFLogits):
@@ -103,6 +107,7 @@ class TextClassifierTestbed(PaddedTextTestbed):
             raise NnslimError(f"task={task!r} is not a text classification task; allowed: {', '.join(TEXT_HEADS)}")
         self._dir = Path(model_dir)
         self.task, self.name = task, name or f"hf:{model_dir}"
+        self.takes_pairs = task in ("sequence-classification", "question-answering")
         self.trust_remote_code, self.weights = trust_remote_code, weights
         self.n_eval, self.max_length = n_eval, max_length
         self.description = f"{task}; metrics: top-1 agreement and logits cosine vs fp32 (accuracy with labels)"

@@ -44,32 +44,62 @@ def minilm_dir() -> Path:
 class PaddedTextTestbed(HFTestbed):
     """Text models called as model(input_ids, attention_mask): batches padded to their longest text."""
 
-    input_names = ("input_ids", "attention_mask")
-    dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     default_batch = 32
     default_seq = 128
     n_eval: int = 256
     max_length: int = 128
 
-    def _encode(self, sentences: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+    takes_pairs = False  # sentence pairs (tokenized as one sequence with segment ids): classifiers and QA
+
+    def _encode(self, sentences: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Token ids of texts, or of (first, second) pairs (token_type_ids too, where the model has them)."""
         tok = self.tokenizer
         if tok.pad_token is None:  # GPT-style tokenizers have none: padding reuses end-of-text
             tok.pad_token = tok.eos_token or tok.unk_token
-        enc = tok(list(sentences), padding="max_length" if pad_to else True,
-                  max_length=pad_to or self.max_length, truncation=True, return_tensors="np")
-        return {"input_ids": enc["input_ids"].astype(np.int64),
-                "attention_mask": enc["attention_mask"].astype(np.int64)}
+        pairs = bool(sentences) and isinstance(sentences[0], tuple)
+        texts = ([a for a, _ in sentences], [b for _, b in sentences]) if pairs else (list(sentences),)
+        enc = tok(*texts, padding="max_length" if pad_to else True, max_length=pad_to or self.max_length,
+                  truncation="longest_first" if pairs else True, return_tensors="np")
+        return {name: enc[name].astype(np.int64) for name in self.text_inputs()}
 
-    def eval_sentences(self) -> list[str]:
-        return list(self.source.sentences("eval")[: self.n_eval])
+    def texts(self, split: str) -> list:
+        """The texts of a split, or (first, second) tuples when the data holds sentence pairs."""
+        first = list(self.source.sentences(split))
+        second = self.source.second_texts(split)
+        if second is None:
+            return first
+        if not self.takes_pairs:
+            raise NnslimError(f"the data holds sentence pairs, which a {self.task} model does not take (pairs are "
+                              "for sequence-classification and question-answering); give one --text-column")
+        return list(zip(first, second))
+
+    def text_inputs(self) -> tuple[str, ...]:
+        """input_ids and attention_mask; token_type_ids too for sentence pairs, where the tokenizer makes them
+        (BERT-style segment ids: single texts are all segment 0, the model's own default)."""
+        names = ("input_ids", "attention_mask")
+        if getattr(self.source, "has_pairs", False) and self.takes_pairs and \
+                "token_type_ids" in getattr(self.tokenizer, "model_input_names", ()):
+            names += ("token_type_ids",)
+        return names
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.text_inputs()
+
+    @property
+    def dynamic_axes(self) -> dict:
+        return {name: {0: "batch", 1: "seq"} for name in self.input_names}
+
+    def eval_sentences(self) -> list:
+        return self.texts("eval")[: self.n_eval]
 
     def example_inputs(self, batch=None, seq=None):
         batch, seq = batch or self.default_batch, seq or self.default_seq
-        pool = self.source.sentences("eval")
+        pool = self.texts("eval")
         return self._encode([pool[i % len(pool)] for i in range(batch)], pad_to=seq)
 
     def calibration(self, n=None, seq_len=None):
-        return [self._encode([s]) for s in self.source.sentences("calibration")[: n or 300]]
+        return [self._encode([s]) for s in self.texts("calibration")[: n or 300]]
 
 
 class TextEncoderTestbed(PaddedTextTestbed):

@@ -19,6 +19,10 @@ import numpy as np
 from ..errors import NnslimError
 
 TEXT_COLUMNS = ("text", "sentence", "content", "document", "question", "prompt", "input")
+# text pairs (NLI, paraphrase, cross-encoders / rerankers, extractive QA): found before a single column
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "context"),
+                ("question1", "question2"), ("question", "passage"), ("query", "passage"), ("query", "document"),
+                ("text", "text_pair"), ("sentence_a", "sentence_b"), ("question", "sentence"))
 LABEL_COLUMNS = ("label", "labels", "target", "class")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_RECORDS = 1_000_000
@@ -29,6 +33,7 @@ class Records:
     """Rows of a data file: texts or images, labels when the file has them, and where they came from."""
 
     texts: list[str] = field(default_factory=list)
+    pairs: list[str] | None = None  # the second text of each row (sentence pairs), else None
     images: np.ndarray | None = None  # [N, C, H, W] float32 in 0..1, or [N, H, W] grayscale
     labels: list[Any] | None = None
     origin: str = ""
@@ -57,21 +62,43 @@ def _pick(columns: Sequence[str], wanted: str | None, defaults: tuple[str, ...],
     return None
 
 
+def _text_columns(columns: Sequence[str], text_column: str | None, path: Path) -> list[str]:
+    """The column holding the text, or two (a sentence pair): `text_column` as "NAME" or "FIRST,SECOND",
+    else a known pair of columns, else the first known single column."""
+    if text_column is not None:
+        names = [c.strip() for c in text_column.split(",")] if "," in text_column and text_column not in columns \
+            else [text_column]
+        if len(names) > 2 or not all(names):
+            raise NnslimError(f"--text-column={text_column!r} is not allowed; allowed: a column name, or two "
+                              "separated by a comma (a sentence pair)")
+        return [_pick(columns, n, TEXT_COLUMNS, "text_column", path) for n in names]
+    for pair in PAIR_COLUMNS:
+        if all(c in columns for c in pair):
+            return list(pair)
+    return [_pick(columns, None, TEXT_COLUMNS, "text_column", path)]
+
+
 def _from_rows(rows: list[dict], path: Path, text_column: str | None, label_column: str | None) -> Records:
     if not rows:
         raise NnslimError(f"{str(path)!r} holds no records")
     columns = list(rows[0])
-    tcol = _pick(columns, text_column, TEXT_COLUMNS, "text_column", path)
+    tcols = _text_columns(columns, text_column, path)
     lcol = _pick(columns, label_column, LABEL_COLUMNS, "label_column", path, required=label_column is not None)
-    texts, labels = [], []
+    texts, seconds, labels = [], [], []
     for i, row in enumerate(rows):
-        value = row.get(tcol)
-        if not isinstance(value, str):
-            raise NnslimError(f"{str(path)!r} record {i}: column {tcol!r} is {type(value).__name__}, not text")
-        texts.append(value)
+        values = [row.get(c) for c in tcols]
+        for c, value in zip(tcols, values):
+            if not isinstance(value, str):
+                raise NnslimError(f"{str(path)!r} record {i}: column {c!r} is {type(value).__name__}, not text")
+        if not values[0].strip():  # an empty text is skipped with its pair and label (rows stay aligned)
+            continue
+        texts.append(values[0])
+        if len(values) == 2:
+            seconds.append(values[1])
         if lcol is not None:
             labels.append(row.get(lcol))
-    return Records(texts=texts, labels=labels if lcol is not None else None, origin=f"{path.name}:{tcol}")
+    return Records(texts=texts, pairs=seconds if len(tcols) == 2 else None,
+                   labels=labels if lcol is not None else None, origin=f"{path.name}:{'+'.join(tcols)}")
 
 
 def _read_arrow_dir(path: Path) -> list[dict]:
@@ -162,7 +189,6 @@ def read_texts(spec: str | Path, what: str, text_column: str | None = None,
         records = _from_rows(_read_table(path), path, text_column, label_column)
     else:
         raise NnslimError(f"--{what}={str(spec)!r}: suffix {path.suffix!r} is not allowed; allowed: {TEXT_FORMATS}")
-    records.texts = [t for t in records.texts if t.strip()]
     if not records.texts:
         raise NnslimError(f"--{what}={str(spec)!r} holds no text")
     if len(records.texts) > MAX_RECORDS:
@@ -236,12 +262,26 @@ class TextSource:
     def split_labels(self, split: str) -> list | None:
         return None
 
+    def second_texts(self, split: str) -> list[str] | None:
+        """The second text of each pair of `sentences(split)`, or None when the data is single texts."""
+        return None
+
+    @property
+    def has_pairs(self) -> bool:
+        return False
+
 
 class UserText(TextSource):
     """The user's texts for calibration and/or evaluation; a split not given falls back to the default."""
 
     def __init__(self, calibration: Records | None = None, evaluation: Records | None = None):
         self.splits = {"calibration": calibration, "eval": evaluation}
+        if calibration is not None and evaluation is not None and (calibration.pairs is None) != (
+                evaluation.pairs is None):
+            single, paired = ("calibration", "evaluation") if calibration.pairs is None else ("evaluation",
+                                                                                               "calibration")
+            raise NnslimError(f"the {paired} data holds sentence pairs and the {single} data single texts; give "
+                              "both in the same form (--text-column FIRST,SECOND)")
         given = [f"{k} from {r.origin}" for k, r in self.splits.items() if r is not None]
         missing = [k for k, r in self.splits.items() if r is None]
         self.description = "; ".join(given + [f"{k}: {TextSource.description}" for k in missing])
@@ -257,3 +297,14 @@ class UserText(TextSource):
     def split_labels(self, split: str) -> list | None:
         records = self.splits.get(split)
         return records.labels if records is not None else None
+
+    def second_texts(self, split: str) -> list[str] | None:
+        records = self.splits.get(split)
+        if records is None and self.has_pairs:  # a split not given: each default text paired with the next
+            texts = self.sentences(split)
+            return texts[1:] + texts[:1]
+        return list(records.pairs) if records is not None and records.pairs is not None else None
+
+    @property
+    def has_pairs(self) -> bool:
+        return any(r is not None and r.pairs is not None for r in self.splits.values())
