@@ -89,8 +89,12 @@ class UserData:
 
 
 def _is_file_data(value) -> bool:
+    """A path, a list of texts, or a list of (first, second) text pairs: data the testbed tokenizes."""
+    def text_or_pair(v):
+        return isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(t, str) for t in v))
+
     return isinstance(value, (str, Path)) or (isinstance(value, (list, tuple)) and bool(value)
-                                              and all(isinstance(v, str) for v in value))
+                                              and all(text_or_pair(v) for v in value))
 
 
 def split_user_data(calibration, evaluation=None, text_column: str | None = None,
@@ -110,7 +114,19 @@ def _records(value, what: str, testbed, data: UserData):
     from .testbeds.sources import Records, read_images, read_texts
 
     if isinstance(value, (list, tuple)):
-        return Records(texts=list(value), origin=f"{len(value)} texts given")
+        items = list(value)
+        pairs = bool(items) and isinstance(items[0], (list, tuple))
+        for i, item in enumerate(items):
+            ok = (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(t, str) for t in item)) \
+                if pairs else isinstance(item, str)
+            if not ok:
+                raise NnslimError(f"{what}[{i}]={str(item)[:60]!r} is not allowed; allowed: a list of texts, or of "
+                                  "(first, second) text pairs, all of one kind")
+        if not items:
+            raise NnslimError(f"{what}=[] holds no text")
+        if pairs:
+            return Records(texts=[a for a, _ in items], pairs=[b for _, b in items], origin=f"{len(items)} text pairs given")
+        return Records(texts=items, origin=f"{len(items)} texts given")
     if testbed.input_names == ("pixel_values",):
         return read_images(value, what, getattr(testbed, "size", None))
     return read_texts(value, what, data.text_column, data.label_column)

@@ -95,3 +95,14 @@ def test_pairs_mixed_with_single_texts_or_for_an_encoder_are_refused(tmp_path, b
     with pytest.raises(NnslimError, match="sentence pairs, which a feature-extraction model does not take"):
         nnslim.evaluate(str(enc_dir), eval_data=str(pairs))
     assert json.loads((enc_dir / "config.json").read_text())["architectures"] == ["BertModel"]
+
+
+def test_pairs_given_in_python(tmp_path, bert_cls):
+    pairs = list(zip(PREMISES, HYPOTHESES))
+    r = nnslim.evaluate(str(bert_cls), eval_data=pairs)
+    assert r["metrics"]["top1_agreement"] == pytest.approx(1.0)
+    res = nnslim.compress(str(bert_cls), "int8-weight-only", calibration=pairs[:4], eval_data=pairs[4:],
+                          out=tmp_path / "w", report=False)
+    assert res.out is not None
+    with pytest.raises(NnslimError, match=r"eval\[1\]=.* is not allowed; allowed: a list of texts, or of"):
+        nnslim.evaluate(str(bert_cls), eval_data=[("a", "b"), "c"])
