@@ -193,7 +193,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
     student.to(home)
     teacher.to(teacher_home)
     took = time.perf_counter() - start
-    head, tail = np.mean(losses[:10]), np.mean(losses[-10:])
+    w = max(1, min(10, len(losses) // 2))  # first and last steps' mean loss; the windows never overlap
+    head, tail = np.mean(losses[:w]), np.mean(losses[-w:])
     parts = [kind] + (["labels"] if label_weight else []) + (["hidden"] if config.hidden_weight else []) + \
         (["attention"] if config.attention_weight else [])
     notes.append(f"{desc}: {len(losses)} steps of batch {config.batch_size} on {world} process(es) in {took:.0f} s "
