@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import files_digest
 
@@ -96,6 +97,10 @@ def test_bad_inputs(tmp_path, capfd):
                        "not empty", "--overwrite")
     assert_clean_error(in_process(capfd, "compress", "--model", "digits-cnn", "--recipe", str(user / "order.yaml"),
                               "--out", str(tmp_path / "o5"), "--no-report"), "needs a torch model")
+    graph = tmp_path / "user.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2).eval(), (torch.randn(1, 4),), str(graph), input_names=["x"], dynamo=False)
+    assert_clean_error(in_process(capfd, "compress", "--model", str(graph), "--method", "int8", "--out",
+                                  str(tmp_path / "o6")), "input model is an ONNX graph", "nnslim evaluate")
     assert_clean_error(in_process(capfd, "benchmark", "--model", "digits-cnn", "--batch", "zero"), "--batch")
     assert_clean_error(in_process(capfd, "benchmark", "--model", "digits-cnn", "--backend", "tensorrt"), "--backend")
     assert_clean_error(in_process(capfd, "compress", "--model", "digits-cnn", "--method", "int8", "--target", "tensorrt",

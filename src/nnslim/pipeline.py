@@ -45,6 +45,11 @@ def check_recipe(recipe: Recipe, model) -> None:
         method = get_method(step.method)
         if method.needs != kind:
             after = f" (made by step {producer[0]}, {producer[1]!r})" if producer else ""
+            if producer is None and kind == "onnx":  # the input itself is an ONNX graph
+                raise NnslimError(f"recipe step {i} ({step.method!r}) needs a torch model, and the input model is "
+                                  "an ONNX graph: nnslim compresses PyTorch models (a Hugging Face dir, a testbed, an "
+                                  "nn.Module or an nnslim torch artifact) and writes the ONNX itself; an ONNX file "
+                                  "can be evaluated and benchmarked (nnslim evaluate / benchmark --model FILE)")
             raise NnslimError(f"recipe step {i} ({step.method!r}) needs a {method.needs} model but gets "
                               f"{kind}{after}" + ("; put ONNX export steps last" if kind == "onnx" else ""))
         if method.produces != kind:
