@@ -74,6 +74,8 @@ def test_bad_inputs(tmp_path, capfd):
     (user / "r.yaml").write_text("steps:\n  - method: fp16\n    alpha: 0.5\n")
     (user / "t.yaml").write_text("steps:\n  - method: onnx\n    opset: seventeen\n")
     (user / "order.yaml").write_text("steps:\n  - method: onnx\n  - method: fp16\n")
+    graph = user / "user.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2).eval(), (torch.randn(1, 4),), str(graph), input_names=["x"], dynamo=False)
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
@@ -97,8 +99,6 @@ def test_bad_inputs(tmp_path, capfd):
                        "not empty", "--overwrite")
     assert_clean_error(in_process(capfd, "compress", "--model", "digits-cnn", "--recipe", str(user / "order.yaml"),
                               "--out", str(tmp_path / "o5"), "--no-report"), "needs a torch model")
-    graph = tmp_path / "user.onnx"
-    torch.onnx.export(torch.nn.Linear(4, 2).eval(), (torch.randn(1, 4),), str(graph), input_names=["x"], dynamo=False)
     assert_clean_error(in_process(capfd, "compress", "--model", str(graph), "--method", "int8", "--out",
                                   str(tmp_path / "o6")), "input model is an ONNX graph", "nnslim evaluate")
     assert_clean_error(in_process(capfd, "benchmark", "--model", "digits-cnn", "--batch", "zero"), "--batch")
