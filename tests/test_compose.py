@@ -67,6 +67,9 @@ def test_prune_then_distill_keeps_the_zeros(tmp_path):
     (("int8", "qat"), ("step 1 ('qat')", "step 0 ('int8')")),
     (("onnx", "distill"), ("step 1 ('distill')", "step 0, 'onnx'")),
     (("sparse-storage", "distill"), ("step 1 ('distill')", "step 0 ('sparse-storage')")),
+    (("int8-weight-only", "distill"), ("step 1 ('distill')", "step 0 ('int8-weight-only')", "packed codes")),
+    (("int4-rtn", "prune-gradual"), ("step 1 ('prune-gradual')", "step 0 ('int4-rtn')")),
+    (("int8-w8a8", "distill"), ("step 1 ('distill')", "'qat'")),
 ])
 def test_steps_that_cannot_compose_are_refused_before_any_work(tmp_path, steps, both):
     with pytest.raises(NnslimError) as err:
@@ -106,3 +109,9 @@ def test_onnx_step_after_quantization_writes_qdq(tmp_path):
     with pytest.raises(NnslimError, match="onnx-fp16 cannot follow an integer quantization step"):
         nnslim.compress(TwoLayer(), _steps("int8", "onnx-fp16"), calibration=_data(), example_inputs=_example(),
                         report=False)
+
+
+def test_distill_refuses_a_model_with_packed_layers():
+    q = nnslim.quantize(TwoLayer(), nnslim.Int8WeightOnlyConfig(), calibration=_data())
+    with pytest.raises(NnslimError, match=r"2 layer\(s\) hold packed quantized codes .*\(a, WeightOnlyLinear\)"):
+        nnslim.distill(q, TwoLayer(), data=_data(), config=nnslim.DistillConfig(steps=3))

@@ -207,6 +207,11 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
         split = join_experts(model)  # MoE experts still float go back into transformers' fused modules
         if split:
             meta["split_experts"] = split
+        from .graph.attention import join_attention
+
+        split = join_attention(model)  # so do float nn.MultiheadAttention blocks
+        if split:
+            meta["split_attention"] = split
 
         if has_qdq_layers(model):
             raise NnslimError("saving a simulated-int8 torch model is not supported yet; save the deployable "
@@ -390,6 +395,13 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     if dtype is None:
         raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
                           f"allowed: {', '.join(_DTYPES)}")
+    if meta.get("split_attention"):  # before the plan: a split block's heads may have been removed
+        from .graph.attention import split_attention
+
+        names = meta["split_attention"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise NnslimError(f"{directory / META_FILE}: split_attention must be a list of module names")
+        split_attention(model, meta["split_attention"], check=False)
     if meta.get("structured_plan"):
         from .pruning.structured import apply_plan
 

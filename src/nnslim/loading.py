@@ -91,7 +91,8 @@ class UserData:
 def _is_file_data(value) -> bool:
     """A path, a list of texts, or a list of (first, second) text pairs: data the testbed tokenizes."""
     def text_or_pair(v):
-        return isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(t, str) for t in v))
+        return isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) == 2
+                                      and all(isinstance(t, str) for t in v))
 
     return isinstance(value, (str, Path)) or (isinstance(value, (list, tuple)) and bool(value)
                                               and all(text_or_pair(v) for v in value))
@@ -125,7 +126,8 @@ def _records(value, what: str, testbed, data: UserData):
         if not items:
             raise NnslimError(f"{what}=[] holds no text")
         if pairs:
-            return Records(texts=[a for a, _ in items], pairs=[b for _, b in items], origin=f"{len(items)} text pairs given")
+            return Records(texts=[a for a, _ in items], pairs=[b for _, b in items],
+                           origin=f"{len(items)} text pairs given")
         return Records(texts=items, origin=f"{len(items)} texts given")
     if testbed.input_names == ("pixel_values",):
         return read_images(value, what, getattr(testbed, "size", None))

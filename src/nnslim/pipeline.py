@@ -102,6 +102,10 @@ def _check_order(last: tuple[int, str, str], step: tuple[int, str, Any]) -> None
 
     (i, a, stage_a), (j, b, method) = last, step
     rank_a = STAGES.index(stage_a)
+    if method.trains and get_method(a).frozen:
+        raise NnslimError(f"recipe step {j} ({b!r}) cannot follow step {i} ({a!r}): {a!r} stores packed codes that "
+                          f"training cannot update; put {b!r} before {a!r}, or train through fake quantization "
+                          "with 'qat' (then distill) instead")
     if method.trains and method.stage is None:
         if rank_a >= STAGES.index("storage"):
             raise NnslimError(f"recipe step {j} ({b!r}) cannot follow step {i} ({a!r}): training after "
@@ -327,11 +331,29 @@ def deploy_runtime(rep: Report, label: str, backend: str | None) -> dict | None:
         return None
     if backend:
         return {"name": backend, "why": "chosen with --backend"}
-    best = min(rows, key=lambda v: v.latency.median_ms)
     flags = " ".join(rep.machine.get("cpu_flags") or []) or "flags unknown"
     timings = ", ".join(f"{v.backend} {v.latency.median_ms:.2f} ms" for v in rows)
-    return {"name": best.backend, "why": f"measured fastest at batch {rep.batch}: {timings}; "
-                                         f"{rep.machine.get('cpu', '?')} ({flags})"}
+    fit, dropped = _accurate_rows(rows, rep.primary_metric, rep.higher_is_better)
+    best = min(fit, key=lambda v: v.latency.median_ms)
+    return {"name": best.backend, "why": f"measured fastest at batch {rep.batch}: {timings}"
+                                         f"{dropped}; {rep.machine.get('cpu', '?')} ({flags})"}
+
+
+def _accurate_rows(rows: list, metric: str, higher_is_better: bool, tolerance: float = 0.005) -> tuple[list, str]:
+    """The runtimes whose primary metric is within `tolerance` (relative, at least absolute) of the best one's
+    on the same graph, and a note naming those left out: two runtimes may run one graph differently (a graph
+    optimization of one of them), and the faster must not be chosen when it computes something else."""
+    values = {id(v): v.metrics.get(metric) for v in rows}
+    known = [x for x in values.values() if isinstance(x, (int, float))]
+    if len(known) < 2:
+        return rows, ""
+    best = max(known) if higher_is_better else min(known)
+    slack = tolerance * max(1.0, abs(best))
+    fit = [v for v in rows if values[id(v)] is None or abs(values[id(v)] - best) <= slack]
+    out = [v for v in rows if v not in fit]
+    note = "".join(f"; {v.backend} not chosen: its {metric} {values[id(v)]:.4f} vs {best:.4f} on the same graph"
+                   for v in out)
+    return fit, note
 
 
 def _reload(directory: Path, original):

@@ -104,6 +104,7 @@ class Method:
     trains: bool  # a training step: it trains through the compression state before it
     needs_training: bool  # its state (learned scores) only means something after a later training step
     deploys_as_onnx: bool = False  # its result (QDQ layers) is written as an ONNX export, even with no export step
+    frozen: bool = False  # its layers hold packed codes that no training step can update (weight-only, W8A8)
 
 
 METHODS: dict[str, Method] = {}
@@ -119,7 +120,7 @@ _VERB_STAGE = {"quantize": "quantize", "prune": "sparsity"}
 def register_method(name: str, config_cls: type[StepConfig], description: str,
                     needs: str = "torch", produces: str = "torch", verb: str | None = None,
                     stage: str | None = None, trains: bool | None = None, needs_training: bool = False,
-                    deploys_as_onnx: bool = False):
+                    deploys_as_onnx: bool = False, frozen: bool = False):
     """Decorator registering apply(model, config, ctx) -> model under `name`.
 
     apply may change `model` in place (the pipeline hands each step its own copy) and returns the result.
@@ -135,7 +136,7 @@ def register_method(name: str, config_cls: type[StepConfig], description: str,
             raise ValueError(f"method {name!r} is registered twice")
         config_cls.method = name
         METHODS[name] = Method(name, config_cls, fn, description, needs, produces, verb, stage, trains,
-                               needs_training, deploys_as_onnx)
+                               needs_training, deploys_as_onnx, frozen)
         return fn
 
     return wrap

@@ -80,3 +80,26 @@ def test_compressed_but_not_faster_is_said_outright():
     notes = [n for n in rep.render_notes() if "not faster" in n]
     assert notes == ["int8 (onnxruntime): not faster than original float32 on this machine (0.93x; 0.96x the float32 "
                      "graph in onnxruntime); its gain here is size (0.25x)"]
+
+
+def test_deploy_runtime_is_the_fastest_that_computes_the_same():
+    """Two runtimes running one graph can disagree (an OpenVINO graph optimization changed a classifier's output
+    to cosine 0.93 where ONNX Runtime kept 0.9999): the faster one is chosen only when its metric is as good."""
+    from nnslim.pipeline import deploy_runtime
+
+    def row(backend, ms, cos):
+        return VariantResult(f"int8 ({backend})", backend, "onnx", "int8", 100, 10, {"cos_mean": cos},
+                             Latency(ms, ms, ms, 5, 8), None)
+
+    base = VariantResult("original", "torch", "torch", "float32", 400, 10, {"cos_mean": 1.0},
+                         Latency(9.0, 9.0, 9.0, 5, 8), None)
+    rep = Report("m", "cos_mean", True, 8, None, [base, row("onnxruntime", 2.0, 0.9999), row("openvino", 1.0, 0.9266)])
+    chosen = deploy_runtime(rep, "int8", None)
+    assert chosen["name"] == "onnxruntime" and "openvino not chosen: its cos_mean 0.9266 vs 0.9999" in chosen["why"]
+    rep.variants[2].metrics["cos_mean"] = 0.9990  # within tolerance: the faster wins
+    assert deploy_runtime(rep, "int8", None)["name"] == "openvino"
+    ppl = Report("lm", "perplexity", False, 1, 16, [base, row("onnxruntime", 2.0, 0), row("openvino", 1.0, 0)])
+    ppl.variants[1].metrics = {"perplexity": 20.0}
+    ppl.variants[2].metrics = {"perplexity": 25.0}  # lower is better: 25 is far worse
+    assert deploy_runtime(ppl, "int8", None)["name"] == "onnxruntime"
+    assert deploy_runtime(rep, "int8", "openvino")["name"] == "openvino"  # --backend decides

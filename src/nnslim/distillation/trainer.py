@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from ..batching import collate
 from ..errors import NnslimError
+from ..graph.modules import PackedLinear
 from ..progress import progress, stage
 from ..recipe import StepConfig, register_method
 from ..runtime.base import by_name, call_module
@@ -110,6 +111,14 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
     notes = notes if notes is not None else []
     if not isinstance(student, nn.Module) or not isinstance(teacher, nn.Module):
         raise NnslimError("distill needs torch student and teacher models")
+    frozen = [n for n, m in student.named_modules() if isinstance(m, PackedLinear)]
+    if frozen:
+        kind = type(student.get_submodule(frozen[0])).__name__
+        raise NnslimError(f"distill cannot train {type(student).__name__}: {len(frozen)} layer(s) hold packed "
+                          f"quantized codes that training cannot update ({frozen[0]}, {kind}); distill before "
+                          "quantizing, or quantize with QatConfig (trainable fake quantization)")
+    if not any(p.requires_grad for p in student.parameters()):
+        raise NnslimError(f"distill: {type(student).__name__} has no trainable parameter")
     data = list(data)
     if not data:
         raise NnslimError("distill needs training data: a non-empty list of input dicts")

@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import NnslimError
 
@@ -246,7 +245,7 @@ class EmbeddingLayer(Layer):
 
 class PrunedMultiheadAttention(nn.Module):
     """nn.MultiheadAttention with separate q/k/v/o projections, so heads and the model width can be
-    pruned independently; same call signature, returns (output, None)."""
+    pruned independently; same call signature and outputs (graph/attention.py computes both kinds)."""
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, out_dim: int, bias: bool = True,
                  dropout: float = 0.0, batch_first: bool = False):
@@ -275,31 +274,10 @@ class PrunedMultiheadAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        b, lq, _ = query.shape
-        ls = key.shape[1]
-        q = self.q_proj(query).view(b, lq, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(key).view(b, ls, -1, self.head_dim).transpose(1, 2)
-        v = self.v_proj(value).view(b, ls, -1, self.head_dim).transpose(1, 2)
-        mask = None
-        if attn_mask is not None:
-            m = attn_mask.view(b, -1, lq, ls) if attn_mask.dim() == 3 else attn_mask
-            mask = _additive(m, q.dtype)
-        if key_padding_mask is not None:
-            pad = _additive(key_padding_mask[:, None, None, :], q.dtype)
-            mask = pad if mask is None else mask + pad
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=bool(is_causal and mask is None))
-        out = self.o_proj(out.transpose(1, 2).reshape(b, lq, -1))
-        return (out if self.batch_first else out.transpose(0, 1)), None
+        from .attention import attend
 
-
-def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
-    """torch MHA masks: bool True = may not attend; float masks are added."""
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
-    return mask.to(dtype)
+        return attend(self, self.o_proj, query, key, value, key_padding_mask, need_weights, attn_mask,
+                      average_attn_weights, is_causal)
 
 
 def convertible_mha(m: nn.Module) -> bool:
@@ -320,8 +298,13 @@ def _only_projections(m, names, head_dim) -> bool:
     return not any(id(p) not in own for p in m.parameters(recurse=False))
 
 
+def _out_name(m) -> str:
+    """The output projection's name: o_proj (HF, PrunedMultiheadAttention) or out_proj (graph/attention.py)."""
+    return "o_proj" if hasattr(m, "o_proj") else "out_proj"
+
+
 def _qkvo(m):
-    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    names = ("q_proj", "k_proj", "v_proj", _out_name(m))
     return all(linear_like(getattr(m, a, None)) for a in names) \
         and isinstance(getattr(m, "head_dim", None), int) and _only_projections(m, names, m.head_dim)
 
@@ -342,14 +325,14 @@ class AttentionLayer(Layer):
     def parts(m):
         if _bert(m):
             return m.query, m.key, m.value, None, m.attention_head_size
-        return m.q_proj, m.k_proj, m.v_proj, m.o_proj, m.head_dim
+        return m.q_proj, m.k_proj, m.v_proj, getattr(m, _out_name(m)), m.head_dim
 
     def propagate(self, g, name, m, call):
         q, k, v, o, d = self.parts(m)
         x = first_tensor(call)
         others = [t for t in list(call.args[1:3]) + [call.kwargs.get("key"), call.kwargs.get("value")]
                   if isinstance(t, torch.Tensor) and t is not x and t.dim() == x.dim() and t.shape[-1] == x.shape[-1]]
-        if others and isinstance(m, PrunedMultiheadAttention):
+        if others and isinstance(m, (PrunedMultiheadAttention, SplitMultiheadAttention)):
             for t in (x, *others):
                 g.drop(t, f"{name}: cross-attention inputs keep their features")
         else:

@@ -64,6 +64,7 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
     fused = [n for n, m in fused_experts(model).items() if not any(_matches(e, n, m) for e in ignore)]
     if fused:
         split_experts(model, fused, what=what)
+    split_mha(model, ignore)
     layers = select_layers(model, (nn.Linear,), ignore)
     kept = routers(model)
     layers = {n: m for n, m in layers.items() if n not in kept}
@@ -98,16 +99,30 @@ def direct_reads(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def split_mha(model: nn.Module, ignore: Iterable[str] = ()) -> list[str]:
+    """Split the nn.MultiheadAttention blocks `ignore` does not name into called q/k/v/out Linears
+    (graph/attention.py), so that a method working on Linears reaches them."""
+    from .attention import split_attention
+
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and n
+             and not any(_matches(e, n, m) for e in ignore)]
+    return split_attention(model, names) if names else []
+
+
 def direct_reads_note(model: nn.Module) -> str:
-    """The note of a method that replaces layers, naming the Linears it kept because the model reads their
-    weight directly."""
+    """The note of a method that replaces layers: the nn.MultiheadAttention blocks it reached as split Linears, and
+    the Linears it kept because the model reads their weight directly."""
+    from .attention import SplitMultiheadAttention
+
+    n_split = sum(isinstance(m, SplitMultiheadAttention) for m in model.modules())
+    split = f"; {n_split} nn.MultiheadAttention block(s) run as q/k/v/out Linears" if n_split else ""
     read = direct_reads(model)
     if not read:
-        return ""
+        return split
     names = ", ".join(list(read)[:3]) + (f" and {len(read) - 3} more" if len(read) > 3 else "")
     readers = ", ".join(sorted(set(read.values())))[:200]
-    return (f"; {len(read)} Linear(s) kept as they are ({names}): their weight is read directly by {readers}, "
-            "not through the layer")
+    return split + (f"; {len(read)} Linear(s) kept as they are ({names}): their weight is read directly by "
+                    f"{readers}, not through the layer")
 
 
 def find_direct_reads(model: nn.Module, run) -> dict[str, str]:

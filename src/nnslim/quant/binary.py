@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ..errors import NnslimError
 from ..graph.modules import register_packed, replace_module
-from ..graph.scope import direct_reads, direct_reads_note, select_layers
+from ..graph.scope import direct_reads, direct_reads_note, select_layers, split_mha
 from ..recipe import StepConfig, register_method
 from .modules import QUANTIZABLE, _Transparent
 
@@ -170,6 +170,7 @@ def binarize_model(model: nn.Module, config: BinaryConfig, inplace: bool = False
     if not isinstance(model, nn.Module):
         raise NnslimError(f"binary weights need a torch.nn.Module, got {type(model).__name__}")
     model = model if inplace else copy.deepcopy(model)
+    split_mha(model, config.ignore)
     read = direct_reads(model)  # a wrapper the model never calls would binarize nothing
     layers = {n: m for n, m in select_layers(model, QUANTIZABLE, config.ignore).items() if n not in read}
     every = [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]

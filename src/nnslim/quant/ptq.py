@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import NnslimError
 from ..graph.fold import fold_batchnorm
-from ..graph.scope import direct_reads, select_layers
+from ..graph.scope import direct_reads, select_layers, split_mha
 from ..recipe import StepConfig, register_method
 from .calibration import check_calibration, run_with_hooks
 from ..graph.modules import replace_everywhere, replace_module
@@ -144,6 +144,7 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
     """Layers to quantize: the user's `ignore` entries must each match a layer; the preset's may not."""
     import re
 
+    split_mha(model, config.ignore)  # nn.MultiheadAttention: q/k/v/out as called Linears (graph/attention.py)
     layers = select_layers(model, (nn.Linear,) if dynamic else QUANTIZABLE, config.ignore)
     # Linears whose weight the model reads itself (nn.MultiheadAttention's out_proj): a wrapper is never called
     read = direct_reads(model)

@@ -319,6 +319,6 @@ def _apply(model, config: W8A8Config, ctx):
 
 
 register_method("fp8", Fp8Config, "FP8 e4m3 W8A8, dynamic per-token activations (CUDA: torch._scaled_mm)",
-                verb="quantize")(_apply)
+                verb="quantize", frozen=True)(_apply)
 register_method("int8-w8a8", Int8W8A8Config, "INT8 W8A8, dynamic per-token activations, optional SmoothQuant",
-                verb="quantize")(_apply)
+                verb="quantize", frozen=True)(_apply)

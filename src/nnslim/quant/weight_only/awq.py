@@ -134,7 +134,7 @@ class Awq:
 
 
 @register_method("int4-awq", Int4AwqConfig, "int4 weight-only by AWQ (activation-aware scales, clip search)",
-                 verb="quantize")
+                 verb="quantize", frozen=True)
 def _apply(model, config: Int4AwqConfig, ctx):
     data = ctx.calibration(config.samples, seq_len=config.seq_len, what="AWQ")
     return quantize_weight_only(model, config, data, inplace=True, notes=ctx.notes,

@@ -97,7 +97,7 @@ class Gptq(HessianObserver):
 
 
 @register_method("int4-gptq", Int4GptqConfig, "int4 weight-only by GPTQ, layer by layer with calibration text",
-                 verb="quantize")
+                 verb="quantize", frozen=True)
 def _apply(model, config: Int4GptqConfig, ctx):
     data = ctx.calibration(config.samples, seq_len=config.seq_len, what="GPTQ")
     return quantize_weight_only(model, config, data, inplace=True, notes=ctx.notes,

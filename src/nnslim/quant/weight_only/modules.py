@@ -224,7 +224,9 @@ class WeightOnlyLinear(PackedLinear):
                 out["cpu-int4pack"] = lambda: self._cpu_int4(x)
                 if bf16_too:
                     out["cpu-int4pack-bf16"] = lambda: self._cpu_int4(x.to(torch.bfloat16)).float()
-            if self.bits == 8 and self.symmetric and g == k and x.dtype in (torch.float32,):
+            # torch 2.13's _weight_int8pack_mm crashes the process (SIGSEGV) on bf16 rows when K % 16 != 0 (M > 1,
+            # AVX512-BF16 EPYC): offered for K a multiple of 16 only
+            if self.bits == 8 and self.symmetric and g == k and k % 16 == 0 and x.dtype in (torch.float32,):
                 out["cpu-int8pack"] = lambda: self._int8pack(x)
                 if bf16_too:
                     out["cpu-int8pack-bf16"] = lambda: self._int8pack(x.to(torch.bfloat16)).float()

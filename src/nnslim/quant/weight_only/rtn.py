@@ -22,6 +22,6 @@ def _apply(model, config, ctx):
 
 
 register_method("int4-rtn", Int4RtnConfig, "int4 weight-only, round to nearest (grouped, packed two per byte)",
-                verb="quantize")(_apply)
+                verb="quantize", frozen=True)(_apply)
 register_method("int8-weight-only", Int8WeightOnlyConfig, "int8 weight-only, per output channel",
-                verb="quantize")(_apply)
+                verb="quantize", frozen=True)(_apply)
