@@ -216,3 +216,17 @@ def test_inverse_factor_in_place_on_cpu_matches_torch(dtype):
     for bad in (-torch.eye(3, dtype=dtype), torch.full((3, 3), float("nan"), dtype=dtype)):
         with pytest.raises(NnslimError, match="not positive definite"):
             inverse_factor(bad, 0.0, "layer.x")
+
+
+def test_int8_packed_kernel_only_where_torch_runs_it():
+    """torch 2.13's _weight_int8pack_mm kills the process (SIGSEGV) on bf16 rows when K % 16 != 0 (seen on an
+    AVX512-BF16 EPYC after structured pruning left K = 90): not a candidate there; the result stays exact."""
+    torch.manual_seed(0)
+    lin = nn.Linear(90, 32)
+    q = quantize(nn.Sequential(lin), Int8WeightOnlyConfig(), calibration=[torch.randn(4, 90)])[0]
+    x = torch.randn(6, 90)
+    assert not any(c.startswith("cpu-int8pack") for c in q._candidates(x))
+    q.kernel = "auto"
+    torch.testing.assert_close(q(x), nn.functional.linear(x, q.dequantized_weight(), q.bias))
+    lin16 = quantize(nn.Sequential(nn.Linear(96, 32)), Int8WeightOnlyConfig(), calibration=[torch.randn(4, 96)])[0]
+    assert "cpu-int8pack" in lin16._candidates(torch.randn(6, 96))
