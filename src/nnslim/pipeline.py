@@ -154,15 +154,23 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
     return model
 
 
+def _runnable_example(model, ctx: Context) -> dict | None:
+    """A short example input for a model held in memory, or None (not a torch model, streamed on meta, no
+    known inputs)."""
+    if not isinstance(model, torch.nn.Module) or any(t.is_meta for t in model.parameters()):
+        return None
+    try:
+        return ctx.small_example()
+    except NnslimError:
+        return None
+
+
 def check_output_finite(model, ctx: Context, where: str) -> None:
     """One forward on the short example after a step: finite weights can still give NaN/Inf (an overflow in
     a narrow dtype, a layer the model reads in a way the method did not expect); stop there, naming the step,
     instead of writing an artifact that computes nothing."""
-    if not isinstance(model, torch.nn.Module) or any(t.is_meta for t in model.parameters()):
-        return
-    try:
-        example = ctx.small_example()
-    except NnslimError:
+    example = _runnable_example(model, ctx)
+    if example is None:
         return
     modes = {m: m.training for m in model.modules()}
     try:
@@ -199,11 +207,8 @@ def check_model_runs(model, ctx: Context) -> None:
     inconsistent config, inputs of the wrong shape) is refused with its error, instead of a traceback from
     inside whichever method first runs it. Models held on the meta device (streamed from shards) and calls
     with no known inputs (the methods that need them say so) are not run."""
-    if not isinstance(model, torch.nn.Module) or any(t.is_meta for t in model.parameters()):
-        return
-    try:
-        example = ctx.small_example()
-    except NnslimError:
+    example = _runnable_example(model, ctx)
+    if example is None:
         return
     from .graph.layerwise import check_token_ids
 
