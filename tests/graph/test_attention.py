@@ -128,3 +128,23 @@ def test_int8_onnx_quantizes_the_attention_projections(tmp_path):
              if i.data_type == onnx.TensorProto.INT8}
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
         assert any(f"self_attn.{proj}" in n for n in names), proj
+
+
+def test_movement_pruning_removes_heads_of_torch_attention(tmp_path):
+    """JPQD-style movement pruning scores nn.MultiheadAttention's heads once it runs as split projections; the
+    pruned blocks stay split in the artifact and reload into the user's class; int8 of the result deploys."""
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    data = _data(16)
+    steps = [{"method": "prune-movement", "sparsity": 0.5, "head_sparsity": 0.5}, {"method": "distill", "steps": 20}]
+    res = nnslim.compress(model, {"steps": steps}, calibration=data, out=tmp_path / "m", report=False)
+    meta = json.loads((tmp_path / "m" / "nnslim.json").read_text())
+    assert meta["split_attention"] == ["enc.layers.0.self_attn", "enc.layers.1.self_attn"]
+    attn = res.model.enc.layers[0].self_attn
+    assert isinstance(attn, SplitMultiheadAttention) and attn.q_proj.out_features == 32  # 2 of 4 heads left
+    loaded = nnslim.load(tmp_path / "m", model=Encoder())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(data[0]["ids"]), res.model(data[0]["ids"]))
+    q = nnslim.compress(model, {"steps": steps + [{"method": "int8-dynamic"}]}, calibration=data,
+                        out=tmp_path / "q", report=False)
+    assert any("int8 ONNX: 14/14" in n for n in q.notes), q.notes

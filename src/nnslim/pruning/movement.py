@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import NnslimError
 from ..graph.layers import apply_slice, handler_for
 from ..graph.modules import strip_parametrizations
-from ..graph.scope import select_linears
+from ..graph.scope import select_linears, split_mha
 from ..recipe import StepConfig, register_method
 from .masks import WeightMask, attach_mask
 from .structured import PLAN_ATTR, as_tensors, batched, dependency_graph, group_importance, input_norms, keep_count
@@ -195,6 +195,8 @@ def attach(model: nn.Module, config: MovementPruneConfig, example: dict, notes: 
 def _scores(model, config, example, calibration):
     bank = MovementScores(config)
     factors: dict[tuple[int, str], list] = {}  # (id(module), attribute) -> [(score index, dim, index tensor)]
+    if config.structured:
+        split_mha(model, config.ignore)  # nn.MultiheadAttention as called q/k/v/out Linears: its heads are scored
     owners = _owners(model)
     rng = np.random.default_rng(config.seed)
     n_groups, how = 0, "l2"
