@@ -274,3 +274,25 @@ def test_a_pool_larger_than_its_input_exports_as_a_global_pool_openvino_converts
     assert "GlobalAveragePool" in ops and ops.count("AveragePool") == 1
     for backend in ("onnxruntime", "openvino"):
         np.testing.assert_allclose(make_runner(res.model, backend)({"x": x}), want, rtol=1e-4, atol=1e-5)
+
+
+def test_hf_model_object_exports_without_its_cache(tmp_path):
+    """A transformers model passed as an nn.Module (not a folder) returns a KV cache object torch.export cannot
+    return: its graph is exported without it; the caller's config is left as it was."""
+    import onnx
+    import torch
+    import transformers as tf
+
+    import nnslim
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=200)
+    model = tf.LlamaForCausalLM(cfg).eval()
+    data = [{"input_ids": torch.randint(0, 200, (1, 12))} for _ in range(4)]
+    res = nnslim.compress(model, "int8-dynamic", calibration=data, out=tmp_path / "q", repeats=2, memory=False)
+    graph = onnx.load(str(tmp_path / "q" / "model.onnx")).graph
+    assert [o.name for o in graph.output][:1] and not any("present" in o.name for o in graph.output)
+    assert model.config.use_cache is True
+    fid = [v for v in res.report.variants if v.name.startswith("int8-dynamic")][0].metrics
+    assert fid["output_cos_mean"] > 0.99

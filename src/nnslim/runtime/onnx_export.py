@@ -89,10 +89,11 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 legacy = args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes
-                if shared and shared["legacy"] and _legacy_export(module, *legacy):
-                    by_torch_export = False
-                else:
-                    by_torch_export = _export_dynamo_or_legacy(module, legacy, shapes, shared)
+                with _without_kv_cache(module):
+                    if shared and shared["legacy"] and _legacy_export(module, *legacy):
+                        by_torch_export = False
+                    else:
+                        by_torch_export = _export_dynamo_or_legacy(module, legacy, shapes, shared)
             if cache is not None and by_torch_export:
                 cache.store(tmp_dir)
         _check_opset(tmp, opset)
@@ -102,6 +103,22 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return OnnxModel(path)
+
+
+@contextlib.contextmanager
+def _without_kv_cache(module: torch.nn.Module):
+    """A Hugging Face model passed as a plain nn.Module returns its KV cache object unless its config says
+    use_cache=False, and torch.export cannot return that object: the graph is exported without it (its outputs:
+    logits / hidden states). nnslim's own LM wrappers export the cache as tensors and are not affected."""
+    config = getattr(module, "config", None)
+    if config is None or getattr(config, "use_cache", None) is not True:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = True
 
 
 _REGISTRIES: dict = {}  # (class, opset) -> torch.onnx's registry of ATen -> ONNX functions, built once per process
