@@ -142,7 +142,7 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         ctx.teacher = model
     if isinstance(model, torch.nn.Module) and not inplace:
         model = copy.deepcopy(model)
-    check_model_runs(model, ctx)
+    nonfinite = check_model_runs(model, ctx)
     for i, step in enumerate(recipe.steps):
         stage(f"step {i + 1}/{len(recipe.steps)}: {step.method}")
         ctx.run_id = f"{recipe.to_dict()}#{i}"
@@ -150,7 +150,7 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         torch.manual_seed(ctx.seed)
         model = get_method(step.method).apply(model, step, ctx)
         check_finite_module(model, f"after recipe step {i} ({step.method!r})")
-        check_output_finite(model, ctx, f"after recipe step {i} ({step.method!r})")
+        check_output_finite(model, ctx, f"after recipe step {i} ({step.method!r})", nonfinite)
     return model
 
 
@@ -165,10 +165,11 @@ def _runnable_example(model, ctx: Context) -> dict | None:
         return None
 
 
-def check_output_finite(model, ctx: Context, where: str) -> None:
+def check_output_finite(model, ctx: Context, where: str, before: set[str] | None = None) -> None:
     """One forward on the short example after a step: finite weights can still give NaN/Inf (an overflow in
     a narrow dtype, a layer the model reads in a way the method did not expect); stop there, naming the step,
-    instead of writing an artifact that computes nothing."""
+    instead of writing an artifact that computes nothing. Outputs in `before` (not finite in the input model
+    already: a masked score of -inf) are not the step's doing."""
     example = _runnable_example(model, ctx)
     if example is None:
         return
@@ -182,10 +183,14 @@ def check_output_finite(model, ctx: Context, where: str) -> None:
     finally:
         for m, training in modes.items():
             m.train(training)
-    bad = [k for k, v in _named_outputs(out) if v.dtype.kind in "fc" and not bool(np.isfinite(v).all())]
+    bad = [k for k in _nonfinite(out) if k not in (before or set())]
     if bad:
         raise NnslimError(f"{where}: the model's output {bad[0]} holds NaN or Inf on an example input; nothing "
                           "was written (list the layers at fault in the step's `ignore`, or use another method)")
+
+
+def _nonfinite(out) -> list[str]:
+    return [k for k, v in _named_outputs(out) if v.dtype.kind in "fc" and not bool(np.isfinite(v).all())]
 
 
 def _named_outputs(out, prefix: str = "output"):
@@ -202,25 +207,27 @@ def _named_outputs(out, prefix: str = "output"):
             yield from _named_outputs(v, f"{prefix}[{i}]")
 
 
-def check_model_runs(model, ctx: Context) -> None:
+def check_model_runs(model, ctx: Context) -> set[str]:
     """One forward (eval mode) on a short example before any step: a model that fails on its own inputs (an
     inconsistent config, inputs of the wrong shape) is refused with its error, instead of a traceback from
     inside whichever method first runs it. Models held on the meta device (streamed from shards) and calls
-    with no known inputs (the methods that need them say so) are not run."""
+    with no known inputs (the methods that need them say so) are not run. Returns the outputs that are not
+    finite already."""
     example = _runnable_example(model, ctx)
     if example is None:
-        return
+        return set()
     from .graph.layerwise import check_token_ids
 
     check_token_ids(model, [example], "example input")  # the data's fault, said as such
     modes = {m: m.training for m in model.modules()}
+    out = []
     try:
         try:  # watched: Linears whose weight the model reads itself are marked (graph/scope.py)
-            find_direct_reads(model, lambda: TorchRunner(model)(example))
+            find_direct_reads(model, lambda: out.append(TorchRunner(model)(example)))
         except NnslimError:
             raise
         except Exception:  # noqa: BLE001 - a model the watch upsets runs plain, and its own error is said
-            TorchRunner(model)(example)
+            out = [TorchRunner(model)(example)]
     except NnslimError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the model raises, named in one line
@@ -230,6 +237,7 @@ def check_model_runs(model, ctx: Context) -> None:
     finally:
         for m, training in modes.items():
             m.train(training)
+    return set(_nonfinite(out[-1])) if out else set()
 
 
 def run_verb(verb: str, model, config, calibration=None, example_inputs=None, testbed=None, inplace: bool = False,

@@ -121,3 +121,21 @@ def test_a_step_whose_output_is_not_finite_stops_the_run(tmp_path):
     with pytest.raises(NnslimError, match=r"after recipe step 0 \('fp16'\): the model's output .*NaN or Inf"):
         nnslim.compress(Overflows(), "fp16", calibration=data, out=tmp_path / "o", report=False)
     assert not (tmp_path / "o").exists()
+
+
+class MaskedScores(nn.Module):
+    """Scores with -inf where masked, as retrieval / span models return: not finite before any step."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 8)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y.masked_fill(torch.arange(8) >= 6, float("-inf"))
+
+
+def test_outputs_not_finite_in_the_input_model_are_not_a_step_failure(tmp_path):
+    data = [{"x": torch.randn(2, 16)} for _ in range(3)]
+    res = nnslim.compress(MaskedScores(), "int8-weight-only", calibration=data, out=tmp_path / "m", report=False)
+    assert res.out is not None
