@@ -278,3 +278,9 @@ def test_minmax_ranges_come_from_the_smoothquant_pass(monkeypatch):
     assert reused == full and passes == ["calibrate ranges"]
     ptq.calibrate_activations(model, layers, data, "percentile", 99.99, smooth, channel_ranges=ranges)
     assert passes[1:] == ["calibrate ranges", "calibrate histograms"]
+
+
+def test_dynamic_int8_of_a_model_without_linears_says_why():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    with pytest.raises(nnslim.NnslimError, match="int8-dynamic quantizes nn.Linear layers only .* use int8"):
+        nnslim.quantize(conv, Int8DynamicConfig(), calibration=[torch.randn(1, 3, 8, 8)])

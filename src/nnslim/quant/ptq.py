@@ -152,6 +152,9 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
     if preset == "transformer":
         layers = {n: m for n, m in layers.items() if not any(re.search(e[3:], n) for e in TRANSFORMER_IGNORE)}
     if not layers:
+        if dynamic and not any(isinstance(m, nn.Linear) for m in model.modules()):
+            raise NnslimError(f"int8-dynamic quantizes nn.Linear layers only (dynamic int8 runtimes have no "
+                              f"convolution kernels) and {type(model).__name__} has none; use int8 (static)")
         raise NnslimError("no Linear/Conv layer left to quantize (check `ignore`)")
     return layers
 
