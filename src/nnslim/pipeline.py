@@ -306,6 +306,10 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
         ctx = Context(workdir=work, seed=recipe.seed, source=r.testbed, user_calibration=data["calibration"],
                       user_example=data["example_inputs"], validate=validation_of(r.testbed), backend=backend)
         result = _deployable(run_steps(r.model, recipe, ctx), ctx)
+        if r.source is None and hasattr(r.model, "save_pretrained") and isinstance(result, torch.nn.Module):
+            ctx.notes.append(f"{type(r.model).__name__} was given as an object: its artifact is in nnslim's layout "
+                             "(nnslim.load(dir, model=...)); for a checkpoint transformers / vLLM load "
+                             "(compressed-tensors), save it with its tokenizer to a folder and compress the folder")
         rep = None
         if staged or report:
             stage("writing the artifact")

@@ -294,5 +294,8 @@ def test_hf_model_object_exports_without_its_cache(tmp_path):
     graph = onnx.load(str(tmp_path / "q" / "model.onnx")).graph
     assert [o.name for o in graph.output][:1] and not any("present" in o.name for o in graph.output)
     assert model.config.use_cache is True
+    rtn = nnslim.compress(model, {"steps": [{"method": "int4-rtn", "group_size": 32}]}, calibration=data,
+                          out=tmp_path / "w", report=False)
+    assert any("LlamaForCausalLM was given as an object" in n and "compress the folder" in n for n in rtn.notes)
     fid = [v for v in res.report.variants if v.name.startswith("int8-dynamic")][0].metrics
     assert fid["output_cos_mean"] > 0.99
