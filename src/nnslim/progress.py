@@ -24,8 +24,16 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: 
     return Bar(iterable, desc=desc, total=total, leave=leave, disable=disable, dynamic_ncols=True)
 
 
-def warn(message: str) -> None:
-    """A one-line note on stderr for something the user should know (never for errors)."""
+_SAID: set[str] = set()
+
+
+def warn(message: str, once: bool = False) -> None:
+    """A one-line note on stderr for something the user should know (never for errors); once: not again in
+    this process (a note about the data, met at every evaluation)."""
+    if once:
+        if message in _SAID:
+            return
+        _SAID.add(message)
     print(f"note: {message}", file=sys.stderr)
 
 

@@ -53,31 +53,49 @@ class ImageLogits(HFLogits):
         return super().forward(pixel_values=pixel_values)
 
 
-def accuracy(testbed: HFTestbed, outputs: list[np.ndarray], labels: list | None) -> dict[str, float]:
-    """{"accuracy": ...} of per-example logits against the data's labels (ids, or names the config maps);
-    {} when the data has no labels."""
-    ids = _label_ids(labels, _read_json(testbed.model_dir / "config.json"))
+def accuracy(testbed: HFTestbed, outputs: list[np.ndarray], labels: list | None,
+             by_folder: bool = False) -> dict[str, float]:
+    """{"accuracy": ...} of per-example logits against the data's labels (ids, or names the config maps; image
+    sub-folder names that are not label names: their sorted order, as torchvision's ImageFolder numbers them);
+    {} when the data has no labels, or labels that name no class of the model (said on stderr)."""
+    ids = _label_ids(labels, _read_json(testbed.model_dir / "config.json"), by_folder)
     if ids is None:
         return {}
     pred = np.concatenate([o.argmax(-1) for o in outputs])[: len(ids)]
     return {"accuracy": float((pred == ids[: len(pred)]).mean())}
 
 
-def _label_ids(labels: list | None, config: dict) -> np.ndarray | None:
-    """Labels as class ids: ints as they are, names through the config's label2id."""
+def _label_ids(labels: list | None, config: dict, by_folder: bool = False) -> np.ndarray | None:
+    """Labels as class ids: ints as they are, names through the config's label2id; image sub-folder names that
+    are not label names by their sorted order (ImageFolder's numbering); else None, with a warning."""
+    from ..progress import warn
+
     if not labels or any(v is None for v in labels):
         return None
     label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
-    out = []
-    for v in labels:
+    n_classes = len(config.get("id2label") or {}) or int(config.get("num_labels") or 0)
+
+    def known(v):
+        return isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()) \
+            or str(v) in label2id
+
+    unknown = sorted({str(v) for v in labels if not known(v)})
+    if unknown:
+        classes = sorted({str(v) for v in labels})
+        if by_folder and 0 < len(classes) <= max(n_classes, 1):
+            warn(f"image sub-folders {', '.join(classes[:4])}{' ...' if len(classes) > 4 else ''} are not the model's "
+                 "label names: accuracy counts them as class ids in sorted order (torchvision ImageFolder's "
+                 "numbering)", once=True)
+            return np.asarray([classes.index(str(v)) for v in labels])
+        warn(f"label {unknown[0]!r} is neither a class id nor a label name of the model (its names: "
+             f"{', '.join(sorted(label2id)[:8]) or 'none'}): accuracy is not computed", once=True)
+        return None
+    def as_id(v):
         if isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()):
-            out.append(int(v))
-        elif str(v) in label2id:
-            out.append(label2id[str(v)])
-        else:
-            raise NnslimError(f"label {v!r} is neither a class id nor a label name of the model (its names: "
-                              f"{', '.join(sorted(label2id)) or 'none'})")
-    return np.asarray(out)
+            return int(v)
+        return label2id[str(v)]
+
+    return np.asarray([as_id(v) for v in labels])
 
 
 def agreement(ref: list[np.ndarray], new: list[np.ndarray], masks: list[np.ndarray] | None) -> dict[str, float]:
@@ -217,6 +235,7 @@ class ImageClassifierTestbed(HFTestbed):
             self._ref_out = [ref(b) for b in batches]
         out = [runner(b) for b in batches]
         metrics = agreement(self._ref_out, out, None)
-        if self._splits.get("eval") is not None:  # the default digits' labels are not the model's classes
-            metrics.update(accuracy(self, out, labels))
+        records = self._splits.get("eval")
+        if records is not None:  # the default digits' labels are not the model's classes
+            metrics.update(accuracy(self, out, labels, by_folder=records.labels_from_folders))
         return metrics

@@ -37,6 +37,7 @@ class Records:
     images: np.ndarray | None = None  # [N, C, H, W] float32 in 0..1, or [N, H, W] grayscale
     labels: list[Any] | None = None
     origin: str = ""
+    labels_from_folders: bool = False  # image sub-folder names (torchvision ImageFolder's layout)
 
     def __len__(self) -> int:
         return len(self.texts) if self.images is None else len(self.images)
@@ -240,7 +241,8 @@ def read_images(spec: str | Path, what: str, size: tuple[int, int] | None = None
     if len(shapes) != 1:
         raise NnslimError(f"--{what}={str(spec)!r}: images differ in size ({sorted(shapes)[:3]}); nnslim resizes "
                           "them only when the model's config gives an image size")
-    return Records(images=np.stack(images), labels=labels if classes else None, origin=path.name)
+    return Records(images=np.stack(images), labels=labels if classes else None, origin=path.name,
+                   labels_from_folders=bool(classes))
 
 
 class TextSource:
