@@ -148,3 +148,13 @@ def test_movement_pruning_removes_heads_of_torch_attention(tmp_path):
     q = nnslim.compress(model, {"steps": steps + [{"method": "int8-dynamic"}]}, calibration=data,
                         out=tmp_path / "q", report=False)
     assert any("int8 ONNX: 14/14" in n for n in q.notes), q.notes
+
+
+def test_binary_layers_under_torch_encoder_layers(tmp_path):
+    """BinaryLayer exposes a meta weight view: torch's encoder fast-path checks read `linear1.weight`."""
+    torch.manual_seed(0)
+    res = nnslim.compress(Encoder().eval(), {"steps": [{"method": "binary"}, {"method": "distill", "steps": 3}]},
+                          calibration=_data(), out=tmp_path / "b", report=False)
+    loaded = nnslim.load(tmp_path / "b", model=Encoder())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_data()[0]["ids"]), res.model(_data()[0]["ids"]))

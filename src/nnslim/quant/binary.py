@@ -105,6 +105,16 @@ class BinaryLayer(nn.Module):
         self.register_buffer("alpha", torch.ones(shape[0], dtype=dtype))
         self._unpacked = None
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """A shape-and-dtype view on the meta device (graph/modules.py's PackedLinear): code reading a layer's
+        `weight.dtype` works, and fused fast paths (nn.TransformerEncoderLayer) stand down."""
+        return torch.empty(self.weight_shape, dtype=self.alpha.dtype, device="meta")
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.layer.bias
+
     @staticmethod
     def _make(args: dict, bias: bool, dtype) -> nn.Module:
         if args["type"] == "linear":
