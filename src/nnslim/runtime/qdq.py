@@ -399,8 +399,8 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         for op in proto.opset_import:
             if op.domain in ("", "ai.onnx") and op.version < 21:
                 op.version = 21
-    from .qdq_matmul import (ADDS_ATTR, MATMULS_ATTR, quantize_activation_adds, quantize_activation_matmuls,
-                             quantize_gemm_biases, quantize_through_maxpools)
+    from .qdq_matmul import (ADDS_ATTR, MATMULS_ATTR, keep_reduced_dims, quantize_activation_adds,
+                             quantize_activation_matmuls, quantize_gemm_biases, quantize_through_maxpools)
 
     if not matmuls and any(getattr(m, MATMULS_ATTR, False) for m in qmodel.modules()):
         notes.append("attention matmuls left float in this graph (the caller's choice, said in its notes)")
@@ -414,6 +414,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         notes += quantize_activation_adds(proto, calibration(MATMUL_SAMPLES), symmetric="symmetric" in adds)
     notes += quantize_through_maxpools(graph)
     notes += quantize_gemm_biases(graph)
+    notes += keep_reduced_dims(proto)
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     containers = sorted({"int4" if int(s.get("bits", 8)) <= 4 else "int8" for s in spec.values()}, reverse=True)

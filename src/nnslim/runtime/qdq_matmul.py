@@ -251,3 +251,44 @@ def quantize_gemm_biases(graph) -> list[str]:
     graph.node.extend(nodes)
     return [f"gemm biases: {done} as int32 (scale = input x weight scale), so that ONNX Runtime runs those Gemms as "
             "integer QGemm"]
+
+
+def keep_reduced_dims(proto) -> list[str]:
+    """ReduceMean / ReduceSum with keepdims=0 -> keepdims=1 + Squeeze of the same axes (the same values). OpenVINO
+    2025's CPU plugin computes a wrong result for ReduceMean(keepdims=0) -> per-channel Div -> QuantizeLinear (a
+    mean-pooled classifier head under SmoothQuant: output cosine 0.95 where ONNX Runtime gives 1.0000); with the
+    reduced axis kept and squeezed after, it matches. Graphs below opset 13 (Squeeze's axes as an attribute) are
+    left as they are."""
+    from onnx import helper, numpy_helper
+
+    if max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+        return []
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    consts = {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    nodes, changed = [], 0
+    for node in graph.node:
+        keep = next((a for a in node.attribute if a.name == "keepdims"), None)
+        axes_in = node.input[1] if len(node.input) > 1 and node.input[1] else None
+        if node.op_type not in ("ReduceMean", "ReduceSum") or keep is None or keep.i != 0 \
+                or (axes_in is not None and axes_in not in inits and axes_in not in consts):
+            nodes.append(node)
+            continue
+        axes_attr = next((a for a in node.attribute if a.name == "axes"), None)
+        out = node.output[0]
+        keep.i = 1
+        node.output[0] = f"{out}/kept"
+        squeeze_in = [node.output[0]]
+        if axes_in is not None:
+            squeeze_in.append(axes_in)
+        elif axes_attr is not None:
+            name = f"{out}/axes"
+            graph.initializer.append(numpy_helper.from_array(np.asarray(list(axes_attr.ints), np.int64), name))
+            squeeze_in.append(name)
+        nodes += [node, helper.make_node("Squeeze", squeeze_in, [out], name=f"{node.name or out}/squeeze")]
+        changed += 1
+    if changed:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return [f"{changed} reductions keep their axis and squeeze it after (OpenVINO computes the keepdims=0 form "
+            "wrongly before a per-channel scale)"] if changed else []
