@@ -98,7 +98,8 @@ def test_quantized_attention_reloads_into_the_users_class(tmp_path):
         for kw in ({}, {"mask": mask}):
             torch.testing.assert_close(loaded(data[0]["ids"], **kw), res.model(data[0]["ids"], **kw))
             ref = model(data[0]["ids"], **kw)
-            assert torch.nn.functional.cosine_similarity(loaded(data[0]["ids"], **kw).flatten(), ref.flatten(), 0) > 0.999
+            got = loaded(data[0]["ids"], **kw)
+            assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), 0) > 0.999
     assert isinstance(model.enc.layers[0].self_attn, nn.MultiheadAttention)  # the caller's model untouched
 
 

@@ -42,11 +42,6 @@ class SplitMultiheadAttention(nn.Module):
     def in_proj_bias(self) -> torch.Tensor | None:
         return torch.empty(3 * self.embed_dim, device="meta") if self.q_proj.bias is not None else None
 
-    def config(self) -> dict:
-        return {"embed_dim": self.embed_dim, "num_heads": self.num_heads, "kdim": self.kdim, "vdim": self.vdim,
-                "bias": self.q_proj.bias is not None, "out_bias": self.out_proj.bias is not None,
-                "batch_first": self.batch_first, "dropout": self.dropout}
-
     @classmethod
     def from_mha(cls, mha: nn.MultiheadAttention, copy_weights: bool = True) -> "SplitMultiheadAttention":
         w = mha.out_proj.weight
