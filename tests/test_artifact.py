@@ -104,3 +104,10 @@ def test_hf_testbed_artifact_is_a_transformers_checkpoint(tmp_path):
     assert AutoModel.from_pretrained(str(res.out)).dtype == torch.float16
     few = get_testbed("minilm", n_eval=24)  # fp16 matmuls are slow on CPUs without fp16 arithmetic
     assert nnslim.evaluate(res.out, testbed=few)["metrics"]["cos_mean"] > 0.999
+
+
+def test_torchscript_module_is_a_clear_error(tmp_path):
+    scripted = torch.jit.script(TwoLayer().eval())
+    with pytest.raises(NnslimError, match="TorchScript module .* pass the nn.Module it was scripted from"):
+        nnslim.compress(scripted, "int8-weight-only", calibration=[torch.randn(2, 16)], out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

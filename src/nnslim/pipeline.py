@@ -135,6 +135,9 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
     work on one copy, and the original stays the distillation teacher)."""
     from .distillation.distributed import pin_local_gpu
 
+    if isinstance(model, torch.jit.ScriptModule):
+        raise NnslimError(f"model is a TorchScript module ({type(model).__name__}), which nnslim cannot change; pass "
+                          "the nn.Module it was scripted from (nnslim writes ONNX / torch artifacts itself)")
     check_recipe(recipe, model)
     pin_local_gpu()
     check_finite_module(model, "input model")  # the data was checked when it was normalized

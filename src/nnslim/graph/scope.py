@@ -162,9 +162,10 @@ def find_direct_reads(model: nn.Module, run) -> dict[str, str]:
                         found[name] = f"{type(active[-1]).__name__} ({fname or func})"
             return func(*args, **kwargs)
 
-    hooks = [m.register_forward_pre_hook(enter) for m in model.modules()]
-    hooks += [m.register_forward_hook(leave, always_call=True) for m in model.modules()]
+    hooks = []
     try:
+        for m in model.modules():
+            hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave, always_call=True)]
         with Watch():
             run()
     finally:
