@@ -111,3 +111,16 @@ def test_torchscript_module_is_a_clear_error(tmp_path):
     with pytest.raises(NnslimError, match="TorchScript module .* pass the nn.Module it was scripted from"):
         nnslim.compress(scripted, "int8-weight-only", calibration=[torch.randn(2, 16)], out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_torch_compile_wrapper_is_looked_through(tmp_path):
+    """A torch.compile'd model: the module it wraps is compressed (layer names without `_orig_mod.`), so the
+    artifact loads into a plain instance of the class."""
+    torch.manual_seed(0)
+    plain = TwoLayer().eval()
+    res = nnslim.compress(torch.compile(plain), "int8-weight-only", calibration=[torch.randn(2, 16)],
+                          out=tmp_path / "c", report=False)
+    assert type(res.model) is TwoLayer
+    loaded = nnslim.load(tmp_path / "c", model=TwoLayer())
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(loaded(x), res.model(x))

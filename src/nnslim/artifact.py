@@ -179,7 +179,10 @@ def _rebuild_quantized(model: torch.nn.Module, layers: dict[str, dict], dtype: t
 def save(model, directory: str | Path, testbed=None, recipe: dict | None = None, seed: int = 0,
          extra: dict | None = None) -> Path:
     """Write `model` (nn.Module or OnnxModel) and nnslim.json into `directory` (files written atomically)."""
+    from .graph.modules import plain_module
     from .graph.streaming import source_of
+
+    model = plain_module(model)
 
     if isinstance(model, torch.nn.Module) and source_of(model) is not None:
         with big_allocations_mapped():  # streamed: layers read back and freed one by one, no heap holes
@@ -357,6 +360,9 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     """
     from safetensors.torch import load_model
 
+    from .graph.modules import plain_module
+
+    model = plain_module(model)
     directory = Path(directory)
     meta = read_meta(directory)
     fmt = meta.get("format")

@@ -17,6 +17,7 @@ from . import artifact
 from .errors import NnslimError, bad_value
 from .io import META_FILE, check_onnx, find_meta
 from .progress import warn
+from .graph.modules import plain_module
 from .runtime import OnnxModel, make_runner
 from .runtime.base import defaultable
 from .runtime.onnx_seq2seq import is_seq2seq_layout
@@ -170,6 +171,7 @@ def _resolve(model, testbed, example_inputs, calibration, dynamic_axes, skeleton
     if isinstance(testbed, str):
         testbed = testbed_arg(testbed, trust_remote_code, task)
     if isinstance(model, torch.nn.Module):
+        model = plain_module(model)
         if testbed is None:
             if example_inputs is None and calibration:  # as nncf.quantize: the first calibration sample
                 example_inputs = calibration[0]

@@ -29,6 +29,7 @@ from .progress import stage
 from .recipe import Recipe, as_recipe, get_method, method_of
 from .runtime import OnnxModel, TorchRunner
 from .testbeds import Testbed
+from .graph.modules import plain_module
 from .graph.scope import find_direct_reads
 from .validate import check_finite_module
 from .graph.streaming import source_of
@@ -256,6 +257,7 @@ def run_verb(verb: str, model, config, calibration=None, example_inputs=None, te
     if not isinstance(model, torch.nn.Module):
         raise NnslimError(f"nnslim.{verb} takes a torch.nn.Module, got {type(model).__name__}; use "
                           "nnslim.compress for paths and testbed names")
+    model = plain_module(model)
     data = {"example_inputs": example_inputs, "calibration": calibration}
     normalize_data(data, model)
     tb = testbed_arg(testbed, trust_remote_code) if isinstance(testbed, str) else testbed
@@ -282,6 +284,7 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
              eval_data=None, task: str | None = None, text_column: str | None = None,
              label_column: str | None = None) -> CompressResult:
     """See nnslim.compress."""
+    model = plain_module(model)
     recipe = as_recipe(recipe, seed)
     if out is not None:
         check_out_path(out, overwrite)  # before any loading or work

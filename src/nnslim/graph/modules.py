@@ -31,6 +31,15 @@ class PackedLinear(nn.Module):
         return torch.empty((self.out_features, self.in_features), dtype=self.float_dtype(), device="meta")
 
 
+def plain_module(model):
+    """The module a torch.compile wrapper holds (compressing the wrapper would name every layer `_orig_mod.*`
+    and recompile on each change); anything else as it is. Compile the compressed result again."""
+    while isinstance(model, nn.Module) and type(model).__name__ == "OptimizedModule" and \
+            isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     """Put `new` where the submodule `name` (dotted) of `root` is."""
     parent_name, _, child = name.rpartition(".")
