@@ -21,13 +21,14 @@ _OLD_HF_KINDS = {"hf-causal-lm": "causal-lm", "hf-encoder": "feature-extraction"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def architecture_of(testbed) -> dict[str, Any]:
+def architecture_of(testbed, model=None) -> dict[str, Any]:
     """How nnslim.load rebuilds the module: a built-in testbed, the artifact's own copy of an HF config,
-    or a user's class (then nnslim.load needs model=)."""
+    or a user's class (then nnslim.load needs model=; `model` names it when there is no testbed)."""
     from .testbeds import TESTBEDS, HFTestbed, ModuleTestbed
 
     if testbed is None or isinstance(testbed, ModuleTestbed):
-        module = testbed.load_model() if testbed is not None else None
+        module = testbed.load_model() if testbed is not None else model if isinstance(model, torch.nn.Module) \
+            else None
         cls = type(module) if module is not None else None
         return {"kind": "module", "class": f"{cls.__module__}.{cls.__qualname__}" if cls else None}
     if testbed.name in TESTBEDS:
@@ -59,11 +60,20 @@ def _write_hf(model, testbed, sparse, directory: Path) -> list[str] | None:
         return None
 
 
-def _compressed_tensors_ok(model, testbed, sparse) -> bool:
-    """Weight-only int HF models are written as compressed-tensors (transformers / vLLM load them)."""
+def _hf_object(model, testbed) -> bool:
+    """A transformers model given as an object (no folder, no testbed of its own): its config is in memory."""
     from .testbeds import HFTestbed
 
-    if sparse is not None or not isinstance(testbed, HFTestbed):
+    return not isinstance(testbed, HFTestbed) and hasattr(model, "save_pretrained") and \
+        isinstance(getattr(getattr(model, "config", None), "model_type", None), str)
+
+
+def _compressed_tensors_ok(model, testbed, sparse) -> bool:
+    """Weight-only int HF models (a folder's, or a transformers model object) are written as compressed-tensors
+    (transformers / vLLM load them)."""
+    from .testbeds import HFTestbed
+
+    if sparse is not None or not (isinstance(testbed, HFTestbed) or _hf_object(model, testbed)):
         return False
     from . import ecosystem
 
@@ -197,7 +207,7 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"nnslim_format": 1, "created": _dt.datetime.now().isoformat(timespec="seconds"),
-                            "testbed": getattr(testbed, "name", None), "architecture": architecture_of(testbed),
+                            "testbed": getattr(testbed, "name", None), "architecture": architecture_of(testbed, model),
                             "recipe": recipe, "seed": seed, "versions": library_versions(),
                             "determinism": determinism_info()}
     if isinstance(model, torch.nn.Module):
@@ -227,7 +237,15 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
         if not written and _compressed_tensors_ok(model, testbed, sparse):
             from . import ecosystem
 
-            fmt, written = ecosystem.FORMAT, ecosystem.write(model, directory, Path(testbed.model_dir) / "config.json")
+            if _hf_object(model, testbed):  # its config from memory; nnslim.load reads it into model=<instance>
+                source = directory / "config.json"
+                atomic_write(source, lambda tmp: model.config.to_json_file(tmp))
+            else:
+                source = Path(testbed.model_dir) / "config.json"
+            fmt, written = ecosystem.FORMAT, ecosystem.write(model, directory, source)
+            fast = sorted(n for n, m in model.named_modules() if getattr(m, "fast_accum", False))
+            if fast:  # a kernel option compressed-tensors has no field for (fp8 _scaled_mm fast accumulation)
+                meta["fast_accum"] = fast
         if not written:
             from .graph.modules import packed_aliases, packed_layers
 
@@ -380,7 +398,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         return OnnxModel(path)
     if fmt == "compressed-tensors":
         with big_allocations_mapped():
-            return _load_compressed_tensors(directory, meta, trust_remote_code)
+            return _load_compressed_tensors(directory, meta, trust_remote_code, model)
     if fmt == "hf":
         return _load_hf(directory, meta, trust_remote_code)
     if fmt != "torch":
@@ -462,22 +480,35 @@ def _assign(model: torch.nn.Module, weights: Path) -> None:
         raise ValueError(f"unexpected tensors {unexpected[:3]}" if unexpected else f"missing tensors {left[:3]}")
 
 
-def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: bool):
+def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: bool, skeleton=None):
+    """A compressed-tensors checkpoint into nnslim's layers: the artifact's own HF architecture, or `skeleton` (an
+    instance of the transformers class it was saved from as an object)."""
     import json
 
     from . import ecosystem
 
     testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
-    if testbed is None:
-        raise NnslimError(f"{directory}: a compressed-tensors artifact needs its Hugging Face architecture")
+    if testbed is None and skeleton is None:
+        raise NnslimError(f"{directory} was saved from a {meta.get('architecture', {}).get('class')} object; pass "
+                          "model=<an instance of it> to nnslim.load (transformers loads the folder as it is)")
     shards = [directory / _plain_name(f, directory) for f in meta.get("files", [])
               if str(f).endswith(".safetensors")]
     weights = shards if len(shards) > 1 else directory / _own_file(meta, WEIGHTS_FILE, directory)
-    _check_config_size(testbed, weights)
-    model = _empty_model(testbed)  # parameters on meta: the checkpoint's tensors are assigned, not copied
+    if testbed is not None:
+        _check_config_size(testbed, weights)
+    # parameters on meta: the checkpoint's tensors are assigned, not copied
+    model = _empty_model(testbed) if skeleton is None else skeleton
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     try:
-        return ecosystem.read_into(model, weights, config).eval()
+        model = ecosystem.read_into(model, weights, config).eval()
+        fast = meta.get("fast_accum") or []
+        if not isinstance(fast, list) or not all(isinstance(n, str) for n in fast):
+            raise NnslimError(f"{directory / META_FILE}: fast_accum must be a list of layer names")
+        modules = dict(model.named_modules()) if fast else {}
+        for name in fast:
+            if hasattr(modules.get(name), "fast_accum"):
+                modules[name].fast_accum = True
+        return model
     except NnslimError:
         raise
     except Exception as e:  # malformed tensors or config fields: one line naming the artifact

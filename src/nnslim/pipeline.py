@@ -313,9 +313,13 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
                       user_example=data["example_inputs"], validate=validation_of(r.testbed), backend=backend)
         result = _deployable(run_steps(r.model, recipe, ctx), ctx)
         if r.source is None and hasattr(r.model, "save_pretrained") and isinstance(result, torch.nn.Module):
-            ctx.notes.append(f"{type(r.model).__name__} was given as an object: its artifact is in nnslim's layout "
-                             "(nnslim.load(dir, model=...)); for a checkpoint transformers / vLLM load "
-                             "(compressed-tensors), save it with its tokenizer to a folder and compress the folder")
+            from .ecosystem import writable
+
+            why = writable(result)
+            if why is not None and why != "no quantized layers":
+                ctx.notes.append(f"{type(r.model).__name__} was given as an object: its artifact is in nnslim's "
+                                 f"layout (nnslim.load(dir, model=...)), not a checkpoint transformers / vLLM load: "
+                                 f"{why}")
         rep = None
         if staged or report:
             stage("writing the artifact")
@@ -383,7 +387,7 @@ def _reload(directory: Path, original):
     """The artifact as written, loaded back (a user's own class reloads into a copy of the original)."""
     meta = find_meta(directory)
     skeleton = None
-    if meta.get("format") == "torch" and meta.get("architecture", {}).get("kind") == "module":
+    if meta.get("format") in ("torch", "compressed-tensors") and meta.get("architecture", {}).get("kind") == "module":
         skeleton = copy.deepcopy(original)
     return artifact.load(directory, model=skeleton)
 

@@ -279,6 +279,8 @@ def test_a_pool_larger_than_its_input_exports_as_a_global_pool_openvino_converts
 def test_hf_model_object_exports_without_its_cache(tmp_path):
     """A transformers model passed as an nn.Module (not a folder) returns a KV cache object torch.export cannot
     return: its graph is exported without it; the caller's config is left as it was."""
+    import json
+
     import onnx
     import torch
     import transformers as tf
@@ -294,8 +296,19 @@ def test_hf_model_object_exports_without_its_cache(tmp_path):
     graph = onnx.load(str(tmp_path / "q" / "model.onnx")).graph
     assert [o.name for o in graph.output][:1] and not any("present" in o.name for o in graph.output)
     assert model.config.use_cache is True
+    # int4 weight-only of the object: a compressed-tensors checkpoint transformers loads as it is, and nnslim
+    # loads into an instance of the class
     rtn = nnslim.compress(model, {"steps": [{"method": "int4-rtn", "group_size": 32}]}, calibration=data,
                           out=tmp_path / "w", report=False)
-    assert any("LlamaForCausalLM was given as an object" in n and "compress the folder" in n for n in rtn.notes)
+    assert json.loads((tmp_path / "w" / "nnslim.json").read_text())["format"] == "compressed-tensors"
+    ids = data[0]["input_ids"]
+    with torch.no_grad():
+        ours = nnslim.load(tmp_path / "w", model=tf.LlamaForCausalLM(cfg).eval())(ids).logits
+        theirs = tf.AutoModelForCausalLM.from_pretrained(str(tmp_path / "w")).eval()(ids).logits
+        torch.testing.assert_close(ours, rtn.model(ids).logits)
+    assert torch.nn.functional.cosine_similarity(ours.flatten(), theirs.flatten(), 0) > 0.999
+    asym = nnslim.compress(model, {"steps": [{"method": "int4-rtn", "group_size": 32, "symmetric": False}]},
+                           calibration=data, out=tmp_path / "a", report=False)
+    assert any("LlamaForCausalLM was given as an object" in n and "asymmetric" in n for n in asym.notes)
     fid = [v for v in res.report.variants if v.name.startswith("int8-dynamic")][0].metrics
     assert fid["output_cos_mean"] > 0.99
