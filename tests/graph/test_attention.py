@@ -159,3 +159,29 @@ def test_binary_layers_under_torch_encoder_layers(tmp_path):
     loaded = nnslim.load(tmp_path / "b", model=Encoder())
     with torch.no_grad():
         torch.testing.assert_close(loaded(_data()[0]["ids"]), res.model(_data()[0]["ids"]))
+
+
+class Seq2Seq(nn.Module):
+    """nn.Transformer: self- and cross-attention (query from the decoder, keys / values from the encoder)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 32)
+        self.tr = nn.Transformer(32, 4, 1, 1, 64, batch_first=True)
+        self.head = nn.Linear(32, 100)
+
+    def forward(self, src, tgt):
+        return self.head(self.tr(self.emb(src), self.emb(tgt)))
+
+
+def test_movement_pruning_of_nn_transformer_with_cross_attention(tmp_path):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = [{"src": torch.randint(0, 100, (2, 7), generator=g), "tgt": torch.randint(0, 100, (2, 5), generator=g)}
+            for _ in range(6)]
+    steps = [{"method": "prune-movement", "sparsity": 0.5, "head_sparsity": 0.5}, {"method": "distill", "steps": 5}]
+    res = nnslim.compress(Seq2Seq().eval(), {"steps": steps}, calibration=data, out=tmp_path / "m", report=False)
+    assert any("removed whole neurons/heads" in n for n in res.notes)
+    loaded = nnslim.load(tmp_path / "m", model=Seq2Seq())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**data[0]), res.model(**data[0]))

@@ -328,6 +328,8 @@ class AttentionLayer(Layer):
         return m.q_proj, m.k_proj, m.v_proj, getattr(m, _out_name(m)), m.head_dim
 
     def propagate(self, g, name, m, call):
+        from .attention import SplitMultiheadAttention
+
         q, k, v, o, d = self.parts(m)
         x = first_tensor(call)
         others = [t for t in list(call.args[1:3]) + [call.kwargs.get("key"), call.kwargs.get("value")]
