@@ -310,5 +310,10 @@ def test_hf_model_object_exports_without_its_cache(tmp_path):
     asym = nnslim.compress(model, {"steps": [{"method": "int4-rtn", "group_size": 32, "symmetric": False}]},
                            calibration=data, out=tmp_path / "a", report=False)
     assert any("LlamaForCausalLM was given as an object" in n and "asymmetric" in n for n in asym.notes)
+    t5 = tf.T5ForConditionalGeneration(tf.T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1,
+                                                   num_heads=4, vocab_size=200, decoder_start_token_id=0)).eval()
+    pairs = [{"input_ids": torch.randint(1, 200, (1, 9)), "decoder_input_ids": torch.randint(1, 200, (1, 5))}]
+    with pytest.raises(NnslimError, match="ONNX export of T5ForConditionalGeneration failed: .*give the folder"):
+        nnslim.compress(t5, "int8-dynamic", calibration=pairs, out=tmp_path / "t5", report=False)
     fid = [v for v in res.report.variants if v.name.startswith("int8-dynamic")][0].metrics
     assert fid["output_cos_mean"] > 0.99

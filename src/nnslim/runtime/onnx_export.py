@@ -163,7 +163,10 @@ def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict |
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not _legacy_export(module, *legacy):
-            raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}") from e
+            hint = ("; for a transformers model, save it with its tokenizer to a folder (save_pretrained) and give "
+                    "the folder: nnslim exports decoders with their KV cache and encoder-decoders as Optimum lays "
+                    "them out") if hasattr(module, "save_pretrained") else ""
+            raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}{hint}") from e
         if shared is not None:
             shared["legacy"] = True
         return False
