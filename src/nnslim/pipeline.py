@@ -203,7 +203,7 @@ def _named_outputs(out, prefix: str = "output"):
         yield prefix, out.detach().float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
     elif isinstance(out, np.ndarray):
         yield prefix, out
-    elif isinstance(out, dict) or hasattr(out, "items"):
+    elif hasattr(out, "items"):  # dicts, transformers' ModelOutput
         for k, v in out.items():
             yield from _named_outputs(v, f"{prefix}[{k!r}]")
     elif isinstance(out, (list, tuple)):
@@ -312,14 +312,6 @@ def compress(model, recipe, calibration=None, example_inputs=None, out: str | Pa
         ctx = Context(workdir=work, seed=recipe.seed, source=r.testbed, user_calibration=data["calibration"],
                       user_example=data["example_inputs"], validate=validation_of(r.testbed), backend=backend)
         result = _deployable(run_steps(r.model, recipe, ctx), ctx)
-        if r.source is None and hasattr(r.model, "save_pretrained") and isinstance(result, torch.nn.Module):
-            from .ecosystem import writable
-
-            why = writable(result)
-            if why is not None and why != "no quantized layers":
-                ctx.notes.append(f"{type(r.model).__name__} was given as an object: its artifact is in nnslim's "
-                                 f"layout (nnslim.load(dir, model=...)), not a checkpoint transformers / vLLM load: "
-                                 f"{why}")
         rep = None
         if staged or report:
             stage("writing the artifact")

@@ -185,11 +185,22 @@ def _same_function(mha: nn.MultiheadAttention, split: SplitMultiheadAttention) -
     return True
 
 
+def replace_attention(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put a split / pruned attention block at `name` (every path holding the old one). nn.TransformerEncoder
+    decides when built to pack padded batches into nested tensors, which only nn.MultiheadAttention runs: that
+    path is turned off for encoders whose layers no longer hold one (else eval with a padding mask fails)."""
+    from .modules import replace_everywhere
+
+    replace_everywhere(model, name, new)
+    for m in model.modules():
+        first = m.layers[0] if isinstance(m, nn.TransformerEncoder) and len(m.layers) else None
+        if first is not None and not isinstance(getattr(first, "self_attn", None), nn.MultiheadAttention):
+            m.use_nested_tensor = False
+
+
 def split_attention(model: nn.Module, names: list[str] | None = None, check: bool = True) -> list[str]:
     """Replace nn.MultiheadAttention modules (all, or those named) by SplitMultiheadAttention in place; returns the
     names split. With check, a split that does not compute what the module did is undone (the module stays)."""
-    from .modules import replace_everywhere
-
     found = {n: m for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and n}
     if names is not None:
         missing = [n for n in names if n not in found]
@@ -203,7 +214,7 @@ def split_attention(model: nn.Module, names: list[str] | None = None, check: boo
         split = SplitMultiheadAttention.from_mha(mha, copy_weights=check)
         if check and not _same_function(mha, split):
             continue
-        replace_everywhere(model, name, split)
+        replace_attention(model, name, split)
         done.append(name)
     return done
 

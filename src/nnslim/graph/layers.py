@@ -259,18 +259,13 @@ class PrunedMultiheadAttention(nn.Module):
 
     @classmethod
     def from_mha(cls, mha: nn.MultiheadAttention) -> "PrunedMultiheadAttention":
+        from .attention import SplitMultiheadAttention
+
         e, h = mha.embed_dim, mha.num_heads
         new = cls(e, h, e // h, e, mha.in_proj_bias is not None, mha.dropout, mha.batch_first)
-        w, b = mha.in_proj_weight.detach(), mha.in_proj_bias
-        with torch.no_grad():
-            for i, lin in enumerate((new.q_proj, new.k_proj, new.v_proj)):
-                lin.weight.copy_(w[i * e:(i + 1) * e])
-                if b is not None:
-                    lin.bias.copy_(b[i * e:(i + 1) * e])
-            new.o_proj.weight.copy_(mha.out_proj.weight)
-            if mha.out_proj.bias is not None:
-                new.o_proj.bias.copy_(mha.out_proj.bias)
-        return new.to(w.dtype).to(w.device).train(mha.training)
+        split = SplitMultiheadAttention.from_mha(mha)  # the projections, weights copied (dtype, device kept)
+        new.q_proj, new.k_proj, new.v_proj, new.o_proj = split.q_proj, split.k_proj, split.v_proj, split.out_proj
+        return new.train(mha.training)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):

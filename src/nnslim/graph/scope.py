@@ -93,8 +93,7 @@ def direct_reads(model: nn.Module) -> dict[str, str]:
     for name, m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear):
             out[f"{name}.out_proj" if name else "out_proj"] = f"{type(m).__name__} ({name or 'the model'})"
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and getattr(m, DIRECT_READ, None):
+        elif isinstance(m, nn.Linear) and getattr(m, DIRECT_READ, None):
             out.setdefault(name, getattr(m, DIRECT_READ))
     return out
 

@@ -74,11 +74,11 @@ def _call(model, inputs: dict):
 
 def convert_attention(model: nn.Module) -> list[str]:
     """Replace every nn.MultiheadAttention (fused in_proj) by the equivalent PrunedMultiheadAttention."""
-    from ..graph.modules import replace_module
+    from ..graph.attention import replace_attention
 
     names = [n for n, m in model.named_modules() if convertible_mha(m)]
     for n in names:
-        replace_module(model, n, PrunedMultiheadAttention.from_mha(model.get_submodule(n)))
+        replace_attention(model, n, PrunedMultiheadAttention.from_mha(model.get_submodule(n)))
     return names
 
 
@@ -346,7 +346,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
 
 def apply_plan(model: nn.Module, plan: list[dict]) -> nn.Module:
     """Re-apply a recorded structured-pruning plan to a fresh model of the original architecture."""
-    from ..graph.modules import replace_module
+    from ..graph.attention import replace_attention
 
     if not isinstance(plan, list):
         raise NnslimError(f"structured_plan={type(plan).__name__} is not allowed; allowed: a list of steps")
@@ -356,7 +356,7 @@ def apply_plan(model: nn.Module, plan: list[dict]) -> nn.Module:
             if not isinstance(name, str):
                 raise TypeError(f"module={name!r} is not a module name")
             if role == "convert-mha":
-                replace_module(model, name, PrunedMultiheadAttention.from_mha(model.get_submodule(name)))
+                replace_attention(model, name, PrunedMultiheadAttention.from_mha(model.get_submodule(name)))
             else:
                 apply_slice(model, name, role, step["keep"])
         except (AttributeError, KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:

@@ -97,7 +97,7 @@ class Seq2SeqTestbed(PaddedTextTestbed):
 
     def calibration(self, n=None, seq_len=None):
         out = []
-        for s in self.source.sentences("calibration")[: n or 128]:
+        for s in self.texts("calibration")[: n or 128]:
             enc = self._encode([s])
             out.append(self._with_targets(enc, self._shifted(enc, self.target_length)))
         return out
