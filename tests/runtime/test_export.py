@@ -318,3 +318,85 @@ def test_hf_model_object_exports_without_its_cache(tmp_path, capsys):
         nnslim.compress(t5, "int8-dynamic", calibration=pairs, out=tmp_path / "t5", report=False)
     fid = [v for v in res.report.variants if v.name.startswith("int8-dynamic")][0].metrics
     assert fid["output_cos_mean"] > 0.99
+
+
+class _Pair:  # a plain output container: torch.export takes neither it nor a dataclass without registration
+    pass
+
+
+def _output_models():
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    @dataclasses.dataclass
+    class Out:
+        hidden: torch.Tensor
+        logits: torch.Tensor
+
+    class Base(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 5)
+
+    class DataclassOut(Base):
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return Out(h, self.b(h))
+
+    class DictLogitsSecond(Base):
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return {"hidden": h, "logits": self.b(h)}
+
+    return DataclassOut, DictLogitsSecond
+
+
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic"])
+def test_a_dataclass_or_dict_output_is_measured_and_exported_by_its_logits(tmp_path, which, method):
+    """The main output of a dict / dataclass is its logits (as for HF outputs) in torch, in the exported graph
+    (its first output, the others after it by name) and in the report's fidelity."""
+    import onnx
+    import torch
+
+    torch.manual_seed(0)
+    model = _output_models()[which]().eval()
+    calib = [torch.randn(8, 16) for _ in range(4)]
+    res = nnslim.compress(model, method, calibration=calib, example_inputs=calib[0], out=tmp_path / "a", repeats=2,
+                          memory=False)
+    names = [o.name for o in onnx.load(str(res.model.path), load_external_data=False).graph.output]
+    assert names == ["logits", "hidden"]
+    x = {"x": np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)}
+    got = make_runner(res.model, "onnxruntime")(x)
+    ref = TorchRunner(model)(x)
+    assert got.shape == (3, 5) and ref.shape == (3, 5)
+    cos = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cos.min() > 0.99
+    assert res.report.variants[-1].metrics["output_cos_min"] > 0.99
+
+
+def test_structured_pruning_keeps_what_reaches_a_dataclass_output():
+    """A dataclass output was invisible to the tracer: the output layer's classes were pruned (5 -> fewer) and the
+    report then failed on mismatched shapes. Its tensors are outputs like a tuple's."""
+    import torch
+
+    from nnslim.graph.trace import trace
+
+    model = _output_models()[0]().eval()
+    t = trace(model, {"x": torch.randn(2, 16)}, lambda m: isinstance(m, torch.nn.Linear))
+    assert len(t.outputs) == 2
+
+    class Opaque(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            out = _Pair()
+            out.y = self.a(x)
+            return out
+
+    with pytest.raises(NnslimError, match="holds no tensor nnslim can find"):
+        trace(Opaque(), {"x": torch.randn(2, 16)}, lambda m: isinstance(m, torch.nn.Linear))

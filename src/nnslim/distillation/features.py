@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from ..errors import NnslimError
 from ..graph.layerwise import find_blocks
-from .losses import primary_output
+from ..runtime.base import first_tensor
 
 
 def block_names(model: nn.Module, pattern: str | None = None) -> list[str]:
@@ -67,7 +67,7 @@ class _Tap:
         if hidden:
             for b in blocks:
                 self.handles.append(model.get_submodule(b).register_forward_hook(
-                    lambda mod, args, out: self.hidden.append(primary_output(out))))
+                    lambda mod, args, out: self.hidden.append(first_tensor(out))))
         if attention:
             for att in attention_modules(model, blocks):
                 if att is None:

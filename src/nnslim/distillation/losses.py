@@ -7,22 +7,6 @@ from torch.nn import functional as F
 LOSSES = ("auto", "kl", "cosine", "mse")
 
 
-def primary_output(out) -> torch.Tensor:
-    """The tensor a loss compares: HF outputs' logits / last_hidden_state, else the first tensor."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for key in ("logits", "last_hidden_state"):
-        if getattr(out, key, None) is not None:
-            return getattr(out, key)
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        for o in out:
-            if isinstance(o, torch.Tensor):
-                return o
-    raise TypeError(f"cannot find an output tensor in {type(out).__name__}")
-
-
 def _rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """[..., C] -> [rows, C], dropping padded positions when mask matches t's leading dims."""
     if mask is not None and t.dim() == mask.dim() + 1 and t.shape[:-1] == mask.shape:

@@ -32,11 +32,11 @@ from ..errors import NnslimError
 from ..graph.modules import PackedLinear
 from ..progress import progress, stage
 from ..recipe import StepConfig, register_method
-from ..runtime.base import by_name, call_module
+from ..runtime.base import by_name, call_module, first_tensor
 from . import checkpoint as ckpt
 from . import distributed
 from .features import FeatureMatcher
-from .losses import kd_loss, primary_output
+from .losses import kd_loss
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
     probe_in = _split_labels(probe, student)[0]
     outputs = {}
     matcher.prepare(lambda: outputs.update(t=call_module(teacher, probe_in), s=call_module(student, probe_in)))
-    variance = float(primary_output(outputs["t"]).float().var())  # MSE scale, the same for every batch and rank
+    variance = float(first_tensor(outputs["t"]).float().var())  # MSE scale, the same for every batch and rank
     matcher.to(device)
     trained = student
     if world > 1:
@@ -227,8 +227,8 @@ def _loss(student, teacher, matcher: FeatureMatcher, batch: dict, labels, kind: 
     mask = batch.get("attention_mask")
     matcher.clear()
     with torch.no_grad():
-        t_out = primary_output(call_module(teacher, batch))
-    s_out = primary_output(call_module(student, batch))
+        t_out = first_tensor(call_module(teacher, batch))
+    s_out = first_tensor(call_module(student, batch))
     loss = kd_loss(s_out, t_out, kind, config.temperature, mask, variance)
     if labels is not None and label_weight:
         loss = loss + label_weight * F.cross_entropy(s_out.float().reshape(-1, s_out.shape[-1]), labels.reshape(-1).long())

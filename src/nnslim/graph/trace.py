@@ -42,14 +42,10 @@ class Trace:
 
 
 def tensors_in(obj) -> list[torch.Tensor]:
-    """Tensors inside nested tuples/lists/dicts (HF ModelOutputs are dicts), in order."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in tensors_in(o)]
-    return []
+    """Tensors inside nested tuples / lists / dicts / dataclasses (HF ModelOutputs are dicts), in order."""
+    from ..runtime.base import tensor_leaves
+
+    return [t for _, t in tensor_leaves(obj)]
 
 
 def op_name(func) -> str:
@@ -222,7 +218,11 @@ def trace(model: nn.Module, inputs: dict[str, torch.Tensor], is_leaf: Callable[[
             at = f" (stopped at {rec.current})" if rec.current else ""
             errors.append(f"{which}: {first_line(e)}{at}")
             continue
+        outputs = tensors_in(out)
+        if not outputs:  # what reaches the output must be kept: with none found, nothing would be
+            raise NnslimError(f"the model's output ({type(out).__name__}) holds no tensor nnslim can find; "
+                              "allowed: a tensor, or tensors in a tuple / list / dict / dataclass / HF ModelOutput")
         params = {id(p): n for n, p in model.named_parameters()}
         params.update({id(b): n for n, b in model.named_buffers()})
-        return Trace(rec.calls, list(inputs.values()), tensors_in(out), params, which, rec.keep)
+        return Trace(rec.calls, list(inputs.values()), outputs, params, which, rec.keep)
     raise NnslimError("the model could not be traced with its example inputs; " + " | ".join(errors))

@@ -1,7 +1,9 @@
 """The Runner interface and the torch backend."""
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,16 +75,38 @@ def model_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def tensor_leaves(out, prefix: str = "output") -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a module's output with names, in order: a tensor, a dict / HF ModelOutput (by key), a
+    dataclass (by field), a tuple / list (by index), nested; other values are left out."""
+    if isinstance(out, torch.Tensor):
+        return [(prefix, out)]
+    if isinstance(out, Mapping):
+        items = list(out.items())
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        items = [(f.name, getattr(out, f.name)) for f in dataclasses.fields(out)]
+    elif isinstance(out, (tuple, list)):
+        items = [(str(i), v) for i, v in enumerate(out)]
+    else:
+        return []
+    leaves = []
+    for key, value in items:
+        name = str(key) if prefix == "output" and not str(key).isdigit() else f"{prefix}_{key}"
+        leaves += tensor_leaves(value, name)
+    return leaves
+
+
 def first_tensor(out) -> torch.Tensor:
-    """The main output of a module: a tensor, a HF ModelOutput's logits/last_hidden_state, or out[0]."""
+    """The main output of a module: a tensor; the logits / last_hidden_state of a HF ModelOutput, a dict or a
+    dataclass; else its first tensor (see tensor_leaves)."""
     if isinstance(out, torch.Tensor):
         return out
     for key in ("logits", "last_hidden_state"):
-        value = getattr(out, key, None)
+        value = out.get(key) if isinstance(out, Mapping) else getattr(out, key, None)
         if isinstance(value, torch.Tensor):
             return value
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
+    leaves = tensor_leaves(out)
+    if leaves:
+        return leaves[0][1]
     raise TypeError(f"cannot take a tensor output from {type(out).__name__}")
 
 

@@ -70,10 +70,12 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
         axes = (dynamic_axes or {}).get(name, {})
         shapes.append({axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
                       or None)
+    output_names = list(getattr(module, "output_names", None) or [getattr(module, "output_name", "output")])
+    if not hasattr(module, "output_names") and not hasattr(module, "output_name"):
+        module, output_names = _flat_outputs(module, args, output_names)
     fixed = _fixed_positional(module)
     if fixed is not None and len(shapes) > fixed:  # forward(a, b, *rest): torch.export wants rest's shapes as one tuple
         shapes = shapes[:fixed] + [tuple(shapes[fixed:])]
-    output_names = list(getattr(module, "output_names", None) or [getattr(module, "output_name", "output")])
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     _quiet_exporter()
     from ..io import remove_stale
@@ -103,6 +105,54 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return OnnxModel(path)
+
+
+class _FlatOutputs(torch.nn.Module):
+    """A user module whose output torch.export cannot return as it is (a dataclass) or whose main tensor is not
+    its first: exported as the tuple of its output tensors, the main one (the one nnslim measures) first."""
+
+    def __init__(self, inner: torch.nn.Module, order: list[int]):
+        super().__init__()
+        self.inner, self.order = inner, order
+
+    def forward(self, *args):
+        from .base import tensor_leaves
+
+        leaves = tensor_leaves(self.inner(*args))
+        return tuple(leaves[i][1] for i in self.order)
+
+
+def _flat_outputs(module: torch.nn.Module, args: list, output_names: list[str]):
+    """(module, output names) to export: the module itself when its output is a tensor, or a tuple / dict whose
+    first tensor is its main one; else a _FlatOutputs wrapper, its outputs named by key / field."""
+    import dataclasses
+
+    from .base import first_tensor, tensor_leaves
+
+    with torch.no_grad(), _without_kv_cache(module):
+        out = module(*args)
+    if isinstance(out, torch.Tensor):
+        return module, output_names
+    leaves = tensor_leaves(out)
+    try:
+        main = first_tensor(out)
+    except TypeError:
+        return module, output_names  # the export's own error says what it could not take
+
+    def has_dataclass(obj) -> bool:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, dict):
+            return True
+        values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else []
+        return any(has_dataclass(v) for v in values)
+
+    if leaves[0][1] is main and not has_dataclass(out):
+        return module, output_names
+    first = next(i for i, (_, t) in enumerate(leaves) if t is main)
+    order = [first] + [i for i in range(len(leaves)) if i != first]
+    names = [leaves[i][0] for i in order]
+    if len(set(names)) < len(names):
+        names = [f"output_{i}" for i in range(len(names))]
+    return _FlatOutputs(module, order), names
 
 
 @contextlib.contextmanager
