@@ -77,3 +77,30 @@ def test_bad_prune_inputs(tiny_llama):
         quantize(tiny_llama, WandaConfig())
     with pytest.raises(NnslimError, match="config of type"):
         prune(tiny_llama, {"sparsity": 0.5})
+
+
+def test_a_linear_tied_to_an_embedding_is_kept_and_the_artifact_loads(tmp_path, capsys):
+    """A mask on a head whose weight is the embedding's untied them; the artifact then stored head.weight twice
+    and did not load into the model's class. Tied Linears are kept unpruned, with a note."""
+    import nnslim
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.mid = nn.Embedding(100, 32), nn.Linear(32, 32)
+            self.out = nn.Linear(32, 100, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.out(torch.tanh(self.mid(self.emb(ids))))
+
+    torch.manual_seed(0)
+    model = Tied().eval()
+    calib = [torch.randint(0, 100, (2, 8)) for _ in range(2)]
+    res = nnslim.compress(model, "prune-magnitude", calibration=calib, example_inputs=calib[0], out=tmp_path / "a",
+                          report=False)
+    assert "kept unpruned (out)" in capsys.readouterr().err
+    back = nnslim.load(tmp_path / "a", model=Tied())
+    assert back.out.weight is back.emb.weight
+    assert float((back.mid.weight == 0).float().mean()) >= 0.45
+    torch.testing.assert_close(back(calib[0]), res.model(calib[0]))

@@ -71,12 +71,37 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
     if what != "prune":  # a mask keeps the weight a tensor the model can read; a replaced layer does not
         read = direct_reads(model)
         layers = {n: m for n, m in layers.items() if n not in read}
+    else:  # a mask on a weight another module owns too (a tied embedding) would untie it, or zero the other's
+        tied = tied_linears(model)
+        if any(n in tied for n in layers):
+            from ..progress import warn
+
+            names = [n for n in layers if n in tied]
+            warn(f"{len(names)} Linear(s) kept unpruned ({', '.join(names[:3])}): their weight is shared with "
+                 f"{', '.join(sorted({tied[n] for n in names}))[:200]} (tied)", once=True)
+            layers = {n: m for n, m in layers.items() if n not in tied}
     if not include_head:
         layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
     if not layers:
         raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to {what} "
                           f"(ignore={list(ignore)}, head included: {include_head})")
     return layers
+
+
+def tied_linears(model: nn.Module) -> dict[str, str]:
+    """{Linear name: another module holding the same weight tensor} (a head tied to its embedding)."""
+    owners: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        for key, p in m._parameters.items():
+            if p is not None and key == "weight":
+                owners.setdefault(id(p), []).append(name)
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and isinstance(m.weight, torch.Tensor):
+            others = [o for o in owners.get(id(m.weight), []) if o != name]
+            if others:
+                out[name] = others[0]
+    return out
 
 
 # Linears whose weight the model reads itself instead of calling the layer (nn.MultiheadAttention passes
