@@ -58,7 +58,9 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
                           "supported yet; keep the model in torch (nnslim.load, or transformers for float / pruned "
                           "models)")
     path = Path(path)
-    module = deployable_copy(module).eval()
+    from .export_forms import exportable
+
+    module = exportable(deployable_copy(module)).eval()
     dtype, device = model_dtype(module), model_device(module)
     args = []
     for name, value in example_inputs.items():
