@@ -81,3 +81,19 @@ def test_example_recipes_parse_and_compose():
         recipe = load_recipe(path)
         check_recipe(recipe, torch.nn.Linear(2, 2))
         check_trained(recipe)
+
+
+def test_verbs_take_a_method_name_or_mapping_like_compress():
+    import torch
+
+    import nnslim
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    calib = [torch.randn(4, 16)]
+    assert type(nnslim.quantize(model, "int4-rtn", calibration=calib)[0]).__name__ == "WeightOnlyLinear"
+    pruned = nnslim.prune(model, {"method": "prune-magnitude", "sparsity": 0.7}, calibration=calib)
+    assert abs(float((pruned[0].weight == 0).float().mean()) - 0.7) < 0.02
+    with pytest.raises(NnslimError, match="did you mean 'int4-rtn'"):
+        nnslim.quantize(model, "int4-rtm", calibration=calib)
+    with pytest.raises(NnslimError, match="not allowed for nnslim.quantize"):
+        nnslim.quantize(model, "prune-magnitude", calibration=calib)

@@ -31,7 +31,8 @@ __all__ = ["quantize", "prune", "distill", "compress", "evaluate", "benchmark", 
 def quantize(model: torch.nn.Module, config, calibration=None, example_inputs=None, testbed: Testbed | str | None = None,
              inplace: bool = False, validation_fn: Callable[[torch.nn.Module], float] | None = None) -> torch.nn.Module:
     """Quantize a torch model with a quantization config (Int8Config, Int8DynamicConfig, Int4RtnConfig,
-    Int4GptqConfig, Int4AwqConfig, Int8WeightOnlyConfig, Fp8Config, Int8W8A8Config).
+    Int4GptqConfig, Int4AwqConfig, Int8WeightOnlyConfig, Fp8Config, Int8W8A8Config), a method name ("int4-rtn")
+    or a mapping as in a recipe ({"method": "int4-gptq", "group_size": 64}); prune and distill take the same.
 
     calibration: samples in any accepted form (a testbed's split when a testbed is given).
     validation_fn(model) -> float, higher is better: the metric Int8Config(max_drop=...) keeps.

@@ -246,7 +246,12 @@ def check_model_runs(model, ctx: Context) -> set[str]:
 
 def run_verb(verb: str, model, config, calibration=None, example_inputs=None, testbed=None, inplace: bool = False,
              teacher=None, validation_fn=None, trust_remote_code: bool = False):
-    """nnslim.quantize / prune / distill: a one-step recipe of a config whose method belongs to `verb`."""
+    """nnslim.quantize / prune / distill: a one-step recipe of a config whose method belongs to `verb` (a config,
+    a method name, or a {'method': NAME, option: value} mapping as in a recipe)."""
+    if isinstance(config, (str, dict)):
+        from .recipe import make_step
+
+        config = make_step({"method": config} if isinstance(config, str) else config, "config")
     method = method_of(config)
     if method.verb != verb:
         from .recipe import methods
