@@ -231,12 +231,12 @@ def export_onnx(model: torch.nn.Module, example_inputs, path: str | Path, dynami
     transformer quantized with int8 attention matmuls (Int8Config.matmuls) needs `calibration` (any form
     quantize accepts) to calibrate them in the exported graph.
     """
-    from .data import as_inputs, as_samples
+    from .data import as_inputs, as_samples, to_numpy
     from .runtime.onnx_export import export_onnx as _export
     from .runtime.qdq import export_quantized_onnx, has_integer_onnx_layers
 
     def numpy(sample: dict) -> dict:
-        return {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in sample.items()}
+        return {k: to_numpy(v) for k, v in sample.items()}
 
     inputs = numpy(as_inputs(example_inputs, model))
     axes = dynamic_axes if dynamic_axes is not None else {k: {0: "batch"} for k in inputs}

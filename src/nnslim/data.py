@@ -37,6 +37,16 @@ def forward_names(model: torch.nn.Module) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def to_numpy(value) -> np.ndarray:
+    """An input as numpy; tensors in dtypes numpy lacks (bfloat16, float8) as float32 (runners cast them back to
+    the model's dtype)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32, torch.float64):
+            value = value.float()
+    return np.asarray(value)
+
+
 def _is_input(x) -> bool:
     return isinstance(x, (torch.Tensor, np.ndarray))
 

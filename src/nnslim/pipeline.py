@@ -459,7 +459,10 @@ def _deployable(model, ctx: Context):
 def _export_baseline(r: Resolved, directory: Path) -> OnnxModel:
     from .runtime.onnx_methods import export_graphs
 
-    return export_graphs(r.model, r.testbed.export_example(), r.testbed.dynamic_axes, directory, quantized=False)[0]
+    model = r.model
+    if isinstance(model, torch.nn.Module) and dtype_of(model) != "float32":  # a bf16 / fp16 model: the row is float32
+        model = copy.deepcopy(model).float()
+    return export_graphs(model, r.testbed.export_example(), r.testbed.dynamic_axes, directory, quantized=False)[0]
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -209,7 +209,7 @@ def _scores(model, config, example, calibration):
         if how == "activation":
             if not calibration:
                 raise NnslimError("init='activation' needs calibration data (or a testbed); or use init='l2'")
-            norms = input_norms(model, [as_tensors(b) for b in batched(calibration, 8)])
+            norms = input_norms(model, [as_tensors(b, model) for b in batched(calibration, 8)])
         for gi, grp in enumerate(groups):
             init = group_importance(graph, model, grp, how, rng, norms)
             init = torch.as_tensor(init / max(float(np.mean(init)), 1e-12), dtype=torch.float32)

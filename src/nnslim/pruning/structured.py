@@ -58,13 +58,21 @@ class StructuredPruneConfig(StepConfig):
     tracer: Literal["auto", "fx", "dynamic"] = "auto"
 
 
-def as_tensors(inputs) -> dict[str, torch.Tensor]:
+def as_tensors(inputs, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Inputs as tensors; floating ones in `model`'s floating dtype when given (a bfloat16 model's example
+    comes as float32 numpy)."""
     if isinstance(inputs, torch.Tensor):
         inputs = {"x": inputs}
     if not isinstance(inputs, dict) or not inputs:
         raise NnslimError("example_inputs must be a dict of named tensors/arrays (or one tensor); "
                           f"got {type(inputs).__name__}")
-    return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in inputs.items()}
+    out = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in inputs.items()}
+    if model is not None:
+        from ..runtime.base import model_dtype
+
+        dtype = model_dtype(model)
+        out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
+    return out
 
 
 def _call(model, inputs: dict):
@@ -86,7 +94,7 @@ def dependency_graph(model: nn.Module, example_inputs, config: StructuredPruneCo
                      ) -> tuple[DependencyGraph, str]:
     """The channel dependency graph of `model` and the tracer that produced it."""
     config = config or StructuredPruneConfig()
-    inputs = as_tensors(example_inputs)
+    inputs = as_tensors(example_inputs, model)
     leaf = lambda m: handler_for(m) is not None  # noqa: E731
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel hides the layers
@@ -251,7 +259,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
                           "remove structure first, then mask (prune-structured before prune-magnitude / "
                           "prune-movement), or nnslim.save and nnslim.load the model to fold the masks in")
     notes = notes if notes is not None else []
-    inputs = as_tensors(example_inputs)
+    inputs = as_tensors(example_inputs, model)
     model = model if inplace else copy.deepcopy(model)
     was_training = model.training
     model.eval()
@@ -271,7 +279,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     if how == "auto":
         how = "activation" if calibration else "l2"
     norms: dict = {}
-    batches = [as_tensors(b) for b in batched(list(calibration or []), config.batches)]
+    batches = [as_tensors(b, model) for b in batched(list(calibration or []), config.batches)]
     if how in ("taylor", "activation"):
         if not calibration:
             raise NnslimError(f"importance={how!r} needs calibration batches (calibration=[{{...}}, ...])")

@@ -53,7 +53,8 @@ def run_with_hooks(model: nn.Module, layers: dict[str, nn.Module], data: Iterabl
     try:
         for item in progress(items, desc=desc, total=len(items)):
             try:
-                call_module(model, runner.to_tensors({k: np.asarray(v) for k, v in item.items()}))
+                call_module(model, runner.to_tensors(
+                    {k: v if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in item.items()}))
             except (RuntimeError, ValueError, TypeError) as e:
                 shapes = {k: tuple(np.shape(v)) for k, v in item.items()}
                 raise NnslimError(f"the model failed on calibration input of shapes {shapes}: "

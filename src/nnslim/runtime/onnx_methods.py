@@ -100,6 +100,13 @@ def _export(model, config: OnnxConfig, ctx) -> OnnxModel:
     if quantized and isinstance(config, OnnxFp16Config):
         raise NnslimError("onnx-fp16 cannot follow an integer quantization step; use method onnx (it writes "
                           "the int8/int4 QDQ graph)")
+    from .base import model_dtype
+
+    if not quantized and model_dtype(model) != torch.float32:  # "onnx" is float32 (onnx-fp16 converts after)
+        import copy
+
+        ctx.notes.append(f"onnx: the {str(model_dtype(model)).replace('torch.', '')} model exported in float32")
+        model = copy.deepcopy(model).float()
     onnx_model, notes = export_graphs(model, ctx.export_example(), ctx.dynamic_axes, ctx.workdir, config.opset,
                                       config.past, ctx.calibration if ctx.has_data else None, quantized)
     ctx.notes.extend(notes)

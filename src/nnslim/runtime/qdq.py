@@ -189,7 +189,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     if not spec:
         raise NnslimError("the model has no quantized layers to export as int8")
     spec = {n: s for n, s in spec.items() if n in _called(qmodel, list(spec), example_inputs)}
-    float_model = unwrap(copy.deepcopy(qmodel))
+    float_model = unwrap(copy.deepcopy(qmodel)).float()  # int8 graphs compute in float32 (a bf16 model too)
     path = Path(path)
     export_onnx(float_model, example_inputs, path, dynamic_axes, opset)
     proto = onnx.load(str(path))
@@ -199,7 +199,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
 
     by_digest: dict[str, list[tuple[str, bool]]] = {}  # weight values -> (layer, transposed): tied layers share one
     for name, s in spec.items():
-        w = qmodel.get_submodule(name).dequantized_weight().numpy()
+        w = qmodel.get_submodule(name).dequantized_weight().float().numpy()
         by_digest.setdefault(_digest(w), []).append((name, False))
         if w.ndim == 2:
             by_digest.setdefault(_digest(w.T), []).append((name, True))

@@ -235,8 +235,9 @@ class ModuleTestbed(Testbed):
                  calibration: list[dict[str, Any]] | None = None,
                  dynamic_axes: dict[str, dict[int, str]] | None = None):
         self._module = module
-        self._inputs = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
-                        for k, v in example_inputs.items()}
+        from ..data import to_numpy
+
+        self._inputs = {k: to_numpy(v) for k, v in example_inputs.items()}
         self._calibration = calibration or []
         self.input_names = tuple(self._inputs)
         self.dynamic_axes = dynamic_axes or {name: {0: "batch"} for name in self._inputs}
