@@ -166,8 +166,8 @@ def test_public_quantize_and_export(tmp_path):
     got = make_runner(onnx_model)(x)
     sim = TorchRunner(q)(x)
     assert np.abs(got - sim).max() < 0.1 * np.abs(sim).max() + 1e-3
-    with pytest.raises(NnslimError, match="config of type"):
-        nnslim.quantize(model, "int8")
+    with pytest.raises(NnslimError, match="config of type list is not allowed"):
+        nnslim.quantize(model, ["int8"])
 
 
 def test_accuracy_control_sensitivity_table_in_report(tmp_path):
