@@ -72,6 +72,7 @@ class Context:
     validate: Callable[[torch.nn.Module], float] | None = None
     run_id: str = ""  # names the recipe step being run (a training checkpoint must come from the same one)
     later_stages: tuple[str, ...] = ()  # stages of the recipe's steps after the one being run (e.g. "export")
+    later_trains: bool = False  # a training step comes after the one being run
     backend: str | None = None  # the runtime the user named for the artifact (--backend), if any
     notes: list[str] = field(default_factory=list)
     tables: dict[str, list[dict]] = field(default_factory=dict)  # extra report tables, e.g. sensitivity

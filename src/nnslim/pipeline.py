@@ -151,6 +151,7 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         stage(f"step {i + 1}/{len(recipe.steps)}: {step.method}")
         ctx.run_id = f"{recipe.to_dict()}#{i}"
         ctx.later_stages = tuple(get_method(s.method).stage or "" for s in recipe.steps[i + 1:])
+        ctx.later_trains = any(get_method(s.method).trains for s in recipe.steps[i + 1:])
         torch.manual_seed(ctx.seed)
         model = get_method(step.method).apply(model, step, ctx)
         check_finite_module(model, f"after recipe step {i} ({step.method!r})")

@@ -374,7 +374,8 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def as_recipe(recipe: Any, seed: int | None = None) -> Recipe:
-    """Accept a Recipe, a StepConfig, a list of StepConfigs/dicts, a method name, or a YAML path."""
+    """Accept a Recipe, a StepConfig, a list of StepConfigs / method names / step dicts, a method name, or a YAML
+    path."""
     if isinstance(recipe, Recipe):
         out = recipe
     elif isinstance(recipe, StepConfig):
@@ -385,8 +386,10 @@ def as_recipe(recipe: Any, seed: int | None = None) -> Recipe:
         out = Recipe((make_step({"method": recipe}, "method"),))
     elif isinstance(recipe, Path):
         out = load_recipe(recipe)
-    elif isinstance(recipe, (list, tuple)) and all(isinstance(s, StepConfig) for s in recipe):
-        out = Recipe(tuple(recipe))
+    elif isinstance(recipe, (list, tuple)) and recipe and all(isinstance(s, (StepConfig, str, dict)) for s in recipe):
+        out = Recipe(tuple(s if isinstance(s, StepConfig) else make_step(s if isinstance(s, dict) else {"method": s},
+                                                                           f"recipe[{i}]")
+                           for i, s in enumerate(recipe)))
     else:
         out = parse_recipe(recipe)
     if seed is not None:

@@ -176,3 +176,14 @@ def test_symmetric_activations_auto_follows_cpu_preset_and_backend(monkeypatch):
     assert signed(Int8Config(bias_correction=False, preset="cnn")) == (False, False)
     assert signed(Int8Config(bias_correction=False, symmetric_activations=True), amx=False) == (True, False)
     assert signed(Int8Config(bias_correction=False, symmetric_activations=False)) == (False, False)
+
+
+def test_qat_without_a_training_step_says_it_was_not_trained(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    calib = [torch.randn(8, 16) for _ in range(4)]
+    alone = nnslim.compress(model, "qat", calibration=calib, example_inputs=calib[0], report=False)
+    assert any(n.startswith("qat: no training step follows") for n in alone.notes)
+    trained = nnslim.compress(model, ["qat", {"method": "distill", "steps": 2}], calibration=calib,
+                              example_inputs=calib[0], report=False)
+    assert not any(n.startswith("qat: no training step follows") for n in trained.notes)

@@ -37,4 +37,7 @@ class QatConfig(StaticBase):
                  deploys_as_onnx=True)
 def _apply(model, config: QatConfig, ctx):
     data = ctx.calibration(config.samples, what="QAT initialisation")
+    if not ctx.later_trains:
+        ctx.notes.append("qat: no training step follows, so the quantizers keep their calibrated initial values "
+                         "(int8 PTQ's result); add {method: distill} after it, or train the returned model")
     return quantize_int8(model, config, data, ctx.small_example(), inplace=True, notes=ctx.notes, backend=ctx.backend)
