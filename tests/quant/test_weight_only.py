@@ -173,7 +173,7 @@ def test_bad_inputs(tiny_llama):
         Int4RtnConfig(group_size=100)
     with pytest.raises(NnslimError, match="bits=5 is not allowed; allowed: 2, 3, 4, 8"):
         Int4RtnConfig(bits=5)
-    with pytest.raises(NnslimError, match="config of type"):
+    with pytest.raises(NnslimError, match="config: missing key .method."):
         quantize(tiny_llama, {"bits": 4})
 
 
@@ -230,3 +230,29 @@ def test_int8_packed_kernel_only_where_torch_runs_it():
     torch.testing.assert_close(q(x), nn.functional.linear(x, q.dequantized_weight(), q.bias))
     lin16 = quantize(nn.Sequential(nn.Linear(96, 32)), Int8WeightOnlyConfig(), calibration=[torch.randn(4, 96)])[0]
     assert "cpu-int8pack" in lin16._candidates(torch.randn(6, 96))
+
+
+def test_calibrated_methods_run_on_a_model_without_repeated_blocks():
+    """GPTQ / AWQ / Wanda / SparseGPT stopped at "no list of repeated blocks" on a plain MLP or CNN: the whole
+    model is then one block (one pass over the calibration data); GPTQ beats RTN there as it does per block."""
+    from nnslim import SparseGptConfig, WandaConfig, prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64), nn.GELU(), nn.Linear(64, 8)).eval()
+    mix = torch.randn(64, 64) * torch.linspace(0.1, 3, 64)  # correlated, uneven inputs: where GPTQ helps
+    calib = [{"input": torch.randn(32, 64) @ mix} for _ in range(8)]
+    x = torch.cat([c["input"] for c in calib])
+    ref = model(x)
+
+    def err(m):
+        return float((m(x) - ref).pow(2).mean() / ref.pow(2).mean())
+
+    rtn = quantize(model, Int4RtnConfig(group_size=32), calibration=calib)
+    gptq = quantize(model, Int4GptqConfig(group_size=32), calibration=calib)
+    awq = quantize(model, Int4AwqConfig(group_size=32), calibration=calib)
+    assert isinstance(gptq[0], WeightOnlyLinear) and isinstance(awq[2], WeightOnlyLinear)
+    assert err(gptq) < err(rtn)
+    assert err(awq) < 2 * err(rtn)
+    for config in (WandaConfig(), SparseGptConfig()):
+        pruned = prune(model, config, calibration=calib)
+        assert abs(float((pruned[0].weight == 0).float().mean()) - 0.5) < 0.02

@@ -407,6 +407,10 @@ def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets
     them (graph/spread.py). Targets that saw no input while their block ran (a branch the samples never
     take) go to unseen(block, {name: module}) instead: the method's data-free fallback. Returns the
     devices that did the work."""
+    if _blocks_or_none(model) is None:  # a plain CNN / MLP: the whole model is the one block
+        device = device[0] if isinstance(device, list) else device
+        _calibrate_whole(model, samples, targets, make, device, desc, unseen)
+        return [device]
     if isinstance(device, list):
         if len(device) > 1:
             from .spread import calibrate_spread
@@ -436,8 +440,54 @@ def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets
     return [device]
 
 
+def _blocks_or_none(model: nn.Module):
+    try:
+        return find_blocks(model)
+    except NnslimError:
+        return None
+
+
+def _calibrate_whole(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
+                     make: Callable[[], BlockAlgorithm], device: torch.device, desc: str, unseen: Unseen) -> None:
+    """calibrate_layerwise for a model without repeated blocks: one pass of the whole model over the samples
+    observes every target (each sees the float model's activations), then the algorithm changes them all."""
+    from ..runtime.base import TorchRunner, call_module
+
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.to(device)
+    try:
+        mods = {n: model.get_submodule(n) for n in targets}
+        algorithm, seen = make(), set()
+
+        def observe(n, module, x):
+            seen.add(n)
+            algorithm.observe(n, module, x)
+
+        handles = [m.register_forward_pre_hook(lambda mod, args, n=n: observe(n, mod, args[0]))
+                   for n, m in mods.items()]
+        runner = TorchRunner(model)
+        try:
+            with torch.no_grad():
+                for sample in progress(samples, desc=desc, total=len(samples)):
+                    call_module(model, runner.to_tensors(sample))
+        finally:
+            for h in handles:
+                h.remove()
+        with torch.no_grad():
+            idle = take_unseen(mods, seen)
+            if idle:
+                unseen(model, idle)
+            if mods:
+                algorithm.finish(model, mods, "")
+    finally:
+        model.to(home)
+
+
 def split_by_blocks(model: nn.Module, targets: dict[str, nn.Module]) -> tuple[set[str], dict[str, nn.Module]]:
-    """(names inside the repeated blocks, {name: module} outside them)."""
+    """(names inside the repeated blocks, {name: module} outside them); a model without repeated blocks is one
+    block (calibrate_layerwise runs it whole)."""
+    if _blocks_or_none(model) is None:
+        return set(targets), {}
     prefix, _ = find_blocks(model)
     inside = {n for n in targets if n.startswith(prefix + ".")}
     return inside, {n: m for n, m in targets.items() if n not in inside}

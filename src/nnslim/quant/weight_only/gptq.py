@@ -92,7 +92,7 @@ class Gptq(HessianObserver):
         for n in sorted(modules, key=lambda n: modules[n].in_features):  # the largest Hessian alone
             m = modules.pop(n)  # (the float layer is freed once replaced)
             codes, scale, zero = gptq_quantize(m.weight, self.take(n), self.spec, self.spec.group_for(m.in_features),
-                                               c.damp, c.act_order, c.block_size, f"{prefix}.{n}", inplace=True)
+                                               c.damp, c.act_order, c.block_size, f"{prefix}.{n}" if prefix else n, inplace=True)
             replace_module(block, n, calibrating(WeightOnlyLinear.from_codes(m, codes, scale, zero, self.spec)))
 
 
