@@ -97,3 +97,9 @@ def test_verbs_take_a_method_name_or_mapping_like_compress():
         nnslim.quantize(model, "int4-rtm", calibration=calib)
     with pytest.raises(NnslimError, match="not allowed for nnslim.quantize"):
         nnslim.quantize(model, "prune-magnitude", calibration=calib)
+
+
+def test_one_step_mapping_is_a_recipe():
+    recipe = as_recipe({"method": "lowrank", "rank_ratio": 0.5})
+    assert len(recipe.steps) == 1 and recipe.steps[0].rank_ratio == 0.5
+    assert len(as_recipe({"steps": [{"method": "int8"}], "seed": 3}).steps) == 1

@@ -384,6 +384,8 @@ def as_recipe(recipe: Any, seed: int | None = None) -> Recipe:
         out = load_recipe(recipe)
     elif isinstance(recipe, str):
         out = Recipe((make_step({"method": recipe}, "method"),))
+    elif isinstance(recipe, dict) and "method" in recipe:  # one step's mapping
+        out = Recipe((make_step(recipe, "recipe"),))
     elif isinstance(recipe, Path):
         out = load_recipe(recipe)
     elif isinstance(recipe, (list, tuple)) and recipe and all(isinstance(s, (StepConfig, str, dict)) for s in recipe):
