@@ -3,6 +3,7 @@
   python benchmarks/gpu_llm.py kernels   # Llama-7B linear shapes: int4 / fp8 / int8 vs bf16 F.linear, per M
   python benchmarks/gpu_llm.py decode    # Llama-7B-shaped model, batch-1 greedy decode in a CUDA graph
   python benchmarks/gpu_llm.py batched   # fused decode at batch 1/8/32 and KV-cache formats, with memory floors
+  python benchmarks/gpu_llm.py prefill --batch 1,4 --prompt-lens 128,512,2048   # the prompt's forward pass
   python benchmarks/gpu_llm.py gptq      # GPTQ of the whole 7B-shaped model: wall time, peak GPU memory
   python benchmarks/gpu_llm.py render --json FILE   # Markdown table of a saved run (no GPU needed)
 
@@ -393,6 +394,53 @@ def bench_batched(args) -> list[dict]:
     return rows
 
 
+def bench_prefill(args) -> list[dict]:
+    """The prompt's forward pass (what a user waits for before the first token; M = batch x prompt rows reach the
+    int4 / fp8 GEMMs): ms and tokens/s per variant and (batch, prompt), each a ratio vs bf16 at the same shape.
+    The Hugging Face forward with logits of the last position only (logits_to_keep=1, as serving computes them);
+    warm-up calls first (the kernel selector times its candidates then), then the median of --runs x 5 calls
+    timed by CUDA events."""
+    from nnslim import Int4RtnConfig, quantize
+    from nnslim.quant.w8a8 import Fp8Config, quantize_w8a8
+
+    rows, base = [], {}
+    for name in ["bf16"] + [v for v in args.variants.split(",") if v]:
+        model = llama(args.layers, "cuda")
+        if name == "int4":
+            model = quantize(model, Int4RtnConfig(group_size=128), inplace=True)
+        elif name == "fp8":
+            model = quantize_w8a8(model, Fp8Config(), inplace=True)
+        elif name != "bf16":
+            raise SystemExit(f"unknown variant {name}")
+        for b in [int(v) for v in args.batch.split(",")]:
+            for t in [int(v) for v in str(args.prompt_lens).split(",")]:
+                ids = torch.randint(0, model.config.vocab_size, (b, t), device="cuda",
+                                    generator=torch.Generator(device="cuda").manual_seed(0))
+                with torch.no_grad():
+                    for _ in range(3):
+                        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                    torch.cuda.synchronize()
+                    times = []
+                    for _ in range(max(1, args.runs) * 5):
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                        end.record()
+                        torch.cuda.synchronize()
+                        times.append(start.elapsed_time(end))
+                ms = statistics.median(times)
+                if name == "bf16":
+                    base[(b, t)] = ms
+                row = {"variant": name, "batch": b, "prompt": t, "rows_M": b * t, "ms": round(ms, 3),
+                       "tok_s": round(b * t / ms * 1e3, 1), "vs_bf16": round(base[(b, t)] / ms, 3),
+                       "gluon_gemm": os.environ.get("NNSLIM_GLUON_GEMM", "default")}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
 def profile_step(model, prompt_len: int) -> None:
     """GPU time per kernel of one fused decode step (run eagerly under torch.profiler; the kernels are
     the ones the CUDA graph replays)."""
@@ -477,7 +525,7 @@ def render(path: str) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["kernels", "decode", "batched", "gptq", "render"])
+    ap.add_argument("what", choices=["kernels", "decode", "batched", "prefill", "gptq", "render"])
     ap.add_argument("--m", default="1,2,4,8,16,32,128,1024,2048,4096")
     ap.add_argument("--all", action="store_true", help="also try GEMM configs at M=1")
     ap.add_argument("--profile", action="store_true", help="decode: GPU time per kernel of one fused step")
@@ -487,6 +535,7 @@ def main():
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--prompt-lens", default="128,512,2048", help="prefill: prompt lengths")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--variants", default="int4")
     ap.add_argument("--batch", default="1,8,32", help="batched: batch sizes")
@@ -512,7 +561,7 @@ def main():
             fmt = {"bf16": "model"}.get(row["cache"], row["cache"])
             triton_decode.ATTENTION_CONFIG[fmt] = row["best_config"]
         print(f"# decode attention launches: {triton_decode.ATTENTION_CONFIG}", flush=True)
-    rows = {"kernels": bench_kernels, "decode": bench_decode, "batched": bench_batched,
+    rows = {"kernels": bench_kernels, "decode": bench_decode, "batched": bench_batched, "prefill": bench_prefill,
             "gptq": bench_gptq}[args.what](args)
     if args.json:
         from nnslim.runtime.kernels.select import kernel_table
