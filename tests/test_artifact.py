@@ -124,3 +124,35 @@ def test_torch_compile_wrapper_is_looked_through(tmp_path):
     loaded = nnslim.load(tmp_path / "c", model=TwoLayer())
     x = torch.randn(3, 16)
     torch.testing.assert_close(loaded(x), res.model(x))
+
+
+@pytest.mark.parametrize("method,fmt", [("prune-magnitude", "hf"), ("fp16", "hf"), ("int4-rtn", "compressed-tensors"),
+                                        ("prune-structured", "torch")])
+def test_a_transformers_object_artifact_loads_without_model(tmp_path, method, fmt):
+    """A transformers model passed as an object: float / pruned results are save_pretrained folders (transformers
+    loads them), and every artifact of it loads by nnslim.load(dir) alone, through the transformers class its
+    config.json names."""
+    import json
+
+    import torch
+    import transformers as tf
+
+    import nnslim
+
+    torch.manual_seed(0)
+    cfg = tf.BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, num_labels=3)
+    model = tf.BertForSequenceClassification(cfg).eval()
+    calib = [{"input_ids": torch.randint(0, 300, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.long)}
+             for _ in range(4)]
+    res = nnslim.compress(model, method, calibration=calib, example_inputs=calib[0], out=tmp_path / "a", report=False)
+    meta = json.loads((tmp_path / "a" / "nnslim.json").read_text())
+    assert meta["format"] == fmt and "config.json" in meta["files"]
+    with torch.no_grad():
+        ref = res.model(**calib[0]).logits
+        back = nnslim.load(tmp_path / "a")
+        assert type(back) is tf.BertForSequenceClassification
+        torch.testing.assert_close(back(**calib[0]).logits, ref)
+        if fmt != "torch":
+            theirs = tf.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "a")).eval()
+            assert float((theirs(**calib[0]).logits.float() - ref.float()).abs().max()) < 2e-3

@@ -15,6 +15,7 @@ import torch
 from .errors import NnslimError, bad_value, short_repr
 from .io import (META_FILE, ONNX_FILE, WEIGHTS_FILE, atomic_write, atomic_write_json, big_allocations_mapped,
                  check_onnx, determinism_info, library_versions, onnx_external_files, read_meta, stored_shapes)
+from . import hf_objects
 from .runtime.base import OnnxModel, model_dtype
 
 _OLD_HF_KINDS = {"hf-causal-lm": "causal-lm", "hf-encoder": "feature-extraction"}  # nnslim_format 1 files
@@ -46,7 +47,7 @@ def _write_hf(model, testbed, sparse, directory: Path) -> list[str] | None:
     from .graph.modules import packed_layers
     from .testbeds import HFTestbed
 
-    if sparse is not None or not isinstance(testbed, HFTestbed) or packed_layers(model):
+    if sparse is not None or not (isinstance(testbed, HFTestbed) or _hf_object(model, testbed)) or packed_layers(model):
         return None
     from . import ecosystem
 
@@ -239,7 +240,7 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
 
             if _hf_object(model, testbed):  # its config from memory; nnslim.load reads it into model=<instance>
                 source = directory / "config.json"
-                atomic_write(source, lambda tmp: model.config.to_json_file(tmp))
+                atomic_write(source, lambda tmp: hf_objects.object_config(model).to_json_file(tmp))
             else:
                 source = Path(testbed.model_dir) / "config.json"
             fmt, written = ecosystem.FORMAT, ecosystem.write(model, directory, source)
@@ -260,6 +261,10 @@ def _save(model, directory: str | Path, testbed, recipe, seed, extra) -> Path:
                 else:
                     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(model, tmp))
             fmt, written = "torch", [WEIGHTS_FILE]
+            if _hf_object(model, testbed):  # the class and config to rebuild it from (nnslim.load needs no model=)
+                atomic_write(directory / "config.json",
+                             lambda tmp: hf_objects.object_config(model).to_json_file(tmp))
+                written.append("config.json")
             layers = packed_layers(model)
             if layers:
                 meta["quantized_layers"] = layers
@@ -344,9 +349,10 @@ def _empty_model(testbed) -> torch.nn.Module:
         return _config_only(testbed).load_model()
 
 
-def _check_config_size(testbed, weights: Path | list[Path]) -> None:
+def _check_config_size(testbed, weights: Path | list[Path], build=None) -> None:
     """Build the config's model on the meta device first: its size must be within reach of the tensors the
-    weights files store, so a crafted config.json cannot make nnslim allocate more than the files hold."""
+    weights files store, so a crafted config.json cannot make nnslim allocate more than the files hold
+    (`build()` makes the model instead of the testbed)."""
     import math
 
     files = weights if isinstance(weights, list) else [weights]
@@ -355,12 +361,12 @@ def _check_config_size(testbed, weights: Path | list[Path]) -> None:
             raise NnslimError(f"weights file {str(w)!r} not found")
     stored = sum(math.prod(shape) for w in files for shape in stored_shapes(w).values())
     with torch.device("meta"):
-        probe = _config_only(testbed).load_model()
+        probe = build() if build is not None else _config_only(testbed).load_model()
     params = sum(p.numel() for p in probe.parameters())
     # Packed int4 holds two weights per stored element, int2 four; scales and pruning only shrink the ratio.
     if params > 8 * stored + 1_000_000:
-        raise NnslimError(f"{testbed.name}: config.json describes {params:,} parameters but {str(weights)!r} "
-                          f"stores {stored:,} values; the config does not belong to these weights")
+        raise NnslimError(f"{getattr(testbed, 'name', 'config.json')}: config.json describes {params:,} parameters "
+                          f"but {str(weights)!r} stores {stored:,} values; the config does not belong to these weights")
 
 
 def artifact_size(directory: str | Path) -> int:
@@ -400,21 +406,24 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         with big_allocations_mapped():
             return _load_compressed_tensors(directory, meta, trust_remote_code, model)
     if fmt == "hf":
-        return _load_hf(directory, meta, trust_remote_code)
+        return _load_hf(directory, meta, trust_remote_code, model)
     if fmt != "torch":
         raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx, "
                           "openvino, compressed-tensors, hf")
     if model is None:
         testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
-        if testbed is None:
+        if testbed is None and "config.json" in (meta.get("files") or []):  # saved from a transformers object
+            model = hf_objects.object_skeleton(directory, directory / _own_file(meta, WEIGHTS_FILE, directory))
+        elif testbed is None:
             raise NnslimError(f"{directory} holds weights of a user-defined module "
                               f"({meta.get('architecture', {}).get('class')}); pass model=<an instance of it> "
                               "to nnslim.load")
-        if not getattr(testbed, "weights", True):  # built from the artifact's own config.json
-            _check_config_size(testbed, directory / _own_file(meta, WEIGHTS_FILE, directory))
-        empty = hasattr(testbed, "weights") and not meta.get("structured_plan") and not meta.get("sparse_storage")
-        # a Hugging Face architecture is built with its parameters on meta: the file's tensors are assigned
-        model = _empty_model(testbed) if empty else testbed.load_model()
+        else:
+            if not getattr(testbed, "weights", True):  # built from the artifact's own config.json
+                _check_config_size(testbed, directory / _own_file(meta, WEIGHTS_FILE, directory))
+            empty = hasattr(testbed, "weights") and not meta.get("structured_plan") and not meta.get("sparse_storage")
+            # a Hugging Face architecture is built with its parameters on meta: the file's tensors are assigned
+            model = _empty_model(testbed) if empty else testbed.load_model()
     dtype = _DTYPES.get(meta.get("dtype", "float32"))
     if dtype is None:
         raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
@@ -488,9 +497,13 @@ def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: boo
     from . import ecosystem
 
     testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
-    if testbed is None and skeleton is None:
-        raise NnslimError(f"{directory} was saved from a {meta.get('architecture', {}).get('class')} object; pass "
-                          "model=<an instance of it> to nnslim.load (transformers loads the folder as it is)")
+    if testbed is None and skeleton is None:  # saved from a transformers object: the class its config names
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig
+
+        cls = hf_objects.transformers_class(directory)
+        with init_empty_weights():
+            skeleton = cls(AutoConfig.from_pretrained(str(directory), trust_remote_code=False))
     shards = [directory / _plain_name(f, directory) for f in meta.get("files", [])
               if str(f).endswith(".safetensors")]
     weights = shards if len(shards) > 1 else directory / _own_file(meta, WEIGHTS_FILE, directory)
@@ -516,13 +529,15 @@ def _load_compressed_tensors(directory: Path, meta: dict, trust_remote_code: boo
                           f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
 
 
-def _load_hf(directory: Path, meta: dict, trust_remote_code: bool):
+def _load_hf(directory: Path, meta: dict, trust_remote_code: bool, model: torch.nn.Module | None = None):
     """A Hugging Face checkpoint written by save_pretrained: loaded as any HF model dir is."""
     from .testbeds import testbed_for_hf_dir
 
     arch = meta.get("architecture", {})
     if not isinstance(arch, dict):
         raise NnslimError(f"architecture={short_repr(arch)} in nnslim.json is not an object")
+    if arch.get("kind") == "module":  # made from a transformers model object: its class reads the folder
+        return hf_objects.load_hf_object(directory, meta, model)
     if arch.get("kind") != "testbed":
         testbed_from_architecture(arch, directory, trust_remote_code)  # checks path and task
     task = _OLD_HF_KINDS.get(arch.get("kind")) or arch.get("task")  # None (a testbed): read from config.json

@@ -265,21 +265,29 @@ def machine_info() -> dict[str, Any]:
 MAX_META_BYTES = 16 << 20
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """nnslim.json as a dict: bounded in size, valid JSON, a mapping; a clear error otherwise."""
-    path = Path(directory) / META_FILE
+def read_json_object(path: str | Path, missing: str = "") -> dict[str, Any]:
+    """A JSON file holding an object: bounded in size, valid JSON, a mapping; a clear error otherwise
+    (`missing` is added to the not-found error)."""
+    path = Path(path)
     try:
         if path.stat().st_size > MAX_META_BYTES:
             raise NnslimError(f"{str(path)!r} is {path.stat().st_size} bytes; allowed: at most {MAX_META_BYTES}")
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise NnslimError(f"{str(path)!r} not found: not an nnslim artifact directory") from None
+        raise NnslimError(f"{str(path)!r} not found{missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise NnslimError(f"{str(path)!r} is not valid JSON: {str(e)[:200]}") from None
     except OSError as e:
         raise NnslimError(f"{str(path)!r} cannot be read: {e.strerror or e}") from None
-    if not isinstance(meta, dict):
-        raise NnslimError(f"{str(path)!r} must hold a JSON object, not {type(meta).__name__}")
+    if not isinstance(obj, dict):
+        raise NnslimError(f"{str(path)!r} must hold a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """nnslim.json as a dict: bounded in size, valid JSON, a mapping; a clear error otherwise."""
+    path = Path(directory) / META_FILE
+    meta = read_json_object(path, ": not an nnslim artifact directory")
     for key, kind in (("architecture", dict), ("quantized_layers", dict), ("structured_plan", list),
                       ("sparse_storage", dict), ("files", list)):
         if meta.get(key) is not None and not isinstance(meta[key], kind):

@@ -385,8 +385,11 @@ def _reload(directory: Path, original):
     """The artifact as written, loaded back (a user's own class reloads into a copy of the original)."""
     meta = find_meta(directory)
     skeleton = None
-    if meta.get("format") in ("torch", "compressed-tensors") and meta.get("architecture", {}).get("kind") == "module":
-        skeleton = copy.deepcopy(original)
+    if meta.get("architecture", {}).get("kind") == "module":
+        if meta.get("format") in ("torch", "compressed-tensors"):
+            skeleton = copy.deepcopy(original)
+        elif meta.get("format") == "hf":  # a transformers object's save_pretrained folder: its class reads it
+            skeleton = original
     return artifact.load(directory, model=skeleton)
 
 

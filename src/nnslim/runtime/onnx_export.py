@@ -131,8 +131,11 @@ def _flat_outputs(module: torch.nn.Module, args: list, output_names: list[str]):
 
     from .base import first_tensor, tensor_leaves
 
-    with torch.no_grad(), _without_kv_cache(module):
-        out = module(*args)
+    try:
+        with torch.no_grad(), _without_kv_cache(module):
+            out = module(*args)
+    except Exception:  # noqa: BLE001 - the export's own error says what failed
+        return module, output_names
     if isinstance(out, torch.Tensor):
         return module, output_names
     leaves = tensor_leaves(out)
