@@ -270,3 +270,35 @@ def test_observe_inputs_stops_after_the_last_observed_module():
     count = []
     observe_inputs(twice, [shared], batches, lambda m, b: m(b["x"]), lambda mod, args: count.append(1))
     assert len(count) == 8 and len(runs) == 4
+
+
+@pytest.mark.parametrize("how", ["view-literal", "unflatten-literal", "view-inferred"])
+def test_a_reshape_to_a_literal_channel_count_keeps_those_channels(how):
+    """`x.view(n, 32)` or nn.Unflatten(1, (32, 1)) after pooling names the channel count in the code: pruning the
+    convolution made the forward fail (unflatten: sizes don't multiply up). Those channels are kept; a -1 lets
+    them go."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.conv = nn.Conv2d(16, 32, 3, padding=1)
+            self.unflat = nn.Unflatten(1, (32, 1))
+            self.fc = nn.Linear(32, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(torch.relu(self.stem(x)))).mean((2, 3))
+            if how == "view-literal":
+                h = h.view(h.shape[0] * 0 + 2, 32)
+            elif how == "unflatten-literal":
+                h = self.unflat(h).squeeze(2)
+            else:
+                h = h.reshape(2, -1)
+            return self.fc(h)
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    pruned = nnslim.prune(model, StructuredPruneConfig(ratio=0.5), example_inputs=x)
+    assert pruned(x).shape == (2, 4)
+    assert pruned.stem.out_channels == 8
+    assert pruned.conv.out_channels == (16 if how == "view-inferred" else 32)

@@ -254,6 +254,9 @@ def _op(g: DependencyGraph, call: Call) -> None:
         found = _reshape_axis(tuple(x.shape), axis, tuple(out.shape))
         if found is None:
             g.drop(x, f"{g.where}: {name}{tuple(out.shape)} splits or merges the channel axis")
+        elif _literal_size(call, out, found[0]):
+            g.freeze(gids, f"{g.where}: {name} to a size written in the code ({out.shape[found[0]]}) on the "
+                           "channel axis")
         else:
             g.set(out, found[0], np.repeat(gids, found[1]))
     elif name in _EXPAND:
@@ -276,6 +279,24 @@ def _op(g: DependencyGraph, call: Call) -> None:
     else:
         for t in tracked:
             g.drop(t, f"{g.where}: op {name!r} is not modelled by the dependency graph; its input channels are kept")
+
+
+def _literal_size(call: Call, out: torch.Tensor, axis: int) -> bool:
+    """Does a view / reshape / unflatten ask for output axis `axis` by a number (not -1, not a size read from a
+    tensor, which freezes on its own)? After pruning that number would be wrong."""
+    if call.name in ("view", "reshape"):
+        sizes = list(call.args[1:]) or list(call.kwargs.get("shape", ()) or call.kwargs.get("size", ()))
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+            sizes = list(sizes[0])
+        start = 0
+    elif call.name == "unflatten":
+        sizes = list(_dim_arg(call, 2, "sizes", ()) or ())
+        start = _dim_arg(call, 1, "dim", 0)
+        start = start + out.dim() - len(sizes) + 1 if isinstance(start, int) and start < 0 else start
+    else:
+        return False
+    i = axis - start if isinstance(start, int) else -1
+    return 0 <= i < len(sizes) and isinstance(sizes[i], int) and sizes[i] == out.shape[axis] and sizes[i] > 1
 
 
 def _size_read(g: DependencyGraph, t: torch.Tensor, index) -> None:
