@@ -156,3 +156,30 @@ def test_a_transformers_object_artifact_loads_without_model(tmp_path, method, fm
         if fmt != "torch":
             theirs = tf.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "a")).eval()
             assert float((theirs(**calib[0]).logits.float() - ref.float()).abs().max()) < 2e-3
+
+
+@pytest.mark.parametrize("method", ["int4-rtn", "prune-magnitude", "int8-dynamic"])
+def test_weight_norm_layers_are_folded_and_reload_into_the_users_class(tmp_path, method):
+    """torch's weight_norm parametrization (original0 / original1) broke the fold of nnslim's masks
+    (AttributeError 'original') for every method; such layers are folded into the weights they compute first
+    (a note says so), and nnslim.load(dir, model=...) folds the skeleton's the same way."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.parametrizations import weight_norm
+
+    import nnslim
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(weight_norm(nn.Linear(32, 64)), nn.ReLU(), weight_norm(nn.Linear(64, 8))).eval()
+
+    model = make()
+    calib = [torch.randn(8, 32) for _ in range(4)]
+    res = nnslim.compress(model, method, calibration=calib, example_inputs=calib[0], out=tmp_path / "a",
+                          repeats=2, memory=False)
+    assert any("parametrizations" in n and "folded" in n for n in res.notes)
+    assert hasattr(model[0], "parametrizations")  # the caller's model keeps its own
+    if method != "int8-dynamic":
+        back = nnslim.load(tmp_path / "a", model=make())
+        torch.testing.assert_close(back(calib[0]), res.model(calib[0]))
+    assert res.report.variants[-1].metrics["output_cos_mean"] > (0.5 if method == "prune-magnitude" else 0.9)

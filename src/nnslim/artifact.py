@@ -387,6 +387,10 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     from .graph.modules import plain_module
 
     model = plain_module(model)
+    if model is not None:  # its weights are replaced: weight_norm & co. as compress folded them (pipeline.run_steps)
+        from .graph.modules import fold_foreign_parametrizations
+
+        fold_foreign_parametrizations(model)
     directory = Path(directory)
     meta = read_meta(directory)
     fmt = meta.get("format")

@@ -146,6 +146,13 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
         ctx.teacher = model
     if isinstance(model, torch.nn.Module) and not inplace:
         model = copy.deepcopy(model)
+    if isinstance(model, torch.nn.Module):
+        from .graph.modules import fold_foreign_parametrizations
+
+        folded = fold_foreign_parametrizations(model)
+        if folded:
+            ctx.notes.append(f"parametrizations (weight_norm, spectral_norm, ...) of {len(folded)} layers folded into "
+                             f"the weights they compute ({', '.join(folded[:3])}{' ...' if len(folded) > 3 else ''})")
     nonfinite = check_model_runs(model, ctx)
     for i, step in enumerate(recipe.steps):
         stage(f"step {i + 1}/{len(recipe.steps)}: {step.method}")

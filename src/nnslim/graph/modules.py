@@ -105,6 +105,20 @@ def has_parametrizations(model: nn.Module) -> bool:
     return any(parametrize.is_parametrized(m) for m in model.modules())
 
 
+def fold_foreign_parametrizations(model: nn.Module) -> list[str]:
+    """Fold parametrizations that are not nnslim's (weight_norm, spectral_norm, orthogonal) into the weights they
+    compute, in place: the tensors the model runs with, which methods then quantize / prune / export. Returns the
+    names of the modules folded."""
+    folded = []
+    for name, m in list(model.named_modules()):
+        plist = m._modules.get("parametrizations")
+        if plist is not None and any(not type(p).__module__.startswith("nnslim.")
+                                     for ps in plist.values() for p in ps):
+            strip_parametrizations(m)
+            folded.append(name)
+    return folded
+
+
 def strip_parametrizations(model: nn.Module) -> int:
     """Fold every parametrization (pruning masks, learned-score masks) into the tensor it computes, in
     place: what remains is the plain module as it will deploy. Returns how many were folded.
@@ -117,7 +131,8 @@ def strip_parametrizations(model: nn.Module) -> int:
         if "parametrizations" not in m._modules:  # (a wrapper may read the attribute through to its inner layer)
             continue
         names = list(m.parametrizations.keys())
-        values = {n: (getattr(m, n).detach().clone(), m.parametrizations[n].original.requires_grad) for n in names}
+        values = {n: (getattr(m, n).detach().clone(),  # (weight_norm keeps original0 / original1)
+                      next(m.parametrizations[n].parameters(), torch.ones(())).requires_grad) for n in names}
         del m._modules["parametrizations"]
         m.__class__ = type(m).__bases__[0]  # the generated Parametrized<Class> derives from the module's own class
         for n, (value, grad) in values.items():
