@@ -451,3 +451,33 @@ def test_a_model_with_an_embedding_bag_exports_and_runs_in_both_runtimes(tmp_pat
     for backend in ("onnxruntime", "openvino"):
         got = make_runner(res.model, backend)(x)
         np.testing.assert_allclose(got, ref, atol=1e-5 if method == "onnx" else 0.05)
+
+
+def test_a_runtime_that_cannot_run_the_graph_is_left_out_of_the_report_with_its_reason(tmp_path):
+    """A circular-padded convolution exports as a wrap-mode Pad, which OpenVINO does not support: compress stopped
+    with OpenVINO's traceback. The report measures the runtimes that run it and says why the other is missing; the
+    artifact records the runtime that ran it."""
+    import json
+
+    import torch
+    from torch import nn
+
+    class Circular(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular")
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    calib = [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    res = nnslim.compress(Circular().eval(), "onnx", calibration=calib, example_inputs=calib[0], out=tmp_path / "a",
+                          repeats=2, memory=False)
+    names = [v.name for v in res.report.variants]
+    assert "onnx (onnxruntime)" in names and "onnx (openvino)" not in names
+    assert any("onnx (openvino): not measured: openvino cannot run this graph (Unsupported padding mode" in n
+               for n in res.report.notes)
+    meta = json.loads((tmp_path / "a" / "nnslim.json").read_text())
+    assert meta["runtime"]["name"] == "onnxruntime"

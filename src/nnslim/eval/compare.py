@@ -105,7 +105,7 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
     batch = batch or testbed.default_batch
     seq = seq or testbed.default_seq
     inputs = testbed.example_inputs(batch=batch, seq=seq)
-    runners = [make_runner(v.model, v.backend, threads=threads) for v in variants]
+    variants, runners, dropped = _runnable(variants, inputs, threads)
     results = []
     for v, runner in zip(variants, runners):
         results.append(VariantResult(
@@ -129,6 +129,7 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
         bad = [k for k, x in res.metrics.items() if isinstance(x, float) and not np.isfinite(x)]
         if bad:
             report.notes.append(f"{res.name}: metrics {', '.join(bad)} are not finite (NaN/Inf; written as null)")
+    report.notes.extend(dropped)
     report.notes.append(f"latency: {warmup} warm-up runs, then {lat['0'].runs} interleaved "
                         "rounds; median (p90); throughput = batch / median")
     report.notes.extend(decode_notes)
@@ -137,6 +138,43 @@ def compare(testbed, variants: list[Variant], batch: int | None = None, seq: int
         report.notes.append("peak mem: peak RSS of a fresh process loading the variant and running one batch, "
                             "minus that process's RSS after imports")
     return report
+
+
+def _runnable(variants: list[Variant], inputs: dict, threads: int | None):
+    """(variants, their runners, notes): a runtime that cannot load or run an ONNX graph that another runtime
+    measures is left out with a note (OpenVINO has no wrap-mode Pad, for one); a model no runtime runs is an error
+    naming the runtime and why."""
+    from ..errors import NnslimError
+
+    kept, runners, notes = [], [], []
+    for v in variants:
+        try:
+            runner = make_runner(v.model, v.backend, threads=threads)
+            runner(inputs)  # a runtime may load a graph it then fails to run
+        except NnslimError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any runtime's own failure, reported in one line
+            others = [w for w in variants if w is not v and w.model is v.model]
+            if isinstance(v.model, OnnxModel) and others:
+                notes.append(f"{v.name}: not measured: {v.backend} cannot run this graph ({_reason(e)})")
+                continue
+            raise NnslimError(f"{v.name}: {v.backend} cannot run the model: {_reason(e)}") from None
+        kept.append(v)
+        runners.append(runner)
+    return kept, runners, notes
+
+
+def _reason(e: BaseException) -> str:
+    """A runtime's error in one line: the line saying what is unsupported when there is one (OpenVINO's first
+    lines name only its source files)."""
+    import re
+
+    from ..errors import first_line
+
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if re.search(r"[Uu]nsupported|not supported|NOT_IMPLEMENTED|Conversion is failed",
+                                                 ln)), None)
+    return (hit or first_line(e))[:240]
 
 
 def measure_decode(testbed, runners, results, rounds: int = 3) -> list[str]:
