@@ -302,3 +302,14 @@ def test_a_reshape_to_a_literal_channel_count_keeps_those_channels(how):
     assert pruned(x).shape == (2, 4)
     assert pruned.stem.out_channels == 8
     assert pruned.conv.out_channels == (16 if how == "view-inferred" else 32)
+
+
+@pytest.mark.parametrize("slopes", [1, 32])
+def test_prelu_passes_or_slices_its_channels(slopes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.PReLU(slopes), nn.Conv2d(32, 16, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    pruned = nnslim.prune(model, StructuredPruneConfig(ratio=0.5), example_inputs=x)
+    assert pruned[0].out_channels == 16 and pruned[1].weight.numel() == (1 if slopes == 1 else 16)
+    assert pruned(x).shape == (2, 4)

@@ -225,6 +225,31 @@ class NormLayer(Layer):
         return m
 
 
+@register_layer(nn.PReLU)
+class PReLULayer(Layer):
+    """PReLU: one learned slope (elementwise, channels pass), or one per channel on axis 1 (sliced with them)."""
+
+    def propagate(self, g, name, m, call):
+        x, y = first_tensor(call), call.outputs[0]
+        info = g.info(x)
+        if info is None:
+            return
+        axis, gids = info
+        if m.num_parameters > 1:
+            if axis != (1 if x.dim() > 1 else 0):
+                return g.drop(x, f"{name}: per-channel slopes on another axis than the channels")
+            g.member(name, "ch", gids)
+        g.set(y, axis, gids)
+
+    def weights(self, m, role):
+        return [(m.weight, 0, 1)] if m.num_parameters > 1 else []
+
+    def slice(self, m, role, keep):
+        slice_param(m, "weight", 0, keep)
+        m.num_parameters = len(keep)
+        return m
+
+
 @register_layer(nn.Embedding)
 class EmbeddingLayer(Layer):
     def propagate(self, g, name, m, call):
