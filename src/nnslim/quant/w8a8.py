@@ -144,41 +144,50 @@ class W8A8Linear(PackedLinear):
         return lambda: quantize_rows_torch(x, self.fmt)
 
     def _candidates(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-        out: dict[str, Callable[[], torch.Tensor]] = {}
-        bias = None if self.bias is None else self.bias.to(x.dtype)
+        """The kernels that can run x here, each as a call of no arguments (the selector times these)."""
+        return {n: (lambda f=f: f(self, x)) for n, f in self._candidate_fns(x).items()}
+
+    def _bias_as(self, x) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.to(x.dtype)
+
+    def _scaled_mm(self, x, fast: bool) -> torch.Tensor:
+        q, s = self._quantizer(x)()
+        return torch._scaled_mm(q, self.qweight.t(), scale_a=s[:, None], scale_b=self.wscale[None, :],
+                                bias=self._bias_as(x), out_dtype=x.dtype, use_fast_accum=fast)
+
+    def _candidate_fns(self, x: torch.Tensor) -> dict[str, Callable[["W8A8Linear", torch.Tensor], torch.Tensor]]:
+        """{name: fn(layer, x)} of the kernels that can run x here (depends on x's type, device, dtype, rows)."""
+        out: dict[str, Callable] = {}
         k, n = self.in_features, self.out_features
-        quant = self._quantizer(x)
         if x.device.type == "cuda" and k % 16 == 0 and n % 16 == 0:
             from ..runtime.kernels import triton_int4, triton_w8a8
 
             if self.fmt == "fp8":
-                def scaled_mm(fast=False):
-                    q, s = quant()
-                    return torch._scaled_mm(q, self.qweight.t(), scale_a=s[:, None], scale_b=self.wscale[None, :],
-                                            bias=bias, out_dtype=x.dtype, use_fast_accum=fast)
-                out["scaled_mm"] = scaled_mm
+                out["scaled_mm"] = lambda m, x: m._scaled_mm(x, False)
                 if self.fast_accum:
-                    out["scaled_mm-fastacc"] = lambda: scaled_mm(True)
+                    out["scaled_mm-fastacc"] = lambda m, x: m._scaled_mm(x, True)
                 if triton_int4.available() and x.shape[0] <= triton_w8a8.FP8_SWAP_MAX_M:
                     for i, cfg in enumerate(triton_w8a8.FP8_SWAP_CONFIGS):
                         if triton_w8a8.fp8_fits(k, cfg):
-                            out[f"triton-fp8-{i}"] = lambda c=cfg: self._triton_fp8(quant, bias, x.dtype, c)
+                            out[f"triton-fp8-{i}"] = lambda m, x, c=cfg: m._triton_fp8(m._quantizer(x), m._bias_as(x),
+                                                                                          x.dtype, c)
                 if (triton_int4.available() and x.shape[0] <= triton_w8a8.FP8_QUANT_X_MAX_M
                         and not isinstance(x, PreQuantized) and x.dtype in (torch.bfloat16, torch.float16)):
                     for i, cfg in enumerate(triton_w8a8.FP8_QUANT_X_CONFIGS):  # x quantized inside the GEMM
                         if triton_w8a8.fp8_fits(k, cfg):
-                            out[f"triton-fp8q-{i}"] = lambda c=cfg: self._triton_fp8(x, bias, x.dtype, c)
+                            out[f"triton-fp8q-{i}"] = lambda m, x, c=cfg: m._triton_fp8(x, m._bias_as(x), x.dtype, c)
             else:
                 if triton_int4.available():
                     for i, cfg in enumerate(triton_w8a8.INT8_GEMM_CONFIGS):
-                        out[f"triton-int8-{i}"] = lambda c=cfg: self._triton_int8(quant, bias, x.dtype, c)
+                        out[f"triton-int8-{i}"] = lambda m, x, c=cfg: m._triton_int8(m._quantizer(x), m._bias_as(x),
+                                                                                       x.dtype, c)
                 if x.shape[0] > 16:
-                    out["int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
+                    out["int_mm"] = lambda m, x: m._int_mm(m._quantizer(x), m._bias_as(x), x.dtype)
         elif x.device.type == "cpu" and self.fmt == "int8" and cpu_int_mm_exact():
             # torch's CPU int8 x int8 -> int32 matmul (oneDNN; with AVX512-VNNI the layer is 1.4-3.5x fp32 at
             # M = 8-128, BENCHMARKS 8g), x quantized per token as the reference does: the same codes, exact sums
-            out["cpu-int_mm"] = lambda: self._int_mm(quant, bias, x.dtype)
-        out["dequant"] = lambda: self._reference(x)
+            out["cpu-int_mm"] = lambda m, x: m._int_mm(m._quantizer(x), m._bias_as(x), x.dtype)
+        out["dequant"] = lambda m, x: m._reference(x)
         return out
 
     def _triton_int8(self, quant, bias, dtype, cfg):
@@ -220,16 +229,16 @@ class W8A8Linear(PackedLinear):
                             "the reference (dequantize, then a float matmul: slower than bf16) with "
                             "NNSLIM_KERNEL=dequant")
                 _FP8_DEVICES.add(x2.device)
-        cands = self._candidates(x2)
         if self.kernel == "auto":
             key = ("w8a8", self.fmt, self.fast_accum, x2.device.type, str(x2.dtype), self.out_features, self.in_features,
                    select.m_bucket(x2.shape[0]))
-            name = select.choose(key, cands, x2.device)
-        elif self.kernel in cands:
-            name = self.kernel
+            fn = select.chosen_fn(self, key, x2, self._candidate_fns)
         else:
-            raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here; available: {', '.join(cands)}")
-        return cands[name]().reshape(*shape[:-1], self.out_features)
+            fns = self._candidate_fns(x2)
+            if self.kernel not in fns:
+                raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here; available: {', '.join(fns)}")
+            fn = fns[self.kernel]
+        return fn(self, x2).reshape(*shape[:-1], self.out_features)
 
 
 @functools.cache

@@ -146,7 +146,12 @@ class WeightOnlyLinear(PackedLinear):
         return self._prepared[key]
 
     def _candidates(self, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-        out: dict[str, Callable[[], torch.Tensor]] = {}
+        """The kernels that can run x here, each as a call of no arguments (the selector times these)."""
+        return {n: (lambda f=f: f(self, x)) for n, f in self._candidate_fns(x).items()}
+
+    def _candidate_fns(self, x: torch.Tensor) -> dict[str, Callable[["WeightOnlyLinear", torch.Tensor], torch.Tensor]]:
+        """{name: fn(layer, x)} of the kernels that can run x here (depends on x's device, dtype and rows only)."""
+        out: dict[str, Callable] = {}
         dev, k, g = x.device, self.in_features, self.group
         if dev.type == "cuda":
             if self.bits == 4 and k % 32 == 0 and g % 32 == 0:
@@ -155,7 +160,7 @@ class WeightOnlyLinear(PackedLinear):
                 if triton_int4.available():
                     configs = triton_int4.GEMV_CONFIGS if x.shape[0] == 1 else triton_int4.GEMM_CONFIGS
                     for i, cfg in enumerate(configs):
-                        out[f"triton-int4-{i}"] = lambda c=cfg: self._triton_int4(x, c)
+                        out[f"triton-int4-{i}"] = lambda m, x, c=cfg: m._triton_int4(x, c)
             if self.bits == 4 and x.shape[0] > 1:
                 from ...runtime.kernels import triton_int4
 
@@ -166,54 +171,54 @@ class WeightOnlyLinear(PackedLinear):
                     m = x.shape[0]
                     for i, cfg in enumerate(triton_int4.TC_CONFIGS):
                         if triton_int4_mma.tile_offered(cfg, m, bucket) and triton_int4.tc_fits(k, g, cfg["BLOCK_K"]):
-                            out[f"triton-int4tc-{i}"] = lambda c=cfg: self._triton_int4tc(x, c)
+                            out[f"triton-int4tc-{i}"] = lambda m, x, c=cfg: m._triton_int4tc(x, c)
                     for i, cfg in enumerate(triton_int4_mma.MMA_CONFIGS):
                         if triton_int4_mma.tile_offered(cfg, m, bucket) and triton_int4_mma.supports(x, k, g, cfg["BLOCK_K"]):
-                            out[f"triton-int4mma-{i}"] = lambda c=cfg: self._triton_int4mma(x, c)
+                            out[f"triton-int4mma-{i}"] = lambda m, x, c=cfg: m._triton_int4mma(x, c)
                     if x.shape[0] >= 64 and triton_int4.tc_fits(k, g, 32):
-                        out["triton-int4dq"] = lambda: F.linear(x, self._triton_dequant(x.dtype))
+                        out["triton-int4dq"] = lambda m, x: F.linear(x, m._triton_dequant(x.dtype))
             if self.bits == 4 and x.shape[0] <= 4:
                 from ...runtime.kernels import triton_int4
 
                 if triton_int4.available():
                     for i, cfg in enumerate(triton_int4.KMAJOR_CONFIGS):
                         if triton_int4.kmajor_tile(k, g, cfg["BLOCK_K"]) is not None:
-                            out[f"triton-int4k-{i}"] = lambda c=cfg: self._triton_int4k(x, c)
+                            out[f"triton-int4k-{i}"] = lambda m, x, c=cfg: m._triton_int4k(x, c)
                     from ...runtime.kernels import triton_int4_gemv
 
                     for i, cfg in enumerate(triton_int4_gemv.X2_CONFIGS):
                         if triton_int4_gemv.supports(x, k, g, cfg["BLOCK_K"]):
-                            out[f"triton-int4x-{i}"] = lambda c=cfg: self._triton_int4x(x, c)
+                            out[f"triton-int4x-{i}"] = lambda m, x, c=cfg: m._triton_int4x(x, c)
                     if triton_int4.perm_tile_words(k, g) is not None:
                         for i, cfg in enumerate(triton_int4.PERM_CONFIGS):
-                            out[f"triton-int4p-{i}"] = lambda c=cfg: self._triton_int4p(x, c)
+                            out[f"triton-int4p-{i}"] = lambda m, x, c=cfg: m._triton_int4p(x, c)
             if self.bits == 4 and x.shape[0] == 1:
                 from ...runtime.kernels import cuda_int4_gemv
 
                 if cuda_int4_gemv.offered() and cuda_int4_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_gemv.CONFIGS):
-                        out[f"cuda-int4-{i}"] = lambda c=cfg: self._cuda_int4(x, c)
+                        out[f"cuda-int4-{i}"] = lambda m, x, c=cfg: m._cuda_int4(x, c)
             if self.bits == 4:
                 from ...runtime.kernels import cuda_int4_mma_gemv
 
                 if cuda_int4_mma_gemv.offered() and cuda_int4_mma_gemv.supports(x, k, g):
                     for i, cfg in enumerate(cuda_int4_mma_gemv.CONFIGS):
                         if cuda_int4_mma_gemv.fits(cfg, x.shape[0]):
-                            out[f"cuda-int4mma-{i}"] = lambda c=cfg: self._cuda_int4mma(x, c)
+                            out[f"cuda-int4mma-{i}"] = lambda m, x, c=cfg: m._cuda_int4mma(x, c)
                 from ...runtime.kernels import cuda_int4_mma_gemm as cg
 
                 if cg.supports(x, k, g) and cg.offered():
                     for i, cfg in enumerate(cg.CONFIGS):
                         if cg.fits(cfg, g, x.shape[0]):
-                            out[f"cuda-int4mmag-{i}"] = lambda c=cfg: self._cuda_int4mmag(x, c)
+                            out[f"cuda-int4mmag-{i}"] = lambda m, x, c=cfg: m._cuda_int4mmag(x, c)
                 from ...runtime.kernels import gluon_int4_gemm as gg
 
                 if x.shape[0] > 16 and gg.offered() and gg.supports(x, k, g):  # (NNSLIM_GLUON_GEMM=0: left out)
                     for i, cfg in enumerate(gg.WS_CONFIGS):
                         if gg.fits(k, g, cfg, self.out_features) and cfg["BM"] <= max(64, select.m_bucket(x.shape[0])):
-                            out[f"gluon-int4ws-{i}"] = lambda c=cfg: self._gluon_int4ws(x, c)
+                            out[f"gluon-int4ws-{i}"] = lambda m, x, c=cfg: m._gluon_int4ws(x, c)
             if self.bits == 4 and x.dtype == torch.bfloat16 and g in (32, 64, 128, 256) and k % 128 == 0:
-                out["tinygemm"] = lambda: self._tinygemm(x)
+                out["tinygemm"] = lambda m, x: m._tinygemm(x)
         elif dev.type == "cpu":
             # torch's packed CPU kernels run 4-40x faster on bf16 activations than on fp32 ones (AVX2, BENCHMARKS
             # 3e): fp32 inputs also get a candidate that rounds x to bf16 and returns fp32 (NNSLIM_CPU_PACKED_BF16=0
@@ -221,16 +226,16 @@ class WeightOnlyLinear(PackedLinear):
             bf16_too = x.dtype == torch.float32 and env_choice("NNSLIM_CPU_PACKED_BF16", ("0", "1"), "1") == "1"
             if self.bits == 4 and g in (32, 64, 128, 256) and k % 32 == 0 and x.dtype in (torch.float32,
                                                                                            torch.bfloat16):
-                out["cpu-int4pack"] = lambda: self._cpu_int4(x)
+                out["cpu-int4pack"] = lambda m, x: m._cpu_int4(x)
                 if bf16_too:
-                    out["cpu-int4pack-bf16"] = lambda: self._cpu_int4(x.to(torch.bfloat16)).float()
+                    out["cpu-int4pack-bf16"] = lambda m, x: m._cpu_int4(x.to(torch.bfloat16)).float()
             # torch 2.13's _weight_int8pack_mm crashes the process (SIGSEGV) on bf16 rows when K % 16 != 0 (M > 1,
             # AVX512-BF16 EPYC): offered for K a multiple of 16 only
             if self.bits == 8 and self.symmetric and g == k and k % 16 == 0 and x.dtype in (torch.float32,):
-                out["cpu-int8pack"] = lambda: self._int8pack(x)
+                out["cpu-int8pack"] = lambda m, x: m._int8pack(x)
                 if bf16_too:
-                    out["cpu-int8pack-bf16"] = lambda: self._int8pack(x.to(torch.bfloat16)).float()
-        out["dequant"] = lambda: F.linear(x, self.dequantized_weight(x.dtype))
+                    out["cpu-int8pack-bf16"] = lambda m, x: m._int8pack(x.to(torch.bfloat16)).float()
+        out["dequant"] = lambda m, x: F.linear(x, m.dequantized_weight(x.dtype))
         return out
 
     def _triton_int4(self, x, config=None):
@@ -365,23 +370,25 @@ class WeightOnlyLinear(PackedLinear):
         x2 = x.reshape(-1, self.in_features)
         if self.input_scale is not None:
             x2 = x2 * self.input_scale.to(x2.dtype)
-        cands = self._candidates(x2)
         if self.kernel in ("auto",):
             key = ("wo", x2.device.type, self.bits, self.group, self.symmetric, str(x2.dtype),
                    self.out_features, self.in_features, select.m_bucket(x2.shape[0]))
-            name = select.choose(key, cands, x2.device)
-        elif self.kernel == "dequant":
-            name = "dequant"
-        elif self.kernel in cands:
-            name = self.kernel
-        elif self.kernel == "triton-int4" and any(c.startswith("triton-int4-") for c in cands):
-            name = next(c for c in cands if c.startswith("triton-int4-"))
+            fn = select.chosen_fn(self, key, x2, self._candidate_fns)
         else:
-            raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here (device {x2.device.type}, "
-                              f"{x2.dtype}, int{self.bits}, group {self.group}); available: {', '.join(cands)}")
+            fns = self._candidate_fns(x2)
+            if self.kernel == "dequant":
+                name = "dequant"
+            elif self.kernel in fns:
+                name = self.kernel
+            elif self.kernel == "triton-int4" and any(c.startswith("triton-int4-") for c in fns):
+                name = next(c for c in fns if c.startswith("triton-int4-"))
+            else:
+                raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here (device {x2.device.type}, "
+                                  f"{x2.dtype}, int{self.bits}, group {self.group}); available: {', '.join(fns)}")
+            fn = fns[name]
         self._recording = True  # layouts the chosen kernel reads are kept by compact()
         try:
-            y = cands[name]()
+            y = fn(self, x2)
         finally:
             self._recording = False
         if self.bias is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+import weakref
 from typing import Callable
 
 import torch
@@ -131,6 +132,29 @@ def choose(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], device
     return best
 
 
+_GENERATION = [0]  # bumped by reset(): a layer's kept choice belongs to one generation of _CHOICES
+_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> {call key: chosen fn(layer, x)}
+
+
+def chosen_fn(owner, key: tuple, x: torch.Tensor, build: Callable[[torch.Tensor], dict[str, Callable]]) -> Callable:
+    """fn(owner, x) of the candidate chosen for `key`. build(x) -> {name: fn(owner, x)} lists the candidates; once
+    the choice is settled the chosen function is kept for `owner` per (key, rows, input type, device, forced kernel)
+    and later calls go straight to it (kept beside the layer, not in it: a copy or a pickle of the layer is
+    unaffected). Building the candidates (dozens of closures and fit checks) on every call cost ~0.25 ms of Python
+    per linear, which made an eager 128-token prefill 3x slower than bf16."""
+    forced = os.environ.get("NNSLIM_KERNEL")
+    kept = _KEPT.setdefault(owner, {})
+    ckey = (key, x.shape[0], type(x), x.device, forced, _GENERATION[0])
+    fn = kept.get(ckey)
+    if fn is not None:
+        return fn
+    fns = build(x)
+    name = choose(key, {n: (lambda f=f: f(owner, x)) for n, f in fns.items()}, x.device)
+    if (forced and forced == name) or _CHOICES.get(key) == name or len(fns) == 1:  # settled, not a capture's pick
+        kept[ckey] = fns[name]
+    return fns[name]
+
+
 def kernel_table() -> list[dict]:
     """What was chosen for each key, with the measured milliseconds of every candidate."""
     rows = []
@@ -141,6 +165,7 @@ def kernel_table() -> list[dict]:
 
 
 def reset() -> None:
+    _GENERATION[0] += 1
     _CHOICES.clear()
     _TIMINGS.clear()
     _FLUSH_MS.clear()
