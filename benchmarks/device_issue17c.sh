@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 17, a check after two fixes (one device call): the eager prefill again (quantized linears now call the
-# kernel chosen for their shape directly, without rebuilding every candidate), fp8 batched decode (its self-check
-# now compares activation-quantized layers in one per-token scheme), then the GPU tests of the kernels, W8A8 and
-# the decoder. 8-layer Llama-7B-shaped model, random bf16 weights. From the repo root, through the device tool:
+# Issue 17, a check after two tries (one device call; BENCHMARKS 9s (3)): the eager prefill again (quantized linears
+# call the kernel chosen for their shape directly, without rebuilding every candidate), fp8 batched decode (whose
+# self-check refused the model in 9s), then the GPU tests of the kernels, W8A8 and the decoder (test_decode.py
+# includes the fused fp8 decoder vs the model's forward with NNSLIM_PDL=0 and 1). 8-layer Llama-7B-shaped model, random bf16 weights. From the repo root, through the device tool:
 #   OUT=$OUT bash benchmarks/device_issue17c.sh          (BUDGET_S=570 by default)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/tests NNSLIM_CACHE=${NNSLIM_CACHE:-/tmp/nnslim-cache}
