@@ -189,14 +189,20 @@ def _normalized_axis(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int | No
     return None
 
 
+def _channels_in(g, call):
+    """(input, output, channel axis, channel ids) of a per-channel layer's call; None when its input carries none."""
+    x = first_tensor(call)
+    info = g.info(x)
+    return None if info is None else (x, call.outputs[0], *info)
+
+
 @register_layer(*_NORMS)
 class NormLayer(Layer):
     def propagate(self, g, name, m, call):
-        x, y = first_tensor(call), call.outputs[0]
-        info = g.info(x)
-        if info is None:
+        tracked = _channels_in(g, call)
+        if tracked is None:
             return
-        axis, gids = info
+        x, y, axis, gids = tracked
         if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
             over = _normalized_axis(m, x, y)
             if over == axis:
@@ -230,11 +236,10 @@ class PReLULayer(Layer):
     """PReLU: one learned slope (elementwise, channels pass), or one per channel on axis 1 (sliced with them)."""
 
     def propagate(self, g, name, m, call):
-        x, y = first_tensor(call), call.outputs[0]
-        info = g.info(x)
-        if info is None:
+        tracked = _channels_in(g, call)
+        if tracked is None:
             return
-        axis, gids = info
+        x, y, axis, gids = tracked
         if m.num_parameters > 1:
             if axis != (1 if x.dim() > 1 else 0):
                 return g.drop(x, f"{name}: per-channel slopes on another axis than the channels")
