@@ -183,3 +183,39 @@ def test_weight_norm_layers_are_folded_and_reload_into_the_users_class(tmp_path,
         back = nnslim.load(tmp_path / "a", model=make())
         torch.testing.assert_close(back(calib[0]), res.model(calib[0]))
     assert res.report.variants[-1].metrics["output_cos_mean"] > (0.5 if method == "prune-magnitude" else 0.9)
+
+
+def test_a_gpt2_object_reaches_its_conv1d_layers_and_exports_every_length(tmp_path):
+    """GPT-2-family objects hold HF Conv1D, not nn.Linear: every Linear method said there was nothing to quantize
+    (folders were converted, objects were not); int8 then exported at the example's length only, folding the
+    position lookup into a constant (its quantized table 'not found in the graph')."""
+    import json
+
+    import numpy as np
+    import torch
+    import transformers as tf
+
+    import nnslim
+    from nnslim.runtime import make_runner
+
+    torch.manual_seed(0)
+    cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=300, n_positions=64)
+    model = tf.GPT2LMHeadModel(cfg).eval()
+    calib = [{"input_ids": torch.randint(0, 300, (2, 16))} for _ in range(4)]
+    rtn = nnslim.compress(model, "int4-rtn", calibration=calib, out=tmp_path / "w", report=False)
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # the caller's model is unchanged
+    with torch.no_grad():
+        back = nnslim.load(tmp_path / "w")
+        torch.testing.assert_close(back(**calib[0]).logits, rtn.model(**calib[0]).logits)
+    pruned = nnslim.compress(model, "prune-magnitude", calibration=calib, out=tmp_path / "p", report=False)
+    assert json.loads((tmp_path / "p" / "nnslim.json").read_text())["format"] == "hf"
+    theirs = tf.GPT2LMHeadModel.from_pretrained(str(tmp_path / "p")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(**calib[0]).logits, pruned.model(**calib[0]).logits, atol=1e-4, rtol=1e-4)
+    q = nnslim.compress(model, "int8-dynamic", calibration=calib, out=tmp_path / "q", report=False)
+    ids = torch.randint(0, 300, (3, 9))  # another batch and length than the example's
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.numpy()
+    got = make_runner(q.model, "onnxruntime")({"input_ids": ids.numpy()})
+    cos = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert got.shape == ref.shape and cos.min() > 0.99

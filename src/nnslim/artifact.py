@@ -387,10 +387,10 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     from .graph.modules import plain_module
 
     model = plain_module(model)
-    if model is not None:  # its weights are replaced: weight_norm & co. as compress folded them (pipeline.run_steps)
-        from .graph.modules import fold_foreign_parametrizations
+    if model is not None:  # its weights are replaced: weight_norm & co. and Conv1D as compress turned them
+        from .graph.modules import fold_foreign_parametrizations, linear_conv1d
 
-        fold_foreign_parametrizations(model)
+        fold_foreign_parametrizations(linear_conv1d(model))
     directory = Path(directory)
     meta = read_meta(directory)
     fmt = meta.get("format")

@@ -430,7 +430,7 @@ def _build_meta(hf: nn.Module, config) -> nn.Module | None:
     except Exception:  # a config transformers rejects: not expressible
         return None
     if getattr(hf, "nnslim_conv1d", None):
-        from .testbeds.base import linear_conv1d
+        from .graph.modules import linear_conv1d
 
         built = linear_conv1d(built)
     return built

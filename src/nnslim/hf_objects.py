@@ -63,5 +63,7 @@ def object_skeleton(directory: Path, weights: Path) -> torch.nn.Module:
     from .artifact import _check_config_size
 
     cls = transformers_class(directory)
+    from .graph.modules import linear_conv1d
+
     _check_config_size(None, weights, build=lambda: cls(config))
-    return cls(config)
+    return linear_conv1d(cls(config))

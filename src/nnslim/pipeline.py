@@ -147,8 +147,9 @@ def run_steps(model, recipe: Recipe, ctx: Context, inplace: bool = False):
     if isinstance(model, torch.nn.Module) and not inplace:
         model = copy.deepcopy(model)
     if isinstance(model, torch.nn.Module):
-        from .graph.modules import fold_foreign_parametrizations
+        from .graph.modules import fold_foreign_parametrizations, linear_conv1d
 
+        linear_conv1d(model)  # a GPT-2-family object's Conv1D layers are the Linears they compute
         folded = fold_foreign_parametrizations(model)
         if folded:
             ctx.notes.append(f"parametrizations (weight_norm, spectral_norm, ...) of {len(folded)} layers folded into "

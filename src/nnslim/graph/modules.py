@@ -158,3 +158,24 @@ def deployable_copy(model: nn.Module) -> nn.Module:
         if packable(m):
             replace_module(out, name, m.packed_form())
     return out
+
+
+def linear_conv1d(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace Hugging Face's Conv1D (GPT-2 family: a Linear storing its weight as [in, out]) with the
+    nn.Linear it is, so that every method, kernel and exporter sees a Linear. Outputs are unchanged."""
+    converted = []
+    for name, module in list(model.named_modules()):
+        if type(module).__name__ != "Conv1D" or not hasattr(module, "nf") or module.weight.dim() != 2:
+            continue
+        n_in, n_out = module.weight.shape
+        linear = torch.nn.Linear(n_in, n_out, bias=module.bias is not None, device=module.weight.device,
+                                 dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        replace_module(model, name, linear)
+        converted.append(name)
+    if converted:  # writers of HF-layout checkpoints must transpose these back (or refuse)
+        model.nnslim_conv1d = tuple(converted)
+    return model

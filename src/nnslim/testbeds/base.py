@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..graph.modules import linear_conv1d
 from ..runtime.base import Runner, TorchRunner
 
 
@@ -91,29 +92,6 @@ def check_hf_dir(path: Path, trust_remote_code: bool = False) -> dict:
                               "a model folder's code unless asked: pass --trust-remote-code "
                               "(trust_remote_code=True) if you trust this folder")
     return config
-
-
-def linear_conv1d(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace Hugging Face's Conv1D (GPT-2 family: a Linear storing its weight as [in, out]) with the
-    nn.Linear it is, so that every method, kernel and exporter sees a Linear. Outputs are unchanged."""
-    from ..graph.modules import replace_module
-
-    converted = []
-    for name, module in list(model.named_modules()):
-        if type(module).__name__ != "Conv1D" or not hasattr(module, "nf") or module.weight.dim() != 2:
-            continue
-        n_in, n_out = module.weight.shape
-        linear = torch.nn.Linear(n_in, n_out, bias=module.bias is not None, device=module.weight.device,
-                                 dtype=module.weight.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(module.weight.t())
-            if module.bias is not None:
-                linear.bias.copy_(module.bias)
-        replace_module(model, name, linear)
-        converted.append(name)
-    if converted:  # writers of HF-layout checkpoints must transpose these back (or refuse)
-        model.nnslim_conv1d = tuple(converted)
-    return model
 
 
 class HFTestbed(Testbed):
@@ -224,6 +202,19 @@ class HFTestbed(Testbed):
         return super().reference_runner()
 
 
+_TOKEN_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "decoder_input_ids",
+                 "decoder_attention_mask"}
+
+
+def _default_axes(module, name: str, value) -> dict[int, str]:
+    """The batch axis; for a transformers model object's token inputs also the sequence axis (a graph exported at
+    one fixed length would fold its position lookups into constants and take no other length)."""
+    is_hf = isinstance(getattr(getattr(module, "config", None), "model_type", None), str)
+    if is_hf and name in _TOKEN_INPUTS and np.ndim(value) == 2:
+        return {0: "batch", 1: "seq" if not name.startswith("decoder_") else "decoder_seq"}
+    return {0: "batch"}
+
+
 class ModuleTestbed(Testbed):
     """A user's own model with example inputs: the metric is output fidelity vs the original."""
 
@@ -240,7 +231,7 @@ class ModuleTestbed(Testbed):
         self._inputs = {k: to_numpy(v) for k, v in example_inputs.items()}
         self._calibration = calibration or []
         self.input_names = tuple(self._inputs)
-        self.dynamic_axes = dynamic_axes or {name: {0: "batch"} for name in self._inputs}
+        self.dynamic_axes = dynamic_axes or {name: _default_axes(module, name, v) for name, v in self._inputs.items()}
         self.default_batch = next(iter(self._inputs.values())).shape[0]
 
     def load_model(self) -> torch.nn.Module:
