@@ -13,7 +13,9 @@ def short_repr(value, limit: int = 80) -> str:
 
 def first_line(e: BaseException) -> str:
     """'Type: first line of the message' of an exception raised by user code or a library, for one-line errors."""
-    text = str(e).strip()
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # (torch.export colours its messages)
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 

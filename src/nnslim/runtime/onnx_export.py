@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import NnslimError
+from ..errors import NnslimError, first_line
 from . import export_cache
 from .base import OnnxModel
 
@@ -216,7 +216,7 @@ def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict |
         with _registry_built_once():
             _torch_export(module, args, example_inputs, tmp, output_names, opset, shapes, n_bytes)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e).split(": ", 1)[-1]
         if not _legacy_export(module, *legacy):
             hint = ("; for a transformers model, save it with its tokenizer to a folder (save_pretrained) and give "
                     "the folder: nnslim exports decoders with their KV cache and encoder-decoders as Optimum lays "
