@@ -481,3 +481,30 @@ def test_a_runtime_that_cannot_run_the_graph_is_left_out_of_the_report_with_its_
                for n in res.report.notes)
     meta = json.loads((tmp_path / "a" / "nnslim.json").read_text())
     assert meta["runtime"]["name"] == "onnxruntime"
+
+
+def test_an_embedding_looked_up_at_fixed_indices_is_folded_with_a_note(tmp_path):
+    """A position table indexed by a constant (a ViT / CLIP vision tower at a fixed image size) is folded into a
+    constant by the exporter, so its int8 table is not in the graph: the int8 export refused the whole model. The
+    folded rows are the dequantized ones (the int8 model's values); a note says they are stored in float."""
+    import torch
+    from torch import nn
+
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(48, 32)
+            self.pos = nn.Embedding(16, 32)
+            self.register_buffer("ids", torch.arange(16), persistent=False)
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.proj(x) + self.pos(self.ids)).mean(1))
+
+    torch.manual_seed(0)
+    calib = [torch.randn(2, 16, 48) for _ in range(4)]
+    res = nnslim.compress(Patches().eval(), {"method": "int8-dynamic", "preset": "transformer"}, calibration=calib,
+                          example_inputs=calib[0],
+                          out=tmp_path / "a", repeats=2, memory=False)
+    assert any("pos: looked up at fixed indices" in n for n in res.notes)
+    assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99
