@@ -103,3 +103,12 @@ def test_one_step_mapping_is_a_recipe():
     recipe = as_recipe({"method": "lowrank", "rank_ratio": 0.5})
     assert len(recipe.steps) == 1 and recipe.steps[0].rank_ratio == 0.5
     assert len(as_recipe({"steps": [{"method": "int8"}], "seed": 3}).steps) == 1
+
+
+def test_generate_of_a_module_without_a_tokenizer_says_what_to_give():
+    import torch
+
+    import nnslim
+
+    with pytest.raises(NnslimError, match="generate of a Linear object needs its tokenizer"):
+        nnslim.generate(torch.nn.Linear(4, 4), "hello", 3)

@@ -159,6 +159,10 @@ def generate(model, prompt: str | list[str], max_new_tokens: int = 64, testbed: 
         raise NnslimError(f"device={device!r} is not allowed; allowed: cpu, cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise NnslimError("device='cuda' is not allowed here: no CUDA GPU is visible")
+    if isinstance(model, torch.nn.Module) and testbed is None:
+        raise NnslimError(f"generate of a {type(model).__name__} object needs its tokenizer, which an object does not "
+                          "carry: give its Hugging Face folder (saved with save_pretrained, tokenizer included) as the "
+                          "model, or a testbed that has one (testbed=...)")
     r = resolve(model, testbed, None, trust_remote_code=trust_remote_code)
     tok = getattr(r.testbed, "tokenizer", None)
     if tok is None or not hasattr(r.testbed, "decode_prompt"):
