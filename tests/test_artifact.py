@@ -207,8 +207,9 @@ def test_a_gpt2_object_reaches_its_conv1d_layers_and_exports_every_length(tmp_pa
     with torch.no_grad():
         back = nnslim.load(tmp_path / "w")
         torch.testing.assert_close(back(**calib[0]).logits, rtn.model(**calib[0]).logits)
-    pruned = nnslim.compress(model, "prune-magnitude", calibration=calib, out=tmp_path / "p", report=False)
+    pruned = nnslim.compress(model, "prune-magnitude", calibration=calib, out=tmp_path / "p")  # with the report
     assert json.loads((tmp_path / "p" / "nnslim.json").read_text())["format"] == "hf"
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"  # its reload read the class only
     theirs = tf.GPT2LMHeadModel.from_pretrained(str(tmp_path / "p")).eval()
     with torch.no_grad():
         torch.testing.assert_close(theirs(**calib[0]).logits, pruned.model(**calib[0]).logits, atol=1e-4, rtol=1e-4)

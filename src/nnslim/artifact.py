@@ -349,6 +349,26 @@ def _empty_model(testbed) -> torch.nn.Module:
         return _config_only(testbed).load_model()
 
 
+def meta_dtype(meta: dict, directory: Path) -> torch.dtype:
+    """The dtype nnslim.json records for the weights, checked against those nnslim writes."""
+    dtype = _DTYPES.get(meta.get("dtype", "float32"))
+    if dtype is None:
+        raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
+                          f"allowed: {', '.join(_DTYPES)}")
+    return dtype
+
+
+def _as_saved(model: torch.nn.Module | None) -> torch.nn.Module | None:
+    """A skeleton whose weights a torch / compressed-tensors artifact replaces, in the form compress saved: Conv1D
+    as Linear, weight_norm & co. folded (pipeline.run_steps), changed in place."""
+    if model is None:
+        return None
+    from .graph.modules import fold_foreign_parametrizations, linear_conv1d
+
+    fold_foreign_parametrizations(linear_conv1d(model))
+    return model
+
+
 def _check_config_size(testbed, weights: Path | list[Path], build=None) -> None:
     """Build the config's model on the meta device first: its size must be within reach of the tensors the
     weights files store, so a crafted config.json cannot make nnslim allocate more than the files hold
@@ -387,10 +407,6 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
     from .graph.modules import plain_module
 
     model = plain_module(model)
-    if model is not None:  # its weights are replaced: weight_norm & co. and Conv1D as compress turned them
-        from .graph.modules import fold_foreign_parametrizations, linear_conv1d
-
-        fold_foreign_parametrizations(linear_conv1d(model))
     directory = Path(directory)
     meta = read_meta(directory)
     fmt = meta.get("format")
@@ -408,12 +424,13 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
         return OnnxModel(path)
     if fmt == "compressed-tensors":
         with big_allocations_mapped():
-            return _load_compressed_tensors(directory, meta, trust_remote_code, model)
-    if fmt == "hf":
+            return _load_compressed_tensors(directory, meta, trust_remote_code, _as_saved(model))
+    if fmt == "hf":  # (only the class of `model` is used: it stays as it is)
         return _load_hf(directory, meta, trust_remote_code, model)
     if fmt != "torch":
         raise NnslimError(f"{directory / META_FILE}: format={fmt!r} is not allowed; allowed: torch, onnx, "
                           "openvino, compressed-tensors, hf")
+    model = _as_saved(model)
     if model is None:
         testbed = testbed_from_architecture(meta.get("architecture", {}), directory, trust_remote_code)
         if testbed is None and "config.json" in (meta.get("files") or []):  # saved from a transformers object
@@ -428,10 +445,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
             empty = hasattr(testbed, "weights") and not meta.get("structured_plan") and not meta.get("sparse_storage")
             # a Hugging Face architecture is built with its parameters on meta: the file's tensors are assigned
             model = _empty_model(testbed) if empty else testbed.load_model()
-    dtype = _DTYPES.get(meta.get("dtype", "float32"))
-    if dtype is None:
-        raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
-                          f"allowed: {', '.join(_DTYPES)}")
+    dtype = meta_dtype(meta, directory)
     if meta.get("split_attention"):  # before the plan: a split block's heads may have been removed
         from .graph.attention import split_attention
 
@@ -549,10 +563,7 @@ def _load_hf(directory: Path, meta: dict, trust_remote_code: bool, model: torch.
     skeleton = testbed_for_hf_dir(directory, trust_remote_code, weights=False, task=task)
     _check_config_size(skeleton, files or [directory / WEIGHTS_FILE])
     testbed = testbed_for_hf_dir(directory, trust_remote_code, name=f"hf:{directory.name}", task=task)
-    dtype = _DTYPES.get(meta.get("dtype", "float32"))
-    if dtype is None:
-        raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
-                          f"allowed: {', '.join(_DTYPES)}")
+    dtype = meta_dtype(meta, directory)
     testbed.load_dtype = dtype
     return testbed.load_model()
 

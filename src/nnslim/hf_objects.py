@@ -40,30 +40,25 @@ def load_hf_object(directory: Path, meta: dict, model: torch.nn.Module | None):
     """A save_pretrained folder made from a transformers model object: read by the class of `model` when given,
     else by the transformers class config.json names (a class of the transformers package only, never code from
     the folder), as transformers' from_pretrained reads it (safetensors only)."""
-    from .artifact import _DTYPES, _plain_name
+    from .artifact import meta_dtype
     from .io import META_FILE
 
-    cls = type(model) if model is not None else transformers_class(directory)
-    files = [directory / _plain_name(f, directory) for f in meta.get("files", []) if str(f).endswith(".safetensors")]
-    dtype = _DTYPES.get(meta.get("dtype", "float32"))
-    if dtype is None:
-        raise NnslimError(f"{directory / META_FILE}: dtype={meta.get('dtype')!r} is not allowed; "
-                          f"allowed: {', '.join(_DTYPES)}")
-    if not files:
+    if not any(str(f).endswith(".safetensors") for f in meta.get("files", [])):
         raise NnslimError(f"{directory / META_FILE}: files lists no .safetensors weights")
-    return cls.from_pretrained(str(directory), dtype=dtype, use_safetensors=True, trust_remote_code=False).eval()
+    cls = type(model) if model is not None else transformers_class(directory)
+    return cls.from_pretrained(str(directory), dtype=meta_dtype(meta, directory), use_safetensors=True,
+                               trust_remote_code=False).eval()
 
 
 def object_skeleton(directory: Path, weights: Path) -> torch.nn.Module:
-    """The transformers class config.json names, built from it (its size checked against the weights first):
-    what a torch-format artifact saved from a transformers object loads into."""
+    """The transformers class config.json names, built from it (its size checked against the weights first, on
+    meta): what a torch-format artifact saved from a transformers object loads into."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
     from .artifact import _check_config_size
-
-    cls = transformers_class(directory)
     from .graph.modules import linear_conv1d
 
+    cls = transformers_class(directory)
+    config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
     _check_config_size(None, weights, build=lambda: cls(config))
     return linear_conv1d(cls(config))

@@ -486,8 +486,9 @@ def _calibrate_whole(model: nn.Module, samples: list[dict[str, Any]], targets: s
 def split_by_blocks(model: nn.Module, targets: dict[str, nn.Module]) -> tuple[set[str], dict[str, nn.Module]]:
     """(names inside the repeated blocks, {name: module} outside them); a model without repeated blocks is one
     block (calibrate_layerwise runs it whole)."""
-    if _blocks_or_none(model) is None:
+    found = _blocks_or_none(model)
+    if found is None:
         return set(targets), {}
-    prefix, _ = find_blocks(model)
+    prefix, _ = found
     inside = {n for n in targets if n.startswith(prefix + ".")}
     return inside, {n: m for n, m in targets.items() if n not in inside}

@@ -165,7 +165,7 @@ def _without_kv_cache(module: torch.nn.Module):
     """A Hugging Face model passed as a plain nn.Module returns its KV cache object unless its config says
     use_cache=False, and torch.export cannot return that object: the graph is exported without it (its outputs:
     logits / hidden states). nnslim's own LM wrappers export the cache as tensors and are not affected."""
-    config = getattr(module, "config", None)
+    config = getattr(module.inner if isinstance(module, _FlatOutputs) else module, "config", None)
     if config is None or getattr(config, "use_cache", None) is not True:
         yield
         return
