@@ -433,7 +433,8 @@ def bench_prefill(args) -> list[dict]:
                     base[(b, t)] = ms
                 row = {"variant": name, "batch": b, "prompt": t, "rows_M": b * t, "ms": round(ms, 3),
                        "tok_s": round(b * t / ms * 1e3, 1), "vs_bf16": round(base[(b, t)] / ms, 3),
-                       "gluon_gemm": os.environ.get("NNSLIM_GLUON_GEMM", "default")}
+                       "gluon_gemm": os.environ.get("NNSLIM_GLUON_GEMM", "default"),
+                       "fast_launch": os.environ.get("NNSLIM_FAST_LAUNCH", "default")}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         del model

@@ -19,6 +19,8 @@ overlap the next step's dequantization) point at as what remains.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 try:
@@ -31,6 +33,7 @@ except ImportError:  # CPU-only installs, or a Triton without Gluon
     gluon = None
 
 from ...errors import env_choice
+from .launch import launch
 from .triton_int4_mma import ASM, ASM_F16
 
 # launches for the benchmark sweep and the opt-in selector (BN weight rows, BM rows of x, BK, STAGES, warps). A BM =
@@ -52,6 +55,14 @@ def codes_layout(bn: int, kb: int, num_warps: int):
         reg.append([r, 0])
         r *= 2
     return gl.DistributedLinearLayout(reg_bases=reg, lane_bases=lane, warp_bases=warp, block_bases=[], shape=[bn, kb])
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_layouts(bm: int, bn: int, bk: int, dtype: torch.dtype) -> tuple:
+    """Shared-memory layouts of the x tile and the codes tile (built once per launch shape, not per call)."""
+    gdt = gl.float16 if dtype == torch.float16 else gl.bfloat16
+    return (gl.NVMMASharedLayout.get_default_for([bm, bk], gdt),
+            gl.NVMMASharedLayout.get_default_for([bn, bk // 2], gl.uint8))
 
 
 def base_of(dtype: torch.dtype) -> float:
@@ -170,18 +181,15 @@ def int4_gemm_ws(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zer
                          f"{scales.dtype}")
     if not fits(k, group, config, n):
         raise ValueError(f"int4 Gluon GEMM: launch {config} does not fit K={k}, group={group}")
-    bn, bm, bk = config["BN"], config["BM"], config["BK"]
-    gdt = gl.float16 if x.dtype == torch.float16 else gl.bfloat16
-    xl = gl.NVMMASharedLayout.get_default_for([bm, bk], gdt)
-    ql = gl.NVMMASharedLayout.get_default_for([bn, bk // 2], gl.uint8)
+    bn, bm, bk, warps = config["BN"], config["BM"], config["BK"], config["num_warps"]
+    xl, ql = _shared_layouts(bm, bn, bk, x.dtype)
     x_desc = TensorDescriptor.from_tensor(x.contiguous(), [bm, bk], xl)
     q_desc = TensorDescriptor.from_tensor(wperm, [bn, bk // 2], ql)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    grid = (-(-n // bn), -(-m // bm))
-    _int4_gemm_ws_kernel[grid](x_desc, q_desc, scales.contiguous(), zeros if zeros is not None else scales, y, m, n,
-                               y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
-                               ASM=ASM_F16 if x.dtype == torch.float16 else ASM, BASE=base_of(x.dtype), BN=bn, BM=bm,
-                               BK=bk,
-                               STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, config["num_warps"]),
-                               num_warps=config["num_warps"])
+    has_zero, f16 = zeros is not None, x.dtype == torch.float16
+    launch(_int4_gemm_ws_kernel, (-(-n // bn), -(-m // bm)),
+           (x_desc, q_desc, scales.contiguous(), zeros if has_zero else scales, y, m, n, y.stride(0)),
+           lambda: dict(K=k, GROUP=group, HAS_ZERO=has_zero, ASM=ASM_F16 if f16 else ASM, BASE=base_of(x.dtype), BN=bn,
+                        BM=bm, BK=bk, STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, warps), num_warps=warps),
+           key=(k, group, has_zero, f16, bn, bm, bk, config["STAGES"], warps))
     return y

@@ -34,6 +34,8 @@ except ImportError:  # CPU-only installs: the kernels are simply not offered
     triton = None
     tl = None
 
+from .launch import launch  # noqa: E402
+
 MAGIC = 8388608.0  # 2**23: float32 with bits 0x4B000000 | q equals 2**23 + q exactly
 
 
@@ -402,12 +404,13 @@ def int4_matmul(x: torch.Tensor, wk: torch.Tensor, st: torch.Tensor, zt: torch.T
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
         ws, cnt = _split_workspace(y, split, cfg["BLOCK_N"], workspace)
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), m, split)
-        _int4_gemv_kernel[grid](x, wk, st, zarg, y, ws, cnt, n, x.stride(0), y.stride(0), k, **common, **cfg)
+        launch(_int4_gemv_kernel, grid, (x, wk, st, zarg, y, ws, cnt, n, x.stride(0), y.stride(0)),
+               dict(K=k, **common, **cfg))
         return y
     y = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=torch.float32 if split > 1 else x.dtype,
                                                      device=x.device)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(m, cfg["BLOCK_M"]), split)
-    _int4_gemm_kernel[grid](x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0), k, **common, **cfg)
+    launch(_int4_gemm_kernel, grid, (x, wk, st, zarg, y, m, n, x.stride(0), y.stride(0)), dict(K=k, **common, **cfg))
     return y if split == 1 else y.to(x.dtype)
 
 
@@ -449,10 +452,10 @@ def int4_gemv_kmajor(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws, cnt = _split_workspace(y, split, bn, workspace)
     grid = (triton.cdiv(n, bn), m, split)
-    _int4_gemv_kmajor_kernel[grid](x, wq, scales, zeros if zeros is not None else scales, y, ws, cnt, n,
-                                   x.stride(0), y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None,
-                                   ZCONST=MAGIC + 8, BLOCK_N=bn, NG=tile[0], GW=tile[1], SPLIT_K=split,
-                                   num_warps=config["num_warps"])
+    launch(_int4_gemv_kmajor_kernel, grid, (x, wq, scales, zeros if zeros is not None else scales, y, ws, cnt, n,
+                                            x.stride(0), y.stride(0)),
+           dict(K=k, GROUP=group, HAS_ZERO=zeros is not None, ZCONST=MAGIC + 8, BLOCK_N=bn, NG=tile[0], GW=tile[1],
+                SPLIT_K=split, num_warps=config["num_warps"]))
     return y
 
 
@@ -487,10 +490,10 @@ def int4_gemv_perm(x: torch.Tensor, wp: torch.Tensor, bw: int, scales: torch.Ten
     split, bn = config["SPLIT_K"], config["BLOCK_N"]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws, cnt = _split_workspace(y, split, bn, workspace)
-    _int4_gemv_perm_kernel[(triton.cdiv(n, bn), m, split)](
-        x, wp, scales, zeros if zeros is not None else scales, y, ws, cnt, n, x.stride(0), y.stride(0), k,
-        GROUP=group, HAS_ZERO=zeros is not None, BW=bw, BLOCK_N=bn, UNROLL=config["UNROLL"], SPLIT_K=split,
-        num_warps=config["num_warps"])
+    launch(_int4_gemv_perm_kernel, (triton.cdiv(n, bn), m, split),
+           (x, wp, scales, zeros if zeros is not None else scales, y, ws, cnt, n, x.stride(0), y.stride(0)),
+           dict(K=k, GROUP=group, HAS_ZERO=zeros is not None, BW=bw, BLOCK_N=bn, UNROLL=config["UNROLL"],
+                SPLIT_K=split, num_warps=config["num_warps"]))
     return y
 
 
@@ -522,8 +525,9 @@ def int4_gemm_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty((m, n), dtype=x.dtype, device=x.device) if split == 1 else \
         torch.zeros((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]), split)
-    _int4_gemm_tc_kernel[grid](x, qweight, scales, zeros if zeros is not None else scales, y, m, n, x.stride(0),
-                               y.stride(0), k, GROUP=group, HAS_ZERO=zeros is not None, **cfg)
+    launch(_int4_gemm_tc_kernel, grid, (x, qweight, scales, zeros if zeros is not None else scales, y, m, n,
+                                         x.stride(0), y.stride(0)),
+           dict(K=k, GROUP=group, HAS_ZERO=zeros is not None, **cfg))
     return y if split == 1 else y.to(x.dtype)
 
 
@@ -536,7 +540,7 @@ def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
         if block_k < 2:
             raise ValueError(f"int4 dequantize: K={k}, group={group} has no tile")
     w = torch.empty((n, k), dtype=dtype, device=qweight.device)
-    _int4_dequant_kernel[(triton.cdiv(n, block_n), k // block_k)](
-        qweight, scales, zeros if zeros is not None else scales, w, n, k, GROUP=group, HAS_ZERO=zeros is not None,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    launch(_int4_dequant_kernel, (triton.cdiv(n, block_n), k // block_k),
+           (qweight, scales, zeros if zeros is not None else scales, w, n),
+           dict(K=k, GROUP=group, HAS_ZERO=zeros is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps))
     return w

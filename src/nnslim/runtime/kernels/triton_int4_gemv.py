@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .launch import launch
 from .pdl import launch_options
 from .triton_int4 import _split_workspace, available, kmajor_tile
 
@@ -146,10 +147,9 @@ def int4_gemv_x2(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     ws, cnt = _split_workspace(y, split, bn, workspace)
     grid = (triton.cdiv(n, bn), m, split)
-    _int4_gemv_x2_kernel[grid](x.view(torch.int32), qweight.contiguous().view(torch.int32), scales,
-                               zeros if zeros is not None else scales, y, ws, cnt, n, k // 2, y.stride(0), k,
-                               GROUP=group, HAS_ZERO=zeros is not None, NEG_BASE=NEG_BASE,
-                               ASM=config.get("ASM", ASM), BLOCK_N=bn,
-                               NG=tile[0], GW=tile[1], SPLIT_K=split, PREFETCH=config.get("PREFETCH", False),
-                               num_warps=config["num_warps"], **launch_options(x.device))
+    launch(_int4_gemv_x2_kernel, grid, (x.view(torch.int32), qweight.contiguous().view(torch.int32), scales,
+                                         zeros if zeros is not None else scales, y, ws, cnt, n, k // 2, y.stride(0)),
+           dict(K=k, GROUP=group, HAS_ZERO=zeros is not None, NEG_BASE=NEG_BASE, ASM=config.get("ASM", ASM), BLOCK_N=bn,
+                NG=tile[0], GW=tile[1], SPLIT_K=split, PREFETCH=config.get("PREFETCH", False),
+                num_warps=config["num_warps"], **launch_options(x.device)))
     return y

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .launch import launch
 from .pdl import launch_options
 
 try:
@@ -262,9 +263,8 @@ def int4_gemm_mma(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, ze
     packed = config.get("PACKED", True) and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
     cfg = {**config, "PACKED": packed}
     y, ws_p, ws_c, cfg = split_outputs(x.device, x.dtype, m, n, cfg)
-    _int4_gemm_mma_kernel[grid(m, n, cfg)](x, wperm, scales, zeros if zeros is not None else scales, y, ws_p, ws_c,
-                                           m, n, x.stride(0), y.stride(0), k, GROUP=group,
-                                           HAS_ZERO=zeros is not None,
-                                           ASM=ASM_F16 if x.dtype == torch.float16 else ASM, **cfg,
-                                           **launch_options(x.device))
+    launch(_int4_gemm_mma_kernel, grid(m, n, cfg), (x, wperm, scales, zeros if zeros is not None else scales, y, ws_p,
+                                                    ws_c, m, n, x.stride(0), y.stride(0)),
+           dict(K=k, GROUP=group, HAS_ZERO=zeros is not None, ASM=ASM_F16 if x.dtype == torch.float16 else ASM, **cfg,
+                **launch_options(x.device)))
     return y.to(x.dtype)

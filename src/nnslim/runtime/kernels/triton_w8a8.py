@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..rowquant import FP8_MAX, ROW_FORMATS, PreQuantized, quantize_rows_torch  # noqa: F401
+from .launch import launch
 from .pdl import launch_options
 from .triton_int4 import tl, triton
 
@@ -127,9 +128,9 @@ def quantize_rows(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, tor
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn if fp8 else torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(k)
-    _rowwise_quant_kernel[(m,)](x, q, s, x.stride(0), q.stride(0), K=k, BLOCK=block,
-                                QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8,
-                                num_warps=8 if block >= 4096 else 4, **launch_options(x.device))
+    launch(_rowwise_quant_kernel, (m,), (x, q, s, x.stride(0), q.stride(0)),
+           dict(K=k, BLOCK=block, QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8, num_warps=8 if block >= 4096 else 4,
+                **launch_options(x.device)))
     return q, s
 
 
@@ -177,10 +178,11 @@ def fp8_gemm_swap(q: torch.Tensor, w: torch.Tensor, sx: torch.Tensor | None, sw:
     if sx is None and q.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"fp8 GEMM quantizing x itself: x must be bfloat16 or float16, got {q.dtype}")
     y, ws_p, ws_c, cfg = split_outputs(q.device, out_dtype, m, n, config)
-    _fp8_gemm_swap_kernel[grid(m, n, cfg)](w, q, sw, sx if sx is not None else sw, bias if bias is not None else sw,
-                                           y, ws_p, ws_c, m, n, q.stride(0), y.stride(0), k,
-                                           HAS_BIAS=bias is not None, FAST_ACC=fast_accum, QUANT_X=sx is None,
-                                           **cfg, **launch_options(q.device))
+    launch(_fp8_gemm_swap_kernel, grid(m, n, cfg), (w, q, sw, sx if sx is not None else sw,
+                                                     bias if bias is not None else sw, y, ws_p, ws_c, m, n, q.stride(0),
+                                                     y.stride(0)),
+           dict(K=k, HAS_BIAS=bias is not None, FAST_ACC=fast_accum, QUANT_X=sx is None, **cfg,
+                **launch_options(q.device)))
     return y.to(out_dtype)
 
 
@@ -192,6 +194,6 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, sa: torch.Tensor, sb: torch.Tens
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
     cfg = config or INT8_GEMM_CONFIGS[0]
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
-    _int8_gemm_kernel[grid](a, b, sa, sb, bias if bias is not None else sa, c, m, n, k,
-                            HAS_BIAS=bias is not None, **cfg)
+    launch(_int8_gemm_kernel, grid, (a, b, sa, sb, bias if bias is not None else sa, c, m, n, k),
+           dict(HAS_BIAS=bias is not None, **cfg))
     return c
