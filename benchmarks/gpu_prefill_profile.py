@@ -122,7 +122,9 @@ def layer_part(args) -> None:
         x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
         ref = _events_ms(lambda: lin(x), 20)
         print(f"== one int4 linear {k}->{n}, M={rows}: bf16 F.linear eager {ref:.4f} ms", flush=True)
-        for cname, fn in m._candidates(x).items():
+        seen: dict[str, float] = {}
+        cands = {"module-forward": lambda: m(x), **m._candidates(x)}  # the layer as a model calls it (selector, wrapper)
+        for cname, fn in cands.items():
             try:
                 fn()
                 torch.cuda.synchronize()
@@ -133,6 +135,19 @@ def layer_part(args) -> None:
                 print(f"   {cname}: does not run ({type(e).__name__})")
                 continue
             print(f"   {cname:18s} graph {graph:.4f} ms  eager {eager:.4f} ms  host issue {host:.4f} ms", flush=True)
+            seen[cname] = graph
+        for cname in ["module-forward"] + sorted(seen, key=seen.get)[:3]:  # where the host time goes
+            fn = cands[cname]
+            pr = cProfile.Profile()
+            pr.enable()
+            for _ in range(200):
+                fn()
+            pr.disable()
+            torch.cuda.synchronize()
+            out = io.StringIO()
+            pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(14)
+            body = [ln for ln in out.getvalue().splitlines() if ln.strip() and ("{" in ln or ".py" in ln)]
+            print(f"-- {cname}: 200 calls, top functions by own time\n" + "\n".join(body), flush=True)
 
 
 def selfcheck_part(args) -> None:

@@ -68,6 +68,43 @@ def test_static_decoder_refuses_what_it_would_decode_wrong():
         StaticDecoder(_tiny(tf.StableLmConfig, tf.StableLmForCausalLM), max_len=24, use_graph=False)
 
 
+def test_self_check_resolution_is_the_models_own_rounding_noise(monkeypatch):
+    """A half-precision model whose logits move under one rounding of its input (8 random fp8 layers on an H100:
+    0.19, where the fused decoder differed by 0.15 and was refused) is checked to that resolution, with a note;
+    beyond twice that noise it is still refused, the noise named. bf16 Granite's scaled residuals stay refused."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256)
+    lm = tf.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        for p in lm.parameters():  # 12 layers of large random weights: a model that amplifies every rounding
+            p.mul_(4.0)
+        ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+        ref = lm(input_ids=ids, use_cache=False).logits[:, -1].float()
+    probe = StaticDecoder(lm, max_len=16, use_graph=False)
+    noise = probe._rounding_noise(ids, ref)
+    assert noise > 0.06, noise  # (0.088 here)
+    honest = StaticDecoder.forward
+    span = float(ref.abs().max())
+    for shift, ok in [(1.5, True), (2.5, False)]:
+        def shifted(self, tokens, pos, shift=shift):
+            out = honest(self, tokens, pos)
+            return out + (shift * noise * max(1.0, span)) * (torch.arange(out.shape[-1]) == 0)
+        monkeypatch.setattr(StaticDecoder, "forward", shifted)
+        if ok:
+            assert "within twice what one rounding of its input moves them" in StaticDecoder(
+                lm, max_len=16, use_graph=False).fused_note
+        else:
+            with pytest.raises(NnslimError, match="one rounding of the input moves them by"):
+                StaticDecoder(lm, max_len=16, use_graph=False)
+    monkeypatch.setattr(StaticDecoder, "forward", honest)
+    granite = _tiny(tf.GraniteConfig, tf.GraniteForCausalLM, residual_multiplier=0.5, logits_scaling=2.0)
+    with pytest.raises(NnslimError, match="does not reproduce GraniteForCausalLM"):
+        StaticDecoder(granite.to(torch.bfloat16), max_len=24, use_graph=False)
+
+
 def test_static_decoder_runs_per_head_qk_norms():
     """Qwen3: RMSNorm over each head's queries / keys before rotary (unfused path; the fused one below)."""
     import transformers as tf

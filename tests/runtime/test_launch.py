@@ -74,3 +74,17 @@ def test_fast_launches_match_triton_and_respect_constexprs_and_alignment():
     L.launch(_positional_constexpr, (1,), (z, 5), {})  # a constexpr passed by position: always through Triton
     assert id(_positional_constexpr) in L._SLOW
     assert float(z) == 15.0
+
+
+def test_no_launch_hook_is_installed_by_default_and_one_sends_launches_through_triton():
+    pytest.importorskip("triton")
+    from triton import knobs
+
+    assert not L._hooked()
+    hook = lambda *a, **k: None  # noqa: E731
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        assert L._hooked()
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert not L._hooked()

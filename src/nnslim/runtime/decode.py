@@ -73,6 +73,11 @@ def _structure_blocker(lm: torch.nn.Module, base: torch.nn.Module, max_len: int)
     return None
 
 
+def _logit_gap(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest absolute logit difference, relative to the largest reference logit (at least 1)."""
+    return float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+
+
 class StaticDecoder:
     def __init__(self, lm: torch.nn.Module, max_len: int, use_graph: bool | None = None,
                  fused: bool | None = None, batch: int = 1, kv_cache: str = "model", norm_quant: bool = True):
@@ -138,13 +143,34 @@ class StaticDecoder:
             raise
         except Exception as e:  # noqa: BLE001 - a layout this decoder misreads fails here, named in one line
             raise NnslimError(f"StaticDecoder cannot run {type(self.lm).__name__}: {first_line(e)}") from e
-        err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+        err = _logit_gap(got, ref)
         # half precision: fused kernels and concatenated linears round differently from the model's own path
         # (what differs in structure, e.g. Granite's scaled residuals, is off by tens of percent)
         tolerance = 1e-3 if self.dtype == torch.float32 else 0.1
-        if not err <= tolerance:
-            raise NnslimError(f"StaticDecoder does not reproduce {type(self.lm).__name__}: its prefill logits differ "
-                              f"from the model's own forward by {err:.3g} (relative) > {tolerance}")
+        if err <= tolerance:
+            return
+        noise = self._rounding_noise(ids, ref) if self.dtype != torch.float32 else 0.0
+        if err <= 2 * noise:
+            # a model whose own logits move this much under one rounding of its input (random weights, activation-
+            # quantized layers: 8 random fp8 layers 0.19 on an H100, BENCHMARKS 9t) cannot be checked more finely
+            self.fused_note += (f"; self-check: prefill logits {err:.3g} from the model's forward, within twice what "
+                                f"one rounding of its input moves them ({noise:.3g})")
+            return
+        raise NnslimError(f"StaticDecoder does not reproduce {type(self.lm).__name__}: its prefill logits differ "
+                          f"from the model's own forward by {err:.3g} (relative) > {tolerance}"
+                          + (f" (one rounding of the input moves them by {noise:.3g})" if noise else ""))
+
+    def _rounding_noise(self, ids: torch.Tensor, ref: torch.Tensor) -> float:
+        """How far the model's own last-token logits move when its input embeddings are scaled by 1 + 2^-8 (about
+        one bf16 rounding): the resolution at which any reimplementation of it can be checked. 0 when the model
+        takes no inputs_embeds."""
+        try:
+            with torch.no_grad():
+                emb = self.base.embed_tokens(ids)
+                moved = self.lm(inputs_embeds=(emb.float() * (1 + 2 ** -8)).to(emb.dtype), use_cache=False)
+            return _logit_gap(moved.logits[:, -1].float(), ref)
+        except Exception:  # noqa: BLE001 - a model without inputs_embeds: checked at the fixed tolerance only
+            return 0.0
 
     def _fusion_blocker(self, explicit: bool) -> str | None:
         from .fuse import concat_blocker

@@ -48,11 +48,14 @@ def _spec(a: Any):
 
 
 def _hooked() -> bool:
+    """Whether a launch hook (a profiler such as proton) is installed: such launches go through Triton. Triton 3.6
+    keeps its hooks as chains that are empty when none is set."""
     try:
         from triton import knobs
     except ImportError:
         return True
-    return knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None
+    return any(h is not None and (not hasattr(h, "calls") or bool(h.calls))
+               for h in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook))
 
 
 def _stream(device: int) -> int:
