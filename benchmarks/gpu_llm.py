@@ -4,6 +4,7 @@
   python benchmarks/gpu_llm.py decode    # Llama-7B-shaped model, batch-1 greedy decode in a CUDA graph
   python benchmarks/gpu_llm.py batched   # fused decode at batch 1/8/32 and KV-cache formats, with memory floors
   python benchmarks/gpu_llm.py prefill --batch 1,4 --prompt-lens 128,512,2048   # the prompt's forward pass
+  python benchmarks/gpu_llm.py prefill ... --graph   # the same forward replayed from a CUDA graph (kernels only)
   python benchmarks/gpu_llm.py gptq      # GPTQ of the whole 7B-shaped model: wall time, peak GPU memory
   python benchmarks/gpu_llm.py render --json FILE   # Markdown table of a saved run (no GPU needed)
 
@@ -417,14 +418,19 @@ def bench_prefill(args) -> list[dict]:
                 ids = torch.randint(0, model.config.vocab_size, (b, t), device="cuda",
                                     generator=torch.Generator(device="cuda").manual_seed(0))
                 with torch.no_grad():
-                    for _ in range(3):
+                    def fwd():
                         model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                    for _ in range(3):
+                        fwd()
                     torch.cuda.synchronize()
+                    run = _graphed(fwd) if args.graph else fwd
+                    if run is None:
+                        continue
                     times = []
                     for _ in range(max(1, args.runs) * 5):
                         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                         start.record()
-                        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                        run()
                         end.record()
                         torch.cuda.synchronize()
                         times.append(start.elapsed_time(end))
@@ -432,14 +438,35 @@ def bench_prefill(args) -> list[dict]:
                 if name == "bf16":
                     base[(b, t)] = ms
                 row = {"variant": name, "batch": b, "prompt": t, "rows_M": b * t, "ms": round(ms, 3),
-                       "tok_s": round(b * t / ms * 1e3, 1), "vs_bf16": round(base[(b, t)] / ms, 3),
+                       "tok_s": round(b * t / ms * 1e3, 1), "vs_bf16": round(base[(b, t)] / ms, 3) if (b, t) in base else None,
                        "gluon_gemm": os.environ.get("NNSLIM_GLUON_GEMM", "default"),
-                       "fast_launch": os.environ.get("NNSLIM_FAST_LAUNCH", "default")}
+                       "fast_launch": os.environ.get("NNSLIM_FAST_LAUNCH", "default"),
+                       "mode": "cuda-graph" if args.graph else "eager"}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         del model
         torch.cuda.empty_cache()
     return rows
+
+
+def _graphed(fn):
+    """fn captured in a CUDA graph (after its warm-up: the kernel selector has chosen), as graph.replay; None, with
+    the reason printed, when the forward cannot be captured."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        g.replay()
+        torch.cuda.synchronize()
+        return g.replay
+    except Exception as e:  # noqa: BLE001 - reported, the row left out
+        print(f"not capturable in a CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
+        return None
 
 
 def profile_step(model, prompt_len: int) -> None:
@@ -537,6 +564,8 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-lens", default="128,512,2048", help="prefill: prompt lengths")
+    ap.add_argument("--graph", action="store_true", help="prefill: replay each forward from a CUDA graph (no host "
+                    "overhead: what the kernels alone give)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--variants", default="int4")
     ap.add_argument("--batch", default="1,8,32", help="batched: batch sizes")

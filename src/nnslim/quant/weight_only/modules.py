@@ -322,8 +322,10 @@ class WeightOnlyLinear(PackedLinear):
         from ...runtime.kernels import gluon_int4_gemm as gg, triton_int4_mma
 
         wp = self._prep("triton-int4-mma", x.device, lambda: (triton_int4_mma.to_mma_layout(self.qweight),))[0]
+        desc = self._prep(f"gluon-codes-{config['BN']}x{config['BK']}", x.device,
+                          lambda: (gg.codes_descriptor(wp, config),))[0]  # the weight's TMA descriptor, built once
         return gg.int4_gemm_ws(x.contiguous(), wp, self._scales_as(x), None if self.symmetric else self.zeros,
-                               self.group, config)
+                               self.group, config, desc)
 
     def _triton_dequant(self, dtype):
         from ...runtime.kernels import triton_int4
@@ -386,11 +388,12 @@ class WeightOnlyLinear(PackedLinear):
                 raise NnslimError(f"kernel={self.kernel!r} cannot run this layer here (device {x2.device.type}, "
                                   f"{x2.dtype}, int{self.bits}, group {self.group}); available: {', '.join(fns)}")
             fn = fns[name]
-        self._recording = True  # layouts the chosen kernel reads are kept by compact()
+        state = self.__dict__  # (a plain attribute: set without nn.Module.__setattr__, a few us per call on a GPU host)
+        state["_recording"] = True  # layouts the chosen kernel reads are kept by compact()
         try:
             y = fn(self, x2)
         finally:
-            self._recording = False
+            state["_recording"] = False
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)

@@ -167,11 +167,17 @@ if gluon is not None:
                  mask=(om < M)[None, :] & (on < N)[:, None])
 
 
+def codes_descriptor(wperm: torch.Tensor, config: dict):
+    """The TMA descriptor of the permuted codes for a launch configuration (a layer keeps it: its weight is fixed)."""
+    bn, bk = config["BN"], config["BK"]
+    return TensorDescriptor.from_tensor(wperm, [bn, bk // 2], _shared_layouts(config["BM"], bn, bk, torch.bfloat16)[1])
+
+
 def int4_gemm_ws(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
-                 config: dict) -> torch.Tensor:
+                 config: dict, q_desc=None) -> torch.Tensor:
     """y [M, N] = x [M, K] (bf16 / fp16) @ W.T from the permuted codes `wperm` [N, K / 2] (to_mma_layout), scales
     [N, K / group] in x's dtype and, for asymmetric weights, zero points [N, K / group]; sm_90 (TMA, wgmma, warp
-    specialization)."""
+    specialization). q_desc: `codes_descriptor(wperm, config)`, kept by the caller (built here when None)."""
     m, k = x.shape
     n = wperm.shape[0]
     if gluon is None:
@@ -184,7 +190,8 @@ def int4_gemm_ws(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zer
     bn, bm, bk, warps = config["BN"], config["BM"], config["BK"], config["num_warps"]
     xl, ql = _shared_layouts(bm, bn, bk, x.dtype)
     x_desc = TensorDescriptor.from_tensor(x.contiguous(), [bm, bk], xl)
-    q_desc = TensorDescriptor.from_tensor(wperm, [bn, bk // 2], ql)
+    if q_desc is None:
+        q_desc = TensorDescriptor.from_tensor(wperm, [bn, bk // 2], ql)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     has_zero, f16 = zeros is not None, x.dtype == torch.float16
     launch(_int4_gemm_ws_kernel, (-(-n // bn), -(-m // bm)),
