@@ -29,6 +29,10 @@ def load(path: str | Path, model: torch.nn.Module | None = None, stream: bool = 
          trust_remote_code: bool = False, offload_dir: str | Path | None = None):
     """Load an nnslim artifact dir, an ONNX file or a Hugging Face model dir (see resolve).
 
+    model: a skeleton of the artifact's class for a model nnslim cannot rebuild alone (your own nn.Module class).
+    It is filled in place and returned, as ModelOpt's restore does: its weights are replaced and its layers swapped
+    for the artifact's compressed or pruned ones; give a fresh instance (or a copy), not a model you still use.
+
     stream=True (a Hugging Face dir of safetensors shards): the model is built with its parameters on the
     meta device (in the checkpoint's dtypes) and the layer-wise methods (int4-rtn / gptq / awq,
     int8-weight-only, fp8 / int8-w8a8, magnitude / 2:4 / Wanda / SparseGPT pruning) read each layer or

@@ -314,3 +314,21 @@ def test_mean_pooled_head_runs_the_same_in_both_runtimes(tmp_path):
     feed = {"ids": data[0]["ids"].numpy()}
     a, b = (np.asarray(make_runner(res.model, rt)(feed)).ravel() for rt in ("onnxruntime", "openvino"))
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
+
+
+def test_nothing_left_to_quantize_says_what_kept_each_layer():
+    """SqueezeBERT: its encoder is Conv1d, its only Linears the pooler and classifier the transformer preset keeps in
+    float: int8-dynamic said "no Linear/Conv layer left (check `ignore`)", which named neither."""
+    import transformers as tf
+
+    from nnslim import NnslimError
+
+    cfg = tf.SqueezeBertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                               vocab_size=50, embedding_size=32, num_labels=2)
+    model = tf.SqueezeBertForSequenceClassification(cfg).eval()
+    inp = {"input_ids": torch.randint(1, 50, (2, 8))}
+    with pytest.raises(NnslimError, match=r"no nn.Linear layer left to quantize in SqueezeBertForSequenceClassification: "
+                                          r"2 outside `ignore` \(2 kept in float as the transformer preset's head / "
+                                          r"pooler\); int8-dynamic quantizes nn.Linear only and its 6 convolution"):
+        nnslim.quantize(model, "int8-dynamic", calibration=[inp], example_inputs=inp)
+    assert nnslim.quantize(model, "int8", calibration=[inp], example_inputs=inp) is not model  # static takes the convs

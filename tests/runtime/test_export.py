@@ -508,3 +508,33 @@ def test_an_embedding_looked_up_at_fixed_indices_is_folded_with_a_note(tmp_path)
                           out=tmp_path / "a", repeats=2, memory=False)
     assert any("pos: looked up at fixed indices" in n for n in res.notes)
     assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic"])
+def test_an_embedding_looked_up_twice_exports_as_int8(tmp_path, method):
+    """LayoutLM reads its x / y position tables twice (box left and right): the int8 export named both lookups' nodes
+    alike and ONNX Runtime refused the graph ("two nodes with same node name"). Each lookup gets its own names, both
+    read the one int8 table."""
+    import onnx
+    import torch
+    from torch import nn
+
+    class TwoLookups(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x_pos = nn.Embedding(64, 32)
+            self.proj = nn.Linear(32, 32)
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, box):
+            return self.head(torch.relu(self.proj(self.x_pos(box[..., 0]) + self.x_pos(box[..., 1]))).mean(1))
+
+    torch.manual_seed(0)
+    calib = [torch.randint(0, 64, (2, 8, 2)) for _ in range(4)]
+    res = nnslim.compress(TwoLookups().eval(), {"method": method, "preset": "transformer"}, calibration=calib,
+                          example_inputs=calib[0], out=tmp_path / "a", repeats=2, memory=False)
+    graph = onnx.load(str(next((tmp_path / "a").glob("*.onnx")))).graph
+    tables = [i.name for i in graph.initializer if i.name.endswith(".table_q")]
+    assert tables == ["nnslim_q/x_pos.table_q"]
+    assert sum(n.op_type == "Gather" and n.input[0] == tables[0] for n in graph.node) == 2
+    assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99

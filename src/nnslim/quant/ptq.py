@@ -146,16 +146,26 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
 
     split_mha(model, config.ignore)  # nn.MultiheadAttention: q/k/v/out as called Linears (graph/attention.py)
     layers = select_layers(model, (nn.Linear,) if dynamic else QUANTIZABLE, config.ignore)
+    found = len(layers)
     # Linears whose weight the model reads itself (nn.MultiheadAttention's out_proj): a wrapper is never called
     read = direct_reads(model)
     layers = {n: m for n, m in layers.items() if n not in read}
+    direct = found - len(layers)
     if preset == "transformer":
         layers = {n: m for n, m in layers.items() if not any(re.search(e[3:], n) for e in TRANSFORMER_IGNORE)}
     if not layers:
+        convs = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) for m in model.modules())
         if dynamic and not any(isinstance(m, nn.Linear) for m in model.modules()):
             raise NnslimError(f"int8-dynamic quantizes nn.Linear layers only (dynamic int8 runtimes have no "
                               f"convolution kernels) and {type(model).__name__} has none; use int8 (static)")
-        raise NnslimError("no Linear/Conv layer left to quantize (check `ignore`)")
+        why = [f"{direct} read directly by the model"] if direct else []
+        if preset == "transformer" and found - direct:
+            why.append(f"{found - direct} kept in float as the transformer preset's head / pooler")
+        hint = (f"; int8-dynamic quantizes nn.Linear only and its {convs} convolution(s) need int8 (static)"
+                if dynamic and convs else "; check `ignore`")
+        raise NnslimError(f"no {'nn.Linear' if dynamic else 'Linear/Conv'} layer left to quantize in "
+                          f"{type(model).__name__}: {found} outside `ignore`" + (f" ({', '.join(why)})" if why else "")
+                          + hint)
     return layers
 
 

@@ -123,17 +123,19 @@ def _tied_heads(spec: dict[str, dict]) -> dict[str, str]:
     return out
 
 
-def _lookup(node, t: dict[str, str]) -> list:
+def _lookup(node, t: dict[str, str], use: int = 0) -> list:
     """An embedding Gather on the int8 table: gather the rows, then dequantize only them (Cast, minus the
     gathered zero point, times the gathered row scale). A DequantizeLinear of the whole table before the Gather
-    would dequantize every row on every run in ONNX Runtime (BENCHMARKS 8f: int8 MiniLM 2.2x at batch 1)."""
+    would dequantize every row on every run in ONNX Runtime (BENCHMARKS 8f: int8 MiniLM 2.2x at batch 1).
+    use: how many lookups of this table came before (LayoutLM reads its x / y tables twice): each gets its own
+    node and value names, all reading the one int8 table."""
     from onnx import TensorProto, helper
 
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
     if axis != 0:
         raise NnslimError(f"embedding lookup {node.name!r} gathers along axis {axis}; int8 tables are looked up "
                           "along axis 0")
-    ids, out, b = node.input[1], node.output[0], t["base"]
+    ids, out, b = node.input[1], node.output[0], t["base"] + (f"/use{use}" if use else "")
     nodes = [helper.make_node("Gather", [t["q"], ids], [f"{b}.rows_q"], name=f"{b}/rows"),
              helper.make_node("Cast", [f"{b}.rows_q"], [f"{b}.rows_f"], to=TensorProto.FLOAT, name=f"{b}/cast"),
              helper.make_node("Gather", [t["scale_col"], ids], [f"{b}.rows_s"], name=f"{b}/rows_s")]
@@ -257,7 +259,9 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         elif node.op_type == "Gather" and node.input[0] in inits:
             match = match_of(inits[node.input[0]], lookup=True)
             if match is not None:
-                rewritten += _lookup(node, table(match[0]))
+                n_use = uses.get(match[0], 0)
+                uses[match[0]] = n_use + 1
+                rewritten += _lookup(node, table(match[0]), n_use)
                 continue
             rewritten.append(node)
             continue
