@@ -119,3 +119,17 @@ def test_earlier_masks_survive_movement_and_its_slicing():
     dense = res.model.bert.encoder.layer[0].intermediate.dense
     assert dense.out_features == 96  # a quarter of the 128 neurons went
     assert float((dense.weight == 0).float().mean()) >= 0.45  # the magnitude zeros stayed through training
+
+
+def test_drop_layers_refuses_a_model_whose_config_derives_its_depth():
+    """Funnel's config computes num_hidden_layers from block_sizes and refuses to be set: drop-layers crashed with
+    transformers' NotImplementedError after cutting the block list. It refuses before changing anything."""
+    import transformers as tf
+
+    cfg = tf.FunnelConfig(d_model=32, n_head=2, d_head=16, d_inner=64, block_sizes=[1, 1], vocab_size=50,
+                          num_labels=2)
+    model = tf.FunnelForSequenceClassification(cfg).eval()
+    inp = {"input_ids": torch.randint(1, 50, (2, 8))}
+    with pytest.raises(NnslimError, match=r"config cannot express fewer layers \(FunnelConfig.num_hidden_layers"):
+        nnslim.prune(model, "drop-layers", example_inputs=inp, calibration=[inp])
+    assert len(model.funnel.encoder.blocks) == 2

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NnslimError
+from ..errors import NnslimError, first_line
 
 _BY_TYPE: dict[type, "Layer"] = {}
 _MATCHERS: list[tuple[Callable[[nn.Module], bool], "Layer"]] = []
@@ -422,6 +422,15 @@ def keep_blocks(model: nn.Module, module: str, keep: list[int]) -> None:
     if not keep or len(set(keep)) != len(keep) or any(not 0 <= i < len(blocks) for i in keep):
         raise NnslimError(f"blocks to keep {list(keep)} are not allowed; allowed: distinct indices in 0..{len(blocks) - 1}")
     old = len(blocks)
+    counting = [m.config for m in model.modules()  # HF configs (the model's and its submodules') that count the layers
+                if getattr(getattr(m, "config", None), "num_hidden_layers", None) == old]
+    for cfg in counting:
+        try:
+            cfg.num_hidden_layers = old  # a config that derives the count (Funnel: block_sizes) refuses any value
+        except Exception as e:  # noqa: BLE001 - transformers raises NotImplementedError, others may differ
+            raise NnslimError(f"{module!r}: {type(model).__name__}'s config cannot express fewer layers "
+                              f"({type(cfg).__name__}.num_hidden_layers cannot be set: {first_line(e)}); "
+                              f"drop-layers does not apply to it") from e
     new = nn.ModuleList([blocks[i] for i in keep])
     for j, block in enumerate(new):
         for m in block.modules():
@@ -429,9 +438,8 @@ def keep_blocks(model: nn.Module, module: str, keep: list[int]) -> None:
                 m.layer_idx = j
     parent, _, child = module.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
-    for m in model.modules():  # HF configs (the model's and its submodules') that count the layers
-        cfg = getattr(m, "config", None)
-        if cfg is not None and getattr(cfg, "num_hidden_layers", None) == old:
+    for cfg in counting:
+        if cfg.num_hidden_layers == old:  # (a config shared by several modules is set once)
             cfg.num_hidden_layers = len(keep)
             for attr in ("layer_types",):
                 values = getattr(cfg, attr, None)
