@@ -78,3 +78,13 @@ def test_token_nll_in_float32_matches_the_float64_computation():
     logz = (m + np.log(np.exp(ref - m).sum(-1, keepdims=True)))[..., 0]
     want = float((logz - np.take_along_axis(ref, ids[:, 1:, None], -1)[..., 0]).sum())
     assert count == 2 * 63 and abs(got - want) <= 1e-6 * abs(want)
+
+
+def test_cosine_of_all_zero_rows():
+    """Two all-zero rows are the same output (a random-init classifier with zero logits reported cos 0 for every
+    compressed model that reproduced them exactly); an all-zero row against a non-zero one is 0."""
+    from nnslim.eval.metrics import _rowwise_cosine
+
+    a = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    b = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    np.testing.assert_allclose(_rowwise_cosine(a, b), [1.0, 1.0, 0.0])

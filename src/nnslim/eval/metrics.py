@@ -13,10 +13,12 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row pair; two all-zero rows are identical (1.0: a random-init classifier whose logits are all
+    zero reported a fidelity of 0 for a model that reproduced them exactly), one all-zero row against another 0."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     num = (a * b).sum(-1)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return num / np.maximum(den, 1e-12)
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    return np.where((na == 0) & (nb == 0), 1.0, num / np.maximum(na * nb, 1e-12))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
