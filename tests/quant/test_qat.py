@@ -187,3 +187,29 @@ def test_qat_without_a_training_step_says_it_was_not_trained(tmp_path):
     trained = nnslim.compress(model, ["qat", {"method": "distill", "steps": 2}], calibration=calib,
                               example_inputs=calib[0], report=False)
     assert not any(n.startswith("qat: no training step follows") for n in trained.notes)
+
+
+def test_qat_trains_a_layer_called_twice_in_one_forward():
+    """A weight quantizer following its weight (minmax) rewrote its scale in place on each call, so a layer called
+    twice in one forward (LayoutLM's x-position table: left and right of each box) broke the backward ("modified by
+    an inplace operation")."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(32, 16)
+            self.shared = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, ids):
+            h = self.table(ids[:, 0]) + self.table(ids[:, 1])
+            return self.head(torch.relu(self.shared(torch.relu(self.shared(h)))))
+
+    torch.manual_seed(0)
+    data = [torch.randint(0, 32, (4, 2)) for _ in range(4)]
+    out = nnslim.compress(Twice().eval(), [{"method": "qat", "preset": "transformer"},
+                                           {"method": "distill", "steps": 3, "batch_size": 4}],
+                          calibration=data, example_inputs=data[0], report=False)
+    from nnslim.runtime import make_runner
+
+    runner = make_runner(out.model)
+    assert np.isfinite(runner({runner.input_names[0]: data[0].numpy()})).all()

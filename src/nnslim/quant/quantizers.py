@@ -60,7 +60,9 @@ class WeightQuantizer(nn.Module):
         if self.mode == "minmax":  # follows the weight as it trains (a no-op change in PTQ)
             with torch.no_grad():
                 scale, _ = weight_qparams(w.detach().float(), self.scheme, per_channel=self.per_channel, axis=0)
-                self.scale.copy_(scale)
+            # a new tensor, not copy_(): a layer called twice in one forward (LayoutLM's x-position table, for the
+            # left and right of each box) saved the first call's scale for its backward, which copy_() overwrote
+            self.scale = scale.to(self.scale.dtype)
         return self.scale
 
     def _axis(self) -> int | None:
