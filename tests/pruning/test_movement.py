@@ -133,3 +133,32 @@ def test_drop_layers_refuses_a_model_whose_config_derives_its_depth():
     with pytest.raises(NnslimError, match=r"config cannot express fewer layers \(FunnelConfig.num_hidden_layers"):
         nnslim.prune(model, "drop-layers", example_inputs=inp, calibration=[inp])
     assert len(model.funnel.encoder.blocks) == 2
+
+
+def test_jpqd_removes_channels_of_a_cnn_whose_batchnorms_qat_folded():
+    """Movement pruning records its channel groups before qat folds each BatchNorm into its convolution (an Identity
+    is left in its place): removing the channels at the end stopped at "layer 'bn' (Identity) has no pruning
+    function" (SegFormer, MobileViT); and a depthwise convolution's channels were cut from its weight but not from
+    its weight quantizer's scales (the int8 export failed on the shapes)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+            self.pw, self.head = nn.Conv2d(16, 16, 1), nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.bn2(self.dw(torch.relu(self.bn(self.stem(x))))))
+            return self.head(torch.relu(self.pw(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    for b in (model.bn, model.bn2):
+        b.running_mean.uniform_(-0.5, 0.5), b.running_var.uniform_(0.5, 2), b.weight.data.uniform_(0.5, 1.5)
+    data = [torch.randn(2, 3, 16, 16) for _ in range(8)]
+    res = nnslim.compress(model, [{"method": "prune-movement", "sparsity": 0.5}, "qat",
+                                  {"method": "distill", "steps": 6, "batch_size": 2}],
+                          calibration=data, example_inputs=data[0], report=False)
+    assert any("folded 2 BatchNorm" in n for n in res.notes)
+    removed = next(n for n in res.notes if n.startswith("movement: final masks applied"))
+    assert "layer slices removed" in removed and "int8 ONNX: 4/4 layers as int8" in " ".join(res.notes)

@@ -255,6 +255,22 @@ class PReLULayer(Layer):
         return m
 
 
+@register_layer(nn.Identity)
+class IdentityLayer(Layer):
+    """nn.Identity (a BatchNorm folded into its convolution by int8 / qat, a layer a model switched off): channels
+    pass through and there is nothing to slice. A channel group recorded before a later step folded its BatchNorm
+    (movement pruning's neurons removed after qat + distill) finds the Identity in the norm's place."""
+
+    def propagate(self, g, name, m, call):
+        tracked = _channels_in(g, call)
+        if tracked is not None:
+            x, y, axis, gids = tracked
+            g.set(y, axis, gids)
+
+    def slice(self, m, role, keep):
+        return m
+
+
 @register_layer(nn.Embedding)
 class EmbeddingLayer(Layer):
     def propagate(self, g, name, m, call):

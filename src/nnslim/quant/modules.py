@@ -163,11 +163,15 @@ class QuantWrapper(_Transparent):
         return m if self.input_scale is None else ScaledInput(m, self.input_scale)
 
     def slice_channels(self, role: str, keep: torch.Tensor) -> None:
-        """After the float layer lost positions of `role` (in / out): the quantization state follows."""
-        if role == "out":
+        """After the float layer lost positions of `role` (in / out, or a depthwise convolution's channels, which are
+        its outputs and, in groups of out / in, its inputs): the quantization state follows."""
+        if role != "in":
             self.weight_quantizer.slice_(keep)
-        elif role == "in" and self.input_scale is not None:
-            self.input_scale = self.input_scale.index_select(0, keep.to(self.input_scale.device)).clone()
+        inputs = keep if role == "in" else None
+        if role not in ("in", "out"):  # depthwise: output channel j reads input channel j // (out / in)
+            inputs = torch.unique(keep // (len(keep) // self.float_module.in_channels))
+        if inputs is not None and self.input_scale is not None:
+            self.input_scale = self.input_scale.index_select(0, inputs.to(self.input_scale.device)).clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.float_module
