@@ -101,6 +101,11 @@ def check_token_ids(model: nn.Module, samples: list[dict[str, Any]], field: str 
                               f"0..{emb.num_embeddings - 1} (the model's vocabulary)")
 
 
+class BlocksNotCalled(NnslimError):
+    """The model ran without calling its list of blocks as modules (SqueezeBERT calls layer.forward(); Funnel's list
+    holds lists): calibrate_layerwise then calibrates the whole model at once."""
+
+
 def capture_inputs(model: nn.Module, blocks: nn.ModuleList, samples: list[dict[str, Any]], device
                    ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Hidden states and keyword arguments with which the first block is called, per sample."""
@@ -130,7 +135,9 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, samples: list[dict[s
                     model(**feed)
                 except _Reached:
                     continue
-                raise NnslimError("the model returned without calling its first block")
+                raise BlocksNotCalled(f"the model returned without calling its first block ({type(blocks[0]).__name__}"
+                                      f" of {len(blocks)}) as a module: a list of lists, or blocks called through "
+                                      ".forward(), which module hooks do not see")
     finally:
         handle.remove()
     # Samples of one length get equal masks / position tensors: keep one copy, not one per sample.
@@ -401,16 +408,29 @@ Unseen = Callable[[nn.Module, dict[str, nn.Module]], None]
 
 def calibrate_layerwise(model: nn.Module, samples: list[dict[str, Any]], targets: set[str],
                         make: Callable[[], BlockAlgorithm], device: torch.device | list[torch.device],
-                        desc: str, unseen: Unseen) -> list[torch.device]:
+                        desc: str, unseen: Unseen, notes: list[str] | None = None) -> list[torch.device]:
     """Run a BlockAlgorithm over every block holding targets, each block fed the outputs of the
     already-changed ones (run_layerwise); a list of several devices spreads each block's work over
     them (graph/spread.py). Targets that saw no input while their block ran (a branch the samples never
     take) go to unseen(block, {name: module}) instead: the method's data-free fallback. Returns the
-    devices that did the work."""
+    devices that did the work. A model whose blocks are not called as modules is calibrated whole (a note)."""
     if _blocks_or_none(model) is None:  # a plain CNN / MLP: the whole model is the one block
         device = device[0] if isinstance(device, list) else device
         _calibrate_whole(model, samples, targets, make, device, desc, unseen)
         return [device]
+    try:
+        return _calibrate_blocks(model, samples, targets, make, device, desc, unseen)
+    except BlocksNotCalled as e:
+        if source_of(model) is not None:  # streamed from its shards: too big to run whole
+            raise
+        device = device[0] if isinstance(device, list) else device
+        _calibrate_whole(model, samples, targets, make, device, desc, unseen)
+        if notes is not None:
+            notes.append(f"{desc}: calibrated the whole model in one pass, not block by block ({e})")
+        return [device]
+
+
+def _calibrate_blocks(model, samples, targets, make, device, desc, unseen) -> list[torch.device]:
     if isinstance(device, list):
         if len(device) > 1:
             from .spread import calibrate_spread

@@ -117,7 +117,7 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
             idle.extend(mods)
 
         used = calibrate_layerwise(model, samples, inside, lambda: _Counted(algorithm(), count), device,
-                                   f"{name} {config.pattern}", unseen)
+                                   f"{name} {config.pattern}", unseen, notes)
         if idle:
             notes.append(f"{len(idle)} layers received no calibration input and were pruned by magnitude: "
                          f"{', '.join(idle[:5])}")

@@ -145,7 +145,7 @@ def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig, calibration
             idle.extend(mods)
 
         device = calibrate_layerwise(model, samples, inside, lambda: algorithm(spec), device,
-                                     f"{name} int{config.bits}", unseen)
+                                     f"{name} int{config.bits}", unseen, notes)
         if idle:
             notes.append(f"{len(idle)} layers received no calibration input and were quantized by RTN: "
                          f"{', '.join(idle[:5])}")
