@@ -88,3 +88,4 @@ def test_cosine_of_all_zero_rows():
     a = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
     b = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
     np.testing.assert_allclose(_rowwise_cosine(a, b), [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(_rowwise_cosine(a[1:2] * 1e-9, b[1:2] * 1e-9), [1.0])  # tiny, not zero
