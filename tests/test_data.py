@@ -72,3 +72,33 @@ def test_unusable_data_is_a_clear_error():
             as_samples(bad, m)
     with pytest.raises(NnslimError, match="calibration"):
         nnslim.quantize(m, nnslim.Int8Config(), calibration=42)
+
+
+def test_labels_of_an_inputs_labels_batch_never_become_an_optional_input():
+    """A DataLoader of (inputs, labels) for a forward(x, scale=None): the labels were passed as `scale` (here a shape
+    error deep in the model; with broadcastable shapes, a silently wrong calibration). Refused, with the fix; an
+    optional input that takes one integer per sample (lengths, offsets) is still accepted."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x, scale=None):
+            return self.fc(x) if scale is None else self.fc(x) * scale
+
+    class WithLengths(nn.Module):
+        def forward(self, x, lengths=None):
+            return x
+
+    x, y = torch.randn(32, 16), torch.randint(0, 4, (32,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    with pytest.raises(NnslimError, match=r"calibration\[0\] is a tuple of 2 whose last element \(torch.int64, shape "
+                                          r"\(8,\)\) looks like labels, and it would be passed as the optional input "
+                                          r"'scale'"):
+        as_samples(loader, Scaled())
+    samples = as_samples(nnslim.Dataset(loader, transform=lambda item: item[:1]), Scaled())
+    assert list(samples[0]) == ["x"]
+    assert list(as_samples(loader, WithLengths())[0]) == ["x", "lengths"]
+    assert list(as_samples([(x, y)], nn.Bilinear(16, 1, 2))[0]) == ["input1", "input2"]  # both required: inputs

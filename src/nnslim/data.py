@@ -37,6 +37,27 @@ def forward_names(model: torch.nn.Module) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def required_count(model: torch.nn.Module | None) -> int | None:
+    """How many leading positional parameters of model.forward have no default (None when unknown)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
+
+
+# optional inputs that legitimately take one integer per sample (an LSTM's lengths, an EmbeddingBag's offsets)
+_INT_INPUTS = ("len", "offset", "index", "indices", "pos", "mask", "ids", "count", "size")
+
+
+def _looks_like_labels(value, first) -> bool:
+    """A 1-D integer array as long as the batch of the first input: the class labels of an (inputs, labels) batch."""
+    shape0 = getattr(first, "shape", ())
+    return (getattr(value, "ndim", 0) == 1 and len(shape0) >= 1 and value.shape[0] == shape0[0]
+            and not (value.dtype.is_floating_point if isinstance(value, torch.Tensor)
+                     else np.issubdtype(value.dtype, np.floating)))
+
+
 def to_numpy(value) -> np.ndarray:
     """An input as numpy; tensors in dtypes numpy lacks (bfloat16, float8) as float32 (runners cast them back to
     the model's dtype)."""
@@ -51,7 +72,7 @@ def _is_input(x) -> bool:
     return isinstance(x, (torch.Tensor, np.ndarray))
 
 
-def _one(item, names: list[str], where: str) -> dict:
+def _one(item, names: list[str], where: str, required: int | None = None) -> dict:
     if isinstance(item, dict):
         bad = [k for k in item if not isinstance(k, str)]
         if bad:
@@ -64,6 +85,14 @@ def _one(item, names: list[str], where: str) -> dict:
             raise NnslimError(f"{where} is a tuple of {len(item)} inputs but forward takes ({', '.join(names)}); "
                               "pass nnslim.Dataset(data, transform=lambda item: ...) to pick the inputs "
                               "(e.g. drop labels)")
+        if (required is not None and len(item) > max(required, 1) and _looks_like_labels(item[-1], item[0])
+                and not any(w in names[len(item) - 1].lower() for w in _INT_INPUTS)):
+            # (inputs, labels) from a DataLoader: the labels would silently become an optional input
+            raise NnslimError(f"{where} is a tuple of {len(item)} whose last element ({item[-1].dtype}, shape "
+                              f"{tuple(item[-1].shape)}) looks like labels, and it would be passed as the optional "
+                              f"input {names[len(item) - 1]!r} of forward({', '.join(names)}); pass "
+                              f"nnslim.Dataset(data, transform=lambda item: item[:{len(item) - 1}]) to drop them, "
+                              "or a dict of named inputs")
         return dict(zip(names, item))
     raise NnslimError(f"{where} is a {type(item).__name__}; accepted: {ACCEPTED}")
 
@@ -79,6 +108,7 @@ def as_samples(data, model: torch.nn.Module | None, field: str = "calibration",
         data, transform = data.data, data.transform
         if transform is not None and not callable(transform):
             raise NnslimError(f"{field}: Dataset.transform is a {type(transform).__name__}, not a function")
+    required = required_count(model) if model is not None and not names else None
     names = names or (forward_names(model) if model is not None else []) or ["input"]
     if isinstance(data, (dict, torch.Tensor, np.ndarray)):
         data = [data]  # one sample / one batch
@@ -93,7 +123,7 @@ def as_samples(data, model: torch.nn.Module | None, field: str = "calibration",
                 item = transform(item)
             except Exception as e:
                 raise NnslimError(f"{field}[{i}]: the transform failed: {type(e).__name__}: {str(e)[:200]}") from None
-        out.append(_one(item, names, f"{field}[{i}]"))
+        out.append(_one(item, names, f"{field}[{i}]", required))
     return out
 
 
