@@ -60,9 +60,12 @@ class WeightQuantizer(nn.Module):
         if self.mode == "minmax":  # follows the weight as it trains (a no-op change in PTQ)
             with torch.no_grad():
                 scale, _ = weight_qparams(w.detach().float(), self.scheme, per_channel=self.per_channel, axis=0)
-            # a new tensor, not copy_(): a layer called twice in one forward (LayoutLM's x-position table, for the
-            # left and right of each box) saved the first call's scale for its backward, which copy_() overwrote
-            self.scale = scale.to(self.scale.dtype)
+            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                # a new tensor, not copy_(): a layer called twice in one forward (LayoutLM's x-position table, for
+                # the left and right of each box) saved the first call's scale for its backward
+                self.scale = scale.to(self.scale.dtype)
+            else:  # (in place: a tensor made under inference_mode could not be used by a later training step)
+                self.scale.copy_(scale)
         return self.scale
 
     def _axis(self) -> int | None:
