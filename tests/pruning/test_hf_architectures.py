@@ -35,8 +35,17 @@ def _albert():
     return tf.AlbertForSequenceClassification(cfg), {"input_ids": torch.randint(0, 100, (2, 9))}
 
 
+def _xglm():
+    """XGLM reshapes its attention output to self.embed_dim (the heads' width when built): pruning heads without
+    updating it made a model that failed on its first forward."""
+    import transformers as tf
+
+    cfg = tf.XGLMConfig(d_model=64, num_layers=2, attention_heads=4, ffn_dim=128, vocab_size=100)
+    return tf.XGLMForCausalLM(cfg), {"input_ids": torch.randint(1, 100, (2, 9))}
+
+
 @pytest.mark.filterwarnings("ignore:structured pruning kept some channels")
-@pytest.mark.parametrize("build", [_convnext, _swin, _albert], ids=["convnext", "swin", "albert"])
+@pytest.mark.parametrize("build", [_convnext, _swin, _albert, _xglm], ids=["convnext", "swin", "albert", "xglm"])
 def test_prunes_and_runs(build):
     torch.manual_seed(0)
     model, example = build()
@@ -111,3 +120,19 @@ def test_stages_of_changing_widths_are_the_blocks_when_nothing_else_repeats():
 
     resnet = tf.ResNetForImageClassification(tf.ResNetConfig(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16))
     assert find_blocks(resnet)[0] == "resnet.encoder.stages"  # (its stages' layers are nn.Sequential)
+
+
+def test_a_pruned_model_that_fails_its_forward_is_a_clear_error(monkeypatch):
+    """A size the model's code keeps that slicing did not follow (XGLM's embed_dim before it was followed) surfaced
+    as the model's own RuntimeError from inside prune_structured."""
+    from nnslim.errors import NnslimError
+    from nnslim.pruning import structured
+
+    def broken(model, inputs):
+        raise RuntimeError("shape '[2, 9, 64]' is invalid for input of size 864")
+
+    monkeypatch.setattr(structured, "_call", broken)
+    model, example = _xglm()
+    with pytest.raises(NnslimError, match=r"structured pruning made a XGLMForCausalLM that fails on the example input "
+                                          r"\(RuntimeError: shape"):
+        prune_structured(model.eval(), StructuredPruneConfig(ratio=0.5), example)

@@ -409,7 +409,7 @@ class AttentionLayer(Layer):
             linear_out(o, keep)
         else:
             same_kv = q.out_features == k.out_features
-            kv = k.out_features // d
+            kv, inner = k.out_features // d, q.out_features
             rows = (keep[:, None] * d + torch.arange(d)).flatten()
             linear_out(q, rows)
             if o is not None:
@@ -423,6 +423,11 @@ class AttentionLayer(Layer):
                                 ("num_key_value_heads", kv), ("num_key_value_groups", n // kv)):
                 if hasattr(m, attr) and isinstance(getattr(m, attr), int):
                     setattr(m, attr, value)
+            # the width of the heads' concatenation under the names older attention modules reshape to (XGLM,
+            # M2M100: attn_output.reshape(bsz, tgt_len, self.embed_dim)), when it was that width
+            for attr in ("embed_dim", "inner_dim", "hidden_size"):
+                if getattr(m, attr, None) == inner and isinstance(getattr(m, attr), int):
+                    setattr(m, attr, n * d)
         return m
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NnslimError
+from ..errors import NnslimError, first_line
 from ..graph.dependency import DependencyGraph, Group, build
 from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mha, handler_for
 from ..graph.trace import trace
@@ -333,7 +333,12 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     plan = getattr(model, PLAN_ATTR, []) + plan
     object.__setattr__(model, PLAN_ATTR, plan)
     with torch.no_grad():
-        _call(model, inputs)  # the pruned model must still run
+        try:
+            _call(model, inputs)  # the pruned model must still run
+        except Exception as e:  # noqa: BLE001 - a size the model's code keeps that the slicing did not follow
+            raise NnslimError(f"structured pruning made a {type(model).__name__} that fails on the example input "
+                              f"({first_line(e)}): its code keeps a size nnslim did not update; keep the layers "
+                              "involved with ignore=[...] or head_ratio=0 for attention heads") from e
     after = sum(p.numel() for p in model.parameters())
     notes.append(f"structured pruning ({tracer} trace, {how}, {config.scope}): removed "
                  f"{counts['channels'][0]}/{counts['channels'][1]} channels and {counts['heads'][0]}/"
