@@ -538,3 +538,32 @@ def test_an_embedding_looked_up_twice_exports_as_int8(tmp_path, method):
     assert tables == ["nnslim_q/x_pos.table_q"]
     assert sum(n.op_type == "Gather" and n.input[0] == tables[0] for n in graph.node) == 2
     assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99
+
+
+@pytest.mark.parametrize("method", ["int8", "int8-dynamic"])
+def test_a_layer_over_a_fixed_table_is_folded_with_a_note(tmp_path, method):
+    """Swin v2's continuous position-bias MLP reads a fixed coordinate table, so the exporter computes it once and
+    its quantized Linears are not in the graph: the int8 export refused the whole model ("16/18 quantized layers
+    were found"). Layers whose input is the same for any model input are folded with a note; the rest is int8."""
+    import torch
+    from torch import nn
+
+    class Biased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("coords", torch.linspace(-1, 1, 32).reshape(16, 2), persistent=False)
+            self.bias_mlp = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 16))
+            self.proj = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            bias = self.bias_mlp(self.coords).mean(0)
+            return self.head(torch.relu(self.proj(x) + bias))
+
+    torch.manual_seed(0)
+    calib = [torch.randn(4, 16) for _ in range(4)]
+    res = nnslim.compress(Biased().eval(), {"method": method, "preset": "transformer"}, calibration=calib,
+                          example_inputs=calib[0], out=tmp_path / "a", repeats=2, memory=False)
+    assert any("2 layers whose input is the same for every model input (bias_mlp.0, bias_mlp.2)" in n
+               for n in res.notes), res.notes
+    assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99

@@ -52,6 +52,39 @@ def _called(model: torch.nn.Module, names: list[str], example_inputs: dict) -> s
     return called
 
 
+def _constant_input(model: torch.nn.Module, names: list[str], example_inputs: dict) -> set[str]:
+    """Which of the named layers get the same input whatever the model's inputs (a position-bias MLP over a fixed
+    coordinate table: Swin v2's continuous_position_bias_mlp): the exporter folds such a layer into a constant.
+    Compared between the example and a changed copy of it (floats moved, integer ids shifted inside their range);
+    a model that fails on the copy gives none."""
+    from .base import call_module, model_device, model_dtype
+
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _m, args, n=n: seen[n].append(args[0].detach().clone() if args and torch.is_tensor(args[0])
+                                             else torch.empty(0))) for n in names]
+    try:
+        dtype, device = model_dtype(model), model_device(model)
+        for shift in (0, 1):
+            feed = {}
+            for k, v in example_inputs.items():
+                t = torch.as_tensor(np.asarray(v), device=device)
+                if t.is_floating_point():
+                    t = (t + 0.5 * shift * (t.std() if t.numel() > 1 else 1.0)).to(dtype)
+                elif shift and t.dtype != torch.bool and t.numel():
+                    t = (t - t.min() + 1) % (t.max() - t.min() + 1) + t.min()  # ids moved, range kept
+                feed[k] = t
+            with torch.no_grad():
+                call_module(model, feed)
+    except Exception:  # noqa: BLE001 - the changed copy is no valid input: no layer is called constant
+        return set()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n for n, xs in seen.items() if len(xs) >= 2 and xs[0].numel() and xs[0].shape == xs[-1].shape
+            and torch.equal(xs[0], xs[-1])}
+
+
 def _spec_fn(m):
     """qdq_spec of a layer simulated in float (QuantWrapper), or onnx_qdq_spec of a packed layer (weight-only
     int) that deploys as torch but exports to ONNX as integer weights too."""
@@ -395,6 +428,12 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
         notes.append(f"{', '.join(folded[:4])}: looked up at fixed indices, so the exporter folded the lookup into a "
                      "float constant (the dequantized rows: the int8 model's values, stored in float)")
         missing = [n for n in missing if n not in folded]
+    constant = _constant_input(qmodel, missing, example_inputs) if missing else set()
+    if constant:  # a layer over a fixed table (Swin v2's position-bias MLP): the exporter computed it once
+        notes.append(f"{len(constant)} layers whose input is the same for every model input "
+                     f"({', '.join(sorted(constant)[:3])}{' ...' if len(constant) > 3 else ''}): the exporter folded "
+                     "their output into a float constant, computed with their int8 weights")
+        missing = [n for n in missing if n not in constant]
     if missing:  # what was quantized must deploy quantized: never a silently float artifact
         raise NnslimError(f"int8 ONNX export: {len(found)}/{len(spec)} quantized layers were found in the exported "
                           f"graph; not found (they would run in float): {', '.join(missing[:8])}")
