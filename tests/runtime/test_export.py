@@ -567,3 +567,29 @@ def test_a_layer_over_a_fixed_table_is_folded_with_a_note(tmp_path, method):
     assert any("2 layers whose input is the same for every model input (bias_mlp.0, bias_mlp.2)" in n
                for n in res.notes), res.notes
     assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99
+
+
+def test_a_quantized_layer_that_reaches_no_output_is_left_out_with_a_note(tmp_path):
+    """CANINE's classifier runs its final character encoder, whose result no output uses: the exporter drops those
+    layers as dead code and the int8 export refused the model ("29/36 quantized layers were found")."""
+    import torch
+    from torch import nn
+
+    class DeadBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(16, 16)
+            self.unused = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            self.unused(h)  # (computed, never used)
+            return self.head(h)
+
+    torch.manual_seed(0)
+    calib = [torch.randn(4, 16) for _ in range(4)]
+    res = nnslim.compress(DeadBranch().eval(), {"method": "int8", "preset": "transformer"}, calibration=calib,
+                          example_inputs=calib[0], out=tmp_path / "a", repeats=2, memory=False)
+    assert any("1 quantized layers reach none of the model's outputs (unused)" in n for n in res.notes), res.notes
+    assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99

@@ -83,9 +83,22 @@ def _move_rest(model: nn.Module, blocks: nn.ModuleList, device) -> None:
                 mod._buffers[key] = b.to(device)
 
 
+def _input_embedding(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        try:
+            emb = getter()
+        except (NotImplementedError, AttributeError):
+            return None
+        return emb if isinstance(emb, nn.Embedding) else None
+    return next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+
+
 def check_token_ids(model: nn.Module, samples: list[dict[str, Any]], field: str = "calibration") -> None:
-    """Token ids must be integers inside the vocabulary (an out-of-range id would index out of bounds)."""
-    emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    """Token ids must be integers inside the vocabulary (an out-of-range id would index out of bounds). The table
+    that reads them: a transformers model's input embeddings (none known: CANINE hashes Unicode code points into
+    small tables, so the range is not checked), else the model's first nn.Embedding."""
+    emb = _input_embedding(model)
     for i, sample in enumerate(samples):
         ids = sample.get("input_ids") if isinstance(sample, dict) else None
         if ids is None:

@@ -85,6 +85,39 @@ def _constant_input(model: torch.nn.Module, names: list[str], example_inputs: di
             and torch.equal(xs[0], xs[-1])}
 
 
+def _dead_ends(model: torch.nn.Module, names: list[str], example_inputs: dict) -> set[str]:
+    """Which of the named layers run but do not reach any output of the model (CANINE's final character encoder
+    under a sequence classifier: the exporter drops them as dead code). By autograd: each layer's output is made a
+    leaf that needs grad, and the outputs' sum is differentiated; a layer whose leaf gets no gradient path is a
+    dead end. None on any failure."""
+    from .base import call_module, model_device, model_dtype, tensor_leaves
+
+    leaves: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _args, out, n):
+        if torch.is_tensor(out) and out.is_floating_point():
+            leaves[n] = out.detach().requires_grad_()
+            return leaves[n]
+        return None
+
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
+    try:
+        dtype, device = model_dtype(model), model_device(model)
+        tensors = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in example_inputs.items()}
+        with torch.enable_grad():
+            out = call_module(model, {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()})
+            total = sum(t.float().sum() for _, t in tensor_leaves(out) if t.is_floating_point() and t.requires_grad)
+            if not leaves or not torch.is_tensor(total):
+                return set()
+            grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+    except Exception:  # noqa: BLE001 - unknown: nothing is called a dead end
+        return set()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n for n, g in zip(leaves, grads) if g is None}
+
+
 def _spec_fn(m):
     """qdq_spec of a layer simulated in float (QuantWrapper), or onnx_qdq_spec of a packed layer (weight-only
     int) that deploys as torch but exports to ONNX as integer weights too."""
@@ -434,6 +467,11 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
                      f"({', '.join(sorted(constant)[:3])}{' ...' if len(constant) > 3 else ''}): the exporter folded "
                      "their output into a float constant, computed with their int8 weights")
         missing = [n for n in missing if n not in constant]
+    dead = _dead_ends(qmodel, missing, example_inputs) if missing else set()
+    if dead:  # computed by the model but reaching none of its outputs: the exporter leaves them out
+        notes.append(f"{len(dead)} quantized layers reach none of the model's outputs "
+                     f"({', '.join(sorted(dead)[:3])}{' ...' if len(dead) > 3 else ''}): not in the exported graph")
+        missing = [n for n in missing if n not in dead]
     if missing:  # what was quantized must deploy quantized: never a silently float artifact
         raise NnslimError(f"int8 ONNX export: {len(found)}/{len(spec)} quantized layers were found in the exported "
                           f"graph; not found (they would run in float): {', '.join(missing[:8])}")
