@@ -138,3 +138,21 @@ def test_widened_kwargs_stay_shared_between_samples():
     assert all(kw["attention_mask"] is wide[0]["attention_mask"] for kw in wide)  # one copy, not one per sample
     assert wide[0]["attention_mask"].dtype == torch.float32 and wide[2]["position_embeddings"][1].dtype == torch.float32
     assert wide[1]["flag"] is True
+
+
+def test_token_ids_are_checked_against_the_table_that_reads_them():
+    """CANINE reads Unicode code points and hashes them into small tables: its ids were checked against the first
+    nn.Embedding (64 rows) and every method refused real input. A transformers model's own input embeddings decide;
+    none known: not checked."""
+    import transformers as tf
+
+    from nnslim.errors import NnslimError
+    from nnslim.graph.layerwise import check_token_ids
+
+    canine = tf.CanineModel(tf.CanineConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64, downsampling_rate=4, num_hash_buckets=64))
+    check_token_ids(canine, [{"input_ids": torch.tensor([[500, 1000, 65]])}])
+    bert = tf.BertModel(tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64, vocab_size=100))
+    with pytest.raises(NnslimError, match=r"has ids in 65..500; allowed: 0..99"):
+        check_token_ids(bert, [{"input_ids": torch.tensor([[500, 65]])}])
