@@ -418,11 +418,7 @@ def bench_prefill(args) -> list[dict]:
                 ids = torch.randint(0, model.config.vocab_size, (b, t), device="cuda",
                                     generator=torch.Generator(device="cuda").manual_seed(0))
                 with torch.no_grad():
-                    def fwd():
-                        model(input_ids=ids, use_cache=False, logits_to_keep=1)
-                    for _ in range(3):
-                        fwd()
-                    torch.cuda.synchronize()
+                    fwd = warmed_prefill(model, ids)
                     run = _graphed(fwd) if args.graph else fwd
                     if run is None:
                         continue
@@ -447,6 +443,18 @@ def bench_prefill(args) -> list[dict]:
         del model
         torch.cuda.empty_cache()
     return rows
+
+
+def warmed_prefill(model, ids):
+    """The Hugging Face forward over `ids` (logits of the last position only, as serving computes them) as a
+    function of no arguments, after three warm-up calls (the kernel selector times its candidates in the first)."""
+    def fwd():
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    for _ in range(3):
+        fwd()
+    torch.cuda.synchronize()
+    return fwd
 
 
 def _graphed(fn):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from gpu_llm import llama  # noqa: E402
+from gpu_llm import llama, warmed_prefill  # noqa: E402
 
 
 def _events_ms(fn, reps: int = 10) -> float:
@@ -89,11 +89,7 @@ def model_part(args) -> None:
         for t in [int(v) for v in args.rows.split(",")]:
             ids = torch.randint(0, model.config.vocab_size, (1, t), device="cuda")
             with torch.no_grad():
-                def fwd():
-                    model(input_ids=ids, use_cache=False, logits_to_keep=1)
-                for _ in range(3):
-                    fwd()
-                torch.cuda.synchronize()
+                fwd = warmed_prefill(model, ids)
                 gpu, host, kern = _events_ms(fwd), _host_ms(fwd), _kernel_ms(fwd)
                 print(f"== {name} rows {t}: events {gpu:.2f} ms, host issue (least of 30) {host:.2f} ms, kernels {kern:.2f} ms",
                       flush=True)
