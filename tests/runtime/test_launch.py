@@ -64,6 +64,7 @@ def test_fast_launches_match_triton_and_respect_constexprs_and_alignment():
                 torch.testing.assert_close(y, want)
     assert sum(1 for key in L._COMPILED if key[0] == id(_scale)) >= 4
     assert id(_scale) not in L._SLOW
+    assert all(entry[0] is _scale for key, entry in L._COMPILED.items() if key[0] == id(_scale))
 
     @triton.jit
     def _positional_constexpr(x_ptr, F: tl.constexpr):

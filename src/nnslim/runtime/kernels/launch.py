@@ -21,8 +21,10 @@ import torch
 
 from ...errors import env_choice
 
-_COMPILED: dict[tuple, tuple] = {}  # key -> (compiled kernel, constexpr tail, device index)
-_SLOW: set[int] = set()  # id of kernels whose arguments cannot be passed positionally to their launcher
+# key -> (the kernel, its compiled variant, the constexpr tail). The kernel is held and compared: an id alone could
+# name a later kernel once a short-lived one (a test's) is freed
+_COMPILED: dict[tuple, tuple] = {}
+_SLOW: dict[int, object] = {}  # id -> kernel whose arguments cannot be passed positionally to its launcher
 
 
 def enabled() -> bool:
@@ -70,7 +72,7 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict | Callable[[], dict], 
     function returning them, called only when Triton has to see them) the rest by name plus launch options
     (num_warps, launch_pdl, ...). key: a hashable stand-in for consts (required when consts is a function)."""
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    if id(kernel) in _SLOW or first is None or not first.is_cuda or not enabled() or _hooked():
+    if _SLOW.get(id(kernel)) is kernel or first is None or not first.is_cuda or not enabled() or _hooked():
         kernel[grid](*args, **(consts() if callable(consts) else consts))
         return
     try:
@@ -80,8 +82,8 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict | Callable[[], dict], 
     except TypeError:  # an argument Triton specializes in a way not modelled here, or an unhashable constexpr
         kernel[grid](*args, **(consts() if callable(consts) else consts))
         return
-    if entry is not None:
-        compiled, tail = entry
+    if entry is not None and entry[0] is kernel:
+        _, compiled, tail = entry
         g = (tuple(grid) + (1, 1))[:3]
         compiled.run(g[0], g[1], g[2], _stream(dev), compiled.function, compiled.packed_metadata, None, None, None,
                      *args, *tail)
@@ -97,7 +99,7 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict | Callable[[], dict], 
     if (compiled is None or not hasattr(compiled, "packed_metadata") or len(every) < len(args)
             or any(p.is_constexpr for p in every[:len(args)])
             or not all(p.is_constexpr and (p.name in values or p.name in defaults) for p in params)):
-        _SLOW.add(id(kernel))
+        _SLOW[id(kernel)] = kernel
         return
     rest = [p.name for p in params]
-    _COMPILED[full] = (compiled, tuple(values[n] if n in values else defaults[n] for n in rest))
+    _COMPILED[full] = (kernel, compiled, tuple(values[n] if n in values else defaults[n] for n in rest))
