@@ -593,3 +593,26 @@ def test_a_quantized_layer_that_reaches_no_output_is_left_out_with_a_note(tmp_pa
                           example_inputs=calib[0], out=tmp_path / "a", repeats=2, memory=False)
     assert any("1 quantized layers reach none of the model's outputs (unused)" in n for n in res.notes), res.notes
     assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99
+
+
+def test_int8_of_a_float16_model_with_activation_matmuls(tmp_path):
+    """An fp16 model's calibration samples were fed as fp16 to the float32 graph that calibrates its activation x
+    activation MatMuls (SegFormer's attention): ONNX Runtime refused them ("Actual: tensor(float16)")."""
+    import torch
+    from torch import nn
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(16, 16) for _ in range(4))
+
+        def forward(self, x):
+            w = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) / 4.0, dim=-1)
+            return self.o(w @ self.v(x)).mean(1)
+
+    torch.manual_seed(0)
+    model = Attn().eval().half()
+    calib = [torch.randn(2, 8, 16, dtype=torch.float16) for _ in range(4)]
+    res = nnslim.compress(model, {"method": "int8", "preset": "transformer"}, calibration=calib,
+                          example_inputs=calib[0], out=tmp_path / "a", repeats=2, memory=False)
+    assert res.report.variants[-1].metrics["output_cos_mean"] > 0.98

@@ -13,6 +13,13 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
+def as_declared(value, ort_type: str) -> np.ndarray:
+    """value as the numpy dtype of an ONNX Runtime input type (an fp16 model's inputs fed to a float32 graph)."""
+    value = np.asarray(value)
+    dtype = _NUMPY_TYPES.get(ort_type)
+    return value.astype(dtype, copy=False) if dtype is not None else value
+
+
 # Thread-pool spinning: never, between the ops of a run only (nnslim's default), or also between runs (ORT's).
 SPINNING = ("off", "within-run", "always")
 
@@ -52,9 +59,7 @@ class OrtRunner(Runner):
         feed = {}
         inputs = with_default_inputs(self.input_names, inputs, self.input_shapes)
         for name in self.input_names:
-            value = np.asarray(inputs[name])
-            dtype = _NUMPY_TYPES.get(self.input_types[name])
-            feed[name] = value.astype(dtype, copy=False) if dtype is not None else value
+            feed[name] = as_declared(inputs[name], self.input_types[name])
         return feed
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -32,6 +32,7 @@ def _ranges(proto, tensors: list[str], samples: list[dict]) -> dict[str, tuple[f
     import onnxruntime as ort
 
     from .base import with_default_inputs
+    from .onnxruntime import as_declared
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
@@ -41,11 +42,12 @@ def _ranges(proto, tensors: list[str], samples: list[dict]) -> dict[str, tuple[f
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     shapes = {i.name: i.shape for i in sess.get_inputs()}
+    types = {i.name: i.type for i in sess.get_inputs()}
     lo = {t: 0.0 for t in tensors}
     hi = {t: 0.0 for t in tensors}
     for sample in samples:
         feed = with_default_inputs(names, {k: np.asarray(v) for k, v in sample.items()}, shapes)
-        outs = sess.run(tensors, {n: feed[n] for n in names})
+        outs = sess.run(tensors, {n: as_declared(feed[n], types[n]) for n in names})  # (fp16 samples: float32 graph)
         for t, a in zip(tensors, outs):
             a = a[np.isfinite(a)]
             if a.size:
