@@ -595,9 +595,11 @@ def test_a_quantized_layer_that_reaches_no_output_is_left_out_with_a_note(tmp_pa
     assert res.report.variants[-1].metrics["output_cos_mean"] > 0.99
 
 
-def test_int8_of_a_float16_model_with_activation_matmuls(tmp_path):
-    """An fp16 model's calibration samples were fed as fp16 to the float32 graph that calibrates its activation x
-    activation MatMuls (SegFormer's attention): ONNX Runtime refused them ("Actual: tensor(float16)")."""
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_int8_of_a_half_precision_model_with_activation_matmuls(tmp_path, dtype):
+    """A half-precision model's calibration samples were fed as they are to the float32 graph that calibrates its
+    activation x activation MatMuls (SegFormer's attention): ONNX Runtime refused fp16 ("Actual: tensor(float16)"),
+    numpy bf16 ("unsupported ScalarType BFloat16")."""
     import torch
     from torch import nn
 
@@ -611,8 +613,8 @@ def test_int8_of_a_float16_model_with_activation_matmuls(tmp_path):
             return self.o(w @ self.v(x)).mean(1)
 
     torch.manual_seed(0)
-    model = Attn().eval().half()
-    calib = [torch.randn(2, 8, 16, dtype=torch.float16) for _ in range(4)]
+    model = Attn().eval().to(getattr(torch, dtype))
+    calib = [torch.randn(2, 8, 16, dtype=getattr(torch, dtype)) for _ in range(4)]
     res = nnslim.compress(model, {"method": "int8", "preset": "transformer"}, calibration=calib,
                           example_inputs=calib[0], out=tmp_path / "a", repeats=2, memory=False)
     assert res.report.variants[-1].metrics["output_cos_mean"] > 0.98

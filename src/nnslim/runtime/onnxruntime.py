@@ -14,8 +14,11 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 
 
 def as_declared(value, ort_type: str) -> np.ndarray:
-    """value as the numpy dtype of an ONNX Runtime input type (an fp16 model's inputs fed to a float32 graph)."""
-    value = np.asarray(value)
+    """value as the numpy dtype of an ONNX Runtime input type (an fp16 / bf16 model's inputs fed to a float32
+    graph)."""
+    from ..data import to_numpy
+
+    value = to_numpy(value)
     dtype = _NUMPY_TYPES.get(ort_type)
     return value.astype(dtype, copy=False) if dtype is not None else value
 

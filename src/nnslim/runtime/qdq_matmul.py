@@ -32,6 +32,7 @@ def _ranges(proto, tensors: list[str], samples: list[dict]) -> dict[str, tuple[f
     import onnxruntime as ort
 
     from .base import with_default_inputs
+    from ..data import to_numpy
     from .onnxruntime import as_declared
 
     probe = onnx.ModelProto()
@@ -46,7 +47,7 @@ def _ranges(proto, tensors: list[str], samples: list[dict]) -> dict[str, tuple[f
     lo = {t: 0.0 for t in tensors}
     hi = {t: 0.0 for t in tensors}
     for sample in samples:
-        feed = with_default_inputs(names, {k: np.asarray(v) for k, v in sample.items()}, shapes)
+        feed = with_default_inputs(names, {k: to_numpy(v) for k, v in sample.items()}, shapes)
         outs = sess.run(tensors, {n: as_declared(feed[n], types[n]) for n in names})  # (fp16 samples: float32 graph)
         for t, a in zip(tensors, outs):
             a = a[np.isfinite(a)]
