@@ -75,3 +75,22 @@ def test_distill_method_needs_a_teacher():
 
     with pytest.raises(NnslimError, match="teacher"):
         _apply(_mlp(), DistillConfig(), Context(workdir="."))
+
+
+def test_a_float16_model_trains_in_float32_and_stays_float16():
+    """qat + distill of a float16 model: AdamW's updates on float16 weights turned them into NaN / Inf within 8 steps
+    and the recipe stopped. Training runs on float32 copies of the float16 tensors (both models), each tensor goes
+    back to its own dtype after, with a note."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 4)).eval().half()
+    data = [{"input": torch.randn(8, 16).half()} for _ in range(8)]
+    res = nnslim.compress(teacher, ["qat", {"method": "distill", "steps": 8, "batch_size": 8}], calibration=data,
+                          report=False)
+    assert any("trained in float32" in n for n in res.notes)
+    assert all(p.dtype == torch.float16 for p in teacher.parameters())  # the caller's model untouched
+    from nnslim.runtime import make_runner
+
+    runner = make_runner(res.model)
+    assert np.isfinite(runner({runner.input_names[0]: data[0]["input"].float().numpy()})).all()
+    student = nnslim.distill(teacher, teacher, data, DistillConfig(steps=4, batch_size=8))
+    assert all(p.dtype == torch.float16 and torch.isfinite(p).all() for p in student.parameters())

@@ -129,6 +129,14 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
     device = distributed.local_device() if world > 1 else _device(config.device)
     home = next(student.parameters()).device
     teacher_home = next(teacher.parameters()).device
+    # float16 weights cannot take AdamW's updates (they turned to NaN / Inf within a few steps): both models train
+    # and teach in float32, and every tensor goes back to its own dtype afterwards (as mixed precision keeps float32
+    # master weights)
+    half = (_upcast_half(student), _upcast_half(teacher))
+    floats = torch.float32 if any(half) else None
+    if any(half):
+        notes.append(f"{desc}: trained in float32 (the model's float16 weights would overflow AdamW's updates), "
+                     "then cast back to float16")
     student.to(device)
     teacher.to(device).eval()
     kind = _loss_kind(config, output_kind)
@@ -138,7 +146,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
     rng = np.random.default_rng(config.seed)
     matcher = FeatureMatcher(student, teacher, config.hidden_weight > 0, config.attention_weight > 0,
                              config.hidden_layers, config.layer_map, config.hidden_loss)
-    probe = _to(collate(data[:16]), device)
+    probe = _to(collate(data[:16]), device, floats)
     probe_in = _split_labels(probe, student)[0]
     outputs = {}
     matcher.prepare(lambda: outputs.update(t=call_module(teacher, probe_in), s=call_module(student, probe_in)))
@@ -174,7 +182,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
             idx, order = order[:config.batch_size], order[config.batch_size:]
             share = config.batch_size // world
             batch, labels = _split_labels(_to(collate([data[i] for i in idx[rank * share:(rank + 1) * share]]),
-                                              device), student)
+                                              device, floats), student)
             loss = _loss(trained, teacher, matcher, batch, labels, kind, config, label_weight, variance)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -199,6 +207,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
         student.eval()
     for hook in _hooks(student, "finish_training"):
         hook()
+    _restore_dtypes(student, half[0])
+    _restore_dtypes(teacher, half[1])
     student.to(home)
     teacher.to(teacher_home)
     took = time.perf_counter() - start
@@ -218,8 +228,34 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+def _to(batch: dict, device: torch.device, floats: torch.dtype | None = None) -> dict:
+    """The batch on `device`; floating inputs as `floats` when given (a float16 model trained in float32)."""
+    return {k: v.to(device, floats) if floats is not None and v.is_floating_point() else v.to(device)
+            for k, v in batch.items()}
+
+
+def _upcast_half(model: nn.Module) -> dict[str, torch.dtype]:
+    """The float16 parameters and buffers of `model` as float32, in place (the same objects); returns every floating
+    tensor's dtype by name, or {} when none was float16."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    if not any(t.dtype == torch.float16 for _, t in tensors):
+        return {}
+    was = {name: t.dtype for name, t in tensors if t.is_floating_point()}
+    for _, t in tensors:
+        if t.dtype == torch.float16:
+            t.data = t.data.float()
+    return was
+
+
+def _restore_dtypes(model: nn.Module, was: dict[str, torch.dtype]) -> None:
+    """Each tensor back to its dtype before training; a float32 tensor under a name training made (a mask or score
+    folded into `weight` by movement pruning's end) came from a float16 one."""
+    if not was:
+        return
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        want = was.get(name, torch.float16 if t.dtype == torch.float32 else t.dtype)
+        if t.is_floating_point() and t.dtype != want:
+            t.data = t.data.to(want)
 
 
 def _loss(student, teacher, matcher: FeatureMatcher, batch: dict, labels, kind: str, config: DistillConfig,
