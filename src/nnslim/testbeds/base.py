@@ -166,9 +166,9 @@ class HFTestbed(Testbed):
             if not any((self.model_dir / n).is_file() for n in TOKENIZER_FILES):
                 raise NnslimError(f"{str(self.model_dir)!r} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...); "
                                   "nnslim needs one to turn text into inputs: save the tokenizer beside the "
-                                  "model (tokenizer.save_pretrained(DIR)); a method that needs no data (int4-rtn, "
-                                  "fp16, prune-magnitude) runs without one when the report is skipped (--no-report, "
-                                  "report=False)")
+                                  "model (tokenizer.save_pretrained(DIR)); compress with a method that needs no "
+                                  "data (int4-rtn, fp16, prune-magnitude) runs without one when its report is "
+                                  "skipped (--no-report, report=False)")
 
             self._tok = self._load("loading the tokenizer", lambda: AutoTokenizer.from_pretrained(
                 str(self.model_dir), trust_remote_code=self.trust_remote_code))
