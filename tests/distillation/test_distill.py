@@ -94,3 +94,20 @@ def test_a_float16_model_trains_in_float32_and_stays_float16():
     assert np.isfinite(runner({runner.input_names[0]: data[0]["input"].float().numpy()})).all()
     student = nnslim.distill(teacher, teacher, data, DistillConfig(steps=4, batch_size=8))
     assert all(p.dtype == torch.float16 and torch.isfinite(p).all() for p in student.parameters())
+
+
+def test_a_failed_distillation_leaves_the_callers_teacher_as_it_was(monkeypatch):
+    """The teacher is the caller's model: its float16 tensors (made float32 for training) come back also when
+    training stops on an error."""
+    from nnslim.distillation import trainer
+
+    teacher = nn.Sequential(nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 4)).eval().half()
+    data = [{"input": torch.randn(8, 16).half()} for _ in range(4)]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(trainer, "_loss", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.distill(copy.deepcopy(teacher), teacher, data, DistillConfig(steps=2, batch_size=4))
+    assert all(p.dtype == torch.float16 for p in teacher.parameters())

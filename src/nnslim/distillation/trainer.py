@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -127,90 +128,75 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[dict], config: Di
         raise NnslimError(f"batch_size={config.batch_size} must be a multiple of the {world} processes")
     student = student if inplace else copy.deepcopy(student)
     device = distributed.local_device() if world > 1 else _device(config.device)
-    home = next(student.parameters()).device
-    teacher_home = next(teacher.parameters()).device
-    # float16 weights cannot take AdamW's updates (they turned to NaN / Inf within a few steps): both models train
-    # and teach in float32, and every tensor goes back to its own dtype afterwards (as mixed precision keeps float32
-    # master weights)
-    half = (_upcast_half(student), _upcast_half(teacher))
-    floats = torch.float32 if any(half) else None
-    if any(half):
-        notes.append(f"{desc}: trained in float32 (the model's float16 weights would overflow AdamW's updates), "
-                     "then cast back to float16")
-    student.to(device)
-    teacher.to(device).eval()
-    kind = _loss_kind(config, output_kind)
-    has_labels = any(LABELS in d for d in data[:64])
-    label_weight = config.label_weight if config.label_weight is not None else (0.5 if has_labels else 0.0)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    matcher = FeatureMatcher(student, teacher, config.hidden_weight > 0, config.attention_weight > 0,
-                             config.hidden_layers, config.layer_map, config.hidden_loss)
-    probe = _to(collate(data[:16]), device, floats)
-    probe_in = _split_labels(probe, student)[0]
-    outputs = {}
-    matcher.prepare(lambda: outputs.update(t=call_module(teacher, probe_in), s=call_module(student, probe_in)))
-    variance = float(first_tensor(outputs["t"]).float().var())  # MSE scale, the same for every batch and rank
-    matcher.to(device)
-    trained = student
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    with _placed(student, teacher, device, notes, desc) as floats:
+        kind = _loss_kind(config, output_kind)
+        has_labels = any(LABELS in d for d in data[:64])
+        label_weight = config.label_weight if config.label_weight is not None else (0.5 if has_labels else 0.0)
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        matcher = FeatureMatcher(student, teacher, config.hidden_weight > 0, config.attention_weight > 0,
+                                 config.hidden_layers, config.layer_map, config.hidden_loss)
+        probe = _to(collate(data[:16]), device, floats)
+        probe_in = _split_labels(probe, student)[0]
+        outputs = {}
+        matcher.prepare(lambda: outputs.update(t=call_module(teacher, probe_in), s=call_module(student, probe_in)))
+        variance = float(first_tensor(outputs["t"]).float().var())  # MSE scale, the same for every batch and rank
+        matcher.to(device)
+        trained = student
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(student, find_unused_parameters=True)
-    opt = torch.optim.AdamW(_param_groups(student, list(matcher.parameters()), config), lr=config.lr)
-    warm = max(1, int(config.warmup * config.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (
-        1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, config.steps - warm))))))
-    order: list[int] = []
-    losses: list[float] = []
-    first = 0
-    ck_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    expected = ckpt.fingerprint(dataclasses.asdict(config), data, student, run_id) if ck_dir else None
-    if ck_dir is not None and ckpt.latest(ck_dir) is not None:
-        first, order, losses = _resume(ckpt.latest(ck_dir), expected, student, matcher, opt, sched, rng)
-        notes.append(f"{desc}: resumed from {ckpt.latest(ck_dir).name}")
-    hooks = _hooks(student, "training_step")
-    start = time.perf_counter()
-    student.train()
-    bar = progress(range(first, config.steps), desc=f"{desc} ({kind})", total=config.steps - first)
-    try:
-        for step in bar:
-            for hook in hooks:
-                hook(step, config.steps)
-            if len(order) < config.batch_size:
-                order.extend(rng.permutation(len(data)).tolist())
-            idx, order = order[:config.batch_size], order[config.batch_size:]
-            share = config.batch_size // world
-            batch, labels = _split_labels(_to(collate([data[i] for i in idx[rank * share:(rank + 1) * share]]),
-                                              device, floats), student)
-            loss = _loss(trained, teacher, matcher, batch, labels, kind, config, label_weight, variance)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for p in matcher.parameters():  # the projections live outside DDP: average their gradients here
-                if p.grad is not None:
-                    distributed.average(p.grad, world)
-            opt.step()
-            sched.step()
-            if step_hook is not None:
-                with torch.no_grad():
-                    step_hook(step + 1, student)
-            losses.append(float(distributed.average(loss.detach().clone(), world)))
-            _show(bar, step, config.steps, losses, desc)
-            if ck_dir is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-                if rank == 0:
-                    _checkpoint(ck_dir, step + 1, student, matcher, opt, rng, order, losses, expected)
-                distributed.barrier(world)
-            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
-                break
-    finally:
-        matcher.remove()
-        student.eval()
-    for hook in _hooks(student, "finish_training"):
-        hook()
-    _restore_dtypes(student, half[0])
-    _restore_dtypes(teacher, half[1])
-    student.to(home)
-    teacher.to(teacher_home)
+            trained = DistributedDataParallel(student, find_unused_parameters=True)
+        opt = torch.optim.AdamW(_param_groups(student, list(matcher.parameters()), config), lr=config.lr)
+        warm = max(1, int(config.warmup * config.steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (
+            1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, config.steps - warm))))))
+        order: list[int] = []
+        losses: list[float] = []
+        first = 0
+        ck_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+        expected = ckpt.fingerprint(dataclasses.asdict(config), data, student, run_id) if ck_dir else None
+        if ck_dir is not None and ckpt.latest(ck_dir) is not None:
+            first, order, losses = _resume(ckpt.latest(ck_dir), expected, student, matcher, opt, sched, rng)
+            notes.append(f"{desc}: resumed from {ckpt.latest(ck_dir).name}")
+        hooks = _hooks(student, "training_step")
+        start = time.perf_counter()
+        student.train()
+        bar = progress(range(first, config.steps), desc=f"{desc} ({kind})", total=config.steps - first)
+        try:
+            for step in bar:
+                for hook in hooks:
+                    hook(step, config.steps)
+                if len(order) < config.batch_size:
+                    order.extend(rng.permutation(len(data)).tolist())
+                idx, order = order[:config.batch_size], order[config.batch_size:]
+                share = config.batch_size // world
+                batch, labels = _split_labels(_to(collate([data[i] for i in idx[rank * share:(rank + 1) * share]]),
+                                                  device, floats), student)
+                loss = _loss(trained, teacher, matcher, batch, labels, kind, config, label_weight, variance)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for p in matcher.parameters():  # the projections live outside DDP: average their gradients here
+                    if p.grad is not None:
+                        distributed.average(p.grad, world)
+                opt.step()
+                sched.step()
+                if step_hook is not None:
+                    with torch.no_grad():
+                        step_hook(step + 1, student)
+                losses.append(float(distributed.average(loss.detach().clone(), world)))
+                _show(bar, step, config.steps, losses, desc)
+                if ck_dir is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                    if rank == 0:
+                        _checkpoint(ck_dir, step + 1, student, matcher, opt, rng, order, losses, expected)
+                    distributed.barrier(world)
+                if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+                    break
+        finally:
+            matcher.remove()
+            student.eval()
+        for hook in _hooks(student, "finish_training"):
+            hook()
     took = time.perf_counter() - start
     w = max(1, min(10, len(losses) // 2))  # first and last steps' mean loss; the windows never overlap
     head, tail = np.mean(losses[:w]), np.mean(losses[-w:])
@@ -226,6 +212,28 @@ def _device(name: str) -> torch.device:
     from ..context import resolve_device
 
     return resolve_device(name)
+
+
+@contextmanager
+def _placed(student: nn.Module, teacher: nn.Module, device: torch.device, notes: list[str], desc: str):
+    """Both models on `device` for training, yielding the dtype floating inputs take (None: their own). float16
+    weights cannot take AdamW's updates (they turned to NaN / Inf within a few steps): both models train and teach
+    on float32 copies of their float16 tensors, as mixed precision keeps float32 master weights. On exit, also on an
+    error, every tensor goes back to its dtype and each model back where it was (the teacher is the caller's)."""
+    home, teacher_home = next(student.parameters()).device, next(teacher.parameters()).device
+    half = (_upcast_half(student), _upcast_half(teacher))
+    if any(half):
+        notes.append(f"{desc}: trained in float32 (the model's float16 weights would overflow AdamW's updates), "
+                     "then cast back to float16")
+    try:
+        student.to(device)
+        teacher.to(device).eval()
+        yield torch.float32 if any(half) else None
+    finally:
+        _restore_dtypes(student, half[0])
+        _restore_dtypes(teacher, half[1])
+        student.to(home)
+        teacher.to(teacher_home)
 
 
 def _to(batch: dict, device: torch.device, floats: torch.dtype | None = None) -> dict:
