@@ -37,19 +37,34 @@ def _same_codes(a: dict, b: dict) -> bool:
 def _called(model: torch.nn.Module, names: list[str], example_inputs: dict) -> set[str]:
     """Which of the named layers run when the model is called on the example (a graph of one part of a model,
     e.g. an encoder-decoder's encoder, holds only those; the others are deployed by the other parts)."""
-    from .base import call_module, model_device, model_dtype
+    from .base import call_module
 
     called, hooks = set(), []
     for name in names:
         hooks.append(model.get_submodule(name).register_forward_hook(lambda *_, n=name: called.add(n)))
     try:
-        dtype, device = model_dtype(model), model_device(model)
-        tensors = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in example_inputs.items()}
-        call_module(model, {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()})
+        call_module(model, _as_model_inputs(model, example_inputs))
     finally:
         for h in hooks:
             h.remove()
     return called
+
+
+def _as_model_inputs(model: torch.nn.Module, example_inputs: dict, shift: int = 0) -> dict[str, torch.Tensor]:
+    """The example as tensors on the model's device, floating ones in its dtype; shift=1: a changed copy (floats
+    moved by half their spread, integer ids shifted inside their range)."""
+    from .base import model_device, model_dtype
+
+    dtype, device = model_dtype(model), model_device(model)
+    feed = {}
+    for k, v in example_inputs.items():
+        t = torch.as_tensor(np.asarray(v), device=device)
+        if t.is_floating_point():
+            t = (t + 0.5 * (t.std() if t.numel() > 1 else 1.0) if shift else t).to(dtype)
+        elif shift and t.dtype != torch.bool and t.numel():
+            t = (t - t.min() + 1) % (t.max() - t.min() + 1) + t.min()
+        feed[k] = t
+    return feed
 
 
 def _constant_input(model: torch.nn.Module, names: list[str], example_inputs: dict) -> set[str]:
@@ -57,25 +72,16 @@ def _constant_input(model: torch.nn.Module, names: list[str], example_inputs: di
     coordinate table: Swin v2's continuous_position_bias_mlp): the exporter folds such a layer into a constant.
     Compared between the example and a changed copy of it (floats moved, integer ids shifted inside their range);
     a model that fails on the copy gives none."""
-    from .base import call_module, model_device, model_dtype
+    from .base import call_module
 
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda _m, args, n=n: seen[n].append(args[0].detach().clone() if args and torch.is_tensor(args[0])
                                              else torch.empty(0))) for n in names]
     try:
-        dtype, device = model_dtype(model), model_device(model)
         for shift in (0, 1):
-            feed = {}
-            for k, v in example_inputs.items():
-                t = torch.as_tensor(np.asarray(v), device=device)
-                if t.is_floating_point():
-                    t = (t + 0.5 * shift * (t.std() if t.numel() > 1 else 1.0)).to(dtype)
-                elif shift and t.dtype != torch.bool and t.numel():
-                    t = (t - t.min() + 1) % (t.max() - t.min() + 1) + t.min()  # ids moved, range kept
-                feed[k] = t
             with torch.no_grad():
-                call_module(model, feed)
+                call_module(model, _as_model_inputs(model, example_inputs, shift))
     except Exception:  # noqa: BLE001 - the changed copy is no valid input: no layer is called constant
         return set()
     finally:
@@ -90,7 +96,7 @@ def _dead_ends(model: torch.nn.Module, names: list[str], example_inputs: dict) -
     under a sequence classifier: the exporter drops them as dead code). By autograd: each layer's output is made a
     leaf that needs grad, and the outputs' sum is differentiated; a layer whose leaf gets no gradient path is a
     dead end. None on any failure."""
-    from .base import call_module, model_device, model_dtype, tensor_leaves
+    from .base import call_module, tensor_leaves
 
     leaves: dict[str, torch.Tensor] = {}
 
@@ -102,10 +108,8 @@ def _dead_ends(model: torch.nn.Module, names: list[str], example_inputs: dict) -
 
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in names]
     try:
-        dtype, device = model_dtype(model), model_device(model)
-        tensors = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in example_inputs.items()}
         with torch.enable_grad():
-            out = call_module(model, {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()})
+            out = call_module(model, _as_model_inputs(model, example_inputs))
             total = sum(t.float().sum() for _, t in tensor_leaves(out) if t.is_floating_point() and t.requires_grad)
             if not leaves or not torch.is_tensor(total):
                 return set()
