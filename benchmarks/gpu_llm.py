@@ -48,19 +48,25 @@ def machine() -> str:
     return f"{p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}"
 
 
-def graph_time(fn, reps_inside: int, rep_ms: int = 300) -> float:
-    """Median ms per call of fn (which runs reps_inside layer calls) replayed from a CUDA graph."""
-    import triton.testing
-
+def captured(fn, warmups: int = 2) -> "torch.cuda.CUDAGraph":
+    """fn captured in a CUDA graph, after `warmups` calls on a side stream."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for _ in range(2):
+        for _ in range(warmups):
             fn()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
+    return g
+
+
+def graph_time(fn, reps_inside: int, rep_ms: int = 300) -> float:
+    """Median ms per call of fn (which runs reps_inside layer calls) replayed from a CUDA graph."""
+    import triton.testing
+
+    g = captured(fn)
     ms = triton.testing.do_bench(g.replay, warmup=min(50, rep_ms), rep=rep_ms, return_mode="median")
     return ms / reps_inside
 
@@ -395,88 +401,6 @@ def bench_batched(args) -> list[dict]:
     return rows
 
 
-def bench_prefill(args) -> list[dict]:
-    """The prompt's forward pass (what a user waits for before the first token; M = batch x prompt rows reach the
-    int4 / fp8 GEMMs): ms and tokens/s per variant and (batch, prompt), each a ratio vs bf16 at the same shape.
-    The Hugging Face forward with logits of the last position only (logits_to_keep=1, as serving computes them);
-    warm-up calls first (the kernel selector times its candidates then), then the median of --runs x 5 calls
-    timed by CUDA events."""
-    from nnslim import Int4RtnConfig, quantize
-    from nnslim.quant.w8a8 import Fp8Config, quantize_w8a8
-
-    rows, base = [], {}
-    for name in ["bf16"] + [v for v in args.variants.split(",") if v]:
-        model = llama(args.layers, "cuda")
-        if name == "int4":
-            model = quantize(model, Int4RtnConfig(group_size=128), inplace=True)
-        elif name == "fp8":
-            model = quantize_w8a8(model, Fp8Config(), inplace=True)
-        elif name != "bf16":
-            raise SystemExit(f"unknown variant {name}")
-        for b in [int(v) for v in args.batch.split(",")]:
-            for t in [int(v) for v in str(args.prompt_lens).split(",")]:
-                ids = torch.randint(0, model.config.vocab_size, (b, t), device="cuda",
-                                    generator=torch.Generator(device="cuda").manual_seed(0))
-                with torch.no_grad():
-                    fwd = warmed_prefill(model, ids)
-                    run = _graphed(fwd) if args.graph else fwd
-                    if run is None:
-                        continue
-                    times = []
-                    for _ in range(max(1, args.runs) * 5):
-                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        run()
-                        end.record()
-                        torch.cuda.synchronize()
-                        times.append(start.elapsed_time(end))
-                ms = statistics.median(times)
-                if name == "bf16":
-                    base[(b, t)] = ms
-                row = {"variant": name, "batch": b, "prompt": t, "rows_M": b * t, "ms": round(ms, 3),
-                       "tok_s": round(b * t / ms * 1e3, 1), "vs_bf16": round(base[(b, t)] / ms, 3) if (b, t) in base else None,
-                       "gluon_gemm": os.environ.get("NNSLIM_GLUON_GEMM", "default"),
-                       "fast_launch": os.environ.get("NNSLIM_FAST_LAUNCH", "default"),
-                       "mode": "cuda-graph" if args.graph else "eager"}
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-        del model
-        torch.cuda.empty_cache()
-    return rows
-
-
-def warmed_prefill(model, ids):
-    """The Hugging Face forward over `ids` (logits of the last position only, as serving computes them) as a
-    function of no arguments, after three warm-up calls (the kernel selector times its candidates in the first)."""
-    def fwd():
-        model(input_ids=ids, use_cache=False, logits_to_keep=1)
-
-    for _ in range(3):
-        fwd()
-    torch.cuda.synchronize()
-    return fwd
-
-
-def _graphed(fn):
-    """fn captured in a CUDA graph (after its warm-up: the kernel selector has chosen), as graph.replay; None, with
-    the reason printed, when the forward cannot be captured."""
-    try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        g.replay()
-        torch.cuda.synchronize()
-        return g.replay
-    except Exception as e:  # noqa: BLE001 - reported, the row left out
-        print(f"not capturable in a CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
-        return None
-
-
 def profile_step(model, prompt_len: int) -> None:
     """GPU time per kernel of one fused decode step (run eagerly under torch.profiler; the kernels are
     the ones the CUDA graph replays)."""
@@ -599,8 +523,12 @@ def main():
             fmt = {"bf16": "model"}.get(row["cache"], row["cache"])
             triton_decode.ATTENTION_CONFIG[fmt] = row["best_config"]
         print(f"# decode attention launches: {triton_decode.ATTENTION_CONFIG}", flush=True)
-    rows = {"kernels": bench_kernels, "decode": bench_decode, "batched": bench_batched, "prefill": bench_prefill,
-            "gptq": bench_gptq}[args.what](args)
+    if args.what == "prefill":  # (its code lives with the prefill profile)
+        from gpu_prefill_profile import bench_prefill as bench
+    else:
+        bench = {"kernels": bench_kernels, "decode": bench_decode, "batched": bench_batched,
+                 "gptq": bench_gptq}[args.what]
+    rows = bench(args)
     if args.json:
         from nnslim.runtime.kernels.select import kernel_table
 

@@ -2,6 +2,7 @@
 prefill ran 0.2-0.5x bf16 at 128-512 prompt rows). Diagnostic, on the device machine:
 
   python benchmarks/gpu_prefill_profile.py --layers 2 --rows 128,512 [--part model,layer,selfcheck]
+  (the prefill benchmark itself, `python benchmarks/gpu_llm.py prefill ...`, runs bench_prefill below)
   NNSLIM_FAST_LAUNCH=0 python benchmarks/gpu_prefill_profile.py ...   # every launch through Triton's binding
 
 For each variant and prompt length, after warm-up calls: the GPU time of one forward (CUDA events), the host time
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
+import os
 import pstats
 import statistics
 import sys
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from gpu_llm import llama, warmed_prefill  # noqa: E402
+from gpu_llm import captured, llama  # noqa: E402
 
 
 def _events_ms(fn, reps: int = 10) -> float:
@@ -91,8 +94,8 @@ def model_part(args) -> None:
             with torch.no_grad():
                 fwd = warmed_prefill(model, ids)
                 gpu, host, kern = _events_ms(fwd), _host_ms(fwd), _kernel_ms(fwd)
-                print(f"== {name} rows {t}: events {gpu:.2f} ms, host issue (least of 30) {host:.2f} ms, kernels {kern:.2f} ms",
-                      flush=True)
+                print(f"== {name} rows {t}: events {gpu:.2f} ms, host issue (least of 30) {host:.2f} ms, "
+                      f"kernels {kern:.2f} ms", flush=True)
                 if name != "bf16" and t == int(args.rows.split(",")[0]):
                     print(_top_python(fwd), flush=True)
         if name != "bf16":
@@ -120,7 +123,8 @@ def layer_part(args) -> None:
         ref = _events_ms(lambda: lin(x), 20)
         print(f"== one int4 linear {k}->{n}, M={rows}: bf16 F.linear eager {ref:.4f} ms", flush=True)
         seen: dict[str, float] = {}
-        cands = {"module-forward": lambda: m(x), **m._candidates(x)}  # the layer as a model calls it (selector, wrapper)
+        # the layer as a model calls it (selector, wrapper), then each candidate kernel alone
+        cands = {"module-forward": lambda: m(x), **m._candidates(x)}
         for cname, fn in cands.items():
             try:
                 fn()
@@ -180,6 +184,82 @@ def selfcheck_part(args) -> None:
                 out[name] = f"{type(e).__name__}: {e}"[:120]
     print("== fp8 self-check, %d layers:" % args.layers_check, {k: (round(v, 4) if isinstance(v, float) else v)
                                                              for k, v in out.items()}, flush=True)
+
+
+def bench_prefill(args) -> list[dict]:
+    """The prompt's forward pass (what a user waits for before the first token; M = batch x prompt rows reach the
+    int4 / fp8 GEMMs): ms and tokens/s per variant and (batch, prompt), each a ratio vs bf16 at the same shape.
+    The Hugging Face forward with logits of the last position only (logits_to_keep=1, as serving computes them);
+    warm-up calls first (the kernel selector times its candidates then), then the median of --runs x 5 calls
+    timed by CUDA events."""
+    from nnslim import Int4RtnConfig, quantize
+    from nnslim.quant.w8a8 import Fp8Config, quantize_w8a8
+
+    rows, base = [], {}
+    for name in ["bf16"] + [v for v in args.variants.split(",") if v]:
+        model = llama(args.layers, "cuda")
+        if name == "int4":
+            model = quantize(model, Int4RtnConfig(group_size=128), inplace=True)
+        elif name == "fp8":
+            model = quantize_w8a8(model, Fp8Config(), inplace=True)
+        elif name != "bf16":
+            raise SystemExit(f"unknown variant {name}")
+        for b in [int(v) for v in args.batch.split(",")]:
+            for t in [int(v) for v in str(args.prompt_lens).split(",")]:
+                ids = torch.randint(0, model.config.vocab_size, (b, t), device="cuda",
+                                    generator=torch.Generator(device="cuda").manual_seed(0))
+                with torch.no_grad():
+                    fwd = warmed_prefill(model, ids)
+                    run = _graphed(fwd) if args.graph else fwd
+                    if run is None:
+                        continue
+                    times = []
+                    for _ in range(max(1, args.runs) * 5):
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        run()
+                        end.record()
+                        torch.cuda.synchronize()
+                        times.append(start.elapsed_time(end))
+                ms = statistics.median(times)
+                if name == "bf16":
+                    base[(b, t)] = ms
+                row = {"variant": name, "batch": b, "prompt": t, "rows_M": b * t, "ms": round(ms, 3),
+                       "tok_s": round(b * t / ms * 1e3, 1),
+                       "vs_bf16": round(base[(b, t)] / ms, 3) if (b, t) in base else None,
+                       "gluon_gemm": os.environ.get("NNSLIM_GLUON_GEMM", "default"),
+                       "fast_launch": os.environ.get("NNSLIM_FAST_LAUNCH", "default"),
+                       "mode": "cuda-graph" if args.graph else "eager"}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def warmed_prefill(model, ids):
+    """The Hugging Face forward over `ids` (logits of the last position only, as serving computes them) as a
+    function of no arguments, after three warm-up calls (the kernel selector times its candidates in the first)."""
+    def fwd():
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    for _ in range(3):
+        fwd()
+    torch.cuda.synchronize()
+    return fwd
+
+
+def _graphed(fn):
+    """fn captured in a CUDA graph (after its warm-up: the kernel selector has chosen), as graph.replay; None, with
+    the reason printed, when the forward cannot be captured."""
+    try:
+        g = captured(fn, warmups=1)
+        g.replay()
+        torch.cuda.synchronize()
+        return g.replay
+    except Exception as e:  # noqa: BLE001 - reported, the row left out
+        print(f"not capturable in a CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
+        return None
 
 
 def main():
