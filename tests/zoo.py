@@ -48,6 +48,31 @@ class ResNetTiny(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class ResNeXtBlock(nn.Module):
+    """Bottleneck with a grouped 3x3 (ResNeXt / RegNet): 1x1 -> grouped 3x3 (in == out) -> 1x1, plus the input."""
+
+    def __init__(self, c, width, groups):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=groups, bias=False),
+                                     nn.BatchNorm2d(width), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(width, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return F.relu(x + self.expand(self.grouped(self.reduce(x))))
+
+
+class ResNeXtTiny(nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.Sequential(ResNeXtBlock(32, 32, 8), ResNeXtBlock(32, 48, 4))
+        self.fc = nn.Linear(32, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c, r=4):
         super().__init__()
@@ -178,6 +203,7 @@ def zoo() -> dict[str, tuple[nn.Module, dict[str, torch.Tensor]]]:
     img = torch.randn(2, 3, 32, 32)
     return {
         "resnet": (ResNetTiny().eval(), {"x": img}),
+        "resnext": (ResNeXtTiny().eval(), {"x": img}),
         "mobilenet-se": (MobileNetTiny().eval(), {"x": img}),
         "unet": (UNetTiny().eval(), {"x": img}),
         "vit": (ViTTiny().eval(), {"x": img}),

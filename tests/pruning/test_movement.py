@@ -135,7 +135,8 @@ def test_drop_layers_refuses_a_model_whose_config_derives_its_depth():
     assert len(model.funnel.encoder.blocks) == 2
 
 
-def test_jpqd_removes_channels_of_a_cnn_whose_batchnorms_qat_folded():
+@pytest.mark.parametrize("groups", [16, 4], ids=["depthwise", "grouped"])
+def test_jpqd_removes_channels_of_a_cnn_whose_batchnorms_qat_folded(groups):
     """Movement pruning records its channel groups before qat folds each BatchNorm into its convolution (an Identity
     is left in its place): removing the channels at the end stopped at "layer 'bn' (Identity) has no pruning
     function" (SegFormer, MobileViT); and a depthwise convolution's channels were cut from its weight but not from
@@ -144,7 +145,7 @@ def test_jpqd_removes_channels_of_a_cnn_whose_batchnorms_qat_folded():
         def __init__(self):
             super().__init__()
             self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
-            self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+            self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=groups), nn.BatchNorm2d(16)
             self.pw, self.head = nn.Conv2d(16, 16, 1), nn.Linear(16, 4)
 
         def forward(self, x):
@@ -162,3 +163,17 @@ def test_jpqd_removes_channels_of_a_cnn_whose_batchnorms_qat_folded():
     assert any("folded 2 BatchNorm" in n for n in res.notes)
     removed = next(n for n in res.notes if n.startswith("movement: final masks applied"))
     assert "layer slices removed" in removed and "int8 ONNX: 4/4 layers as int8" in " ".join(res.notes)
+    import onnx
+
+    graph = onnx.load(str(res.model.path)).graph
+    weights = {i.name: tuple(i.dims) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvInteger", "QLinearConv")]
+    grouped = [n for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(grouped) == 1
+    group = next(a.i for a in grouped[0].attribute if a.name == "group")
+    made_by = {o: n for n in graph.node for o in n.output}
+    w = grouped[0].input[1]
+    while w not in weights:  # the int8 codes behind DequantizeLinear (and any Cast / Reshape)
+        w = made_by[w].input[0]
+    assert group == 4 if groups == 4 else group < 16, group  # channels removed, the grouping kept
+    assert weights[w][0] < 16 and weights[w][0] // group == (1 if groups == 16 else 16 // 4 // 2), weights[w]

@@ -313,3 +313,52 @@ def test_prelu_passes_or_slices_its_channels(slopes):
     pruned = nnslim.prune(model, StructuredPruneConfig(ratio=0.5), example_inputs=x)
     assert pruned[0].out_channels == 16 and pruned[1].weight.numel() == (1 if slopes == 1 else 16)
     assert pruned(x).shape == (2, 4)
+
+
+def test_grouped_conv_loses_channels_equally_per_group_and_dead_ones_exactly():
+    """A ResNeXt bottleneck's grouped 3x3: its inputs go with the 1x1 before it, its outputs with the one after, as
+    many from each of its groups; channels that contribute nothing are removed without changing the output."""
+    from zoo import ResNeXtBlock
+
+    torch.manual_seed(0)
+    block = ResNeXtBlock(16, 16, groups=4).eval()
+    dead = torch.tensor([1, 2, 5, 6, 9, 10, 13, 14])  # two per group of 4
+    with torch.no_grad():
+        for layer in (block.reduce[0], block.reduce[1], block.grouped[0], block.grouped[1]):
+            layer.weight[dead] = 0
+        block.reduce[1].bias[dead] = 0
+        block.grouped[1].bias[dead] = 0
+    x = torch.randn(2, 16, 8, 8)
+    cfg = StructuredPruneConfig(ratio=0.5, importance="activation")
+    p = prune_structured(block, cfg, {"x": x}, [{"x": torch.randn(2, 16, 8, 8)} for _ in range(2)])
+    conv = p.grouped[0]
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (8, 8, 4) and conv.weight.shape == (8, 2, 3, 3)
+    assert p.reduce[0].out_channels == 8 and p.expand[0].in_channels == 8
+    torch.testing.assert_close(p(x), block(x), rtol=1e-5, atol=1e-5)
+    # dead channels all in one group: still the same number from each group, and the plan rebuilds it
+    lopsided = ResNeXtBlock(16, 16, groups=4).eval()
+    with torch.no_grad():
+        lopsided.reduce[0].weight[:4] = 0
+    p = prune_structured(lopsided, StructuredPruneConfig(ratio=0.25, importance="l2"), {"x": x})
+    assert (p.grouped[0].out_channels, p.grouped[0].groups, p.grouped[0].weight.shape[1]) == (12, 4, 3)
+    rebuilt = apply_plan(ResNeXtBlock(16, 16, groups=4).eval(), getattr(p, PLAN_ATTR))
+    rebuilt.load_state_dict(p.state_dict())
+    torch.testing.assert_close(rebuilt(x), p(x))
+
+
+def test_grouped_conv_with_in_ne_out_and_movement():
+    """Inputs and outputs of a grouped conv (8 -> 16, 4 groups) are pruned independently, equally per group."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, groups=4), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    p = prune_structured(model, StructuredPruneConfig(ratio=0.5), {"x": x})
+    assert (p[2].in_channels, p[2].out_channels, p[2].groups, p[2].weight.shape[1]) == (4, 8, 4, 1)
+    assert p[0].out_channels == 4 and p[4].in_channels == 8 and p(x).shape == (2, 4, 8, 8)
+    # the grouped conv of a transposed kind keeps its channels, with the reason
+    notes = []
+    up = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, 2, groups=2), nn.ReLU(),
+                       nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    p = prune_structured(up, StructuredPruneConfig(ratio=0.5), {"x": x}, notes=notes)
+    assert p[2].in_channels == 8 and p[4].out_channels == 4
+    assert any("grouped conv (groups=2, transposed)" in n for n in notes), notes

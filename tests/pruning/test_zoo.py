@@ -33,7 +33,7 @@ def _ort(path, inputs):
     return sess.run(None, {k: np.asarray(v) for k, v in inputs.items()})[0]
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet-se", "unet", "vit", "transformer-encoder"])
+@pytest.mark.parametrize("name", ["resnet", "resnext", "mobilenet-se", "unet", "vit", "transformer-encoder"])
 def test_zoo_model(name, tmp_path):
     model, example = zoo()[name]
     first = next(iter(example))

@@ -172,13 +172,23 @@ class DependencyGraph:
         out = []
         for sig, roots in by_sig.items():
             mems = [self.members[i] for i in sig]
-            if not any(m.role in ("out", "dw", "heads", "emb") or m.role.startswith("param") for m in mems):
+            if not any(m.role in ("out", "dw", "gout", "heads", "emb") or m.role.startswith("param") for m in mems):
                 continue  # nothing produces these channels here (they come from outside the traced graph)
             positions = {r: {mi: np.asarray(p) for mi, p in by_root[r].items()} for r in roots}
             kind = "heads" if any(m.role == "heads" for m in mems) else "channels"
             multiple = math.lcm(*[m.multiple for m in mems])
-            chunks = max(m.chunks for m in mems)
-            out.append(Group(sorted(roots), list(sig), positions, kind, multiple, chunks))
+            chunks = math.lcm(*[m.chunks for m in mems])
+            roots = sorted(roots)
+            if chunks > 1:  # chunks are consecutive positions of the members that have them: atoms in that order
+                chunked = [i for i in sig if self.members[i].chunks > 1]
+                partial = [self.members[i] for i in chunked
+                           if sum(len(positions[r][i]) for r in roots) != len(self.members[i].labels)]
+                if partial:  # equal removal per chunk needs every position of the layer in this one group
+                    self.warnings.append(f"{partial[0].module}: its {partial[0].chunks} groups' channels are not "
+                                         "one prunable group (some kept or coupled elsewhere): they stay")
+                    continue
+                roots.sort(key=lambda r: int(positions[r][chunked[0]].min()))
+            out.append(Group(roots, list(sig), positions, kind, multiple, chunks))
         return out
 
     def keep_indices(self, removed: set[int]) -> list[tuple[Member, np.ndarray]]:

@@ -55,7 +55,12 @@ def slice_param(module: nn.Module, attr: str, dim: int, keep: torch.Tensor) -> N
     old = getattr(module, attr, None)
     if old is None:
         return
-    new = old.detach().index_select(dim, keep.to(old.device)).clone()
+    replace_param(module, attr, old.detach().index_select(dim, keep.to(old.device)).clone())
+
+
+def replace_param(module: nn.Module, attr: str, new: torch.Tensor) -> None:
+    """Put `new` in place of the parameter / buffer `attr`, keeping its kind and requires_grad."""
+    old = getattr(module, attr)
     if isinstance(old, nn.Parameter):
         setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
     else:
@@ -139,13 +144,22 @@ class ConvLayer(Layer):
                 g.drop(x, f"{name}: depthwise conv reads channels off axis 1")
                 gids = g.new(m.out_channels, frozen=f"{name}: depthwise conv over channels from outside the graph")
             g.member(name, "dw", gids)
+        elif not transposed and (g.info(x) or (None,))[0] == 1:
+            # grouped (ResNeXt, RegNet): output group i reads input group i only, so either side may lose channels
+            # as long as every group loses as many as the others (the layer stays `groups` equal groups)
+            g.member(name, "gin", g.info(x)[1], chunks=m.groups)
+            gids = g.new(m.out_channels)
+            g.member(name, "gout", gids, chunks=m.groups)
         else:
-            g.drop(x, f"{name}: grouped conv (groups={m.groups}) keeps its channels")
-            gids = g.new(m.out_channels, frozen=f"{name}: grouped conv (groups={m.groups}) keeps its channels")
+            why = "transposed" if transposed else "channels read off axis 1"
+            g.drop(x, f"{name}: grouped conv (groups={m.groups}, {why}) keeps its channels")
+            gids = g.new(m.out_channels, frozen=f"{name}: grouped conv (groups={m.groups}, {why}) keeps its channels")
         g.set(y, 1, gids)
 
     def weights(self, m, role):
         d_in, d_out = self._dims(m)
+        if role == "gin":  # a grouped conv's input j is column j % (in / groups) of group j's rows only: no one
+            return []      # axis of the weight holds it (the layers that produce those channels score them)
         return [(m.weight, d_in if role == "in" else d_out if role == "out" else 0, 1)]
 
     def slice(self, m, role, keep):
@@ -157,6 +171,23 @@ class ConvLayer(Layer):
             slice_param(m, "weight", d_out, keep)
             slice_param(m, "bias", 0, keep)
             m.out_channels = len(keep)
+        elif role in ("gin", "gout"):  # grouped: the same number of positions kept in each group
+            keep, n = torch.as_tensor(keep), m.in_channels if role == "gin" else m.out_channels
+            size = n // m.groups
+            per_group = [keep[(keep >= gi * size) & (keep < (gi + 1) * size)] - gi * size for gi in range(m.groups)]
+            if len({len(k) for k in per_group}) != 1 or not len(per_group[0]):
+                raise ValueError(f"grouped conv: {len(keep)} kept {role[1:]}put channels are not spread equally over "
+                                 f"its {m.groups} groups")
+            if role == "gout":
+                slice_param(m, "weight", 0, keep)
+                slice_param(m, "bias", 0, keep)
+                m.out_channels = len(keep)
+            else:
+                rows = m.out_channels // m.groups
+                w = m.weight.detach()
+                replace_param(m, "weight", torch.cat([w[gi * rows:(gi + 1) * rows][:, k]
+                                                      for gi, k in enumerate(per_group)]))
+                m.in_channels = len(keep)
         else:  # depthwise: output channel j reads input channel j // multiplier
             mult = m.out_channels // m.in_channels
             slice_param(m, "weight", 0, keep)

@@ -163,12 +163,12 @@ class QuantWrapper(_Transparent):
         return m if self.input_scale is None else ScaledInput(m, self.input_scale)
 
     def slice_channels(self, role: str, keep: torch.Tensor) -> None:
-        """After the float layer lost positions of `role` (in / out, or a depthwise convolution's channels, which are
-        its outputs and, in groups of out / in, its inputs): the quantization state follows."""
-        if role != "in":
+        """After the float layer lost positions of `role` (in / out, a grouped convolution's gin / gout, or a
+        depthwise convolution's channels, which are its outputs and, in groups of out / in, its inputs): the quantization state follows."""
+        if role not in ("in", "gin"):  # per output channel
             self.weight_quantizer.slice_(keep)
-        inputs = keep if role == "in" else None
-        if role not in ("in", "out"):  # depthwise: output channel j reads input channel j // (out / in)
+        inputs = keep if role in ("in", "gin") else None
+        if role == "dw":  # depthwise: output channel j reads input channel j // (out / in)
             inputs = torch.unique(keep // (len(keep) // self.float_module.in_channels))
         if inputs is not None and self.input_scale is not None:
             self.input_scale = self.input_scale.index_select(0, inputs.to(self.input_scale.device)).clone()
