@@ -42,6 +42,17 @@ def test_gradual_reaches_the_target_and_beats_one_shot():
     assert err_g < err_1 and "80.0% of their weights are zero" in notes[-1]
 
 
+def test_gradual_two_four_keeps_a_layer_four_does_not_divide_dense():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(32, 6), nn.ReLU(), nn.Linear(6, 8)).eval()
+    data = [{"input": torch.randn(1, 32).numpy()} for _ in range(16)]
+    notes = []
+    g = prune_gradual(teacher, teacher, data, GradualPruneConfig(pattern="2:4", steps=4, batch_size=8), notes=notes)
+    assert float((g[0].weight == 0).float().mean()) == 0.5 and int((g[2].weight == 0).sum()) == 0
+    assert any("pattern 2:4: 1 of 2 layers stay dense (inputs per output not divisible by 4): 2.weight" in n
+               for n in notes), notes
+
+
 @pytest.mark.parametrize("values", ["int8", "float16", "float32"])
 def test_sparse_storage_roundtrip_and_size(tmp_path, values):
     m = _mlp()

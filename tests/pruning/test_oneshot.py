@@ -7,6 +7,7 @@ from torch import nn
 from conftest import apply_step, llama_samples
 from nnslim import MagnitudePruneConfig, NnslimError, SparseGptConfig, TwoFourPruneConfig, WandaConfig, prune
 from nnslim.pruning.masks import layer_mask, nm_mask, row_mask
+from nnslim.pruning.magnitude import magnitude_prune
 from nnslim.recipe import make_step
 
 
@@ -64,8 +65,12 @@ def test_bad_prune_inputs(tiny_llama):
         MagnitudePruneConfig(sparsity=1.0)
     with pytest.raises(NnslimError, match="pattern='3:2' is not allowed"):
         MagnitudePruneConfig(pattern="3:2")
-    with pytest.raises(NnslimError, match="pattern 2:3 needs in_features divisible by 3"):
+    with pytest.raises(NnslimError, match="pattern 2:3 needs in_features divisible by 3; no layer has that"):
         prune(tiny_llama, MagnitudePruneConfig(pattern="2:3"))
+    notes = []  # a layer 4 does not divide stays dense, said in a note (Mamba's dt_proj: in_features = dt_rank)
+    odd = magnitude_prune(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 8)), TwoFourPruneConfig(), notes=notes)
+    assert (odd[0].weight == 0).float().mean() == 0.5 and (odd[2].weight == 0).sum() == 0
+    assert any("pattern 2:4: 1 of 2 layers stay dense (in_features not divisible by 4): 2" in n for n in notes)
     with pytest.raises(NnslimError, match="no nn.Linear layer"):
         prune(nn.Sequential(nn.ReLU()), MagnitudePruneConfig())
     with pytest.raises(NnslimError, match="calibration is empty"):

@@ -92,8 +92,15 @@ def prune_gradual(model: nn.Module, teacher: nn.Module, data: list[dict], config
     notes = notes if notes is not None else []
     student = copy.deepcopy(model)
     weights = prunable_weights(student, config)
+    nm = parse_pattern(config.pattern)
+    odd = [n for n, w in weights.items() if nm and (w[0].numel() % nm[1])]
+    if odd:  # as one-shot N:M pruning: such a layer stays dense, said
+        notes.append(f"pattern {config.pattern}: {len(odd)} of {len(weights)} layers stay dense (inputs per output not "
+                     f"divisible by {nm[1]}): {', '.join(odd[:5])}" + (" ..." if len(odd) > 5 else ""))
+        weights = {n: w for n, w in weights.items() if n not in odd}
     if not weights:
-        raise NnslimError("gradual pruning found no Linear/Conv weights to prune (check `ignore`)")
+        raise NnslimError("gradual pruning found no Linear/Conv weights to prune (check `ignore`"
+                          + (f" and pattern={config.pattern!r}" if odd else "") + ")")
     masker = _Masker(weights, config, config.steps)
     student = distill(student, teacher, data, config, output_kind, inplace=True, notes=notes, step_hook=masker,
                       desc=f"gradual pruning to {config.sparsity:.0%}")

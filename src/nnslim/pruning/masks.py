@@ -22,7 +22,7 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
 def check_nm(in_features: int, nm: tuple[int, int], layer: str) -> None:
     if in_features % nm[1]:
         raise NnslimError(f"pattern {nm[0]}:{nm[1]} needs in_features divisible by {nm[1]}; layer {layer} has "
-                          f"{in_features}; add it to `ignore`")
+                          f"{in_features}")
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

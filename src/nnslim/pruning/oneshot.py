@@ -21,7 +21,7 @@ from ..graph.layerwise import BlockAlgorithm, calibrate_layerwise, check_layerwi
 from ..graph.scope import select_linears
 from ..graph.streaming import each_layer, source_of
 from ..recipe import StepConfig
-from .masks import attach_mask, check_nm, layer_mask, nm_mask, parse_pattern, row_mask
+from .masks import attach_mask, layer_mask, nm_mask, parse_pattern, row_mask
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,19 @@ def keep_mask(scores: torch.Tensor, config: PruneConfig, per_row: bool = False) 
     return row_mask(scores, config.sparsity) if per_row else layer_mask(scores, config.sparsity)
 
 
-def prune_targets(model: nn.Module, config: PruneConfig) -> dict[str, nn.Linear]:
+def prune_targets(model: nn.Module, config: PruneConfig, notes: list[str]) -> dict[str, nn.Linear]:
+    """The layers to prune; with an N:M pattern, a layer whose in_features M does not divide stays dense (noted),
+    as the sparse kernels would skip it; none left is an error."""
     layers = select_linears(model, config.ignore, config.prune_head, "prune")
     if config.nm is not None:
-        for n, m in layers.items():
-            check_nm(m.in_features, config.nm, n)
+        odd = [n for n, m in layers.items() if m.in_features % config.nm[1]]
+        if odd and len(odd) == len(layers):
+            raise NnslimError(f"pattern {config.pattern} needs in_features divisible by {config.nm[1]}; no layer has "
+                              f"that (e.g. {odd[0]}: {layers[odd[0]].in_features})")
+        if odd:
+            notes.append(f"pattern {config.pattern}: {len(odd)} of {len(layers)} layers stay dense (in_features not "
+                         f"divisible by {config.nm[1]}): {', '.join(odd[:5])}" + (" ..." if len(odd) > 5 else ""))
+        layers = {n: m for n, m in layers.items() if n not in odd}
     return layers
 
 
@@ -89,7 +97,7 @@ def prune_oneshot(model: nn.Module, config: PruneConfig, calibration=None, inpla
     if source is not None and config.pack_2of4:
         raise NnslimError("pack_2of4=True is not available for a streamed model yet; prune it streamed, save it, "
                           "and load the pruned model whole to pack it")
-    targets = prune_targets(model, config)
+    targets = prune_targets(model, config, notes)
     count = _Count(attach=source is None and not config.pack_2of4)  # a streamed model is not trained further
     if algorithm is None:
         if source is not None and getattr(config, "scope", "layer") == "global":
