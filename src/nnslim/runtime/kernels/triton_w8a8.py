@@ -38,16 +38,23 @@ if triton is not None:
         return q, scale
 
     @triton.jit
-    def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
-                              QMAX: tl.constexpr, IS_FP8: tl.constexpr, PDL: tl.constexpr = False):
+    def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, M, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
+                              QMAX: tl.constexpr, IS_FP8: tl.constexpr, ROWS: tl.constexpr = 1,
+                              PDL: tl.constexpr = False):
+        """ROWS whole rows per program (each row in registers: its absmax, then its codes)."""
         wait_then_release(PDL)
-        row = tl.program_id(0)
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         offs = tl.arange(0, BLOCK)
-        mask = offs < K
-        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-        q, scale = quantize_row(x, QMAX, IS_FP8)
-        tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(s_ptr + row, scale)
+        mask = (rows[:, None] < M) & (offs[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * stride_x + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / QMAX
+        v = x * (1.0 / scale)[:, None]
+        if IS_FP8:
+            q = tl.minimum(tl.maximum(v, -QMAX), QMAX)
+        else:
+            q = tl.minimum(tl.maximum(_round_half_away(v), -QMAX), QMAX)
+        tl.store(q_ptr + rows[:, None] * stride_q + offs[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + rows, scale, mask=rows < M)
 
     @triton.jit
     def _int8_gemm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
@@ -118,19 +125,27 @@ if triton is not None:
         store_tile(acc, yp, (offs_m[None, :] < M) & (offs_n[:, None] < N), ws_ptr, cnt_ptr, SPLIT_K, ATOMIC)
 
 
-def quantize_rows(x: torch.Tensor, fmt: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
+def row_launch(m: int, k: int) -> tuple[int, int]:
+    """(rows per program, warps) of the row quantizer for an [m, k] input: see ROW_QUANT_NOTE."""
+    block = triton.next_power_of_2(k)
+    return 1, 8 if block >= 4096 else 4
+
+
+def quantize_rows(x: torch.Tensor, fmt: str = "int8", rows: int | None = None,
+                  warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (per-token) symmetric dynamic quantization of a 2-D tensor in one kernel.
 
-    Returns (q [M, K] int8 or float8_e4m3fn, scale [M] fp32) with x ~ q * scale[:, None].
-    """
+    Returns (q [M, K] int8 or float8_e4m3fn, scale [M] fp32) with x ~ q * scale[:, None]. rows / warps: the launch
+    (rows per program, warps per program; default `row_launch`)."""
     m, k = x.shape
     fp8 = fmt == "fp8"
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn if fp8 else torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
-    block = triton.next_power_of_2(k)
-    launch(_rowwise_quant_kernel, (m,), (x, q, s, x.stride(0), q.stride(0)),
-           dict(K=k, BLOCK=block, QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8, num_warps=8 if block >= 4096 else 4,
-                **launch_options(x.device)))
+    r, w = row_launch(m, k)
+    r, w = rows or r, warps or w
+    launch(_rowwise_quant_kernel, (triton.cdiv(m, r),), (x, q, s, m, x.stride(0), q.stride(0)),
+           dict(K=k, BLOCK=triton.next_power_of_2(k), QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8, ROWS=r,
+                num_warps=w, **launch_options(x.device)))
     return q, s
 
 

@@ -1,0 +1,73 @@
+"""The per-token activation quantizer of W8A8 linears (triton_w8a8.quantize_rows) on its own: every launch
+(rows per program x warps) at M rows of K = 4096 / 11008, in microseconds and GB/s (bf16 read + codes written).
+At M = 2048 it took 15 us of the fp8 linear's 66 (4096x4096, H100, 2026-12-07): the rest of the way to 1.8x bf16.
+
+  python benchmarks/gpu_rowquant.py [--m 1,16,128,512,2048,8192] [--k 4096,11008] [--fmt fp8] [--json FILE]
+
+Timing: a CUDA graph of R calls on R copies of x (R copies exceed L2 at large M, as a layer's input that another
+kernel just wrote partly is), do_bench median, per call; "default" is the launch `row_launch` picks.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_llm import _copies, graph_time, machine, save_rows  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--m", default="1,16,128,512,2048,8192")
+    ap.add_argument("--k", default="4096,11008")
+    ap.add_argument("--fmt", default="fp8", choices=["fp8", "int8"])
+    ap.add_argument("--rep-ms", type=int, default=20)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
+    from nnslim.quant.w8a8 import quantize_rows_torch
+    from nnslim.runtime.kernels import triton_w8a8
+
+    print(f"# row quantizer ({args.fmt}) on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    rows = []
+    for k in [int(v) for v in args.k.split(",")]:
+        for m in [int(v) for v in args.m.split(",")]:
+            r = max(4, _copies(m * k * 2))
+            xs = [torch.randn(m, k, dtype=torch.bfloat16, device="cuda") * 3 for _ in range(r)]
+            qr, sr = quantize_rows_torch(xs[0], args.fmt)
+            times = {}
+            launches = [(None, None)] + [(rp, w) for rp in (1, 2, 4, 8) for w in (2, 4, 8, 16)
+                                         if rp <= max(1, m) and rp * triton_w8a8.triton.next_power_of_2(k) // (32 * w) <= 128]
+            for rp, w in launches:
+                name = "default" if rp is None else f"r{rp}w{w}"
+                try:
+                    q, s = triton_w8a8.quantize_rows(xs[0], args.fmt, rows=rp, warps=w)
+                    ok = torch.allclose(s, sr, rtol=1e-6) and float((q.float() - qr.float()).abs().max()) <= (
+                        1.0 if args.fmt == "int8" else 32.0)
+                    if not ok:
+                        print(f"  {name} M={m} K={k}: differs from the torch reference", flush=True)
+                        continue
+                    times[name] = graph_time(lambda rp=rp, w=w: [triton_w8a8.quantize_rows(x, args.fmt, rows=rp,
+                                                                                            warps=w) for x in xs],
+                                             r, args.rep_ms) * 1e3
+                except Exception as e:  # noqa: BLE001  (out of registers / shared memory)
+                    print(f"  {name} M={m} K={k} failed: {str(e).splitlines()[0][:120]}", flush=True)
+            best = min((v, n) for n, v in times.items())
+            gbs = lambda us: round(m * k * 3 / (us * 1e-6) / 1e9, 1)  # noqa: E731
+            row = {"K": k, "M": m, "default_us": round(times["default"], 2), "default_GB_s": gbs(times["default"]),
+                   "best": best[1], "best_us": round(best[0], 2), "best_GB_s": gbs(best[0]),
+                   "default_over_best": round(times["default"] / best[0], 3),
+                   "top": {n: round(v, 2) for n, v in sorted(times.items(), key=lambda kv: kv[1])[:6]}}
+            print(row, flush=True)
+            rows.append(row)
+            del xs
+    save_rows(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
