@@ -3,6 +3,11 @@
 At M = 2048 it took 15 us of the fp8 linear's 66 (4096x4096, H100, 2026-12-07): the rest of the way to 1.8x bf16.
 
   python benchmarks/gpu_rowquant.py [--m 1,16,128,512,2048,8192] [--k 4096,11008] [--fmt fp8] [--json FILE]
+                                    [--linear-m 2048,8192]
+
+--linear-m: then the whole fp8 linear (x quantized, then torch._scaled_mm with fast accumulation, as W8A8Linear
+runs it at these M) on the three Llama-7B shapes, with the default launch and with this run's fastest launch for
+that (M, K), each a ratio vs bf16 F.linear in the same process (weights in R copies exceeding L2).
 
 Timing: a CUDA graph of R calls on R copies of x (R copies exceed L2 at large M, as a layer's input that another
 kernel just wrote partly is), do_bench median, per call; "default" is the launch `row_launch` picks.
@@ -15,9 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_llm import _copies, graph_time, machine, save_rows  # noqa: E402
+from gpu_llm import SHAPES, _copies, graph_time, machine, save_rows  # noqa: E402
 
 import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 
 def main():
@@ -27,6 +33,7 @@ def main():
     ap.add_argument("--fmt", default="fp8", choices=["fp8", "int8"])
     ap.add_argument("--rep-ms", type=int, default=20)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--linear-m", default="")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (run it through the device machine)")
@@ -66,7 +73,40 @@ def main():
             print(row, flush=True)
             rows.append(row)
             del xs
+    best = {(r["M"], r["K"]): r["best"] for r in rows}
+    for m in [int(v) for v in args.linear_m.split(",") if v]:
+        for k, n in SHAPES:
+            if (m, k) in best:
+                rows.append(_linear(m, k, n, best[(m, k)], args.rep_ms))
+                print(rows[-1], flush=True)
     save_rows(args.json, rows)
+
+
+def _linear(m: int, k: int, n: int, best: str, rep_ms: int) -> dict:
+    """bf16 vs the fp8 linear (row quantizer + torch._scaled_mm, fast accumulation) with two launches."""
+    from nnslim.quant.w8a8 import W8A8Linear
+    from nnslim.runtime.kernels import triton_w8a8
+
+    lin = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda")
+    r = _copies(k * n)
+    mods = [W8A8Linear.from_linear(lin, "fp8", fast_accum=True).cuda() for _ in range(r)]
+    ws = [lin.weight.detach().clone() for _ in range(_copies(k * n * 2))]
+    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+    base = graph_time(lambda: [F.linear(x, w) for w in ws], len(ws), rep_ms)
+
+    def layers(rows, warps):  # each layer quantizes its own input, as in a model
+        out = []
+        for md in mods:
+            q, s = triton_w8a8.quantize_rows(x, "fp8", rows=rows, warps=warps)
+            out.append(torch._scaled_mm(q, md.qweight.t(), scale_a=s[:, None], scale_b=md.wscale[None, :],
+                                        out_dtype=x.dtype, use_fast_accum=True))
+        return out
+
+    launch = (None, None) if best == "default" else (int(best[1:].split("w")[0]), int(best.split("w")[1]))
+    t_default = graph_time(lambda: layers(None, None), r, rep_ms)
+    t_best = graph_time(lambda: layers(*launch), r, rep_ms)
+    return {"M": m, "K": k, "N": n, "bf16_ms": round(base, 4), "fp8_default_launch_x": round(base / t_default, 3),
+            "best_launch": best, "fp8_best_launch_x": round(base / t_best, 3)}
 
 
 if __name__ == "__main__":
