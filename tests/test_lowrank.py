@@ -35,7 +35,7 @@ def test_energy_rank_and_exactness(tmp_path):
 
 
 def test_bad_lowrank_options():
-    with pytest.raises(NnslimError, match="exactly one of rank, rank_ratio, energy"):
+    with pytest.raises(NnslimError, match="exactly one of rank .an int., rank_ratio .0-1 of min.in, out.. or energy"):
         LowRankConfig()
     with pytest.raises(NnslimError, match="exactly one"):
         LowRankConfig(rank=4, energy=0.9)

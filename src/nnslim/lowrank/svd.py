@@ -63,7 +63,10 @@ class LowRankConfig(StepConfig):
     def __post_init__(self):
         given = [k for k in ("rank", "rank_ratio", "energy") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise NnslimError(f"give exactly one of rank, rank_ratio, energy; got {given or 'none'}")
+            raise NnslimError(f"lowrank: give exactly one of rank (an int), rank_ratio (0-1 of min(in, out)) or "
+                              f"energy (0-1 share of the squared singular values kept); got {given or 'none'} "
+                              "(e.g. {\"method\": \"lowrank\", \"rank_ratio\": 0.25}; a layer keeps its weight "
+                              "where the factors would not be smaller)")
 
 
 def _rank(s: torch.Tensor, config: LowRankConfig, full: int) -> int:
