@@ -362,3 +362,23 @@ def test_grouped_conv_with_in_ne_out_and_movement():
     p = prune_structured(up, StructuredPruneConfig(ratio=0.5), {"x": x}, notes=notes)
     assert p[2].in_channels == 8 and p[4].out_channels == 4
     assert any("grouped conv (groups=2, transposed)" in n for n in notes), notes
+
+
+def test_grouped_conv_over_a_concat_keeps_its_inputs_and_says_why():
+    """The grouped conv's inputs come from two layers (a concat): no one group holds all of them, so equal removal
+    per conv group cannot be promised; they stay, with the reason, and its outputs are still pruned."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.g = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.g(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))))
+
+    notes = []
+    p = prune_structured(Net().eval(), StructuredPruneConfig(ratio=0.5), {"x": torch.randn(1, 3, 8, 8)}, notes=notes)
+    assert p.a.out_channels == p.b.out_channels == 8 and p.g.in_channels == 16
+    assert p.g.out_channels == 8 and p.head.in_channels == 8 and p.g.groups == 4
+    assert any("g: its 4 groups' channels are not one prunable group" in n for n in notes), notes

@@ -184,8 +184,8 @@ class DependencyGraph:
                 partial = [self.members[i] for i in chunked
                            if sum(len(positions[r][i]) for r in roots) != len(self.members[i].labels)]
                 if partial:  # equal removal per chunk needs every position of the layer in this one group
-                    self.warnings.append(f"{partial[0].module}: its {partial[0].chunks} groups' channels are not "
-                                         "one prunable group (some kept or coupled elsewhere): they stay")
+                    self.freeze(np.asarray(roots), f"{partial[0].module}: its {partial[0].chunks} groups' channels "
+                                                   "are not one prunable group (some kept or coupled elsewhere)")
                     continue
                 roots.sort(key=lambda r: int(positions[r][chunked[0]].min()))
             out.append(Group(roots, list(sig), positions, kind, multiple, chunks))
