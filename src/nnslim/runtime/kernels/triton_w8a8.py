@@ -48,7 +48,7 @@ if triton is not None:
         mask = (rows[:, None] < M) & (offs[None, :] < K)
         x = tl.load(x_ptr + rows[:, None] * stride_x + offs[None, :], mask=mask, other=0.0).to(tl.float32)
         scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / QMAX
-        v = x * (1.0 / scale)[:, None]
+        v = x / scale[:, None]
         if IS_FP8:
             q = tl.minimum(tl.maximum(v, -QMAX), QMAX)
         else:
@@ -126,7 +126,8 @@ if triton is not None:
 
 
 def row_launch(m: int, k: int) -> tuple[int, int]:
-    """(rows per program, warps) of the row quantizer for an [m, k] input: see ROW_QUANT_NOTE."""
+    """(rows per program, warps) of the row quantizer for an [m, k] input: one row per program, as measured so far
+    (other launches are options of quantize_rows that benchmarks/gpu_rowquant.py times; not yet run on a GPU)."""
     block = triton.next_power_of_2(k)
     return 1, 8 if block >= 4096 else 4
 
