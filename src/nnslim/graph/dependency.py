@@ -172,7 +172,7 @@ class DependencyGraph:
         out = []
         for sig, roots in by_sig.items():
             mems = [self.members[i] for i in sig]
-            if not any(m.role in ("out", "dw", "gout", "heads", "emb") or m.role.startswith("param") for m in mems):
+            if not any(m.role in ("out", "dw", "gout", "hid", "heads", "emb") or m.role.startswith("param") for m in mems):
                 continue  # nothing produces these channels here (they come from outside the traced graph)
             positions = {r: {mi: np.asarray(p) for mi, p in by_root[r].items()} for r in roots}
             kind = "heads" if any(m.role == "heads" for m in mems) else "channels"
