@@ -38,10 +38,21 @@ if triton is not None:
         return q, scale
 
     @triton.jit
-    def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, M, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
-                              QMAX: tl.constexpr, IS_FP8: tl.constexpr, ROWS: tl.constexpr = 1,
-                              PDL: tl.constexpr = False):
-        """ROWS whole rows per program (each row in registers: its absmax, then its codes)."""
+    def _rowwise_quant_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
+                              QMAX: tl.constexpr, IS_FP8: tl.constexpr, PDL: tl.constexpr = False):
+        wait_then_release(PDL)
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < K
+        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+        q, scale = quantize_row(x, QMAX, IS_FP8)
+        tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + row, scale)
+
+    @triton.jit
+    def _rows_quant_kernel(x_ptr, q_ptr, s_ptr, M, stride_x, stride_q, K: tl.constexpr, BLOCK: tl.constexpr,
+                           QMAX: tl.constexpr, IS_FP8: tl.constexpr, ROWS: tl.constexpr, PDL: tl.constexpr = False):
+        """The same, ROWS whole rows per program (a launch option benchmarks/gpu_rowquant.py times)."""
         wait_then_release(PDL)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         offs = tl.arange(0, BLOCK)
@@ -144,9 +155,12 @@ def quantize_rows(x: torch.Tensor, fmt: str = "int8", rows: int | None = None,
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     r, w = row_launch(m, k)
     r, w = rows or r, warps or w
-    launch(_rowwise_quant_kernel, (triton.cdiv(m, r),), (x, q, s, m, x.stride(0), q.stride(0)),
-           dict(K=k, BLOCK=triton.next_power_of_2(k), QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8, ROWS=r,
-                num_warps=w, **launch_options(x.device)))
+    consts = dict(K=k, BLOCK=triton.next_power_of_2(k), QMAX=FP8_MAX if fp8 else 127.0, IS_FP8=fp8, num_warps=w,
+                  **launch_options(x.device))
+    if r == 1:
+        launch(_rowwise_quant_kernel, (m,), (x, q, s, x.stride(0), q.stride(0)), consts)
+    else:
+        launch(_rows_quant_kernel, (triton.cdiv(m, r),), (x, q, s, m, x.stride(0), q.stride(0)), dict(consts, ROWS=r))
     return q, s
 
 
