@@ -53,15 +53,20 @@ def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def train_digits_cnn(epochs: int = EPOCHS, seed: int = TRAIN_SEED) -> DigitsCNN:
     """Train on the calibration split only (the evaluation split stays held out)."""
+    torch.manual_seed(seed)
+    return fit_digits(DigitsCNN(), epochs, seed)
+
+
+def fit_digits(model: nn.Module, epochs: int = EPOCHS, seed: int = TRAIN_SEED) -> nn.Module:
+    """Train any model of [N, 1, 8, 8] images -> 10 logits on the calibration split (benchmarks train other
+    architectures on it the same way)."""
     x, y, _, _ = digits_data()
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DigitsCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=epochs * ((len(x) + 63) // 64))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     model.train()
-    for _ in progress(range(epochs), desc="train digits-cnn", total=epochs):
+    for _ in progress(range(epochs), desc=f"train {type(model).__name__} on digits", total=epochs):
         perm = torch.randperm(len(xt), generator=g)
         for i in range(0, len(xt), 64):
             idx = perm[i:i + 64]
@@ -87,7 +92,8 @@ class DigitsTestbed(Testbed):
 
     def _weights_path(self):
         # The cache key covers the training code, so a change retrains instead of loading stale weights.
-        src = inspect.getsource(DigitsCNN) + inspect.getsource(train_digits_cnn) + f"{EPOCHS}{TRAIN_SEED}"
+        src = (inspect.getsource(DigitsCNN) + inspect.getsource(train_digits_cnn) + inspect.getsource(fit_digits)
+               + f"{EPOCHS}{TRAIN_SEED}")
         return cache_dir() / f"digits-cnn-{hashlib.sha256(src.encode()).hexdigest()[:12]}.safetensors"
 
     def load_model(self) -> nn.Module:
