@@ -164,7 +164,8 @@ class QuantWrapper(_Transparent):
 
     def slice_channels(self, role: str, keep: torch.Tensor) -> None:
         """After the float layer lost positions of `role` (in / out, a grouped convolution's gin / gout, or a
-        depthwise convolution's channels, which are its outputs and, in groups of out / in, its inputs): the quantization state follows."""
+        depthwise convolution's channels, which are its outputs and, in groups of out / in, its inputs): the
+        quantization state follows."""
         if role not in ("in", "gin"):  # per output channel
             self.weight_quantizer.slice_(keep)
         inputs = keep if role in ("in", "gin") else None
