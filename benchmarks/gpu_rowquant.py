@@ -48,8 +48,9 @@ def main():
             xs = [torch.randn(m, k, dtype=torch.bfloat16, device="cuda") * 3 for _ in range(r)]
             qr, sr = quantize_rows_torch(xs[0], args.fmt)
             times = {}
+            block = triton_w8a8.triton.next_power_of_2(k)
             launches = [(None, None)] + [(rp, w) for rp in (1, 2, 4, 8) for w in (2, 4, 8, 16)
-                                         if rp <= max(1, m) and rp * triton_w8a8.triton.next_power_of_2(k) // (32 * w) <= 128]
+                                         if rp <= max(1, m) and rp * block // (32 * w) <= 128]  # <= 128 per thread
             for rp, w in launches:
                 name = "default" if rp is None else f"r{rp}w{w}"
                 try:

@@ -135,9 +135,9 @@ def grouped(args) -> None:
     t0 = time.perf_counter()
     pruned = nnslim.prune(base, StructuredPruneConfig(ratio=0.5), calibration=calib[:512], example_inputs=example)
     grouped_convs = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    shapes = sorted({(m.in_channels, m.groups) for m in grouped_convs})
     notes.append(f"nnslim prune 50% in {time.perf_counter() - t0:.1f} s: accuracy before distillation "
-                 f"{_metric(tb, pruned):.4f}; grouped convs now {sorted({(m.in_channels, m.groups) for m in grouped_convs})} "
-                 "(channels, groups)")
+                 f"{_metric(tb, pruned):.4f}; grouped convs now {shapes} (channels, groups)")
     kd = DistillConfig(steps=100_000, max_seconds=args.kd_seconds, lr=2e-3, batch_size=64, seed=0)
     ours = nnslim.distill(pruned, base, calib, kd, testbed=tb)
     variants = [Variant("fp32", base, "torch"), Variant("nnslim 50% channels + KD", ours, "torch")]

@@ -46,6 +46,9 @@ _REDUCE = {"sum", "mean", "amax", "amin", "std", "var", "norm", "logsumexp", "pr
            "nanmean", "argmax", "argmin", "all", "any", "count_nonzero"}
 _CAT = {"cat", "concat", "concatenate"}
 _SPLIT = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
+# member roles that produce channels (a group needs one): layer outputs, depthwise / grouped conv outputs, recurrent
+# hidden units, attention heads, embeddings
+_PRODUCERS = ("out", "dw", "gout", "hid", "heads", "emb")
 
 
 @dataclass
@@ -172,7 +175,7 @@ class DependencyGraph:
         out = []
         for sig, roots in by_sig.items():
             mems = [self.members[i] for i in sig]
-            if not any(m.role in ("out", "dw", "gout", "hid", "heads", "emb") or m.role.startswith("param") for m in mems):
+            if not any(m.role in _PRODUCERS or m.role.startswith("param") for m in mems):
                 continue  # nothing produces these channels here (they come from outside the traced graph)
             positions = {r: {mi: np.asarray(p) for mi, p in by_root[r].items()} for r in roots}
             kind = "heads" if any(m.role == "heads" for m in mems) else "channels"
