@@ -207,6 +207,9 @@ def measure_decode(testbed, runners, results, rounds: int = 3) -> list[str]:
 def variants_for(name: str, model, source: str | None, backend: str | None = None) -> list[Variant]:
     """A torch model gives one torch row; an ONNX model gives a row per runtime unless one is named."""
     if isinstance(model, OnnxModel):
-        backends = [backend] if backend else (["openvino"] if model.is_ir else ["onnxruntime", "openvino"])
+        from ..runtime.onnx_lstm import needs_onnxruntime
+
+        backends = [backend] if backend else (["openvino"] if model.is_ir else ["onnxruntime"] if any(
+            needs_onnxruntime(g) for g in model.graphs) else ["onnxruntime", "openvino"])
         return [Variant(f"{name}" if len(backends) == 1 else f"{name} ({b})", model, b, source) for b in backends]
     return [Variant(name, model, backend or "torch", source)]

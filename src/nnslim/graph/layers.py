@@ -512,6 +512,3 @@ def apply_slice(model: nn.Module, module: str, role: str, keep) -> None:
     if h is None:
         raise NnslimError(f"layer {module!r} ({type(mod).__name__}) has no pruning function")
     h.slice(mod, role, keep)
-
-
-from . import recurrent  # noqa: E402,F401  (registers nn.LSTM / nn.GRU / nn.RNN; it imports this module)

@@ -47,6 +47,10 @@ class Int8Base(StepConfig):
 @dataclass(frozen=True)
 class Int8DynamicConfig(Int8Base):
     """Dynamic int8: int8 weights, activations quantized per tensor at run time (no calibration)."""
+    # nn.LSTM layers as ONNX Runtime's DynamicQuantizeLSTM (int8 weights per gate row), as ORT's quantize_dynamic
+    # writes them: ~3x the float LSTM on a CPU, but the artifact then loads in ONNX Runtime only (standard ONNX has
+    # no integer LSTM); false keeps them float in standard ONNX
+    lstm: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,26 @@ def symmetric_activations(config, preset: str, backend: str | None, act_mode: st
     return False, None
 
 
-def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) -> dict[str, nn.Module]:
-    """Layers to quantize: the user's `ignore` entries must each match a layer; the preset's may not."""
+def _int8_lstms(model: nn.Module, config: Int8DynamicConfig, backend: str | None, notes: list[str]) -> list[str]:
+    """The nn.LSTM layers int8-dynamic deploys as int8 (runtime/onnx_lstm.py): marked on the model for its export."""
+    from ..runtime.onnx_lstm import LSTM_ATTR
+
+    found = list(select_layers(model, (nn.LSTM,), config.ignore)) if config.lstm else []
+    if found and backend == "openvino":
+        notes.append(f"{len(found)} nn.LSTM module(s) stay float: their int8 form is an ONNX Runtime op and the "
+                     "backend is openvino")
+        found = []
+    if found:
+        object.__setattr__(model, LSTM_ATTR, True)
+        notes.append(f"{len(found)} nn.LSTM module(s) as int8 in the ONNX graph (ONNX Runtime's DynamicQuantizeLSTM: "
+                     "the artifact then needs ONNX Runtime; lstm: false keeps them float in standard ONNX)")
+    return found
+
+
+def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False,
+                  allow_none: bool = False) -> dict[str, nn.Module]:
+    """Layers to quantize: the user's `ignore` entries must each match a layer; the preset's may not. allow_none:
+    no Linear / Conv left is not an error (int8-dynamic of a model whose LSTMs are what it quantizes)."""
     import re
 
     split_mha(model, config.ignore)  # nn.MultiheadAttention: q/k/v/out as called Linears (graph/attention.py)
@@ -153,7 +175,7 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False) 
     direct = found - len(layers)
     if preset == "transformer":
         layers = {n: m for n, m in layers.items() if not any(re.search(e[3:], n) for e in TRANSFORMER_IGNORE)}
-    if not layers:
+    if not layers and not allow_none:
         convs = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) for m in model.modules())
         if dynamic and not any(isinstance(m, nn.Linear) for m in model.modules()):
             raise NnslimError(f"int8-dynamic quantizes nn.Linear layers only (dynamic int8 runtimes have no "
@@ -294,7 +316,8 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     symmetric, why = symmetric_activations(config, preset, backend, qs.act_mode) if static else (False, None)
     if why:
         notes.append(why)
-    layers = target_layers(model, config, preset, dynamic)
+    lstms = _int8_lstms(model, config, backend, notes) if dynamic else []
+    layers = target_layers(model, config, preset, dynamic, allow_none=bool(lstms))
     data = []
     acts: dict[str, tuple[float, float]] = {}
     smooth: dict[str, torch.Tensor] = {}
@@ -391,4 +414,4 @@ def apply_int8(model, config: Int8Config, ctx):
 @register_method("int8-dynamic", Int8DynamicConfig, "dynamic int8 (int8 weights, run-time activation ranges)",
                  verb="quantize", deploys_as_onnx=True)
 def apply_int8_dynamic(model, config: Int8DynamicConfig, ctx):
-    return quantize_int8(model, config, inplace=True, notes=ctx.notes)
+    return quantize_int8(model, config, inplace=True, notes=ctx.notes, backend=ctx.backend)

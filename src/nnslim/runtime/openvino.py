@@ -101,6 +101,13 @@ def onnx_to_ir(onnx_path: str | Path, xml_path: str | Path, fp16_weights: bool =
 
     from .base import OnnxModel
 
+    from ..errors import NnslimError
+    from .onnx_lstm import needs_onnxruntime
+
+    if needs_onnxruntime(onnx_path):
+        raise NnslimError("openvino: the ONNX graph uses ONNX Runtime's own ops (com.microsoft, e.g. the int8 LSTMs "
+                          "of int8-dynamic), which OpenVINO cannot convert; quantize with lstm: false, or deploy "
+                          "with ONNX Runtime")
     xml_path = Path(xml_path)
     model = ov.convert_model(str(onnx_path))
     drop_zero_weight_offsets(model)

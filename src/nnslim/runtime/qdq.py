@@ -135,14 +135,22 @@ def quant_spec(model: torch.nn.Module) -> dict[str, dict]:
     return {n: _spec_fn(m)() for n, m in model.named_modules() if _spec_fn(m) is not None}
 
 
+def _int8_lstms(model) -> bool:
+    from .onnx_lstm import LSTM_ATTR
+
+    return bool(getattr(model, LSTM_ATTR, False))
+
+
 def has_integer_onnx_layers(model) -> bool:
-    """Does the model hold layers that an ONNX export must write as integer weights?"""
-    return isinstance(model, torch.nn.Module) and any(_spec_fn(m) is not None for m in model.modules())
+    """Does the model hold layers that an ONNX export must write as integer weights (or LSTMs int8-dynamic marked)?"""
+    return isinstance(model, torch.nn.Module) and (_int8_lstms(model) or any(_spec_fn(m) is not None
+                                                                              for m in model.modules()))
 
 
 def has_qdq_layers(model) -> bool:
     """Does the model hold int8 layers simulated in float (deployed as int8 ONNX, not saved as torch)?"""
-    return isinstance(model, torch.nn.Module) and any(callable(getattr(m, "qdq_spec", None)) for m in model.modules())
+    return isinstance(model, torch.nn.Module) and (_int8_lstms(model) or any(
+        callable(getattr(m, "qdq_spec", None)) for m in model.modules()))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -257,8 +265,11 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
 
     from ..io import atomic_write
 
+    from .onnx_lstm import quantize_lstms
+
     spec = quant_spec(qmodel)
-    if not spec:
+    lstms = _int8_lstms(qmodel)
+    if not spec and not lstms:
         raise NnslimError("the model has no quantized layers to export as int8")
     spec = {n: s for n, s in spec.items() if n in _called(qmodel, list(spec), example_inputs)}
     float_model = unwrap(copy.deepcopy(qmodel)).float()  # int8 graphs compute in float32 (a bf16 model too)
@@ -505,13 +516,20 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     notes += quantize_through_maxpools(graph)
     notes += quantize_gemm_biases(graph)
     notes += keep_reduced_dims(proto)
+    if lstms:
+        n_lstm = quantize_lstms(proto)
+        if not n_lstm:  # what was quantized must deploy quantized
+            raise NnslimError("int8 ONNX export: the model's LSTM layers were to run as int8, but the exported graph "
+                              "has no ONNX LSTM node to rewrite; quantize with lstm: false")
+        notes.append(f"{n_lstm} ONNX LSTM nodes as ONNX Runtime's DynamicQuantizeLSTM (int8 weights per gate row)")
     onnx.checker.check_model(proto)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
-    containers = sorted({"int4" if int(s.get("bits", 8)) <= 4 else "int8" for s in spec.values()}, reverse=True)
+    containers = sorted({"int4" if int(s.get("bits", 8)) <= 4 else "int8" for s in spec.values()} | (
+        {"int8"} if lstms else set()), reverse=True)
     products = [s for s in spec.values() if s["kind"] != "embedding"]
     if products and all(s.get("group") is not None for s in products):
         form = "weight-only, group-wise blocked DequantizeLinear"
-    elif any(s["dynamic"] for s in spec.values()):
+    elif lstms or any(s["dynamic"] for s in spec.values()):
         form = "dynamic"
     else:
         form = "static QDQ"

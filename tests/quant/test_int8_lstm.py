@@ -1,0 +1,69 @@
+"""int8-dynamic of LSTM layers: ONNX Runtime's DynamicQuantizeLSTM in the artifact (runtime/onnx_lstm.py)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import nnslim
+
+
+class Tagger(nn.Module):
+    def __init__(self, head=True, bidirectional=False):
+        super().__init__()
+        self.rnn = nn.LSTM(16, 24, num_layers=2, batch_first=True, bidirectional=bidirectional)
+        self.fc = nn.Linear(24 * (2 if bidirectional else 1), 5) if head else None
+
+    def forward(self, x):
+        y = self.rnn(x)[0]
+        return self.fc(y) if self.fc is not None else y
+
+
+def _ops(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("head,bidirectional", [(True, False), (False, True)], ids=["lstm+linear", "lstm-only-bi"])
+def test_lstms_deploy_as_dynamic_int8_and_match_torch(tmp_path, head, bidirectional):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = Tagger(head, bidirectional).eval()
+    x = torch.randn(2, 7, 16)
+    res = nnslim.compress(model, ["int8-dynamic"], example_inputs={"x": x}, out=tmp_path / "a", report=False)
+    assert "DynamicQuantizeLSTM" in _ops(res.model.path) and "LSTM" not in _ops(res.model.path)
+    assert any("2 ONNX LSTM nodes as ONNX Runtime's DynamicQuantizeLSTM" in n for n in res.notes), res.notes
+    assert any("needs ONNX Runtime" in n for n in res.notes)
+    other = torch.randn(3, 7, 16)  # another batch (the time axis is fixed for a plain module)
+    got = ort.InferenceSession(str(res.model.path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": other.numpy()})[0]
+    with torch.no_grad():
+        want = model(other).numpy()
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+
+
+def test_lstm_false_keeps_standard_onnx_and_a_lstm_only_model_is_refused_then(tmp_path):
+    torch.manual_seed(0)
+    x = {"x": torch.randn(2, 5, 16)}
+    res = nnslim.compress(Tagger().eval(), [{"method": "int8-dynamic", "lstm": False}], example_inputs=x,
+                          out=tmp_path / "a", report=False)
+    assert "LSTM" in _ops(res.model.path) and "DynamicQuantizeLSTM" not in _ops(res.model.path)
+    with pytest.raises(nnslim.NnslimError, match="int8-dynamic quantizes nn.Linear layers only"):
+        nnslim.compress(Tagger(head=False).eval(), [{"method": "int8-dynamic", "lstm": False}], example_inputs=x,
+                        report=False)
+
+
+def test_the_report_measures_onnx_runtime_only_and_openvino_is_refused_clearly(tmp_path):
+    torch.manual_seed(0)
+    x = {"x": torch.randn(2, 5, 16)}
+    res = nnslim.compress(Tagger().eval(), ["int8-dynamic"], example_inputs=x, out=tmp_path / "a", repeats=2,
+                          memory=False)
+    rows = [v for v in res.report.variants if "int8" in v.name]
+    assert [v.backend for v in rows] == ["onnxruntime"], [(v.name, v.backend) for v in res.report.variants]
+    with pytest.raises(nnslim.NnslimError, match="cannot follow int8-dynamic of a model with LSTM layers"):
+        nnslim.compress(Tagger().eval(), ["int8-dynamic", "openvino"], example_inputs=x, report=False)
+    notes = nnslim.compress(Tagger().eval(), ["int8-dynamic"], example_inputs=x, report=False,
+                            backend="openvino").notes
+    assert any("1 nn.LSTM module(s) stay float" in n for n in notes), notes
