@@ -65,11 +65,11 @@ def check_recipe(recipe: Recipe, model) -> None:
         if method.stage is not None:
             last = (i, step.method, method.stage)
         if step.method == "openvino" and isinstance(model, torch.nn.Module) and any(
-                s.method == "int8-dynamic" and getattr(s, "lstm", False) for s in recipe.steps[:i]) and any(
+                s.method in ("int8", "int8-dynamic") and getattr(s, "lstm", False) for s in recipe.steps[:i]) and any(
                 isinstance(m, torch.nn.LSTM) for m in model.modules()):
-            raise NnslimError(f"recipe step {i} ('openvino') cannot follow int8-dynamic of a model with LSTM layers: "
-                              "their int8 form is an ONNX Runtime op (DynamicQuantizeLSTM) that OpenVINO cannot "
-                              "convert; set lstm: false on the int8-dynamic step, or drop the openvino step")
+            raise NnslimError(f"recipe step {i} ('openvino') cannot follow int8 / int8-dynamic of a model with LSTM "
+                              "layers: their int8 form is an ONNX Runtime op (DynamicQuantizeLSTM) that OpenVINO "
+                              "cannot convert; set lstm: false on the int8 step, or drop the openvino step")
         if getattr(step, "gpus", 1) != 1:  # the GPUs asked for must be here before any step runs
             from .context import resolve_devices
 

@@ -62,8 +62,43 @@ def test_the_report_measures_onnx_runtime_only_and_openvino_is_refused_clearly(t
                           memory=False)
     rows = [v for v in res.report.variants if "int8" in v.name]
     assert [v.backend for v in rows] == ["onnxruntime"], [(v.name, v.backend) for v in res.report.variants]
-    with pytest.raises(nnslim.NnslimError, match="cannot follow int8-dynamic of a model with LSTM layers"):
+    with pytest.raises(nnslim.NnslimError, match="cannot follow int8 / int8-dynamic of a model with LSTM layers"):
         nnslim.compress(Tagger().eval(), ["int8-dynamic", "openvino"], example_inputs=x, report=False)
     notes = nnslim.compress(Tagger().eval(), ["int8-dynamic"], example_inputs=x, report=False,
                             backend="openvino").notes
     assert any("1 nn.LSTM module(s) stay float" in n for n in notes), notes
+
+
+def test_static_int8_of_a_crnn_keeps_its_convs_static_and_its_lstm_int8(tmp_path):
+    """A CNN + LSTM (OCR / speech shape): static QDQ convolutions and the LSTM as DynamicQuantizeLSTM in one graph
+    (ONNX Runtime's static quantizer leaves the LSTM float)."""
+    import onnxruntime as ort
+
+    class Crnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.rnn = nn.LSTM(8 * 8, 32, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, image):  # [B, 1, 8 (height), W (time)]
+            f = self.conv(image)
+            seq = f.permute(0, 3, 1, 2).flatten(2)  # [B, W, 8 * 8]
+            return self.fc(self.rnn(seq)[0])
+
+    torch.manual_seed(0)
+    data = [{"image": torch.rand(2, 1, 8, 20)} for _ in range(8)]
+    model = Crnn().eval()
+    res = nnslim.compress(model, ["int8"], calibration=data, example_inputs=data[0], out=tmp_path / "a",
+                          report=False)
+    ops = _ops(res.model.path)
+    assert {"DynamicQuantizeLSTM", "QuantizeLinear", "Conv"} <= ops and "LSTM" not in ops, ops
+    assert any("static QDQ" in n for n in res.notes), res.notes
+    got = ort.InferenceSession(str(res.model.path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": data[1]["image"].numpy()})[0]
+    with torch.no_grad():
+        want = model(data[1]["image"]).numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    plain = nnslim.compress(model, [{"method": "int8", "lstm": False}], calibration=data, example_inputs=data[0],
+                            out=tmp_path / "b", report=False)
+    assert "LSTM" in _ops(plain.model.path)

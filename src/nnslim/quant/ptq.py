@@ -82,6 +82,9 @@ class Int8Config(StaticBase):
     # cnn preset: QDQ on the inputs of residual Adds in the ONNX graph (calibrated at export), so the convolutions
     # feeding them run as int8 QLinearConv in ONNX Runtime, as its own quantizer and NNCF do (BENCHMARKS.md 8d)
     residual_adds: bool = True
+    # nn.LSTM layers as ONNX Runtime's DynamicQuantizeLSTM beside the static layers (as int8-dynamic: ORT's static
+    # quantizer leaves them float; the artifact then needs ONNX Runtime); false keeps them float in standard ONNX
+    lstm: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,11 +147,12 @@ def symmetric_activations(config, preset: str, backend: str | None, act_mode: st
     return False, None
 
 
-def _int8_lstms(model: nn.Module, config: Int8DynamicConfig, backend: str | None, notes: list[str]) -> list[str]:
-    """The nn.LSTM layers int8-dynamic deploys as int8 (runtime/onnx_lstm.py): marked on the model for its export."""
+def _int8_lstms(model: nn.Module, config, backend: str | None, notes: list[str]) -> list[str]:
+    """The nn.LSTM layers int8 / int8-dynamic deploy as int8 (runtime/onnx_lstm.py): marked on the model for its
+    export."""
     from ..runtime.onnx_lstm import LSTM_ATTR
 
-    found = list(select_layers(model, (nn.LSTM,), config.ignore)) if config.lstm else []
+    found = list(select_layers(model, (nn.LSTM,), config.ignore))
     if found and backend == "openvino":
         notes.append(f"{len(found)} nn.LSTM module(s) stay float: their int8 form is an ONNX Runtime op and the "
                      "backend is openvino")
@@ -156,7 +160,8 @@ def _int8_lstms(model: nn.Module, config: Int8DynamicConfig, backend: str | None
     if found:
         object.__setattr__(model, LSTM_ATTR, True)
         notes.append(f"{len(found)} nn.LSTM module(s) as int8 in the ONNX graph (ONNX Runtime's DynamicQuantizeLSTM: "
-                     "the artifact then needs ONNX Runtime; lstm: false keeps them float in standard ONNX)")
+                     "dynamic int8 inside the op; the artifact then needs ONNX Runtime; lstm: false keeps them float in "
+                     "standard ONNX)")
     return found
 
 
@@ -316,7 +321,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     symmetric, why = symmetric_activations(config, preset, backend, qs.act_mode) if static else (False, None)
     if why:
         notes.append(why)
-    lstms = _int8_lstms(model, config, backend, notes) if dynamic else []
+    lstms = _int8_lstms(model, config, backend, notes) if getattr(config, "lstm", False) else []
     layers = target_layers(model, config, preset, dynamic, allow_none=bool(lstms))
     data = []
     acts: dict[str, tuple[float, float]] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 MS_DOMAIN = "com.microsoft"
-LSTM_ATTR = "_nnslim_int8_lstm"  # set on a model by int8-dynamic (lstm=true): its export rewrites LSTM nodes
+LSTM_ATTR = "_nnslim_int8_lstm"  # set on a model by int8 / int8-dynamic (lstm=true): its export rewrites LSTM nodes
 
 
 def _rows_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -529,7 +529,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     products = [s for s in spec.values() if s["kind"] != "embedding"]
     if products and all(s.get("group") is not None for s in products):
         form = "weight-only, group-wise blocked DequantizeLinear"
-    elif lstms or any(s["dynamic"] for s in spec.values()):
+    elif any(s["dynamic"] for s in spec.values()) or (lstms and not products):
         form = "dynamic"
     else:
         form = "static QDQ"
