@@ -102,3 +102,13 @@ def test_static_int8_of_a_crnn_keeps_its_convs_static_and_its_lstm_int8(tmp_path
     plain = nnslim.compress(model, [{"method": "int8", "lstm": False}], calibration=data, example_inputs=data[0],
                             out=tmp_path / "b", report=False)
     assert "LSTM" in _ops(plain.model.path)
+
+
+def test_evaluating_such_an_artifact_in_openvino_is_a_clear_error(tmp_path):
+    from nnslim.runtime.openvino import OpenVinoRunner
+
+    torch.manual_seed(0)
+    res = nnslim.compress(Tagger().eval(), ["int8-dynamic"], example_inputs={"x": torch.randn(2, 5, 16)},
+                          out=tmp_path / "a", report=False)
+    with pytest.raises(nnslim.NnslimError, match="backend openvino cannot run .*use backend onnxruntime"):
+        OpenVinoRunner(res.model.path)

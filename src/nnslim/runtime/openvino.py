@@ -20,6 +20,12 @@ class OpenVinoRunner(Runner):
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        from ..errors import NnslimError
+        from .onnx_lstm import needs_onnxruntime
+
+        if str(path).endswith(".onnx") and needs_onnxruntime(path):
+            raise NnslimError(f"backend openvino cannot run {Path(path).name}: it uses ONNX Runtime's own ops "
+                              "(com.microsoft, e.g. int8 LSTMs); use backend onnxruntime")
         core = ov.Core()
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
