@@ -1,7 +1,7 @@
 """LSTM layers of an exported ONNX graph as ONNX Runtime's com.microsoft DynamicQuantizeLSTM: int8 weights (W and R,
 symmetric per gate row), the input and hidden state quantized inside the op at run time, as ONNX Runtime's own
 quantize_dynamic writes them. Standard ONNX has no integer LSTM, so the graph then needs ONNX Runtime (OpenVINO and
-other runtimes cannot load that op); on this Zen 4 CPU it ran a 2-layer LSTM 3.1-3.2x faster than the float LSTM
+other runtimes cannot load that op); on this Zen 4 CPU it ran a 2-layer LSTM 2.8-3.0x faster than the float LSTM
 (`benchmarks/lstm_int8_cpu.py`, BENCHMARKS.md 8h).
 """
 from __future__ import annotations
