@@ -112,3 +112,15 @@ def test_evaluating_such_an_artifact_in_openvino_is_a_clear_error(tmp_path):
                           out=tmp_path / "a", report=False)
     with pytest.raises(nnslim.NnslimError, match="backend openvino cannot run .*use backend onnxruntime"):
         OpenVinoRunner(res.model.path)
+
+
+def test_pruned_hidden_units_survive_into_the_int8_lstm(tmp_path):
+    """prune-structured then int8-dynamic: the LSTM's smaller hidden size is what the int8 op in the artifact has."""
+    torch.manual_seed(0)
+    data = [{"x": torch.randn(2, 5, 16)} for _ in range(4)]
+    res = nnslim.compress(Tagger().eval(), [{"method": "prune-structured", "ratio": 0.5}, "int8-dynamic"],
+                          calibration=data, example_inputs=data[0], out=tmp_path / "a", report=False)
+    graph = onnx.load(str(res.model.path)).graph
+    lstms = [n for n in graph.node if n.op_type == "DynamicQuantizeLSTM"]
+    hidden = {onnx.helper.get_attribute_value(a) for n in lstms for a in n.attribute if a.name == "hidden_size"}
+    assert len(lstms) == 2 and hidden == {12}, hidden

@@ -6,6 +6,8 @@ other runtimes cannot load that op); on this Zen 4 CPU it ran a 2-layer LSTM 2.8
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 MS_DOMAIN = "com.microsoft"
@@ -19,32 +21,33 @@ def _rows_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(codes.transpose(0, 2, 1)), scale.astype(np.float32)
 
 
-def _constant(graph, name: str, inits: dict, opsets):
+def _constant(graph, name: str, inits: dict, made: dict, opsets):
     """The value of tensor `name` when it is an initializer or computed from initializers only (torch's exporter
-    reorders the gates of W / R with Slice / Concat / Unsqueeze nodes), else None."""
+    reorders the gates of W / R with Slice / Concat / Unsqueeze nodes), else None. made: output name -> (graph
+    position, node)."""
     import onnx
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
     if name in inits:
         return numpy_helper.to_array(inits[name])
-    made = {o: n for n in graph.node for o in n.output}
-    nodes, leaves, todo = [], set(), [name]
+    nodes: dict[int, object] = {}  # graph position -> node (the subgraph, kept in graph order)
+    leaves, todo = set(), [name]
     while todo:
         t = todo.pop()
         if t in inits:
             leaves.add(t)
         elif t in made:
-            n = made[t]
-            if n in nodes:
+            at, n = made[t]
+            if at in nodes:
                 continue
             if n.op_type in ("Shape", "Size") or n.domain not in ("", "ai.onnx"):
                 return None  # a value that depends on the input's shape, or an op the reference does not run
-            nodes.append(n)
+            nodes[at] = n
             todo += [i for i in n.input if i]
         else:
             return None  # a graph input
-    order = [n for n in graph.node if n in nodes]
+    order = [nodes[at] for at in sorted(nodes)]
     sub = helper.make_graph(order, "w", [], [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)],
                             [inits[t] for t in leaves])
     model = helper.make_model(sub, opset_imports=[o for o in opsets if o.domain in ("", "ai.onnx")])
@@ -57,13 +60,14 @@ def quantize_lstms(proto) -> int:
 
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
+    made = {o: (at, n) for at, n in enumerate(graph.node) for o in n.output}
     done, new_inits = 0, []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         ins = list(node.input) + [""] * (8 - len(node.input))
         if node.op_type != "LSTM" or node.domain not in ("", "ai.onnx") or attrs.get("layout", 0) != 0 or ins[7]:
             continue
-        w, r = (_constant(graph, ins[i], inits, proto.opset_import) for i in (1, 2))
+        w, r = (_constant(graph, ins[i], inits, made, proto.opset_import) for i in (1, 2))
         if w is None or r is None:
             continue
         base = f"nnslim_lstm/{node.name or done}"
@@ -105,8 +109,17 @@ def _drop_dead_nodes(graph) -> None:
 
 
 def needs_onnxruntime(path) -> bool:
-    """Whether an ONNX graph uses ONNX Runtime's own ops (com.microsoft domain): no other runtime loads it."""
+    """Whether an ONNX graph uses ONNX Runtime's own ops (com.microsoft domain): no other runtime loads it. Asked
+    by the report for every ONNX row and by each OpenVINO runner: answered once per file version."""
+    from pathlib import Path
+
+    st = Path(path).stat()
+    return _needs_onnxruntime(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _needs_onnxruntime(path: str, mtime_ns: int, size: int) -> bool:
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = onnx.load(path, load_external_data=False)
     return any(n.domain == MS_DOMAIN for n in proto.graph.node)

@@ -135,7 +135,7 @@ def quant_spec(model: torch.nn.Module) -> dict[str, dict]:
     return {n: _spec_fn(m)() for n, m in model.named_modules() if _spec_fn(m) is not None}
 
 
-def _int8_lstms(model) -> bool:
+def _marked_lstms(model) -> bool:
     from .onnx_lstm import LSTM_ATTR
 
     return bool(getattr(model, LSTM_ATTR, False))
@@ -143,13 +143,13 @@ def _int8_lstms(model) -> bool:
 
 def has_integer_onnx_layers(model) -> bool:
     """Does the model hold layers that an ONNX export must write as integer weights (or LSTMs int8-dynamic marked)?"""
-    return isinstance(model, torch.nn.Module) and (_int8_lstms(model) or any(_spec_fn(m) is not None
+    return isinstance(model, torch.nn.Module) and (_marked_lstms(model) or any(_spec_fn(m) is not None
                                                                               for m in model.modules()))
 
 
 def has_qdq_layers(model) -> bool:
     """Does the model hold int8 layers simulated in float (deployed as int8 ONNX, not saved as torch)?"""
-    return isinstance(model, torch.nn.Module) and (_int8_lstms(model) or any(
+    return isinstance(model, torch.nn.Module) and (_marked_lstms(model) or any(
         callable(getattr(m, "qdq_spec", None)) for m in model.modules()))
 
 
@@ -268,7 +268,7 @@ def export_quantized_onnx(qmodel: torch.nn.Module, example_inputs: dict, path: s
     from .onnx_lstm import quantize_lstms
 
     spec = quant_spec(qmodel)
-    lstms = _int8_lstms(qmodel)
+    lstms = _marked_lstms(qmodel)
     if not spec and not lstms:
         raise NnslimError("the model has no quantized layers to export as int8")
     spec = {n: s for n, s in spec.items() if n in _called(qmodel, list(spec), example_inputs)}
