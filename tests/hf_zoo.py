@@ -48,11 +48,31 @@ def _build(kind: str, root: Path) -> Path:
             patch_size=8, num_labels=4)),
     }
     models.update(_more(tf, small))
+    models.update(_speech(tf))
     d = root / kind
     models[kind]().eval().save_pretrained(str(d))
-    if TASKS.get(kind, MORE.get(kind)) != "image-classification":
+    if TASKS.get(kind, MORE.get(kind)) not in ("image-classification", *SPEECH.values()):
         _tokenizer_files(d)
     return d
+
+
+def _speech(tf) -> dict:
+    """Speech models (SPEECH): Whisper with a 1 s window (100 mel frames; the real ones take 3000), wav2vec2 /
+    HuBERT with the real convolution strides (320 samples a frame), as CTC recognizers and a classifier."""
+    w2v = dict(vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               conv_dim=(32,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    return {
+        "whisper": lambda: tf.WhisperForConditionalGeneration(tf.WhisperConfig(
+            vocab_size=300, num_mel_bins=16, encoder_layers=2, decoder_layers=2, d_model=64,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+            max_source_positions=50, max_target_positions=64, decoder_start_token_id=1, pad_token_id=0,
+            eos_token_id=2, bos_token_id=1, begin_suppress_tokens=None, suppress_tokens=None)),
+        "wav2vec2-ctc": lambda: tf.Wav2Vec2ForCTC(tf.Wav2Vec2Config(**w2v)),
+        "hubert-ctc": lambda: tf.HubertForCTC(tf.HubertConfig(**w2v)),
+        "wav2vec2-cls": lambda: tf.Wav2Vec2ForSequenceClassification(tf.Wav2Vec2Config(
+            num_labels=3, id2label={0: "yes", 1: "no", 2: "up"}, label2id={"yes": 0, "no": 1, "up": 2}, **w2v)),
+    }
 
 
 def _more(tf, small: dict) -> dict:
@@ -138,3 +158,4 @@ MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", 
         **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls", "mobilenetv2-cls",
                                                "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")},
         "mbart": "seq2seq", "marian": "seq2seq"}
+SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

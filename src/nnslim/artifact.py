@@ -444,7 +444,7 @@ def load(directory: str | Path, model: torch.nn.Module | None = None, trust_remo
                 _check_config_size(testbed, directory / _own_file(meta, WEIGHTS_FILE, directory))
             empty = hasattr(testbed, "weights") and not meta.get("structured_plan") and not meta.get("sparse_storage")
             # a Hugging Face architecture is built with its parameters on meta: the file's tensors are assigned
-            model = _empty_model(testbed) if empty else testbed.load_model()
+            model = _as_saved(_empty_model(testbed) if empty else testbed.load_model())
     dtype = meta_dtype(meta, directory)
     if meta.get("split_attention"):  # before the plan: a split block's heads may have been removed
         from .graph.attention import split_attention

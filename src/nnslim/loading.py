@@ -112,7 +112,8 @@ def split_user_data(calibration, evaluation=None, text_column: str | None = None
         data.calibration, calibration = calibration, None
     if evaluation is not None and not _is_file_data(evaluation):
         raise NnslimError(f"eval data of type {type(evaluation).__name__} is not allowed; allowed: a file path "
-                          "(.txt, .jsonl, .csv, .parquet, a saved dataset, an image folder or .npz) or a list of texts")
+                          "(.txt, .jsonl, .csv, .parquet, a saved dataset, an image or .wav folder, .wav, .npz) or a "
+                          "list of texts")
     return calibration, data
 
 
@@ -136,6 +137,10 @@ def _records(value, what: str, testbed, data: UserData):
         return Records(texts=items, origin=f"{len(items)} texts given")
     if testbed.input_names == ("pixel_values",):
         return read_images(value, what, getattr(testbed, "size", None))
+    if getattr(testbed, "sampling_rate", None):
+        from .testbeds.audio import read_audio
+
+        return read_audio(value, what, testbed.sampling_rate)
     return read_texts(value, what, data.text_column, data.label_column)
 
 
@@ -283,9 +288,9 @@ def _check_onnx_inputs(path: Path, testbed: Testbed) -> None:
 def _graph_inputs(path: Path) -> dict[str, int]:
     """{input name: rank} of an ONNX graph or an OpenVINO IR (an encoder-decoder layout: the whole model's)."""
     if len(OnnxModel(path).graphs) > 1:
-        from .runtime.onnx_seq2seq import Seq2SeqRunner
+        from .runtime.onnx_seq2seq import layout_inputs
 
-        return dict.fromkeys(Seq2SeqRunner.input_names, 2)
+        return layout_inputs(path)
     if OnnxModel(path).is_ir:
         import openvino as ov
 

@@ -147,6 +147,11 @@ def test_ignore_scope_by_name_regex_and_type(digits):
     assert count(quantize_int8(model, Int8Config(ignore=("classifier.3",)), cal, ex)) == 5
     assert count(quantize_int8(model, Int8Config(ignore=("re:^features",)), cal, ex)) == 2
     assert count(quantize_int8(model, Int8Config(ignore=("type:Linear",)), cal, ex)) == 4
+    # a glob matches the whole name, as ModelOpt's wildcards do
+    assert count(quantize_int8(model, Int8Config(ignore=("classifier*",)), cal, ex)) == 4
+    with pytest.raises(NnslimError, match=r"ignore entry '\*lm_head\*' matches no layer of the model; layers look "
+                                          r"like: features\.0"):
+        quantize_int8(model, Int8Config(ignore=("*lm_head*",)), cal, ex)
 
 
 @pytest.mark.slow

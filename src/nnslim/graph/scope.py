@@ -1,7 +1,9 @@
-"""Ignored / target scopes by layer name, regex ("re:...") or type ("type:ClassName")."""
+"""Ignored / target scopes by layer name (a module and everything inside it), glob ("*.lm_head", "*conv*", as
+ModelOpt's wildcards match the whole name), regex ("re:...", searched) or type ("type:ClassName")."""
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 from typing import Iterable
 
 import torch
@@ -15,6 +17,8 @@ def _matches(entry: str, name: str, module: nn.Module) -> bool:
         return re.search(entry[3:], name) is not None
     if entry.startswith("type:"):
         return any(cls.__name__ == entry[5:] for cls in type(module).__mro__)
+    if any(c in entry for c in "*?["):
+        return fnmatchcase(name, entry)
     return name == entry or name.startswith(entry + ".")
 
 
@@ -40,7 +44,8 @@ def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[st
     named = list(model.named_modules())
     for entry in ignore:
         if not any(_matches(entry, n, m) for n, m in named if n):
-            sample = ", ".join(n for n, m in named if isinstance(m, types))[:300]
+            sample = ", ".join(n for n, m in named if n and isinstance(m, types)) or ", ".join(n for n, _ in named if n)
+            sample = sample[:300]
             raise NnslimError(f"{field} entry {entry!r} matches no layer of the model; layers look like: {sample}")
     return {n: m for n, m in named if n and isinstance(m, types) and not any(_matches(e, n, m) for e in ignore)}
 

@@ -172,7 +172,7 @@ class BinaryConfig(StepConfig):
     """Binary (1-bit) weights with per-channel scales; optional binary activations (XNOR-Net)."""
     activations: bool = False  # also binarize each binarized layer's input (sign)
     keep_first_last: bool = True  # the first and last weight layers stay float
-    ignore: tuple[str, ...] = ()  # layer names, "re:REGEX" or "type:ClassName"
+    ignore: tuple[str, ...] = ()  # layer names, globs, "re:REGEX" or "type:ClassName"
 
 
 def binarize_model(model: nn.Module, config: BinaryConfig, inplace: bool = False, notes: list | None = None

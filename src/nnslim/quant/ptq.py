@@ -38,7 +38,7 @@ class Int8Base(StepConfig):
     """What static and dynamic int8 both read."""
     per_channel: bool = True
     preset: Preset = "auto"
-    ignore: tuple[str, ...] = ()  # layer names, "re:REGEX" or "type:ClassName"
+    ignore: tuple[str, ...] = ()  # layer names, globs, "re:REGEX" or "type:ClassName"
     # 7-bit weights: u8 x s8 int8 kernels on CPUs without VNNI (AVX2) saturate int16 partial sums in
     # both ONNX Runtime and OpenVINO; "auto" turns it on when this machine lacks VNNI.
     reduce_range: bool | Literal["auto"] = "auto"

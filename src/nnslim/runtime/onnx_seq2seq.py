@@ -1,17 +1,20 @@
-"""Encoder-decoder LMs (T5, BART, Marian, ...) in ONNX as Optimum's `text2text-generation-with-past` export
-lays them out, so `ORTModelForSeq2SeqLM.from_pretrained(DIR)` loads the artifact:
+"""Encoder-decoders (T5, BART, Marian, ...; Whisper and other speech models) in ONNX as Optimum's
+`text2text-generation-with-past` / `automatic-speech-recognition-with-past` exports lay them out, so
+`ORTModelForSeq2SeqLM.from_pretrained(DIR)` (`ORTModelForSpeechSeq2Seq` for speech) loads the artifact:
 
-  encoder_model.onnx             input_ids, attention_mask -> last_hidden_state
-  decoder_model.onnx             encoder_attention_mask, input_ids, encoder_hidden_states
+  encoder_model.onnx             input_ids, attention_mask (speech: input_features) -> last_hidden_state
+  decoder_model.onnx             encoder_attention_mask (not for speech), input_ids, encoder_hidden_states
                                  -> logits, present.{i}.decoder.key/.value, present.{i}.encoder.key/.value
-  decoder_with_past_model.onnx   encoder_attention_mask, input_ids, past_key_values.{i}.decoder/encoder.key/.value
-                                 -> logits, present.{i}.decoder.key/.value
+  decoder_with_past_model.onnx   encoder_attention_mask (not for speech), input_ids,
+                                 past_key_values.{i}.decoder/encoder.key/.value -> logits, present.{i}.decoder.key/.value
 
-The first decoder step computes the cross-attention keys/values from the encoder's states; later steps read
-them (and the growing self-attention cache) from the past. nnslim evaluates the artifact by running the
-encoder then the first decoder on the whole target (teacher forcing), and checks a step with past against
-torch. The two decoders hold the same weights: share_decoder_weights stores them once, in one external data
-file both graphs refer to (Optimum's unmerged export writes them twice; its merged decoder needs an If node).
+The encoder's inputs are the wrapper's `encoder_inputs` (text: input_ids and attention_mask; speech:
+input_features, which has no mask). The first decoder step computes the cross-attention keys/values from the
+encoder's states; later steps read them (and the growing self-attention cache) from the past. nnslim evaluates the
+artifact by running the encoder then the first decoder on the whole target (teacher forcing), and checks a step
+with past against torch. The two decoders hold the same weights: share_decoder_weights stores them once, in one
+external data file both graphs refer to (Optimum's unmerged export writes them twice; its merged decoder needs an
+If node).
 """
 from __future__ import annotations
 
@@ -70,9 +73,21 @@ def _kv_names(n_layers: int, kinds=("decoder", "encoder")) -> list[str]:
     return [f"{i}.{kind}.{kv}" for i in range(n_layers) for kind in kinds for kv in ("key", "value")]
 
 
+TEXT_INPUTS = ("input_ids", "attention_mask")
+SPEECH_INPUTS = ("input_features",)
+
+
+def encoder_inputs_of(model: nn.Module) -> tuple[str, ...]:
+    """The encoder's inputs of an encoder-decoder wrapper: text (input_ids, attention_mask) unless it says."""
+    names = tuple(getattr(model, "encoder_inputs", TEXT_INPUTS))
+    if names not in (TEXT_INPUTS, SPEECH_INPUTS):
+        raise NnslimError(f"encoder inputs {names} are not allowed; allowed: {TEXT_INPUTS} or {SPEECH_INPUTS}")
+    return names
+
+
 class Encoder(nn.Module):
-    """The encoder stack alone (only its layers are in this graph)."""
-    input_names = ["input_ids", "attention_mask"]
+    """The encoder stack alone (only its layers are in this graph), of text."""
+    input_names = list(TEXT_INPUTS)
     output_names = ["last_hidden_state"]
 
     def __init__(self, hf: nn.Module):
@@ -81,6 +96,14 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class SpeechEncoder(Encoder):
+    """The encoder of a speech model: log-mel features [batch, mels, frames] -> states."""
+    input_names = list(SPEECH_INPUTS)
+
+    def forward(self, input_features):
+        return self.encoder(input_features=input_features).last_hidden_state
 
 
 def _flat(cache, n_layers: int, cross: bool) -> list[torch.Tensor]:
@@ -101,9 +124,20 @@ class Decoder(_Part):
         return ["logits"] + [PRESENT + n for n in _kv_names(self.n_layers)]
 
     def forward(self, encoder_attention_mask, input_ids, encoder_hidden_states):
-        out = self.hf(encoder_outputs=(encoder_hidden_states,), attention_mask=encoder_attention_mask,
-                      decoder_input_ids=input_ids, use_cache=True)
+        return self.step(encoder_attention_mask, input_ids, encoder_hidden_states)
+
+    def step(self, mask, input_ids, encoder_hidden_states):
+        masked = {} if mask is None else {"attention_mask": mask}
+        out = self.hf(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=input_ids, use_cache=True, **masked)
         return (out.logits, *_flat(out.past_key_values, self.n_layers, cross=True))
+
+
+class SpeechDecoder(Decoder):
+    """The first decoder step of a speech model (no encoder mask, as Optimum's speech export)."""
+    input_names = ["input_ids", "encoder_hidden_states"]
+
+    def forward(self, input_ids, encoder_hidden_states):
+        return self.step(None, input_ids, encoder_hidden_states)
 
 
 class DecoderWithPast(_Part):
@@ -119,6 +153,9 @@ class DecoderWithPast(_Part):
         return ["logits"] + [PRESENT + n for n in _kv_names(self.n_layers, ("decoder",))]
 
     def forward(self, encoder_attention_mask, input_ids, *past):
+        return self.step(encoder_attention_mask, input_ids, past)
+
+    def step(self, mask, input_ids, past):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         config = self.hf.config
@@ -126,19 +163,33 @@ class DecoderWithPast(_Part):
         cross = DynamicCache(ddp_cache_data=[(past[4 * i + 2], past[4 * i + 3]) for i in range(self.n_layers)],
                              config=config)
         k = past[2]  # [batch, heads, encoder length, head dim]: the encoder states are only read through it
-        width = int(getattr(config, "d_model", None) or config.hidden_size)
-        states = k.new_zeros((k.shape[0], k.shape[2], width))
-        out = self.hf(encoder_outputs=(states,), attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
-                      **{_cache_arg(self.hf): EncoderDecoderCache(own, cross)}, use_cache=True)
+        states = k.new_zeros((k.shape[0], k.shape[2], _width(config)))
+        masked = {} if mask is None else {"attention_mask": mask}
+        out = self.hf(encoder_outputs=(states,), decoder_input_ids=input_ids, use_cache=True,
+                      **{_cache_arg(self.hf): EncoderDecoderCache(own, cross)}, **masked)
         return (out.logits, *_flat(out.past_key_values, self.n_layers, cross=False))
 
 
+class SpeechDecoderWithPast(DecoderWithPast):
+    """A later step of a speech model's decoder (no encoder mask)."""
+    input_names_base = ["input_ids"]
+
+    def forward(self, input_ids, *past):
+        return self.step(None, input_ids, past)
+
+
+def _width(config) -> int:
+    return int(getattr(config, "d_model", None) or config.hidden_size)
+
+
 def decoder_layers(hf: nn.Module) -> int:
-    """How many decoder layers keep a cache (read off one tiny run: config names differ by architecture)."""
+    """How many decoder layers keep a cache (read off one tiny decoder run on given encoder states: config names
+    differ by architecture)."""
     p = next(hf.parameters())
-    ids = torch.ones((1, 2), dtype=torch.long, device=p.device)
+    ids = torch.ones((1, 1), dtype=torch.long, device=p.device)
+    states = torch.zeros((1, 2, _width(hf.config)), dtype=p.dtype, device=p.device)
     with torch.no_grad():
-        out = hf(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids[:, :1], use_cache=True)
+        out = hf(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
     cache = out.past_key_values
     if not hasattr(cache, "self_attention_cache") or not hasattr(cache, "cross_attention_cache"):
         raise NnslimError(f"{type(hf).__name__} returns a {type(cache).__name__}, not an encoder-decoder KV cache: "
@@ -153,17 +204,22 @@ def parts_of(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
         return None
     hf = make()
     n = decoder_layers(hf)
+    if encoder_inputs_of(model) == SPEECH_INPUTS:
+        return [(ENCODER_FILE, SpeechEncoder(hf)), (DECODER_FILE, SpeechDecoder(hf, n)),
+                (WITH_PAST_FILE, SpeechDecoderWithPast(hf, n))]
     return [(ENCODER_FILE, Encoder(hf)), (DECODER_FILE, Decoder(hf, n)), (WITH_PAST_FILE, DecoderWithPast(hf, n))]
 
 
 def axes_of(name: str, part: nn.Module) -> dict[str, dict[int, str]]:
+    """Dynamic axes of a graph. A speech encoder's frames stay fixed (Whisper takes exactly its window)."""
     if name == ENCODER_FILE:
-        return {"input_ids": {0: "batch", 1: "encoder_seq"}, "attention_mask": {0: "batch", 1: "encoder_seq"}}
-    axes = {"encoder_attention_mask": {0: "batch", 1: "encoder_seq"}, "input_ids": {0: "batch", 1: "decoder_seq"}}
-    if name == DECODER_FILE:
-        return {**axes, "encoder_hidden_states": {0: "batch", 1: "encoder_seq"}}
-    for n in part.input_names[2:]:
-        axes[n] = {0: "batch", 2: "encoder_seq" if ".encoder." in n else "past_decoder_seq"}
+        return {n: {0: "batch"} if n == "input_features" else {0: "batch", 1: "encoder_seq"} for n in part.input_names}
+    axes = {"encoder_attention_mask": {0: "batch", 1: "encoder_seq"}, "input_ids": {0: "batch", 1: "decoder_seq"},
+            "encoder_hidden_states": {0: "batch", 1: "encoder_seq"}}
+    axes = {n: axes[n] for n in part.input_names if n in axes}
+    for n in part.input_names:
+        if n.startswith(PAST):
+            axes[n] = {0: "batch", 2: "encoder_seq" if ".encoder." in n else "past_decoder_seq"}
     return axes
 
 
@@ -174,18 +230,21 @@ def feeds(parts: list[tuple[str, nn.Module]], sample: dict[str, np.ndarray], ste
     last tokens after its cache. (Export examples use step 2, so no traced axis has length 1.)"""
     (_, enc), (_, dec), (_, with_past) = parts
     p = next(dec.parameters())
-    ids, mask, tgt = (np.asarray(sample[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "decoder_input_ids"))
+    enc_feed = {n: np.asarray(sample[n]) for n in enc.input_names}
+    tgt = np.asarray(sample["decoder_input_ids"], dtype=np.int64)
     if tgt.shape[1] < step + 2:  # a past of at least 2 tokens
         tgt = np.tile(tgt, (1, -(-(step + 2) // tgt.shape[1])))
-    t = {k: torch.as_tensor(v, device=p.device) for k, v in (("ids", ids), ("mask", mask), ("tgt", tgt))}
-    states = enc(t["ids"], t["mask"])
-    first = dec(t["mask"], t["tgt"][:, :-step], states)
+    as_t = (lambda v: torch.as_tensor(v, device=p.device).to(p.dtype) if np.issubdtype(np.asarray(v).dtype, np.floating)
+            else torch.as_tensor(v, device=p.device))
+    states = enc(*(as_t(v) for v in enc_feed.values()))
+    mask = enc_feed.get("attention_mask")
+    masked = {} if "encoder_attention_mask" not in dec.input_names else {"encoder_attention_mask": mask}
+    first = dec.step(None if mask is None or not masked else as_t(mask), as_t(tgt[:, :-step]), states)
     as_np = (lambda x: x.float().cpu().numpy())
     past = {PAST + n[len(PRESENT):]: as_np(v) for n, v in zip(dec.output_names[1:], first[1:])}
-    return {ENCODER_FILE: {"input_ids": ids, "attention_mask": mask},
-            DECODER_FILE: {"encoder_attention_mask": mask, "input_ids": tgt[:, :-step],
-                           "encoder_hidden_states": as_np(states)},
-            WITH_PAST_FILE: {"encoder_attention_mask": mask, "input_ids": tgt[:, -step:], **past}}
+    return {ENCODER_FILE: enc_feed,
+            DECODER_FILE: {**masked, "input_ids": tgt[:, :-step], "encoder_hidden_states": as_np(states)},
+            WITH_PAST_FILE: {**masked, "input_ids": tgt[:, -step:], **past}}
 
 
 def export_layout(parts: list[tuple[str, nn.Module]], example: dict[str, np.ndarray], directory: Path, export_part,
@@ -214,12 +273,13 @@ def check_step_with_past(model: nn.Module, onnx_model: OnnxModel, sample: dict[s
     present keys/values: the step's logits must match torch's last-position logits on the whole target."""
     from .base import TorchRunner
 
-    enc, dec, with_past = make_runner(onnx_model).parts
+    runner = make_runner(onnx_model)
+    enc, dec, with_past = runner.parts
     tgt = np.asarray(sample["decoder_input_ids"], dtype=np.int64)
-    states = enc.run_all({"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]})
-    first = dec.run_all({"encoder_attention_mask": sample["attention_mask"], "input_ids": tgt[:, :-1],
-                         "encoder_hidden_states": states["last_hidden_state"]})
-    feed = {"encoder_attention_mask": sample["attention_mask"], "input_ids": tgt[:, -1:]}
+    masked = runner.masked(sample)
+    states = enc.run_all({n: sample[n] for n in runner.encoder_inputs})
+    first = dec.run_all({**masked, "input_ids": tgt[:, :-1], "encoder_hidden_states": states["last_hidden_state"]})
+    feed = {**masked, "input_ids": tgt[:, -1:]}
     feed.update({PAST + k[len(PRESENT):]: v for k, v in first.items() if k.startswith(PRESENT)})
     got = np.asarray(with_past.run_all(feed)["logits"][:, -1], dtype=np.float32)
     ref = TorchRunner(model)(sample)[:, -1]
@@ -230,27 +290,56 @@ def check_step_with_past(model: nn.Module, onnx_model: OnnxModel, sample: dict[s
     return err
 
 
-class Seq2SeqRunner(Runner):
-    """Runs the layout as the whole model: (input_ids, attention_mask, decoder_input_ids) -> logits, through
-    the encoder then the first decoder (teacher forcing over the whole target)."""
+def graph_inputs(path: Path) -> list[str]:
+    """The input names of one graph of the layout (ONNX or OpenVINO IR), read without its weights."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        import openvino as ov
 
-    input_names = ["input_ids", "attention_mask", "decoder_input_ids"]
+        return [p.get_any_name() for p in ov.Core().read_model(str(path)).inputs]
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits]
+
+
+def layout_inputs(path: Path) -> dict[str, int]:
+    """{input name: rank} of the whole model a layout runs as: its encoder's inputs and decoder_input_ids."""
+    ranks = {"input_features": 3}
+    return {**{n: ranks.get(n, 2) for n in graph_inputs(path)}, "decoder_input_ids": 2}
+
+
+class Seq2SeqRunner(Runner):
+    """Runs the layout as the whole model: the encoder's inputs (input_ids, attention_mask; speech: input_features)
+    and decoder_input_ids -> logits, through the encoder then the first decoder (teacher forcing over the whole
+    target)."""
 
     def __init__(self, path: Path, make_part):
         files = [Path(path).parent / n for n in names_of(path)]
         missing = [str(f) for f in files[:2] if not f.is_file()]
         if missing:
             raise NnslimError(f"encoder-decoder ONNX layout incomplete: {', '.join(missing)} not found")
+        self.encoder_inputs = tuple(graph_inputs(files[0]))
         self.parts = [make_part(f) if f.is_file() else None for f in files]  # the decoder with past is optional
         self.backend = self.parts[0].backend
+        self.input_names = [*self.encoder_inputs, "decoder_input_ids"]
+
+    def masked(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The decoders' encoder_attention_mask (text models): the given mask, else all ones."""
+        if "attention_mask" not in self.encoder_inputs:
+            return {}
+        mask = inputs.get("attention_mask")
+        return {"encoder_attention_mask": np.ones_like(inputs["input_ids"]) if mask is None else mask}
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         enc, dec, _ = self.parts
-        mask = inputs.get("attention_mask")
-        if mask is None:
-            mask = np.ones_like(inputs["input_ids"])
-        states = enc.run_all({"input_ids": inputs["input_ids"], "attention_mask": mask})["last_hidden_state"]
-        return np.asarray(dec.run_all({"encoder_attention_mask": mask, "input_ids": inputs["decoder_input_ids"],
+        masked = self.masked(inputs)
+        feed = {n: inputs[n] for n in self.encoder_inputs if n != "attention_mask"}
+        if masked:
+            feed["attention_mask"] = masked["encoder_attention_mask"]
+        states = enc.run_all(feed)["last_hidden_state"]
+        return np.asarray(dec.run_all({**masked, "input_ids": inputs["decoder_input_ids"],
                                        "encoder_hidden_states": states})["logits"], dtype=np.float32)
 
 

@@ -43,6 +43,11 @@ def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weight
         from .seq2seq import Seq2SeqTestbed
 
         return Seq2SeqTestbed(path, **options)
+    if task in ("speech-seq2seq", "ctc", "audio-classification"):
+        from .speech import AudioEncoderTestbed, SpeechSeq2SeqTestbed
+
+        return SpeechSeq2SeqTestbed(path, **options) if task == "speech-seq2seq" else \
+            AudioEncoderTestbed(path, task, **options)
     if task == "feature-extraction":
         return TextEncoderTestbed(path, **options)
     if task in TEXT_HEADS:

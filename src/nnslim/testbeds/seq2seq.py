@@ -40,28 +40,15 @@ class Seq2SeqLogits(nn.Module):
                           use_cache=False).logits
 
 
-class Seq2SeqTestbed(PaddedTextTestbed):
+class GreedyTargets:
+    """The metric of encoder-decoders (text or speech): the fp32 model's greedy output for each held-out input,
+    computed once with the encoder run once per batch, then every variant teacher-forced on it. A subclass gives
+    `_eval_encodings()` (the encoder's inputs, in batches) and `target_length`."""
+
     primary_metric = "top1_agreement"
     output_kind = "logits"
-    task = "seq2seq"
-    input_names = ("input_ids", "attention_mask", "decoder_input_ids")
-    dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                    "decoder_input_ids": {0: "batch", 1: "target"}}
-
-    def __init__(self, model_dir: str | Path, name: str | None = None, n_eval: int = 64, max_length: int = 64,
-                 target_length: int = 24, trust_remote_code: bool = False, weights: bool = True):
-        self._dir = Path(model_dir)
-        self.name = name or f"hf:{model_dir}"
-        self.trust_remote_code, self.weights = trust_remote_code, weights
-        self.n_eval, self.max_length, self.target_length = n_eval, max_length, target_length
-        self.description = ("encoder-decoder LM; metrics: top-1 agreement and logits cosine vs fp32, teacher-forced "
-                            "on the fp32 model's greedy output, and that output's perplexity")
-        self._ref_gen = None
-
-    def load_model(self) -> nn.Module:
-        from transformers import AutoModelForSeq2SeqLM
-
-        return Seq2SeqLogits(self.load_hf(AutoModelForSeq2SeqLM)).eval()
+    target_length: int = 24
+    _ref_gen = None
 
     @property
     def hf_config(self) -> dict:
@@ -85,38 +72,30 @@ class Seq2SeqTestbed(PaddedTextTestbed):
     def _with_targets(self, enc: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, np.ndarray]:
         return {**enc, "decoder_input_ids": targets.astype(np.int64)}
 
-    def _shifted(self, enc: dict[str, np.ndarray], length: int) -> np.ndarray:
-        """The encoder's own text, shifted right behind the start token, as the decoder's input."""
-        ids = enc["input_ids"][:, : length - 1]
-        start = np.full((ids.shape[0], 1), self._start_id(), np.int64)
-        return np.concatenate([start, ids], axis=1)
+    def _eval_encodings(self) -> list[dict[str, np.ndarray]]:
+        raise NotImplementedError
 
-    def example_inputs(self, batch=None, seq=None):
-        enc = super().example_inputs(batch, seq)
-        return self._with_targets(enc, self._shifted(enc, max(2, enc["input_ids"].shape[1] // 2)))
-
-    def calibration(self, n=None, seq_len=None):
-        out = []
-        for s in self.texts("calibration")[: n or 128]:
-            enc = self._encode([s])
-            out.append(self._with_targets(enc, self._shifted(enc, self.target_length)))
-        return out
-
-    def _greedy(self, runner, enc: dict[str, np.ndarray]) -> np.ndarray:
-        """[batch, 1 + target_length] decoder inputs: the start token, then the runner's greedy tokens."""
-        ids = np.full((enc["input_ids"].shape[0], 1), self._start_id(), np.int64)
+    @torch.inference_mode()
+    def _greedy(self, enc: dict[str, np.ndarray]) -> np.ndarray:
+        """[batch, 1 + target_length] decoder inputs: the start token, then the fp32 model's greedy tokens (its
+        encoder run once, the decoder on the whole prefix at each step, as the metric's teacher forcing runs it)."""
+        ref = self.reference_runner()
+        hf = ref.module.encoder_decoder()
+        feed = ref.to_tensors(enc)
+        states = hf.get_encoder()(**feed).last_hidden_state
+        mask = {"attention_mask": feed["attention_mask"]} if "attention_mask" in feed else {}
+        ids = torch.full((states.shape[0], 1), self._start_id(), dtype=torch.long, device=states.device)
         for _ in range(self.target_length):
-            logits = runner(self._with_targets(enc, ids))
-            ids = np.concatenate([ids, logits[:, -1].argmax(-1)[:, None].astype(np.int64)], axis=1)
-        return ids
+            logits = hf(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=False, **mask).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return ids.cpu().numpy()
 
     def evaluate(self, runner) -> dict[str, float]:
-        sentences = self.eval_sentences()
-        encs = [self._encode(sentences[i:i + 16]) for i in range(0, len(sentences), 16)]
         if self._ref_gen is None:
-            ref = self.reference_runner()
-            gens = [self._greedy(ref, e) for e in encs]
+            encs = self._eval_encodings()
+            gens = [self._greedy(e) for e in encs]
             batches = [self._with_targets(e, g[:, :-1]) for e, g in zip(encs, gens)]
+            ref = self.reference_runner()
             self._ref_gen = (gens, batches, [ref(b) for b in batches])
         gens, batches, ref_out = self._ref_gen
         out = [runner(b) for b in batches]
@@ -139,3 +118,45 @@ class Seq2SeqTestbed(PaddedTextTestbed):
         ended = np.isin(gen[:, 1:], list(eos)) if eos else np.zeros_like(gen[:, 1:], bool)
         before = np.cumsum(ended, axis=1) - ended  # EOS tokens strictly before each position
         return (before == 0).astype(np.int64)
+
+
+class Seq2SeqTestbed(GreedyTargets, PaddedTextTestbed):
+    task = "seq2seq"
+    input_names = ("input_ids", "attention_mask", "decoder_input_ids")
+    dynamic_axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                    "decoder_input_ids": {0: "batch", 1: "target"}}
+
+    def __init__(self, model_dir: str | Path, name: str | None = None, n_eval: int = 64, max_length: int = 64,
+                 target_length: int = 24, trust_remote_code: bool = False, weights: bool = True):
+        self._dir = Path(model_dir)
+        self.name = name or f"hf:{model_dir}"
+        self.trust_remote_code, self.weights = trust_remote_code, weights
+        self.n_eval, self.max_length, self.target_length = n_eval, max_length, target_length
+        self.description = ("encoder-decoder LM; metrics: top-1 agreement and logits cosine vs fp32, teacher-forced "
+                            "on the fp32 model's greedy output, and that output's perplexity")
+
+    def load_model(self) -> nn.Module:
+        from transformers import AutoModelForSeq2SeqLM
+
+        return Seq2SeqLogits(self.load_hf(AutoModelForSeq2SeqLM)).eval()
+
+    def _shifted(self, enc: dict[str, np.ndarray], length: int) -> np.ndarray:
+        """The encoder's own text, shifted right behind the start token, as the decoder's input."""
+        ids = enc["input_ids"][:, : length - 1]
+        start = np.full((ids.shape[0], 1), self._start_id(), np.int64)
+        return np.concatenate([start, ids], axis=1)
+
+    def example_inputs(self, batch=None, seq=None):
+        enc = super().example_inputs(batch, seq)
+        return self._with_targets(enc, self._shifted(enc, max(2, enc["input_ids"].shape[1] // 2)))
+
+    def calibration(self, n=None, seq_len=None):
+        out = []
+        for s in self.texts("calibration")[: n or 128]:
+            enc = self._encode([s])
+            out.append(self._with_targets(enc, self._shifted(enc, self.target_length)))
+        return out
+
+    def _eval_encodings(self) -> list[dict[str, np.ndarray]]:
+        sentences = self.eval_sentences()
+        return [self._encode(sentences[i:i + 16]) for i in range(0, len(sentences), 16)]

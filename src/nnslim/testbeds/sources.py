@@ -1,7 +1,7 @@
 """Where a testbed's data comes from: the offline default (Python's docstrings, sklearn's digits) or the
 user's own files.
 
-Text: a .txt file (one text per non-empty line), a JSONL / JSON / CSV / TSV / Parquet column, or a
+Audio: testbeds/audio.py. Text: a .txt file (one text per non-empty line), a JSONL / JSON / CSV / TSV / Parquet column, or a
 `datasets` dataset saved with `save_to_disk` (its Arrow files are read with pyarrow; nothing is
 imported from the folder). Images: a folder (one sub-folder per class, or flat) or an .npz holding an
 image array and optional labels. Labels come from a label column / sub-folder names / an npz array.
@@ -38,8 +38,11 @@ class Records:
     labels: list[Any] | None = None
     origin: str = ""
     labels_from_folders: bool = False  # image sub-folder names (torchvision ImageFolder's layout)
+    audio: list[np.ndarray] | None = None  # mono float32 clips at the model's rate (testbeds/audio.py)
 
     def __len__(self) -> int:
+        if self.audio is not None:
+            return len(self.audio)
         return len(self.texts) if self.images is None else len(self.images)
 
 

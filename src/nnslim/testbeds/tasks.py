@@ -20,11 +20,13 @@ TASK_MAPPINGS = {
     "token-classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
     "question-answering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
     "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "ctc": "MODEL_FOR_CTC_MAPPING_NAMES",
+    "audio-classification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
     "feature-extraction": "MODEL_MAPPING_NAMES",
 }
 # Tasks nnslim has a testbed for (data, metric, export); the others are detected and refused clearly.
-SUPPORTED = ("causal-lm", "seq2seq", "sequence-classification", "token-classification", "question-answering",
-             "image-classification", "feature-extraction")
+SUPPORTED = ("causal-lm", "seq2seq", "speech-seq2seq", "sequence-classification", "token-classification",
+             "question-answering", "image-classification", "ctc", "audio-classification", "feature-extraction")
 
 
 def _mapping(name: str) -> dict:

@@ -36,7 +36,7 @@ class WeightOnlyConfig(StepConfig):
     bits: ClassVar[int] = 8
     group_size: ClassVar[int | str] = -1
     symmetric: ClassVar[bool] = True
-    ignore: tuple[str, ...] = ()  # layer names, "re:REGEX", "type:Class"
+    ignore: tuple[str, ...] = ()  # layer names, globs, "re:REGEX", "type:Class"
     quantize_head: bool = False  # lm_head / classifier stay float by default
     kernel: Kernel = "auto"  # see WeightOnlyLinear
     # The layers the format leaves out: input embedding tables, and the head unless quantize_head. int8: per row,

@@ -1,0 +1,181 @@
+"""Speech models built from configs (random weights): Whisper as Optimum's speech seq2seq ONNX layout whose cached
+steps match transformers, wav2vec2 / HuBERT CTC and an audio classifier through the CLI, the user's .wav / .npz
+clips (resampled, labels from sub-folders), and the errors of audio data."""
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nnslim
+from nnslim.errors import NnslimError
+from nnslim.runtime.onnx_seq2seq import FILES as SEQ2SEQ_FILES
+
+from hf_zoo import SPEECH, _build  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _exact_cpu_kernels(monkeypatch):
+    monkeypatch.setenv("NNSLIM_CPU_PACKED_BF16", "0")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speechzoo")
+    return {kind: _build(kind, root) for kind in SPEECH}
+
+
+def _write_wav(path: Path, audio: np.ndarray, rate: int, channels: int = 1, width: int = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.repeat(audio[:, None], channels, 1)
+    scaled = (np.clip(data, -1, 1) * (2 ** (8 * width - 1) - 1)).astype({2: "<i2", 4: "<i4"}[width])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(scaled.tobytes())
+
+
+def test_speech_tasks_are_read_from_the_config(zoo):
+    from nnslim.testbeds import testbed_for_hf_dir
+    from nnslim.testbeds.speech import AudioEncoderTestbed, SpeechSeq2SeqTestbed
+
+    for kind, task in SPEECH.items():
+        tb = testbed_for_hf_dir(zoo[kind])
+        assert tb.task == task
+        assert isinstance(tb, SpeechSeq2SeqTestbed if task == "speech-seq2seq" else AudioEncoderTestbed)
+        assert "synthetic" in tb.describe()["data"]
+    whisper = testbed_for_hf_dir(zoo["whisper"])
+    ex = whisper.example_inputs(batch=3)
+    # no preprocessor_config.json: Whisper's extractor from the config (16 mel bins, 100 frames = 2 x positions)
+    assert ex["input_features"].shape == (3, 16, 100) and ex["decoder_input_ids"].shape[0] == 3
+    ctc = testbed_for_hf_dir(zoo["wav2vec2-ctc"]).example_inputs(batch=2)
+    assert set(ctc) == {"input_values"} and ctc["input_values"].shape == (2, 4 * 16000)
+    assert abs(float(ctc["input_values"][0].mean())) < 1e-3  # normalized per clip, as wav2vec2's extractor does
+
+
+def test_whisper_deploys_as_optimums_speech_layout_whose_steps_match_transformers(zoo, tmp_path):
+    import onnx
+    from transformers import WhisperForConditionalGeneration
+
+    from nnslim.runtime import make_runner
+
+    whisper = str(zoo["whisper"])
+    res = nnslim.compress(whisper, "int8-dynamic", out=tmp_path / "d", report=False)
+    meta = json.loads((res.out / "nnslim.json").read_text())
+    assert meta["format"] == "onnx" and set(SEQ2SEQ_FILES) <= set(meta["files"])
+    inputs = {name: [i.name for i in onnx.load(str(res.out / name), load_external_data=False).graph.input]
+              for name in SEQ2SEQ_FILES}
+    assert inputs["encoder_model.onnx"] == ["input_features"]  # Optimum's speech export: no encoder mask
+    assert inputs["decoder_model.onnx"] == ["input_ids", "encoder_hidden_states"]
+    assert inputs["decoder_with_past_model.onnx"][0] == "input_ids"
+    assert "encoder_attention_mask" not in inputs["decoder_with_past_model.onnx"]
+    metrics = nnslim.evaluate(str(res.out), testbed=whisper)["metrics"]
+    assert metrics["top1_agreement"] > 0.9 and metrics["logits_cos_mean"] > 0.99
+
+    # float export: the encoder once, the first decoder on 2 tokens, then the decoder with past one token at a time
+    res = nnslim.compress(whisper, {"steps": [{"method": "onnx"}]}, out=tmp_path / "f", report=False)
+    assert any("decoder step with past" in n for n in res.notes)
+    enc, first, with_past = make_runner(nnslim.load(res.out)).parts
+    gen = torch.Generator().manual_seed(0)
+    feats, tgt = torch.randn(2, 16, 100, generator=gen), torch.randint(3, 300, (2, 6), generator=gen)
+    with torch.no_grad():
+        ref = WhisperForConditionalGeneration.from_pretrained(whisper).eval()(
+            input_features=feats, decoder_input_ids=tgt).logits.numpy()
+    states = enc.run_all({"input_features": feats.numpy()})["last_hidden_state"]
+    out = first.run_all({"input_ids": tgt[:, :2].numpy(), "encoder_hidden_states": states})
+    as_past = (lambda o, part: {k.replace("present.", "past_key_values."): v for k, v in o.items() if part in k})
+    cross, got = as_past(out, ".encoder."), [out["logits"]]
+    for t in range(2, 6):
+        out = with_past.run_all({"input_ids": tgt[:, t:t + 1].numpy(), **as_past(out, ".decoder."), **cross})
+        got.append(out["logits"])
+    got = np.concatenate(got, axis=1)
+    assert got.shape == ref.shape and np.abs(got - ref).max() / max(1.0, np.abs(ref).max()) < 1e-4
+
+
+@pytest.mark.parametrize("kind,method", [("wav2vec2-ctc", "int8-dynamic"), ("hubert-ctc", "int8-dynamic"),
+                                         ("wav2vec2-cls", "int8"), ("wav2vec2-ctc", "fp16")])
+def test_cli_compresses_audio_models_into_artifacts_that_reload(zoo, tmp_path, kind, method):
+    """weight_norm of the position conv is folded before the steps; the artifact rebuilt from its own config
+    folds it too (torch artifacts), so it reloads and is measured against the original."""
+    from nnslim.cli import main
+
+    out = tmp_path / "a"
+    options = ["--set", "samples=8"] if method == "int8" else []
+    assert main(["compress", "--model", str(zoo[kind]), "--method", method, *options, "--out", str(out),
+                 "--no-report"]) == 0
+    metrics = nnslim.evaluate(str(out), testbed=str(zoo[kind]))["metrics"]
+    assert metrics["top1_agreement"] > 0.5 and metrics["logits_cos_mean"] > 0.9
+    assert ("ctc_output_match" in metrics) == (SPEECH[kind] == "ctc")
+
+
+def test_user_clips_from_wav_folders_and_npz(zoo, tmp_path):
+    """8 kHz stereo 16-bit and 32-bit .wav clips are averaged to mono and resampled to 16 kHz; sub-folder names
+    are labels (accuracy), a .txt beside each clip its transcript; an .npz gives waveforms and their rate."""
+    from nnslim.testbeds.audio import read_audio, synthetic_clip
+
+    rng = np.random.default_rng(0)
+    for i, label in enumerate(["yes", "no", "up", "yes"]):
+        clip = synthetic_clip(1.0, 8000, 10 + i)
+        _write_wav(tmp_path / "clips" / label / f"{i}.wav", clip, 8000, channels=2, width=2 if i % 2 else 4)
+        (tmp_path / "clips" / label / f"{i}.txt").write_text(f"word {i}\n")
+    records = read_audio(tmp_path / "clips", "eval", 16000)
+    assert len(records) == 4 and records.labels_from_folders and sorted(set(records.labels)) == ["no", "up", "yes"]
+    assert all(abs(len(c) - 16000) <= 1 for c in records.audio) and records.texts[0] == "word 1"  # no/1.wav first
+    ref = synthetic_clip(1.0, 8000, 13)
+    got = records.audio[[i for i, t in enumerate(records.texts) if t == "word 3"][0]][::2]
+    assert np.corrcoef(got[100:-100], ref[100:-100])[0, 1] > 0.99  # the same clip after resampling (every 2nd)
+
+    np.savez(tmp_path / "clips.npz", audio=rng.standard_normal((5, 24000)).astype(np.float32) * 0.1,
+             sampling_rate=np.int64(24000), labels=np.array([0, 1, 2, 0, 1]))
+    npz = read_audio(tmp_path / "clips.npz", "calibration", 16000)
+    assert len(npz) == 5 and npz.audio[0].shape == (16000,) and npz.labels == [0, 1, 2, 0, 1]
+
+    res = nnslim.evaluate(str(zoo["wav2vec2-cls"]), eval_data=str(tmp_path / "clips"))
+    assert res["metrics"]["accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # the 4 clips' folder labels, by name
+
+
+def test_audio_data_errors_name_the_field_and_what_is_allowed(zoo, tmp_path):
+    from nnslim.testbeds.audio import read_audio
+    from nnslim.testbeds.speech import SpeechSeq2SeqTestbed
+
+    (tmp_path / "a.mp3").write_bytes(b"ID3")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF0000WAVE")
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 3)))
+    (tmp_path / "texts.txt").write_text("hello\nworld\n")
+    cases = [(tmp_path / "a.mp3", "suffix '.mp3' is not allowed"), (tmp_path / "bad.wav", "not a readable PCM"),
+             (tmp_path / "x.npz", "allowed: a numeric [clips, samples] array"), (tmp_path / "none", "file not found")]
+    for path, message in cases:
+        with pytest.raises(NnslimError, match=message.replace("[", r"\[").replace("(", r"\(")):
+            read_audio(path, "calibration", 16000)
+    with pytest.raises(NnslimError, match="suffix '.txt' is not allowed; allowed: a folder of .wav"):
+        nnslim.evaluate(str(zoo["wav2vec2-ctc"]), eval_data=str(tmp_path / "texts.txt"))
+    with pytest.raises(NnslimError, match="--eval: ctc models take audio"):
+        nnslim.evaluate(str(zoo["wav2vec2-ctc"]), eval_data=["hello", "world"])
+    (tmp_path / "s2t").mkdir()
+    (tmp_path / "s2t" / "config.json").write_text(json.dumps({"model_type": "speech_to_text",
+                                                               "decoder_start_token_id": 2}))
+    with pytest.raises(NnslimError, match="no preprocessor_config.json"):
+        SpeechSeq2SeqTestbed(tmp_path / "s2t").example_inputs()
+
+
+def test_default_clips_are_deterministic_and_the_splits_disjoint():
+    from nnslim.testbeds.audio import synthetic_clips
+
+    a, b = synthetic_clips("eval", 3, 0.5, 16000), synthetic_clips("eval", 3, 0.5, 16000)
+    cal = synthetic_clips("calibration", 3, 0.5, 16000)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not any(np.array_equal(x, y) for x in a for y in cal)
+    assert all(x.dtype == np.float32 and 0.4 < np.abs(x).max() <= 0.5 for x in a)
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    from nnslim.testbeds.speech import ctc_greedy
+
+    best = np.array([[0, 3, 3, 0, 3, 5, 5, 0]])
+    logits = np.eye(6)[best]
+    assert ctc_greedy(logits, blank=0) == [(3, 3, 5)]
