@@ -161,8 +161,9 @@ class SpeechSeq2SeqTestbed(GreedyTargets, AudioTestbed):
         if frames is None:
             return super()._default_extractor(transformers)
         fe = transformers.WhisperFeatureExtractor(feature_size=int(self.config.get("num_mel_bins", 80)))
-        return transformers.WhisperFeatureExtractor(feature_size=fe.feature_size,
-                                                    chunk_length=frames * fe.hop_length / fe.sampling_rate)
+        fe.n_samples, fe.nb_max_frames = frames * fe.hop_length, frames  # the window this model takes
+        fe.chunk_length = fe.n_samples / fe.sampling_rate
+        return fe
 
     def features(self, clips):
         frames = self._frames()
