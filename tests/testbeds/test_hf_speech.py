@@ -179,3 +179,51 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
     best = np.array([[0, 3, 3, 0, 3, 5, 5, 0]])
     logits = np.eye(6)[best]
     assert ctc_greedy(logits, blank=0) == [(3, 3, 5)]
+
+
+def _with_tokenizer(src: Path, dst: Path, kind: str) -> Path:
+    """A copy of a zoo model with a tokenizer: letters for CTC (Wav2Vec2CTCTokenizer), a small byte-level BPE for
+    Whisper (its vocabulary is the test model's 300 ids)."""
+    import shutil
+
+    import transformers as tf
+
+    shutil.copytree(src, dst)
+    if kind == "ctc":
+        vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONISRHDLUCMFWYGPBVK'XJQZ"])}
+        (dst / "vocab.json").write_text(json.dumps(vocab))
+        tf.Wav2Vec2CTCTokenizer(str(dst / "vocab.json")).save_pretrained(str(dst))
+        return dst
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(), decoders.ByteLevel()
+    from nnslim.testbeds.text import sentences
+
+    tok.train_from_iterator(sentences("calibration")[:2000], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    assert tok.get_vocab_size() == 300  # every id the model can output decodes
+    tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                               unk_token="<unk>").save_pretrained(str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2-ctc", "whisper"])
+def test_transcripts_give_the_word_error_rate_of_each_variants_own_output(zoo, tmp_path, kind):
+    """With a transcript beside every clip: `wer` of the model's own greedy transcription, the same for the torch
+    model and its fp32 ONNX artifact (greedy through the ONNX layout: the encoder run once)."""
+    from nnslim.testbeds.audio import synthetic_clip
+    from nnslim.testbeds.speech import word_error_rate
+
+    model = _with_tokenizer(zoo[kind], tmp_path / "m", SPEECH[kind])
+    for i in range(3):
+        _write_wav(tmp_path / "clips" / f"{i}.wav", synthetic_clip(1.0, 16000, 50 + i), 16000)
+        (tmp_path / "clips" / f"{i}.txt").write_text("the cat sat")
+    clips = str(tmp_path / "clips")
+    torch_wer = nnslim.evaluate(str(model), eval_data=clips)["metrics"]["wer"]
+    art = nnslim.compress(str(model), {"steps": [{"method": "onnx"}]}, out=tmp_path / "o", report=False).out
+    assert nnslim.evaluate(str(art), testbed=str(model), eval_data=clips)["metrics"]["wer"] == pytest.approx(torch_wer)
+    assert torch_wer >= 0 and word_error_rate(["the cat sat"], ["the cat"]) == pytest.approx(1 / 3)
+    (tmp_path / "clips" / "2.txt").unlink()  # not every clip transcribed: no wer
+    assert "wer" not in nnslim.evaluate(str(model), eval_data=clips)["metrics"]

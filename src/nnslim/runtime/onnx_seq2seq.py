@@ -6,7 +6,8 @@
   decoder_model.onnx             encoder_attention_mask (not for speech), input_ids, encoder_hidden_states
                                  -> logits, present.{i}.decoder.key/.value, present.{i}.encoder.key/.value
   decoder_with_past_model.onnx   encoder_attention_mask (not for speech), input_ids,
-                                 past_key_values.{i}.decoder/encoder.key/.value -> logits, present.{i}.decoder.key/.value
+                                 past_key_values.{i}.decoder/encoder.key/.value
+                                 -> logits, present.{i}.decoder.key/.value
 
 The encoder's inputs are the wrapper's `encoder_inputs` (text: input_ids and attention_mask; speech:
 input_features, which has no mask). The first decoder step computes the cross-attention keys/values from the
@@ -332,15 +333,19 @@ class Seq2SeqRunner(Runner):
         mask = inputs.get("attention_mask")
         return {"encoder_attention_mask": np.ones_like(inputs["input_ids"]) if mask is None else mask}
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def with_encoder(self, inputs: dict[str, np.ndarray]):
+        """ids -> logits of the first decoder on these ids, the encoder run once for `inputs` (greedy decoding)."""
         enc, dec, _ = self.parts
         masked = self.masked(inputs)
         feed = {n: inputs[n] for n in self.encoder_inputs if n != "attention_mask"}
         if masked:
             feed["attention_mask"] = masked["encoder_attention_mask"]
         states = enc.run_all(feed)["last_hidden_state"]
-        return np.asarray(dec.run_all({**masked, "input_ids": inputs["decoder_input_ids"],
-                                       "encoder_hidden_states": states})["logits"], dtype=np.float32)
+        return lambda ids: np.asarray(dec.run_all({**masked, "input_ids": np.asarray(ids, np.int64),
+                                                   "encoder_hidden_states": states})["logits"], dtype=np.float32)
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.with_encoder(inputs)(inputs["decoder_input_ids"])
 
 
 def share_decoder_weights(directory: Path, min_bytes: int = 1024) -> list[str]:

@@ -82,7 +82,8 @@ def read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
             raw = w.readframes(frames)
     except (OSError, EOFError, wave.Error) as e:
         raise NnslimError(f"--{what}: {str(path)!r} is not a readable PCM .wav file ({str(e)[:120]}); allowed: "
-                          "8/16/24/32-bit PCM (convert float or compressed audio, or pass an .npz of waveforms)") from None
+                          "8/16/24/32-bit PCM (convert float or compressed audio, or pass an .npz of waveforms)"
+                          ) from None
     if width == 3:  # 24-bit: widen to 32
         b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
         data = (np.pad(b, ((0, 0), (1, 0))).view("<i4")[:, 0]).astype(np.float64) / 2 ** 31
@@ -145,7 +146,8 @@ def read_audio(spec: str | Path, what: str, rate: int):
         raise NnslimError(f"--{what}={str(spec)!r} holds no clips")
     short = [i for i, c in enumerate(records.audio) if len(c) < rate // 100]
     if short:
-        raise NnslimError(f"--{what}={str(spec)!r}: clip {short[0]} is shorter than 10 ms; allowed: clips of 10 ms or more")
+        raise NnslimError(f"--{what}={str(spec)!r}: clip {short[0]} is shorter than 10 ms; allowed: clips of 10 ms "
+                          "or more")
     return records
 
 

@@ -5,7 +5,8 @@ logits, so every method (quantization, pruning, export) sees both the encoder an
 is agreement with the fp32 model on what it actually generates: the fp32 model's greedy output for each
 held-out text is computed once, then every variant is teacher-forced on it and compared position by
 position up to that output's end-of-sequence token (top-1 agreement of the next token; logits cosine per
-text), plus the fp32 output's perplexity under the variant. Calibration feeds each text to the encoder and the same text, shifted right, to the decoder.
+text), plus the fp32 output's perplexity under the variant (GreedyTargets, shared with speech-to-text models:
+testbeds/speech.py). Calibration feeds each text to the encoder and the same text, shifted right, to the decoder.
 """
 from __future__ import annotations
 
@@ -38,6 +39,28 @@ class Seq2SeqLogits(nn.Module):
                 decoder_input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                           use_cache=False).logits
+
+
+def decoder_logits(runner, enc: dict[str, np.ndarray], with_targets):
+    """ids -> decoder logits [batch, len(ids), vocab] for these encoder inputs: the encoder run once where the
+    runner allows (a torch encoder-decoder wrapper, an ONNX layout), else the whole model at each call."""
+    if callable(getattr(runner, "with_encoder", None)):  # runtime/onnx_seq2seq.Seq2SeqRunner
+        return runner.with_encoder(enc)
+    module = getattr(runner, "module", None)
+    if not callable(getattr(module, "encoder_decoder", None)):
+        return lambda ids: runner(with_targets(enc, ids))
+    hf = module.encoder_decoder()
+    feed = runner.to_tensors(enc)
+    mask = {"attention_mask": feed["attention_mask"]} if "attention_mask" in feed else {}
+    with torch.inference_mode():
+        states = hf.get_encoder()(**feed).last_hidden_state
+
+    @torch.inference_mode()
+    def step(ids: np.ndarray) -> np.ndarray:
+        ids = torch.as_tensor(ids, device=states.device)
+        out = hf(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=False, **mask).logits
+        return out.float().cpu().numpy()
+    return step
 
 
 class GreedyTargets:
@@ -75,20 +98,15 @@ class GreedyTargets:
     def _eval_encodings(self) -> list[dict[str, np.ndarray]]:
         raise NotImplementedError
 
-    @torch.inference_mode()
-    def _greedy(self, enc: dict[str, np.ndarray]) -> np.ndarray:
-        """[batch, 1 + target_length] decoder inputs: the start token, then the fp32 model's greedy tokens (its
-        encoder run once, the decoder on the whole prefix at each step, as the metric's teacher forcing runs it)."""
-        ref = self.reference_runner()
-        hf = ref.module.encoder_decoder()
-        feed = ref.to_tensors(enc)
-        states = hf.get_encoder()(**feed).last_hidden_state
-        mask = {"attention_mask": feed["attention_mask"]} if "attention_mask" in feed else {}
-        ids = torch.full((states.shape[0], 1), self._start_id(), dtype=torch.long, device=states.device)
-        for _ in range(self.target_length):
-            logits = hf(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=False, **mask).logits
-            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-        return ids.cpu().numpy()
+    def _greedy(self, enc: dict[str, np.ndarray], runner=None, steps: int | None = None) -> np.ndarray:
+        """[batch, 1 + steps] decoder inputs: the start token, then the runner's greedy tokens (the fp32 model's by
+        default; target_length of them by default), the encoder run once and the decoder on the whole prefix at
+        each step, as the metric's teacher forcing runs it."""
+        step = decoder_logits(runner or self.reference_runner(), enc, self._with_targets)
+        ids = np.full((len(next(iter(enc.values()))), 1), self._start_id(), np.int64)
+        for _ in range(steps or self.target_length):
+            ids = np.concatenate([ids, step(ids)[:, -1].argmax(-1)[:, None].astype(np.int64)], axis=1)
+        return ids
 
     def evaluate(self, runner) -> dict[str, float]:
         if self._ref_gen is None:

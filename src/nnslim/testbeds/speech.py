@@ -8,7 +8,10 @@ anything else is refused with how to save one. Data: testbeds/audio.py (syntheti
 .wav / .npz). Metrics, all against the fp32 model: speech-to-text as the text encoder-decoders (top-1 agreement
 teacher-forced on the fp32 model's greedy output, logits cosine, that output's perplexity); CTC per-frame top-1
 agreement, logits cosine and the share of clips whose greedy CTC output (repeats and blanks collapsed) is the fp32
-model's; audio classification top-1 agreement and cosine, and accuracy when the clips carry labels.
+model's; audio classification top-1 agreement and cosine, and accuracy when the clips carry labels. When every
+evaluation clip has a transcript (a .txt beside it) and the model folder a tokenizer, speech-to-text and CTC models
+also get `wer`, the word error rate of each variant's own greedy transcription (lower is better; lowercased, words
+of letters, digits and apostrophes).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+import re
 
 from ..errors import NnslimError
 from .base import HFTestbed
@@ -132,6 +137,22 @@ class AudioTestbed(HFTestbed):
         clips, _ = self.clips("calibration")
         return [self.features([c]) for c in clips[: n or 128]]
 
+    def transcripts(self) -> list[str] | None:
+        """The evaluation clips' transcripts and a tokenizer to compare them with, else None (said once)."""
+        records = self._splits.get("eval")
+        texts = getattr(records, "texts", None)
+        if not texts or len(texts) != len(records.audio):
+            return None
+        try:
+            self.tokenizer
+        except NnslimError:
+            from ..progress import warn
+
+            warn(f"the clips have transcripts but {str(self.model_dir)!r} has no tokenizer: wer is not computed",
+                 once=True)
+            return None
+        return texts[: self.n_eval]
+
 
 class SpeechSeq2SeqTestbed(GreedyTargets, AudioTestbed):
     task = "speech-seq2seq"
@@ -200,6 +221,22 @@ class SpeechSeq2SeqTestbed(GreedyTargets, AudioTestbed):
     def _eval_encodings(self):
         return self._batches("eval", 8)[0]
 
+    def evaluate(self, runner) -> dict[str, float]:
+        metrics = super().evaluate(runner)
+        refs = self.transcripts()
+        if refs:
+            tok = self.tokenizer
+            limit = int(self.config.get("max_target_positions") or 448) - 1
+            steps = min(limit, max(len(tok(r).input_ids) for r in refs) + 8)
+            eos = self.hf_config.get("eos_token_id")
+            hyps = []
+            for enc in self._eval_encodings():
+                for row in self._greedy(enc, runner, steps)[:, 1:]:
+                    ends = np.flatnonzero(row == eos) if isinstance(eos, int) else []
+                    hyps.append(tok.decode(row[: ends[0]] if len(ends) else row, skip_special_tokens=True))
+            metrics["wer"] = word_error_rate(refs, hyps)
+        return metrics
+
 
 class AudioEncoderTestbed(AudioTestbed):
     """CTC recognizers and audio classifiers: waveform in, logits out."""
@@ -239,6 +276,11 @@ class AudioEncoderTestbed(AudioTestbed):
         out = [runner(b) for b in batches]
         metrics = agreement(self._ref_out, out, None)
         if self.task == "ctc":
+            refs = self.transcripts()
+            if refs:  # the tokenizer merges repeats and drops blanks itself
+                hyps = [t for o in out for t in self.tokenizer.batch_decode(np.asarray(o).argmax(-1),
+                                                                             skip_special_tokens=True)]
+                metrics["wer"] = word_error_rate(refs, hyps)
             blank = int(self.config.get("pad_token_id") or 0)
             metrics["ctc_output_match"] = float(np.mean([a == b for r, o in zip(self._ref_out, out)
                                                           for a, b in zip(ctc_greedy(r, blank), ctc_greedy(o, blank))]))
@@ -255,3 +297,22 @@ def ctc_greedy(logits: np.ndarray, blank: int = 0) -> list[tuple[int, ...]]:
         keep = np.concatenate([[True], best[1:] != best[:-1]]) & (best != blank)
         out.append(tuple(int(t) for t in best[keep]))
     return out
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w']+", " ", text.lower()).split()
+
+
+def word_error_rate(refs: list[str], hyps: list[str]) -> float:
+    """Word edits (substitutions, insertions, deletions) over reference words, summed over the clips."""
+    errors = words = 0
+    for ref, hyp in zip(refs, hyps):
+        r, h = _words(ref), _words(hyp)
+        row = list(range(len(h) + 1))
+        for i, rw in enumerate(r, 1):
+            prev, row[0] = row[0], i
+            for j, hw in enumerate(h, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
+        errors += row[-1]
+        words += len(r)
+    return errors / max(words, 1)
