@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md 7d: nnslim's artifacts load in Optimum: decoder LLMs' ONNX (with KV cache) in ORTModelForCausalLM,
 # their OpenVINO IR in optimum-intel's OVModelForCausalLM, encoder-decoders' three graphs (T5, BART: fp32, static
-# and dynamic int8, int4) in ORTModelForSeq2SeqLM, whose generate (cache included) is compared with transformers'.
+# and dynamic int8, int4) in ORTModelForSeq2SeqLM, Whisper's (fp32, static and dynamic int8) in
+# ORTModelForSpeechSeq2Seq, whose generate (cache included) is compared with transformers'.
 # optimum-onnx requires transformers < 4.58, so Optimum runs in its own venv (build/optimum-venv); the
 # artifacts are made by nnslim in the project venv (.venv) from small HF models built from configs.
 #   bash benchmarks/optimum_check.sh
@@ -31,6 +32,9 @@ for kind in ("t5", "bart"):
     nnslim.compress(str(src), "openvino", out=w / f"{kind}-ov", overwrite=True, report=False)
 nnslim.compress(str(w / "src" / "llama"), [{"method": "int8-weight-only"}, {"method": "openvino"}],
                 out=w / "llama-ov-int8", overwrite=True, report=False)
+src = _build("whisper", w / "src")  # speech: Optimum's ORTModelForSpeechSeq2Seq
+for method in ("onnx", "int8", "int8-dynamic"):
+    nnslim.compress(str(src), method, out=w / f"whisper-{method}", overwrite=True, report=False)
 PY
 if ! build/optimum-venv/bin/python -c "import optimum.onnxruntime, optimum.intel" 2>/dev/null; then
   python3 -m venv build/optimum-venv
@@ -51,6 +55,10 @@ for kind in t5 bart; do
     build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$kind-${q%%:*}" "$W/src/$kind" "${q#*:}" 2>&1 \
       | grep -v -i "warn\|could not find"
   done
+done
+for q in onnx:1e-4 int8:0.05 int8-dynamic:0.05; do  # Whisper: Optimum's generate (its forced tokens) vs transformers'
+  build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/whisper-${q%%:*}" "$W/src/whisper" "${q#*:}" 2>&1 \
+    | grep -v -i "warn\|could not find\|generation flags"
 done
 # optimum-intel's OVModelForSeq2SeqLM on the encoder-decoder IRs: reported, not required (see BENCHMARKS.md 7d)
 for kind in t5 bart; do

@@ -337,3 +337,34 @@ def test_nothing_left_to_quantize_says_what_kept_each_layer():
                                           r"pooler\); int8-dynamic quantizes nn.Linear only and its 6 convolution"):
         nnslim.quantize(model, "int8-dynamic", calibration=[inp], example_inputs=inp)
     assert nnslim.quantize(model, "int8", calibration=[inp], example_inputs=inp) is not model  # static takes the convs
+
+
+def test_smoothquant_of_a_tied_head_leaves_the_embedding_as_it_was():
+    """Whisper's proj_out shares its weight with the token embedding: SmoothQuant scales the head's own copy
+    (before: the embedding was scaled too, and the model's logits cosine fell to 0.92)."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.mix = nn.Linear(16, 16)
+            self.norm = nn.LayerNorm(16)
+            self.proj_out = nn.Linear(16, 50, bias=False)
+            self.proj_out.weight = self.embed.weight
+            with torch.no_grad():
+                self.embed.weight[:, 3] *= 40  # an outlier channel for SmoothQuant to move
+
+        def forward(self, ids):
+            return self.proj_out(self.norm(self.mix(self.embed(ids))))
+
+    torch.manual_seed(0)
+    model = Tied().eval()
+    cal = [{"ids": torch.randint(0, 50, (1, 12))} for _ in range(8)]
+    before = model.embed.weight.detach().clone()
+    notes = []
+    q = quantize_int8(model, Int8Config(smoothquant=0.85, samples=8, bias_correction=False), cal, cal[0], notes=notes)
+    assert torch.equal(q.embed.weight, before) and torch.equal(model.embed.weight, before)
+    assert any("proj_out shares its weight" in n for n in notes)
+    x = {"ids": torch.randint(0, 50, (4, 12))}
+    ref, got = TorchRunner(model)(x), TorchRunner(q)(x)
+    cos = (ref * got).sum() / (np.linalg.norm(ref) * np.linalg.norm(got))
+    assert cos > 0.99

@@ -44,8 +44,9 @@ def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[st
     named = list(model.named_modules())
     for entry in ignore:
         if not any(_matches(entry, n, m) for n, m in named if n):
-            sample = ", ".join(n for n, m in named if n and isinstance(m, types)) or ", ".join(n for n, _ in named if n)
-            sample = sample[:300]
+            sample = [n for n, m in named if n and isinstance(m, types)] or \
+                [n for n, m in named if n and isinstance(getattr(m, "weight", None), torch.Tensor)]
+            sample = ", ".join(sample)[:300]
             raise NnslimError(f"{field} entry {entry!r} matches no layer of the model; layers look like: {sample}")
     return {n: m for n, m in named if n and isinstance(m, types) and not any(_matches(e, n, m) for e in ignore)}
 

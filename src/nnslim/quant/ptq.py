@@ -295,6 +295,26 @@ def _stored_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight
 
 
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters held by more than one module (tied weights)."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, n in seen.items() if n > 1}
+
+
+def _untie(layer: nn.Module, param: nn.Parameter) -> nn.Parameter:
+    """Give `layer` its own copy of a parameter it shares, in the place it holds it; returns the copy."""
+    for m in layer.modules():
+        for key, p in m._parameters.items():
+            if p is param:
+                m._parameters[key] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+                return m._parameters[key]
+    raise NnslimError("internal: the shared weight is not held by the layer")
+
+
 def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, calibration=None,
                   example_inputs: dict | None = None, inplace: bool = False, notes: list | None = None,
                   keep_float: bool = False, backend: str | None = None) -> nn.Module:
@@ -345,8 +365,13 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
             notes.append(f"{len(unused)} layers never called during calibration, left float: {', '.join(unused[:8])}")
             layers = {n: m for n, m in layers.items() if n in acts}
         smooth = {n: v for n, v in smooth.items() if n in layers}
+        tied = _shared_parameters(model)
         for name, scale in smooth.items():  # into the stored weight (under a pruning mask, its original)
             stored = _stored_weight(layers[name])
+            if id(stored) in tied:  # a tied head / embedding: the other user keeps the unscaled weight
+                stored = _untie(layers[name], stored)
+                notes.append(f"smoothquant: {name} shares its weight with another layer (tied); it now has its "
+                             "own scaled copy")
             stored.data.mul_(scale.to(stored.dtype))
         notes.append(f"W{qs.bits}A{qs.act_bits} static: {len(layers)} layers, preset={preset}, calibrator="
                      f"{calibrator}, {len(data)} calibration samples, weights per-"
