@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nnslim  # noqa: E402
-from hf_zoo import MORE, TASKS, _build  # noqa: E402
+from hf_zoo import MORE, SPEECH, TASKS, _build  # noqa: E402
 from nnslim.cli import main as cli  # noqa: E402
 
 METHODS = {"int8": ["--method", "int8"], "int4-rtn": ["--method", "int4-rtn", "--set", "group_size=32"],
@@ -51,10 +51,21 @@ MOE = ("mixtral", "qwen2moe", "qwen3moe", "gptoss")  # added on 2026-12-07: expe
 AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
         "token-classification": "AutoModelForTokenClassification",
         "question-answering": "AutoModelForQuestionAnswering", "feature-extraction": "AutoModel",
-        "image-classification": "AutoModelForImageClassification", "seq2seq": "AutoModelForSeq2SeqLM"}
+        "image-classification": "AutoModelForImageClassification", "seq2seq": "AutoModelForSeq2SeqLM",
+        "speech-seq2seq": "AutoModelForSpeechSeq2Seq", "ctc": "AutoModelForCTC",
+        "audio-classification": "AutoModelForAudioClassification"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
+    config = json.loads((out / "config.json").read_text())
+    rng = np.random.default_rng(0)
+    if task == "speech-seq2seq":  # log-mel features of the model's window, the decoder on a few tokens
+        start = config["decoder_start_token_id"]
+        return {"input_features": rng.standard_normal(
+                    (2, config["num_mel_bins"], 2 * config["max_source_positions"])).astype(np.float32) * 0.5,
+                "decoder_input_ids": np.array([[start, 5, 6, 7]] * 2, np.int64)}
+    if task in ("ctc", "audio-classification"):  # 1 s of normalized waveform
+        return {"input_values": rng.standard_normal((2, 16000)).astype(np.float32)}
     if task == "image-classification":  # the config's image size (transformers' default 224 where it has none)
         size = json.loads((out / "config.json").read_text()).get("image_size", 224)
         size = size if isinstance(size, int) else size[0]
@@ -108,6 +119,10 @@ def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.n
             feed = {i.name: inputs[i.name] if i.name in inputs else _empty(i, inputs) for i in sess.get_inputs()}
             return sess.run(None, feed)[0]
 
+        if task == "speech-seq2seq":  # Optimum's speech layout: no encoder mask
+            states = run_file("encoder_model.onnx", feed)
+            return run_file("decoder_model.onnx", {"input_ids": feed["decoder_input_ids"],
+                                                   "encoder_hidden_states": states})
         if task == "seq2seq":  # Optimum's layout: the encoder, then the first decoder on the whole target
             states = run_file("encoder_model.onnx", feed)
             return run_file("decoder_model.onnx", {"encoder_attention_mask": feed["attention_mask"],
@@ -123,7 +138,7 @@ def run(out_root: Path, kinds: list[str], methods=DEFAULT_METHODS) -> list[dict]
     zoo_dir = out_root / "zoo"
     zoo_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for kind, task in {**TASKS, **MORE}.items():
+    for kind, task in {**TASKS, **MORE, **SPEECH}.items():
         if kind not in kinds:
             continue
         model_dir = _build(kind, zoo_dir)
@@ -170,7 +185,8 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(TASKS), help=f"comma-separated models of tests/hf_zoo.py "
                                                              f"(default: the tests' set: {','.join(TASKS)}); "
                                                              f"'more': {','.join(MORE)}; 'newer': "
-                                                             f"{','.join(NEWER)}; 'moe': {','.join(MOE)}")
+                                                             f"{','.join(NEWER)}; 'moe': {','.join(MOE)}; "
+                                                             f"'speech': {','.join(SPEECH)}")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {','.join(METHODS)}")
     args = ap.parse_args()
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
@@ -182,6 +198,8 @@ def main() -> None:
         args.kinds = ",".join(NEWER)
     elif args.kinds == "moe":
         args.kinds = ",".join(MOE)
+    elif args.kinds == "speech":
+        args.kinds = ",".join(SPEECH)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
     print(f"command: python benchmarks/hf_ecosystem.py --kinds {args.kinds} --methods {args.methods}; "
           f"date {time.strftime('%Y-%m-%d')}; "

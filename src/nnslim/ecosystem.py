@@ -433,6 +433,10 @@ def _build_meta(hf: nn.Module, config) -> nn.Module | None:
         from .graph.modules import linear_conv1d
 
         built = linear_conv1d(built)
+    if any(hasattr(m, "nnslim_weight_norm") for m in hf.modules()):  # compared in the folded form
+        from .graph.modules import fold_foreign_parametrizations
+
+        fold_foreign_parametrizations(built)
     return built
 
 
@@ -558,6 +562,9 @@ def write_hf(model: nn.Module, directory: Path) -> list[str] | None:
         state = hf.state_dict()
         for name in getattr(hf, "nnslim_conv1d", ()):  # back to Conv1D's [in, out] layout
             state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
+        from .graph.modules import unfold_weight_norms
+
+        unfold_weight_norms(hf, state)  # weight_norm as transformers stores it (g, v)
         original = hf.config
         hf.config = config
         try:

@@ -227,3 +227,22 @@ def test_transcripts_give_the_word_error_rate_of_each_variants_own_output(zoo, t
     assert torch_wer >= 0 and word_error_rate(["the cat sat"], ["the cat"]) == pytest.approx(1 / 3)
     (tmp_path / "clips" / "2.txt").unlink()  # not every clip transcribed: no wer
     assert "wer" not in nnslim.evaluate(str(model), eval_data=clips)["metrics"]
+
+
+def test_wav2vec2_fp16_is_a_transformers_checkpoint_with_its_weight_norm(zoo, tmp_path):
+    """The position conv's weight_norm, folded for the methods, is stored back as transformers stores it (g, v):
+    the fp16 artifact is a checkpoint transformers loads, with the original's outputs."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCTC
+
+    res = nnslim.compress(str(zoo["wav2vec2-ctc"]), "fp16", out=tmp_path / "h", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
+    with safe_open(str(res.out / "model.safetensors"), "pt") as f:
+        keys = [k for k in f.keys() if "pos_conv_embed" in k]
+    assert sorted(keys) == sorted(f"wav2vec2.encoder.pos_conv_embed.conv.{k}" for k in
+                                  ("bias", "parametrizations.weight.original0", "parametrizations.weight.original1"))
+    x = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = AutoModelForCTC.from_pretrained(str(res.out)).float()(x).logits
+        ref = AutoModelForCTC.from_pretrained(str(zoo["wav2vec2-ctc"]))(x).logits
+    assert (got - ref).abs().max() < 1e-2 * max(1.0, float(ref.abs().max()))

@@ -109,14 +109,33 @@ def fold_foreign_parametrizations(model: nn.Module) -> list[str]:
     """Fold parametrizations that are not nnslim's (weight_norm, spectral_norm, orthogonal) into the weights they
     compute, in place: the tensors the model runs with, which methods then quantize / prune / export. Returns the
     names of the modules folded."""
+    from torch.nn.utils.parametrizations import _WeightNorm
+
     folded = []
     for name, m in list(model.named_modules()):
         plist = m._modules.get("parametrizations")
         if plist is not None and any(not type(p).__module__.startswith("nnslim.")
                                      for ps in plist.values() for p in ps):
+            # weight_norm's dim, so a transformers checkpoint can store the form its loader expects (g, v)
+            norms = {t: ps[0].dim for t, ps in plist.items() if len(ps) == 1 and isinstance(ps[0], _WeightNorm)}
             strip_parametrizations(m)
+            if norms:
+                m.nnslim_weight_norm = norms
             folded.append(name)
     return folded
+
+
+def unfold_weight_norms(model: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """In a state dict of `model`, each weight_norm that fold_foreign_parametrizations folded stored back as
+    parametrizations.<name>.original0 (g, the norm) / original1 (v), the keys transformers' checkpoints have."""
+    for name, m in model.named_modules():
+        for t, dim in (getattr(m, "nnslim_weight_norm", None) or {}).items():
+            key = f"{prefix}{name}.{t}" if name else f"{prefix}{t}"
+            if key in state:
+                w = state.pop(key)
+                base = key[: -len(t)]
+                state[f"{base}parametrizations.{t}.original0"] = torch.norm_except_dim(w, 2, dim)
+                state[f"{base}parametrizations.{t}.original1"] = w
 
 
 def strip_parametrizations(model: nn.Module) -> int:
