@@ -15,12 +15,7 @@ from nnslim.runtime.onnx_seq2seq import FILES as SEQ2SEQ_FILES
 from hf_zoo import _build  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _exact_cpu_kernels(monkeypatch):
-    """These tests compare nnslim's logits with the other runtimes' (transformers, ONNX Runtime) to ~1e-4: the packed
-    CPU kernels keep fp32 activations here (their bf16-activation twins, picked when faster, differ at bf16
-    rounding)."""
-    monkeypatch.setenv("NNSLIM_CPU_PACKED_BF16", "0")
+pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/testbeds/conftest.py
 
 
 @pytest.fixture(scope="module")

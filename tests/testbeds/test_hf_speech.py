@@ -18,9 +18,7 @@ from nnslim.runtime.onnx_seq2seq import FILES as SEQ2SEQ_FILES
 from hf_zoo import SPEECH, _build  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _exact_cpu_kernels(monkeypatch):
-    monkeypatch.setenv("NNSLIM_CPU_PACKED_BF16", "0")
+pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/testbeds/conftest.py
 
 
 @pytest.fixture(scope="module")

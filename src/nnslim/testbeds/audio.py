@@ -101,17 +101,13 @@ def read_wav(path: Path, what: str) -> tuple[np.ndarray, int]:
 def read_audio(spec: str | Path, what: str, rate: int):
     """Clips (mono float32 at `rate`), labels and transcripts of a user's audio file or folder (module doc)."""
     from ..progress import warn
-    from .sources import Records
+    from .sources import Records, read_npz
 
     path = Path(spec)
     if not path.exists():
         raise NnslimError(f"--{what}={str(spec)!r}: file not found; allowed: {AUDIO_FORMATS}")
     if path.is_file() and path.suffix.lower() == ".npz":
-        try:
-            with np.load(str(path), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise NnslimError(f"--{what}={str(spec)!r} is not a readable .npz: {str(e)[:200]}") from None
+        arrays = read_npz(path, what)
         key = next((k for k in ("audio", "waveforms", "input_values", "x", "X") if k in arrays), None)
         if key is None or arrays[key].ndim not in (1, 2) or not np.issubdtype(arrays[key].dtype, np.number):
             raise NnslimError(f"--{what}={str(spec)!r} holds {', '.join(arrays) or 'no arrays'}; allowed: a numeric "

@@ -200,17 +200,22 @@ def read_texts(spec: str | Path, what: str, text_column: str | None = None,
     return records
 
 
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (no pickled objects), or a clear error naming the option."""
+    try:
+        with np.load(str(path), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise NnslimError(f"--{what}={str(path)!r} is not a readable .npz: {str(e)[:200]}") from None
+
+
 def read_images(spec: str | Path, what: str, size: tuple[int, int] | None = None) -> Records:
     """Images (float 0..1, [N, C, H, W] RGB) and labels of a folder or an .npz file."""
     path = Path(spec)
     if not path.exists():
         raise NnslimError(f"--{what}={str(spec)!r}: file not found; allowed: {IMAGE_FORMATS}")
     if path.is_file() and path.suffix.lower() == ".npz":
-        try:
-            with np.load(str(path), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise NnslimError(f"--{what}={str(spec)!r} is not a readable .npz: {str(e)[:200]}") from None
+        arrays = read_npz(path, what)
         key = next((k for k in ("images", "pixel_values", "x", "X") if k in arrays), None)
         if key is None:
             raise NnslimError(f"--{what}={str(spec)!r} holds {', '.join(arrays) or 'no arrays'}; allowed: an array "
