@@ -45,7 +45,8 @@ build/optimum-venv/bin/python -c "import transformers, optimum, onnxruntime; pri
 for kind in llama gpt2 qwen2; do
   build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$kind" "$W/src/$kind" 2>&1 | grep -v -i warn
 done
-build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/llama-ov" "$W/src/llama" 2>&1 | grep -v -i warn
+# OpenVINO's CPU plugin computes in bf16 where the CPU has AVX512_BF16 / AMX: a relative tolerance of 1e-2
+build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/llama-ov" "$W/src/llama" 0.01 2>&1 | grep -v -i warn
 for q in llama-int4 gpt2-int4 llama-ov-int8; do
   build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/$q" 2>&1 | grep -v -i warn
 done
