@@ -84,3 +84,10 @@ def apply_step(model, config, calibration=None, example_inputs=None, testbed=Non
     ctx = Context(workdir=Path("."), source=testbed, user_calibration=as_samples(calibration, model),
                   user_example=example_inputs)
     return run_steps(model, Recipe((config,)), ctx), ctx.notes
+
+
+@pytest.fixture
+def exact_cpu_kernels(monkeypatch):
+    """Tests that compare nnslim's logits with the other runtimes' (transformers, ONNX Runtime) to ~1e-4: the packed
+    CPU kernels keep fp32 activations (their bf16-activation twins, picked when faster, differ at bf16 rounding)."""
+    monkeypatch.setenv("NNSLIM_CPU_PACKED_BF16", "0")

@@ -15,7 +15,7 @@ from nnslim.runtime.onnx_seq2seq import FILES as SEQ2SEQ_FILES
 from hf_zoo import _build  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/testbeds/conftest.py
+pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

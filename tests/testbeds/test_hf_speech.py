@@ -18,7 +18,7 @@ from nnslim.runtime.onnx_seq2seq import FILES as SEQ2SEQ_FILES
 from hf_zoo import SPEECH, _build  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/testbeds/conftest.py
+pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +244,19 @@ def test_wav2vec2_fp16_is_a_transformers_checkpoint_with_its_weight_norm(zoo, tm
         got = AutoModelForCTC.from_pretrained(str(res.out)).float()(x).logits
         ref = AutoModelForCTC.from_pretrained(str(zoo["wav2vec2-ctc"]))(x).logits
     assert (got - ref).abs().max() < 1e-2 * max(1.0, float(ref.abs().max()))
+
+
+def test_whisper_int4_keeps_its_tied_head_float_and_loads_in_transformers(zoo, tmp_path):
+    """proj_out is Whisper's output head (get_output_embeddings), tied to the token embedding: kept float like
+    any lm_head, so the int4 compressed-tensors checkpoint loads in transformers with the tie intact."""
+    from transformers import AutoModelForSpeechSeq2Seq
+
+    from nnslim.graph.scope import output_heads
+
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(str(zoo["whisper"]))
+    assert output_heads(model) == {"proj_out"}
+    res = nnslim.compress(str(zoo["whisper"]), {"steps": [{"method": "int4-rtn", "group_size": 32}]},
+                          out=tmp_path / "q", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "compressed-tensors"
+    loaded = AutoModelForSpeechSeq2Seq.from_pretrained(str(res.out))
+    assert type(loaded.proj_out) is torch.nn.Linear and loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight

@@ -19,7 +19,7 @@ from nnslim.errors import NnslimError
 from hf_zoo import TASKS, TOKENIZER, _build  # noqa: E402
 
 
-pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/testbeds/conftest.py
+pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

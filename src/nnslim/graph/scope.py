@@ -54,8 +54,20 @@ def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[st
 HEAD = "re:(^|\\.)(lm_head|classifier|score)$"  # output heads: kept as they are unless asked
 
 
-def is_head(name: str, module: nn.Module) -> bool:
-    return _matches(HEAD, name, module)
+def output_heads(model: nn.Module) -> set[str]:
+    """Names of the output heads: by name (lm_head / classifier / score) and, for transformers models, the module
+    the model's own get_output_embeddings() returns (Whisper's proj_out, T5's lm_head, ...)."""
+    named = list(model.named_modules())
+    heads = {n for n, m in named if n and _matches(HEAD, n, m)}
+    for _, m in named:
+        get = getattr(m, "get_output_embeddings", None)
+        if callable(get) and hasattr(m, "config"):
+            try:
+                out = get()
+            except (AttributeError, NotImplementedError, TypeError):
+                continue
+            heads.update(n for n, other in named if n and other is out and isinstance(out, nn.Linear))
+    return heads
 
 
 def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: bool = False,
@@ -87,7 +99,8 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
                  f"{', '.join(sorted({tied[n] for n in names}))[:200]} (tied)", once=True)
             layers = {n: m for n, m in layers.items() if n not in tied}
     if not include_head:
-        layers = {n: m for n, m in layers.items() if not _matches(HEAD, n, m)}
+        heads = output_heads(model)
+        layers = {n: m for n, m in layers.items() if n not in heads}
     if not layers:
         raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to {what} "
                           f"(ignore={list(ignore)}, head included: {include_head})")

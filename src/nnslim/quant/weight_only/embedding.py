@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ...errors import NnslimError
 from ...graph.modules import register_packed, replace_everywhere, replace_module
-from ...graph.scope import is_head, select_layers
+from ...graph.scope import output_heads, select_layers
 from .formats import WeightSpec, dequantize_codes, group_qparams, quantize_codes
 from .modules import WeightOnlyLinear
 
@@ -139,7 +139,8 @@ def quantize_backup(model: nn.Module, ignore=(), head: bool = True) -> list[str]
     # name -> (table, its lookup factor); BART's learned positions have their own forward: they stay float
     tables = {n: (m, f) for n, m in select_layers(model, (nn.Embedding,), ignore).items()
               if (f := lookup_scale(m)) is not None}
-    heads = {n: m for n, m in select_layers(model, (nn.Linear,), ignore).items() if head and is_head(n, m)}
+    names = output_heads(model) if head else set()
+    heads = {n: m for n, m in select_layers(model, (nn.Linear,), ignore).items() if n in names}
     for name, (emb, _) in tables.items():
         if emb.max_norm is not None:
             raise NnslimError(f"embedding {name} renormalizes its rows (max_norm={emb.max_norm}); an int8 table "
