@@ -259,4 +259,5 @@ def test_whisper_int4_keeps_its_tied_head_float_and_loads_in_transformers(zoo, t
                           out=tmp_path / "q", report=False)
     assert json.loads((res.out / "nnslim.json").read_text())["format"] == "compressed-tensors"
     loaded = AutoModelForSpeechSeq2Seq.from_pretrained(str(res.out))
-    assert type(loaded.proj_out) is torch.nn.Linear and loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
+    assert type(loaded.proj_out) is torch.nn.Linear
+    assert loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
