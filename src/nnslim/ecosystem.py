@@ -166,9 +166,13 @@ def _tensors(hf: nn.Module, layers: dict[str, dict], source=None, prefix: str = 
     """`source`: the ShardSource of a streamed model, whose offloaded tensors are read back one at a time."""
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
+    from .graph.modules import as_weight_norm, weight_norm_keys
+
+    norms = weight_norm_keys(hf)  # folded weight_norms: stored as transformers stores them (g, v)
     for name, (tensor, _) in unique_state(hf).items():  # a tied head is the embedding: stored once, re-tied on load
         if name.rsplit(".", 1)[0] not in layers:
-            yield name, _own_storage(value_of(source, prefix + name, tensor).contiguous())
+            value = _own_storage(value_of(source, prefix + name, tensor).contiguous())
+            yield from as_weight_norm(name, value, norms[name]) if name in norms else [(name, value)]
     for name in layers:
         layer = hf.get_submodule(name)
         with resident(source, layer, prefix + name):

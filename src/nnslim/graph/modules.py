@@ -125,17 +125,26 @@ def fold_foreign_parametrizations(model: nn.Module) -> list[str]:
     return folded
 
 
-def unfold_weight_norms(model: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> None:
-    """In a state dict of `model`, each weight_norm that fold_foreign_parametrizations folded stored back as
-    parametrizations.<name>.original0 (g, the norm) / original1 (v), the keys transformers' checkpoints have."""
-    for name, m in model.named_modules():
-        for t, dim in (getattr(m, "nnslim_weight_norm", None) or {}).items():
-            key = f"{prefix}{name}.{t}" if name else f"{prefix}{t}"
-            if key in state:
-                w = state.pop(key)
-                base = key[: -len(t)]
-                state[f"{base}parametrizations.{t}.original0"] = torch.norm_except_dim(w, 2, dim)
-                state[f"{base}parametrizations.{t}.original1"] = w
+def weight_norm_keys(model: nn.Module) -> dict[str, int]:
+    """{state-dict key of a weight whose weight_norm fold_foreign_parametrizations folded: its dim}."""
+    return {f"{name}.{t}" if name else t: dim for name, m in model.named_modules()
+            for t, dim in (getattr(m, "nnslim_weight_norm", None) or {}).items()}
+
+
+def as_weight_norm(key: str, w: torch.Tensor, dim: int) -> list[tuple[str, torch.Tensor]]:
+    """A folded weight as transformers' checkpoints store a weight_norm: parametrizations.<name>.original0 (g,
+    the norm over every dim but `dim`) and original1 (v)."""
+    base, _, t = key.rpartition(".")
+    base = f"{base}." if base else ""
+    return [(f"{base}parametrizations.{t}.original0", torch.norm_except_dim(w, 2, dim)),
+            (f"{base}parametrizations.{t}.original1", w)]
+
+
+def unfold_weight_norms(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """In a state dict of `model`, each folded weight_norm stored back as transformers stores it (as_weight_norm)."""
+    for key, dim in weight_norm_keys(model).items():
+        if key in state:
+            state.update(as_weight_norm(key, state.pop(key), dim))
 
 
 def strip_parametrizations(model: nn.Module) -> int:
