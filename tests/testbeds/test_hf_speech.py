@@ -96,7 +96,8 @@ def test_whisper_deploys_as_optimums_speech_layout_whose_steps_match_transformer
 
 
 @pytest.mark.parametrize("kind,method", [("wav2vec2-ctc", "int8-dynamic"), ("hubert-ctc", "int8-dynamic"),
-                                         ("wav2vec2-cls", "int8"), ("wav2vec2-ctc", "fp16"), ("hubert-ctc", "int4-rtn")])
+                                         ("wav2vec2-cls", "int8"), ("wav2vec2-ctc", "fp16"),
+                                         ("hubert-ctc", "int4-rtn")])
 def test_cli_compresses_audio_models_into_artifacts_that_reload(zoo, tmp_path, kind, method):
     """weight_norm of the position conv is folded before the steps; the artifact rebuilt from its own config
     folds it too (torch artifacts), so it reloads and is measured against the original."""
