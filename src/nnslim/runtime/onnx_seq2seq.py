@@ -186,9 +186,11 @@ def _width(config) -> int:
 def decoder_layers(hf: nn.Module) -> int:
     """How many decoder layers keep a cache (read off one tiny decoder run on given encoder states: config names
     differ by architecture)."""
-    p = next(hf.parameters())
-    ids = torch.ones((1, 1), dtype=torch.long, device=p.device)
-    states = torch.zeros((1, 2, _width(hf.config)), dtype=p.dtype, device=p.device)
+    from .base import model_device, model_dtype
+
+    device = model_device(hf)
+    ids = torch.ones((1, 1), dtype=torch.long, device=device)
+    states = torch.zeros((1, 2, _width(hf.config)), dtype=model_dtype(hf), device=device)  # (a float dtype)
     with torch.no_grad():
         out = hf(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
     cache = out.past_key_values
@@ -229,14 +231,16 @@ def feeds(parts: list[tuple[str, nn.Module]], sample: dict[str, np.ndarray], ste
     """Each graph's inputs for one sample of the whole model (input_ids, attention_mask, decoder_input_ids),
     computed in torch: the first decoder gets all but the last `step` target tokens, the one with past those
     last tokens after its cache. (Export examples use step 2, so no traced axis has length 1.)"""
+    from .base import model_device, model_dtype
+
     (_, enc), (_, dec), (_, with_past) = parts
-    p = next(dec.parameters())
+    device, dtype = model_device(dec), model_dtype(dec)
     enc_feed = {n: np.asarray(sample[n]) for n in enc.input_names}
     tgt = np.asarray(sample["decoder_input_ids"], dtype=np.int64)
     if tgt.shape[1] < step + 2:  # a past of at least 2 tokens
         tgt = np.tile(tgt, (1, -(-(step + 2) // tgt.shape[1])))
-    as_t = (lambda v: torch.as_tensor(v, device=p.device).to(p.dtype) if np.issubdtype(np.asarray(v).dtype, np.floating)
-            else torch.as_tensor(v, device=p.device))
+    as_t = (lambda v: torch.as_tensor(v, device=device).to(dtype) if np.issubdtype(np.asarray(v).dtype, np.floating)
+            else torch.as_tensor(v, device=device))
     states = enc(*(as_t(v) for v in enc_feed.values()))
     mask = enc_feed.get("attention_mask")
     masked = {} if "encoder_attention_mask" not in dec.input_names else {"encoder_attention_mask": mask}
