@@ -114,8 +114,8 @@ class GreedyTargets:
             gens = [self._greedy(e) for e in encs]
             batches = [self._with_targets(e, g[:, :-1]) for e, g in zip(encs, gens)]
             ref = self.reference_runner()
-            self._ref_gen = (gens, batches, [ref(b) for b in batches])
-        gens, batches, ref_out = self._ref_gen
+            self._ref_gen = (encs, gens, batches, [ref(b) for b in batches])
+        _, gens, batches, ref_out = self._ref_gen
         out = [runner(b) for b in batches]
         masks = [self._until_eos(g) for g in gens]
         metrics = agreement(ref_out, out, masks)

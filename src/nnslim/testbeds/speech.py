@@ -230,7 +230,7 @@ class SpeechSeq2SeqTestbed(GreedyTargets, AudioTestbed):
             steps = min(limit, max(len(tok(r).input_ids) for r in refs) + 8)
             eos = self.hf_config.get("eos_token_id")
             hyps = []
-            for enc in self._eval_encodings():
+            for enc in self._ref_gen[0]:  # the encoder inputs the metric above made (features made once)
                 for row in self._greedy(enc, runner, steps)[:, 1:]:
                     ends = np.flatnonzero(row == eos) if isinstance(eos, int) else []
                     hyps.append(tok.decode(row[: ends[0]] if len(ends) else row, skip_special_tokens=True))
@@ -269,12 +269,13 @@ class AudioEncoderTestbed(AudioTestbed):
                                                      do_normalize=True, return_attention_mask=False)
 
     def evaluate(self, runner) -> dict[str, float]:
-        batches, labels = self._batches("eval", 8)
-        if self._ref_out is None:
+        if self._ref_out is None:  # features and the fp32 outputs made once per data
+            batches, labels = self._batches("eval", 8)
             ref = self.reference_runner()
-            self._ref_out = [ref(b) for b in batches]
+            self._ref_out = (batches, labels, [ref(b) for b in batches])
+        batches, labels, ref_out = self._ref_out
         out = [runner(b) for b in batches]
-        metrics = agreement(self._ref_out, out, None)
+        metrics = agreement(ref_out, out, None)
         if self.task == "ctc":
             refs = self.transcripts()
             if refs:  # the tokenizer merges repeats and drops blanks itself
@@ -282,7 +283,7 @@ class AudioEncoderTestbed(AudioTestbed):
                                                                              skip_special_tokens=True)]
                 metrics["wer"] = word_error_rate(refs, hyps)
             blank = int(self.config.get("pad_token_id") or 0)
-            metrics["ctc_output_match"] = float(np.mean([a == b for r, o in zip(self._ref_out, out)
+            metrics["ctc_output_match"] = float(np.mean([a == b for r, o in zip(ref_out, out)
                                                           for a, b in zip(ctc_greedy(r, blank), ctc_greedy(o, blank))]))
         elif self._splits.get("eval") is not None:
             metrics.update(accuracy(self, out, labels, by_folder=self._splits["eval"].labels_from_folders))
