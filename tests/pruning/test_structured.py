@@ -40,6 +40,30 @@ def test_removing_dead_channels_is_exact():
     assert m.features[0].out_channels == 32  # the caller's model is untouched
 
 
+@pytest.mark.parametrize("entry", ["features.3", "*features.3*", "re:features\\.3$", r"features\.[3]",
+                                   "type:Conv2d"])
+def test_ignore_takes_the_entries_quantization_takes(entry):
+    """One scope syntax for every method: a name, a glob, 're:', 'type:' or a bare regex (pruning's first syntax);
+    the pruners' wrapped names ('model.features.3') are matched as the user's model names them."""
+    from nnslim.graph.scope import matches
+
+    m = DigitsCNN().eval()
+    x = torch.rand(4, 1, 8, 8)
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5, importance="l2", ignore=(entry,)), {"x": x})
+    assert p.features[3].out_channels == m.features[3].out_channels
+    conv = torch.nn.Conv2d(1, 1, 1)
+    assert matches("bert.pooler.dense", "model.bert.pooler.dense", conv) and matches("dense", "a.b.dense", conv)
+    assert matches("0", "0.conv", conv) and not matches("0", "features.0", conv)  # an index is the top level's
+    assert not matches("*pooler", "model.bert.pooler.dense", conv) and matches("*pooler*", "x.pooler.dense", conv)
+
+
+def test_ignore_entry_matching_no_layer_is_an_error():
+    m = DigitsCNN().eval()
+    with pytest.raises(NnslimError, match=r"ignore entry 'featurez\.3' matches no layer of the model; layers look "
+                                          r"like: features\.0"):
+        prune_structured(m, StructuredPruneConfig(ratio=0.5, ignore=("featurez.3",)), {"x": torch.rand(2, 1, 8, 8)})
+
+
 def test_digits_half_the_channels_and_plan_rebuild(tmp_path):
     m = DigitsCNN().eval()
     x = torch.rand(4, 1, 8, 8)

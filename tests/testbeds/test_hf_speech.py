@@ -262,3 +262,23 @@ def test_whisper_int4_keeps_its_tied_head_float_and_loads_in_transformers(zoo, t
     loaded = AutoModelForSpeechSeq2Seq.from_pretrained(str(res.out))
     assert type(loaded.proj_out) is torch.nn.Linear
     assert loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
+
+
+def test_pruned_then_int8_speech_model_deploys_as_onnx_with_both(zoo, tmp_path):
+    """Compose: the widths structured pruning removed and the int8 weights of the next step both reach the ONNX
+    artifact of a speech model, whose outputs stay close to the original's (30% of the FFN neurons of a random
+    model, the waveform convolutions kept by a glob)."""
+    import onnx
+
+    model = str(zoo["wav2vec2-cls"])
+    prune = [{"method": "prune-structured", "ratio": 0.3, "ignore": ["*feature_extractor*"]}]
+    res = nnslim.compress(model, {"steps": [*prune, {"method": "int8-dynamic"}, {"method": "onnx"}]},
+                          out=tmp_path / "o", report=False)
+    graph = onnx.load(str(res.out / json.loads((res.out / "nnslim.json").read_text())["file"])).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops or "DynamicQuantizeMatMul" in ops, ops
+    dense = json.loads((zoo["wav2vec2-cls"] / "config.json").read_text())
+    widths = {tuple(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2}
+    assert widths and not any(dense["intermediate_size"] in w for w in widths) and any(
+        round(dense["intermediate_size"] * 0.7) in w for w in widths), widths
+    assert nnslim.evaluate(str(res.out), testbed=model)["metrics"]["logits_cos_mean"] > 0.99

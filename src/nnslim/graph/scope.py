@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import NnslimError
 
 
-def _matches(entry: str, name: str, module: nn.Module) -> bool:
+def _plain(entry: str, name: str, module: nn.Module | None) -> bool:
     if entry.startswith("re:"):
         return re.search(entry[3:], name) is not None
     if entry.startswith("type:"):
@@ -22,12 +22,47 @@ def _matches(entry: str, name: str, module: nn.Module) -> bool:
     return name == entry or name.startswith(entry + ".")
 
 
+def _matches(entry: str, name: str, module: nn.Module | None = None) -> bool:
+    """Whether an `ignore` entry covers the module `name`: a layer name (and what is inside it), a glob, 're:' or
+    'type:', also against the name with leading components dropped ('bert.pooler.dense' covers nnslim's wrapped
+    'model.bert.pooler.dense'; 'dense' every layer named dense; not for an entry starting with an index: '0' is
+    only the top-level sequence's first layer), else a bare regex matched against the whole name (pruning's first
+    syntax, still read)."""
+    parts = name.split(".")
+    tails = range(len(parts)) if not entry.split(".")[0].isdigit() and not entry.startswith("re:") else (0,)
+    if any(_plain(entry, ".".join(parts[k:]), module) for k in tails):
+        return True
+    if entry.startswith(("re:", "type:")) or not any(c in entry for c in "\\.^$*+?{}[]|()"):
+        return False
+    try:
+        return re.fullmatch(entry, name) is not None
+    except re.error:  # a glob such as '*conv*' is no regex
+        return False
+
+
+matches = _matches
+
+
+def check_scope(model: nn.Module, ignore: Iterable[str], types: tuple[type, ...] = (), field: str = "ignore") -> None:
+    """Every `ignore` entry must cover some layer of the model: a typo would otherwise silently compress what it
+    meant to keep. The error lists layers of `types` (else any with a weight)."""
+    ignore = list(ignore)
+    check_patterns(ignore, field)
+    named = list(model.named_modules())
+    for entry in ignore:
+        if not any(_matches(entry, n, m) for n, m in named if n):
+            sample = [n for n, m in named if n and types and isinstance(m, types)] or \
+                [n for n, m in named if n and isinstance(getattr(m, "weight", None), torch.Tensor)]
+            raise NnslimError(f"{field} entry {entry!r} matches no layer of the model; layers look like: "
+                              f"{', '.join(sample)[:300]}")
+
+
 def check_patterns(ignore: Iterable[str], field: str = "ignore") -> None:
     """Validate scope entries up front (before any work): strings, and regexes that compile."""
     for entry in ignore:
         if not isinstance(entry, str) or not entry:
-            raise NnslimError(f"{field} entry {entry!r} is not allowed; allowed: a layer name, 're:REGEX' or "
-                              "'type:ClassName'")
+            raise NnslimError(f"{field} entry {entry!r} is not allowed; allowed: a layer name, a glob ('*conv*'), "
+                              "'re:REGEX' or 'type:ClassName'")
         if entry.startswith("re:"):
             try:
                 re.compile(entry[3:])
@@ -40,14 +75,8 @@ def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[st
     """Named modules of `types`, minus those matched by `ignore`. An entry matching no layer of the
     model is an error naming it (a typo would otherwise silently quantize everything)."""
     ignore = list(ignore)
-    check_patterns(ignore, field)
+    check_scope(model, ignore, types, field)
     named = list(model.named_modules())
-    for entry in ignore:
-        if not any(_matches(entry, n, m) for n, m in named if n):
-            sample = [n for n, m in named if n and isinstance(m, types)] or \
-                [n for n, m in named if n and isinstance(getattr(m, "weight", None), torch.Tensor)]
-            sample = ", ".join(sample)[:300]
-            raise NnslimError(f"{field} entry {entry!r} matches no layer of the model; layers look like: {sample}")
     return {n: m for n, m in named if n and isinstance(m, types) and not any(_matches(e, n, m) for e in ignore)}
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..distillation.trainer import DistillConfig, distill
 from ..errors import NnslimError
-from ..graph.scope import select_linears
+from ..graph.scope import matches, select_linears
 from ..recipe import register_method
 from .masks import attach_mask, magnitude_masks, parse_pattern
 
@@ -54,14 +54,12 @@ def cubic_sparsity(step: int, total: int, config: GradualPruneConfig) -> float:
 
 
 def prunable_weights(model: nn.Module, config: GradualPruneConfig) -> dict[str, nn.Parameter]:
-    import re
-
     out = {f"{n}.weight": m.weight for n, m in select_linears(model, config.ignore, config.prune_head,
                                                              "prune").items()}
     if config.convs:
         for n, m in model.named_modules():
             if isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1 and \
-                    not any(n == p or re.fullmatch(p, n) for p in config.ignore):
+                    not any(matches(p, n, m) for p in config.ignore):
                 out[f"{n}.weight"] = m.weight
     return out
 

@@ -27,10 +27,11 @@ from torch import nn
 from ..errors import NnslimError
 from ..graph.layers import apply_slice, handler_for
 from ..graph.modules import strip_parametrizations
-from ..graph.scope import select_linears, split_mha
+from ..graph.scope import check_scope, select_linears, split_mha
 from ..recipe import StepConfig, register_method
 from .masks import WeightMask, attach_mask
-from .structured import PLAN_ATTR, as_tensors, batched, dependency_graph, group_importance, input_norms, keep_count
+from .structured import (PLAN_ATTR, as_tensors, batched, dependency_graph, group_importance,
+                         ignored_member, input_norms, keep_count)
 
 SCORES_ATTR = "nnslim_movement"
 
@@ -195,6 +196,7 @@ def attach(model: nn.Module, config: MovementPruneConfig, example: dict, notes: 
 def _scores(model, config, example, calibration):
     bank = MovementScores(config)
     factors: dict[tuple[int, str], list] = {}  # (id(module), attribute) -> [(score index, dim, index tensor)]
+    check_scope(model, config.ignore)
     if config.structured:
         split_mha(model, config.ignore)  # nn.MultiheadAttention as called q/k/v/out Linears: its heads are scored
     owners = _owners(model)
@@ -202,7 +204,7 @@ def _scores(model, config, example, calibration):
     n_groups, how = 0, "l2"
     if config.structured:
         graph, _ = dependency_graph(model, example)
-        groups = [g for g in graph.groups() if not _ignored(g, graph, config.ignore)]
+        groups = [g for g in graph.groups() if not ignored_member(g, graph, config.ignore, model)]
         bank.graph, bank.groups = graph, groups
         how = config.init if config.init != "auto" else ("activation" if calibration else "l2")
         norms = {}
@@ -243,13 +245,6 @@ def _scores(model, config, example, calibration):
         raise NnslimError("prune-movement found nothing to prune (every group is frozen or ignored); "
                           "structural notes of prune-structured say why channels are kept")
     return bank, factors, n_groups, n_blocks, how
-
-
-def _ignored(group, graph, ignore) -> bool:
-    import re
-
-    return any(m.role not in ("in", "ch") and any(m.module == p or re.fullmatch(p, m.module) for p in ignore)
-               for m in (graph.members[i] for i in group.members))
 
 
 def finish(bank: MovementScores) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..errors import NnslimError, first_line
 from ..graph.dependency import DependencyGraph, Group, build
+from ..graph.scope import check_scope, matches
 from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mha, handler_for
 from ..graph.trace import trace
 from ..recipe import StepConfig, register_method
@@ -235,16 +235,22 @@ def input_projections(model: nn.Module) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _ignored(group: Group, graph: DependencyGraph, ignore: tuple[str, ...]) -> str | None:
+def ignored_member(group: Group, graph: DependencyGraph, ignore: tuple[str, ...], model: nn.Module) -> str | None:
+    """The first module of `group` whose output channels an `ignore` entry keeps (graph/scope.py's rules)."""
     for mi in group.members:
         m = graph.members[mi]
         if m.role in ("in", "ch"):
             continue
-        for pat in ignore:
-            # a name as the user's own model names it matches under nnslim's wrapper too (lm.bert.pooler.dense)
-            if m.module == pat or m.module.endswith("." + pat) or re.fullmatch(pat, m.module):
-                return m.module
+        if any(matches(pat, m.module, _submodule(model, m.module)) for pat in ignore):
+            return m.module
     return None
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        return None
 
 
 def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_inputs, calibration=None,
@@ -258,6 +264,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
         raise NnslimError("structural pruning needs a model without pruning masks or learned scores on its weights: "
                           "remove structure first, then mask (prune-structured before prune-magnitude / "
                           "prune-movement), or nnslim.save and nnslim.load the model to fold the masks in")
+    check_scope(model, config.ignore)
     notes = notes if notes is not None else []
     inputs = as_tensors(example_inputs, model)
     model = model if inplace else copy.deepcopy(model)
@@ -295,7 +302,7 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     counts = {"channels": [0, 0], "heads": [0, 0]}
     candidates = []
     for grp in groups:
-        who = _ignored(grp, graph, ignore)
+        who = ignored_member(grp, graph, ignore, model)
         if who:
             why = ("prune_embeddings=False keeps the input embedding" if who in embedding_layers
                    else "ignored layer")
