@@ -53,7 +53,7 @@ AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoMod
         "question-answering": "AutoModelForQuestionAnswering", "feature-extraction": "AutoModel",
         "image-classification": "AutoModelForImageClassification", "seq2seq": "AutoModelForSeq2SeqLM",
         "speech-seq2seq": "AutoModelForSpeechSeq2Seq", "ctc": "AutoModelForCTC",
-        "audio-classification": "AutoModelForAudioClassification"}
+        "audio-classification": "AutoModelForAudioClassification", "fill-mask": "AutoModelForMaskedLM"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:

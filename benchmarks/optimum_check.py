@@ -5,7 +5,7 @@ decoder_model.onnx / decoder_with_past_model.onnx (ORTModelForSpeechSeq2Seq when
 input_features: Whisper), optimum-intel's OVModelForCausalLM for openvino_model.xml and
 OVModelForSeq2SeqLM for openvino_encoder_model.xml / openvino_decoder_model.xml / ..._with_past_model.xml --
 and compare its greedy tokens with transformers' generate on the source model (or print them, for a quantized
-artifact).
+artifact). A masked-LM's model.onnx loads in ORTModelForMaskedLM, its logits compared with transformers'.
 
   python benchmarks/optimum_check.py ARTIFACT_DIR [SOURCE_HF_DIR [TOLERANCE]]
 """
@@ -16,6 +16,20 @@ import numpy as np
 import torch
 
 art = Path(sys.argv[1])
+if any(a.endswith("ForMaskedLM") for a in __import__("json").loads((art / "config.json").read_text())["architectures"]):
+    from optimum.onnxruntime import ORTModelForMaskedLM
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(art))
+    enc = tok([f"Compressed models must stay {tok.mask_token}.", f"A second {tok.mask_token} about weights."],
+              padding=True, return_tensors="pt")
+    got = ORTModelForMaskedLM.from_pretrained(str(art), use_io_binding=False)(**enc).logits
+    ref = AutoModelForMaskedLM.from_pretrained(sys.argv[2]).eval()(**enc).logits.detach()
+    rel = float((got - ref).abs().max() / ref.abs().max())
+    tol = float(sys.argv[3]) if len(sys.argv) > 3 else 1e-4
+    print(f"ORTModelForMaskedLM {art.name}: logits max rel diff {rel:.2e} vs transformers, top-1 at every position "
+          f"{'equal' if torch.equal(got.argmax(-1), ref.argmax(-1)) else 'differ'}: {'PASS' if rel < tol else 'FAIL'}")
+    sys.exit(0 if rel < tol else 1)
 seq2seq = (art / "encoder_model.onnx").is_file() or (art / "openvino_encoder_model.xml").is_file()
 if (art / "openvino_encoder_model.xml").is_file():
     from optimum.intel import OVModelForSeq2SeqLM

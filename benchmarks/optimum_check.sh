@@ -2,7 +2,8 @@
 # BENCHMARKS.md 7d: nnslim's artifacts load in Optimum: decoder LLMs' ONNX (with KV cache) in ORTModelForCausalLM,
 # their OpenVINO IR in optimum-intel's OVModelForCausalLM, encoder-decoders' three graphs (T5, BART: fp32, static
 # and dynamic int8, int4) in ORTModelForSeq2SeqLM, Whisper's (fp32, static and dynamic int8) in
-# ORTModelForSpeechSeq2Seq, whose generate (cache included) is compared with transformers'.
+# ORTModelForSpeechSeq2Seq, whose generate (cache included) is compared with transformers', and a masked LM's
+# model.onnx (fp32, static / dynamic int8) in ORTModelForMaskedLM.
 # optimum-onnx requires transformers < 4.58, so Optimum runs in its own venv (build/optimum-venv); the
 # artifacts are made by nnslim in the project venv (.venv) from small HF models built from configs.
 #   bash benchmarks/optimum_check.sh
@@ -35,6 +36,9 @@ nnslim.compress(str(w / "src" / "llama"), [{"method": "int8-weight-only"}, {"met
 src = _build("whisper", w / "src")  # speech: Optimum's ORTModelForSpeechSeq2Seq
 for method in ("onnx", "int8", "int8-dynamic"):
     nnslim.compress(str(src), method, out=w / f"whisper-{method}", overwrite=True, report=False)
+src = _build("bert-mlm", w / "src")  # fill-mask: Optimum's ORTModelForMaskedLM
+for method in ("onnx", "int8", "int8-dynamic"):
+    nnslim.compress(str(src), method, out=w / f"bert-mlm-{method}", overwrite=True, report=False)
 PY
 if ! build/optimum-venv/bin/python -c "import optimum.onnxruntime, optimum.intel" 2>/dev/null; then
   python3 -m venv build/optimum-venv
@@ -60,6 +64,10 @@ done
 for q in onnx:1e-4 int8:0.05 int8-dynamic:0.05; do  # Whisper: Optimum's generate (its forced tokens) vs transformers'
   build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/whisper-${q%%:*}" "$W/src/whisper" "${q#*:}" 2>&1 \
     | grep -v -i "warn\|could not find\|generation flags"
+done
+for q in onnx:1e-4 int8:0.1 int8-dynamic:0.1; do  # masked LM: the logits of every position vs transformers'
+  build/optimum-venv/bin/python benchmarks/optimum_check.py "$W/bert-mlm-${q%%:*}" "$W/src/bert-mlm" "${q#*:}" 2>&1 \
+    | grep -v -i "warn"
 done
 # optimum-intel's OVModelForSeq2SeqLM on the encoder-decoder IRs: reported, not required (see BENCHMARKS.md 7d)
 for kind in t5 bart; do

@@ -36,6 +36,7 @@ def _build(kind: str, root: Path) -> Path:
             dim=64, hidden_dim=128, n_layers=2, n_heads=4, vocab_size=30522, num_labels=5)),
         "bert-qa": lambda: tf.BertForQuestionAnswering(bert),
         "bert": lambda: tf.BertModel(bert),
+        "bert-mlm": lambda: tf.BertForMaskedLM(bert),  # bert-base-uncased / roberta-base are saved with this head
         "t5": lambda: tf.T5ForConditionalGeneration(tf.T5Config(
             d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=30522,
             pad_token_id=0, decoder_start_token_id=0, eos_token_id=102)),
@@ -147,7 +148,7 @@ def _more(tf, small: dict) -> dict:
 
 TASKS = {"t5": "seq2seq", "bart": "seq2seq", "llama": "causal-lm", "qwen2": "causal-lm", "gpt2": "causal-lm", "bert-cls": "sequence-classification",
          "distilbert-tok": "token-classification", "bert-qa": "question-answering", "bert": "feature-extraction",
-         "vit": "image-classification"}
+         "bert-mlm": "fill-mask", "vit": "image-classification"}
 MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", "gpt-neox", "falcon", "phi", "qwen3",
                                    "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "mixtral",
                                    "qwen2moe", "qwen3moe", "gptoss")},

@@ -294,6 +294,7 @@ def test_gpt2_int4_says_it_is_not_a_transformers_checkpoint(zoo, tmp_path, capfd
                                        ("bert-cls", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.0,
                                                      "ignore": ["bert.pooler.dense"]}),
                                        ("bert-cls", {"method": "prune-magnitude", "sparsity": 0.5}),
+                                       ("bert-mlm", {"method": "prune-structured", "ratio": 0.5, "head_ratio": 0.0}),
                                        ("vit", {"method": "prune-structured", "ratio": 0.5})])
 def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, kind, step):
     """Float / fp16 / pruned results are saved as transformers saves them, the config updated to the pruned
@@ -305,7 +306,8 @@ def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, 
     assert meta["format"] == "hf"
     auto = {"causal-lm": transformers.AutoModelForCausalLM,
             "sequence-classification": transformers.AutoModelForSequenceClassification,
-            "image-classification": transformers.AutoModelForImageClassification}[TASKS[kind]]
+            "image-classification": transformers.AutoModelForImageClassification,
+            "fill-mask": transformers.AutoModelForMaskedLM}[TASKS[kind]]
     hf = auto.from_pretrained(str(res.out)).eval()
     ours = nnslim.load(res.out)
     ids = torch.randint(0, 30522, (2, 16))
@@ -319,6 +321,8 @@ def test_float_and_pruned_artifacts_are_transformers_checkpoints(zoo, tmp_path, 
             mask = torch.ones_like(ids)
             theirs, mine = hf(input_ids=ids, attention_mask=mask).logits, ours(ids, mask)
     torch.testing.assert_close(theirs.float(), mine.float(), rtol=1e-3, atol=1e-3)
+    if kind == "bert-mlm":  # the head tied to the token embedding stays tied (one table, not two)
+        assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight
     if step["method"] == "prune-structured":
         original, pruned = (json.loads((d / "config.json").read_text()) for d in (zoo[kind], res.out))
         key = "n_inner" if kind == "gpt2" else "intermediate_size"
@@ -440,3 +444,43 @@ def test_tied_embedding_is_stored_once_and_retied(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
 
+
+
+def test_masked_lm_metrics_at_the_masked_tokens(zoo, tmp_path):
+    """fill-mask (BertForMaskedLM, the head bert-base / roberta-base are saved with): a seeded 15% of each text's
+    real tokens masked, never a special token; masked_token_accuracy scores a prediction against the text's own
+    token (an oracle that answers the original ids scores 1); the ONNX artifact is Optimum's fill-mask layout."""
+    import onnx
+
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    tb = testbed_for_hf_dir(zoo["bert-mlm"])
+    tb.n_eval = 16
+    texts = tb.eval_sentences()
+    enc, labels = tb._masked(texts[:8], 0)
+    again, _ = tb._masked(texts[:8], 0)
+    plain = tb._encode(texts[:8])
+    real = (plain["attention_mask"] == 1) & ~np.isin(plain["input_ids"], tb.tokenizer.all_special_ids)
+    masked = labels >= 0
+    assert np.array_equal(enc["input_ids"], again["input_ids"]) and (masked <= real).all()
+    assert (enc["input_ids"][masked] == tb.tokenizer.mask_token_id).all()
+    assert np.array_equal(labels[masked], plain["input_ids"][masked])
+    assert masked.sum(1).min() >= 1 and 0.1 < masked.sum() / real.sum() < 0.2
+    assert any((c["input_ids"] == tb.tokenizer.mask_token_id).any() for c in tb.calibration(8))
+
+    step = tb.default_batch
+    answers = {tb._masked(texts[i:i + step], i)[0]["input_ids"].tobytes(): tb._encode(texts[i:i + step])["input_ids"]
+               for i in range(0, len(texts), step)}
+
+    def oracle(feed):
+        ids = answers[np.asarray(feed["input_ids"]).tobytes()]
+        return np.eye(tb.tokenizer.vocab_size, dtype=np.float32)[ids] * 20
+
+    metrics = tb.evaluate(oracle)
+    assert metrics["masked_token_accuracy"] == 1.0 and metrics["masked_lm_loss"] < 1e-3
+    assert nnslim.evaluate(str(zoo["bert-mlm"]))["metrics"]["masked_token_accuracy"] < 0.05  # random weights
+
+    res = nnslim.compress(str(zoo["bert-mlm"]), "onnx", out=tmp_path / "o", report=False)
+    graph = onnx.load(str(res.out / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["logits"]
+    assert {i.name for i in graph.input} <= {"input_ids", "attention_mask", "token_type_ids"}

@@ -443,16 +443,37 @@ def _split(g, call, x, axis, gids) -> None:
         g.set(t, axis, gids[j * n:(j + 1) * n])
 
 
+def _freeze_tied(g: DependencyGraph, modules: dict, handler_for) -> None:
+    """A weight two layers share (a masked-LM / LM head tied to the token embedding) keeps the channels each reads:
+    slicing it for one would untie it, and the model would store two tables instead of one (bigger, not smaller)."""
+    users: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for m in g.members:
+        mod = modules.get(m.module)
+        if mod is None or m.role.startswith("param:"):
+            continue
+        handler = handler_for(mod)
+        for w, _, _ in (handler.weights(mod, m.role) if handler is not None else []):
+            users.setdefault(id(w), []).append((m.module, m.labels))
+    for found in users.values():
+        if len({name for name, _ in found}) > 1:
+            names = sorted({name for name, _ in found})
+            g.freeze(np.concatenate([labels for _, labels in found]),
+                     f"weight shared by {', '.join(names[:3])} (tied)")
+
+
 def build(trace: Trace, handler_for, options: dict | None = None) -> DependencyGraph:
     """Run the channel analysis over a trace. handler_for(module) -> layer handler or None."""
     g = DependencyGraph(params=dict((k, (v.rpartition(".")[0], v.rpartition(".")[2]))
                                     for k, v in trace.params.items()), options=options or {})
+    modules = {}
     for call in trace.calls:
         g.where = call.name if call.kind == "module" else (call.scope or "<model>") + f" ({call.name})"
         if call.kind == "module":
+            modules[call.name] = call.module
             handler_for(call.module).propagate(g, call.name, call.module, call)
         else:
             _op(g, call)
+    _freeze_tied(g, modules, handler_for)
     for t in trace.outputs:
         info = g.info(t)
         if info is not None:

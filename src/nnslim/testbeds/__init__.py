@@ -50,6 +50,10 @@ def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weight
             AudioEncoderTestbed(path, task, **options)
     if task == "feature-extraction":
         return TextEncoderTestbed(path, **options)
+    if task == "fill-mask":
+        from .masked_lm import MaskedLMTestbed
+
+        return MaskedLMTestbed(path, **options)
     if task in TEXT_HEADS:
         return TextClassifierTestbed(path, task, **options)
     return ImageClassifierTestbed(path, **options)

@@ -1,4 +1,4 @@
-"""Hugging Face classifiers: text (sequence / token classification, extractive QA) and images.
+"""Hugging Face classifiers: text (sequence / token classification, extractive QA, masked-LM heads) and images.
 
 The metric is agreement with the fp32 model (top-1 of every prediction the model makes: per text,
 per real token, per answer start/end), the logits' cosine, and accuracy when the evaluation data
@@ -20,7 +20,8 @@ from .minilm import PaddedTextTestbed
 
 TEXT_HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
               "token-classification": "AutoModelForTokenClassification",
-              "question-answering": "AutoModelForQuestionAnswering"}
+              "question-answering": "AutoModelForQuestionAnswering",
+              "fill-mask": "AutoModelForMaskedLM"}
 
 
 class HFLogits(nn.Module):

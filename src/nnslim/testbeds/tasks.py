@@ -22,11 +22,13 @@ TASK_MAPPINGS = {
     "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
     "ctc": "MODEL_FOR_CTC_MAPPING_NAMES",
     "audio-classification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+    "fill-mask": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",  # after seq2seq: it lists BART's generator too
     "feature-extraction": "MODEL_MAPPING_NAMES",
 }
 # Tasks nnslim has a testbed for (data, metric, export); the others are detected and refused clearly.
 SUPPORTED = ("causal-lm", "seq2seq", "speech-seq2seq", "sequence-classification", "token-classification",
-             "question-answering", "image-classification", "ctc", "audio-classification", "feature-extraction")
+             "question-answering", "fill-mask", "image-classification", "ctc", "audio-classification",
+             "feature-extraction")
 
 
 def _mapping(name: str) -> dict:
