@@ -52,7 +52,7 @@ def _build(kind: str, root: Path) -> Path:
     models.update(_speech(tf))
     d = root / kind
     models[kind]().eval().save_pretrained(str(d))
-    if TASKS.get(kind, MORE.get(kind)) not in ("image-classification", *SPEECH.values()):
+    if TASKS.get(kind, MORE.get(kind)) not in ("image-classification", *SPEECH.values()) and kind not in IMAGE_ENCODERS:
         _tokenizer_files(d)
     return d
 
@@ -95,6 +95,12 @@ def _more(tf, small: dict) -> dict:
         "falcon": lambda: tf.FalconForCausalLM(tf.FalconConfig(hidden_size=64, **small)),
         "phi": lambda: tf.PhiForCausalLM(tf.PhiConfig(**enc)),
         "roberta-cls": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=2, **enc)),
+        # feature extraction beyond text encoders: an image backbone and an encoder-only T5 (added 2026-12-07)
+        "dinov2": lambda: tf.Dinov2Model(tf.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                         mlp_ratio=2, patch_size=8, image_size=32)),
+        "t5-encoder": lambda: tf.T5EncoderModel(tf.T5Config(d_model=64, d_ff=128, d_kv=16, num_layers=2,
+                                                            num_heads=4, vocab_size=30522)),
+        "roberta-mlm": lambda: tf.RobertaForMaskedLM(tf.RobertaConfig(**enc)),
         "deberta-cls": lambda: tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(num_labels=2, **enc)),
         "albert-cls": lambda: tf.AlbertForSequenceClassification(tf.AlbertConfig(embedding_size=32, num_labels=2,
                                                                                  **enc)),
@@ -155,8 +161,10 @@ MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", 
         "modernbert-cls": "sequence-classification",
         "roberta-cls": "sequence-classification", "deberta-cls": "sequence-classification",
         "albert-cls": "sequence-classification", "electra-tok": "token-classification",
-        "xlmr-qa": "question-answering", "mpnet": "feature-extraction",
+        "xlmr-qa": "question-answering", "mpnet": "feature-extraction", "dinov2": "feature-extraction",
+        "t5-encoder": "feature-extraction", "roberta-mlm": "fill-mask",
         **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls", "mobilenetv2-cls",
                                                "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")},
         "mbart": "seq2seq", "marian": "seq2seq"}
+IMAGE_ENCODERS = ("dinov2",)  # feature-extraction of images: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

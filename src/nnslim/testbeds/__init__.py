@@ -49,6 +49,12 @@ def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weight
         return SpeechSeq2SeqTestbed(path, **options) if task == "speech-seq2seq" else \
             AudioEncoderTestbed(path, task, **options)
     if task == "feature-extraction":
+        from .tasks import feature_modality
+
+        if feature_modality(config, path / "config.json") == "image":
+            from .image_encoder import ImageEncoderTestbed
+
+            return ImageEncoderTestbed(path, **options)
         return TextEncoderTestbed(path, **options)
     if task == "fill-mask":
         from .masked_lm import MaskedLMTestbed

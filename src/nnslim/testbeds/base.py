@@ -182,6 +182,8 @@ class HFTestbed(Testbed):
 
             def build():
                 config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=self.trust_remote_code)
+                if not hasattr(auto_class, "from_config"):  # a concrete class (T5EncoderModel, CLIPVisionModel)
+                    return auto_class._from_config(config, dtype=torch.float32)
                 return auto_class.from_config(config, trust_remote_code=self.trust_remote_code,
                                               dtype=torch.float32)
             return linear_conv1d(self._load("building the model from config.json", build))

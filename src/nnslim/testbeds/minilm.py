@@ -122,9 +122,10 @@ class TextEncoderTestbed(PaddedTextTestbed):
         return minilm_dir()
 
     def load_model(self) -> nn.Module:
-        from transformers import AutoModel
+        from .classifier import _read_json
+        from .tasks import feature_class
 
-        return MeanPoolEncoder(self.load_hf(AutoModel)).eval()
+        return MeanPoolEncoder(self.load_hf(feature_class(_read_json(self.model_dir / "config.json")))).eval()
 
     def embed(self, runner, sentences: list[str], batch: int = 32) -> np.ndarray:
         return np.concatenate([runner(self._encode(sentences[i:i + batch])) for i in range(0, len(sentences), batch)])

@@ -54,11 +54,50 @@ def detect_task(config: dict, where: str | Path = "config.json") -> str:
             if arch in _classes(_mapping(mapping)):
                 return task
     model_type = config.get("model_type")
-    if not archs and isinstance(model_type, str) and model_type in _mapping(TASK_MAPPINGS["feature-extraction"]):
+    known_type = isinstance(model_type, str) and model_type in _mapping(TASK_MAPPINGS["feature-extraction"])
+    if known_type and (not archs or all(_is_base_class(a) for a in archs)):  # T5EncoderModel, CLIPVisionModel
         return "feature-extraction"
     raise NnslimError(f"{str(where)!r}: the task of architectures={short_repr(archs)} (model_type="
                       f"{short_repr(model_type)}) is not known; known tasks: {', '.join(SUPPORTED)}; force one "
                       "with --task (task= in Python)")
+
+
+def _is_base_class(name: str) -> bool:
+    """A transformers model class without a task head (T5EncoderModel, CLIPVisionModel, BertModel)."""
+    import transformers
+
+    return name.endswith("Model") and not name.endswith("PreTrainedModel") and hasattr(transformers, name)
+
+
+def feature_class(config: dict):
+    """The transformers class a feature-extraction model is built with: the config's own architecture where it
+    is a base class (T5EncoderModel: AutoModel would build the whole encoder-decoder), else AutoModel."""
+    import transformers
+
+    archs = config.get("architectures") or []
+    if len(archs) == 1 and isinstance(archs[0], str) and _is_base_class(archs[0]):
+        return getattr(transformers, archs[0])
+    return transformers.AutoModel
+
+
+def feature_modality(config: dict, where: str | Path = "config.json") -> str:
+    """'image' or 'text': what the feature-extraction model takes (its class's main input). A dual encoder
+    (CLIP, SigLIP: a text and a vision tower) is refused: each tower is its own model."""
+    if isinstance(config.get("text_config"), dict) and isinstance(config.get("vision_config"), dict):
+        raise NnslimError(f"{str(where)!r}: {short_repr(config.get('model_type'))} is a dual (text + image) encoder, "
+                          "which nnslim has no testbed for yet; compress its towers as their own models (e.g. "
+                          "CLIPVisionModel / CLIPTextModel saved with save_pretrained)")
+    cls = feature_class(config)
+    if cls.__name__ == "AutoModel":
+        name = _mapping("MODEL_MAPPING_NAMES").get(config.get("model_type"))
+        import transformers
+
+        cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    main = getattr(cls, "main_input_name", "input_ids")
+    if main in ("input_values", "input_features"):
+        raise NnslimError(f"{str(where)!r}: a bare speech encoder ({short_repr(config.get('model_type'))}) has no "
+                          "feature-extraction testbed yet; a CTC or audio-classification head has one")
+    return "image" if main == "pixel_values" else "text"
 
 
 def check_task(task: str) -> str:
