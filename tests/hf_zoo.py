@@ -52,6 +52,9 @@ def _build(kind: str, root: Path) -> Path:
     models.update(_speech(tf))
     d = root / kind
     models[kind]().eval().save_pretrained(str(d))
+    if kind == "segformer":  # its config has no image size: the preprocessor's (512 x 512 for the real ones)
+        (d / "preprocessor_config.json").write_text('{"size": {"height": 64, "width": 64}, "image_mean": '
+                                                    '[0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}')
     if TASKS.get(kind, MORE.get(kind)) not in ("image-classification", *SPEECH.values()) and kind not in IMAGE_ENCODERS:
         _tokenizer_files(d)
     return d
@@ -101,6 +104,9 @@ def _more(tf, small: dict) -> dict:
         "t5-encoder": lambda: tf.T5EncoderModel(tf.T5Config(d_model=64, d_ff=128, d_kv=16, num_layers=2,
                                                             num_heads=4, vocab_size=30522)),
         "roberta-mlm": lambda: tf.RobertaForMaskedLM(tf.RobertaConfig(**enc)),
+        "segformer": lambda: tf.SegformerForSemanticSegmentation(tf.SegformerConfig(
+            hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 4],
+            decoder_hidden_size=32, num_labels=5)),
         "deberta-cls": lambda: tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(num_labels=2, **enc)),
         "albert-cls": lambda: tf.AlbertForSequenceClassification(tf.AlbertConfig(embedding_size=32, num_labels=2,
                                                                                  **enc)),
@@ -162,9 +168,9 @@ MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", 
         "roberta-cls": "sequence-classification", "deberta-cls": "sequence-classification",
         "albert-cls": "sequence-classification", "electra-tok": "token-classification",
         "xlmr-qa": "question-answering", "mpnet": "feature-extraction", "dinov2": "feature-extraction",
-        "t5-encoder": "feature-extraction", "roberta-mlm": "fill-mask",
+        "t5-encoder": "feature-extraction", "roberta-mlm": "fill-mask", "segformer": "semantic-segmentation",
         **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls", "mobilenetv2-cls",
                                                "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")},
         "mbart": "seq2seq", "marian": "seq2seq"}
-IMAGE_ENCODERS = ("dinov2",)  # feature-extraction of images: no tokenizer
+IMAGE_ENCODERS = ("dinov2", "segformer")  # image models of other tasks than image-classification: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

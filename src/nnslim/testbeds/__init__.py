@@ -62,6 +62,10 @@ def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weight
         return MaskedLMTestbed(path, **options)
     if task in TEXT_HEADS:
         return TextClassifierTestbed(path, task, **options)
+    if task == "semantic-segmentation":
+        from .segmentation import SegmentationTestbed
+
+        return SegmentationTestbed(path, **options)
     return ImageClassifierTestbed(path, **options)
 
 

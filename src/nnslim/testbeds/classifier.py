@@ -158,6 +158,20 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _image_size(config: dict, pre: dict) -> tuple[int, int]:
+    """(height, width) the model takes: its config's image_size, else its preprocessor's crop / resize size
+    (SegFormer's configs have none: 512 x 512 from the preprocessor), else 224."""
+    size = config.get("image_size")
+    if size is None:
+        size = pre.get("crop_size") or pre.get("size") or 224
+    if isinstance(size, dict):
+        edge = size.get("shortest_edge")
+        return (int(size.get("height", edge or 224)), int(size.get("width", edge or 224)))
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
 class ImageClassifierTestbed(HFTestbed):
     task = "image-classification"
     primary_metric = "top1_agreement"
@@ -174,10 +188,8 @@ class ImageClassifierTestbed(HFTestbed):
         self.n_eval = n_eval
         self.description = "image classifier; metrics: top-1 agreement and logits cosine vs fp32 (accuracy with labels)"
         config = _read_json(self._dir / "config.json")
-        size = config.get("image_size", 224)
-        size = (size.get("height", 224), size.get("width", 224)) if isinstance(size, dict) else (int(size), int(size))
-        self.size, self.channels = size, int(config.get("num_channels", 3))
         pre = _read_json(self._dir / "preprocessor_config.json")
+        self.size, self.channels = _image_size(config, pre), int(config.get("num_channels", 3))
         self.mean = np.asarray(pre.get("image_mean", [0.5] * 3), np.float32)[: self.channels]
         self.std = np.asarray(pre.get("image_std", [0.5] * 3), np.float32)[: self.channels]
         self._splits: dict = {}

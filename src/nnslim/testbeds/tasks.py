@@ -20,6 +20,7 @@ TASK_MAPPINGS = {
     "token-classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
     "question-answering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
     "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "semantic-segmentation": "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
     "ctc": "MODEL_FOR_CTC_MAPPING_NAMES",
     "audio-classification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
     "fill-mask": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",  # after seq2seq: it lists BART's generator too
@@ -27,8 +28,8 @@ TASK_MAPPINGS = {
 }
 # Tasks nnslim has a testbed for (data, metric, export); the others are detected and refused clearly.
 SUPPORTED = ("causal-lm", "seq2seq", "speech-seq2seq", "sequence-classification", "token-classification",
-             "question-answering", "fill-mask", "image-classification", "ctc", "audio-classification",
-             "feature-extraction")
+             "question-answering", "fill-mask", "image-classification", "semantic-segmentation", "ctc",
+             "audio-classification", "feature-extraction")
 
 
 def _mapping(name: str) -> dict:
