@@ -48,12 +48,15 @@ DEFAULT_METHODS = ("int8", "int4-rtn", "prune-structured", "onnx")
 NEWER = ("qwen3", "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "modernbert-cls", "mobilenetv2-cls",
          "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")  # added to MORE on 2026-12-06
 MOE = ("mixtral", "qwen2moe", "qwen3moe", "gptoss")  # added on 2026-12-07: experts as 3D tensors
+NEW_TASKS = ("bert-mlm", "roberta-mlm", "segformer", "dinov2", "t5-encoder")  # 2026-12-07: fill-mask, segmentation,
+# image backbones and encoder-only T5 as feature extraction
 AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
         "token-classification": "AutoModelForTokenClassification",
         "question-answering": "AutoModelForQuestionAnswering", "feature-extraction": "AutoModel",
         "image-classification": "AutoModelForImageClassification", "seq2seq": "AutoModelForSeq2SeqLM",
         "speech-seq2seq": "AutoModelForSpeechSeq2Seq", "ctc": "AutoModelForCTC",
-        "audio-classification": "AutoModelForAudioClassification", "fill-mask": "AutoModelForMaskedLM"}
+        "audio-classification": "AutoModelForAudioClassification", "fill-mask": "AutoModelForMaskedLM",
+        "semantic-segmentation": "AutoModelForSemanticSegmentation"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
@@ -66,9 +69,11 @@ def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
                 "decoder_input_ids": np.array([[start, 5, 6, 7]] * 2, np.int64)}
     if task in ("ctc", "audio-classification"):  # 1 s of normalized waveform
         return {"input_values": rng.standard_normal((2, 16000)).astype(np.float32)}
-    if task == "image-classification":  # the config's image size (transformers' default 224 where it has none)
-        size = json.loads((out / "config.json").read_text()).get("image_size", 224)
-        size = size if isinstance(size, int) else size[0]
+    if task in ("image-classification", "semantic-segmentation") or not (out / "tokenizer_config.json").is_file():
+        # images of the size nnslim's testbed reads (config, else preprocessor, else 224)
+        from nnslim.testbeds.classifier import _image_size, _read_json
+
+        size = _image_size(config, _read_json(out / "preprocessor_config.json"))[0]
         return {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)}
     from transformers import AutoTokenizer
 
@@ -102,14 +107,17 @@ def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.n
     if fmt in ("hf", "compressed-tensors"):
         import transformers
 
+        if task == "feature-extraction":  # loaded by its own class (T5EncoderModel, Dinov2Model); nnslim's output
+            from nnslim.testbeds.tasks import feature_class  # is the pooled embedding, not last_hidden_state
+
+            feature_class(json.loads((out / "config.json").read_text())).from_pretrained(str(out))
+            return None
         model = getattr(transformers, AUTO[task]).from_pretrained(str(out)).eval()
         with torch.no_grad():  # float inputs (pixels) in the checkpoint's dtype, as a user of an fp16 model feeds them
             res = model(**{k: torch.as_tensor(v).to(model.dtype) if np.issubdtype(v.dtype, np.floating)
                            else torch.as_tensor(v) for k, v in feed.items()})
         if task == "question-answering":
             return torch.stack([res.start_logits, res.end_logits], -1).float().numpy()
-        if task == "feature-extraction":
-            return None  # nnslim's encoder output is the pooled embedding, not last_hidden_state
         return res.logits.float().numpy()
     if fmt == "onnx":
         import onnxruntime as ort
@@ -186,7 +194,7 @@ def main() -> None:
                                                              f"(default: the tests' set: {','.join(TASKS)}); "
                                                              f"'more': {','.join(MORE)}; 'newer': "
                                                              f"{','.join(NEWER)}; 'moe': {','.join(MOE)}; "
-                                                             f"'speech': {','.join(SPEECH)}")
+                                                             f"'speech': {','.join(SPEECH)}; 'tasks': {','.join(NEW_TASKS)}")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {','.join(METHODS)}")
     args = ap.parse_args()
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
@@ -198,6 +206,8 @@ def main() -> None:
         args.kinds = ",".join(NEWER)
     elif args.kinds == "moe":
         args.kinds = ",".join(MOE)
+    elif args.kinds == "tasks":
+        args.kinds = ",".join(NEW_TASKS)
     elif args.kinds == "speech":
         args.kinds = ",".join(SPEECH)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
