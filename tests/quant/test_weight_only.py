@@ -184,6 +184,20 @@ def test_group_auto_falls_back_and_says_so(tiny_llama):
     assert {m.group for m in q.modules() if isinstance(m, WeightOnlyLinear)} == {64}
 
 
+def test_group_auto_keeps_a_small_odd_layer_float_rather_than_all_per_channel():
+    """No auto group divides a 48-wide layer; it holds under 5% of the weights: it stays float (named in the note)
+    and the rest get group 128, instead of per-channel everywhere."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 48), nn.ReLU(), nn.Linear(48, 8))
+    q, notes = apply_step(model, Int4RtnConfig())
+    kinds = [type(q[i]).__name__ for i in (0, 2, 4)]
+    assert kinds == ["WeightOnlyLinear", "WeightOnlyLinear", "Linear"]
+    assert q[0].group == 128 and any("kept float (4)" in n for n in notes), notes
+    wide = nn.Sequential(nn.Linear(256, 48), nn.ReLU(), nn.Linear(48, 4096))  # the odd layer is most of the model
+    q, notes = apply_step(wide, Int4RtnConfig())
+    assert all(type(m).__name__ == "WeightOnlyLinear" for m in (q[0], q[2])) and q[2].group in (-1, 48)
+
+
 def test_in_place_permutations_equal_indexing():
     """GPTQ's act-order permutes H and W in place (no second [K, K] copy): the same as indexing."""
     from nnslim.graph.hessian import permute_rows_, permute_symmetric

@@ -28,6 +28,7 @@ from .formats import GROUP_SIZES, WeightSpec, group_qparams, quantize_codes
 from .modules import Kernel, WeightOnlyLinear
 
 AUTO_GROUPS = (128, 64, 32)
+AUTO_FLOAT_SHARE = 0.05  # group_size auto: layers no group divides may stay float if they hold this share at most
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,28 @@ def target_linears(model: nn.Module, config) -> dict[str, nn.Linear]:
 
 
 def resolve_group(config: WeightOnlyConfig, layers: dict[str, nn.Linear], notes: list[str]) -> WeightSpec:
+    """The weight spec of `config` for `layers`. group_size auto: the largest of 128 / 64 / 32 that divides every
+    layer's inputs; else the largest whose misfits hold at most AUTO_FLOAT_SHARE of the weights, those layers kept
+    float (removed from `layers`, named in a note: torchao skips them likewise); else per-channel for all."""
     size = config.group_size
     if size == "auto":
         size = next((g for g in AUTO_GROUPS if all(m.in_features % g == 0 for m in layers.values())), -1)
-        if size != AUTO_GROUPS[0]:
+        misfits: list[str] = []
+        if size == -1:
+            total = sum(m.weight.numel() for m in layers.values()) or 1
+            for g in AUTO_GROUPS:
+                odd = [n for n, m in layers.items() if m.in_features % g]
+                if sum(layers[n].weight.numel() for n in odd) <= AUTO_FLOAT_SHARE * total:
+                    size, misfits = g, odd
+                    break
+        if size != AUTO_GROUPS[0] or misfits:
             widths = sorted({m.in_features for m in layers.values() if m.in_features % AUTO_GROUPS[0]})
+            kept = (f"; {len(misfits)} layer(s) no such group divides kept float "
+                    f"({', '.join(misfits[:3])}{' ...' if len(misfits) > 3 else ''})") if misfits else ""
             notes.append(f"group_size auto: 128 does not divide in_features {widths}; using "
-                         f"{size if size > 0 else 'per-channel'}")
+                         f"{size if size > 0 else 'per-channel'}{kept}")
+        for n in misfits:
+            del layers[n]
     spec = WeightSpec(config.bits, size, config.symmetric)
     for name, m in layers.items():
         spec.group_for(m.in_features, name)  # a clear error naming the first layer that does not fit
