@@ -48,7 +48,8 @@ DEFAULT_METHODS = ("int8", "int4-rtn", "prune-structured", "onnx")
 NEWER = ("qwen3", "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "modernbert-cls", "mobilenetv2-cls",
          "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")  # added to MORE on 2026-12-06
 MOE = ("mixtral", "qwen2moe", "qwen3moe", "gptoss")  # added on 2026-12-07: experts as 3D tensors
-NEW_TASKS = ("bert-mlm", "roberta-mlm", "segformer", "dinov2", "t5-encoder")  # 2026-12-07: fill-mask, segmentation,
+NEW_TASKS = ("bert-mlm", "roberta-mlm", "segformer", "detr", "yolos", "dinov2", "t5-encoder")  # 2026-12-07: fill-mask,
+# segmentation, detection,
 # image backbones and encoder-only T5 as feature extraction
 AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification",
         "token-classification": "AutoModelForTokenClassification",
@@ -56,7 +57,8 @@ AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoMod
         "image-classification": "AutoModelForImageClassification", "seq2seq": "AutoModelForSeq2SeqLM",
         "speech-seq2seq": "AutoModelForSpeechSeq2Seq", "ctc": "AutoModelForCTC",
         "audio-classification": "AutoModelForAudioClassification", "fill-mask": "AutoModelForMaskedLM",
-        "semantic-segmentation": "AutoModelForSemanticSegmentation"}
+        "semantic-segmentation": "AutoModelForSemanticSegmentation",
+        "object-detection": "AutoModelForObjectDetection"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
@@ -69,7 +71,7 @@ def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
                 "decoder_input_ids": np.array([[start, 5, 6, 7]] * 2, np.int64)}
     if task in ("ctc", "audio-classification"):  # 1 s of normalized waveform
         return {"input_values": rng.standard_normal((2, 16000)).astype(np.float32)}
-    if task in ("image-classification", "semantic-segmentation") or not (out / "tokenizer_config.json").is_file():
+    if task in ("image-classification", "semantic-segmentation", "object-detection") or not (out / "tokenizer_config.json").is_file():
         # images of the size nnslim's testbed reads (config, else preprocessor, else 224)
         from nnslim.testbeds.classifier import _image_size, _read_json
 

@@ -52,7 +52,7 @@ def _build(kind: str, root: Path) -> Path:
     models.update(_speech(tf))
     d = root / kind
     models[kind]().eval().save_pretrained(str(d))
-    if kind == "segformer":  # its config has no image size: the preprocessor's (512 x 512 for the real ones)
+    if kind in ("segformer", "detr"):  # its config has no image size: the preprocessor's (512 x 512 for the real ones)
         (d / "preprocessor_config.json").write_text('{"size": {"height": 64, "width": 64}, "image_mean": '
                                                     '[0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}')
     if TASKS.get(kind, MORE.get(kind)) not in ("image-classification", *SPEECH.values()) and kind not in IMAGE_ENCODERS:
@@ -104,6 +104,14 @@ def _more(tf, small: dict) -> dict:
         "t5-encoder": lambda: tf.T5EncoderModel(tf.T5Config(d_model=64, d_ff=128, d_kv=16, num_layers=2,
                                                             num_heads=4, vocab_size=30522)),
         "roberta-mlm": lambda: tf.RobertaForMaskedLM(tf.RobertaConfig(**enc)),
+        "detr": lambda: tf.DetrForObjectDetection(tf.DetrConfig(  # transformers' own ResNet backbone: no timm
+            use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=tf.ResNetConfig(
+                embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], out_features=["stage4"]),
+            d_model=64, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=16, num_labels=3)),
+        "yolos": lambda: tf.YolosForObjectDetection(tf.YolosConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=[64, 64],
+            patch_size=16, num_detection_tokens=10, num_labels=3)),
         "segformer": lambda: tf.SegformerForSemanticSegmentation(tf.SegformerConfig(
             hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 4],
             decoder_hidden_size=32, num_labels=5)),
@@ -169,8 +177,9 @@ MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", 
         "albert-cls": "sequence-classification", "electra-tok": "token-classification",
         "xlmr-qa": "question-answering", "mpnet": "feature-extraction", "dinov2": "feature-extraction",
         "t5-encoder": "feature-extraction", "roberta-mlm": "fill-mask", "segformer": "semantic-segmentation",
+        "detr": "object-detection", "yolos": "object-detection",
         **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls", "mobilenetv2-cls",
                                                "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")},
         "mbart": "seq2seq", "marian": "seq2seq"}
-IMAGE_ENCODERS = ("dinov2", "segformer")  # image models of other tasks than image-classification: no tokenizer
+IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos")  # image models of other tasks than image-classification: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

@@ -165,7 +165,13 @@ class TorchRunner(Runner):
         return dec.generate(torch.as_tensor(prompt), new_tokens)
 
     def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A decoder LM with its KV cache (logits and present.* by name), as the ONNX runners run it."""
+        """Every output by name, as the ONNX runners give them: a model of several named outputs (`output_names`:
+        a detector's logits and boxes), or a decoder LM with its KV cache (logits and present.*)."""
+        names = getattr(self.module, "output_names", None)
+        if names and not callable(getattr(self.module, "decoder_with_past", None)):
+            with torch.inference_mode():
+                out = call_module(self.module, self.to_tensors(inputs))
+            return {n: t.float().cpu().numpy() for n, t in zip(names, out)}
         if getattr(self, "_with_past", None) is None:
             make = getattr(self.module, "decoder_with_past", None)
             if not callable(make):
