@@ -66,3 +66,14 @@ def test_box_iou():
     assert box_iou(a, a)[0] == pytest.approx(1.0)
     assert box_iou(a, np.array([[0.6, 0.5, 0.2, 0.2]]))[0] == pytest.approx(0.02 / 0.06)  # shifted by half a width
     assert box_iou(a, np.array([[0.1, 0.1, 0.1, 0.1]]))[0] == 0.0
+
+
+def test_detr_prunes_around_its_position_embeddings_and_cross_attention(tmp_path):
+    """DETR adds a computed sine table to its attention inputs and its decoder attends to the encoder's states:
+    the encoder width is kept (it was pruned, and the pruned model failed its check run), the FFNs are pruned."""
+    src = _build("detr", tmp_path)
+    res = nnslim.compress(str(src), {"steps": [{"method": "prune-structured", "ratio": 0.5}]}, out=tmp_path / "p",
+                          report=False)
+    pruned = nnslim.load(res.out).model.model
+    assert pruned.input_projection.out_channels == 64 and pruned.encoder.layers[0].mlp.fc1.out_features == 64
+    assert nnslim.evaluate(str(res.out), testbed=str(src))["metrics"]["box_iou_mean"] > 0.9

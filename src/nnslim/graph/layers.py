@@ -388,6 +388,23 @@ def _bert(m):
         and _only_projections(m, names, m.attention_head_size)
 
 
+def _tie_extra_inputs(g, name: str, x: torch.Tensor, call) -> None:
+    """The other tensors of the model's width an attention module is called with (cross-attention's encoder states,
+    DETR's position embeddings added to the queries and keys inside it) meet the q/k/v projections' inputs: their
+    channels are those of x (united) or, not traced to a layer (a computed position table), x's are kept."""
+    info = g.info(x)
+    if info is None or info[0] != x.dim() - 1:
+        return
+    extra = [t for t in (*call.args[1:], *call.kwargs.values()) if isinstance(t, torch.Tensor) and t is not x
+             and t.dim() == x.dim() and t.shape[-1] == x.shape[-1]]
+    for t in extra:
+        other = g.info(t)
+        if other is not None and other[0] == t.dim() - 1 and len(other[1]) == len(info[1]):
+            g.union(info[1], other[1])
+        else:
+            g.freeze(info[1], f"{name}: called with another input of its width that has no channel labels")
+
+
 class AttentionLayer(Layer):
     """Attention with separate q/k/v projections: input features (role in), heads (role heads, pruned
     whole; with grouped-query attention the same number of query heads leaves every kv group and the
@@ -411,6 +428,7 @@ class AttentionLayer(Layer):
                 g.drop(t, f"{name}: cross-attention inputs keep their features")
         else:
             g.consume(name, "in", x, -1)
+            _tie_extra_inputs(g, name, x, call)
         heads, kv = q.out_features // d, k.out_features // d
         hgids = g.new(heads)
         g.member(name, "heads", hgids, chunks=kv if heads != kv else 1)
