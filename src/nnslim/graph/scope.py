@@ -22,25 +22,24 @@ def _plain(entry: str, name: str, module: nn.Module | None) -> bool:
     return name == entry or name.startswith(entry + ".")
 
 
-def _matches(entry: str, name: str, module: nn.Module | None = None) -> bool:
-    """Whether an `ignore` entry covers the module `name`: a layer name (and what is inside it), a glob, 're:' or
-    'type:', also against the name with leading components dropped ('bert.pooler.dense' covers nnslim's wrapped
+def matches(entry: str, name: str, module: nn.Module | None = None) -> bool:
+    """Whether an `ignore` entry covers the module `name`: a layer name (and what is inside it) or a glob, also
+    against the name with leading components dropped ('bert.pooler.dense' covers nnslim's wrapped
     'model.bert.pooler.dense'; 'dense' every layer named dense; not for an entry starting with an index: '0' is
     only the top-level sequence's first layer), else a bare regex matched against the whole name (pruning's first
-    syntax, still read)."""
+    syntax, still read); 're:' (searched) and 'type:' as they are."""
+    if entry.startswith(("re:", "type:")):
+        return _plain(entry, name, module)
     parts = name.split(".")
-    tails = range(len(parts)) if not entry.split(".")[0].isdigit() and not entry.startswith("re:") else (0,)
+    tails = (0,) if entry.split(".")[0].isdigit() else range(len(parts))
     if any(_plain(entry, ".".join(parts[k:]), module) for k in tails):
         return True
-    if entry.startswith(("re:", "type:")) or not any(c in entry for c in "\\.^$*+?{}[]|()"):
+    if not any(c in entry for c in "\\.^$*+?{}[]|()"):
         return False
     try:
         return re.fullmatch(entry, name) is not None
     except re.error:  # a glob such as '*conv*' is no regex
         return False
-
-
-matches = _matches
 
 
 def check_scope(model: nn.Module, ignore: Iterable[str], types: tuple[type, ...] = (), field: str = "ignore") -> None:
@@ -50,7 +49,7 @@ def check_scope(model: nn.Module, ignore: Iterable[str], types: tuple[type, ...]
     check_patterns(ignore, field)
     named = list(model.named_modules())
     for entry in ignore:
-        if not any(_matches(entry, n, m) for n, m in named if n):
+        if not any(matches(entry, n, m) for n, m in named if n):
             sample = [n for n, m in named if n and types and isinstance(m, types)] or \
                 [n for n, m in named if n and isinstance(getattr(m, "weight", None), torch.Tensor)]
             raise NnslimError(f"{field} entry {entry!r} matches no layer of the model; layers look like: "
@@ -77,7 +76,7 @@ def select_layers(model: nn.Module, types: tuple[type, ...], ignore: Iterable[st
     ignore = list(ignore)
     check_scope(model, ignore, types, field)
     named = list(model.named_modules())
-    return {n: m for n, m in named if n and isinstance(m, types) and not any(_matches(e, n, m) for e in ignore)}
+    return {n: m for n, m in named if n and isinstance(m, types) and not any(matches(e, n, m) for e in ignore)}
 
 
 HEAD = "re:(^|\\.)(lm_head|classifier|score)$"  # output heads: kept as they are unless asked
@@ -87,13 +86,13 @@ def output_heads(model: nn.Module) -> set[str]:
     """Names of the output heads: by name (lm_head / classifier / score) and, for transformers models, the module
     the model's own get_output_embeddings() returns (Whisper's proj_out, T5's lm_head, ...)."""
     named = list(model.named_modules())
-    heads = {n for n, m in named if n and _matches(HEAD, n, m)}
+    heads = {n for n, m in named if n and matches(HEAD, n, m)}
     for _, m in named:
         get = getattr(m, "get_output_embeddings", None)
         if callable(get) and hasattr(m, "config"):
             try:
                 out = get()
-            except (AttributeError, NotImplementedError, TypeError):
+            except (AttributeError, NotImplementedError, TypeError):  # a model class with no output embedding
                 continue
             heads.update(n for n, other in named if n and other is out and isinstance(out, nn.Linear))
     return heads
@@ -108,7 +107,7 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
 
     ignore = list(ignore)
     check_patterns(ignore)
-    fused = [n for n, m in fused_experts(model).items() if not any(_matches(e, n, m) for e in ignore)]
+    fused = [n for n, m in fused_experts(model).items() if not any(matches(e, n, m) for e in ignore)]
     if fused:
         split_experts(model, fused, what=what)
     split_mha(model, ignore)
@@ -177,7 +176,7 @@ def split_mha(model: nn.Module, ignore: Iterable[str] = ()) -> list[str]:
     from .attention import split_attention
 
     names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and n
-             and not any(_matches(e, n, m) for e in ignore)]
+             and not any(matches(e, n, m) for e in ignore)]
     return split_attention(model, names) if names else []
 
 

@@ -15,13 +15,12 @@ of letters, digits and apostrophes).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-
-import re
 
 from ..errors import NnslimError
 from .base import HFTestbed
