@@ -16,7 +16,23 @@ def first_line(e: BaseException) -> str:
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # (torch.export colours its messages)
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    lines = text.splitlines()
+    # torch.onnx's exporter opens with generic "next steps"; it names the real cause under "## Exception summary"
+    # ("<class 'pkg.Type'>: message") and the model code that raised it under "The following call raised ..."
+    if "## Exception summary" in lines:
+        after = [line.strip() for line in lines[lines.index("## Exception summary") + 1:] if line.strip()]
+        found = re.match(r"<class '(?:[\w.]*\.)?(\w+)'>: (.+)", after[0]) if after else None
+        if found:
+            where = ""
+            if "The following call raised this error:" in after:
+                call = after[after.index("The following call raised this error:") + 1:][:2]
+                site = re.match(r'File "(?:.*/)?([^/"]+)", line (\d+)', call[0]) if call else None
+                if site:
+                    where = f" (at {site.group(1)}:{site.group(2)}" + (f": {call[1]})" if len(call) > 1 else ")")
+            return f"{found.group(1)}: {found.group(2).strip()}{where}"
+    return f"{type(e).__name__}: {lines[0]}"
 
 
 def bad_value(field: str, value, allowed) -> NnslimError:

@@ -211,6 +211,24 @@ def test_bert_heads_and_neurons():
     assert p(input_ids=torch.randint(0, 50, (1, 11))).last_hidden_state.shape == (1, 11, 32)
 
 
+def test_attention_whose_projections_read_inputs_of_different_widths():
+    """MobileBERT: query / key read a 16-wide bottleneck, value the 32-wide block input. Heads and FFN neurons are
+    pruned; the inputs keep their widths (slicing them all like query's crashed the pruned model)."""
+    from transformers import MobileBertConfig, MobileBertModel
+
+    cfg = MobileBertConfig(vocab_size=50, hidden_size=32, embedding_size=16, intra_bottleneck_size=16,
+                           intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           max_position_embeddings=32, num_feedforward_networks=1)
+    torch.manual_seed(0)
+    m = MobileBertModel(cfg).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5, head_ratio=0.5), {"input_ids": ids})
+    sa = p.encoder.layer[0].attention.self
+    assert sa.query.out_features == 8 and (sa.query.in_features, sa.value.in_features) == (16, 32)
+    assert p.encoder.layer[0].intermediate.dense.out_features == 32
+    assert p(input_ids=torch.randint(0, 50, (1, 11))).last_hidden_state.shape == (1, 11, 32)
+
+
 def test_unmodelled_op_keeps_channels_and_says_which():
     class Net(nn.Module):
         def __init__(self):

@@ -423,7 +423,12 @@ class AttentionLayer(Layer):
         x = first_tensor(call)
         others = [t for t in list(call.args[1:3]) + [call.kwargs.get("key"), call.kwargs.get("value")]
                   if isinstance(t, torch.Tensor) and t is not x and t.dim() == x.dim() and t.shape[-1] == x.shape[-1]]
-        if others and isinstance(m, (PrunedMultiheadAttention, SplitMultiheadAttention)):
+        widths = {lin.in_features for lin in (q, k, v) if hasattr(lin, "in_features")}
+        if widths != {x.shape[-1]}:  # projections reading inputs of other widths (MobileBERT's value reads the
+            # block's input, its query / key a bottleneck): which tensor feeds which is not seen here, so all keep
+            for t in (a for a in (*call.args, *call.kwargs.values()) if isinstance(a, torch.Tensor)):
+                g.drop(t, f"{name}: its q/k/v projections read inputs of different widths {sorted(widths)}")
+        elif others and isinstance(m, (PrunedMultiheadAttention, SplitMultiheadAttention)):
             for t in (x, *others):
                 g.drop(t, f"{name}: cross-attention inputs keep their features")
         else:

@@ -216,7 +216,7 @@ def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict |
         with _registry_built_once():
             _torch_export(module, args, example_inputs, tmp, output_names, opset, shapes, n_bytes)
     except Exception as e:
-        msg = first_line(e).split(": ", 1)[-1]
+        msg = first_line(e)
         if not _legacy_export(module, *legacy):
             hint = ("; for a transformers model, save it with its tokenizer to a folder (save_pretrained) and give "
                     "the folder: nnslim exports decoders with their KV cache and encoder-decoders as Optimum lays "
