@@ -458,3 +458,22 @@ def test_fused_fp8_decoder_matches_the_models_forward(monkeypatch, pdl):
     assert rel(unfused) < 0.05, rel(unfused)
     assert rel(fused) < 0.05, rel(fused)
     assert rel(normq) < 0.05, rel(normq)
+
+
+def test_state_space_model_decodes_through_its_own_generate():
+    """Mamba's cache is not per-layer keys / values: the torch runner decodes it with the model's generate() (the
+    report of every method needs a decode rate) and the ONNX with-past form is refused with the reason."""
+    import numpy as np
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from nnslim.runtime.base import TorchRunner
+    from nnslim.runtime.onnx_llm import CausalLMWithPast, NoKVCache
+    from nnslim.testbeds.smollm2 import CausalLMLogits
+
+    torch.manual_seed(0)
+    lm = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=8)).eval()
+    prompt = np.random.default_rng(0).integers(0, 64, (1, 9))
+    tokens, rate = TorchRunner(CausalLMLogits(lm)).decode(prompt, 6)
+    assert tokens == _greedy_reference(lm, torch.as_tensor(prompt), 6) and rate > 0
+    with pytest.raises(NoKVCache, match="not a per-layer key/value cache"):
+        CausalLMWithPast(lm)

@@ -484,3 +484,30 @@ def test_a_runtime_that_cannot_run_the_graph_is_left_out_of_the_report_with_its_
                for n in res.report.notes)
     meta = json.loads((tmp_path / "a" / "nnslim.json").read_text())
     assert meta["runtime"]["name"] == "onnxruntime"
+
+
+def test_check_names_a_graph_that_fails_at_another_shape(tmp_path):
+    """A graph that only runs at the export example's shape (a Python loop over the sequence unrolled by the
+    exporter) fails the check at another shape with one line, not ONNX Runtime's traceback."""
+    import pytest
+    import torch
+
+    from nnslim.errors import NnslimError
+    from nnslim.runtime.base import OnnxModel
+    from nnslim.runtime.onnx_export import export_onnx
+    from nnslim.runtime.onnx_methods import check_against_torch
+
+    class Scan(torch.nn.Module):
+        def forward(self, x):
+            state, out = torch.zeros_like(x[:, 0]), []
+            for i in range(x.shape[1]):  # unrolled at the example's length
+                state = 0.5 * state + x[:, i]
+                out.append(state)
+            return torch.stack(out, 1)
+
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    export_onnx(Scan(), {"x": x}, tmp_path / "m.onnx", {"x": {0: "batch"}})
+    other = {"x": np.random.default_rng(1).standard_normal((2, 7)).astype(np.float32)}
+    with pytest.raises(NnslimError, match="fails in ONNX Runtime on input shapes") as failed:
+        check_against_torch(Scan(), OnnxModel(tmp_path / "m.onnx"), other, 1e-3)
+    assert "\n" not in str(failed.value)

@@ -194,7 +194,7 @@ def measure_decode(testbed, runners, results, rounds: int = 3) -> list[str]:
     for i in able:
         results[i].decode_tok_s = float(np.median(rates[i]))
     notes = [f"decode: greedy, batch 1, prompt {prompt.shape[1]} + {new_tokens} new tokens with the KV cache "
-             "(torch: nnslim's StaticDecoder for Llama-family models, else the HF model's DynamicCache; ONNX: the "
+             "(torch: nnslim's StaticDecoder for Llama-family models, else the HF model's own cache; ONNX: the "
              f"graph's past/present; ONNX Runtime's threads spin between the ops of a run, as by its default, and "
              f"stop between runs), prefill excluded; median of {max(1, rounds)} interleaved rounds"]
     missing = [results[i].name for i in range(len(runners)) if i not in able]

@@ -157,11 +157,16 @@ class TorchRunner(Runner):
         from ..errors import NnslimError
         from .decode import StaticDecoder
 
+        from .onnx_llm import NoKVCache
+
         prompt = np.asarray(prompt, dtype=np.int64)
         try:
             dec = StaticDecoder(self.module.lm, prompt.shape[1] + new_tokens)
         except (NnslimError, AttributeError):
-            return super().decode(prompt, new_tokens)
+            try:
+                return super().decode(prompt, new_tokens)
+            except NoKVCache:  # a state-space model's own cache: its generate()
+                return generate_decode(self.module.lm, prompt, new_tokens)
         return dec.generate(torch.as_tensor(prompt), new_tokens)
 
     def run_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -212,3 +217,24 @@ def with_default_inputs(names, inputs: dict[str, np.ndarray], shapes: dict | Non
         elif name.startswith(PAST) and shapes is not None:
             out[name] = default_past(name, shapes[name], ids.shape[0])
     return out
+
+
+@torch.inference_mode()
+def generate_decode(lm: torch.nn.Module, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], float]:
+    """Greedy tokens and decode tokens/s through a Hugging Face LM's own generate() and cache (models whose cache
+    is not per-layer keys / values: Mamba). generate() times the prefill with the tokens, so the rate is taken
+    from two runs: (new_tokens - 1) / (time of new_tokens - time of 1 token)."""
+    import time
+
+    ids = torch.as_tensor(prompt, device=model_device(lm))
+    kwargs = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(ids))
+
+    def timed(n: int):
+        start = time.perf_counter()
+        out = lm.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
+        return out, time.perf_counter() - start
+
+    out, full = timed(new_tokens)
+    _, first = timed(1)
+    rate = (new_tokens - 1) / (full - first) if new_tokens > 1 and full > first else float("nan")
+    return out[0, ids.shape[1]:].tolist(), rate

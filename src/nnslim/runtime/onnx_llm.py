@@ -23,10 +23,14 @@ PAST = "past_key_values."
 PRESENT = "present."
 
 
+class NoKVCache(NnslimError):
+    """The model's cache is not per-layer keys / values (state-space models: Mamba, RWKV), or it takes none."""
+
+
 def _cache_layers(cache) -> list:
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(la, "keys") and hasattr(la, "values") for la in layers):
-        raise NnslimError(f"the model's KV cache ({type(cache).__name__}) is not a per-layer key/value cache; "
+        raise NoKVCache(f"the model's KV cache ({type(cache).__name__}) is not a per-layer key/value cache; "
                           "export it without past (onnx step option past: false)")
     return layers
 
@@ -40,7 +44,7 @@ class CausalLMWithPast(nn.Module):
         params = inspect.signature(lm.forward).parameters
         self.cache_arg = next((n for n in ("past_key_values", "cache") if n in params), None)
         if self.cache_arg is None:
-            raise NnslimError(f"{type(lm).__name__}.forward takes no past_key_values: it cannot be exported with a "
+            raise NoKVCache(f"{type(lm).__name__}.forward takes no past_key_values: it cannot be exported with a "
                               "KV cache (onnx step option past: false exports it without)")
         self.takes_positions = "position_ids" in params
         p = next(lm.parameters())

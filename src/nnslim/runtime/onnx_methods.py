@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import NnslimError
+from ..errors import NnslimError, first_line
 from ..recipe import StepConfig, register_method
 from .base import OnnxModel, TorchRunner
 from .onnx_export import convert_onnx_fp16, export_onnx, share_transposed_initializers_in_file
@@ -38,7 +38,13 @@ def check_against_torch(module: torch.nn.Module, onnx_model: OnnxModel, inputs, 
     from . import make_runner
 
     ref = TorchRunner(module)(inputs)
-    got = make_runner(onnx_model, "onnxruntime")(inputs)
+    shapes = {k: v.shape for k, v in inputs.items()}
+    try:
+        got = make_runner(onnx_model, "onnxruntime")(inputs)
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's own errors, reported on one line
+        raise NnslimError(f"the exported ONNX graph fails in ONNX Runtime on input shapes {shapes} (the check runs "
+                          f"another shape than the export example's): {first_line(e)[:300]}; the model's code "
+                          "fixes a dimension that should vary (e.g. a Python loop over the sequence)") from e
     if ref.shape != got.shape:
         raise NnslimError(f"ONNX output shape {got.shape} != torch {ref.shape} on input shapes "
                           f"{ {k: v.shape for k, v in inputs.items()} }")
