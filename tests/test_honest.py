@@ -165,8 +165,27 @@ def test_dynamic_int8_rewrites_every_linear_exported_as_gemm(tmp_path):
     ops = [n.op_type for n in onnx.load(str(res.model.path)).graph.node]
     assert ops.count("MatMulInteger") == 3 and "Gemm" not in ops and "MatMul" not in ops
     assert any("3/3 layers as int8" in n for n in res.notes)
+    from nnslim.eval.compare import param_count
+
+    # the params column counts weights and biases, not the scales / zero points stored beside them
+    assert param_count(res.model) == param_count(model)
     q = nnslim.quantize(model, nnslim.Int8DynamicConfig())
     np.testing.assert_allclose(make_runner(res.model, "onnxruntime")(x), TorchRunner(q)(x), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_onnx_parameter_count_is_the_models(tmp_path, method):
+    """Static int8 QDQ (per-channel scales, zero points) and int4 blocked weights (MatMulNBits or DequantizeLinear
+    with group scales): the ONNX artifact has as many parameters as the float model, as the report says."""
+    from nnslim.eval.compare import param_count
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)).eval()
+    x = {"input": torch.randn(16, 64)}
+    steps = ([nnslim.Int8Config(samples=16), "onnx"] if method == "int8"
+             else [make_step({"method": "int4-rtn", "group_size": 32, "quantize_head": True}), "onnx"])
+    res = nnslim.compress(model, steps, calibration=[x], example_inputs=x, out=tmp_path / method, report=False)
+    assert param_count(res.model) == param_count(model)
 
 
 def test_int8_export_that_misses_a_layer_is_an_error(tmp_path):

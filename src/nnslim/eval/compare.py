@@ -50,7 +50,7 @@ def onnx_summary(path: str, mtime_ns: int) -> tuple[int | None, str]:
     import onnx
 
     proto = onnx.load(path, load_external_data=False)
-    params = int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in proto.graph.initializer))
+    params = onnx_weight_count(proto.graph)
     types = {t.data_type for t in proto.graph.initializer}
     if onnx.TensorProto.INT8 in types:
         dtype = "int8"
@@ -59,6 +59,43 @@ def onnx_summary(path: str, mtime_ns: int) -> tuple[int | None, str]:
     else:
         dtype = "float32"
     return params, dtype
+
+
+# (op, input index) of the tensors that are a layer's weights or bias in quantized ONNX ops; their other inputs
+# (scales, zero points, group indices) are not parameters
+_WEIGHT_INPUTS = {"DequantizeLinear": {0}, "QuantizeLinear": set(), "DynamicQuantizeLinear": set(),
+                  "MatMulNBits": {1, 5}, "QLinearMatMul": {0, 3}, "QLinearConv": {3, 8}, "MatMulInteger": {0, 1},
+                  "ConvInteger": {0, 1}, "DynamicQuantizeMatMul": {1, 4}, "MatMulIntegerToFloat": {1, 6},
+                  "QAttention": {1, 3}, "QGemm": {3, 6}}
+
+
+def onnx_weight_count(graph) -> int:
+    """Parameters of an ONNX graph as a torch model counts them: weights and biases (an int4 MatMulNBits weight
+    as its N x K values), not the quantization scales / zero points, shape constants or scalars beside them."""
+    import onnx
+
+    uses: dict[str, list] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node, i))
+    total = 0
+    for t in graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        used = uses.get(t.name, [])
+        weight = any(i in _WEIGHT_INPUTS.get(node.op_type, ()) for node, i in used)  # (an int32 bias too)
+        if n <= 1 or (not weight and t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32,
+                                                         onnx.TensorProto.BOOL)):
+            continue  # scalars, shapes, axes, indices, position-id and mask buffers
+        if used and all(node.op_type in _WEIGHT_INPUTS and i not in _WEIGHT_INPUTS[node.op_type] for node, i in used):
+            continue
+        if used and t.name.lower().endswith("scale") and all(node.op_type == "Mul" for node, _ in used):
+            continue  # a dynamic int8 layer's weight scale, applied by a Mul after MatMulInteger
+        nbits = next((node for node, i in used if node.op_type == "MatMulNBits" and i == 1), None)
+        if nbits is not None:
+            attrs = {a.name: a.i for a in nbits.attribute}
+            n = attrs.get("N", 0) * attrs.get("K", 0) or n
+        total += n
+    return total
 
 
 def size_on_disk(model) -> int:
