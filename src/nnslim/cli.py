@@ -47,7 +47,7 @@ def _version() -> str:
 
 def _add_model(p, help_extra=""):
     p.add_argument("--model", required=True, help="testbed name (see `nnslim testbeds`), .onnx file, nnslim "
-                   "artifact dir or Hugging Face model dir" + help_extra)
+                   "artifact dir, Hugging Face model dir or .gguf file" + help_extra)
     p.add_argument("--testbed", default=None, help="data and metric: a testbed name, or the Hugging Face dir "
                    "a model was compressed from (its reference)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a Hugging Face folder's own Python "

@@ -232,14 +232,24 @@ def _resolve(model, testbed, example_inputs, calibration, dynamic_axes, skeleton
         if isinstance(loaded, OnnxModel) and tb is not None:
             _check_onnx_inputs(loaded.path, tb)
         return Resolved(loaded, tb, str(path))
+    if path.is_file() and path.suffix.lower() == ".gguf":  # llama.cpp's format: dequantized once into the cache
+        from .testbeds.gguf import converted_gguf_dir
+
+        own = testbed_for_hf_dir(converted_gguf_dir(path), False, task=task or getattr(testbed, "task", None) or None)
+        return Resolved(own.load_model(), _testbed_for_hf_model(own, testbed), str(path))
     if path.is_dir() and (path / "config.json").is_file():
         own = testbed_for_hf_dir(path, trust_remote_code, task=task or getattr(testbed, "task", None) or None)
         return Resolved(own.load_model(), _testbed_for_hf_model(own, testbed), str(path))
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        raise NnslimError(f"--model={text!r} is a PEFT adapter (adapter_config.json), not a whole model; merge it "
+                          "into its base model (peft: model.merge_and_unload(), then save_pretrained) and give that "
+                          "folder")
     if path.is_file() and path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         raise NnslimError(f"--model={text!r} is a bare weights file with no architecture; give a Hugging Face "
                           "model dir, an nnslim artifact dir, an .onnx file, or pass the module in Python")
     raise NnslimError(f"--model={text!r} is not a model nnslim can read; allowed: a testbed name, an .onnx "
-                      "file, an nnslim artifact dir (with nnslim.json), a Hugging Face model dir (with config.json)")
+                      "file, an nnslim artifact dir (with nnslim.json), a Hugging Face model dir (with config.json), "
+                      "a .gguf file")
 
 
 def testbed_arg(text: str, trust_remote_code: bool, task: str | None = None) -> Testbed:

@@ -62,3 +62,23 @@ def test_smollm2_calibration_and_eval_tokens_differ(smollm2):
     ev = tb.example_inputs(batch=1, seq=128)["input_ids"]
     assert calib.shape == (1, 128) and not np.array_equal(calib, ev)
     assert tb.model_dir.joinpath("config.json").exists()
+
+
+def test_a_gguf_file_is_a_model_and_a_peft_adapter_is_refused_clearly(smollm2, tmp_path):
+    """--model FILE.gguf: llama.cpp's format read like the Hugging Face dir it converts to (the same cache entry as
+    the smollm2 testbed's); a LoRA adapter folder gets a one-line error that says to merge it."""
+    import torch
+
+    from nnslim.errors import NnslimError
+    from nnslim.loading import resolve
+    from nnslim.testbeds.smollm2 import smollm2_gguf
+
+    root, name = smollm2_gguf()
+    r = resolve(str(root / name))
+    assert r.testbed.task == "causal-lm" and r.source == str(root / name)
+    ids = torch.as_tensor(r.testbed.example_inputs(batch=1, seq=16)["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(r.model(input_ids=ids), smollm2[1](input_ids=ids))
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(NnslimError, match="PEFT adapter .*merge"):
+        resolve(str(tmp_path))

@@ -5,8 +5,6 @@ generation agreement with the fp32 model.
 from __future__ import annotations
 
 import importlib.util
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,6 @@ import torch
 from torch import nn
 
 from ..errors import NnslimError
-from ..io import cache_dir
 from ..progress import progress, warn
 from .base import HFTestbed
 
@@ -53,56 +50,10 @@ def smollm2_gguf() -> tuple[Path, str]:
 
 def _converted_smollm2_dir() -> Path:
     """The GGUF dequantized once to an HF safetensors dir in the cache (later loads take seconds)."""
+    from .gguf import converted_gguf_dir
+
     root, gguf = smollm2_gguf()
-    out = cache_dir() / f"smollm2-{Path(gguf).stem}"
-    if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
-        if _cache_ok(out):
-            return out
-        warn(f"the cached SmolLM2 conversion {str(out)!r} is damaged; converting the GGUF again")
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf, trust_remote_code=False)
-            lm = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf, dtype=torch.float32,
-                                                      trust_remote_code=False)
-        except Exception as e:  # a truncated or damaged GGUF: name the file
-            raise NnslimError(f"{str(root / gguf)!r} could not be read as a GGUF model: "
-                              f"{' '.join(str(e).split())[:200] or type(e).__name__}") from None
-    # The weights are already dequantized to fp32; drop the GGUF marker so it saves as plain safetensors.
-    lm.hf_quantizer = None
-    if hasattr(lm.config, "quantization_config"):
-        del lm.config.quantization_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    lm.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    if out.exists():  # another process won the race
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
-
-
-def _cache_ok(directory: Path) -> bool:
-    """The converted dir parses: JSON configs and safetensors headers (cheap: no weights are read)."""
-    import json
-
-    from ..io import stored_shapes
-
-    try:
-        for name in ("config.json", "tokenizer_config.json"):
-            json.loads((directory / name).read_text())
-        weights = sorted(directory.glob("*.safetensors"))
-        for w in weights:
-            stored_shapes(w)
-        return bool(weights)
-    except (OSError, ValueError, NnslimError):
-        return False
+    return converted_gguf_dir(root / gguf)  # the cache entry `--model path/to/file.gguf` uses too
 
 
 class CausalLMTestbed(HFTestbed):
