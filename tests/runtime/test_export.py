@@ -511,3 +511,7 @@ def test_check_names_a_graph_that_fails_at_another_shape(tmp_path):
     with pytest.raises(NnslimError, match="fails in ONNX Runtime on input shapes") as failed:
         check_against_torch(Scan(), OnnxModel(tmp_path / "m.onnx"), other, 1e-3)
     assert "\n" not in str(failed.value)
+    # declared dynamic, the sequence axis is fixed by torch.export with only a warning: an export error that says so
+    with pytest.raises(NnslimError, match=r"fixed input 'x' axis 1 \(seq\) to 5"):
+        export_onnx(Scan(), {"x": x}, tmp_path / "s.onnx", {"x": {0: "batch", 1: "seq"}})
+    assert not (tmp_path / "s.onnx").exists()

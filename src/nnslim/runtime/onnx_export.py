@@ -211,10 +211,11 @@ def _registry_built_once():
 def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict | None) -> bool:
     """torch.export's exporter (True); when it fails, the TorchScript exporter if it matches torch at another
     shape (False)."""
-    args, example_inputs, tmp, output_names, _, opset, n_bytes = legacy
+    args, example_inputs, tmp, output_names, dynamic_axes, opset, n_bytes = legacy
     try:
         with _registry_built_once():
             _torch_export(module, args, example_inputs, tmp, output_names, opset, shapes, n_bytes)
+        _dynamic_axes_kept(tmp, dynamic_axes)
     except Exception as e:
         msg = first_line(e)
         if not _legacy_export(module, *legacy):
@@ -226,6 +227,27 @@ def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict |
             shared["legacy"] = True
         return False
     return True
+
+
+class AxisFixed(RuntimeError):
+    """torch.export made an axis the caller declared dynamic a constant of the graph."""
+
+
+def _dynamic_axes_kept(path: Path, dynamic_axes: dict | None) -> None:
+    """torch.onnx's exporter turns a declared dynamic axis that the model's code fixes (a Python loop over it, a
+    branch on its value) into a constant with only a warning; the graph would then fail at any other size."""
+    if not dynamic_axes:
+        return
+    import onnx
+
+    inputs = {i.name: i.type.tensor_type.shape.dim for i in onnx.load(str(path), load_external_data=False).graph.input}
+    for name, axes in dynamic_axes.items():
+        dims = inputs.get(name)
+        for axis, label in (axes or {}).items():
+            # (a size-1 example axis is fixed by torch.export's 0/1 specialization, not by the model: left as it was)
+            if dims is not None and axis < len(dims) and dims[axis].HasField("dim_value") and dims[axis].dim_value > 1:
+                raise AxisFixed(f"torch.export fixed input {name!r} axis {axis} ({label}) to {dims[axis].dim_value}: "
+                                "the model's code specializes on that size (a Python loop or branch over it)")
 
 
 def _torch_export(module, args, example_inputs, tmp, output_names, opset, shapes, n_bytes) -> None:
