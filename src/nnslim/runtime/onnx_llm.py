@@ -31,7 +31,7 @@ def _cache_layers(cache) -> list:
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(la, "keys") and hasattr(la, "values") for la in layers):
         raise NoKVCache(f"the model's KV cache ({type(cache).__name__}) is not a per-layer key/value cache; "
-                          "export it without past (onnx step option past: false)")
+                       "export it without past: a recipe step {method: onnx, past: false} after the method")
     return layers
 
 
@@ -45,7 +45,7 @@ class CausalLMWithPast(nn.Module):
         self.cache_arg = next((n for n in ("past_key_values", "cache") if n in params), None)
         if self.cache_arg is None:
             raise NoKVCache(f"{type(lm).__name__}.forward takes no past_key_values: it cannot be exported with a "
-                              "KV cache (onnx step option past: false exports it without)")
+                           "KV cache; a recipe step {method: onnx, past: false} after the method exports it without")
         self.takes_positions = "position_ids" in params
         p = next(lm.parameters())
         with torch.no_grad():
