@@ -111,6 +111,41 @@ def test_user_text_files_feed_calibration_and_eval(zoo, tmp_path):
         nnslim.evaluate(str(zoo["bert-cls"]), eval_data=str(files["csv"]))
 
 
+def test_regression_head_is_measured_by_correlation_not_top1(zoo, tmp_path):
+    """num_labels = 1 (a score): top-1 of one output and the cosine of one value are always perfect, so they would
+    report any damage as none; the testbed measures correlation and relative RMSE vs fp32 (and vs numeric labels)."""
+    from hf_zoo import _tokenizer_files
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from nnslim.runtime import TorchRunner
+    from nnslim.testbeds import testbed_for_hf_dir
+
+    torch.manual_seed(0)
+    d = tmp_path / "reg"
+    BertForSequenceClassification(BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=4, num_labels=1)).eval().save_pretrained(str(d))
+    _tokenizer_files(d)
+    tb = testbed_for_hf_dir(d)
+    tb.n_eval = 64
+    model = tb.load_model()
+    same = tb.evaluate(TorchRunner(model))
+    assert tb.primary_metric == "pearson_vs_fp32" and "top1_agreement" not in same
+    assert same["pearson_vs_fp32"] == 1.0 and same["rel_rmse_vs_fp32"] == 0.0
+    with torch.no_grad():
+        model.model.classifier.bias.add_(0.5)  # a shift: the correlations keep it, the errors show it
+    shifted = tb.evaluate(TorchRunner(model))
+    assert shifted["pearson_vs_fp32"] == pytest.approx(1.0) and shifted["max_abs_diff"] == pytest.approx(0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    damaged = tb.evaluate(TorchRunner(model))
+    assert damaged["pearson_vs_fp32"] < 0.99 and damaged["rel_rmse_vs_fp32"] > 0.1
+    data = tmp_path / "scores.csv"
+    data.write_text("text,label\n" + "".join(f"sentence number {i},{i / 10}\n" for i in range(20)))
+    metrics = nnslim.evaluate(str(d), eval_data=str(data))["metrics"]
+    assert metrics["pearson_vs_fp32"] == pytest.approx(1.0) and metrics["label_rmse"] > 0
+
+
 def test_saved_dataset_folder_and_parquet_are_read(tmp_path):
     pa = pytest.importorskip("pyarrow", reason="pyarrow reads Arrow / Parquet files")
     import pyarrow.parquet as pq

@@ -88,8 +88,10 @@ def onnx_weight_count(graph) -> int:
             continue  # scalars, shapes, axes, indices, position-id and mask buffers
         if used and all(node.op_type in _WEIGHT_INPUTS and i not in _WEIGHT_INPUTS[node.op_type] for node, i in used):
             continue
-        if used and t.name.lower().endswith("scale") and all(node.op_type == "Mul" for node, _ in used):
-            continue  # a dynamic int8 layer's weight scale, applied by a Mul after MatMulInteger
+        if used and t.name.lower().endswith("scale") and all(node.op_type in ("Mul", "Div") for node, _ in used):
+            continue  # a dynamic int8 layer's weight scale (a Mul after MatMulInteger), a SmoothQuant divisor
+        if t.name.startswith("nnslim_") and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            continue  # nnslim's own quantization scales (an int8 embedding table's per-row scales, gathered)
         nbits = next((node for node, i in used if node.op_type == "MatMulNBits" and i == 1), None)
         if nbits is not None:
             attrs = {a.name: a.i for a in nbits.attribute}

@@ -116,6 +116,43 @@ def agreement(ref: list[np.ndarray], new: list[np.ndarray], masks: list[np.ndarr
             "logits_cos_min": float(np.min(cos))}
 
 
+def is_regression(config: dict) -> bool:
+    """A regression head (problem_type "regression", or one output: num_labels = 1): no classes to agree on."""
+    n = len(config.get("id2label") or {}) or int(config.get("num_labels") or 0)
+    return config.get("problem_type") == "regression" or n == 1
+
+
+def regression_agreement(ref: list[np.ndarray], new: list[np.ndarray]) -> dict[str, float]:
+    """A regression head's outputs vs fp32's: Pearson and Spearman correlation, RMSE relative to the spread of the
+    fp32 outputs (0 = equal) and the largest absolute difference. (Top-1 of one output and the cosine of a 1-element
+    vector are always perfect: they would hide any damage.)"""
+    from scipy.stats import spearmanr
+
+    a = np.concatenate([np.asarray(x, np.float64).reshape(len(x), -1) for x in ref]).ravel()
+    b = np.concatenate([np.asarray(x, np.float64).reshape(len(x), -1) for x in new]).ravel()
+    spread = float(a.std()) or 1.0
+    same = np.allclose(a, b, rtol=0, atol=0)
+    pearson = 1.0 if same else float(np.corrcoef(a, b)[0, 1]) if a.std() and b.std() else 0.0
+    rho = 1.0 if same else float(spearmanr(a, b).statistic) if a.std() and b.std() else 0.0
+    return {"pearson_vs_fp32": pearson, "spearman_vs_fp32": rho,
+            "rel_rmse_vs_fp32": float(np.sqrt(np.mean((a - b) ** 2)) / spread),
+            "max_abs_diff": float(np.abs(a - b).max())}
+
+
+def regression_labels(outputs: list[np.ndarray], labels: list | None) -> dict[str, float]:
+    """RMSE and Pearson correlation of a regression head's outputs against numeric labels ({} without them)."""
+    try:
+        y = np.asarray([float(v) for v in labels or []], np.float64)
+    except (TypeError, ValueError):
+        return {}
+    if not len(y):
+        return {}
+    pred = np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1)[:, 0] for o in outputs])[: len(y)]
+    y = y[: len(pred)]
+    corr = float(np.corrcoef(pred, y)[0, 1]) if pred.std() and y.std() else 0.0
+    return {"label_rmse": float(np.sqrt(np.mean((pred - y) ** 2))), "label_pearson": corr}
+
+
 class TextClassifierTestbed(PaddedTextTestbed):
     primary_metric = "top1_agreement"
     output_kind = "logits"
@@ -130,6 +167,11 @@ class TextClassifierTestbed(PaddedTextTestbed):
         self.trust_remote_code, self.weights = trust_remote_code, weights
         self.n_eval, self.max_length = n_eval, max_length
         self.description = f"{task}; metrics: top-1 agreement and logits cosine vs fp32 (accuracy with labels)"
+        self.regression = task == "sequence-classification" and is_regression(_read_json(self._dir / "config.json"))
+        if self.regression:
+            self.primary_metric = "pearson_vs_fp32"
+            self.description = (f"{task} (regression head); metrics: Pearson / Spearman correlation and relative RMSE "
+                                "vs fp32 (RMSE and correlation with numeric labels)")
         self._ref_out = None
 
     def load_model(self) -> nn.Module:
@@ -144,6 +186,9 @@ class TextClassifierTestbed(PaddedTextTestbed):
             ref = self.reference_runner()
             self._ref_out = [ref(b) for b in batches]
         out = [runner(b) for b in batches]
+        if self.regression:
+            return {**regression_agreement(self._ref_out, out),
+                    **regression_labels(out, self.source.split_labels("eval"))}
         metrics = agreement(self._ref_out, out, [b["attention_mask"] for b in batches])
         if self.task == "sequence-classification":  # one label per text
             metrics.update(accuracy(self, out, self.source.split_labels("eval")))
@@ -190,6 +235,11 @@ class ImageClassifierTestbed(HFTestbed):
         config = _read_json(self._dir / "config.json")
         pre = _read_json(self._dir / "preprocessor_config.json")
         self.size, self.channels = _image_size(config, pre), int(config.get("num_channels", 3))
+        self.regression = is_regression(config)
+        if self.regression:
+            self.primary_metric = "pearson_vs_fp32"
+            self.description = ("image regression head; metrics: Pearson / Spearman correlation and relative RMSE vs "
+                                "fp32 (RMSE and correlation with numeric labels)")
         self.mean = np.asarray(pre.get("image_mean", [0.5] * 3), np.float32)[: self.channels]
         self.std = np.asarray(pre.get("image_std", [0.5] * 3), np.float32)[: self.channels]
         self._splits: dict = {}
@@ -247,8 +297,10 @@ class ImageClassifierTestbed(HFTestbed):
             ref = self.reference_runner()
             self._ref_out = [ref(b) for b in batches]
         out = [runner(b) for b in batches]
-        metrics = agreement(self._ref_out, out, None)
         records = self._splits.get("eval")
+        if self.regression:
+            return {**regression_agreement(self._ref_out, out), **(regression_labels(out, labels) if records else {})}
+        metrics = agreement(self._ref_out, out, None)
         if records is not None:  # the default digits' labels are not the model's classes
             metrics.update(accuracy(self, out, labels, by_folder=records.labels_from_folders))
         return metrics
