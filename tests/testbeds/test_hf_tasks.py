@@ -111,7 +111,7 @@ def test_user_text_files_feed_calibration_and_eval(zoo, tmp_path):
         nnslim.evaluate(str(zoo["bert-cls"]), eval_data=str(files["csv"]))
 
 
-def test_regression_head_is_measured_by_correlation_not_top1(zoo, tmp_path):
+def test_regression_and_multilabel_heads_are_measured_as_such(zoo, tmp_path):
     """num_labels = 1 (a score): top-1 of one output and the cosine of one value are always perfect, so they would
     report any damage as none; the testbed measures correlation and relative RMSE vs fp32 (and vs numeric labels)."""
     from hf_zoo import _tokenizer_files
@@ -144,6 +144,16 @@ def test_regression_head_is_measured_by_correlation_not_top1(zoo, tmp_path):
     data.write_text("text,label\n" + "".join(f"sentence number {i},{i / 10}\n" for i in range(20)))
     metrics = nnslim.evaluate(str(d), eval_data=str(data))["metrics"]
     assert metrics["pearson_vs_fp32"] == pytest.approx(1.0) and metrics["label_rmse"] > 0
+    # a multi-label head: its per-label decisions (logit > 0) are what agree or not
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "problem_type": "multi_label_classification",
+                                               "id2label": {"0": "a", "1": "b", "2": "c"},
+                                               "label2id": {"a": 0, "b": 1, "c": 2}}))
+    BertForSequenceClassification.from_pretrained(str(d), ignore_mismatched_sizes=True).save_pretrained(str(d))
+    tb = testbed_for_hf_dir(d)
+    tb.n_eval = 64
+    metrics = tb.evaluate(TorchRunner(tb.load_model()))
+    assert tb.primary_metric == "multilabel_agreement" and metrics["multilabel_agreement"] == 1.0
 
 
 def test_saved_dataset_folder_and_parquet_are_read(tmp_path):

@@ -139,6 +139,14 @@ def regression_agreement(ref: list[np.ndarray], new: list[np.ndarray]) -> dict[s
             "max_abs_diff": float(np.abs(a - b).max())}
 
 
+def multilabel_agreement(ref: list[np.ndarray], new: list[np.ndarray]) -> dict[str, float]:
+    """A multi-label head (problem_type multi_label_classification: a sigmoid per label, a label is on where its
+    logit > 0): the share of (text, label) decisions equal to fp32's, and of texts whose whole label set is."""
+    a = np.concatenate([np.asarray(x) > 0 for x in ref])
+    b = np.concatenate([np.asarray(x) > 0 for x in new])
+    return {"multilabel_agreement": float((a == b).mean()), "labelset_agreement": float((a == b).all(-1).mean())}
+
+
 def regression_labels(outputs: list[np.ndarray], labels: list | None) -> dict[str, float]:
     """RMSE and Pearson correlation of a regression head's outputs against numeric labels ({} without them)."""
     try:
@@ -167,7 +175,12 @@ class TextClassifierTestbed(PaddedTextTestbed):
         self.trust_remote_code, self.weights = trust_remote_code, weights
         self.n_eval, self.max_length = n_eval, max_length
         self.description = f"{task}; metrics: top-1 agreement and logits cosine vs fp32 (accuracy with labels)"
-        self.regression = task == "sequence-classification" and is_regression(_read_json(self._dir / "config.json"))
+        config = _read_json(self._dir / "config.json")
+        self.regression = task == "sequence-classification" and is_regression(config)
+        self.multilabel = task == "sequence-classification" and config.get("problem_type") == "multi_label_classification"
+        if self.multilabel:
+            self.primary_metric = "multilabel_agreement"
+            self.description += "; multi-label: per-label decisions (logit > 0) vs fp32"
         if self.regression:
             self.primary_metric = "pearson_vs_fp32"
             self.description = (f"{task} (regression head); metrics: Pearson / Spearman correlation and relative RMSE "
@@ -190,6 +203,8 @@ class TextClassifierTestbed(PaddedTextTestbed):
             return {**regression_agreement(self._ref_out, out),
                     **regression_labels(out, self.source.split_labels("eval"))}
         metrics = agreement(self._ref_out, out, [b["attention_mask"] for b in batches])
+        if self.multilabel:
+            return {**multilabel_agreement(self._ref_out, out), **metrics}
         if self.task == "sequence-classification":  # one label per text
             metrics.update(accuracy(self, out, self.source.split_labels("eval")))
         return metrics
