@@ -156,7 +156,6 @@ class TorchRunner(Runner):
         others through the HF model's own DynamicCache (run_all)."""
         from ..errors import NnslimError
         from .decode import StaticDecoder
-
         from .onnx_llm import NoKVCache
 
         prompt = np.asarray(prompt, dtype=np.int64)
