@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nnslim  # noqa: E402
-from hf_zoo import MORE, SPEECH, TASKS, _build  # noqa: E402
+from hf_zoo import MORE, SPEECH, TASKS, WIDER, _build  # noqa: E402
 from nnslim.cli import main as cli  # noqa: E402
 
 METHODS = {"int8": ["--method", "int8"], "int4-rtn": ["--method", "int4-rtn", "--set", "group_size=32"],
@@ -196,7 +196,8 @@ def main() -> None:
                                                              f"(default: the tests' set: {','.join(TASKS)}); "
                                                              f"'more': {','.join(MORE)}; 'newer': "
                                                              f"{','.join(NEWER)}; 'moe': {','.join(MOE)}; "
-                                                             f"'speech': {','.join(SPEECH)}; 'tasks': {','.join(NEW_TASKS)}")
+                                                             f"'speech': {','.join(SPEECH)}; 'tasks': {','.join(NEW_TASKS)}; "
+                                                             f"'wider': {','.join(WIDER)}")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {','.join(METHODS)}")
     args = ap.parse_args()
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
@@ -210,6 +211,8 @@ def main() -> None:
         args.kinds = ",".join(MOE)
     elif args.kinds == "tasks":
         args.kinds = ",".join(NEW_TASKS)
+    elif args.kinds == "wider":
+        args.kinds = ",".join(WIDER)
     elif args.kinds == "speech":
         args.kinds = ",".join(SPEECH)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))

@@ -49,6 +49,7 @@ def _build(kind: str, root: Path) -> Path:
             patch_size=8, num_labels=4)),
     }
     models.update(_more(tf, small))
+    models.update(_wider(tf, small))
     models.update(_speech(tf))
     d = root / kind
     models[kind]().eval().save_pretrained(str(d))
@@ -58,6 +59,56 @@ def _build(kind: str, root: Path) -> Path:
     if TASKS.get(kind, MORE.get(kind)) not in ("image-classification", *SPEECH.values()) and kind not in IMAGE_ENCODERS:
         _tokenizer_files(d)
     return d
+
+
+def _wider(tf, small: dict) -> dict:
+    """WIDER: the architectures of a 2026-12-07 probe beyond MORE (benchmarks/hf_ecosystem.py --kinds wider): a
+    state-space LM, multi-head latent attention, attention whose q/k/v read inputs of different widths (MobileBERT),
+    windowed / block-sparse / pooling encoders, vision towers of dual encoders."""
+    dec = dict(hidden_size=64, intermediate_size=128, num_key_value_heads=2, **small)
+    enc = dict(hidden_size=64, intermediate_size=128, **small)
+    s2s = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+               encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128, vocab_size=30522,
+               pad_token_id=0, eos_token_id=102)
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    return {
+        "cohere": lambda: tf.CohereForCausalLM(tf.CohereConfig(**dec)),
+        "glm4": lambda: tf.Glm4ForCausalLM(tf.Glm4Config(head_dim=16, pad_token_id=0, **dec)),
+        "starcoder2": lambda: tf.Starcoder2ForCausalLM(tf.Starcoder2Config(**dec)),
+        "gptj": lambda: tf.GPTJForCausalLM(tf.GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                                                         vocab_size=30522)),
+        "codegen": lambda: tf.CodeGenForCausalLM(tf.CodeGenConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                                                                  vocab_size=30522)),
+        "mamba": lambda: tf.MambaForCausalLM(tf.MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=30522,
+                                                            state_size=8)),
+        "deepseekv3": lambda: tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(
+            hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=30522, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+            topk_group=1, first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
+            qk_nope_head_dim=8, v_head_dim=16)),
+        "phimoe": lambda: tf.PhimoeForCausalLM(tf.PhimoeConfig(num_local_experts=4, num_experts_per_tok=2, **dec)),
+        "pegasus": lambda: tf.PegasusForConditionalGeneration(tf.PegasusConfig(decoder_start_token_id=0, **s2s)),
+        "m2m100": lambda: tf.M2M100ForConditionalGeneration(tf.M2M100Config(decoder_start_token_id=102, **s2s)),
+        "longformer-cls": lambda: tf.LongformerForSequenceClassification(tf.LongformerConfig(
+            num_labels=2, attention_window=8, **enc)),
+        "bigbird-cls": lambda: tf.BigBirdForSequenceClassification(tf.BigBirdConfig(
+            num_labels=2, attention_type="original_full", **enc)),
+        "funnel-cls": lambda: tf.FunnelForSequenceClassification(tf.FunnelConfig(
+            num_labels=2, d_model=64, n_head=4, d_head=16, d_inner=128, block_sizes=[1, 1], vocab_size=30522)),
+        "mobilebert-cls": lambda: tf.MobileBertForSequenceClassification(tf.MobileBertConfig(
+            num_labels=2, hidden_size=64, embedding_size=32, intra_bottleneck_size=32, intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, vocab_size=30522)),
+        "clip-vision": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**vision)),
+        "siglip-vision": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**vision)),
+        "mobilevit-cls": lambda: tf.MobileViTForImageClassification(tf.MobileViTConfig(
+            image_size=64, num_labels=4, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 48, 64, 80])),
+        "swinv2-cls": lambda: tf.Swinv2ForImageClassification(tf.Swinv2Config(
+            patch_size=4, embed_dim=32, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=4, image_size=32)),
+        "levit-cls": lambda: tf.LevitForImageClassification(tf.LevitConfig(
+            image_size=64, num_labels=4, hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+            key_dim=[8, 8, 8])),
+    }
 
 
 def _speech(tf) -> dict:
@@ -181,5 +232,11 @@ MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", 
         **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls", "mobilenetv2-cls",
                                                "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")},
         "mbart": "seq2seq", "marian": "seq2seq"}
-IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos")  # image models of other tasks than image-classification: no tokenizer
+WIDER = {**{k: "causal-lm" for k in ("cohere", "glm4", "starcoder2", "gptj", "codegen", "mamba", "deepseekv3", "phimoe")},
+         "pegasus": "seq2seq", "m2m100": "seq2seq",
+         **{k: "sequence-classification" for k in ("longformer-cls", "bigbird-cls", "funnel-cls", "mobilebert-cls")},
+         "clip-vision": "feature-extraction", "siglip-vision": "feature-extraction",
+         **{k: "image-classification" for k in ("mobilevit-cls", "swinv2-cls", "levit-cls")}}
+MORE.update(WIDER)
+IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos", "clip-vision", "siglip-vision")  # image models of other tasks than image-classification: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}
