@@ -56,9 +56,10 @@ def check_recipe(recipe: Recipe, model) -> None:
         if method.produces != kind:
             producer = (i, step.method)
             if method.produces == "onnx":
-                _check_exportable(model, i, step.method, "exports to ONNX")
+                _check_exportable(model, i, step.method, "exports to ONNX", getattr(step, "past", True))
         elif method.deploys_as_onnx:
-            _check_exportable(model, i, step.method, "is deployed as an ONNX export")
+            _check_exportable(model, i, step.method, "is deployed as an ONNX export",
+                              all(getattr(s, "past", True) for s in recipe.steps[i + 1:]))
         kind = method.produces
         if last is not None:
             _check_order(last, (i, step.method, method))
@@ -79,14 +80,23 @@ def check_recipe(recipe: Recipe, model) -> None:
                 raise NnslimError(f"recipe step {i} ({step.method!r}): {e}") from None
 
 
-def _check_exportable(model, index: int, method: str, what: str) -> None:
+def _check_exportable(model, index: int, method: str, what: str, past: bool = True) -> None:
+    """Refuse before any work what the ONNX export at the end would refuse: mixture-of-experts blocks, and a decoder
+    LM exported with its KV cache (`past`) whose cache is not per-layer keys / values (Mamba: found by one token)."""
     from .graph.experts import experts_blocks
+    from .runtime.onnx_llm import NoKVCache
 
     blocks = experts_blocks(model) if isinstance(model, torch.nn.Module) else []
     if blocks:
         raise NnslimError(f"recipe step {index} ({method!r}) {what}, which nnslim cannot do yet for "
                           f"mixture-of-experts blocks ({blocks[0]}: data-dependent routing); without that step the "
                           "model stays in torch (nnslim.load, or transformers for float / pruned models)")
+    make = getattr(model, "decoder_with_past", None)
+    if past and callable(make) and not any(p.is_meta for p in model.parameters()):
+        try:
+            make()
+        except NoKVCache as e:
+            raise NnslimError(f"recipe step {index} ({method!r}) {what} with the KV cache: {e}") from None
 
 
 def check_trained(recipe: Recipe) -> None:

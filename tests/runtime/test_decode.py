@@ -460,7 +460,7 @@ def test_fused_fp8_decoder_matches_the_models_forward(monkeypatch, pdl):
     assert rel(normq) < 0.05, rel(normq)
 
 
-def test_state_space_model_decodes_through_its_own_generate():
+def test_state_space_model_decodes_through_its_own_generate(tmp_path):
     """Mamba's cache is not per-layer keys / values: the torch runner decodes it with the model's generate() (the
     report of every method needs a decode rate) and the ONNX with-past form is refused with the reason."""
     import numpy as np
@@ -477,3 +477,10 @@ def test_state_space_model_decodes_through_its_own_generate():
     assert tokens == _greedy_reference(lm, torch.as_tensor(prompt), 6) and rate > 0
     with pytest.raises(NoKVCache, match="not a per-layer key/value cache"):
         CausalLMWithPast(lm)
+    # a recipe whose ONNX export needs that cache is refused before any work (not after calibration)
+    import nnslim
+
+    with pytest.raises(NnslimError, match=r"step 0 \('int8-dynamic'\) is deployed as an ONNX export with the KV cache"):
+        nnslim.compress(CausalLMLogits(lm), "int8-dynamic", example_inputs={"input_ids": torch.as_tensor(prompt)},
+                        out=tmp_path / "q", report=False)
+    assert not (tmp_path / "q").exists()
