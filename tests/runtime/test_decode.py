@@ -473,8 +473,10 @@ def test_state_space_model_decodes_through_its_own_generate(tmp_path):
     torch.manual_seed(0)
     lm = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=8)).eval()
     prompt = np.random.default_rng(0).integers(0, 64, (1, 9))
-    tokens, rate = TorchRunner(CausalLMLogits(lm)).decode(prompt, 6)
+    runner = TorchRunner(CausalLMLogits(lm))
+    tokens, rate = runner.decode(prompt, 6)
     assert tokens == _greedy_reference(lm, torch.as_tensor(prompt), 6) and rate > 0
+    assert runner.decode(prompt, 6)[0] == tokens  # later calls go straight to generate()
     with pytest.raises(NoKVCache, match="not a per-layer key/value cache"):
         CausalLMWithPast(lm)
     # a recipe whose ONNX export needs that cache is refused before any work (not after calibration)

@@ -159,12 +159,15 @@ class TorchRunner(Runner):
         from .onnx_llm import NoKVCache
 
         prompt = np.asarray(prompt, dtype=np.int64)
+        if getattr(self, "_own_cache", False):  # found below on an earlier call: no KV-cache form to try again
+            return generate_decode(self.module.lm, prompt, new_tokens)
         try:
             dec = StaticDecoder(self.module.lm, prompt.shape[1] + new_tokens)
         except (NnslimError, AttributeError):
             try:
                 return super().decode(prompt, new_tokens)
             except NoKVCache:  # a state-space model's own cache: its generate()
+                self._own_cache = True
                 return generate_decode(self.module.lm, prompt, new_tokens)
         return dec.generate(torch.as_tensor(prompt), new_tokens)
 

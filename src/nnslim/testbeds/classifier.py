@@ -130,12 +130,14 @@ def regression_agreement(ref: list[np.ndarray], new: list[np.ndarray]) -> dict[s
 
     a = np.concatenate([np.asarray(x, np.float64).reshape(len(x), -1) for x in ref]).ravel()
     b = np.concatenate([np.asarray(x, np.float64).reshape(len(x), -1) for x in new]).ravel()
-    spread = float(a.std()) or 1.0
-    same = np.allclose(a, b, rtol=0, atol=0)
-    pearson = 1.0 if same else float(np.corrcoef(a, b)[0, 1]) if a.std() and b.std() else 0.0
-    rho = 1.0 if same else float(spearmanr(a, b).statistic) if a.std() and b.std() else 0.0
+    if np.array_equal(a, b):
+        pearson = rho = 1.0
+    elif a.std() and b.std():
+        pearson, rho = float(np.corrcoef(a, b)[0, 1]), float(spearmanr(a, b).statistic)
+    else:  # a constant output: no correlation to speak of
+        pearson = rho = 0.0
     return {"pearson_vs_fp32": pearson, "spearman_vs_fp32": rho,
-            "rel_rmse_vs_fp32": float(np.sqrt(np.mean((a - b) ** 2)) / spread),
+            "rel_rmse_vs_fp32": float(np.sqrt(np.mean((a - b) ** 2)) / (float(a.std()) or 1.0)),
             "max_abs_diff": float(np.abs(a - b).max())}
 
 
