@@ -175,8 +175,10 @@ def sweep_gluon(args) -> None:
     from nnslim.runtime.kernels import gluon_int4_gemm as gg
 
     sweep_against_triton(args, "gluon", "int4 Gluon warp-specialized GEMM",
-                         lambda m: [c for c in gg.WS_CONFIGS if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
-                         lambda c: f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}",
+                         lambda m: [c for c in gg.WS_CONFIGS + gg.TRIAL_CONFIGS
+                                    if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
+                         lambda c: f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}"
+                                   + ("p" if c.get("PREFETCH") else ""),
                          lambda md: md._gluon_int4ws, lambda md, x, c: md._gluon_int4ws(x, c))
 
 
@@ -219,7 +221,7 @@ def sweep_against_triton(args, family: str, title: str, grid_of, name_of, one_of
                f"{family}_err": round(errs[bc], 5) if bc else None,
                "best_triton": bt, "triton_x": round(base / tr[bt], 3) if bt else None,
                "dequant_cublas_x": round(base / t["dequant+cublas"], 3),
-               f"top_{family}": {kk: round(base / v, 3) for kk, v in sorted(fam.items(), key=lambda kv: kv[1])[:5]}}
+               f"top_{family}": {kk: round(base / v, 3) for kk, v in sorted(fam.items(), key=lambda kv: kv[1])}}
         if failed:  # in the row too: the device scripts drop the indented lines above
             row["failed"] = f"{failed} of {len(cands)} launches wrong or not run"
         print(json.dumps(row), flush=True)
