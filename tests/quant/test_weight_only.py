@@ -89,6 +89,25 @@ def test_cpu_packed_kernels_on_bf16_activations(monkeypatch, bits, group, sym, k
         q(x)
 
 
+def test_selector_never_chooses_a_candidate_whose_output_is_wrong():
+    """A candidate faster than the others but wrong (13% error, NaN) is left out before timing, and the kernel
+    table says why; one within rounding of the reference stays."""
+    from nnslim.runtime.kernels import select
+
+    x, w = torch.randn(64, 256), torch.randn(128, 256)
+    ref = x @ w.t()
+    cands = {"dequant": lambda: x @ w.t(), "close": lambda: (x.bfloat16() @ w.t().bfloat16()).float(),
+             "fast-but-wrong": lambda: ref[:1].expand_as(ref) * 1.0, "nan": lambda: ref * float("nan")}
+    key = ("test-wrong", 64)
+    select.reset()
+    chosen = select.choose(key, cands, x.device, reps=4)
+    assert chosen in ("dequant", "close")
+    row = next(r for r in select.kernel_table() if r["key"] == "test-wrong/64")
+    assert set(row["wrong"]) == {"fast-but-wrong", "nan"} and "rel err" in row["wrong"]["fast-but-wrong"]
+    assert "close_ms" in row and "nan_ms" not in row
+    select.reset()
+
+
 def test_cuda_kernel_without_cuda_is_a_clear_error():
     _, q = _layer()
     q.kernel = "tinygemm"

@@ -183,10 +183,10 @@ if gluon is not None:
             (_producer, (x_desc, q_desc, xs, qs, ready, empty, m0, n0, k_steps, BK, BK // 2)),
         ], [1], [40])
         yl: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])  # 16-byte stores along N
-        out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), yl)  # rounded first: half the bytes through shared
+        out = gl.convert_layout(acc, yl)  # fp32 through shared: rounding first (stmatrix.trans) gave wrong tiles (9w)
         on = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, yl))
         om = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, yl))
-        gl.store(y_ptr + om[None, :] * stride_ym + on[:, None], out,
+        gl.store(y_ptr + om[None, :] * stride_ym + on[:, None], out.to(y_ptr.dtype.element_ty),
                  mask=(om < M)[None, :] & (on < N)[:, None])
 
 

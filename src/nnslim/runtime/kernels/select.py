@@ -2,9 +2,10 @@
 
 Each quantized layer offers candidates (name -> callable). The first call for a new key times every
 candidate that runs (on CUDA: replays of a captured graph timed with events; on CPU: perf_counter;
-warm-up then median) and remembers the winner for
-the process; `kernel_table()` shows what was chosen and measured. While a CUDA graph is being
-captured nothing is timed: the first applicable candidate runs (warm up before capturing).
+warm-up then median) and remembers the winner for the process; `kernel_table()` shows what was chosen and
+measured. Before timing, each candidate's output is compared once with the reference candidate's (`dequant` /
+`dense`): one that is wrong is never chosen (`_wrong`). While a CUDA graph is being captured nothing is timed:
+the first applicable candidate runs (warm up before capturing).
 NNSLIM_KERNEL=<name> forces one candidate wherever it applies (e.g. `dequant`, the reference);
 CUDA candidates are timed with their weights evicted from L2 (as in a decode, where each layer's weights come
 from HBM); NNSLIM_SELECT_TIMING=warm times them with the weights in L2 (see _time_cuda_graph).
@@ -24,6 +25,7 @@ from ...errors import env_choice
 _CHOICES: dict[tuple, str] = {}
 _TIMINGS: dict[tuple, dict[str, float]] = {}
 _FLUSH_MS: dict[int, float] = {}
+_WRONG: dict[tuple, dict[str, str]] = {}  # candidates left out because their output was wrong
 
 
 def m_bucket(m: int) -> int:
@@ -119,8 +121,11 @@ def choose(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], device
         return _CHOICES[key]
     if len(candidates) == 1 or _capturing(device):
         return next(iter(candidates))
+    wrong = _wrong(candidates, device)
     timings = {}
     for name, fn in candidates.items():
+        if name in wrong:
+            continue
         try:
             timings[name] = _time(fn, device, reps, timing)
         except Exception:  # a candidate that does not support this shape/dtype is skipped
@@ -129,7 +134,39 @@ def choose(key: tuple, candidates: dict[str, Callable[[], torch.Tensor]], device
         return next(iter(candidates))
     best = min(timings, key=timings.get)
     _CHOICES[key], _TIMINGS[key] = best, timings
+    if wrong:
+        _WRONG[key] = wrong
     return best
+
+
+REFERENCES = ("dequant", "dense")  # the candidate other candidates are checked against (the first present)
+WRONG_REL_ERR = 2e-2  # kernels of one layer differ by bf16 / fp16 rounding: ~2e-3 relative (BENCHMARKS 9r)
+
+
+def _wrong(candidates: dict[str, Callable[[], torch.Tensor]], device: torch.device) -> dict[str, str]:
+    """Each candidate's output once against the reference candidate's: {name: why} for those that are not
+    finite or differ by more than WRONG_REL_ERR (relative Frobenius norm), so a kernel that a compiler, a GPU or a
+    launch gets wrong is never chosen (a Gluon launch gave 13% error on one Triton build, BENCHMARKS 9w). Candidates
+    that raise are left to the timing loop, which skips them."""
+    ref_name = next((r for r in REFERENCES if r in candidates), None)
+    if ref_name is None:
+        return {}
+    ref = candidates[ref_name]().float()
+    norm = float(ref.norm()) or 1.0
+    wrong = {}
+    for name, fn in candidates.items():
+        if name == ref_name:
+            continue
+        try:
+            out = fn()
+        except Exception:  # noqa: BLE001  (unsupported here: the timing loop skips it)
+            continue
+        if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+            continue
+        err = float((out.float() - ref).norm()) / norm
+        if not err <= WRONG_REL_ERR:  # NaN too
+            wrong[name] = f"rel err {err:.2g}"
+    return wrong
 
 
 _GENERATION = [0]  # bumped by reset(): a layer's kept choice belongs to one generation of _CHOICES
@@ -160,7 +197,8 @@ def kernel_table() -> list[dict]:
     rows = []
     for key, best in _CHOICES.items():
         rows.append({"key": "/".join(map(str, key)), "chosen": best,
-                     **{f"{k}_ms": round(v, 4) for k, v in _TIMINGS.get(key, {}).items()}})
+                     **{f"{k}_ms": round(v, 4) for k, v in _TIMINGS.get(key, {}).items()},
+                     **({"wrong": _WRONG[key]} if key in _WRONG else {})})
     return rows
 
 
@@ -169,3 +207,4 @@ def reset() -> None:
     _CHOICES.clear()
     _TIMINGS.clear()
     _FLUSH_MS.clear()
+    _WRONG.clear()
