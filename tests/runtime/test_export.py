@@ -515,3 +515,28 @@ def test_check_names_a_graph_that_fails_at_another_shape(tmp_path):
     with pytest.raises(NnslimError, match=r"fixed input 'x' axis 1 \(seq\) to 5"):
         export_onnx(Scan(), {"x": x}, tmp_path / "s.onnx", {"x": {0: "batch", 1: "seq"}})
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_failed_torch_export_keeps_its_graph_dump_out_of_the_terminal(tmp_path, capfd):
+    """On data-dependent code torch.export prints the whole partial graph to stderr before raising: that goes to
+    a log file the one-line error names, not to the user's terminal."""
+    import pytest
+    import torch
+
+    from nnslim.errors import NnslimError
+    from nnslim.runtime.onnx_export import export_onnx
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            n = int((x > 0).sum())  # a size read from the data
+            return x.reshape(-1)[:n].view(n, 1) if n < x.shape[1] else x
+
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 6))).astype(np.float32) - 0.5
+    capfd.readouterr()
+    with pytest.raises(NnslimError, match="ONNX export of DataDependent failed") as failed:
+        export_onnx(DataDependent(), {"x": x}, tmp_path / "m.onnx", {"x": {0: "batch", 1: "seq"}})
+    err = capfd.readouterr().err
+    assert "def forward(self" not in err and "\n" not in str(failed.value)
+    log = str(failed.value).split("torch's full output: ")[1].split(")")[0]
+    assert "def forward" in Path(log).read_text()
+    Path(log).unlink()

@@ -10,6 +10,7 @@ import contextvars
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -222,7 +223,9 @@ def _export_dynamo_or_legacy(module, legacy: tuple, shapes: list, shared: dict |
             hint = ("; for a transformers model, save it with its tokenizer to a folder (save_pretrained) and give "
                     "the folder: nnslim exports decoders with their KV cache and encoder-decoders as Optimum lays "
                     "them out") if hasattr(module, "save_pretrained") else ""
-            raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}{hint}") from e
+            log = getattr(e, "nnslim_log", None)
+            log = f" (torch's full output: {log})" if log else ""
+            raise NnslimError(f"ONNX export of {type(module).__name__} failed: {msg}{log}{hint}") from e
         if shared is not None:
             shared["legacy"] = True
         return False
@@ -251,9 +254,27 @@ def _dynamic_axes_kept(path: Path, dynamic_axes: dict | None) -> None:
 
 
 def _torch_export(module, args, example_inputs, tmp, output_names, opset, shapes, n_bytes) -> None:
-    torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs), output_names=output_names,
-                      dynamo=True, opset_version=opset, dynamic_shapes=tuple(shapes), optimize=True,
-                      external_data=n_bytes > EXTERNAL_DATA_BYTES, verbose=False)
+    """torch.onnx's exporter. What torch prints to stderr while it runs (on a failure, torch.export prints the whole
+    partial graph: hundreds of lines before nnslim's one-line error) goes to a log file named in the exception's
+    `nnslim_log` instead."""
+    import io
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(out):
+            torch.onnx.export(module, tuple(args), str(tmp), input_names=list(example_inputs),
+                              output_names=output_names, dynamo=True, opset_version=opset,
+                              dynamic_shapes=tuple(shapes), optimize=True, external_data=n_bytes > EXTERNAL_DATA_BYTES,
+                              verbose=False)
+    except Exception as e:
+        if out.getvalue().strip():
+            fd, log = tempfile.mkstemp(prefix="nnslim-torch-export-", suffix=".log")
+            with os.fdopen(fd, "w") as f:
+                f.write(out.getvalue())
+            e.nnslim_log = log
+        raise
+    if out.getvalue():  # a success: torch's warnings go where they would have gone
+        sys.stderr.write(out.getvalue())
 
 
 def _legacy_export(module, args, example_inputs: dict, tmp: Path, output_names: list[str],
@@ -274,7 +295,9 @@ def _legacy_export(module, args, example_inputs: dict, tmp: Path, output_names: 
             other[name] = t
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        so = ort.SessionOptions()
+        so.log_severity_level = 4  # a mismatch is this check's answer, not an error for the user's terminal
+        sess = ort.InferenceSession(str(tmp), so, providers=["CPUExecutionProvider"])
         got = sess.run(None, {k: v.cpu().numpy() for k, v in other.items()})[0]
         with torch.no_grad():
             want = module(*other.values())
