@@ -175,10 +175,8 @@ def sweep_gluon(args) -> None:
     from nnslim.runtime.kernels import gluon_int4_gemm as gg
 
     sweep_against_triton(args, "gluon", "int4 Gluon warp-specialized GEMM",
-                         lambda m: [c for c in gg.WS_CONFIGS + gg.TRIAL_CONFIGS
-                                    if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
-                         lambda c: f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}"
-                                   + ("p" if c.get("PREFETCH") else ""),
+                         lambda m: [c for c in gg.WS_CONFIGS if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
+                         lambda c: f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}",
                          lambda md: md._gluon_int4ws, lambda md, x, c: md._gluon_int4ws(x, c))
 
 

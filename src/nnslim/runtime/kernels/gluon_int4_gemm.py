@@ -41,13 +41,6 @@ from .triton_int4_mma import ASM, ASM_F16
 WS_CONFIGS = [dict(BN=bn, BM=bm, BK=64, STAGES=st, num_warps=w)
               for bn, bm, st, w in [(128, 128, 4, 8), (128, 128, 6, 8), (64, 128, 6, 4), (128, 64, 6, 8),
                                     (256, 128, 4, 8)]]
-# launches measured beside WS_CONFIGS (by the GPU tests and `benchmarks/gpu_int4_gemm.py --family gluon`), not offered
-# to the selector until measured faster: the same launches with the next step's scales loaded one MMA step ahead
-# (PREFETCH; without it each step's dequantization waits for its scales' global load), and a BM = 256 launch (one
-# wgmma m64n256 per warpgroup and k16: half the dequantization per multiply-add) with 3 stages, which fits in shared
-# memory (compiled here: 168 registers, no spills, 110 KB).
-TRIAL_CONFIGS = [{**c, "PREFETCH": True} for c in WS_CONFIGS] + [
-    dict(BN=128, BM=256, BK=64, STAGES=3, num_warps=8, PREFETCH=pf) for pf in (False, True)]
 
 
 def codes_layout(bn: int, kb: int, num_warps: int):
@@ -108,20 +101,9 @@ if gluon is not None:
             tma.async_copy_global_to_shared(q_desc, [n0, i * KB], ready.index(st), qs.index(st))
 
     @gluon.jit
-    def _group_params(s_ptr, z_ptr, rows, N, G: gl.constexpr, g, HAS_ZERO: gl.constexpr, more=True):
-        """The scales (and fp32 zero points; the scales again when symmetric) of group g of these weight rows."""
-        ok = (rows < N) & more
-        s = gl.load(s_ptr + rows * G + g, mask=ok, other=0.0)
-        if HAS_ZERO:
-            z = gl.load(z_ptr + rows * G + g, mask=ok, other=0).to(gl.float32)
-        else:
-            z = s.to(gl.float32)
-        return s, z
-
-    @gluon.jit
     def _consumer(xs, qs, ready, empty, s_ptr, z_ptr, n0, N, k_steps, K: gl.constexpr, GROUP: gl.constexpr,
                   HAS_ZERO: gl.constexpr, ASM: gl.constexpr, BASE: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr,
-                  BK: gl.constexpr, CL: gl.constexpr, PREFETCH: gl.constexpr, num_warps: gl.constexpr):
+                  BK: gl.constexpr, CL: gl.constexpr, num_warps: gl.constexpr):
         STAGES: gl.constexpr = xs.type.shape[0]
         KB: gl.constexpr = BK // 2
         G: gl.constexpr = K // GROUP
@@ -132,18 +114,15 @@ if gluon is not None:
         rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CL))
         nb = gl.full([BN, KB], -BASE - 8.0, DT, layout=CL)  # symmetric codes: -(base + 8)
         acc = gl.zeros((BN, BM), gl.float32, layout=mma)
-        s, z = _group_params(s_ptr, z_ptr, rows, N, G, 0, HAS_ZERO)
         for i in range(k_steps):
             st = i % STAGES
-            if PREFETCH:  # the next step's scales (and zero points) from global memory, one MMA step ahead
-                s_next, z_next = _group_params(s_ptr, z_ptr, rows, N, G, ((i + 1) * BK) // GROUP, HAS_ZERO,
-                                               more=i + 1 < k_steps)
-            else:
-                s, z = _group_params(s_ptr, z_ptr, rows, N, G, (i * BK) // GROUP, HAS_ZERO)
             mbarrier.wait(ready.index(st), (i // STAGES) & 1)
             raw = qs.index(st).load(CL)
+            gi = rows * G + (i * BK) // GROUP
+            s = gl.load(s_ptr + gi, mask=rows < N, other=0.0)
             sb = gl.broadcast(gl.expand_dims(s, 1), raw)[0]
             if HAS_ZERO:
+                z = gl.load(z_ptr + gi, mask=rows < N, other=0).to(gl.float32)
                 nbz = gl.broadcast(gl.expand_dims((-BASE - z).to(DT), 1), raw)[0]
             else:
                 nbz = nb
@@ -156,8 +135,6 @@ if gluon is not None:
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
             fence_async_shared()  # this step's generic-proxy code reads before the stage goes back to TMA
             mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)  # the previous step's stage
-            if PREFETCH:
-                s, z = s_next, z_next
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
         return (acc, )
 
@@ -166,7 +143,7 @@ if gluon is not None:
                              GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ASM: gl.constexpr, BASE: gl.constexpr,
                              BN: gl.constexpr,
                              BM: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr, CL: gl.constexpr,
-                             PREFETCH: gl.constexpr, num_warps: gl.constexpr):
+                             num_warps: gl.constexpr):
         n0 = gl.program_id(0) * BN
         m0 = gl.program_id(1) * BM
         xs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
@@ -179,11 +156,11 @@ if gluon is not None:
         k_steps = K // BK
         acc, = gl.warp_specialize([
             (_consumer, (xs, qs, ready, empty, s_ptr, z_ptr, n0, N, k_steps, K, GROUP, HAS_ZERO, ASM, BASE, BN, BM,
-                         BK, CL, PREFETCH, num_warps)),
+                         BK, CL, num_warps)),
             (_producer, (x_desc, q_desc, xs, qs, ready, empty, m0, n0, k_steps, BK, BK // 2)),
         ], [1], [40])
         yl: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])  # 16-byte stores along N
-        out = gl.convert_layout(acc, yl)  # fp32 through shared: rounding first (stmatrix.trans) gave wrong tiles (9w)
+        out = gl.convert_layout(acc, yl)
         on = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, yl))
         om = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, yl))
         gl.store(y_ptr + om[None, :] * stride_ym + on[:, None], out.to(y_ptr.dtype.element_ty),
@@ -220,7 +197,6 @@ def int4_gemm_ws(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zer
     launch(_int4_gemm_ws_kernel, (-(-n // bn), -(-m // bm)),
            (x_desc, q_desc, scales.contiguous(), zeros if has_zero else scales, y, m, n, y.stride(0)),
            lambda: dict(K=k, GROUP=group, HAS_ZERO=has_zero, ASM=ASM_F16 if f16 else ASM, BASE=base_of(x.dtype), BN=bn,
-                        BM=bm, BK=bk, STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, warps),
-                        PREFETCH=config.get("PREFETCH", False), num_warps=warps),
-           key=(k, group, has_zero, f16, bn, bm, bk, config["STAGES"], warps, config.get("PREFETCH", False)))
+                        BM=bm, BK=bk, STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, warps), num_warps=warps),
+           key=(k, group, has_zero, f16, bn, bm, bk, config["STAGES"], warps))
     return y
