@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (Run at session 55's commits 648d42c / 9dc0917; the trial launches were wrong on the GPU and are gone since, BENCHMARKS 9w:
+# today this script measures the kept launches only.)
 # Issue 17, session 55: the Gluon int4 GEMM with each step's scales loaded one MMA step ahead (PREFETCH) and a BM = 256
 # launch (gluon_int4_gemm.TRIAL_CONFIGS), measured beside the launches the selector offers today (WS_CONFIGS) and the
 # Triton MMA GEMM's kept launches: their GPU tests (every launch against the dequantize-then-matmul reference, ragged
