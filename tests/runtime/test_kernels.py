@@ -532,6 +532,13 @@ def test_fp8_swap_gemm_is_a_selector_candidate_for_small_m():
     ref = layer._reference(x).float()
     for name, fn in layer._candidates(x).items():  # fp8q quantizes per K slice: within fp8's own error of ref
         assert float((fn().float() - ref).norm() / ref.norm()) < (5e-2 if "fp8q" in name else 1e-2), name
+    from nnslim.runtime.kernels import select
+
+    select.reset()  # the selector's output check takes fp8's own rounding into account: no fp8 candidate is "wrong"
+    layer(x)
+    row = next(r for r in select.kernel_table() if r["key"].startswith("w8a8/fp8"))
+    assert not row.get("wrong") and any(k.startswith("triton-fp8q-") for k in row), row
+    select.reset()
 
 
 def test_fp8_swap_gemm_compiles_for_sm90():

@@ -232,7 +232,8 @@ class W8A8Linear(PackedLinear):
         if self.kernel == "auto":
             key = ("w8a8", self.fmt, self.fast_accum, x2.device.type, str(x2.dtype), self.out_features, self.in_features,
                    select.m_bucket(x2.shape[0]))
-            fn = select.chosen_fn(self, key, x2, self._candidate_fns)
+            # fp8 candidates that quantize x per K slice differ from the per-row reference by fp8's own rounding
+            fn = select.chosen_fn(self, key, x2, self._candidate_fns, tol=0.08 if self.fmt == "fp8" else 5e-2)
         else:
             fns = self._candidate_fns(x2)
             if self.kernel not in fns:
