@@ -96,7 +96,7 @@ def test_whisper_deploys_as_optimums_speech_layout_whose_steps_match_transformer
 
 
 @pytest.mark.parametrize("kind,method", [("wav2vec2-ctc", "int8-dynamic"), ("hubert-ctc", "int8-dynamic"),
-                                         ("wav2vec2-cls", "int8"), ("wav2vec2-ctc", "fp16"),
+                                         ("wav2vec2-ctc", "int8"), ("wav2vec2-cls", "fp16"),
                                          ("hubert-ctc", "int4-rtn")])
 def test_cli_compresses_audio_models_into_artifacts_that_reload(zoo, tmp_path, kind, method):
     """weight_norm of the position conv is folded before the steps; the artifact rebuilt from its own config
@@ -108,7 +108,8 @@ def test_cli_compresses_audio_models_into_artifacts_that_reload(zoo, tmp_path, k
     assert main(["compress", "--model", str(zoo[kind]), "--method", method, *options, "--out", str(out),
                  "--no-report"]) == 0
     metrics = nnslim.evaluate(str(out), testbed=str(zoo[kind]))["metrics"]
-    assert metrics["top1_agreement"] > 0.5 and metrics["logits_cos_mean"] > 0.9
+    # static int8 keeps the convolutional front end float: 0.83 cosine on the CTC model when it was quantized
+    assert metrics["top1_agreement"] > 0.5 and metrics["logits_cos_mean"] > (0.99 if method == "int8" else 0.9)
     assert ("ctc_output_match" in metrics) == (SPEECH[kind] == "ctc")
 
 
@@ -282,3 +283,17 @@ def test_pruned_then_int8_speech_model_deploys_as_onnx_with_both(zoo, tmp_path):
     assert widths and not any(dense["intermediate_size"] in w for w in widths) and any(
         round(dense["intermediate_size"] * 0.7) in w for w in widths), widths
     assert nnslim.evaluate(str(res.out), testbed=model)["metrics"]["logits_cos_mean"] > 0.99
+
+
+def test_static_int8_keeps_speech_front_end_convolutions_float(zoo):
+    """The transformer preset keeps 1-D convolutions (the waveform feature encoder, the positional conv) float in
+    static int8, saying so: with them quantized the test-sized wav2vec2's logits cosine was 0.83, float 0.9999
+    (the fidelity is asserted by the CLI test above); preset=cnn still quantizes them."""
+    from nnslim.quant.ptq import Int8Config, target_layers
+
+    model = nnslim.load(str(zoo["wav2vec2-ctc"]))
+    notes = []
+    kept = target_layers(model, Int8Config(), "transformer", notes=notes)
+    convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv1d)}
+    assert convs and not convs & set(kept) and any("1-D convolutions kept float" in n for n in notes)
+    assert convs <= set(target_layers(model, Int8Config(), "cnn"))

@@ -31,6 +31,11 @@ DEFAULT_SMOOTHQUANT_ALPHA = 0.85
 # What the transformer preset keeps in float besides fragile ops (never quantized here at all):
 # the classifier / LM head and embeddings, as NNCF's model_type=transformer and ModelOpt do.
 TRANSFORMER_IGNORE = ("re:(^|\\.)(lm_head|classifier|score|pooler)(\\.|$)",)
+# ... and, in static int8, 1-D convolutions: the feature encoders of speech transformers (wav2vec2 / HuBERT / WavLM
+# on the raw waveform, Whisper's mel convolutions) and wav2vec2's positional convolution. On the test-sized random
+# wav2vec2 CTC model static int8 gave logits cosine 0.83 with them quantized, 0.9999 with them float (BENCHMARKS 8i);
+# ONNX Runtime's quantizer loses 0.89 on the same front end. preset="cnn" quantizes them.
+TRANSFORMER_FLOAT_STATIC = (nn.Conv1d,)
 
 
 @dataclass(frozen=True)
@@ -166,9 +171,10 @@ def _int8_lstms(model: nn.Module, config, backend: str | None, notes: list[str])
 
 
 def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False,
-                  allow_none: bool = False) -> dict[str, nn.Module]:
+                  allow_none: bool = False, notes: list | None = None) -> dict[str, nn.Module]:
     """Layers to quantize: the user's `ignore` entries must each match a layer; the preset's may not. allow_none:
-    no Linear / Conv left is not an error (int8-dynamic of a model whose LSTMs are what it quantizes)."""
+    no Linear / Conv left is not an error (int8-dynamic of a model whose LSTMs are what it quantizes). notes: gets
+    a line for layers the preset keeps float beyond its heads."""
     import re
 
     split_mha(model, config.ignore)  # nn.MultiheadAttention: q/k/v/out as called Linears (graph/attention.py)
@@ -180,6 +186,12 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False,
     direct = found - len(layers)
     if preset == "transformer":
         layers = {n: m for n, m in layers.items() if not any(re.search(e[3:], n) for e in TRANSFORMER_IGNORE)}
+        front = [n for n, m in layers.items() if isinstance(m, TRANSFORMER_FLOAT_STATIC)]
+        if front and len(front) < len(layers):  # (a model of 1-D convolutions only is quantized as it is)
+            layers = {n: m for n, m in layers.items() if n not in front}
+            if notes is not None:
+                notes.append(f"transformer preset: {len(front)} 1-D convolutions kept float (speech front ends: "
+                             f"{', '.join(front[:3])}{', ...' if len(front) > 3 else ''}); preset=cnn quantizes them")
     if not layers and not allow_none:
         convs = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) for m in model.modules())
         if dynamic and not any(isinstance(m, nn.Linear) for m in model.modules()):
@@ -342,7 +354,7 @@ def quantize_int8(model: nn.Module, config: Int8Config | Int8DynamicConfig, cali
     if why:
         notes.append(why)
     lstms = _int8_lstms(model, config, backend, notes) if getattr(config, "lstm", False) else []
-    layers = target_layers(model, config, preset, dynamic, allow_none=bool(lstms))
+    layers = target_layers(model, config, preset, dynamic, allow_none=bool(lstms), notes=notes)
     data = []
     acts: dict[str, tuple[float, float]] = {}
     smooth: dict[str, torch.Tensor] = {}
