@@ -140,6 +140,17 @@ def bench_wav2vec2(work: Path, args) -> None:
     ours = nnslim.compress(str(src), "int8-dynamic", out=work / "v-nnslim", report=False).out
     rival = _ort_dynamic(fp32, work / "v-ort", ["model.onnx"])
     dirs = {"fp32 ONNX": fp32, "nnslim int8-dynamic": ours, "ORT quantize_dynamic": rival}
+    if args.static:  # static int8 (QDQ, run here by ONNX Runtime): the default keeps the 1-D conv front end float;
+        from nnslim.quant import ptq  # the second row as before session 55 (every conv quantized), all else equal
+
+        for label, float_types in (("nnslim int8 static", ptq.TRANSFORMER_FLOAT_STATIC),
+                                   ("nnslim int8 static, 1-D convs quantized (before)", ())):
+            kept, ptq.TRANSFORMER_FLOAT_STATIC = ptq.TRANSFORMER_FLOAT_STATIC, float_types
+            try:
+                dirs[label] = nnslim.compress(str(src), {"method": "int8", "samples": args.static},
+                                              out=work / f"v-static{len(dirs)}", report=False).out
+            finally:
+                ptq.TRANSFORMER_FLOAT_STATIC = kept
     sessions = {k: _session(d / "model.onnx") for k, d in dirs.items()}
     tb = testbed_for_hf_dir(src)
     tb.clip_seconds = args.seconds
@@ -166,6 +177,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clips", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--static", type=int, default=0, metavar="SAMPLES",
+                    help="also static int8 of wav2vec2 with this many calibration clips, front end float (the "
+                         "default) and quantized (as before)")
     args = ap.parse_args()
     print(f"# speech models on {platform.processor() or platform.machine()} ({_flags()}), onnxruntime "
           f"{ort.__version__}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
