@@ -190,8 +190,9 @@ def target_layers(model: nn.Module, config, preset: str, dynamic: bool = False,
         if front and len(front) < len(layers):  # (a model of 1-D convolutions only is quantized as it is)
             layers = {n: m for n, m in layers.items() if n not in front}
             if notes is not None:
-                notes.append(f"transformer preset: {len(front)} 1-D convolutions kept float (speech front ends: "
-                             f"{', '.join(front[:3])}{', ...' if len(front) > 3 else ''}); preset=cnn quantizes them")
+                notes.append(f"transformer preset: {len(front)} 1-D convolutions kept float ({', '.join(front[:3])}"
+                             f"{', ...' if len(front) > 3 else ''}; a speech model's conv front end loses most of "
+                             "its fidelity in static int8); preset=cnn quantizes them")
     if not layers and not allow_none:
         convs = sum(isinstance(m, QUANTIZABLE) and not isinstance(m, nn.Linear) for m in model.modules())
         if dynamic and not any(isinstance(m, nn.Linear) for m in model.modules()):
