@@ -229,6 +229,26 @@ def test_attention_whose_projections_read_inputs_of_different_widths():
     assert p(input_ids=torch.randint(0, 50, (1, 11))).last_hidden_state.shape == (1, 11, 32)
 
 
+def test_attention_given_a_per_head_bias_from_outside_keeps_its_heads():
+    """LayoutLMv3 computes one relative-position bias [batch, heads, L, L] in its encoder and hands it to every
+    layer's attention: pruning heads crashed the pruned model; now the heads stay (said in the notes) and the FFN
+    neurons are pruned."""
+    from transformers import LayoutLMv3Config, LayoutLMv3Model
+
+    cfg = LayoutLMv3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, coordinate_size=4, shape_size=8, input_size=16, patch_size=8,
+                           max_position_embeddings=32)
+    torch.manual_seed(0)
+    m = LayoutLMv3Model(cfg).eval()
+    ids = torch.randint(3, 50, (2, 7))
+    notes = []
+    p = prune_structured(m, StructuredPruneConfig(ratio=0.5, head_ratio=0.5), {"input_ids": ids}, notes=notes)
+    assert p.encoder.layer[0].attention.self.query.out_features == 32
+    assert p.encoder.layer[0].intermediate.dense.out_features == 32
+    assert any("per-head tensor" in n for n in notes), notes
+    assert p(input_ids=torch.randint(3, 50, (1, 11))).last_hidden_state.shape == (1, 11, 32)
+
+
 def test_unmodelled_op_keeps_channels_and_says_which():
     class Net(nn.Module):
         def __init__(self):

@@ -437,6 +437,11 @@ class AttentionLayer(Layer):
         heads, kv = q.out_features // d, k.out_features // d
         hgids = g.new(heads)
         g.member(name, "heads", hgids, chunks=kv if heads != kv else 1)
+        per_head = [tuple(t.shape) for t in (*call.args, *call.kwargs.values())
+                    if isinstance(t, torch.Tensor) and t is not x and t.dim() == 4 and t.shape[1] == heads > 1]
+        if per_head:  # a relative-position bias made outside (LayoutLMv3 shares one across layers): not sliced here
+            g.freeze(hgids, f"{name}: takes a per-head tensor {per_head[0]} from outside (a position bias), so its "
+                            "heads stay")
         y = call.outputs[0]
         if o is not None:
             gids = g.new(o.out_features)
