@@ -163,6 +163,10 @@ def _more(tf, small: dict) -> dict:
         "yolos": lambda: tf.YolosForObjectDetection(tf.YolosConfig(
             hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=[64, 64],
             patch_size=16, num_detection_tokens=10, num_labels=3)),
+        "dpt-depth": lambda: tf.DPTForDepthEstimation(tf.DPTConfig(  # a ViT backbone, reassembled at 4 depths
+            hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=64,
+            patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 64, 64],
+            fusion_hidden_size=32, head_in_index=-1)),
         "segformer": lambda: tf.SegformerForSemanticSegmentation(tf.SegformerConfig(
             hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 4],
             decoder_hidden_size=32, num_labels=5)),
@@ -228,7 +232,7 @@ MORE = {**{k: "causal-lm" for k in ("mistral", "phi3", "gemma", "opt", "bloom", 
         "albert-cls": "sequence-classification", "electra-tok": "token-classification",
         "xlmr-qa": "question-answering", "mpnet": "feature-extraction", "dinov2": "feature-extraction",
         "t5-encoder": "feature-extraction", "roberta-mlm": "fill-mask", "segformer": "semantic-segmentation",
-        "detr": "object-detection", "yolos": "object-detection",
+        "detr": "object-detection", "yolos": "object-detection", "dpt-depth": "depth-estimation",
         **{k: "image-classification" for k in ("deit-cls", "swin-cls", "convnext-cls", "resnet-cls", "mobilenetv2-cls",
                                                "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")},
         "mbart": "seq2seq", "marian": "seq2seq"}
@@ -238,5 +242,5 @@ WIDER = {**{k: "causal-lm" for k in ("cohere", "glm4", "starcoder2", "gptj", "co
          "clip-vision": "feature-extraction", "siglip-vision": "feature-extraction",
          **{k: "image-classification" for k in ("mobilevit-cls", "swinv2-cls", "levit-cls")}}
 MORE.update(WIDER)
-IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos", "clip-vision", "siglip-vision")  # image models of other tasks than image-classification: no tokenizer
+IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos", "clip-vision", "siglip-vision", "dpt-depth")  # image models of other tasks than image-classification: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

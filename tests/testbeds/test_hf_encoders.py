@@ -77,7 +77,9 @@ def test_dual_encoders_and_bare_speech_encoders_are_refused_with_the_reason(tmp_
     assert feature_modality({"model_type": "vit", "architectures": ["ViTModel"]}) == "image"
     from nnslim.testbeds.tasks import check_task
 
-    for arch, task in [("DPTForDepthEstimation", "depth-estimation"), ("BertForMultipleChoice", "multiple-choice"),
+    assert detect_task({"architectures": ["DPTForDepthEstimation"]}) == "depth-estimation"  # a testbed since s55
+    check_task("depth-estimation")
+    for arch, task in [("BertForMultipleChoice", "multiple-choice"),
                        ("Qwen2VLForConditionalGeneration", "image-text-to-text")]:  # named, then refused
         assert detect_task({"architectures": [arch]}) == task
         with pytest.raises(NnslimError, match=f"task '{task}' is recognised but nnslim has no testbed"):

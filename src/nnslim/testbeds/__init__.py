@@ -66,6 +66,10 @@ def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weight
         from .segmentation import SegmentationTestbed
 
         return SegmentationTestbed(path, **options)
+    if task == "depth-estimation":
+        from .depth import DepthTestbed
+
+        return DepthTestbed(path, **options)
     if task == "object-detection":
         from .detection import DetectionTestbed
 
