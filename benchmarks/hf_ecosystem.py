@@ -58,7 +58,7 @@ AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoMod
         "speech-seq2seq": "AutoModelForSpeechSeq2Seq", "ctc": "AutoModelForCTC",
         "audio-classification": "AutoModelForAudioClassification", "fill-mask": "AutoModelForMaskedLM",
         "semantic-segmentation": "AutoModelForSemanticSegmentation",
-        "object-detection": "AutoModelForObjectDetection"}
+        "object-detection": "AutoModelForObjectDetection", "depth-estimation": "AutoModelForDepthEstimation"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
@@ -120,6 +120,8 @@ def _theirs(fmt: str, task: str, out: Path, feed: dict[str, np.ndarray]) -> np.n
                            else torch.as_tensor(v) for k, v in feed.items()})
         if task == "question-answering":
             return torch.stack([res.start_logits, res.end_logits], -1).float().numpy()
+        if task == "depth-estimation":
+            return res.predicted_depth.float().numpy()
         return res.logits.float().numpy()
     if fmt == "onnx":
         import onnxruntime as ort
