@@ -58,7 +58,25 @@ def _build(kind: str, root: Path) -> Path:
                                                     '[0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}')
     if TASKS.get(kind, MORE.get(kind)) not in ("image-classification", *SPEECH.values()) and kind not in IMAGE_ENCODERS:
         _tokenizer_files(d)
+    if kind == "llava":
+        _llava_processor(tf, d)
     return d
+
+
+LLAVA_CHAT = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}"
+              "{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def _llava_processor(tf, d: Path) -> None:
+    """LLaVA's processor as llava-hf saves it: the tokenizer with an <image> token (id 30522, the config's
+    image_token_index), a CLIP image processor at the tower's 32 x 32, a chat template placing the image."""
+    tok = tf.AutoTokenizer.from_pretrained(str(d))
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    assert tok.convert_tokens_to_ids("<image>") == 30522
+    images = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    tf.LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                      num_additional_image_tokens=1, image_token="<image>",
+                      chat_template=LLAVA_CHAT).save_pretrained(str(d))
 
 
 def _wider(tf, small: dict) -> dict:
@@ -148,6 +166,10 @@ def _more(tf, small: dict) -> dict:
         "gpt-neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**enc)),
         "falcon": lambda: tf.FalconForCausalLM(tf.FalconConfig(hidden_size=64, **small)),
         "phi": lambda: tf.PhiForCausalLM(tf.PhiConfig(**enc)),
+        "llava": lambda: tf.LlavaForConditionalGeneration(tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                              num_attention_heads=4, image_size=32, patch_size=8, projection_dim=64),
+            text_config=tf.LlamaConfig(**{**dec, "vocab_size": 30523}), image_token_index=30522)),
         "roberta-cls": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=2, **enc)),
         # feature extraction beyond text encoders: an image backbone and an encoder-only T5 (added 2026-12-07)
         "dinov2": lambda: tf.Dinov2Model(tf.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -242,5 +264,6 @@ WIDER = {**{k: "causal-lm" for k in ("cohere", "glm4", "starcoder2", "gptj", "co
          "clip-vision": "feature-extraction", "siglip-vision": "feature-extraction",
          **{k: "image-classification" for k in ("mobilevit-cls", "swinv2-cls", "levit-cls")}}
 MORE.update(WIDER)
+MORE["llava"] = "image-text-to-text"
 IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos", "clip-vision", "siglip-vision", "dpt-depth")  # image models of other tasks than image-classification: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

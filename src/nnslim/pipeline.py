@@ -86,6 +86,13 @@ def _check_exportable(model, index: int, method: str, what: str, past: bool = Tr
     from .graph.experts import experts_blocks
     from .runtime.onnx_llm import NoKVCache
 
+    from .graph.scope import is_vision_language
+
+    if isinstance(model, torch.nn.Module) and is_vision_language(model):
+        raise NnslimError(f"recipe step {index} ({method!r}) {what}, which nnslim cannot do yet for vision-language "
+                          "models (Optimum's layout is several graphs: image encoder, embeddings, decoder with its "
+                          "KV cache); int4-rtn / int4-gptq / int4-awq / int8-weight-only / fp8 / int8-w8a8 write a "
+                          "folder transformers and vLLM load")
     blocks = experts_blocks(model) if isinstance(model, torch.nn.Module) else []
     if blocks:
         raise NnslimError(f"recipe step {index} ({method!r}) {what}, which nnslim cannot do yet for "

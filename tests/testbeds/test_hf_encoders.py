@@ -79,8 +79,10 @@ def test_dual_encoders_and_bare_speech_encoders_are_refused_with_the_reason(tmp_
 
     assert detect_task({"architectures": ["DPTForDepthEstimation"]}) == "depth-estimation"  # a testbed since s55
     check_task("depth-estimation")
+    assert detect_task({"architectures": ["Qwen2VLForConditionalGeneration"]}) == "image-text-to-text"  # since s56
+    check_task("image-text-to-text")
     for arch, task in [("BertForMultipleChoice", "multiple-choice"),
-                       ("Qwen2VLForConditionalGeneration", "image-text-to-text")]:  # named, then refused
+                       ("Mask2FormerForUniversalSegmentation", "universal-segmentation")]:  # named, then refused
         assert detect_task({"architectures": [arch]}) == task
         with pytest.raises(NnslimError, match=f"task '{task}' is recognised but nnslim has no testbed"):
             check_task(task)

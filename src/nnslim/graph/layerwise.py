@@ -84,7 +84,10 @@ def _move_rest(model: nn.Module, blocks: nn.ModuleList, device) -> None:
 
 
 def _input_embedding(model: nn.Module) -> nn.Module | None:
-    getter = getattr(model, "get_input_embeddings", None)
+    """The token table of the outermost transformers model inside `model` (a testbed's wrapper holds one; a
+    vision-language model's first nn.Embedding is its image encoder's positions), else the first nn.Embedding."""
+    hf = next((m for m in model.modules() if callable(getattr(m, "get_input_embeddings", None))), None)
+    getter = getattr(hf, "get_input_embeddings", None)
     if callable(getter):
         try:
             emb = getter()

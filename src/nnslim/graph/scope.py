@@ -98,9 +98,34 @@ def output_heads(model: nn.Module) -> set[str]:
     return heads
 
 
+# The image encoder and projector of a vision-language model (LLaVA's vision_tower / multi_modal_projector, Qwen2-VL's
+# visual, Idefics' vision_model / connector, ...): kept as they are unless asked, as llm-compressor's and ModelOpt's
+# VLM recipes keep them (their error reaches every image token; they are a small share of the weights).
+VISION = ("re:(^|\\.)(vision_tower|vision_model|visual|vision_encoder|multi_modal_projector|mm_projector|"
+          "vision_projection|connector)(\\.|$)")
+
+
+def is_vision_language(model: nn.Module) -> bool:
+    """A transformers model whose config has a vision and a text part and whose class generates text (LLaVA,
+    Qwen2-VL, Gemma 3, ...; not a dual encoder such as CLIP)."""
+    config = next((m.config for _, m in model.named_modules() if getattr(m, "config", None) is not None), None)
+    has_parts = all(getattr(config, f, None) is not None for f in ("vision_config", "text_config"))
+    return has_parts and any(isinstance(getattr(m, "lm_head", None), nn.Module) for _, m in model.named_modules())
+
+
+def vision_linears(model: nn.Module) -> set[str]:
+    """Names of the Linears inside a vision-language model's image encoder and projector (empty for others)."""
+    if not is_vision_language(model):
+        return set()
+    parts = [n for n, m in model.named_modules() if n and matches(VISION, n, m)]
+    return {n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and any(n == p or n.startswith(p + ".") for p in parts)}
+
+
 def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: bool = False,
-                   what: str = "quantize") -> dict[str, nn.Linear]:
-    """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked, minus
+                   what: str = "quantize", include_vision: bool = False) -> dict[str, nn.Linear]:
+    """The nn.Linear layers a method works on: minus `ignore`, minus the output head unless asked, minus a
+    vision-language model's image encoder and projector unless asked (said once), minus
     mixture-of-experts routers (graph/experts.py). Fused MoE experts blocks (3D weights) not ignored as a whole are first split into per-expert
     Linears in place (graph/experts.py), so the method reaches the experts."""
     from .experts import fused_experts, routers, split_experts
@@ -129,6 +154,14 @@ def select_linears(model: nn.Module, ignore: Iterable[str] = (), include_head: b
     if not include_head:
         heads = output_heads(model)
         layers = {n: m for n, m in layers.items() if n not in heads}
+    vision = set() if include_vision else vision_linears(model) & set(layers)
+    if vision:
+        from ..progress import warn
+
+        layers = {n: m for n, m in layers.items() if n not in vision}
+        how = " (quantize_vision: true quantizes them too)" if what == "quantize" else ""
+        warn(f"{len(vision)} Linear(s) of the vision-language model's image encoder and projector kept as they are "
+             f"({sorted(vision)[0]}, ...): the language model is what is {what}d{how}", once=True)
     if not layers:
         raise NnslimError(f"{type(model).__name__} has no nn.Linear layer left to {what} "
                           f"(ignore={list(ignore)}, head included: {include_head})")

@@ -65,7 +65,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
 # Files that describe an HF model without its weights: copied into artifacts so they load on their own.
 HF_META_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
-                 "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "preprocessor_config.json")
+                 "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "preprocessor_config.json",
+                 "processor_config.json", "chat_template.jinja", "chat_template.json")
 
 
 def check_hf_dir(path: Path, trust_remote_code: bool = False) -> dict:

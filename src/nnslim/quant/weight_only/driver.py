@@ -39,6 +39,7 @@ class WeightOnlyConfig(StepConfig):
     symmetric: ClassVar[bool] = True
     ignore: tuple[str, ...] = ()  # layer names, globs, "re:REGEX", "type:Class"
     quantize_head: bool = False  # lm_head / classifier stay float by default
+    quantize_vision: bool = False  # a vision-language model's image encoder and projector stay float by default
     kernel: Kernel = "auto"  # see WeightOnlyLinear
     # The layers the format leaves out: input embedding tables, and the head unless quantize_head. int8: per row,
     # symmetric (NNCF compress_weights' backup mode; a tied head shares the table's codes). auto: int8 when a
@@ -70,7 +71,7 @@ def _where(devices: list[torch.device]) -> str:
 
 
 def target_linears(model: nn.Module, config) -> dict[str, nn.Linear]:
-    return select_linears(model, config.ignore, config.quantize_head, "quantize")
+    return select_linears(model, config.ignore, config.quantize_head, "quantize", config.quantize_vision)
 
 
 def resolve_group(config: WeightOnlyConfig, layers: dict[str, nn.Linear], notes: list[str]) -> WeightSpec:

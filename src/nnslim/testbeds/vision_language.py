@@ -1,0 +1,188 @@
+"""Vision-language models that generate text from an image and a prompt (LLaVA, Qwen2-VL, Gemma 3, Idefics, ...:
+transformers' image-text-to-text mapping, AutoModelForImageTextToText with its AutoProcessor).
+
+The model is called as one function of the processor's outputs (input_ids, attention_mask, pixel_values and
+whatever else the processor gives: image_sizes, image_grid_thw, ...) -> logits [batch, seq, vocab], without a
+KV cache. The metric is agreement with the fp32 model on what it generates: for each held-out (image, prompt)
+the fp32 model's greedy continuation is computed once, then every variant is teacher-forced on prompt +
+continuation and compared at the continuation's positions up to its end-of-sequence token (top-1 agreement of
+the next token, logits cosine), plus the continuation's perplexity under the variant (as encoder-decoders are
+measured: seq2seq.GreedyTargets). The prompt is the processor's chat template around one image and a text when
+the processor has one, else its image token and the text.
+
+Data (offline default): the images of the image classifiers (sklearn digits scaled to the processor's size) paired
+with sentences of the Python docs (calibration and evaluation disjoint); the prompt of an evaluation pair is the
+first half of its sentence. The compression methods keep the image encoder and the projector as they are unless
+asked (graph/scope.VISION): the language model is what is compressed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import NnslimError
+from .base import HFTestbed
+from .classifier import HFLogits, agreement
+
+
+class ImageTextLogits(HFLogits):
+    output_name = "logits"
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**inputs, use_cache=False).logits
+
+
+class ImageTextTestbed(HFTestbed):
+    task = "image-text-to-text"
+    primary_metric = "top1_agreement"
+    output_kind = "logits"
+    default_batch = 1
+    input_names = ("input_ids", "attention_mask", "pixel_values")  # and what else the processor gives
+
+    def __init__(self, model_dir: str | Path, name: str | None = None, n_eval: int = 16, target_length: int = 16,
+                 trust_remote_code: bool = False, weights: bool = True):
+        self._dir = Path(model_dir)
+        self.name = name or f"hf:{model_dir}"
+        self.trust_remote_code, self.weights = trust_remote_code, weights
+        self.n_eval, self.target_length = n_eval, target_length
+        self.description = ("vision-language model (image + prompt -> text); metrics: top-1 agreement and logits "
+                            "cosine vs fp32, teacher-forced on the fp32 model's greedy answer, and that answer's "
+                            "perplexity")
+        self._processor = None
+        self._ref_gen = None
+
+    def use_data(self, calibration=None, evaluation=None) -> None:
+        raise NnslimError(f"{self.name}: calibration / evaluation data of one's own is not read for image-text-to-"
+                          "text models yet (image + text pairs); the offline default is used when none is given")
+
+    def describe(self) -> dict:
+        return {**super(HFTestbed, self).describe(), "task": self.task,
+                "data": "sklearn digits images with Python-docs sentences as prompts (offline default)"}
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from transformers import AutoProcessor
+
+            self._processor = self._load("loading the processor", lambda: AutoProcessor.from_pretrained(
+                str(self.model_dir), trust_remote_code=self.trust_remote_code))
+            if getattr(self._processor, "image_processor", None) is None:
+                raise NnslimError(f"{str(self.model_dir)!r}: its processor ({type(self._processor).__name__}) has no "
+                                  "image processor; save the model's processor beside it (processor.save_pretrained)")
+        return self._processor
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", None) or super().tokenizer
+
+    def load_model(self) -> nn.Module:
+        from transformers import AutoModelForImageTextToText
+
+        return ImageTextLogits(self.load_hf(AutoModelForImageTextToText), self.task).eval()
+
+    def _prompt(self, text: str) -> str:
+        proc = self.processor
+        if getattr(proc, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            return proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        token = getattr(proc, "image_token", None)
+        if not isinstance(token, str) or not token:
+            raise NnslimError(f"{str(self.model_dir)!r}: the processor ({type(proc).__name__}) has neither a chat "
+                              "template nor an image token: nnslim cannot place the image in a prompt")
+        return f"{token}\n{text}"
+
+    def _images(self, split: str) -> np.ndarray:
+        """[N, H, W, 3] uint8 RGB images (the processor resizes them)."""
+        from .digits import digits_data
+
+        xc, _, xe, _ = digits_data()
+        images = torch.as_tensor(xc if split == "calibration" else xe, dtype=torch.float32)
+        images = images[:, None] if images.dim() == 3 else images
+        images = nn.functional.interpolate(images, size=(64, 64), mode="bilinear", align_corners=False)
+        images = images.clamp(0, 1).expand(-1, 3, -1, -1) if images.shape[1] == 1 else images.clamp(0, 1)
+        return (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+
+    def _pairs(self, split: str, n: int) -> list[tuple[np.ndarray, str]]:
+        images, sentences = self._images(split), self.source.sentences(split)
+        if not sentences:
+            raise NnslimError(f"{self.name}: no {split} sentences to pair with the images")
+        n = min(n, len(images), len(sentences))
+        if split == "eval":  # a prompt: the first half of the sentence, which the model continues
+            return [(images[i], " ".join(sentences[i].split()[: max(3, len(sentences[i].split()) // 2)]))
+                    for i in range(n)]
+        return [(images[i], sentences[i]) for i in range(n)]
+
+    def _encode(self, pairs: list[tuple[np.ndarray, str]]) -> dict[str, np.ndarray]:
+        texts = [self._prompt(t) for _, t in pairs]
+        out = self._load("running the processor", lambda: self.processor(
+            images=[im for im, _ in pairs], text=texts, return_tensors="pt", **({"padding": True} if len(pairs) > 1
+                                                                                  else {})))
+        feed = {k: v.numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+        self.input_names = tuple(feed)
+        return feed
+
+    def example_inputs(self, batch=None, seq=None):
+        return self._encode(self._pairs("eval", batch or self.default_batch))
+
+    def export_example(self):
+        return self.example_inputs(batch=1)
+
+    def calibration(self, n=None, seq_len=None):
+        return [self._encode([p]) for p in self._pairs("calibration", n or 64)]
+
+    @staticmethod
+    def _extend(feed: dict[str, np.ndarray], tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """The inputs with `tokens` [1, T] appended: the attention mask with ones, other per-token inputs (token
+        type ids, ...) with zeros; the image inputs as they are."""
+        ids = feed["input_ids"]
+        out = dict(feed)
+        for key, value in feed.items():
+            if key != "input_ids" and value.shape == ids.shape:
+                out[key] = np.concatenate([value, np.full(tokens.shape, key == "attention_mask", value.dtype)], 1)
+        out["input_ids"] = np.concatenate([ids, tokens.astype(ids.dtype)], 1)
+        return out
+
+    def _greedy(self, feed: dict[str, np.ndarray], runner) -> np.ndarray:
+        """[1, target_length] tokens the runner generates greedily after the prompt (the whole prefix at each step,
+        as the metric's teacher forcing runs it)."""
+        new = np.zeros((1, 0), np.int64)
+        for _ in range(self.target_length):
+            logits = runner(self._extend(feed, new))
+            new = np.concatenate([new, np.asarray(logits)[:, -1].argmax(-1)[:, None].astype(np.int64)], 1)
+        return new
+
+    def _until_eos(self, gen: np.ndarray) -> np.ndarray:
+        """[1, target_length] 1 up to the fp32 answer's first end-of-sequence token (the tokenizer's, the config's
+        or its text part's), included."""
+        from .classifier import _read_json
+
+        config = _read_json(self.model_dir / "config.json")
+        found = [getattr(self.tokenizer, "eos_token_id", None), config.get("eos_token_id"),
+                 (config.get("text_config") or {}).get("eos_token_id")]
+        eos = {i for v in found for i in (v if isinstance(v, list) else [v]) if isinstance(i, int)}
+        ended = np.isin(gen, list(eos)) if eos else np.zeros_like(gen, bool)
+        return ((np.cumsum(ended, axis=1) - ended) == 0).astype(np.int64)
+
+    def evaluate(self, runner) -> dict[str, float]:
+        if self._ref_gen is None:
+            ref = self.reference_runner()
+            feeds = [self._encode([p]) for p in self._pairs("eval", self.n_eval)]
+            gens = [self._greedy(f, ref) for f in feeds]
+            batches = [self._extend(f, g[:, :-1]) for f, g in zip(feeds, gens)]
+            starts = [f["input_ids"].shape[1] - 1 for f in feeds]
+            self._ref_gen = (gens, batches, starts, [np.asarray(ref(b))[:, s:] for b, s in zip(batches, starts)])
+        gens, batches, starts, ref_out = self._ref_gen
+        out = [np.asarray(runner(b))[:, s:] for b, s in zip(batches, starts)]
+        masks = [self._until_eos(g) for g in gens]
+        metrics = agreement(ref_out, out, masks)
+        nll, count = 0.0, 0
+        for logits, g, m in zip(out, gens, masks):
+            lp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
+            token_lp = lp.gather(-1, torch.as_tensor(g[:, :, None]))[..., 0].numpy()
+            nll -= float(token_lp[m.astype(bool)].sum())
+            count += int(m.sum())
+        metrics["perplexity_of_fp32_output"] = float(np.exp(nll / max(count, 1)))
+        return metrics

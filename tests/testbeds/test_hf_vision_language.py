@@ -1,0 +1,65 @@
+"""Vision-language models (image-text-to-text: LLaVA here): image + prompt -> text, measured teacher-forced on the
+fp32 model's greedy answer; the language model is compressed, the image encoder and projector kept unless asked;
+ONNX methods refused before any work."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+import nnslim
+from nnslim.errors import NnslimError
+
+from hf_zoo import _build  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("exact_cpu_kernels")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    return _build("llava", tmp_path_factory.mktemp("zoo"))
+
+
+def _dtypes(folder) -> dict[str, str]:
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def test_llava_is_measured_on_its_own_answers_and_its_language_model_quantized(llava, tmp_path):
+    from nnslim.testbeds import testbed_for_hf_dir
+    from nnslim.testbeds.vision_language import ImageTextTestbed
+
+    tb = testbed_for_hf_dir(llava)
+    assert isinstance(tb, ImageTextTestbed) and tb.task == "image-text-to-text"
+    feed = tb.example_inputs()
+    assert {"input_ids", "attention_mask", "pixel_values"} <= set(feed) and feed["pixel_values"].shape[-1] == 32
+    assert int((feed["input_ids"] == 30522).sum()) == 16  # the chat template placed the image: 4 x 4 patches
+    ref = nnslim.evaluate(str(llava))["metrics"]
+    assert ref["top1_agreement"] == 1.0 and ref["logits_cos_min"] == pytest.approx(1.0)
+    res = nnslim.compress(str(llava), "int4-rtn", out=tmp_path / "q", report=False)
+    metrics = nnslim.evaluate(str(res.out), testbed=str(llava))["metrics"]
+    assert 0.3 < metrics["top1_agreement"] < 1 and 0.98 < metrics["logits_cos_mean"] < 1
+    assert metrics["perplexity_of_fp32_output"] > ref["perplexity_of_fp32_output"] * 0.9
+    # the artifact: processor files beside it, codes for the language model only
+    assert {"processor_config.json", "chat_template.jinja", "tokenizer.json"} <= {p.name for p in res.out.iterdir()}
+    dtypes = _dtypes(res.out)
+    assert any(k.startswith("model.language_model.layers.0.self_attn.q_proj.weight_packed") for k in dtypes)
+    vision = [k for k in dtypes if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))]
+    assert vision and all(dtypes[k] == "F32" and "packed" not in k for k in vision)
+
+
+def test_llava_vision_tower_quantized_when_asked(llava, tmp_path):
+    step = {"method": "int4-rtn", "group_size": 32, "quantize_vision": True}
+    res = nnslim.compress(str(llava), {"steps": [step]}, out=tmp_path / "q", report=False)
+    dtypes = _dtypes(res.out)
+    assert any(k.startswith("model.vision_tower.") and k.endswith("weight_packed") for k in dtypes)
+    assert any(k.startswith("model.multi_modal_projector.") and k.endswith("weight_packed") for k in dtypes)
+    assert json.loads((res.out / "config.json").read_text())["quantization_config"]
+
+
+def test_llava_onnx_methods_refused_before_any_work(llava, tmp_path):
+    with pytest.raises(NnslimError, match=r"step 0 \('int8-dynamic'\) is deployed as an ONNX export, which nnslim "
+                                          "cannot do yet for vision-language models"):
+        nnslim.compress(str(llava), "int8-dynamic", out=tmp_path / "q", report=False)
+    assert not (tmp_path / "q").exists()
