@@ -48,6 +48,7 @@ DEFAULT_METHODS = ("int8", "int4-rtn", "prune-structured", "onnx")
 NEWER = ("qwen3", "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "modernbert-cls", "mobilenetv2-cls",
          "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")  # added to MORE on 2026-12-06
 MOE = ("mixtral", "qwen2moe", "qwen3moe", "gptoss")  # added on 2026-12-07: experts as 3D tensors
+VISION_LANGUAGE = ("llava", )  # 2026-12-08: image-text-to-text
 NEW_TASKS = ("bert-mlm", "roberta-mlm", "segformer", "detr", "yolos", "dinov2", "t5-encoder")  # 2026-12-07: fill-mask,
 # segmentation, detection,
 # image backbones and encoder-only T5 as feature extraction
@@ -58,7 +59,8 @@ AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoMod
         "speech-seq2seq": "AutoModelForSpeechSeq2Seq", "ctc": "AutoModelForCTC",
         "audio-classification": "AutoModelForAudioClassification", "fill-mask": "AutoModelForMaskedLM",
         "semantic-segmentation": "AutoModelForSemanticSegmentation",
-        "object-detection": "AutoModelForObjectDetection", "depth-estimation": "AutoModelForDepthEstimation"}
+        "object-detection": "AutoModelForObjectDetection", "depth-estimation": "AutoModelForDepthEstimation",
+        "image-text-to-text": "AutoModelForImageTextToText"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
@@ -69,6 +71,15 @@ def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
         return {"input_features": rng.standard_normal(
                     (2, config["num_mel_bins"], 2 * config["max_source_positions"])).astype(np.float32) * 0.5,
                 "decoder_input_ids": np.array([[start, 5, 6, 7]] * 2, np.int64)}
+    if task == "image-text-to-text":  # the artifact's own processor: one image and a prompt in its chat template
+        from transformers import AutoProcessor
+
+        proc = AutoProcessor.from_pretrained(str(out))
+        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What does it show?"}]}]
+        image = (rng.random((48, 40, 3)) * 255).astype(np.uint8)
+        enc = proc(images=[image], text=[proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)],
+                   return_tensors="np")
+        return {k: np.asarray(v) for k, v in enc.items()}
     if task in ("ctc", "audio-classification"):  # 1 s of normalized waveform
         return {"input_values": rng.standard_normal((2, 16000)).astype(np.float32)}
     if task in ("image-classification", "semantic-segmentation", "object-detection") or not (out / "tokenizer_config.json").is_file():
@@ -217,6 +228,8 @@ def main() -> None:
         args.kinds = ",".join(WIDER)
     elif args.kinds == "speech":
         args.kinds = ",".join(SPEECH)
+    elif args.kinds == "vision-language":
+        args.kinds = ",".join(VISION_LANGUAGE)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
     print(f"command: python benchmarks/hf_ecosystem.py --kinds {args.kinds} --methods {args.methods}; "
           f"date {time.strftime('%Y-%m-%d')}; "

@@ -63,3 +63,19 @@ def test_llava_onnx_methods_refused_before_any_work(llava, tmp_path):
                                           "cannot do yet for vision-language models"):
         nnslim.compress(str(llava), "int8-dynamic", out=tmp_path / "q", report=False)
     assert not (tmp_path / "q").exists()
+
+
+def test_llava_structured_pruning_keeps_the_vision_tower_and_writes_its_text_config(llava, tmp_path):
+    """The language model's FFN neurons and heads go, the image encoder and projector stay; the widths land in the
+    saved text_config, so transformers builds the pruned model from the folder."""
+    import transformers
+
+    res = nnslim.compress(str(llava), {"steps": [{"method": "prune-structured", "ratio": 0.5}]}, out=tmp_path / "p",
+                          report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
+    before, after = (json.loads((d / "config.json").read_text()) for d in (llava, res.out))
+    assert after["vision_config"]["intermediate_size"] == before["vision_config"]["intermediate_size"]
+    assert after["text_config"]["intermediate_size"] < before["text_config"]["intermediate_size"]
+    model = transformers.AutoModelForImageTextToText.from_pretrained(str(res.out))
+    assert model.model.language_model.layers[0].mlp.up_proj.out_features == after["text_config"]["intermediate_size"]
+    assert any("image encoder and projector kept" in n for n in res.notes)

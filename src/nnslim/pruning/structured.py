@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import NnslimError, first_line
 from ..graph.dependency import DependencyGraph, Group, build
-from ..graph.scope import check_scope, matches
+from ..graph.scope import VISION, check_scope, is_vision_language, matches
 from ..graph.layers import PrunedMultiheadAttention, apply_slice, convertible_mha, handler_for
 from ..graph.trace import trace
 from ..recipe import StepConfig, register_method
@@ -50,6 +50,7 @@ class StructuredPruneConfig(StepConfig):
     round_to: int = 1  # kept channel counts are multiples of this (e.g. 8), where the group allows
     ignore: tuple[str, ...] = ()  # module names (or their dotted ends) or regexes whose output channels are kept
     prune_embeddings: bool = False  # embeddings (and so a transformer's hidden size) stay by default
+    prune_vision: bool = False  # a vision-language model's image encoder and projector stay by default
     reconstruct: Literal["sequential", "independent", "off"] = "independent"  # least-squares refit of Linears reading removed channels
     damp: float = 0.01  # relative ridge of that refit
     batches: int = 8  # calibration batches for activation / taylor importance and the refit
@@ -297,11 +298,15 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     rng = np.random.default_rng(config.seed)
     head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
     embedding_layers = () if config.prune_embeddings else input_projections(model)
+    vision = (VISION, ) if not config.prune_vision and is_vision_language(model) else ()
     ignore = tuple(config.ignore) + embedding_layers
     removed: set[int] = set()
     counts = {"channels": [0, 0], "heads": [0, 0]}
-    candidates = []
+    candidates, kept_vision = [], []
     for grp in groups:
+        if vision and ignored_member(grp, graph, vision, model):
+            kept_vision.append(grp)
+            continue
         who = ignored_member(grp, graph, ignore, model)
         if who:
             why = ("prune_embeddings=False keeps the input embedding" if who in embedding_layers
@@ -309,6 +314,9 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
             notes.append(f"structured: kept {grp.describe(graph)} ({why} {who})")
             continue
         candidates.append((grp, group_importance(graph, model, grp, how, rng, norms)))
+    if kept_vision:
+        notes.append(f"structured: {len(kept_vision)} group(s) of the vision-language model's image encoder and "
+                     "projector kept (prune_vision: true prunes them too): the language model is what is pruned")
     if config.scope == "global":
         ch = [(s / max(sc.mean(), 1e-12), gi, i) for gi, (grp, sc) in enumerate(candidates)
               if grp.kind == "channels" for i, s in enumerate(sc)]
