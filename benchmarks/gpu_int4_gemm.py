@@ -174,11 +174,9 @@ def sweep_gluon(args) -> None:
     """The warp-specialized Gluon GEMM (gluon_int4_gemm, experimental) against the same baselines as sweep_cuda."""
     from nnslim.runtime.kernels import gluon_int4_gemm as gg
 
-    launches = gg.WS_CONFIGS + (gg.SS_CONFIGS + gg.PERSIST_CONFIGS if args.trials else [])
     sweep_against_triton(args, "gluon", "int4 Gluon warp-specialized GEMM",
-                         lambda m: [c for c in launches if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
-                         lambda c: (f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}"
-                                    + ("-ss" if c.get("SS") else "") + ("-persist" if c.get("PERSIST") else "")),
+                         lambda m: [c for c in gg.WS_CONFIGS if c["BM"] <= max(64, 1 << (m - 1).bit_length())],
+                         lambda c: f"n{c['BN']}m{c['BM']}k{c['BK']}s{c['STAGES']}w{c['num_warps']}",
                          lambda md: md._gluon_int4ws, lambda md, x, c: md._gluon_int4ws(x, c))
 
 
@@ -252,11 +250,7 @@ def main():
                     help="tc: the canonical-layout kernel's grid; mma: the permuted-layout kernel (triton_int4_mma); "
                     "cuda: the CUDA tensor-core GEMM on the GEMV's layout (cuda_int4_mma_gemm); gluon: the "
                     "warp-specialized Gluon GEMM (gluon_int4_gemm, experimental)")
-    ap.add_argument("--trials", action="store_true", help="--family gluon: also the trial launches (scales staged "
-                    "in shared memory: gluon_int4_gemm.SS_CONFIGS; a persistent grid: PERSIST_CONFIGS)")
     args = ap.parse_args()
-    if args.trials and args.family != "gluon":
-        ap.error(f"--trials: only with --family gluon (got --family {args.family})")
     if args.mma_configs and args.family != "mma":
         ap.error(f"--mma-configs: only with --family mma (got --family {args.family})")
     if args.dtype != "bf16" and args.family != "mma":

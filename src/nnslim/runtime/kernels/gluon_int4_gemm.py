@@ -41,13 +41,6 @@ from .triton_int4_mma import ASM, ASM_F16
 WS_CONFIGS = [dict(BN=bn, BM=bm, BK=64, STAGES=st, num_warps=w)
               for bn, bm, st, w in [(128, 128, 4, 8), (128, 128, 6, 8), (64, 128, 6, 4), (128, 64, 6, 8),
                                     (256, 128, 4, 8)]]
-# trial launches (session 56, not offered to the selector until measured correct and faster on the GPU): the
-# program's scales (and asymmetric zero points, as -(base + z)) staged once into shared memory, so no K step waits
-# on a global load before dequantizing (9w's one-step-ahead prefetch gained 0-8% but broke the kernel).
-SS_CONFIGS = [dict(c, SS=True) for c in WS_CONFIGS]
-# trial launches: a persistent grid (one program per SM walking the tiles), so a program's store overlaps the
-# producer streaming its next tile and no program pays the ring's fill more than once.
-PERSIST_CONFIGS = [dict(c, PERSIST=True) for c in WS_CONFIGS]
 
 
 def codes_layout(bn: int, kb: int, num_warps: int):
@@ -92,54 +85,25 @@ def fits(k: int, group: int, config: dict, n: int) -> bool:
     """Whether a launch fits: BK a multiple of 64 inside one group, BN a multiple of the warps' 16 rows each."""
     bk, bn, w = config["BK"], config["BN"], config["num_warps"]
     return (k % bk == 0 and bk % 64 == 0 and group % bk == 0 and bk <= 128 and w in (4, 8)
-            and bn % (16 * w) == 0 and config["BM"] % 8 == 0 and config["BM"] <= 256
-            and shared_bytes(k, group, config, True) <= SHARED_LIMIT
-            and not (config.get("SS") and config.get("PERSIST")))  # the staged scales are one tile's
-
-
-SHARED_LIMIT = 220 * 1024  # of a Hopper SM's 227 KiB: the barriers and the epilogue's layout change need a little
-
-
-def shared_bytes(k: int, group: int, config: dict, has_zero: bool, elt: int = 2) -> int:
-    """Shared memory of a launch: the STAGES-deep ring of x and code tiles, and with SS the staged scales (and zero
-    points) of the program's BN rows, padded to a power of two groups."""
-    bn, bm, bk = config["BN"], config["BM"], config["BK"]
-    ring = config["STAGES"] * (bm * bk * elt + bn * bk // 2)
-    staged = (1 + has_zero) * _pow2(k // group) * bn * elt if config.get("SS") else 0
-    return ring + staged
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, (v - 1).bit_length())
+            and bn % (16 * w) == 0 and config["BM"] % 8 == 0 and config["BM"] <= 256)
 
 
 if gluon is not None:
 
     @gluon.jit
-    def _tile(t, NT, BN: gl.constexpr, BM: gl.constexpr):
-        """(n0, m0) of tile t: the weight rows vary fastest, so the programs running at once share x tiles."""
-        return (t % NT) * BN, (t // NT) * BM
-
-    @gluon.jit
-    def _producer(x_desc, q_desc, xs, qs, ready, empty, NT, T, k_steps, BN: gl.constexpr, BM: gl.constexpr,
-                  BK: gl.constexpr, KB: gl.constexpr):
+    def _producer(x_desc, q_desc, xs, qs, ready, empty, m0, n0, k_steps, BK: gl.constexpr, KB: gl.constexpr):
         STAGES: gl.constexpr = xs.type.shape[0]
-        c = 0  # K steps streamed so far, over this program's tiles: the ring slot and its phase
-        for t in range(gl.program_id(0), T, gl.num_programs(0)):
-            n0, m0 = _tile(t, NT, BN, BM)
-            for i in range(k_steps):
-                st = c % STAGES
-                mbarrier.wait(empty.index(st), ((c // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
-                mbarrier.expect(ready.index(st), x_desc.block_type.nbytes + q_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(x_desc, [m0, i * BK], ready.index(st), xs.index(st))
-                tma.async_copy_global_to_shared(q_desc, [n0, i * KB], ready.index(st), qs.index(st))
-                c += 1
+        for i in range(k_steps):
+            st = i % STAGES
+            mbarrier.wait(empty.index(st), ((i // STAGES) & 1) ^ 1)  # a fresh barrier counts as released
+            mbarrier.expect(ready.index(st), x_desc.block_type.nbytes + q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(x_desc, [m0, i * BK], ready.index(st), xs.index(st))
+            tma.async_copy_global_to_shared(q_desc, [n0, i * KB], ready.index(st), qs.index(st))
 
     @gluon.jit
-    def _consumer(xs, qs, ready, empty, s_ptr, z_ptr, ss, zs, y_ptr, M, N, stride_ym, NT, T, k_steps,
-                  K: gl.constexpr, GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ASM: gl.constexpr,
-                  BASE: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, BK: gl.constexpr, CL: gl.constexpr,
-                  SS: gl.constexpr, PERSIST: gl.constexpr, num_warps: gl.constexpr):
+    def _consumer(xs, qs, ready, empty, s_ptr, z_ptr, n0, N, k_steps, K: gl.constexpr, GROUP: gl.constexpr,
+                  HAS_ZERO: gl.constexpr, ASM: gl.constexpr, BASE: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr,
+                  BK: gl.constexpr, CL: gl.constexpr, num_warps: gl.constexpr):
         STAGES: gl.constexpr = xs.type.shape[0]
         KB: gl.constexpr = BK // 2
         G: gl.constexpr = K // GROUP
@@ -147,82 +111,41 @@ if gluon is not None:
                                                       instr_shape=[16, BM, 16])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         DT: gl.constexpr = xs.dtype
+        rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CL))
         nb = gl.full([BN, KB], -BASE - 8.0, DT, layout=CL)  # symmetric codes: -(base + 8)
-        c = 0
         acc = gl.zeros((BN, BM), gl.float32, layout=mma)
-        for t in range(gl.program_id(0), T, gl.num_programs(0)):
-            n0, m0 = _tile(t, NT, BN, BM)
-            rows = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CL))
-            acc = gl.zeros((BN, BM), gl.float32, layout=mma)
-            for i in range(k_steps):
-                st = c % STAGES
-                mbarrier.wait(ready.index(st), (c // STAGES) & 1)
-                raw = qs.index(st).load(CL)
-                if SS:
-                    s = ss.index((i * BK) // GROUP).load(gl.SliceLayout(1, CL))
-                else:
-                    s = gl.load(s_ptr + rows * G + (i * BK) // GROUP, mask=rows < N, other=0.0)
-                sb = gl.broadcast(gl.expand_dims(s, 1), raw)[0]
-                if HAS_ZERO:
-                    if SS:
-                        nz = zs.index((i * BK) // GROUP).load(gl.SliceLayout(1, CL))
-                    else:
-                        z = gl.load(z_ptr + rows * G + (i * BK) // GROUP, mask=rows < N, other=0).to(gl.float32)
-                        nz = (-BASE - z).to(DT)
-                    nbz = gl.broadcast(gl.expand_dims(nz, 1), raw)[0]
-                else:
-                    nbz = nb
-                lo, hi = gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r", [raw, sb, nbz],
-                                                   dtype=(xs.dtype, xs.dtype), is_pure=True, pack=4)
-                lo = gl.reshape(gl.permute(gl.reshape(lo, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
-                hi = gl.reshape(gl.permute(gl.reshape(hi, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
-                w = gl.convert_layout(gl.reshape(gl.join(lo, hi), (BN, BK)), a_l, assert_trivial=True)
-                acc = warpgroup_mma(w, xs.index(st).permute((1, 0)), acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
-                fence_async_shared()  # this step's generic-proxy code reads before the stage goes back to TMA
-                mbarrier.arrive(empty.index((c + STAGES - 1) % STAGES), pred=i > 0)  # the previous step's stage
-                c += 1
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-            if PERSIST:
-                mbarrier.arrive(empty.index((c + STAGES - 1) % STAGES))  # the tile's last stage
-                # stored from the MMA layout (no shared-memory layout change: the ring is still in use) while
-                # the producer already streams this program's next tile
-                on = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
-                om = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
-                gl.store(y_ptr + om[None, :] * stride_ym + on[:, None], acc.to(y_ptr.dtype.element_ty),
-                         mask=(om < M)[None, :] & (on < N)[:, None])
-        return (acc, )  # one tile per program: the kernel stores it
+        for i in range(k_steps):
+            st = i % STAGES
+            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
+            raw = qs.index(st).load(CL)
+            gi = rows * G + (i * BK) // GROUP
+            s = gl.load(s_ptr + gi, mask=rows < N, other=0.0)
+            sb = gl.broadcast(gl.expand_dims(s, 1), raw)[0]
+            if HAS_ZERO:
+                z = gl.load(z_ptr + gi, mask=rows < N, other=0).to(gl.float32)
+                nbz = gl.broadcast(gl.expand_dims((-BASE - z).to(DT), 1), raw)[0]
+            else:
+                nbz = nb
+            lo, hi = gl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r,r,r,r,r", [raw, sb, nbz], dtype=(xs.dtype, xs.dtype),
+                                               is_pure=True, pack=4)
+            lo = gl.reshape(gl.permute(gl.reshape(lo, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
+            hi = gl.reshape(gl.permute(gl.reshape(hi, (BN, KB // 32, 4, 8)), (0, 1, 3, 2)), (BN, KB))
+            w = gl.convert_layout(gl.reshape(gl.join(lo, hi), (BN, BK)), a_l, assert_trivial=True)
+            acc = warpgroup_mma(w, xs.index(st).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+            fence_async_shared()  # this step's generic-proxy code reads before the stage goes back to TMA
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), pred=i > 0)  # the previous step's stage
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        return (acc, )
 
     @gluon.jit
-    def _int4_gemm_ws_kernel(x_desc, q_desc, s_ptr, z_ptr, y_ptr, M, N, stride_ym, NT, T, K: gl.constexpr,
+    def _int4_gemm_ws_kernel(x_desc, q_desc, s_ptr, z_ptr, y_ptr, M, N, stride_ym, K: gl.constexpr,
                              GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ASM: gl.constexpr, BASE: gl.constexpr,
-                             BN: gl.constexpr, BM: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-                             CL: gl.constexpr, SS: gl.constexpr, GP: gl.constexpr, PERSIST: gl.constexpr,
+                             BN: gl.constexpr,
+                             BM: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr, CL: gl.constexpr,
                              num_warps: gl.constexpr):
-        """Tiles t = program_id, program_id + programs, ... < T (NT tiles along N): one per program, or a
-        persistent grid of one program per SM (PERSIST launches). SS (one tile per program only): the program's
-        scales (and -(base + z)) staged as [groups, BN] in shared memory, read by the consumer per K step."""
-        G: gl.constexpr = K // GROUP
-        DT: gl.constexpr = x_desc.dtype
-        flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        row: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])  # the same bytes seen as rows indexed by group
-        if SS:
-            sl: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, num_warps], [1, 0])
-            ns = _tile(gl.program_id(0), NT, BN, BM)[0] + gl.arange(0, BN, layout=gl.SliceLayout(0, sl))
-            gs = gl.arange(0, GP, layout=gl.SliceLayout(1, sl))
-            smask = (gs < G)[:, None] & (ns < N)[None, :]
-            ss = gl.allocate_shared_memory(DT, [GP, BN], flat,
-                                           gl.load(s_ptr + ns[None, :] * G + gs[:, None], mask=smask, other=0.0))
-            ss = ss._reinterpret(DT, [GP, BN], row)
-            if HAS_ZERO:
-                zv = gl.load(z_ptr + ns[None, :] * G + gs[:, None], mask=smask, other=0).to(gl.float32)
-                zs = gl.allocate_shared_memory(DT, [GP, BN], flat, (-BASE - zv).to(DT))._reinterpret(DT, [GP, BN], row)
-            else:
-                zs = ss
-            gl.thread_barrier()
-        else:
-            ss = gl.allocate_shared_memory(DT, [1, BN], row)
-            zs = ss
+        n0 = gl.program_id(0) * BN
+        m0 = gl.program_id(1) * BM
         xs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
         qs = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -232,23 +155,16 @@ if gluon is not None:
             mbarrier.init(empty.index(i), count=1)
         k_steps = K // BK
         acc, = gl.warp_specialize([
-            (_consumer, (xs, qs, ready, empty, s_ptr, z_ptr, ss, zs, y_ptr, M, N, stride_ym, NT, T, k_steps, K, GROUP,
-                         HAS_ZERO, ASM, BASE, BN, BM, BK, CL, SS, PERSIST, num_warps)),
-            (_producer, (x_desc, q_desc, xs, qs, ready, empty, NT, T, k_steps, BN, BM, BK, BK // 2)),
+            (_consumer, (xs, qs, ready, empty, s_ptr, z_ptr, n0, N, k_steps, K, GROUP, HAS_ZERO, ASM, BASE, BN, BM,
+                         BK, CL, num_warps)),
+            (_producer, (x_desc, q_desc, xs, qs, ready, empty, m0, n0, k_steps, BK, BK // 2)),
         ], [1], [40])
-        if not PERSIST:
-            yl: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])  # 16-byte stores along N
-            n0, m0 = _tile(gl.program_id(0), NT, BN, BM)
-            out = gl.convert_layout(acc, yl)
-            on = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, yl))
-            om = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, yl))
-            gl.store(y_ptr + om[None, :] * stride_ym + on[:, None], out.to(y_ptr.dtype.element_ty),
-                     mask=(om < M)[None, :] & (on < N)[:, None])
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+        yl: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])  # 16-byte stores along N
+        out = gl.convert_layout(acc, yl)
+        on = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, yl))
+        om = m0 + gl.arange(0, BM, layout=gl.SliceLayout(0, yl))
+        gl.store(y_ptr + om[None, :] * stride_ym + on[:, None], out.to(y_ptr.dtype.element_ty),
+                 mask=(om < M)[None, :] & (on < N)[:, None])
 
 
 def codes_descriptor(wperm: torch.Tensor, config: dict):
@@ -277,15 +193,10 @@ def int4_gemm_ws(x: torch.Tensor, wperm: torch.Tensor, scales: torch.Tensor, zer
     if q_desc is None:
         q_desc = TensorDescriptor.from_tensor(wperm, [bn, bk // 2], ql)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    has_zero, f16, ss = zeros is not None, x.dtype == torch.float16, bool(config.get("SS"))
-    nt = -(-n // bn)
-    tiles = nt * -(-m // bm)
-    persist = bool(config.get("PERSIST"))
-    programs = min(tiles, _sm_count(x.device)) if persist else tiles
-    launch(_int4_gemm_ws_kernel, (programs, ),
-           (x_desc, q_desc, scales.contiguous(), zeros if has_zero else scales, y, m, n, y.stride(0), nt, tiles),
+    has_zero, f16 = zeros is not None, x.dtype == torch.float16
+    launch(_int4_gemm_ws_kernel, (-(-n // bn), -(-m // bm)),
+           (x_desc, q_desc, scales.contiguous(), zeros if has_zero else scales, y, m, n, y.stride(0)),
            lambda: dict(K=k, GROUP=group, HAS_ZERO=has_zero, ASM=ASM_F16 if f16 else ASM, BASE=base_of(x.dtype), BN=bn,
-                        BM=bm, BK=bk, STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, warps), SS=ss,
-                        GP=_pow2(k // group), PERSIST=persist, num_warps=warps),
-           key=(k, group, has_zero, f16, bn, bm, bk, config["STAGES"], warps, ss, persist))
+                        BM=bm, BK=bk, STAGES=config["STAGES"], CL=codes_layout(bn, bk // 2, warps), num_warps=warps),
+           key=(k, group, has_zero, f16, bn, bm, bk, config["STAGES"], warps))
     return y
