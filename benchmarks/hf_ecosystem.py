@@ -48,7 +48,7 @@ DEFAULT_METHODS = ("int8", "int4-rtn", "prune-structured", "onnx")
 NEWER = ("qwen3", "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm", "modernbert-cls", "mobilenetv2-cls",
          "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")  # added to MORE on 2026-12-06
 MOE = ("mixtral", "qwen2moe", "qwen3moe", "gptoss")  # added on 2026-12-07: experts as 3D tensors
-VISION_LANGUAGE = ("llava", )  # 2026-12-08: image-text-to-text
+VISION_LANGUAGE = ("llava", "gemma3-vl")  # 2026-12-08: image-text-to-text
 NEW_TASKS = ("bert-mlm", "roberta-mlm", "segformer", "detr", "yolos", "dinov2", "t5-encoder")  # 2026-12-07: fill-mask,
 # segmentation, detection,
 # image backbones and encoder-only T5 as feature extraction

@@ -60,7 +60,25 @@ def _build(kind: str, root: Path) -> Path:
         _tokenizer_files(d)
     if kind == "llava":
         _llava_processor(tf, d)
+    if kind == "gemma3-vl":
+        _gemma3_processor(tf, d)
     return d
+
+
+GEMMA3_CHAT = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == "
+               "'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
+               "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def _gemma3_processor(tf, d: Path) -> None:
+    """Gemma 3's processor: image soft / begin / end tokens (ids 30522-30524, the config's), a SigLIP image processor
+    at 32 x 32, 4 soft tokens per image (token_type_ids mark them), a chat template placing the image."""
+    tok = tf.AutoTokenizer.from_pretrained(str(d), extra_special_tokens={
+        "image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"})
+    assert tok.convert_tokens_to_ids(["<image_soft_token>", "<start_of_image>", "<end_of_image>"]) == [30522, 30523,
+                                                                                                       30524]
+    tf.Gemma3Processor(image_processor=tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok,
+                       chat_template=GEMMA3_CHAT, image_seq_length=4).save_pretrained(str(d))
 
 
 LLAVA_CHAT = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}"
@@ -170,6 +188,11 @@ def _more(tf, small: dict) -> dict:
             vision_config=tf.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                               num_attention_heads=4, image_size=32, patch_size=8, projection_dim=64),
             text_config=tf.LlamaConfig(**{**dec, "vocab_size": 30523}), image_token_index=30522)),
+        "gemma3-vl": lambda: tf.Gemma3ForConditionalGeneration(tf.Gemma3Config(
+            text_config=dict(**{**dec, "vocab_size": 30525}, head_dim=16, sliding_window=64),
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=32, patch_size=8),
+            mm_tokens_per_image=4, image_token_index=30522, boi_token_index=30523, eoi_token_index=30524)),
         "roberta-cls": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(num_labels=2, **enc)),
         # feature extraction beyond text encoders: an image backbone and an encoder-only T5 (added 2026-12-07)
         "dinov2": lambda: tf.Dinov2Model(tf.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -264,6 +287,6 @@ WIDER = {**{k: "causal-lm" for k in ("cohere", "glm4", "starcoder2", "gptj", "co
          "clip-vision": "feature-extraction", "siglip-vision": "feature-extraction",
          **{k: "image-classification" for k in ("mobilevit-cls", "swinv2-cls", "levit-cls")}}
 MORE.update(WIDER)
-MORE["llava"] = "image-text-to-text"
+MORE.update({"llava": "image-text-to-text", "gemma3-vl": "image-text-to-text"})
 IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos", "clip-vision", "siglip-vision", "dpt-depth")  # image models of other tasks than image-classification: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

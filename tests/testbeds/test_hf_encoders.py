@@ -80,6 +80,8 @@ def test_dual_encoders_and_bare_speech_encoders_are_refused_with_the_reason(tmp_
     assert detect_task({"architectures": ["DPTForDepthEstimation"]}) == "depth-estimation"  # a testbed since s55
     check_task("depth-estimation")
     assert detect_task({"architectures": ["Qwen2VLForConditionalGeneration"]}) == "image-text-to-text"  # since s56
+    # listed by the causal-LM mapping too, but a vision-language model
+    assert detect_task({"architectures": ["Gemma3ForConditionalGeneration"]}) == "image-text-to-text"
     check_task("image-text-to-text")
     for arch, task in [("BertForMultipleChoice", "multiple-choice"),
                        ("Mask2FormerForUniversalSegmentation", "universal-segmentation")]:  # named, then refused

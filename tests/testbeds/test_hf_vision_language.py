@@ -79,3 +79,24 @@ def test_llava_structured_pruning_keeps_the_vision_tower_and_writes_its_text_con
     model = transformers.AutoModelForImageTextToText.from_pretrained(str(res.out))
     assert model.model.language_model.layers[0].mlp.up_proj.out_features == after["text_config"]["intermediate_size"]
     assert any("image encoder and projector kept" in n for n in res.notes)
+
+
+def test_gemma3_image_tokens_typed_and_pruned_into_a_transformers_folder(tmp_path):
+    """Gemma 3 (listed by the causal-LM mapping too) is measured as a vision-language model: its processor's
+    token_type_ids (1 at image tokens) grow with the answer; structured pruning leaves the SigLIP tower's pooling
+    attention as the config builds it, so the pruned folder loads in transformers."""
+    import transformers
+
+    from nnslim.testbeds import testbed_for_hf_dir
+    from nnslim.testbeds.vision_language import ImageTextTestbed
+
+    src = _build("gemma3-vl", tmp_path)
+    tb = testbed_for_hf_dir(src)
+    feed = tb.example_inputs()
+    assert isinstance(tb, ImageTextTestbed) and int(feed["token_type_ids"].sum()) == 4
+    assert tb._extend(feed, feed["input_ids"][:, :2])["token_type_ids"][0, -2:].tolist() == [0, 0]
+    assert nnslim.evaluate(str(src))["metrics"]["top1_agreement"] == 1.0
+    res = nnslim.compress(str(src), {"steps": [{"method": "prune-structured", "ratio": 0.5}]}, out=tmp_path / "p",
+                          report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
+    transformers.AutoModelForImageTextToText.from_pretrained(str(res.out))

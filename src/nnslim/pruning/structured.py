@@ -81,11 +81,12 @@ def _call(model, inputs: dict):
     return call_module(model, inputs)
 
 
-def convert_attention(model: nn.Module) -> list[str]:
-    """Replace every nn.MultiheadAttention (fused in_proj) by the equivalent PrunedMultiheadAttention."""
+def convert_attention(model: nn.Module, keep: tuple[str, ...] = ()) -> list[str]:
+    """Replace every nn.MultiheadAttention (fused in_proj) by the equivalent PrunedMultiheadAttention, except those
+    inside the scopes `keep` names (parts left unpruned: their layout stays the one the model's config builds)."""
     from ..graph.attention import replace_attention
 
-    names = [n for n, m in model.named_modules() if convertible_mha(m)]
+    names = [n for n, m in model.named_modules() if convertible_mha(m) and not any(matches(k, n, m) for k in keep)]
     for n in names:
         replace_attention(model, n, PrunedMultiheadAttention.from_mha(model.get_submodule(n)))
     return names
@@ -272,7 +273,8 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     was_training = model.training
     model.eval()
     before = sum(p.numel() for p in model.parameters())
-    plan: list[dict] = [{"module": n, "role": "convert-mha", "keep": []} for n in convert_attention(model)]
+    vision = (VISION, ) if not config.prune_vision and is_vision_language(model) else ()
+    plan: list[dict] = [{"module": n, "role": "convert-mha", "keep": []} for n in convert_attention(model, vision)]
     if plan:
         notes.append(f"structured: {len(plan)} nn.MultiheadAttention modules replaced by the equivalent "
                      "PrunedMultiheadAttention (separate projections; torch's fused encoder fast path no longer applies)")
@@ -298,7 +300,6 @@ def prune_structured(model: nn.Module, config: StructuredPruneConfig, example_in
     rng = np.random.default_rng(config.seed)
     head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
     embedding_layers = () if config.prune_embeddings else input_projections(model)
-    vision = (VISION, ) if not config.prune_vision and is_vision_language(model) else ()
     ignore = tuple(config.ignore) + embedding_layers
     removed: set[int] = set()
     counts = {"channels": [0, 0], "heads": [0, 0]}

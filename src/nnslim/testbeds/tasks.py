@@ -13,6 +13,8 @@ from ..errors import NnslimError, short_repr
 
 # task -> name of the transformers mapping (modeling_auto.*_MAPPING_NAMES), most specific first.
 TASK_MAPPINGS = {
+    # before causal-lm: that mapping lists some vision-language classes too (Gemma3ForConditionalGeneration)
+    "image-text-to-text": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
     "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
     "seq2seq": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "speech-seq2seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
@@ -25,7 +27,6 @@ TASK_MAPPINGS = {
     "ctc": "MODEL_FOR_CTC_MAPPING_NAMES",
     "depth-estimation": "MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
     "audio-classification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
-    "image-text-to-text": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
     "fill-mask": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",  # after seq2seq: it lists BART's generator too
     "feature-extraction": "MODEL_MAPPING_NAMES",
     # recognised, so that the refusal names the task (no testbed yet: their outputs, data and metric differ)
