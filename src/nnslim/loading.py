@@ -135,6 +135,10 @@ def _records(value, what: str, testbed, data: UserData):
             return Records(texts=[a for a, _ in items], pairs=[b for _, b in items],
                            origin=f"{len(items)} text pairs given")
         return Records(texts=items, origin=f"{len(items)} texts given")
+    if getattr(testbed, "task", None) == "image-text-to-text":
+        from .testbeds.vision_language import read_image_texts
+
+        return read_image_texts(value, what, data.text_column)
     if testbed.input_names == ("pixel_values",):
         return read_images(value, what, getattr(testbed, "size", None))
     if getattr(testbed, "sampling_rate", None):

@@ -100,3 +100,35 @@ def test_gemma3_image_tokens_typed_and_pruned_into_a_transformers_folder(tmp_pat
                           report=False)
     assert json.loads((res.out / "nnslim.json").read_text())["format"] == "hf"
     transformers.AutoModelForImageTextToText.from_pretrained(str(res.out))
+
+
+def test_llava_reads_the_users_image_text_pairs(llava, tmp_path):
+    """A table naming image files (relative to it) and prompts, or a folder of images (each asked PROMPT): images of
+    any size, the processor resizes them; a table without an image column is refused naming what is allowed."""
+    import numpy as np
+    from PIL import Image
+
+    from nnslim.testbeds import testbed_for_hf_dir
+    from nnslim.testbeds.vision_language import PROMPT, read_image_texts
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    rows = []
+    for i in range(3):
+        Image.fromarray((rng.random((20 + 6 * i, 30, 3)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+        rows.append({"image": f"imgs/{i}.png", "question": f"What is in picture {i}?"})
+    table = tmp_path / "pairs.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in rows))
+    pairs = read_image_texts(table, "eval")
+    assert [im.shape for im in pairs.images] == [(20, 30, 3), (26, 30, 3), (32, 30, 3)] and pairs.texts[2] == rows[2][
+        "question"]
+    folder = read_image_texts(tmp_path / "imgs", "calibration")
+    assert len(folder.images) == 3 and folder.texts == []
+    tb = testbed_for_hf_dir(llava)
+    tb.use_data(folder, pairs)
+    assert tb._pairs("calibration", 8)[0][1] == PROMPT and tb._pairs("eval", 8)[1][1] == rows[1]["question"]
+    metrics = nnslim.evaluate(str(llava), eval_data=str(table))["metrics"]
+    assert metrics["top1_agreement"] == 1.0
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "no image here"}))
+    with pytest.raises(NnslimError, match="has no image path column"):
+        read_image_texts(tmp_path / "bad.jsonl", "eval")

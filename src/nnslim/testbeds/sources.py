@@ -34,7 +34,8 @@ class Records:
 
     texts: list[str] = field(default_factory=list)
     pairs: list[str] | None = None  # the second text of each row (sentence pairs), else None
-    images: np.ndarray | None = None  # [N, C, H, W] float32 in 0..1, or [N, H, W] grayscale
+    images: np.ndarray | None = None  # [N, C, H, W] float32 in 0..1, or [N, H, W] grayscale; or a list of [H, W, 3]
+    # uint8 images of any size (image-text pairs: testbeds/vision_language.py)
     labels: list[Any] | None = None
     origin: str = ""
     labels_from_folders: bool = False  # image sub-folder names (torchvision ImageFolder's layout)

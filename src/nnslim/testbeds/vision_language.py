@@ -10,10 +10,11 @@ the next token, logits cosine), plus the continuation's perplexity under the var
 measured: seq2seq.GreedyTargets). The prompt is the processor's chat template around one image and a text when
 the processor has one, else its image token and the text.
 
-Data (offline default): the images of the image classifiers (sklearn digits scaled to the processor's size) paired
-with sentences of the Python docs (calibration and evaluation disjoint); the prompt of an evaluation pair is the
-first half of its sentence. The compression methods keep the image encoder and the projector as they are unless
-asked (graph/scope.VISION): the language model is what is compressed.
+Data: the user's (--calibration / --eval: a folder of images, each asked PROMPT, or a table whose rows give an image
+path, relative to the table, and a text: `read_image_texts`), else the offline default: the images of the image
+classifiers (sklearn digits) paired with sentences of the Python docs (calibration and evaluation disjoint); the
+prompt of a default evaluation pair is the first half of its sentence. The compression methods keep the image
+encoder and the projector as they are unless asked (graph/scope.VISION): the language model is what is compressed.
 """
 from __future__ import annotations
 
@@ -26,6 +27,62 @@ from torch import nn
 from ..errors import NnslimError
 from .base import HFTestbed
 from .classifier import HFLogits, agreement
+from .sources import IMAGE_SUFFIXES, MAX_RECORDS, TEXT_COLUMNS, Records, _read_table
+
+IMAGE_COLUMNS = ("image", "image_path", "image_file", "file_name", "file", "path")
+PROMPT_COLUMNS = TEXT_COLUMNS + ("caption", "instruction")
+IMAGE_TEXT_FORMATS = ("a folder of images, or a .jsonl / .json / .csv / .tsv / .parquet table with an image path column "
+                      f"({' / '.join(IMAGE_COLUMNS)}) and a text column ({' / '.join(PROMPT_COLUMNS[:5])} ...)")
+PROMPT = "Describe the image."  # what each image of a folder is asked
+
+
+def _open_image(path: Path, what: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # PIL raises many types on a damaged file
+        raise NnslimError(f"--{what}: {str(path)!r} is not a readable image: {str(e)[:200]}") from None
+
+
+def read_image_texts(spec: str | Path, what: str, text_column: str | None = None) -> Records:
+    """(image, text) pairs of a user's data: a folder of images (each asked PROMPT: no texts) or a table whose rows
+    name an image file (relative to the table's folder) and give a text. Images as [H, W, 3] uint8, each at its size
+    (the model's processor resizes them)."""
+    path = Path(spec)
+    if not path.exists():
+        raise NnslimError(f"--{what}={str(spec)!r}: file not found; allowed: {IMAGE_TEXT_FORMATS}")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise NnslimError(f"--{what}={str(spec)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return Records(images=[_open_image(p, what) for p in files[:MAX_RECORDS]], origin=f"{path.name} ({PROMPT!r})")
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"):
+        raise NnslimError(f"--{what}={str(spec)!r}: suffix {path.suffix!r} is not allowed; allowed: {IMAGE_TEXT_FORMATS}")
+    rows = _read_table(path)[:MAX_RECORDS]
+    if not rows or not isinstance(rows[0], dict):
+        raise NnslimError(f"--{what}={str(spec)!r} holds no records")
+    columns = list(rows[0])
+    image_col = next((c for c in IMAGE_COLUMNS if c in columns), None)
+    text_col = text_column if text_column is not None else next((c for c in PROMPT_COLUMNS if c in columns), None)
+    if image_col is None or text_col not in columns:
+        missing = "image path column" if image_col is None else f"text column {text_col!r}" if text_column else "text column"
+        raise NnslimError(f"--{what}={str(spec)!r} has no {missing} (its columns: {', '.join(map(str, columns))}); "
+                          f"allowed: {IMAGE_TEXT_FORMATS}; --text-column names the text column")
+    images, texts = [], []
+    for i, row in enumerate(rows):
+        file, text = row.get(image_col), row.get(text_col)
+        if not isinstance(file, str) or not isinstance(text, str):
+            raise NnslimError(f"--{what}={str(spec)!r} record {i}: {image_col!r} and {text_col!r} must be text (an "
+                              f"image path and a prompt), got {type(file).__name__} / {type(text).__name__}")
+        image = path.parent / file
+        if not image.is_file():
+            raise NnslimError(f"--{what}={str(spec)!r} record {i}: image {file!r} not found (paths are relative to "
+                              "the table's folder)")
+        images.append(_open_image(image, what))
+        texts.append(text)
+    return Records(images=images, texts=texts, origin=f"{path.name}:{image_col}+{text_col}")
 
 
 class ImageTextLogits(HFLogits):
@@ -53,14 +110,19 @@ class ImageTextTestbed(HFTestbed):
                             "perplexity")
         self._processor = None
         self._ref_gen = None
+        self._user: dict[str, Records | None] = {}
 
     def use_data(self, calibration=None, evaluation=None) -> None:
-        raise NnslimError(f"{self.name}: calibration / evaluation data of one's own is not read for image-text-to-"
-                          "text models yet (image + text pairs); the offline default is used when none is given")
+        for what, records in (("calibration", calibration), ("eval", evaluation)):
+            if records is not None and records.images is None:
+                raise NnslimError(f"{what} data for {self.name} needs images: {IMAGE_TEXT_FORMATS}")
+        self._user = {"calibration": calibration, "eval": evaluation}
+        self._ref_gen = None
 
     def describe(self) -> dict:
-        return {**super(HFTestbed, self).describe(), "task": self.task,
-                "data": "sklearn digits images with Python-docs sentences as prompts (offline default)"}
+        given = [f"{k} from {r.origin}" for k, r in self._user.items() if r is not None]
+        return {**super(HFTestbed, self).describe(), "task": self.task, "data": "; ".join(given) or
+                "sklearn digits images with Python-docs sentences as prompts (offline default)"}
 
     @property
     def processor(self):
@@ -106,6 +168,9 @@ class ImageTextTestbed(HFTestbed):
         return (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
     def _pairs(self, split: str, n: int) -> list[tuple[np.ndarray, str]]:
+        records = self._user.get(split)
+        if records is not None:  # the user's: each text is the whole prompt
+            return list(zip(records.images, records.texts or [PROMPT] * len(records.images)))[:n]
         images, sentences = self._images(split), self.source.sentences(split)
         if not sentences:
             raise NnslimError(f"{self.name}: no {split} sentences to pair with the images")
