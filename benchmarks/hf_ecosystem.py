@@ -49,6 +49,7 @@ NEWER = ("qwen3", "gemma2", "gemma3", "olmo2", "granite", "smollm3", "stablelm",
          "efficientnet-cls", "regnet-cls", "dinov2-cls", "beit-cls")  # added to MORE on 2026-12-06
 MOE = ("mixtral", "qwen2moe", "qwen3moe", "gptoss")  # added on 2026-12-07: experts as 3D tensors
 VISION_LANGUAGE = ("llava", "gemma3-vl")  # 2026-12-08: image-text-to-text
+MULTIPLE_CHOICE = ("bert-mc", )  # 2026-12-08
 NEW_TASKS = ("bert-mlm", "roberta-mlm", "segformer", "detr", "yolos", "dinov2", "t5-encoder")  # 2026-12-07: fill-mask,
 # segmentation, detection,
 # image backbones and encoder-only T5 as feature extraction
@@ -60,7 +61,7 @@ AUTO = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoMod
         "audio-classification": "AutoModelForAudioClassification", "fill-mask": "AutoModelForMaskedLM",
         "semantic-segmentation": "AutoModelForSemanticSegmentation",
         "object-detection": "AutoModelForObjectDetection", "depth-estimation": "AutoModelForDepthEstimation",
-        "image-text-to-text": "AutoModelForImageTextToText"}
+        "image-text-to-text": "AutoModelForImageTextToText", "multiple-choice": "AutoModelForMultipleChoice"}
 
 
 def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
@@ -93,6 +94,10 @@ def _inputs(task: str, out: Path) -> dict[str, np.ndarray]:
     tok = AutoTokenizer.from_pretrained(str(out))  # the artifact's own tokenizer
     enc = tok(["Compressed models must stay faithful.", "A second, longer sentence about the weights."],
               padding=True, return_tensors="np")
+    if task == "multiple-choice":  # [batch, choices, seq]: one context, three endings, as a tokenizer pairs them
+        ends = ["ends well.", "goes on for a while longer.", "stops."]
+        enc = tok(["The story"] * 3, ends, padding=True, return_tensors="np")
+        return {k: enc[k].astype(np.int64)[None] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     feed = {"input_ids": enc["input_ids"].astype(np.int64)}
     if task != "causal-lm":
         feed["attention_mask"] = enc["attention_mask"].astype(np.int64)
@@ -230,6 +235,8 @@ def main() -> None:
         args.kinds = ",".join(SPEECH)
     elif args.kinds == "vision-language":
         args.kinds = ",".join(VISION_LANGUAGE)
+    elif args.kinds == "multiple-choice":
+        args.kinds = ",".join(MULTIPLE_CHOICE)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nnslim-hf-"))
     print(f"command: python benchmarks/hf_ecosystem.py --kinds {args.kinds} --methods {args.methods}; "
           f"date {time.strftime('%Y-%m-%d')}; "

@@ -35,6 +35,7 @@ def _build(kind: str, root: Path) -> Path:
         "distilbert-tok": lambda: tf.DistilBertForTokenClassification(tf.DistilBertConfig(
             dim=64, hidden_dim=128, n_layers=2, n_heads=4, vocab_size=30522, num_labels=5)),
         "bert-qa": lambda: tf.BertForQuestionAnswering(bert),
+        "bert-mc": lambda: tf.BertForMultipleChoice(bert),
         "bert": lambda: tf.BertModel(bert),
         "bert-mlm": lambda: tf.BertForMaskedLM(bert),  # bert-base-uncased / roberta-base are saved with this head
         "t5": lambda: tf.T5ForConditionalGeneration(tf.T5Config(
@@ -287,6 +288,6 @@ WIDER = {**{k: "causal-lm" for k in ("cohere", "glm4", "starcoder2", "gptj", "co
          "clip-vision": "feature-extraction", "siglip-vision": "feature-extraction",
          **{k: "image-classification" for k in ("mobilevit-cls", "swinv2-cls", "levit-cls")}}
 MORE.update(WIDER)
-MORE.update({"llava": "image-text-to-text", "gemma3-vl": "image-text-to-text"})
+MORE.update({"llava": "image-text-to-text", "gemma3-vl": "image-text-to-text", "bert-mc": "multiple-choice"})
 IMAGE_ENCODERS = ("dinov2", "segformer", "detr", "yolos", "clip-vision", "siglip-vision", "dpt-depth")  # image models of other tasks than image-classification: no tokenizer
 SPEECH = {"whisper": "speech-seq2seq", "wav2vec2-ctc": "ctc", "hubert-ctc": "ctc", "wav2vec2-cls": "audio-classification"}

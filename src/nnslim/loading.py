@@ -135,6 +135,10 @@ def _records(value, what: str, testbed, data: UserData):
             return Records(texts=[a for a, _ in items], pairs=[b for _, b in items],
                            origin=f"{len(items)} text pairs given")
         return Records(texts=items, origin=f"{len(items)} texts given")
+    if getattr(testbed, "task", None) == "multiple-choice":
+        from .testbeds.multiple_choice import read_choices
+
+        return read_choices(value, what, data.text_column)
     if getattr(testbed, "task", None) == "image-text-to-text":
         from .testbeds.vision_language import read_image_texts
 

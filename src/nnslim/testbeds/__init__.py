@@ -70,6 +70,10 @@ def testbed_for_hf_dir(path: str | Path, trust_remote_code: bool = False, weight
         from .depth import DepthTestbed
 
         return DepthTestbed(path, **options)
+    if task == "multiple-choice":
+        from .multiple_choice import MultipleChoiceTestbed
+
+        return MultipleChoiceTestbed(path, **options)
     if task == "image-text-to-text":
         from .vision_language import ImageTextTestbed
 

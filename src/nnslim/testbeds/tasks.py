@@ -27,17 +27,17 @@ TASK_MAPPINGS = {
     "ctc": "MODEL_FOR_CTC_MAPPING_NAMES",
     "depth-estimation": "MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
     "audio-classification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+    "multiple-choice": "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES",
     "fill-mask": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",  # after seq2seq: it lists BART's generator too
     "feature-extraction": "MODEL_MAPPING_NAMES",
     # recognised, so that the refusal names the task (no testbed yet: their outputs, data and metric differ)
-    "multiple-choice": "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES",
     "universal-segmentation": "MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES",
     "pretraining": "MODEL_FOR_PRETRAINING_MAPPING_NAMES",
 }
 # Tasks nnslim has a testbed for (data, metric, export); the others are detected and refused clearly.
 SUPPORTED = ("causal-lm", "seq2seq", "speech-seq2seq", "sequence-classification", "token-classification",
              "question-answering", "fill-mask", "image-classification", "semantic-segmentation",
-             "object-detection", "ctc", "depth-estimation", "image-text-to-text",
+             "object-detection", "ctc", "depth-estimation", "image-text-to-text", "multiple-choice",
              "audio-classification", "feature-extraction")
 
 
