@@ -35,7 +35,8 @@ def test_bert_multiple_choice_is_measured_and_deploys_as_onnx(tmp_path):
     metrics = nnslim.evaluate(str(res.out), testbed=str(src))["metrics"]
     assert metrics["logits_cos_mean"] > 0.99
     sess = ort.InferenceSession(str(res.out / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.shape for i in sess.get_inputs()][0] == ["batch", "choices", "seq"]
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(i.shape == ["batch", "choices", "seq"] for i in sess.get_inputs())
     feed = {i.name: np.ones((1, 3, 9), np.int64) for i in sess.get_inputs()}  # other choice count and length
     assert sess.run(None, feed)[0].shape == (1, 3)
 
