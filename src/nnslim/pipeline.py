@@ -81,18 +81,18 @@ def check_recipe(recipe: Recipe, model) -> None:
 
 
 def _check_exportable(model, index: int, method: str, what: str, past: bool = True) -> None:
-    """Refuse before any work what the ONNX export at the end would refuse: mixture-of-experts blocks, and a decoder
-    LM exported with its KV cache (`past`) whose cache is not per-layer keys / values (Mamba: found by one token)."""
+    """Refuse before any work what the ONNX export at the end would refuse: vision-language models, mixture-of-experts
+    blocks, and a decoder LM exported with its KV cache (`past`) whose cache is not per-layer keys / values (Mamba:
+    found by one token)."""
     from .graph.experts import experts_blocks
-    from .runtime.onnx_llm import NoKVCache
-
     from .graph.scope import is_vision_language
+    from .runtime.onnx_llm import NoKVCache
 
     if isinstance(model, torch.nn.Module) and is_vision_language(model):
         raise NnslimError(f"recipe step {index} ({method!r}) {what}, which nnslim cannot do yet for vision-language "
                           "models (Optimum's layout is several graphs: image encoder, embeddings, decoder with its "
-                          "KV cache); int4-rtn / int4-gptq / int4-awq / int8-weight-only / fp8 / int8-w8a8 write a "
-                          "folder transformers and vLLM load")
+                          "KV cache); int4-rtn / int4-gptq / int8-weight-only / fp8 / int8-w8a8 write compressed-"
+                          "tensors folders that transformers loads")
     blocks = experts_blocks(model) if isinstance(model, torch.nn.Module) else []
     if blocks:
         raise NnslimError(f"recipe step {index} ({method!r}) {what}, which nnslim cannot do yet for "
