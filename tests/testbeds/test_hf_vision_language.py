@@ -37,6 +37,10 @@ def test_llava_is_measured_on_its_own_answers_and_its_language_model_quantized(l
     assert int((feed["input_ids"] == 30522).sum()) == 16  # the chat template placed the image: 4 x 4 patches
     ref = nnslim.evaluate(str(llava))["metrics"]
     assert ref["top1_agreement"] == 1.0 and ref["logits_cos_min"] == pytest.approx(1.0)
+    from nnslim.runtime.base import TorchRunner  # the report's decode rate: the model's own generate() and cache
+
+    tokens, rate = TorchRunner(tb.load_model()).decode(tb.decode_prompt(), 4)
+    assert len(tokens) == 4 and rate > 0
     res = nnslim.compress(str(llava), "int4-rtn", out=tmp_path / "q", report=False)
     metrics = nnslim.evaluate(str(res.out), testbed=str(llava))["metrics"]
     assert 0.3 < metrics["top1_agreement"] < 1 and 0.98 < metrics["logits_cos_mean"] < 1

@@ -91,6 +91,18 @@ class ImageTextLogits(HFLogits):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.model(**inputs, use_cache=False).logits
 
+    @property
+    def lm(self) -> nn.Module:
+        """The transformers model, whose generate() the report's decode rate runs (TorchRunner.decode)."""
+        return self.model
+
+    def decoder_with_past(self) -> nn.Module:
+        """No single-graph KV-cache form: decoding goes through the model's own generate() and cache."""
+        from ..runtime.onnx_llm import NoKVCache
+
+        raise NoKVCache(f"{type(self.model).__name__} is a vision-language model: it decodes through its own "
+                        "generate() and cache")
+
 
 class ImageTextTestbed(HFTestbed):
     task = "image-text-to-text"
@@ -194,6 +206,14 @@ class ImageTextTestbed(HFTestbed):
 
     def export_example(self):
         return self.example_inputs(batch=1)
+
+    decode_tokens = 32  # new tokens per decode-speed run (report column "decode tok/s")
+
+    def decode_prompt(self) -> np.ndarray:
+        """The prompt of the decode-speed measurement: a text prompt [1, P] (the rate after the prefill is the
+        language model's, whatever the prefill held)."""
+        text = " ".join(self.source.sentences("eval")[:4])
+        return np.asarray(self.tokenizer(text, return_tensors="np")["input_ids"][:, :64], np.int64)
 
     def calibration(self, n=None, seq_len=None):
         return [self._encode([p]) for p in self._pairs("calibration", n or 64)]
