@@ -42,6 +42,8 @@ METHODS = {"int8": ["--method", "int8"], "int4-rtn": ["--method", "int4-rtn", "-
            "int4-onnx": ["--recipe", str(ROOT / "examples" / "int4_onnx_llm.yaml")],
            # W8A8 (compressed-tensors int-quantized / float-quantized for transformers / vLLM)
            "int8-w8a8": ["--method", "int8-w8a8"], "fp8": ["--method", "fp8"],
+           # AWQ with its scales folded into norms / producers (a plain compressed-tensors checkpoint)
+           "int4-awq": ["--method", "int4-awq", "--set", "group_size=32", "--set", "samples=8", "--set", "seq_len=64"],
            # unstructured pruning (the float artifact transformers loads; MoE experts joined back into 3D)
            "wanda": ["--method", "wanda", "--set", "samples=4", "--set", "seq_len=64"]}
 DEFAULT_METHODS = ("int8", "int4-rtn", "prune-structured", "onnx")

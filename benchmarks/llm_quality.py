@@ -43,13 +43,15 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
     g = args.group
     configs = {"rtn": Int4RtnConfig(group_size=g), "gptq": Int4GptqConfig(group_size=g, device="cpu"),
-               "awq": Int4AwqConfig(group_size=g, device="cpu"), "int8": Int8WeightOnlyConfig()}
+               "awq": Int4AwqConfig(group_size=g, device="cpu"),  # 1/s folded into norms / producers (default)
+               "awq-unfolded": Int4AwqConfig(group_size=g, device="cpu", fold=False),  # 1/s applied by each layer
+               "int8": Int8WeightOnlyConfig()}
     for name in args.methods.split(","):
         cfg = configs[name]
         t = time.perf_counter()
         q = quantize(model, cfg, calibration=calib)
         dt = time.perf_counter() - t
-        label = "int8 per-channel RTN" if name == "int8" else f"int4 g{g} {name.upper()}"
+        label = "int8 per-channel RTN" if name == "int8" else f"int4 g{g} {name.upper().replace('-', ' ')}"
         rows.append({"variant": label, **tb.evaluate(TorchRunner(q)), "quant_s": round(dt, 1)})
         print(json.dumps(rows[-1]), flush=True)
         del q

@@ -120,7 +120,7 @@ def test_awq_shares_one_scale_search_between_q_k_v(tiny_llama):
     from nnslim import Int4AwqConfig
     from nnslim.quant.weight_only.modules import WeightOnlyLinear
 
-    q, _ = apply_step(tiny_llama, Int4AwqConfig(group_size=32, device="cpu", grid=5), llama_samples(8))
+    q, _ = apply_step(tiny_llama, Int4AwqConfig(group_size=32, device="cpu", grid=5, fold=False), llama_samples(8))
     attn = q.model.layers[0].self_attn
     assert all(isinstance(m, WeightOnlyLinear) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
     assert torch.equal(attn.q_proj.input_scale, attn.k_proj.input_scale)

@@ -32,7 +32,7 @@ def _states(model):
 
 
 @pytest.mark.parametrize("cfg", [Int4GptqConfig(group_size=32, device="cpu"),
-                                 Int4AwqConfig(group_size=32, device="cpu", grid=5),
+                                 Int4AwqConfig(group_size=32, device="cpu", grid=5, fold=False),
                                  SparseGptConfig(sparsity=0.5, device="cpu"),
                                  WandaConfig(pattern="2:4", device="cpu")], ids=lambda c: c.method)
 def test_two_devices_give_the_one_device_result(tiny_llama, monkeypatch, cfg):

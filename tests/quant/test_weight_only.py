@@ -163,7 +163,8 @@ def test_save_load_roundtrip(tiny_llama, tmp_path):
     from nnslim import artifact
     from nnslim.testbeds import ModuleTestbed
 
-    q = quantize(tiny_llama, Int4AwqConfig(group_size=32, device="cpu", grid=4), calibration=llama_samples(4))
+    q = quantize(tiny_llama, Int4AwqConfig(group_size=32, device="cpu", grid=4, fold=False),
+                 calibration=llama_samples(4))
     ids = torch.randint(0, 256, (1, 20))
     artifact.save(q, tmp_path, testbed=ModuleTestbed(tiny_llama, {"input_ids": ids}))
     meta = (tmp_path / "nnslim.json").read_text()

@@ -40,6 +40,9 @@ def check_spreadable(make: Callable[[], BlockAlgorithm], what: str) -> None:
     if not hasattr(inner, "merge"):
         raise NnslimError(f"{what} cannot be spread over several GPUs yet (its statistics cannot be merged); "
                           "use gpus=1")
+    why = getattr(inner, "not_spreadable", None)
+    if why:
+        raise NnslimError(f"{what} cannot be spread over several GPUs yet: {why}")
 
 
 def _on(device: torch.device):

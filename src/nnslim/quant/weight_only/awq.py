@@ -3,14 +3,23 @@
 For Linears that read the same input x (e.g. q/k/v, or gate/up), search a per-input-channel scale
 s = mean|x|^alpha (normalised) over a grid of alpha, minimising || x W^T - (x/s) Q(W s)^T || on
 calibration tokens; then search, per weight group, the clipping ratio of the range that minimises the
-group's output error. The 1/s is applied to x by the quantized layer (input_scale), so it works for
-any producer of x; folding it into a preceding norm is a later optimisation.
+group's output error. With `fold` (the default) the 1/s goes into what produces x, as AutoAWQ and
+llm-compressor fold it, so the artifact is a plain int4 checkpoint (compressed-tensors: transformers / vLLM):
+a normalization whose output is x (found by tensor identity while the block runs; folded only if a probe shows
+the norm's output scaled by exactly 1/s: weight, and bias, / s, or Gemma's (1 + weight)), or the Linear whose
+output multiplies into x (up_proj -> down_proj, w3 -> w2 in gated MLPs) or is x per channel (v_proj -> o_proj
+where every value channel reaches one o_proj input: no grouped-query sharing): its output rows / s, in its
+quantization scales when it is already quantized. Linears with no such producer keep s = 1 (the clip search
+only). `fold: false`: the quantized layer applies 1/s to its input (input_scale) wherever the search chose a
+scale: any producer works, the artifact is nnslim's own layout.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ...graph.modules import replace_module
 from ...recipe import register_method
@@ -25,6 +34,7 @@ class Int4AwqConfig(CalibratedConfig):
     ranges = {**CalibratedConfig.ranges, "grid": (1, 10_000)}
     grid: int = 20  # scale-search points
     clip_search: bool = True
+    fold: bool = True  # 1/s folded into x's producer (a plain int4 checkpoint), else applied by the layer
 
 
 def _outputs(x: torch.Tensor, ws: list[torch.Tensor]) -> torch.Tensor:
@@ -89,9 +99,22 @@ class Awq:
         self.first: dict[str, torch.Tensor] = {}  # held so that tensor identity is meaningful
 
     def observe(self, name, module, x):
+        mode = getattr(self, "mode", None)
+        if mode is not None:
+            mode.paused = True  # these reads of x are nnslim's, not the model's
         self.first.setdefault(name, x)
         flat = x.reshape(-1, x.shape[-1]).float()
         self.samples.setdefault(name, []).append(flat[:: max(1, flat.shape[0] // 256)])
+        if mode is not None:
+            mode.paused = False
+
+    @property
+    def not_spreadable(self) -> str | None:
+        """Why this AWQ cannot be spread over GPUs (graph/spread.py), or None."""
+        if self.config.fold:
+            return ("its scales are folded into norms and Linears that other GPUs' shares of the block hold; pass "
+                    "fold: false (the artifact is then nnslim's layout) or gpus: 1")
+        return None
 
     def merge(self, others: list["Awq"]) -> None:
         """Add the input samples the other devices' copies of the block saw (spread calibration: sample j
@@ -101,6 +124,30 @@ class Awq:
             shards = [self.samples[n]] + [o.samples.pop(n, []) for o in others]
             self.samples[n] = [shard[j].to(device) for j in range(max(map(len, shards)))
                                for shard in shards if j < len(shard)]
+
+    @contextlib.contextmanager
+    def watching(self, block: nn.Module):
+        """While the block runs (graph/layerwise): the first output of each of its normalizations and every torch
+        call that reads one, so that finish() folds 1/s into a norm only where the group's Linears are all that
+        read its output (not a post-norm block's residual add: BERT)."""
+        self.norm_out: dict[str, torch.Tensor] = {}
+        self.readers: dict[int, list] = {}  # id(norm output) -> [weight of each linear reading it, or None]
+
+        def hook(name):
+            def record(mod, args, out):
+                if isinstance(out, torch.Tensor) and name not in self.norm_out:
+                    self.norm_out[name] = out
+                    self.readers[id(out)] = []
+            return record
+        handles = [m.register_forward_hook(hook(n)) for n, m in block.named_modules() if n and _is_norm(m)]
+        self.mode = _Readers(self.readers)
+        try:
+            with self.mode:
+                yield
+        finally:
+            self.mode = None
+            for handle in handles:
+                handle.remove()
 
     def subset(self, names: list[str], device) -> "Awq":
         """The samples of `names` on `device`; targets that shared an input still share it."""
@@ -115,6 +162,8 @@ class Awq:
         return part
 
     def finish(self, block, modules, prefix):
+        readers = getattr(self, "readers", {})
+        norms = {id(t): n for n, t in getattr(self, "norm_out", {}).items()}
         groups: list[list[str]] = []
         for n in modules:
             match = next((g for g in groups if self.first[g[0]] is self.first[n]), None)
@@ -122,15 +171,108 @@ class Awq:
                 groups.append([n])
             else:
                 match.append(n)
+        producers = {}
+        for g in groups:  # the norm whose output is the group's input and is read by the group's Linears alone
+            key = id(self.first[g[0]])
+            weights = sorted(id(modules[n].weight) for n in g)
+            if key in norms and sorted(id(w) if w is not None else 0 for w in readers.get(key, [None])) == weights:
+                producers[g[0]] = norms[key]
         self.first.clear()
+        self.norm_out, self.readers = {}, {}
         for members in groups:
             x = torch.cat(self.samples[members[0]])
             group = self.spec.group_for(modules[members[0]].in_features)
             s = search_scales(x, [modules[n].weight.float() for n in members], self.spec, group, self.config.grid)
+            if self.config.fold:
+                norm = producers.get(members[0])
+                done = (norm is not None and fold_into_norm(block.get_submodule(norm), s)) or \
+                    fold_into_linear(block, members, modules, s)
+                s = s if done else torch.ones_like(s)
             for n in members:
                 codes, scale, zero = awq_quantize(modules[n].weight, s, x, self.spec, group, self.config.clip_search)
                 replace_module(block, n, calibrating(WeightOnlyLinear.from_codes(
-                    modules[n], codes, scale, zero, self.spec, input_scale=1.0 / s)))
+                    modules[n], codes, scale, zero, self.spec, input_scale=None if self.config.fold else 1.0 / s)))
+
+
+class _Readers(torch.overrides.TorchFunctionMode):
+    """Records, for each watched tensor (by id), the torch calls that read it: F.linear's weight, else None."""
+
+    def __init__(self, readers: dict[int, list]):
+        super().__init__()
+        self.readers, self.paused = readers, False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.readers and not self.paused and getattr(func, "__name__", "") != "__get__":  # x.shape: no read
+            for a in list(args) + list(kwargs.values()):
+                if isinstance(a, torch.Tensor) and id(a) in self.readers:
+                    weight = args[1] if func is torch.nn.functional.linear and len(args) > 1 else \
+                        kwargs.get("weight") if func is torch.nn.functional.linear else None
+                    self.readers[id(a)].append(weight if a is args[0] else None)
+        return func(*args, **kwargs)
+
+
+def _is_norm(m: nn.Module) -> bool:
+    weight = getattr(m, "weight", None)
+    return (isinstance(m, nn.LayerNorm) or "Norm" in type(m).__name__) and isinstance(weight, torch.Tensor) \
+        and weight.dim() == 1
+
+
+@torch.no_grad()
+def fold_into_norm(norm: nn.Module, s: torch.Tensor) -> bool:
+    """Make `norm`'s output x / s: its weight (and bias) / s, or for a norm computing (1 + weight) * x (Gemma)
+    (1 + weight) / s - 1; checked on a probe, restored and False when neither gives x / s."""
+    weight, bias = norm.weight, getattr(norm, "bias", None)
+    if weight.shape != s.shape:
+        return False
+    probe = torch.randn(4, s.numel(), generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    want = norm(probe).float() / s.to(weight.device)
+    saved = weight.detach().clone(), None if bias is None else bias.detach().clone()
+    inv = (1.0 / s).to(weight.device)
+    for plus_one in (0.0, 1.0):
+        weight.copy_(((saved[0].float() + plus_one) * inv - plus_one).to(weight.dtype))
+        if bias is not None:
+            bias.copy_((saved[1].float() * inv).to(bias.dtype))
+        if torch.allclose(norm(probe).float(), want, rtol=1e-2, atol=1e-4 * float(want.abs().max())):
+            return True
+    weight.copy_(saved[0])
+    if bias is not None:
+        bias.copy_(saved[1])
+    return False
+
+
+# gated MLPs (the producer's output multiplies into x) and attention (x is the value channels, mixed per head)
+LINEAR_PRODUCERS = {"down_proj": "up_proj", "w2": "w3", "o_proj": "v_proj"}
+
+
+@torch.no_grad()
+def fold_into_linear(block: nn.Module, members: list[str], modules: dict, s: torch.Tensor) -> bool:
+    """Divide the output rows of the Linear whose output x is made of (LINEAR_PRODUCERS, a sibling of the one
+    member) by s: in its quantization scales if already quantized, else in its float weight; its bias too."""
+    if len(members) != 1:
+        return False
+    parent, _, leaf = members[0].rpartition(".")
+    source = LINEAR_PRODUCERS.get(leaf)
+    if source is None:
+        return False
+    try:
+        producer = block.get_submodule(f"{parent}.{source}" if parent else source)
+    except AttributeError:
+        return False
+    if getattr(producer, "out_features", None) != modules[members[0]].in_features \
+            or getattr(producer, "input_scale", None) is not None:
+        return False  # grouped-query values are shared by several o_proj inputs: no one row per channel
+    inv = (1.0 / s).to(producer.bias.device if producer.bias is not None else s.device)
+    if isinstance(producer, WeightOnlyLinear):
+        producer.scales.mul_(inv[:, None].to(producer.scales.device, producer.scales.dtype))
+        producer._prepared = {}
+    elif isinstance(producer, nn.Linear):
+        producer.weight.mul_(inv[:, None].to(producer.weight.device, producer.weight.dtype))
+    else:
+        return False
+    if producer.bias is not None:
+        producer.bias.mul_(inv.to(producer.bias.device, producer.bias.dtype))
+    return True
 
 
 @register_method("int4-awq", Int4AwqConfig, "int4 weight-only by AWQ (activation-aware scales, clip search)",
