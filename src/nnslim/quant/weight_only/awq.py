@@ -226,7 +226,12 @@ def fold_into_norm(norm: nn.Module, s: torch.Tensor) -> bool:
     if weight.shape != s.shape:
         return False
     probe = torch.randn(4, s.numel(), generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
-    want = norm(probe).float() / s.to(weight.device)
+    try:
+        want = norm(probe).float() / s.to(weight.device)
+    except (RuntimeError, ValueError, TypeError):  # a norm over another layout (channels first): not folded
+        return False
+    if want.shape != probe.shape:
+        return False
     saved = weight.detach().clone(), None if bias is None else bias.detach().clone()
     inv = (1.0 / s).to(weight.device)
     for plus_one in (0.0, 1.0):
