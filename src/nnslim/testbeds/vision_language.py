@@ -194,8 +194,11 @@ class ImageTextTestbed(HFTestbed):
 
     def _encode(self, pairs: list[tuple[np.ndarray, str]]) -> dict[str, np.ndarray]:
         texts = [self._prompt(t) for _, t in pairs]
+        tok = self.tokenizer
+        if len(pairs) > 1 and getattr(tok, "pad_token", "") is None:  # Llama-style tokenizers have none
+            tok.pad_token = tok.eos_token or tok.unk_token
         out = self._load("running the processor", lambda: self.processor(
-            images=[im for im, _ in pairs], text=texts, return_tensors="pt", **({"padding": True} if len(pairs) > 1
+            images=[[im] for im, _ in pairs], text=texts, return_tensors="pt", **({"padding": True} if len(pairs) > 1
                                                                                   else {})))
         feed = {k: v.numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
         self.input_names = tuple(feed)
