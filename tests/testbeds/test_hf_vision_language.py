@@ -98,6 +98,7 @@ def test_gemma3_image_tokens_typed_and_pruned_into_a_transformers_folder(tmp_pat
     tb = testbed_for_hf_dir(src)
     feed = tb.example_inputs()
     assert isinstance(tb, ImageTextTestbed) and int(feed["token_type_ids"].sum()) == 4
+    assert tb.example_inputs(batch=2)["pixel_values"].shape[0] == 2  # one image list per sample, padded prompts
     assert tb._extend(feed, feed["input_ids"][:, :2])["token_type_ids"][0, -2:].tolist() == [0, 0]
     assert nnslim.evaluate(str(src))["metrics"]["top1_agreement"] == 1.0
     res = nnslim.compress(str(src), {"steps": [{"method": "prune-structured", "ratio": 0.5}]}, out=tmp_path / "p",
