@@ -100,12 +100,12 @@ class Awq:
 
     def observe(self, name, module, x):
         mode = getattr(self, "mode", None)
-        if mode is not None:
+        if mode is not None and not mode.done:
             mode.paused = True  # these reads of x are nnslim's, not the model's
         self.first.setdefault(name, x)
         flat = x.reshape(-1, x.shape[-1]).float()
         self.samples.setdefault(name, []).append(flat[:: max(1, flat.shape[0] // 256)])
-        if mode is not None:
+        if mode is not None and not mode.done:
             mode.paused = False
 
     @property
@@ -141,6 +141,10 @@ class Awq:
             return record
         handles = [m.register_forward_hook(hook(n)) for n, m in block.named_modules() if n and _is_norm(m)]
         self.mode = _Readers(self.readers)
+
+        def first_sample_done(mod, args, out):  # the readers of the first sample are all it records
+            self.mode.paused = self.mode.done = True
+        handles.append(block.register_forward_hook(first_sample_done))
         try:
             with self.mode:
                 yield
@@ -199,7 +203,7 @@ class _Readers(torch.overrides.TorchFunctionMode):
 
     def __init__(self, readers: dict[int, list]):
         super().__init__()
-        self.readers, self.paused = readers, False
+        self.readers, self.paused, self.done = readers, False, False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
