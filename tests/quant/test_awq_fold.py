@@ -102,3 +102,16 @@ def test_folded_awq_is_refused_over_several_gpus_before_any_work():
     with pytest.raises(NnslimError, match="fold: false"):
         check_spreadable(lambda: Awq(Int4AwqConfig(), spec), "awq")
     check_spreadable(lambda: Awq(Int4AwqConfig(fold=False), spec), "awq")
+
+
+def test_folded_awq_gives_the_same_bits_whatever_order_the_targets_come_in(tiny_llama, monkeypatch):
+    """The targets of a block come from a set (its order changes between processes); the folds make AWQ's layers
+    depend on each other, so the block's own order is used."""
+    from nnslim.graph import layerwise
+
+    cfg = Int4AwqConfig(group_size=32, device="cpu", grid=5)
+    first = quantize(tiny_llama, cfg, calibration=llama_samples(6)).state_dict()
+    mine = layerwise.block_targets
+    monkeypatch.setattr(layerwise, "block_targets", lambda *a: dict(reversed(list(mine(*a).items()))))
+    again = quantize(tiny_llama, cfg, calibration=llama_samples(6)).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)

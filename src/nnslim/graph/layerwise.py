@@ -208,9 +208,11 @@ def take_unseen(mods: dict[str, nn.Module], seen: set[str]) -> dict[str, nn.Modu
 
 
 def block_targets(block: nn.Module, block_name: str, names: set[str]) -> dict[str, nn.Module]:
-    """{name relative to the block: module} for the target names inside this block."""
-    return {n[len(block_name) + 1:]: block.get_submodule(n[len(block_name) + 1:])
-            for n in names if n.startswith(block_name + ".")}
+    """{name relative to the block: module} for the target names inside this block, in the block's own order (not
+    the set's, which changes between processes: an algorithm whose layers depend on each other, AWQ's folds, gives
+    the same bits in every run)."""
+    inside = {n[len(block_name) + 1:] for n in names if n.startswith(block_name + ".")}
+    return {n: m for n, m in block.named_modules() if n in inside}
 
 
 HALF = (torch.bfloat16, torch.float16)

@@ -169,7 +169,10 @@ class Awq:
         readers = getattr(self, "readers", {})
         norms = {id(t): n for n, t in getattr(self, "norm_out", {}).items()}
         groups: list[list[str]] = []
-        for n in modules:
+        order = {n: i for i, (n, _) in enumerate(block.named_modules())}
+        # in the block's own order, whatever order the targets came in (a set's: it changes between processes):
+        # a producer (up_proj, v_proj) is quantized before the fold of its consumer's 1/s reaches its scales
+        for n in sorted(modules, key=lambda n: order.get(n, len(order))):
             match = next((g for g in groups if self.first[g[0]] is self.first[n]), None)
             if match is None:
                 groups.append([n])
