@@ -115,3 +115,25 @@ def test_folded_awq_gives_the_same_bits_whatever_order_the_targets_come_in(tiny_
     monkeypatch.setattr(layerwise, "block_targets", lambda *a: dict(reversed(list(mine(*a).items()))))
     again = quantize(tiny_llama, cfg, calibration=llama_samples(6)).state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_folded_awq_composes_with_onnx_export(tmp_path):
+    """With nothing left on the layers' inputs, AWQ's result is an ONNX graph too (an unfolded input scale was
+    refused there); the folded norms travel into it: the graph computes what the float model does (8-bit codes)."""
+    import json
+
+    import numpy as np
+
+    import nnslim
+    from hf_zoo import _build
+    from nnslim.runtime import make_runner
+
+    src = _build("llama", tmp_path)
+    steps = [{"method": "int4-awq", "bits": 8, "group_size": 32, "samples": 8, "seq_len": 64}, {"method": "onnx"}]
+    res = nnslim.compress(str(src), {"steps": steps}, out=tmp_path / "q", report=False)
+    assert json.loads((res.out / "nnslim.json").read_text())["format"] == "onnx"
+    ids = np.random.default_rng(0).integers(0, 30522, (1, 12)).astype(np.int64)
+    float_out = np.asarray(make_runner(nnslim.load(str(src)))({"input_ids": ids}))
+    onnx_out = np.asarray(make_runner(nnslim.load(res.out))({"input_ids": ids}))
+    cos = float((float_out * onnx_out).sum() / np.linalg.norm(float_out) / np.linalg.norm(onnx_out))
+    assert cos > 0.999, cos

@@ -167,13 +167,12 @@ def _cached_steps_match_transformers(artifact_dir, hf_dir: str, tolerance: float
     assert np.abs(got - ref).max() / max(1.0, np.abs(ref).max()) <= tolerance
 
 
-def test_seq2seq_metric_stops_at_the_fp32_outputs_end(tmp_path):
+def test_seq2seq_metric_stops_at_the_fp32_outputs_end():
     """Positions after the fp32 output's first end-of-sequence token are not scored."""
     import numpy as np
 
-    from nnslim.testbeds.seq2seq import Seq2SeqTestbed
+    from nnslim.testbeds.seq2seq import until_eos
 
-    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 5, "decoder_start_token_id": 0}))
-    tb = Seq2SeqTestbed(tmp_path)
-    gen = np.array([[0, 7, 5, 9, 9], [0, 7, 8, 9, 4]])  # start token, then 4 generated tokens
-    assert tb._until_eos(gen).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    gen = np.array([[7, 5, 9, 9], [7, 8, 9, 4]])  # 4 generated tokens (after the start token)
+    assert until_eos(gen, 5).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert until_eos(gen, [4, 5]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]] and until_eos(gen, None).sum() == 8

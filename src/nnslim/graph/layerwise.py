@@ -398,8 +398,8 @@ class BlockAlgorithm(Protocol):
         """Change the targets of `block` (named relative to it; `prefix` names the block) in place; it may
         empty `modules` as it goes (GPTQ drops each float layer once replaced)."""
 
-    # Optional: watching(block), a context manager the block's calibration runs inside (AWQ records which
-    # normalization produced each target's input, and what else reads it).
+    # Optional: watching(block), a context manager the block's first calibration sample runs inside (AWQ records
+    # which normalization produced each target's input, and what else reads it).
     # To be spread over several GPUs (graph/spread.py) an algorithm also has
     #   merge(others): add the statistics other copies of it collected on the other devices' samples
     #     (sample j was on device j mod D), and
@@ -469,8 +469,11 @@ def _calibrate_blocks(model, samples, targets, make, device, desc, unseen) -> li
             algorithm.observe(n, module, x)
 
         watching = getattr(algorithm, "watching", None)  # AWQ: which normalization produced each input
-        with watching(block) if callable(watching) else nullcontext():
-            feed_block(block, mods, inputs, kwargs, observe)
+        first = 1 if callable(watching) else 0
+        if first:
+            with watching(block):  # the first sample only: what reads what is the same in every sample
+                feed_block(block, mods, inputs[:1], kwargs[:1], observe)
+        feed_block(block, mods, inputs[first:], kwargs[first:], observe)
         with torch.no_grad():
             idle = take_unseen(mods, seen)
             if idle:

@@ -116,26 +116,33 @@ class GreedyTargets:
             ref = self.reference_runner()
             self._ref_gen = (encs, gens, batches, [ref(b) for b in batches])
         _, gens, batches, ref_out = self._ref_gen
-        out = [runner(b) for b in batches]
-        masks = [self._until_eos(g) for g in gens]
-        metrics = agreement(ref_out, out, masks)
-        nll, count = 0.0, 0
-        for logits, g, m in zip(out, gens, masks):  # perplexity of the fp32 model's greedy tokens under this variant
-            lp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
-            token_lp = lp.gather(-1, torch.as_tensor(g[:, 1:, None]))[..., 0].numpy()
-            nll -= float(token_lp[m.astype(bool)].sum())
-            count += int(m.sum())
-        metrics["perplexity_of_fp32_output"] = float(np.exp(nll / max(count, 1)))
-        return metrics
-
-    def _until_eos(self, gen: np.ndarray) -> np.ndarray:
-        """[batch, target_length] 1 for the positions that predict a token up to the fp32 output's first
-        end-of-sequence token (included); what a model generates after it is not part of its output."""
         eos = self.hf_config.get("eos_token_id")
-        eos = set(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
-        ended = np.isin(gen[:, 1:], list(eos)) if eos else np.zeros_like(gen[:, 1:], bool)
-        before = np.cumsum(ended, axis=1) - ended  # EOS tokens strictly before each position
-        return (before == 0).astype(np.int64)
+        return answer_metrics(ref_out, [runner(b) for b in batches], [g[:, 1:] for g in gens], eos)
+
+
+def until_eos(tokens: np.ndarray, eos) -> np.ndarray:
+    """[batch, length] 1 for the positions of `tokens` up to the first end-of-sequence token (an id or a list of
+    them; included); what a model generates after it is not part of its output."""
+    eos = {i for i in (eos if isinstance(eos, (list, set, tuple)) else [eos]) if isinstance(i, int)}
+    ended = np.isin(tokens, list(eos)) if eos else np.zeros_like(tokens, bool)
+    before = np.cumsum(ended, axis=1) - ended  # EOS tokens strictly before each position
+    return (before == 0).astype(np.int64)
+
+
+def answer_metrics(ref_out: list, out: list, answers: list[np.ndarray], eos) -> dict[str, float]:
+    """A variant's logits `out` teacher-forced on the fp32 model's greedy answers ([batch, length] tokens, logits
+    [batch, length, vocab] predicting them) vs fp32's `ref_out`: top-1 agreement and logits cosine up to each
+    answer's end-of-sequence token, and the answers' perplexity under the variant."""
+    masks = [until_eos(a, eos) for a in answers]
+    metrics = agreement(ref_out, out, masks)
+    nll, count = 0.0, 0
+    for logits, a, m in zip(out, answers, masks):
+        lp = torch.log_softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), -1)
+        token_lp = lp.gather(-1, torch.as_tensor(a[:, :, None]))[..., 0].numpy()
+        nll -= float(token_lp[m.astype(bool)].sum())
+        count += int(m.sum())
+    metrics["perplexity_of_fp32_output"] = float(np.exp(nll / max(count, 1)))
+    return metrics
 
 
 class Seq2SeqTestbed(GreedyTargets, PaddedTextTestbed):

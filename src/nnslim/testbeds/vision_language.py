@@ -26,7 +26,8 @@ from torch import nn
 
 from ..errors import NnslimError
 from .base import HFTestbed
-from .classifier import HFLogits, agreement
+from .classifier import HFLogits
+from .seq2seq import answer_metrics
 from .sources import IMAGE_SUFFIXES, MAX_RECORDS, TEXT_COLUMNS, Records, _read_table
 
 IMAGE_COLUMNS = ("image", "image_path", "image_file", "file_name", "file", "path")
@@ -242,17 +243,14 @@ class ImageTextTestbed(HFTestbed):
             new = np.concatenate([new, np.asarray(logits)[:, -1].argmax(-1)[:, None].astype(np.int64)], 1)
         return new
 
-    def _until_eos(self, gen: np.ndarray) -> np.ndarray:
-        """[1, target_length] 1 up to the fp32 answer's first end-of-sequence token (the tokenizer's, the config's
-        or its text part's), included."""
+    def _eos(self) -> list[int]:
+        """End-of-sequence ids: the tokenizer's, the config's and its text part's."""
         from .classifier import _read_json
 
         config = _read_json(self.model_dir / "config.json")
         found = [getattr(self.tokenizer, "eos_token_id", None), config.get("eos_token_id"),
                  (config.get("text_config") or {}).get("eos_token_id")]
-        eos = {i for v in found for i in (v if isinstance(v, list) else [v]) if isinstance(i, int)}
-        ended = np.isin(gen, list(eos)) if eos else np.zeros_like(gen, bool)
-        return ((np.cumsum(ended, axis=1) - ended) == 0).astype(np.int64)
+        return [i for v in found for i in (v if isinstance(v, list) else [v]) if isinstance(i, int)]
 
     def evaluate(self, runner) -> dict[str, float]:
         if self._ref_gen is None:
@@ -261,16 +259,7 @@ class ImageTextTestbed(HFTestbed):
             gens = [self._greedy(f, ref) for f in feeds]
             batches = [self._extend(f, g[:, :-1]) for f, g in zip(feeds, gens)]
             starts = [f["input_ids"].shape[1] - 1 for f in feeds]
-            self._ref_gen = (gens, batches, starts, [np.asarray(ref(b))[:, s:] for b, s in zip(batches, starts)])
-        gens, batches, starts, ref_out = self._ref_gen
-        out = [np.asarray(runner(b))[:, s:] for b, s in zip(batches, starts)]
-        masks = [self._until_eos(g) for g in gens]
-        metrics = agreement(ref_out, out, masks)
-        nll, count = 0.0, 0
-        for logits, g, m in zip(out, gens, masks):
-            lp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
-            token_lp = lp.gather(-1, torch.as_tensor(g[:, :, None]))[..., 0].numpy()
-            nll -= float(token_lp[m.astype(bool)].sum())
-            count += int(m.sum())
-        metrics["perplexity_of_fp32_output"] = float(np.exp(nll / max(count, 1)))
-        return metrics
+            ref_out = [np.asarray(ref(b))[:, s:] for b, s in zip(batches, starts)]
+            self._ref_gen = (gens, batches, starts, ref_out, self._eos())
+        gens, batches, starts, ref_out, eos = self._ref_gen
+        return answer_metrics(ref_out, [np.asarray(runner(b))[:, s:] for b, s in zip(batches, starts)], gens, eos)

@@ -100,12 +100,12 @@ class Awq:
 
     def observe(self, name, module, x):
         mode = getattr(self, "mode", None)
-        if mode is not None and not mode.done:
+        if mode is not None:
             mode.paused = True  # these reads of x are nnslim's, not the model's
         self.first.setdefault(name, x)
         flat = x.reshape(-1, x.shape[-1]).float()
         self.samples.setdefault(name, []).append(flat[:: max(1, flat.shape[0] // 256)])
-        if mode is not None and not mode.done:
+        if mode is not None:
             mode.paused = False
 
     @property
@@ -127,9 +127,9 @@ class Awq:
 
     @contextlib.contextmanager
     def watching(self, block: nn.Module):
-        """While the block runs (graph/layerwise): the first output of each of its normalizations and every torch
-        call that reads one, so that finish() folds 1/s into a norm only where the group's Linears are all that
-        read its output (not a post-norm block's residual add: BERT)."""
+        """While the block runs its first sample (graph/layerwise): the output of each of its normalizations and
+        every torch call that reads one, so that finish() folds 1/s into a norm only where the group's Linears are
+        all that read its output (not a post-norm block's residual add: BERT)."""
         self.norm_out: dict[str, torch.Tensor] = {}
         self.readers: dict[int, list] = {}  # id(norm output) -> [weight of each linear reading it, or None]
 
@@ -141,10 +141,6 @@ class Awq:
             return record
         handles = [m.register_forward_hook(hook(n)) for n, m in block.named_modules() if n and _is_norm(m)]
         self.mode = _Readers(self.readers)
-
-        def first_sample_done(mod, args, out):  # the readers of the first sample are all it records
-            self.mode.paused = self.mode.done = True
-        handles.append(block.register_forward_hook(first_sample_done))
         try:
             with self.mode:
                 yield
@@ -206,7 +202,7 @@ class _Readers(torch.overrides.TorchFunctionMode):
 
     def __init__(self, readers: dict[int, list]):
         super().__init__()
-        self.readers, self.paused, self.done = readers, False, False
+        self.readers, self.paused = readers, False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -274,14 +270,14 @@ def fold_into_linear(block: nn.Module, members: list[str], modules: dict, s: tor
     if getattr(producer, "out_features", None) != modules[members[0]].in_features \
             or getattr(producer, "input_scale", None) is not None:
         return False  # grouped-query values are shared by several o_proj inputs: no one row per channel
-    inv = (1.0 / s).to(producer.bias.device if producer.bias is not None else s.device)
-    if isinstance(producer, WeightOnlyLinear):
-        producer.scales.mul_(inv[:, None].to(producer.scales.device, producer.scales.dtype))
-        producer._prepared = {}
-    elif isinstance(producer, nn.Linear):
-        producer.weight.mul_(inv[:, None].to(producer.weight.device, producer.weight.dtype))
-    else:
+    rows = producer.scales if isinstance(producer, WeightOnlyLinear) else \
+        producer.weight if isinstance(producer, nn.Linear) else None
+    if rows is None:
         return False
+    inv = 1.0 / s
+    rows.mul_(inv[:, None].to(rows.device, rows.dtype))
+    if isinstance(producer, WeightOnlyLinear):
+        producer._prepared = {}  # its kernel layouts hold the old scales
     if producer.bias is not None:
         producer.bias.mul_(inv.to(producer.bias.device, producer.bias.dtype))
     return True
